@@ -1,0 +1,81 @@
+"""What the node needs from a sensor, whichever one is running.
+
+A sensor is polled once per tick by the node. ``poll`` hands over flows that ended and low-level events
+since the last call, with the completeness counters moved by them; ``active`` returns totals-so-far of
+flows still open (the node turns them into interim records each export period).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from meshnode._model import FlowRecord
+
+EVENT_TYPES = (
+    "retransmit_burst", "zero_window", "rtt_shift", "reset_sent", "reset_received", "drop",
+    "connect_failed", "anomaly",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One low-level event (seed 001) on a flow; ``flow`` may carry partial counters."""
+
+    type: str
+    time_ns: int
+    flow: FlowRecord
+    value: float = 0.0
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Completeness:
+    """What the sensor could not record, counted; nothing is lost silently."""
+
+    flows_recorded: int = 0
+    lost_events: int = 0
+    map_evictions: int = 0
+    ringbuf_overruns: int = 0
+    drained_rows: int = 0
+    unattributed_drops: int = 0
+
+    def add(self, other: Completeness) -> None:
+        """Accumulate another set of counters into this one."""
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(slots=True)
+class SensorBatch:
+    """What one ``poll`` returns."""
+
+    ended: list[FlowRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    completeness: Completeness = field(default_factory=Completeness)
+
+
+class Sensor(Protocol):
+    """The interface both sensors (eBPF and sock_diag) implement."""
+
+    mode: str
+    """``"ebpf"`` or ``"diag"``."""
+    reason: str
+    """Why this mode was chosen, for stderr and ``status``."""
+    fidelity: str
+    """``"exact"`` or ``"polled"``."""
+    scope: str
+    """The cgroup v2 path watched (``/`` for the whole host)."""
+
+    def start(self) -> None:
+        """Load and attach; raises ``SensorError`` naming what is missing and how to fix it."""
+
+    def poll(self) -> SensorBatch:
+        """Flows ended and events since the last call."""
+
+    def active(self) -> list[FlowRecord]:
+        """Totals so far of flows still open, as ``kind="interim"`` records."""
+
+    def close(self) -> None:
+        """Detach and free kernel resources; safe to call twice."""
