@@ -1,0 +1,50 @@
+"""Environment checks for tests that need the kernel.
+
+A test that needs root, eBPF, cgroups or network namespaces calls ``require_kernel()``: on a developer laptop
+without them it skips; under ``CI=true`` it fails, because the sensor is the product.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+
+
+def in_ci() -> bool:
+    """True when running under CI (``CI=true``)."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing_kernel_features() -> list[str]:
+    """What this machine lacks for kernel tests, as human phrases (empty when all is there)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        missing.append("BTF (/sys/kernel/btf/vmlinux)")
+    if not (CGROUP_ROOT / "cgroup.procs").exists():
+        missing.append(f"cgroup v2 at {CGROUP_ROOT}")
+    for tool in ("ip", "nft", "tc"):
+        if shutil.which(tool) is None:
+            missing.append(f"the '{tool}' command")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        missing.append("bcc (apt-get install python3-bpfcc)")
+    return missing
+
+
+def require_kernel() -> None:
+    """Skip (or, under CI, fail) unless root, eBPF, cgroup v2 and the network tools are all here."""
+    missing = missing_kernel_features()
+    if not missing:
+        return
+    msg = "needs " + ", ".join(missing) + " (run as root after 'make setup')"
+    if in_ci():
+        pytest.fail("CI=true: " + msg, pytrace=False)
+    pytest.skip(msg)
