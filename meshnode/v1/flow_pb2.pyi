@@ -189,7 +189,7 @@ class Flow(_message.Message):
     def __init__(self, flow_id: _Optional[int] = ..., node_id: _Optional[str] = ..., src: _Optional[str] = ..., sport: _Optional[int] = ..., dst: _Optional[str] = ..., dport: _Optional[int] = ..., proto: _Optional[_Union[Protocol, str]] = ..., direction: _Optional[_Union[Direction, str]] = ..., pid: _Optional[int] = ..., comm: _Optional[str] = ..., cgroup: _Optional[str] = ..., cgroup_id: _Optional[int] = ..., netns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., bytes_tx: _Optional[int] = ..., bytes_rx: _Optional[int] = ..., packets_tx: _Optional[int] = ..., packets_rx: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., retransmits: _Optional[int] = ..., srtt_us: _Optional[int] = ..., min_rtt_us: _Optional[int] = ..., max_rtt_us: _Optional[int] = ..., cwnd: _Optional[int] = ..., cwnd_min: _Optional[int] = ..., cwnd_max: _Optional[int] = ..., limited_by: _Optional[_Union[LimitedBy, str]] = ..., connect_us: _Optional[int] = ..., resets_tx: _Optional[int] = ..., resets_rx: _Optional[int] = ..., drops: _Optional[int] = ..., kind: _Optional[_Union[RecordKind, str]] = ..., fidelity: _Optional[_Union[Fidelity, str]] = ..., rttvar_us: _Optional[int] = ..., delivery_rate: _Optional[int] = ..., lost: _Optional[int] = ..., reordering: _Optional[int] = ..., service: _Optional[str] = ..., drop_reasons: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Completeness(_message.Message):
-    __slots__ = ("flows_recorded", "lost_events", "map_evictions", "ringbuf_overruns", "drained_rows", "unattributed_drops", "store_evictions", "incomplete_periods")
+    __slots__ = ("flows_recorded", "lost_events", "map_evictions", "ringbuf_overruns", "drained_rows", "unattributed_drops", "store_evictions", "incomplete_periods", "events_dropped")
     FLOWS_RECORDED_FIELD_NUMBER: _ClassVar[int]
     LOST_EVENTS_FIELD_NUMBER: _ClassVar[int]
     MAP_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +198,7 @@ class Completeness(_message.Message):
     UNATTRIBUTED_DROPS_FIELD_NUMBER: _ClassVar[int]
     STORE_EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     INCOMPLETE_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     flows_recorded: int
     lost_events: int
     map_evictions: int
@@ -206,7 +207,8 @@ class Completeness(_message.Message):
     unattributed_drops: int
     store_evictions: int
     incomplete_periods: int
-    def __init__(self, flows_recorded: _Optional[int] = ..., lost_events: _Optional[int] = ..., map_evictions: _Optional[int] = ..., ringbuf_overruns: _Optional[int] = ..., drained_rows: _Optional[int] = ..., unattributed_drops: _Optional[int] = ..., store_evictions: _Optional[int] = ..., incomplete_periods: _Optional[int] = ...) -> None: ...
+    events_dropped: int
+    def __init__(self, flows_recorded: _Optional[int] = ..., lost_events: _Optional[int] = ..., map_evictions: _Optional[int] = ..., ringbuf_overruns: _Optional[int] = ..., drained_rows: _Optional[int] = ..., unattributed_drops: _Optional[int] = ..., store_evictions: _Optional[int] = ..., incomplete_periods: _Optional[int] = ..., events_dropped: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("type", "time_ns", "flow", "value", "detail")

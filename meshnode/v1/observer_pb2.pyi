@@ -62,7 +62,7 @@ class HealthRequest(_message.Message):
     def __init__(self, since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., filter: _Optional[_Union[_flow_pb2.FlowFilter, _Mapping]] = ...) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("host", "by_process", "by_destination", "retries", "scans", "failures_after_address_change", "since_ns", "until_ns")
+    __slots__ = ("host", "by_process", "by_destination", "retries", "scans", "failures_after_address_change", "since_ns", "until_ns", "by_period", "address_changes")
     HOST_FIELD_NUMBER: _ClassVar[int]
     BY_PROCESS_FIELD_NUMBER: _ClassVar[int]
     BY_DESTINATION_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class HealthResponse(_message.Message):
     FAILURES_AFTER_ADDRESS_CHANGE_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
+    BY_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_CHANGES_FIELD_NUMBER: _ClassVar[int]
     host: _flow_pb2.HealthRow
     by_process: _containers.RepeatedCompositeFieldContainer[_flow_pb2.HealthRow]
     by_destination: _containers.RepeatedCompositeFieldContainer[_flow_pb2.HealthRow]
@@ -79,7 +81,9 @@ class HealthResponse(_message.Message):
     failures_after_address_change: int
     since_ns: int
     until_ns: int
-    def __init__(self, host: _Optional[_Union[_flow_pb2.HealthRow, _Mapping]] = ..., by_process: _Optional[_Iterable[_Union[_flow_pb2.HealthRow, _Mapping]]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.HealthRow, _Mapping]]] = ..., retries: _Optional[_Iterable[_Union[_flow_pb2.RetryPattern, _Mapping]]] = ..., scans: _Optional[_Iterable[_Union[_flow_pb2.ScanPattern, _Mapping]]] = ..., failures_after_address_change: _Optional[int] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ...) -> None: ...
+    by_period: _containers.RepeatedCompositeFieldContainer[_flow_pb2.HealthRow]
+    address_changes: int
+    def __init__(self, host: _Optional[_Union[_flow_pb2.HealthRow, _Mapping]] = ..., by_process: _Optional[_Iterable[_Union[_flow_pb2.HealthRow, _Mapping]]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.HealthRow, _Mapping]]] = ..., retries: _Optional[_Iterable[_Union[_flow_pb2.RetryPattern, _Mapping]]] = ..., scans: _Optional[_Iterable[_Union[_flow_pb2.ScanPattern, _Mapping]]] = ..., failures_after_address_change: _Optional[int] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., by_period: _Optional[_Iterable[_Union[_flow_pb2.HealthRow, _Mapping]]] = ..., address_changes: _Optional[int] = ...) -> None: ...
 
 class EventsRequest(_message.Message):
     __slots__ = ("number", "follow", "whitelist", "blacklist", "since_ns")
