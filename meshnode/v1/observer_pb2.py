@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshnode.v1 import flow_pb2 as meshnode_dot_v1_dot_flow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshnode/v1/observer.proto\x12\x0bmeshnode.v1\x1a\x16meshnode/v1/flow.proto\"\xd7\x01\n\x0c\x46lowsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x10\n\x08since_ns\x18\x03 \x01(\x04\x12\x10\n\x08until_ns\x18\x04 \x01(\x04\x12*\n\twhitelist\x18\x05 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12*\n\tblacklist\x18\x06 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x17\n\x0finclude_interim\x18\x08 \x01(\x08\"I\n\rFlowsResponse\x12\x1f\n\x04\x66low\x18\x01 \x01(\x0b\x32\x11.meshnode.v1.Flow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x10SummariesRequest\x12\x10\n\x08since_ns\x18\x01 \x01(\x04\x12\x10\n\x08until_ns\x18\x02 \x01(\x04\x12\x0e\n\x06number\x18\x03 \x01(\r\"B\n\x11SummariesResponse\x12-\n\tsummaries\x18\x01 \x03(\x0b\x32\x1a.meshnode.v1.PeriodSummary\"\\\n\rHealthRequest\x12\x10\n\x08since_ns\x18\x01 \x01(\x04\x12\x10\n\x08until_ns\x18\x02 \x01(\x04\x12\'\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.meshnode.v1.FlowFilter\"\xf6\x02\n\x0eHealthResponse\x12$\n\x04host\x18\x01 \x01(\x0b\x32\x16.meshnode.v1.HealthRow\x12*\n\nby_process\x18\x02 \x03(\x0b\x32\x16.meshnode.v1.HealthRow\x12.\n\x0e\x62y_destination\x18\x03 \x03(\x0b\x32\x16.meshnode.v1.HealthRow\x12*\n\x07retries\x18\x04 \x03(\x0b\x32\x19.meshnode.v1.RetryPattern\x12\'\n\x05scans\x18\x05 \x03(\x0b\x32\x18.meshnode.v1.ScanPattern\x12%\n\x1d\x66\x61ilures_after_address_change\x18\x06 \x01(\x04\x12\x10\n\x08since_ns\x18\x07 \x01(\x04\x12\x10\n\x08until_ns\x18\x08 \x01(\x04\x12)\n\tby_period\x18\t \x03(\x0b\x32\x16.meshnode.v1.HealthRow\x12\x17\n\x0f\x61\x64\x64ress_changes\x18\n \x01(\x04\"\x99\x01\n\rEventsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12*\n\twhitelist\x18\x03 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12*\n\tblacklist\x18\x04 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12\x10\n\x08since_ns\x18\x05 \x01(\x04\"3\n\x0e\x45ventsResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.meshnode.v1.Event\"\x0f\n\rStatusRequest\"\xde\x03\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x13\n\x0bsensor_mode\x18\x04 \x01(\t\x12\x15\n\rsensor_reason\x18\x05 \x01(\t\x12\'\n\x08\x66idelity\x18\x06 \x01(\x0e\x32\x15.meshnode.v1.Fidelity\x12\r\n\x05scope\x18\x07 \x01(\t\x12\x17\n\x0f\x65xport_period_s\x18\x08 \x01(\x01\x12/\n\x0c\x63ompleteness\x18\t \x01(\x0b\x32\x19.meshnode.v1.Completeness\x12\x13\n\x0bstore_bytes\x18\n \x01(\x04\x12\x12\n\nstore_rows\x18\x0b \x01(\x04\x12\x10\n\x08\x64\x61ta_dir\x18\x0c \x01(\t\x12\x37\n\x06labels\x18\r \x03(\x0b\x32\'.meshnode.v1.StatusResponse.LabelsEntry\x12\x0e\n\x06listen\x18\x0e \x01(\t\x12\x0f\n\x07periods\x18\x0f \x01(\x04\x12\x10\n\x08insecure\x18\x10 \x01(\x08\x12\x14\n\x0c\x61\x63tive_flows\x18\x11 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xe3\x02\n\x08Observer\x12@\n\x05\x46lows\x12\x19.meshnode.v1.FlowsRequest\x1a\x1a.meshnode.v1.FlowsResponse0\x01\x12J\n\tSummaries\x12\x1d.meshnode.v1.SummariesRequest\x1a\x1e.meshnode.v1.SummariesResponse\x12\x41\n\x06Health\x12\x1a.meshnode.v1.HealthRequest\x1a\x1b.meshnode.v1.HealthResponse\x12\x43\n\x06\x45vents\x12\x1a.meshnode.v1.EventsRequest\x1a\x1b.meshnode.v1.EventsResponse0\x01\x12\x41\n\x06Status\x12\x1a.meshnode.v1.StatusRequest\x1a\x1b.meshnode.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshnode/v1/observer.proto\x12\x0bmeshnode.v1\x1a\x16meshnode/v1/flow.proto\"\xeb\x01\n\x0c\x46lowsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x10\n\x08since_ns\x18\x03 \x01(\x04\x12\x10\n\x08until_ns\x18\x04 \x01(\x04\x12*\n\twhitelist\x18\x05 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12*\n\tblacklist\x18\x06 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x17\n\x0finclude_interim\x18\x08 \x01(\x08\x12\x12\n\nbatch_size\x18\t \x01(\r\"k\n\rFlowsResponse\x12\x1f\n\x04\x66low\x18\x01 \x01(\x0b\x32\x11.meshnode.v1.Flow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12 \n\x05\x66lows\x18\x03 \x03(\x0b\x32\x11.meshnode.v1.Flow\"F\n\x10SummariesRequest\x12\x10\n\x08since_ns\x18\x01 \x01(\x04\x12\x10\n\x08until_ns\x18\x02 \x01(\x04\x12\x0e\n\x06number\x18\x03 \x01(\r\"B\n\x11SummariesResponse\x12-\n\tsummaries\x18\x01 \x03(\x0b\x32\x1a.meshnode.v1.PeriodSummary\"\\\n\rHealthRequest\x12\x10\n\x08since_ns\x18\x01 \x01(\x04\x12\x10\n\x08until_ns\x18\x02 \x01(\x04\x12\'\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.meshnode.v1.FlowFilter\"\xf6\x02\n\x0eHealthResponse\x12$\n\x04host\x18\x01 \x01(\x0b\x32\x16.meshnode.v1.HealthRow\x12*\n\nby_process\x18\x02 \x03(\x0b\x32\x16.meshnode.v1.HealthRow\x12.\n\x0e\x62y_destination\x18\x03 \x03(\x0b\x32\x16.meshnode.v1.HealthRow\x12*\n\x07retries\x18\x04 \x03(\x0b\x32\x19.meshnode.v1.RetryPattern\x12\'\n\x05scans\x18\x05 \x03(\x0b\x32\x18.meshnode.v1.ScanPattern\x12%\n\x1d\x66\x61ilures_after_address_change\x18\x06 \x01(\x04\x12\x10\n\x08since_ns\x18\x07 \x01(\x04\x12\x10\n\x08until_ns\x18\x08 \x01(\x04\x12)\n\tby_period\x18\t \x03(\x0b\x32\x16.meshnode.v1.HealthRow\x12\x17\n\x0f\x61\x64\x64ress_changes\x18\n \x01(\x04\"\x99\x01\n\rEventsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12*\n\twhitelist\x18\x03 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12*\n\tblacklist\x18\x04 \x03(\x0b\x32\x17.meshnode.v1.FlowFilter\x12\x10\n\x08since_ns\x18\x05 \x01(\x04\"3\n\x0e\x45ventsResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.meshnode.v1.Event\"\x0f\n\rStatusRequest\"\xde\x03\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x13\n\x0bsensor_mode\x18\x04 \x01(\t\x12\x15\n\rsensor_reason\x18\x05 \x01(\t\x12\'\n\x08\x66idelity\x18\x06 \x01(\x0e\x32\x15.meshnode.v1.Fidelity\x12\r\n\x05scope\x18\x07 \x01(\t\x12\x17\n\x0f\x65xport_period_s\x18\x08 \x01(\x01\x12/\n\x0c\x63ompleteness\x18\t \x01(\x0b\x32\x19.meshnode.v1.Completeness\x12\x13\n\x0bstore_bytes\x18\n \x01(\x04\x12\x12\n\nstore_rows\x18\x0b \x01(\x04\x12\x10\n\x08\x64\x61ta_dir\x18\x0c \x01(\t\x12\x37\n\x06labels\x18\r \x03(\x0b\x32\'.meshnode.v1.StatusResponse.LabelsEntry\x12\x0e\n\x06listen\x18\x0e \x01(\t\x12\x0f\n\x07periods\x18\x0f \x01(\x04\x12\x10\n\x08insecure\x18\x10 \x01(\x08\x12\x14\n\x0c\x61\x63tive_flows\x18\x11 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xe3\x02\n\x08Observer\x12@\n\x05\x46lows\x12\x19.meshnode.v1.FlowsRequest\x1a\x1a.meshnode.v1.FlowsResponse0\x01\x12J\n\tSummaries\x12\x1d.meshnode.v1.SummariesRequest\x1a\x1e.meshnode.v1.SummariesResponse\x12\x41\n\x06Health\x12\x1a.meshnode.v1.HealthRequest\x1a\x1b.meshnode.v1.HealthResponse\x12\x43\n\x06\x45vents\x12\x1a.meshnode.v1.EventsRequest\x1a\x1b.meshnode.v1.EventsResponse0\x01\x12\x41\n\x06Status\x12\x1a.meshnode.v1.StatusRequest\x1a\x1b.meshnode.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSRESPONSE_LABELSENTRY']._loaded_options = None
   _globals['_STATUSRESPONSE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_FLOWSREQUEST']._serialized_start=68
-  _globals['_FLOWSREQUEST']._serialized_end=283
-  _globals['_FLOWSRESPONSE']._serialized_start=285
-  _globals['_FLOWSRESPONSE']._serialized_end=358
-  _globals['_SUMMARIESREQUEST']._serialized_start=360
-  _globals['_SUMMARIESREQUEST']._serialized_end=430
-  _globals['_SUMMARIESRESPONSE']._serialized_start=432
-  _globals['_SUMMARIESRESPONSE']._serialized_end=498
-  _globals['_HEALTHREQUEST']._serialized_start=500
-  _globals['_HEALTHREQUEST']._serialized_end=592
-  _globals['_HEALTHRESPONSE']._serialized_start=595
-  _globals['_HEALTHRESPONSE']._serialized_end=969
-  _globals['_EVENTSREQUEST']._serialized_start=972
-  _globals['_EVENTSREQUEST']._serialized_end=1125
-  _globals['_EVENTSRESPONSE']._serialized_start=1127
-  _globals['_EVENTSRESPONSE']._serialized_end=1178
-  _globals['_STATUSREQUEST']._serialized_start=1180
-  _globals['_STATUSREQUEST']._serialized_end=1195
-  _globals['_STATUSRESPONSE']._serialized_start=1198
-  _globals['_STATUSRESPONSE']._serialized_end=1676
-  _globals['_STATUSRESPONSE_LABELSENTRY']._serialized_start=1631
-  _globals['_STATUSRESPONSE_LABELSENTRY']._serialized_end=1676
-  _globals['_OBSERVER']._serialized_start=1679
-  _globals['_OBSERVER']._serialized_end=2034
+  _globals['_FLOWSREQUEST']._serialized_end=303
+  _globals['_FLOWSRESPONSE']._serialized_start=305
+  _globals['_FLOWSRESPONSE']._serialized_end=412
+  _globals['_SUMMARIESREQUEST']._serialized_start=414
+  _globals['_SUMMARIESREQUEST']._serialized_end=484
+  _globals['_SUMMARIESRESPONSE']._serialized_start=486
+  _globals['_SUMMARIESRESPONSE']._serialized_end=552
+  _globals['_HEALTHREQUEST']._serialized_start=554
+  _globals['_HEALTHREQUEST']._serialized_end=646
+  _globals['_HEALTHRESPONSE']._serialized_start=649
+  _globals['_HEALTHRESPONSE']._serialized_end=1023
+  _globals['_EVENTSREQUEST']._serialized_start=1026
+  _globals['_EVENTSREQUEST']._serialized_end=1179
+  _globals['_EVENTSRESPONSE']._serialized_start=1181
+  _globals['_EVENTSRESPONSE']._serialized_end=1232
+  _globals['_STATUSREQUEST']._serialized_start=1234
+  _globals['_STATUSREQUEST']._serialized_end=1249
+  _globals['_STATUSRESPONSE']._serialized_start=1252
+  _globals['_STATUSRESPONSE']._serialized_end=1730
+  _globals['_STATUSRESPONSE_LABELSENTRY']._serialized_start=1685
+  _globals['_STATUSRESPONSE_LABELSENTRY']._serialized_end=1730
+  _globals['_OBSERVER']._serialized_start=1733
+  _globals['_OBSERVER']._serialized_end=2088
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FlowsRequest(_message.Message):
-    __slots__ = ("number", "follow", "since_ns", "until_ns", "whitelist", "blacklist", "page_token", "include_interim")
+    __slots__ = ("number", "follow", "since_ns", "until_ns", "whitelist", "blacklist", "page_token", "include_interim", "batch_size")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class FlowsRequest(_message.Message):
     BLACKLIST_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_INTERIM_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     number: int
     follow: bool
     since_ns: int
@@ -25,15 +26,18 @@ class FlowsRequest(_message.Message):
     blacklist: _containers.RepeatedCompositeFieldContainer[_flow_pb2.FlowFilter]
     page_token: str
     include_interim: bool
-    def __init__(self, number: _Optional[int] = ..., follow: _Optional[bool] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., whitelist: _Optional[_Iterable[_Union[_flow_pb2.FlowFilter, _Mapping]]] = ..., blacklist: _Optional[_Iterable[_Union[_flow_pb2.FlowFilter, _Mapping]]] = ..., page_token: _Optional[str] = ..., include_interim: _Optional[bool] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, number: _Optional[int] = ..., follow: _Optional[bool] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., whitelist: _Optional[_Iterable[_Union[_flow_pb2.FlowFilter, _Mapping]]] = ..., blacklist: _Optional[_Iterable[_Union[_flow_pb2.FlowFilter, _Mapping]]] = ..., page_token: _Optional[str] = ..., include_interim: _Optional[bool] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class FlowsResponse(_message.Message):
-    __slots__ = ("flow", "next_page_token")
+    __slots__ = ("flow", "next_page_token", "flows")
     FLOW_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
     flow: _flow_pb2.Flow
     next_page_token: str
-    def __init__(self, flow: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    flows: _containers.RepeatedCompositeFieldContainer[_flow_pb2.Flow]
+    def __init__(self, flow: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ..., next_page_token: _Optional[str] = ..., flows: _Optional[_Iterable[_Union[_flow_pb2.Flow, _Mapping]]] = ...) -> None: ...
 
 class SummariesRequest(_message.Message):
     __slots__ = ("since_ns", "until_ns", "number")
