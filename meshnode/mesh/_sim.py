@@ -1,0 +1,112 @@
+"""A simulated cluster on the in-memory network and a manual clock (tests and bench/bench_mesh.py).
+
+Everything random comes from one seed, so a failing run can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+
+from meshnode.mesh._clock import ManualScheduler
+from meshnode.mesh._config import MeshConfig
+from meshnode.mesh._memnet import MemoryNetwork
+from meshnode.mesh._state import Delegate, Membership, State
+
+
+class SimCluster:
+    """Nodes ``n0``, ``n1``, ... at addresses ``addr-0``, ``addr-1``, ...
+
+    Args:
+        seed: the one seed of the run.
+        config: every node's protocol parameters.
+        latency: one-way network delay in seconds.
+        loss: default packet loss probability.
+        delegate_factory: builds each node's delegate from its node id (None: no delegate).
+    """
+
+    def __init__(
+        self,
+        seed: int = 1,
+        config: MeshConfig | None = None,
+        latency: float = 0.001,
+        loss: float = 0.0,
+        delegate_factory: Callable[[str], Delegate] | None = None,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.sched = ManualScheduler()
+        net_rng = random.Random(self.rng.getrandbits(64))
+        self.net = MemoryNetwork(self.sched, net_rng, latency=latency, loss=loss)
+        self.config = config or MeshConfig()
+        self.nodes: dict[str, Membership] = {}
+        self.addr: dict[str, str] = {}
+        self._delegate_factory = delegate_factory
+        self._count = 0
+        self.events: list[tuple[float, str, str, str]] = []
+
+    def add(self, labels: Mapping[str, str] | None = None, node_id: str | None = None,
+            config: MeshConfig | None = None) -> Membership:
+        """A new started node (not joined yet)."""
+        i = self._count
+        self._count += 1
+        nid = node_id or f"n{i}"
+        addr = f"addr-{i}"
+        delegate = self._delegate_factory(nid) if self._delegate_factory is not None else None
+
+        def on_event(kind: str, m: object, observer: str = nid) -> None:
+            self.events.append((self.sched.now(), observer, kind, getattr(m, "node_id", "")))
+
+        node = Membership(
+            nid,
+            self.net.endpoint(addr),
+            self.sched,
+            labels=labels or {},
+            config=config or self.config,
+            rng=random.Random(self.rng.getrandbits(64)),
+            delegate=delegate,
+            on_event=on_event,
+        )
+        node.start()
+        self.nodes[nid] = node
+        self.addr[nid] = addr
+        return node
+
+    def build(self, n: int, labels: Callable[[int], Mapping[str, str]] | None = None) -> list[Membership]:
+        """``n`` nodes, each joined through the first one; the clock is not advanced."""
+        first = len(self.nodes)
+        out = [self.add(labels(first + i) if labels else None) for i in range(n)]
+        seed = out[0].address if first == 0 else next(iter(self.nodes.values())).address
+        for node in out:
+            if node.address != seed:
+                node.join([seed])
+        return out
+
+    def alive(self) -> list[Membership]:
+        """Nodes that are running (not crashed, not shut down)."""
+        return [m for m in self.nodes.values() if m._running]
+
+    def crash(self, node_id: str) -> None:
+        """Stop a node without a word (a crash or a power cut)."""
+        self.nodes[node_id].shutdown()
+
+    def view(self, observer: str) -> dict[str, State]:
+        """What ``observer`` thinks of every member."""
+        return {m.node_id: m.state for m in self.nodes[observer].members()}
+
+    def converged(self, expect_alive: set[str] | None = None) -> bool:
+        """True when every running node sees exactly ``expect_alive`` (default: the running nodes) alive."""
+        running = self.alive()
+        want = expect_alive if expect_alive is not None else {m.node_id for m in running}
+        for m in running:
+            if m.node_id not in want:
+                continue
+            seen = {nid for nid, st in ((x.node_id, x.state) for x in m.members()) if st == State.ALIVE}
+            if seen != want:
+                return False
+        return True
+
+    def run(self, seconds: float, until: Callable[[], bool] | None = None) -> float:
+        """Advance the clock; with ``until``, stop early when it holds. Returns the elapsed time."""
+        start = self.sched.now()
+        self.sched.run_until(start + seconds, until)
+        return self.sched.now() - start

@@ -1,0 +1,828 @@
+"""SWIM membership with Lifeguard, as a synchronous state machine (memberlist ``state.go``).
+
+The machine owns the member table and reacts to three inputs: packets, reliable requests (both through
+the ``Transport`` handlers) and timers (through the ``Scheduler``). It never blocks, never sleeps and
+never touches a socket, so tests drive it with an in-memory network and a manual clock, and a run is a
+pure function of the seed of its ``random.Random``.
+
+Mechanisms:
+
+* probe: every ``probe_interval`` (scaled by local health) one member, round-robin over a shuffled list,
+  gets a Ping; without an Ack after ``probe_timeout``, ``indirect_checks`` other members are asked to
+  ping it; without any Ack by the end of the interval it becomes suspect.
+* suspicion: a suspect member is declared dead when its suspicion times out (``_suspicion.py``: the
+  timeout shrinks with independent confirmations). A member refutes a suspicion about itself by raising
+  its incarnation and broadcasting Alive.
+* gossip: alive/suspect/dead broadcasts and the delegate's broadcasts are piggybacked on probes and sent
+  to ``gossip_nodes`` random members every ``gossip_interval``, each a bounded number of times.
+* push-pull: every ``push_pull_interval`` full state (members + delegate state) is exchanged with one
+  random member; a join is a push-pull with each seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from google.protobuf.message import DecodeError
+
+from meshnode._exceptions import PeerError
+from meshnode.mesh._awareness import Awareness
+from meshnode.mesh._broadcast import TransmitLimitedQueue
+from meshnode.mesh._config import MeshConfig
+from meshnode.mesh._suspicion import Suspicion, suspicion_timeout
+from meshnode.v1 import mesh_pb2
+
+if TYPE_CHECKING:
+    from meshnode.mesh._clock import Scheduler, Timer
+    from meshnode.mesh._transport import Transport
+
+log = logging.getLogger(__name__)
+
+_MAX_NODE_ID = 128
+_MAX_ADDR = 256
+
+
+class State(enum.IntEnum):
+    """A member's state; values equal ``meshnode.v1.MemberState``."""
+
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3
+    LEFT = 4
+
+
+@dataclass(slots=True)
+class Member:
+    """One member as this node sees it.
+
+    Attributes:
+        node_id: the member's node id.
+        addr: where its transport listens.
+        incarnation: its incarnation number (only it raises it).
+        state: alive, suspect, dead or left.
+        labels: its labels.
+        state_change: monotonic time of the last state change.
+        rtt: the last direct probe round trip in seconds, None before the first.
+    """
+
+    node_id: str
+    addr: str
+    incarnation: int
+    state: State
+    labels: dict[str, str] = field(default_factory=dict)
+    state_change: float = 0.0
+    rtt: float | None = None
+
+
+class Delegate(Protocol):
+    """Application data riding on membership (memberlist ``delegate.go``). Every method must not block."""
+
+    def notify_msg(self, source: str, source_addr: str, payload: bytes) -> None:
+        """A piggybacked delegate broadcast arrived from ``source``."""
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        """Broadcasts to piggyback, at most ``limit`` bytes with ``overhead`` bytes of framing each."""
+
+    def local_state(self, join: bool, remote: bytes | None) -> bytes:
+        """State for a push-pull; ``remote`` is the peer's state when answering one, None when asking."""
+
+    def merge_remote_state(self, payload: bytes, join: bool, source_addr: str) -> None:
+        """Merge the peer's push-pull state."""
+
+    def handle_request(self, source_addr: str, payload: bytes) -> bytes:
+        """Answer a delegate request sent with ``Membership.request``."""
+
+
+EventCallback = Callable[[str, Member], None]
+"""``(kind, member)`` with kind ``"join"``, ``"leave"`` (dead or left) or ``"update"``."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: concatenating these onto a message appends repeated items."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+_GOSSIP_FIELD = (7 << 3) | 2  # MeshPacket.gossip
+_USER_FIELD = (4 << 3) | 2  # Gossip.user
+_GOSSIP_OVERHEAD = 3
+_USER_OVERHEAD = 6
+
+
+class _Probe:
+    """A probe of ours waiting for an Ack."""
+
+    __slots__ = ("done", "expected_nacks", "incarnation", "nacks", "start", "target", "timers")
+
+    def __init__(self, target: str, incarnation: int, start: float) -> None:
+        self.target = target
+        self.incarnation = incarnation
+        self.start = start
+        self.nacks = 0
+        self.expected_nacks = 0
+        self.done = False
+        self.timers: list[Timer] = []
+
+
+class _Relay:
+    """An indirect probe we run for another member."""
+
+    __slots__ = ("done", "orig_seq", "requester", "timer")
+
+    def __init__(self, orig_seq: int, requester: str) -> None:
+        self.orig_seq = orig_seq
+        self.requester = requester
+        self.done = False
+        self.timer: Timer | None = None
+
+
+class Membership:
+    """The member table and the SWIM + Lifeguard state machine of one node.
+
+    Args:
+        node_id: this node's id (the fingerprint of its key).
+        transport: the network.
+        scheduler: the clock and timers.
+        labels: this node's labels.
+        config: protocol parameters.
+        rng: all randomness (probe order, gossip targets); seed it for repeatable runs.
+        delegate: application data riding on membership (the digest layer).
+        on_event: called on joins, leaves and updates of other members.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        transport: Transport,
+        scheduler: Scheduler,
+        *,
+        labels: Mapping[str, str] | None = None,
+        config: MeshConfig | None = None,
+        rng: random.Random | None = None,
+        delegate: Delegate | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config or MeshConfig()
+        self._transport = transport
+        self._sched = scheduler
+        self._rng = rng or random.Random()
+        self.delegate = delegate
+        self._on_event = on_event
+        self.awareness = Awareness(self.config.awareness_max_multiplier)
+        self.counters: Counter[str] = Counter()
+        self._members: dict[str, Member] = {}
+        self._ids: list[str] = []
+        self._probe_list: list[str] = []
+        self._probe_index = 0
+        self._suspicions: dict[str, Suspicion] = {}
+        self._acks: dict[int, _Probe | _Relay] = {}
+        self._seq = 0
+        self._broadcasts = TransmitLimitedQueue(self.num_members, self.config.retransmit_mult)
+        self._timers: dict[str, Timer] = {}
+        self._running = False
+        self._leaving = False
+        self._num_live = 0
+        me = Member(node_id, transport.address, 0, State.ALIVE, dict(labels or {}), scheduler.now())
+        self._add(me)
+        self._live_changed(None, State.ALIVE)
+
+    # ---------------------------------------------------------------- public surface
+
+    @property
+    def address(self) -> str:
+        """This node's transport address."""
+        return self._transport.address
+
+    @property
+    def incarnation(self) -> int:
+        """This node's incarnation."""
+        return self._members[self.node_id].incarnation
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """This node's labels."""
+        return dict(self._members[self.node_id].labels)
+
+    def start(self) -> None:
+        """Install the transport handlers, announce ourselves, start probe, gossip and push-pull timers."""
+        if self._running:
+            return
+        self._running = True
+        self._transport.set_handlers(self._on_packet, self._on_stream)
+        self._queue_alive(self._members[self.node_id])
+        cfg = self.config
+        # Random phases so that a fleet started at once does not probe in lockstep.
+        later = self._sched.call_later
+        self._timers["probe"] = later(self._rng.random() * cfg.probe_interval, self._probe_tick)
+        self._timers["gossip"] = later(self._rng.random() * cfg.gossip_interval, self._gossip_tick)
+        if cfg.push_pull_interval > 0:
+            first = self._rng.random() * self._push_pull_interval()
+            self._timers["push_pull"] = self._sched.call_later(first, self._push_pull_tick)
+        if cfg.reconnect_interval > 0:
+            first = self._rng.random() * cfg.reconnect_interval
+            self._timers["reconnect"] = self._sched.call_later(first, self._reconnect_tick)
+
+    def join(self, seeds: Iterable[str], on_done: Callable[[int], None] | None = None) -> None:
+        """Push-pull with every seed address; ``on_done`` gets how many answered."""
+        targets = [s for s in seeds if s and s != self.address]
+        if not targets:
+            if on_done is not None:
+                on_done(0)
+            return
+        pending = len(targets)
+        ok = 0
+
+        def done(success: bool) -> None:
+            nonlocal pending, ok
+            pending -= 1
+            ok += int(success)
+            if pending == 0 and on_done is not None:
+                on_done(ok)
+
+        for seed in targets:
+            self._push_pull(seed, join=True, on_done=done)
+
+    def leave(self, on_done: Callable[[], None] | None = None) -> None:
+        """Announce a graceful leave; ``on_done`` runs once the broadcast has been sent its full count.
+
+        The node keeps answering pings until ``shutdown``.
+        """
+        me = self._members[self.node_id]
+        self._leaving = True
+        msg = mesh_pb2.Dead(node=self.node_id, incarnation=me.incarnation, **{"from": self.node_id})
+        self._set_state(me, State.LEFT)
+        payload = mesh_pb2.Gossip(dead=msg).SerializeToString()
+        self._broadcasts.queue(self.node_id, payload, on_done)
+
+    def shutdown(self) -> None:
+        """Stop every timer and close the transport."""
+        self._running = False
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+        for s in self._suspicions.values():
+            s.cancel()
+        self._suspicions.clear()
+        for h in self._acks.values():
+            if isinstance(h, _Probe):
+                for t in h.timers:
+                    t.cancel()
+            elif h.timer is not None:
+                h.timer.cancel()
+        self._acks.clear()
+        self._transport.close()
+
+    def set_labels(self, labels: Mapping[str, str]) -> None:
+        """Change this node's labels: a new incarnation, broadcast as Alive."""
+        me = self._members[self.node_id]
+        me.labels = dict(labels)
+        me.incarnation += 1
+        self._queue_alive(me)
+
+    def members(self) -> list[Member]:
+        """Copies of every listed member, this node included."""
+        return [dataclasses.replace(m, labels=dict(m.labels)) for m in self._members.values()]
+
+    def member(self, node_id: str) -> Member | None:
+        """A copy of one member, or None."""
+        m = self._members.get(node_id)
+        return None if m is None else dataclasses.replace(m, labels=dict(m.labels))
+
+    def state_of(self, node_id: str) -> State | None:
+        """One member's state, or None when unknown (cheap: no copy)."""
+        m = self._members.get(node_id)
+        return None if m is None else m.state
+
+    def num_members(self) -> int:
+        """Members alive or suspect, this node included."""
+        return self._num_live
+
+    def request(self, addr: str, payload: bytes, on_reply: Callable[[bytes | None, str], None]) -> None:
+        """Send a delegate request to ``addr`` over a reliable stream; the answer goes to ``on_reply``."""
+        data = mesh_pb2.StreamMessage(user=payload).SerializeToString()
+
+        def reply(raw: bytes | None, err: str) -> None:
+            if raw is None:
+                on_reply(None, err)
+                return
+            try:
+                msg = mesh_pb2.StreamMessage.FromString(raw)
+            except DecodeError:
+                self.counters["streams_malformed"] += 1
+                log.warning("malformed stream answer from %s dropped", addr)
+                on_reply(None, "malformed answer")
+                return
+            on_reply(msg.user, "")
+
+        self._transport.request(addr, data, self.config.stream_timeout, reply)
+
+    # ---------------------------------------------------------------- table bookkeeping
+
+    def _add(self, m: Member) -> None:
+        self._members[m.node_id] = m
+        self._ids.append(m.node_id)
+        if m.node_id != self.node_id:
+            pos = self._rng.randint(0, len(self._probe_list))
+            self._probe_list.insert(pos, m.node_id)
+
+    def _live_changed(self, old: State | None, new: State) -> None:
+        was = old in (State.ALIVE, State.SUSPECT)
+        now = new in (State.ALIVE, State.SUSPECT)
+        self._num_live += int(now) - int(was)
+
+    def _set_state(self, m: Member, state: State) -> None:
+        if m.state != state:
+            self._live_changed(m.state, state)
+            m.state = state
+            m.state_change = self._sched.now()
+
+    def _emit(self, kind: str, m: Member) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(kind, dataclasses.replace(m, labels=dict(m.labels)))
+            except Exception:
+                log.exception("mesh event callback failed")
+
+    def _reap(self) -> None:
+        """Forget members dead or left for longer than ``dead_retention``."""
+        horizon = self._sched.now() - self.config.dead_retention
+        gone = [
+            nid
+            for nid, m in self._members.items()
+            if m.state in (State.DEAD, State.LEFT) and m.state_change < horizon and nid != self.node_id
+        ]
+        if not gone:
+            return
+        for nid in gone:
+            del self._members[nid]
+        gone_set = set(gone)
+        self._ids = [i for i in self._ids if i not in gone_set]
+        self._probe_list = [i for i in self._probe_list if i not in gone_set]
+        self._probe_index = 0
+
+    def _random_members(
+        self, k: int, exclude: Iterable[str], accept: Callable[[Member], bool]
+    ) -> list[Member]:
+        """Up to ``k`` distinct random members passing ``accept`` (rejection sampling, then a scan)."""
+        skip = set(exclude)
+        skip.add(self.node_id)
+        out: list[Member] = []
+        ids = self._ids
+        if not ids:
+            return out
+        for _ in range(4 * k + 8):
+            if len(out) >= k:
+                return out
+            nid = ids[self._rng.randrange(len(ids))]
+            if nid in skip:
+                continue
+            m = self._members[nid]
+            skip.add(nid)
+            if accept(m):
+                out.append(m)
+        if len(out) < k:
+            rest = [self._members[i] for i in ids if i not in skip and accept(self._members[i])]
+            self._rng.shuffle(rest)
+            out.extend(rest[: k - len(out)])
+        return out
+
+    # ---------------------------------------------------------------- sending
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _send(self, addr: str, header: mesh_pb2.MeshPacket, gossip_only: bool = False) -> bool:
+        """Send ``header`` with as many piggybacked broadcasts as fit; False when gossip_only had none."""
+        header.source = self.node_id
+        header.source_addr = self.address
+        base = header.SerializeToString()
+        budget = self.config.packet_budget - len(base)
+        parts = self._broadcasts.get_broadcasts(_GOSSIP_OVERHEAD, budget)
+        used = sum(len(p) + _GOSSIP_OVERHEAD for p in parts)
+        if self.delegate is not None and budget - used > _USER_OVERHEAD:
+            try:
+                user = self.delegate.get_broadcasts(_USER_OVERHEAD, budget - used)
+            except Exception:
+                log.exception("mesh delegate get_broadcasts failed")
+                user = []
+            parts.extend(_field(_USER_FIELD, u) for u in user)
+        if gossip_only and not parts:
+            return False
+        data = base + b"".join(_field(_GOSSIP_FIELD, p) for p in parts)
+        self._transport.send_packet(addr, data)
+        return True
+
+    def _queue_alive(self, m: Member) -> None:
+        msg = mesh_pb2.Alive(node=m.node_id, incarnation=m.incarnation, addr=m.addr, labels=m.labels)
+        self._broadcasts.queue(m.node_id, mesh_pb2.Gossip(alive=msg).SerializeToString())
+
+    # ---------------------------------------------------------------- probing
+
+    def _probe_tick(self) -> None:
+        if not self._running:
+            return
+        interval = self.awareness.scale_timeout(self.config.probe_interval)
+        self._timers["probe"] = self._sched.call_later(interval, self._probe_tick)
+        if self._leaving:
+            return
+        target = self._next_probe_target()
+        if target is not None:
+            self._probe(target, interval)
+
+    def _next_probe_target(self) -> Member | None:
+        for _ in range(len(self._probe_list) + 1):
+            if self._probe_index >= len(self._probe_list):
+                self._reap()
+                self._rng.shuffle(self._probe_list)
+                self._probe_index = 0
+                if not self._probe_list:
+                    return None
+            nid = self._probe_list[self._probe_index]
+            self._probe_index += 1
+            m = self._members.get(nid)
+            if m is not None and m.state in (State.ALIVE, State.SUSPECT):
+                return m
+        return None
+
+    def _probe(self, target: Member, interval: float) -> None:
+        seq = self._next_seq()
+        probe = _Probe(target.node_id, target.incarnation, self._sched.now())
+        self._acks[seq] = probe
+        self._send(target.addr, mesh_pb2.MeshPacket(ping=mesh_pb2.Ping(seq_no=seq, target=target.node_id)))
+        later = self._sched.call_later
+        probe.timers.append(later(self.config.probe_timeout, lambda: self._probe_indirect(seq)))
+        probe.timers.append(later(interval, lambda: self._probe_failed(seq)))
+
+    def _probe_indirect(self, seq: int) -> None:
+        probe = self._acks.get(seq)
+        if not isinstance(probe, _Probe) or probe.done:
+            return
+        target = self._members.get(probe.target)
+        if target is None:
+            return
+        relays = self._random_members(
+            self.config.indirect_checks, (probe.target,), lambda m: m.state == State.ALIVE
+        )
+        probe.expected_nacks = len(relays)
+        ind = mesh_pb2.IndirectPing(seq_no=seq, target=target.node_id, target_addr=target.addr)
+        for relay in relays:
+            self._send(relay.addr, mesh_pb2.MeshPacket(indirect_ping=ind))
+
+    def _probe_failed(self, seq: int) -> None:
+        probe = self._acks.pop(seq, None)
+        if not isinstance(probe, _Probe) or probe.done:
+            return
+        probe.done = True
+        # Lifeguard: missing nacks mean our own messages are getting lost, so we are likely the slow one.
+        if probe.expected_nacks > 0:
+            self.awareness.apply_delta(max(0, probe.expected_nacks - probe.nacks))
+        else:
+            self.awareness.apply_delta(1)
+        self.counters["probes_failed"] += 1
+        m = self._members.get(probe.target)
+        if m is None or m.state not in (State.ALIVE, State.SUSPECT):
+            return
+        self._suspect(mesh_pb2.Suspect(node=m.node_id, incarnation=m.incarnation, **{"from": self.node_id}))
+
+    def _on_ack(self, seq: int, source: str) -> None:
+        handler = self._acks.pop(seq, None)
+        if handler is None or handler.done:
+            return
+        handler.done = True
+        if isinstance(handler, _Probe):
+            for t in handler.timers:
+                t.cancel()
+            self.awareness.apply_delta(-1)
+            self.counters["probes_ok"] += 1
+            m = self._members.get(handler.target)
+            if m is not None and source == handler.target:
+                m.rtt = self._sched.now() - handler.start
+        else:
+            if handler.timer is not None:
+                handler.timer.cancel()
+            self._send(handler.requester, mesh_pb2.MeshPacket(ack=mesh_pb2.Ack(seq_no=handler.orig_seq)))
+
+    def _on_nack(self, seq: int) -> None:
+        handler = self._acks.get(seq)
+        if isinstance(handler, _Probe) and not handler.done:
+            handler.nacks += 1
+
+    def _relay_ping(self, requester_addr: str, msg: mesh_pb2.IndirectPing) -> None:
+        if not msg.target or len(msg.target_addr) > _MAX_ADDR:
+            raise PeerError("indirect ping without a target")
+        seq = self._next_seq()
+        relay = _Relay(msg.seq_no, requester_addr)
+        self._acks[seq] = relay
+
+        def nack() -> None:
+            if self._acks.pop(seq, None) is relay and not relay.done:
+                relay.done = True
+                self._send(requester_addr, mesh_pb2.MeshPacket(nack=mesh_pb2.Nack(seq_no=relay.orig_seq)))
+
+        relay.timer = self._sched.call_later(self.config.probe_timeout * 0.8, nack)
+        self._send(msg.target_addr, mesh_pb2.MeshPacket(ping=mesh_pb2.Ping(seq_no=seq, target=msg.target)))
+
+    # ---------------------------------------------------------------- gossip and push-pull
+
+    def _gossip_tick(self) -> None:
+        if not self._running:
+            return
+        self._timers["gossip"] = self._sched.call_later(self.config.gossip_interval, self._gossip_tick)
+        now = self._sched.now()
+        dead_horizon = self.config.gossip_to_the_dead_time
+
+        def eligible(m: Member) -> bool:
+            if m.state in (State.ALIVE, State.SUSPECT):
+                return True
+            return m.state == State.DEAD and now - m.state_change < dead_horizon
+
+        for m in self._random_members(self.config.gossip_nodes, (), eligible):
+            if not self._send(m.addr, mesh_pb2.MeshPacket(), gossip_only=True):
+                return
+
+    def _push_pull_interval(self) -> float:
+        """memberlist ``pushPullScale``: beyond 32 members the interval grows with log2(n)."""
+        n = self._num_live
+        base = self.config.push_pull_interval
+        if n <= 32:
+            return base
+        return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
+
+    def _push_pull_tick(self) -> None:
+        if not self._running:
+            return
+        self._timers["push_pull"] = self._sched.call_later(self._push_pull_interval(), self._push_pull_tick)
+        if self._leaving:
+            return
+        peers = self._random_members(1, (), lambda m: m.state == State.ALIVE)
+        if peers:
+            self._push_pull(peers[0].addr, join=False, on_done=None)
+
+    def _reconnect_tick(self) -> None:
+        if not self._running:
+            return
+        interval = self.config.reconnect_interval
+        self._timers["reconnect"] = self._sched.call_later(interval, self._reconnect_tick)
+        if self._leaving:
+            return
+        dead = self._random_members(1, (), lambda m: m.state == State.DEAD)
+        if dead:
+            self.counters["reconnects"] += 1
+            self._push_pull(dead[0].addr, join=False, on_done=None)
+
+    def _local_push_pull(self, join: bool, remote_user: bytes | None) -> mesh_pb2.PushPull:
+        pp = mesh_pb2.PushPull(source=self.node_id, source_addr=self.address, join=join)
+        for m in self._members.values():
+            pp.members.add(node=m.node_id, addr=m.addr, incarnation=m.incarnation, state=int(m.state),
+                           labels=m.labels)
+        if self.delegate is not None:
+            try:
+                pp.user_state = self.delegate.local_state(join, remote_user)
+            except Exception:
+                log.exception("mesh delegate local_state failed")
+        return pp
+
+    def _push_pull(self, addr: str, join: bool, on_done: Callable[[bool], None] | None) -> None:
+        req = mesh_pb2.StreamMessage(push_pull=self._local_push_pull(join, None)).SerializeToString()
+
+        def reply(raw: bytes | None, err: str) -> None:
+            ok = False
+            if raw is None:
+                self.counters["push_pull_failed"] += 1
+                log.debug("push-pull with %s failed: %s", addr, err)
+            else:
+                try:
+                    msg = mesh_pb2.StreamMessage.FromString(raw)
+                    if msg.WhichOneof("body") != "push_pull":
+                        raise PeerError("push-pull answered without state")
+                    self._merge_push_pull(msg.push_pull, addr)
+                    ok = True
+                except (DecodeError, PeerError) as exc:
+                    self.counters["streams_malformed"] += 1
+                    log.warning("bad push-pull answer from %s dropped: %s", addr, exc)
+            if on_done is not None:
+                on_done(ok)
+
+        self.counters["push_pulls"] += 1
+        self._transport.request(addr, req, self.config.stream_timeout, reply)
+
+    def _merge_push_pull(self, pp: mesh_pb2.PushPull, source_addr: str) -> None:
+        for pm in pp.members:
+            try:
+                st = State(pm.state)
+            except ValueError:
+                self.counters["members_bad_state"] += 1
+                continue
+            if st == State.ALIVE:
+                self._alive(mesh_pb2.Alive(node=pm.node, incarnation=pm.incarnation, addr=pm.addr,
+                                           labels=pm.labels))
+            elif st == State.LEFT:
+                self._dead(mesh_pb2.Dead(node=pm.node, incarnation=pm.incarnation, **{"from": pm.node}))
+            else:
+                # memberlist mergeState: a dead member is only suspected, so that it gets a chance to refute.
+                self._suspect(mesh_pb2.Suspect(node=pm.node, incarnation=pm.incarnation,
+                                               **{"from": pp.source}))
+        if self.delegate is not None and pp.user_state:
+            try:
+                self.delegate.merge_remote_state(pp.user_state, pp.join, source_addr)
+            except Exception:
+                log.exception("mesh delegate merge_remote_state failed (state from %s)", source_addr)
+
+    # ---------------------------------------------------------------- receiving
+
+    def _on_packet(self, from_addr: str, data: bytes) -> None:
+        if not self._running:
+            return
+        try:
+            pkt = mesh_pb2.MeshPacket.FromString(data)
+            self._handle_packet(from_addr, pkt)
+        except (DecodeError, PeerError, ValueError) as exc:
+            self.counters["packets_malformed"] += 1
+            log.warning("bad packet from %s dropped: %s", from_addr, exc)
+        except Exception:
+            self.counters["packets_failed"] += 1
+            log.exception("packet from %s could not be handled; dropped", from_addr)
+
+    def _handle_packet(self, from_addr: str, pkt: mesh_pb2.MeshPacket) -> None:
+        reply_to = pkt.source_addr or from_addr
+        if len(reply_to) > _MAX_ADDR:
+            raise PeerError("source address too long")
+        body = pkt.WhichOneof("body")
+        if body == "ping":
+            if pkt.ping.target and pkt.ping.target != self.node_id:
+                self.counters["pings_misdirected"] += 1
+            else:
+                self._send(reply_to, mesh_pb2.MeshPacket(ack=mesh_pb2.Ack(seq_no=pkt.ping.seq_no)))
+        elif body == "indirect_ping":
+            self._relay_ping(reply_to, pkt.indirect_ping)
+        elif body == "ack":
+            self._on_ack(pkt.ack.seq_no, pkt.source)
+        elif body == "nack":
+            self._on_nack(pkt.nack.seq_no)
+        for g in pkt.gossip:
+            kind = g.WhichOneof("msg")
+            if kind == "alive":
+                self._alive(g.alive)
+            elif kind == "suspect":
+                self._suspect(g.suspect)
+            elif kind == "dead":
+                self._dead(g.dead)
+            elif kind == "user" and self.delegate is not None:
+                try:
+                    self.delegate.notify_msg(pkt.source, reply_to, g.user)
+                except Exception:
+                    log.exception("mesh delegate notify_msg failed (message from %s)", reply_to)
+
+    def _on_stream(self, from_addr: str, data: bytes) -> bytes:
+        try:
+            msg = mesh_pb2.StreamMessage.FromString(data)
+        except DecodeError as exc:
+            self.counters["streams_malformed"] += 1
+            log.warning("bad stream request from %s dropped: %s", from_addr, exc)
+            raise PeerError(f"malformed stream request from {from_addr}") from exc
+        body = msg.WhichOneof("body")
+        if body == "push_pull":
+            pp = msg.push_pull
+            self._merge_push_pull(pp, pp.source_addr or from_addr)
+            local = self._local_push_pull(pp.join, pp.user_state)
+            return mesh_pb2.StreamMessage(push_pull=local).SerializeToString()
+        if body == "user" and self.delegate is not None:
+            answer = self.delegate.handle_request(from_addr, msg.user)
+            return mesh_pb2.StreamMessage(user=answer).SerializeToString()
+        self.counters["streams_malformed"] += 1
+        raise PeerError(f"empty stream request from {from_addr}")
+
+    # ---------------------------------------------------------------- alive / suspect / dead
+
+    def _check_node(self, node: str) -> None:
+        if not node or len(node) > _MAX_NODE_ID:
+            raise PeerError(f"bad node id {node[:_MAX_NODE_ID]!r}")
+
+    def _check_alive(self, a: mesh_pb2.Alive) -> None:
+        self._check_node(a.node)
+        cfg = self.config
+        if not a.addr or len(a.addr) > _MAX_ADDR:
+            raise PeerError(f"bad address for {a.node}")
+        if len(a.labels) > cfg.max_labels:
+            raise PeerError(f"{a.node} carries {len(a.labels)} labels (max {cfg.max_labels})")
+        for k, v in a.labels.items():
+            if len(k) > cfg.max_label_bytes or len(v) > cfg.max_label_bytes:
+                raise PeerError(f"{a.node} carries an oversize label")
+
+    def _refute(self, me: Member, accused_incarnation: int) -> None:
+        """Someone suspects (or declares dead) this node: outbid their incarnation and say we are alive."""
+        me.incarnation = max(me.incarnation, accused_incarnation) + 1
+        self._queue_alive(me)
+        self.awareness.apply_delta(1)
+        self.counters["refuted"] += 1
+
+    def _alive(self, a: mesh_pb2.Alive) -> None:
+        self._check_alive(a)
+        m = self._members.get(a.node)
+        if a.node == self.node_id:
+            assert m is not None
+            if self._leaving:
+                return
+            if a.incarnation > m.incarnation or (
+                a.incarnation == m.incarnation and (a.addr != m.addr or dict(a.labels) != m.labels)
+            ):
+                self._refute(m, a.incarnation)
+            return
+        if m is None:
+            m = Member(a.node, a.addr, a.incarnation, State.ALIVE, dict(a.labels), self._sched.now())
+            self._add(m)
+            self._live_changed(None, State.ALIVE)
+            self._broadcasts.queue(a.node, mesh_pb2.Gossip(alive=a).SerializeToString())
+            self._emit("join", m)
+            return
+        if a.incarnation <= m.incarnation:
+            return
+        was = m.state
+        s = self._suspicions.pop(a.node, None)
+        if s is not None:
+            s.cancel()
+        m.incarnation = a.incarnation
+        m.addr = a.addr
+        m.labels = dict(a.labels)
+        self._set_state(m, State.ALIVE)
+        self._broadcasts.queue(a.node, mesh_pb2.Gossip(alive=a).SerializeToString())
+        self._emit("join" if was in (State.DEAD, State.LEFT) else "update", m)
+
+    def _suspect(self, s: mesh_pb2.Suspect) -> None:
+        self._check_node(s.node)
+        m = self._members.get(s.node)
+        if m is None or s.incarnation < m.incarnation:
+            return
+        suspecter = getattr(s, "from")
+        if m.state == State.SUSPECT:
+            susp = self._suspicions.get(s.node)
+            if susp is not None and susp.confirm(suspecter):
+                self.counters["suspicion_confirmations"] += 1
+                self._broadcasts.queue(s.node, mesh_pb2.Gossip(suspect=s).SerializeToString())
+            return
+        if m.state != State.ALIVE:
+            return
+        if s.node == self.node_id:
+            if not self._leaving:
+                self._refute(m, s.incarnation)
+            return
+        self._broadcasts.queue(s.node, mesh_pb2.Gossip(suspect=s).SerializeToString())
+        m.incarnation = s.incarnation
+        self._set_state(m, State.SUSPECT)
+        self.counters["suspicions"] += 1
+        cfg = self.config
+        n = self._num_live
+        k = cfg.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        min_t = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
+        max_t = cfg.suspicion_max_timeout_mult * min_t
+        incarnation = s.incarnation
+        node = s.node
+
+        def timeout(confirmations: int) -> None:
+            cur = self._members.get(node)
+            if cur is not None and cur.state == State.SUSPECT and cur.incarnation == incarnation:
+                log.info("suspect %s timed out after %d confirmations: dead", node, confirmations)
+                self._dead(mesh_pb2.Dead(node=node, incarnation=incarnation, **{"from": self.node_id}))
+
+        self._suspicions[node] = Suspicion(self._sched, suspecter, k, min_t, max_t, timeout)
+
+    def _dead(self, d: mesh_pb2.Dead) -> None:
+        self._check_node(d.node)
+        m = self._members.get(d.node)
+        if m is None or d.incarnation < m.incarnation or m.state in (State.DEAD, State.LEFT):
+            return
+        if d.node == self.node_id and not self._leaving:
+            self._refute(m, d.incarnation)
+            return
+        s = self._suspicions.pop(d.node, None)
+        if s is not None:
+            s.cancel()
+        self._broadcasts.queue(d.node, mesh_pb2.Gossip(dead=d).SerializeToString())
+        m.incarnation = d.incarnation
+        left = getattr(d, "from") == d.node
+        self._set_state(m, State.LEFT if left else State.DEAD)
+        self.counters["left" if left else "dead"] += 1
+        self._emit("leave", m)
