@@ -1,0 +1,394 @@
+"""Compile, attach and drain meshnode's BPF programs with bcc.
+
+The programs aggregate in the kernel (per-socket maps keyed by socket cookie) and emit one lifecycle
+record per TCP flow through a ring buffer; user space drains once per tick. This module is the only one
+that imports bcc; everything it returns is a frozen record from ``probes._records``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probes._errors import ProbeCompileError, ProbeError
+from probes._records import (
+    COUNTER_NAMES,
+    CEvent,
+    CPendingKey,
+    CPendingVal,
+    CTcpFlow,
+    CUdpFlow,
+    CUdpKey,
+    KernelEvent,
+    PendingRow,
+    TcpFlowRow,
+    UdpFlowRow,
+    addr_text,
+)
+
+PROBES_DIR = Path(__file__).resolve().parent
+MAIN_SOURCE = PROBES_DIR / "sensor.bpf.c"
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+TRACEFS = Path("/sys/kernel/tracing")
+
+# Attach types (uapi enum bpf_attach_type) and flags used with cgroups.
+BPF_CGROUP_INET_INGRESS = 0
+BPF_CGROUP_INET_EGRESS = 1
+BPF_CGROUP_SOCK_OPS = 3
+BPF_CGROUP_INET_SOCK_RELEASE = 34
+
+# Tracepoints the sensor cannot do without, and optional ones with the -D flag that enables their code.
+REQUIRED_TRACEPOINTS = (("tcp", "tcp_receive_reset"), ("sock", "inet_sock_set_state"))
+OPTIONAL_TRACEPOINTS = {
+    ("sock", "sock_send_length"): "HAVE_SOCK_LENGTH",
+    ("tcp", "tcp_probe"): "HAVE_TCP_PROBE",
+    ("skb", "kfree_skb"): "HAVE_KFREE_SKB",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """What to load and how; every knob becomes a -D flag, never a string substitution."""
+
+    cgroup: str = "/"
+    """Scope: a cgroup v2 path relative to ``cgroup_root`` ("/" is the whole host)."""
+    cgroup_root: Path = CGROUP_ROOT
+    rtt_shift_min_us: int = 2000
+    burst_threshold: int = 3
+    burst_window_ms: int = 1000
+    tcp_max_flows: int = 65536
+    udp_max_flows: int = 65536
+    ringbuf_pages: int = 256
+    debug: bool = False
+    """Print the final C translation unit and the cflags to stderr before compiling."""
+
+    @property
+    def cgroup_path(self) -> Path:
+        return self.cgroup_root / self.cgroup.lstrip("/")
+
+    @property
+    def scoped(self) -> bool:
+        return self.cgroup.strip("/") != ""
+
+
+def missing_prerequisites(cgroup_root: Path = CGROUP_ROOT) -> list[str]:
+    """Each thing this machine lacks for the eBPF sensor, as 'what is missing: how to fix it'."""
+    problems: list[str] = []
+    if os.geteuid() != 0:
+        problems.append("not running as root: run as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN "
+                        "and CAP_SYS_ADMIN (see deploy/meshnode.service)")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        problems.append("the kernel has no BTF (/sys/kernel/btf/vmlinux): boot a kernel built with "
+                        "CONFIG_DEBUG_INFO_BTF=y (Linux >= 5.8)")
+    if not (cgroup_root / "cgroup.procs").exists():
+        problems.append(f"no cgroup v2 hierarchy at {cgroup_root}: mount it "
+                        f"(mount -t cgroup2 none {cgroup_root}) or pass the right root")
+    if not (TRACEFS / "events").exists():
+        problems.append(f"tracefs is not mounted at {TRACEFS}: mount -t tracefs nodev {TRACEFS}")
+    else:
+        for cat, ev in REQUIRED_TRACEPOINTS:
+            if not (TRACEFS / "events" / cat / ev).exists():
+                problems.append(f"tracepoint {cat}:{ev} is missing: meshnode needs Linux >= 5.15 with it")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        problems.append("the bcc Python module is missing: apt-get install python3-bpfcc (then 'make setup')")
+    if not Path(f"/lib/modules/{os.uname().release}/build").exists():
+        problems.append(f"no kernel headers at /lib/modules/{os.uname().release}/build: run 'make setup' "
+                        "(installs linux-headers-amd64 and links them)")
+    return problems
+
+
+def drop_reason_names(tracefs: Path = TRACEFS) -> dict[int, str]:
+    """Names of skb drop reasons from the running kernel's kfree_skb format (never a built-in table)."""
+    fmt = tracefs / "events" / "skb" / "kfree_skb" / "format"
+    try:
+        text = fmt.read_text()
+    except OSError:
+        return {}
+    return {int(num): name for num, name in re.findall(r'\{\s*(\d+)\s*,\s*"(\w+)"\s*\}', text)}
+
+
+def translation_unit(main: Path = MAIN_SOURCE) -> str:
+    """The C that bcc compiles: sensor.bpf.c with its per-concern ``#include "x.bpf.c"`` lines inlined.
+
+    bcc generates tracepoint argument structs only for TRACEPOINT_PROBEs in the main file, so the
+    concerns, kept one per file on disk, are joined here into one unit.
+    """
+    def inline(m: re.Match[str]) -> str:
+        path = main.parent / m.group(1)
+        return f"/* ---- {path.name} ---- */\n#line 1 \"{path.name}\"\n{path.read_text()}"
+
+    return re.sub(r'^#include "([a-z_]+\.bpf\.c)"$', inline, main.read_text(), flags=re.M)
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Capture fd 2 (where bcc's clang writes) into a list holding one string, for error reporting."""
+    out: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+@dataclass
+class Probes:
+    """The loaded and attached programs of one sensor, and their maps."""
+
+    config: ProbeConfig = field(default_factory=ProbeConfig)
+    _bpf: Any = None
+    _cg_fd: int = -1
+    _links: list[int] = field(default_factory=list)
+    _events: list[KernelEvent] = field(default_factory=list)
+    _lib: Any = None
+
+    def cflags(self) -> list[str]:
+        """The -I/-D flags that configure the programs."""
+        from bcc import BPF
+
+        c = self.config
+        flags = [
+            f"-I{PROBES_DIR}", "-Wno-unused-function", "-Wno-macro-redefined",
+            f"-DRTT_SHIFT_MIN_US={c.rtt_shift_min_us}", f"-DBURST_THRESHOLD={c.burst_threshold}",
+            f"-DBURST_WINDOW_MS={c.burst_window_ms}", f"-DTCP_MAX_FLOWS={c.tcp_max_flows}",
+            f"-DUDP_MAX_FLOWS={c.udp_max_flows}", f"-DRINGBUF_PAGES={c.ringbuf_pages}",
+        ]
+        for (cat, ev), define in OPTIONAL_TRACEPOINTS.items():
+            if BPF.tracepoint_exists(cat, ev):
+                flags.append(f"-D{define}")
+        if c.scoped:
+            flags.append("-DSCOPED")
+        return flags
+
+    def open(self) -> None:
+        """Check prerequisites, compile, load and attach; raise ProbeError saying what is missing."""
+        problems = missing_prerequisites(self.config.cgroup_root)
+        if problems:
+            raise ProbeError("the eBPF sensor cannot start:\n  - " + "\n  - ".join(problems))
+        cg = self.config.cgroup_path
+        if not cg.is_dir():
+            raise ProbeError(f"cgroup {self.config.cgroup!r} does not exist under {self.config.cgroup_root}: "
+                             "pass an existing cgroup v2 path (e.g. /system.slice) or / for the whole host")
+        from bcc import BPF, lib
+
+        self._lib = lib
+        lib.bpf_lookup_and_delete.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+        lib.bpf_link_create.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_void_p]
+        text = translation_unit()
+        flags = self.cflags()
+        if self.config.debug:
+            print(f"/* cflags: {' '.join(flags)} */\n{text}", file=sys.stderr)
+        with _captured_stderr() as log:
+            try:
+                self._bpf = BPF(text=text, cflags=flags)
+            except Exception as exc:
+                compile_exc: Exception | None = exc
+            else:
+                compile_exc = None
+        if compile_exc is not None:
+            raise _compile_error(log[0]) from compile_exc
+        self._cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._attach_cgroup("mn_sockops", BPF.SOCK_OPS, BPF_CGROUP_SOCK_OPS)
+            self._attach_cgroup("mn_skb_ingress", BPF.CGROUP_SKB, BPF_CGROUP_INET_INGRESS)
+            self._attach_cgroup("mn_skb_egress", BPF.CGROUP_SKB, BPF_CGROUP_INET_EGRESS)
+            self._attach_cgroup("mn_sock_release", BPF.CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE,
+                                expected=BPF_CGROUP_INET_SOCK_RELEASE)
+            if self.config.scoped:
+                self._bpf["scope_cg"][0] = self._cg_fd
+            self._bpf["events"].open_ring_buffer(self._on_event)
+        except Exception:
+            self.close()
+            raise
+
+    def _attach_cgroup(self, name: str, prog_type: int, attach_type: int, expected: int = -1) -> None:
+        with _captured_stderr() as log:
+            try:
+                fn = self._bpf.load_func(name, prog_type, attach_type=expected)
+            except Exception as exc:
+                err: Exception | None = exc
+            else:
+                err = None
+        if err is not None:
+            verifier = [ln for ln in log[0].splitlines() if ln.strip()]
+            raise ProbeError(f"the kernel refused BPF program {name}: {err}; verifier said: "
+                             + " | ".join(verifier[-3:])) from err
+        # A BPF link, not bpf_prog_attach: the attachment lives exactly as long as this process holds the
+        # link's fd, so a SIGKILLed sensor leaves nothing running in the kernel.
+        link = self._lib.bpf_link_create(fn.fd, self._cg_fd, attach_type, None)
+        if link < 0:
+            raise ProbeError(f"attaching {name} to cgroup {self.config.cgroup} failed: {os.strerror(-link)} "
+                             "(needs root or CAP_BPF + CAP_NET_ADMIN, and a cgroup v2 directory)")
+        self._links.append(link)
+
+    # ---- draining -------------------------------------------------------------------------------
+
+    def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
+        ev = ct.cast(data, ct.POINTER(CEvent)).contents
+        flow = None
+        if ev.kind != 7:  # EV_UDP_RELEASE carries no flow
+            flow = TcpFlowRow.from_c(ev.cookie, ev.flow, bytes(ev.comm))
+        self._events.append(KernelEvent(kind=ev.kind, ts_ns=ev.ts_ns, cookie=ev.cookie, value=ev.value,
+                                        value2=ev.value2, flow=flow))
+
+    def poll_events(self) -> list[KernelEvent]:
+        """Every ring-buffer record since the last call, in order."""
+        self._bpf.ring_buffer_consume()
+        out, self._events = self._events, []
+        return out
+
+    def tcp_flows(self) -> list[TcpFlowRow]:
+        """Live TCP flows the kernel tracks (totals so far)."""
+        table = self._bpf["tcp_flows"]
+        return [TcpFlowRow.from_c(k.value, v) for k, v in _rows(table)]
+
+    def udp_flows(self) -> list[UdpFlowRow]:
+        """UDP flows the kernel tracks (totals so far)."""
+        return [UdpFlowRow.from_c(k, v) for k, v in _rows(self._bpf["udp_flows"])]
+
+    def take_udp(self, rows: Iterable[UdpFlowRow]) -> list[UdpFlowRow]:
+        """Remove these UDP flows from the kernel map atomically, returning their final counters.
+
+        A flow whose key is gone (already taken) is skipped; a datagram arriving after the removal starts
+        a new flow, which is the right reading of "ended".
+        """
+        table = self._bpf["udp_flows"]
+        out = []
+        for row in rows:
+            key = _udp_key(row)
+            val = CUdpFlow()
+            if self._lib.bpf_lookup_and_delete(table.map_fd, ct.byref(key), ct.byref(val)) == 0:
+                out.append(UdpFlowRow.from_c(key, val))
+        return out
+
+    def pending(self) -> list[PendingRow]:
+        """Inbound SYNs whose handshake has not completed."""
+        out = []
+        for k, v in _rows(self._bpf["pending"]):
+            out.append(PendingRow(
+                netns=k.netns, family=k.family, src=addr_text(k.family, k.laddr), sport=k.lport,
+                dst=addr_text(k.family, k.raddr), dport=k.rport, syn_ns=v.syn_ns, cgroup_id=v.cgroup_id))
+        return out
+
+    def take_pending(self, rows: Iterable[PendingRow]) -> list[PendingRow]:
+        """Remove these half-open entries; returns those that were still there."""
+        import socket as _s
+
+        table = self._bpf["pending"]
+        out = []
+        for row in rows:
+            k = CPendingKey()
+            k.netns, k.family, k.lport, k.rport = row.netns, row.family, row.sport, row.dport
+            n = 4 if row.family == _s.AF_INET else 16
+            ct.memmove(k.laddr, _s.inet_pton(row.family, row.src), n)
+            ct.memmove(k.raddr, _s.inet_pton(row.family, row.dst), n)
+            v = CPendingVal()
+            if self._lib.bpf_lookup_and_delete(table.map_fd, ct.byref(k), ct.byref(v)) == 0:
+                out.append(row)
+        return out
+
+    def drain_drops(self) -> dict[tuple[int, int], int]:
+        """Drop counts by (socket address, reason) since the last call, drained atomically."""
+        out: dict[tuple[int, int], int] = {}
+        if not _has(self._bpf, "drops"):
+            return out
+        for k, v in self._bpf["drops"].items_lookup_and_delete_batch():
+            n = v if isinstance(v, int) else v.value
+            out[(k.sk, k.reason)] = out.get((k.sk, k.reason), 0) + n
+        return out
+
+    def counters(self) -> dict[str, int]:
+        """Kernel-side counters summed over CPUs, by name (cumulative since load)."""
+        table = self._bpf["counters"]
+        return {name: int(sum(table[ct.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
+
+    def comm(self, pid: int) -> str:
+        """The comm the kernel side saw for a task group, or ''."""
+        try:
+            o = self._bpf["comms"][ct.c_uint32(pid)]
+        except KeyError:
+            return ""
+        return bytes(o.comm).split(b"\0", 1)[0].decode(errors="replace")
+
+    def map_memory(self) -> dict[str, int]:
+        """Bytes of kernel memory each map holds (memlock from fdinfo), by map name."""
+        out: dict[str, int] = {}
+        for name in ("tcp_flows", "udp_flows", "tracked", "pending", "listeners", "comms", "drops", "events"):
+            with contextlib.suppress(Exception):
+                fd = self._bpf[name].map_fd
+                text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+                m = re.search(r"memlock:\s+(\d+)", text)
+                if m:
+                    out[name] = int(m.group(1))
+        return out
+
+    def close(self) -> None:
+        """Detach from the cgroup and free everything; safe to call twice."""
+        for link in self._links:
+            os.close(link)
+        self._links.clear()
+        if self._cg_fd >= 0:
+            os.close(self._cg_fd)
+            self._cg_fd = -1
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+def _has(bpf: Any, name: str) -> bool:
+    try:
+        bpf[name]
+    except KeyError:
+        return False
+    return True
+
+
+def _rows(table: Any) -> list[tuple[Any, Any]]:
+    """All (key, value) rows of a hash map, copied out (batch lookup when the kernel has it)."""
+    try:
+        return [(_copy(k), _copy(v)) for k, v in table.items_lookup_batch()]
+    except Exception:
+        return [(_copy(k), _copy(v)) for k, v in table.items()]
+
+
+def _copy(obj: Any) -> Any:
+    clone = type(obj)()
+    ct.pointer(clone)[0] = obj
+    return clone
+
+
+def _udp_key(row: UdpFlowRow) -> CUdpKey:
+    import socket as _s
+
+    k = CUdpKey()
+    k.cookie, k.rport, k.family = row.cookie, row.dport, row.family
+    raw = _s.inet_pton(row.family, row.dst)
+    ct.memmove(k.raddr, raw, len(raw))
+    return k
+
+
+def _compile_error(log: str) -> ProbeCompileError:
+    first = next((ln.strip() for ln in log.splitlines() if "error:" in ln), "")
+    if not first:
+        first = next((ln.strip() for ln in log.splitlines() if ln.strip()), "unknown error (no compiler output)")
+    return ProbeCompileError(first, log)
+
+
+__all__ = ["Probes", "ProbeConfig", "drop_reason_names",
+           "missing_prerequisites", "translation_unit"]

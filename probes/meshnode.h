@@ -1,0 +1,145 @@
+/* Shared kernel/user structs of meshnode's probes. probes/_records.py mirrors these with ctypes.
+ * Every field is filled from tracepoint arguments, BPF context fields or helper results: never from a
+ * kernel struct offset (the build headers are not the running kernel's). */
+#ifndef MESHNODE_H
+#define MESHNODE_H
+
+#define MN_OUT 1
+#define MN_IN 2
+
+/* outcomes (values match meshnode.v1.Outcome) */
+#define OC_ESTABLISHED 1
+#define OC_REFUSED 2
+#define OC_TIMEOUT 3
+#define OC_RESET 4
+#define OC_IN_PROGRESS 7
+
+/* ring buffer record kinds */
+#define EV_TCP_END 1
+#define EV_HALFOPEN_RESET 2
+#define EV_RETRANS_BURST 3
+#define EV_RTT_SHIFT 4
+#define EV_RESET_RX 5
+#define EV_RESET_TX 6
+#define EV_UDP_RELEASE 7
+#define EV_ZERO_WINDOW 8
+
+/* per-CPU counters: nothing is lost silently */
+#define C_RINGBUF_FULL 0
+#define C_TCP_MAP_FULL 1
+#define C_UDP_MAP_FULL 2
+#define C_PENDING_MAP_FULL 3
+#define C_TRACKED_MAP_FULL 4
+#define C_DROP_MAP_FULL 5
+#define C_EVENTS 6
+#define C_TCP_OPENED 7
+#define C_NCOUNTERS 8
+
+/* One TCP socket, keyed by socket cookie; created at connect or at passive establishment. */
+struct tcp_flow {
+    __u64 sk;               /* kernel socket address: join key for owners and drops, never dereferenced */
+    __u64 netns;            /* netns cookie */
+    __u64 cgroup_id;
+    __u64 start_ns;         /* monotonic: SYN sent (outbound) or SYN received (inbound, else accept) */
+    __u64 last_ns;
+    __u64 bytes_tx;         /* payload the application wrote (sock_send_length), exact */
+    __u64 bytes_rx;         /* payload the application read (sock_recv_length), exact */
+    __u64 bytes_acked;      /* tcp bytes_acked: counts the SYN (active side) and an acked FIN too */
+    __u64 bytes_received;   /* tcp bytes_received: counts a received FIN too */
+    __u32 segs_out;
+    __u32 segs_in;
+    __u32 total_retrans;
+    __u32 connect_us;
+    __u32 srtt_us;
+    __u32 srtt_min_us;
+    __u32 srtt_max_us;
+    __u32 rtt_min_us;       /* kernel's windowed min RTT */
+    __u32 rtt_ref_us;       /* RTT at the last shift event: baseline for the next */
+    __u32 cwnd;
+    __u32 cwnd_min;
+    __u32 cwnd_max;
+    __u32 pid;
+    __u32 burst_start_ms;
+    __u16 burst;
+    __u16 resets_rx;
+    __u16 resets_tx;
+    __u16 sport;            /* host order */
+    __u16 dport;            /* host order */
+    __u8 family;
+    __u8 direction;
+    __u8 outcome;
+    __u8 zero_window;
+    __u8 saddr[16];         /* IPv4 in the first 4 bytes */
+    __u8 daddr[16];
+};
+
+/* One UDP flow: a socket and one remote endpoint. */
+struct udp_key {
+    __u64 cookie;
+    __u8 raddr[16];
+    __u16 rport;            /* host order */
+    __u16 family;
+    __u32 pad;
+};
+
+struct udp_flow {
+    __u64 sk;
+    __u64 netns;
+    __u64 cgroup_id;
+    __u64 first_ns;
+    __u64 last_ns;
+    __u64 first_tx_ns;
+    __u64 first_rx_ns;
+    __u64 bytes_tx;
+    __u64 bytes_rx;
+    __u32 packets_tx;
+    __u32 packets_rx;
+    __u32 pid;
+    __u16 lport;
+    __u8 direction;
+    __u8 pad;
+    __u8 laddr[16];
+};
+
+/* An inbound SYN seen on a listener, waiting for the handshake to complete. */
+struct pending_key {
+    __u64 netns;
+    __u8 laddr[16];
+    __u8 raddr[16];
+    __u16 lport;
+    __u16 rport;
+    __u16 family;
+    __u16 pad;
+};
+
+struct pending_val {
+    __u64 syn_ns;
+    __u64 cgroup_id;
+};
+
+/* A task group's comm, recorded in process context. */
+struct owner {
+    __u32 tgid;
+    __u32 pad;
+    char comm[16];
+};
+
+struct drop_key {
+    __u64 sk;               /* 0: no socket known */
+    __u32 reason;
+    __u32 pad;
+};
+
+/* One ring-buffer record. For EV_TCP_END, flow holds the final counters. */
+struct event {
+    __u32 kind;
+    __u32 pad;
+    __u64 ts_ns;
+    __u64 cookie;
+    __u64 value;            /* burst size, new RTT, ... */
+    __u64 value2;           /* previous RTT, ... */
+    struct tcp_flow flow;
+    char comm[16];
+};
+
+#endif

@@ -1,0 +1,79 @@
+/* Process attribution and application byte counts from tracepoints that fire in process context.
+ * sock_ops and cgroup-skb often run in softirq, where the current task is whoever was interrupted; these
+ * record who really read, wrote or connected, and how many bytes the application moved. A tracked TCP
+ * socket is found by its address in `tracked` (filled by sock_ops), which also scopes this work to the
+ * sensor's cgroup for free. */
+
+#define MN_MSG_PEEK 2
+
+static __always_inline int in_scope(void)
+{
+#ifdef SCOPED
+    return bpf_current_task_under_cgroup(&scope_cg, 0) == 1;
+#else
+    return 1;
+#endif
+}
+
+static __always_inline void note_comm(__u32 tgid)
+{
+    if (comms.lookup(&tgid))
+        return;
+    struct owner n = {.tgid = tgid};
+    bpf_get_current_comm(n.comm, sizeof(n.comm));
+    comms.update(&tgid, &n);
+}
+
+#ifdef HAVE_SOCK_LENGTH  /* sock_send_length and sock_recv_length came together (Linux 6.4) */
+static __always_inline void app_bytes(__u64 sk, __u16 protocol, int ret, int tx)
+{
+    if (ret <= 0)
+        return;
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (protocol == IPPROTO_UDP) {
+        /* UDP bytes come exact from the datagrams; here only the sender's comm is worth keeping */
+        if (in_scope())
+            note_comm(tgid);
+        return;
+    }
+    if (protocol != IPPROTO_TCP)
+        return;
+    __u64 *cookie = tracked.lookup(&sk);
+    if (!cookie)
+        return;
+    struct tcp_flow *f = tcp_flows.lookup(cookie);
+    if (!f)
+        return;
+    if (tx)
+        __sync_fetch_and_add(&f->bytes_tx, ret);
+    else
+        __sync_fetch_and_add(&f->bytes_rx, ret);
+    if (f->pid != tgid)
+        f->pid = tgid;  /* the owner is whoever last moved data: the accepting worker, not the listener */
+    note_comm(tgid);
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length)
+{
+    app_bytes((__u64)args->sk, args->protocol, args->ret, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length)
+{
+    if (args->flags & MN_MSG_PEEK)
+        return 0;
+    app_bytes((__u64)args->sk, args->protocol, args->ret, 0);
+    return 0;
+}
+#endif
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    /* CLOSE -> SYN_SENT happens inside connect(2): remember the caller's comm */
+    if (args->protocol != IPPROTO_TCP || args->newstate != 2 /* TCP_SYN_SENT */)
+        return 0;
+    if (in_scope())
+        note_comm(bpf_get_current_pid_tgid() >> 32);
+    return 0;
+}

@@ -1,0 +1,65 @@
+/* meshnode sensor: maps shared by every concern, then one file per concern.
+ * Compiled by probes/_loader.py with -I<probes> and -D options (see the loader's cflags). */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <net/dropreason.h>  /* only so the kfree_skb tracepoint struct has its enum type */
+#include "meshnode.h"
+
+/* bcc 0.26 declares bpf_get_socket_cookie as returning u32, truncating cookies: declare it right */
+static __u64 (*mn_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
+
+#ifndef TCP_MAX_FLOWS
+#define TCP_MAX_FLOWS 65536
+#endif
+#ifndef UDP_MAX_FLOWS
+#define UDP_MAX_FLOWS 65536
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+
+BPF_HASH(tcp_flows, __u64, struct tcp_flow, TCP_MAX_FLOWS);
+BPF_HASH(udp_flows, struct udp_key, struct udp_flow, UDP_MAX_FLOWS);
+BPF_HASH(pending, struct pending_key, struct pending_val, 8192);
+BPF_HASH(listeners, struct pending_key, __u32, 4096);      /* (netns, lport) -> tgid that listened */
+BPF_HASH(tracked, __u64, __u64, TCP_MAX_FLOWS);           /* TCP socket address -> cookie, while tracked */
+BPF_TABLE("lru_hash", __u32, struct owner, comms, 16384);     /* tgid -> comm */
+BPF_HASH(drops, struct drop_key, __u64, 16384);
+BPF_PERCPU_ARRAY(counters, __u64, C_NCOUNTERS);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#ifdef SCOPED
+BPF_CGROUP_ARRAY(scope_cg, 1);
+#endif
+
+static __always_inline void count(int idx)
+{
+    __u64 *v = counters.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* Emit a small event about a flow; the flow is copied so user space has the tuple. */
+static __always_inline void emit(__u32 kind, __u64 cookie, struct tcp_flow *f, __u64 value, __u64 value2)
+{
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count(C_RINGBUF_FULL);
+        return;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->kind = kind;
+    e->ts_ns = bpf_ktime_get_ns();
+    e->cookie = cookie;
+    e->value = value;
+    e->value2 = value2;
+    if (f)
+        __builtin_memcpy(&e->flow, f, sizeof(*f));
+    events.ringbuf_submit(e, 0);
+    count(C_EVENTS);
+}
+
+#include "tcp_flows.bpf.c"
+#include "udp_flows.bpf.c"
+#include "owners.bpf.c"
+#include "drops.bpf.c"

@@ -1,0 +1,286 @@
+/* TCP flows from cgroup sock_ops: lifecycle, outcome, exact byte/segment totals, RTT, cwnd, retransmits.
+ * Attached to the scope cgroup, so it sees exactly that subtree's sockets (inbound children inherit the
+ * listener's cgroup). Everything comes from bpf_sock_ops context fields, which the verifier rewrites for
+ * the running kernel. */
+
+#ifndef RTT_SHIFT_MIN_US
+#define RTT_SHIFT_MIN_US 2000
+#endif
+#ifndef BURST_THRESHOLD
+#define BURST_THRESHOLD 3
+#endif
+#ifndef BURST_WINDOW_MS
+#define BURST_WINDOW_MS 1000
+#endif
+
+/* A context load at a constant offset, which the verifier requires; plain array reads let clang compute
+ * a pointer into the context first ("dereference of modified ctx ptr"). */
+#define CTX_U32(dst, ctx, field) \
+    asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(dst) : "r"(ctx), "i"(__builtin_offsetof(struct bpf_sock_ops, field)))
+
+#define MN_TCP_SYN_SENT 2
+#define MN_TCP_CLOSE 7
+
+static __always_inline void fill_tuple(struct bpf_sock_ops *skops, struct tcp_flow *f)
+{
+    /* every context field is read unconditionally, then chosen: a branch per family lets the compiler
+     * merge the two loads into one computed ctx pointer, which the verifier rejects */
+    __u32 family = skops->family;
+    __u32 s4 = skops->local_ip4, d4 = skops->remote_ip4;
+    __u32 s6[4], d6[4];
+    CTX_U32(s6[0], skops, local_ip6[0]); CTX_U32(s6[1], skops, local_ip6[1]);
+    CTX_U32(s6[2], skops, local_ip6[2]); CTX_U32(s6[3], skops, local_ip6[3]);
+    CTX_U32(d6[0], skops, remote_ip6[0]); CTX_U32(d6[1], skops, remote_ip6[1]);
+    CTX_U32(d6[2], skops, remote_ip6[2]); CTX_U32(d6[3], skops, remote_ip6[3]);
+    f->family = family;
+    f->sport = skops->local_port;
+    f->dport = bpf_ntohl(skops->remote_port) & 0xffff;
+    if (family == AF_INET) {
+        __builtin_memcpy(f->saddr, &s4, 4);
+        __builtin_memcpy(f->daddr, &d4, 4);
+    } else {
+        __builtin_memcpy(f->saddr, s6, 16);
+        __builtin_memcpy(f->daddr, d6, 16);
+    }
+}
+
+static __always_inline void pending_key_of(struct bpf_sock_ops *skops, struct pending_key *k)
+{
+    struct tcp_flow t = {};
+    fill_tuple(skops, &t);
+    k->netns = bpf_get_netns_cookie(skops);
+    __builtin_memcpy(k->laddr, t.saddr, 16);
+    __builtin_memcpy(k->raddr, t.daddr, 16);
+    k->lport = t.sport;
+    k->rport = t.dport;
+    k->family = t.family;
+}
+
+static __always_inline void sample(struct bpf_sock_ops *skops, struct tcp_flow *f, __u64 now)
+{
+    f->last_ns = now;
+    f->bytes_acked = skops->bytes_acked;
+    f->bytes_received = skops->bytes_received;
+    f->segs_out = skops->segs_out;
+    f->segs_in = skops->segs_in;
+    f->total_retrans = skops->total_retrans;
+    __u32 cwnd = skops->snd_cwnd;
+    if (cwnd) {
+        f->cwnd = cwnd;
+        if (!f->cwnd_min || cwnd < f->cwnd_min)
+            f->cwnd_min = cwnd;
+        if (cwnd > f->cwnd_max)
+            f->cwnd_max = cwnd;
+    }
+}
+
+static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct tcp_flow *f, __u64 cookie)
+{
+    __u32 srtt = skops->srtt_us >> 3;
+    if (!srtt)
+        return;
+    f->srtt_us = srtt;
+    if (!f->srtt_min_us || srtt < f->srtt_min_us)
+        f->srtt_min_us = srtt;
+    if (srtt > f->srtt_max_us)
+        f->srtt_max_us = srtt;
+    f->rtt_min_us = skops->rtt_min;
+    __u32 ref = f->rtt_ref_us;
+    if (!ref) {
+        f->rtt_ref_us = srtt;
+        return;
+    }
+    /* a shift: the smoothed RTT doubled or halved against the last reference, by at least the floor */
+    __u32 diff = srtt > ref ? srtt - ref : ref - srtt;
+    if (diff >= RTT_SHIFT_MIN_US && (srtt >= 2 * ref || 2 * srtt <= ref)) {
+        f->rtt_ref_us = srtt;
+        emit(EV_RTT_SHIFT, cookie, f, srtt, ref);
+    }
+}
+
+static __always_inline void on_retrans(struct tcp_flow *f, __u64 cookie, __u64 now)
+{
+    __u32 now_ms = now / 1000000;
+    if (now_ms - f->burst_start_ms > BURST_WINDOW_MS) {
+        f->burst_start_ms = now_ms;
+        f->burst = 0;
+    }
+    f->burst++;
+    if (f->burst == BURST_THRESHOLD)
+        emit(EV_RETRANS_BURST, cookie, f, f->burst, 0);
+}
+
+/* Start tracking a socket: its flow row, and its address so the syscall tracepoints can find the row. */
+static __always_inline int track(struct bpf_sock_ops *skops, __u64 cookie, struct tcp_flow *f)
+{
+    if (tcp_flows.insert(&cookie, f)) {
+        count(C_TCP_MAP_FULL);
+        return -1;
+    }
+    __u64 sk = f->sk;
+    if (tracked.update(&sk, &cookie))
+        count(C_TRACKED_MAP_FULL);
+    count(C_TCP_OPENED);
+    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
+                                         BPF_SOCK_OPS_RETRANS_CB_FLAG);
+    return 0;
+}
+
+static __always_inline void finish(struct bpf_sock_ops *skops, struct tcp_flow *f, __u64 cookie,
+                                   __u32 oldstate, __u64 now)
+{
+    sample(skops, f, now);
+    if (f->outcome == OC_IN_PROGRESS) {
+        if (oldstate == MN_TCP_SYN_SENT)
+            f->outcome = f->resets_rx ? OC_REFUSED : OC_TIMEOUT;
+        else
+            f->outcome = OC_RESET;
+    }
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count(C_RINGBUF_FULL);
+    } else {
+        __builtin_memset(e, 0, sizeof(*e));
+        e->kind = EV_TCP_END;
+        e->ts_ns = now;
+        e->cookie = cookie;
+        __u32 pid = f->pid;
+        struct owner *c = comms.lookup(&pid);
+        if (c)
+            __builtin_memcpy(e->comm, c->comm, 16);
+        __builtin_memcpy(&e->flow, f, sizeof(*f));
+        events.ringbuf_submit(e, 0);
+        count(C_EVENTS);
+    }
+    __u64 sk = f->sk;
+    tracked.delete(&sk);
+    tcp_flows.delete(&cookie);
+}
+
+int mn_sockops(struct bpf_sock_ops *skops)
+{
+    __u32 op = skops->op;
+    __u64 now = bpf_ktime_get_ns();
+
+    switch (op) {
+    case BPF_SOCK_OPS_TCP_LISTEN_CB: {
+        /* process context: remember who listens on (netns, port) for the inbound children */
+        struct pending_key k = {};
+        k.netns = bpf_get_netns_cookie(skops);
+        k.lport = skops->local_port;
+        __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        listeners.update(&k, &tgid);
+        return 1;
+    }
+    case BPF_SOCK_OPS_TCP_CONNECT_CB: {
+        /* process context (connect(2)): the caller owns the flow */
+        __u64 cookie = mn_socket_cookie(skops);
+        struct tcp_flow f = {};
+        fill_tuple(skops, &f);
+        f.sk = (__u64)skops->sk;
+        f.netns = bpf_get_netns_cookie(skops);
+        f.cgroup_id = bpf_get_current_cgroup_id();
+        f.start_ns = now;
+        f.last_ns = now;
+        f.pid = bpf_get_current_pid_tgid() >> 32;
+        f.direction = MN_OUT;
+        f.outcome = OC_IN_PROGRESS;
+        track(skops, cookie, &f);
+        return 1;
+    }
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+        __u64 cookie = mn_socket_cookie(skops);
+        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        if (!f)
+            return 1;
+        f->outcome = OC_ESTABLISHED;
+        f->connect_us = (now - f->start_ns) / 1000;
+        sample(skops, f, now);
+        on_rtt(skops, f, cookie);
+        return 1;
+    }
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
+        /* softirq: the current task is not the owner; the listener's owner stands in until a reader shows */
+        __u64 cookie = mn_socket_cookie(skops);
+        struct tcp_flow f = {};
+        fill_tuple(skops, &f);
+        f.sk = (__u64)skops->sk;
+        f.netns = bpf_get_netns_cookie(skops);
+        f.direction = MN_IN;
+        f.outcome = OC_ESTABLISHED;
+        f.start_ns = now;
+        struct pending_key k = {};
+        pending_key_of(skops, &k);
+        struct pending_val *p = pending.lookup(&k);
+        if (p) {
+            f.start_ns = p->syn_ns;
+            f.cgroup_id = p->cgroup_id;
+            f.connect_us = (now - p->syn_ns) / 1000;
+            pending.delete(&k);
+        }
+        struct pending_key lk = {};
+        lk.netns = k.netns;
+        lk.lport = k.lport;
+        __u32 *tgid = listeners.lookup(&lk);
+        if (tgid)
+            f.pid = *tgid;
+        sample(skops, &f, now);
+        track(skops, cookie, &f);
+        return 1;
+    }
+    case BPF_SOCK_OPS_RTT_CB: {
+        __u64 cookie = mn_socket_cookie(skops);
+        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        if (!f)
+            return 1;
+        sample(skops, f, now);
+        on_rtt(skops, f, cookie);
+        return 1;
+    }
+    case BPF_SOCK_OPS_RETRANS_CB: {
+        __u64 cookie = mn_socket_cookie(skops);
+        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        if (f)
+            on_retrans(f, cookie, now);
+        return 1;
+    }
+    case BPF_SOCK_OPS_STATE_CB: {
+        if (skops->args[1] != MN_TCP_CLOSE)
+            return 1;
+        __u64 cookie = mn_socket_cookie(skops);
+        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        if (f)
+            finish(skops, f, cookie, skops->args[0], now);
+        return 1;
+    }
+    }
+    return 1;
+}
+
+/* A RST received on a full socket: counts toward refused (in SYN_SENT) and the flow's resets. */
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+    __u64 cookie = args->sock_cookie;
+    struct tcp_flow *f = tcp_flows.lookup(&cookie);
+    if (!f)
+        return 0;
+    f->resets_rx++;
+    emit(EV_RESET_RX, cookie, f, 0, 0);
+    return 0;
+}
+
+#ifdef HAVE_TCP_PROBE
+/* Zero window: the peer advertised no room. Early exit keeps this cheap on every other segment. */
+TRACEPOINT_PROBE(tcp, tcp_probe)
+{
+    if (args->snd_wnd != 0)
+        return 0;
+    __u64 cookie = args->sock_cookie;
+    struct tcp_flow *f = tcp_flows.lookup(&cookie);
+    if (!f || f->zero_window)
+        return 0;
+    f->zero_window = 1;
+    emit(EV_ZERO_WINDOW, cookie, f, 0, 0);
+    return 0;
+}
+#endif
