@@ -1,0 +1,34 @@
+"""The node's local history: embedded SQLite (WAL), one transaction per export period, bounded retention.
+
+Imports nothing of meshnode above the model.
+"""
+
+from meshnode.store._schema import SCHEMA_VERSION
+from meshnode.store._store import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_BYTES,
+    TABLE_FINAL,
+    TABLE_INTERIM,
+    FlowQuery,
+    PeriodRow,
+    Retention,
+    Store,
+    StoredFlow,
+    StoreStats,
+    StoreTimeout,
+)
+
+__all__ = [
+    "DEFAULT_MAX_AGE_S",
+    "DEFAULT_MAX_BYTES",
+    "SCHEMA_VERSION",
+    "TABLE_FINAL",
+    "TABLE_INTERIM",
+    "FlowQuery",
+    "PeriodRow",
+    "Retention",
+    "Store",
+    "StoreStats",
+    "StoreTimeout",
+    "StoredFlow",
+]

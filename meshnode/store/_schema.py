@@ -1,0 +1,61 @@
+"""The store's schema and its migrations, versioned with SQLite's ``user_version``.
+
+Each migration is a list of statements that moves the schema from version ``i`` to ``i + 1``; the store runs
+the missing ones in one transaction on open. Migrations are only ever appended: a released version's
+statements never change, so a database written by any older meshnode opens in a newer one.
+
+Enumerated flow fields (``proto``, ``outcome``, ...) are stored as their index in the model's tuple of values
+(``_model.OUTCOMES`` ...), which keeps a row near 100 bytes; the tuples are append-only for the same reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+from meshnode._model import DIRECTIONS, FIDELITIES, KINDS, LIMITS, OUTCOMES, PROTOS, FlowRecord
+
+#: FlowRecord fields stored as columns, in column order (``drop_reasons`` is stored as JSON text).
+FLOW_FIELDS: Final = tuple(f.name for f in dataclasses.fields(FlowRecord) if f.name != "drop_reasons")
+
+#: Fields stored as the index of their value in the model's tuple of allowed values.
+ENUM_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "proto": PROTOS, "direction": DIRECTIONS, "outcome": OUTCOMES, "limited_by": LIMITS,
+    "kind": KINDS, "fidelity": FIDELITIES,
+}
+
+_TEXT_FIELDS: Final = frozenset({"src", "dst", "comm", "cgroup", "service", "node_id"})
+
+
+def _column_defs() -> str:
+    cols = []
+    for name in FLOW_FIELDS:
+        kind = "TEXT" if name in _TEXT_FIELDS else "INTEGER"
+        cols.append(f"{name} {kind} NOT NULL")
+    cols.append("drop_reasons TEXT")
+    return ", ".join(cols)
+
+
+_COLS: Final = _column_defs()
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 0 -> 1: flows, the latest interim record per active flow, periods and counters.
+    (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "CREATE TABLE periods (seq INTEGER PRIMARY KEY, start_ns INTEGER NOT NULL, end_ns INTEGER, "
+        "state TEXT NOT NULL, final_flows INTEGER NOT NULL DEFAULT 0, "
+        "interim_flows INTEGER NOT NULL DEFAULT 0, summary TEXT)",
+        f"CREATE TABLE flows (id INTEGER PRIMARY KEY, period INTEGER NOT NULL, {_COLS})",
+        "CREATE INDEX flows_end ON flows (end_ns)",
+        f"CREATE TABLE interim (id INTEGER PRIMARY KEY, period INTEGER NOT NULL, {_COLS})",
+    ),
+    # 1 -> 2: local address changes (seed 004) and why a period is incomplete.
+    (
+        "CREATE TABLE addr_changes (time_ns INTEGER NOT NULL, detail TEXT NOT NULL)",
+        "CREATE INDEX addr_changes_time ON addr_changes (time_ns)",
+        "ALTER TABLE periods ADD COLUMN incomplete_reason TEXT",
+        "CREATE INDEX periods_end ON periods (end_ns)",
+    ),
+)
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -1,0 +1,531 @@
+"""The node's local history: embedded SQLite in WAL mode, one transaction per export period.
+
+Layout (see ``_schema``): ``flows`` holds FINAL records, appended once; ``interim`` holds the latest INTERIM
+record of each still-active flow, keyed by ``flow_id`` and replaced every period (the row is deleted when the
+flow's FINAL record arrives), so nothing is ever stored twice; ``periods`` holds one row per export period.
+
+Crash safety: a period is opened with a marker row (``state='open'``) and closed, together with all its
+records and the next period's marker, in one transaction. After a SIGKILL the last open marker has no close;
+``Store`` turns it into an ``incomplete`` period when it reopens. Every committed period is in the WAL, which
+``synchronous=NORMAL`` keeps safe against a process crash (not against power loss, which may lose the last
+periods but never corrupts the file).
+
+Retention runs inside the period transaction: rows older than ``max_age_s`` and, when the live pages exceed
+``max_bytes``, the oldest rows go; the count is kept in ``meta`` (``store_evictions``). Freed pages are
+reused by later periods, so the file stays at its high-water mark instead of shrinking and regrowing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Final
+
+from meshnode._exceptions import StoreError
+from meshnode._model import FlowRecord
+from meshnode.store._schema import ENUM_FIELDS, FLOW_FIELDS, MIGRATIONS, SCHEMA_VERSION
+
+DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
+DEFAULT_MAX_BYTES: Final = 1 << 30
+
+TABLE_FINAL: Final = 0
+TABLE_INTERIM: Final = 1
+
+_ENUM_CODES: Final = {name: {v: i for i, v in enumerate(values)} for name, values in ENUM_FIELDS.items()}
+_ENUM_POS: Final = tuple((FLOW_FIELDS.index(name), values) for name, values in ENUM_FIELDS.items())
+# u64 identifiers (socket and netns cookies, cgroup ids) are kept in SQLite's signed 64-bit integers.
+_U64_POS: Final = tuple(FLOW_FIELDS.index(n) for n in ("flow_id", "cgroup_id", "netns"))
+_I64: Final = 1 << 63
+_U64: Final = 1 << 64
+_END_COL: Final = 2 + FLOW_FIELDS.index("end_ns")
+
+
+def _signed(value: int) -> int:
+    return value - _U64 if value >= _I64 else value
+
+
+_GET_ALL: Final = attrgetter(*FLOW_FIELDS)
+_ROW_COLS: Final = ", ".join(("id", "period", *FLOW_FIELDS, "drop_reasons"))
+_INSERT_PLACEHOLDERS: Final = ", ".join("?" * (len(FLOW_FIELDS) + 3))
+
+
+class StoreTimeout(StoreError):
+    """A query ran past its deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much history the store keeps."""
+
+    max_age_s: float = DEFAULT_MAX_AGE_S
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFlow:
+    """A record as stored: ``key`` orders and pages query results, ``period`` is the export period's seq."""
+
+    key: tuple[int, int, int]
+    period: int
+    record: FlowRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodRow:
+    """One export period as stored; ``summary`` is the summary layer's JSON (empty when incomplete)."""
+
+    seq: int
+    start_ns: int
+    end_ns: int
+    state: str
+    final_flows: int
+    interim_flows: int
+    summary: str
+    incomplete_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Size and counters, for ``Status`` and the metrics."""
+
+    path: str
+    bytes: int
+    rows: int
+    interim_rows: int
+    periods: int
+    evictions: int
+    incomplete_periods: int
+    schema_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowQuery:
+    """What ``Store.query_flows`` selects.
+
+    ``equals`` maps a FlowRecord field to the values it may take (ORed); enumerated fields take their string
+    values. ``after`` is a key from a previous result: only later records are returned. ``max_period`` bounds
+    the result to periods closed at a snapshot (see ``Store.last_closed_period``).
+    """
+
+    since_ns: int = 0
+    until_ns: int = 0
+    include_interim: bool = False
+    equals: Mapping[str, Sequence[int | str]] | None = None
+    after: tuple[int, int, int] | None = None
+    max_period: int | None = None
+
+
+def encode_row(row_id: int, period: int, rec: FlowRecord) -> tuple[Any, ...]:
+    """A flow record as a row of ``flows``/``interim``."""
+    values = list(_GET_ALL(rec))
+    for pos in _U64_POS:
+        if values[pos] >= _I64:
+            values[pos] -= _U64
+    for pos, _ in _ENUM_POS:
+        values[pos] = _ENUM_CODES[FLOW_FIELDS[pos]].get(values[pos], -1)
+    drops = json.dumps(rec.drop_reasons, separators=(",", ":")) if rec.drop_reasons else None
+    return (row_id, period, *values, drops)
+
+
+def decode_row(row: Sequence[Any]) -> FlowRecord:
+    """Inverse of ``encode_row`` (without the id and period columns)."""
+    values = list(row[2:-1])
+    for pos, names in _ENUM_POS:
+        code = values[pos]
+        values[pos] = names[code] if 0 <= code < len(names) else "unknown"
+    for pos in _U64_POS:
+        if values[pos] < 0:
+            values[pos] += _U64
+    kwargs = dict(zip(FLOW_FIELDS, values, strict=True))
+    if row[-1]:
+        kwargs["drop_reasons"] = json.loads(row[-1])
+    return FlowRecord(**kwargs)
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=10.0)
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA busy_timeout = 10000")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+    return conn
+
+
+class Store:
+    """The node's SQLite history. One writer (the node loop); any number of readers (``query_*``).
+
+    Write methods are called from one thread at a time; query methods open their own read-only connection
+    and may run concurrently in other threads.
+    """
+
+    FILE_NAME: Final = "meshnode.db"
+
+    def __init__(self, path: Path | str, retention: Retention | None = None) -> None:
+        self.path = Path(path)
+        self.retention = retention or Retention()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data directory {self.path.parent}: {exc}") from exc
+        self._db = _connect(self.path)
+        try:
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"the store at {self.path} cannot use WAL mode (got {mode!r})")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+            self.recovered_incomplete = self._recover()
+            if self._db.execute("SELECT 1 FROM meta WHERE key = 'flow_rows'").fetchone() is None:
+                self._db.execute(
+                    "INSERT INTO meta (key, value) SELECT 'flow_rows', COUNT(*) FROM flows"
+                )
+            self._next_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM flows").fetchone()[0])
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    @classmethod
+    def in_dir(cls, data_dir: Path | str, retention: Retention | None = None) -> Store:
+        """The store of a data directory (``<data_dir>/meshnode.db``)."""
+        return cls(Path(data_dir) / cls.FILE_NAME, retention)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store at {self.path} has schema version {version}, newer than this meshnode "
+                f"({SCHEMA_VERSION}); upgrade meshnode or move the data directory away"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0:
+            # Must precede the first table: lets freed pages be returned to the OS on demand.
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        with self._transaction():
+            for target in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[target]:
+                    self._db.execute(stmt)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _recover(self) -> int:
+        """Turn periods left open by a crash into incomplete ones; returns how many."""
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE periods SET state = 'incomplete', "
+                "incomplete_reason = 'node stopped before the period closed (crash or kill)' "
+                "WHERE state = 'open'"
+            )
+        return cur.rowcount
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close; safe to call twice."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def open_period(self, start_ns: int) -> int:
+        """Write the marker of a new period (its own small transaction); returns its seq."""
+        try:
+            with self._transaction():
+                return self._open_period(start_ns)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the store at {self.path}: {exc}") from exc
+
+    def _open_period(self, start_ns: int) -> int:
+        cur = self._db.execute("INSERT INTO periods (start_ns, state) VALUES (?, 'open')", (start_ns,))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def close_period(
+        self,
+        seq: int,
+        end_ns: int,
+        finals: Sequence[FlowRecord],
+        interims: Sequence[FlowRecord],
+        summary: str | Callable[[int], str] = "",
+        *,
+        next_start_ns: int | None = None,
+        now_ns: int | None = None,
+    ) -> tuple[list[StoredFlow], int | None, int]:
+        """Close period ``seq`` in one transaction: its records, its summary, retention and the next marker.
+
+        ``summary`` is the period's summary text, or a function of the number of rows retention evicted
+        in this transaction that returns it. Returns the stored records (with their keys, in key order),
+        the next period's seq (when ``next_start_ns`` is given) and how many rows retention evicted.
+        """
+        stored: list[StoredFlow] = []
+        first_id = self._next_id
+        final_rows = []
+        for i, rec in enumerate(finals):
+            row = encode_row(first_id + i, seq, rec)
+            final_rows.append(row)
+            stored.append(StoredFlow((rec.end_ns, TABLE_FINAL, first_id + i), seq, rec))
+        interim_rows = []
+        for rec in interims:
+            sid = _signed(rec.flow_id)
+            interim_rows.append(encode_row(sid, seq, rec))
+            stored.append(StoredFlow((rec.end_ns, TABLE_INTERIM, sid), seq, rec))
+        try:
+            with self._transaction():
+                if final_rows:
+                    self._db.executemany(
+                        f"INSERT INTO flows ({_ROW_COLS}) VALUES ({_INSERT_PLACEHOLDERS})", final_rows
+                    )
+                    self._db.executemany(
+                        "DELETE FROM interim WHERE id = ?",
+                        [(_signed(r.flow_id),) for r in finals],
+                    )
+                if interim_rows:
+                    self._db.executemany(
+                        f"INSERT OR REPLACE INTO interim ({_ROW_COLS}) VALUES ({_INSERT_PLACEHOLDERS})",
+                        interim_rows,
+                    )
+                if final_rows:
+                    self._bump("flow_rows", len(final_rows))
+                evicted = self._retain(now_ns if now_ns is not None else end_ns)
+                text = summary(evicted) if callable(summary) else summary
+                cur = self._db.execute(
+                    "UPDATE periods SET end_ns = ?, state = 'closed', final_flows = ?, interim_flows = ?, "
+                    "summary = ? WHERE seq = ? AND state = 'open'",
+                    (end_ns, len(final_rows), len(interim_rows), text, seq),
+                )
+                if cur.rowcount != 1:
+                    raise StoreError(f"period {seq} is not open in the store at {self.path}")
+                next_seq = self._open_period(next_start_ns) if next_start_ns is not None else None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write period {seq} to the store at {self.path}: {exc}") from exc
+        self._next_id = first_id + len(final_rows)
+        stored.sort(key=lambda s: s.key)
+        return stored, next_seq, evicted
+
+    def record_address_change(self, time_ns: int, detail: str) -> None:
+        """Remember that a local address appeared or went away (seed 004: failures right after a change)."""
+        with self._transaction():
+            self._db.execute("INSERT INTO addr_changes (time_ns, detail) VALUES (?, ?)", (time_ns, detail))
+
+    def apply_retention(self, now_ns: int | None = None) -> int:
+        """Run retention now (it also runs with every period); returns rows evicted."""
+        with self._transaction():
+            return self._retain(now_ns if now_ns is not None else time.time_ns())
+
+    def _bump(self, key: str, by: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            (key, by),
+        )
+
+    def _retain(self, now_ns: int) -> int:
+        evicted = flows = 0
+        cutoff = now_ns - int(self.retention.max_age_s * 1e9)
+        if self.retention.max_age_s > 0:
+            flows += self._db.execute("DELETE FROM flows WHERE end_ns < ?", (cutoff,)).rowcount
+            evicted += self._db.execute("DELETE FROM interim WHERE end_ns < ?", (cutoff,)).rowcount
+            self._db.execute("DELETE FROM periods WHERE end_ns < ?", (cutoff,))
+            self._db.execute("DELETE FROM addr_changes WHERE time_ns < ?", (cutoff,))
+        if self.retention.max_bytes > 0:
+            flows += self._retain_size()
+        evicted += flows
+        if flows:
+            self._bump("flow_rows", -flows)
+        if evicted:
+            self._bump("store_evictions", evicted)
+        return evicted
+
+    def _live_bytes(self) -> int:
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def _retain_size(self) -> int:
+        evicted = 0
+        limit = self.retention.max_bytes
+        while (live := self._live_bytes()) > limit:
+            rows = self._db.execute("SELECT COUNT(*) FROM flows").fetchone()[0]
+            if rows == 0:
+                break
+            # Evict the excess share of rows (oldest first) plus 5 % headroom, so this runs rarely.
+            share = (live - limit) / live + 0.05
+            n = max(1, int(rows * share))
+            cur = self._db.execute(
+                "DELETE FROM flows WHERE id IN (SELECT id FROM flows ORDER BY id LIMIT ?)", (n,)
+            )
+            evicted += cur.rowcount
+            oldest = self._db.execute("SELECT period FROM flows ORDER BY id LIMIT 1").fetchone()
+            if oldest is not None:
+                self._db.execute("DELETE FROM periods WHERE seq < ? AND state != 'open'", (oldest[0],))
+        return evicted
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection inside one read transaction (a consistent snapshot)."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            conn.execute("BEGIN")
+            yield conn
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("COMMIT")
+            conn.close()
+
+    @staticmethod
+    def last_closed_period(conn: sqlite3.Connection) -> int:
+        """The newest closed period's seq in ``conn``'s snapshot (0 when none)."""
+        row = conn.execute("SELECT MAX(seq) FROM periods WHERE state = 'closed'").fetchone()
+        return int(row[0] or 0)
+
+    def query_flows(
+        self, query: FlowQuery, conn: sqlite3.Connection, *, deadline: float | None = None
+    ) -> Iterator[StoredFlow]:
+        """Records matching ``query`` in key order (end_ns, table, id); lazily, within ``conn``'s snapshot.
+
+        ``deadline`` is a ``time.monotonic()`` value; past it the iterator raises ``StoreTimeout``.
+        """
+        streams = [self._query_table(conn, TABLE_FINAL, query)]
+        if query.include_interim:
+            streams.append(self._query_table(conn, TABLE_INTERIM, query))
+        merged = streams[0] if len(streams) == 1 else _merge(streams)
+        for n, item in enumerate(merged):
+            if deadline is not None and n % 256 == 0 and time.monotonic() > deadline:
+                raise StoreTimeout("the query ran past its deadline")
+            yield item
+
+    def _query_table(self, conn: sqlite3.Connection, table: int, q: FlowQuery) -> Iterator[StoredFlow]:
+        name = "flows" if table == TABLE_FINAL else "interim"
+        where: list[str] = []
+        args: list[Any] = []
+        if q.since_ns:
+            where.append("end_ns >= ?")
+            args.append(q.since_ns)
+        if q.until_ns:
+            where.append("start_ns <= ?")
+            args.append(q.until_ns)
+        if q.max_period is not None:
+            where.append("period <= ?")
+            args.append(q.max_period)
+        if q.after is not None:
+            end, tbl, row_id = q.after
+            if tbl == table:
+                where.append("(end_ns, id) > (?, ?)")
+                args += [end, row_id]
+            elif tbl < table:
+                where.append("end_ns >= ?")
+                args.append(end)
+            else:
+                where.append("end_ns > ?")
+                args.append(end)
+        for field, values in (q.equals or {}).items():
+            if field not in FLOW_FIELDS:
+                raise ValueError(f"unknown flow field {field!r}")
+            if not values:
+                continue
+            if field in _ENUM_CODES:
+                values = [_ENUM_CODES[field].get(str(v), -1) for v in values]
+            where.append(f"{field} IN ({', '.join('?' * len(values))})")
+            args += list(values)
+        sql = f"SELECT {_ROW_COLS} FROM {name}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY end_ns, id"
+        try:
+            for row in conn.execute(sql, args):
+                yield StoredFlow((row[_END_COL], table, row[0]), row[1], decode_row(row))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+
+    def periods(self, since_ns: int = 0, until_ns: int = 0, number: int = 100) -> list[PeriodRow]:
+        """Periods (any state except open) overlapping the range, newest first."""
+        where = ["state != 'open'"]
+        args: list[Any] = []
+        if since_ns:
+            where.append("(end_ns >= ? OR end_ns IS NULL)")
+            args.append(since_ns)
+        if until_ns:
+            where.append("start_ns <= ?")
+            args.append(until_ns)
+        sql = (
+            "SELECT seq, start_ns, end_ns, state, final_flows, interim_flows, summary, incomplete_reason "
+            f"FROM periods WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+        )
+        with self.reader() as conn:
+            rows = conn.execute(sql, [*args, number]).fetchall()
+        return [
+            PeriodRow(r[0], r[1], r[2] or 0, r[3], r[4], r[5], r[6] or "", r[7] or "") for r in rows
+        ]
+
+    def address_changes(self, since_ns: int = 0, until_ns: int = 0) -> list[int]:
+        """Times of local address changes in the range, oldest first."""
+        with self.reader() as conn:
+            rows = conn.execute(
+                "SELECT time_ns FROM addr_changes WHERE time_ns >= ? AND (? = 0 OR time_ns <= ?) "
+                "ORDER BY time_ns",
+                (since_ns, until_ns, until_ns),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    @staticmethod
+    def _meta(conn: sqlite3.Connection, key: str) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def stats(self) -> StoreStats:
+        """Size on disk (database plus WAL), row counts and counters."""
+        with self.reader() as conn:
+            rows = self._meta(conn, "flow_rows")
+            interim = conn.execute("SELECT COUNT(*) FROM interim").fetchone()[0]
+            periods = conn.execute("SELECT COUNT(*) FROM periods WHERE state != 'open'").fetchone()[0]
+            incomplete = conn.execute("SELECT COUNT(*) FROM periods WHERE state = 'incomplete'").fetchone()[0]
+            evictions = self._meta(conn, "store_evictions")
+        size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                size += Path(str(self.path) + suffix).stat().st_size
+        return StoreStats(
+            path=str(self.path), bytes=size, rows=int(rows), interim_rows=int(interim), periods=int(periods),
+            evictions=evictions, incomplete_periods=int(incomplete),
+            schema_version=self.schema_version,
+        )
+
+
+def _merge(streams: Iterable[Iterator[StoredFlow]]) -> Iterator[StoredFlow]:
+    import heapq
+
+    return heapq.merge(*streams, key=lambda s: s.key)
