@@ -1,0 +1,73 @@
+"""Export periods and rollups, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshnode.summary import (
+    PeriodBuilder,
+    PeriodSummary,
+    cgroup_key,
+    destination_key,
+    percentile,
+    process_key,
+    rollup,
+    service_name,
+    with_service,
+)
+from tests.unit._flows import flow
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([], 0.5, 0.0), ([5], 0.95, 5.0), ([1, 2, 3, 4], 0.5, 2.5), ([10, 20, 30, 40, 50], 0.95, 48.0)],
+)
+def test_percentile(values, q, expected) -> None:
+    assert percentile(values, q) == pytest.approx(expected)
+
+
+def test_rollups_by_process_destination_cgroup() -> None:
+    recs = [flow(i) for i in range(1, 8)] + [flow(i, outcome="refused", bytes_tx=0, bytes_rx=0, srtt_us=0)
+                                             for i in range(8, 11)]
+    recs.append(flow(11, comm="dig", pid=7, dst="10.0.0.53", dport=53, proto="udp", outcome="udp_answered",
+                     cgroup="", srtt_us=300))
+    [curl, dig] = rollup(recs, process_key)
+    assert (curl.key, curl.flows, curl.useful, curl.failures) == ("curl/100", 10, 7, {"refused": 3})
+    assert (curl.bytes_tx, curl.bytes_rx, curl.rtt_p50_us) == (700, 14000, 1000)
+    assert (dig.key, dig.flows, dig.useful) == ("dig/7", 1, 1)
+    dests = rollup(recs, destination_key, with_services=True)
+    assert [(d.key, d.service) for d in dests] == [("10.0.0.2:443", "https"), ("10.0.0.53:53", "domain")]
+    assert [c.key for c in rollup(recs, cgroup_key)] == ["/system.slice/app.service", "/"]
+
+
+@pytest.mark.parametrize(
+    ("port", "proto", "name"), [(443, "tcp", "https"), (22, "tcp", "ssh"), (53, "udp", "domain"),
+                                (1, "tcp", "tcpmux"), (61999, "tcp", ""), (0, "tcp", ""), (70000, "tcp", "")],
+)
+def test_service_name(port, proto, name) -> None:
+    assert service_name(port, proto) == name
+
+
+def test_with_service_uses_local_port_for_inbound() -> None:
+    assert with_service(flow(1, direction="inbound", sport=22, dport=50000)).service == "ssh"
+    assert with_service(flow(1, service="custom")).service == "custom"
+
+
+def test_long_transfer_shows_up_every_period_with_deltas() -> None:
+    """A flow active over three periods: interim twice, then final; rollups count each period's bytes."""
+    b = PeriodBuilder("node-a")
+    active = flow(1, kind="interim", bytes_tx=1000, bytes_rx=10)
+    s1 = b.build(1, 0, 10, [], [active], {"flows_recorded": 0})
+    s2 = b.build(2, 10, 20, [], [active.replace(bytes_tx=3000, bytes_rx=30)], {})
+    s3 = b.build(3, 20, 30, [active.replace(kind="final", bytes_tx=3500, bytes_rx=35), flow(2)], [], {})
+    assert [(s.interim_flows, s.final_flows) for s in (s1, s2, s3)] == [(1, 0), (1, 0), (0, 2)]
+    assert [s.by_process[0].bytes_tx for s in (s1, s2, s3)] == [1000, 2000, 500 + 100]
+    assert sum(s.by_process[0].bytes_rx for s in (s1, s2, s3)) == 35 + 2000
+
+
+def test_summary_json_round_trip() -> None:
+    s = PeriodBuilder("n").build(4, 1, 2, [flow(1), flow(2, outcome="timeout")], [], {"lost_events": 3})
+    again = PeriodSummary.from_json(s.to_json())
+    assert again == s
+    assert again.completeness == {"lost_events": 3}
+    assert again.by_destination[0].failures == {"timeout": 1}
