@@ -1,0 +1,295 @@
+"""The command line: one argparse parser for every command, built without importing gRPC or rich.
+
+Values are checked here (durations, addresses, ports, enum names) so that a typo fails in one line with
+exit 2 before any call to the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import NoReturn
+
+from cli._exceptions import EXIT_USAGE
+from cli._units import parse_duration
+
+DEFAULT_NODE = "127.0.0.1:7400"
+
+OUTCOMES = ("established", "refused", "timeout", "reset", "udp_answered", "udp_unanswered", "in_progress")
+PROTOS = ("tcp", "udp")
+DIRECTIONS = ("outbound", "inbound")
+EVENT_TYPES = (
+    "retransmit_burst", "zero_window", "rtt_shift", "reset_sent", "reset_received", "drop",
+    "connect_failed", "anomaly",
+)
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    ok
+  1    the node answered with an error (e.g. a filter it rejects)
+  2    usage error, or the node does not offer this command yet
+  3    node unreachable
+  4    deadline exceeded (the node did not answer in time)
+  5    permission denied
+  130  interrupted (Ctrl-C)"""
+
+MAIN_EPILOG = f"""\
+examples:
+  meshctl status                              what the node's sensor sees and what it lost
+  meshctl flows --proc curl --outcome refused,timeout --since 10m
+  meshctl --node 10.0.0.5:7400 top            live dashboard of another host
+
+The node defaults to $MESHCTL_NODE, else {DEFAULT_NODE}.
+
+{EXIT_CODES_HELP}"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except Exception as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time(text: str) -> str:
+    """Validate now (duration or RFC3339); the command converts it against its own clock."""
+    from cli._units import parse_time_ns
+
+    try:
+        parse_time_ns(text, 0)
+    except Exception as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _address(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not an IP address or CIDR (examples: 10.0.0.2, 10.0.0.0/8, fd00::/64)"
+        ) from None
+    return text
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (1-65535)")
+    return port
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a process id")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a count (0 or more)")
+    return int(text)
+
+
+def _choices(names: tuple[str, ...], what: str) -> type:
+    """An argparse type accepting ``a,b`` lists of ``names`` (case-insensitive), returning a list."""
+
+    class _List(list[str]):
+        def __init__(self, text: str) -> None:
+            items = [t.strip().lower() for t in text.split(",") if t.strip()]
+            bad = [t for t in items if t not in names]
+            if bad or not items:
+                raise argparse.ArgumentTypeError(
+                    f"'{text}' is not a {what} (one or more of: {', '.join(names)})"
+                )
+            super().__init__(items)
+
+    _List.__name__ = what
+    return _List
+
+
+def _node(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not HOST:PORT (example: 127.0.0.1:7400)")
+    return text
+
+
+def _common(wide: bool = True) -> argparse.ArgumentParser:
+    """Flags every command takes, also accepted after the command name."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--node", type=_node, default=argparse.SUPPRESS, metavar="HOST:PORT",
+                   help=f"node to ask (default: $MESHCTL_NODE or {DEFAULT_NODE})")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine output: one JSON document (JSON Lines for streams), DESIGN field names")
+    if wide:
+        g.add_argument("--wide", action="store_true", default=argparse.SUPPRESS,
+                       help="more columns (default fits 80 columns)")
+    g.add_argument("--timeout", type=_duration, default=argparse.SUPPRESS, metavar="DURATION",
+                   help="deadline of each call that does not follow (default: 10s)")
+    return p
+
+
+def _filters(*, events: bool = False) -> argparse.ArgumentParser:
+    """The FlowFilter flags: values of one flag are ORed (repeat it or use commas), flags are ANDed."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("filters (values of one flag are ORed, different flags ANDed)")
+    g.add_argument("--proc", action="append", metavar="COMM", help="process name (exact)")
+    g.add_argument("--pid", action="append", type=_pid, help="process id")
+    g.add_argument("--dst", action="append", type=_address, metavar="ADDR|CIDR",
+                   help="remote address or CIDR")
+    g.add_argument("--port", action="append", type=_port, help="local or remote port")
+    g.add_argument("--dport", action="append", type=_port, metavar="PORT", help="remote port")
+    g.add_argument("--outcome", action="append", type=_choices(OUTCOMES, "outcome"),
+                   metavar="OUTCOME[,..]", help="|".join(OUTCOMES))
+    g.add_argument("--proto", action="append", type=_choices(PROTOS, "protocol"), metavar="tcp|udp")
+    g.add_argument("--direction", action="append", type=_choices(DIRECTIONS, "direction"),
+                   metavar="outbound|inbound")
+    g.add_argument("--cgroup", action="append", metavar="PATH", help="cgroup path prefix")
+    if events:
+        g.add_argument("--type", action="append", type=_choices(EVENT_TYPES, "event type"),
+                       metavar="TYPE[,..]", help="|".join(EVENT_TYPES))
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (cheap: argparse only)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="meshctl",
+        description="meshctl: ask a meshnode what its host's network is doing.",
+        epilog=MAIN_EPILOG,
+        formatter_class=fmt,
+    )
+    parser.add_argument("--node", type=_node, default=None, metavar="HOST:PORT",
+                        help=f"node to ask (default: $MESHCTL_NODE or {DEFAULT_NODE})")
+    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    parser.add_argument("--wide", action="store_true", default=False, help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=_duration, default=10.0, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    common = _common()
+
+    def add(
+        name: str, help_text: str, epilog: str, parents: list[argparse.ArgumentParser]
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_text, description=f"meshctl {name}: {help_text}.", epilog=epilog,
+            formatter_class=fmt, parents=[*parents, common],  # type: ignore[list-item]
+        )
+        return p
+
+    add("status", "the node: sensor mode and fidelity, export period, store, lost and evicted counters",
+        """examples:
+  meshctl status
+  meshctl status --json | jq .completeness
+  meshctl --node 10.0.0.5:7400 status""", [])
+
+    p = add("flows", "flow records, newest last (like hubble observe)",
+            """examples:
+  meshctl flows --since 5m --outcome refused,timeout
+  meshctl flows --proc curl --dst 10.0.0.0/8 --port 443 --follow
+  meshctl flows --since 1h --limit 100000 --json > flows.jsonl""", [_filters()])
+    p.add_argument("-f", "--follow", action="store_true", help="keep streaming as export periods close")
+    p.add_argument("--since", type=_time, metavar="WHEN",
+                   help="from this long ago (5m, 1h30m) or an RFC3339 time")
+    p.add_argument("--until", type=_time, metavar="WHEN", help="up to this long ago or an RFC3339 time")
+    p.add_argument("-n", "--limit", type=_count, default=0, metavar="N",
+                   help="at most N records (default: the node's default, 1,000)")
+    p.add_argument("--interim", action="store_true", help="include interim records of active flows")
+
+    p = add("health", "useful-flow fractions per host, process and destination, retry and scan patterns",
+            """examples:
+  meshctl health
+  meshctl health --since 1h --proc nginx
+  meshctl health --json | jq '.by_destination[] | select(.useful_fraction < 0.9)'""", [_filters()])
+    p.add_argument("--since", type=_time, metavar="WHEN", help="start of the range (default: 15m)")
+    p.add_argument("--until", type=_time, metavar="WHEN", help="end of the range (default: now)")
+
+    p = add("events", "low-level events: retransmit bursts, zero windows, RTT shifts, resets, drops",
+            """examples:
+  meshctl events --follow
+  meshctl events --type retransmit_burst,rtt_shift --proc nginx -f
+  meshctl events --last 500 --json""", [_filters(events=True)])
+    p.add_argument("-f", "--follow", action="store_true", help="keep the stream open")
+    p.add_argument("--last", type=_count, default=20, metavar="N",
+                   help="past events to show first (default: 20)")
+    p.add_argument("--since", type=_time, metavar="WHEN", help="earliest event time (5m or RFC3339)")
+
+    add("peers", "mesh members as this node sees them: state, digest age, RTT",
+        """examples:
+  meshctl peers
+  meshctl peers --json | jq '.peers[] | select(.state != "alive")'
+  meshctl --node 10.0.0.5:7400 peers""", [])
+
+    p = add("query", "fleet-wide health of destinations, aggregated along labels",
+            """examples:
+  meshctl query --group-by region
+  meshctl query --destination 10.0.0.2:443 --where site=ams1
+  meshctl query --json""", [])
+    p.add_argument("--destination", metavar="DST:PORT", default="", help="one destination (default: all)")
+    p.add_argument("--where", action="append", metavar="LABEL=VALUE", default=[],
+                   help="only members with this label (repeat to AND)")
+    p.add_argument("--group-by", metavar="LABEL", default="",
+                   help="label to group hosts by (region, site, host)")
+    p.add_argument("--deadline", type=_duration, metavar="DURATION", default=2.0,
+                   help="fan-out deadline (default: 2s)")
+
+    p = add("blame", "which end is at fault for a failing destination (needs the diagnosis service)",
+            """examples:
+  meshctl blame 10.0.0.2:443
+  meshctl blame --since 30m 10.0.0.2:443
+  meshctl blame --json 10.0.0.2:443""", [])
+    p.add_argument("target", nargs="?", metavar="DST:PORT", help="destination to diagnose")
+    p.add_argument("--since", type=_time, metavar="WHEN", help="start of the range")
+
+    p = add("validate", "cross-check peers' summaries against this node's flows (needs the trust service)",
+            """examples:
+  meshctl validate
+  meshctl validate --peer 3f2a9c0d1e2b4a5f
+  meshctl validate --json""", [])
+    p.add_argument("--peer", metavar="NODE_ID", help="one peer (default: all)")
+
+    p = add("top", "live dashboard: top processes and destinations, events, mesh",
+            """examples:
+  meshctl top
+  meshctl top --window 15m --wide
+  meshctl top --json        one snapshot of the dashboard's data, then exit
+
+keys: q quit · s cycle sort · / filter by process (type, Enter; Esc clears) · p pause""", [])
+    p.add_argument("--window", type=_duration, default=300.0, metavar="DURATION",
+                   help="how far back flows count (default: 5m)")
+    p.add_argument("--interval", type=_duration, default=1.0, metavar="DURATION",
+                   help="status poll interval (default: 1s)")
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; fills ``node`` from ``$MESHCTL_NODE`` when not given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        sys.exit(EXIT_USAGE)
+    if args.node is None:
+        env = os.environ.get("MESHCTL_NODE", "").strip()
+        if env:
+            try:
+                _node(env)
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"MESHCTL_NODE: {exc}")
+        args.node = env or DEFAULT_NODE
+    return args

@@ -1,0 +1,216 @@
+"""The one boundary to gRPC: calls to a node, and the translation of its errors into meshctl's.
+
+Every ``grpc.RpcError`` becomes a ``cli._exceptions`` error here (``raise ... from exc``), with a message
+that says what happened and what to try. Nothing above this module sees gRPC exceptions.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+
+from cli._exceptions import (
+    DeadlineExceeded,
+    MeshctlError,
+    NodeError,
+    NotAvailable,
+    PermissionDenied,
+    Unreachable,
+)
+from meshnode.v1 import mesh_pb2, mesh_pb2_grpc, observer_pb2, observer_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshnode.v1 import flow_pb2
+
+BATCH_SIZE: Final = 1000
+_MAX_MESSAGE: Final = 64 * 1024 * 1024
+
+
+def _reason(details: str) -> str:
+    low = details.lower()
+    for needle, short in (
+        ("connection refused", "connection refused"),
+        ("no route to host", "no route to host"),
+        ("name resolution", "name not resolved"),
+        ("dns resolution failed", "name not resolved"),
+        ("timeout occurred", "connect timed out"),
+        ("socket closed", "connection closed"),
+        ("connection reset", "connection reset"),
+    ):
+        if needle in low:
+            return short
+    return details.strip().splitlines()[0][:120] if details.strip() else "no details"
+
+
+def translate(exc: grpc.RpcError, node: str, what: str, timeout: float | None) -> MeshctlError:
+    """A meshctl error for a failed call ``what`` (e.g. ``"Observer.Flows"``) to ``node``."""
+    code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+    name = code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unreachable(
+            f"cannot reach the node at {node} ({_reason(details)}); is meshnode running there? "
+            "try --node HOST:PORT or $MESHCTL_NODE",
+            name,
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        limit = f"{timeout:g}s" if timeout else "the deadline"
+        return DeadlineExceeded(
+            f"the node at {node} did not answer {what} within {limit}; "
+            "try a narrower range or filter, or a longer --timeout",
+            name,
+        )
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return PermissionDenied(
+            f"the node at {node} refused {what}: {details or name.lower()}; "
+            "check meshctl's credentials and the node's access rules",
+            name,
+        )
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return NotAvailable(f"the node at {node} does not implement {what} (it may be older than meshctl)")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return NodeError(f"the node rejected the request: {details or 'invalid argument'}; check the flags",
+                         name)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return NodeError(f"the node refused: {details or 'resource exhausted'}; try a smaller --limit", name)
+    return NodeError(f"{what} failed on the node at {node}: {name} {details}".rstrip(), name)
+
+
+class Node:
+    """A connection to one node. Calls raise ``cli._exceptions`` errors, never ``grpc.RpcError``."""
+
+    def __init__(self, address: str, timeout: float = 10.0, *, fast_reconnect: bool = False) -> None:
+        self.address = address
+        self.timeout = timeout
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.enable_retries", 0),
+        ]
+        if fast_reconnect:
+            # A dashboard must notice a restarted node within its own backoff, not gRPC's (up to 120 s).
+            options += [
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ]
+        self._channel = grpc.insecure_channel(address, options=options)
+        self._observer = observer_pb2_grpc.ObserverStub(self._channel)  # type: ignore[no-untyped-call]
+        self._mesh = mesh_pb2_grpc.MeshStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Close the channel; streams in progress end with CANCELLED."""
+        self._channel.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fail(self, exc: grpc.RpcError, what: str, timeout: float | None) -> MeshctlError:
+        return translate(exc, self.address, what, timeout)
+
+    def status(self) -> observer_pb2.StatusResponse:
+        """Observer.Status."""
+        try:
+            resp: observer_pb2.StatusResponse = self._observer.Status(
+                observer_pb2.StatusRequest(), timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Observer.Status", self.timeout) from exc
+        return resp
+
+    def health(self, req: observer_pb2.HealthRequest) -> observer_pb2.HealthResponse:
+        """Observer.Health."""
+        try:
+            resp: observer_pb2.HealthResponse = self._observer.Health(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Observer.Health", self.timeout) from exc
+        return resp
+
+    def flows(self, req: observer_pb2.FlowsRequest) -> Iterator[Sequence[flow_pb2.Flow]]:
+        """Observer.Flows as batches of records, following page tokens up to ``req.number``.
+
+        Asks for batched responses (``batch_size``); a node that ignores it sends one record per
+        response, which works, only slower. With ``req.number == 0`` (the node's default) a page token
+        is not followed; a note on stderr says more records remain.
+        """
+        req.batch_size = BATCH_SIZE
+        limit = req.number
+        timeout = None if req.follow else self.timeout
+        seen = 0
+        while True:
+            token = ""
+            try:
+                for resp in self._observer.Flows(req, timeout=timeout):
+                    if resp.flows:
+                        batch: Sequence[flow_pb2.Flow] = resp.flows
+                    elif resp.HasField("flow"):
+                        batch = (resp.flow,)
+                    else:
+                        batch = ()
+                    if limit and seen + len(batch) > limit:
+                        batch = batch[: limit - seen]
+                    if batch:
+                        seen += len(batch)
+                        yield batch
+                    if resp.next_page_token:
+                        token = resp.next_page_token
+                    if limit and seen >= limit:
+                        return
+            except grpc.RpcError as exc:
+                raise self._fail(exc, "Observer.Flows", timeout) from exc
+            if not token or req.follow:
+                return
+            if not limit:
+                sys.stderr.write(
+                    f"meshctl flows: showing the node's default of {seen:,} records; more remain "
+                    "(use --limit N or a narrower --since)\n"
+                )
+                return
+            req.page_token = token
+            req.number = limit - seen
+
+    def events(self, req: observer_pb2.EventsRequest) -> Iterator[flow_pb2.Event]:
+        """Observer.Events, one event at a time."""
+        timeout = None if req.follow else self.timeout
+        try:
+            for resp in self._observer.Events(req, timeout=timeout):
+                yield resp.event
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Observer.Events", timeout) from exc
+
+    def peers(self) -> mesh_pb2.PeersResponse:
+        """Mesh.Peers; NotAvailable when the node runs without the mesh."""
+        try:
+            resp: mesh_pb2.PeersResponse = self._mesh.Peers(mesh_pb2.PeersRequest(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Mesh.Peers", self.timeout) from exc
+        return resp
+
+    def fleet_query(self, req: mesh_pb2.FleetQueryRequest) -> mesh_pb2.FleetQueryResponse:
+        """Mesh.FleetQuery; the call's deadline leaves the node's fan-out deadline room to answer."""
+        timeout = max(self.timeout, req.deadline_ms / 1000 + 2.0)
+        try:
+            resp: mesh_pb2.FleetQueryResponse = self._mesh.FleetQuery(req, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Mesh.FleetQuery", timeout) from exc
+        return resp
+
+    def services(self) -> frozenset[str] | None:
+        """Service names from server reflection; None when the node does not serve reflection."""
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(self._channel)
+        req = reflection_pb2.ServerReflectionRequest(list_services="")
+        try:
+            for resp in stub.ServerReflectionInfo(iter((req,)), timeout=self.timeout):
+                return frozenset(s.name for s in resp.list_services_response.service)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise self._fail(exc, "server reflection", self.timeout) from exc
+        return frozenset()

@@ -1,0 +1,221 @@
+"""The one-shot and streaming commands: status, flows, health, events, peers, query, blame, validate.
+
+Each ``cmd_*`` turns flags into a request, asks the node through ``cli._client``, and prints either JSON
+(DESIGN field names) or a view from ``cli._views``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cli._client import Node
+from cli._convert import flow_dict, flow_json_line, message_dict
+from cli._exceptions import EXIT_OK, NotAvailable, UsageError
+from cli._output import console, is_plain, print_json, print_json_line
+from cli._units import parse_time_ns
+from meshnode.v1 import flow_pb2, mesh_pb2, observer_pb2
+
+MESH_MISSING = "this node has no mesh service yet (needs meshnode with the mesh; see issue 6)"
+
+_PROTO = {"tcp": flow_pb2.TCP, "udp": flow_pb2.UDP}
+
+
+def _flat(values: list[list[str]] | None) -> list[str]:
+    return [v for group in values or [] for v in group]
+
+
+def flow_filter(args: argparse.Namespace) -> flow_pb2.FlowFilter | None:
+    """The FlowFilter of the filter flags, or None when no filter flag was given."""
+    f = flow_pb2.FlowFilter(
+        comm=args.proc or [],
+        pid=args.pid or [],
+        dst=args.dst or [],
+        port=args.port or [],
+        dport=args.dport or [],
+        cgroup=args.cgroup or [],
+        outcome=[o.upper() for o in _flat(args.outcome)],
+        proto=[_PROTO[p] for p in _flat(args.proto)],
+        direction=[d.upper() for d in _flat(args.direction)],
+        event_type=[t.upper() for t in _flat(getattr(args, "type", None))],
+    )
+    return f if f.ByteSize() else None
+
+
+def _time_range(args: argparse.Namespace, now_ns: int) -> tuple[int, int]:
+    since = parse_time_ns(args.since, now_ns) if getattr(args, "since", None) else 0
+    until = parse_time_ns(args.until, now_ns) if getattr(args, "until", None) else 0
+    if since and until and until < since:
+        raise UsageError(f"--until ({args.until}) is before --since ({args.since})")
+    return since, until
+
+
+def cmd_status(args: argparse.Namespace, node: Node) -> int:
+    doc = message_dict(node.status())
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    from cli._views import status_view
+
+    c = console(wide=args.wide)
+    c.print(status_view(doc, wide=args.wide, plain=is_plain(c)))
+    return EXIT_OK
+
+
+def cmd_flows(args: argparse.Namespace, node: Node) -> int:
+    if args.follow and args.until:
+        raise UsageError("--follow and --until conflict: a followed stream has no end")
+    since, until = _time_range(args, time.time_ns())
+    req = observer_pb2.FlowsRequest(number=args.limit, follow=args.follow, since_ns=since, until_ns=until,
+                                    include_interim=args.interim)
+    f = flow_filter(args)
+    if f is not None:
+        req.whitelist.append(f)
+    out = sys.stdout
+    if args.json:
+        for batch in node.flows(req):
+            out.write("".join(map(flow_json_line, batch)))
+            if args.follow:
+                out.flush()
+        return EXIT_OK
+    from cli._views import flows_table
+
+    c = console(wide=args.wide)
+    plain = is_plain(c)
+    if args.follow:
+        header = True
+        for batch in node.flows(req):
+            c.print(flows_table([flow_dict(x) for x in batch], wide=args.wide, plain=plain, header=header))
+            header = False
+            out.flush()
+        return EXIT_OK
+    rows = [flow_dict(x) for batch in node.flows(req) for x in batch]
+    if not rows:
+        c.print("no flows match" + (f" since {args.since}" if args.since else ""))
+        return EXIT_OK
+    c.print(flows_table(rows, wide=args.wide, plain=plain))
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace, node: Node) -> int:
+    since, until = _time_range(args, time.time_ns())
+    req = observer_pb2.HealthRequest(since_ns=since, until_ns=until)
+    f = flow_filter(args)
+    if f is not None:
+        req.filter.CopyFrom(f)
+    doc = message_dict(node.health(req))
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    from cli._views import health_view
+
+    c = console(wide=args.wide)
+    c.print(health_view(doc, wide=args.wide, plain=is_plain(c)))
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace, node: Node) -> int:
+    since, _ = _time_range(args, time.time_ns())
+    req = observer_pb2.EventsRequest(number=args.last, follow=args.follow, since_ns=since)
+    f = flow_filter(args)
+    if f is not None:
+        req.whitelist.append(f)
+    if args.json:
+        for ev in node.events(req):
+            print_json_line(message_dict(ev))
+        return EXIT_OK
+    from cli._views import events_table
+
+    c = console(wide=args.wide)
+    plain = is_plain(c)
+    if args.follow:
+        header = True
+        for ev in node.events(req):
+            c.print(events_table([message_dict(ev)], wide=args.wide, plain=plain, header=header))
+            header = False
+            sys.stdout.flush()
+        return EXIT_OK
+    rows = [message_dict(ev) for ev in node.events(req)]
+    if not rows:
+        c.print("no events")
+        return EXIT_OK
+    c.print(events_table(rows, wide=args.wide, plain=plain))
+    return EXIT_OK
+
+
+def _mesh_call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except NotAvailable:
+        raise NotAvailable(MESH_MISSING) from None
+
+
+def cmd_peers(args: argparse.Namespace, node: Node) -> int:
+    doc = message_dict(_mesh_call(node.peers))
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    from cli._views import peers_view
+
+    c = console(wide=args.wide)
+    c.print(peers_view(doc, wide=args.wide, plain=is_plain(c)))
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace, node: Node) -> int:
+    selector: dict[str, str] = {}
+    for item in args.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--where '{item}' is not LABEL=VALUE (example: --where region=eu-west)")
+        selector[key] = value
+    req = mesh_pb2.FleetQueryRequest(destination=args.destination, selector=selector, group_by=args.group_by,
+                                     deadline_ms=int(args.deadline * 1000))
+    doc = message_dict(_mesh_call(lambda: node.fleet_query(req)))
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    from cli._views import query_view
+
+    c = console(wide=args.wide)
+    c.print(query_view(doc, wide=args.wide, plain=is_plain(c)))
+    return EXIT_OK
+
+
+# command -> (service name suffix in reflection, words for the one-line message)
+_MISSING_SERVICES: dict[str, tuple[str, str]] = {
+    "blame": ("Diagnosis", "diagnosis service"),
+    "validate": ("Trust", "trust (cross-validation) service"),
+}
+
+
+def cmd_not_yet(args: argparse.Namespace, node: Node) -> int:
+    """blame and validate: their node services do not exist yet; say so, using reflection to tell
+    a node without the service from a node with one this meshctl cannot speak to."""
+    suffix, words = _MISSING_SERVICES[args.command]
+    services = node.services() or frozenset()
+    if any(s.rsplit(".", 1)[-1] == suffix for s in services):
+        raise NotAvailable(f"this node has a {words}, but this meshctl does not know its API yet; "
+                           "upgrade meshctl")
+    raise NotAvailable(f"this node has no {words} yet (needs meshnode with the {words})")
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Node], int]] = {
+    "status": cmd_status,
+    "flows": cmd_flows,
+    "health": cmd_health,
+    "events": cmd_events,
+    "peers": cmd_peers,
+    "query": cmd_query,
+    "blame": cmd_not_yet,
+    "validate": cmd_not_yet,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``args.command`` against ``args.node``."""
+    with Node(args.node, timeout=args.timeout) as node:
+        return _COMMANDS[args.command](args, node)

@@ -1,0 +1,49 @@
+"""Where output goes: a rich Console sized for the terminal, or plain 80-column text for pipes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+
+def console(*, wide: bool = False) -> Console:
+    """A Console for stdout: the terminal's size and colours on a tty; otherwise plain text, no colour,
+    80 columns (200 with ``wide``)."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=False, width=200 if wide else 80, no_color=True,
+                   color_system=None, force_terminal=False)
+
+
+def is_plain(c: Console) -> bool:
+    """True when the console is not a terminal: no box characters then."""
+    return not c.is_terminal
+
+
+def render_text(renderable: RenderableType, *, width: int = 80, plain: bool = True) -> str:
+    """``renderable`` as text at ``width`` columns, no colour (what tests compare)."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, no_color=True, color_system=None, highlight=False,
+            force_terminal=not plain, legacy_windows=False).print(renderable)
+    return buf.getvalue()
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def print_json_line(doc: Any) -> None:
+    """One JSON Lines record on stdout, flushed (streams)."""
+    sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,333 @@
+"""Rich renderables for the one-shot commands, built from plain data (the ``--json`` dicts).
+
+Every view fits 80 columns unless ``wide``; with ``plain`` (stdout is not a terminal) tables have no box
+characters. Tests render them into ``Console(file=io.StringIO(), width=80)`` and compare text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from cli._units import (
+    format_bytes,
+    format_clock,
+    format_count,
+    format_percent,
+    format_seconds,
+    format_us,
+)
+
+FAILED: Final = frozenset({"refused", "timeout", "reset", "udp_unanswered"})
+OUTCOME_LABEL: Final = {
+    "established": "established", "refused": "refused", "timeout": "timeout", "reset": "reset",
+    "udp_answered": "udp ok", "udp_unanswered": "udp no-ans", "in_progress": "in progress",
+}
+_OUTCOME_STYLE: Final = {
+    "established": "green", "udp_answered": "green", "in_progress": "yellow",
+    "refused": "bold red", "timeout": "bold red", "reset": "bold red", "udp_unanswered": "red",
+}
+
+
+def table(*, plain: bool, header: bool = True, title: str | None = None) -> Table:
+    """A borderless table with one space between columns; a rule under the header on terminals."""
+    return Table(
+        box=None if plain else box.SIMPLE_HEAD,
+        show_header=header,
+        header_style="" if plain else "bold",
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        title=title,
+        title_justify="left",
+        title_style="" if plain else "bold",
+        expand=False,
+    )
+
+
+def endpoint(addr: str, port: int) -> str:
+    """``10.0.0.2:443``, ``[fd00::2]:443``."""
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{port}" if port else host
+
+
+def process(comm: str, pid: int) -> str:
+    """``curl/1234``; ``?`` for flows the sensor could not attribute."""
+    name = comm or "?"
+    return f"{name}/{pid}" if pid else name
+
+
+def outcome_text(outcome: str) -> Text:
+    """The outcome's short label, red when the flow failed."""
+    return Text(OUTCOME_LABEL.get(outcome, outcome), style=_OUTCOME_STYLE.get(outcome, ""))
+
+
+# --- flows ---------------------------------------------------------------------------------------------
+
+def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain: bool = False,
+                header: bool = True) -> Table:
+    """Flow records as a table; the widths are fixed so that batches printed one by one line up."""
+    t = table(plain=plain, header=header)
+    t.add_column("TIME", width=8, no_wrap=True)
+    t.add_column("PROCESS", width=12 if not wide else 20, no_wrap=True, overflow="ellipsis")
+    if wide:
+        t.add_column("SOURCE", width=21, no_wrap=True, overflow="ellipsis")
+        t.add_column("DIR", width=3, no_wrap=True)
+        t.add_column("PROTO", width=5, no_wrap=True)
+    t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
+    t.add_column("OUTCOME", width=11, no_wrap=True)
+    t.add_column("TX", width=8, justify="right", no_wrap=True)
+    t.add_column("RX", width=8, justify="right", no_wrap=True)
+    t.add_column("RTT", width=6, justify="right", no_wrap=True)
+    if wide:
+        t.add_column("RETX", width=5, justify="right", no_wrap=True)
+        t.add_column("DUR", width=7, justify="right", no_wrap=True)
+        t.add_column("KIND", width=7, no_wrap=True)
+        t.add_column("SERVICE", width=8, no_wrap=True, overflow="ellipsis")
+        t.add_column("CGROUP", min_width=10, no_wrap=True, overflow="ellipsis")
+    for r in rows:
+        cells: list[RenderableType] = [
+            format_clock(r["end_ns"] or r["start_ns"]),
+            process(r["comm"], r["pid"]),
+        ]
+        if wide:
+            cells += [endpoint(r["src"], r["sport"]), {"outbound": "out", "inbound": "in"}.get(
+                r["direction"], "?"), r["proto"]]
+        cells += [
+            endpoint(r["dst"], r["dport"]),
+            outcome_text(r["outcome"]),
+            format_bytes(r["bytes_tx"]),
+            format_bytes(r["bytes_rx"]),
+            format_us(r["srtt_us"]),
+        ]
+        if wide:
+            dur_ns = r["end_ns"] - r["start_ns"] if r["end_ns"] and r["start_ns"] else 0
+            cells += [
+                str(r["retransmits"]),
+                format_seconds(dur_ns / 1e9) if dur_ns > 0 else "-",
+                r["kind"],
+                r["service"] or "-",
+                r["cgroup"] or "-",
+            ]
+        t.add_row(*cells)
+    return t
+
+
+# --- events --------------------------------------------------------------------------------------------
+
+def event_detail(e: Mapping[str, Any]) -> str:
+    """The event's measure in words: ``burst of 5``, ``rtt 1.2ms -> 40ms``, the drop reason."""
+    kind, value, detail = e["type"], e["value"], e["detail"]
+    if detail:
+        return str(detail)
+    if kind == "rtt_shift":
+        return f"rtt {format_us(value)}"
+    if value:
+        return f"{value:g}"
+    return ""
+
+
+def events_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain: bool = False,
+                 header: bool = True) -> Table:
+    """Events as a table of fixed widths (streams print one per batch)."""
+    t = table(plain=plain, header=header)
+    t.add_column("TIME", width=8, no_wrap=True)
+    t.add_column("EVENT", width=16, no_wrap=True, overflow="ellipsis")
+    t.add_column("PROCESS", width=12 if not wide else 20, no_wrap=True, overflow="ellipsis")
+    t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
+    t.add_column("DETAIL", width=17 if not wide else 60, no_wrap=True, overflow="ellipsis")
+    for e in rows:
+        f = e.get("flow") or {}
+        t.add_row(
+            format_clock(e["time_ns"]),
+            Text(e["type"], style="" if e["type"] in ("rtt_shift", "zero_window") else "red"),
+            process(f.get("comm", ""), f.get("pid", 0)),
+            endpoint(f.get("dst", ""), f.get("dport", 0)) if f.get("dst") else "-",
+            event_detail(e),
+        )
+    return t
+
+
+# --- status --------------------------------------------------------------------------------------------
+
+LOSS_COUNTERS: Final = ("lost_events", "map_evictions", "ringbuf_overruns", "events_dropped",
+                        "unattributed_drops", "incomplete_periods")
+
+
+def completeness_text(c: Mapping[str, Any] | None, *, keys: Iterable[str] | None = None) -> Text:
+    """``lost_events 0 · map_evictions 3 ...``; counts of lost things in red when not zero."""
+    out = Text()
+    if not c:
+        return Text("-")
+    names = list(keys) if keys is not None else list(c)
+    for i, k in enumerate(names):
+        if i:
+            out.append(" · ")
+        v = int(c.get(k, 0))
+        out.append(f"{k} ")
+        out.append(format_count(v), style="bold red" if v and k in LOSS_COUNTERS else "")
+    return out
+
+
+def status_view(s: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:
+    """The node's status as a two-column grid."""
+    g = Table.grid(padding=(0, 2))
+    g.add_column(style="" if plain else "bold", no_wrap=True)
+    g.add_column(overflow="fold")
+    g.add_row("node", f"{s['node_id'] or '?'}  meshnode {s['version'] or '?'}, up "
+              f"{format_seconds(s['uptime_s'])}")
+    g.add_row("listen", f"{s['listen'] or '?'}{'  (insecure: no mTLS)' if s['insecure'] else ''}")
+    sensor = f"{s['sensor_mode'] or '?'}, {s['fidelity']} fidelity"
+    if s["sensor_reason"]:
+        sensor += f" ({s['sensor_reason']})"
+    g.add_row("sensor", sensor)
+    g.add_row("scope", s["scope"] or "-")
+    g.add_row("export", f"every {format_seconds(s['export_period_s'])}, {format_count(s['periods'])} "
+              "periods closed")
+    g.add_row("flows", f"{format_count(s['active_flows'])} active")
+    g.add_row("store", f"{format_bytes(s['store_bytes'])}, {format_count(s['store_rows'])} rows in "
+              f"{s['data_dir'] or '?'}")
+    labels = s.get("labels") or {}
+    g.add_row("labels", " ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-")
+    c = s.get("completeness") or {}
+    lost = [k for k in LOSS_COUNTERS if k in c]
+    other = [k for k in c if k not in LOSS_COUNTERS]
+    g.add_row("lost", completeness_text(c, keys=lost))
+    g.add_row("counted", completeness_text(c, keys=other))
+    return g
+
+
+# --- health --------------------------------------------------------------------------------------------
+
+def failures_text(failures: Mapping[str, int]) -> str:
+    """``refused 12, timeout 3`` (largest first); ``-`` when none."""
+    items = sorted(((k, int(v)) for k, v in failures.items() if v), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k} {format_count(v)}" for k, v in items) or "-"
+
+
+def useful_text(fraction: float | None) -> Text:
+    """``97.5%``, red under 90 %, yellow under 99 %."""
+    style = ""
+    if fraction is not None:
+        style = "bold red" if fraction < 0.9 else ("yellow" if fraction < 0.99 else "green")
+    return Text(format_percent(fraction), style=style)
+
+
+def _health_rows(title: str, rows: Sequence[Mapping[str, Any]], *, plain: bool, wide: bool,
+                 limit: int) -> Table:
+    t = table(plain=plain, title=title)
+    t.add_column("KEY", width=30 if not wide else 50, no_wrap=True, overflow="ellipsis")
+    t.add_column("ATTEMPTS", width=8, justify="right")
+    t.add_column("USEFUL", width=6, justify="right")
+    t.add_column("FAILURES", min_width=20, overflow="fold")
+    ordered = sorted(rows, key=lambda r: (r["useful_fraction"] if r["useful_fraction"] is not None else 2,
+                                          -r["attempts"], r["key"]))
+    for r in ordered[:limit]:
+        t.add_row(r["key"], format_count(r["attempts"]), useful_text(r["useful_fraction"]),
+                  failures_text(r["failures"]))
+    if len(ordered) > limit:
+        t.add_row(f"... {len(ordered) - limit} more (--json for all)", "", "", "")
+    return t
+
+
+def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False,
+                limit: int = 20) -> RenderableType:
+    """Host health, then the least healthy processes and destinations, retry and scan patterns."""
+    parts: list[RenderableType] = []
+    host = h.get("host") or {}
+    line = Text("host  ")
+    line.append_text(useful_text(host.get("useful_fraction")))
+    line.append(f" useful of {format_count(host.get('attempts', 0))} attempts")
+    line.append(f"  ({format_clock(h['since_ns'])} to {format_clock(h['until_ns'])} UTC)")
+    parts.append(line)
+    fails = failures_text(host.get("failures") or {})
+    extra = f"failures: {fails}"
+    if h.get("failures_after_address_change"):
+        extra += f"; {h['failures_after_address_change']} within 60s of an address change"
+    parts.append(Text(extra))
+    parts.append(Text(""))
+    parts.append(_health_rows("PROCESSES (least useful first)", h.get("by_process", []), plain=plain,
+                              wide=wide, limit=limit))
+    parts.append(Text(""))
+    parts.append(_health_rows("DESTINATIONS (least useful first)", h.get("by_destination", []),
+                              plain=plain, wide=wide, limit=limit))
+    retries = h.get("retries") or []
+    if retries:
+        t = table(plain=plain, title="RETRY PATTERNS")
+        t.add_column("PROCESS", width=16, no_wrap=True, overflow="ellipsis")
+        t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
+        t.add_column("FAILS", width=6, justify="right")
+        t.add_column("EVERY", width=8, justify="right")
+        t.add_column("LAST", width=8)
+        for r in retries[:limit]:
+            t.add_row(process(r["comm"], r["pid"]), r["destination"], format_count(r["failures"]),
+                      format_seconds(r["interval_p50_ms"] / 1000), format_clock(r["last_ns"]))
+        parts += [Text(""), t]
+    scans = h.get("scans") or []
+    if scans:
+        t = table(plain=plain, title="INBOUND SCANS")
+        t.add_column("SOURCE", width=39, no_wrap=True, overflow="ellipsis")
+        t.add_column("PORTS", width=6, justify="right")
+        t.add_column("FAILS", width=8, justify="right")
+        for r in scans[:limit]:
+            t.add_row(r["src"], str(r["ports"]), format_count(r["failures"]))
+        parts += [Text(""), t]
+    return Group(*parts)
+
+
+# --- mesh ----------------------------------------------------------------------------------------------
+
+def peers_view(p: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:
+    """Mesh members, this node first."""
+    t = table(plain=plain)
+    t.add_column("NODE", width=16, no_wrap=True, overflow="ellipsis")
+    t.add_column("ADDRESS", width=21, no_wrap=True, overflow="ellipsis")
+    t.add_column("STATE", width=7, no_wrap=True)
+    t.add_column("DIGEST", width=8, justify="right", no_wrap=True)
+    t.add_column("RTT", width=6, justify="right", no_wrap=True)
+    t.add_column("LABELS", min_width=10, no_wrap=not wide, overflow="ellipsis")
+    style = {"alive": "green", "suspect": "yellow", "dead": "bold red", "left": "dim"}
+    for r in p.get("peers", []):
+        age = r["digest_age_ms"]
+        t.add_row(
+            r["node_id"] + ("*" if r["is_self"] else ""),
+            r["addr"],
+            Text(r["state"], style=style.get(r["state"], "")),
+            "-" if age < 0 else format_seconds(age / 1000),
+            format_us(r["rtt_us"]),
+            " ".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
+        )
+    counters = p.get("counters") or {}
+    foot = Text(f"health score {p.get('health_score', 0)} (0 is healthy)")
+    if counters:
+        foot.append("  ·  " + " · ".join(f"{k} {v}" for k, v in sorted(counters.items())))
+    return Group(t, foot)
+
+
+def query_view(q: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:
+    """Fleet-wide destination health, and the nodes that did not answer."""
+    t = table(plain=plain)
+    t.add_column("GROUP", width=10, no_wrap=True, overflow="ellipsis")
+    t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
+    t.add_column("HOSTS", width=5, justify="right")
+    t.add_column("USEFUL", width=6, justify="right")
+    t.add_column("RTT50", width=6, justify="right")
+    t.add_column("RTT95", width=6, justify="right")
+    t.add_column("RETX", width=6, justify="right")
+    t.add_column("AGE", width=5, justify="right")
+    for a in q.get("aggregates", []):
+        t.add_row(a["group"], a["destination"], str(a["hosts"]),
+                  useful_text(a["useful_fraction_median"] if a["attempts"] else None),
+                  format_us(a["rtt_p50_us_median"]), format_us(a["rtt_p95_us_median"]),
+                  format_count(a["retransmits"]), format_seconds(max(a["newest_age_ms"], 0) / 1000))
+    parts: list[RenderableType] = [t]
+    missing = [n for n in q.get("nodes", []) if not n["answered"]]
+    if missing:
+        parts.append(Text(f"partial: {len(missing)} node(s) did not answer: " + ", ".join(
+            f"{n['node_id']} ({n['error']})" for n in missing), style="" if plain else "yellow"))
+    return Group(*parts)
