@@ -69,6 +69,8 @@ from probes._sockdiag import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from probes._sockdiag import TcpInfo
 
 _DUMP_STATES: Final = ALL_STATES & ~state_mask(TCP_TIME_WAIT, TCP_NEW_SYN_RECV, TCP_CLOSE)
@@ -161,6 +163,8 @@ class DiagSensor:
         self._unowned: set[int] = set()
         self._cgroup_root: str | None = None
         self._cgroup_ids: dict[str, int] = {}
+        self._mono_ns: Callable[[], int] = time.monotonic_ns  # injectable clocks, for tests
+        self._wall_ns: Callable[[], int] = time.time_ns
         self.proc_scans = 0
         """How many /proc scans ran (for tests and metrics: at most one per refresh)."""
 
@@ -203,7 +207,7 @@ class DiagSensor:
         self._refresh()
         out = []
         for fl in self._flows.values():
-            out.append(self._record(fl, kind="interim", end_ns=time.time_ns()))
+            out.append(self._record(fl, kind="interim", end_ns=self._wall_ns()))
             self._advance_window(fl)
         return out
 
@@ -225,8 +229,8 @@ class DiagSensor:
 
     def _refresh(self) -> None:
         socks = self._dump()
-        now_mono = time.monotonic_ns()
-        now_ns = time.time_ns()
+        now_mono = self._mono_ns()
+        now_ns = self._wall_ns()
         listeners = {(s.src, s.sport) for s in socks if s.state == TCP_LISTEN}
         conns = [s for s in socks if s.state != TCP_LISTEN]
 
