@@ -1,0 +1,75 @@
+"""Plain data (summaries, health rows, events) → ``meshnode.v1`` messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from google.protobuf import wrappers_pb2
+
+from meshnode.health import HealthRow, RetryPattern, ScanPattern
+from meshnode.sensor import EventRecord
+from meshnode.summary import PeriodSummary, Rollup
+from meshnode.v1 import flow_pb2
+
+_EVENT_TYPE_NAMES = frozenset(flow_pb2.EventType.keys())
+_COMPLETENESS_FIELDS = frozenset(f.name for f in flow_pb2.Completeness.DESCRIPTOR.fields)
+
+
+def completeness_pb(counters: Mapping[str, int]) -> flow_pb2.Completeness:
+    """Known counters into ``Completeness`` (unknown names are ignored, so newer sensors do not break us)."""
+    return flow_pb2.Completeness(**{k: int(v) for k, v in counters.items() if k in _COMPLETENESS_FIELDS})
+
+
+def rollup_pb(r: Rollup) -> flow_pb2.Rollup:
+    """A ``Rollup`` message."""
+    return flow_pb2.Rollup(
+        key=r.key, flows=r.flows, useful=r.useful, failures=r.failures, bytes_tx=r.bytes_tx,
+        bytes_rx=r.bytes_rx, retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us, rtt_p95_us=r.rtt_p95_us,
+        service=r.service,
+    )
+
+
+def period_pb(s: PeriodSummary) -> flow_pb2.PeriodSummary:
+    """A ``PeriodSummary`` message."""
+    return flow_pb2.PeriodSummary(
+        node_id=s.node_id, period_start_ns=s.period_start_ns, period_end_ns=s.period_end_ns, seq=s.seq,
+        by_process=[rollup_pb(r) for r in s.by_process],
+        by_destination=[rollup_pb(r) for r in s.by_destination],
+        by_cgroup=[rollup_pb(r) for r in s.by_cgroup],
+        completeness=completeness_pb(s.completeness), final_flows=s.final_flows,
+        interim_flows=s.interim_flows, incomplete=s.incomplete,
+    )
+
+
+def health_row_pb(h: HealthRow) -> flow_pb2.HealthRow:
+    """A ``HealthRow`` message; ``useful_fraction`` stays unset without attempts."""
+    msg = flow_pb2.HealthRow(
+        scope=h.scope, key=h.key, attempts=h.attempts, useful=h.useful, failures=h.failures
+    )
+    frac = h.useful_fraction
+    if frac is not None:
+        msg.useful_fraction.CopyFrom(wrappers_pb2.DoubleValue(value=frac))
+    return msg
+
+
+def retry_pb(p: RetryPattern) -> flow_pb2.RetryPattern:
+    """A ``RetryPattern`` message."""
+    return flow_pb2.RetryPattern(
+        comm=p.comm, pid=p.pid, destination=p.destination, failures=p.failures,
+        interval_p50_ms=p.interval_p50_ms, interval_min_ms=p.interval_min_ms,
+        interval_max_ms=p.interval_max_ms, first_ns=p.first_ns, last_ns=p.last_ns,
+    )
+
+
+def scan_pb(s: ScanPattern) -> flow_pb2.ScanPattern:
+    """A ``ScanPattern`` message."""
+    return flow_pb2.ScanPattern(src=s.src, ports=s.ports, failures=s.failures)
+
+
+def event_pb(ev: EventRecord) -> flow_pb2.Event:
+    """An ``Event`` message (an unknown event type goes out as EVENT_TYPE_UNKNOWN)."""
+    etype = ev.type.upper()
+    if etype not in _EVENT_TYPE_NAMES:
+        etype = "EVENT_TYPE_UNKNOWN"
+    return flow_pb2.Event(type=etype, time_ns=ev.time_ns, flow=ev.flow.to_proto(), value=ev.value,
+                          detail=ev.detail)

@@ -1,0 +1,71 @@
+"""The node's gRPC server: Observer, ``grpc.health.v1`` and server reflection on one port."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from meshnode._exceptions import ConfigError
+from meshnode.api._servicer import ObserverServicer
+from meshnode.v1 import observer_pb2, observer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+OBSERVER_SERVICE: Final = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name
+HEALTH_SERVICE: Final = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class ApiServer:
+    """A node service (``start``/``stop``): the Observer API on ``listen`` (``HOST:PORT``, 0 = any port)."""
+
+    name = "grpc"
+
+    def __init__(self, listen: str, observer: ObserverServicer, *, grace_s: float = 2.0) -> None:
+        self.listen = listen
+        self.observer = observer
+        self.grace_s = grace_s
+        self.port = 0
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        """The bound ``HOST:PORT`` (after ``start``)."""
+        host = self.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and serve; raises ``ConfigError`` when the address cannot be bound."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        add_observer = cast(Callable[[Any, Any], None], observer_pb2_grpc.add_ObserverServicer_to_server)
+        add_observer(self.observer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (OBSERVER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            raise ConfigError(f"listen: cannot bind {self.listen}: {exc}") from exc
+        if port == 0:
+            raise ConfigError(f"listen: cannot bind {self.listen} (address in use or not local?)")
+        self.port = port
+        await server.start()
+        for service in ("", OBSERVER_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        log.debug("gRPC API on %s", self.address)
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, then stop with a grace period for calls in flight."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.grace_s)
+        self._server = None

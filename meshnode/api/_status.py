@@ -1,0 +1,35 @@
+"""What ``Status`` reports, as plain data the node fills in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    """A snapshot of the node (``meshnode.v1.StatusResponse``)."""
+
+    node_id: str = ""
+    version: str = ""
+    uptime_s: float = 0.0
+    sensor_mode: str = ""
+    sensor_reason: str = ""
+    fidelity: str = ""
+    scope: str = "/"
+    export_period_s: float = 0.0
+    completeness: dict[str, int] = field(default_factory=dict)
+    store_bytes: int = 0
+    store_rows: int = 0
+    data_dir: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    listen: str = ""
+    periods: int = 0
+    insecure: bool = True
+    active_flows: int = 0
+
+
+class StatusProvider(Protocol):
+    """Returns the node's current status; may block briefly (it reads the store's size)."""
+
+    def __call__(self) -> NodeStatus: ...

@@ -1,0 +1,312 @@
+"""The Observer API against a real grpc.aio server on 127.0.0.1, fed by a FakeSensor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from meshnode._model import FlowRecord
+from meshnode.api import HEALTH_SERVICE, OBSERVER_SERVICE
+from meshnode.sensor import Completeness, EventRecord
+from meshnode.store import FlowQuery, StoreTimeout
+from meshnode.summary import with_service
+from meshnode.v1 import flow_pb2, observer_pb2
+from tests.unit._flows import T0, S, flow
+from tests.unit._node import Harness, running_node
+
+
+def run(tmp_path: Path, body: Callable[[Harness], Awaitable[None]], **config: object) -> None:
+    async def main() -> None:
+        async with running_node(tmp_path, **config) as h:
+            await body(h)
+
+    asyncio.run(main())
+
+
+async def flows(h: Harness, **kw: object) -> list[observer_pb2.FlowsResponse]:
+    return [r async for r in h.stub.Flows(observer_pb2.FlowsRequest(**kw), timeout=10)]  # type: ignore[arg-type]
+
+
+def records(responses: list[observer_pb2.FlowsResponse]) -> list[FlowRecord]:
+    return [FlowRecord.from_proto(r.flow) for r in responses]
+
+
+def test_flows_returns_exact_records(tmp_path: Path) -> None:
+    sent = [flow(i, bytes_tx=i * 7, retransmits=i, drop_reasons={"NO_SOCKET": i}) for i in range(1, 11)]
+
+    async def body(h: Harness) -> None:
+        await h.period(*sent)
+        got = records(await flows(h))
+        assert got == [with_service(r) for r in sent]
+
+    run(tmp_path, body)
+
+
+F = flow_pb2.FlowFilter
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_filters_and_or_deny_cidr(tmp_path: Path) -> None:
+    sent = [
+        flow(1, comm="curl", dport=443),
+        flow(2, comm="curl", dport=80),
+        flow(3, comm="wget", dport=443),
+        flow(4, comm="apt", dst="10.1.2.3", dport=80),
+        flow(5, comm="apt", dst="10.1.9.9", dport=80, outcome="refused"),
+        flow(6, comm="apt", dst="10.2.0.1", dport=80),
+        flow(7, comm="ssh", dst="fd00::7", dport=22, direction="inbound", sport=22),
+    ]
+
+    async def body(h: Harness) -> None:
+        await h.period(*sent)
+
+        async def ids(**kw: object) -> list[int]:
+            return [r.flow_id for r in records(await flows(h, **kw))]
+
+        assert await ids(whitelist=[F(comm=["curl"], dport=[443])]) == [1]                 # AND
+        assert await ids(whitelist=[F(comm=["curl", "wget"])]) == [1, 2, 3]               # OR in a field
+        assert await ids(whitelist=[F(comm=["curl"], dport=[443]), F(dst=["10.1.0.0/16"])]) == [1, 4, 5]
+        assert await ids(whitelist=[F(dst=["10.1.0.0/16"])],
+                         blacklist=[F(outcome=[flow_pb2.REFUSED])]) == [4]                # allow - deny
+        assert await ids(blacklist=[F(dport=[80]), F(comm=["ssh"])]) == [1, 3]
+        assert await ids(whitelist=[F(dst=["fd00::/8"])]) == [7]
+        assert await ids(whitelist=[F(dst=["10.2.0.1"])]) == [6]
+        assert await ids(whitelist=[F(port=[22])]) == [7]
+        assert await ids(whitelist=[F(direction=[flow_pb2.INBOUND], proto=[flow_pb2.TCP])]) == [7]
+        assert await ids(whitelist=[F(cgroup=["/system.slice"])]) == [1, 2, 3, 4, 5, 6, 7]
+        assert await ids(whitelist=[F(cgroup=["/system.sli"])]) == []
+        # end >= since, start <= until
+        assert await ids(since_ns=T0 + 3 * S, until_ns=T0 + 5 * S) == [3, 4, 5]
+
+    run(tmp_path, body)
+
+
+def test_pagination(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.period(*[flow(i) for i in range(1, 16)])
+        await h.period(*[flow(i) for i in range(16, 26)])
+        seen: list[int] = []
+        token = ""
+        pages = 0
+        while True:
+            page = await flows(h, number=10, page_token=token, blacklist=[F(pid=[999])])
+            pages += 1
+            seen += [r.flow.flow_id for r in page]
+            token = page[-1].next_page_token
+            assert all(not r.next_page_token for r in page[:-1])
+            if not token:
+                break
+        assert pages == 3 and seen == list(range(1, 26))
+        # a token belongs to its request
+        first = await flows(h, number=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await flows(h, number=10, page_token=first[-1].next_page_token, whitelist=[F(comm=["x"])])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in (err.value.details() or "")
+
+    run(tmp_path, body)
+
+
+def test_interim_records_only_on_request_and_never_twice(tmp_path: Path) -> None:
+    long = flow(100, kind="interim", bytes_tx=5)
+
+    async def body(h: Harness) -> None:
+        await h.period(flow(1), active=[long])
+        await h.period(active=[long.replace(bytes_tx=50, end_ns=long.end_ns + S)])
+        assert [r.flow_id for r in records(await flows(h))] == [1]
+        got = records(await flows(h, include_interim=True))
+        assert [(r.flow_id, r.kind, r.bytes_tx) for r in got] == [(1, "final", 100), (100, "interim", 50)]
+
+    run(tmp_path, body)
+
+
+def test_follow_delivers_new_flow_within_one_period(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.period(flow(1))
+        call = h.stub.Flows(observer_pb2.FlowsRequest(follow=True, number=5), timeout=10)
+        first = await call.read()
+        assert first.flow.flow_id == 1  # history first
+        await asyncio.sleep(0.1)  # the stream is now following
+        await h.period(flow(2), flow(3, comm="other"))
+        got = [(await asyncio.wait_for(call.read(), 2)).flow.flow_id for _ in range(2)]
+        assert got == [2, 3]
+        call.cancel()
+
+    run(tmp_path, body)
+
+
+def test_follow_with_real_period_timer(tmp_path: Path) -> None:
+    """The node loop closes periods by itself; a followed flow arrives within one period."""
+
+    async def body(h: Harness) -> None:
+        stop = asyncio.Event()
+        loop_task = asyncio.create_task(h.node._loop(stop))
+        call = h.stub.Flows(observer_pb2.FlowsRequest(follow=True, whitelist=[F(comm=["late"])]), timeout=10)
+        await asyncio.sleep(0.1)
+        h.sensor.feed([flow(42, comm="late")])
+        start = time.monotonic()
+        resp = await asyncio.wait_for(call.read(), 3)
+        assert resp.flow.flow_id == 42 and time.monotonic() - start <= 0.5 + 0.3
+        call.cancel()
+        stop.set()
+        await loop_task
+
+    run(tmp_path, body, export_period=0.5, tick=0.05)
+
+
+def test_health_reports_the_fraction(tmp_path: Path) -> None:
+    good = [flow(i) for i in range(1, 8)]
+    bad = [flow(i, outcome="refused", start_ns=T0 + i * S) for i in range(8, 11)]
+
+    async def body(h: Harness) -> None:
+        await h.period(*good, *bad)
+        resp = await h.stub.Health(observer_pb2.HealthRequest(since_ns=T0, until_ns=T0 + 60 * S), timeout=10)
+        assert resp.host.attempts == 10 and resp.host.useful == 7
+        assert resp.host.useful_fraction.value == pytest.approx(0.7)
+        assert dict(resp.host.failures) == {"refused": 3}
+        assert [(r.key, r.useful_fraction.value) for r in resp.by_destination] == [("10.0.0.2:443", 0.7)]
+        assert [r.key for r in resp.by_process] == ["curl/100"]
+        assert len(resp.by_period) == 1 and resp.by_period[0].useful_fraction.value == pytest.approx(0.7)
+        [retry] = resp.retries
+        assert (retry.failures, retry.interval_p50_ms) == (3, 1000.0)
+        filtered = await h.stub.Health(observer_pb2.HealthRequest(
+            since_ns=T0, until_ns=T0 + 60 * S, filter=F(outcome=[flow_pb2.ESTABLISHED])), timeout=10)
+        assert filtered.host.useful_fraction.value == 1.0
+        empty = await h.stub.Health(observer_pb2.HealthRequest(since_ns=1, until_ns=2), timeout=10)
+        assert empty.host.attempts == 0 and not empty.host.HasField("useful_fraction")
+
+    run(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("request_kw", "code", "field"),
+    [
+        (dict(whitelist=[F(dst=["10.0.0.0/33"])]), INVALID, "whitelist[0].dst[0]"),
+        (dict(blacklist=[F(), F(dst=["not-an-ip"])]), INVALID, "blacklist[1].dst[0]"),
+        (dict(whitelist=[F(outcome=[99])]), grpc.StatusCode.INVALID_ARGUMENT, "whitelist[0].outcome"),
+        (dict(whitelist=[F(proto=[3])]), grpc.StatusCode.INVALID_ARGUMENT, "whitelist[0].proto"),
+        (dict(since_ns=10, until_ns=5), grpc.StatusCode.INVALID_ARGUMENT, "until_ns"),
+        (dict(follow=True, until_ns=5), grpc.StatusCode.INVALID_ARGUMENT, "until_ns"),
+        (dict(page_token="garbage!"), grpc.StatusCode.INVALID_ARGUMENT, "page_token"),
+        (dict(number=10**7), grpc.StatusCode.RESOURCE_EXHAUSTED, "number"),
+    ],
+)
+def test_bad_flows_requests(tmp_path: Path, request_kw, code, field) -> None:
+    async def body(h: Harness) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await flows(h, **request_kw)
+        assert err.value.code() == code
+        assert (err.value.details() or "").startswith(field), err.value.details()
+
+    run(tmp_path, body)
+
+
+def test_bad_health_and_summaries_requests(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        for call, req, code, field in [
+            (h.stub.Health, observer_pb2.HealthRequest(since_ns=10, until_ns=5), INVALID.name, "until_ns"),
+            (h.stub.Health, observer_pb2.HealthRequest(filter=F(dst=["x/1"])), INVALID.name, "filter.dst"),
+            (h.stub.Summaries, observer_pb2.SummariesRequest(since_ns=9, until_ns=1), "INVALID_ARGUMENT",
+             "until_ns"),
+            (h.stub.Summaries, observer_pb2.SummariesRequest(number=10**6), "RESOURCE_EXHAUSTED", "number"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(req, timeout=10)
+            assert err.value.code().name == code
+            assert (err.value.details() or "").startswith(field)
+
+    run(tmp_path, body)
+
+
+def test_deadline_stops_a_query(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.period(*[flow(i) for i in range(1, 600)])
+        store = h.node.store
+        with store.reader() as conn, pytest.raises(StoreTimeout):
+            list(store.query_flows(FlowQuery(), conn, deadline=time.monotonic() - 1))
+
+    run(tmp_path, body)
+
+
+def test_summaries(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.sensor.add_completeness(Completeness(lost_events=4, map_evictions=1))
+        await h.period(flow(1), flow(2, outcome="timeout"), active=[flow(3, kind="interim")])
+        await h.period(flow(4, dport=22))
+        resp = await h.stub.Summaries(observer_pb2.SummariesRequest(), timeout=10)
+        newest, older = resp.summaries
+        assert newest.seq > older.seq and newest.final_flows == 1 and newest.node_id == "test-node"
+        assert (older.final_flows, older.interim_flows) == (2, 1)
+        assert older.completeness.lost_events == 4 and older.completeness.map_evictions == 1
+        assert older.completeness.flows_recorded == 2
+        [proc] = older.by_process
+        assert (proc.key, proc.flows, proc.useful, dict(proc.failures)) == ("curl/100", 3, 2, {"timeout": 1})
+        assert newest.by_destination[0].service == "ssh"
+
+    run(tmp_path, body)
+
+
+def test_events_history_follow_and_filters(tmp_path: Path) -> None:
+    def ev(kind: str, t: int, comm: str = "curl") -> EventRecord:
+        return EventRecord(type=kind, time_ns=t, flow=flow(t, comm=comm), value=3.0, detail="x")
+
+    async def body(h: Harness) -> None:
+        h.sensor.push_event(ev("retransmit_burst", 1))
+        h.sensor.push_event(ev("zero_window", 2))
+        h.sensor.push_event(ev("retransmit_burst", 3, comm="other"))
+        await h.node.tick()
+        req = observer_pb2.EventsRequest(number=10, whitelist=[F(event_type=[flow_pb2.RETRANSMIT_BURST])])
+        got = [r.event async for r in h.stub.Events(req, timeout=10)]
+        assert [(e.time_ns, e.flow.comm, e.value) for e in got] == [(1, "curl", 3.0), (3, "other", 3.0)]
+        call = h.stub.Events(observer_pb2.EventsRequest(follow=True, blacklist=[F(comm=["other"])]),
+                             timeout=10)
+        await asyncio.sleep(0.1)
+        h.sensor.push_event(ev("drop", 4, comm="other"))
+        h.sensor.push_event(ev("drop", 5))
+        await h.node.tick()
+        got_ev = (await asyncio.wait_for(call.read(), 2)).event
+        assert (got_ev.type, got_ev.time_ns) == (flow_pb2.DROP, 5)
+        call.cancel()
+
+    run(tmp_path, body)
+
+
+def test_status_fields(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.sensor.add_completeness(Completeness(ringbuf_overruns=2))
+        await h.period(flow(1), active=[flow(2), flow(3)])
+        st = await h.stub.Status(observer_pb2.StatusRequest(), timeout=10)
+        assert (st.node_id, st.sensor_mode, st.scope) == ("test-node", "fake", "/")
+        assert st.fidelity == flow_pb2.EXACT
+        assert st.listen == h.node.api.address and st.data_dir == str(tmp_path)
+        assert dict(st.labels) == {"site": "lab"}
+        assert st.periods == 1 and st.store_rows == 1 and st.store_bytes > 0 and st.active_flows == 2
+        assert st.completeness.ringbuf_overruns == 2 and st.completeness.flows_recorded == 1
+        assert st.export_period_s == 3600.0 and st.uptime_s > 0 and st.version
+        assert st.insecure
+
+    run(tmp_path, body)
+
+
+def test_health_checking_and_reflection(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        health = health_pb2_grpc.HealthStub(h.channel)
+        for service in ("", OBSERVER_SERVICE):
+            resp = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(h.channel)
+        call = refl.ServerReflectionInfo(timeout=10)
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        resp = await call.read()
+        await call.done_writing()
+        names = {s.name for s in resp.list_services_response.service}
+        assert {OBSERVER_SERVICE, HEALTH_SERVICE, "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+    run(tmp_path, body)
