@@ -7,21 +7,43 @@ from meshnode.mesh._awareness import Awareness, apply_delta, scale_timeout
 from meshnode.mesh._broadcast import TransmitLimitedQueue, retransmit_limit
 from meshnode.mesh._clock import AsyncioScheduler, ManualScheduler, Scheduler, Timer
 from meshnode.mesh._config import MeshConfig
+from meshnode.mesh._digest import (
+    DIGEST_VERSION,
+    DigestConfig,
+    DigestExchange,
+    DigestRejected,
+    FlowLike,
+    HeldDigest,
+    NodeKey,
+    bound_digest,
+    endpoint_records,
+    node_id_from_public_key,
+    rollups_from_flows,
+    sign_digest,
+    verify_digest,
+)
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
 from meshnode.mesh._transport import PacketHandler, ReplyCallback, StreamHandler, Transport
 
 __all__ = [
+    "DIGEST_VERSION",
     "AsyncioScheduler",
     "Awareness",
     "Delegate",
+    "DigestConfig",
+    "DigestExchange",
+    "DigestRejected",
+    "FlowLike",
+    "HeldDigest",
     "ManualScheduler",
     "Member",
     "Membership",
     "MemoryNetwork",
     "MemoryTransport",
     "MeshConfig",
+    "NodeKey",
     "PacketHandler",
     "ReplyCallback",
     "Scheduler",
@@ -32,8 +54,14 @@ __all__ = [
     "TransmitLimitedQueue",
     "Transport",
     "apply_delta",
+    "bound_digest",
+    "endpoint_records",
+    "node_id_from_public_key",
     "remaining_suspicion_time",
     "retransmit_limit",
+    "rollups_from_flows",
     "scale_timeout",
+    "sign_digest",
     "suspicion_timeout",
+    "verify_digest",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 from meshnode.mesh._clock import ManualScheduler
 from meshnode.mesh._config import MeshConfig
+from meshnode.mesh._digest import DigestConfig, DigestExchange, NodeKey
 from meshnode.mesh._memnet import MemoryNetwork
 from meshnode.mesh._state import Delegate, Membership, State
 
@@ -23,6 +24,9 @@ class SimCluster:
         latency: one-way network delay in seconds.
         loss: default packet loss probability.
         delegate_factory: builds each node's delegate from its node id (None: no delegate).
+        digests: give every node a ``DigestExchange`` (its node id is then its key's fingerprint, the key
+            derived from the seed and the node's index).
+        digest_config: the exchanges' bounds.
     """
 
     def __init__(
@@ -32,7 +36,14 @@ class SimCluster:
         latency: float = 0.001,
         loss: float = 0.0,
         delegate_factory: Callable[[str], Delegate] | None = None,
+        digests: bool = False,
+        digest_config: DigestConfig | None = None,
     ) -> None:
+        self.seed = seed
+        self.digests = digests
+        self.digest_config = digest_config
+        self.exchanges: dict[str, DigestExchange] = {}
+        self.ids: list[str] = []
         self.rng = random.Random(seed)
         self.sched = ManualScheduler()
         net_rng = random.Random(self.rng.getrandbits(64))
@@ -51,7 +62,15 @@ class SimCluster:
         self._count += 1
         nid = node_id or f"n{i}"
         addr = f"addr-{i}"
-        delegate = self._delegate_factory(nid) if self._delegate_factory is not None else None
+        delegate: Delegate | None = None
+        exchange: DigestExchange | None = None
+        if self.digests:
+            key = NodeKey.from_seed(f"{self.seed}/{i}".encode())
+            nid = node_id or key.node_id
+            exchange = DigestExchange(key, self.sched, self.digest_config)
+            delegate = exchange
+        elif self._delegate_factory is not None:
+            delegate = self._delegate_factory(nid)
 
         def on_event(kind: str, m: object, observer: str = nid) -> None:
             self.events.append((self.sched.now(), observer, kind, getattr(m, "node_id", "")))
@@ -66,8 +85,12 @@ class SimCluster:
             delegate=delegate,
             on_event=on_event,
         )
+        if exchange is not None:
+            exchange.attach(node)
+            self.exchanges[nid] = exchange
         node.start()
         self.nodes[nid] = node
+        self.ids.append(nid)
         self.addr[nid] = addr
         return node
 
