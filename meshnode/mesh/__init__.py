@@ -3,6 +3,20 @@
 Internal modules start with ``_``; this package re-exports the public surface.
 """
 
+from meshnode.mesh._aggregate import (
+    DEFAULT_LABEL_ORDER,
+    FLEET,
+    Aggregate,
+    HostReport,
+    aggregate,
+    group_of,
+    health_of,
+    hierarchy,
+    host_reports,
+    matches,
+    median,
+    trimmed_mean,
+)
 from meshnode.mesh._awareness import Awareness, apply_delta, scale_timeout
 from meshnode.mesh._broadcast import TransmitLimitedQueue, retransmit_limit
 from meshnode.mesh._clock import AsyncioScheduler, ManualScheduler, Scheduler, Timer
@@ -28,7 +42,10 @@ from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspic
 from meshnode.mesh._transport import PacketHandler, ReplyCallback, StreamHandler, Transport
 
 __all__ = [
+    "DEFAULT_LABEL_ORDER",
     "DIGEST_VERSION",
+    "FLEET",
+    "Aggregate",
     "AsyncioScheduler",
     "Awareness",
     "Delegate",
@@ -37,6 +54,7 @@ __all__ = [
     "DigestRejected",
     "FlowLike",
     "HeldDigest",
+    "HostReport",
     "ManualScheduler",
     "Member",
     "Membership",
@@ -53,9 +71,16 @@ __all__ = [
     "Timer",
     "TransmitLimitedQueue",
     "Transport",
+    "aggregate",
     "apply_delta",
     "bound_digest",
     "endpoint_records",
+    "group_of",
+    "health_of",
+    "hierarchy",
+    "host_reports",
+    "matches",
+    "median",
     "node_id_from_public_key",
     "remaining_suspicion_time",
     "retransmit_limit",
@@ -63,5 +88,6 @@ __all__ = [
     "scale_timeout",
     "sign_digest",
     "suspicion_timeout",
+    "trimmed_mean",
     "verify_digest",
 ]
