@@ -1,0 +1,273 @@
+"""The node loop: poll the sensor every tick, close an export period every ``export_period`` seconds.
+
+How the node uses the sensor (``meshnode.sensor.Sensor``):
+
+* ``sensor.start()`` once, before anything else, unless the sensor came started (``sensor_started=True``,
+  as ``meshnode.sensor.create_sensor`` returns it); a ``SensorError`` stops the node with its message;
+* ``sensor.poll()`` every tick (``tick`` seconds, default 0.5) in a worker thread, never concurrently:
+  ended flows are kept for the period, events go to the API's event ring at once, completeness counters
+  are added to the period's and the node's totals;
+* ``sensor.active()`` once at each period end (in a worker thread): the interim records of the period;
+* ``sensor.close()`` once at shutdown, after the last period is written.
+
+Periods end on wall-clock multiples of the export period (10 s periods end at :00, :10, ...), so periods
+of different nodes line up for the mesh; the first period is shorter. Each period is written in one store
+transaction, which also opens the next period's marker.
+
+Services are whatever runs alongside with the node's lifetime: the gRPC API, the metrics endpoint, the
+address watcher and, later, the mesh. Each has ``name``, ``async start()`` and ``async stop()``; they are
+started in order after the sensor and the first period marker, and stopped in reverse order after the
+final period is flushed. ``Node.add_service`` adds one before ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from meshnode import __version__
+from meshnode._model import FlowRecord
+from meshnode.api import ApiServer, EventRing, FlowFeed, NodeStatus, ObserverServicer
+from meshnode.daemon._addresses import AddressWatcher
+from meshnode.daemon._config import NodeConfig
+from meshnode.metrics import MetricsServer, NodeMetrics
+from meshnode.sensor import Completeness, Sensor
+from meshnode.store import Retention, Store
+from meshnode.summary import PeriodBuilder, PeriodSummary, with_service
+
+log = logging.getLogger("meshnode")
+
+
+class Service(Protocol):
+    """Something started and stopped with the node (the API, metrics, the mesh)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Start; raise ``MeshnodeError`` subclasses with a clear message when it cannot."""
+
+    async def stop(self) -> None:
+        """Stop; called once, in reverse start order, after the final period is written."""
+
+
+class Node:
+    """One node: sensor → periods → store, plus its services."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        sensor: Sensor,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        sensor_started: bool = False,
+    ) -> None:
+        self.config = config
+        self.sensor = sensor
+        self.sensor_started = sensor_started
+        self.clock = clock
+        self.store = store or Store.in_dir(
+            config.data_dir, Retention(config.retention_age, config.retention_bytes)
+        )
+        self.feed = FlowFeed()
+        self.events = EventRing()
+        self.metrics = NodeMetrics()
+        self.builder = PeriodBuilder(config.node_id)
+        self.observer = ObserverServicer(self.store, feed=self.feed, events=self.events, status=self.status)
+        self.api = ApiServer(config.listen, self.observer)
+        self.services: list[Service] = [self.api]
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_enabled:
+            self.metrics_server = MetricsServer(config.metrics, self.metrics)
+            self.services.append(self.metrics_server)
+        if config.watch_addresses:
+            self.services.append(AddressWatcher(self._address_changed))
+        self.totals = Completeness()
+        self.periods_closed = 0
+        self.active_flows = 0
+        self._ended: list[FlowRecord] = []
+        self._period_completeness = Completeness()
+        self._events_dropped_seen = 0
+        self._seq = 0
+        self._period_start = 0
+        self._started: list[Service] = []
+        self._started_mono = time.monotonic()
+        self._write_lock = asyncio.Lock()
+
+    # -- services ----------------------------------------------------------------------------------------
+
+    def add_service(self, service: Service) -> None:
+        """Add a service (e.g. the mesh) started after the built-in ones; call before ``run``."""
+        self.services.append(service)
+
+    async def _address_changed(self, time_ns: int, detail: str) -> None:
+        await asyncio.to_thread(self.store.record_address_change, time_ns, detail)
+
+    # -- status ------------------------------------------------------------------------------------------
+
+    def _events_dropped(self) -> int:
+        return self.events.evicted + self.events.dropped
+
+    def status(self) -> NodeStatus:
+        """A snapshot for the Status RPC (reads the store's size; call from a worker thread)."""
+        stats = self.store.stats()
+        completeness = dataclasses.asdict(self.totals)
+        completeness.update(
+            store_evictions=stats.evictions, incomplete_periods=stats.incomplete_periods,
+            events_dropped=self._events_dropped(),
+        )
+        return NodeStatus(
+            node_id=self.config.node_id, version=__version__,
+            uptime_s=time.monotonic() - self._started_mono, sensor_mode=self.sensor.mode,
+            sensor_reason=self.sensor.reason, fidelity=self.sensor.fidelity, scope=self.sensor.scope,
+            export_period_s=self.config.export_period, completeness=completeness,
+            store_bytes=stats.bytes, store_rows=stats.rows, data_dir=str(self.config.data_dir),
+            labels=dict(self.config.labels), listen=self.api.address if self.api.port else self.config.listen,
+            periods=self.periods_closed, insecure=True, active_flows=self.active_flows,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def _next_boundary(self, now_ns: int) -> int:
+        period_ns = int(self.config.export_period * 1e9)
+        return (now_ns // period_ns + 1) * period_ns
+
+    async def start(self) -> None:
+        """Start the sensor, open the first period, start the services, log the startup line."""
+        if not self.sensor_started:
+            await asyncio.to_thread(self.sensor.start)
+            self.sensor_started = True
+        if self.store.recovered_incomplete:
+            log.warning("%d export period(s) were cut short by a crash and are marked incomplete",
+                        self.store.recovered_incomplete)
+        self._period_start = self.clock()
+        self._seq = await asyncio.to_thread(self.store.open_period, self._period_start)
+        try:
+            for svc in self.services:
+                await svc.start()
+                self._started.append(svc)
+        except BaseException:
+            await self._stop_services()
+            raise
+        metrics = f"{self.config.metrics.rpartition(':')[0]}:{self.metrics_server.port}" \
+            if self.metrics_server else "off"
+        log.info(
+            "meshnode %s: sensor %s (%s), scope %s, data dir %s, listening on %s, metrics %s, "
+            "export period %gs", __version__, self.sensor.mode, self.sensor.reason, self.sensor.scope,
+            self.config.data_dir, self.api.address, metrics, self.config.export_period,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, loop until ``stop`` is set, then flush the final period and shut everything down."""
+        try:
+            await self.start()
+        except BaseException:
+            await asyncio.to_thread(self.sensor.close)
+            self.store.close()
+            raise
+        try:
+            await self._loop(stop)
+        finally:
+            await self.shutdown()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        period_end = self._next_boundary(self.clock())
+        while not stop.is_set():
+            await self.tick()
+            now = self.clock()
+            if now >= period_end:
+                await self.close_period()
+                period_end = self._next_boundary(now)
+            wait = min(self.config.tick, max(0.0, (period_end - self.clock()) / 1e9))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(wait, 0.001))
+
+    async def shutdown(self) -> None:
+        """Flush the final period (marked closed, no next marker), stop services, close sensor and store."""
+        try:
+            if self._seq:
+                await self.tick()
+                await self.close_period(last=True)
+        finally:
+            await self._stop_services()
+            await asyncio.to_thread(self.sensor.close)
+            self.store.close()
+            log.info("meshnode stopped after %d export periods", self.periods_closed)
+
+    async def _stop_services(self) -> None:
+        while self._started:
+            svc = self._started.pop()
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("stopping service %s", svc.name)
+
+    # -- the work ----------------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Poll the sensor once."""
+        batch = await asyncio.to_thread(self.sensor.poll)
+        self._ended.extend(batch.ended)
+        self._period_completeness.add(batch.completeness)
+        self.totals.add(batch.completeness)
+        if batch.events:
+            self.events.push(batch.events)
+
+    async def close_period(self, *, last: bool = False) -> PeriodSummary:
+        """Write the current period (finals, interims, summary) and open the next one unless ``last``."""
+        async with self._write_lock:
+            end = self.clock()
+            active = await asyncio.to_thread(self.sensor.active)
+            self.active_flows = len(active)
+            finals = [with_service(r if r.kind == "final" else r.replace(kind="final")) for r in self._ended]
+            interims = [with_service(r if r.kind == "interim" else r.replace(kind="interim")) for r in active]
+            self._ended = []
+            counters = dataclasses.asdict(self._period_completeness)
+            self._period_completeness = Completeness()
+            dropped = self._events_dropped()
+            counters["events_dropped"] = dropped - self._events_dropped_seen
+            self._events_dropped_seen = dropped
+            summary = self.builder.build(self._seq, self._period_start, end, finals, interims, counters)
+
+            def render(evicted: int) -> str:
+                summary.completeness["store_evictions"] = evicted
+                return summary.to_json()
+
+            seq = self._seq
+            stored, next_seq, evicted = await asyncio.to_thread(
+                self.store.close_period, seq, end, finals, interims, render,
+                next_start_ns=None if last else end,
+            )
+            self._seq = next_seq or 0
+            self._period_start = end
+            self.periods_closed += 1
+            self.feed.publish(seq, stored)
+            self._observe(summary, finals, interims)
+            if evicted:
+                log.info("retention evicted %d rows", evicted)
+            return summary
+
+    def _observe(self, summary: PeriodSummary, finals: list[FlowRecord], interims: list[FlowRecord]) -> None:
+        per_transport: dict[str, tuple[int, int]] = {}
+        deltas = self.builder.last_deltas
+        for rec in (*finals, *interims):
+            d = deltas.get(rec.flow_id)
+            if d is None:
+                continue
+            tx, rx = per_transport.get(rec.proto, (0, 0))
+            per_transport[rec.proto] = (tx + d.bytes_tx, rx + d.bytes_rx)
+        counters = {k: v for k, v in summary.completeness.items() if k != "store_evictions"}
+        self.metrics.observe_period(finals, per_transport, counters)
+        self.metrics.active_flows.set(self.active_flows)
+        self.metrics.events_dropped.set(self._events_dropped())
+        try:
+            stats = self.store.stats()
+        except Exception:  # metrics must not stop the node
+            log.exception("store stats")
+            return
+        self.metrics.set_store(stats.bytes, stats.rows, stats.evictions, stats.incomplete_periods)

@@ -1,0 +1,186 @@
+"""The node loop and ``meshnode run``: services, periods on a timer, SIGTERM flushes the final period."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from meshnode.daemon import Node, NodeConfig
+from meshnode.sensor._fake import FakeSensor
+from meshnode.store import Store
+from meshnode.v1 import observer_pb2, observer_pb2_grpc
+from tests.unit._flows import flow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RecordingService:
+    """Stands in for the mesh: records when it is started and stopped."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+
+    async def start(self) -> None:
+        self.log.append(f"start {self.name}")
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+
+
+def _config(tmp_path: Path, **kw: object) -> NodeConfig:
+    base: dict[str, object] = dict(listen="127.0.0.1:0", metrics="off", watch_addresses=False,
+                                   data_dir=tmp_path, retention_age=0.0, export_period=0.2, tick=0.02)
+    base.update(kw)
+    return NodeConfig(**base)  # type: ignore[arg-type]
+
+
+def test_node_loop_periods_services_and_final_flush(tmp_path: Path) -> None:
+    log: list[str] = []
+    sensor = FakeSensor()
+
+    async def main() -> None:
+        node = Node(_config(tmp_path), sensor)
+        node.add_service(RecordingService("mesh", log))
+        stop = asyncio.Event()
+        task = asyncio.create_task(node.run(stop))
+        await asyncio.sleep(0.05)
+        assert sensor.started and log == ["start mesh"]
+        sensor.feed([flow(1)])
+        await asyncio.sleep(0.5)  # at least two periods close
+        assert node.periods_closed >= 2
+        sensor.feed([flow(2)])  # arrives after the last timed period: only the final flush writes it
+        stop.set()
+        await task
+        assert log == ["start mesh", "stop mesh"] and sensor.closed
+
+    asyncio.run(main())
+    store = Store.in_dir(tmp_path)
+    periods = store.periods(number=100)
+    assert all(p.state == "closed" for p in periods) and store.recovered_incomplete == 0
+    with store.reader() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM periods WHERE state = 'open'").fetchone()[0] == 0
+        assert sorted(r[0] for r in conn.execute("SELECT flow_id FROM flows")) == [1, 2]
+    store.close()
+
+
+def test_period_boundaries_are_aligned(tmp_path: Path) -> None:
+    node = Node(_config(tmp_path, export_period=10.0), FakeSensor())
+    assert node._next_boundary(1_000_000_000_003) == 1_010_000_000_000
+    assert node._next_boundary(1_010_000_000_000) == 1_020_000_000_000
+    node.store.close()
+
+
+def test_failing_service_stops_started_ones(tmp_path: Path) -> None:
+    log: list[str] = []
+
+    class Broken(RecordingService):
+        async def start(self) -> None:
+            raise RuntimeError("no")
+
+    async def main() -> None:
+        node = Node(_config(tmp_path), FakeSensor())
+        node.add_service(RecordingService("first", log))
+        node.add_service(Broken("second", log))
+        with pytest.raises(RuntimeError):
+            await node.run(asyncio.Event())
+
+    asyncio.run(main())
+    assert log == ["start first", "stop first"]
+
+
+def _spawn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    e = {**os.environ, "MESHNODE_ALLOW_FAKE_SENSOR": "1", "MESHNODE_FAKE_FLOWS_PER_POLL": "2",
+         "PYTHONPATH": str(ROOT), **(env or {})}
+    e.pop("MESHNODE_CONFIG", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "meshnode.cli_main", "run", "--sensor", "fake", "--listen", "127.0.0.1:0",
+         "--data-dir", str(tmp_path), *args],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=e, cwd=ROOT,
+    )
+
+
+def _startup_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "listening on" in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("no startup line")
+
+
+def test_meshnode_run_serves_and_flushes_on_sigterm(tmp_path: Path) -> None:
+    proc = _spawn(tmp_path, "--export-period", "0.5", "--metrics", "127.0.0.1:0", "--label", "site=lab",
+                  "--join", "127.0.0.1:7999")
+    try:
+        line = _startup_line(proc)
+        assert "sensor fake" in line and "scope /" in line and f"data dir {tmp_path}" in line
+        listen = re.search(r"listening on (\S+),", line)
+        metrics = re.search(r"metrics (\S+),", line)
+        assert listen and metrics
+
+        async def status() -> observer_pb2.StatusResponse:
+            async with grpc.aio.insecure_channel(listen.group(1)) as ch:
+                stub = observer_pb2_grpc.ObserverStub(ch)
+                return await stub.Status(observer_pb2.StatusRequest(), timeout=10)
+
+        time.sleep(1.2)
+        st = asyncio.run(status())
+        assert st.sensor_mode == "fake" and st.periods >= 1 and dict(st.labels) == {"site": "lab"}
+        import urllib.request
+
+        body = urllib.request.urlopen(f"http://{metrics.group(1)}/metrics", timeout=10).read().decode()
+        assert re.search(r'meshnode_flows_total\{flow_direction="outbound",network_transport="tcp",'
+                         r'outcome="established"\} [1-9]', body)
+        assert 'meshnode_flow_bytes_total{network_io_direction="receive",network_transport="tcp"}' in body
+        assert "meshnode_store_bytes" in body and "meshnode_periods_total" in body
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "stopped after" in err
+    conn = sqlite3.connect(tmp_path / "meshnode.db")
+    states = [r[0] for r in conn.execute("SELECT state FROM periods ORDER BY seq")]
+    assert states and set(states) == {"closed"}  # the final period was flushed, nothing left open
+    flows_in_periods = conn.execute("SELECT SUM(final_flows) FROM periods").fetchone()[0]
+    rows = conn.execute("SELECT COUNT(*), COUNT(DISTINCT flow_id) FROM flows").fetchone()
+    assert rows[0] == rows[1] == flows_in_periods and rows[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--export-period", "-3"], "export_period: "),
+        (["--listen", "nowhere"], "listen: 'nowhere' is not HOST:PORT"),
+        (["--label", "x"], "labels: 'x' is not KEY=VALUE"),
+    ],
+)
+def test_bad_config_exits_2_without_traceback(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = _spawn(tmp_path, *args)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert needle in err and "Traceback" not in err
+
+
+def test_bad_config_file_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("export_perod = 5\n")
+    proc = _spawn(tmp_path, "--config", str(cfg))
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and "export_perod: unknown key" in err and "Traceback" not in err
