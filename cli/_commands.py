@@ -15,7 +15,7 @@ from typing import Any
 from cli._client import Node
 from cli._convert import flow_dict, flow_json_line, message_dict
 from cli._exceptions import EXIT_OK, NotAvailable, UsageError
-from cli._output import console, is_plain, print_json, print_json_line
+from cli._output import console, emit, is_plain, print_json, print_json_line
 from cli._units import parse_time_ns
 from meshnode.v1 import flow_pb2, mesh_pb2, observer_pb2
 
@@ -61,7 +61,7 @@ def cmd_status(args: argparse.Namespace, node: Node) -> int:
     from cli._views import status_view
 
     c = console(wide=args.wide)
-    c.print(status_view(doc, wide=args.wide, plain=is_plain(c)))
+    emit(c, status_view(doc, wide=args.wide, plain=is_plain(c)))
     return EXIT_OK
 
 
@@ -88,15 +88,15 @@ def cmd_flows(args: argparse.Namespace, node: Node) -> int:
     if args.follow:
         header = True
         for batch in node.flows(req):
-            c.print(flows_table([flow_dict(x) for x in batch], wide=args.wide, plain=plain, header=header))
+            emit(c, flows_table([flow_dict(x) for x in batch], wide=args.wide, plain=plain, header=header))
             header = False
             out.flush()
         return EXIT_OK
     rows = [flow_dict(x) for batch in node.flows(req) for x in batch]
     if not rows:
-        c.print("no flows match" + (f" since {args.since}" if args.since else ""))
+        emit(c, "no flows match" + (f" since {args.since}" if args.since else ""))
         return EXIT_OK
-    c.print(flows_table(rows, wide=args.wide, plain=plain))
+    emit(c, flows_table(rows, wide=args.wide, plain=plain))
     return EXIT_OK
 
 
@@ -113,7 +113,7 @@ def cmd_health(args: argparse.Namespace, node: Node) -> int:
     from cli._views import health_view
 
     c = console(wide=args.wide)
-    c.print(health_view(doc, wide=args.wide, plain=is_plain(c)))
+    emit(c, health_view(doc, wide=args.wide, plain=is_plain(c)))
     return EXIT_OK
 
 
@@ -134,15 +134,15 @@ def cmd_events(args: argparse.Namespace, node: Node) -> int:
     if args.follow:
         header = True
         for ev in node.events(req):
-            c.print(events_table([message_dict(ev)], wide=args.wide, plain=plain, header=header))
+            emit(c, events_table([message_dict(ev)], wide=args.wide, plain=plain, header=header))
             header = False
             sys.stdout.flush()
         return EXIT_OK
     rows = [message_dict(ev) for ev in node.events(req)]
     if not rows:
-        c.print("no events")
+        emit(c, "no events")
         return EXIT_OK
-    c.print(events_table(rows, wide=args.wide, plain=plain))
+    emit(c, events_table(rows, wide=args.wide, plain=plain))
     return EXIT_OK
 
 
@@ -161,7 +161,7 @@ def cmd_peers(args: argparse.Namespace, node: Node) -> int:
     from cli._views import peers_view
 
     c = console(wide=args.wide)
-    c.print(peers_view(doc, wide=args.wide, plain=is_plain(c)))
+    emit(c, peers_view(doc, wide=args.wide, plain=is_plain(c)))
     return EXIT_OK
 
 
@@ -181,14 +181,14 @@ def cmd_query(args: argparse.Namespace, node: Node) -> int:
     from cli._views import query_view
 
     c = console(wide=args.wide)
-    c.print(query_view(doc, wide=args.wide, plain=is_plain(c)))
+    emit(c, query_view(doc, wide=args.wide, plain=is_plain(c)))
     return EXIT_OK
 
 
 # command -> (service name suffix in reflection, words for the one-line message)
 _MISSING_SERVICES: dict[str, tuple[str, str]] = {
-    "blame": ("Diagnosis", "diagnosis service"),
-    "validate": ("Trust", "trust (cross-validation) service"),
+    "blame": ("Diagnosis", "diagnosis"),
+    "validate": ("Trust", "trust"),
 }
 
 
@@ -198,10 +198,12 @@ def cmd_not_yet(args: argparse.Namespace, node: Node) -> int:
     suffix, words = _MISSING_SERVICES[args.command]
     services = node.services() or frozenset()
     if any(s.rsplit(".", 1)[-1] == suffix for s in services):
-        raise NotAvailable(f"this node has a {words}, but this meshctl does not know its API yet; "
+        raise NotAvailable(f"this node has a {words} service, but this meshctl does not know its API yet; "
                            "upgrade meshctl")
-    raise NotAvailable(f"this node has no {words} yet (needs meshnode with the {words})")
+    raise NotAvailable(f"this node has no {words} service yet (needs meshnode with {_NEEDS[args.command]})")
 
+
+_NEEDS = {"blame": "diagnosis", "validate": "cross-validation of peers' summaries"}
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Node], int]] = {
     "status": cmd_status,

@@ -26,6 +26,17 @@ def is_plain(c: Console) -> bool:
     return not c.is_terminal
 
 
+def emit(c: Console, renderable: RenderableType) -> None:
+    """Print ``renderable``; on plain output without the padding rich leaves at the ends of lines."""
+    if c.is_terminal:
+        c.print(renderable)
+        return
+    with c.capture() as cap:
+        c.print(renderable)
+    text = cap.get()
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in text.splitlines()))
+
+
 def render_text(renderable: RenderableType, *, width: int = 80, plain: bool = True) -> str:
     """``renderable`` as text at ``width`` columns, no colour (what tests compare)."""
     import io
@@ -35,7 +46,7 @@ def render_text(renderable: RenderableType, *, width: int = 80, plain: bool = Tr
     buf = io.StringIO()
     Console(file=buf, width=width, no_color=True, color_system=None, highlight=False,
             force_terminal=not plain, legacy_windows=False).print(renderable)
-    return buf.getvalue()
+    return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
 
 
 def print_json(doc: Any) -> None:

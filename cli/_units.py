@@ -63,14 +63,15 @@ def parse_time_ns(text: str, now_ns: int) -> int:
 
 
 def format_bytes(n: int | float) -> str:
-    """``1.2 MiB``-style sizes (binary units), ``0 B`` for zero."""
+    """``1.2 MiB``-style sizes (binary units), at most 7 characters below 1,000 TiB: one decimal under 10,
+    none above (``12 MiB``), the next unit from 1,000 on (``1.0 MiB``, not ``1000 KiB``)."""
     value = float(n)
-    if value < 1024:
+    if value < 1000:
         return f"{int(value)} B"
     for unit in ("KiB", "MiB", "GiB", "TiB"):
         value /= 1024
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+        if value < 999.5 or unit == "TiB":
+            return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
     return f"{value:.0f} TiB"  # pragma: no cover - loop always returns
 
 

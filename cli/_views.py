@@ -56,10 +56,14 @@ def endpoint(addr: str, port: int) -> str:
     return f"{host}:{port}" if port else host
 
 
-def process(comm: str, pid: int) -> str:
-    """``curl/1234``; ``?`` for flows the sensor could not attribute."""
+def process(comm: str, pid: int, width: int = 0) -> str:
+    """``curl/1234``; ``?`` for flows the sensor could not attribute. Within ``width``, the name is
+    shortened and the pid kept (``fakecli…/777``)."""
     name = comm or "?"
-    return f"{name}/{pid}" if pid else name
+    suffix = f"/{pid}" if pid else ""
+    if width and len(name) + len(suffix) > width:
+        name = name[: max(1, width - len(suffix) - 1)] + "…"
+    return name + suffix
 
 
 def outcome_text(outcome: str) -> Text:
@@ -74,15 +78,16 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
     """Flow records as a table; the widths are fixed so that batches printed one by one line up."""
     t = table(plain=plain, header=header)
     t.add_column("TIME", width=8, no_wrap=True)
-    t.add_column("PROCESS", width=12 if not wide else 20, no_wrap=True, overflow="ellipsis")
+    pw = 14 if not wide else 20
+    t.add_column("PROCESS", width=pw, no_wrap=True, overflow="ellipsis")
     if wide:
         t.add_column("SOURCE", width=21, no_wrap=True, overflow="ellipsis")
         t.add_column("DIR", width=3, no_wrap=True)
         t.add_column("PROTO", width=5, no_wrap=True)
     t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
     t.add_column("OUTCOME", width=11, no_wrap=True)
-    t.add_column("TX", width=8, justify="right", no_wrap=True)
-    t.add_column("RX", width=8, justify="right", no_wrap=True)
+    t.add_column("TX", width=7, justify="right", no_wrap=True)
+    t.add_column("RX", width=7, justify="right", no_wrap=True)
     t.add_column("RTT", width=6, justify="right", no_wrap=True)
     if wide:
         t.add_column("RETX", width=5, justify="right", no_wrap=True)
@@ -93,7 +98,7 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
     for r in rows:
         cells: list[RenderableType] = [
             format_clock(r["end_ns"] or r["start_ns"]),
-            process(r["comm"], r["pid"]),
+            process(r["comm"], r["pid"], pw),
         ]
         if wide:
             cells += [endpoint(r["src"], r["sport"]), {"outbound": "out", "inbound": "in"}.get(
@@ -109,7 +114,8 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
             dur_ns = r["end_ns"] - r["start_ns"] if r["end_ns"] and r["start_ns"] else 0
             cells += [
                 str(r["retransmits"]),
-                format_seconds(dur_ns / 1e9) if dur_ns > 0 else "-",
+                (format_us(dur_ns / 1000) if dur_ns < 60 * 10**9 else format_seconds(dur_ns / 1e9))
+                if dur_ns > 0 else "-",
                 r["kind"],
                 r["service"] or "-",
                 r["cgroup"] or "-",
@@ -138,15 +144,16 @@ def events_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain
     t = table(plain=plain, header=header)
     t.add_column("TIME", width=8, no_wrap=True)
     t.add_column("EVENT", width=16, no_wrap=True, overflow="ellipsis")
-    t.add_column("PROCESS", width=12 if not wide else 20, no_wrap=True, overflow="ellipsis")
+    pw = 14 if not wide else 20
+    t.add_column("PROCESS", width=pw, no_wrap=True, overflow="ellipsis")
     t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
-    t.add_column("DETAIL", width=17 if not wide else 60, no_wrap=True, overflow="ellipsis")
+    t.add_column("DETAIL", width=15 if not wide else 60, no_wrap=True, overflow="ellipsis")
     for e in rows:
         f = e.get("flow") or {}
         t.add_row(
             format_clock(e["time_ns"]),
             Text(e["type"], style="" if e["type"] in ("rtt_shift", "zero_window") else "red"),
-            process(f.get("comm", ""), f.get("pid", 0)),
+            process(f.get("comm", ""), f.get("pid", 0), pw),
             endpoint(f.get("dst", ""), f.get("dport", 0)) if f.get("dst") else "-",
             event_detail(e),
         )
@@ -218,10 +225,10 @@ def useful_text(fraction: float | None) -> Text:
     return Text(format_percent(fraction), style=style)
 
 
-def _health_rows(title: str, rows: Sequence[Mapping[str, Any]], *, plain: bool, wide: bool,
+def _health_rows(title: str, what: str, rows: Sequence[Mapping[str, Any]], *, plain: bool, wide: bool,
                  limit: int) -> Table:
     t = table(plain=plain, title=title)
-    t.add_column("KEY", width=30 if not wide else 50, no_wrap=True, overflow="ellipsis")
+    t.add_column(what, width=30 if not wide else 50, no_wrap=True, overflow="ellipsis")
     t.add_column("ATTEMPTS", width=8, justify="right")
     t.add_column("USEFUL", width=6, justify="right")
     t.add_column("FAILURES", min_width=20, overflow="fold")
@@ -251,10 +258,10 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
         extra += f"; {h['failures_after_address_change']} within 60s of an address change"
     parts.append(Text(extra))
     parts.append(Text(""))
-    parts.append(_health_rows("PROCESSES (least useful first)", h.get("by_process", []), plain=plain,
-                              wide=wide, limit=limit))
+    parts.append(_health_rows("PROCESSES (least useful first)", "PROCESS", h.get("by_process", []),
+                              plain=plain, wide=wide, limit=limit))
     parts.append(Text(""))
-    parts.append(_health_rows("DESTINATIONS (least useful first)", h.get("by_destination", []),
+    parts.append(_health_rows("DESTINATIONS (least useful first)", "DESTINATION", h.get("by_destination", []),
                               plain=plain, wide=wide, limit=limit))
     retries = h.get("retries") or []
     if retries:
@@ -285,7 +292,7 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
 def peers_view(p: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:
     """Mesh members, this node first."""
     t = table(plain=plain)
-    t.add_column("NODE", width=16, no_wrap=True, overflow="ellipsis")
+    t.add_column("NODE", width=17, no_wrap=True, overflow="ellipsis")
     t.add_column("ADDRESS", width=21, no_wrap=True, overflow="ellipsis")
     t.add_column("STATE", width=7, no_wrap=True)
     t.add_column("DIGEST", width=8, justify="right", no_wrap=True)

@@ -1,0 +1,254 @@
+"""``meshctl top``: the live dashboard.
+
+Three threads feed one ``TopState``: a poller (Status every interval; Flows over the window and Health
+when an export period closed, since the node's data only changes then; Mesh.Peers), an event tail
+(Events with follow), and the key reader. The main thread draws ``cli._dashboard.dashboard`` with rich
+Live on the alternate screen. Both network threads retry through ``cli._retry.retrying`` and show
+"reconnecting (attempt N, next in Xs)" while the node is away; they recover by themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import sys
+import threading
+import time
+from typing import Any, Final
+
+from cli._client import Node
+from cli._convert import flow_dict, message_dict
+from cli._dashboard import SORT_KEYS, aggregate, dashboard, mesh_summary, reconnecting
+from cli._exceptions import EXIT_OK, MeshctlError, NodeError, NotAvailable, PermissionDenied
+from cli._retry import retrying
+from meshnode.v1 import observer_pb2
+
+MAX_FLOWS: Final = 50_000
+FRAME_S: Final = 0.25
+_NS: Final = 1_000_000_000
+
+
+class TopState:
+    """What the dashboard shows; written by the network threads, read by the drawing thread."""
+
+    def __init__(self, node: str, window_s: float) -> None:
+        self.lock = threading.Lock()
+        self.node = node
+        self.window_s = window_s
+        self.conn = "connecting"
+        self.status: dict[str, Any] | None = None
+        self.health: dict[str, Any] | None = None
+        self.flows: list[dict[str, Any]] = []
+        self.flows_version = 0
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.mesh: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.fatal: MeshctlError | None = None
+        self.sort = SORT_KEYS[0]
+        self.filter = ""
+        self.input: str | None = None
+        self.paused = False
+        self._agg_key: tuple[int, str] = (-1, "")
+        self._agg: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+        self._frozen: dict[str, Any] | None = None
+
+    def view(self) -> dict[str, Any]:
+        """The plain data of one frame (the input of ``dashboard``; ``top --json`` prints it)."""
+        with self.lock:
+            if self.paused and self._frozen is not None:
+                v = dict(self._frozen)
+                v.update(sort=self.sort, filter=self.filter, input=self.input, paused=True)
+                return v
+            key = (self.flows_version, self.filter)
+            if key != self._agg_key:
+                self._agg = aggregate(self.flows, proc_filter=self.filter)
+                self._agg_key = key
+            needle = self.filter.lower()
+            events = [e for e in self.events
+                      if not needle or needle in ((e.get("flow") or {}).get("comm", "")).lower()]
+            v = {
+                "node": self.node, "conn": self.conn, "status": self.status,
+                "health": (self.health or {}).get("host"), "processes": self._agg[0],
+                "destinations": self._agg[1], "events": events, "mesh": self.mesh, "sort": self.sort,
+                "filter": self.filter, "input": self.input, "paused": self.paused, "window_s": self.window_s,
+                "error": self.error,
+            }
+            self._frozen = v
+            return v
+
+    def key(self, k: str) -> bool:
+        """Apply one key; False means quit."""
+        with self.lock:
+            if self.input is not None:
+                if k in ("\n", "\r"):
+                    self.filter, self.input = self.input.strip(), None
+                elif k == "\x1b":
+                    self.filter, self.input = "", None
+                elif k in ("\x7f", "\b"):
+                    self.input = self.input[:-1]
+                elif len(k) == 1 and k.isprintable():
+                    self.input += k
+                return True
+            if k in ("q", "Q"):
+                return False
+            if k == "s":
+                self.sort = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
+            elif k == "/":
+                self.input = ""
+            elif k == "p":
+                self.paused = not self.paused
+            elif k == "\x1b":
+                self.filter = ""
+            return True
+
+
+class Poller:
+    """Fetches status, flows, health and peers; the one place top talks to the node besides events."""
+
+    def __init__(self, node: Node, state: TopState, interval_s: float, stop: threading.Event) -> None:
+        self.node = node
+        self.state = state
+        self.interval_s = interval_s
+        self.stop = stop
+        self._last_periods = -1
+        self._last_fetch = 0.0
+        self._mesh_absent = False
+
+    def _on_retry(self, attempt: int, wait_s: float, exc: NodeError) -> None:
+        with self.state.lock:
+            self.state.conn = reconnecting(attempt, wait_s)
+        self._last_periods = -1  # refetch everything once back
+        self._mesh_absent = False
+
+    def poll_once(self) -> None:
+        """One round: Status always; Flows and Health when a period closed (or every 10 s); Peers."""
+        status = message_dict(self.node.status())
+        now = time.monotonic()
+        period = max(1.0, float(status.get("export_period_s") or 1.0))
+        fresh = status["periods"] != self._last_periods or now - self._last_fetch >= max(10.0, period)
+        flows: list[dict[str, Any]] | None = None
+        health: dict[str, Any] | None = None
+        if fresh:
+            now_ns = time.time_ns()
+            since = now_ns - int(self.state.window_s * _NS)
+            req = observer_pb2.FlowsRequest(number=MAX_FLOWS, since_ns=since, include_interim=True)
+            flows = [flow_dict(f) for batch in self.node.flows(req) for f in batch]
+            health = message_dict(self.node.health(observer_pb2.HealthRequest(since_ns=since)))
+        mesh: dict[str, Any] | None = None
+        if not self._mesh_absent:
+            try:
+                mesh = mesh_summary(message_dict(self.node.peers()))
+            except NotAvailable:
+                self._mesh_absent = True
+        with self.state.lock:
+            self.state.status = status
+            self.state.conn = f"connected · updated {time.strftime('%H:%M:%S')}"
+            self.state.error = None
+            if flows is not None:
+                self.state.flows = flows
+                self.state.flows_version += 1
+                self.state.health = health
+            self.state.mesh = mesh
+        if fresh:
+            self._last_periods = status["periods"]
+            self._last_fetch = now
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for attempt in retrying(self.stop, self._on_retry):
+                    with attempt:
+                        self.poll_once()
+            except (PermissionDenied, NotAvailable) as exc:
+                with self.state.lock:
+                    self.state.fatal = exc
+                return
+            except NodeError as exc:
+                if self.stop.is_set():
+                    return
+                with self.state.lock:
+                    self.state.error = exc.message
+            self.stop.wait(self.interval_s)
+
+
+class EventTail:
+    """Keeps an Events stream with follow open, reopening it through the retry policy."""
+
+    def __init__(self, node: Node, state: TopState, stop: threading.Event) -> None:
+        self.node = node
+        self.state = state
+        self.stop = stop
+
+    def _follow(self) -> None:
+        for ev in self.node.events(observer_pb2.EventsRequest(number=50, follow=True)):
+            d = message_dict(ev)
+            with self.state.lock:
+                self.state.events.append(d)
+            if self.stop.is_set():
+                return
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for attempt in retrying(self.stop, lambda *_: None):
+                    with attempt:
+                        self._follow()
+            except NodeError:
+                pass  # not implemented, cancelled at exit, or a node error: try again later
+            self.stop.wait(2.0)
+
+
+def _snapshot(node: Node, args: argparse.Namespace) -> TopState:
+    state = TopState(args.node, args.window)
+    Poller(node, state, args.interval, threading.Event()).poll_once()
+    with contextlib.suppress(NodeError):
+        state.events.extend(message_dict(e) for e in node.events(observer_pb2.EventsRequest(number=20)))
+    state.conn = "connected"
+    return state
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the dashboard until q or Ctrl-C; on a pipe or with --json, print one frame and exit."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from cli._keys import KeyReader
+    from cli._output import console, emit, print_json
+
+    node = Node(args.node, timeout=min(args.timeout, 5.0), fast_reconnect=True)
+    try:
+        if args.json or not sys.stdout.isatty():
+            view = _snapshot(node, args).view()
+            if args.json:
+                print_json(view)
+            else:
+                c = console(wide=args.wide)
+                emit(c, dashboard(view, height=40, wide=args.wide, plain=True))
+            return EXIT_OK
+        stop = threading.Event()
+        state = TopState(args.node, args.window)
+        threads = [
+            threading.Thread(target=Poller(node, state, args.interval, stop).run, name="meshctl-poll",
+                             daemon=True),
+            threading.Thread(target=EventTail(node, state, stop).run, name="meshctl-events", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        c = Console(highlight=False)
+        try:
+            with KeyReader() as keys, Live(console=c, screen=True, auto_refresh=False,
+                                           redirect_stdout=False, redirect_stderr=False) as live:
+                while True:
+                    live.update(dashboard(state.view(), height=c.size.height, wide=args.wide), refresh=True)
+                    k = keys.get(FRAME_S)
+                    while k is not None:
+                        if not state.key(k):
+                            return EXIT_OK
+                        k = keys.get(0)
+                    if state.fatal is not None:
+                        raise state.fatal
+        finally:
+            stop.set()
+    finally:
+        node.close()
