@@ -20,10 +20,10 @@ from cli._exceptions import (
     PermissionDenied,
     Unreachable,
 )
-from meshnode.v1 import mesh_pb2, mesh_pb2_grpc, observer_pb2, observer_pb2_grpc
+from meshnode.v1 import observer_pb2, observer_pb2_grpc
 
 if TYPE_CHECKING:
-    from meshnode.v1 import flow_pb2
+    from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
 
 BATCH_SIZE: Final = 1000
 _MAX_MESSAGE: Final = 64 * 1024 * 1024
@@ -98,7 +98,7 @@ class Node:
             ]
         self._channel = grpc.insecure_channel(address, options=options)
         self._observer = observer_pb2_grpc.ObserverStub(self._channel)  # type: ignore[no-untyped-call]
-        self._mesh = mesh_pb2_grpc.MeshStub(self._channel)  # type: ignore[no-untyped-call]
+        self._mesh_stub: mesh_pb2_grpc.MeshStub | None = None
 
     def close(self) -> None:
         """Close the channel; streams in progress end with CANCELLED."""
@@ -183,8 +183,19 @@ class Node:
         except grpc.RpcError as exc:
             raise self._fail(exc, "Observer.Events", timeout) from exc
 
+    @property
+    def _mesh(self) -> mesh_pb2_grpc.MeshStub:
+        # Imported on first use: mesh_pb2 is large and most commands never need it.
+        if self._mesh_stub is None:
+            from meshnode.v1 import mesh_pb2_grpc
+
+            self._mesh_stub = mesh_pb2_grpc.MeshStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._mesh_stub
+
     def peers(self) -> mesh_pb2.PeersResponse:
         """Mesh.Peers; NotAvailable when the node runs without the mesh."""
+        from meshnode.v1 import mesh_pb2
+
         try:
             resp: mesh_pb2.PeersResponse = self._mesh.Peers(mesh_pb2.PeersRequest(), timeout=self.timeout)
         except grpc.RpcError as exc:

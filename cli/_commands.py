@@ -17,7 +17,7 @@ from cli._convert import flow_dict, flow_json_line, message_dict
 from cli._exceptions import EXIT_OK, NotAvailable, UsageError
 from cli._output import console, emit, is_plain, print_json, print_json_line
 from cli._units import parse_time_ns
-from meshnode.v1 import flow_pb2, mesh_pb2, observer_pb2
+from meshnode.v1 import flow_pb2, observer_pb2
 
 MESH_MISSING = "this node has no mesh service yet (needs meshnode with the mesh; see issue 6)"
 
@@ -172,6 +172,8 @@ def cmd_query(args: argparse.Namespace, node: Node) -> int:
         if not sep or not key:
             raise UsageError(f"--where '{item}' is not LABEL=VALUE (example: --where region=eu-west)")
         selector[key] = value
+    from meshnode.v1 import mesh_pb2
+
     req = mesh_pb2.FleetQueryRequest(destination=args.destination, selector=selector, group_by=args.group_by,
                                      deadline_ms=int(args.deadline * 1000))
     doc = message_dict(_mesh_call(lambda: node.fleet_query(req)))

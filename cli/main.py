@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from cli._exceptions import EXIT_INTERRUPTED, MeshctlError
+from cli._exceptions import EXIT_INTERRUPTED, EXIT_NODE_ERROR, MeshctlError
 
 # command -> module holding ``run(args) -> int``
 COMMANDS: dict[str, str] = {
@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug in meshctl: still one line; the traceback only on request
+        if os.environ.get("MESHCTL_DEBUG"):
+            raise
+        sys.stderr.write(f"meshctl {args.command}: internal error: {exc!r} "
+                         "(set MESHCTL_DEBUG=1 for the traceback, and please report it)\n")
+        return EXIT_NODE_ERROR
     return code
 
 
