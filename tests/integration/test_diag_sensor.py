@@ -356,3 +356,37 @@ def test_app_that_sends_a_little_and_sleeps_limits_by_app() -> None:
             for t in threads:
                 t.join(2)
             sensor.close()
+
+
+def test_call_in_netns_sees_only_that_namespace() -> None:
+    """A SockDiag opened through call_in_netns lists the other namespace's sockets, not ours."""
+    import os
+
+    from probes._sockdiag import SockDiag, call_in_netns, netns_cookie, state_mask
+
+    name = f"meshnode-diagtest-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    ours = socket.socket()
+    try:
+        ours.bind(("127.0.0.1", 0))
+        ours.listen()
+        our_port = ours.getsockname()[1]
+
+        def inside() -> tuple[SockDiag, socket.socket, int]:
+            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+            s = socket.socket()  # created on the thread that entered the namespace: lives there
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            return SockDiag(), s, netns_cookie()
+
+        diag, theirs, their_cookie = call_in_netns(f"/run/netns/{name}", inside)
+        with diag, theirs:
+            their_port = theirs.getsockname()[1]
+            ports = {s.sport for s in diag.dump(socket.AF_INET, states=state_mask(10))}
+            assert their_port in ports and our_port not in ports
+            assert their_cookie != netns_cookie()
+        with SockDiag() as here:
+            assert our_port in {s.sport for s in here.dump(socket.AF_INET, states=state_mask(10))}
+    finally:
+        ours.close()
+        subprocess.run(["ip", "netns", "del", name], check=False)
