@@ -390,3 +390,32 @@ def test_call_in_netns_sees_only_that_namespace() -> None:
     finally:
         ours.close()
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_flows_between_polls_are_counted_not_silently_lost() -> None:
+    """Five connections open and close between two polls: no records, but ten opens counted as lost.
+
+    Other processes may open connections in this netns at the same time, so the count is at least ten.
+    """
+    from meshnode.sensor._diag import DiagSensor
+
+    sensor = DiagSensor()
+    sensor.start()
+    srv = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        sensor.poll()
+        for _ in range(5):
+            c = socket.create_connection(("127.0.0.1", port))
+            a, _ = srv.accept()
+            c.close()
+            a.close()
+        time.sleep(0.05)
+        batch = sensor.poll()
+        assert not [r for r in batch.ended if port in (r.sport, r.dport)]
+        assert batch.completeness.lost_events >= 10  # 5 ActiveOpens + 5 PassiveOpens
+    finally:
+        srv.close()
+        sensor.close()

@@ -254,3 +254,51 @@ def test_in_scope():
     assert _in_scope("/a/b/c", "/a/b/")
     assert not _in_scope("/a/bc", "/a/b")
     assert not _in_scope("", "/a")
+
+
+def test_flows_opened_and_closed_between_polls_are_counted(sensor, monkeypatch):
+    s, fake, clock, _ = sensor
+    opens = [100]
+    monkeypatch.setattr(s, "_tcp_opens", lambda: opens[0])
+    step(s, fake, clock, [sock(1)])  # baseline
+    opens[0] += 6  # six connects/accepts: two are seen, four came and went unseen
+    batch_ended = step(s, fake, clock, [sock(1), sock(2), sock(3)])
+    assert batch_ended == []
+    clock.t += MS
+    fake.script = [[sock(1), sock(2), sock(3)]]
+    assert s.poll().completeness.lost_events == 0  # the previous poll already handed over its count
+
+
+def test_missed_count_reaches_poll(sensor, monkeypatch):
+    s, fake, clock, _ = sensor
+    opens = [100]
+    monkeypatch.setattr(s, "_tcp_opens", lambda: opens[0])
+    step(s, fake, clock, [])
+    opens[0] += 5
+    clock.t += MS
+    fake.script = [[sock(7)]]
+    assert s.poll().completeness.lost_events == 4
+
+
+def test_socket_seen_before_the_counter_is_credit_not_loss(sensor, monkeypatch):
+    s, fake, clock, _ = sensor
+    opens = [100]
+    monkeypatch.setattr(s, "_tcp_opens", lambda: opens[0])
+    step(s, fake, clock, [])
+    clock.t += MS
+    fake.script = [[sock(1)]]  # opened after the counter was read, before the dump
+    assert s.poll().completeness.lost_events == 0
+    opens[0] += 1  # ... and counted only at the next refresh
+    clock.t += MS
+    fake.script = [[sock(1)]]
+    assert s.poll().completeness.lost_events == 0
+
+
+def test_owner_found_once_the_socket_is_accepted(sensor):
+    s, fake, clock, owners = sensor
+    owners[41] = Owner(12, "server", "/", 1)
+    step(s, fake, clock, [listener(80, "10.0.0.2"), sock(1, src="10.0.0.2", sport=80, inode=0)])
+    assert s.active()[0].pid == 0  # in the accept queue: no file, no owner yet
+    step(s, fake, clock, [listener(80, "10.0.0.2"), sock(1, src="10.0.0.2", sport=80, inode=41)])
+    [r] = s.active()
+    assert (r.pid, r.comm, r.direction) == (12, "server", "inbound")
