@@ -4,6 +4,9 @@ Each migration is a list of statements that moves the schema from version ``i`` 
 the missing ones in one transaction on open. Migrations are only ever appended: a released version's
 statements never change, so a database written by any older meshnode opens in a newer one.
 
+A FlowRecord field added to the model later gets its column automatically when a store opens
+(``missing_columns``), so the model can grow without a hand-written migration.
+
 Enumerated flow fields (``proto``, ``outcome``, ...) are stored as their index in the model's tuple of values
 (``_model.OUTCOMES`` ...), which keeps a row near 100 bytes; the tuples are append-only for the same reason.
 """
@@ -17,6 +20,7 @@ from meshnode._model import DIRECTIONS, FIDELITIES, KINDS, LIMITS, OUTCOMES, PRO
 
 #: FlowRecord fields stored as columns, in column order (``drop_reasons`` is stored as JSON text).
 FLOW_FIELDS: Final = tuple(f.name for f in dataclasses.fields(FlowRecord) if f.name != "drop_reasons")
+assert dataclasses.fields(FlowRecord)[-1].name == "drop_reasons", "rows are decoded positionally"
 
 #: Fields stored as the index of their value in the model's tuple of allowed values.
 ENUM_FIELDS: Final[dict[str, tuple[str, ...]]] = {
@@ -27,11 +31,28 @@ ENUM_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 _TEXT_FIELDS: Final = frozenset({"src", "dst", "comm", "cgroup", "service", "node_id"})
 
 
+def _column_type(name: str) -> str:
+    return "TEXT" if name in _TEXT_FIELDS else "INTEGER"
+
+
+def missing_columns(table: str, have: set[str]) -> list[str]:
+    """``ALTER TABLE`` statements adding FlowRecord fields the table lacks (a newer model than the file).
+
+    New fields get the model's zero value (0 or ''), so old rows read back as records without them.
+    """
+    out = []
+    for name in FLOW_FIELDS:
+        if name not in have:
+            default = "''" if name in _TEXT_FIELDS else "0"
+            kind = _column_type(name)
+            out.append(f"ALTER TABLE {table} ADD COLUMN {name} {kind} NOT NULL DEFAULT {default}")
+    return out
+
+
 def _column_defs() -> str:
     cols = []
     for name in FLOW_FIELDS:
-        kind = "TEXT" if name in _TEXT_FIELDS else "INTEGER"
-        cols.append(f"{name} {kind} NOT NULL")
+        cols.append(f"{name} {_column_type(name)} NOT NULL")
     cols.append("drop_reasons TEXT")
     return ", ".join(cols)
 

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from meshnode._exceptions import StoreError
 from meshnode._model import FlowRecord
-from meshnode.store._schema import ENUM_FIELDS, FLOW_FIELDS, MIGRATIONS, SCHEMA_VERSION
+from meshnode.store._schema import ENUM_FIELDS, FLOW_FIELDS, MIGRATIONS, SCHEMA_VERSION, missing_columns
 
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
 DEFAULT_MAX_BYTES: Final = 1 << 30
@@ -142,10 +142,10 @@ def decode_row(row: Sequence[Any]) -> FlowRecord:
     for pos in _U64_POS:
         if values[pos] < 0:
             values[pos] += _U64
-    kwargs = dict(zip(FLOW_FIELDS, values, strict=True))
+    # FLOW_FIELDS follow the dataclass's field order (drop_reasons, the last field, excluded).
     if row[-1]:
-        kwargs["drop_reasons"] = json.loads(row[-1])
-    return FlowRecord(**kwargs)
+        return FlowRecord(*values, drop_reasons=json.loads(row[-1]))
+    return FlowRecord(*values)
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -184,6 +184,8 @@ class Store:
                 raise StoreError(f"the store at {self.path} cannot use WAL mode (got {mode!r})")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
+            with self._transaction():
+                self._add_new_fields()
             self.recovered_incomplete = self._recover()
             if self._db.execute("SELECT 1 FROM meta WHERE key = 'flow_rows'").fetchone() is None:
                 self._db.execute(
@@ -223,6 +225,13 @@ class Store:
                 for stmt in MIGRATIONS[target]:
                     self._db.execute(stmt)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _add_new_fields(self) -> None:
+        """Add a column for each FlowRecord field newer than the table (the model only ever grows)."""
+        for table in ("flows", "interim"):
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for stmt in missing_columns(table, have):
+                self._db.execute(stmt)
 
     def _recover(self) -> int:
         """Turn periods left open by a crash into incomplete ones; returns how many."""

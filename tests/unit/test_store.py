@@ -209,3 +209,17 @@ def test_sigkill_mid_period_loses_nothing_exported(tmp_path: Path) -> None:
     store.close_period(seq, T0 + 101 * S, [flow(10**9, end_ns=T0 + 101 * S)], [], "")
     assert len(_all(store)) == len(ids) + 1
     store.close()
+
+
+def test_new_model_fields_get_columns(tmp_path: Path) -> None:
+    """A store written before a FlowRecord field existed gains the column (zero value) on open."""
+    path = tmp_path / "m.db"
+    Store(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE flows DROP COLUMN reordering")
+    conn.execute("ALTER TABLE interim DROP COLUMN reordering")
+    conn.close()
+    with Store(path) as store:
+        seq = store.open_period(T0)
+        store.close_period(seq, T0 + S, [flow(1, reordering=3)], [], "")
+        assert [r.record.reordering for r in _all(store)] == [3]
