@@ -111,7 +111,7 @@ class FlowRecord:
         """The wire form, ``meshnode.v1.Flow``."""
         from meshnode.v1 import flow_pb2
 
-        msg = flow_pb2.Flow(
+        fields: dict[str, Any] = dict(
             flow_id=self.flow_id, node_id=self.node_id, src=self.src, sport=self.sport, dst=self.dst,
             dport=self.dport, proto=_PROTO_NUM.get(self.proto, 0),
             direction=flow_pb2.Direction.Value(self.direction.upper()),
@@ -128,6 +128,7 @@ class FlowRecord:
             rttvar_us=self.rttvar_us, delivery_rate=self.delivery_rate, lost=self.lost,
             reordering=self.reordering, service=self.service,
         )
+        msg = flow_pb2.Flow(**fields)
         msg.drop_reasons.update(self.drop_reasons)
         return msg
 

@@ -24,7 +24,6 @@ from probes._records import (
     CEvent,
     CPendingKey,
     CPendingVal,
-    CTcpFlow,
     CUdpFlow,
     CUdpKey,
     KernelEvent,
@@ -46,7 +45,9 @@ BPF_CGROUP_SOCK_OPS = 3
 BPF_CGROUP_INET_SOCK_RELEASE = 34
 
 # Tracepoints the sensor cannot do without, and optional ones with the -D flag that enables their code.
-REQUIRED_TRACEPOINTS = (("tcp", "tcp_receive_reset"), ("sock", "inet_sock_set_state"))
+REQUIRED_TRACEPOINTS = (
+    ("tcp", "tcp_receive_reset"), ("tcp", "tcp_destroy_sock"), ("sock", "inet_sock_set_state"),
+)
 OPTIONAL_TRACEPOINTS = {
     ("sock", "sock_send_length"): "HAVE_SOCK_LENGTH",
     ("tcp", "tcp_probe"): "HAVE_TCP_PROBE",
@@ -196,7 +197,7 @@ class Probes:
             print(f"/* cflags: {' '.join(flags)} */\n{text}", file=sys.stderr)
         with _captured_stderr() as log:
             try:
-                self._bpf = BPF(text=text, cflags=flags)
+                self._bpf = BPF(text=text.encode(), cflags=flags)
             except Exception as exc:
                 compile_exc: Exception | None = exc
             else:
@@ -383,12 +384,23 @@ def _udp_key(row: UdpFlowRow) -> CUdpKey:
     return k
 
 
-def _compile_error(log: str) -> ProbeCompileError:
-    first = next((ln.strip() for ln in log.splitlines() if "error:" in ln), "")
-    if not first:
-        first = next((ln.strip() for ln in log.splitlines() if ln.strip()), "unknown error (no compiler output)")
-    return ProbeCompileError(first, log)
+def _compile_error(log: str) -> ProbeError:
+    """The compiler's first error, or, when it compiled and the kernel refused a program, the verifier's
+    last words (bcc loads tracepoint programs while constructing, so both surface from the same call)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if "error:" in ln), "")
+    if first:
+        return ProbeCompileError(first, log)
+    if any("Failed to load program" in ln for ln in lines):
+        verifier = [ln for ln in lines if not ln[:1].isdigit() and not ln.startswith(";")]
+        return ProbeError("the kernel refused a BPF program: " + " | ".join(verifier[-3:]))
+    return ProbeCompileError(lines[0] if lines else "unknown error (no compiler output)", log)
 
 
-__all__ = ["Probes", "ProbeConfig", "drop_reason_names",
-           "missing_prerequisites", "translation_unit"]
+__all__ = [
+    "ProbeConfig",
+    "Probes",
+    "drop_reason_names",
+    "missing_prerequisites",
+    "translation_unit",
+]

@@ -43,8 +43,8 @@ class CTcpFlow(ct.Structure):
         ("cwnd", ct.c_uint32), ("cwnd_min", ct.c_uint32), ("cwnd_max", ct.c_uint32),
         ("pid", ct.c_uint32), ("burst_start_ms", ct.c_uint32),
         ("burst", ct.c_uint16), ("resets_rx", ct.c_uint16), ("resets_tx", ct.c_uint16),
-        ("sport", ct.c_uint16), ("dport", ct.c_uint16),
-        ("family", ct.c_uint8), ("direction", ct.c_uint8), ("outcome", ct.c_uint8), ("zero_window", ct.c_uint8),
+        ("sport", ct.c_uint16), ("dport", ct.c_uint16), ("synack_segs", ct.c_uint16),
+        ("family", ct.c_uint8), ("direction", ct.c_uint8), ("outcome", ct.c_uint8), ("flags", ct.c_uint8),
         ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16),
     ]
 
@@ -146,7 +146,8 @@ class TcpFlowRow:
             outcome=OUTCOME_NAMES.get(f.outcome, "in_progress"), pid=f.pid,
             comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
             start_ns=f.start_ns, last_ns=f.last_ns, bytes_tx=f.bytes_tx, bytes_rx=f.bytes_rx,
-            packets_tx=f.segs_out, packets_rx=f.segs_in, retransmits=f.total_retrans, connect_us=f.connect_us,
+            packets_tx=f.segs_out + f.synack_segs, packets_rx=f.segs_in, retransmits=f.total_retrans,
+            connect_us=f.connect_us,
             srtt_us=f.srtt_us, srtt_min_us=f.srtt_min_us, srtt_max_us=f.srtt_max_us, min_rtt_us=f.rtt_min_us,
             cwnd=f.cwnd, cwnd_min=f.cwnd_min, cwnd_max=f.cwnd_max, resets_rx=f.resets_rx, resets_tx=f.resets_tx,
         )

@@ -14,6 +14,10 @@
 #define OC_RESET 4
 #define OC_IN_PROGRESS 7
 
+/* tcp_flow.flags */
+#define F_ZERO_WINDOW 1
+#define F_CLOSED 2
+
 /* ring buffer record kinds */
 #define EV_TCP_END 1
 #define EV_HALFOPEN_RESET 2
@@ -65,10 +69,11 @@ struct tcp_flow {
     __u16 resets_tx;
     __u16 sport;            /* host order */
     __u16 dport;            /* host order */
+    __u16 synack_segs;      /* inbound: SYN-ACKs the request socket sent, which the child's segs_out lacks */
     __u8 family;
     __u8 direction;
     __u8 outcome;
-    __u8 zero_window;
+    __u8 flags;             /* F_* below */
     __u8 saddr[16];         /* IPv4 in the first 4 bytes */
     __u8 daddr[16];
 };

@@ -9,7 +9,7 @@
 static __always_inline int in_scope(void)
 {
 #ifdef SCOPED
-    return bpf_current_task_under_cgroup(&scope_cg, 0) == 1;
+    return scope_cg.check_current_task(0) == 1;
 #else
     return 1;
 #endif

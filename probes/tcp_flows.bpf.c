@@ -126,35 +126,19 @@ static __always_inline int track(struct bpf_sock_ops *skops, __u64 cookie, struc
     return 0;
 }
 
-static __always_inline void finish(struct bpf_sock_ops *skops, struct tcp_flow *f, __u64 cookie,
-                                   __u32 oldstate, __u64 now)
+/* TCP_CLOSE: the outcome and the kernel's counters are final now. The record is emitted when the socket
+ * is destroyed (tcp_destroy_sock), because the application may still read queued data after CLOSE
+ * (e.g. FIN_WAIT2 -> TIME_WAIT with unread bytes), and those reads belong to the flow. */
+static __always_inline void closed(struct bpf_sock_ops *skops, struct tcp_flow *f, __u32 oldstate, __u64 now)
 {
     sample(skops, f, now);
+    f->flags |= F_CLOSED;
     if (f->outcome == OC_IN_PROGRESS) {
         if (oldstate == MN_TCP_SYN_SENT)
             f->outcome = f->resets_rx ? OC_REFUSED : OC_TIMEOUT;
         else
             f->outcome = OC_RESET;
     }
-    struct event *e = events.ringbuf_reserve(sizeof(struct event));
-    if (!e) {
-        count(C_RINGBUF_FULL);
-    } else {
-        __builtin_memset(e, 0, sizeof(*e));
-        e->kind = EV_TCP_END;
-        e->ts_ns = now;
-        e->cookie = cookie;
-        __u32 pid = f->pid;
-        struct owner *c = comms.lookup(&pid);
-        if (c)
-            __builtin_memcpy(e->comm, c->comm, 16);
-        __builtin_memcpy(&e->flow, f, sizeof(*f));
-        events.ringbuf_submit(e, 0);
-        count(C_EVENTS);
-    }
-    __u64 sk = f->sk;
-    tracked.delete(&sk);
-    tcp_flows.delete(&cookie);
 }
 
 int mn_sockops(struct bpf_sock_ops *skops)
@@ -225,6 +209,7 @@ int mn_sockops(struct bpf_sock_ops *skops)
         if (tgid)
             f.pid = *tgid;
         sample(skops, &f, now);
+        f.synack_segs = 1 + f.total_retrans;  /* the child inherits the request's SYN-ACK retransmits */
         track(skops, cookie, &f);
         return 1;
     }
@@ -250,11 +235,42 @@ int mn_sockops(struct bpf_sock_ops *skops)
         __u64 cookie = mn_socket_cookie(skops);
         struct tcp_flow *f = tcp_flows.lookup(&cookie);
         if (f)
-            finish(skops, f, cookie, skops->args[0], now);
+            closed(skops, f, skops->args[0], now);
         return 1;
     }
     }
     return 1;
+}
+
+/* The socket is gone: emit the flow's one lifecycle record and forget it. */
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
+{
+    __u64 cookie = args->sock_cookie;
+    struct tcp_flow *f = tcp_flows.lookup(&cookie);
+    if (!f)
+        return 0;
+    if (!(f->flags & F_CLOSED) && f->outcome == OC_IN_PROGRESS)
+        f->outcome = OC_TIMEOUT;  /* destroyed without a state change we saw: the SYN went unanswered */
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count(C_RINGBUF_FULL);
+    } else {
+        __builtin_memset(e, 0, sizeof(*e));
+        e->kind = EV_TCP_END;
+        e->ts_ns = f->last_ns;
+        e->cookie = cookie;
+        __u32 pid = f->pid;
+        struct owner *c = comms.lookup(&pid);
+        if (c)
+            __builtin_memcpy(e->comm, c->comm, 16);
+        __builtin_memcpy(&e->flow, f, sizeof(*f));
+        events.ringbuf_submit(e, 0);
+        count(C_EVENTS);
+    }
+    __u64 sk = f->sk;
+    tracked.delete(&sk);
+    tcp_flows.delete(&cookie);
+    return 0;
 }
 
 /* A RST received on a full socket: counts toward refused (in SYN_SENT) and the flow's resets. */
@@ -277,9 +293,9 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
         return 0;
     __u64 cookie = args->sock_cookie;
     struct tcp_flow *f = tcp_flows.lookup(&cookie);
-    if (!f || f->zero_window)
+    if (!f || (f->flags & F_ZERO_WINDOW))
         return 0;
-    f->zero_window = 1;
+    f->flags |= F_ZERO_WINDOW;
     emit(EV_ZERO_WINDOW, cookie, f, 0, 0);
     return 0;
 }

@@ -1,0 +1,327 @@
+"""The eBPF sensor: kernel records from probes/ → FlowRecord.
+
+The kernel aggregates per socket and emits one lifecycle record per TCP flow; this adapter drains once
+per ``poll``. UDP flows end when their socket is released or after ``idle_timeout_s`` without a datagram
+(seed 002's 90 s rule); inbound handshakes that never complete end as ``timeout`` after
+``halfopen_timeout_s``. Once per export period ``active`` also reads the full ``tcp_info`` of live TCP
+sockets through sock_diag (the sensor's own network namespace) to fill ``rttvar``, ``delivery_rate``,
+``lost``, ``reordering`` and ``limited_by``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from meshnode._exceptions import BPFCompileError, SensorError
+from meshnode._model import FlowRecord
+from meshnode.sensor._base import EventRecord, SensorBatch
+from meshnode.sensor._limits import limited_by
+from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, service_name
+from probes import _records as rec
+from probes._errors import ProbeCompileError, ProbeError
+from probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reason_names
+
+if TYPE_CHECKING:
+    from probes._records import PendingRow, TcpFlowRow, UdpFlowRow
+    from probes._sockdiag import TcpInfo
+
+log = logging.getLogger(__name__)
+
+_EVENT_TYPES = {
+    rec.EV_RETRANS_BURST: "retransmit_burst",
+    rec.EV_RTT_SHIFT: "rtt_shift",
+    rec.EV_RESET_RX: "reset_received",
+    rec.EV_RESET_TX: "reset_sent",
+    rec.EV_ZERO_WINDOW: "zero_window",
+}
+_COMM_TTL_S = 10.0
+_HALFOPEN_REPEAT_NS = 30 * 10**9
+_MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full")
+
+
+class EbpfSensor:
+    """Exact flows from eBPF, scoped to one cgroup subtree."""
+
+    mode = "ebpf"
+    fidelity = "exact"
+
+    def __init__(
+        self,
+        scope: str = "/",
+        idle_timeout_s: float = 90.0,
+        halfopen_timeout_s: float = 75.0,
+        reason: str = "",
+        cgroup_root: Path = CGROUP_ROOT,
+        probe_config: ProbeConfig | None = None,
+        udp_scan_interval_s: float = 1.0,
+    ) -> None:
+        self.scope = "/" + scope.strip("/")
+        self.reason = reason or "eBPF requested"
+        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
+        self.halfopen_timeout_ns = int(halfopen_timeout_s * 1e9)
+        self._udp_scan_interval_ns = int(udp_scan_interval_s * 1e9)
+        cfg = probe_config or ProbeConfig()
+        self._probes = Probes(dataclasses.replace(cfg, cgroup=self.scope, cgroup_root=cgroup_root))
+        self._cgroups = CgroupNames(cgroup_root)
+        self._clock_offset = 0
+        self._started = False
+        self._counters: dict[str, int] = {}
+        self._released: set[int] = set()
+        self._last_udp_scan = 0
+        self._udp_sks: dict[int, int] = {}
+        self._drops_by_sk: dict[int, Counter[str]] = {}
+        self._unattributed: Counter[str] = Counter()
+        self._reasons: dict[int, str] = {}
+        self._tcpinfo: dict[int, tuple[int, TcpInfo]] = {}
+        self._limits: dict[int, str] = {}
+        self._comms: dict[int, tuple[float, str]] = {}
+        self._halfopen_seen: dict[tuple[int, str, int, str, int], int] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Compile and attach; idempotent. Raises SensorError saying what is missing and how to fix it."""
+        if self._started:
+            return
+        try:
+            self._probes.open()
+        except ProbeCompileError as exc:
+            raise BPFCompileError(str(exc)) from exc
+        except ProbeError as exc:
+            raise SensorError(str(exc)) from exc
+        self._clock_offset = time.time_ns() - time.monotonic_ns()
+        self._counters = self._probes.counters()
+        self._reasons = drop_reason_names()
+        self._started = True
+
+    def close(self) -> None:
+        """Detach and free kernel resources; safe to call twice."""
+        self._probes.close()
+        self._started = False
+
+    # ---- draining --------------------------------------------------------------------------------
+
+    def poll(self) -> SensorBatch:
+        """Flows ended and events since the last call, with the completeness counters they moved."""
+        batch = SensorBatch()
+        now = time.monotonic_ns()
+        for ev in self._probes.poll_events():
+            self._handle(ev, batch)
+        self._drain_drops(batch)
+        if self._released or now - self._last_udp_scan >= self._udp_scan_interval_ns:
+            self._scan_udp(now, batch)
+            self._scan_pending(now, batch)
+            self._last_udp_scan = now
+        counters = self._probes.counters()
+        moved = {k: counters[k] - self._counters.get(k, 0) for k in counters}
+        self._counters = counters
+        c = batch.completeness
+        c.lost_events += moved["ringbuf_full"]
+        c.ringbuf_overruns += 1 if moved["ringbuf_full"] else 0
+        c.map_evictions += sum(moved[k] for k in _MAP_FULL)
+        c.flows_recorded += len(batch.ended)
+        return batch
+
+    def _handle(self, ev: rec.KernelEvent, batch: SensorBatch) -> None:
+        if ev.kind == rec.EV_UDP_RELEASE:
+            self._released.add(ev.cookie)
+            return
+        assert ev.flow is not None
+        if ev.kind == rec.EV_HALFOPEN_RESET and self._repeat_halfopen(ev):
+            return
+        if ev.kind in (rec.EV_TCP_END, rec.EV_HALFOPEN_RESET):
+            flow = self._tcp_record(ev.flow, final=True)
+            batch.ended.append(flow)
+            self._tcpinfo.pop(ev.cookie, None)
+            if flow.failed:
+                batch.events.append(EventRecord("connect_failed", self._wall(ev.ts_ns), flow, 1.0, flow.outcome))
+            return
+        kind = _EVENT_TYPES.get(ev.kind)
+        if kind is None:
+            log.warning("unknown kernel event kind %d dropped", ev.kind)
+            return
+        flow = self._tcp_record(ev.flow, final=False)
+        detail = ""
+        if ev.kind == rec.EV_RTT_SHIFT:
+            detail = f"srtt {ev.value2} us -> {ev.value} us"
+        batch.events.append(EventRecord(kind, self._wall(ev.ts_ns), flow, float(ev.value), detail))
+
+    def _repeat_halfopen(self, ev: rec.KernelEvent) -> bool:
+        """True when this reset half-open handshake is a retransmitted SYN of one already reported.
+
+        The peer retransmits its SYN after the RST cut the first; the kernel side sees a new half-open
+        entry, but it is the same connection attempt (one 5-tuple), and one attempt is one record.
+        """
+        f = ev.flow
+        assert f is not None
+        key = (f.netns, f.src, f.sport, f.dst, f.dport)
+        last = self._halfopen_seen.get(key)
+        self._halfopen_seen[key] = ev.ts_ns
+        if len(self._halfopen_seen) > 4096:
+            self._halfopen_seen.pop(next(iter(self._halfopen_seen)))
+        return last is not None and ev.ts_ns - last < _HALFOPEN_REPEAT_NS
+
+    def _drain_drops(self, batch: SensorBatch) -> None:
+        drained = self._probes.drain_drops()
+        batch.completeness.drained_rows += len(drained)
+        for (sk, reason), n in drained.items():
+            name = self._reasons.get(reason, str(reason))
+            if sk == 0:
+                self._unattributed[name] += n
+                batch.completeness.unattributed_drops += n
+            else:
+                self._drops_by_sk.setdefault(sk, Counter())[name] += n
+        if len(self._drops_by_sk) > 65536:  # sockets of other scopes: forget the oldest half
+            for sk in list(self._drops_by_sk)[: len(self._drops_by_sk) // 2]:
+                del self._drops_by_sk[sk]
+
+    def _scan_udp(self, now: int, batch: SensorBatch) -> None:
+        rows = self._probes.udp_flows()
+        batch.completeness.drained_rows += len(rows)
+        self._udp_sks = {r.sk: r.cookie for r in rows}
+        done = [r for r in rows if r.cookie in self._released or now - r.last_ns >= self.idle_timeout_ns]
+        for row in self._probes.take_udp(done):
+            batch.ended.append(self._udp_record(row, final=True))
+        live = {r.cookie for r in rows}
+        self._released &= live - {r.cookie for r in done}
+
+    def _scan_pending(self, now: int, batch: SensorBatch) -> None:
+        stale = [p for p in self._probes.pending() if now - p.syn_ns >= self.halfopen_timeout_ns]
+        for p in self._probes.take_pending(stale):
+            batch.ended.append(self._halfopen_record(p))
+
+    # ---- active flows ----------------------------------------------------------------------------
+
+    def active(self) -> list[FlowRecord]:
+        """Totals so far of open flows, with tcp_info (from sock_diag) for live TCP sockets."""
+        from probes._sockdiag import SockDiagError, tcp_info_by_cookie
+
+        tcp = self._probes.tcp_flows()
+        try:
+            infos = tcp_info_by_cookie(r.cookie for r in tcp)
+        except (OSError, SockDiagError) as exc:
+            log.warning("sock_diag tcp_info failed: %s", exc)
+            infos = {}
+        now = time.monotonic_ns()
+        out = []
+        for row in tcp:
+            info = infos.get(row.cookie)
+            if info is not None:
+                prev = self._tcpinfo.get(row.cookie)
+                if prev is not None:
+                    self._limits[row.cookie] = limited_by(prev[1], info, (now - prev[0]) // 1000)
+                self._tcpinfo[row.cookie] = (now, info)
+            out.append(self._tcp_record(row, final=False, info=info))
+        out.extend(self._udp_record(r, final=False) for r in self._probes.udp_flows())
+        return out
+
+    # ---- conversion ------------------------------------------------------------------------------
+
+    def _wall(self, mono_ns: int) -> int:
+        return mono_ns + self._clock_offset
+
+    def _comm(self, pid: int, kernel_comm: str) -> str:
+        """The process name: the main thread's comm while the process lives (the kernel side sees the
+        name of whichever thread made the call, e.g. a runtime's worker), else what the kernel saw."""
+        now = time.monotonic()
+        hit = self._comms.get(pid)
+        if hit is not None and now - hit[0] < _COMM_TTL_S:
+            return hit[1] or kernel_comm or self._probes.comm(pid)
+        name = proc_comm(pid)
+        if len(self._comms) > 8192:
+            self._comms.clear()
+        self._comms[pid] = (now, name)
+        return name or kernel_comm or self._probes.comm(pid)
+
+    def _cgroup(self, cgroup_id: int, pid: int) -> str:
+        return self._cgroups.path(cgroup_id) or proc_cgroup(pid)
+
+    def _drops(self, sk: int, final: bool) -> dict[str, int]:
+        counts = self._drops_by_sk.pop(sk, None) if final else self._drops_by_sk.get(sk)
+        return dict(counts) if counts else {}
+
+    def _tcp_record(self, r: TcpFlowRow, final: bool, info: TcpInfo | None = None) -> FlowRecord:
+        comm = self._comm(r.pid, r.comm)
+        reasons = self._drops(r.sk, final)
+        local_service = r.direction == "inbound"
+        rec_ = FlowRecord(
+            flow_id=r.cookie or _synthetic_id(r.netns, r.src, r.sport, r.dst, r.dport, r.start_ns),
+            src=r.src, sport=r.sport, dst=r.dst, dport=r.dport, proto="tcp",
+            direction=r.direction, pid=r.pid, comm=comm, cgroup=self._cgroup(r.cgroup_id, r.pid),
+            cgroup_id=r.cgroup_id, netns=r.netns, start_ns=self._wall(r.start_ns),
+            end_ns=self._wall(r.last_ns if final else time.monotonic_ns()),
+            bytes_tx=r.bytes_tx, bytes_rx=r.bytes_rx, packets_tx=r.packets_tx, packets_rx=r.packets_rx,
+            outcome=r.outcome, retransmits=r.retransmits, srtt_us=r.srtt_us,
+            min_rtt_us=r.min_rtt_us or r.srtt_min_us, max_rtt_us=r.srtt_max_us, cwnd=r.cwnd,
+            cwnd_min=r.cwnd_min, cwnd_max=r.cwnd_max, connect_us=r.connect_us, resets_tx=r.resets_tx,
+            resets_rx=r.resets_rx, drops=sum(reasons.values()), drop_reasons=reasons,
+            kind="final" if final else "interim", fidelity="exact",
+            limited_by=(self._limits.pop(r.cookie, "unknown") if final else self._limits.get(r.cookie, "unknown")),
+            service=service_name(r.sport if local_service else r.dport, "tcp"),
+        )
+        if info is not None:
+            rec_ = rec_.replace(
+                rttvar_us=info.rttvar or 0, delivery_rate=info.delivery_rate or 0, lost=info.lost or 0,
+                reordering=info.reordering or 0, min_rtt_us=info.min_rtt or rec_.min_rtt_us,
+            )
+        return rec_
+
+    def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
+        comm = self._comm(r.pid, "")
+        answered = r.packets_tx > 0 and r.packets_rx > 0
+        first_req, first_ans = ((r.first_tx_ns, r.first_rx_ns) if r.direction == "outbound"
+                                else (r.first_rx_ns, r.first_tx_ns))
+        reasons = self._drops(r.sk, final)
+        return FlowRecord(
+            flow_id=_udp_flow_id(r), src=r.src, sport=r.sport, dst=r.dst, dport=r.dport, proto="udp",
+            direction=r.direction, pid=r.pid, comm=comm, cgroup=self._cgroup(r.cgroup_id, r.pid),
+            cgroup_id=r.cgroup_id, netns=r.netns, start_ns=self._wall(r.first_ns),
+            end_ns=self._wall(r.last_ns if final else time.monotonic_ns()), bytes_tx=r.bytes_tx,
+            bytes_rx=r.bytes_rx, packets_tx=r.packets_tx, packets_rx=r.packets_rx,
+            outcome="udp_answered" if answered else "udp_unanswered",
+            connect_us=(first_ans - first_req) // 1000 if answered and first_ans > first_req else 0,
+            drops=sum(reasons.values()), drop_reasons=reasons, kind="final" if final else "interim",
+            fidelity="exact",
+            service=service_name(r.dport if r.direction == "outbound" else r.sport, "udp"),
+        )
+
+    def _halfopen_record(self, p: PendingRow) -> FlowRecord:
+        return FlowRecord(
+            flow_id=_udp_flow_id(p), src=p.src, sport=p.sport, dst=p.dst, dport=p.dport, proto="tcp",
+            direction="inbound", cgroup=self._cgroups.path(p.cgroup_id), cgroup_id=p.cgroup_id, netns=p.netns,
+            start_ns=self._wall(p.syn_ns), end_ns=self._wall(p.syn_ns + self.halfopen_timeout_ns),
+            packets_rx=1, outcome="timeout", kind="final", fidelity="exact",
+            service=service_name(p.sport, "tcp"),
+        )
+
+    # ---- introspection ---------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Kernel-side counters (cumulative)."""
+        return self._probes.counters()
+
+    def map_memory(self) -> dict[str, int]:
+        """Kernel memory per map in bytes."""
+        return self._probes.map_memory()
+
+    def unattributed_drops(self) -> dict[str, int]:
+        """Drops without a known socket, by reason, since start (host-wide, not only this scope)."""
+        return dict(self._unattributed)
+
+
+def _synthetic_id(*parts: object) -> int:
+    """A stable 63-bit flow id for flows without a socket cookie of their own (cookies are < 2^63 too)."""
+    key = "|".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
+
+
+def _udp_flow_id(row: UdpFlowRow | PendingRow) -> int:
+    """UDP flows: one socket and one remote endpoint; half-open ones: the tuple and the SYN time."""
+    return _synthetic_id(getattr(row, "cookie", 0), row.src, row.sport, row.dst, row.dport,
+                         getattr(row, "syn_ns", 0))
