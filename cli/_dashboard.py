@@ -136,8 +136,7 @@ def _header(v: Mapping[str, Any], plain: bool) -> list[RenderableType]:
 
 
 def _processes(rows: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: bool) -> Table:
-    t = table(plain=plain)
-    t.box = None
+    t = table(plain=plain, boxed=False)
     pw = 20 if not wide else 32
     t.add_column("PROCESS", width=pw, no_wrap=True, overflow="ellipsis")
     t.add_column("FLOWS", width=6, justify="right")
@@ -159,8 +158,7 @@ def _processes(rows: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: 
 
 
 def _destinations(rows: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: bool) -> Table:
-    t = table(plain=plain)
-    t.box = None
+    t = table(plain=plain, boxed=False)
     t.add_column("DESTINATION", width=21 if not wide else 41, no_wrap=True, overflow="ellipsis")
     t.add_column("SERVICE", width=7, no_wrap=True, overflow="ellipsis")
     t.add_column("FLOWS", width=6, justify="right")
@@ -183,8 +181,7 @@ def _events(events: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: b
     from cli._units import format_clock
     from cli._views import endpoint
 
-    t = table(plain=plain)
-    t.box = None
+    t = table(plain=plain, boxed=False)
     t.add_column("TIME", width=8, no_wrap=True)
     t.add_column("EVENT", width=16, no_wrap=True, overflow="ellipsis")
     t.add_column("PROCESS", width=14, no_wrap=True, overflow="ellipsis")
@@ -249,7 +246,7 @@ def dashboard(v: Mapping[str, Any], *, height: int = 24, wide: bool = False, pla
     """One frame of ``meshctl top`` from the view dict (see ``cli._top.TopState.view``), fitted to
     ``height`` lines: the process, destination and event sections share what the fixed lines leave."""
     head = _header(v, plain)
-    fixed = len(head) + 1 + 3 * 3 + 1 + 1  # header, blank, 3 x (blank/title/column header), mesh, footer
+    fixed = len(head) + 1 + 3 * 2 + 1 + 1  # header, blank, 3 x (title, column header), mesh, footer
     room = max(3, height - fixed)
     n_proc = max(1, room * 3 // 10)
     n_dest = max(1, room * 4 // 10)

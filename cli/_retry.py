@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from cli._exceptions import NodeError
-
-if TYPE_CHECKING:
-    pass
 
 RETRYABLE: Final[frozenset[grpc.StatusCode]] = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
@@ -58,7 +55,7 @@ def retrying(
 
     return Retrying(
         retry=retry_if_exception(is_retryable),
-        wait=wait_exponential_jitter(initial=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=0.2),
+        wait=wait_exponential_jitter(multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=0.2),
         stop=should_stop,
         sleep=sleep,
         before_sleep=before_sleep,

@@ -34,14 +34,18 @@ _OUTCOME_STYLE: Final = {
 }
 
 
-def table(*, plain: bool, header: bool = True, title: str | None = None) -> Table:
-    """A borderless table with one space between columns; a rule under the header on terminals."""
+def table(*, plain: bool, header: bool = True, title: str | None = None, boxed: bool | None = None) -> Table:
+    """A borderless table with one space between columns; a rule under the header on terminals
+    (unless ``boxed`` is False)."""
+    if boxed is None:
+        boxed = not plain
     return Table(
-        box=None if plain else box.SIMPLE_HEAD,
+        box=box.SIMPLE_HEAD if boxed else None,
         show_header=header,
         header_style="" if plain else "bold",
         pad_edge=False,
-        padding=(0, 1, 0, 0),
+        # Box characters separate columns with one space on terminals; without a box, padding does.
+        padding=(0, 0, 0, 0) if boxed else (0, 1, 0, 0),
         show_edge=False,
         title=title,
         title_justify="left",

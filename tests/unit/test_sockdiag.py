@@ -268,11 +268,13 @@ class FakeNetlink:
         self.sent.append(data)
         return len(data)
 
-    def recv(self, n: int) -> bytes:
+    def recvmsg(self, n: int) -> tuple[bytes, list[object], int, object]:
         a = self.answers.pop(0)
         if isinstance(a, BaseException):
             raise a
-        return a
+        if len(a) > n:
+            return a[:n], [], socket.MSG_TRUNC, None
+        return a, [], 0, None
 
     def close(self) -> None:
         pass
@@ -322,3 +324,20 @@ def test_tcp_info_by_cookie_filters_one_dump_per_family():
 
 def test_tcp_info_by_cookie_empty_asks_nothing():
     assert sd.tcp_info_by_cookie([]) == {}
+
+
+def test_truncated_receive_is_an_error():
+    big = b"".join(nlmsg(20, diag_msg(cookie=i), 1, sd.NLM_F_MULTI) for i in range(1000))  # 88 kB
+    c, _ = client([big])
+    with pytest.raises(sd.SockDiagError) as ei:
+        c.dump(socket.AF_INET)
+    assert ei.value.errno == errno.EMSGSIZE
+
+
+def test_find_by_cookie_alone():
+    c, fake = client([
+        nlmsg(20, diag_msg(cookie=1), 1, sd.NLM_F_MULTI) + done(1),
+        nlmsg(20, diag_msg(socket.AF_INET6, 1, "::1", 5, "::1", 6, cookie=9), 2, sd.NLM_F_MULTI) + done(2),
+    ])
+    found = c.find(9)
+    assert found is not None and found.src == "::1" and len(fake.sent) == 2

@@ -1,0 +1,139 @@
+"""meshctl top: aggregation, one frame rendered from plain data, and the keys."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+from cli._convert import flow_dict, message_dict
+from cli._dashboard import SORT_KEYS, aggregate, dashboard, latest_per_flow, mesh_line, mesh_summary, sort_rows
+from cli._output import render_text
+from cli._top import TopState
+from tests.integration.test_meshctl_fakenode import sample_events, sample_flows, sample_peers, sample_status
+
+
+def _view(**changes: Any) -> dict[str, Any]:
+    procs, dests = aggregate([flow_dict(f) for f in sample_flows()])
+    v: dict[str, Any] = {
+        "node": "127.0.0.1:7400", "conn": "reconnecting (attempt 2, next in 1.0s)",
+        "status": message_dict(sample_status()), "health": {"useful_fraction": 0.95}, "processes": procs,
+        "destinations": dests, "events": [message_dict(e) for e in sample_events()],
+        "mesh": {"alive": 4, "suspect": 1, "dead": 0, "down": ["77aa00bb"], "flagged": []},
+        "sort": "failures", "filter": "", "input": None, "paused": False, "window_s": 300, "error": None,
+    }
+    v.update(changes)
+    return v
+
+
+def test_one_frame_at_80_by_24() -> None:
+    out = render_text(dashboard(_view(), height=24), width=80)
+    assert out == textwrap.dedent("""\
+        node 127.0.0.1:7400 3f2a9c0d · ebpf/exact · period 10s · window 5m
+        lost 3 · evicted 0 · overruns 0 · ev-dropped 0 · active 42 · host 95.0% useful
+        reconnecting (attempt 2, next in 1.0s)
+
+         PROCESSES by failures (4)
+        PROCESS               FLOWS  FAIL USEFUL      TX      RX    RTT   RETX
+        fakeclient/777            2     2   0.0%     0 B     0 B      -      0
+        nginx/1                   1     0   100%  50 MiB 2.0 KiB 45.0ms     31
+        curl/4242                 1     0   100% 1.3 KiB 1.2 MiB  1.2ms      2
+         DESTINATIONS by failures (4)
+        DESTINATION           SERVICE  FLOWS  FAIL HEALTH    RTT   RETX   BYTES
+        10.0.0.9:8080         -            2     2   0.0%      -      0     0 B
+        10.0.0.7:51234        -            1     0   100% 45.0ms     31  50 MiB
+        10.0.0.2:443          https        1     0   100%  1.2ms      2 1.2 MiB
+        10.0.0.53:53          domain       1     0   100%      -      0   160 B
+         EVENTS
+        TIME     EVENT            PROCESS        DESTINATION           DETAIL
+        11:06:38 retransmit_burst curl/4242      10.0.0.2:443          5
+        11:06:39 connect_failed   fakeclient/777 10.0.0.9:8080         refused
+        11:06:40 rtt_shift        nginx/1        10.0.0.7:51234        rtt 1.2ms -> 4…
+        mesh: 4 alive · 1 suspect · 0 dead (77aa00bb)
+        q quit  s sort: failures  / filter  p pause
+        """)
+
+
+def test_frame_never_exceeds_its_height_or_80_columns() -> None:
+    many = []
+    for i in range(200):
+        f = sample_flows()[0]
+        f.flow_id, f.comm, f.dport = 1000 + i, f"proc{i}", 1000 + i
+        many.append(flow_dict(f))
+    procs, dests = aggregate(many)
+    v = _view(processes=procs, destinations=dests, events=[message_dict(e) for e in sample_events()] * 20)
+    for height in (24, 40, 60):
+        lines = render_text(dashboard(v, height=height), width=80).splitlines()
+        assert len(lines) == height
+        assert max(len(line) for line in lines) <= 80
+
+
+def test_mesh_not_enabled_pause_filter_prompt_and_error() -> None:
+    out = render_text(dashboard(_view(mesh=None, paused=True, input="cur", error="node error: x"), height=30))
+    lines = out.splitlines()
+    assert lines[2] == "PAUSED (p resumes)"
+    assert lines[3] == "node error: x"
+    assert "mesh: not enabled" in lines
+    assert lines[-1] == "filter process: cur▏  (Enter apply · Esc clear)"
+
+
+def test_latest_record_per_flow_wins_and_final_beats_interim() -> None:
+    a = flow_dict(sample_flows()[0])
+    interim = {**a, "kind": "interim", "end_ns": a["end_ns"] - 5, "bytes_tx": 1}
+    final = {**a, "kind": "final"}
+    same_time_interim = {**a, "kind": "interim", "bytes_tx": 2}
+    assert latest_per_flow([interim, final, same_time_interim]) == [final]
+
+
+def test_aggregate_groups_by_process_name_and_destination() -> None:
+    flows = [flow_dict(f) for f in sample_flows()]
+    second_curl = {**flows[0], "flow_id": 99, "pid": 5, "bytes_tx": 100, "outcome": "refused", "srtt_us": 0}
+    procs, dests = aggregate([*flows, second_curl])
+    curl = next(p for p in procs if p["comm"] == "curl")
+    assert curl["process"] == "curl (2)"
+    assert (curl["flows"], curl["failures"], curl["bytes_tx"], curl["rtt_us"]) == (2, 1, 1400, 1200)
+    assert curl["health"] == 0.5
+    d = next(d for d in dests if d["destination"] == "10.0.0.9:8080")
+    assert (d["flows"], d["failures"], d["health"]) == (2, 2, 0.0)
+    procs, _ = aggregate(flows, proc_filter="CUR")
+    assert [p["process"] for p in procs] == ["curl/4242"]
+
+
+def test_sort_rows_by_every_key() -> None:
+    procs, _ = aggregate([flow_dict(f) for f in sample_flows()])
+    assert [r["comm"] for r in sort_rows(procs, "bytes")][:2] == ["nginx", "curl"]
+    assert sort_rows(procs, "failures")[0]["comm"] == "fakeclient"
+    assert sort_rows(procs, "rtt")[0]["comm"] == "nginx"
+    for key in SORT_KEYS:
+        assert len(sort_rows(procs, key)) == len(procs)
+
+
+def test_mesh_summary_from_peers() -> None:
+    m = mesh_summary(message_dict(sample_peers()))
+    assert m == {"alive": 1, "suspect": 1, "dead": 1, "down": ["77aa00bb", "01234567"], "flagged": []}
+    assert mesh_line(m, plain=True).plain == "mesh: 1 alive · 1 suspect · 1 dead (77aa00bb, 01234567)"
+    assert mesh_line(None, plain=True).plain == "mesh: not enabled"
+
+
+def test_keys_sort_filter_pause_quit() -> None:
+    st = TopState("n:1", 300)
+    st.flows = [flow_dict(f) for f in sample_flows()]
+    st.flows_version = 1
+    assert st.key("s") and st.sort == "failures"
+    for k in "/dig\x7fg":
+        st.key(k)
+    assert st.input == "dig" and st.filter == ""
+    st.key("\r")
+    assert st.filter == "dig" and st.input is None
+    assert [p["process"] for p in st.view()["processes"]] == ["dig/99"]
+    st.key("p")
+    frozen = st.view()
+    st.flows = []
+    st.flows_version = 2
+    assert st.view()["processes"] == frozen["processes"] and st.view()["paused"]
+    st.key("p")
+    assert st.view()["processes"] == []
+    st.key("/")
+    st.key("x")
+    st.key("\x1b")
+    assert st.filter == "" and st.input is None
+    assert st.key("q") is False
