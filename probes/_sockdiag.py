@@ -462,11 +462,13 @@ class SockDiag:
         self._sock.sendto(msg, (0, 0))
         while not col.done:
             try:
-                buf = self._sock.recv(_RECV_BUF)
+                buf, _, flags, _ = self._sock.recvmsg(_RECV_BUF)
             except InterruptedError:  # PEP 475 retries, but a signal handler raising EINTR-like is possible
                 continue
             if not buf:
                 raise SockDiagError(errno.EPROTO, "sock_diag: netlink socket closed mid-answer")
+            if flags & socket.MSG_TRUNC:  # the kernel caps dump buffers at 32 KiB; this cannot happen quietly
+                raise SockDiagError(errno.EMSGSIZE, f"sock_diag: answer larger than {_RECV_BUF} bytes")
             col.feed(buf)
         return col.sockets
 
@@ -513,6 +515,17 @@ class SockDiag:
                 return None
             raise
         return found[0] if found else None
+
+
+    def find(self, cookie: int, families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
+             info: bool = True) -> DiagSocket | None:
+        """One TCP socket by its cookie alone (a dump filtered here: the kernel needs the 4-tuple to get
+        one socket directly, see :meth:`get`). TIME_WAIT sockets are included, without ``tcp_info``."""
+        for fam in families:
+            for s in self.dump(fam, socket.IPPROTO_TCP, ALL_STATES, info):
+                if s.cookie == cookie:
+                    return s
+        return None
 
 
 def tcp_info_by_cookie(cookies: Iterable[int], diag: SockDiag | None = None) -> dict[int, TcpInfo]:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final
@@ -167,6 +168,7 @@ class DiagSensor:
         self._unowned: set[int] = set()
         self._cgroup_root: str | None = None
         self._cgroup_ids: dict[str, int] = {}
+        self._lock = threading.Lock()  # the node may poll on its tick and call active() at export
         self._known: set[int] = set()
         self._snmp: IO[str] | None = None
         self._opens: int | None = None
@@ -184,6 +186,10 @@ class DiagSensor:
 
         Sockets already open at start become flows starting now (their true start is unknown).
         """
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
         if self._diag is not None:
             return
         try:
@@ -209,9 +215,10 @@ class DiagSensor:
 
     def poll(self) -> SensorBatch:
         """Refresh and hand over the flows that ended since the last call."""
-        self._refresh()
-        ended, self._ended = self._ended, []
-        missed, self._missed = self._missed, 0
+        with self._lock:
+            self._refresh()
+            ended, self._ended = self._ended, []
+            missed, self._missed = self._missed, 0
         done = Completeness(flows_recorded=len(ended), lost_events=missed)
         return SensorBatch(ended=ended, completeness=done)
 
@@ -220,21 +227,23 @@ class DiagSensor:
 
         Flows found closed by this refresh are kept for the next :meth:`poll`, not returned here.
         """
-        self._refresh()
-        out = []
-        for fl in self._flows.values():
-            out.append(self._record(fl, kind="interim", end_ns=self._wall_ns()))
-            self._advance_window(fl)
-        return out
+        with self._lock:
+            self._refresh()
+            out = []
+            for fl in self._flows.values():
+                out.append(self._record(fl, kind="interim", end_ns=self._wall_ns()))
+                self._advance_window(fl)
+            return out
 
     def close(self) -> None:
         """Close the netlink socket; safe to call twice. Open flows are not reported as ended."""
-        if self._diag is not None:
-            self._diag.close()
-            self._diag = None
-        if self._snmp is not None:
-            self._snmp.close()
-            self._snmp = None
+        with self._lock:
+            if self._diag is not None:
+                self._diag.close()
+                self._diag = None
+            if self._snmp is not None:
+                self._snmp.close()
+                self._snmp = None
 
     # --- internals ---------------------------------------------------------------------------------
 

@@ -113,6 +113,8 @@ def test_dump_and_get_agree_with_transfer_and_ss(family: int) -> None:
         assert diag.get(family, client.src, client.sport, client.dst, client.dport,
                         cookie=client.cookie ^ 0xFFFF) is None
 
+        by_cookie = diag.find(server.cookie)
+        assert by_cookie is not None and (by_cookie.sport, by_cookie.dport) == (sport, cport)
         infos = tcp_info_by_cookie([client.cookie, server.cookie, 1], diag=diag)
         assert set(infos) == {client.cookie, server.cookie}
 
