@@ -8,8 +8,8 @@ family, see ``probes/_sockdiag.py``) and diffs the socket cookies against the pr
   SYN_SENT);
 * a cookie that disappeared (closed, or gone to TIME_WAIT, where the kernel keeps no ``tcp_info``) ends its
   flow: a ``kind="final"`` record with the totals of the **last sample**. What the socket moved between
-  that sample and its close is lost, and so is every flow that opened and closed between two refreshes:
-  that is why this sensor's ``fidelity`` is ``"polled"``;
+  that sample and its close is lost, and a flow that opened and closed between two refreshes is missed
+  (counted, see below): that is why this sensor's ``fidelity`` is ``"polled"``;
 * outcome is ``"established"`` once the socket was seen in ESTABLISHED or any later state. A socket seen
   only in SYN_SENT that vanished gets ``"timeout"``: sock_diag cannot tell a RST-refused connect from an
   abandoned one (both just disappear), so ``"refused"`` is never reported here. Inbound half-open
