@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from meshnode import __version__
+from meshnode._exceptions import MeshnodeError, StoreError
 from meshnode._model import FlowRecord
 from meshnode.api import ApiServer, EventRing, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
@@ -41,6 +42,8 @@ from meshnode.store import Retention, Store
 from meshnode.summary import PeriodBuilder, PeriodSummary, with_service
 
 log = logging.getLogger("meshnode")
+
+MAX_CONSECUTIVE_FAILURES = 20
 
 
 class Service(Protocol):
@@ -177,12 +180,22 @@ class Node:
 
     async def _loop(self, stop: asyncio.Event) -> None:
         period_end = self._next_boundary(self.clock())
+        failures = 0
         while not stop.is_set():
-            await self.tick()
-            now = self.clock()
-            if now >= period_end:
-                await self.close_period()
-                period_end = self._next_boundary(now)
+            try:
+                await self.tick()
+                now = self.clock()
+                if now >= period_end:
+                    period_end = self._next_boundary(now)
+                    await self.close_period()
+                failures = 0
+            except MeshnodeError as exc:
+                # A failed poll or write keeps its data for the next try (see close_period); a node that
+                # fails MAX_CONSECUTIVE_FAILURES ticks in a row stops rather than run blind.
+                failures += 1
+                log.error("%s (failure %d of %d in a row)", exc, failures, MAX_CONSECUTIVE_FAILURES)
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise
             wait = min(self.config.tick, max(0.0, (period_end - self.clock()) / 1e9))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(wait, 0.001))
@@ -239,10 +252,20 @@ class Node:
                 return summary.to_json()
 
             seq = self._seq
-            stored, next_seq, evicted = await asyncio.to_thread(
-                self.store.close_period, seq, end, finals, interims, render,
-                next_start_ns=None if last else end,
-            )
+            try:
+                stored, next_seq, evicted = await asyncio.to_thread(
+                    self.store.close_period, seq, end, finals, interims, render,
+                    next_start_ns=None if last else end,
+                )
+            except StoreError:
+                # Nothing was written (the transaction rolled back): keep the records and counters for
+                # the next attempt, which closes the same period later.
+                self._ended = finals + self._ended
+                restore = Completeness(**{k: v for k, v in counters.items() if k in Completeness.__slots__})
+                restore.add(self._period_completeness)
+                self._period_completeness = restore
+                self._events_dropped_seen -= counters["events_dropped"]
+                raise
             self._seq = next_seq or 0
             self._period_start = end
             self.periods_closed += 1

@@ -144,7 +144,7 @@ def decode_row(row: Sequence[Any]) -> FlowRecord:
             values[pos] += _U64
     # FLOW_FIELDS follow the dataclass's field order (drop_reasons, the last field, excluded).
     if row[-1]:
-        return FlowRecord(*values, drop_reasons=json.loads(row[-1]))
+        values.append(json.loads(row[-1]))
     return FlowRecord(*values)
 
 

@@ -184,3 +184,81 @@ def test_bad_config_file_key(tmp_path: Path) -> None:
     proc = _spawn(tmp_path, "--config", str(cfg))
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 2 and "export_perod: unknown key" in err and "Traceback" not in err
+
+
+def test_failed_period_write_keeps_records_for_the_next_try(tmp_path: Path) -> None:
+    from meshnode._exceptions import StoreError
+
+    sensor = FakeSensor()
+
+    async def main() -> None:
+        node = Node(_config(tmp_path), sensor)
+        await node.start()
+        real = node.store.close_period
+        calls = {"n": 0}
+
+        def flaky(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise StoreError("disk full")
+            return real(*args, **kw)  # type: ignore[arg-type]
+
+        node.store.close_period = flaky  # type: ignore[method-assign]
+        sensor.feed([flow(1)])
+        await node.tick()
+        with pytest.raises(StoreError):
+            await node.close_period()
+        sensor.feed([flow(2)])
+        await node.tick()
+        summary = await node.close_period()
+        assert summary.final_flows == 2 and summary.completeness["flows_recorded"] == 2
+        await node.shutdown()
+
+    asyncio.run(main())
+    with Store.in_dir(tmp_path) as store, store.reader() as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT flow_id FROM flows")) == [1, 2]
+
+
+def test_address_watcher_records_changes(tmp_path: Path) -> None:
+    from meshnode.daemon import AddressWatcher
+    from meshnode.daemon._addresses import parse_fib_trie, parse_if_inet6
+
+    inet6 = ("00000000000000000000000000000001 01 80 10 80       lo\n"
+             "fd000000000000000000000000000002 02 40 00 80     eth0\n")
+    assert parse_if_inet6(inet6) == {"fd00::2"}
+    trie = ("Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 127.0.0.1\n        /32 host LOCAL\n"
+            "     |-- 192.0.2.2\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n")
+    assert parse_fib_trie(trie) == {"192.0.2.2"}
+
+    readings = iter([frozenset({"10.0.0.1"}), frozenset({"10.0.0.1"}), frozenset({"10.0.0.2"})])
+    seen: list[str] = []
+
+    async def main() -> None:
+        async def on_change(t: int, detail: str) -> None:
+            seen.append(detail)
+
+        w = AddressWatcher(on_change, read=lambda: next(readings))
+        await w.start()
+        await w.check()
+        await w.check()
+        await w.stop()
+
+    asyncio.run(main())
+    assert seen == ["+10.0.0.2 -10.0.0.1"]
+
+
+def test_address_changes_reach_health(tmp_path: Path) -> None:
+    """Failures within 60 s after a recorded change are counted by the Health RPC."""
+    from tests.unit._flows import T0, S
+    from tests.unit._node import running_node
+
+    async def main() -> None:
+        async with running_node(tmp_path) as h:
+            await h.node._address_changed(T0 + 5 * S, "+10.0.0.9")
+            await h.period(flow(6, outcome="timeout", start_ns=T0 + 6 * S),
+                           flow(90, outcome="timeout", start_ns=T0 + 90 * S), flow(7))
+            resp = await h.stub.Health(observer_pb2.HealthRequest(since_ns=T0, until_ns=T0 + 100 * S),
+                                       timeout=10)
+            assert resp.failures_after_address_change == 1 and resp.address_changes == 1
+
+    asyncio.run(main())
