@@ -249,15 +249,27 @@ def sample_peers() -> mesh_pb2.PeersResponse:
     )
 
 
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def _shared_loop() -> asyncio.AbstractEventLoop:
+    """One event loop on one daemon thread for every FakeNode of the process (grpc.aio dislikes
+    loops that come and go)."""
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_LOOP.run_forever, name="fake-node-loop", daemon=True).start()
+    return _LOOP
+
+
 class FakeNode:
-    """The fake served from a thread with its own event loop, so sync tests can call meshctl in-process."""
+    """The fake served from a background event loop, so sync tests can call meshctl in-process."""
 
     def __init__(self, canned: Canned | None = None, *, port: int = 0, mesh: bool = False) -> None:
         self.canned = canned or Canned()
         self.port = port
         self.mesh = mesh
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._loop = _shared_loop()
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -277,7 +289,6 @@ class FakeNode:
         return port
 
     def start(self) -> FakeNode:
-        self._thread.start()
         self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
 
@@ -285,8 +296,6 @@ class FakeNode:
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._server.stop(0), self._loop).result(10)
             self._server = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
     def __enter__(self) -> FakeNode:
         return self.start()
