@@ -266,7 +266,7 @@ def test_ctrl_c_on_a_stream_exits_130_quietly(fake: FakeNode, argv: list[str]) -
         first = p.stdout.readline()  # the stream is open and printing
         assert first
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=10)
+        _out, err = p.communicate(timeout=10)
     finally:
         p.kill()
     assert p.returncode == 130
