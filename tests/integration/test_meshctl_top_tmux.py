@@ -1,0 +1,140 @@
+"""``meshctl top`` end to end in a real terminal (tmux): data shows, keys work, a node that goes away
+shows "reconnecting", and the dashboard recovers by itself when the node comes back on the same port.
+
+By default it runs against the fake node in a subprocess. Point it at a real node with
+``MESHCTL_E2E_NODE=HOST:PORT`` (and ``MESHCTL_E2E_EXPECT=comm,dst:port`` for names that must appear);
+the kill/restart part then is skipped, since the test does not own that node.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TMUX = shutil.which("tmux")
+
+pytestmark = pytest.mark.skipif(TMUX is None, reason="needs tmux")
+
+
+def _meshctl() -> str:
+    exe = Path(sys.executable).with_name("meshctl")
+    return str(exe) if exe.exists() else f"{sys.executable} -m cli.main"
+
+
+def _start_fake(port: int = 0) -> tuple[subprocess.Popen[str], int]:
+    p = subprocess.Popen([sys.executable, "-m", "tests.integration.test_meshctl_fakenode", "--live",
+                          "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert line.strip().isdigit(), f"fake node did not start: {line!r}"
+    return p, int(line)
+
+
+class Tmux:
+    """One tmux server on a private socket, so the test touches no one else's sessions."""
+
+    def __init__(self) -> None:
+        self.socket = f"meshctl-test-{uuid.uuid4().hex[:10]}"
+        self.session = "top"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(TMUX), "-L", self.socket, *args], capture_output=True, text=True,
+                              check=check, timeout=10)
+
+    def start(self, command: str) -> None:
+        self.run("new-session", "-d", "-s", self.session, "-x", "100", "-y", "40", command)
+
+    def screen(self) -> str:
+        r = self.run("capture-pane", "-p", "-t", self.session, check=False)
+        return r.stdout
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.session, *keys)
+
+    def alive(self) -> bool:
+        return self.run("has-session", "-t", self.session, check=False).returncode == 0
+
+    def wait(self, *needles: str, absent: str | None = None, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if all(n in screen for n in needles) and (absent is None or absent not in screen):
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"waited {timeout}s for {needles} (absent {absent!r}); screen:\n{screen}")
+
+    def kill(self) -> None:
+        self.run("kill-server", check=False)
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    t = Tmux()
+    try:
+        yield t
+    finally:
+        t.kill()
+
+
+def test_top_in_tmux_against_a_real_node(tmux: Tmux) -> None:
+    node = os.environ.get("MESHCTL_E2E_NODE")
+    if not node:
+        pytest.skip("set MESHCTL_E2E_NODE=HOST:PORT to run against a real node")
+    expect = [e for e in os.environ.get("MESHCTL_E2E_EXPECT", "").split(",") if e]
+    tmux.start(f"{_meshctl()} --node {shlex.quote(node)} top")
+    print("\n" + tmux.wait("connected", "PROCESSES", *expect))
+    tmux.keys("q")
+    deadline = time.monotonic() + 5
+    while tmux.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not tmux.alive()
+
+
+def test_top_in_tmux_shows_reconnects_and_recovers(tmux: Tmux) -> None:
+    server, port = _start_fake()
+    try:
+        tmux.start(f"{_meshctl()} --node 127.0.0.1:{port} top")
+        screen = tmux.wait("curl/4242", "fakeclient/777", "10.0.0.2:443", "10.0.0.9:8080", "connected",
+                           "mesh: not enabled", "retransmit_burst")
+        print("\n--- meshctl top (fake node), 100x40 ---\n" + screen)
+        lines = screen.splitlines()
+        assert lines[0].startswith(f"node 127.0.0.1:{port} 3f2a9c0d · ebpf/exact · period 10s · window 5m")
+        assert lines[1].startswith("lost 3 · evicted 0")
+        assert max(len(line) for line in lines) <= 80  # the 80-column layout, even in a wider terminal
+
+        tmux.keys("s")
+        tmux.wait("PROCESSES by failures")
+        tmux.keys("/", "d", "i", "g", "Enter")
+        screen = tmux.wait("process ~ 'dig'", "dig/99", absent="curl/4242 ")
+        tmux.keys("Escape")
+        tmux.wait("curl/4242")
+
+        server.terminate()
+        server.wait(10)
+        screen = tmux.wait("reconnecting (attempt")
+        print("\n--- node stopped ---\n" + "\n".join(screen.splitlines()[:4]))
+        assert "Traceback" not in screen
+
+        server, _ = _start_fake(port)
+        screen = tmux.wait("connected · updated", "curl/4242", absent="reconnecting", timeout=30)
+        print("\n--- node restarted on the same port ---\n" + "\n".join(screen.splitlines()[:4]))
+
+        tmux.keys("q")
+        deadline = time.monotonic() + 5
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not tmux.alive(), "q did not quit"
+    finally:
+        server.terminate()
+        server.wait(10)
