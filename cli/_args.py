@@ -41,7 +41,9 @@ examples:
   meshctl flows --proc curl --outcome refused,timeout --since 10m
   meshctl --node 10.0.0.5:7400 top            live dashboard of another host
 
-The node defaults to $MESHCTL_NODE, else {DEFAULT_NODE}.
+Every command takes --json (one JSON document, JSON Lines for streams), --wide, --timeout DURATION
+and --node HOST:PORT, before or after the command name. The node defaults to $MESHCTL_NODE, else
+{DEFAULT_NODE}. Durations: 90s, 5m, 1h30m; times: a duration ago or RFC3339 (2026-11-23T17:30:00Z).
 
 {EXIT_CODES_HELP}"""
 

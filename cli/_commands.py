@@ -83,20 +83,18 @@ def cmd_flows(args: argparse.Namespace, node: Node) -> int:
         return EXIT_OK
     from cli._views import flows_table
 
+    # Columns have fixed widths, so each batch prints as it arrives and still lines up (follow or not,
+    # and a 100,000-record answer never waits for one giant table).
     c = console(wide=args.wide)
     plain = is_plain(c)
-    if args.follow:
-        header = True
-        for batch in node.flows(req):
-            emit(c, flows_table([flow_dict(x) for x in batch], wide=args.wide, plain=plain, header=header))
-            header = False
+    header = True
+    for batch in node.flows(req):
+        emit(c, flows_table([flow_dict(x) for x in batch], wide=args.wide, plain=plain, header=header))
+        header = False
+        if args.follow:
             out.flush()
-        return EXIT_OK
-    rows = [flow_dict(x) for batch in node.flows(req) for x in batch]
-    if not rows:
+    if header and not args.follow:
         emit(c, "no flows match" + (f" since {args.since}" if args.since else ""))
-        return EXIT_OK
-    emit(c, flows_table(rows, wide=args.wide, plain=plain))
     return EXIT_OK
 
 

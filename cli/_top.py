@@ -168,7 +168,11 @@ class Poller:
                 if self.stop.is_set():
                     return
                 with self.state.lock:
-                    self.state.error = exc.message
+                    self.state.error = f"node error: {exc.message}"
+            except Exception as exc:  # a bug: end the dashboard with one line, not a thread traceback
+                with self.state.lock:
+                    self.state.fatal = MeshctlError(f"internal error in the poller: {exc!r}; please report it")
+                return
             self.stop.wait(self.interval_s)
 
 
@@ -194,8 +198,12 @@ class EventTail:
                 for attempt in retrying(self.stop, lambda *_: None):
                     with attempt:
                         self._follow()
-            except NodeError:
-                pass  # not implemented, cancelled at exit, or a node error: try again later
+            except MeshctlError:
+                pass  # not implemented, cancelled at exit, or a node error: the tail stays, try later
+            except Exception as exc:  # a bug: end the dashboard with one line, not a thread traceback
+                with self.state.lock:
+                    self.state.fatal = MeshctlError(f"internal error in the event tail: {exc!r}; please report it")
+                return
             self.stop.wait(2.0)
 
 

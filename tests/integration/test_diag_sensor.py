@@ -95,7 +95,10 @@ def test_dump_and_get_agree_with_transfer_and_ss(family: int) -> None:
         assert client.tcp_info is not None and server.tcp_info is not None
         assert client.tcp_info.length >= 232  # at least the 6.1 layout
         assert client.tcp_info.bytes_acked == N + 1  # + the SYN
-        assert client.tcp_info.bytes_sent == N
+        # bytes_sent counts retransmitted bytes again (loopback under load does retransmit, spuriously:
+        # seen here with dsack_dups=1); unique payload is bytes_sent - bytes_retrans
+        assert client.tcp_info.bytes_sent is not None and client.tcp_info.bytes_retrans is not None
+        assert client.tcp_info.bytes_sent - client.tcp_info.bytes_retrans == N
         assert server.tcp_info.bytes_received == N
         assert server.tcp_info.bytes_acked == 0  # the SYN-ACK is not counted
         assert client.inode > 0 and client.state_name == "ESTABLISHED"

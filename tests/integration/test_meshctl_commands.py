@@ -35,7 +35,8 @@ def fresh(fake: FakeNode) -> Canned:
     """Each test starts from the canned samples (recent timestamps, no failures, no mesh)."""
     c = fake.canned
     new = Canned()
-    for name in ("flows", "status", "health", "events", "peers", "fail", "delay", "requests"):
+    for name in ("flows", "status", "health", "events", "peers", "fleet", "page_size", "fail", "delay",
+                 "requests"):
         setattr(c, name, getattr(new, name))
     return c
 
@@ -139,6 +140,61 @@ def test_top_json_is_one_snapshot(fake: FakeNode, fresh: Canned, capsys: pytest.
     assert doc["mesh"] is None  # the fake's Mesh.Peers says UNIMPLEMENTED
     flows_req = next(r for n, r in fresh.requests if n == "Flows")
     assert isinstance(flows_req, observer_pb2.FlowsRequest) and flows_req.include_interim
+
+
+def test_flows_follow_page_tokens_up_to_the_limit(fake: FakeNode, fresh: Canned,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    fresh.flows = sample_flows() * 3  # 15 records (flow ids repeat: fine for paging)
+    fresh.page_size = 4
+    code, out, err = run(fake, capsys, "flows", "--json", "--interim", "--limit", "10")
+    assert (code, err) == (0, "")
+    assert len(out.splitlines()) == 10
+    pages = [r for n, r in fresh.requests if n == "Flows"]
+    assert [(r.page_token, r.number) for r in pages] == [("", 10), ("4", 6), ("8", 2)]  # type: ignore[attr-defined]
+
+
+def test_flows_default_limit_does_not_page_and_says_so(fake: FakeNode, fresh: Canned,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    fresh.flows = sample_flows() * 3
+    fresh.page_size = 4
+    code, out, err = run(fake, capsys, "flows", "--json", "--interim")
+    assert code == 0 and len(out.splitlines()) == 4
+    assert err == ("meshctl flows: showing the node's default of 4 records; more remain "
+                   "(use --limit N or a narrower --since)\n")
+
+
+def test_query_json_and_view(fake: FakeNode, fresh: Canned, capsys: pytest.CaptureFixture[str]) -> None:
+    fresh.fleet = mesh_pb2.FleetQueryResponse(
+        aggregates=[mesh_pb2.HealthAggregate(group="eu", destination="10.0.0.2:443", hosts=3, attempts=30,
+                                             useful=29, useful_fraction_median=0.97, rtt_p50_us_median=1200,
+                                             rtt_p95_us_median=9000, retransmits=4, newest_age_ms=3000)],
+        nodes=[mesh_pb2.NodeStatus(node_id="b2", answered=False, error="DEADLINE_EXCEEDED")], partial=True)
+    code, out, _ = run(fake, capsys, "query", "--json", "--group-by", "region", "--where", "site=ams1",
+                       "--destination", "10.0.0.2:443", "--deadline", "1500ms")
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc) == _fields(mesh_pb2.FleetQueryResponse) and doc["partial"] is True
+    assert doc["aggregates"][0]["useful_fraction_median"] == 0.97
+    req = fresh.requests[-1][1]
+    assert isinstance(req, mesh_pb2.FleetQueryRequest)
+    assert (req.group_by, dict(req.selector), req.destination, req.deadline_ms) == (
+        "region", {"site": "ams1"}, "10.0.0.2:443", 1500)
+    code, out, _ = run(fake, capsys, "query")
+    assert "eu         10.0.0.2:443              3  97.0%  1.2ms  9.0ms" in out
+    assert "partial: 1 node(s) did not answer: b2 (DEADLINE_EXCEEDED)" in out
+    code, _, err = run(fake, capsys, "query", "--where", "nonsense")
+    assert code == 2 and "LABEL=VALUE" in err
+
+
+def test_top_on_a_pipe_prints_one_plain_frame(fake: FakeNode, fresh: Canned,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    fresh.flows = sample_flows(time.time_ns())
+    code, out, _ = run(fake, capsys, "top")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"node {fake.address} 3f2a9c0d · ebpf/exact · period 10s · window 5m"
+    assert any(line.startswith("curl/4242 ") for line in lines)
+    assert "mesh: not enabled" in lines and "\x1b" not in out
 
 
 # --- human output ---------------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ class Canned:
     # method name -> seconds to sleep before answering (deadline tests)
     delay: dict[str, float] = field(default_factory=dict)
     requests: list[tuple[str, object]] = field(default_factory=list)
+    fleet: mesh_pb2.FleetQueryResponse | None = None
+    # Flows pages: at most this many records per call, then next_page_token (0: no paging)
+    page_size: int = 0
     live: bool = False
     event_every_s: float = 0.5
 
@@ -172,8 +175,9 @@ class FakeObserver(observer_pb2_grpc.ObserverServicer):
         if request.number > 1_000_000:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "number over the maximum of 1,000,000")
         number = request.number or 1000
+        offset = int(request.page_token or 0)
         out = []
-        for f in self.c.flows:
+        for f in self.c.flows[offset:]:
             if f.end_ns < request.since_ns or (request.until_ns and f.start_ns > request.until_ns):
                 continue
             if f.kind == flow_pb2.INTERIM and not request.include_interim:
@@ -185,12 +189,21 @@ class FakeObserver(observer_pb2_grpc.ObserverServicer):
             out.append(f)
             if len(out) >= number:
                 break
+        token = ""
+        if self.c.page_size and len(out) > self.c.page_size:
+            # Offsets index the unfiltered list: good enough for the unfiltered paging tests.
+            out = out[: self.c.page_size]
+            token = str(offset + self.c.page_size)
+        responses: list[observer_pb2.FlowsResponse] = []
         if request.batch_size:
             for i in range(0, len(out), request.batch_size):
-                yield observer_pb2.FlowsResponse(flows=out[i:i + request.batch_size])
+                responses.append(observer_pb2.FlowsResponse(flows=out[i:i + request.batch_size]))
         else:
-            for f in out:
-                yield observer_pb2.FlowsResponse(flow=f)
+            responses = [observer_pb2.FlowsResponse(flow=f) for f in out]
+        if responses and token:
+            responses[-1].next_page_token = token
+        for r in responses:
+            yield r
         if request.follow:
             while True:
                 await asyncio.sleep(3600)
@@ -231,6 +244,13 @@ class FakeMesh(mesh_pb2_grpc.MeshServicer):
         if self.c.peers is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "mesh not enabled")
         return self.c.peers  # type: ignore[return-value]
+
+    async def FleetQuery(self, request: mesh_pb2.FleetQueryRequest, context: grpc.aio.ServicerContext
+                         ) -> mesh_pb2.FleetQueryResponse:
+        self.c.requests.append(("FleetQuery", request))
+        if self.c.fleet is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "mesh not enabled")
+        return self.c.fleet  # type: ignore[return-value]
 
 
 def sample_peers() -> mesh_pb2.PeersResponse:
@@ -330,6 +350,9 @@ async def _serve(ns: argparse.Namespace) -> None:
             e.time_ns = now
     if ns.mesh:
         canned.peers = sample_peers()
+    for item in ns.fail:
+        method, _, code = item.partition("=")
+        canned.fail[method] = (grpc.StatusCode[code], f"fake node: {code.lower()}")
     server = grpc.aio.server()
     observer_pb2_grpc.add_ObserverServicer_to_server(FakeObserver(canned), server)
     names = [observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name, reflection.SERVICE_NAME]
@@ -357,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flows", type=int, default=0, help="serve this many bulk flows instead of the samples")
     p.add_argument("--live", action="store_true", help="fresh timestamps, periods ticking, events flowing")
     p.add_argument("--mesh", action="store_true", help="serve Mesh.Peers")
+    p.add_argument("--fail", action="append", default=[], metavar="METHOD=CODE",
+                   help="make METHOD fail with the gRPC status CODE (e.g. Status=PERMISSION_DENIED)")
     ns = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(ns))

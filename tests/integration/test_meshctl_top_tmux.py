@@ -31,9 +31,9 @@ def _meshctl() -> str:
     return str(exe) if exe.exists() else f"{sys.executable} -m cli.main"
 
 
-def _start_fake(port: int = 0) -> tuple[subprocess.Popen[str], int]:
+def _start_fake(port: int = 0, *extra: str) -> tuple[subprocess.Popen[str], int]:
     p = subprocess.Popen([sys.executable, "-m", "tests.integration.test_meshctl_fakenode", "--live",
-                          "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                          "--port", str(port), *extra], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     line = p.stdout.readline()
     assert line.strip().isdigit(), f"fake node did not start: {line!r}"
@@ -135,6 +135,47 @@ def test_top_in_tmux_shows_reconnects_and_recovers(tmux: Tmux) -> None:
         while tmux.alive() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not tmux.alive(), "q did not quit"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _then_report(command: str) -> str:
+    """Run ``command`` in the pane, then print its exit code and whether the tty is back in canonical mode."""
+    # trap with a handler (not an ignore, which the child would inherit) keeps the shell alive on Ctrl-C
+    return (f"sh -c 'trap : INT; {command}; echo \"rc=$?\"; stty -a | grep -o -- \"-*icanon\" | head -1; "
+            "sleep 60'")
+
+
+def test_top_ctrl_c_exits_130_and_restores_the_terminal(tmux: Tmux) -> None:
+    server, port = _start_fake()
+    try:
+        tmux.start(_then_report(f"{_meshctl()} --node 127.0.0.1:{port} top"))
+        tmux.wait("curl/4242", "connected")
+        tmux.keys("C-c")
+        screen = tmux.wait("rc=")
+        assert "rc=130" in screen
+        assert "\nicanon" in screen and "-icanon" not in screen  # cbreak undone
+        assert "Traceback" not in screen
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_top_permission_denied_exits_5_with_one_line(tmux: Tmux) -> None:
+    server, port = _start_fake(0, "--fail", "Status=PERMISSION_DENIED")
+    try:
+        tmux.start(_then_report(f"{_meshctl()} --node 127.0.0.1:{port} top"))
+        screen = tmux.wait("rc=")
+        print("\n--- top against a node that refuses ---\n" + screen.strip())
+        lines = [line for line in screen.splitlines() if line.strip()]
+        message = (f"meshctl top: the node at 127.0.0.1:{port} refused Observer.Status: fake node: "
+                   "permission_denied; check meshctl's credentials and the node's access rules")
+        # one line of output, wrapped by the 100-column pane
+        assert "".join(lines[:-2]) == message
+        assert lines[-2:] == ["rc=5", "icanon"]
+        assert "rc=5" in screen and "icanon" in screen and "-icanon" not in screen
+        assert "Traceback" not in screen
     finally:
         server.terminate()
         server.wait(10)
