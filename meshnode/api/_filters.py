@@ -2,12 +2,14 @@
 result = (any whitelist filter, or all when none) minus (any blacklist filter).
 
 Requests are validated here, once: a bad CIDR or an unknown enum value raises ``FilterError`` naming the
-field (``whitelist[1].dst``), which the servicer turns into INVALID_ARGUMENT. Simple equalities of a lone
-whitelist filter are also handed to SQL (``sql_equals``); everything is re-checked in Python anyway.
+field (``whitelist[1].dst``), which the servicer turns into INVALID_ARGUMENT. Valid filters are handed to
+the store as SQL (``Selector.row_filters``), so rows that do not match are never decoded; the Python
+``matches`` is the same logic for live records (follow streams, events) and re-checks every stored one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from functools import lru_cache
 
 from meshnode._model import FlowRecord
 from meshnode.sensor import EventRecord
+from meshnode.store import FlowQuery, RowFilter
 from meshnode.v1 import flow_pb2
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -104,14 +107,17 @@ class CompiledFilter:
             return False
         return self.matches(ev.flow)
 
-    def sql_equals(self) -> dict[str, list[int | str]]:
-        """The equality conditions SQL can apply."""
-        out: dict[str, list[int | str]] = {}
+    def row_filter(self) -> RowFilter:
+        """The same filter for the store's SQL."""
+        equals: dict[str, list[int | str]] = {}
         for name in ("comm", "pid", "dport", "sport", "outcome", "proto", "direction"):
             values = getattr(self, name)
             if values:
-                out[name] = sorted(values)
-        return out
+                equals[name] = sorted(values)
+        return RowFilter(
+            equals=equals, any_port=sorted(self.port), cgroup_prefixes=self.cgroup,
+            dst=[*sorted(self.dst_addrs), *(str(n) for n in self.dst_nets)],
+        )
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -185,6 +191,8 @@ class Selector:
             return False
         return not any(f.matches_event(ev) for f in self.blacklist)
 
-    def sql_equals(self) -> dict[str, list[int | str]] | None:
-        """Equalities SQL may apply: only a lone whitelist filter's (ORed filters cannot be ANDed in)."""
-        return self.whitelist[0].sql_equals() if len(self.whitelist) == 1 else None
+    def query(self, base: FlowQuery) -> FlowQuery:
+        """``base`` with this selector's filters pushed down into SQL."""
+        return dataclasses.replace(
+            base, allow=[f.row_filter() for f in self.whitelist], deny=[f.row_filter() for f in self.blacklist]
+        )

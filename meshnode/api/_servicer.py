@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -129,8 +130,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         items: list[StoredFlow] = []
         with self.store.reader() as conn:
             snap = self.store.last_closed_period(conn)
-            q = FlowQuery(query.since_ns, query.until_ns, query.include_interim, sel.sql_equals(),
-                          query.after, snap)
+            q = sel.query(dataclasses.replace(query, max_period=snap))
             if limit == 0:
                 return _Page([], False, snap)
             for sf in self.store.query_flows(q, conn, deadline=deadline):
@@ -222,7 +222,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     ) -> observer_pb2.HealthResponse:
         items = []
         with self.store.reader() as conn:
-            q = FlowQuery(since, until, False, sel.sql_equals())
+            q = sel.query(FlowQuery(since, until))
             for sf in self.store.query_flows(q, conn, deadline=deadline):
                 if sel.matches(sf.record):
                     items.append((sf.period, sf.record))

@@ -18,11 +18,13 @@ reused by later periods, so the file stays at its high-water mark instead of shr
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
@@ -105,12 +107,29 @@ class StoreStats:
 
 
 @dataclass(frozen=True, slots=True)
+class RowFilter:
+    """One filter applied in SQL: the set fields are ANDed, the values inside a field ORed.
+
+    ``equals`` maps a FlowRecord field to its allowed values (enumerated fields by their string values);
+    ``any_port`` matches either port; ``cgroup_prefixes`` match a cgroup path or anything below it;
+    ``dst`` matches the remote address exactly or by CIDR (``"10.0.0.0/8"``). An empty filter matches all.
+    """
+
+    equals: Mapping[str, Sequence[int | str]] = field(default_factory=dict)
+    any_port: Sequence[int] = ()
+    cgroup_prefixes: Sequence[str] = ()
+    dst: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class FlowQuery:
     """What ``Store.query_flows`` selects.
 
     ``equals`` maps a FlowRecord field to the values it may take (ORed); enumerated fields take their string
     values. ``after`` is a key from a previous result: only later records are returned. ``max_period`` bounds
-    the result to periods closed at a snapshot (see ``Store.last_closed_period``).
+    the result to periods closed at a snapshot (see ``Store.last_closed_period``). ``allow``/``deny`` are
+    Hubble-style filter lists: a record passes when it matches any ``allow`` filter (or there are none) and
+    no ``deny`` filter.
     """
 
     since_ns: int = 0
@@ -119,6 +138,8 @@ class FlowQuery:
     equals: Mapping[str, Sequence[int | str]] | None = None
     after: tuple[int, int, int] | None = None
     max_period: int | None = None
+    allow: Sequence[RowFilter] = ()
+    deny: Sequence[RowFilter] = ()
 
 
 def encode_row(row_id: int, period: int, rec: FlowRecord) -> tuple[Any, ...]:
@@ -156,6 +177,7 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
         conn.execute("PRAGMA busy_timeout = 10000")
+        conn.create_function("meshnode_in_nets", 2, _in_nets, deterministic=True)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}") from exc
     return conn
@@ -461,15 +483,19 @@ class Store:
             else:
                 where.append("end_ns > ?")
                 args.append(end)
-        for field, values in (q.equals or {}).items():
-            if field not in FLOW_FIELDS:
-                raise ValueError(f"unknown flow field {field!r}")
-            if not values:
-                continue
-            if field in _ENUM_CODES:
-                values = [_ENUM_CODES[field].get(str(v), -1) for v in values]
-            where.append(f"{field} IN ({', '.join('?' * len(values))})")
-            args += list(values)
+        if q.equals:
+            cond, cargs = _filter_sql(RowFilter(equals=q.equals))
+            where.append(cond)
+            args += cargs
+        if q.allow:
+            parts = [_filter_sql(f) for f in q.allow]
+            where.append("(" + " OR ".join(c for c, _ in parts) + ")")
+            for _, cargs in parts:
+                args += cargs
+        for f in q.deny:
+            cond, cargs = _filter_sql(f)
+            where.append(f"NOT {cond}")
+            args += cargs
         sql = f"SELECT {_ROW_COLS} FROM {name}"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -532,6 +558,69 @@ class Store:
             evictions=evictions, incomplete_periods=int(incomplete),
             schema_version=self.schema_version,
         )
+
+
+def _in(column: str, values: Sequence[Any]) -> str:
+    return f"{column} IN ({', '.join('?' * len(values))})"
+
+
+def _filter_sql(f: RowFilter) -> tuple[str, list[Any]]:
+    """One filter as a parenthesised SQL condition and its arguments."""
+    conds: list[str] = []
+    args: list[Any] = []
+    for name, values in f.equals.items():
+        if name not in FLOW_FIELDS:
+            raise ValueError(f"unknown flow field {name!r}")
+        if not values:
+            continue
+        if name in _ENUM_CODES:
+            values = [_ENUM_CODES[name].get(str(v), -1) for v in values]
+        conds.append(_in(name, values))
+        args += list(values)
+    if f.any_port:
+        conds.append(f"({_in('dport', f.any_port)} OR {_in('sport', f.any_port)})")
+        args += [*f.any_port, *f.any_port]
+    if f.cgroup_prefixes:
+        alts = []
+        for prefix in f.cgroup_prefixes:
+            p = prefix.rstrip("/")
+            if not p:
+                alts.append("1")
+                continue
+            alts.append("(cgroup = ? OR substr(cgroup, 1, ?) = ?)")
+            args += [p, len(p) + 1, p + "/"]
+        conds.append("(" + " OR ".join(alts) + ")")
+    if f.dst:
+        exact = [d for d in f.dst if "/" not in d]
+        nets = [d for d in f.dst if "/" in d]
+        alts = []
+        if exact:
+            alts.append(_in("dst", exact))
+            args += exact
+        if nets:
+            alts.append("meshnode_in_nets(dst, ?)")
+            args.append(",".join(nets))
+        conds.append("(" + " OR ".join(alts) + ")")
+    return ("(" + " AND ".join(conds) + ")" if conds else "(1)"), args
+
+
+@lru_cache(maxsize=256)
+def _parse_nets(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in text.split(","))
+
+
+@lru_cache(maxsize=65536)
+def _parse_addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _in_nets(dst: str, nets: str) -> int:
+    """SQL function ``meshnode_in_nets(dst, "net,net")``: 1 when the address is in any network."""
+    addr = _parse_addr(dst)
+    return int(addr is not None and any(addr in n for n in _parse_nets(nets)))
 
 
 def _merge(streams: Iterable[Iterator[StoredFlow]]) -> Iterator[StoredFlow]:
