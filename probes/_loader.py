@@ -31,7 +31,11 @@ from probes._records import (
     TcpFlowRow,
     UdpFlowRow,
     addr_text,
+    event_from_bytes,
+    tcp_row_from_c,
 )
+
+_EVENT_SIZE = ct.sizeof(CEvent)
 
 PROBES_DIR = Path(__file__).resolve().parent
 MAIN_SOURCE = PROBES_DIR / "sensor.bpf.c"
@@ -241,12 +245,7 @@ class Probes:
     # ---- draining -------------------------------------------------------------------------------
 
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        ev = ct.cast(data, ct.POINTER(CEvent)).contents
-        flow = None
-        if ev.kind != 7:  # EV_UDP_RELEASE carries no flow
-            flow = TcpFlowRow.from_c(ev.cookie, ev.flow, bytes(ev.comm))
-        self._events.append(KernelEvent(kind=ev.kind, ts_ns=ev.ts_ns, cookie=ev.cookie, value=ev.value,
-                                        value2=ev.value2, flow=flow))
+        self._events.append(event_from_bytes(ct.string_at(data, _EVENT_SIZE)))
 
     def poll_events(self) -> list[KernelEvent]:
         """Every ring-buffer record since the last call, in order."""
@@ -257,7 +256,7 @@ class Probes:
     def tcp_flows(self) -> list[TcpFlowRow]:
         """Live TCP flows the kernel tracks (totals so far)."""
         table = self._bpf["tcp_flows"]
-        return [TcpFlowRow.from_c(k.value, v) for k, v in _rows(table)]
+        return [tcp_row_from_c(k.value, v) for k, v in _rows(table)]
 
     def udp_flows(self) -> list[UdpFlowRow]:
         """UDP flows the kernel tracks (totals so far)."""

@@ -34,7 +34,8 @@ def configure(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run the sensor alone and print each flow as it ends (exact bytes, outcome, RTT).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S",
+                   help="stop after S seconds (default: until Ctrl-C)")
     p.add_argument("--cgroup", default="/", metavar="PATH", help="watch only this cgroup v2 subtree (default: /)")
     p.add_argument("--sensor", choices=("auto", "ebpf", "diag"), default="auto",
                    help="auto: eBPF when possible, else sock_diag (default: auto)")
