@@ -279,7 +279,7 @@ def test_unreachable_in_a_subprocess_prints_no_traceback() -> None:
     gone = FakeNode().start()
     address = gone.address
     gone.stop()
-    out = subprocess.run([sys.executable, "-m", "cli.main", "--node", address, "flows"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "cli", "--node", address, "flows"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 3 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
@@ -315,7 +315,7 @@ def test_blame_and_validate_say_their_service_is_missing(fake: FakeNode,
 @pytest.mark.parametrize("argv", [["events", "--follow"], ["flows", "--follow", "--json"]])
 def test_ctrl_c_on_a_stream_exits_130_quietly(fake: FakeNode, argv: list[str]) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "cli.main", "--node", fake.address, *argv], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "cli", "--node", fake.address, *argv], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert p.stdout is not None

@@ -25,7 +25,7 @@ N = 100_000
 
 def _meshctl() -> list[str]:
     exe = Path(sys.executable).with_name("meshctl")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(TMUX is None, reason="needs tmux")
 
 def _meshctl() -> str:
     exe = Path(sys.executable).with_name("meshctl")
-    return str(exe) if exe.exists() else f"{sys.executable} -m cli.main"
+    return str(exe) if exe.exists() else f"{sys.executable} -m cli"
 
 
 def _start_fake(port: int = 0, *extra: str) -> tuple[subprocess.Popen[str], int]:

@@ -45,7 +45,7 @@ def test_help_and_usage_errors_load_no_heavy_module() -> None:
 
 def test_help_exits_0_and_its_time_is_measured() -> None:
     meshctl = Path(sys.executable).with_name("meshctl")
-    cmd = [str(meshctl)] if meshctl.exists() else [sys.executable, "-m", "cli.main"]
+    cmd = [str(meshctl)] if meshctl.exists() else [sys.executable, "-m", "cli"]
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -56,7 +56,7 @@ def test_help_exits_0_and_its_time_is_measured() -> None:
 
 
 def test_a_usage_error_is_one_line_without_traceback() -> None:
-    out = subprocess.run([sys.executable, "-m", "cli.main", "flows", "--since", "yesterday"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "cli", "flows", "--since", "yesterday"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stdout == ""
