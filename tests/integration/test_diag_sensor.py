@@ -424,3 +424,58 @@ def test_flows_between_polls_are_counted_not_silently_lost() -> None:
     finally:
         srv.close()
         sensor.close()
+
+
+SCOPED_CHILD = r"""
+import socket, sys
+sys.stdin.readline()  # wait until the test moved us into the cgroup
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"s" * 5000)
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_scope_keeps_only_flows_of_processes_under_the_cgroup() -> None:
+    """A child in <scope>/app is seen with its cgroup and cgroup id; our own end (cgroup /) is not."""
+    import os
+
+    from meshnode.sensor._diag import DiagSensor
+    from tests._env import CGROUP_ROOT
+
+    scope = f"/meshnode-diagtest-{os.getpid()}"
+    app_dir = CGROUP_ROOT / scope.lstrip("/") / "app"
+    app_dir.mkdir(parents=True)
+    srv = socket.socket()
+    child = None
+    sensor = DiagSensor(scope=scope)
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", SCOPED_CHILD, str(port)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdin is not None and child.stdout is not None
+        (app_dir / "cgroup.procs").write_text(str(child.pid))
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        cport = int(child.stdout.readline())
+        acc, _ = srv.accept()
+        assert read_exactly(acc, 5000) == 5000
+        sensor.start()
+        records = sensor.active()
+        [mine] = find(records, cport, port)
+        assert (mine.pid, mine.cgroup) == (child.pid, f"{scope}/app")
+        assert mine.cgroup_id == app_dir.stat().st_ino
+        assert mine.bytes_tx == 5000
+        assert not find(records, port, cport)  # the accepting end belongs to this process, cgroup /
+        assert all(r.cgroup.startswith(scope + "/") for r in records)
+        acc.close()
+    finally:
+        sensor.close()
+        srv.close()
+        if child is not None:
+            child.kill()
+            child.wait()
+        app_dir.rmdir()
+        app_dir.parent.rmdir()
