@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ class Store:
     def __init__(self, path: Path | str, retention: Retention | None = None) -> None:
         self.path = Path(path)
         self.retention = retention or Retention()
+        self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -267,17 +269,18 @@ class Store:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:  # the write connection serves one thread at a time
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Checkpoint the WAL and close; safe to call twice."""
-        with contextlib.suppress(sqlite3.Error):
+        with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
@@ -549,6 +552,7 @@ class Store:
             periods = conn.execute("SELECT COUNT(*) FROM periods WHERE state != 'open'").fetchone()[0]
             incomplete = conn.execute("SELECT COUNT(*) FROM periods WHERE state = 'incomplete'").fetchone()[0]
             evictions = self._meta(conn, "store_evictions")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         size = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
@@ -556,7 +560,7 @@ class Store:
         return StoreStats(
             path=str(self.path), bytes=size, rows=int(rows), interim_rows=int(interim), periods=int(periods),
             evictions=evictions, incomplete_periods=int(incomplete),
-            schema_version=self.schema_version,
+            schema_version=version,
         )
 
 

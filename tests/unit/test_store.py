@@ -223,3 +223,29 @@ def test_new_model_fields_get_columns(tmp_path: Path) -> None:
         seq = store.open_period(T0)
         store.close_period(seq, T0 + S, [flow(1, reordering=3)], [], "")
         assert [r.record.reordering for r in _all(store)] == [3]
+
+
+def test_writes_from_two_threads_are_serialised(tmp_path: Path) -> None:
+    """The address watcher and the node loop write from different threads."""
+    import threading
+
+    store = Store(tmp_path / "m.db")
+    seq = store.open_period(T0)
+    errors: list[BaseException] = []
+
+    def changes() -> None:
+        try:
+            for i in range(200):
+                store.record_address_change(T0 + i, f"+10.0.0.{i % 250}")
+        except BaseException as exc:  # pragma: no cover - the failure being tested for
+            errors.append(exc)
+
+    t = threading.Thread(target=changes)
+    t.start()
+    for p in range(50):
+        _, seq, _ = store.close_period(seq, T0 + (p + 1) * S, [flow(p * 10 + i) for i in range(1, 11)], [], "",
+                                       next_start_ns=T0 + (p + 1) * S)
+    t.join()
+    assert errors == []
+    assert len(store.address_changes()) == 200 and store.stats().rows == 500
+    store.close()
