@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import grpc
 
 from meshnode import health as health_mod
+from meshnode._model import FAILED_OUTCOMES, FlowRecord
 from meshnode.api._convert import (
     completeness_pb,
     event_pb,
@@ -40,7 +41,7 @@ from meshnode.api._filters import FilterError, Selector
 from meshnode.api._live import EventRing, FlowFeed
 from meshnode.api._status import StatusProvider
 from meshnode.store import FlowQuery, Store, StoredFlow, StoreTimeout
-from meshnode.summary import PeriodSummary, destination_key, process_key
+from meshnode.summary import PeriodSummary, format_destination, format_process
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
 def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise StoreTimeout("the query ran past its deadline")
 
 
 def _fingerprint(request: observer_pb2.FlowsRequest) -> str:
@@ -220,28 +226,36 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     def _health(
         self, since: int, until: int, sel: Selector, deadline: float | None
     ) -> observer_pb2.HealthResponse:
-        items = []
+        """Fractions from SQL aggregates (no record decoded); patterns from the failed records only."""
+        base = sel.query(FlowQuery(since, until))
+        failed_only = dataclasses.replace(base, equals={"outcome": sorted(FAILED_OUTCOMES)})
+        failed: list[FlowRecord] = []
         with self.store.reader() as conn:
-            q = sel.query(FlowQuery(since, until))
-            for sf in self.store.query_flows(q, conn, deadline=deadline):
-                if sel.matches(sf.record):
-                    items.append((sf.period, sf.record))
-                    if len(items) > MAX_HEALTH_ROWS:
-                        raise OverflowError
-        records = [r for _, r in items]
+            by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn)
+            by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn)
+            by_period = self.store.count_outcomes(base, ("period",), conn)
+            _check_deadline(deadline)
+            for sf in self.store.query_flows(failed_only, conn, deadline=deadline):
+                failed.append(sf.record)
+                if len(failed) > MAX_HEALTH_ROWS:
+                    raise OverflowError
         changes = self.store.address_changes(max(0, since - health_mod.ADDRESS_CHANGE_WINDOW_NS), until)
-        host = health_mod.host_health(records)
+        host = health_mod.HealthRow("host", "")
+        for _, outcome, n in by_period:
+            host.add_count(outcome, n)
+        periods = health_mod.health_from_counts("period", ((str(k[0]), o, n) for k, o, n in by_period))
+        periods.sort(key=lambda r: int(r.key))
         return observer_pb2.HealthResponse(
             host=health_row_pb(host),
-            by_process=[health_row_pb(r) for r in health_mod.health_by(records, "process", process_key)],
-            by_destination=[
-                health_row_pb(r) for r in health_mod.health_by(records, "destination", destination_key)
-            ],
-            retries=[retry_pb(p) for p in health_mod.retry_patterns(records)],
-            scans=[scan_pb(s) for s in health_mod.scan_patterns(records)],
-            failures_after_address_change=health_mod.failures_after_address_change(records, changes),
+            by_process=[health_row_pb(r) for r in health_mod.health_from_counts(
+                "process", ((format_process(k[0], k[1]), o, n) for k, o, n in by_proc))],
+            by_destination=[health_row_pb(r) for r in health_mod.health_from_counts(
+                "destination", ((format_destination(k[0], k[1]), o, n) for k, o, n in by_dst))],
+            retries=[retry_pb(p) for p in health_mod.retry_patterns(failed)],
+            scans=[scan_pb(s) for s in health_mod.scan_patterns(failed)],
+            failures_after_address_change=health_mod.failures_after_address_change(failed, changes),
             since_ns=since, until_ns=until,
-            by_period=[health_row_pb(r) for r in health_mod.health_by_period(items)],
+            by_period=[health_row_pb(r) for r in periods],
             address_changes=sum(1 for t in changes if t >= since),
         )
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from meshnode._model import FlowRecord
+from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
 
 ADDRESS_CHANGE_WINDOW_NS: Final = 60 * 1_000_000_000
 MIN_RETRY_FAILURES: Final = 3
@@ -40,13 +40,17 @@ class HealthRow:
 
     def add(self, rec: FlowRecord) -> None:
         """Count one flow (``in_progress`` flows are not attempts)."""
-        if rec.outcome == "in_progress":
+        self.add_count(rec.outcome, 1)
+
+    def add_count(self, outcome: str, n: int) -> None:
+        """Count ``n`` flows of one outcome."""
+        if outcome == "in_progress" or n <= 0:
             return
-        self.attempts += 1
-        if rec.useful:
-            self.useful += 1
-        elif rec.failed:
-            self.failures[rec.outcome] = self.failures.get(rec.outcome, 0) + 1
+        self.attempts += n
+        if outcome in USEFUL_OUTCOMES:
+            self.useful += n
+        elif outcome in FAILED_OUTCOMES:
+            self.failures[outcome] = self.failures.get(outcome, 0) + n
 
 
 def host_health(records: Iterable[FlowRecord], key: str = "") -> HealthRow:
@@ -66,6 +70,17 @@ def health_by(records: Iterable[FlowRecord], scope: str, key: Callable[[FlowReco
         if row is None:
             row = rows[k] = HealthRow(scope, k)
         row.add(rec)
+    return sorted((r for r in rows.values() if r.attempts), key=lambda r: (-r.attempts, r.key))
+
+
+def health_from_counts(scope: str, counts: Iterable[tuple[str, str, int]]) -> list[HealthRow]:
+    """Health rows from ``(key, outcome, count)`` triples (e.g. a store aggregate); most attempts first."""
+    rows: dict[str, HealthRow] = {}
+    for key, outcome, n in counts:
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = HealthRow(scope, key)
+        row.add_count(outcome, n)
     return sorted((r for r in rows.values() if r.attempts), key=lambda r: (-r.attempts, r.key))
 
 

@@ -462,8 +462,7 @@ class Store:
                 raise StoreTimeout("the query ran past its deadline")
             yield item
 
-    def _query_table(self, conn: sqlite3.Connection, table: int, q: FlowQuery) -> Iterator[StoredFlow]:
-        name = "flows" if table == TABLE_FINAL else "interim"
+    def _where(self, table: int, q: FlowQuery) -> tuple[str, list[Any]]:
         where: list[str] = []
         args: list[Any] = []
         if q.since_ns:
@@ -499,15 +498,41 @@ class Store:
             cond, cargs = _filter_sql(f)
             where.append(f"NOT {cond}")
             args += cargs
-        sql = f"SELECT {_ROW_COLS} FROM {name}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY end_ns, id"
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def _query_table(self, conn: sqlite3.Connection, table: int, q: FlowQuery) -> Iterator[StoredFlow]:
+        name = "flows" if table == TABLE_FINAL else "interim"
+        where, args = self._where(table, q)
+        sql = f"SELECT {_ROW_COLS} FROM {name}{where} ORDER BY end_ns, id"
         try:
             for row in conn.execute(sql, args):
                 yield StoredFlow((row[_END_COL], table, row[0]), row[1], decode_row(row))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+
+    def count_outcomes(
+        self, query: FlowQuery, group_by: Sequence[str], conn: sqlite3.Connection
+    ) -> list[tuple[tuple[Any, ...], str, int]]:
+        """FINAL records matching ``query`` counted per ``group_by`` columns (and ``"period"``) and outcome.
+
+        Returns ``(group values, outcome, count)`` rows: what health fractions need, without decoding
+        a single record.
+        """
+        for col in group_by:
+            if col not in FLOW_FIELDS and col != "period":
+                raise ValueError(f"unknown flow field {col!r}")
+        where, args = self._where(TABLE_FINAL, query)
+        cols = ", ".join([*group_by, "outcome"])
+        sql = f"SELECT {cols}, COUNT(*) FROM flows{where} GROUP BY {cols}"
+        names = ENUM_FIELDS["outcome"]
+        out = []
+        try:
+            for row in conn.execute(sql, args):
+                code = row[-2]
+                out.append((tuple(row[:-2]), names[code] if 0 <= code < len(names) else "unknown", int(row[-1])))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+        return out
 
     def periods(self, since_ns: int = 0, until_ns: int = 0, number: int = 100) -> list[PeriodRow]:
         """Periods (any state except open) overlapping the range, newest first."""

@@ -50,9 +50,20 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def format_process(comm: str, pid: int) -> str:
+    """The key of a process: ``comm/pid`` (``?`` for an unknown name)."""
+    return f"{comm or '?'}/{pid}"
+
+
+def format_destination(dst: str, dport: int) -> str:
+    """The key of a destination: ``dst:dport`` (IPv6 in brackets), as ``FlowRecord.destination``."""
+    host = f"[{dst}]" if ":" in dst else dst
+    return f"{host}:{dport}"
+
+
 def process_key(rec: FlowRecord) -> str:
     """Rollup key of a process: ``comm/pid``."""
-    return f"{rec.comm or '?'}/{rec.pid}"
+    return format_process(rec.comm, rec.pid)
 
 
 def destination_key(rec: FlowRecord) -> str:

@@ -116,3 +116,18 @@ def test_failures_after_address_change(changes_s, failure_starts_s, expected) ->
     recs = [flow(i + 1, outcome="timeout", start_ns=T0 + s * S) for i, s in enumerate(failure_starts_s)]
     recs.append(flow(50, start_ns=T0 + 101 * S))  # a success right after a change does not count
     assert failures_after_address_change(recs, [T0 + c * S for c in changes_s]) == expected
+
+
+def test_health_from_counts_matches_health_by() -> None:
+    """The aggregate path (store GROUP BY) and the record path give the same rows."""
+    from meshnode.health import health_from_counts
+
+    recs = _mix(7, refused=3, timeout=2, in_progress=4)
+    recs += [flow(100 + i, comm="apt", pid=2, outcome="udp_unanswered") for i in range(3)]
+    counts: dict[tuple[str, str], int] = {}
+    for r in recs:
+        k = (process_key(r), r.outcome)
+        counts[k] = counts.get(k, 0) + 1
+    from_counts = health_from_counts("process", ((k, o, n) for (k, o), n in counts.items()))
+    assert from_counts == health_by(recs, "process", process_key)
+    assert [(r.key, r.attempts, r.useful) for r in from_counts] == [("curl/100", 12, 7), ("apt/2", 3, 0)]
