@@ -235,8 +235,11 @@ def report(results: dict[str, list[dict[str, Any]]], conns: int, per_flow: float
     print(f"{'ours / tcplife CPU':28s}{'':>16s}{cpu('ours') / cpu('tcplife'):>16.3f}")
     print(f"{'cold start to 1st record s':28s}{med(r['cold_start_s'] for r in tl):>16.2f}"
           f"{med(r['cold_start_s'] for r in ours):>16.2f}")
-    print(f"{'RSS steady / peak MB':28s}{med(r['rss_kb'] for r in tl) / 1024:>10.0f} /{med(r['hwm_kb'] for r in tl) / 1024:>4.0f}"
-          f"{med(r['rss_kb'] for r in ours) / 1024:>10.0f} /{med(r['hwm_kb'] for r in ours) / 1024:>4.0f}")
+    def rss(kind: str) -> str:
+        rows = results[kind]
+        return f"{med(r['rss_kb'] for r in rows) / 1024:.0f} / {med(r['hwm_kb'] for r in rows) / 1024:.0f}"
+
+    print(f"{'RSS steady / peak MB':28s}{rss('tcplife'):>16s}{rss('ours'):>16s}")
     for r in ours:
         c = r["completeness"]
         print(f"ours: records {r['records']} / opens {r['opens']} = {r['records'] / max(r['opens'], 1):.4f}; "

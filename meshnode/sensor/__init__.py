@@ -28,7 +28,7 @@ def create_sensor(mode: str = "auto", cgroup: str = "/", idle_timeout_s: float =
     if mode not in SENSOR_MODES:
         raise ConfigError(f"--sensor must be one of {', '.join(SENSOR_MODES)}, not {mode!r}")
     if mode == "diag":
-        return _diag(cgroup, idle_timeout_s, "diag requested (--sensor diag)")
+        return _start_diag(cgroup, idle_timeout_s, "diag requested (--sensor diag)")
     from meshnode.sensor._ebpf import EbpfSensor
 
     reason = "eBPF requested (--sensor ebpf)" if mode == "ebpf" else "auto: eBPF available"
@@ -41,11 +41,11 @@ def create_sensor(mode: str = "auto", cgroup: str = "/", idle_timeout_s: float =
         why = str(exc).replace("\n", " ")
         print(f"meshnode: warning: falling back to the sock_diag sensor (fidelity: polled): {why}",
               file=sys.stderr)
-        return _diag(cgroup, idle_timeout_s, f"auto: eBPF unavailable ({why})")
+        return _start_diag(cgroup, idle_timeout_s, f"auto: eBPF unavailable ({why})")
     return sensor
 
 
-def _diag(cgroup: str, idle_timeout_s: float, reason: str) -> Sensor:
+def _start_diag(cgroup: str, idle_timeout_s: float, reason: str) -> Sensor:
     from meshnode.sensor._diag import DiagSensor
 
     sensor = DiagSensor(scope=cgroup, idle_timeout_s=idle_timeout_s, reason=reason)

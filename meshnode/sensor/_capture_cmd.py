@@ -24,7 +24,7 @@ EPILOG = """examples:
   meshnode capture --cgroup /system.slice/nginx.service --sensor ebpf
 """
 
-HEADER = f"{'PID':>7} {'COMM':<12} {'P':1} {'LOCAL':<21} {'REMOTE':<21} {'OUTCOME':<8} {'TX':>6} {'RX':>6}"
+HEADER = f"{'PID':>7} {'COMM':<10} {'P':1} {'LOCAL':<17} {'REMOTE':<21} {'OUTCOME':<7} {'TX':>5} {'RX':>5}"
 
 
 def configure(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,7 +47,7 @@ def configure(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def human_size(n: int) -> str:
-    """Bytes in at most 6 characters: 999, 1.2K, 34M, 5.1G."""
+    """Bytes in at most 5 characters: 999, 1.2K, 34M, 5.1G."""
     for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if n >= div:
             v = n / div
@@ -63,14 +63,14 @@ def endpoint(addr: str, port: int, width: int = 21) -> str:
 
 def human_line(f: FlowRecord) -> str:
     """One flow in 80 columns."""
-    return (f"{f.pid:>7} {f.comm[:12]:<12} {'T' if f.proto == 'tcp' else 'U'} {endpoint(f.src, f.sport):<21} "
-            f"{endpoint(f.dst, f.dport):<21} {_short_outcome(f.outcome):<8} {human_size(f.bytes_tx):>6} "
-            f"{human_size(f.bytes_rx):>6}")
+    return (f"{f.pid:>7} {f.comm[:10]:<10} {'T' if f.proto == 'tcp' else 'U'} {endpoint(f.src, f.sport, 17):<17} "
+            f"{endpoint(f.dst, f.dport):<21} {_short_outcome(f.outcome):<7} {human_size(f.bytes_tx):>5} "
+            f"{human_size(f.bytes_rx):>5}")
 
 
 def _short_outcome(outcome: str) -> str:
-    return {"established": "ok", "udp_answered": "answered", "udp_unanswered": "no-answer",
-            "in_progress": "open"}.get(outcome, outcome)[:8]
+    return {"established": "ok", "udp_answered": "udp-ok", "udp_unanswered": "no-ans",
+            "in_progress": "open"}.get(outcome, outcome)[:7]
 
 
 def run(args: argparse.Namespace) -> int:

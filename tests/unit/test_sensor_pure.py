@@ -1,0 +1,102 @@
+"""Pure parts of the sensor: kernel record decoding, capture formatting, name resolution, BPF sources."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import socket
+import struct
+
+from meshnode._model import FlowRecord
+from meshnode.sensor._capture_cmd import HEADER, endpoint, human_line, human_size
+from meshnode.sensor._resolve import service_name
+from probes import _records as rec
+from probes._loader import drop_reason_names, translation_unit
+
+
+def _event(kind: int, family: int, src: bytes, dst: bytes, **fields: int) -> bytes:
+    ev = rec.CEvent()
+    ev.kind, ev.cookie, ev.ts_ns = kind, 77, 123
+    f = ev.flow
+    f.family, f.direction, f.outcome = family, 2, 2
+    f.sport, f.dport, f.pid = 80, 51000, 4242
+    f.bytes_tx, f.bytes_rx, f.segs_out, f.segs_in, f.synack_segs = 10, 20, 5, 6, 1
+    for name, value in fields.items():
+        setattr(f, name, value)
+    ct.memmove(f.saddr, src, len(src))
+    ct.memmove(f.daddr, dst, len(dst))
+    ev.comm = b"nginx"
+    return ct.string_at(ct.addressof(ev), ct.sizeof(ev))
+
+
+def test_event_decoding_ipv4_and_ipv6() -> None:
+    raw = _event(rec.EV_TCP_END, socket.AF_INET, socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2"),
+                 total_retrans=3, srtt_us=250)
+    ev = rec.event_from_bytes(raw)
+    assert ev.kind == rec.EV_TCP_END and ev.cookie == 77 and ev.flow is not None
+    f = ev.flow
+    assert (f.src, f.sport, f.dst, f.dport) == ("10.0.0.1", 80, "10.0.0.2", 51000)
+    assert (f.direction, f.outcome, f.pid, f.comm) == ("inbound", "refused", 4242, "nginx")
+    assert (f.bytes_tx, f.bytes_rx, f.packets_tx, f.packets_rx) == (10, 20, 6, 6)  # + the SYN-ACK
+    assert (f.retransmits, f.srtt_us) == (3, 250)
+    raw6 = _event(rec.EV_TCP_END, socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fd00::1"),
+                  socket.inet_pton(socket.AF_INET6, "::ffff:192.0.2.7"))
+    f6 = rec.event_from_bytes(raw6).flow
+    assert f6 is not None and (f6.src, f6.dst) == ("fd00::1", "192.0.2.7")
+
+
+def test_release_event_has_no_flow() -> None:
+    ev = rec.event_from_bytes(_event(rec.EV_UDP_RELEASE, socket.AF_INET, b"\0" * 4, b"\0" * 4))
+    assert ev.flow is None and ev.cookie == 77
+
+
+def test_struct_layout_matches_ctypes() -> None:
+    assert struct.calcsize("=2I 4Q 9Q 14I 6H 4B 16s 16s 16s") == ct.sizeof(rec.CEvent)
+
+
+def test_capture_line_fits_80_columns() -> None:
+    f = FlowRecord(flow_id=1, src="fd6d:6e6c:6162:1::1", sport=51234, dst="fd6d:6e6c:6162:1::22", dport=443,
+                   proto="tcp", direction="outbound", pid=4194304, comm="a-very-long-process-name",
+                   outcome="established", bytes_tx=1234567, bytes_rx=7654321)
+    line = human_line(f)
+    assert len(line) <= 80 and len(HEADER) <= 80
+    assert line.split() == ["4194304", "a-very-lon", "T", "…6162:1::1]:51234", "…6e6c:6162:1::22]:443", "ok",
+                            "1.2M", "7.3M"]
+
+
+def test_human_size_and_endpoint() -> None:
+    assert [human_size(n) for n in (0, 999, 1024, 10 * 1024, 5 << 30)] == ["0", "999", "1.0K", "10K", "5.0G"]
+    assert endpoint("10.0.0.1", 80) == "10.0.0.1:80"
+    assert endpoint("::1", 53) == "[::1]:53"
+    assert endpoint("fd6d:6e6c:6162:1::1", 51234, 17) == "…6162:1::1]:51234"
+
+
+def test_service_names() -> None:
+    assert service_name(443, "tcp") == "https"
+    assert service_name(53, "udp") == "domain"
+    assert service_name(61000, "tcp") == ""
+
+
+def test_translation_unit_inlines_every_concern() -> None:
+    text = translation_unit()
+    for concern in ("tcp_flows", "udp_flows", "owners", "drops"):
+        assert f'#line 1 "{concern}.bpf.c"' in text
+    assert '#include "tcp_flows.bpf.c"' not in text
+
+
+def test_drop_reasons_come_from_tracefs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fmt = tmp_path / "events" / "skb" / "kfree_skb"
+    fmt.mkdir(parents=True)
+    (fmt / "format").write_text('print fmt: "%s", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, '
+                                '{ 3, "NO_SOCKET" }, { 77, "NETFILTER_DROP" })')
+    assert drop_reason_names(tmp_path) == {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 77: "NETFILTER_DROP"}
+    assert drop_reason_names(tmp_path / "missing") == {}
+
+
+def test_create_sensor_diag_twice() -> None:
+    """Regression: a helper named like the _diag submodule was shadowed after the first import."""
+    from meshnode.sensor import create_sensor
+
+    for _ in range(2):
+        s = create_sensor("diag")
+        assert (s.mode, s.fidelity) == ("diag", "polled")
+        s.close()
