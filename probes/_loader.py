@@ -71,7 +71,8 @@ class ProbeConfig:
     burst_window_ms: int = 1000
     tcp_max_flows: int = 65536
     udp_max_flows: int = 65536
-    ringbuf_pages: int = 256
+    ringbuf_pages: int = 1024
+    """Ring buffer size in 4 KiB pages: 4 MiB holds ~18,000 flow records, 1.8 s of 10,000 connections/s."""
     debug: bool = False
     """Print the final C translation unit and the cflags to stderr before compiling."""
 
