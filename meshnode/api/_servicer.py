@@ -56,6 +56,8 @@ DEFAULT_SUMMARIES: Final = 100
 MAX_SUMMARIES: Final = 100_000
 MAX_EVENTS: Final = 1_000_000
 MAX_HEALTH_ROWS: Final = 5_000_000
+HEALTH_TOP: Final = 1_000
+"""Health rows per process and per destination: the busiest this many."""
 HEALTH_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
 
 
@@ -231,8 +233,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         failed_only = dataclasses.replace(base, equals={"outcome": sorted(FAILED_OUTCOMES)})
         failed: list[FlowRecord] = []
         with self.store.reader() as conn:
-            by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn)
-            by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn)
+            host_counts = self.store.count_outcomes(base, (), conn)
+            by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn, top=HEALTH_TOP)
+            by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
             by_period = self.store.count_outcomes(base, ("period",), conn)
             _check_deadline(deadline)
             for sf in self.store.query_flows(failed_only, conn, deadline=deadline):
@@ -241,16 +244,20 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     raise OverflowError
         changes = self.store.address_changes(max(0, since - health_mod.ADDRESS_CHANGE_WINDOW_NS), until)
         host = health_mod.HealthRow("host", "")
-        for _, outcome, n in by_period:
-            host.add_count(outcome, n)
-        periods = health_mod.health_from_counts("period", ((str(k[0]), o, n) for k, o, n in by_period))
+        for _, counts in host_counts:
+            for outcome, n in counts.items():
+                host.add_count(outcome, n)
+        periods = health_mod.health_from_counts(
+            "period", ((str(k[0]), o, n) for k, counts in by_period for o, n in counts.items())
+        )
         periods.sort(key=lambda r: int(r.key))
         return observer_pb2.HealthResponse(
             host=health_row_pb(host),
             by_process=[health_row_pb(r) for r in health_mod.health_from_counts(
-                "process", ((format_process(k[0], k[1]), o, n) for k, o, n in by_proc))],
+                "process", ((format_process(k[0], k[1]), o, n) for k, c in by_proc for o, n in c.items()))],
             by_destination=[health_row_pb(r) for r in health_mod.health_from_counts(
-                "destination", ((format_destination(k[0], k[1]), o, n) for k, o, n in by_dst))],
+                "destination",
+                ((format_destination(k[0], k[1]), o, n) for k, c in by_dst for o, n in c.items()))],
             retries=[retry_pb(p) for p in health_mod.retry_patterns(failed)],
             scans=[scan_pb(s) for s in health_mod.scan_patterns(failed)],
             failures_after_address_change=health_mod.failures_after_address_change(failed, changes),

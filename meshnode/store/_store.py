@@ -511,25 +511,33 @@ class Store:
             raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
 
     def count_outcomes(
-        self, query: FlowQuery, group_by: Sequence[str], conn: sqlite3.Connection
-    ) -> list[tuple[tuple[Any, ...], str, int]]:
-        """FINAL records matching ``query`` counted per ``group_by`` columns (and ``"period"``) and outcome.
+        self, query: FlowQuery, group_by: Sequence[str], conn: sqlite3.Connection, *, top: int = 0
+    ) -> list[tuple[tuple[Any, ...], dict[str, int]]]:
+        """FINAL records matching ``query``, counted by outcome per ``group_by`` columns (or ``"period"``).
 
-        Returns ``(group values, outcome, count)`` rows: what health fractions need, without decoding
-        a single record.
+        Returns ``(group values, {outcome: count})``, the largest groups first, at most ``top`` of them
+        (0: all): what health fractions need, computed in SQL without decoding a record.
         """
         for col in group_by:
             if col not in FLOW_FIELDS and col != "period":
                 raise ValueError(f"unknown flow field {col!r}")
         where, args = self._where(TABLE_FINAL, query)
-        cols = ", ".join([*group_by, "outcome"])
-        sql = f"SELECT {cols}, COUNT(*) FROM flows{where} GROUP BY {cols}"
         names = ENUM_FIELDS["outcome"]
+        sums = ", ".join(f"SUM(outcome = {code})" for code in range(len(names)))
+        cols = ", ".join(group_by)
+        sql = f"SELECT {cols + ', ' if cols else ''}COUNT(*) AS n, {sums} FROM flows{where}"
+        if cols:
+            sql += f" GROUP BY {cols} ORDER BY n DESC, {cols}"
+        if top:
+            sql += f" LIMIT {int(top)}"
+        width = len(group_by)
         out = []
         try:
             for row in conn.execute(sql, args):
-                code = row[-2]
-                out.append((tuple(row[:-2]), names[code] if 0 <= code < len(names) else "unknown", int(row[-1])))
+                if not row[width]:
+                    continue
+                counts = {names[i]: int(c) for i, c in enumerate(row[width + 1:]) if c}
+                out.append((tuple(row[:width]), counts))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
         return out
