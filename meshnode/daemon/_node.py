@@ -17,7 +17,9 @@ transaction, which also opens the next period's marker.
 Services are whatever runs alongside with the node's lifetime: the gRPC API, the metrics endpoint, the
 address watcher and, later, the mesh. Each has ``name``, ``async start()`` and ``async stop()``; they are
 started in order after the sensor and the first period marker, and stopped in reverse order after the
-final period is flushed. ``Node.add_service`` adds one before ``run``.
+final period is flushed. ``Node.add_service`` adds one before ``run``; ``meshnode run`` adds those that
+``_services.extra_services(node)`` returns (the mesh's seam). A service that needs each period's summary
+appends a callback to ``Node.period_listeners``.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class Node:
             self.services.append(self.metrics_server)
         if config.watch_addresses:
             self.services.append(AddressWatcher(self._address_changed))
+        self.period_listeners: list[Callable[[PeriodSummary], None]] = []
+        """Called in the event loop after each period is committed (the mesh signs and gossips these)."""
         self.totals = Completeness()
         self.periods_closed = 0
         self.active_flows = 0
@@ -271,6 +275,11 @@ class Node:
             self.periods_closed += 1
             self.feed.publish(seq, stored)
             self._observe(summary, finals, interims)
+            for listener in list(self.period_listeners):
+                try:
+                    listener(summary)
+                except Exception:  # a listener must not lose the node its periods
+                    log.exception("period listener %r", listener)
             if evicted:
                 log.info("retention evicted %d rows", evicted)
             return summary

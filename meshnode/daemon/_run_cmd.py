@@ -69,14 +69,20 @@ def create_sensor(config: NodeConfig) -> Sensor:
 async def serve(config: NodeConfig, sensor: Sensor) -> int:
     """Run a node until SIGTERM or SIGINT; the final period is flushed before returning."""
     from meshnode.daemon._node import Node
+    from meshnode.daemon._services import extra_services
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    node: Node | None = None
     try:
         node = Node(config, sensor, sensor_started=True)
+        for service in extra_services(node):
+            node.add_service(service)
     except BaseException:
+        if node is not None:
+            node.store.close()
         sensor.close()
         raise
     await node.run(stop)
