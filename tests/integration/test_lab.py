@@ -235,8 +235,9 @@ def lab3(make_lab: LabFactory) -> Iterator[Lab]:  # noqa: F811 - make_lab is the
 def test_tcp_and_udp_over_ipv4_and_ipv6(make_lab: LabFactory) -> None:  # noqa: F811
     lab = make_lab(3)
     a, b, c = lab["a"], lab["b"], lab["c"]
-    assert (a.ip, b.ip, c.ip) == ("10.213.1.1", "10.213.1.2", "10.213.1.3")
-    assert b.ip6 == "fd6d:6e6c:6162:1::2"
+    slot = lab.slot
+    assert (a.ip, b.ip, c.ip) == (f"10.{slot}.1.1", f"10.{slot}.1.2", f"10.{slot}.1.3")
+    assert b.ip6 == f"fd6d:6e6c:6162:{slot:02x}01::2"
     echo = start_server(b, TCP_ECHO, str(PORT))
     start_server(c, UDP_ECHO, str(UDP_PORT))
 
@@ -256,6 +257,17 @@ def test_tcp_and_udp_over_ipv4_and_ipv6(make_lab: LabFactory) -> None:  # noqa: 
     start_server(a, TCP_ECHO, str(PORT + 10))
     assert tcp(a, "127.0.0.1", port=PORT + 10)["outcome"] == "ok"
     assert tcp(a, "::1", port=PORT + 10)["outcome"] == "ok"
+
+
+def test_labs_side_by_side_are_isolated_and_use_different_addresses(make_lab: LabFactory) -> None:  # noqa: F811
+    one, two = make_lab(1), make_lab(1)
+    assert one.slot != two.slot
+    assert one["a"].ip != two["a"].ip and one["a"].ip6 != two["a"].ip6
+    assert one["a"].ip in {str(ip) for ip in one.ipv4_net.hosts()}
+    start_server(two["a"], TCP_ECHO, str(PORT))
+    # no route from one lab into another
+    assert tcp(one["a"], two["a"].ip)["outcome"] == "ENETUNREACH"
+    assert tcp(one["a"], two["a"].ip6)["outcome"] == "ENETUNREACH"
 
 
 def test_processes_run_in_the_host_cgroup_and_netns(make_lab: LabFactory) -> None:  # noqa: F811
@@ -428,7 +440,8 @@ def test_site_uplink_fault_affects_only_that_sites_traffic_to_other_sites(make_l
     lab = make_lab(sites={"east": 2, "west": 2})
     assert list(lab.sites) == ["east", "west"]
     east1, east2, west1, west2 = (lab[name] for name in ("east1", "east2", "west1", "west2"))
-    assert (east1.ip, west1.ip) == ("10.213.1.1", "10.213.2.1")
+    assert (east1.ip, west1.ip) == (f"10.{lab.slot}.1.1", f"10.{lab.slot}.2.1")
+    assert east1.site is not None and east1.site.gateway == f"10.{lab.slot}.1.254"
     assert east1.site is lab.sites["east"]
     for host in lab:
         start_server(host, TCP_ECHO, str(PORT))
@@ -436,12 +449,30 @@ def test_site_uplink_fault_affects_only_that_sites_traffic_to_other_sites(make_l
     assert all(tcp(src, dst.ip)["outcome"] == "ok" for src, dst in pairs)
     assert all(tcp(src, dst.ip6)["outcome"] == "ok" for src, dst in pairs)
 
-    with lab.sites["east"].uplink.drop():
+    uplink = lab.sites["east"].uplink
+    with uplink.drop():
         assert tcp(east1, west1.ip)["outcome"] == "timeout"
         assert tcp(west2, east2.ip6)["outcome"] == "timeout"
         assert tcp(east1, east2.ip)["outcome"] == "ok"  # inside the site: untouched
         assert tcp(west1, west2.ip)["outcome"] == "ok"
     assert tcp(east1, west1.ip)["outcome"] == "ok"
+    with uplink.reject(peer=lab.sites["west"]):
+        assert tcp(east2, west2.ip6)["outcome"] == "ECONNREFUSED"
+    with uplink.blackhole(route_type="unreachable"):
+        # the site router answers with ICMP host unreachable; IPv4 TCP aborts the connect at once
+        assert tcp(east1, west1.ip)["outcome"] == "EHOSTUNREACH"
+
+    # a slow uplink: only the traffic leaving or entering the site is shaped
+    for host in (east2, west2):
+        start_server(host, SINK, str(SINK_PORT))
+    rate, size = 8_000_000, 1_000_000
+    with uplink.rate(rate):
+        across = send_bulk(west1, east2.ip, size)
+        inside = send_bulk(east1, east2.ip, size)
+    assert across["sink_bytes"] == inside["sink_bytes"] == size
+    assert size * 8 / across["seconds"] < 2 * rate
+    assert size * 8 / inside["seconds"] > 20 * rate
+    assert size * 8 / send_bulk(west1, east2.ip, size)["seconds"] > 20 * rate
 
 
 # -- teardown and sweeping -----------------------------------------------------------------------------

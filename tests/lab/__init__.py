@@ -26,7 +26,7 @@ from ._errors import LabCommandError, LabError, LabUnavailableError, LabUsageErr
 from ._faults import Direction, Fault, FaultKind, FaultTarget, Peer, RouteType
 from ._host import Host, Site, Uplink
 from ._lab import Lab
-from ._names import CGROUP_ROOT, IPV4_BASE, IPV6_BASE, parse_lab_id, parse_rate
+from ._names import CGROUP_ROOT, IPV4_SPACE, IPV6_SPACE, parse_lab_id, parse_rate
 from ._sweep import SweepReport, owner_alive, sweep
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CGROUP_ROOT",
-    "IPV4_BASE",
-    "IPV6_BASE",
+    "IPV4_SPACE",
+    "IPV6_SPACE",
     "Direction",
     "Fault",
     "FaultKind",

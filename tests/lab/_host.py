@@ -124,7 +124,7 @@ class Host(FaultTarget):
         if "/" not in argv[0] and shutil.which(argv[0], path=search_path) is None:
             raise FileNotFoundError(2, f"no program {argv[0]!r} on PATH to run on host {self.name}", argv[0])
         proc: subprocess.Popen[Any] = subprocess.Popen(self.wrap(argv), **popen_kwargs)
-        self._procs = [p for p in self._procs if p.returncode is None]
+        self._procs = [p for p in self._procs if p.poll() is None]
         self._procs.append(proc)
         return proc
 

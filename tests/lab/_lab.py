@@ -34,9 +34,13 @@ from ._names import (
     host_ipv6,
     host_netns,
     lab_id,
+    lab_ipv4,
+    lab_ipv6,
     site_ipv4,
     site_ipv6,
     site_netns,
+    slot_for,
+    slot_of,
     switch_netns,
     switch_port,
 )
@@ -84,11 +88,13 @@ class Lab:
     """Hosts on one machine, each a network namespace plus a cgroup v2 directory, joined by bridges.
 
     A flat lab (``Lab(3)``, ``Lab(["web", "db"])``) puts all hosts on one bridge in a "switch" namespace,
-    in 10.213.1.0/24 and fd6d:6e6c:6162:1::/64. A site lab (``Lab(sites={"east": 3, "west": 3})``) gives
-    each site its own namespace holding the site's bridge and a router (the hosts' default gateway, .254 and
-    ::fe), and joins the routers through uplinks to a "core" bridge; a fault on ``lab.sites["east"].uplink``
-    then affects only east's traffic with other sites. The root namespace is never changed: every link,
-    address, route and nft table lives in a namespace the lab owns.
+    in ``10.<slot>.1.0/24`` and ``fd6d:6e6c:6162:<slot>01::/64`` (slot in hex there); the slot (128..254)
+    differs between labs alive at the same time, so parallel runs never share addresses. A site lab
+    (``Lab(sites={"east": 3, "west": 3})``) gives each site its own namespace holding the site's bridge and
+    a router (the hosts' default gateway, .254 and ::fe), and joins the routers through uplinks to a "core"
+    bridge; a fault on ``lab.sites["east"].uplink`` then affects only east's traffic with other sites. The
+    root namespace is never changed: every link, address, route and nft table lives in a namespace the lab
+    owns.
 
     Use it as a context manager, or call ``close()``. Teardown also runs at interpreter exit and on
     SIGTERM/SIGHUP, and a later lab sweeps what a SIGKILLed one left (see ``sweep``).
@@ -97,6 +103,13 @@ class Lab:
         hosts: number of hosts (named ``a``, ``b``, ...) or their names.
         sites: site name -> number of hosts (named ``<site>1``, ...) or their names; excludes ``hosts``.
         sweep_stale: first remove leftovers of labs whose owning process is dead.
+
+    Attributes:
+        hosts: hosts by name, in creation order. ``lab["a"]`` is ``lab.hosts["a"]``.
+        sites: sites by name (empty for a flat lab).
+        cgroup, cgroup_rel: the lab's cgroup directory (parent of the hosts'), absolute and below the root.
+        slot: the lab's address slot; ``ipv4_net`` (a /16) and ``ipv6_net`` (a /56) hold every lab address.
+        sweep_report: what the start-up sweep removed (None with ``sweep_stale=False``).
 
     Raises:
         LabUnavailableError: not root, no cgroup v2 at /sys/fs/cgroup/unified, or a tool is missing.
@@ -127,6 +140,9 @@ class Lab:
         self._infra_netns: list[str] = []
         self.sweep_report: SweepReport | None = sweep(DEFAULT_SWEEP_PREFIX) if sweep_stale else None
         self._remove_own_leftovers()
+        self.slot = slot_for(self._id, _slots_in_use())
+        self.ipv4_net = lab_ipv4(self.slot)
+        self.ipv6_net = lab_ipv6(self.slot)
         started = time.monotonic()
         _registry.add(self)
         try:
@@ -267,10 +283,10 @@ class Lab:
                     site_index,
                     netns=switch,
                     core_netns=core,
-                    subnet4=site_ipv4(site_index),
-                    subnet6=site_ipv6(site_index),
-                    gateway=host_ipv4(site_index, GATEWAY_INDEX),
-                    gateway6=host_ipv6(site_index, GATEWAY_INDEX),
+                    subnet4=site_ipv4(self.slot, site_index),
+                    subnet6=site_ipv6(self.slot, site_index),
+                    gateway=host_ipv4(self.slot, site_index, GATEWAY_INDEX),
+                    gateway6=host_ipv6(self.slot, site_index, GATEWAY_INDEX),
                 )
                 self.sites[site_name] = site
             self._infra_netns.append(switch)
@@ -288,8 +304,8 @@ class Lab:
                 name,
                 netns=netns,
                 switch_netns=switch,
-                ip=_iface4(index, host_index),
-                ip6=_iface6(index, host_index),
+                ip=_iface4(self.slot, index, host_index),
+                ip6=_iface6(self.slot, index, host_index),
                 cgroup=self.cgroup / name,
                 site=site,
             )
@@ -356,14 +372,14 @@ class Lab:
 
     def _router_lines(self, site: Site, core: str) -> list[str]:
         """ip commands that make a site namespace the site's gateway and connect its uplink to the core."""
-        transit4 = site_ipv4(0)
-        transit6 = site_ipv6(0)
+        transit4 = site_ipv4(self.slot, 0)
+        transit6 = site_ipv6(self.slot, 0)
         lines = [
             f"addr add {site.gateway}/{site.subnet4.prefixlen} dev {BRIDGE}",
             f"addr add {site.gateway6}/{site.subnet6.prefixlen} dev {BRIDGE} nodad",
             f"link add {UPLINK_IFACE} type veth peer name {core_port(site.name)} netns {core}",
-            f"addr add {host_ipv4(0, site.index)}/{transit4.prefixlen} dev {UPLINK_IFACE}",
-            f"addr add {host_ipv6(0, site.index)}/{transit6.prefixlen} dev {UPLINK_IFACE} nodad",
+            f"addr add {host_ipv4(self.slot, 0, site.index)}/{transit4.prefixlen} dev {UPLINK_IFACE}",
+            f"addr add {host_ipv6(self.slot, 0, site.index)}/{transit6.prefixlen} dev {UPLINK_IFACE} nodad",
             f"link set {UPLINK_IFACE} up",
         ]
         return lines
@@ -376,19 +392,35 @@ class Lab:
                 if other is site:
                     continue
                 lines += [
-                    f"route add {other.subnet4} via {host_ipv4(0, other.index)} metric {_SITE_ROUTE_METRIC}",
-                    f"route add {other.subnet6} via {host_ipv6(0, other.index)} metric {_SITE_ROUTE_METRIC}",
+                    f"route add {other.subnet4} via {host_ipv4(self.slot, 0, other.index)} metric {_SITE_ROUTE_METRIC}",
+                    f"route add {other.subnet6} via {host_ipv6(self.slot, 0, other.index)} metric {_SITE_ROUTE_METRIC}",
                 ]
             _cmd.ip_batch(site.netns, lines, what=f"route site {site.name} to the other sites")
+
+
+def _slots_in_use() -> set[int]:
+    """Address slots of the labs on this machine now (any owner), read from one host of each."""
+    slots = set()
+    for left in find(DEFAULT_SWEEP_PREFIX).values():
+        host_ns = next((name for name in left.netns if "-h-" in name), None)
+        if host_ns is None:
+            continue
+        argv = ["ip", "-n", host_ns, "-o", "-4", "addr", "show", "dev", HOST_IFACE]
+        result = _cmd.run(argv, what=f"read the addresses of {host_ns}", check=False)
+        for word in result.stdout.split():
+            slot = slot_of(word.split("/")[0])
+            if slot is not None:
+                slots.add(slot)
+    return slots
 
 
 def _bridge_lines() -> list[str]:
     return ["link set lo up", f"link add {BRIDGE} {' '.join(_BRIDGE_OPTS)}", f"link set {BRIDGE} up"]
 
 
-def _iface4(site_index: int, host_index: int) -> ipaddress.IPv4Interface:
-    return ipaddress.IPv4Interface(f"{host_ipv4(site_index, host_index)}/{site_ipv4(site_index).prefixlen}")
+def _iface4(slot: int, site_index: int, host_index: int) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface((host_ipv4(slot, site_index, host_index), 24))
 
 
-def _iface6(site_index: int, host_index: int) -> ipaddress.IPv6Interface:
-    return ipaddress.IPv6Interface(f"{host_ipv6(site_index, host_index)}/{site_ipv6(site_index).prefixlen}")
+def _iface6(slot: int, site_index: int, host_index: int) -> ipaddress.IPv6Interface:
+    return ipaddress.IPv6Interface((host_ipv6(slot, site_index, host_index), 64))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,16 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 _LAB_ID_RE = re.compile(r"^(?P<id>(?P<base>[a-z]+)-(?P<pid>[0-9]+)-(?P<seq>[0-9]+))(?:-|$)")
 _RESERVED = frozenset({"sw", "core"})
 
-#: IPv4 plan: 10.213.<site index>.<host index>/24; site 0 is the transit net between site routers.
-IPV4_BASE = ipaddress.IPv4Network("10.213.0.0/16")
-#: IPv6 plan: a ULA /48 whose global id spells "mnlab" (6d 6e 6c 61 62); one /64 per site, 0 for transit.
-IPV6_BASE = ipaddress.IPv6Network("fd6d:6e6c:6162::/48")
+#: IPv4 space of all labs. Each lab takes one /16, ``10.<slot>.0.0/16``, slot 128..254 chosen per lab so
+#: that labs running side by side (parallel test runs) use different addresses: a sensor watching the whole
+#: machine then never mixes their flows up. Within a lab: ``10.<slot>.<site>.<host>/24``, site 1 for a flat
+#: lab, site 0 the transit net between site routers.
+IPV4_SPACE = ipaddress.IPv4Network("10.128.0.0/9")
+#: IPv6 space of all labs: a ULA /48 whose global id spells "mnlab" (6d 6e 6c 61 62). Each lab takes a /56,
+#: ``fd6d:6e6c:6162:<slot><site>::/64`` per site (slot and site one byte each).
+IPV6_SPACE = ipaddress.IPv6Network("fd6d:6e6c:6162::/48")
+#: Slots a lab can take (second IPv4 octet, high byte of the IPv6 subnet id).
+SLOTS = range(128, 255)
 #: Host index of a site's router on the site LAN (.254 and ::fe).
 GATEWAY_INDEX = 254
 MAX_HOSTS_PER_SITE = 200
@@ -131,28 +138,63 @@ def nft_table(lab: str, seq: int) -> str:
     return f"{lab}-f{seq}"
 
 
-def site_ipv4(site_index: int) -> ipaddress.IPv4Network:
+def slot_for(lab: str, taken: set[int]) -> int:
+    """The address slot of a new lab: a hash of its id, moved on to the next free slot if that is taken.
+
+    Hashing spreads labs of different processes apart without coordination; ``taken`` (slots of the labs
+    alive right now) removes the remaining collisions except for labs built in the same millisecond.
+    """
+    start = zlib.crc32(lab.encode()) % len(SLOTS)
+    for step in range(len(SLOTS)):
+        slot = SLOTS[(start + step) % len(SLOTS)]
+        if slot not in taken:
+            return slot
+    return SLOTS[start]  # more live labs than slots: share one; they are isolated anyway
+
+
+def slot_of(address: str) -> int | None:
+    """The slot a lab IPv4 address belongs to (its second octet), or None for other addresses."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return None
+    return int(ip.packed[1]) if ip in IPV4_SPACE and int(ip.packed[1]) in SLOTS else None
+
+
+def lab_ipv4(slot: int) -> ipaddress.IPv4Network:
+    """The IPv4 /16 of the lab in ``slot``."""
+    _check_index(slot, SLOTS[-1], "slot", low=SLOTS[0])
+    return ipaddress.IPv4Network((int(IPV4_SPACE.network_address) + ((slot - 128) << 16), 16))
+
+
+def lab_ipv6(slot: int) -> ipaddress.IPv6Network:
+    """The IPv6 /56 of the lab in ``slot``."""
+    _check_index(slot, SLOTS[-1], "slot", low=SLOTS[0])
+    return ipaddress.IPv6Network((int(IPV6_SPACE.network_address) + (slot << 72), 56))
+
+
+def site_ipv4(slot: int, site_index: int) -> ipaddress.IPv4Network:
     """IPv4 /24 of a site (index 1..MAX_SITES); index 0 is the transit network between site routers."""
     _check_index(site_index, MAX_SITES, "site")
-    return ipaddress.IPv4Network((int(IPV4_BASE.network_address) + (site_index << 8), 24))
+    return ipaddress.IPv4Network((int(lab_ipv4(slot).network_address) + (site_index << 8), 24))
 
 
-def site_ipv6(site_index: int) -> ipaddress.IPv6Network:
+def site_ipv6(slot: int, site_index: int) -> ipaddress.IPv6Network:
     """IPv6 /64 of a site (index 1..MAX_SITES); index 0 is the transit network between site routers."""
     _check_index(site_index, MAX_SITES, "site")
-    return ipaddress.IPv6Network((int(IPV6_BASE.network_address) + (site_index << 64), 64))
+    return ipaddress.IPv6Network((int(lab_ipv6(slot).network_address) + (site_index << 64), 64))
 
 
-def host_ipv4(site_index: int, host_index: int) -> ipaddress.IPv4Address:
+def host_ipv4(slot: int, site_index: int, host_index: int) -> ipaddress.IPv4Address:
     """IPv4 address number ``host_index`` (1-based) in a site's /24."""
     _check_index(host_index, 254, "host", low=1)
-    return site_ipv4(site_index).network_address + host_index
+    return site_ipv4(slot, site_index).network_address + host_index
 
 
-def host_ipv6(site_index: int, host_index: int) -> ipaddress.IPv6Address:
+def host_ipv6(slot: int, site_index: int, host_index: int) -> ipaddress.IPv6Address:
     """IPv6 address number ``host_index`` (1-based) in a site's /64."""
     _check_index(host_index, 254, "host", low=1)
-    return site_ipv6(site_index).network_address + host_index
+    return site_ipv6(slot, site_index).network_address + host_index
 
 
 def _check_index(value: int, high: int, what: str, low: int = 0) -> None:

@@ -18,15 +18,20 @@ from tests.lab._faults import (
 )
 from tests.lab._lab import _plan
 from tests.lab._names import (
+    SLOTS,
     check_name,
     default_host_names,
     host_ipv4,
     host_ipv6,
     host_netns,
     lab_id,
+    lab_ipv4,
+    lab_ipv6,
     nft_table,
     site_ipv4,
     site_ipv6,
+    slot_for,
+    slot_of,
     tbf_burst_bytes,
 )
 
@@ -77,14 +82,30 @@ def test_default_host_names() -> None:
 
 
 def test_address_plan() -> None:
-    assert str(site_ipv4(0)) == "10.213.0.0/24"
-    assert str(site_ipv4(2)) == "10.213.2.0/24"
-    assert str(site_ipv6(2)) == "fd6d:6e6c:6162:2::/64"
-    assert str(host_ipv4(1, 3)) == "10.213.1.3"
-    assert str(host_ipv6(1, 254)) == "fd6d:6e6c:6162:1::fe"
-    assert site_ipv6(1).network_address.is_private
-    with pytest.raises(LabUsageError):
-        host_ipv4(1, 255)
+    assert str(lab_ipv4(147)) == "10.147.0.0/16"
+    assert str(lab_ipv6(147)) == "fd6d:6e6c:6162:9300::/56"
+    assert str(site_ipv4(147, 0)) == "10.147.0.0/24"
+    assert str(site_ipv4(147, 2)) == "10.147.2.0/24"
+    assert str(site_ipv6(147, 2)) == "fd6d:6e6c:6162:9302::/64"
+    assert str(host_ipv4(147, 1, 3)) == "10.147.1.3"
+    assert str(host_ipv6(147, 1, 254)) == "fd6d:6e6c:6162:9301::fe"
+    assert site_ipv6(254, 200).subnet_of(lab_ipv6(254))
+    assert site_ipv4(254, 200).subnet_of(lab_ipv4(254))
+    assert lab_ipv6(128).network_address.is_private
+    for bad in [lambda: host_ipv4(147, 1, 255), lambda: lab_ipv4(127), lambda: site_ipv4(255, 1)]:
+        with pytest.raises(LabUsageError):
+            bad()
+
+
+def test_slots() -> None:
+    slot = slot_for("mnlab-1-1", set())
+    assert slot in SLOTS
+    assert slot_for("mnlab-1-1", set()) == slot  # deterministic
+    assert slot_for("mnlab-1-1", {slot}) != slot  # moves on when taken
+    assert slot_for("mnlab-1-1", set(SLOTS)) in SLOTS  # all taken: share
+    assert slot_of("10.147.1.2") == 147
+    assert slot_of("10.12.1.2") is None
+    assert slot_of("fd6d::1") is None
 
 
 @pytest.mark.parametrize(
