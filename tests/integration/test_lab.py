@@ -325,6 +325,7 @@ def test_drop_times_out_then_recovers(lab3: Lab) -> None:
         assert tcp(b, a.ip)["outcome"] == "timeout"  # both directions
         assert tcp(a, c.ip)["outcome"] == "ok"  # only traffic with the peer
     assert not fault.active and lab3.faults == []
+    assert a.run(["nft", "list", "tables"]).stdout == ""  # the fault's table went with it
     assert tcp(a, b.ip)["outcome"] == "ok"
 
     fault = b.drop()  # all of b's traffic
@@ -490,6 +491,13 @@ def test_teardown_removes_everything(tmp_path: Path) -> None:
     for fault in (a.drop(peer=b), b.reject(), a.loss(10, peer=b), a.blackhole(), b.rate("100mbit")):
         assert fault.active
     assert any(lab.id in line for line in netns_list().splitlines())
+    # the faults' nft tables carry the lab id, in the host's namespace and on the switch
+    assert f"table inet {lab.id}-f" in a.run(["nft", "list", "tables"]).stdout
+    switch = f"{lab.id}-sw"
+    switch_tables = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{switch}", "nft", "list", "tables"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"table netdev {lab.id}-f" in switch_tables
 
     lab.close()
     lab.close()  # idempotent

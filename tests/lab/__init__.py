@@ -8,13 +8,32 @@ changed in the root namespace, and everything is removed at the end, even after 
 
     from tests.lab import Lab
 
-    with Lab(3) as lab:
+    with Lab(3) as lab:                        # hosts a, b, c
         a, b = lab["a"], lab["b"]
-        server = b.python("import socket; ...")
-        with a.reject(peer=b):
-            ...  # connects from a to b are refused
+        server = b.python(SERVER_CODE, "7000")  # python -c SERVER_CODE 7000, on b
+        a.run(["curl", f"http://{b.ip}:7000/"])
+        with a.reject(peer=b):                 # a and b refuse each other (TCP reset)
+            ...
+        with b.loss(30, direction="out"):      # 30 % of what b sends is lost on the wire
+            ...
 
-In pytest, use the ``make_lab`` fixture or ``lab_fixture(...)`` (they call ``tests._env.require_kernel``).
+    with Lab(sites={"east": 3, "west": 3}) as lab:   # east1..east3 behind one router, west1..west3 another
+        with lab.sites["east"].uplink.drop():        # east cut off from west; inside east all is well
+            ...
+
+In pytest, use the ``make_lab`` fixture (a factory) or bind ``lab_fixture(...)`` to a name; both call
+``tests._env.require_kernel()`` first, so the test skips (fails under ``CI=true``) on a machine without
+root, eBPF or cgroup v2::
+
+    from tests.lab import lab_fixture, make_lab  # noqa: F401 (fixtures are used by name)
+
+    trio = lab_fixture(3, scope="module")
+
+    def test_something(trio): ...
+    def test_other(make_lab):  # noqa: F811 (the parameter is the imported fixture)
+        lab = make_lab(sites={"east": 2, "west": 2})
+
+Outside pytest (benchmarks, demos), ``Lab`` alone is enough and pytest is not imported.
 """
 
 from __future__ import annotations

@@ -366,18 +366,30 @@ class FaultTarget:
         return [fault for fault in self._faults if fault.active]
 
     def drop(self, peer: Peer | None = None, *, direction: Direction = "both") -> Fault:
-        """Drop packets silently: a TCP connect times out (outcome ``timeout``), UDP gets no answer."""
+        """Drop packets silently: a TCP connect times out (outcome ``timeout``), UDP gets no answer.
+
+        Args:
+            peer: only traffic with this host / site / address (default: all traffic of the target, except
+                loopback inside a host).
+            direction: ``out`` what the target sends (dropped on the wire, at its switch port), ``in`` what
+                it receives, ``both``.
+        """
         return self._filter("drop", peer, direction, verdicts("drop"), {})
 
     def reject(self, peer: Peer | None = None, *, direction: Direction = "both") -> Fault:
-        """Refuse: TCP gets a reset (connect raises ECONNREFUSED), other traffic ICMP port-unreachable."""
+        """Refuse: TCP gets a reset (connect raises ECONNREFUSED), other traffic ICMP port-unreachable.
+
+        With ``out`` the target's own connects are refused; with ``in`` connects *to* it are; ``both``.
+        """
         return self._filter("reject", peer, direction, verdicts("reject"), {})
 
     def loss(self, percent: float, peer: Peer | None = None, *, direction: Direction = "both") -> Fault:
-        """Drop each packet with probability ``percent``/100 (0.1 % steps), in each chosen direction.
+        """Lose each packet with probability ``percent``/100 (0.1 % steps), in each chosen direction.
 
-        With ``direction="both"`` a round trip suffers the loss twice; use ``"out"`` on a sender to lose data
-        segments only.
+        What the target sends is lost on the wire (its TCP sees real loss and retransmits). With
+        ``direction="both"`` a data segment and its ACK each run the risk, so 30 % both ways loses about half
+        the round trips and bulk TCP crawls through repeated RTO backoff; to make a sender retransmit while
+        still finishing quickly, use ``direction="out"`` on the sender.
         """
         statements = verdicts("loss", percent)
         return self._filter("loss", peer, direction, statements, {"percent": percent})

@@ -123,6 +123,8 @@ class Host(FaultTarget):
         search_path = (env if env is not None else os.environ).get("PATH", os.defpath)
         if "/" not in argv[0] and shutil.which(argv[0], path=search_path) is None:
             raise FileNotFoundError(2, f"no program {argv[0]!r} on PATH to run on host {self.name}", argv[0])
+        if argv[0].startswith("/") and not os.access(argv[0], os.X_OK):
+            raise FileNotFoundError(2, f"{argv[0]} is not an executable to run on host {self.name}", argv[0])
         proc: subprocess.Popen[Any] = subprocess.Popen(self.wrap(argv), **popen_kwargs)
         self._procs = [p for p in self._procs if p.poll() is None]
         self._procs.append(proc)
