@@ -64,9 +64,11 @@ def _duration(text: str) -> float:
 
 
 def _time(text: str) -> str:
-    """Validate now (duration or RFC3339); the command converts it against its own clock."""
+    """Validate now (duration, RFC3339 or ``all``); the command converts it against its own clock."""
     from cli._units import parse_time_ns
 
+    if text.strip().lower() == "all":
+        return "all"
     try:
         parse_time_ns(text, 0)
     except Exception as exc:
@@ -207,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
   meshctl flows --since 1h --limit 100000 --json > flows.jsonl""", [_filters()])
     p.add_argument("-f", "--follow", action="store_true", help="keep streaming as export periods close")
     p.add_argument("--since", type=_time, metavar="WHEN",
-                   help="from this long ago (5m, 1h30m) or an RFC3339 time")
+                   help="from this long ago (5m, 1h30m) or an RFC3339 time (default: 15m; 'all': the whole "
+                   "history). The node answers oldest first")
     p.add_argument("--until", type=_time, metavar="WHEN", help="up to this long ago or an RFC3339 time")
     p.add_argument("-n", "--limit", type=_count, default=0, metavar="N",
                    help="at most N records (default: the node's default, 1,000)")

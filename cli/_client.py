@@ -135,8 +135,10 @@ class Node:
         """Observer.Flows as batches of records, following page tokens up to ``req.number``.
 
         Asks for batched responses (``batch_size``); a node that ignores it sends one record per
-        response, which works, only slower. With ``req.number == 0`` (the node's default) a page token
-        is not followed; a note on stderr says more records remain.
+        response, which works, only slower. A page token is bound to the request it came from, so the
+        next page repeats the request unchanged but for ``page_token``, and meshctl stops reading at
+        its limit. With ``req.number == 0`` (the node's default) a token is not followed; a note on
+        stderr says more records remain.
         """
         req.batch_size = BATCH_SIZE
         limit = req.number
@@ -172,7 +174,6 @@ class Node:
                 )
                 return
             req.page_token = token
-            req.number = limit - seen
 
     def events(self, req: observer_pb2.EventsRequest) -> Iterator[flow_pb2.Event]:
         """Observer.Events, one event at a time."""

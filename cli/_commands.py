@@ -45,8 +45,12 @@ def flow_filter(args: argparse.Namespace) -> flow_pb2.FlowFilter | None:
     return f if f.ByteSize() else None
 
 
+FLOWS_DEFAULT_SINCE_S = 15 * 60
+
+
 def _time_range(args: argparse.Namespace, now_ns: int) -> tuple[int, int]:
-    since = parse_time_ns(args.since, now_ns) if getattr(args, "since", None) else 0
+    given = getattr(args, "since", None)
+    since = parse_time_ns(given, now_ns) if given and given != "all" else 0
     until = parse_time_ns(args.until, now_ns) if getattr(args, "until", None) else 0
     if since and until and until < since:
         raise UsageError(f"--until ({args.until}) is before --since ({args.since})")
@@ -68,7 +72,12 @@ def cmd_status(args: argparse.Namespace, node: Node) -> int:
 def cmd_flows(args: argparse.Namespace, node: Node) -> int:
     if args.follow and args.until:
         raise UsageError("--follow and --until conflict: a followed stream has no end")
-    since, until = _time_range(args, time.time_ns())
+    now = time.time_ns()
+    since, until = _time_range(args, now)
+    if args.since is None and not until:
+        # The node answers oldest first from since_ns, so "all history" would show the oldest records;
+        # like hubble observe, a bare `meshctl flows` means recent ones.
+        since = now - FLOWS_DEFAULT_SINCE_S * 1_000_000_000
     req = observer_pb2.FlowsRequest(number=args.limit, follow=args.follow, since_ns=since, until_ns=until,
                                     include_interim=args.interim)
     f = flow_filter(args)

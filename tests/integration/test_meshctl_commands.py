@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_status_json(fake: FakeNode, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_flows_json_lines_use_the_flow_record_names(fake: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(fake, capsys, "flows", "--json", "--interim")
+    code, out, err = run(fake, capsys, "flows", "--json", "--interim", "--since", "all")
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert len(lines) == 5
@@ -96,9 +97,22 @@ def test_flows_request_carries_the_filters(fake: FakeNode, fresh: Canned,
     assert req.until_ns - req.since_ns == 240 * 10**9
 
 
+def test_flows_default_to_the_last_15_minutes(fake: FakeNode, fresh: Canned,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    before = time.time_ns()
+    code, out, _ = run(fake, capsys, "flows")
+    assert (code, out) == (0, "no flows match\n")  # the samples are days old
+    req = fresh.requests[-1][1]
+    assert isinstance(req, observer_pb2.FlowsRequest)
+    assert before - 901 * 10**9 < req.since_ns <= time.time_ns() - 900 * 10**9
+    run(fake, capsys, "flows", "--since", "all")
+    req = fresh.requests[-1][1]
+    assert isinstance(req, observer_pb2.FlowsRequest) and req.since_ns == 0
+
+
 def test_flows_limit_is_honoured_even_if_the_node_sends_more(fake: FakeNode, fresh: Canned,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(fake, capsys, "flows", "--json", "--limit", "2", "--interim")
+    code, out, _ = run(fake, capsys, "flows", "--json", "--limit", "2", "--interim", "--since", "all")
     assert code == 0 and len(out.splitlines()) == 2
 
 
@@ -146,18 +160,19 @@ def test_flows_follow_page_tokens_up_to_the_limit(fake: FakeNode, fresh: Canned,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     fresh.flows = sample_flows() * 3  # 15 records (flow ids repeat: fine for paging)
     fresh.page_size = 4
-    code, out, err = run(fake, capsys, "flows", "--json", "--interim", "--limit", "10")
+    code, out, err = run(fake, capsys, "flows", "--json", "--interim", "--limit", "10", "--since", "all")
     assert (code, err) == (0, "")
     assert len(out.splitlines()) == 10
     pages = [r for n, r in fresh.requests if n == "Flows"]
-    assert [(r.page_token, r.number) for r in pages] == [("", 10), ("4", 6), ("8", 2)]  # type: ignore[attr-defined]
+    # the node binds a token to its request: the next page repeats the request but for page_token
+    assert [(r.page_token, r.number) for r in pages] == [("", 10), ("4", 10), ("8", 10)]  # type: ignore[attr-defined]
 
 
 def test_flows_default_limit_does_not_page_and_says_so(fake: FakeNode, fresh: Canned,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     fresh.flows = sample_flows() * 3
     fresh.page_size = 4
-    code, out, err = run(fake, capsys, "flows", "--json", "--interim")
+    code, out, err = run(fake, capsys, "flows", "--json", "--interim", "--since", "all")
     assert code == 0 and len(out.splitlines()) == 4
     assert err == ("meshctl flows: showing the node's default of 4 records; more remain "
                    "(use --limit N or a narrower --since)\n")
@@ -200,7 +215,7 @@ def test_top_on_a_pipe_prints_one_plain_frame(fake: FakeNode, fresh: Canned,
 # --- human output ---------------------------------------------------------------------------------------
 
 def test_flows_human_output_is_plain_text_on_a_pipe(fake: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(fake, capsys, "flows", "--proc", "curl")
+    code, out, _ = run(fake, capsys, "flows", "--proc", "curl", "--since", "all")
     assert code == 0
     assert out == (
         "TIME     PROCESS        DESTINATION           OUTCOME          TX      RX    RTT\n"
@@ -312,13 +327,16 @@ def test_blame_and_validate_say_their_service_is_missing(fake: FakeNode,
 
 # --- streams and Ctrl-C ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [["events", "--follow"], ["flows", "--follow", "--json"]])
+@pytest.mark.parametrize("argv", [["events", "--follow"],
+                                  ["flows", "--follow", "--json", "--since", "all", "--limit", "3"]])
 def test_ctrl_c_on_a_stream_exits_130_quietly(fake: FakeNode, argv: list[str]) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "cli", "--node", fake.address, *argv], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 20)
+        assert ready, "the stream printed nothing"
         first = p.stdout.readline()  # the stream is open and printing
         assert first
         p.send_signal(signal.SIGINT)

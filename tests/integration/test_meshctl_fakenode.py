@@ -135,8 +135,9 @@ class FakeObserver(observer_pb2_grpc.ObserverServicer):
     """Observer with the semantics meshctl assumes:
 
     - Flows: records with end_ns >= since_ns (and start_ns <= until_ns), whitelist ORed, blacklist
-      removed, at most ``number`` (0 -> 1,000), oldest first; packed ``batch_size`` per response in
-      ``flows`` when asked; ``until < since`` -> INVALID_ARGUMENT; with follow, the stream stays open.
+      removed, at most ``number`` (0 -> 1,000; 0 with follow -> no history), oldest first; packed
+      ``batch_size`` per response in ``flows`` when asked; a page token when ``page_size`` cuts the
+      answer; ``until < since`` -> INVALID_ARGUMENT; with follow, the stream stays open.
     - Events: the last ``number`` events, then (follow) new ones as they happen.
     - Status, Health: the canned messages.
     """
@@ -174,10 +175,10 @@ class FakeObserver(observer_pb2_grpc.ObserverServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "until_ns is before since_ns")
         if request.number > 1_000_000:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "number over the maximum of 1,000,000")
-        number = request.number or 1000
+        number = request.number or (0 if request.follow else 1000)  # follow + 0: no history, as the node
         offset = int(request.page_token or 0)
         out = []
-        for f in self.c.flows[offset:]:
+        for f in self.c.flows[offset:] if number else []:
             if f.end_ns < request.since_ns or (request.until_ns and f.start_ns > request.until_ns):
                 continue
             if f.kind == flow_pb2.INTERIM and not request.include_interim:

@@ -49,7 +49,8 @@ def test_flows_json_streams_100k_records(bulk_node: str, tmp_path: Path) -> None
     for _ in range(3):
         with out_path.open("w") as out:
             t0 = time.perf_counter()
-            r = subprocess.run([*_meshctl(), "--node", bulk_node, "flows", "--limit", str(N), "--json"],
+            r = subprocess.run([*_meshctl(), "--node", bulk_node, "flows", "--since", "all", "--limit", str(N),
+                                "--json"],
                                cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True, timeout=120,
                                env={**os.environ})
             times.append(time.perf_counter() - t0)
