@@ -19,11 +19,21 @@ class KeyReader:
     """``with KeyReader() as keys: keys.get(timeout)`` yields one key (str) at a time, or None.
 
     Escape sequences (arrow keys) arrive as one string starting with ESC; a lone ESC is ``"\\x1b"``.
-    Without a terminal on stdin it reads nothing and ``get`` only waits.
+    Keys come from stdin when it is a terminal, else from the controlling terminal (``/dev/tty``);
+    without either it reads nothing and ``get`` only waits.
     """
 
     def __init__(self, fd: int | None = None) -> None:
-        self._fd = sys.stdin.fileno() if fd is None else fd
+        self._own_fd = False
+        if fd is None:
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd):
+                try:
+                    fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+                    self._own_fd = True
+                except OSError:
+                    pass
+        self._fd = fd
         self._queue: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._saved: list[Any] | None = None
@@ -51,6 +61,9 @@ class KeyReader:
 
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
             self._saved = None
+        if self._own_fd:
+            os.close(self._fd)
+            self._own_fd = False
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -143,7 +143,7 @@ class Poller:
                 self._mesh_absent = True
         with self.state.lock:
             self.state.status = status
-            self.state.conn = f"connected · updated {time.strftime('%H:%M:%S')}"
+            self.state.conn = f"connected · updated {time.strftime('%H:%M:%S', time.gmtime())} UTC"
             self.state.error = None
             if flows is not None:
                 self.state.flows = flows
@@ -183,10 +183,16 @@ class EventTail:
         self.node = node
         self.state = state
         self.stop = stop
+        self._last_ns = 0
 
     def _follow(self) -> None:
-        for ev in self.node.events(observer_pb2.EventsRequest(number=50, follow=True)):
+        # After a reconnect, ask only for what came after the last event shown, so none shows twice.
+        since = self._last_ns + 1 if self._last_ns else 0
+        for ev in self.node.events(observer_pb2.EventsRequest(number=50, follow=True, since_ns=since)):
+            if ev.time_ns and ev.time_ns <= self._last_ns:
+                continue
             d = message_dict(ev)
+            self._last_ns = max(self._last_ns, ev.time_ns)
             with self.state.lock:
                 self.state.events.append(d)
             if self.stop.is_set():

@@ -137,3 +137,26 @@ def test_keys_sort_filter_pause_quit() -> None:
     st.key("\x1b")
     assert st.filter == "" and st.input is None
     assert st.key("q") is False
+
+
+def test_event_tail_resumes_after_the_last_event_shown() -> None:
+    import threading
+
+    from cli._top import EventTail
+    from meshnode.v1 import observer_pb2
+
+    events = sample_events()
+    asked: list[observer_pb2.EventsRequest] = []
+
+    class StubNode:
+        def events(self, req: observer_pb2.EventsRequest):  # type: ignore[no-untyped-def]
+            asked.append(req)
+            yield from events  # a node that ignores since_ns sends everything again
+
+    st = TopState("n:1", 300)
+    tail = EventTail(StubNode(), st, threading.Event())  # type: ignore[arg-type]
+    tail._follow()
+    tail._follow()  # as after a reconnect
+    assert [e["type"] for e in st.events] == ["retransmit_burst", "connect_failed", "rtt_shift"]
+    assert asked[0].since_ns == 0 and asked[1].since_ns == events[-1].time_ns + 1
+    assert asked[1].follow and asked[1].number == 50
