@@ -514,17 +514,21 @@ def test_teardown_removes_everything(tmp_path: Path) -> None:
     assert lab.faults == []
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def test_sweep_removes_labs_of_dead_processes_only() -> None:
     require_kernel()
-    dead_id = f"mnlab-{_dead_pid()}-1"
+    # The "crashed" lab's owner is a process that lives while the leftovers are set up, so that a Lab built
+    # meanwhile by a parallel test run leaves them alone, and dies just before our Lab sweeps.
+    owner = subprocess.Popen(["sleep", "60"])
+    dead_id = f"mnlab-{owner.pid}-1"
     live_id = f"mnlab-{os.getpid()}-99999"  # owner (this process) alive, but not a Lab object here
-    made: list[subprocess.Popen[bytes]] = []
+    made: list[subprocess.Popen[bytes]] = [owner]
     try:
         for lab_id in (dead_id, live_id):
             for ns in (f"{lab_id}-h-x", f"{lab_id}-sw"):
@@ -535,7 +539,10 @@ def test_sweep_removes_labs_of_dead_processes_only() -> None:
         (CGROUP_ROOT / dead_id / "x" / "cgroup.procs").write_text(str(in_cgroup.pid))
         in_netns = subprocess.Popen(["nsenter", f"--net=/run/netns/{dead_id}-h-x", "sleep", "60"])
         made += [in_cgroup, in_netns]
-        time.sleep(0.1)  # let nsenter enter the namespace before the sweep looks for it
+        netns_inode = os.stat(f"/run/netns/{dead_id}-h-x").st_ino
+        wait_until(lambda: os.readlink(f"/proc/{in_netns.pid}/ns/net") == f"net:[{netns_inode}]")
+        owner.kill()
+        owner.wait()
 
         with Lab(1) as lab:
             report = lab.sweep_report
@@ -565,8 +572,10 @@ def test_sweep_removes_labs_of_dead_processes_only() -> None:
 
 
 SIGNAL_SCRIPT = """
-import sys, time
+import signal, sys, time
 from tests.lab import Lab
+# a background job of a non-interactive shell starts with SIGINT ignored; a user's program at a terminal not
+signal.signal(signal.SIGINT, signal.default_int_handler)
 lab = Lab(2)
 lab["a"].popen(["sleep", "60"])
 lab["b"].drop()
@@ -593,13 +602,19 @@ def test_interrupted_lab_is_torn_down(signum: int, wait: str, returncode: int) -
         [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     lab_id = read_line(proc, timeout=10.0)
-    assert lab_id.startswith("mnlab-"), proc.communicate(timeout=5)
-    assert lab_id in netns_list()
-    proc.send_signal(signum)
-    _out, err = proc.communicate(timeout=15)
-    assert proc.returncode == returncode, err
-    assert lab_id not in netns_list()
-    assert not (CGROUP_ROOT / lab_id).exists()
+    try:
+        assert lab_id.startswith("mnlab-"), proc.communicate(timeout=5)
+        assert lab_id in netns_list()
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=15)
+        assert proc.returncode == returncode, err
+        assert lab_id not in netns_list()
+        assert not (CGROUP_ROOT / lab_id).exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        if lab_id.startswith("mnlab-"):
+            sweep(lab_id, include_live=True)
 
 
 # -- the fixture maker ---------------------------------------------------------------------------------
