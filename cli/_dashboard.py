@@ -182,14 +182,18 @@ def _events(events: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: b
     from cli._views import endpoint
 
     t = table(plain=plain, boxed=False)
+    pw = 14 if not wide else 20
     t.add_column("TIME", width=8, no_wrap=True)
     t.add_column("EVENT", width=16, no_wrap=True, overflow="ellipsis")
-    t.add_column("PROCESS", width=14, no_wrap=True, overflow="ellipsis")
-    t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
-    t.add_column("DETAIL", width=15 if not wide else 40, no_wrap=True, overflow="ellipsis")
+    t.add_column("PROCESS", width=pw, no_wrap=True, overflow="ellipsis")
+    t.add_column("DESTINATION", width=21 if not wide else 41, no_wrap=True, overflow="ellipsis")
+    if wide:
+        t.add_column("DETAIL", min_width=10, no_wrap=True, overflow="ellipsis")
+    else:
+        t.add_column("DETAIL", width=15, no_wrap=True, overflow="ellipsis")
     for e in list(events)[-n:] if n > 0 else []:
         f = e.get("flow") or {}
-        t.add_row(format_clock(e["time_ns"]), e["type"], process(f.get("comm", ""), f.get("pid", 0), 14),
+        t.add_row(format_clock(e["time_ns"]), e["type"], process(f.get("comm", ""), f.get("pid", 0), pw),
                   endpoint(f.get("dst", ""), f.get("dport", 0)) if f.get("dst") else "-", event_detail(e))
     return t
 

@@ -151,7 +151,11 @@ def events_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain
     pw = 14 if not wide else 20
     t.add_column("PROCESS", width=pw, no_wrap=True, overflow="ellipsis")
     t.add_column("DESTINATION", width=21, no_wrap=True, overflow="ellipsis")
-    t.add_column("DETAIL", width=15 if not wide else 60, no_wrap=True, overflow="ellipsis")
+    # the last column: fixed in the 80-column layout, as wide as the screen allows in wide mode
+    if wide:
+        t.add_column("DETAIL", min_width=15, no_wrap=True, overflow="ellipsis")
+    else:
+        t.add_column("DETAIL", width=15, no_wrap=True, overflow="ellipsis")
     for e in rows:
         f = e.get("flow") or {}
         t.add_row(

@@ -160,3 +160,11 @@ def test_event_tail_resumes_after_the_last_event_shown() -> None:
     assert [e["type"] for e in st.events] == ["retransmit_burst", "connect_failed", "rtt_shift"]
     assert asked[0].since_ns == 0 and asked[1].since_ns == events[-1].time_ns + 1
     assert asked[1].follow and asked[1].number == 50
+
+
+def test_wide_frame_keeps_every_column_whole_at_120() -> None:
+    out = render_text(dashboard(_view(), height=30, wide=True), width=120)
+    assert "…" not in out.replace("rtt 1.2ms -> 4…", "")
+    assert "11:06:40 rtt_shift        nginx/1              10.0.0.7:51234" in out
+    assert "rtt 1.2ms -> 45ms" in out
+    assert max(len(line) for line in out.splitlines()) <= 120
