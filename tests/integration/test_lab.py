@@ -358,30 +358,32 @@ def test_random_loss_causes_retransmissions_but_transfer_completes(make_lab: Lab
     a, b = lab["a"], lab["b"]
     start_server(b, SINK, str(SINK_PORT))
     size = 2_000_000
+
+    def transfer(**kwargs: Any) -> int:
+        """Send ``size`` bytes from a to b; the retransmissions a's kernel counted meanwhile."""
+        before = retrans_segs(a, tmp_path)
+        assert send_bulk(a, b.ip, size, **kwargs)["sink_bytes"] == size  # TCP repaired every loss
+        return retrans_segs(a, tmp_path) - before
+
+    clean = transfer()
+
     # On a link with a 50 us RTT, TCP's 200 ms minimum RTO (doubled per repeated loss) is what makes a lossy
     # transfer slow, from 0.4 s to over 10 s; a 10 ms floor for this route keeps the test fast and steady.
-    a.run(["ip", "route", "add", f"{b.ip}/32", "dev", a.iface, "rto_min", "10ms"])
-
-    before = retrans_segs(a, tmp_path)
-    assert send_bulk(a, b.ip, size)["sink_bytes"] == size
-    clean = retrans_segs(a, tmp_path) - before
-
+    route = ["ip", "route", "add", f"{b.ip}/32", "dev", a.iface, "rto_min", "10ms"]
+    a.run(route)
     # Lose 30 % of the data segments (on the wire, at the switch port), once the connection is up: with
-    # the ACKs lost too the round trip would lose ~51 % and TCP would crawl.
+    # the ACKs lost too, about half the round trips would fail and TCP would crawl.
     faults = []
-    before = retrans_segs(a, tmp_path)
-    out = send_bulk(a, b.ip, size, before_go=lambda: faults.append(a.loss(30, peer=b, direction="out")))
-    lossy = retrans_segs(a, tmp_path) - before
-    assert faults[0].params == {"percent": 30, "direction": "out", "table": faults[0].params["table"]}
-    faults[0].remove()
+    lossy = transfer(before_go=lambda: faults.append(a.loss(30, peer=b, direction="out")))
+    (fault,) = faults
+    assert fault.params["percent"] == 30 and fault.params["direction"] == "out"
+    fault.remove()
+    a.run(["ip", "route", "del", *route[3:]])
 
-    assert out["sink_bytes"] == size  # TCP repaired every loss
+    after = transfer()
     assert lossy >= 50, f"only {lossy} retransmissions under 30 % loss"
-    assert clean == 0
-
-    before = retrans_segs(a, tmp_path)
-    assert send_bulk(a, b.ip, size)["sink_bytes"] == size
-    assert retrans_segs(a, tmp_path) - before == 0
+    # without loss: none, bar a tail loss probe if this machine is so busy that an ACK comes late
+    assert clean <= 2 and after <= 2, (clean, after)
 
 
 def test_blackhole_route_then_recovers(lab3: Lab) -> None:
