@@ -6,11 +6,19 @@ and rich itself, so ``meshctl --help`` and usage errors stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from cli._exceptions import EXIT_INTERRUPTED, EXIT_NODE_ERROR, MeshctlError
+
+if TYPE_CHECKING:
+    import argparse
 
 # command -> module holding ``run(args) -> int``
 COMMANDS: dict[str, str] = {
@@ -26,11 +34,34 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _exit_on_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C during a command that leaves the terminal as it found it: flush what was printed, exit 130.
+
+    A KeyboardInterrupt raised inside a blocking gRPC stream is not reliable (gRPC may swallow it and
+    end the stream as if it were complete, or hang closing the channel); exiting here is.
+    """
+    with contextlib.suppress(Exception):  # the interrupted write, a closed pipe: nothing more to save
+        sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one meshctl command; every failure is one line on stderr and an exit code (see --help)."""
     from cli._args import parse
 
     args = parse(sys.argv[1:] if argv is None else argv)
+    previous = None
+    # top restores the terminal itself, through KeyboardInterrupt; handlers only go on the main thread
+    if args.command != "top" and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _exit_on_interrupt)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         module = importlib.import_module(COMMANDS[args.command])
         code: int = module.run(args)
