@@ -26,6 +26,7 @@ from tests.lab import (
     CGROUP_ROOT,
     Host,
     Lab,
+    LabError,
     LabFactory,
     lab_fixture,
     make_lab,  # noqa: F401 - a fixture, used by name
@@ -240,6 +241,8 @@ def test_tcp_and_udp_over_ipv4_and_ipv6(make_lab: LabFactory) -> None:  # noqa: 
     assert b.ip6 == f"fd6d:6e6c:6162:{slot:02x}01::2"
     echo = start_server(b, TCP_ECHO, str(PORT))
     start_server(c, UDP_ECHO, str(UDP_PORT))
+    c.wait_listening(UDP_PORT, udp=True, timeout=1.0)
+    b.wait_listening(PORT, timeout=1.0)
 
     for addr in (b.ip, b.ip6):
         size = 100_000
@@ -626,6 +629,10 @@ duo = lab_fixture(["web", "db"], scope="module")
 
 def test_lab_fixture_builds_named_hosts(duo: Lab) -> None:
     assert sorted(duo.hosts) == ["db", "web"]
-    start_server(duo["db"], TCP_ECHO, str(PORT))
+    db = duo["db"]
+    with pytest.raises(LabError, match="nothing listens on TCP port 7000 of host db"):
+        db.wait_listening(PORT, timeout=0.1)
+    db.python(TCP_ECHO, str(PORT), stdout=subprocess.DEVNULL)  # no waiting for its "ready" line
+    db.wait_listening(PORT)
     out = tcp(duo["web"], duo["db"].ip6, size=5000)
     assert out["outcome"] == "ok" and out["echo_sha"] == hashlib.sha256(expected_payload(5000)).hexdigest()

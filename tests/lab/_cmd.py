@@ -25,6 +25,7 @@ REQUIRED_TOOLS = {
     "nsenter": "util-linux",
     "sh": "a POSIX shell",
     "sysctl": "procps",
+    "ss": "iproute2",
 }
 _DEFAULT_TIMEOUT = 20.0
 

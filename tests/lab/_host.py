@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _cgroup, _cmd
-from ._errors import LabCommandError, LabUsageError
+from ._errors import LabCommandError, LabError, LabUsageError
 from ._faults import Attachment, FaultTarget, Network
 from ._names import CGROUP_ROOT, HOST_IFACE, NETNS_DIR, UPLINK_IFACE, core_port, switch_port
 
@@ -175,6 +176,27 @@ class Host(FaultTarget):
         ``code`` is dedented, so it can be written as an indented triple-quoted string.
         """
         return self.popen([sys.executable, "-c", textwrap.dedent(code), *args], **popen_kwargs)
+
+    def wait_listening(self, port: int, *, udp: bool = False, timeout: float = 10.0) -> None:
+        """Wait until a socket on this host listens on ``port`` (TCP, or a bound UDP socket with ``udp``).
+
+        For servers that do not announce readiness (a node's gRPC port, an HTTP server): poll ``ss`` in the
+        host's namespace instead of sleeping. ``ss`` runs outside the host's cgroup, so the lab's own tooling
+        never shows up among the host's processes.
+
+        Raises:
+            LabError: nothing listened within ``timeout`` seconds.
+        """
+        argv = _cmd.netns_argv(self.netns, [_cmd.tool("ss"), "-Hn", "-lu" if udp else "-lt", f"sport = :{port}"])
+        deadline = time.monotonic() + timeout
+        while True:
+            result = _cmd.run(argv, what=f"list listening sockets on host {self.name}")
+            if result.stdout.strip():
+                return
+            if time.monotonic() >= deadline:
+                proto = "UDP" if udp else "TCP"
+                raise LabError(f"nothing listens on {proto} port {port} of host {self.name} after {timeout}s")
+            time.sleep(0.02)
 
     def pids(self) -> list[int]:
         """Pids of the processes now in the host's cgroup."""
