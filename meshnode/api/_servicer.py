@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ DEFAULT_SUMMARIES: Final = 100
 MAX_SUMMARIES: Final = 100_000
 MAX_EVENTS: Final = 1_000_000
 MAX_HEALTH_ROWS: Final = 5_000_000
+MAX_ADDRESS_CHANGES: Final = 1_000
 HEALTH_TOP: Final = 1_000
 """Health rows per process and per destination: the busiest this many."""
 HEALTH_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
@@ -228,21 +230,53 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     def _health(
         self, since: int, until: int, sel: Selector, deadline: float | None
     ) -> observer_pb2.HealthResponse:
-        """Fractions from SQL aggregates (no record decoded); patterns from the failed records only."""
+        """Fractions from SQL aggregates (no record decoded); patterns from candidate records only.
+
+        Only failed flows that can be part of a pattern are decoded: retries from (process, destination)
+        groups with at least MIN_RETRY_FAILURES failures, scans from sources failing on at least
+        MIN_SCAN_PORTS ports, address-change failures from the 60 s after each change. The pure health
+        functions then decide exactly as they would over every record.
+        """
         base = sel.query(FlowQuery(since, until))
-        failed_only = dataclasses.replace(base, equals={"outcome": sorted(FAILED_OUTCOMES)})
-        failed: list[FlowRecord] = []
+        failed = {"outcome": sorted(FAILED_OUTCOMES)}
+        retry_q = dataclasses.replace(
+            base, equals={**failed, "direction": ["outbound"]},
+            min_group=(("comm", "pid", "dst", "dport"), "", health_mod.MIN_RETRY_FAILURES),
+        )
+        scan_q = dataclasses.replace(
+            base, equals={**failed, "direction": ["inbound"]},
+            min_group=(("dst",), "sport", health_mod.MIN_SCAN_PORTS),
+        )
+        changes = self.store.address_changes(max(0, since - health_mod.ADDRESS_CHANGE_WINDOW_NS), until)
+        rows = 0
+
+        def take(q: FlowQuery, conn: sqlite3.Connection) -> list[FlowRecord]:
+            nonlocal rows
+            out = []
+            for sf in self.store.query_flows(q, conn, deadline=deadline):
+                out.append(sf.record)
+                rows += 1
+                if rows > MAX_HEALTH_ROWS:
+                    raise OverflowError
+            return out
+
         with self.store.reader() as conn:
             host_counts = self.store.count_outcomes(base, (), conn)
             by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn, top=HEALTH_TOP)
             by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
             by_period = self.store.count_outcomes(base, ("period",), conn)
             _check_deadline(deadline)
-            for sf in self.store.query_flows(failed_only, conn, deadline=deadline):
-                failed.append(sf.record)
-                if len(failed) > MAX_HEALTH_ROWS:
-                    raise OverflowError
-        changes = self.store.address_changes(max(0, since - health_mod.ADDRESS_CHANGE_WINDOW_NS), until)
+            retry_candidates = take(retry_q, conn)
+            scan_candidates = take(scan_q, conn)
+            after_change: dict[tuple[int, int], FlowRecord] = {}
+            for t in changes[-MAX_ADDRESS_CHANGES:]:
+                window = dataclasses.replace(
+                    base, since_ns=max(t, since), until_ns=min(t + health_mod.ADDRESS_CHANGE_WINDOW_NS, until),
+                    equals=failed,
+                )
+                if window.since_ns <= window.until_ns:
+                    for rec in take(window, conn):
+                        after_change[(rec.flow_id, rec.end_ns)] = rec
         host = health_mod.HealthRow("host", "")
         for _, counts in host_counts:
             for outcome, n in counts.items():
@@ -258,9 +292,10 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             by_destination=[health_row_pb(r) for r in health_mod.health_from_counts(
                 "destination",
                 ((format_destination(k[0], k[1]), o, n) for k, c in by_dst for o, n in c.items()))],
-            retries=[retry_pb(p) for p in health_mod.retry_patterns(failed)],
-            scans=[scan_pb(s) for s in health_mod.scan_patterns(failed)],
-            failures_after_address_change=health_mod.failures_after_address_change(failed, changes),
+            retries=[retry_pb(p) for p in health_mod.retry_patterns(retry_candidates)],
+            scans=[scan_pb(s) for s in health_mod.scan_patterns(scan_candidates)],
+            failures_after_address_change=health_mod.failures_after_address_change(
+                list(after_change.values()), changes),
             since_ns=since, until_ns=until,
             by_period=[health_row_pb(r) for r in periods],
             address_changes=sum(1 for t in changes if t >= since),

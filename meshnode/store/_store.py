@@ -18,6 +18,7 @@ reused by later periods, so the file stays at its high-water mark instead of shr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import sqlite3
@@ -130,7 +131,10 @@ class FlowQuery:
     values. ``after`` is a key from a previous result: only later records are returned. ``max_period`` bounds
     the result to periods closed at a snapshot (see ``Store.last_closed_period``). ``allow``/``deny`` are
     Hubble-style filter lists: a record passes when it matches any ``allow`` filter (or there are none) and
-    no ``deny`` filter.
+    no ``deny`` filter. ``min_group = (columns, distinct, n)`` keeps only records whose group (same values of
+    ``columns`` among the records the rest of the query selects) has at least ``n`` members, or ``n``
+    distinct values of column ``distinct`` when it is not empty: "processes failing to one destination at
+    least 3 times", "sources failing on at least 5 local ports".
     """
 
     since_ns: int = 0
@@ -141,6 +145,7 @@ class FlowQuery:
     max_period: int | None = None
     allow: Sequence[RowFilter] = ()
     deny: Sequence[RowFilter] = ()
+    min_group: tuple[tuple[str, ...], str, int] | None = None
 
 
 def encode_row(row_id: int, period: int, rec: FlowRecord) -> tuple[Any, ...]:
@@ -498,6 +503,18 @@ class Store:
             cond, cargs = _filter_sql(f)
             where.append(f"NOT {cond}")
             args += cargs
+        if q.min_group is not None:
+            cols, distinct, n = q.min_group
+            for col in (*cols, *([distinct] if distinct else [])):
+                if col not in FLOW_FIELDS:
+                    raise ValueError(f"unknown flow field {col!r}")
+            inner, inner_args = self._where(table, dataclasses.replace(q, min_group=None, after=None))
+            group = ", ".join(cols)
+            count = f"COUNT(DISTINCT {distinct})" if distinct else "COUNT(*)"
+            name = "flows" if table == TABLE_FINAL else "interim"
+            where.append(f"({group}) IN (SELECT {group} FROM {name}{inner} GROUP BY {group} "
+                         f"HAVING {count} >= ?)")
+            args += [*inner_args, n]
         return (" WHERE " + " AND ".join(where) if where else ""), args
 
     def _query_table(self, conn: sqlite3.Connection, table: int, q: FlowQuery) -> Iterator[StoredFlow]:

@@ -161,6 +161,21 @@ def test_follow_with_real_period_timer(tmp_path: Path) -> None:
     run(tmp_path, body, export_period=0.5, tick=0.05)
 
 
+def test_health_finds_scans_and_ignores_non_patterns(tmp_path: Path) -> None:
+    scan = [flow(100 + p, direction="inbound", sport=p, dst="192.0.2.66", outcome="refused") for p in range(20, 26)]
+    few = [flow(200 + p, direction="inbound", sport=p, dst="192.0.2.77", outcome="refused") for p in range(20, 24)]
+    twice = [flow(300 + i, outcome="timeout", dport=8443) for i in range(2)]
+
+    async def body(h: Harness) -> None:
+        await h.period(*scan, *few, *twice)
+        resp = await h.stub.Health(observer_pb2.HealthRequest(since_ns=T0, until_ns=T0 + 400 * S), timeout=10)
+        assert [(s.src, s.ports, s.failures) for s in resp.scans] == [("192.0.2.66", 6, 6)]
+        assert list(resp.retries) == []
+        assert resp.host.attempts == 12 and resp.host.useful == 0
+
+    run(tmp_path, body)
+
+
 def test_health_reports_the_fraction(tmp_path: Path) -> None:
     good = [flow(i) for i in range(1, 8)]
     bad = [flow(i, outcome="refused", start_ns=T0 + i * S) for i in range(8, 11)]
@@ -176,6 +191,7 @@ def test_health_reports_the_fraction(tmp_path: Path) -> None:
         assert len(resp.by_period) == 1 and resp.by_period[0].useful_fraction.value == pytest.approx(0.7)
         [retry] = resp.retries
         assert (retry.failures, retry.interval_p50_ms) == (3, 1000.0)
+        assert list(resp.scans) == []
         filtered = await h.stub.Health(observer_pb2.HealthRequest(
             since_ns=T0, until_ns=T0 + 60 * S, filter=F(outcome=[flow_pb2.ESTABLISHED])), timeout=10)
         assert filtered.host.useful_fraction.value == 1.0
