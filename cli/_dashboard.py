@@ -103,7 +103,7 @@ def _header(v: Mapping[str, Any], plain: bool) -> list[RenderableType]:
     line1 = Text(f"node {v['node']}", style="" if plain else "bold")
     if s:
         line1.append(f" {s['node_id'][:8] or '?'} · {s['sensor_mode'] or '?'}/{s['fidelity']}"
-                     f" · period {format_seconds(s['export_period_s'])}")
+                     f" · period {format_seconds(s['export_period_s']) if s['export_period_s'] else '?'}")
     line1.append(f" · window {format_seconds(v['window_s'])}")
     line2 = Text()
     if s:
