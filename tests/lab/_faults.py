@@ -20,8 +20,9 @@ How each kind is made, and why that way:
 * ``blackhole``: routing, not filtering, so the sensor sees what a broken route looks like: a ``blackhole``
   (or ``unreachable``/``prohibit``) route to each peer network with a low metric so it wins over the lab's
   routes; for "all traffic" on a host, a policy rule of that type (a route cannot undercut the connected
-  /24). Locally originated connects fail at once (blackhole: EINVAL, unreachable: EHOSTUNREACH, prohibit:
-  EACCES); connects from the far side time out because the answers vanish.
+  /24). Locally originated connects fail at once (blackhole: EINVAL; unreachable: EHOSTUNREACH, or
+  ENETUNREACH from the rule; prohibit: EACCES); connects from the far side time out because the answers
+  vanish. On a site router, forwarded traffic gets nothing (blackhole) or an ICMP error (unreachable).
 * ``rate``: ``tbf`` on both ends of the veth (egress of the host's ``eth0`` shapes what it sends, egress of
   the switch port shapes what it receives). Between two hosts only: an ``htb`` root whose unclassified
   traffic is unshaped, one class holding the ``tbf``, and ``u32`` filters steering the peer's addresses
@@ -44,6 +45,8 @@ from ._names import nft_table, parse_rate, tbf_burst_bytes
 FaultKind = Literal["drop", "reject", "loss", "blackhole", "rate"]
 #: ``in``: traffic arriving at the target; ``out``: traffic leaving it; ``both``: both.
 Direction = Literal["both", "in", "out"]
+#: One way of a ``Direction``.
+Way = Literal["in", "out"]
 RouteType = Literal["blackhole", "unreachable", "prohibit"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -68,7 +71,7 @@ class HasNetworks(Protocol):
         ...
 
 
-#: A fault's peer: a host, a site, or an address / network as text ("10.213.1.2", "fd6d::/64").
+#: A fault's peer: a host, a site, or an address / network as text ("10.130.1.2", "fd6d::/64").
 Peer = HasNetworks | str
 
 
@@ -143,8 +146,8 @@ def verdicts(kind: FaultKind, percent: float | None = None) -> list[str]:
     if kind == "reject":
         return ["meta l4proto tcp reject with tcp reset", "reject with icmpx port-unreachable"]
     if kind == "loss":
-        if percent is None or not 0 < percent <= 100:
-            raise LabUsageError(f"loss percent must be in (0, 100], not {percent!r}")
+        if percent is None or not 0.1 <= percent <= 100:
+            raise LabUsageError(f"loss percent must be in [0.1, 100] (nft draws per mille), not {percent!r}")
         permille = round(percent * 10)
         return [f"numgen random mod 1000 < {permille} drop"]
     raise LabUsageError(f"{kind!r} is not a filter fault")
@@ -168,9 +171,6 @@ def local_exemptions(kind: FaultKind, way: Way) -> list[str]:
             "icmpv6 type destination-unreachable accept",
         ]
     return exempt
-
-
-Way = Literal["in", "out"]
 
 
 def ways(direction: Direction) -> list[Way]:
@@ -398,7 +398,8 @@ class FaultTarget:
         """Route traffic to ``peer`` (default: everything) into a ``blackhole`` / ``unreachable`` / ``prohibit``.
 
         Routes only steer what the target sends, yet a connection from the peer fails too: its SYN arrives
-        but the SYN-ACK has no way back.
+        but the SYN-ACK has no way back. A connect from the target fails at once: ``EINVAL`` (blackhole),
+        ``EHOSTUNREACH`` (unreachable; ``ENETUNREACH`` without a peer), ``EACCES`` (prohibit).
         """
         if route_type not in _ROUTE_TYPES:
             raise LabUsageError(f"route_type must be one of {_ROUTE_TYPES}, not {route_type!r}")

@@ -155,7 +155,7 @@ def test_verdicts() -> None:
     assert verdicts("loss", 30) == ["numgen random mod 1000 < 300 drop"]
     assert verdicts("loss", 0.5) == ["numgen random mod 1000 < 5 drop"]
     assert verdicts("reject")[0] == "meta l4proto tcp reject with tcp reset"
-    for percent in (0, -1, 101, None):
+    for percent in (0, 0.05, -1, 101, None):
         with pytest.raises(LabUsageError):
             verdicts("loss", percent)
 
