@@ -402,6 +402,8 @@ def test_blackhole_route_then_recovers(lab3: Lab) -> None:
         assert tcp(a, c.ip)["outcome"] == "ok"
     with a.blackhole(peer=b, route_type="unreachable"):
         assert tcp(a, b.ip)["outcome"] == "EHOSTUNREACH"
+    with a.blackhole(peer=b, route_type="prohibit"):
+        assert tcp(a, b.ip6)["outcome"] == "EACCES"
     with a.blackhole():  # everything but loopback
         assert tcp(a, c.ip)["outcome"] == "EINVAL"
         assert tcp(a, c.ip6)["outcome"] == "EINVAL"
