@@ -44,6 +44,7 @@ examples:
 Every command takes --json (one JSON document, JSON Lines for streams), --wide, --timeout DURATION
 and --node HOST:PORT, before or after the command name. The node defaults to $MESHCTL_NODE, else
 {DEFAULT_NODE}. Durations: 90s, 5m, 1h30m; times: a duration ago or RFC3339 (2026-11-23T17:30:00Z).
+Times shown are UTC; sizes are binary (1.2 MiB = 1.2 x 1024^2 bytes).
 
 {EXIT_CODES_HELP}"""
 
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "history). The node answers oldest first")
     p.add_argument("--until", type=_time, metavar="WHEN", help="up to this long ago or an RFC3339 time")
     p.add_argument("-n", "--limit", type=_count, default=0, metavar="N",
-                   help="at most N records (default: the node's default, 1,000)")
+                   help="at most N records (default: the node's, 1,000); with --follow, N past records "
+                   "first (default: none), then new ones")
     p.add_argument("--interim", action="store_true", help="include interim records of active flows")
 
     p = add("health", "useful-flow fractions per host, process and destination, retry and scan patterns",

@@ -141,7 +141,8 @@ class Node:
         stderr says more records remain.
         """
         req.batch_size = BATCH_SIZE
-        limit = req.number
+        # With follow, number bounds only the history sent first; the stream itself has no end.
+        limit = 0 if req.follow else req.number
         timeout = None if req.follow else self.timeout
         seen = 0
         while True:

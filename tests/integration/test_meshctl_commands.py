@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,3 +347,36 @@ def test_ctrl_c_on_a_stream_exits_130_quietly(fake: FakeNode, argv: list[str]) -
         p.kill()
     assert p.returncode == 130
     assert err == ""
+
+
+def test_flows_follow_prints_the_header_once_then_rows_as_they_come(fake: FakeNode) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "cli", "--node", fake.address, "flows", "--follow", "--since", "all",
+                          "--limit", "3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            lines.put(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        got = [lines.get(timeout=20) for _ in range(4)]
+        p.send_signal(signal.SIGINT)
+        p.wait(10)
+        reader.join(10)
+        assert p.stderr is not None
+        err = p.stderr.read()
+    finally:
+        p.kill()
+    assert lines.empty()  # nothing after the three records: the stream was waiting for new ones
+    assert got == [
+        "TIME     PROCESS        DESTINATION           OUTCOME          TX      RX    RTT",
+        "11:06:38 curl/4242      10.0.0.2:443          established 1.3 KiB 1.2 MiB  1.2ms",
+        "11:06:38 fakeclient/777 10.0.0.9:8080         refused         0 B     0 B      -",
+        "11:06:40 fakeclient/777 10.0.0.9:8080         timeout         0 B     0 B      -",
+    ]
+    assert (p.returncode, err) == (130, "")
