@@ -25,8 +25,9 @@ class MeshConfig:
         retransmit_mult: each broadcast is sent mult * ceil(log10(n + 1)) times.
         push_pull_interval: seconds between two full-state exchanges (scaled up beyond 32 members); 0
             disables them.
-        reconnect_interval: seconds between two push-pulls with a random dead member, so that the two
-            sides of a healed partition find each other again (Serf's reconnect); 0 disables them.
+        reconnect_interval: every this many seconds, with probability dead / alive members, push-pull with
+            a random dead member, so that the two sides of a healed partition find each other again
+            (Serf's reconnect); 0 disables it.
         stream_timeout: deadline of a reliable request (push-pull, digest pull).
         packet_budget: the largest packet in bytes, piggybacked broadcasts included.
         dead_retention: seconds a dead or left member stays listed before it is forgotten.
@@ -45,7 +46,7 @@ class MeshConfig:
     gossip_to_the_dead_time: float = 30.0
     retransmit_mult: int = 4
     push_pull_interval: float = 30.0
-    reconnect_interval: float = 10.0
+    reconnect_interval: float = 30.0
     stream_timeout: float = 5.0
     packet_budget: int = 1400
     dead_retention: float = 300.0

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -262,8 +262,31 @@ class DigestRejected(PeerError):
         self.reason = reason
 
 
+def check_signature(public_key: bytes, signature: bytes, payload: bytes) -> None:
+    """Check an Ed25519 signature.
+
+    Raises:
+        DigestRejected: ``bad_key`` or ``bad_signature``.
+    """
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError as exc:
+        raise DigestRejected("bad_key", str(exc)) from exc
+    try:
+        pub.verify(signature, payload)
+    except InvalidSignature as exc:
+        raise DigestRejected("bad_signature", "signature does not match the payload") from exc
+
+
+SignatureCheck = Callable[[bytes, bytes, bytes], None]
+"""``(public_key, signature, payload)``, raising ``DigestRejected``; ``check_signature`` by default."""
+
+
 def verify_digest(
-    signed: mesh_pb2.SignedDigest, max_bytes: int, now_ns: int | None = None
+    signed: mesh_pb2.SignedDigest,
+    max_bytes: int,
+    now_ns: int | None = None,
+    check: SignatureCheck = check_signature,
 ) -> mesh_pb2.Digest:
     """The digest inside ``signed``, after checking size, key, identity, signature, version and time.
 
@@ -273,14 +296,7 @@ def verify_digest(
     """
     if len(signed.payload) > max_bytes:
         raise DigestRejected("oversize", f"{len(signed.payload)} bytes > {max_bytes}")
-    try:
-        pub = Ed25519PublicKey.from_public_bytes(signed.public_key)
-    except ValueError as exc:
-        raise DigestRejected("bad_key", str(exc)) from exc
-    try:
-        pub.verify(signed.signature, signed.payload)
-    except InvalidSignature as exc:
-        raise DigestRejected("bad_signature", "signature does not match the payload") from exc
+    check(signed.public_key, signed.signature, signed.payload)
     try:
         digest = mesh_pb2.Digest.FromString(signed.payload)
     except DecodeError as exc:
@@ -331,11 +347,18 @@ class DigestExchange:
         key: this node's identity (signs what it publishes).
         scheduler: the clock (seq numbers, ages, receipt times).
         config: bounds.
-        num_nodes: the member count (scales the announcement retransmit limit); set by ``attach``.
+        check: the signature check (simulations share a memoized one across their nodes).
     """
 
-    def __init__(self, key: NodeKey, scheduler: Scheduler, config: DigestConfig | None = None) -> None:
+    def __init__(
+        self,
+        key: NodeKey,
+        scheduler: Scheduler,
+        config: DigestConfig | None = None,
+        check: SignatureCheck = check_signature,
+    ) -> None:
         self.key = key
+        self._check = check
         self.node_id = key.node_id
         self.config = config or DigestConfig()
         self._sched = scheduler
@@ -345,6 +368,8 @@ class DigestExchange:
         self._membership: Membership | None = None
         self._announces = TransmitLimitedQueue(lambda: self._num_nodes(), self.config.retransmit_mult)
         self.counters: Counter[str] = Counter()
+        self.on_accept: Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest], None] | None = None
+        """Called with every newly accepted peer digest (to store it, or to measure dissemination)."""
 
     def attach(self, membership: Membership) -> None:
         """Give the exchange the membership it rides on (for pulls and the member count)."""
@@ -401,7 +426,7 @@ class DigestExchange:
     def ingest(self, signed: mesh_pb2.SignedDigest, source: str) -> bool:
         """Verify and hold a digest from ``source``; False (counted, logged) when it is dropped."""
         try:
-            digest = verify_digest(signed, self.config.max_bytes, self._sched.wall_ns())
+            digest = verify_digest(signed, self.config.max_bytes, self._sched.wall_ns(), self._check)
         except DigestRejected as exc:
             self.counters[f"digests_{exc.reason}"] += 1
             log.warning("digest from %s dropped: %s", source, exc)
@@ -422,6 +447,11 @@ class DigestExchange:
         self._held[digest.node_id] = HeldDigest(signed, digest, self._sched.now())
         self.counters["digests_accepted"] += 1
         self._announce(digest.node_id, digest.seq)
+        if self.on_accept is not None:
+            try:
+                self.on_accept(digest, signed)
+            except Exception:
+                log.exception("digest on_accept callback failed")
         return True
 
     def _announce(self, node_id: str, seq: int) -> None:

@@ -47,6 +47,7 @@ class MemoryNetwork:
         self._endpoints: dict[str, MemoryTransport] = {}
         self.bytes_sent: defaultdict[str, int] = defaultdict(int)
         self.packets_sent: defaultdict[str, int] = defaultdict(int)
+        self.stream_bytes_sent: defaultdict[str, int] = defaultdict(int)
         self.packets_dropped = 0
 
     def endpoint(self, addr: str) -> MemoryTransport:
@@ -109,6 +110,7 @@ class MemoryNetwork:
 
     def _request(self, src: str, dst: str, payload: bytes, timeout: float, on_reply: ReplyCallback) -> None:
         self.bytes_sent[src] += len(payload)
+        self.stream_bytes_sent[src] += len(payload)
         done = False
 
         def fail(reason: str) -> None:
@@ -128,6 +130,7 @@ class MemoryNetwork:
                 self.scheduler.call_later(self._delay(dst, src), lambda: fail(reason))
                 return
             self.bytes_sent[dst] += len(answer)
+            self.stream_bytes_sent[dst] += len(answer)
 
             def back() -> None:
                 nonlocal done

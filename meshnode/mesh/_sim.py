@@ -6,13 +6,14 @@ Everything random comes from one seed, so a failing run can be replayed exactly.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from meshnode.mesh._clock import ManualScheduler
 from meshnode.mesh._config import MeshConfig
-from meshnode.mesh._digest import DigestConfig, DigestExchange, NodeKey
+from meshnode.mesh._digest import DigestConfig, DigestExchange, DigestRejected, NodeKey, check_signature
 from meshnode.mesh._memnet import MemoryNetwork
-from meshnode.mesh._state import Delegate, Membership, State
+from meshnode.mesh._state import Delegate, Member, Membership, State
 
 
 class SimCluster:
@@ -44,6 +45,7 @@ class SimCluster:
         self.digest_config = digest_config
         self.exchanges: dict[str, DigestExchange] = {}
         self.ids: list[str] = []
+        self._verified: dict[tuple[bytes, bytes, bytes], str] = {}
         self.rng = random.Random(seed)
         self.sched = ManualScheduler()
         net_rng = random.Random(self.rng.getrandbits(64))
@@ -54,6 +56,9 @@ class SimCluster:
         self._delegate_factory = delegate_factory
         self._count = 0
         self.events: list[tuple[float, str, str, str]] = []
+        self.record_events = True
+        self.leaves_seen: Counter[str] = Counter()
+        """How many observers saw each node go (dead or left)."""
 
     def add(self, labels: Mapping[str, str] | None = None, node_id: str | None = None,
             config: MeshConfig | None = None) -> Membership:
@@ -67,13 +72,16 @@ class SimCluster:
         if self.digests:
             key = NodeKey.from_seed(f"{self.seed}/{i}".encode())
             nid = node_id or key.node_id
-            exchange = DigestExchange(key, self.sched, self.digest_config)
+            exchange = DigestExchange(key, self.sched, self.digest_config, self._memo_check)
             delegate = exchange
         elif self._delegate_factory is not None:
             delegate = self._delegate_factory(nid)
 
-        def on_event(kind: str, m: object, observer: str = nid) -> None:
-            self.events.append((self.sched.now(), observer, kind, getattr(m, "node_id", "")))
+        def on_event(kind: str, m: Member, observer: str = nid) -> None:
+            if self.record_events:
+                self.events.append((self.sched.now(), observer, kind, m.node_id))
+            if kind == "leave":
+                self.leaves_seen[m.node_id] += 1
 
         node = Membership(
             nid,
@@ -103,6 +111,44 @@ class SimCluster:
             if node.address != seed:
                 node.join([seed])
         return out
+
+    def bootstrap(self, n: int, labels: Callable[[int], Mapping[str, str]] | None = None) -> list[Membership]:
+        """``n`` nodes that already know each other, as after a completed join (large simulations).
+
+        Joining 1,000 nodes through gossip costs O(n^2) broadcasts to simulate; this installs the member
+        tables directly and clears the join broadcasts.
+        """
+        out = [self.add(labels(i) if labels else None) for i in range(n)]
+        now = self.sched.now()
+        for node in out:
+            others = [o for o in out if o is not node]
+            for o in others:
+                node._members[o.node_id] = Member(o.node_id, o.address, 0, State.ALIVE, o.labels, now)
+            node._ids = [m for m in node._members]
+            node._probe_list = [o.node_id for o in others]
+            node._rng.shuffle(node._probe_list)
+            node._num_live = len(node._members)
+            node._broadcasts.reset()
+        return out
+
+    def _memo_check(self, public_key: bytes, signature: bytes, payload: bytes) -> None:
+        """``check_signature`` computed once per distinct (key, signature, payload) for the whole cluster.
+
+        Each real node verifies each digest once; in one process a thousand simulated nodes would verify
+        the same bytes a thousand times. Same bytes, same answer, so the result is shared.
+        """
+        k = (public_key, signature, payload)
+        reason = self._verified.get(k)
+        if reason is None:
+            try:
+                check_signature(public_key, signature, payload)
+                reason = ""
+            except DigestRejected as exc:
+                reason = f"{exc.reason}\0{exc}"
+            self._verified[k] = reason
+        if reason:
+            code, _, detail = reason.partition("\0")
+            raise DigestRejected(code, detail.partition(": ")[2])
 
     def alive(self) -> list[Membership]:
         """Nodes that are running (not crashed, not shut down)."""

@@ -586,6 +586,11 @@ class Membership:
         self._timers["reconnect"] = self._sched.call_later(interval, self._reconnect_tick)
         if self._leaving:
             return
+        num_dead = sum(1 for m in self._members.values() if m.state == State.DEAD)
+        # Serf: attempt with probability dead / alive, so that a fleet makes about one attempt per interval
+        # for each dead member, however large it is.
+        if num_dead == 0 or self._rng.random() > num_dead / max(1, self._num_live):
+            return
         dead = self._random_members(1, (), lambda m: m.state == State.DEAD)
         if dead:
             self.counters["reconnects"] += 1
@@ -628,7 +633,17 @@ class Membership:
         self._transport.request(addr, req, self.config.stream_timeout, reply)
 
     def _merge_push_pull(self, pp: mesh_pb2.PushPull, source_addr: str) -> None:
+        members = self._members
         for pm in pp.members:
+            known = members.get(pm.node)
+            if (
+                known is not None
+                and pm.state == mesh_pb2.ALIVE
+                and known.state == State.ALIVE
+                and pm.incarnation <= known.incarnation
+                and pm.node != self.node_id
+            ):
+                continue  # nothing new: the common case, kept cheap for large fleets
             try:
                 st = State(pm.state)
             except ValueError:
@@ -805,6 +820,7 @@ class Membership:
             cur = self._members.get(node)
             if cur is not None and cur.state == State.SUSPECT and cur.incarnation == incarnation:
                 log.info("suspect %s timed out after %d confirmations: dead", node, confirmations)
+                self.counters["declared_dead"] += 1
                 self._dead(mesh_pb2.Dead(node=node, incarnation=incarnation, **{"from": self.node_id}))
 
         self._suspicions[node] = Suspicion(self._sched, suspecter, k, min_t, max_t, timeout)
