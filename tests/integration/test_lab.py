@@ -386,7 +386,9 @@ def test_random_loss_causes_retransmissions_but_transfer_completes(make_lab: Lab
     after = transfer()
     assert lossy >= 50, f"only {lossy} retransmissions under 30 % loss"
     # without loss: none, bar a tail loss probe if this machine is so busy that an ACK comes late
-    assert clean <= 2 and after <= 2, (clean, after)
+    # a busy machine adds the odd tail-loss probe to a clean transfer; loss must still stand far above it
+    assert clean <= 10 and after <= 10, (clean, after)
+    assert lossy > 5 * max(clean, after, 1), (clean, lossy, after)
 
 
 def test_blackhole_route_then_recovers(lab3: Lab) -> None:
