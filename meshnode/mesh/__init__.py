@@ -38,7 +38,9 @@ from meshnode.mesh._digest import (
     sign_digest,
     verify_digest,
 )
+from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, with_retries
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
+from meshnode.mesh._service import LocalDigestSource, MeshService, MeshServicer
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
 from meshnode.mesh._transport import PacketHandler, ReplyCallback, StreamHandler, Transport
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_LABEL_ORDER",
     "DIGEST_VERSION",
     "FLEET",
+    "RETRYABLE_CODES",
     "Aggregate",
     "AsyncioScheduler",
     "Awareness",
@@ -55,14 +58,18 @@ __all__ = [
     "DigestExchange",
     "DigestRejected",
     "FlowLike",
+    "GrpcTransport",
     "HeldDigest",
     "HostReport",
+    "LocalDigestSource",
     "ManualScheduler",
     "Member",
     "Membership",
     "MemoryNetwork",
     "MemoryTransport",
     "MeshConfig",
+    "MeshService",
+    "MeshServicer",
     "NodeKey",
     "PacketHandler",
     "ReplyCallback",
@@ -94,4 +101,5 @@ __all__ = [
     "suspicion_timeout",
     "trimmed_mean",
     "verify_digest",
+    "with_retries",
 ]

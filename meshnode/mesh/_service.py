@@ -1,0 +1,362 @@
+"""The mesh as a service of the node: membership + digests over gRPC, and the ``Mesh`` servicer.
+
+The daemon owns the grpc.aio server and the event loop; the mesh registers its servicer on that server
+and runs on that loop::
+
+    mesh = MeshService(advertise="10.0.0.5:7946", key=NodeKey.load_or_create(path),
+                       labels={"region": "eu", "site": "ams1", "host": "web-1"},
+                       seeds=["10.0.0.2:7946"], source=node_digests)
+    mesh.register(server)          # before server.start()
+    await server.start()
+    await mesh.start()             # joins through the seeds, starts probing and publishing
+    ...
+    await mesh.stop()              # graceful leave, then shutdown
+
+``source`` is anything with ``local_digest() -> meshnode.v1.Digest | None`` (the node's latest rollups);
+the service stamps, bounds, signs and publishes it every ``export_period`` seconds, or whenever the
+daemon calls ``await mesh.publish()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import grpc
+
+from meshnode._exceptions import PeerError
+from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, aggregate, host_reports, matches
+from meshnode.mesh._clock import AsyncioScheduler
+from meshnode.mesh._config import MeshConfig
+from meshnode.mesh._digest import DigestConfig, DigestExchange, DigestRejected, NodeKey, verify_digest
+from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
+from meshnode.mesh._state import Member, Membership, State
+from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshnode.mesh._aggregate import Aggregate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUERY_DEADLINE_MS = 2000
+
+
+class LocalDigestSource(Protocol):
+    """What the node supplies: its latest local rollups as an unsigned digest."""
+
+    def local_digest(self) -> mesh_pb2.Digest | None:
+        """The digest of the last closed export period (by_destination, endpoints, period), or None.
+
+        Must not block. ``node_id``, ``version``, ``seq`` and (when empty) ``labels`` are set by the mesh.
+        """
+
+
+def _aggregate_to_proto(a: Aggregate) -> mesh_pb2.HealthAggregate:
+    return mesh_pb2.HealthAggregate(
+        group=a.group, destination=a.destination, hosts=a.hosts, attempts=a.attempts, useful=a.useful,
+        useful_fraction_median=a.useful_fraction if a.useful_fraction is not None else 0.0,
+        failures=a.failures, rtt_p50_us_median=round(a.rtt_p50_us or 0),
+        rtt_p95_us_median=round(a.rtt_p95_us or 0), retransmits=a.retransmits,
+        newest_age_ms=round(a.newest_age_s * 1000), oldest_age_ms=round(a.oldest_age_s * 1000),
+    )
+
+
+class MeshService:
+    """One node's mesh: membership, digest exchange, gRPC transport and the ``Mesh`` servicer.
+
+    Args:
+        advertise: this node's ``host:port`` as peers reach its gRPC server.
+        key: this node's identity; its fingerprint is the node id.
+        labels: this node's labels (region, site, host, ...).
+        seeds: addresses to join through.
+        source: the node's local digests; None publishes nothing (the node can still ``publish``).
+        config: membership parameters.
+        digest_config: digest bounds.
+        export_period: seconds between two automatic publications; 0 turns them off.
+        label_order: the aggregation label order.
+        rng: randomness (seed it in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        advertise: str,
+        key: NodeKey,
+        labels: Mapping[str, str] | None = None,
+        seeds: Sequence[str] = (),
+        source: LocalDigestSource | None = None,
+        config: MeshConfig | None = None,
+        digest_config: DigestConfig | None = None,
+        export_period: float = 60.0,
+        label_order: Sequence[str] = DEFAULT_LABEL_ORDER,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.key = key
+        self.node_id = key.node_id
+        self.advertise = advertise
+        self.labels = dict(labels or {})
+        self.seeds = [s for s in seeds if s]
+        self.source = source
+        self.config = config or MeshConfig()
+        self.digest_config = digest_config or DigestConfig()
+        self.export_period = export_period
+        self.label_order = tuple(label_order)
+        self._rng = rng or random.Random()
+        self.counters: Counter[str] = Counter()
+        self.transport = GrpcTransport(advertise, packet_timeout=max(0.05, self.config.probe_timeout))
+        self.servicer = MeshServicer(self)
+        self._membership: Membership | None = None
+        self._exchange: DigestExchange | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self.joined = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def membership(self) -> Membership:
+        """The membership state machine (after ``start``)."""
+        if self._membership is None:
+            raise RuntimeError("MeshService.start() has not run")
+        return self._membership
+
+    @property
+    def exchange(self) -> DigestExchange:
+        """The digest exchange (after ``start``)."""
+        if self._exchange is None:
+            raise RuntimeError("MeshService.start() has not run")
+        return self._exchange
+
+    @property
+    def running(self) -> bool:
+        """True between ``start`` and ``stop``."""
+        return self._membership is not None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the ``meshnode.v1.Mesh`` servicer to the daemon's server (before it starts)."""
+        mesh_pb2_grpc.add_MeshServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+
+    async def start(self) -> int:
+        """Start membership on the running loop, join through the seeds; returns how many seeds answered.
+
+        A node whose seeds all fail still runs (alone); it is found when a peer joins through it.
+        """
+        if self._membership is not None:
+            return self.joined
+        sched = AsyncioScheduler(asyncio.get_running_loop())
+        self._exchange = DigestExchange(self.key, sched, self.digest_config)
+        self._membership = Membership(
+            self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
+            delegate=self._exchange,
+        )
+        self._exchange.attach(self._membership)
+        self._membership.start()
+        if self.seeds:
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+            def joined(n: int) -> None:
+                if not done.done():
+                    done.set_result(n)
+
+            self._membership.join(self.seeds, on_done=joined)
+            self.joined = await done
+            log.info("mesh %s joined through %d of %d seeds", self.node_id, self.joined, len(self.seeds))
+        if self.source is not None and self.export_period > 0:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
+        return self.joined
+
+    async def _publish_loop(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except Exception:
+                log.exception("publishing the local digest failed")
+            await asyncio.sleep(self.export_period)
+
+    async def publish(self, digest: mesh_pb2.Digest | None = None) -> mesh_pb2.SignedDigest | None:
+        """Sign and spread ``digest`` (default: ``source.local_digest()``); None when there is none."""
+        if digest is None and self.source is not None:
+            digest = self.source.local_digest()
+        if digest is None:
+            return None
+        d = mesh_pb2.Digest()
+        d.CopyFrom(digest)
+        if not d.labels:
+            d.labels.update(self.membership.labels)
+        return self.exchange.publish(d)
+
+    async def stop(self, leave_timeout: float = 2.0, leave: bool = True) -> None:
+        """Leave gracefully (wait up to ``leave_timeout`` for the broadcast to go out), then shut down.
+
+        With ``leave=False`` the node just stops, and peers will declare it dead (a crash, as far as
+        they can tell).
+        """
+        if self._publisher is not None:
+            self._publisher.cancel()
+            self._publisher = None
+        m = self._membership
+        if m is None:
+            return
+        if leave:
+            done = asyncio.Event()
+            m.leave(on_done=done.set)
+            try:
+                await asyncio.wait_for(done.wait(), leave_timeout)
+            except TimeoutError:
+                log.info("mesh leave broadcast not fully sent within %.1f s", leave_timeout)
+        m.shutdown()
+        await self.transport.aclose()
+        self._membership = None
+
+    # ------------------------------------------------------------------ views
+
+    def peers(self) -> mesh_pb2.PeersResponse:
+        """Every member with state, incarnation, labels, last digest age and RTT; this node first."""
+        m = self.membership
+        now_ns = m._sched.wall_ns()
+        resp = mesh_pb2.PeersResponse(health_score=m.awareness.score)
+        members = sorted(m.members(), key=lambda x: (x.node_id != self.node_id, x.node_id))
+        for x in members:
+            held = self.exchange.latest(x.node_id)
+            resp.peers.add(
+                node_id=x.node_id, addr=x.addr, state=int(x.state), incarnation=x.incarnation, labels=x.labels,
+                digest_seq=held.digest.seq if held else 0,
+                digest_age_ms=round((now_ns - held.digest.period_end_ns) / 1e6) if held else -1,
+                rtt_us=round((x.rtt or 0.0) * 1e6), is_self=x.node_id == self.node_id,
+            )
+        counters: Counter[str] = Counter()
+        counters.update(m.counters)
+        counters.update(self.exchange.counters)
+        counters.update(self.transport.counters)
+        counters.update(self.counters)
+        resp.counters.update({k: v for k, v in counters.items() if v >= 0})
+        return resp
+
+    async def fleet_query(self, req: mesh_pb2.FleetQueryRequest) -> mesh_pb2.FleetQueryResponse:
+        """Fan ``req`` out to the selected members, verify and aggregate their digests (see mesh.proto)."""
+        if req.local_only:
+            held = self.exchange.latest(self.node_id)
+            resp = mesh_pb2.FleetQueryResponse()
+            if held is None:
+                resp.nodes.add(node_id=self.node_id, answered=False, error="no digest")
+                resp.partial = True
+            else:
+                resp.nodes.add(node_id=self.node_id, answered=True)
+                resp.digests.append(held.signed)
+            return resp
+        deadline = (req.deadline_ms or DEFAULT_QUERY_DEADLINE_MS) / 1000.0
+        selector = dict(req.selector)
+        targets: list[Member] = [
+            x for x in self.membership.members() if matches(x.labels, selector)
+        ]
+        statuses: dict[str, mesh_pb2.NodeStatus] = {}
+        digests: dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]] = {}
+        now_ns = self.membership._sched.wall_ns()
+
+        async def ask(x: Member) -> None:
+            if x.node_id == self.node_id:
+                held = self.exchange.latest(self.node_id)
+                if held is None:
+                    statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error="no digest")
+                else:
+                    digests[x.node_id] = (held.signed, held.digest)
+                return
+            if x.state not in (State.ALIVE, State.SUSPECT):
+                statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=f"not alive: {x.state.name}")
+                return
+            stub = self.transport.stub(x.addr)
+            local = mesh_pb2.FleetQueryRequest(local_only=True)
+            try:
+                resp = await with_retries(lambda: stub.FleetQuery(local, timeout=deadline), budget=deadline)
+            except grpc.aio.AioRpcError as exc:
+                statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=exc.code().name)
+                return
+            if not resp.digests:
+                err = resp.nodes[0].error if resp.nodes else "no digest"
+                statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=err)
+                return
+            signed = resp.digests[0]
+            try:
+                d = verify_digest(signed, self.digest_config.max_bytes, now_ns)
+                if d.node_id != x.node_id:
+                    raise DigestRejected("bad_identity", f"{x.addr} answered with the digest of {d.node_id}")
+            except DigestRejected as exc:
+                self.counters[f"query_digests_{exc.reason}"] += 1
+                log.warning("fleet query answer from %s dropped: %s", x.addr, exc)
+                statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=exc.reason)
+                return
+            digests[x.node_id] = (signed, d)
+
+        async def ask_bounded(x: Member) -> None:
+            try:
+                await asyncio.wait_for(ask(x), deadline)
+            except TimeoutError:
+                statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error="DEADLINE_EXCEEDED")
+
+        await asyncio.gather(*(ask_bounded(x) for x in targets))
+        resp = mesh_pb2.FleetQueryResponse()
+        for x in sorted(targets, key=lambda t: t.node_id):
+            if x.node_id in digests:
+                resp.nodes.add(node_id=x.node_id, answered=True)
+                resp.digests.append(digests[x.node_id][0])
+            else:
+                resp.nodes.add().CopyFrom(statuses[x.node_id])
+        resp.partial = any(not n.answered for n in resp.nodes)
+        rows = aggregate(
+            host_reports(d for _, d in digests.values()), now_ns=now_ns, group_by=req.group_by or None,
+            destination=req.destination or None, order=self.label_order,
+        )
+        resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
+        return resp
+
+
+class MeshServicer(mesh_pb2_grpc.MeshServicer):
+    """``meshnode.v1.Mesh`` on top of one ``MeshService``."""
+
+    def __init__(self, service: MeshService) -> None:
+        self._svc = service
+
+    async def Packet(
+        self, request: mesh_pb2.PacketRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.PacketResponse:
+        if self._svc.running:
+            self._svc.transport.on_packet(request.from_addr, request.payload)
+        return mesh_pb2.PacketResponse()
+
+    async def Stream(
+        self, request: mesh_pb2.StreamRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.StreamResponse:
+        if not self._svc.running:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        try:
+            answer = self._svc.transport.on_stream(request.from_addr, request.payload)
+        except PeerError as exc:
+            log.warning("bad mesh stream request from %s (%s) refused: %s", request.from_addr, context.peer(), exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return mesh_pb2.StreamResponse(payload=answer)
+
+    async def Peers(
+        self, request: mesh_pb2.PeersRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.PeersResponse:
+        if not self._svc.running:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        return self._svc.peers()
+
+    async def Digests(
+        self, request: mesh_pb2.DigestsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.DigestsResponse:
+        if not self._svc.running:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        held = self._svc.exchange.held()
+        wanted = set(request.node_ids) or set(held)
+        return mesh_pb2.DigestsResponse(digests=[held[n].signed for n in sorted(wanted) if n in held])
+
+    async def FleetQuery(
+        self, request: mesh_pb2.FleetQueryRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.FleetQueryResponse:
+        if not self._svc.running:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        return await self._svc.fleet_query(request)

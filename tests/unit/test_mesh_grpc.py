@@ -1,0 +1,180 @@
+"""Three MeshService nodes on real grpc.aio servers on 127.0.0.1: join, converge, digests, fleet queries."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from meshnode.mesh import RETRYABLE_CODES, MeshConfig, MeshService, NodeKey, State, with_retries
+from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
+
+FAST = MeshConfig(probe_interval=0.2, probe_timeout=0.1, gossip_interval=0.05, push_pull_interval=1.0,
+                  suspicion_mult=3, stream_timeout=1.0, reconnect_interval=0)
+DB = "10.9.0.5:5432"
+
+
+class Source:
+    """A node's local digest: node i sees DB with i failures out of 10."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def local_digest(self) -> mesh_pb2.Digest:
+        now = time.time_ns()
+        return mesh_pb2.Digest(period_start_ns=now - 60 * 10**9, period_end_ns=now, by_destination=[
+            flow_pb2.Rollup(key=DB, flows=10, useful=10 - self.i, failures={"timeout": self.i} if self.i else {},
+                            rtt_p50_us=1000 * (self.i + 1), rtt_p95_us=5000)])
+
+
+async def _until(pred: Callable[[], bool], timeout: float = 5.0) -> float:
+    start = time.monotonic()
+    while not pred():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+async def _node(i: int, seeds: list[str]) -> tuple[grpc.aio.Server, MeshService]:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    mesh = MeshService(
+        advertise=f"127.0.0.1:{port}", key=NodeKey.from_seed(f"grpc-{i}".encode()),
+        labels={"region": "eu", "site": f"s{i % 2}", "host": f"h{i}"}, seeds=seeds, source=Source(i),
+        config=FAST, export_period=0, rng=random.Random(i),
+    )
+    mesh.register(server)
+    await server.start()
+    await mesh.start()
+    return server, mesh
+
+
+def _alive(mesh: MeshService) -> set[str]:
+    return {m.node_id for m in mesh.membership.members() if m.state == State.ALIVE}
+
+
+async def _scenario() -> None:
+    nodes = [await _node(0, [])]
+    for i in (1, 2):
+        nodes.append(await _node(i, [nodes[0][1].advertise]))
+    meshes = [m for _, m in nodes]
+    ids = {m.node_id for m in meshes}
+    assert [m.joined for m in meshes] == [0, 1, 1]
+    try:
+        took = await _until(lambda: all(_alive(m) == ids for m in meshes))
+        assert took < 5.0
+        for m in meshes:
+            assert (await m.publish()) is not None
+        await _until(lambda: all(len(m.exchange.held()) == 3 for m in meshes))
+
+        channel = grpc.aio.insecure_channel(meshes[0].advertise)
+        stub = mesh_pb2_grpc.MeshStub(channel)
+        peers = await stub.Peers(mesh_pb2.PeersRequest(), timeout=2)
+        assert [p.is_self for p in peers.peers] == [True, False, False]
+        assert {p.node_id for p in peers.peers} == ids
+        assert all(p.state == mesh_pb2.ALIVE and p.digest_seq > 0 and p.digest_age_ms >= 0 for p in peers.peers)
+        assert {p.labels["host"] for p in peers.peers} == {"h0", "h1", "h2"}
+        assert peers.counters["digests_accepted"] == 2
+
+        digests = await stub.Digests(mesh_pb2.DigestsRequest(), timeout=2)
+        assert len(digests.digests) == 3
+
+        q = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(destination=DB, deadline_ms=2000), timeout=5)
+        assert not q.partial
+        assert sorted(n.node_id for n in q.nodes if n.answered) == sorted(ids)
+        (fleet,) = q.aggregates
+        assert (fleet.group, fleet.hosts, fleet.attempts, fleet.useful) == ("fleet", 3, 30, 27)
+        assert fleet.useful_fraction_median == pytest.approx(0.9)
+        assert dict(fleet.failures) == {"timeout": 3}
+        assert fleet.rtt_p50_us_median == 2000
+
+        by_site = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(group_by="site", deadline_ms=2000), timeout=5)
+        assert [(a.group, a.hosts) for a in by_site.aggregates] == [("eu/s0", 2), ("eu/s1", 1)]
+
+        selected = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(selector={"site": "s1"}), timeout=5)
+        assert [n.node_id for n in selected.nodes] == [meshes[1].node_id]
+
+        # node 2 stops without a word: the query says it is missing, and why
+        await nodes[2][0].stop(0)
+        q = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(destination=DB, deadline_ms=500), timeout=5)
+        assert q.partial
+        missing = [n for n in q.nodes if not n.answered]
+        assert [n.node_id for n in missing] == [meshes[2].node_id]
+        assert missing[0].error in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+        assert q.aggregates[0].hosts == 2
+        await nodes[2][1].stop(leave=False)
+
+        # and it is declared dead soon; then node 1 leaves gracefully and is seen as left
+        await _until(lambda: meshes[0].membership.state_of(meshes[2].node_id) == State.DEAD, timeout=10.0)
+        await nodes[1][1].stop(leave_timeout=1.0)
+        await _until(lambda: meshes[0].membership.state_of(meshes[1].node_id) == State.LEFT)
+        q = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(deadline_ms=500), timeout=5)
+        errors = {n.node_id: n.error for n in q.nodes if not n.answered}
+        assert errors == {meshes[1].node_id: "not alive: LEFT", meshes[2].node_id: "not alive: DEAD"}
+        await channel.close()
+    finally:
+        for server, mesh in nodes:
+            await mesh.stop(leave_timeout=0.1)
+            await server.stop(0)
+
+
+def test_three_nodes_join_converge_and_answer_fleet_queries():
+    asyncio.run(asyncio.wait_for(_scenario(), 60))
+
+
+def test_bad_stream_request_is_refused_with_invalid_argument():
+    async def run() -> None:
+        server, mesh = await _node(7, [])
+        try:
+            async with grpc.aio.insecure_channel(mesh.advertise) as channel:
+                stub = mesh_pb2_grpc.MeshStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Stream(mesh_pb2.StreamRequest(from_addr="evil:1", payload=b"\xff\xff"), timeout=2)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                await stub.Packet(mesh_pb2.PacketRequest(from_addr="evil:1", payload=b"\xff\xff"), timeout=2)
+                assert mesh.membership.counters["packets_malformed"] == 1
+        finally:
+            await mesh.stop(leave_timeout=0.1)
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+
+
+class _Flaky(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="test")
+
+
+@pytest.mark.parametrize(
+    ("codes", "calls", "outcome"),
+    [
+        ([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE], 3, "ok"),
+        ([grpc.StatusCode.UNAVAILABLE] * 3, 3, "UNAVAILABLE"),
+        ([grpc.StatusCode.INVALID_ARGUMENT], 1, "INVALID_ARGUMENT"),
+        ([grpc.StatusCode.DEADLINE_EXCEEDED], 1, "DEADLINE_EXCEEDED"),
+    ],
+)
+def test_retries_only_retryable_codes(codes, calls, outcome):
+    seen: list[int] = []
+
+    async def call() -> str:
+        seen.append(1)
+        if len(seen) <= len(codes):
+            raise _Flaky(codes[len(seen) - 1])
+        return "ok"
+
+    async def run() -> str:
+        try:
+            return await with_retries(call, attempts=3, budget=5.0)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+    assert asyncio.run(run()) == outcome
+    assert len(seen) == calls
+    assert grpc.StatusCode.UNAVAILABLE in RETRYABLE_CODES
+    assert grpc.StatusCode.INVALID_ARGUMENT not in RETRYABLE_CODES
