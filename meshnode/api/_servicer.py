@@ -261,7 +261,6 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             return out
 
         with self.store.reader() as conn:
-            host_counts = self.store.count_outcomes(base, (), conn)
             by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn, top=HEALTH_TOP)
             by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
             by_period = self.store.count_outcomes(base, ("period",), conn)
@@ -278,7 +277,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     for rec in take(window, conn):
                         after_change[(rec.flow_id, rec.end_ns)] = rec
         host = health_mod.HealthRow("host", "")
-        for _, counts in host_counts:
+        for _, counts in by_period:  # every record belongs to one period: the host is their sum
             for outcome, n in counts.items():
                 host.add_count(outcome, n)
         periods = health_mod.health_from_counts(

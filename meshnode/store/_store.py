@@ -220,6 +220,11 @@ class Store:
                 self._db.execute(
                     "INSERT INTO meta (key, value) SELECT 'flow_rows', COUNT(*) FROM flows"
                 )
+            if self._db.execute("SELECT 1 FROM meta WHERE key = 'max_duration_ns'").fetchone() is None:
+                self._db.execute(
+                    "INSERT INTO meta (key, value) "
+                    "SELECT 'max_duration_ns', COALESCE(MAX(MAX(end_ns - start_ns), 0), 0) FROM flows"
+                )
             self._next_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM flows").fetchone()[0])
         except sqlite3.Error as exc:
             self._db.close()
@@ -356,6 +361,12 @@ class Store:
                     )
                 if final_rows:
                     self._bump("flow_rows", len(final_rows))
+                    longest = max(max(0, r.end_ns - r.start_ns) for r in finals)
+                    self._db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('max_duration_ns', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                        (longest,),
+                    )
                 evicted = self._retain(now_ns if now_ns is not None else end_ns)
                 text = summary(evicted) if callable(summary) else summary
                 cur = self._db.execute(
@@ -467,7 +478,7 @@ class Store:
                 raise StoreTimeout("the query ran past its deadline")
             yield item
 
-    def _where(self, table: int, q: FlowQuery) -> tuple[str, list[Any]]:
+    def _where(self, table: int, q: FlowQuery, max_duration: int | None = None) -> tuple[str, list[Any]]:
         where: list[str] = []
         args: list[Any] = []
         if q.since_ns:
@@ -476,6 +487,11 @@ class Store:
         if q.until_ns:
             where.append("start_ns <= ?")
             args.append(q.until_ns)
+            if max_duration is not None:
+                # No stored flow lasted longer: bounds the end_ns index range, so a window in the middle
+                # of the history does not scan to its end.
+                where.append("end_ns <= ?")
+                args.append(q.until_ns + max_duration)
         if q.max_period is not None:
             where.append("period <= ?")
             args.append(q.max_period)
@@ -508,7 +524,9 @@ class Store:
             for col in (*cols, *([distinct] if distinct else [])):
                 if col not in FLOW_FIELDS:
                     raise ValueError(f"unknown flow field {col!r}")
-            inner, inner_args = self._where(table, dataclasses.replace(q, min_group=None, after=None))
+            inner, inner_args = self._where(
+                table, dataclasses.replace(q, min_group=None, after=None), max_duration
+            )
             group = ", ".join(cols)
             count = f"COUNT(DISTINCT {distinct})" if distinct else "COUNT(*)"
             name = "flows" if table == TABLE_FINAL else "interim"
@@ -519,7 +537,7 @@ class Store:
 
     def _query_table(self, conn: sqlite3.Connection, table: int, q: FlowQuery) -> Iterator[StoredFlow]:
         name = "flows" if table == TABLE_FINAL else "interim"
-        where, args = self._where(table, q)
+        where, args = self._where(table, q, self._max_duration(conn) if table == TABLE_FINAL else None)
         sql = f"SELECT {_ROW_COLS} FROM {name}{where} ORDER BY end_ns, id"
         try:
             for row in conn.execute(sql, args):
@@ -538,7 +556,7 @@ class Store:
         for col in group_by:
             if col not in FLOW_FIELDS and col != "period":
                 raise ValueError(f"unknown flow field {col!r}")
-        where, args = self._where(TABLE_FINAL, query)
+        where, args = self._where(TABLE_FINAL, query, self._max_duration(conn))
         names = ENUM_FIELDS["outcome"]
         sums = ", ".join(f"SUM(outcome = {code})" for code in range(len(names)))
         cols = ", ".join(group_by)
@@ -588,6 +606,10 @@ class Store:
                 (since_ns, until_ns, until_ns),
             ).fetchall()
         return [int(r[0]) for r in rows]
+
+    def _max_duration(self, conn: sqlite3.Connection) -> int | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'max_duration_ns'").fetchone()
+        return int(row[0]) if row else None
 
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str) -> int:

@@ -249,3 +249,21 @@ def test_writes_from_two_threads_are_serialised(tmp_path: Path) -> None:
     assert errors == []
     assert len(store.address_changes()) == 200 and store.stats().rows == 500
     store.close()
+
+
+def test_window_queries_find_long_flows(tmp_path: Path) -> None:
+    """The end_ns bound from the longest stored flow never hides a long flow overlapping the window."""
+    with Store(tmp_path / "m.db") as store:
+        seq = store.open_period(T0)
+        long = flow(1, start_ns=T0, end_ns=T0 + 3600 * S)
+        short = [flow(i, start_ns=T0 + i * S, end_ns=T0 + i * S + S // 10) for i in range(2, 100)]
+        store.close_period(seq, T0 + 3600 * S, [long, *short], [], "")
+        got = [r.record.flow_id for r in _all(store, since_ns=T0 + 50 * S, until_ns=T0 + 52 * S)]
+        assert got == [50, 51, 52, 1]
+    # a store without the bound (older meshnode) gets it computed on open
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    conn.execute("DELETE FROM meta WHERE key = 'max_duration_ns'")
+    conn.close()
+    with Store(tmp_path / "m.db") as store:
+        got = [r.record.flow_id for r in _all(store, since_ns=T0 + 50 * S, until_ns=T0 + 52 * S)]
+        assert got == [50, 51, 52, 1]
