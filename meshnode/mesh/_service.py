@@ -79,6 +79,7 @@ class MeshService:
         export_period: seconds between two automatic publications; 0 turns them off.
         label_order: the aggregation label order.
         rng: randomness (seed it in tests).
+        rejoin_interval: while this node knows no other member, retry the seeds this often (0: never).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class MeshService:
         export_period: float = 60.0,
         label_order: Sequence[str] = DEFAULT_LABEL_ORDER,
         rng: random.Random | None = None,
+        rejoin_interval: float = 10.0,
     ) -> None:
         self.key = key
         self.node_id = key.node_id
@@ -111,7 +113,8 @@ class MeshService:
         self.servicer = MeshServicer(self)
         self._membership: Membership | None = None
         self._exchange: DigestExchange | None = None
-        self._publisher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.rejoin_interval = rejoin_interval
         self.joined = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -155,18 +158,35 @@ class MeshService:
         self._exchange.attach(self._membership)
         self._membership.start()
         if self.seeds:
-            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-            def joined(n: int) -> None:
-                if not done.done():
-                    done.set_result(n)
-
-            self._membership.join(self.seeds, on_done=joined)
-            self.joined = await done
+            self.joined = await self._join(self._membership)
             log.info("mesh %s joined through %d of %d seeds", self.node_id, self.joined, len(self.seeds))
+        loop = asyncio.get_running_loop()
         if self.source is not None and self.export_period > 0:
-            self._publisher = asyncio.get_running_loop().create_task(self._publish_loop())
+            self._tasks.append(loop.create_task(self._publish_loop()))
+        if self.seeds and self.rejoin_interval > 0:
+            self._tasks.append(loop.create_task(self._rejoin_loop()))
         return self.joined
+
+    async def _rejoin_loop(self) -> None:
+        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them."""
+        while True:
+            await asyncio.sleep(self.rejoin_interval)
+            m = self._membership
+            if m is None:
+                return
+            if m.num_members() <= 1:
+                self.joined = await self._join(m)
+                self.counters["rejoins"] += 1
+
+    async def _join(self, m: Membership) -> int:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def joined(n: int) -> None:
+            if not done.done():
+                done.set_result(n)
+
+        m.join(self.seeds, on_done=joined)
+        return await done
 
     async def _publish_loop(self) -> None:
         while True:
@@ -194,9 +214,9 @@ class MeshService:
         With ``leave=False`` the node just stops, and peers will declare it dead (a crash, as far as
         they can tell).
         """
-        if self._publisher is not None:
-            self._publisher.cancel()
-            self._publisher = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
         m = self._membership
         if m is None:
             return

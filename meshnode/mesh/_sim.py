@@ -129,6 +129,11 @@ class SimCluster:
             node._rng.shuffle(node._probe_list)
             node._num_live = len(node._members)
             node._broadcasts.reset()
+            pp = node._timers.get("push_pull")
+            if pp is not None:  # rescheduled with the interval of the full size, as in steady state
+                pp.cancel()
+                first = node._rng.random() * node._push_pull_interval()
+                node._timers["push_pull"] = self.sched.call_later(first, node._push_pull_tick)
         return out
 
     def _memo_check(self, public_key: bytes, signature: bytes, payload: bytes) -> None:

@@ -646,18 +646,18 @@ class Membership:
                 continue  # nothing new: the common case, kept cheap for large fleets
             try:
                 st = State(pm.state)
-            except ValueError:
-                self.counters["members_bad_state"] += 1
-                continue
-            if st == State.ALIVE:
-                self._alive(mesh_pb2.Alive(node=pm.node, incarnation=pm.incarnation, addr=pm.addr,
-                                           labels=pm.labels))
-            elif st == State.LEFT:
-                self._dead(mesh_pb2.Dead(node=pm.node, incarnation=pm.incarnation, **{"from": pm.node}))
-            else:
-                # memberlist mergeState: a dead member is only suspected, so that it gets a chance to refute.
-                self._suspect(mesh_pb2.Suspect(node=pm.node, incarnation=pm.incarnation,
-                                               **{"from": pp.source}))
+                if st == State.ALIVE:
+                    self._alive(mesh_pb2.Alive(node=pm.node, incarnation=pm.incarnation, addr=pm.addr,
+                                               labels=pm.labels))
+                elif st == State.LEFT:
+                    self._dead(mesh_pb2.Dead(node=pm.node, incarnation=pm.incarnation, **{"from": pm.node}))
+                else:
+                    # memberlist mergeState: a dead member is only suspected, so that it gets a chance to refute.
+                    self._suspect(mesh_pb2.Suspect(node=pm.node, incarnation=pm.incarnation,
+                                                   **{"from": pp.source}))
+            except (ValueError, PeerError) as exc:
+                self.counters["members_malformed"] += 1
+                log.warning("bad member in push-pull state from %s dropped: %s", source_addr, exc)
         if self.delegate is not None and pp.user_state:
             try:
                 self.delegate.merge_remote_state(pp.user_state, pp.join, source_addr)

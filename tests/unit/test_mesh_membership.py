@@ -302,3 +302,36 @@ def test_message_loss_does_not_kill_healthy_members():
     assert c.converged()
     assert sum(m.counters["dead"] for m in c.alive()) == 0
     assert math.isfinite(c.sched.now())
+
+
+def test_bad_members_in_push_pull_state_are_dropped_and_the_rest_merged(caplog):
+    c = _converged_cluster(3)
+    pp = mesh_pb2.PushPull(source="rogue", source_addr="addr-rogue", members=[
+        mesh_pb2.PushPullMember(node="good", addr="addr-good", incarnation=1, state=mesh_pb2.ALIVE,
+                                labels={"site": "s1"}),
+        mesh_pb2.PushPullMember(node="bad", addr="addr-bad", incarnation=1, state=mesh_pb2.ALIVE,
+                                labels={f"k{i}": "v" for i in range(100)}),
+        mesh_pb2.PushPullMember(node="weird", addr="addr-weird", incarnation=1, state=99),  # type: ignore[arg-type]
+    ])
+    answers: list[bytes | None] = []
+    c.net.endpoint("addr-rogue").request(
+        c.addr["n0"], mesh_pb2.StreamMessage(push_pull=pp).SerializeToString(), 1.0,
+        lambda a, e: answers.append(a))
+    c.run(0.1)
+    assert answers and answers[0] is not None
+    theirs = mesh_pb2.StreamMessage.FromString(answers[0]).push_pull
+    assert {m.node for m in theirs.members} == {"n0", "n1", "n2", "good"}
+    n0 = c.nodes["n0"]
+    assert n0.state_of("good") == State.ALIVE
+    assert n0.state_of("bad") is None and n0.state_of("weird") is None
+    assert n0.counters["members_malformed"] == 2
+    assert "addr-rogue" in caplog.text
+
+
+def test_transmit_limited_queue_is_bounded_and_counts_what_it_drops():
+    q = TransmitLimitedQueue(lambda: 10, retransmit_mult=4, max_items=3)
+    for i in range(5):
+        q.queue(f"k{i}", bytes([i]))
+    assert len(q) == 3
+    assert q.dropped == 2
+    assert sorted(q.get_broadcasts(overhead=0, limit=100)) == [b"\x02", b"\x03", b"\x04"]
