@@ -158,8 +158,9 @@ def _nonneg_duration(value: Any) -> float:
 
 
 def _join(value: Any) -> tuple[str, ...]:
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-    return tuple(parse_hostport(v) for v in items if str(v).strip())
+    parts = [value] if isinstance(value, str) else list(value)
+    items = [item.strip() for part in parts for item in str(part).split(",")]
+    return tuple(parse_hostport(v) for v in items if v)
 
 
 def _labels(value: Any) -> dict[str, str]:

@@ -32,7 +32,8 @@ def configure(subparsers: Any) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="TOML config file (env MESHNODE_CONFIG)")
     p.add_argument("--listen", metavar="HOST:PORT", help="gRPC API address (default 127.0.0.1:7400)")
-    p.add_argument("--join", metavar="HOST:PORT,...", help="peers to join (comma-separated)")
+    p.add_argument("--join", metavar="HOST:PORT,...", action="append",
+                   help="peers to join (comma-separated, or repeat the flag)")
     p.add_argument("--label", dest="labels", metavar="KEY=VALUE", action="append",
                    help="node label, repeatable (e.g. --label region=eu --label site=ams1)")
     p.add_argument("--export-period", metavar="SECONDS", help="seconds per export period (default 10)")

@@ -82,10 +82,15 @@ site = "ams1"
         watch_addresses=False,
     )
     assert not cfg.metrics_enabled
-    flagged = load_config({"config": str(path), "labels": ["site=lon1"], "join": "10.9.9.9:1",
+    flagged = load_config({"config": str(path), "labels": ["site=lon1"], "join": ["10.9.9.9:1"],
                            "data_dir": "/tmp/y", "sensor": "ebpf"}, {})
     assert flagged.labels == {"region": "eu", "site": "lon1"}
     assert flagged.join == ("10.9.9.9:1",) and flagged.data_dir == Path("/tmp/y") and flagged.sensor == "ebpf"
+
+
+def test_join_repeated_and_comma_separated() -> None:
+    cfg = load_config({"join": ["10.0.0.1:7400,10.0.0.2:7400", "[fd00::3]:7400"]}, {})
+    assert cfg.join == ("10.0.0.1:7400", "10.0.0.2:7400", "[fd00::3]:7400")
 
 
 def test_node_table_is_accepted(tmp_path: Path) -> None:
