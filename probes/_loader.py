@@ -259,6 +259,20 @@ class Probes:
         table = self._bpf["tcp_flows"]
         return [tcp_row_from_c(k.value, v) for k, v in _rows(table)]
 
+    def cookie_of(self, sk: int) -> int | None:
+        """The cookie of a tracked TCP socket, by its kernel address."""
+        try:
+            return int(self._bpf["tracked"][ct.c_uint64(sk)].value)
+        except KeyError:
+            return None
+
+    def tcp_flow(self, cookie: int) -> TcpFlowRow | None:
+        """One live TCP flow by cookie."""
+        try:
+            return tcp_row_from_c(cookie, _copy(self._bpf["tcp_flows"][ct.c_uint64(cookie)]))
+        except KeyError:
+            return None
+
     def udp_flows(self) -> list[UdpFlowRow]:
         """UDP flows the kernel tracks (totals so far)."""
         return [UdpFlowRow.from_c(k, v) for k, v in _rows(self._bpf["udp_flows"])]

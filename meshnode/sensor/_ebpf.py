@@ -75,6 +75,7 @@ class EbpfSensor:
         self._released: set[int] = set()
         self._last_udp_scan = 0
         self._udp_sks: dict[int, int] = {}
+        self._udp_rows: list[UdpFlowRow] = []
         self._drops_by_sk: dict[int, Counter[str]] = {}
         self._unattributed: Counter[str] = Counter()
         self._reasons: dict[int, str] = {}
@@ -170,6 +171,9 @@ class EbpfSensor:
     def _drain_drops(self, batch: SensorBatch) -> None:
         drained = self._probes.drain_drops()
         batch.completeness.drained_rows += len(drained)
+        if any(sk and sk not in self._udp_sks and self._probes.cookie_of(sk) is None for sk, _ in drained):
+            self._udp_rows = self._probes.udp_flows()  # a socket newer than the last scan
+            self._udp_sks = {r.sk: r.cookie for r in self._udp_rows}
         for (sk, reason), n in drained.items():
             name = self._reasons.get(reason, str(reason))
             if sk == 0:
@@ -177,14 +181,30 @@ class EbpfSensor:
                 batch.completeness.unattributed_drops += n
             else:
                 self._drops_by_sk.setdefault(sk, Counter())[name] += n
+                flow = self._flow_of_sk(sk)
+                if flow is not None:  # one event per flow and reason per poll, never one per packet
+                    batch.events.append(EventRecord("drop", time.time_ns(), flow, float(n), name))
         if len(self._drops_by_sk) > 65536:  # sockets of other scopes: forget the oldest half
             for sk in list(self._drops_by_sk)[: len(self._drops_by_sk) // 2]:
                 del self._drops_by_sk[sk]
+
+    def _flow_of_sk(self, sk: int) -> FlowRecord | None:
+        """The live flow of a socket address, if it is one of ours (TCP via the kernel's map, UDP via the
+        last scan); drops on other scopes' sockets are counted but not reported as our events."""
+        cookie = self._probes.cookie_of(sk)
+        if cookie is not None:
+            row = self._probes.tcp_flow(cookie)
+            return self._tcp_record(row, final=False) if row is not None else None
+        ucookie = self._udp_sks.get(sk)
+        if ucookie is None:
+            return None
+        return next((self._udp_record(r, final=False) for r in self._udp_rows if r.cookie == ucookie), None)
 
     def _scan_udp(self, now: int, batch: SensorBatch) -> None:
         rows = self._probes.udp_flows()
         batch.completeness.drained_rows += len(rows)
         self._udp_sks = {r.sk: r.cookie for r in rows}
+        self._udp_rows = rows
         done = [r for r in rows if r.cookie in self._released or now - r.last_ns >= self.idle_timeout_ns]
         for row in self._probes.take_udp(done):
             batch.ended.append(self._udp_record(row, final=True))

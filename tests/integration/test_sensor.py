@@ -270,3 +270,43 @@ def test_capture_cli_json_and_diag_fallback(lab: Any) -> None:
     dmine = [ln for ln in dlines[:-1] if ln.get("dport") == port]
     assert dmine and all(ln["fidelity"] == "polled" for ln in dmine), dlines
     assert dmine[0]["bytes_tx"] == 10_000 and dmine[0]["pid"] == slow.pid
+
+
+UDP_DEAF = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048); s.bind(("0.0.0.0", int(sys.argv[1])))
+print(json.dumps({"ready": True}), flush=True)
+time.sleep(30)
+"""
+
+UDP_BLAST = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(300): s.sendto(b"b" * 1000, (sys.argv[1], int(sys.argv[2])))
+s.close(); print(json.dumps({"sent": 300}), flush=True)
+"""
+
+
+def test_drops_attributed_to_the_socket_with_the_kernels_reason(lab: Any, sensors: dict[str, Collector]) -> None:
+    """A UDP receiver that never reads, with a 2 KiB buffer: the kernel drops at the socket, and the
+    receiving flow carries the drops under the reason name read from the running kernel."""
+    a, b = lab["a"], lab["b"]
+    port = next(PORTS)
+    deaf = t.start(b, UDP_DEAF, port)
+    t.wait_ready(deaf)
+    t.result(t.start(a, UDP_BLAST, b.ip, port))
+    deadline = time.monotonic() + 5
+    drops: list[Any] = []
+    while not drops and time.monotonic() < deadline:
+        sensors["b"].poll()
+        drops = [e for e in sensors["b"].events if e.type == "drop" and e.flow.sport == port]
+        time.sleep(0.1)
+    deaf.kill()
+    deaf.wait()
+    assert drops, "no drop event for the deaf socket"
+    assert all(e.detail == "SOCKET_RCVBUFF" and e.value >= 1 for e in drops), drops
+    (flow,) = sensors["b"].wait_for(lambda f: f.proto == "udp" and f.sport == port)
+    assert flow.packets_rx == 300  # the cgroup-skb hook counts each datagram before the socket drops it
+    assert flow.drops >= 250 and flow.drop_reasons.get("SOCKET_RCVBUFF") == flow.drops
+    assert sum(e.value for e in drops) <= flow.drops
