@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -190,6 +190,52 @@ def endpoint_records(flows: Iterable[FlowLike], member_ips: Iterable[str]) -> li
             start_ns=f.start_ns, end_ns=f.end_ns,
         ))
     return out
+
+
+class RollupLike(Protocol):
+    """The fields of a rollup (``meshnode.summary.Rollup`` or ``meshnode.v1.Rollup``) a digest carries."""
+
+    key: str
+    flows: int
+    useful: int
+    bytes_tx: int
+    bytes_rx: int
+    retransmits: int
+    rtt_p50_us: int
+    rtt_p95_us: int
+    service: str
+
+    @property
+    def failures(self) -> Mapping[str, int]:
+        """Failed flows by outcome."""
+
+
+class PeriodLike(Protocol):
+    """The fields of an export period summary (``meshnode.summary.PeriodSummary``) a digest carries."""
+
+    period_start_ns: int
+    period_end_ns: int
+
+    @property
+    def by_destination(self) -> Sequence[RollupLike]:
+        """Rollups by destination."""
+
+
+def digest_from_period(period: PeriodLike, endpoints: Iterable[flow_pb2.Flow] = ()) -> mesh_pb2.Digest:
+    """An unsigned digest of one export period: its destination rollups (and endpoint records)."""
+    return mesh_pb2.Digest(
+        period_start_ns=period.period_start_ns,
+        period_end_ns=period.period_end_ns,
+        by_destination=[
+            flow_pb2.Rollup(
+                key=r.key, flows=r.flows, useful=r.useful, failures=dict(r.failures), bytes_tx=r.bytes_tx,
+                bytes_rx=r.bytes_rx, retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us,
+                rtt_p95_us=r.rtt_p95_us, service=r.service,
+            )
+            for r in period.by_destination
+        ],
+        endpoints=list(endpoints),
+    )
 
 
 def _item_size(msg: flow_pb2.Rollup | flow_pb2.Flow) -> int:

@@ -74,7 +74,7 @@ class GrpcTransport:
         self, address: str, packet_timeout: float = 0.5, max_channels: int = 1024, max_inflight: int = 4096
     ) -> None:
         self._address = address
-        self._packet_timeout = packet_timeout
+        self.packet_timeout = packet_timeout
         self._max_channels = max_channels
         self._max_inflight = max_inflight
         self._channels: OrderedDict[str, tuple[grpc.aio.Channel, mesh_pb2_grpc.MeshStub]] = OrderedDict()
@@ -127,7 +127,7 @@ class GrpcTransport:
 
         async def send() -> None:
             try:
-                await stub.Packet(req, timeout=self._packet_timeout)
+                await stub.Packet(req, timeout=self.packet_timeout)
             except grpc.aio.AioRpcError as exc:
                 self.counters[f"packets_failed_{exc.code().name}"] += 1
             except Exception:

@@ -28,11 +28,19 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
-from meshnode._exceptions import PeerError
+from meshnode._exceptions import ConfigError, PeerError
 from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, aggregate, host_reports, matches
 from meshnode.mesh._clock import AsyncioScheduler
 from meshnode.mesh._config import MeshConfig
-from meshnode.mesh._digest import DigestConfig, DigestExchange, DigestRejected, NodeKey, verify_digest
+from meshnode.mesh._digest import (
+    DigestConfig,
+    DigestExchange,
+    DigestRejected,
+    NodeKey,
+    PeriodLike,
+    digest_from_period,
+    verify_digest,
+)
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
 from meshnode.mesh._state import Member, Membership, State
 from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
@@ -68,8 +76,13 @@ def _aggregate_to_proto(a: Aggregate) -> mesh_pb2.HealthAggregate:
 class MeshService:
     """One node's mesh: membership, digest exchange, gRPC transport and the ``Mesh`` servicer.
 
+    A ``meshnode.daemon.Service`` (``name``, ``async start()``, ``async stop()``).
+
     Args:
-        advertise: this node's ``host:port`` as peers reach its gRPC server.
+        advertise: this node's ``host:port`` as peers reach its gRPC server; with ``listen`` and port 0
+            (``"10.0.0.5:0"``), the port actually bound is filled in at ``start``.
+        listen: serve ``Mesh`` on a gRPC server of its own bound to this ``HOST:PORT`` (started and stopped
+            with the service); None when the daemon calls ``register`` on its own server instead.
         key: this node's identity; its fingerprint is the node id.
         labels: this node's labels (region, site, host, ...).
         seeds: addresses to join through.
@@ -82,11 +95,14 @@ class MeshService:
         rejoin_interval: while this node knows no other member, retry the seeds this often (0: never).
     """
 
+    name = "mesh"
+
     def __init__(
         self,
         *,
         advertise: str,
         key: NodeKey,
+        listen: str | None = None,
         labels: Mapping[str, str] | None = None,
         seeds: Sequence[str] = (),
         source: LocalDigestSource | None = None,
@@ -109,8 +125,10 @@ class MeshService:
         self.label_order = tuple(label_order)
         self._rng = rng or random.Random()
         self.counters: Counter[str] = Counter()
+        self.listen = listen
         self.transport = GrpcTransport(advertise, packet_timeout=max(0.05, self.config.probe_timeout))
         self.servicer = MeshServicer(self)
+        self._server: grpc.aio.Server | None = None
         self._membership: Membership | None = None
         self._exchange: DigestExchange | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,13 +160,35 @@ class MeshService:
         """Add the ``meshnode.v1.Mesh`` servicer to the daemon's server (before it starts)."""
         mesh_pb2_grpc.add_MeshServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
 
-    async def start(self) -> int:
-        """Start membership on the running loop, join through the seeds; returns how many seeds answered.
+    async def _serve(self, listen: str) -> None:
+        server = grpc.aio.server()
+        self.register(server)
+        try:
+            port = server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            raise ConfigError(f"mesh listen: cannot bind {listen}: {exc}") from exc
+        if port == 0:
+            raise ConfigError(f"mesh listen: cannot bind {listen} (address in use or not local?)")
+        host, _, adv_port = self.advertise.rpartition(":")
+        if adv_port in ("", "0"):
+            self.advertise = f"{host or listen.rpartition(':')[0]}:{port}"
+            self.transport = GrpcTransport(self.advertise, packet_timeout=self.transport.packet_timeout)
+        await server.start()
+        self._server = server
 
-        A node whose seeds all fail still runs (alone); it is found when a peer joins through it.
+    async def start(self) -> None:
+        """Start membership on the running loop and join through the seeds (``joined`` says how many answered).
+
+        A node whose seeds all fail still runs (alone), retries them every ``rejoin_interval``, and is
+        found when a peer joins through it.
+
+        Raises:
+            ConfigError: ``listen`` cannot be bound.
         """
         if self._membership is not None:
-            return self.joined
+            return
+        if self.listen is not None and self._server is None:
+            await self._serve(self.listen)
         sched = AsyncioScheduler(asyncio.get_running_loop())
         self._exchange = DigestExchange(self.key, sched, self.digest_config)
         self._membership = Membership(
@@ -165,7 +205,6 @@ class MeshService:
             self._tasks.append(loop.create_task(self._publish_loop()))
         if self.seeds and self.rejoin_interval > 0:
             self._tasks.append(loop.create_task(self._rejoin_loop()))
-        return self.joined
 
     async def _rejoin_loop(self) -> None:
         """While this node knows nobody else (its seeds were down, or it was partitioned), retry them."""
@@ -230,6 +269,23 @@ class MeshService:
         m.shutdown()
         await self.transport.aclose()
         self._membership = None
+        if self._server is not None:
+            await self._server.stop(0.5)
+            self._server = None
+
+    def on_period(self, period: PeriodLike) -> None:
+        """A period listener (``Node.period_listeners``): sign and spread each closed period's rollups."""
+        if self._membership is None:
+            return
+        d = digest_from_period(period)
+        d.labels.update(self._membership.labels)
+        self.exchange.publish(d)
+
+    def member_ips(self) -> set[str]:
+        """Hosts of the members' mesh addresses (to pick the flows whose endpoint records go in a digest)."""
+        if self._membership is None:
+            return set()
+        return {m.addr.rpartition(":")[0].strip("[]") for m in self._membership.members()}
 
     # ------------------------------------------------------------------ views
 

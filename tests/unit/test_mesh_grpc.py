@@ -178,3 +178,38 @@ def test_retries_only_retryable_codes(codes, calls, outcome):
     assert len(seen) == calls
     assert grpc.StatusCode.UNAVAILABLE in RETRYABLE_CODES
     assert grpc.StatusCode.INVALID_ARGUMENT not in RETRYABLE_CODES
+
+
+def test_own_server_mode_and_period_listener():
+    from meshnode.summary import PeriodSummary, Rollup
+
+    async def run() -> None:
+        meshes: list[MeshService] = []
+        try:
+            for i in range(2):
+                mesh = MeshService(
+                    advertise="127.0.0.1:0", listen="127.0.0.1:0", key=NodeKey.from_seed(f"own-{i}".encode()),
+                    labels={"region": "eu", "host": f"o{i}"}, seeds=[meshes[0].advertise] if meshes else [],
+                    config=FAST, rng=random.Random(i),
+                )
+                await mesh.start()
+                assert not mesh.advertise.endswith(":0")
+                meshes.append(mesh)
+            a, b = meshes
+            assert a.name == "mesh" and b.joined == 1
+            await _until(lambda: _alive(a) == _alive(b) == {a.node_id, b.node_id})
+            now = time.time_ns()
+            a.on_period(PeriodSummary(node_id="ignored", seq=1, period_start_ns=now - 10**10, period_end_ns=now,
+                                      by_destination=[Rollup(key=DB, flows=4, useful=3, failures={"refused": 1})]))
+            await _until(lambda: b.exchange.latest(a.node_id) is not None)
+            got = b.exchange.latest(a.node_id)
+            assert got is not None
+            (r,) = got.digest.by_destination
+            assert (r.key, r.flows, r.useful, dict(r.failures)) == (DB, 4, 3, {"refused": 1})
+            assert dict(got.digest.labels) == {"region": "eu", "host": "o0"}
+            assert a.member_ips() == {"127.0.0.1"}
+        finally:
+            for m in meshes:
+                await m.stop(leave_timeout=0.2)
+
+    asyncio.run(asyncio.wait_for(run(), 30))
