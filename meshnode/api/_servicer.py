@@ -138,7 +138,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
 
     def _history(self, query: FlowQuery, sel: Selector, limit: int, deadline: float | None) -> _Page:
         items: list[StoredFlow] = []
-        with self.store.reader() as conn:
+        with self.store.reader(deadline) as conn:
             snap = self.store.last_closed_period(conn)
             q = sel.query(dataclasses.replace(query, max_period=snap))
             if limit == 0:
@@ -260,7 +260,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     raise OverflowError
             return out
 
-        with self.store.reader() as conn:
+        with self.store.reader(deadline) as conn:
             by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn, top=HEALTH_TOP)
             by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
             by_period = self.store.count_outcomes(base, ("period",), conn)

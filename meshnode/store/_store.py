@@ -445,12 +445,22 @@ class Store:
     # -- reading -----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection inside one read transaction (a consistent snapshot)."""
+    def reader(self, deadline: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A read-only connection inside one read transaction (a consistent snapshot).
+
+        With a ``deadline`` (a ``time.monotonic()`` value) SQLite itself interrupts any statement still
+        running past it, and the read raises ``StoreTimeout``: a scan that matches nothing stops too.
+        """
         conn = _connect(self.path, readonly=True)
+        if deadline is not None:
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
         try:
             conn.execute("BEGIN")
             yield conn
+        except sqlite3.OperationalError as exc:
+            if deadline is not None and time.monotonic() > deadline:
+                raise StoreTimeout("the query ran past its deadline") from exc
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("COMMIT")
@@ -543,7 +553,7 @@ class Store:
             for row in conn.execute(sql, args):
                 yield StoredFlow((row[_END_COL], table, row[0]), row[1], decode_row(row))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+            raise _read_error(self.path, exc) from exc
 
     def count_outcomes(
         self, query: FlowQuery, group_by: Sequence[str], conn: sqlite3.Connection, *, top: int = 0
@@ -574,7 +584,7 @@ class Store:
                 counts = {names[i]: int(c) for i, c in enumerate(row[width + 1:]) if c}
                 out.append((tuple(row[:width]), counts))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
+            raise _read_error(self.path, exc) from exc
         return out
 
     def periods(self, since_ns: int = 0, until_ns: int = 0, number: int = 100) -> list[PeriodRow]:
@@ -634,6 +644,12 @@ class Store:
             evictions=evictions, incomplete_periods=int(incomplete),
             schema_version=version,
         )
+
+
+def _read_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    if "interrupted" in str(exc):
+        return StoreTimeout("the query ran past its deadline")
+    return StoreError(f"cannot read the store at {path}: {exc}")
 
 
 def _in(column: str, values: Sequence[Any]) -> str:

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from meshnode._model import FlowRecord
-from meshnode.api import HEALTH_SERVICE, OBSERVER_SERVICE
+from meshnode.api import HEALTH_SERVICE, OBSERVER_SERVICE, Selector
 from meshnode.sensor import Completeness, EventRecord
 from meshnode.store import FlowQuery, StoreTimeout
 from meshnode.summary import with_service
@@ -30,8 +30,9 @@ def run(tmp_path: Path, body: Callable[[Harness], Awaitable[None]], **config: ob
     asyncio.run(main())
 
 
-async def flows(h: Harness, **kw: object) -> list[observer_pb2.FlowsResponse]:
-    return [r async for r in h.stub.Flows(observer_pb2.FlowsRequest(**kw), timeout=10)]  # type: ignore[arg-type]
+async def flows(h: Harness, timeout: float = 10, **kw: object) -> list[observer_pb2.FlowsResponse]:
+    req = observer_pb2.FlowsRequest(**kw)  # type: ignore[arg-type]
+    return [r async for r in h.stub.Flows(req, timeout=timeout)]
 
 
 def records(responses: list[observer_pb2.FlowsResponse]) -> list[FlowRecord]:
@@ -247,6 +248,17 @@ def test_deadline_stops_a_query(tmp_path: Path) -> None:
         store = h.node.store
         with store.reader() as conn, pytest.raises(StoreTimeout):
             list(store.query_flows(FlowQuery(), conn, deadline=time.monotonic() - 1))
+        # a scan that matches nothing is interrupted inside SQLite
+        await h.period(*[flow(i, comm="busy") for i in range(1000, 60_000)])
+        nothing = Selector.from_request([F(comm=["nobody"])], [])
+        with pytest.raises(StoreTimeout):
+            h.node.observer._history(FlowQuery(), nothing, 10, time.monotonic() + 0.001)
+        with pytest.raises(StoreTimeout):
+            h.node.observer._health(1, T0 + 10**6 * S, nothing, time.monotonic() + 0.001)
+        assert h.node.observer._history(FlowQuery(), nothing, 10, time.monotonic() + 30).items == []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await flows(h, whitelist=[F(comm=["nobody"])], timeout=0.001)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
     run(tmp_path, body)
 
