@@ -1,6 +1,29 @@
 """The gossip mesh: SWIM membership with Lifeguard, signed digests, label aggregation, fleet queries.
 
-Internal modules start with ``_``; this package re-exports the public surface.
+Modules (internal, re-exported here):
+
+    _config      MeshConfig: protocol parameters
+    _clock       Scheduler protocol; ManualScheduler (tests, simulation), AsyncioScheduler (the node)
+    _transport   Transport protocol: send_packet, request (reliable request/response), close
+    _memnet      MemoryNetwork: in-memory transport with per-link loss, partitions, latency, byte counts
+    _awareness   Lifeguard local health (pure: scale_timeout, apply_delta)
+    _suspicion   suspicion timeouts (pure: suspicion_timeout, remaining_suspicion_time) and Suspicion
+    _broadcast   TransmitLimitedQueue (pure: retransmit_limit)
+    _state       Membership: the SWIM + Lifeguard state machine; Delegate protocol; Member, State
+    _digest      NodeKey, Digest building/bounding/signing/verifying, DigestExchange (the delegate)
+    _aggregate   label aggregation (pure): aggregate, health_of, hierarchy
+    _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
+    _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh)
+    _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
+
+In the node::
+
+    mesh = MeshService(advertise="10.0.0.5:7946", listen="0.0.0.0:7946", key=NodeKey.load_or_create(p),
+                       labels={"region": "eu", "site": "ams1", "host": "web-1"}, seeds=["10.0.0.2:7946"])
+    node.period_listeners.append(mesh.on_period)
+    await mesh.start()      # or: mesh.register(server) before the daemon's server starts, without listen=
+    ...
+    await mesh.stop()
 """
 
 from meshnode.mesh._aggregate import (
