@@ -8,8 +8,8 @@ requests for more than the server will hold fail with RESOURCE_EXHAUSTED.
 ``Flows`` orders records by (end_ns, table, id) ascending, FINAL records before INTERIM ones at the same
 end_ns. Pages are continued by an opaque ``page_token`` bound to the request. With ``follow``, history is
 read in one snapshot (up to the last closed period), then records of periods closed after it are streamed,
-so nothing is sent twice; ``number`` bounds the history part only, and ``number=0`` with ``follow`` means
-"no history, only new records".
+so nothing is sent twice; ``number`` bounds the history part only (0: the default 1,000), except that
+``follow`` with neither ``number`` nor ``since_ns`` means "no history, only new records".
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         if request.number > MAX_FLOWS:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"number: {request.number} is over the server maximum of {MAX_FLOWS}")
-        limit = request.number or (0 if request.follow else DEFAULT_FLOWS)
+        limit = request.number or (0 if request.follow and not request.since_ns else DEFAULT_FLOWS)
         query = FlowQuery(request.since_ns, request.until_ns, request.include_interim, None, after)
         sub = self.feed.subscribe() if request.follow else None
         try:
