@@ -97,11 +97,7 @@ class CEvent(ct.Structure):
 
 def addr_text(family: int, raw: ct.Array[ct.c_uint8]) -> str:
     """Textual address from the 16 raw bytes the kernel side fills (IPv4 in the first four)."""
-    data = bytes(raw)
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, data[:4])
-    addr = ipaddress.IPv6Address(data)
-    return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
+    return _addr(family, bytes(raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +163,7 @@ def _tcp_row(cookie: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
 
 
 def _addr(family: int, data: bytes) -> str:
+    """IPv4 from the first four bytes, IPv6 from all sixteen (v4-mapped shown as IPv4)."""
     if family == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, data[:4])
     addr = ipaddress.IPv6Address(data)

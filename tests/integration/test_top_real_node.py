@@ -10,15 +10,12 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests._env import require_kernel
 from tests.integration import _traffic as t
-from tests.integration.test_meshctl_top_tmux import Tmux
+from tests.integration.test_meshctl_top_tmux import Tmux, tmux  # noqa: F401 (the fixture)
 from tests.integration.test_node_lab import MESHCTL, NODE, start_node
 
 PORT = 31234
@@ -37,16 +34,7 @@ while True:
 """
 
 
-@pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    session = Tmux()
-    try:
-        yield session
-    finally:
-        session.kill()
-
-
-def test_top_shows_real_traffic_and_survives_a_node_restart(tmux: Tmux, tmp_path: Path) -> None:
+def test_top_shows_real_traffic_and_survives_a_node_restart(tmux: Tmux, tmp_path: Path) -> None:  # noqa: F811
     require_kernel()
     from tests.lab import Lab
 
