@@ -33,6 +33,15 @@ class ApiServer:
         self.port = 0
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._registrars: list[tuple[Callable[[grpc.aio.Server], None], tuple[str, ...]]] = []
+
+    def add_servicer(self, register: Callable[[grpc.aio.Server], None], *service_names: str) -> None:
+        """Serve more services on this port (e.g. the mesh's): ``register(server)`` runs in ``start``
+        before the server starts; ``service_names`` (full names) join reflection and health checking.
+        Call before ``start``."""
+        if self._server is not None:
+            raise RuntimeError("add_servicer after start")
+        self._registrars.append((register, tuple(service_names)))
 
     @property
     def address(self) -> str:
@@ -46,8 +55,12 @@ class ApiServer:
         add_observer = cast(Callable[[Any, Any], None], observer_pb2_grpc.add_ObserverServicer_to_server)
         add_observer(self.observer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        extra: list[str] = []
+        for register, names in self._registrars:
+            register(server)
+            extra.extend(names)
         reflection.enable_server_reflection(
-            (OBSERVER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+            (OBSERVER_SERVICE, HEALTH_SERVICE, *extra, reflection.SERVICE_NAME), server
         )
         try:
             port = server.add_insecure_port(self.listen)
@@ -57,7 +70,7 @@ class ApiServer:
             raise ConfigError(f"listen: cannot bind {self.listen} (address in use or not local?)")
         self.port = port
         await server.start()
-        for service in ("", OBSERVER_SERVICE):
+        for service in ("", OBSERVER_SERVICE, *extra):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         log.debug("gRPC API on %s", self.address)

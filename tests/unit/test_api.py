@@ -377,3 +377,42 @@ def test_sql_pushdown_agrees_with_python_filters(tmp_path: Path) -> None:
                 got = [s.record.flow_id for s in store.query_flows(sel.query(FlowQuery()), conn)]
             assert got == want, (allow, deny)
             assert want  # each case selects something
+
+
+def test_more_services_on_the_same_port(tmp_path: Path) -> None:
+    """The mesh registers its servicer on the node's server; health and reflection list it."""
+    from meshnode.api import ApiServer, ObserverServicer
+    from meshnode.store import Store
+
+    def register(server: grpc.aio.Server) -> None:
+        async def ping(request: bytes, context: object) -> bytes:
+            return b"pong:" + request
+
+        handler = grpc.method_handlers_generic_handler("test.Echo", {
+            "Ping": grpc.unary_unary_rpc_method_handler(ping),
+        })
+        server.add_generic_rpc_handlers((handler,))
+
+    async def main() -> None:
+        with Store(tmp_path / "m.db") as store:
+            api = ApiServer("127.0.0.1:0", ObserverServicer(store))
+            api.add_servicer(register, "test.Echo")
+            await api.start()
+            try:
+                async with grpc.aio.insecure_channel(api.address) as ch:
+                    assert await ch.unary_unary("/test.Echo/Ping")(b"x", timeout=5) == b"pong:x"
+                    health = health_pb2_grpc.HealthStub(ch)
+                    resp = await health.Check(health_pb2.HealthCheckRequest(service="test.Echo"), timeout=5)
+                    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+                    call = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(timeout=5)
+                    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+                    names = {s.name for s in (await call.read()).list_services_response.service}
+                    await call.done_writing()
+                    assert {"test.Echo", OBSERVER_SERVICE} <= names
+            finally:
+                await api.stop()
+            with pytest.raises(RuntimeError):
+                api._server = object()  # type: ignore[assignment]
+                api.add_servicer(register)
+
+    asyncio.run(main())
