@@ -398,8 +398,13 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def Packet(
         self, request: mesh_pb2.PacketRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> mesh_pb2.PacketResponse:
-        if self._svc.running:
-            self._svc.transport.on_packet(request.from_addr, request.payload)
+        svc = self._svc
+        if len(request.payload) > 2 * svc.config.packet_budget:
+            svc.counters["packets_oversize"] += 1
+            log.warning("oversize mesh packet (%d bytes) from %s (%s) dropped", len(request.payload),
+                        request.from_addr, context.peer())
+        elif svc.running:
+            svc.transport.on_packet(request.from_addr, request.payload)
         return mesh_pb2.PacketResponse()
 
     async def Stream(

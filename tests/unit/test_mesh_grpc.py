@@ -138,6 +138,10 @@ def test_bad_stream_request_is_refused_with_invalid_argument():
                 assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 await stub.Packet(mesh_pb2.PacketRequest(from_addr="evil:1", payload=b"\xff\xff"), timeout=2)
                 assert mesh.membership.counters["packets_malformed"] == 1
+                await stub.Packet(mesh_pb2.PacketRequest(from_addr="evil:1", payload=b"\0" * 10_000), timeout=2)
+                peers = await stub.Peers(mesh_pb2.PeersRequest(), timeout=2)
+                assert peers.counters["packets_oversize"] == 1
+                assert peers.counters["packets_malformed"] == 1
         finally:
             await mesh.stop(leave_timeout=0.1)
             await server.stop(0)
