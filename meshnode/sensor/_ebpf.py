@@ -42,6 +42,7 @@ _EVENT_TYPES = {
 }
 _COMM_TTL_S = 10.0
 _HALFOPEN_REPEAT_NS = 30 * 10**9
+_RTT_SHIFT_EVERY_NS = 10 * 10**9
 _MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full")
 
 
@@ -83,6 +84,7 @@ class EbpfSensor:
         self._limits: dict[int, str] = {}
         self._comms: dict[int, tuple[float, str]] = {}
         self._halfopen_seen: dict[tuple[int, str, int, str, int], int] = {}
+        self._rtt_shift_at: dict[int, int] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -147,11 +149,28 @@ class EbpfSensor:
         if kind is None:
             log.warning("unknown kernel event kind %d dropped", ev.kind)
             return
+        if ev.kind == rec.EV_RTT_SHIFT and not self._rtt_shift_worth_reporting(ev):
+            return
         flow = self._tcp_record(ev.flow, final=False)
         detail = ""
         if ev.kind == rec.EV_RTT_SHIFT:
             detail = f"srtt {ev.value2} us -> {ev.value} us"
         batch.events.append(EventRecord(kind, self._wall(ev.ts_ns), flow, float(ev.value), detail))
+
+    def _rtt_shift_worth_reporting(self, ev: rec.KernelEvent) -> bool:
+        """RTT shifts on loopback measure CPU scheduling, not a network, and a flow whose RTT swings keeps
+        shifting: report network flows only, at most one shift per flow per ``_RTT_SHIFT_EVERY_NS``."""
+        f = ev.flow
+        assert f is not None
+        if _is_loopback(f.dst):
+            return False
+        last = self._rtt_shift_at.get(ev.cookie)
+        if last is not None and ev.ts_ns - last < _RTT_SHIFT_EVERY_NS:
+            return False
+        if len(self._rtt_shift_at) > 16384:
+            self._rtt_shift_at.clear()
+        self._rtt_shift_at[ev.cookie] = ev.ts_ns
+        return True
 
     def _repeat_halfopen(self, ev: rec.KernelEvent) -> bool:
         """True when this reset half-open handshake is a retransmitted SYN of one already reported.
@@ -333,6 +352,10 @@ class EbpfSensor:
     def unattributed_drops(self) -> dict[str, int]:
         """Drops without a known socket, by reason, since start (host-wide, not only this scope)."""
         return dict(self._unattributed)
+
+
+def _is_loopback(addr: str) -> bool:
+    return addr.startswith("127.") or addr == "::1"
 
 
 def _synthetic_id(*parts: object) -> int:

@@ -310,3 +310,19 @@ def test_drops_attributed_to_the_socket_with_the_kernels_reason(lab: Any, sensor
     assert flow.packets_rx == 300  # the cgroup-skb hook counts each datagram before the socket drops it
     assert flow.drops >= 250 and flow.drop_reasons.get("SOCKET_RCVBUFF") == flow.drops
     assert sum(e.value for e in drops) <= flow.drops
+
+
+def test_rtt_shift_under_a_rate_limit(lab: Any, sensors: dict[str, Collector]) -> None:
+    """A bulk upload through a 4 Mbit/s tbf queue: the smoothed RTT climbs from microseconds to
+    milliseconds, and the sensor reports the shift as an event on that flow."""
+    a, c = lab["a"], lab["c"]
+    port = next(PORTS)
+    sink = t.start(c, t.TCP_SINK, port)
+    t.wait_ready(sink)
+    with a.rate("4mbit", peer=c):
+        res = t.result(t.start(a, t.TCP_BULK, c.ip, port, 1_500_000), timeout=60)
+    sink.kill()
+    (flow,) = sensors["a"].wait_for(lambda f: f.dport == port and f.pid == res["pid"])
+    assert flow.max_rtt_us >= 2000 and flow.max_rtt_us >= 4 * flow.min_rtt_us, flow
+    shifts = [e for e in sensors["a"].events if e.type == "rtt_shift" and e.flow.dport == port]
+    assert shifts and shifts[0].value >= 2000 and "->" in shifts[0].detail

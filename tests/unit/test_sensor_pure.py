@@ -100,3 +100,22 @@ def test_create_sensor_diag_twice() -> None:
         s = create_sensor("diag")
         assert (s.mode, s.fidelity) == ("diag", "polled")
         s.close()
+
+
+def test_rtt_shift_events_skip_loopback_and_repeat_at_most_every_10s() -> None:
+    from meshnode.sensor._ebpf import EbpfSensor
+
+    sensor = EbpfSensor()  # not started: only the event filter is exercised
+
+    def shift(cookie: int, dst: str, ts_s: float) -> rec.KernelEvent:
+        raw = _event(rec.EV_RTT_SHIFT, socket.AF_INET, socket.inet_aton("10.0.0.1"), socket.inet_aton(dst))
+        ev = rec.event_from_bytes(raw)
+        return rec.KernelEvent(kind=ev.kind, ts_ns=int(ts_s * 1e9), cookie=cookie, value=9000, value2=1000,
+                               flow=ev.flow)
+
+    ok = sensor._rtt_shift_worth_reporting
+    assert not ok(shift(1, "127.0.0.1", 0))
+    assert ok(shift(2, "10.0.0.2", 0))
+    assert not ok(shift(2, "10.0.0.2", 5))
+    assert ok(shift(2, "10.0.0.2", 10.5))
+    assert ok(shift(3, "10.0.0.2", 5))
