@@ -412,13 +412,20 @@ class Membership:
         self._seq += 1
         return self._seq
 
-    def _send(self, addr: str, header: mesh_pb2.MeshPacket, gossip_only: bool = False) -> bool:
-        """Send ``header`` with as many piggybacked broadcasts as fit; False when gossip_only had none."""
+    def _send(
+        self, addr: str, header: mesh_pb2.MeshPacket, gossip_only: bool = False, first: bytes = b""
+    ) -> bool:
+        """Send ``header`` with as many piggybacked broadcasts as fit; False when gossip_only had none.
+
+        ``first`` is a serialized Gossip that goes before the queued ones.
+        """
         header.source = self.node_id
         header.source_addr = self.address
         base = header.SerializeToString()
         budget = self.config.packet_budget - len(base)
-        parts = self._broadcasts.get_broadcasts(_GOSSIP_OVERHEAD, budget)
+        parts = [first] if first else []
+        used = sum(len(p) + _GOSSIP_OVERHEAD for p in parts)
+        parts.extend(self._broadcasts.get_broadcasts(_GOSSIP_OVERHEAD, budget - used))
         used = sum(len(p) + _GOSSIP_OVERHEAD for p in parts)
         if self.delegate is not None and budget - used > _USER_OVERHEAD:
             try:
@@ -469,7 +476,14 @@ class Membership:
         seq = self._next_seq()
         probe = _Probe(target.node_id, target.incarnation, self._sched.now())
         self._acks[seq] = probe
-        self._send(target.addr, mesh_pb2.MeshPacket(ping=mesh_pb2.Ping(seq_no=seq, target=target.node_id)))
+        buddy = b""
+        if target.state == State.SUSPECT:
+            # Lifeguard's buddy system: tell a suspect it is suspected, so that it can refute at once
+            # instead of waiting for the gossip to reach it.
+            sus = mesh_pb2.Suspect(node=target.node_id, incarnation=target.incarnation, **{"from": self.node_id})
+            buddy = mesh_pb2.Gossip(suspect=sus).SerializeToString()
+        ping = mesh_pb2.MeshPacket(ping=mesh_pb2.Ping(seq_no=seq, target=target.node_id))
+        self._send(target.addr, ping, first=buddy)
         later = self._sched.call_later
         probe.timers.append(later(self.config.probe_timeout, lambda: self._probe_indirect(seq)))
         probe.timers.append(later(interval, lambda: self._probe_failed(seq)))

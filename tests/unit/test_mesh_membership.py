@@ -335,3 +335,20 @@ def test_transmit_limited_queue_is_bounded_and_counts_what_it_drops():
     assert len(q) == 3
     assert q.dropped == 2
     assert sorted(q.get_broadcasts(overhead=0, limit=100)) == [b"\x02", b"\x03", b"\x04"]
+
+
+def test_buddy_system_tells_a_suspect_on_the_probe_itself():
+    # no gossip rounds, and the suspicion is cleared from n0's queue: only the ping can carry it to n1
+    c = SimCluster(seed=3, config=MeshConfig(gossip_nodes=0, push_pull_interval=0, reconnect_interval=0))
+    c.build(2)
+    assert c.run(10.0, c.converged) < 10.0
+    n0, n1 = c.nodes["n0"], c.nodes["n1"]
+    _inject(c, "n0", mesh_pb2.Gossip(suspect=mesh_pb2.Suspect(node="n1", incarnation=n1.incarnation,
+                                                              **{"from": "outsider"})))
+    c.run(0.01)
+    assert n0.state_of("n1") == State.SUSPECT
+    n0._broadcasts.reset()
+    took = c.run(5.0, lambda: n1.counters["refuted"] > 0)
+    assert took <= 2 * CFG.probe_interval
+    c.run(1.0)
+    assert n0.state_of("n1") == State.ALIVE
