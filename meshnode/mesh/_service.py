@@ -308,6 +308,8 @@ class MeshService:
         counters.update(self.exchange.counters)
         counters.update(self.transport.counters)
         counters.update(self.counters)
+        counters["broadcasts_dropped"] = m._broadcasts.dropped
+        counters["announces_dropped"] = self.exchange._announces.dropped
         resp.counters.update({k: v for k, v in counters.items() if v >= 0})
         return resp
 
