@@ -1,0 +1,117 @@
+"""Trust: cross-validation of peers' reports, trust scores, robust aggregation, mTLS, signed requests, privacy.
+
+Modules (internal, re-exported here):
+
+    _validate   EndpointClaim, claims_from_digest, compare_final/compare_bound (pure), CrossValidator, Evidence
+    _score      TrustState: per-node scores with recovery, attribution, flagging; excluded()
+    _robust     robust_center, majority_vote, trusted_aggregate (flagged hosts left out, counted)
+    _privacy    PrivacyPolicy: keyed hashing, /24-/48 coarsening, comm dropping, before data leaves the node
+    _authz      sign_request/auth_metadata and Authorizer: signed, fresh, non-replayed, allowed queries
+    _ca         the fleet CA (ECDSA P-256): init_ca, issue, load_ca
+    _tls        server_credentials / channel_credentials for gRPC mutual TLS
+    _ca_cmd     ``meshnode ca init|issue``
+    _errors     TlsError, BadClaim, Unauthorized
+
+In the node (once per export period, after the mesh accepted peers' digests)::
+
+    validator = CrossValidator(ValidationConfig(period_s=10), owners=ip_to_node_id, normalize=policy.address)
+    trust = TrustState(self_id=key.node_id)
+    exchange.on_accept = lambda d, _s: validator.add(claims_from_digest(d, source)[0])
+    # each period: validator.add(own PeriodClaims); validator.set_owners(...) on membership changes
+    report = validator.evaluate(now_ns)
+    trust.update(now_ns, report.evidence)
+    rows = trusted_aggregate(reports, excluded=trust.excluded(node_ids), now_ns=now_ns)
+"""
+
+from meshnode.trust._authz import (
+    AUTH_METADATA_KEY,
+    AUTH_REASONS,
+    GRPC_CODE,
+    Authorizer,
+    auth_metadata,
+    request_payload,
+    sign_request,
+    signed_bytes,
+)
+from meshnode.trust._ca import CA_CERT, CA_KEY, Issued, init_ca, issue, load_ca
+from meshnode.trust._errors import BadClaim, TlsError, Unauthorized
+from meshnode.trust._privacy import HASH_PREFIX, PrivacyPolicy
+from meshnode.trust._robust import (
+    RobustValue,
+    TrustedAggregates,
+    Vote,
+    majority_vote,
+    robust_center,
+    trimmed_count,
+    trusted_aggregate,
+)
+from meshnode.trust._score import DEFAULT_WEIGHTS, Blame, NodeTrust, ScoreConfig, TrustState
+from meshnode.trust._tls import TlsMaterial, channel_credentials, load_material, server_credentials
+from meshnode.trust._validate import (
+    MAX_UDP_PAYLOAD,
+    CrossValidator,
+    EndpointClaim,
+    Evidence,
+    FlowKey,
+    PeriodClaims,
+    Severity,
+    ValidationConfig,
+    ValidationReport,
+    claim_from_proto,
+    claims_from_digest,
+    compare_bound,
+    compare_final,
+    overlaps,
+)
+
+__all__ = [
+    "AUTH_METADATA_KEY",
+    "AUTH_REASONS",
+    "CA_CERT",
+    "CA_KEY",
+    "DEFAULT_WEIGHTS",
+    "GRPC_CODE",
+    "HASH_PREFIX",
+    "MAX_UDP_PAYLOAD",
+    "Authorizer",
+    "BadClaim",
+    "Blame",
+    "CrossValidator",
+    "EndpointClaim",
+    "Evidence",
+    "FlowKey",
+    "Issued",
+    "NodeTrust",
+    "PeriodClaims",
+    "PrivacyPolicy",
+    "RobustValue",
+    "ScoreConfig",
+    "Severity",
+    "TlsError",
+    "TlsMaterial",
+    "TrustState",
+    "TrustedAggregates",
+    "Unauthorized",
+    "ValidationConfig",
+    "ValidationReport",
+    "Vote",
+    "auth_metadata",
+    "channel_credentials",
+    "claim_from_proto",
+    "claims_from_digest",
+    "compare_bound",
+    "compare_final",
+    "init_ca",
+    "issue",
+    "load_ca",
+    "load_material",
+    "majority_vote",
+    "overlaps",
+    "request_payload",
+    "robust_center",
+    "server_credentials",
+    "sign_request",
+    "signed_bytes",
+    "trimmed_count",
+    "trusted_aggregate",
+]

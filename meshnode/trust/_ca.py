@@ -1,0 +1,203 @@
+"""A fleet certificate authority: one CA per fleet, certificates for nodes (server + client) and clients.
+
+The mesh and the API use mutual TLS: every node presents a certificate signed by the fleet CA and requires
+one from its callers, so that only the fleet's machines and its operators' tools can talk to a node.
+Keys are ECDSA P-256: grpc's TLS stack (BoringSSL) accepts it for server and client certificates on every
+version grpcio ships, which is not true of Ed25519 certificates. Key files are written mode 0600 and never
+overwritten without ``force``.
+
+Layout of a CA directory: ``ca.key``, ``ca.crt``, and ``NAME.key``/``NAME.crt`` for each issued name. A
+node needs ``ca.crt``, its own ``NAME.crt`` and ``NAME.key`` (see ``meshnode.trust._tls``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshnode._exceptions import ConfigError
+
+CA_KEY: Final = "ca.key"
+CA_CERT: Final = "ca.crt"
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """Paths of a written key pair and the certificate's serial."""
+
+    key: Path
+    cert: Path
+    serial: int
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _write_private(path: Path, data: bytes, force: bool) -> None:
+    """Write a secret file mode 0600, created exclusively (so it is never readable by others, even briefly)."""
+    if path.exists():
+        if not force:
+            raise ConfigError(f"{path} exists; pass --force to overwrite it")
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _write_public(path: Path, data: bytes, force: bool) -> None:
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    path.write_bytes(data)
+    path.chmod(0o644)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def check_name(name: str) -> str:
+    """A certificate name that is also a safe file name (letters, digits, ``.``, ``_``, ``-``)."""
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting alphanumeric")
+    return name
+
+
+def init_ca(directory: Path, fleet: str = "meshnode fleet", *, days: int = 3650, force: bool = False) -> Issued:
+    """Create the fleet CA (``ca.key`` mode 0600, ``ca.crt``) in ``directory``.
+
+    Raises:
+        ConfigError: the CA exists and ``force`` is not set, or the directory cannot be written.
+    """
+    key_path, cert_path = directory / CA_KEY, directory / CA_CERT
+    if not force:
+        for p in (key_path, cert_path):
+            if p.exists():
+                raise ConfigError(f"{p} exists; a fleet CA is already here (pass --force to replace it, "
+                                  "which invalidates every certificate it issued)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{fleet} CA"),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, fleet)])
+        now = _now()
+        serial = x509.random_serial_number()
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(key_path, _key_pem(key), force)
+        _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM), force)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the CA in {directory}: {exc}") from exc
+    return Issued(key_path, cert_path, serial)
+
+
+def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The CA key and certificate of ``directory``.
+
+    Raises:
+        ConfigError: missing (with the command that creates them) or not a P-256 CA.
+    """
+    key_path, cert_path = directory / CA_KEY, directory / CA_CERT
+    for p in (key_path, cert_path):
+        if not p.exists():
+            raise ConfigError(f"{p} is missing; create the fleet CA with: meshnode ca init --dir {directory}")
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the CA in {directory}: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key_path} is not an ECDSA key")
+    return key, cert
+
+
+def issue(
+    directory: Path,
+    name: str,
+    *,
+    ips: Iterable[str] = (),
+    dns: Iterable[str] = (),
+    client_only: bool = False,
+    days: int = 825,
+    out_dir: Path | None = None,
+    force: bool = False,
+) -> Issued:
+    """Issue ``NAME.key`` (mode 0600) and ``NAME.crt`` signed by the CA in ``directory``.
+
+    A node certificate (default) is good for TLS server and client authentication and names the node in its
+    subject alternative names: ``dns`` names (``name`` itself when none is given) and ``ips``, which callers
+    that dial by address need. A client certificate (``client_only``) is good for client authentication only.
+
+    Raises:
+        ConfigError: a bad name or address, no CA, or existing files without ``force``.
+    """
+    check_name(name)
+    try:
+        addrs = [ipaddress.ip_address(a) for a in ips]
+    except ValueError as exc:
+        raise ConfigError(f"--ip: {exc}") from exc
+    names = list(dns) or [name]
+    ca_key, ca_cert = load_ca(directory)
+    target = out_dir or directory
+    key_path, cert_path = target / f"{name}.key", target / f"{name}.crt"
+    if not force:
+        for p in (key_path, cert_path):
+            if p.exists():
+                raise ConfigError(f"{p} exists; pass --force to reissue {name}")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    serial = x509.random_serial_number()
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client_only else [ExtendedKeyUsageOID.SERVER_AUTH,
+                                                                     ExtendedKeyUsageOID.CLIENT_AUTH]
+    san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    san.extend(x509.IPAddress(a) for a in addrs)
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(serial)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=True, key_cert_sign=False, crl_sign=False, encipher_only=False,
+            decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    try:
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(key_path, _key_pem(key), force)
+        _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM), force)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {name}'s certificate in {target}: {exc}") from exc
+    return Issued(key_path, cert_path, serial)

@@ -1,0 +1,71 @@
+"""gRPC mutual-TLS credentials from a directory of fleet-CA material.
+
+A node's directory holds ``ca.crt`` (the fleet CA), ``NAME.crt`` and ``NAME.key`` (its own certificate,
+``meshnode ca issue NAME``). The server requires a client certificate signed by the fleet CA, so a caller
+without one, or with one from another CA, fails the handshake and never reaches a servicer. Missing or
+unsafe files fail early with the file's name and the command that creates it, not at the first handshake.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from meshnode.trust._ca import CA_CERT
+from meshnode.trust._errors import TlsError
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """PEM bytes of the fleet CA certificate, and of one certificate and its key."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+def _read(path: Path, fix: str, secret: bool = False) -> bytes:
+    if not path.exists():
+        raise TlsError(f"{path} is missing; {fix}")
+    try:
+        if secret:
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise TlsError(f"{path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                               f"fix it with: chmod 600 {path}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TlsError(f"cannot read {path}: {exc}") from exc
+    if b"-----BEGIN" not in data:
+        raise TlsError(f"{path} is not PEM; {fix}")
+    return data
+
+
+def load_material(directory: Path, name: str) -> TlsMaterial:
+    """Read ``ca.crt``, ``NAME.crt`` and ``NAME.key`` from ``directory``.
+
+    Raises:
+        TlsError: a file is missing, unreadable, not PEM, or (the key) readable by group or others.
+    """
+    issue = (f"issue it with: meshnode ca issue {name} --dir CA_DIR --ip ADDR, then copy "
+             f"CA_DIR/{name}.crt and CA_DIR/{name}.key here")
+    ca = _read(directory / CA_CERT, "create the fleet CA with: meshnode ca init --dir CA_DIR, then copy "
+               f"CA_DIR/{CA_CERT} here")
+    cert = _read(directory / f"{name}.crt", issue)
+    key = _read(directory / f"{name}.key", issue, secret=True)
+    return TlsMaterial(ca, cert, key)
+
+
+def server_credentials(directory: Path, name: str = "node") -> grpc.ServerCredentials:
+    """Server credentials that present ``NAME.crt`` and require a client certificate from the fleet CA."""
+    m = load_material(directory, name)
+    return grpc.ssl_server_credentials([(m.key, m.cert)], root_certificates=m.ca, require_client_auth=True)
+
+
+def channel_credentials(directory: Path, name: str = "node") -> grpc.ChannelCredentials:
+    """Channel credentials that trust only the fleet CA and present ``NAME.crt`` as the client certificate."""
+    m = load_material(directory, name)
+    return grpc.ssl_channel_credentials(root_certificates=m.ca, private_key=m.key, certificate_chain=m.cert)
