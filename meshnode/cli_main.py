@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("meshnode.daemon._run_cmd", "run a node: sensor, store, gRPC API and mesh"),
     "capture": ("meshnode.sensor._capture_cmd", "run the sensor alone and print flows as they end"),
+    "ca": ("meshnode.trust._ca_cmd", "create a fleet CA and issue node/client certificates"),
 }
 
 
