@@ -1,0 +1,384 @@
+"""Blame allocation on synthetic fleets: six hosts in two sites, five scenarios, and properties of the rule.
+
+The fleet (region ``eu``):
+
+    site s1: app-1 10.0.1.1, app-2 10.0.1.2, web-1 10.0.1.3 (http :80)
+    site s2: app-3 10.0.2.1, cache-1 10.0.2.2 (redis :6379), db-1 10.0.2.3 (postgresql :5432)
+    every host exports node metrics on :9100
+
+Every host runs ``api`` (db, cache and web) and ``worker`` (db and cache); ``scrape`` on app-1 and app-3
+collects :9100 from every other host. Each (process, destination) pair makes 30-60 transactions, each a
+flow of 8-40 packets; background noise turns 1 % of transactions into problems at random.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshnode._model import FlowRecord
+from meshnode.diagnosis import (
+    BlameConfig,
+    Place,
+    Transaction,
+    blame,
+    entities,
+    transactions_from_flows,
+    transactions_from_rollups,
+)
+from meshnode.v1 import flow_pb2
+
+HOSTS: dict[str, tuple[str, str]] = {  # name -> (address, site)
+    "app-1": ("10.0.1.1", "s1"), "app-2": ("10.0.1.2", "s1"), "web-1": ("10.0.1.3", "s1"),
+    "app-3": ("10.0.2.1", "s2"), "cache-1": ("10.0.2.2", "s2"), "db-1": ("10.0.2.3", "s2"),
+}
+MEMBERS = {addr: Place(name, site, "eu") for name, (addr, site) in HOSTS.items()}
+SERVICES = {"db-1": (5432, "postgresql"), "cache-1": (6379, "redis"), "web-1": (80, "http")}
+PROCESSES: dict[str, tuple[tuple[str, int], ...]] = {
+    "api": (("db-1", 5432), ("cache-1", 6379), ("web-1", 80)),
+    "worker": (("db-1", 5432), ("cache-1", 6379)),
+}
+DEAD = ("10.0.9.9", 5432)
+
+# A fault: (client host, comm, dst address, dport, packets, rng) -> problem kind or "ok"
+Fault = Callable[[str, str, str, int, int, random.Random], str]
+
+
+def healthy(host: str, comm: str, dst: str, dport: int, packets: int, rng: random.Random) -> str:
+    return "ok"
+
+
+def _site_of(addr: str) -> str:
+    return MEMBERS[addr].site if addr in MEMBERS else ""
+
+
+def blackholed_db(host: str, comm: str, dst: str, dport: int, packets: int, rng: random.Random) -> str:
+    return "timeout" if dst == HOSTS["db-1"][0] else "ok"
+
+
+def lossy_uplink(host: str, comm: str, dst: str, dport: int, packets: int, rng: random.Random) -> str:
+    """15 % loss on site s1's uplink: each packet of a cross-site flow is lost with p = 0.15."""
+    if HOSTS[host][1] == _site_of(dst) or not _site_of(dst):
+        return "ok"
+    if rng.random() < 0.15 ** 3:  # SYN and both its retransmissions lost
+        return "timeout"
+    return "retransmits" if rng.random() < 1 - 0.85**packets else "ok"
+
+
+def refused_port(host: str, comm: str, dst: str, dport: int, packets: int, rng: random.Random) -> str:
+    return "refused" if (dst, dport) == (HOSTS["db-1"][0], 5432) else "ok"
+
+
+def dead_address(host: str, comm: str, dst: str, dport: int, packets: int, rng: random.Random) -> str:
+    return "timeout" if (dst, dport) == DEAD else "ok"
+
+
+def fleet(fault: Fault, seed: int, *, noise: float = 0.01, billing: bool = False,
+          reporter_reset: bool = False) -> list[Transaction]:
+    """The transactions of one period of the whole fleet, under ``fault``."""
+    rng = random.Random(seed)
+    out: list[Transaction] = []
+    sport = 30000
+
+    def txn(host: str, comm: str, pid: int, dst_name: str | None, dst: str, dport: int, service: str) -> None:
+        nonlocal sport
+        place = MEMBERS.get(dst)
+        for _ in range(rng.randint(30, 60)):
+            packets = rng.randint(8, 40)
+            kind = fault(host, comm, dst, dport, packets, rng)
+            if kind == "ok" and rng.random() < noise:
+                kind = rng.choice(["retransmits", "timeout", "reset", "slow_connect"])
+            sport += 1
+            out.append(Transaction(
+                host=host, site=HOSTS[host][1], region="eu", comm=comm, pid=pid, dst=dst, dport=dport,
+                service=service, dst_host=place.host if place else "", dst_site=place.site if place else "",
+                dst_region=place.region if place else "", problem=kind != "ok", kind=kind,
+                flow=(HOSTS[host][0], sport, dst, dport, "tcp"),
+            ))
+
+    for host in HOSTS:
+        for pid, (comm, dests) in enumerate(PROCESSES.items(), start=100):
+            for name, port in dests:
+                if name != host:
+                    txn(host, comm, pid, name, HOSTS[name][0], port, SERVICES[name][1])
+        if host in ("app-1", "app-3"):
+            for name, (addr, _) in HOSTS.items():
+                if name != host:
+                    txn(host, "scrape", 200, name, addr, 9100, "")
+    if billing:  # a process configured with a decommissioned database address, retrying it
+        for _ in range(8):
+            txn("app-2", "billing", 300, None, DEAD[0], DEAD[1], "postgresql")
+    if reporter_reset:  # one process whose every connection to db-1:5432 is reset (bad credentials)
+        for _ in range(4):
+            txn("app-3", "reporter", 400, "db-1", HOSTS["db-1"][0], 5432, "postgresql")
+        out = [t if t.comm != "reporter" else _as(t, "reset") for t in out]
+    return out
+
+
+def _as(t: Transaction, kind: str) -> Transaction:
+    import dataclasses
+
+    return dataclasses.replace(t, problem=kind != "ok", kind=kind)
+
+
+SCENARIOS = [
+    # name, fleet kwargs, expected top (kind, name), entities that must not be suspects
+    ("a: server host blackholed", dict(fault=blackholed_db), ("dst_host", "db-1"),
+     {("host", h) for h in HOSTS} | {("site", "eu/s1"), ("site", "eu/s2"), ("path", "eu/s1<->eu/s2"),
+                                     ("region", "eu"), ("dst_site", "eu/s2")}),
+    ("b: site uplink 15% loss", dict(fault=lossy_uplink), ("path", "eu/s1<->eu/s2"),
+     {("dst_host", h) for h in HOSTS} | {("service", "10.0.2.3:5432"), ("service", "10.0.2.2:6379"),
+                                          ("site", "eu/s1"), ("site", "eu/s2"), ("region", "eu")}),
+    ("c: one service port refused", dict(fault=refused_port), ("service", "10.0.2.3:5432"),
+     {("dst_host", "db-1"), ("dst_site", "eu/s2")} | {("host", h) for h in HOSTS}),
+    ("d: one process retries a dead address", dict(fault=dead_address, billing=True), ("process", "app-2/billing"),
+     {("dst_host", DEAD[0]), ("service", f"{DEAD[0]}:{DEAD[1]}"), ("host", "app-2"), ("site", "eu/s1")}),
+    ("d2: one process reset, its neighbours fine", dict(fault=healthy, reporter_reset=True),
+     ("process", "app-3/reporter"),
+     {("service", "10.0.2.3:5432"), ("dst_host", "db-1"), ("host", "app-3")}),
+]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(("name", "kwargs", "top", "innocent"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_scenarios_blame_the_right_entity(name: str, kwargs: dict, top: tuple[str, str],
+                                          innocent: set[tuple[str, str]], seed: int) -> None:
+    report = blame(fleet(seed=seed, **kwargs))
+    assert report.suspects, report
+    first = report.suspects[0]
+    assert (first.kind, first.name) == top, [s.verdict for s in report.suspects]
+    assert first.problem_fraction >= 0.2
+    blamed = {(s.kind, s.name) for s in report.suspects}
+    assert not blamed & innocent, [s.verdict for s in report.suspects]
+    # the noise left after explaining the fault away is below the threshold: one suspect only
+    assert len(report.suspects) == 1, [s.verdict for s in report.suspects]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_healthy_fleet_with_noise_has_no_suspect(seed: int) -> None:
+    report = blame(fleet(healthy, seed, noise=0.01))
+    assert report.suspects == ()
+    assert report.verdict == "no problem above 20%"
+    assert 0 < report.problems < 0.03 * report.transactions
+    assert report.hosts == 6
+
+
+def test_blackholed_host_verdict_and_evidence() -> None:
+    txns = fleet(blackholed_db, 1, noise=0.0)
+    to_db = [t for t in txns if t.dst == "10.0.2.3"]
+    report = blame(txns)
+    top = report.suspects[0]
+    assert top.shared
+    assert top.stats.transactions == len(to_db)
+    assert top.stats.problems == len(to_db)
+    assert top.stats.hosts == ("app-1", "app-2", "app-3", "cache-1", "web-1")
+    assert top.stats.sites == ("eu/s1", "eu/s2")
+    assert top.stats.problem_kinds == {"timeout": len(to_db)}
+    assert len(top.stats.examples) == 3
+    assert all(ex[2] == "10.0.2.3" for ex in top.stats.examples)
+    assert top.verdict == (f"destination host db-1 (10.0.2.3) is failing: 100% of {len(to_db):,} transactions "
+                           "from 5 hosts in 2 sites (timeout)")
+    assert report.verdict == top.verdict
+
+
+def test_uplink_loss_verdict_says_degraded() -> None:
+    top = blame(fleet(lossy_uplink, 2)).suspects[0]
+    assert top.verdict.startswith("path eu/s1 <-> eu/s2 is degraded: ")
+    assert "from 6 hosts in 2 sites (retransmits" in top.verdict
+    assert top.problem_fraction > 0.6
+
+
+def test_dead_address_is_not_a_shared_cause_and_names_the_destination() -> None:
+    top = blame(fleet(dead_address, 3, billing=True)).suspects[0]
+    assert not top.shared  # one client, one destination: the data cannot tell the two ends apart
+    assert top.verdict.startswith("process billing on app-2 is failing: 100% of ")
+    assert top.verdict.endswith("from 1 host in 1 site (timeout), all to 10.0.9.9:5432")
+
+
+def test_three_sites_one_lossy_uplink_blames_its_paths_only() -> None:
+    hosts = {f"h{s}{i}": (f"10.{s}.0.{i}", f"s{s}") for s in (1, 2, 3) for i in (1, 2, 3)}
+    members = {a: Place(h, s, "eu") for h, (a, s) in hosts.items()}
+    rng = random.Random(7)
+    txns = []
+    for src, (_saddr, ssite) in hosts.items():
+        for dst, (daddr, dsite) in hosts.items():
+            if src == dst:
+                continue
+            for _ in range(rng.randint(20, 40)):
+                crosses = ssite != dsite and "s1" in (ssite, dsite)
+                kind = "retransmits" if crosses and rng.random() < 0.8 else "ok"
+                p = members[daddr]
+                txns.append(Transaction(src, ssite, "eu", "svc", 1, daddr, 8080, "", p.host, p.site, p.region,
+                                        kind != "ok", kind))
+    report = blame(txns)
+    assert {(s.kind, s.name) for s in report.suspects} == {("path", "eu/s1<->eu/s2"), ("path", "eu/s1<->eu/s3")}
+
+
+def test_target_keeps_only_suspects_that_explain_it() -> None:
+    txns = fleet(blackholed_db, 4) + fleet(dead_address, 5, billing=True)
+    both = blame(txns)
+    assert {(s.kind, s.name) for s in both.suspects} >= {("dst_host", "db-1"), ("process", "app-2/billing")}
+    only = blame(txns, target="10.0.9.9:5432")
+    assert [(s.kind, s.name) for s in only.suspects] == [("process", "app-2/billing")]
+    by_addr = blame(txns, target="10.0.2.3")
+    assert [(s.kind, s.name) for s in by_addr.suspects] == [("dst_host", "db-1")]
+    assert blame(txns, target="10.0.1.3:80").verdict == "no problem above 20%"
+
+
+def test_threshold_is_configurable() -> None:
+    txns = fleet(healthy, 1, noise=0.08)
+    assert blame(txns).suspects == ()
+    low = blame(txns, BlameConfig(threshold=0.02))
+    assert low.suspects
+    assert low.verdict.endswith(")")
+    assert blame(txns, BlameConfig(threshold=0.5)).verdict == "no problem above 50%"
+
+
+def test_entities_table_is_the_unexplained_drill_down() -> None:
+    table = {(e.kind, e.name): e for e in entities(fleet(refused_port, 1, noise=0.0))}
+    assert table[("service", "10.0.2.3:5432")].problem_fraction == 1.0
+    assert table[("service", "10.0.2.3:5432")].display == "service db-1:5432 (postgresql, 10.0.2.3)"
+    assert 0.3 < table[("dst_host", "db-1")].problem_fraction < 0.9
+    assert table[("service", "10.0.2.3:9100")].problems == 0
+    assert table[("process", "app-1/api")].display == "process api on app-1"
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+
+
+def _flow(i: int, **kw: object) -> FlowRecord:
+    base: dict[str, object] = dict(flow_id=i, src="10.0.1.1", sport=40000 + i, dst="10.0.2.3", dport=5432,
+                                   proto="tcp", direction="outbound", pid=7, comm="api", outcome="established",
+                                   packets_tx=20, service="postgresql")
+    base.update(kw)
+    return FlowRecord(**base)  # type: ignore[arg-type]
+
+
+def test_transactions_from_flows_classifies_and_places() -> None:
+    flows = [
+        _flow(1),
+        _flow(2, outcome="refused"),
+        _flow(3, retransmits=2),
+        _flow(4, retransmits=3, packets_tx=10_000),  # bulk flow probing for bandwidth: not a problem
+        _flow(5, connect_us=1_200_000),
+        _flow(6, dst="192.0.2.9", dport=443, outcome="timeout", service="https"),
+        _flow(7, kind="interim"),
+        _flow(8, direction="inbound", outcome="reset"),
+        _flow(9, proto="udp", dst="224.0.0.251", dport=5353, outcome="udp_unanswered"),
+        _flow(10, proto="udp", dst="10.0.2.3", dport=53, outcome="udp_unanswered"),
+    ]
+    txns = transactions_from_flows(flows, labels={"host": "app-1", "site": "s1", "region": "eu"},
+                                   members=MEMBERS)
+    assert [(t.kind, t.problem) for t in txns] == [
+        ("ok", False), ("refused", True), ("retransmits", True), ("ok", False), ("slow_connect", True),
+        ("timeout", True), ("udp_unanswered", True),
+    ]
+    first = txns[0]
+    assert (first.host, first.site, first.region, first.comm, first.pid) == ("app-1", "s1", "eu", "api", 7)
+    assert (first.dst_host, first.dst_site, first.dst_region) == ("db-1", "s2", "eu")
+    assert first.flow == ("10.0.1.1", 40001, "10.0.2.3", 5432, "tcp")
+    assert (txns[5].dst_host, txns[5].dst_site) == ("", "")
+    kept = transactions_from_flows(flows[8:9], labels={}, exclude_discovery=False)
+    assert [t.kind for t in kept] == ["udp_unanswered"]
+
+
+def test_transactions_from_rollups_counts_by_kind() -> None:
+    rollups = [
+        flow_pb2.Rollup(key="10.0.2.3:5432", flows=100, useful=90, failures={"timeout": 6, "refused": 4},
+                        service="postgresql"),
+        flow_pb2.Rollup(key="[fd00::9]:443", flows=10, useful=10),
+    ]
+    txns = transactions_from_rollups(rollups, labels={"site": "s1", "region": "eu"}, members=MEMBERS,
+                                     host="node-abc", problem_flows={"10.0.2.3:5432": {"retransmits": 15}})
+    rows = [(t.dst, t.dport, t.kind, t.count, t.dst_host, t.host, t.comm) for t in txns]
+    assert rows == [
+        ("10.0.2.3", 5432, "retransmits", 15, "db-1", "node-abc", ""),
+        ("10.0.2.3", 5432, "refused", 4, "db-1", "node-abc", ""),
+        ("10.0.2.3", 5432, "timeout", 6, "db-1", "node-abc", ""),
+        ("10.0.2.3", 5432, "ok", 75, "db-1", "node-abc", ""),
+        ("fd00::9", 443, "ok", 10, "", "node-abc", ""),
+    ]
+    assert sum(t.count for t in txns) == 110
+    assert txns[-1].destination == "[fd00::9]:443"
+
+
+def test_rollups_of_every_node_find_a_blackholed_host() -> None:
+    """The mesh path: per-destination rollups (no processes) of each node's digest."""
+    txns = fleet(blackholed_db, 6)
+    rollups: dict[str, dict[str, flow_pb2.Rollup]] = {}
+    for t in txns:
+        r = rollups.setdefault(t.host, {}).setdefault(t.destination, flow_pb2.Rollup(key=t.destination))
+        r.flows += 1
+        if t.kind == "ok":
+            r.useful += 1
+        elif t.kind in ("timeout", "refused", "reset"):
+            r.failures[t.kind] += 1
+        else:
+            r.useful += 1  # degraded flows are useful flows in a rollup
+    from_digests = []
+    for host, by_dst in rollups.items():
+        from_digests += transactions_from_rollups(by_dst.values(), labels={"host": host, "site": HOSTS[host][1],
+                                                                             "region": "eu"}, members=MEMBERS)
+    top = blame(from_digests).suspects[0]
+    assert (top.kind, top.name) == ("dst_host", "db-1")
+
+
+# ---------------------------------------------------------------------------------------------- properties
+
+
+PLACES = [("h1", "s1"), ("h2", "s1"), ("h3", "s2"), ("h4", "s2")]
+DSTS = [("10.0.0.1", 80, "h1", "s1"), ("10.0.0.3", 80, "h3", "s2"), ("10.0.0.3", 22, "h3", "s2"),
+        ("10.9.9.9", 443, "", "")]
+
+txn_st = st.builds(
+    lambda p, comm, d, kind, count: Transaction(
+        p[0], p[1], "eu", comm, 1, d[0], d[1], "", d[2], d[3], "eu" if d[3] else "", kind != "ok", kind, count),
+    st.sampled_from(PLACES), st.sampled_from(["a", "b"]), st.sampled_from(DSTS),
+    st.sampled_from(["ok", "ok", "ok", "timeout", "retransmits"]), st.integers(1, 30),
+)
+fleet_st = st.lists(txn_st, max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleet_st, st.lists(txn_st.map(lambda t: _as(t, "ok")), min_size=1, max_size=20))
+def test_adding_healthy_traffic_never_raises_a_problem_fraction(txns: list[Transaction],
+                                                                healthy_extra: list[Transaction]) -> None:
+    before = {(e.kind, e.name): e.problem_fraction for e in entities(txns)}
+    after = {(e.kind, e.name): e.problem_fraction for e in entities(txns + healthy_extra)}
+    for key, fraction in after.items():
+        assert fraction <= before.get(key, 0.0) + 1e-12
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleet_st)
+def test_suspects_pass_the_threshold_and_are_distinct(txns: list[Transaction]) -> None:
+    report = blame(txns)
+    keys = [(s.kind, s.name) for s in report.suspects]
+    assert len(keys) == len(set(keys))
+    for s in report.suspects:
+        assert s.problem_fraction >= 0.2
+        assert s.stats.transactions >= 20 and s.stats.problems >= 5
+    assert [s.rank for s in report.suspects] == list(range(1, len(keys) + 1))
+    assert report.transactions == sum(t.count for t in txns)
+
+
+@settings(max_examples=100, deadline=None)
+@given(fleet_st, st.randoms(use_true_random=False))
+def test_order_and_counting_do_not_matter(txns: list[Transaction], rnd: random.Random) -> None:
+    import dataclasses
+
+    expanded = [dataclasses.replace(t, count=1) for t in txns for _ in range(t.count)]
+    rnd.shuffle(expanded)
+    a, b = blame(txns), blame(expanded)
+    assert [(s.kind, s.name, s.stats.problems, s.stats.transactions) for s in a.suspects] == [
+        (s.kind, s.name, s.stats.problems, s.stats.transactions) for s in b.suspects]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(txn_st.map(lambda t: _as(t, "ok")), max_size=60))
+def test_a_healthy_fleet_never_has_a_suspect(txns: list[Transaction]) -> None:
+    assert blame(txns).suspects == ()
