@@ -222,6 +222,7 @@ class Probes:
         except Exception:
             self.close()
             raise
+        release_compiler_memory()
 
     def _attach_cgroup(self, name: str, prog_type: int, attach_type: int, expected: int = -1) -> None:
         with _captured_stderr() as log:
@@ -364,6 +365,39 @@ class Probes:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+
+MADV_PAGEOUT = 21
+_COMPILER_LIBS = ("libbcc", "libLLVM", "libclang")
+
+
+def release_compiler_memory() -> dict[str, int]:
+    """Give back what compiling the programs left resident, once they are loaded.
+
+    bcc compiles with an in-process clang: afterwards ~35 MB of freed heap stay with the process and ~100 MB
+    of the compiler's code pages stay resident though nothing runs them again (measured: RSS 160 MB after
+    start, 124 MB after malloc_trim). malloc_trim returns the heap; MADV_PAGEOUT (Linux 5.4) drops the clean
+    file-backed pages of libbcc/LLVM/clang, which simply fault back in if ever used. Returns bytes advised
+    per library, for tests and logs; failures are ignored (memory, not correctness).
+    """
+    libc = ct.CDLL("libc.so.6", use_errno=True)
+    with contextlib.suppress(Exception):
+        libc.malloc_trim(0)
+    libc.madvise.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int]
+    advised: dict[str, int] = {}
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return advised
+    for line in maps:
+        parts = line.split()
+        if len(parts) < 6 or not any(lib in parts[5] for lib in _COMPILER_LIBS) or "w" in parts[1]:
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        if libc.madvise(start, end - start, MADV_PAGEOUT) == 0:
+            name = Path(parts[5]).name
+            advised[name] = advised.get(name, 0) + end - start
+    return advised
 
 
 def _has(bpf: Any, name: str) -> bool:
