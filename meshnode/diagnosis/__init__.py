@@ -5,9 +5,21 @@ Modules (internal, re-exported here):
     _transaction  Transaction (the unit of blame), Place, adapters from FlowRecords and digest rollups
     _blame        distributed blame allocation (pure): blame, entities, BlameConfig, the rule's thresholds
     _compare      comparative analysis (pure): compare, PeerSample, samples_from_flows
+    _anomaly      anomalies from the node's own history: AnomalyDetector, Anomaly (-> ``anomaly`` events)
     _taxonomy     seed 004's failure taxonomy (pure): discovery chatter, retries vs outage inertia
 """
 
+from meshnode.diagnosis._anomaly import (
+    ANOMALY_METRICS,
+    Anomaly,
+    AnomalyConfig,
+    AnomalyDetector,
+    AnomalyMetric,
+    Baseline,
+    baseline,
+    deviation,
+    metric_values,
+)
 from meshnode.diagnosis._blame import (
     ENTITY_KINDS,
     LEVELS,
@@ -65,6 +77,7 @@ from meshnode.diagnosis._transaction import (
 )
 
 __all__ = [
+    "ANOMALY_METRICS",
     "DISCOVERY_PORTS",
     "ENTITY_KINDS",
     "LEVELS",
@@ -80,6 +93,11 @@ __all__ = [
     "SLOW_CONNECT_US",
     "SPREAD_FRACTION",
     "TIE_BAND",
+    "Anomaly",
+    "AnomalyConfig",
+    "AnomalyDetector",
+    "AnomalyMetric",
+    "Baseline",
     "BlameConfig",
     "BlameReport",
     "Comparison",
@@ -95,14 +113,17 @@ __all__ = [
     "Suspect",
     "Transaction",
     "backoff_attempts",
+    "baseline",
     "blame",
     "classify",
     "compare",
+    "deviation",
     "discovery_chatter",
     "discovery_protocol",
     "entities",
     "healthy_verdict",
     "is_discovery",
+    "metric_values",
     "outages",
     "problem_kind",
     "retry_advice",
