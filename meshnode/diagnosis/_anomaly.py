@@ -12,7 +12,7 @@ A value is an anomaly when all of these hold:
 
 - the key has at least ``MIN_HISTORY`` past periods that had at least ``MIN_SAMPLES`` flows;
 - the current period has at least ``MIN_SAMPLES`` flows (two failures of three flows say nothing);
-- it lies more than ``K`` robust standard deviations (1.4826 × MAD) from the median, in a direction that
+- it lies more than ``K`` robust standard deviations (1.4826 * MAD) from the median, in a direction that
   matters for the metric (RTT going down is not news; traffic volume matters both ways);
 - it differs from the median by at least the metric's minimum absolute change and minimum relative change,
   so that a perfectly flat history (MAD 0) does not turn every wobble into an anomaly.
@@ -49,7 +49,7 @@ K: Final = 5.0
 """How many robust standard deviations from the median an anomaly lies."""
 
 MAD_SCALE: Final = 1.4826
-"""MAD × this estimates the standard deviation of normally distributed values."""
+"""MAD * this estimates the standard deviation of normally distributed values."""
 
 HOUR_NS: Final = 3600 * 1_000_000_000
 
