@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli._units import format_bytes, format_count, format_percent, format_seconds, format_us
-from cli._views import FAILED, event_detail, process, table, useful_text
+from cli._views import FAILED, event_detail, fit_left, process, table, useful_text
 
 SORT_KEYS: Final = ("bytes", "failures", "flows", "rtt", "retransmits")
 _USEFUL: Final = frozenset({"established", "udp_answered"})
@@ -169,7 +169,7 @@ def _destinations(rows: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plai
     t.add_column("BYTES", width=7, justify="right")
     for r in rows[:n]:
         t.add_row(
-            r["destination"], r["service"] or "-", format_count(r["flows"]),
+            fit_left(r["destination"], 21 if not wide else 41), r["service"] or "-", format_count(r["flows"]),
             Text(format_count(r["failures"]), style="bold red" if r["failures"] and not plain else ""),
             useful_text(r["health"]) if not plain else format_percent(r["health"]),
             format_us(r["rtt_us"]), format_count(r["retransmits"]), format_bytes(r["bytes"]),
@@ -194,7 +194,8 @@ def _events(events: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: b
     for e in list(events)[-n:] if n > 0 else []:
         f = e.get("flow") or {}
         t.add_row(format_clock(e["time_ns"]), e["type"], process(f.get("comm", ""), f.get("pid", 0), pw),
-                  endpoint(f.get("dst", ""), f.get("dport", 0)) if f.get("dst") else "-", event_detail(e))
+                  endpoint(f.get("dst", ""), f.get("dport", 0), 21 if not wide else 41) if f.get("dst") else "-",
+                  event_detail(e))
     return t
 
 

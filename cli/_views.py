@@ -54,10 +54,16 @@ def table(*, plain: bool, header: bool = True, title: str | None = None, boxed: 
     )
 
 
-def endpoint(addr: str, port: int) -> str:
-    """``10.0.0.2:443``, ``[fd00::2]:443``."""
+def endpoint(addr: str, port: int, width: int = 21) -> str:
+    """``10.0.0.2:443``, ``[fd00::2]:443``; cut from the left to ``width`` so the port always shows
+    (``…6e6c:6162:1::2]:7000``)."""
     host = f"[{addr}]" if ":" in addr else addr
-    return f"{host}:{port}" if port else host
+    return fit_left(f"{host}:{port}" if port else host, width)
+
+
+def fit_left(text: str, width: int) -> str:
+    """``text`` within ``width`` columns, shortened at the start: in an address:port the end matters most."""
+    return text if width <= 0 or len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
 def process(comm: str, pid: int, width: int = 0) -> str:
@@ -105,7 +111,7 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
             process(r["comm"], r["pid"], pw),
         ]
         if wide:
-            cells += [endpoint(r["src"], r["sport"]), {"outbound": "out", "inbound": "in"}.get(
+            cells += [endpoint(r["src"], r["sport"], 21), {"outbound": "out", "inbound": "in"}.get(
                 r["direction"], "?"), r["proto"]]
         cells += [
             endpoint(r["dst"], r["dport"]),
@@ -336,7 +342,7 @@ def query_view(q: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
     t.add_column("RETX", width=6, justify="right")
     t.add_column("AGE", width=5, justify="right")
     for a in q.get("aggregates", []):
-        t.add_row(a["group"], a["destination"], str(a["hosts"]),
+        t.add_row(a["group"], fit_left(a["destination"], 21), str(a["hosts"]),
                   useful_text(a["useful_fraction_median"] if a["attempts"] else None),
                   format_us(a["rtt_p50_us_median"]), format_us(a["rtt_p95_us_median"]),
                   format_count(a["retransmits"]), format_seconds(max(a["newest_age_ms"], 0) / 1000))

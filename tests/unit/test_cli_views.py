@@ -155,3 +155,18 @@ def test_process_names_shorten_but_keep_the_pid() -> None:
     assert process("curl", 42) == "curl/42"
     assert process("", 0) == "?"
     assert process("averyveryverylongname", 12345, 14) == "averyve…/12345"
+
+
+def test_ipv6_endpoints_and_bracketed_names_survive_rendering() -> None:
+    """Regression: rich read ``[fd6d:6e6c:6162:1::2]:7000`` as a markup tag and printed ``:7000``."""
+    import time
+
+    from cli._output import render_text
+    from cli._views import flows_table
+
+    row = dict(end_ns=time.time_ns(), comm="[kworker]", pid=7, src="fd6d:6e6c:6162:1::1", sport=50000,
+               dst="fd6d:6e6c:6162:1::2", dport=7000, outcome="established", bytes_tx=1, bytes_rx=2, srtt_us=70,
+               proto="tcp", direction="outbound", retransmits=0, kind="final")
+    text = render_text(flows_table([row], plain=True))
+    assert "…6e6c:6162:1::2]:7000" in text, text
+    assert "[kworker]/7" in text, text
