@@ -71,8 +71,9 @@ class ProbeConfig:
     burst_window_ms: int = 1000
     tcp_max_flows: int = 65536
     udp_max_flows: int = 65536
-    ringbuf_pages: int = 1024
-    """Ring buffer size in 4 KiB pages: 4 MiB holds ~18,000 flow records, 1.8 s of 10,000 connections/s."""
+    ringbuf_pages: int = 2048
+    """Ring buffer size in 4 KiB pages: 8 MiB holds ~28,000 flow records (~1.4 s of 10,000 connections/s at
+    both ends); 4 MiB overflowed once in the benchmark when the sensor was starved of CPU."""
     debug: bool = False
     """Print the final C translation unit and the cflags to stderr before compiling."""
 

@@ -16,7 +16,7 @@ static __u64 (*mn_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie
 #define UDP_MAX_FLOWS 65536
 #endif
 #ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 1024
+#define RINGBUF_PAGES 2048
 #endif
 
 BPF_HASH(tcp_flows, __u64, struct tcp_flow, TCP_MAX_FLOWS);
