@@ -66,6 +66,7 @@ class HostReport:
     rtt_p50_us: int
     rtt_p95_us: int
     period_end_ns: int
+    service: str = ""
 
 
 def host_reports(digests: Iterable[mesh_pb2.Digest]) -> list[HostReport]:
@@ -78,7 +79,7 @@ def host_reports(digests: Iterable[mesh_pb2.Digest]) -> list[HostReport]:
                 node_id=d.node_id, labels=labels, destination=r.key, attempts=r.flows, useful=r.useful,
                 failures=dict(r.failures), bytes_tx=r.bytes_tx, bytes_rx=r.bytes_rx,
                 retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us, rtt_p95_us=r.rtt_p95_us,
-                period_end_ns=d.period_end_ns,
+                period_end_ns=d.period_end_ns, service=r.service,
             ))
     return out
 
@@ -184,6 +185,7 @@ def aggregate(
     order: Sequence[str] = DEFAULT_LABEL_ORDER,
     max_age_s: float | None = None,
     center: Center = median,
+    service: str | None = None,
 ) -> list[Aggregate]:
     """Health per (group, destination), sorted by group then destination.
 
@@ -196,10 +198,13 @@ def aggregate(
         order: the label order, coarse to fine.
         max_age_s: leave out reports older than this.
         center: how per-host values are combined (median, or ``trimmed_mean(0.2)``...).
+        service: only destinations of this service name.
     """
     groups: dict[tuple[str, str], list[HostReport]] = {}
     for r in reports:
         if destination is not None and r.destination != destination:
+            continue
+        if service is not None and r.service != service:
             continue
         if selector and not matches(r.labels, selector):
             continue

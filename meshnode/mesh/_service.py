@@ -385,7 +385,7 @@ class MeshService:
         resp.partial = any(not n.answered for n in resp.nodes)
         rows = aggregate(
             host_reports(d for _, d in digests.values()), now_ns=now_ns, group_by=req.group_by or None,
-            destination=req.destination or None, order=self.label_order,
+            destination=req.destination or None, order=self.label_order, service=req.service or None,
         )
         resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
         return resp

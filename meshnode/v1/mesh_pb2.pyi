@@ -320,7 +320,7 @@ class DigestsResponse(_message.Message):
     def __init__(self, digests: _Optional[_Iterable[_Union[SignedDigest, _Mapping]]] = ...) -> None: ...
 
 class FleetQueryRequest(_message.Message):
-    __slots__ = ("destination", "selector", "group_by", "deadline_ms", "local_only")
+    __slots__ = ("destination", "selector", "group_by", "deadline_ms", "local_only", "service")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -333,12 +333,14 @@ class FleetQueryRequest(_message.Message):
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     destination: str
     selector: _containers.ScalarMap[str, str]
     group_by: str
     deadline_ms: int
     local_only: bool
-    def __init__(self, destination: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., group_by: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., local_only: _Optional[bool] = ...) -> None: ...
+    service: str
+    def __init__(self, destination: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., group_by: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., local_only: _Optional[bool] = ..., service: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node_id", "answered", "error")

@@ -29,7 +29,8 @@ def _d(node, labels, period_end_ns, *rollups):
 
 def _r(key, flows, useful, rtt50=0, rtt95=0, **failures):
     return flow_pb2.Rollup(key=key, flows=flows, useful=useful, failures=failures, rtt_p50_us=rtt50,
-                           rtt_p95_us=rtt95, bytes_tx=flows * 100, retransmits=flows // 10)
+                           rtt_p95_us=rtt95, bytes_tx=flows * 100, retransmits=flows // 10,
+                           service={DB: "postgresql", WEB: "https"}.get(key, ""))
 
 
 EU_AMS = {"region": "eu", "site": "ams1"}
@@ -154,3 +155,12 @@ def test_center_is_pluggable():
     (fleet,) = aggregate(REPORTS, now_ns=NOW, destination=DB, center=trimmed_mean(0.2))
     # fractions 0.0 0.5 0.9 1.0 1.0: drop one at each end
     assert fleet.useful_fraction == pytest.approx((0.5 + 0.9 + 1.0) / 3)
+
+
+@pytest.mark.parametrize(
+    ("service", "rows"),
+    [("https", [("eu", WEB, 1), ("us", WEB, 1)]), ("postgresql", [("eu", DB, 4), ("us", DB, 1)]), ("ssh", [])],
+)
+def test_service_filter(service, rows):
+    got = aggregate(REPORTS, now_ns=NOW, group_by="region", service=service)
+    assert [(a.group, a.destination, a.hosts) for a in got] == rows

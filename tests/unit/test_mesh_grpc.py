@@ -96,6 +96,9 @@ async def _scenario() -> None:
         by_site = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(group_by="site", deadline_ms=2000), timeout=5)
         assert [(a.group, a.hosts) for a in by_site.aggregates] == [("eu/s0", 2), ("eu/s1", 1)]
 
+        other = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(service="ssh", deadline_ms=2000), timeout=5)
+        assert (list(other.aggregates), other.partial, len(other.digests)) == ([], False, 3)
+
         selected = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(selector={"site": "s1"}), timeout=5)
         assert [n.node_id for n in selected.nodes] == [meshes[1].node_id]
 
