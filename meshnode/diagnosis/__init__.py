@@ -7,6 +7,15 @@ Modules (internal, re-exported here):
     _compare      comparative analysis (pure): compare, PeerSample, samples_from_flows
     _anomaly      anomalies from the node's own history: AnomalyDetector, Anomaly (-> ``anomaly`` events)
     _taxonomy     seed 004's failure taxonomy (pure): discovery chatter, retries vs outage inertia
+    _servicer     meshnode.v1.Diagnosis: DiagnosisServicer over a DiagnosisSource; MemorySource
+
+In the node::
+
+    source = MemorySource(labels)                      # or the store + held digests behind DiagnosisSource
+    service_name = add_to_server(DiagnosisServicer(source), server)   # list it in server reflection
+    detector = AnomalyDetector()
+    # each period: source.add(end_ns, transactions_from_flows(...) + transactions_from_rollups(...), samples)
+    #              events += [a.to_event() for a in detector.observe(end_ns, p.by_destination, p.by_process)]
 """
 
 from meshnode.diagnosis._anomaly import (
@@ -48,6 +57,16 @@ from meshnode.diagnosis._compare import (
     compare,
     samples_from_flows,
 )
+from meshnode.diagnosis._servicer import (
+    DEFAULT_RANGE_NS,
+    DIAGNOSIS_SERVICE,
+    DiagnosisServicer,
+    DiagnosisSource,
+    MemorySource,
+    add_to_server,
+    blame_pb,
+    compare_pb,
+)
 from meshnode.diagnosis._taxonomy import (
     DISCOVERY_PORTS,
     MAX_ATTEMPTS_PER_OUTAGE,
@@ -78,6 +97,8 @@ from meshnode.diagnosis._transaction import (
 
 __all__ = [
     "ANOMALY_METRICS",
+    "DEFAULT_RANGE_NS",
+    "DIAGNOSIS_SERVICE",
     "DISCOVERY_PORTS",
     "ENTITY_KINDS",
     "LEVELS",
@@ -101,9 +122,12 @@ __all__ = [
     "BlameConfig",
     "BlameReport",
     "Comparison",
+    "DiagnosisServicer",
+    "DiagnosisSource",
     "DiscoveryChatter",
     "EntityStats",
     "FiveTuple",
+    "MemorySource",
     "Metric",
     "MetricComparison",
     "Outage",
@@ -112,11 +136,14 @@ __all__ = [
     "RetryAdvice",
     "Suspect",
     "Transaction",
+    "add_to_server",
     "backoff_attempts",
     "baseline",
     "blame",
+    "blame_pb",
     "classify",
     "compare",
+    "compare_pb",
     "deviation",
     "discovery_chatter",
     "discovery_protocol",

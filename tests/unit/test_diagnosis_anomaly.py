@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -61,9 +62,9 @@ def test_noise_is_not_flagged(seed: int) -> None:
     ("flows", dict(flows=40)),
 ])
 @pytest.mark.parametrize("seed", range(5))
-def test_step_change_is_detected_in_its_first_period(metric: str, after: dict, seed: int) -> None:
+def test_step_change_is_detected_in_its_first_period(metric: str, after: dict[str, Any], seed: int) -> None:
     rng = random.Random(seed)
-    series = [noisy(rng) for _ in range(30)] + [noisy(rng, **after) for _ in range(40)]  # type: ignore[arg-type]
+    series = [noisy(rng) for _ in range(30)] + [noisy(rng, **after) for _ in range(40)]
     flagged = run(series)
     assert all(not f for f in flagged[:30])
     assert metric in flagged[30]

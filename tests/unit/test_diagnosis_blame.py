@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -145,7 +146,7 @@ SCENARIOS = [
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize(("name", "kwargs", "top", "innocent"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
-def test_scenarios_blame_the_right_entity(name: str, kwargs: dict, top: tuple[str, str],
+def test_scenarios_blame_the_right_entity(name: str, kwargs: dict[str, Any], top: tuple[str, str],
                                           innocent: set[tuple[str, str]], seed: int) -> None:
     report = blame(fleet(seed=seed, **kwargs))
     assert report.suspects, report

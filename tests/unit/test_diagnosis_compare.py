@@ -52,7 +52,7 @@ def test_typical_host_is_not_an_outlier() -> None:
     ("failure_rate", dict(failures=60)),
     ("throughput", dict(throughput_bps=90e6)),
 ])
-def test_failures_and_low_throughput_are_outliers(metric: str, me_kw: dict) -> None:
+def test_failures_and_low_throughput_are_outliers(metric: str, me_kw: dict[str, float]) -> None:
     base = dict(attempts=200, failures=1, rtt_p50_us=500, rtt_p95_us=1100, throughput_bps=900e6)
     base.update(me_kw)
     me = PeerSample("me", {"site": "s1", "class": "10g"}, DB, **base)  # type: ignore[arg-type]

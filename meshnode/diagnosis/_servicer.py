@@ -1,0 +1,225 @@
+"""``meshnode.v1.Diagnosis``: Blame and Compare over whatever a ``DiagnosisSource`` supplies.
+
+The servicer knows nothing of the store or the mesh: the node backs ``DiagnosisSource`` with its own flows
+(``transactions_from_flows``) and every verified digest it holds (``transactions_from_rollups``), and
+``MemorySource`` is the simplest such backing (recent periods kept in memory; tests). The analyses are pure
+and CPU-bound, so they run in a worker thread and never stall the node loop.
+
+Malformed requests fail with INVALID_ARGUMENT naming the field; a source that cannot answer (its
+``MeshnodeError``) fails the call with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, TypeVar, cast
+
+import grpc
+
+from meshnode._exceptions import MeshnodeError
+from meshnode.diagnosis._blame import MAX_SUSPECTS, PROBLEM_THRESHOLD, BlameConfig, BlameReport, Suspect, blame
+from meshnode.diagnosis._compare import DEFAULT_GROUP_BY, Comparison, PeerSample, compare, group_name
+from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, flow_pb2
+
+if TYPE_CHECKING:
+    from meshnode.diagnosis._transaction import Transaction
+
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger(__name__)
+
+DIAGNOSIS_SERVICE: Final = diagnosis_pb2.DESCRIPTOR.services_by_name["Diagnosis"].full_name
+"""``meshnode.v1.Diagnosis``: the name to list in server reflection (meshctl looks for it)."""
+
+DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
+"""A request without ``since_ns`` covers this long before ``until_ns``."""
+
+MAX_SUSPECTS_LIMIT: Final = 1_000
+"""The most suspects a request may ask for."""
+
+_KINDS: Final = {
+    "process": diagnosis_pb2.ENTITY_KIND_PROCESS, "service": diagnosis_pb2.ENTITY_KIND_SERVICE,
+    "host": diagnosis_pb2.ENTITY_KIND_HOST, "dst_host": diagnosis_pb2.ENTITY_KIND_DST_HOST,
+    "site": diagnosis_pb2.ENTITY_KIND_SITE, "dst_site": diagnosis_pb2.ENTITY_KIND_DST_SITE,
+    "path": diagnosis_pb2.ENTITY_KIND_PATH, "region": diagnosis_pb2.ENTITY_KIND_REGION,
+    "dst_region": diagnosis_pb2.ENTITY_KIND_DST_REGION, "region_path": diagnosis_pb2.ENTITY_KIND_REGION_PATH,
+}
+_PROTOS: Final = {"tcp": flow_pb2.TCP, "udp": flow_pb2.UDP}
+
+T = TypeVar("T")
+
+
+class DiagnosisSource(Protocol):
+    """What the Diagnosis service analyses. Methods are called in a worker thread and may block."""
+
+    def transactions(self, since_ns: int, until_ns: int) -> list[Transaction]:
+        """Every host's transactions in ``[since_ns, until_ns]`` (local flows and mesh digests)."""
+
+    def samples(self, since_ns: int, until_ns: int) -> list[PeerSample]:
+        """One sample per (host, destination) in the range, this host's among them (for Compare)."""
+
+    def labels(self) -> Mapping[str, str]:
+        """This node's labels; ``host`` names it in the samples."""
+
+
+class MemorySource:
+    """A ``DiagnosisSource`` over recent periods held in memory, newest last.
+
+    Args:
+        labels: this node's labels.
+        max_periods: periods kept; the oldest is dropped beyond (counted in ``dropped``).
+    """
+
+    def __init__(self, labels: Mapping[str, str], max_periods: int = 1_000) -> None:
+        self._labels = dict(labels)
+        self._periods: deque[tuple[int, list[Transaction], list[PeerSample]]] = deque()
+        self._max = max_periods
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def add(self, period_end_ns: int, transactions: Iterable[Transaction] = (),
+            samples: Iterable[PeerSample] = ()) -> None:
+        """Hold one period's transactions and samples (of any number of hosts)."""
+        with self._lock:
+            self._periods.append((period_end_ns, list(transactions), list(samples)))
+            while len(self._periods) > self._max:
+                self._periods.popleft()
+                self.dropped += 1
+
+    def _select(self, since_ns: int, until_ns: int) -> list[tuple[int, list[Transaction], list[PeerSample]]]:
+        with self._lock:
+            return [p for p in self._periods if since_ns <= p[0] <= until_ns]
+
+    def transactions(self, since_ns: int, until_ns: int) -> list[Transaction]:
+        """Transactions of the periods that ended in the range."""
+        return [t for _, txns, _ in self._select(since_ns, until_ns) for t in txns]
+
+    def samples(self, since_ns: int, until_ns: int) -> list[PeerSample]:
+        """The newest sample per (host, destination) of the periods that ended in the range."""
+        newest: dict[tuple[str, str], PeerSample] = {}
+        for _, _, samples in self._select(since_ns, until_ns):
+            for s in samples:
+                newest[(s.host, s.destination)] = s
+        return list(newest.values())
+
+    def labels(self) -> Mapping[str, str]:
+        """This node's labels."""
+        return dict(self._labels)
+
+
+async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def suspect_pb(s: Suspect) -> diagnosis_pb2.BlameSuspect:
+    """``meshnode.v1.BlameSuspect`` of a ``Suspect``."""
+    st = s.stats
+    return diagnosis_pb2.BlameSuspect(
+        rank=s.rank, kind=_KINDS.get(st.kind, diagnosis_pb2.ENTITY_KIND_UNKNOWN), name=st.name,
+        display=st.display, level=st.level, problem_fraction=st.problem_fraction, transactions=st.transactions,
+        problems=st.problems, problem_kinds=st.problem_kinds, hosts=st.hosts, sites=st.sites,
+        examples=[diagnosis_pb2.FlowTuple(src=src, sport=sport, dst=dst, dport=dport,
+                                          proto=_PROTOS.get(proto, flow_pb2.PROTOCOL_UNKNOWN))
+                  for src, sport, dst, dport, proto in st.examples],
+        shared=s.shared, verdict=s.verdict, problem_destinations=st.problem_destinations,
+    )
+
+
+def blame_pb(report: BlameReport, since_ns: int, until_ns: int) -> diagnosis_pb2.BlameResponse:
+    """``meshnode.v1.BlameResponse`` of a ``BlameReport``."""
+    return diagnosis_pb2.BlameResponse(
+        suspects=[suspect_pb(s) for s in report.suspects], verdict=report.verdict,
+        transactions=report.transactions, problems=report.problems, hosts=report.hosts,
+        threshold=report.threshold, since_ns=since_ns, until_ns=until_ns,
+    )
+
+
+def compare_pb(comparisons: Sequence[Comparison], host: str, group: str) -> diagnosis_pb2.CompareResponse:
+    """``meshnode.v1.CompareResponse`` of ``compare``'s answer."""
+    return diagnosis_pb2.CompareResponse(
+        host=host, group=group,
+        destinations=[
+            diagnosis_pb2.DestinationComparison(
+                destination=c.destination, verdict=c.verdict, outlier=c.outlier,
+                metrics=[diagnosis_pb2.MetricComparison(
+                    metric=m.metric, value=m.value, median=m.median, p05=m.p05, p95=m.p95, peers=m.peers,
+                    worst_fraction=m.worst_fraction, outlier=m.outlier, summary=m.summary,
+                ) for m in c.metrics],
+            )
+            for c in comparisons
+        ],
+        verdict=comparisons[0].verdict if comparisons else f"no peers in {group} to compare with",
+    )
+
+
+class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
+    """``meshnode.v1.Diagnosis`` over a ``DiagnosisSource``.
+
+    Args:
+        source: the transactions, samples and labels to analyse.
+        clock: wall-clock nanoseconds (``until_ns`` defaults to it).
+    """
+
+    def __init__(self, source: DiagnosisSource, *, clock: Callable[[], int] = time.time_ns) -> None:
+        self._source = source
+        self._clock = clock
+
+    async def _range(self, since_ns: int, until_ns: int, context: Context) -> tuple[int, int]:
+        until = until_ns or self._clock()
+        since = since_ns or max(0, until - DEFAULT_RANGE_NS)
+        if since > until:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"since_ns ({since}) is after until_ns ({until})")
+        return since, until
+
+    async def _ask(self, context: Context, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except MeshnodeError as exc:
+            log.warning("diagnosis source failed: %s", exc)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"diagnosis source: {exc}")
+
+    async def Blame(self, request: diagnosis_pb2.BlameRequest, context: Context) -> diagnosis_pb2.BlameResponse:
+        since, until = await self._range(request.since_ns, request.until_ns, context)
+        threshold = request.threshold or PROBLEM_THRESHOLD
+        if not 0 < threshold <= 1:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"threshold must be in (0, 1], not {request.threshold}")
+        if request.max_suspects > MAX_SUSPECTS_LIMIT:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"max_suspects must be at most {MAX_SUSPECTS_LIMIT}, not {request.max_suspects}")
+        config = BlameConfig(threshold=threshold, max_suspects=request.max_suspects or MAX_SUSPECTS)
+        txns = await self._ask(context, self._source.transactions, since, until)
+        report = await asyncio.to_thread(lambda: blame(txns, config, target=request.target))
+        return blame_pb(report, since, until)
+
+    async def Compare(
+        self, request: diagnosis_pb2.CompareRequest, context: Context
+    ) -> diagnosis_pb2.CompareResponse:
+        since, until = await self._range(request.since_ns, request.until_ns, context)
+        group_by = tuple(request.group_by) or DEFAULT_GROUP_BY
+        if any(not k for k in group_by):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "group_by has an empty label name")
+        labels = await self._ask(context, self._source.labels)
+        host = labels.get("host", "")
+        if not host:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         "this node has no 'host' label, so it cannot find itself among its peers")
+        samples = await self._ask(context, self._source.samples, since, until)
+        comparisons = await asyncio.to_thread(
+            lambda: compare(samples, host=host, labels=labels, destination=request.destination or None,
+                            group_by=group_by))
+        return compare_pb(comparisons, host, group_name(labels, group_by))
+
+
+def add_to_server(servicer: DiagnosisServicer, server: grpc.aio.Server) -> str:
+    """Register ``servicer`` on ``server``; returns the service name to list in reflection."""
+    add = cast(Callable[[Any, Any], None], diagnosis_pb2_grpc.add_DiagnosisServicer_to_server)
+    add(servicer, server)
+    return DIAGNOSIS_SERVICE
