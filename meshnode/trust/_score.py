@@ -14,7 +14,9 @@ Evidence names two ends, and a single disagreement cannot say which one lied. At
 3. one end is disputed by at least ``quorum`` distinct peers within ``dispute_window_s`` and by more than the
    other: it takes the blame (majority: a liar disagrees with everyone it lies about, an honest node only
    with the liar);
-4. otherwise both ends take ``ambiguous_weight`` of the penalty, which by itself cannot flag a node.
+4. otherwise both ends take ``ambiguous_weight`` of the penalty, once per update per disputed pair however
+   many flows they disagree on, and never below ``ambiguous_floor`` (above the threshold): otherwise a liar
+   that keeps lying about one honest peer would, in time, get that peer excluded by every third party.
 
 Several pieces of evidence about the same flow in one update count once, at the heaviest severity.
 """
@@ -44,6 +46,7 @@ class ScoreConfig:
         recovery_s: time constant of the recovery toward 1.
         weights: penalty per evidence severity (the score is multiplied by ``1 - weight``).
         ambiguous_weight: the share of the penalty each end takes when the liar cannot be told.
+        ambiguous_floor: ambiguous penalties alone never take a score below this (keep it above threshold).
         quorum: distinct disputing peers needed to blame a node that this node cannot judge itself.
         dispute_window_s: how long a dispute between two peers counts toward the quorum.
     """
@@ -53,6 +56,7 @@ class ScoreConfig:
     recovery_s: float = 60.0
     weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_WEIGHTS)
     ambiguous_weight: float = 0.25
+    ambiguous_floor: float = 0.6
     quorum: int = 2
     dispute_window_s: float = 120.0
 
@@ -131,16 +135,20 @@ class TrustState:
             if self.self_id not in (e.reporter, e.witness) and e.reporter != e.witness:
                 self._disputes.setdefault(e.reporter, {})[e.witness] = now_ns
                 self._disputes.setdefault(e.witness, {})[e.reporter] = now_ns
-        heaviest: dict[tuple[str, FlowKey], Blame] = {}
+        heaviest: dict[tuple[str, FlowKey | str], Blame] = {}
         for e in evs:
             base = self.config.weights.get(e.severity, 0.0)
             for blame in self._attribute(e, base):
-                k = (blame.node_id, e.flow)
+                other = e.witness if blame.node_id == e.reporter else e.reporter
+                k = (blame.node_id, other if blame.attribution == "ambiguous" else e.flow)
                 if k not in heaviest or blame.weight > heaviest[k].weight:
                     heaviest[k] = blame
         for b in heaviest.values():
             n = self._node(b.node_id)
-            n.score *= 1.0 - b.weight
+            if b.attribution == "ambiguous":
+                n.score = min(n.score, max(self.config.ambiguous_floor, n.score * (1.0 - b.weight)))
+            else:
+                n.score *= 1.0 - b.weight
             n.evidence += 1
             n.last_evidence_ns = now_ns
             if n.score < self.config.threshold:

@@ -1,0 +1,299 @@
+"""Cross-validation (pure): tolerance rules table-driven, matching, grace, coverage, and the proto converter."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+
+from meshnode.mesh import endpoint_records
+from meshnode.trust import (
+    BadClaim,
+    CrossValidator,
+    EndpointClaim,
+    PeriodClaims,
+    ValidationConfig,
+    claim_from_proto,
+    claims_from_digest,
+    compare_bound,
+    compare_final,
+)
+from meshnode.v1 import flow_pb2, mesh_pb2
+
+S = 10**9
+P = 10 * S
+T0 = 1_700_000_000 * S
+A_IP, B_IP = "10.0.0.1", "10.0.0.2"
+OWNERS = {A_IP: "a", B_IP: "b"}
+
+
+def pair(proto: str = "tcp", *, tx: int = 5000, rx: int = 700, ptx: int = 10, prx: int = 8, start: int = T0 + S,
+         end: int = T0 + 3 * S, final: bool = True, outcome: str = "established",
+         ) -> tuple[EndpointClaim, EndpointClaim]:
+    """An honest pair: a's outbound record and b's inbound record of one flow."""
+    a = EndpointClaim("a", A_IP, 40000, B_IP, 443, proto, "outbound", start, end, tx, rx, ptx, prx, outcome, final)
+    b = EndpointClaim("b", B_IP, 443, A_IP, 40000, proto, "inbound", start + 1000, end + 2000, rx, tx, prx, ptx,
+                      outcome, final)
+    return a, b
+
+
+def fields(evs):
+    return sorted((e.field, e.reason, e.severity) for e in evs)
+
+
+TCP_FINAL = [
+    # (change to a, change to b, expected (field, reason, severity))
+    ({}, {}, []),
+    ({"bytes_tx": 10000}, {}, [("bytes_tx", "acked_more_than_received", "contradiction")]),
+    ({"bytes_tx": 4999}, {}, [("bytes_tx", "received_more_than_acked", "mismatch")]),
+    ({"bytes_rx": 699}, {}, [("bytes_rx", "acked_more_than_received", "contradiction")]),
+    ({"bytes_rx": 1400}, {}, [("bytes_rx", "received_more_than_acked", "mismatch")]),
+    # retransmissions of lost segments: the sender counts more, within 2 + 25 %
+    ({"packets_tx": 14}, {}, []),
+    ({"packets_tx": 30}, {}, [("packets_tx", "segment_gap_beyond_loss_tolerance", "minor")]),
+    # SYN/FIN accounting: the receiver may count up to 2 more than the sender
+    ({}, {"packets_rx": 12}, []),
+    ({}, {"packets_rx": 13}, [("packets_tx", "received_more_segments_than_sent", "minor")]),
+    ({}, {"outcome": "reset"}, [("outcome", "outcome_differs", "mismatch")]),
+]
+
+
+@pytest.mark.parametrize(("da", "db", "expected"), TCP_FINAL)
+def test_tcp_final_tolerances(da, db, expected):
+    a, b = pair("tcp")
+    a, b = dataclasses.replace(a, **da), dataclasses.replace(b, **db)
+    assert fields(compare_final(a, b)) == sorted(expected)
+
+
+UDP_FINAL = [
+    ({}, {}, []),
+    # one 500-byte datagram of 10 lost on the way: allowed
+    ({}, {"bytes_rx": 4500, "packets_rx": 9}, []),
+    # same datagram count, different bytes: no loss can explain it
+    ({"bytes_tx": 5100}, {}, [("bytes_tx", "bytes_differ_without_loss", "contradiction")]),
+    ({"bytes_tx": 10000, "packets_tx": 10}, {}, [("bytes_tx", "bytes_differ_without_loss", "contradiction")]),
+    # received more than sent
+    ({}, {"bytes_rx": 6000}, [("bytes_tx", "received_more_than_sent", "contradiction")]),
+    ({}, {"packets_rx": 11}, [("packets_tx", "received_more_datagrams_than_sent", "contradiction")]),
+    # 1 datagram lost cannot hide 200 kB
+    ({"bytes_tx": 205000}, {"packets_rx": 9}, [("bytes_tx", "byte_gap_exceeds_lost_datagrams", "contradiction")]),
+    # 6 of 10 lost: beyond the 2 + 25 % tolerance
+    ({}, {"bytes_rx": 2000, "packets_rx": 4}, [("packets_tx", "loss_beyond_tolerance", "mismatch")]),
+    # the other direction, from the reporter's rx side
+    ({"bytes_rx": 800}, {}, [("bytes_rx", "received_more_than_sent", "contradiction")]),
+]
+
+
+@pytest.mark.parametrize(("da", "db", "expected"), UDP_FINAL)
+def test_udp_final_tolerances(da, db, expected):
+    a, b = pair("udp", tx=5000, rx=700, ptx=10, prx=7, outcome="udp_answered")
+    a, b = dataclasses.replace(a, **da), dataclasses.replace(b, **db)
+    assert fields(compare_final(a, b)) == sorted(expected)
+
+
+BOUND = [
+    # reporter's interim at t1 vs witness's record at t2 > t1
+    ("tcp", {"bytes_tx": 4000}, {"bytes_rx": 9000}, []),
+    ("tcp", {"bytes_tx": 9000}, {"bytes_rx": 9000}, []),
+    ("tcp", {"bytes_tx": 9001}, {"bytes_rx": 9000}, [("bytes_tx", "acked_more_than_received", "contradiction")]),
+    # rx may run ahead of the peer's (acked) tx for TCP: no bound on it
+    ("tcp", {"bytes_rx": 9000}, {"bytes_tx": 100}, []),
+    ("udp", {"bytes_rx": 700}, {"bytes_tx": 700}, []),
+    ("udp", {"bytes_rx": 701}, {"bytes_tx": 700}, [("bytes_rx", "received_more_than_sent", "contradiction")]),
+    # UDP: a sender that later says it sent less than was already received
+    ("udp", {"bytes_tx": 99999}, {"bytes_rx": 5}, []),
+]
+
+
+@pytest.mark.parametrize(("proto", "da", "db", "expected"), BOUND)
+def test_interim_bounds(proto, da, db, expected):
+    a, b = pair(proto, final=False)
+    a = dataclasses.replace(a, **da)
+    b = dataclasses.replace(b, end_ns=a.end_ns + 10 * S, **db)
+    assert fields(compare_bound(a, b)) == sorted(expected)
+
+
+def validator(**kw) -> CrossValidator:
+    return CrossValidator(ValidationConfig(period_s=10, **kw), owners=OWNERS)
+
+
+def period(node: str, k: int, *claims: EndpointClaim, truncated: int = 0) -> PeriodClaims:
+    return PeriodClaims(node, T0 + k * P, T0 + (k + 1) * P, tuple(claims), truncated)
+
+
+def test_finals_in_the_same_period_are_compared_once():
+    a, b = pair(tx=5000)
+    a = dataclasses.replace(a, bytes_tx=10000)
+    v = validator()
+    v.add(period("a", 0, a))
+    v.add(period("b", 0, b))
+    rep = v.evaluate(T0 + P + S)
+    assert [(e.reporter, e.witness, e.field, e.claimed, e.witnessed) for e in rep.evidence] in (
+        [("a", "b", "bytes_tx", 10000, 5000)], [("b", "a", "bytes_rx", 5000, 10000)])
+    assert rep.evidence[0].flow[0] == "tcp"
+    assert rep.matched == 2 and v.pending() == 0
+
+
+def test_witness_final_in_the_next_period_is_waited_for():
+    a, b = pair(end=T0 + P - S // 100)
+    b = dataclasses.replace(b, end_ns=T0 + P + S // 100)  # b's close falls after the boundary
+    v = validator()
+    v.add(period("a", 0, a))
+    v.add(period("b", 0))
+    rep = v.evaluate(T0 + P + S)
+    assert rep.evidence == [] and v.pending() == 1
+    v.add(period("a", 1))
+    v.add(period("b", 1, b))
+    rep = v.evaluate(T0 + 2 * P + S)
+    assert rep.evidence == [] and rep.matched == 2 and v.pending() == 0
+
+
+def test_missing_at_witness_after_the_grace_only():
+    a, _ = pair()
+    v = validator()
+    v.add(period("a", 0, a))
+    for k in range(3):
+        v.add(period("b", k))
+        if k:
+            v.add(period("a", k))
+        rep = v.evaluate(T0 + (k + 1) * P + S)
+        if k < 2:
+            assert rep.evidence == [], k
+    assert [(e.reporter, e.witness, e.field, e.reason) for e in rep.evidence] == [
+        ("a", "b", "existence", "missing_at_witness")]
+    assert rep.evidence[0].flow == ("tcp", A_IP, 40000, B_IP, 443)
+
+
+@pytest.mark.parametrize(("witness_periods", "truncated", "outcome", "src", "reason"), [
+    ((0, 2), 0, "established", A_IP, "witness_gap"),  # the witness's period 1 never arrived
+    ((0, 1, 2), 3, "established", A_IP, "witness_truncated"),
+    ((0, 1, 2), 0, "established", "192.0.2.9", "src_not_member"),  # sent from an address b does not know
+    ((0, 1, 2), 0, "refused", A_IP, None),  # b never had a socket: nothing to expect
+])
+def test_missing_is_not_evidence_when_the_witness_could_not_have_reported(
+        witness_periods, truncated, outcome, src, reason):
+    a, _ = pair(outcome=outcome)
+    a = dataclasses.replace(a, src=src, bytes_tx=10, bytes_rx=0)
+    # b kept only a bigger record (refused: a is not expected to report it back)
+    big = dataclasses.replace(pair()[1], sport=444, bytes_rx=10**9, outcome="refused")
+    v = validator()
+    v.add(period("a", 0, a))
+    for k in witness_periods:
+        v.add(period("b", k, big, truncated=truncated))
+    rep = v.evaluate(T0 + 3 * P + S)
+    assert rep.evidence == []
+    assert dict(rep.unverifiable) == ({reason: 1} if reason else {})
+
+
+def test_silent_witness_is_unverifiable():
+    a, _ = pair()
+    v = validator()
+    v.add(period("a", 0, a))
+    assert v.evaluate(T0 + P + S).checked == 0
+    rep = v.evaluate(T0 + 3 * P + S)
+    assert rep.evidence == [] and rep.unverifiable["witness_silent"] == 1
+
+
+def test_reused_five_tuple_is_told_apart_by_time():
+    a, b = pair()
+    later_b = dataclasses.replace(b, start_ns=b.start_ns + 60 * S, end_ns=b.end_ns + 60 * S, bytes_rx=1)
+    v = validator()
+    v.add(period("a", 0, a))
+    v.add(period("b", 0, b, later_b))
+    rep = v.evaluate(T0 + P + S)
+    assert rep.evidence == []
+
+
+def test_interim_is_checked_against_the_witness_next_record():
+    a, b = pair(final=False, end=T0 + P + S // 10, tx=4000)
+    b = dataclasses.replace(b, end_ns=T0 + P + S // 5)
+    b_next = dataclasses.replace(b, end_ns=T0 + 2 * P + S // 5, bytes_rx=3999)  # a claims more than b ever got
+    v = validator()
+    v.add(period("a", 0, a))
+    v.add(period("b", 0, b))
+    assert v.evaluate(T0 + P + S).evidence == []  # b's same-boundary snapshot is not "later"
+    v.add(period("b", 1, b_next))
+    rep = v.evaluate(T0 + 2 * P + S)
+    assert [(e.field, e.claimed, e.witnessed) for e in rep.evidence] == [("bytes_tx", 4000, 3999)]
+
+
+def test_hashed_and_raw_addresses_match_through_normalize():
+    a, b = pair()
+    v = CrossValidator(ValidationConfig(), owners=OWNERS, normalize=lambda s: "h" + s if s[0].isdigit() else s)
+    v.add(period("a", 0, a))
+    v.add(period("b", 0, dataclasses.replace(b, src="h" + B_IP, dst="h" + A_IP)))
+    rep = v.evaluate(T0 + P + S)
+    assert rep.evidence == [] and rep.matched == 2
+
+
+def test_duplicate_period_is_ignored():
+    a, _ = pair()
+    v = validator()
+    assert v.add(period("a", 0, a))
+    assert not v.add(period("a", 0, a))
+    assert v.pending() == 1
+
+
+def test_claims_of_other_reporters_in_a_digest_are_ignored():
+    a, _ = pair()
+    v = validator()
+    v.add(period("b", 0, a))  # b cannot publish claims in a's name
+    assert v.pending() == 0
+
+
+# ---------------------------------------------------------------------------------------------- converter
+
+
+class Rec:
+    """The FlowLike fields endpoint_records reads."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    @property
+    def destination(self):
+        return f"{self.dst}:{self.dport}"
+
+
+def test_converter_reads_endpoint_records_of_the_mesh():
+    r = Rec(src=A_IP, sport=40000, dst=B_IP, dport=443, proto="tcp", direction="outbound", start_ns=T0 + S,
+            end_ns=T0 + 2 * S, bytes_tx=5000, bytes_rx=700, packets_tx=10, packets_rx=8, outcome="established",
+            retransmits=0, srtt_us=100, service="https")
+    [msg] = endpoint_records([r], {B_IP})
+    digest = mesh_pb2.Digest(node_id="a", period_start_ns=T0, period_end_ns=T0 + P, endpoints=[msg])
+    pc, dropped = claims_from_digest(digest, "10.0.0.1:7946")
+    assert dropped == 0
+    assert pc.claims == (EndpointClaim("a", A_IP, 40000, B_IP, 443, "tcp", "outbound", T0 + S, T0 + 2 * S, 5000,
+                                       700, 10, 8, "established", True),)
+
+
+@pytest.mark.parametrize(("kind", "outcome", "end", "final"), [
+    (flow_pb2.FINAL, flow_pb2.ESTABLISHED, T0 + P + S, True),
+    (flow_pb2.INTERIM, flow_pb2.ESTABLISHED, T0 + S, False),
+    # no kind: judged by time, an interim is snapshotted after the period closed
+    (flow_pb2.RECORD_KIND_UNKNOWN, flow_pb2.ESTABLISHED, T0 + S, True),
+    (flow_pb2.RECORD_KIND_UNKNOWN, flow_pb2.ESTABLISHED, T0 + P + S // 10, False),
+    (flow_pb2.RECORD_KIND_UNKNOWN, flow_pb2.IN_PROGRESS, T0 + S, False),
+])
+def test_converter_final_or_interim(kind, outcome, end, final):
+    msg = flow_pb2.Flow(src=A_IP, sport=1, dst=B_IP, dport=2, proto=flow_pb2.TCP, direction=flow_pb2.OUTBOUND,
+                        outcome=outcome, kind=kind, start_ns=T0, end_ns=end)
+    assert claim_from_proto("a", msg, T0 + P).final is final
+
+
+@pytest.mark.parametrize("bad", [
+    {"proto": 0}, {"direction": 0}, {"outcome": 0}, {"sport": 70000}, {"src": ""}, {"dst": "x" * 65},
+    {"start_ns": T0 + S, "end_ns": T0},
+])
+def test_malformed_records_are_logged_with_their_source_and_dropped(bad, caplog):
+    good = dict(src=A_IP, sport=1, dst=B_IP, dport=2, proto=flow_pb2.TCP, direction=flow_pb2.OUTBOUND,
+                outcome=flow_pb2.ESTABLISHED, start_ns=T0, end_ns=T0 + S)
+    with pytest.raises(BadClaim):
+        claim_from_proto("a", flow_pb2.Flow(**{**good, **bad}))
+    digest = mesh_pb2.Digest(node_id="a", period_end_ns=T0 + P,
+                             endpoints=[flow_pb2.Flow(**{**good, **bad}), flow_pb2.Flow(**good)])
+    with caplog.at_level(logging.WARNING):
+        pc, dropped = claims_from_digest(digest, "10.9.9.9:7946")
+    assert dropped == 1 and len(pc.claims) == 1
+    assert "10.9.9.9:7946" in caplog.text
