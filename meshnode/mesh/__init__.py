@@ -66,7 +66,7 @@ from meshnode.mesh._digest import (
 )
 from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, with_retries
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
-from meshnode.mesh._service import LocalDigestSource, MeshService, MeshServicer
+from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, MeshService, MeshServicer
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
 from meshnode.mesh._transport import PacketHandler, ReplyCallback, StreamHandler, Transport
@@ -75,6 +75,7 @@ __all__ = [
     "DEFAULT_LABEL_ORDER",
     "DIGEST_VERSION",
     "FLEET",
+    "MESH_SERVICE",
     "RETRYABLE_CODES",
     "Aggregate",
     "AsyncioScheduler",

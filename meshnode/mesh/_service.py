@@ -6,9 +6,13 @@ and runs on that loop::
     mesh = MeshService(advertise="10.0.0.5:7946", key=NodeKey.load_or_create(path),
                        labels={"region": "eu", "site": "ams1", "host": "web-1"},
                        seeds=["10.0.0.2:7946"], source=node_digests)
-    mesh.register(server)          # before server.start()
+    mesh.register(server)          # before server.start(); with meshnode.api:
+                                   #   api.add_servicer(mesh.register, MESH_SERVICE)
     await server.start()
     await mesh.start()             # joins through the seeds, starts probing and publishing
+
+``advertise`` may be assigned until ``start`` (e.g. once the API server knows its port); it must be an
+address peers can reach, not ``0.0.0.0``.
     ...
     await mesh.stop()              # graceful leave, then shutdown
 
@@ -24,7 +28,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import grpc
 
@@ -51,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_QUERY_DEADLINE_MS = 2000
+
+MESH_SERVICE: Final = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name
+"""``"meshnode.v1.Mesh"``, for health checking and reflection (``ApiServer.add_servicer``)."""
 
 
 class LocalDigestSource(Protocol):
@@ -189,6 +196,8 @@ class MeshService:
             return
         if self.listen is not None and self._server is None:
             await self._serve(self.listen)
+        if self.transport.address != self.advertise:  # advertise was set after construction
+            self.transport = GrpcTransport(self.advertise, packet_timeout=self.transport.packet_timeout)
         sched = AsyncioScheduler(asyncio.get_running_loop())
         self._exchange = DigestExchange(self.key, sched, self.digest_config)
         self._membership = Membership(

@@ -44,12 +44,14 @@ async def _node(i: int, seeds: list[str]) -> tuple[grpc.aio.Server, MeshService]
     server = grpc.aio.server()
     port = server.add_insecure_port("127.0.0.1:0")
     mesh = MeshService(
-        advertise=f"127.0.0.1:{port}", key=NodeKey.from_seed(f"grpc-{i}".encode()),
+        # node 1 learns its address late, as a daemon does when its API server binds port 0
+        advertise="not-yet:0" if i == 1 else f"127.0.0.1:{port}", key=NodeKey.from_seed(f"grpc-{i}".encode()),
         labels={"region": "eu", "site": f"s{i % 2}", "host": f"h{i}"}, seeds=seeds, source=Source(i),
         config=FAST, export_period=0, rng=random.Random(i),
     )
     mesh.register(server)
     await server.start()
+    mesh.advertise = f"127.0.0.1:{port}"
     await mesh.start()
     return server, mesh
 
