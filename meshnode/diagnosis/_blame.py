@@ -1,8 +1,9 @@
-"""Distributed blame allocation (seed 000, §II-D.1; 007's votes from flows with retransmissions).
+"""Distributed blame allocation (seed 000, section II-D.1; anchor: 007's votes from flows with retransmissions).
 
 Every problem transaction (``Transaction.problem``: a failed flow, a flow with retransmissions, a slow
-handshake) blames every entity it involved, and every transaction, good or bad, counts toward the
-entities it involved. Entities, with their level (higher is more shared):
+handshake) votes against every entity it involved, and every transaction, good or bad, counts toward the
+entities it involved, so that blame is normalised by how much of an entity's traffic had problems.
+Entities, with their level (higher is more shared):
 
     level 0  process      a client process: ``host/comm``
     level 1  service      a destination service: ``dst:dport``
@@ -11,31 +12,36 @@ entities it involved. Entities, with their level (higher is more shared):
     level 3  site         the client's site (``region/site``)
     level 3  dst_site     the destination's site (mesh members only)
     level 3  path         the path between two different sites (``eu/s1<->eu/s2``, unordered)
-    level 4  region       the client's region
-    level 4  dst_region   the destination's region (mesh members only)
-    level 4  region_path  the path between two different regions
+    level 4  uplink       all cross-site traffic of one site, both ways (only for a site that talks to two
+                          or more other sites; with one, its uplink is that one path)
+    level 5  region       the client's region
+    level 5  dst_region   the destination's region (mesh members only)
+    level 5  region_path  the path between two different regions
 
 The rule, applied to the transactions of all hosts (local flows or every node's digest alike):
 
 1. **Normalise.** An entity's *problem fraction* is its problem transactions over all transactions that
    involved it. It is *flagged* when it has at least ``MIN_TRANSACTIONS`` transactions, at least
    ``MIN_PROBLEMS`` problems, and a problem fraction of at least ``PROBLEM_THRESHOLD`` (20 %).
-2. **Shared cause.** An entity's transactions are split along five dimensions: client host, client process,
-   destination service, destination host and route (the site pair, or the one site for intra-site
-   traffic). A part with at least ``MIN_PART_TRANSACTIONS`` transactions is flagged when its own problem
-   fraction reaches the threshold. A flagged entity is a *shared cause* when at least one dimension has
-   two or more such parts, and in every dimension that does, at least ``SPREAD_FRACTION`` (75 %) of the
-   parts are flagged: the problem is everywhere the entity is, not in one corner of it. A client site
-   whose cross-site traffic fails while its intra-site traffic is fine fails this test on the route
-   dimension; the path passes it. A server host with one bad port fails it on the service dimension;
-   the service passes it.
-3. **Walk up.** Among shared causes, those whose problem fraction is within ``TIE_BAND`` (75 %) of the
-   highest are equally good explanations; of those the one at the highest level wins (seed 000: one shared
-   cause is likelier than many separate ones), then the one with more problems. Purity comes first so that
-   an entity whose fraction is merely diluted by another entity's problem (every client of a dead server)
-   never outranks the dead server.
-4. **Explain away.** The winner becomes the next suspect and all of its transactions are removed; fractions
-   are recomputed over what is left and step 2 repeats, until nothing is flagged or ``MAX_SUSPECTS``.
+2. **Shared cause.** An entity's transactions are split along five dimensions: client host, client
+   process, destination service, destination host and route (the site pair, or the one site for
+   intra-site traffic). A part with at least ``MIN_PART_TRANSACTIONS`` transactions is *affected* when its
+   own problem fraction reaches ``PART_THRESHOLD_RATIO`` (half) of the threshold: parts are small and
+   noisy, and a shared cause must hurt every part, not push each one past the bar on its own. A flagged
+   entity is a *shared cause* when at least one dimension has two or more such parts, and in every
+   dimension that does, at least ``SPREAD_FRACTION`` (75 %) of the parts are affected: the problem is
+   everywhere the entity is, not in one corner of it. A client site whose cross-site traffic fails while
+   its intra-site traffic is fine fails this test on the route dimension, and the path passes it; a
+   server host with one bad port fails it on the service dimension, and the service passes it; a service
+   that fails for one client process only fails it on the client dimensions.
+3. **Walk up.** Among shared causes, those whose problem fraction is at least ``TIE_BAND`` (75 %) of the
+   highest are equally good explanations; of those the one at the highest level wins (seed 000: one
+   shared cause is likelier than many separate ones), then the one with more problems. Purity comes
+   first so that an entity whose fraction is merely diluted by another entity's problem (every client of
+   a dead server) never outranks the dead server.
+4. **Explain away.** The winner becomes the next suspect and all of its transactions are removed;
+   fractions are recomputed over what is left and step 2 repeats, until nothing is flagged or
+   ``MAX_SUSPECTS`` are found.
 5. **No shared cause.** When entities are flagged but none is a shared cause (one process retrying a dead
    address that nobody else uses: one client, one destination, nothing to tell the two ends apart), the
    most specific entity within ``TIE_BAND`` of the highest fraction is the suspect, marked ``shared=False``.
@@ -66,6 +72,9 @@ MIN_PROBLEMS: Final = 5
 MIN_PART_TRANSACTIONS: Final = 5
 """A part of an entity (one client host, one route...) with fewer transactions does not vote on spread."""
 
+PART_THRESHOLD_RATIO: Final = 0.5
+"""A part of an entity is affected when its problem fraction is at least this times the threshold."""
+
 SPREAD_FRACTION: Final = 0.75
 """A shared cause has at least this fraction of its parts flagged in every dimension ("most of the PoPs")."""
 
@@ -85,13 +94,14 @@ DST_HOST: Final = "dst_host"
 SITE: Final = "site"
 DST_SITE: Final = "dst_site"
 PATH: Final = "path"
+UPLINK: Final = "uplink"
 REGION: Final = "region"
 DST_REGION: Final = "dst_region"
 REGION_PATH: Final = "region_path"
 
 LEVELS: Final = {
-    PROCESS: 0, SERVICE: 1, HOST: 2, DST_HOST: 2, SITE: 3, DST_SITE: 3, PATH: 3, REGION: 4, DST_REGION: 4,
-    REGION_PATH: 4,
+    PROCESS: 0, SERVICE: 1, HOST: 2, DST_HOST: 2, SITE: 3, DST_SITE: 3, PATH: 3, UPLINK: 4, REGION: 5,
+    DST_REGION: 5, REGION_PATH: 5,
 }
 """Entity kind -> level in the hierarchy (higher is more shared)."""
 
@@ -102,8 +112,8 @@ DIMENSIONS: Final = ("client host", "process", "service", "destination host", "r
 
 _WORDS: Final = {
     PROCESS: "process", SERVICE: "service", HOST: "host", DST_HOST: "destination host", SITE: "site",
-    DST_SITE: "destination site", PATH: "path", REGION: "region", DST_REGION: "destination region",
-    REGION_PATH: "path",
+    DST_SITE: "destination site", PATH: "path", UPLINK: "uplink of site", REGION: "region",
+    DST_REGION: "destination region", REGION_PATH: "path",
 }
 
 
@@ -115,6 +125,7 @@ class BlameConfig:
     min_transactions: int = MIN_TRANSACTIONS
     min_problems: int = MIN_PROBLEMS
     min_part_transactions: int = MIN_PART_TRANSACTIONS
+    part_threshold_ratio: float = PART_THRESHOLD_RATIO
     spread_fraction: float = SPREAD_FRACTION
     tie_band: float = TIE_BAND
     max_suspects: int = MAX_SUSPECTS
@@ -280,7 +291,29 @@ def _collapse(transactions: Iterable[Transaction], max_examples: int) -> list[_R
         row.count += t.count
         if t.problem and t.flow is not None and len(row.examples) < max_examples:
             row.examples.append(t.flow)
-    return list(rows.values())
+    out = list(rows.values())
+    _add_uplinks(out)
+    return out
+
+
+def _add_uplinks(rows: Sequence[_Row]) -> None:
+    """Give cross-site rows the uplink entities of their end sites that talk to two or more other sites."""
+    partners: dict[str, set[str]] = {}
+    for row in rows:
+        ends = _ends(row.txn)
+        if ends:
+            partners.setdefault(ends[0], set()).add(ends[1])
+            partners.setdefault(ends[1], set()).add(ends[0])
+    for row in rows:
+        ends = _ends(row.txn)
+        if ends:
+            extra = tuple((UPLINK, s) for s in sorted(ends) if len(partners[s]) >= 2)
+            row.entities = row.entities + extra
+
+
+def _ends(t: Transaction) -> tuple[str, str] | None:
+    site, dsite = _site_key(t.region, t.site), _site_key(t.dst_region, t.dst_site)
+    return (site, dsite) if site and dsite and site != dsite else None
 
 
 # ---------------------------------------------------------------------------------------------- counting
@@ -394,15 +427,15 @@ def _flagged(transactions: int, problems: int, cfg: BlameConfig) -> bool:
 
 
 def _shared(acc: _Acc, cfg: BlameConfig) -> bool:
-    """Rule 2: some dimension has two or more parts, and in each such one most parts are flagged."""
+    """Rule 2: some dimension has two or more parts, and in each such one most parts are affected."""
     evidence = False
     for parts in acc.parts:
         voting = [(n, bad) for n, bad in parts.values() if n >= cfg.min_part_transactions]
         if len(voting) < 2:
             continue
         evidence = True
-        flagged = sum(1 for n, bad in voting if bad >= cfg.threshold * n)
-        if flagged < cfg.spread_fraction * len(voting):
+        affected = sum(1 for n, bad in voting if bad >= cfg.part_threshold_ratio * cfg.threshold * n)
+        if affected < cfg.spread_fraction * len(voting):
             return False
     return evidence
 

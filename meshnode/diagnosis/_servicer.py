@@ -48,6 +48,7 @@ _KINDS: Final = {
     "site": diagnosis_pb2.ENTITY_KIND_SITE, "dst_site": diagnosis_pb2.ENTITY_KIND_DST_SITE,
     "path": diagnosis_pb2.ENTITY_KIND_PATH, "region": diagnosis_pb2.ENTITY_KIND_REGION,
     "dst_region": diagnosis_pb2.ENTITY_KIND_DST_REGION, "region_path": diagnosis_pb2.ENTITY_KIND_REGION_PATH,
+    "uplink": diagnosis_pb2.ENTITY_KIND_UPLINK,
 }
 _PROTOS: Final = {"tcp": flow_pb2.TCP, "udp": flow_pb2.UDP}
 

@@ -21,6 +21,7 @@ class EntityKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENTITY_KIND_REGION: _ClassVar[EntityKind]
     ENTITY_KIND_DST_REGION: _ClassVar[EntityKind]
     ENTITY_KIND_REGION_PATH: _ClassVar[EntityKind]
+    ENTITY_KIND_UPLINK: _ClassVar[EntityKind]
 ENTITY_KIND_UNKNOWN: EntityKind
 ENTITY_KIND_PROCESS: EntityKind
 ENTITY_KIND_SERVICE: EntityKind
@@ -32,6 +33,7 @@ ENTITY_KIND_PATH: EntityKind
 ENTITY_KIND_REGION: EntityKind
 ENTITY_KIND_DST_REGION: EntityKind
 ENTITY_KIND_REGION_PATH: EntityKind
+ENTITY_KIND_UPLINK: EntityKind
 
 class BlameRequest(_message.Message):
     __slots__ = ("since_ns", "until_ns", "target", "threshold", "max_suspects")

@@ -200,7 +200,8 @@ def test_dead_address_is_not_a_shared_cause_and_names_the_destination() -> None:
     assert top.verdict.endswith("from 1 host in 1 site (timeout), all to 10.0.9.9:5432")
 
 
-def test_three_sites_one_lossy_uplink_blames_its_paths_only() -> None:
+def test_three_sites_one_lossy_uplink_blames_that_uplink() -> None:
+    """Site s1 talks to two other sites: one shared cause (its uplink) rather than two paths."""
     hosts = {f"h{s}{i}": (f"10.{s}.0.{i}", f"s{s}") for s in (1, 2, 3) for i in (1, 2, 3)}
     members = {a: Place(h, s, "eu") for h, (a, s) in hosts.items()}
     rng = random.Random(7)
@@ -216,7 +217,13 @@ def test_three_sites_one_lossy_uplink_blames_its_paths_only() -> None:
                 txns.append(Transaction(src, ssite, "eu", "svc", 1, daddr, 8080, "", p.host, p.site, p.region,
                                         kind != "ok", kind))
     report = blame(txns)
-    assert {(s.kind, s.name) for s in report.suspects} == {("path", "eu/s1<->eu/s2"), ("path", "eu/s1<->eu/s3")}
+    assert [(s.kind, s.name) for s in report.suspects] == [("uplink", "eu/s1")]
+    top = report.suspects[0]
+    assert top.shared and 0.7 < top.problem_fraction < 0.9
+    assert top.verdict.startswith("uplink of site eu/s1 is degraded: ")
+    assert "from 9 hosts in 3 sites (retransmits)" in top.verdict
+    table = {(e.kind, e.name): e for e in entities(txns)}
+    assert ("uplink", "eu/s2") in table and ("uplink", "eu/s3") in table  # formed, but not shared causes
 
 
 def test_target_keeps_only_suspects_that_explain_it() -> None:

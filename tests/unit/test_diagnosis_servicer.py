@@ -196,3 +196,12 @@ def test_memory_source_bounds_and_keeps_the_newest_sample() -> None:
     assert [s.rtt_p95_us for s in src.samples(0, 10)] == [3.0]
     assert src.samples(0, 1) == []
     assert src.labels() == LABELS
+
+
+def test_every_entity_kind_has_a_wire_kind() -> None:
+    from meshnode.diagnosis import ENTITY_KINDS
+    from meshnode.diagnosis._servicer import _KINDS
+
+    assert set(_KINDS) == set(ENTITY_KINDS)
+    assert len(set(_KINDS.values())) == len(ENTITY_KINDS)
+    assert diagnosis_pb2.ENTITY_KIND_UNKNOWN not in _KINDS.values()
