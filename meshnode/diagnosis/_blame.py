@@ -35,10 +35,15 @@ The rule, applied to the transactions of all hosts (local flows or every node's 
    server host with one bad port fails it on the service dimension, and the service passes it; a service
    that fails for one client process only fails it on the client dimensions.
 3. **Walk up.** Among shared causes, those whose problem fraction is at least ``TIE_BAND`` (75 %) of the
-   highest are equally good explanations; of those the one at the highest level wins (seed 000: one
-   shared cause is likelier than many separate ones), then the one with more problems. Purity comes
-   first so that an entity whose fraction is merely diluted by another entity's problem (every client of
-   a dead server) never outranks the dead server.
+   highest are equally good explanations; of those the one that explains the most problem transactions
+   wins, then the one at the highest level. Along one chain of the hierarchy the entity with the most
+   problems is the highest one (seed 000: one shared cause is likelier than many separate ones); across
+   chains it is the one that explains the most (007: the link with the most votes). Purity comes first
+   so that an entity whose fraction is merely diluted by another entity's problem (every client of a
+   dead server) never outranks the dead server. When a lower-level candidate involves exactly the same
+   transactions as the winner (a region with one site is that site; a server with one port in use is
+   that service), the lowest such one is named: both are one cause, and the narrower claim is the one
+   the data supports.
 4. **Explain away.** The winner becomes the next suspect and all of its transactions are removed;
    fractions are recomputed over what is left and step 2 repeats, until nothing is flagged or
    ``MAX_SUSPECTS`` are found.
@@ -440,10 +445,26 @@ def _shared(acc: _Acc, cfg: BlameConfig) -> bool:
     return evidence
 
 
-def _rank(ent: tuple[str, str], acc: _Acc, prefer_high: bool) -> tuple[int, int, float, str, str]:
-    """Rule 3 (shared causes: the highest level first) and rule 5 (otherwise: the most specific first)."""
-    level = LEVELS[ent[0]] if prefer_high else -LEVELS[ent[0]]
-    return (level, acc.problems, acc.problems / acc.transactions, ent[0], ent[1])
+def _rank(ent: tuple[str, str], acc: _Acc, shared: bool) -> tuple[int, int, float, str, str]:
+    """Rule 3 (shared causes: the most problems, then the highest level) and rule 5 (otherwise: the most
+    specific, then the most problems)."""
+    if shared:
+        return (acc.problems, LEVELS[ent[0]], acc.problems / acc.transactions, ent[0], ent[1])
+    return (-LEVELS[ent[0]], acc.problems, acc.problems / acc.transactions, ent[0], ent[1])
+
+
+def _narrowest_equal(
+    pick: tuple[str, str], band: Sequence[tuple[str, str]], accs: dict[tuple[str, str], _Acc], rows: Sequence[_Row]
+) -> tuple[str, str]:
+    """Rule 3's last clause: the lowest-level candidate with exactly ``pick``'s transactions."""
+    acc = accs[pick]
+    same = [e for e in band if LEVELS[e[0]] < LEVELS[pick[0]] and accs[e].transactions == acc.transactions
+            and accs[e].problems == acc.problems]
+    if not same:
+        return pick
+    mine = {i for i, r in enumerate(rows) if pick in r.entities}
+    equal = [e for e in same if {i for i, r in enumerate(rows) if e in r.entities} == mine]
+    return min(equal, key=lambda e: (LEVELS[e[0]], e[0], e[1]), default=pick)
 
 
 def _pct(x: float) -> str:
@@ -515,6 +536,7 @@ def blame(
 
         prefer_high = bool(shared)
         pick = max(band, key=lambda e: _rank(e, accs[e], prefer_high))
+        pick = _narrowest_equal(pick, band, accs, rows)
         acc = accs[pick]
         stats = _stats(pick[0], pick[1], acc)
         if not target or _matches_target(acc, target):

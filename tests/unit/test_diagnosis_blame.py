@@ -390,3 +390,23 @@ def test_order_and_counting_do_not_matter(txns: list[Transaction], rnd: random.R
 @given(st.lists(txn_st.map(lambda t: _as(t, "ok")), max_size=60))
 def test_a_healthy_fleet_never_has_a_suspect(txns: list[Transaction]) -> None:
     assert blame(txns).suspects == ()
+
+
+def test_identical_entities_are_named_by_the_narrowest() -> None:
+    """A server with one port in use is that service; a region with one site is that site (rule 3)."""
+    txns = fleet(healthy, 8)
+    rng = random.Random(8)
+    for host in HOSTS:
+        for _ in range(40):
+            txns.append(Transaction(host, HOSTS[host][1], "eu", "api", 100, "10.0.3.1", 8080, "", "solo", "s3", "eu",
+                                    True, "timeout"))
+    # a third site in a region of its own whose every client transaction fails (its LAN is down)
+    for i in range(3):
+        for dst, (addr, _site) in HOSTS.items():
+            for _ in range(rng.randint(20, 40)):
+                p = MEMBERS[addr]
+                txns.append(Transaction(f"far-{i}", "s9", "ap", "api", 1, addr, 80, "", dst, p.site, p.region,
+                                        True, "reset"))
+    tops = {(s.kind, s.name) for s in blame(txns).suspects}
+    assert ("service", "10.0.3.1:8080") in tops and ("dst_host", "solo") not in tops
+    assert ("site", "ap/s9") in tops and ("region", "ap") not in tops and ("region_path", "ap<->eu") not in tops
