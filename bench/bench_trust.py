@@ -1,9 +1,9 @@
 """Trust benchmark: the cost of signing and verifying digests, and of cross-validating them (issue 7).
 
 A realistic digest is built with the mesh's own code: rollups for 50 destinations plus the 20 mesh peers
-(``rollups_from_flows``) and 200 endpoint records (``endpoint_records``), once unbounded and once cut to the mesh's default size
-bound (``DigestConfig.max_bytes``, what nodes actually publish). Measured per digest, best of several
-rounds of many iterations (CPU time of this process):
+(``rollups_from_flows``) and 200 endpoint records (``endpoint_records``), once unbounded and once cut to
+the mesh's default size bound (``DigestConfig.max_bytes``, what nodes actually publish). Measured per
+digest, best of several rounds of many iterations (CPU time of this process):
 
 * sign: ``sign_digest`` (deterministic serialization + Ed25519 sign), and the raw Ed25519 sign alone;
 * verify: ``verify_digest`` (Ed25519 verify + parse + identity checks), and the raw Ed25519 verify alone;

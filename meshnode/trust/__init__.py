@@ -9,18 +9,24 @@ Modules (internal, re-exported here):
     _authz      sign_request/auth_metadata and Authorizer: signed, fresh, non-replayed, allowed queries
     _ca         the fleet CA (ECDSA P-256): init_ca, issue, load_ca
     _tls        server_credentials / channel_credentials for gRPC mutual TLS
+    _monitor    TrustMonitor: validator + scores + recent evidence, the node's trust loop (pure)
+    _service    TrustServicer (meshnode.v1.Trust/Validate), SignedRequestInterceptor (PERMISSION_DENIED)
     _ca_cmd     ``meshnode ca init|issue``
     _errors     TlsError, BadClaim, Unauthorized
 
-In the node (once per export period, after the mesh accepted peers' digests)::
+In the node::
 
-    validator = CrossValidator(ValidationConfig(period_s=10), owners=ip_to_node_id, normalize=policy.address)
-    trust = TrustState(self_id=key.node_id)
-    exchange.on_accept = lambda d, _s: validator.add(claims_from_digest(d, source)[0])
-    # each period: validator.add(own PeriodClaims); validator.set_owners(...) on membership changes
-    report = validator.evaluate(now_ns)
-    trust.update(now_ns, report.evidence)
-    rows = trusted_aggregate(reports, excluded=trust.excluded(node_ids), now_ns=now_ns)
+    monitor = TrustMonitor(key.node_id, validation=ValidationConfig(period_s=export_period),
+                           normalize=policy.endpoint_address, now_ns=time.time_ns())
+    add_trust_servicer(monitor, server)                      # before the server starts
+    exchange.on_accept = lambda digest, signed: monitor.on_digest(digest, "gossip")
+    # each period, after publishing: monitor.on_digest(own digest); monitor.set_members({ip: node_id})
+    monitor.close_period(time.time_ns())
+    rows = trusted_aggregate(reports, excluded=monitor.excluded(node_ids), now_ns=now_ns)
+
+    server = grpc.aio.server(interceptors=[SignedRequestInterceptor(Authorizer(operator_keys),
+                                                                    ["/meshnode.v1.Mesh/FleetQuery"])])
+    server.add_secure_port(listen, server_credentials(tls_dir, "node"))
 """
 
 from meshnode.trust._authz import (
@@ -35,6 +41,7 @@ from meshnode.trust._authz import (
 )
 from meshnode.trust._ca import CA_CERT, CA_KEY, Issued, init_ca, issue, load_ca
 from meshnode.trust._errors import BadClaim, TlsError, Unauthorized
+from meshnode.trust._monitor import TrustMonitor, evidence_to_proto
 from meshnode.trust._privacy import HASH_PREFIX, PrivacyPolicy
 from meshnode.trust._robust import (
     RobustValue,
@@ -46,6 +53,7 @@ from meshnode.trust._robust import (
     trusted_aggregate,
 )
 from meshnode.trust._score import DEFAULT_WEIGHTS, Blame, NodeTrust, ScoreConfig, TrustState
+from meshnode.trust._service import SignedRequestInterceptor, TrustServicer, add_trust_servicer
 from meshnode.trust._tls import TlsMaterial, channel_credentials, load_material, server_credentials
 from meshnode.trust._validate import (
     MAX_UDP_PAYLOAD,
@@ -87,20 +95,25 @@ __all__ = [
     "RobustValue",
     "ScoreConfig",
     "Severity",
+    "SignedRequestInterceptor",
     "TlsError",
     "TlsMaterial",
+    "TrustMonitor",
+    "TrustServicer",
     "TrustState",
     "TrustedAggregates",
     "Unauthorized",
     "ValidationConfig",
     "ValidationReport",
     "Vote",
+    "add_trust_servicer",
     "auth_metadata",
     "channel_credentials",
     "claim_from_proto",
     "claims_from_digest",
     "compare_bound",
     "compare_final",
+    "evidence_to_proto",
     "init_ca",
     "issue",
     "load_ca",
