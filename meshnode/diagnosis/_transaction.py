@@ -121,7 +121,7 @@ def transactions_from_flows(
     flows: Iterable[FlowRecord],
     *,
     labels: Mapping[str, str],
-    members: Mapping[str, Place] | None = None,
+    members: Mapping[str, tuple[str, str, str]] | None = None,
     slow_connect_us: int = SLOW_CONNECT_US,
     exclude_discovery: bool = True,
 ) -> list[Transaction]:
@@ -131,7 +131,8 @@ def transactions_from_flows(
         flows: flow records of this node (final records; interim and ``in_progress`` ones are skipped,
             since their final record will be counted when the flow ends).
         labels: this node's labels (``host``, ``site``, ``region``).
-        members: mesh member addresses -> their place, to name destination hosts and sites.
+        members: mesh member addresses -> their ``Place`` (or a plain ``(host, site, region)``), to name
+            destination hosts and sites.
         slow_connect_us: the slow-handshake threshold.
         exclude_discovery: leave out service-discovery chatter (seed 004), which fails by design and
             would otherwise read as a broken network.
@@ -147,7 +148,8 @@ def transactions_from_flows(
         if exclude_discovery and is_discovery(rec):
             continue
         kind = problem_kind(rec, slow_connect_us)
-        place = members.get(rec.dst)
+        found = members.get(rec.dst)
+        place = Place(*found) if found else None
         out.append(Transaction(
             host=host, site=site, region=region, comm=rec.comm, pid=rec.pid, dst=rec.dst, dport=rec.dport,
             service=rec.service, dst_host=place.host if place else "", dst_site=place.site if place else "",
@@ -184,7 +186,7 @@ def transactions_from_rollups(
     rollups: Iterable[RollupLike],
     *,
     labels: Mapping[str, str],
-    members: Mapping[str, Place] | None = None,
+    members: Mapping[str, tuple[str, str, str]] | None = None,
     host: str = "",
     problem_flows: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[Transaction]:
@@ -198,7 +200,7 @@ def transactions_from_rollups(
     Args:
         rollups: ``Digest.by_destination``.
         labels: the publishing node's labels (``Digest.labels``).
-        members: mesh member addresses -> their place.
+        members: mesh member addresses -> their ``Place`` (or a plain ``(host, site, region)``).
         host: the host name when the labels carry none (the node id).
         problem_flows: extra degraded-flow counts per destination (``retransmits``, ``slow_connect``);
             they are taken out of the useful flows.
@@ -209,7 +211,8 @@ def transactions_from_rollups(
     out: list[Transaction] = []
     for r in rollups:
         dst, dport = split_destination(r.key)
-        place = members.get(dst)
+        found = members.get(dst)
+        place = Place(*found) if found else None
         def row(kind: str, n: int, dst: str = dst, dport: int = dport, place: Place | None = place,
                 service: str = r.service) -> Transaction:
             return Transaction(

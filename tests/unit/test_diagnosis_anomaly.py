@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshnode.diagnosis import (
     ANOMALY_METRICS,
@@ -151,3 +153,19 @@ def test_forgotten_keys_keep_the_state_bounded() -> None:
     for i in range(30):
         det.observe(T0 + i * PERIOD, [noisy(rng, key=f"10.0.0.{i}:80")])
     assert det.keys() <= 11
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=8, max_size=48), st.floats(-0.049, 0.049))
+def test_changes_below_the_minimum_are_never_anomalies(history: list[float], delta: float) -> None:
+    rate = next(m for m in ANOMALY_METRICS if m.name == "failure_rate")
+    centre = baseline(history).median
+    assert deviation(history, centre + delta, rate) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 0.02), min_size=8, max_size=48), st.floats(0.3, 1))
+def test_a_jump_far_beyond_a_tight_history_is_always_an_anomaly(history: list[float], value: float) -> None:
+    rate = next(m for m in ANOMALY_METRICS if m.name == "failure_rate")
+    score = deviation(history, value, rate)
+    assert score is not None and score > 5

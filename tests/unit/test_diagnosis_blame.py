@@ -410,3 +410,8 @@ def test_identical_entities_are_named_by_the_narrowest() -> None:
     tops = {(s.kind, s.name) for s in blame(txns).suspects}
     assert ("service", "10.0.3.1:8080") in tops and ("dst_host", "solo") not in tops
     assert ("site", "ap/s9") in tops and ("region", "ap") not in tops and ("region_path", "ap<->eu") not in tops
+
+
+def test_members_may_be_plain_tuples() -> None:
+    [t] = transactions_from_flows([_flow(1)], labels={"host": "app-1"}, members={"10.0.2.3": ("db-1", "s2", "eu")})
+    assert (t.dst_host, t.dst_site, t.dst_region) == ("db-1", "s2", "eu")

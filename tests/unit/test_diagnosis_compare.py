@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshnode._model import FlowRecord
 from meshnode.diagnosis import PeerSample, compare, samples_from_flows
@@ -109,3 +111,19 @@ def test_samples_from_flows() -> None:
     assert (s.destination, s.attempts, s.failures) == (DB, 11, 1)
     assert s.rtt_p50_us == 5500 and s.rtt_p95_us == pytest.approx(9550)
     assert s.throughput_bps == 8e6
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(100, 1e6), min_size=3, max_size=40), st.integers(0, 39))
+def test_worst_fraction_is_the_share_at_least_as_bad(rtts: list[float], pick: int) -> None:
+    me = pick % len(rtts)
+    samples = [PeerSample(f"h{i}", {"site": "s1"}, DB, rtt_p95_us=v) for i, v in enumerate(rtts)]
+    [c] = compare(samples, host=f"h{me}", labels={"site": "s1"})
+    [m] = c.metrics
+    assert m.peers == len(rtts)
+    assert m.worst_fraction == sum(1 for v in rtts if v >= rtts[me]) / len(rtts)
+    assert min(rtts) <= m.p05 <= m.median <= m.p95 <= max(rtts)
+    if m.outlier:
+        assert rtts[me] >= 2 * m.median and m.worst_fraction <= 0.5
+    if rtts[me] == max(rtts) and rtts.count(max(rtts)) == 1:
+        assert m.worst_fraction == 1 / len(rtts)
