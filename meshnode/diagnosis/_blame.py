@@ -57,6 +57,7 @@ already explained by a higher-ranked suspect; for the first suspect that is all 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -496,11 +497,20 @@ def healthy_verdict(threshold: float = PROBLEM_THRESHOLD) -> str:
     return f"no problem above {_pct(threshold)}"
 
 
+def _is_address(target: str) -> bool:
+    try:
+        ipaddress.ip_address(target.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _matches_target(acc: _Acc, target: str) -> bool:
-    if ":" in target and not target.endswith("]"):
+    """True when ``acc`` has problems to ``target``: a ``dst:dport`` destination, or an address."""
+    if not _is_address(target):
         return acc.problem_dsts.get(target, 0) > 0
     addr = target.strip("[]")
-    return any(d.rsplit(":", 1)[0].strip("[]") == addr for d in acc.problem_dsts)
+    return any(d.rpartition(":")[0].strip("[]") == addr for d in acc.problem_dsts)
 
 
 def blame(

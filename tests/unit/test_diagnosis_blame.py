@@ -13,6 +13,7 @@ flow of 8-40 packets; background noise turns 1 % of transactions into problems a
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from typing import Any
@@ -235,6 +236,9 @@ def test_target_keeps_only_suspects_that_explain_it() -> None:
     by_addr = blame(txns, target="10.0.2.3")
     assert [(s.kind, s.name) for s in by_addr.suspects] == [("dst_host", "db-1")]
     assert blame(txns, target="10.0.1.3:80").verdict == "no problem above 20%"
+    v6 = [dataclasses.replace(t, dst="fd00::9") if t.dst == DEAD[0] else t for t in txns]
+    for target in ("fd00::9", "[fd00::9]", "[fd00::9]:5432"):
+        assert [s.name for s in blame(v6, target=target).suspects] == ["app-2/billing"], target
 
 
 def test_threshold_is_configurable() -> None:
