@@ -19,7 +19,9 @@ A value is an anomaly when all of these hold:
 
 With ``seasonal=True`` the baseline is the history of the same UTC hour of day when that hour has
 ``MIN_HISTORY`` values of its own, so a nightly backup's traffic is compared with last night's, not with
-the afternoon's; otherwise it falls back to the recent window.
+the afternoon's; otherwise it falls back to the recent window. Each hour keeps its last ``WINDOW`` values,
+so seasonal baselines are meant for hourly periods (or the node's history rolled up per hour): with
+one-minute periods an hour's bucket would hold only the last 48 minutes of that hour.
 """
 
 from __future__ import annotations
