@@ -510,6 +510,8 @@ class CrossValidator:
         ripe = now_ns >= p.period_end_ns + cfg.grace_ns
         witness = self._owners.get(c.dst)
         if witness is None or witness == c.reporter:
+            if not ripe:  # the member map may not know the address yet
+                return False
             report.checked += 1
             report.unverifiable["no_witness"] += 1
             return True

@@ -6,6 +6,8 @@ import dataclasses
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshnode.mesh import endpoint_records
 from meshnode.trust import (
@@ -297,3 +299,43 @@ def test_malformed_records_are_logged_with_their_source_and_dropped(bad, caplog)
         pc, dropped = claims_from_digest(digest, "10.9.9.9:7946")
     assert dropped == 1 and len(pc.claims) == 1
     assert "10.9.9.9:7946" in caplog.text
+
+
+def test_owner_learned_after_the_claim_arrived_is_still_used():
+    a, b = pair(tx=5000)
+    a = dataclasses.replace(a, bytes_tx=10000)
+    v = CrossValidator(ValidationConfig(period_s=10))
+    v.add(period("a", 0, a))
+    v.add(period("b", 0, b))
+    assert v.evaluate(T0 + P + S).checked == 0
+    v.set_owners(OWNERS)
+    rep = v.evaluate(T0 + 2 * P + S)
+    assert len(rep.evidence) == 1 and rep.matched == 2
+
+
+def test_claim_to_an_address_of_no_member_is_counted_after_the_grace():
+    a, _ = pair()
+    v = validator()
+    v.add(period("a", 0, dataclasses.replace(a, dst="192.0.2.1")))
+    assert v.evaluate(T0 + P + S).checked == 0
+    rep = v.evaluate(T0 + 3 * P + S)
+    assert rep.evidence == [] and rep.unverifiable == {"no_witness": 1}
+
+
+@given(tx=st.integers(0, 10**12), rx=st.integers(0, 10**12), segs=st.integers(1, 10**6),
+       lost=st.floats(0, 0.2), jitter=st.integers(0, 2), inflate=st.integers(1, 10**9))
+def test_property_honest_tcp_pairs_pass_and_any_inflated_tx_is_a_contradiction(tx, rx, segs, lost, jitter, inflate):
+    retrans = int(segs * lost)
+    a, b = pair(tx=tx, rx=rx, ptx=segs + retrans, prx=segs)
+    b = dataclasses.replace(b, packets_rx=max(0, segs - jitter))
+    assert compare_final(a, b) == []
+    lie = compare_final(dataclasses.replace(a, bytes_tx=tx + inflate), b)
+    assert ("bytes_tx", "acked_more_than_received", "contradiction") in fields(lie)
+
+
+@given(sent=st.integers(1, 500), size=st.integers(1, 1472), lost=st.floats(0, 0.2))
+def test_property_udp_with_whole_datagrams_lost_passes(sent, size, lost):
+    got = sent - int(sent * lost)
+    a, b = pair("udp", tx=sent * size, rx=0, ptx=sent, prx=0, outcome="udp_unanswered")
+    b = dataclasses.replace(b, bytes_rx=got * size, packets_rx=got, bytes_tx=0, packets_tx=0)
+    assert compare_final(a, b) == []
