@@ -21,6 +21,8 @@ tick                0.5                             seconds between sensor polls
 idle_timeout        90                              seconds before an idle UDP flow ends (seed 002)
 node_id             the host name                   the node's id until the mesh gives it a key
 watch_addresses     true                            record local address changes (seed 004)
+active_tasks        true                            run connect measurements other nodes ask for (seed 003)
+task_deny           []                              requester addresses, CIDRs or node ids to refuse
 ==================  ==============================  =====================================================
 
 Labels merge across sources (a flag label overrides the same key from the environment or file); every other
@@ -77,6 +79,8 @@ class NodeConfig:
     idle_timeout: float = 90.0
     node_id: str = field(default_factory=socket.gethostname)
     watch_addresses: bool = True
+    active_tasks: bool = True
+    task_deny: tuple[str, ...] = ()
 
     @property
     def metrics_enabled(self) -> bool:
@@ -163,6 +167,12 @@ def _join(value: Any) -> tuple[str, ...]:
     return tuple(parse_hostport(v) for v in items if v)
 
 
+def _words(value: Any) -> tuple[str, ...]:
+    """A list, or one comma-separated string (the environment's form)."""
+    parts = [value] if isinstance(value, str) else list(value)
+    return tuple(item.strip() for part in parts for item in str(part).split(",") if item.strip())
+
+
 def _labels(value: Any) -> dict[str, str]:
     if isinstance(value, Mapping):
         return {str(k): str(v) for k, v in value.items()}
@@ -232,6 +242,8 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "idle_timeout": _positive(parse_duration, 86400.0),
     "node_id": _str,
     "watch_addresses": _bool,
+    "active_tasks": _bool,
+    "task_deny": _words,
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}
 

@@ -35,14 +35,15 @@ class MeshRunner:
     name = "mesh"
 
     def __init__(self, node: Node) -> None:
-        from meshnode.mesh import MESH_SERVICE, MeshService, NodeKey
+        from meshnode.mesh import MESH_SERVICE, MeshService, NodeKey, TaskPolicy
 
         cfg = node.config
         self._node = node
         key = NodeKey.load_or_create(cfg.data_dir / "node.key")
         labels = {"host": cfg.node_id, **cfg.labels}
+        policy = TaskPolicy(enabled=cfg.active_tasks, deny=frozenset(cfg.task_deny))
         self.mesh: MeshService = MeshService(advertise=cfg.listen, key=key, labels=labels, seeds=list(cfg.join),
-                                             export_period=cfg.export_period)
+                                             export_period=cfg.export_period, task_policy=policy)
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.period_listeners.append(self.mesh.on_period)
 

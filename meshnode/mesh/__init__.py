@@ -14,6 +14,7 @@ Modules (internal, re-exported here):
     _aggregate   label aggregation (pure): aggregate, health_of, hierarchy
     _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh)
+    _tasks       active tasks (seed 003): TaskPolicy, TokenBucket, measure_tcp
     _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
 
 In the node::
@@ -69,6 +70,7 @@ from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
 from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, MeshService, MeshServicer
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
+from meshnode.mesh._tasks import Measurement, TaskPolicy, TaskRefused, TokenBucket, measure_tcp
 from meshnode.mesh._transport import PacketHandler, ReplyCallback, StreamHandler, Transport
 
 __all__ = [
@@ -90,6 +92,7 @@ __all__ = [
     "HostReport",
     "LocalDigestSource",
     "ManualScheduler",
+    "Measurement",
     "Member",
     "Membership",
     "MemoryNetwork",
@@ -107,7 +110,10 @@ __all__ = [
     "State",
     "StreamHandler",
     "Suspicion",
+    "TaskPolicy",
+    "TaskRefused",
     "Timer",
+    "TokenBucket",
     "TransmitLimitedQueue",
     "Transport",
     "aggregate",
@@ -121,6 +127,7 @@ __all__ = [
     "hierarchy",
     "host_reports",
     "matches",
+    "measure_tcp",
     "median",
     "node_id_from_public_key",
     "remaining_suspicion_time",

@@ -47,6 +47,7 @@ from meshnode.mesh._digest import (
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
 from meshnode.mesh._state import Member, Membership, State
+from meshnode.mesh._tasks import TaskPolicy, TaskRefused, TokenBucket, bounded, measure_tcp, split_target
 from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ class MeshService:
         label_order: Sequence[str] = DEFAULT_LABEL_ORDER,
         rng: random.Random | None = None,
         rejoin_interval: float = 10.0,
+        task_policy: TaskPolicy | None = None,
+        task_bucket: TokenBucket | None = None,
     ) -> None:
         self.key = key
         self.node_id = key.node_id
@@ -133,6 +136,10 @@ class MeshService:
         self._rng = rng or random.Random()
         self.counters: Counter[str] = Counter()
         self.listen = listen
+        self.task_policy = task_policy or TaskPolicy()
+        self.task_bucket = task_bucket or TokenBucket(rate=5.0, burst=50.0)
+        """Connect attempts for active tasks: 5 per second sustained, bursts of 50 (seed 003 accounting)."""
+        self._measurements: list[mesh_pb2.MeasureResponse] = []
         self.transport = GrpcTransport(advertise, packet_timeout=max(0.05, self.config.probe_timeout))
         self.servicer = MeshServicer(self)
         self._server: grpc.aio.Server | None = None
@@ -254,6 +261,7 @@ class MeshService:
         d.CopyFrom(digest)
         if not d.labels:
             d.labels.update(self.membership.labels)
+        self._attach_measurements(d)
         return self.exchange.publish(d)
 
     async def stop(self, leave_timeout: float = 2.0, leave: bool = True) -> None:
@@ -288,7 +296,39 @@ class MeshService:
             return
         d = digest_from_period(period)
         d.labels.update(self._membership.labels)
+        self._attach_measurements(d)
         self.exchange.publish(d)
+
+    def _attach_measurements(self, d: mesh_pb2.Digest) -> None:
+        """Active-task results since the previous digest ride this one (gossiped), newest 16 at most."""
+        if self._measurements:
+            d.measurements.extend(self._measurements[-16:])
+            self._measurements.clear()
+
+    async def measure(self, request: mesh_pb2.MeasureRequest, requester_addr: str) -> mesh_pb2.MeasureResponse:
+        """Run one active task: count TCP connects to the target. Raises TaskRefused (policy, rate, bounds)."""
+        self.task_policy.check(requester_addr, request.requester_id)
+        count, timeout = bounded(request.count, request.timeout_ms)
+        target = request.target
+        member = self.membership.member(target) if self._membership is not None else None
+        if member is not None:
+            host = member.addr.rpartition(":")[0].strip("[]")
+            port = request.port or int(member.addr.rpartition(":")[2])
+        else:
+            try:
+                host, port = split_target(target)
+            except ValueError as exc:
+                raise TaskRefused("INVALID_ARGUMENT", f"target: {exc} (nor is it a member's node id)") from exc
+        if not self.task_bucket.take(count):
+            raise TaskRefused("RESOURCE_EXHAUSTED",
+                              f"active tasks are rate-limited here ({self.task_bucket.rate:g} connects/s); retry later")
+        m = await measure_tcp(host, port, count, timeout)
+        resp = mesh_pb2.MeasureResponse(
+            node_id=self.node_id, target=m.target, attempts=m.attempts, reachable=m.reachable,
+            connect_us=list(m.connect_us), errors=m.errors, p50_us=m.p50_us, time_ns=m.time_ns)
+        self._measurements.append(resp)
+        del self._measurements[:-64]
+        return resp
 
     def member_ips(self) -> set[str]:
         """Hosts of the members' mesh addresses (to pick the flows whose endpoint records go in a digest)."""
@@ -446,9 +486,31 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         wanted = set(request.node_ids) or set(held)
         return mesh_pb2.DigestsResponse(digests=[held[n].signed for n in sorted(wanted) if n in held])
 
+    async def Measure(
+        self, request: mesh_pb2.MeasureRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.MeasureResponse:
+        if not self._svc.running:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        requester = _peer_host(context.peer())
+        try:
+            return await self._svc.measure(request, requester)
+        except TaskRefused as exc:
+            log.info("active task from %s (%s) refused: %s", requester, request.requester_id or "?", exc)
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        raise AssertionError("unreachable")  # abort raises
+
     async def FleetQuery(
         self, request: mesh_pb2.FleetQueryRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> mesh_pb2.FleetQueryResponse:
         if not self._svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
         return await self._svc.fleet_query(request)
+
+
+def _peer_host(peer: str) -> str:
+    """The address in a gRPC peer string: ``ipv4:127.0.0.1:5000`` -> ``127.0.0.1``, ``ipv6:[::1]:5000`` -> ``::1``."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return ""
+    return rest.rpartition(":")[0].strip("[]")
+

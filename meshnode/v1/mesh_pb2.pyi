@@ -188,7 +188,7 @@ class StreamMessage(_message.Message):
     def __init__(self, push_pull: _Optional[_Union[PushPull, _Mapping]] = ..., user: _Optional[bytes] = ...) -> None: ...
 
 class Digest(_message.Message):
-    __slots__ = ("version", "node_id", "seq", "period_start_ns", "period_end_ns", "labels", "by_destination", "endpoints", "rollups_truncated", "endpoints_truncated")
+    __slots__ = ("version", "node_id", "seq", "period_start_ns", "period_end_ns", "labels", "by_destination", "endpoints", "rollups_truncated", "endpoints_truncated", "measurements")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class Digest(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     ROLLUPS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_id: str
     seq: int
@@ -216,7 +217,8 @@ class Digest(_message.Message):
     endpoints: _containers.RepeatedCompositeFieldContainer[_flow_pb2.Flow]
     rollups_truncated: int
     endpoints_truncated: int
-    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., seq: _Optional[int] = ..., period_start_ns: _Optional[int] = ..., period_end_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.Rollup, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[_flow_pb2.Flow, _Mapping]]] = ..., rollups_truncated: _Optional[int] = ..., endpoints_truncated: _Optional[int] = ...) -> None: ...
+    measurements: _containers.RepeatedCompositeFieldContainer[MeasureResponse]
+    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., seq: _Optional[int] = ..., period_start_ns: _Optional[int] = ..., period_end_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.Rollup, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[_flow_pb2.Flow, _Mapping]]] = ..., rollups_truncated: _Optional[int] = ..., endpoints_truncated: _Optional[int] = ..., measurements: _Optional[_Iterable[_Union[MeasureResponse, _Mapping]]] = ...) -> None: ...
 
 class SignedDigest(_message.Message):
     __slots__ = ("payload", "signature", "public_key")
@@ -398,3 +400,44 @@ class FleetQueryResponse(_message.Message):
     digests: _containers.RepeatedCompositeFieldContainer[SignedDigest]
     partial: bool
     def __init__(self, aggregates: _Optional[_Iterable[_Union[HealthAggregate, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., digests: _Optional[_Iterable[_Union[SignedDigest, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
+
+class MeasureRequest(_message.Message):
+    __slots__ = ("target", "port", "count", "timeout_ms", "requester_id")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_ID_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    port: int
+    count: int
+    timeout_ms: int
+    requester_id: str
+    def __init__(self, target: _Optional[str] = ..., port: _Optional[int] = ..., count: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., requester_id: _Optional[str] = ...) -> None: ...
+
+class MeasureResponse(_message.Message):
+    __slots__ = ("node_id", "target", "attempts", "reachable", "connect_us", "errors", "p50_us", "time_ns")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_US_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    P50_US_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    target: str
+    attempts: int
+    reachable: int
+    connect_us: _containers.RepeatedScalarFieldContainer[int]
+    errors: _containers.ScalarMap[str, int]
+    p50_us: int
+    time_ns: int
+    def __init__(self, node_id: _Optional[str] = ..., target: _Optional[str] = ..., attempts: _Optional[int] = ..., reachable: _Optional[int] = ..., connect_us: _Optional[_Iterable[int]] = ..., errors: _Optional[_Mapping[str, int]] = ..., p50_us: _Optional[int] = ..., time_ns: _Optional[int] = ...) -> None: ...

@@ -60,6 +60,11 @@ class MeshStub:
                 request_serializer=meshnode_dot_v1_dot_mesh__pb2.FleetQueryRequest.SerializeToString,
                 response_deserializer=meshnode_dot_v1_dot_mesh__pb2.FleetQueryResponse.FromString,
                 _registered_method=True)
+        self.Measure = channel.unary_unary(
+                '/meshnode.v1.Mesh/Measure',
+                request_serializer=meshnode_dot_v1_dot_mesh__pb2.MeasureRequest.SerializeToString,
+                response_deserializer=meshnode_dot_v1_dot_mesh__pb2.MeasureResponse.FromString,
+                _registered_method=True)
 
 
 class MeshServicer:
@@ -104,6 +109,15 @@ class MeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Measure(self, request, context):
+        """Measure runs an active task (seed 003): this node makes count TCP connects to a target and reports
+        each connect time and the errors. Rate-limited; a node may disable it (FAILED_PRECONDITION) or deny
+        requesters (PERMISSION_DENIED); over the rate, RESOURCE_EXHAUSTED. Results also ride the next digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +145,11 @@ def add_MeshServicer_to_server(servicer, server):
                     servicer.FleetQuery,
                     request_deserializer=meshnode_dot_v1_dot_mesh__pb2.FleetQueryRequest.FromString,
                     response_serializer=meshnode_dot_v1_dot_mesh__pb2.FleetQueryResponse.SerializeToString,
+            ),
+            'Measure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Measure,
+                    request_deserializer=meshnode_dot_v1_dot_mesh__pb2.MeasureRequest.FromString,
+                    response_serializer=meshnode_dot_v1_dot_mesh__pb2.MeasureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +288,33 @@ class Mesh:
             '/meshnode.v1.Mesh/FleetQuery',
             meshnode_dot_v1_dot_mesh__pb2.FleetQueryRequest.SerializeToString,
             meshnode_dot_v1_dot_mesh__pb2.FleetQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Measure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshnode.v1.Mesh/Measure',
+            meshnode_dot_v1_dot_mesh__pb2.MeasureRequest.SerializeToString,
+            meshnode_dot_v1_dot_mesh__pb2.MeasureResponse.FromString,
             options,
             channel_credentials,
             insecure,
