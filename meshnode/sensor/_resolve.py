@@ -68,11 +68,15 @@ def proc_cgroup(pid: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def service_name(port: int, proto: str) -> str:
-    """The service name of a well-known port ("https"), or ""."""
-    if port <= 0 or port >= 49152:
+def service_name(port: int, proto: str = "tcp") -> str:
+    """The service name of a well-known port (``443`` -> ``"https"``), empty when unknown.
+
+    Ports from 49152 up are ephemeral (RFC 6335): a name from /etc/services there would mislabel a client's
+    side of a flow. The summaries use this same function (``meshnode.summary.service_name``).
+    """
+    if not 0 < port < 49152:
         return ""
     try:
         return socket.getservbyport(port, proto)
-    except OSError:
+    except (OSError, OverflowError):
         return ""

@@ -1,5 +1,6 @@
 """Export periods and rollups: pure functions and one small stateful builder over FlowRecords."""
 
+from meshnode.sensor._resolve import service_name  # one resolver for the sensor and the summaries
 from meshnode.summary._period import (
     Delta,
     PeriodBuilder,
@@ -12,7 +13,6 @@ from meshnode.summary._period import (
     percentile,
     process_key,
     rollup,
-    service_name,
     with_service,
 )
 

@@ -10,24 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from meshnode._model import FlowRecord
-
-
-@lru_cache(maxsize=4096)
-def service_name(port: int, proto: str = "tcp") -> str:
-    """The service name of a well-known port (``443`` → ``"https"``), empty when unknown."""
-    if not 0 < port < 65536:
-        return ""
-    try:
-        return socket.getservbyport(port, proto)
-    except (OSError, OverflowError):
-        return ""
+from meshnode.sensor._resolve import service_name
 
 
 def with_service(rec: FlowRecord) -> FlowRecord:
