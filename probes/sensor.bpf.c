@@ -39,7 +39,8 @@ static __always_inline void count(int idx)
         (*v)++;
 }
 
-/* Emit a small event about a flow; the flow is copied so user space has the tuple. */
+/* Emit one ring-buffer record about a flow (a copy of it, and its owner's comm). Records are per flow
+ * or per rare event, never per packet. */
 static __always_inline void emit(__u32 kind, __u64 cookie, struct tcp_flow *f, __u64 value, __u64 value2)
 {
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
@@ -53,8 +54,13 @@ static __always_inline void emit(__u32 kind, __u64 cookie, struct tcp_flow *f, _
     e->cookie = cookie;
     e->value = value;
     e->value2 = value2;
-    if (f)
+    if (f) {
         __builtin_memcpy(&e->flow, f, sizeof(*f));
+        __u32 pid = f->pid;
+        struct owner *c = comms.lookup(&pid);
+        if (c)
+            __builtin_memcpy(e->comm, c->comm, 16);
+    }
     events.ringbuf_submit(e, 0);
     count(C_EVENTS);
 }

@@ -251,22 +251,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
         return 0;
     if (!(f->flags & F_CLOSED) && f->outcome == OC_IN_PROGRESS)
         f->outcome = OC_TIMEOUT;  /* destroyed without a state change we saw: the SYN went unanswered */
-    struct event *e = events.ringbuf_reserve(sizeof(struct event));
-    if (!e) {
-        count(C_RINGBUF_FULL);
-    } else {
-        __builtin_memset(e, 0, sizeof(*e));
-        e->kind = EV_TCP_END;
-        e->ts_ns = f->last_ns;
-        e->cookie = cookie;
-        __u32 pid = f->pid;
-        struct owner *c = comms.lookup(&pid);
-        if (c)
-            __builtin_memcpy(e->comm, c->comm, 16);
-        __builtin_memcpy(&e->flow, f, sizeof(*f));
-        events.ringbuf_submit(e, 0);
-        count(C_EVENTS);
-    }
+    emit(EV_TCP_END, cookie, f, 0, 0);
     __u64 sk = f->sk;
     tracked.delete(&sk);
     tcp_flows.delete(&cookie);
