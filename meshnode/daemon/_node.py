@@ -19,7 +19,8 @@ address watcher and, later, the mesh. Each has ``name``, ``async start()`` and `
 started in order after the sensor and the first period marker, and stopped in reverse order after the
 final period is flushed. ``Node.add_service`` adds one before ``run``; ``meshnode run`` adds those that
 ``_services.extra_services(node)`` returns (the mesh's seam). A service that needs each period's summary
-appends a callback to ``Node.period_listeners``.
+appends a callback to ``Node.period_listeners``; one that needs the period's flow records too (the mesh's
+digest, diagnosis) appends to ``Node.record_listeners``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from meshnode import __version__
@@ -94,6 +95,9 @@ class Node:
             self.services.append(AddressWatcher(self._address_changed))
         self.period_listeners: list[Callable[[PeriodSummary], None]] = []
         """Called in the event loop after each period is committed (the mesh signs and gossips these)."""
+        self.record_listeners: list[Callable[[PeriodSummary, Sequence[FlowRecord]], None]] = []
+        """Called after the period listeners with the period's records (finals, then interims), e.g. to put
+        endpoint records in the digest or transactions in the diagnosis source. Must not block."""
         self.totals = Completeness()
         self.periods_closed = 0
         self.active_flows = 0
@@ -280,6 +284,13 @@ class Node:
                     listener(summary)
                 except Exception:  # a listener must not lose the node its periods
                     log.exception("period listener %r", listener)
+            if self.record_listeners:
+                records = [*finals, *interims]
+                for record_listener in list(self.record_listeners):
+                    try:
+                        record_listener(summary, records)
+                    except Exception:
+                        log.exception("record listener %r", record_listener)
             if evicted:
                 log.info("retention evicted %d rows", evicted)
             return summary

@@ -17,6 +17,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+from meshnode.daemon._addresses import local_addresses
+
 if TYPE_CHECKING:
     from meshnode.daemon._node import Node, Service
     from meshnode.mesh import MeshService
@@ -45,7 +47,8 @@ class MeshRunner:
         self.mesh: MeshService = MeshService(advertise=cfg.listen, key=key, labels=labels, seeds=list(cfg.join),
                                              export_period=cfg.export_period, task_policy=policy)
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
-        node.period_listeners.append(self.mesh.on_period)
+        node.record_listeners.append(self.mesh.on_period)
+        self.mesh.addresses = published_addresses
 
     async def start(self) -> None:
         self.mesh.advertise = advertise_address(self._node.api.address, list(self._node.config.join))
@@ -55,6 +58,11 @@ class MeshRunner:
 
     async def stop(self) -> None:
         await self.mesh.stop()
+
+
+def published_addresses() -> list[str]:
+    """This host's addresses for its digest (peers map flow ends to members by them): no link-local ones."""
+    return sorted(a for a in local_addresses() if not ipaddress.ip_address(a).is_link_local)
 
 
 def advertise_address(listen: str, seeds: list[str]) -> str:

@@ -231,6 +231,8 @@ def digest_from_period(period: PeriodLike, endpoints: Iterable[flow_pb2.Flow] = 
                 key=r.key, flows=r.flows, useful=r.useful, failures=dict(r.failures), bytes_tx=r.bytes_tx,
                 bytes_rx=r.bytes_rx, retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us,
                 rtt_p95_us=r.rtt_p95_us, service=r.service,
+                flows_retransmitting=getattr(r, "flows_retransmitting", 0),
+                flows_slow_connect=getattr(r, "flows_slow_connect", 0),
             )
             for r in period.by_destination
         ],

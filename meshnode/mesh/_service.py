@@ -27,7 +27,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import grpc
@@ -51,6 +51,7 @@ from meshnode.mesh._tasks import TaskPolicy, TaskRefused, TokenBucket, bounded, 
 from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
+    from meshnode._model import FlowRecord
     from meshnode.mesh._aggregate import Aggregate
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,13 @@ class MeshService:
         self._tasks: list[asyncio.Task[None]] = []
         self.rejoin_interval = rejoin_interval
         self.joined = 0
+        self.addresses: Callable[[], Iterable[str]] | None = None
+        """This node's own IP addresses, published in each digest so peers map flow ends to members."""
+        self.digest_decorators: list[Callable[[mesh_pb2.Digest, PeriodLike, Sequence[FlowRecord]], None]] = []
+        """Each adds to the period's digest before it is signed: ``decorate(digest, period, records)``."""
+        self.digest_listeners: list[Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest, bool], None]] = []
+        """Called with every accepted peer digest (``own=False``) and each digest this node publishes
+        (``own=True``, the bounded digest as signed): ``listener(digest, signed, own)``."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -207,6 +215,7 @@ class MeshService:
             self.transport = GrpcTransport(self.advertise, packet_timeout=self.transport.packet_timeout)
         sched = AsyncioScheduler(asyncio.get_running_loop())
         self._exchange = DigestExchange(self.key, sched, self.digest_config)
+        self._exchange.on_accept = self._notify
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
             delegate=self._exchange,
@@ -290,14 +299,35 @@ class MeshService:
             await self._server.stop(0.5)
             self._server = None
 
-    def on_period(self, period: PeriodLike) -> None:
-        """A period listener (``Node.period_listeners``): sign and spread each closed period's rollups."""
+    def on_period(self, period: PeriodLike, records: Sequence[FlowRecord] = ()) -> None:
+        """A record listener (``Node.record_listeners``): sign and spread each closed period's digest.
+
+        The digest carries the period's destination rollups, this node's addresses (``addresses()``), the
+        active-task results since the last one, and whatever each of ``digest_decorators`` adds from the
+        period's records (endpoint records for cross-validation, ...), in order, before it is signed.
+        """
         if self._membership is None:
             return
         d = digest_from_period(period)
         d.labels.update(self._membership.labels)
+        if self.addresses is not None:
+            d.addresses.extend(sorted(set(self.addresses())))
         self._attach_measurements(d)
-        self.exchange.publish(d)
+        for decorate in list(self.digest_decorators):
+            try:
+                decorate(d, period, records)
+            except Exception:  # a decorator's bug must not stop the node from publishing
+                log.exception("digest decorator %r", decorate)
+        signed = self.exchange.publish(d)
+        held = self.exchange.latest(self.node_id)
+        self._notify(held.digest if held is not None else d, signed, own=True)
+
+    def _notify(self, digest: mesh_pb2.Digest, signed: mesh_pb2.SignedDigest, *, own: bool = False) -> None:
+        for listener in list(self.digest_listeners):
+            try:
+                listener(digest, signed, own)
+            except Exception:
+                log.exception("digest listener %r", listener)
 
     def _attach_measurements(self, d: mesh_pb2.Digest) -> None:
         """Active-task results since the previous digest ride this one (gossiped), newest 16 at most."""

@@ -188,7 +188,7 @@ class StreamMessage(_message.Message):
     def __init__(self, push_pull: _Optional[_Union[PushPull, _Mapping]] = ..., user: _Optional[bytes] = ...) -> None: ...
 
 class Digest(_message.Message):
-    __slots__ = ("version", "node_id", "seq", "period_start_ns", "period_end_ns", "labels", "by_destination", "endpoints", "rollups_truncated", "endpoints_truncated", "measurements")
+    __slots__ = ("version", "node_id", "seq", "period_start_ns", "period_end_ns", "labels", "by_destination", "endpoints", "rollups_truncated", "endpoints_truncated", "measurements", "addresses")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +207,7 @@ class Digest(_message.Message):
     ROLLUPS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_id: str
     seq: int
@@ -218,7 +219,8 @@ class Digest(_message.Message):
     rollups_truncated: int
     endpoints_truncated: int
     measurements: _containers.RepeatedCompositeFieldContainer[MeasureResponse]
-    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., seq: _Optional[int] = ..., period_start_ns: _Optional[int] = ..., period_end_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.Rollup, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[_flow_pb2.Flow, _Mapping]]] = ..., rollups_truncated: _Optional[int] = ..., endpoints_truncated: _Optional[int] = ..., measurements: _Optional[_Iterable[_Union[MeasureResponse, _Mapping]]] = ...) -> None: ...
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., seq: _Optional[int] = ..., period_start_ns: _Optional[int] = ..., period_end_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.Rollup, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[_flow_pb2.Flow, _Mapping]]] = ..., rollups_truncated: _Optional[int] = ..., endpoints_truncated: _Optional[int] = ..., measurements: _Optional[_Iterable[_Union[MeasureResponse, _Mapping]]] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SignedDigest(_message.Message):
     __slots__ = ("payload", "signature", "public_key")

@@ -47,12 +47,14 @@ def _config(tmp_path: Path, **kw: object) -> NodeConfig:
 
 def test_node_loop_periods_services_and_final_flush(tmp_path: Path) -> None:
     log: list[str] = []
+    seen: list[tuple[int, int]] = []
     sensor = FakeSensor()
 
     async def main() -> None:
         node = Node(_config(tmp_path), sensor)
         node.add_service(RecordingService("mesh", log))
         node.period_listeners.append(lambda s: log.append(f"period {s.final_flows}"))
+        node.record_listeners.append(lambda s, recs: seen.extend((s.seq, r.flow_id) for r in recs))
         stop = asyncio.Event()
         task = asyncio.create_task(node.run(stop))
         await asyncio.sleep(0.05)
@@ -66,6 +68,7 @@ def test_node_loop_periods_services_and_final_flush(tmp_path: Path) -> None:
         assert log[0] == "start mesh" and log[-1] == "stop mesh" and sensor.closed
         periods = [int(e.split()[1]) for e in log[1:-1]]
         assert len(periods) == node.periods_closed and sum(periods) == 2
+        assert sorted(fid for _, fid in seen) == [1, 2]  # each ended flow reaches the record listeners once
 
     asyncio.run(main())
     store = Store.in_dir(tmp_path)

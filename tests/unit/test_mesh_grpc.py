@@ -207,15 +207,32 @@ def test_own_server_mode_and_period_listener():
             a, b = meshes
             assert a.name == "mesh" and b.joined == 1
             await _until(lambda: _alive(a) == _alive(b) == {a.node_id, b.node_id})
+            seen_a: list[tuple[str, bool]] = []
+            seen_b: list[tuple[str, bool]] = []
+            a.digest_listeners.append(lambda d, _s, own: seen_a.append((d.node_id, own)))
+            b.digest_listeners.append(lambda d, _s, own: seen_b.append((d.node_id, own)))
+            a.addresses = lambda: ["10.9.0.1", "10.9.0.1", "fd00::1"]
+
+            def decorate(d: mesh_pb2.Digest, period: object, records: object) -> None:
+                d.rollups_truncated = len(list(records))  # type: ignore[call-overload]
+
+            def broken(d: mesh_pb2.Digest, period: object, records: object) -> None:
+                raise RuntimeError("a decorator's bug")
+
+            a.digest_decorators.extend([broken, decorate])
             now = time.time_ns()
             a.on_period(PeriodSummary(node_id="ignored", seq=1, period_start_ns=now - 10**10, period_end_ns=now,
-                                      by_destination=[Rollup(key=DB, flows=4, useful=3, failures={"refused": 1})]))
+                                      by_destination=[Rollup(key=DB, flows=4, useful=3, failures={"refused": 1})]),
+                        ["r1", "r2"])  # type: ignore[list-item]
             await _until(lambda: b.exchange.latest(a.node_id) is not None)
             got = b.exchange.latest(a.node_id)
             assert got is not None
             (r,) = got.digest.by_destination
             assert (r.key, r.flows, r.useful, dict(r.failures)) == (DB, 4, 3, {"refused": 1})
             assert dict(got.digest.labels) == {"region": "eu", "host": "o0"}
+            assert list(got.digest.addresses) == ["10.9.0.1", "fd00::1"]  # deduplicated, sorted
+            assert got.digest.rollups_truncated == 2  # the decorator ran on the records despite the broken one
+            assert seen_a == [(a.node_id, True)] and seen_b == [(a.node_id, False)]
             assert a.member_ips() == {"127.0.0.1"}
         finally:
             for m in meshes:
