@@ -23,6 +23,7 @@ node_id             the host name                   the node's id until the mesh
 watch_addresses     true                            record local address changes (seed 004)
 active_tasks        true                            run connect measurements other nodes ask for (seed 003)
 task_deny           []                              requester addresses, CIDRs or node ids to refuse
+insecure            false                           serve and gossip without TLS (lab and tests only)
 ==================  ==============================  =====================================================
 
 Labels merge across sources (a flag label overrides the same key from the environment or file); every other
@@ -81,6 +82,7 @@ class NodeConfig:
     watch_addresses: bool = True
     active_tasks: bool = True
     task_deny: tuple[str, ...] = ()
+    insecure: bool = False
 
     @property
     def metrics_enabled(self) -> bool:
@@ -244,6 +246,7 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "watch_addresses": _bool,
     "active_tasks": _bool,
     "task_deny": _words,
+    "insecure": _bool,
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}
 

@@ -44,6 +44,8 @@ def configure(subparsers: Any) -> None:
     p.add_argument("--sensor", choices=modes, help="sensor: auto (default), ebpf or diag")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help='Prometheus /metrics address (default 127.0.0.1:7401; "off" disables)')
+    p.add_argument("--insecure", action="store_const", const=True,
+                   help="serve the API and the mesh without TLS (labs and tests only; logged loudly)")
     p.add_argument("--node-id", metavar="ID", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="log level (default info)")
