@@ -1,4 +1,4 @@
-"""The seam where optional node services plug into ``meshnode run``: today, the mesh.
+"""The seam where optional node services plug into ``meshnode run``: the mesh, and diagnosis beside it.
 
 ``extra_services(node)`` returns services started after the built-in ones (gRPC API, metrics, address
 watcher) and stopped before them. A service implements ``meshnode.daemon.Service``: ``name``,
@@ -20,15 +20,24 @@ from typing import TYPE_CHECKING
 from meshnode.daemon._addresses import local_addresses
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import grpc
+
+    from meshnode._model import FlowRecord
     from meshnode.daemon._node import Node, Service
     from meshnode.mesh import MeshService
+    from meshnode.summary import PeriodSummary
+    from meshnode.trust import MeshTrust
 
 log = logging.getLogger(__name__)
 
 
 def extra_services(node: Node) -> list[Service]:
-    """The mesh, on the node's own gRPC port."""
-    return [MeshRunner(node)]
+    """The mesh and diagnosis, on the node's own gRPC port."""
+    mesh = MeshRunner(node)
+    attach_trust(node, mesh.mesh)
+    return [mesh, DiagnosisRunner(node, mesh.mesh)]
 
 
 class MeshRunner:
@@ -58,6 +67,78 @@ class MeshRunner:
 
     async def stop(self) -> None:
         await self.mesh.stop()
+
+
+class DiagnosisRunner:
+    """Diagnosis in the node (issue 8): ``meshnode.v1.Diagnosis`` over this node's periods and held digests,
+    and anomalies of each period against the node's own history as ``anomaly`` events.
+
+    Works without the mesh (``mesh=None``: blame over the local flows only); with it, every verified peer
+    digest joins the source (``MeshService.digest_listeners``).
+    """
+
+    name = "diagnosis"
+
+    def __init__(self, node: Node, mesh: MeshService | None = None) -> None:
+        from meshnode.diagnosis import (
+            DIAGNOSIS_SERVICE,
+            AnomalyDetector,
+            DiagnosisServicer,
+            NodeSource,
+            add_to_server,
+        )
+
+        self._node = node
+        self.source = NodeSource({"host": node.config.node_id, **node.config.labels},
+                                 addresses=published_addresses)
+        self.detector = AnomalyDetector()
+        self.anomalies = 0
+        servicer = DiagnosisServicer(self.source)
+
+        def register(server: grpc.aio.Server) -> None:
+            add_to_server(servicer, server)
+
+        node.api.add_servicer(register, DIAGNOSIS_SERVICE)
+        node.record_listeners.append(self.on_period)
+        if mesh is not None:
+            mesh.digest_listeners.append(self.source.on_digest)
+
+    def on_period(self, summary: PeriodSummary, records: Sequence[FlowRecord]) -> None:
+        """A record listener: hold the period for blame, and push its anomalies to the Events stream."""
+        self.source.add_period(summary.period_end_ns, records)
+        found = self.detector.observe(summary.period_end_ns, summary.by_destination, summary.by_process)
+        if found:
+            self.anomalies += len(found)
+            self._node.events.push([a.to_event() for a in found])
+            for a in found[:3]:
+                log.info("anomaly: %s", a.detail)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def attach_trust(node: Node, mesh: MeshService) -> MeshTrust:
+    """Cross-validation in the node (issue 7): endpoint records and the privacy policy in every digest,
+    every verified digest into a ``TrustMonitor`` judged each period (a record listener after the mesh's),
+    flagged peers left out of fleet aggregates, and ``meshnode.v1.Trust`` on the node's gRPC port.
+
+    Raises:
+        ConfigError: the test-only ``MESHNODE_TEST_LIE`` fault without ``MESHNODE_ALLOW_FAKE_SENSOR=1``.
+    """
+    from meshnode.trust import TRUST_SERVICE, Lie, MeshTrust
+
+    trust = MeshTrust(mesh, export_period=node.config.export_period, policy=node.config.privacy,
+                      lie=Lie.from_env())
+    trust.attach()
+    node.api.add_servicer(trust.register, TRUST_SERVICE)
+    node.record_listeners.append(trust.on_period)
+    if trust.lie is not None:
+        log.warning("TEST FAULT: this node misreports its flows to %s (%s); never use outside tests",
+                    trust.lie.peer, trust.lie.kind)
+    return trust
 
 
 def published_addresses() -> list[str]:

@@ -8,13 +8,15 @@ Modules (internal, re-exported here):
     _anomaly      anomalies from the node's own history: AnomalyDetector, Anomaly (-> ``anomaly`` events)
     _taxonomy     seed 004's failure taxonomy (pure): discovery chatter, retries vs outage inertia
     _servicer     meshnode.v1.Diagnosis: DiagnosisServicer over a DiagnosisSource; MemorySource
+    _source       NodeSource: the running node's source (its periods, held peer digests; bounded)
 
-In the node::
+In the node (``meshnode.daemon._services.DiagnosisRunner``)::
 
-    source = MemorySource(labels)                      # or the store + held digests behind DiagnosisSource
+    source = NodeSource(labels, addresses=published_addresses)
     service_name = add_to_server(DiagnosisServicer(source), server)   # list it in server reflection
+    mesh.digest_listeners.append(source.on_digest)     # every verified peer digest (and its place)
     detector = AnomalyDetector()
-    # each period: source.add(end_ns, transactions_from_flows(...) + transactions_from_rollups(...), samples)
+    # each period: source.add_period(end_ns, records)
     #              events += [a.to_event() for a in detector.observe(end_ns, p.by_destination, p.by_process)]
 """
 
@@ -68,6 +70,7 @@ from meshnode.diagnosis._servicer import (
     blame_pb,
     compare_pb,
 )
+from meshnode.diagnosis._source import HORIZON_NS, NodeSource
 from meshnode.diagnosis._taxonomy import (
     DISCOVERY_PORTS,
     MAX_ATTEMPTS_PER_OUTAGE,
@@ -85,16 +88,14 @@ from meshnode.diagnosis._taxonomy import (
 )
 from meshnode.diagnosis._transaction import (
     PROBLEM_KINDS,
-    RETRANSMIT_RATE,
-    SLOW_CONNECT_US,
     FiveTuple,
     Place,
     Transaction,
-    problem_kind,
     split_destination,
     transactions_from_flows,
     transactions_from_rollups,
 )
+from meshnode.summary._problems import RETRANSMIT_RATE, SLOW_CONNECT_US, problem_kind
 
 __all__ = [
     "ANOMALY_METRICS",
@@ -102,6 +103,7 @@ __all__ = [
     "DIAGNOSIS_SERVICE",
     "DISCOVERY_PORTS",
     "ENTITY_KINDS",
+    "HORIZON_NS",
     "LEVELS",
     "MAX_ATTEMPTS_PER_OUTAGE",
     "MAX_SUSPECTS",
@@ -132,6 +134,7 @@ __all__ = [
     "MemorySource",
     "Metric",
     "MetricComparison",
+    "NodeSource",
     "Outage",
     "PeerSample",
     "Place",

@@ -24,6 +24,7 @@ import grpc
 from meshnode._exceptions import MeshnodeError
 from meshnode.diagnosis._blame import MAX_SUSPECTS, PROBLEM_THRESHOLD, BlameConfig, BlameReport, Suspect, blame
 from meshnode.diagnosis._compare import DEFAULT_GROUP_BY, Comparison, PeerSample, compare, group_name
+from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice
 from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, flow_pb2
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ _KINDS: Final = {
     "dst_region": diagnosis_pb2.ENTITY_KIND_DST_REGION, "region_path": diagnosis_pb2.ENTITY_KIND_REGION_PATH,
     "uplink": diagnosis_pb2.ENTITY_KIND_UPLINK,
 }
+MAX_ADVICE: Final = 20
+"""Retry advice and discovery rows per Blame answer at most (the worst first)."""
+
 _PROTOS: Final = {"tcp": flow_pb2.TCP, "udp": flow_pb2.UDP}
 
 T = TypeVar("T")
@@ -66,6 +70,17 @@ class DiagnosisSource(Protocol):
 
     def labels(self) -> Mapping[str, str]:
         """This node's labels; ``host`` names it in the samples."""
+
+
+class TaxonomySource(Protocol):
+    """A source that also knows its own processes' attempts (``NodeSource``): Blame adds seed 004's
+    taxonomy (retry advice, discovery chatter) when its source is one."""
+
+    def retry_advice(self, since_ns: int, until_ns: int) -> list[RetryAdvice]:
+        """Retry behaviour per (process, destination) in the range."""
+
+    def discovery(self, since_ns: int, until_ns: int) -> list[DiscoveryChatter]:
+        """Unanswered discovery chatter per (process, protocol) in the range."""
 
 
 class MemorySource:
@@ -113,6 +128,13 @@ class MemorySource:
         return dict(self._labels)
 
 
+def _matches(destination: str, target: str) -> bool:
+    """True when ``destination`` (``dst:dport``) is ``target`` (``dst:dport``, or a bare address)."""
+    if destination == target:
+        return True
+    return destination.rpartition(":")[0].strip("[]") == target.strip("[]")
+
+
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -139,6 +161,22 @@ def blame_pb(report: BlameReport, since_ns: int, until_ns: int) -> diagnosis_pb2
         transactions=report.transactions, problems=report.problems, hosts=report.hosts,
         threshold=report.threshold, since_ns=since_ns, until_ns=until_ns,
     )
+
+
+def retry_advice_pb(a: RetryAdvice) -> diagnosis_pb2.RetryAdvice:
+    """``meshnode.v1.RetryAdvice`` of a ``RetryAdvice``."""
+    return diagnosis_pb2.RetryAdvice(
+        comm=a.comm, pid=a.pid, destination=a.destination, outages=a.outages, attempts=a.attempts,
+        attempts_per_outage=a.attempts_per_outage, retry_interval_ms=a.retry_interval_ms,
+        outage_p50_ms=a.outage_p50_ms, outage_max_ms=a.outage_max_ms, fixed_interval=a.fixed_interval,
+        suggest_backoff=a.suggest_backoff, attempts_with_backoff=a.attempts_with_backoff, suggestion=a.suggestion,
+    )
+
+
+def discovery_pb(d: DiscoveryChatter) -> diagnosis_pb2.DiscoveryChatter:
+    """``meshnode.v1.DiscoveryChatter`` of a ``DiscoveryChatter``."""
+    return diagnosis_pb2.DiscoveryChatter(comm=d.comm, protocol=d.protocol, flows=d.flows,
+                                          destinations=d.destinations)
 
 
 def compare_pb(comparisons: Sequence[Comparison], host: str, group: str) -> diagnosis_pb2.CompareResponse:
@@ -198,7 +236,16 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
         config = BlameConfig(threshold=threshold, max_suspects=request.max_suspects or MAX_SUSPECTS)
         txns = await self._ask(context, self._source.transactions, since, until)
         report = await asyncio.to_thread(lambda: blame(txns, config, target=request.target))
-        return blame_pb(report, since, until)
+        resp = blame_pb(report, since, until)
+        if hasattr(self._source, "retry_advice") and hasattr(self._source, "discovery"):
+            taxonomy = cast("TaxonomySource", self._source)
+            advice = await self._ask(context, taxonomy.retry_advice, since, until)
+            if request.target:
+                advice = [a for a in advice if _matches(a.destination, request.target)]
+            resp.retry_advice.extend(retry_advice_pb(a) for a in advice[:MAX_ADVICE])
+            chatter = await self._ask(context, taxonomy.discovery, since, until)
+            resp.discovery.extend(discovery_pb(d) for d in chatter[:MAX_ADVICE])
+        return resp
 
     async def Compare(
         self, request: diagnosis_pb2.CompareRequest, context: Context

@@ -16,33 +16,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from meshnode._model import FAILED_OUTCOMES
+from meshnode.summary._problems import (
+    OK,
+    RETRANSMITS,
+    SLOW_CONNECT,
+    SLOW_CONNECT_US,
+    problem_kind,
+)
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
-
-OK: Final = "ok"
-"""The ``kind`` of a transaction without a problem."""
-
-RETRANSMITS: Final = "retransmits"
-"""The ``kind`` of an established flow that retransmitted (007: a flow with retransmissions votes)."""
-
-SLOW_CONNECT: Final = "slow_connect"
-"""The ``kind`` of an established flow whose handshake took longer than ``SLOW_CONNECT_US``."""
 
 PROBLEM_KINDS: Final = (*sorted(FAILED_OUTCOMES), RETRANSMITS, SLOW_CONNECT)
 """Every ``kind`` of a problem transaction: the failed outcomes, then the two kinds of degradation."""
 
 FAILURE_KINDS: Final = frozenset(FAILED_OUTCOMES)
 """Problem kinds that mean the transaction did not happen at all (as opposed to happening badly)."""
-
-SLOW_CONNECT_US: Final = 200_000
-"""A handshake slower than this (200 ms) is a problem: inside a fleet it means a lost SYN or SYN-ACK
-(the first retransmission is 1 s on Linux) or an overloaded accept queue, never a normal round trip."""
-
-RETRANSMIT_RATE: Final = 0.01
-"""An established flow with retransmissions is a problem when at least this fraction of its packets were
-retransmitted. 007 counts any retransmission; the rate spares long bulk flows whose congestion control
-probes for bandwidth by losing a few segments of many thousands, which is health, not trouble."""
 
 
 class Place(NamedTuple):
@@ -100,21 +89,6 @@ class Transaction:
         """``dst:dport`` (IPv6 in brackets), as ``FlowRecord.destination``."""
         host = f"[{self.dst}]" if ":" in self.dst else self.dst
         return f"{host}:{self.dport}"
-
-
-def problem_kind(rec: FlowRecord, slow_connect_us: int = SLOW_CONNECT_US) -> str:
-    """What kind of problem a finished flow had: a failed outcome, ``retransmits``, ``slow_connect`` or ``ok``.
-
-    Failure wins over degradation, and retransmissions over a slow handshake (a slow handshake is usually
-    a retransmitted SYN, so the retransmissions are the more basic fact).
-    """
-    if rec.outcome in FAILED_OUTCOMES:
-        return rec.outcome
-    if rec.retransmits > 0 and rec.retransmits >= RETRANSMIT_RATE * max(1, rec.packets_tx):
-        return RETRANSMITS
-    if rec.connect_us > slow_connect_us:
-        return SLOW_CONNECT
-    return OK
 
 
 def transactions_from_flows(

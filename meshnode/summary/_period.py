@@ -16,6 +16,7 @@ from typing import Any
 
 from meshnode._model import FlowRecord
 from meshnode.sensor._resolve import service_name
+from meshnode.summary._problems import RETRANSMITS, SLOW_CONNECT, problem_kind
 
 
 def with_service(rec: FlowRecord) -> FlowRecord:
@@ -78,6 +79,12 @@ class Rollup:
     rtt_p50_us: int = 0
     rtt_p95_us: int = 0
     service: str = ""
+    flows_retransmitting: int = 0
+    """Useful flows that retransmitted at least ``RETRANSMIT_RATE`` of their packets (diagnosis's
+    ``retransmits`` problem kind): ``retransmits`` counts segments, which cannot say how many flows suffered."""
+    flows_slow_connect: int = 0
+    """Useful flows whose handshake took longer than ``SLOW_CONNECT_US`` (and did not retransmit enough to
+    count above)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,11 @@ def rollup(
         r.flows += 1
         if rec.useful:
             r.useful += 1
+            kind = problem_kind(rec)
+            if kind == RETRANSMITS:
+                r.flows_retransmitting += 1
+            elif kind == SLOW_CONNECT:
+                r.flows_slow_connect += 1
         elif rec.failed:
             r.failures[rec.outcome] = r.failures.get(rec.outcome, 0) + 1
         d = deltas.get(rec.flow_id) if deltas is not None else None

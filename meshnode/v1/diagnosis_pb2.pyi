@@ -112,7 +112,7 @@ class BlameSuspect(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., kind: _Optional[_Union[EntityKind, str]] = ..., name: _Optional[str] = ..., display: _Optional[str] = ..., level: _Optional[int] = ..., problem_fraction: _Optional[float] = ..., transactions: _Optional[int] = ..., problems: _Optional[int] = ..., problem_kinds: _Optional[_Mapping[str, int]] = ..., hosts: _Optional[_Iterable[str]] = ..., sites: _Optional[_Iterable[str]] = ..., examples: _Optional[_Iterable[_Union[FlowTuple, _Mapping]]] = ..., shared: _Optional[bool] = ..., verdict: _Optional[str] = ..., problem_destinations: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class BlameResponse(_message.Message):
-    __slots__ = ("suspects", "verdict", "transactions", "problems", "hosts", "threshold", "since_ns", "until_ns")
+    __slots__ = ("suspects", "verdict", "transactions", "problems", "hosts", "threshold", "since_ns", "until_ns", "retry_advice", "discovery")
     SUSPECTS_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class BlameResponse(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ADVICE_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_FIELD_NUMBER: _ClassVar[int]
     suspects: _containers.RepeatedCompositeFieldContainer[BlameSuspect]
     verdict: str
     transactions: int
@@ -129,7 +131,51 @@ class BlameResponse(_message.Message):
     threshold: float
     since_ns: int
     until_ns: int
-    def __init__(self, suspects: _Optional[_Iterable[_Union[BlameSuspect, _Mapping]]] = ..., verdict: _Optional[str] = ..., transactions: _Optional[int] = ..., problems: _Optional[int] = ..., hosts: _Optional[int] = ..., threshold: _Optional[float] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ...) -> None: ...
+    retry_advice: _containers.RepeatedCompositeFieldContainer[RetryAdvice]
+    discovery: _containers.RepeatedCompositeFieldContainer[DiscoveryChatter]
+    def __init__(self, suspects: _Optional[_Iterable[_Union[BlameSuspect, _Mapping]]] = ..., verdict: _Optional[str] = ..., transactions: _Optional[int] = ..., problems: _Optional[int] = ..., hosts: _Optional[int] = ..., threshold: _Optional[float] = ..., since_ns: _Optional[int] = ..., until_ns: _Optional[int] = ..., retry_advice: _Optional[_Iterable[_Union[RetryAdvice, _Mapping]]] = ..., discovery: _Optional[_Iterable[_Union[DiscoveryChatter, _Mapping]]] = ...) -> None: ...
+
+class RetryAdvice(_message.Message):
+    __slots__ = ("comm", "pid", "destination", "outages", "attempts", "attempts_per_outage", "retry_interval_ms", "outage_p50_ms", "outage_max_ms", "fixed_interval", "suggest_backoff", "attempts_with_backoff", "suggestion")
+    COMM_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    OUTAGES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_PER_OUTAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTAGE_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTAGE_MAX_MS_FIELD_NUMBER: _ClassVar[int]
+    FIXED_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    SUGGEST_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_WITH_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTION_FIELD_NUMBER: _ClassVar[int]
+    comm: str
+    pid: int
+    destination: str
+    outages: int
+    attempts: int
+    attempts_per_outage: float
+    retry_interval_ms: float
+    outage_p50_ms: float
+    outage_max_ms: float
+    fixed_interval: bool
+    suggest_backoff: bool
+    attempts_with_backoff: int
+    suggestion: str
+    def __init__(self, comm: _Optional[str] = ..., pid: _Optional[int] = ..., destination: _Optional[str] = ..., outages: _Optional[int] = ..., attempts: _Optional[int] = ..., attempts_per_outage: _Optional[float] = ..., retry_interval_ms: _Optional[float] = ..., outage_p50_ms: _Optional[float] = ..., outage_max_ms: _Optional[float] = ..., fixed_interval: _Optional[bool] = ..., suggest_backoff: _Optional[bool] = ..., attempts_with_backoff: _Optional[int] = ..., suggestion: _Optional[str] = ...) -> None: ...
+
+class DiscoveryChatter(_message.Message):
+    __slots__ = ("comm", "protocol", "flows", "destinations")
+    COMM_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    comm: str
+    protocol: str
+    flows: int
+    destinations: int
+    def __init__(self, comm: _Optional[str] = ..., protocol: _Optional[str] = ..., flows: _Optional[int] = ..., destinations: _Optional[int] = ...) -> None: ...
 
 class CompareRequest(_message.Message):
     __slots__ = ("destination", "since_ns", "until_ns", "group_by")

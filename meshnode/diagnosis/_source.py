@@ -1,0 +1,279 @@
+"""``NodeSource``: the running node's ``DiagnosisSource``, over its own periods and the digests it holds.
+
+What a node knows, and what each piece becomes:
+
+- **its own period records** (``add_period``, a ``Node.record_listeners`` callback): outbound final flows
+  become transactions (``transactions_from_flows``: one per flow, with process and example 5-tuple), and
+  samples for Compare (``samples_from_flows``). Each period's transactions are collapsed to one counted row
+  per (process, destination, kind) plus a few example rows, so a period costs its distinct keys, not its
+  flows. Failed and successful attempts are kept as small tuples for the retry taxonomy (seed 004), and
+  discovery chatter per process and protocol;
+- **every verified peer digest** (``add_digest``, a ``MeshService.digest_listeners`` callback): its
+  destination rollups become counted transactions (``transactions_from_rollups``, with the digest's
+  ``flows_retransmitting``/``flows_slow_connect`` as the degraded counts), and one sample per destination.
+  The node's own digests are skipped: its own records say the same, with processes.
+
+Destination places (host, site, region) come from the newest digest of each member (``Digest.addresses``
+and labels) and this node's own addresses, resolved when a question is asked, so a flow recorded before a
+peer's first digest arrived is still attributed to that peer.
+
+Memory is bounded by time and by count: periods (own or a peer's) that ended more than ``horizon_ns``
+(1 h) before the newest one are dropped, and at most ``max_periods`` (2,000) own periods, ``max_digests``
+(20,000) digests and ``max_attempts`` (100,000) attempt tuples are held; what a bound pushed out is
+counted in ``dropped``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
+from meshnode.diagnosis._compare import PeerSample, samples_from_flows
+from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice, discovery_chatter, is_discovery, retry_advice
+from meshnode.diagnosis._transaction import Place, Transaction, transactions_from_flows, transactions_from_rollups
+
+if TYPE_CHECKING:
+    from meshnode.v1 import mesh_pb2
+
+HORIZON_NS: Final = 3600 * 1_000_000_000
+"""Periods that ended this long before the newest one are forgotten (1 h)."""
+
+MAX_PERIODS: Final = 2_000
+"""Own periods held at most (1 h of 2 s periods)."""
+
+MAX_DIGESTS: Final = 20_000
+"""Peer digests held at most (1 h of 10 s periods from 55 peers)."""
+
+MAX_ATTEMPTS: Final = 100_000
+"""Outbound attempts held at most for the retry taxonomy."""
+
+EXAMPLES_PER_KEY: Final = 3
+"""Example 5-tuples kept per (process, destination, kind) and period."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Period:
+    end_ns: int
+    transactions: tuple[Transaction, ...]
+    samples: tuple[PeerSample, ...]
+    chatter: tuple[DiscoveryChatter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Digest:
+    node_id: str
+    seq: int
+    end_ns: int
+    labels: Mapping[str, str]
+    transactions: tuple[Transaction, ...]
+    samples: tuple[PeerSample, ...]
+
+
+Attempt = tuple[int, str, int, str, int, str, str]
+"""``(start_ns, comm, pid, dst, dport, proto, outcome)`` of one outbound attempt."""
+
+
+def collapse(transactions: Iterable[Transaction], examples: int = EXAMPLES_PER_KEY) -> list[Transaction]:
+    """Identical transactions as counted rows: up to ``examples`` rows with their flow, then one row with
+    the rest. Blame counts them the same; memory is per key, not per flow."""
+    rows: dict[Transaction, int] = {}
+    kept: Counter[Transaction] = Counter()
+    out: list[Transaction] = []
+    for t in transactions:
+        key = replace(t, flow=None, count=1)
+        if t.flow is not None and t.problem and kept[key] < examples:
+            kept[key] += 1
+            out.append(replace(t, count=t.count))
+            continue
+        rows[key] = rows.get(key, 0) + t.count
+    out.extend(replace(k, count=n) for k, n in rows.items())
+    return out
+
+
+def place_of(labels: Mapping[str, str], node_id: str) -> Place:
+    """Where a member lives, from its labels (``host`` label, else its node id)."""
+    return Place(labels.get("host") or node_id, labels.get("site", ""), labels.get("region", ""))
+
+
+class NodeSource:
+    """A ``DiagnosisSource`` over this node's periods and the peer digests it holds (module docstring).
+
+    Args:
+        labels: this node's labels; ``host`` names it (MeshRunner's convention: the node id unless set).
+        addresses: this node's own addresses (called when a question is asked), so peers' flows to it
+            name it.
+        horizon_ns, max_periods, max_digests, max_attempts: the bounds.
+    """
+
+    def __init__(
+        self,
+        labels: Mapping[str, str],
+        *,
+        addresses: Callable[[], Iterable[str]] | None = None,
+        horizon_ns: int = HORIZON_NS,
+        max_periods: int = MAX_PERIODS,
+        max_digests: int = MAX_DIGESTS,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self._labels = dict(labels)
+        self._addresses = addresses
+        self._horizon = horizon_ns
+        self._max_periods = max_periods
+        self._max_digests = max_digests
+        self._periods: deque[_Period] = deque()
+        self._digests: deque[_Digest] = deque()
+        self._seen: set[tuple[str, int]] = set()
+        self._members: dict[str, tuple[int, Place, tuple[str, ...]]] = {}
+        self._attempts: deque[Attempt] = deque(maxlen=max_attempts)
+        self._lock = threading.Lock()
+        self.dropped: Counter[str] = Counter()
+        """What the bounds pushed out: ``periods``, ``digests``, ``attempts``."""
+
+    # ------------------------------------------------------------------------------------------ intake
+
+    @property
+    def host(self) -> str:
+        """This node's host name."""
+        return self._labels.get("host", "")
+
+    def add_period(self, period_end_ns: int, records: Sequence[FlowRecord]) -> None:
+        """One of this node's periods (its finals and interims; only outbound finals count)."""
+        finals = [r for r in records if r.kind == "final" and r.direction == "outbound"]
+        txns = collapse(transactions_from_flows(finals, labels=self._labels))
+        samples = samples_from_flows(finals, host=self.host, labels=self._labels)
+        chatter = discovery_chatter(finals)
+        attempts = [
+            (r.start_ns, r.comm, r.pid, r.dst, r.dport, r.proto, r.outcome) for r in finals
+            if (r.outcome in FAILED_OUTCOMES or r.outcome in USEFUL_OUTCOMES) and not is_discovery(r)
+        ]
+        with self._lock:
+            self._periods.append(_Period(period_end_ns, tuple(txns), tuple(samples), tuple(chatter)))
+            full = self._attempts.maxlen is not None and len(self._attempts) + len(attempts) > self._attempts.maxlen
+            if full and self._attempts.maxlen is not None:
+                self.dropped["attempts"] += len(self._attempts) + len(attempts) - self._attempts.maxlen
+            self._attempts.extend(attempts)
+            self._trim(period_end_ns)
+
+    def add_digest(self, digest: mesh_pb2.Digest, own: bool = False) -> None:
+        """One verified digest (``own`` ones only update this node's place; its records say more)."""
+        labels = dict(digest.labels)
+        place = place_of(labels, digest.node_id)
+        with self._lock:
+            prev = self._members.get(digest.node_id)
+            if prev is None or prev[0] <= digest.period_end_ns:
+                self._members[digest.node_id] = (digest.period_end_ns, place, tuple(digest.addresses))
+            if own or (digest.node_id, digest.seq) in self._seen:
+                return
+        problem_flows = {
+            r.key: {"retransmits": r.flows_retransmitting, "slow_connect": r.flows_slow_connect}
+            for r in digest.by_destination if r.flows_retransmitting or r.flows_slow_connect
+        }
+        txns = transactions_from_rollups(digest.by_destination, labels=labels, host=digest.node_id,
+                                         problem_flows=problem_flows)
+        samples = [
+            PeerSample(host=place.host, labels=labels, destination=r.key, attempts=r.useful + sum(r.failures.values()),
+                       failures=sum(r.failures.values()), rtt_p50_us=float(r.rtt_p50_us),
+                       rtt_p95_us=float(r.rtt_p95_us))
+            for r in digest.by_destination
+        ]
+        with self._lock:
+            self._seen.add((digest.node_id, digest.seq))
+            self._digests.append(_Digest(digest.node_id, digest.seq, digest.period_end_ns, labels,
+                                         tuple(txns), tuple(samples)))
+            self._trim(digest.period_end_ns)
+
+    def on_digest(self, digest: mesh_pb2.Digest, signed: object, own: bool) -> None:
+        """``MeshService.digest_listeners`` signature."""
+        self.add_digest(digest, own=own)
+
+    def _trim(self, newest_ns: int) -> None:
+        floor = newest_ns - self._horizon
+        while self._periods and (self._periods[0].end_ns < floor or len(self._periods) > self._max_periods):
+            self._periods.popleft()
+            self.dropped["periods"] += 1
+        while self._digests and (self._digests[0].end_ns < floor or len(self._digests) > self._max_digests):
+            old = self._digests.popleft()
+            self._seen.discard((old.node_id, old.seq))
+            self.dropped["digests"] += 1
+        while self._attempts and self._attempts[0][0] < floor:
+            self._attempts.popleft()
+
+    # ------------------------------------------------------------------------------------------ answers
+
+    def members(self) -> dict[str, Place]:
+        """Member address -> place, from each member's newest digest and this node's own addresses."""
+        with self._lock:
+            known = list(self._members.values())
+        out: dict[str, Place] = {}
+        for _, place, addrs in sorted(known, key=lambda m: m[0]):
+            for a in addrs:
+                out[a] = place
+        if self._addresses is not None:
+            me = place_of(self._labels, self.host)
+            for a in self._addresses():
+                out[a] = me
+        return out
+
+    def transactions(self, since_ns: int, until_ns: int) -> list[Transaction]:
+        """Own and peers' transactions of the periods that ended in the range, destinations placed."""
+        with self._lock:
+            own = [t for p in self._periods if since_ns <= p.end_ns <= until_ns for t in p.transactions]
+            peers = [t for d in self._digests if since_ns <= d.end_ns <= until_ns for t in d.transactions]
+        members = self.members()
+        out: list[Transaction] = []
+        for t in (*own, *peers):
+            found = members.get(t.dst)
+            if found is not None and not t.dst_host:
+                t = replace(t, dst_host=found.host, dst_site=found.site, dst_region=found.region)
+            out.append(t)
+        return out
+
+    def samples(self, since_ns: int, until_ns: int) -> list[PeerSample]:
+        """The newest sample per (host, destination) of the periods that ended in the range."""
+        newest: dict[tuple[str, str], PeerSample] = {}
+        with self._lock:
+            groups = [p.samples for p in self._periods if since_ns <= p.end_ns <= until_ns]
+            groups += [d.samples for d in self._digests if since_ns <= d.end_ns <= until_ns]
+        for samples in groups:
+            for s in samples:
+                newest[(s.host, s.destination)] = s
+        return list(newest.values())
+
+    def labels(self) -> Mapping[str, str]:
+        """This node's labels."""
+        return dict(self._labels)
+
+    def retry_advice(self, since_ns: int, until_ns: int) -> list[RetryAdvice]:
+        """Seed 004's retry taxonomy over this node's own outbound attempts that started in the range."""
+        with self._lock:
+            attempts = [a for a in self._attempts if since_ns <= a[0] <= until_ns]
+        records = [
+            FlowRecord(flow_id=0, src="", sport=0, dst=dst, dport=dport, proto=proto, direction="outbound",
+                       comm=comm, pid=pid, start_ns=start, outcome=outcome)
+            for start, comm, pid, dst, dport, proto, outcome in attempts
+        ]
+        return retry_advice(records)
+
+    def discovery(self, since_ns: int, until_ns: int) -> list[DiscoveryChatter]:
+        """Unanswered discovery chatter of this node's processes in the range, summed per process and protocol
+        (``destinations`` is the most seen in one period)."""
+        flows: Counter[tuple[str, str]] = Counter()
+        dsts: dict[tuple[str, str], int] = {}
+        with self._lock:
+            groups = [p.chatter for p in self._periods if since_ns <= p.end_ns <= until_ns]
+        for chatter in groups:
+            for c in chatter:
+                flows[(c.comm, c.protocol)] += c.flows
+                dsts[(c.comm, c.protocol)] = max(dsts.get((c.comm, c.protocol), 0), c.destinations)
+        out = [DiscoveryChatter(c, p, n, dsts[(c, p)]) for (c, p), n in flows.items()]
+        return sorted(out, key=lambda d: (-d.flows, d.comm, d.protocol))
+
+    def held(self) -> dict[str, int]:
+        """What is held now (for status and tests): ``periods``, ``digests``, ``attempts``, ``members``."""
+        with self._lock:
+            return {"periods": len(self._periods), "digests": len(self._digests), "attempts": len(self._attempts),
+                    "members": len(self._members)}
