@@ -57,6 +57,16 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number (example: 0.2)") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -255,13 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=_duration, metavar="DURATION", default=2.0,
                    help="fan-out deadline (default: 2s)")
 
-    p = add("blame", "which end is at fault for a failing destination (needs the diagnosis service)",
+    p = add("blame", "who is to blame: ranked suspects (process, service, host, site, path) with evidence",
             """examples:
-  meshctl blame 10.0.0.2:443
-  meshctl blame --since 30m 10.0.0.2:443
-  meshctl blame --json 10.0.0.2:443""", [])
-    p.add_argument("target", nargs="?", metavar="DST:PORT", help="destination to diagnose")
-    p.add_argument("--since", type=_time, metavar="WHEN", help="start of the range")
+  meshctl blame                          the fleet's problems of the last 15 minutes
+  meshctl blame --since 2m 10.0.0.2:443  only suspects that explain problems to that destination
+  meshctl blame --json | jq '.suspects[0]'
+  meshctl blame --compare --since 10m    this host against its site's peers, per destination""", [])
+    p.add_argument("target", nargs="?", metavar="DST[:PORT]", help="destination (or address) to diagnose")
+    p.add_argument("--since", type=_time, metavar="WHEN", help="start of the range (default: 15m)")
+    p.add_argument("--until", type=_time, metavar="WHEN", help="end of the range (default: now)")
+    p.add_argument("--threshold", type=_fraction, metavar="FRACTION",
+                   help="problem fraction that flags an entity, in (0, 1] (default: 0.2)")
+    p.add_argument("--max", type=_count, default=0, metavar="N", help="at most N suspects (default: 10)")
+    p.add_argument("--compare", action="store_true",
+                   help="compare this host with its peers (same labels) per destination instead")
+    p.add_argument("--group-by", action="append", default=[], metavar="LABEL",
+                   help="with --compare: labels peers share with this host (default: site; repeat)")
 
     p = add("validate", "cross-check peers' summaries against this node's flows (needs the trust service)",
             """examples:

@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "events": "cli._commands",
     "peers": "cli._commands",
     "query": "cli._commands",
-    "blame": "cli._commands",
+    "blame": "cli._blame",
     "validate": "cli._commands",
     "top": "cli._top",
 }
