@@ -23,6 +23,11 @@ node_id             the host name                   the node's id until the mesh
 watch_addresses     true                            record local address changes (seed 004)
 active_tasks        true                            run connect measurements other nodes ask for (seed 003)
 task_deny           []                              requester addresses, CIDRs or node ids to refuse
+privacy             none                            privacy filters on what leaves the node in digests
+                                                    (TOML table ``[privacy]``: ``keep``, ``coarsen``
+                                                    CIDR lists, ``outside`` keep|coarsen|hash,
+                                                    ``secret``, ``drop_comm_cgroups``; see
+                                                    ``meshnode.trust.PrivacyPolicy``; file only)
 insecure            false                           serve and gossip without TLS (lab and tests only)
 ==================  ==============================  =====================================================
 
@@ -41,9 +46,12 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from meshnode._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from meshnode.trust import PrivacyPolicy
 
 ENV_PREFIX: Final = "MESHNODE_"
 SENSOR_MODES: Final = ("auto", "ebpf", "diag")
@@ -82,6 +90,7 @@ class NodeConfig:
     watch_addresses: bool = True
     active_tasks: bool = True
     task_deny: tuple[str, ...] = ()
+    privacy: PrivacyPolicy | None = None
     insecure: bool = False
 
     @property
@@ -222,6 +231,15 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a boolean")
 
 
+def _privacy(value: Any) -> PrivacyPolicy:
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a TOML table ([privacy] in the config file: keep, coarsen, outside, secret, "
+                         "drop_comm_cgroups)")
+    from meshnode.trust import PrivacyPolicy
+
+    return PrivacyPolicy.from_config(dict(value))
+
+
 def _str(value: Any) -> str:
     v = str(value).strip()
     if not v:
@@ -246,6 +264,7 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "watch_addresses": _bool,
     "active_tasks": _bool,
     "task_deny": _words,
+    "privacy": _privacy,
     "insecure": _bool,
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}

@@ -49,6 +49,7 @@ _FUTURE_SLACK_NS = 300 * 10**9
 _USEFUL: Final = frozenset({"established", "udp_answered"})
 _FAILED: Final = frozenset({"refused", "timeout", "reset", "udp_unanswered"})
 _PROTO_NUM: Final = {"tcp": 6, "udp": 17}
+_KIND_NUM: Final = {"final": flow_pb2.FINAL, "interim": flow_pb2.INTERIM}
 
 
 class FlowLike(Protocol):
@@ -175,7 +176,10 @@ def rollups_from_flows(flows: Iterable[FlowLike]) -> list[flow_pb2.Rollup]:
 def endpoint_records(flows: Iterable[FlowLike], member_ips: Iterable[str]) -> list[flow_pb2.Flow]:
     """Flows whose remote end is a mesh member, reduced to what cross-validation compares.
 
-    5-tuple, direction, bytes and packets each way, outcome, start and end; nothing else is sent.
+    5-tuple, direction, bytes and packets each way, outcome, start and end, and the record's ``kind``
+    (``final``, or ``interim`` for a flow still open at the period end: the validator compares finals for
+    equality and interims only against a bound); nothing else is sent. A flow without a ``kind`` is sent
+    without one (the validator then judges it by time).
     """
     members = set(member_ips)
     out: list[flow_pb2.Flow] = []
@@ -188,6 +192,7 @@ def endpoint_records(flows: Iterable[FlowLike], member_ips: Iterable[str]) -> li
             direction=f.direction.upper(), bytes_tx=f.bytes_tx, bytes_rx=f.bytes_rx,
             packets_tx=f.packets_tx, packets_rx=f.packets_rx, outcome=f.outcome.upper(),
             start_ns=f.start_ns, end_ns=f.end_ns,
+            kind=_KIND_NUM.get(getattr(f, "kind", ""), flow_pb2.RECORD_KIND_UNKNOWN),
         ))
     return out
 

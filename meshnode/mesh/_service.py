@@ -52,7 +52,7 @@ from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
-    from meshnode.mesh._aggregate import Aggregate
+    from meshnode.mesh._aggregate import Aggregate, HostReport
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,14 @@ class LocalDigestSource(Protocol):
         """
 
 
-def _aggregate_to_proto(a: Aggregate) -> mesh_pb2.HealthAggregate:
+def _aggregate_to_proto(a: Aggregate, hosts_excluded: int = 0) -> mesh_pb2.HealthAggregate:
     return mesh_pb2.HealthAggregate(
         group=a.group, destination=a.destination, hosts=a.hosts, attempts=a.attempts, useful=a.useful,
         useful_fraction_median=a.useful_fraction if a.useful_fraction is not None else 0.0,
         failures=a.failures, rtt_p50_us_median=round(a.rtt_p50_us or 0),
         rtt_p95_us_median=round(a.rtt_p95_us or 0), retransmits=a.retransmits,
         newest_age_ms=round(a.newest_age_s * 1000), oldest_age_ms=round(a.oldest_age_s * 1000),
+        hosts_excluded=hosts_excluded,
     )
 
 
@@ -156,6 +157,9 @@ class MeshService:
         self.digest_listeners: list[Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest, bool], None]] = []
         """Called with every accepted peer digest (``own=False``) and each digest this node publishes
         (``own=True``, the bounded digest as signed): ``listener(digest, signed, own)``."""
+        self.exclude: Callable[[Iterable[str]], set[str]] | None = None
+        """The hosts among the given node ids whose digests fleet aggregates leave out (trust's flagged
+        nodes, ``meshnode.trust.TrustMonitor.excluded``); None leaves nobody out."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -462,11 +466,21 @@ class MeshService:
             else:
                 resp.nodes.add().CopyFrom(statuses[x.node_id])
         resp.partial = any(not n.answered for n in resp.nodes)
-        rows = aggregate(
-            host_reports(d for _, d in digests.values()), now_ns=now_ns, group_by=req.group_by or None,
-            destination=req.destination or None, order=self.label_order, service=req.service or None,
-        )
-        resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
+        out = self.exclude(digests) if self.exclude is not None else set()
+        reports = host_reports(d for _, d in digests.values())
+        kept = [r for r in reports if r.node_id not in out]
+
+        def rows_of(rs: list[HostReport]) -> list[Aggregate]:
+            return aggregate(rs, now_ns=now_ns, group_by=req.group_by or None, destination=req.destination or None,
+                             order=self.label_order, service=req.service or None)
+
+        rows = rows_of(kept)
+        left_out = {(a.group, a.destination): a.hosts for a in rows_of([r for r in reports if r.node_id in out])}
+        resp.aggregates.extend(_aggregate_to_proto(a, left_out.pop((a.group, a.destination), 0)) for a in rows)
+        for (group, dest), n in sorted(left_out.items()):  # rows only flagged hosts reported
+            resp.aggregates.add(group=group, destination=dest, hosts_excluded=n)
+        resp.hosts_excluded = len(out)
+        resp.excluded.extend(sorted(out))
         return resp
 
 

@@ -12,9 +12,18 @@ Modules (internal, re-exported here):
     _monitor    TrustMonitor: validator + scores + recent evidence, the node's trust loop (pure)
     _service    TrustServicer (meshnode.v1.Trust/Validate), SignedRequestInterceptor (PERMISSION_DENIED)
     _ca_cmd     ``meshnode ca init|issue``
+    _wiring     MeshTrust: the monitor wired into the node's mesh (endpoint records, privacy, exclusions);
+                Lie, the test-only fault (``MESHNODE_TEST_LIE``)
     _errors     TlsError, BadClaim, Unauthorized
 
-In the node::
+In the node (``meshnode.daemon._services.attach_trust`` does this)::
+
+    trust = MeshTrust(mesh, export_period=cfg.export_period, policy=cfg.privacy, lie=Lie.from_env())
+    trust.attach()                                       # decorator, digest listener, mesh.exclude
+    api.add_servicer(trust.register, TRUST_SERVICE)
+    node.record_listeners.append(trust.on_period)         # after the mesh's: members, close_period
+
+Underneath, by hand::
 
     monitor = TrustMonitor(key.node_id, validation=ValidationConfig(period_s=export_period),
                            normalize=policy.endpoint_address, now_ns=time.time_ns())
@@ -71,6 +80,7 @@ from meshnode.trust._validate import (
     compare_final,
     overlaps,
 )
+from meshnode.trust._wiring import LIE_ENV, TRUST_SERVICE, Lie, MeshTrust, apply_lie, filter_published
 
 __all__ = [
     "AUTH_METADATA_KEY",
@@ -80,7 +90,9 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "GRPC_CODE",
     "HASH_PREFIX",
+    "LIE_ENV",
     "MAX_UDP_PAYLOAD",
+    "TRUST_SERVICE",
     "Authorizer",
     "BadClaim",
     "Blame",
@@ -89,6 +101,8 @@ __all__ = [
     "Evidence",
     "FlowKey",
     "Issued",
+    "Lie",
+    "MeshTrust",
     "NodeTrust",
     "PeriodClaims",
     "PrivacyPolicy",
@@ -107,6 +121,7 @@ __all__ = [
     "ValidationReport",
     "Vote",
     "add_trust_servicer",
+    "apply_lie",
     "auth_metadata",
     "channel_credentials",
     "claim_from_proto",
@@ -114,6 +129,7 @@ __all__ = [
     "compare_bound",
     "compare_final",
     "evidence_to_proto",
+    "filter_published",
     "init_ca",
     "issue",
     "load_ca",

@@ -357,7 +357,7 @@ class NodeStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class HealthAggregate(_message.Message):
-    __slots__ = ("group", "destination", "hosts", "attempts", "useful", "useful_fraction_median", "failures", "rtt_p50_us_median", "rtt_p95_us_median", "retransmits", "newest_age_ms", "oldest_age_ms")
+    __slots__ = ("group", "destination", "hosts", "attempts", "useful", "useful_fraction_median", "failures", "rtt_p50_us_median", "rtt_p95_us_median", "retransmits", "newest_age_ms", "oldest_age_ms", "hosts_excluded")
     class FailuresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +377,7 @@ class HealthAggregate(_message.Message):
     RETRANSMITS_FIELD_NUMBER: _ClassVar[int]
     NEWEST_AGE_MS_FIELD_NUMBER: _ClassVar[int]
     OLDEST_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     group: str
     destination: str
     hosts: int
@@ -389,19 +390,24 @@ class HealthAggregate(_message.Message):
     retransmits: int
     newest_age_ms: int
     oldest_age_ms: int
-    def __init__(self, group: _Optional[str] = ..., destination: _Optional[str] = ..., hosts: _Optional[int] = ..., attempts: _Optional[int] = ..., useful: _Optional[int] = ..., useful_fraction_median: _Optional[float] = ..., failures: _Optional[_Mapping[str, int]] = ..., rtt_p50_us_median: _Optional[int] = ..., rtt_p95_us_median: _Optional[int] = ..., retransmits: _Optional[int] = ..., newest_age_ms: _Optional[int] = ..., oldest_age_ms: _Optional[int] = ...) -> None: ...
+    hosts_excluded: int
+    def __init__(self, group: _Optional[str] = ..., destination: _Optional[str] = ..., hosts: _Optional[int] = ..., attempts: _Optional[int] = ..., useful: _Optional[int] = ..., useful_fraction_median: _Optional[float] = ..., failures: _Optional[_Mapping[str, int]] = ..., rtt_p50_us_median: _Optional[int] = ..., rtt_p95_us_median: _Optional[int] = ..., retransmits: _Optional[int] = ..., newest_age_ms: _Optional[int] = ..., oldest_age_ms: _Optional[int] = ..., hosts_excluded: _Optional[int] = ...) -> None: ...
 
 class FleetQueryResponse(_message.Message):
-    __slots__ = ("aggregates", "nodes", "digests", "partial")
+    __slots__ = ("aggregates", "nodes", "digests", "partial", "hosts_excluded", "excluded")
     AGGREGATES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     aggregates: _containers.RepeatedCompositeFieldContainer[HealthAggregate]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     digests: _containers.RepeatedCompositeFieldContainer[SignedDigest]
     partial: bool
-    def __init__(self, aggregates: _Optional[_Iterable[_Union[HealthAggregate, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., digests: _Optional[_Iterable[_Union[SignedDigest, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
+    hosts_excluded: int
+    excluded: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, aggregates: _Optional[_Iterable[_Union[HealthAggregate, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., digests: _Optional[_Iterable[_Union[SignedDigest, _Mapping]]] = ..., partial: _Optional[bool] = ..., hosts_excluded: _Optional[int] = ..., excluded: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MeasureRequest(_message.Message):
     __slots__ = ("target", "port", "count", "timeout_ms", "requester_id")
