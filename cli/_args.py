@@ -282,12 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", action="append", default=[], metavar="LABEL",
                    help="with --compare: labels peers share with this host (default: site; repeat)")
 
-    p = add("validate", "cross-check peers' summaries against this node's flows (needs the trust service)",
+    p = add("validate", "peers' trust scores, flagged peers and the evidence: both ends of shared flows compared",
             """examples:
   meshctl validate
   meshctl validate --peer 3f2a9c0d1e2b4a5f
+  meshctl validate --json | jq '.evidence[] | select(.blamed != "")'
   meshctl validate --json""", [])
     p.add_argument("--peer", metavar="NODE_ID", help="one peer (default: all)")
+    p.add_argument("--max-evidence", type=_count, default=0, metavar="N",
+                   help="at most N pieces of evidence, newest first (default: the node's, 100)")
 
     p = add("top", "live dashboard: top processes and destinations, events, mesh",
             """examples:

@@ -23,7 +23,7 @@ from cli._exceptions import (
 from meshnode.v1 import observer_pb2, observer_pb2_grpc
 
 if TYPE_CHECKING:
-    from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
+    from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc, trust_pb2
 
 BATCH_SIZE: Final = 1000
 _MAX_MESSAGE: Final = 64 * 1024 * 1024
@@ -211,6 +211,17 @@ class Node:
             resp: mesh_pb2.FleetQueryResponse = self._mesh.FleetQuery(req, timeout=timeout)
         except grpc.RpcError as exc:
             raise self._fail(exc, "Mesh.FleetQuery", timeout) from exc
+        return resp
+
+    def validate(self, req: trust_pb2.ValidateRequest) -> trust_pb2.ValidateResponse:
+        """Trust.Validate; NotAvailable when the node has no trust service."""
+        from meshnode.v1 import trust_pb2_grpc
+
+        stub = trust_pb2_grpc.TrustStub(self._channel)  # type: ignore[no-untyped-call]
+        try:
+            resp: trust_pb2.ValidateResponse = stub.Validate(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Trust.Validate", self.timeout) from exc
         return resp
 
     def services(self) -> frozenset[str] | None:

@@ -316,7 +316,7 @@ def peers_view(p: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
     for r in p.get("peers", []):
         age = r["digest_age_ms"]
         t.add_row(
-            r["node_id"] + ("*" if r["is_self"] else ""),
+            r["node_id"] + ("*" if r["is_self"] else "") + ("!" if r.get("flagged") else ""),
             r["addr"],
             Text(r["state"], style=style.get(r["state"], "")),
             "-" if age < 0 else format_seconds(age / 1000),
@@ -324,7 +324,12 @@ def peers_view(p: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
             " ".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
         )
     counters = p.get("counters") or {}
-    foot = Text(f"health score {p.get('health_score', 0)} (0 is healthy)")
+    flagged = [r["node_id"] for r in p.get("peers", []) if r.get("flagged")]
+    foot = Text()
+    if flagged:
+        foot.append(f"! flagged by cross-validation (left out of fleet aggregates): {', '.join(flagged)}\n",
+                    style="" if plain else "bold red")
+    foot.append(f"health score {p.get('health_score', 0)} (0 is healthy)")
     if counters:
         foot.append("  ·  " + " · ".join(f"{k} {v}" for k, v in sorted(counters.items())))
     return Group(t, foot)
@@ -347,6 +352,9 @@ def query_view(q: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
                   format_us(a["rtt_p50_us_median"]), format_us(a["rtt_p95_us_median"]),
                   format_count(a["retransmits"]), format_seconds(max(a["newest_age_ms"], 0) / 1000))
     parts: list[RenderableType] = [t]
+    if q.get("hosts_excluded"):
+        parts.append(Text(f"excluded: {q['hosts_excluded']} flagged host(s) left out of the aggregates: "
+                          + ", ".join(q.get("excluded", [])), style="" if plain else "bold red"))
     missing = [n for n in q.get("nodes", []) if not n["answered"]]
     if missing:
         parts.append(Text(f"partial: {len(missing)} node(s) did not answer: " + ", ".join(

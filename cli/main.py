@@ -26,10 +26,10 @@ COMMANDS: dict[str, str] = {
     "flows": "cli._commands",
     "health": "cli._commands",
     "events": "cli._commands",
-    "peers": "cli._commands",
+    "peers": "cli._trust",
     "query": "cli._commands",
     "blame": "cli._blame",
-    "validate": "cli._commands",
+    "validate": "cli._trust",
     "top": "cli._top",
 }
 
