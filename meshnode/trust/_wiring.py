@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from meshnode._model import FlowRecord
     from meshnode.mesh import FlowLike, MeshService, PeriodLike
     from meshnode.trust._privacy import PrivacyPolicy
-    from meshnode.v1 import mesh_pb2
+    from meshnode.v1 import flow_pb2, mesh_pb2
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ TRUST_SERVICE: Final = trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name
 """``"meshnode.v1.Trust"``, for health checking and reflection (``ApiServer.add_servicer``)."""
 
 LIE_ENV: Final = "MESHNODE_TEST_LIE"
-"""Test-only: ``double_tx:ADDR`` or ``hide:ADDR[:PORT]`` (needs ``MESHNODE_ALLOW_FAKE_SENSOR=1``)."""
+"""Test-only: ``double_tx:ADDR[:PORT]`` or ``hide:ADDR[:PORT]`` (needs ``MESHNODE_ALLOW_FAKE_SENSOR=1``)."""
 _ALLOW_ENV: Final = "MESHNODE_ALLOW_FAKE_SENSOR"
 
 
@@ -57,9 +57,9 @@ class Lie:
 
     Attributes:
         kind: ``double_tx`` reports twice the bytes sent on every flow to ``peer``; ``hide`` leaves out
-            the flows to ``peer`` (to ``port`` only, when set).
+            the flows to ``peer``.
         peer: the peer's address, as the sensor records it.
-        port: the remote port of the hidden flows; 0 means all.
+        port: only flows to this remote port; 0 means all.
     """
 
     kind: Literal["double_tx", "hide"]
@@ -81,26 +81,27 @@ class Lie:
             raise ConfigError(f"{LIE_ENV} is a test-only fault (this node would misreport its flows); "
                               f"it is refused unless {_ALLOW_ENV}=1")
         kind, _, rest = spec.partition(":")
-        if kind == "double_tx" and rest:
-            return cls("double_tx", rest)
-        if kind == "hide" and rest:
+        if kind in ("double_tx", "hide") and rest:
             host, sep, port = rest.rpartition(":")
             if sep and port.isdigit() and "." in host:  # IPv4 with a port; a bare IPv6 has no dot
-                return cls("hide", host, int(port))
-            return cls("hide", rest)
-        raise ConfigError(f"{LIE_ENV}={spec!r}: expected double_tx:ADDR or hide:ADDR[:PORT]")
+                return cls(kind, host, int(port))  # type: ignore[arg-type]
+            return cls(kind, rest)  # type: ignore[arg-type]
+        raise ConfigError(f"{LIE_ENV}={spec!r}: expected double_tx:ADDR[:PORT] or hide:ADDR[:PORT]")
 
 
 def apply_lie(lie: Lie, digest: mesh_pb2.Digest) -> int:
     """Misreport ``digest``'s endpoint records (raw addresses) as ``lie`` says; returns records changed."""
-    changed = 0
+    def hit(e: flow_pb2.Flow) -> bool:
+        return e.dst == lie.peer and (not lie.port or e.dport == lie.port)
+
     if lie.kind == "double_tx":
+        changed = 0
         for e in digest.endpoints:
-            if e.dst == lie.peer:
+            if hit(e):
                 e.bytes_tx *= 2
                 changed += 1
         return changed
-    keep = [e for e in digest.endpoints if not (e.dst == lie.peer and (not lie.port or e.dport == lie.port))]
+    keep = [e for e in digest.endpoints if not hit(e)]
     changed = len(digest.endpoints) - len(keep)
     if changed:
         del digest.endpoints[:]

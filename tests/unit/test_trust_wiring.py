@@ -48,6 +48,7 @@ def test_lie_is_refused_without_the_test_guard_and_parsed_with_it():
     assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "double_tx:10.0.0.2"}) == Lie("double_tx", "10.0.0.2")
     assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "hide:10.0.0.2:8080"}) == Lie("hide", "10.0.0.2", 8080)
     assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "hide:fd00::2"}) == Lie("hide", "fd00::2")
+    assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "double_tx:10.0.0.2:31000"}) == Lie("double_tx", "10.0.0.2", 31000)
     with pytest.raises(ConfigError, match="expected"):
         Lie.from_env({**ok, "MESHNODE_TEST_LIE": "triple:10.0.0.2"})
 
@@ -153,6 +154,7 @@ def test_privacy_policy_hashes_external_addresses_in_everything_the_digest_carri
 
 @pytest.mark.parametrize(("lie", "expect"), [
     (Lie("double_tx", IPS[1]), [(40000, 10000), (40001, 800), (7400, 600)]),
+    (Lie("double_tx", IPS[1], 7400), [(40000, 10000), (40001, 800), (7400, 300)]),
     (Lie("hide", IPS[1], 7400), [(40001, 800), (7400, 300)]),
     (Lie("hide", IPS[1]), [(40001, 800)]),
 ])
