@@ -60,8 +60,8 @@ def churn(stop: threading.Event, rate: float) -> int:
 
 def first_record_seconds(data: str) -> float:
     t0 = time.monotonic()
-    node = subprocess.Popen([str(ROOT / ".venv/bin/meshnode"), "run", "--listen", NODE, "--data-dir", data,
-                             "--export-period", "1", "--metrics", "off", "--sensor", "ebpf"],
+    node = subprocess.Popen([str(ROOT / ".venv/bin/meshnode"), "run", "--insecure", "--listen", NODE,
+                             "--data-dir", data, "--export-period", "1", "--metrics", "off", "--sensor", "ebpf"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meshctl = [str(ROOT / ".venv/bin/meshctl"), "--node", NODE, "flows", "--since", "1m", "--json", "--dport"]
     try:
@@ -95,7 +95,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="mn-bench-node-")
     try:
         firsts = [first_record_seconds(f"{tmp}/{i}") for i in range(3)]
-        node = subprocess.Popen([str(ROOT / ".venv/bin/meshnode"), "run", "--listen", NODE, "--data-dir",
+        node = subprocess.Popen([str(ROOT / ".venv/bin/meshnode"), "run", "--insecure", "--listen", NODE, "--data-dir",
                                  f"{tmp}/steady", "--metrics", "off", "--sensor", "ebpf"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 listen=${MESHNODE_LISTEN:-127.0.0.1:7400}
 data=${MESHNODE_DATA_DIR:-$PWD/.meshnode/data}
 mkdir -p .meshnode "$data"
-.venv/bin/meshnode run --listen "$listen" --data-dir "$data" --metrics off "$@" > .meshnode/node.log 2>&1 &
+.venv/bin/meshnode run --insecure --listen "$listen" --data-dir "$data" --metrics off "$@" > .meshnode/node.log 2>&1 &
 node=$!
 trap 'kill "$node" 2>/dev/null; wait "$node" 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do

@@ -1,9 +1,15 @@
-"""The node's gRPC server: Observer, ``grpc.health.v1`` and server reflection on one port."""
+"""The node's gRPC server: Observer, ``grpc.health.v1`` and server reflection on one port.
+
+With ``credentials`` (``meshnode.trust.server_credentials``: the fleet CA, client certificates required)
+the port is a mutual-TLS port; without, it is plaintext (``meshnode run --insecure``, in-process tests), and
+``secure`` says so for ``Status.insecure``. ``interceptors`` (e.g. the signed-request check on fleet queries)
+wrap every service on the port, the mesh's included.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 import grpc
@@ -26,8 +32,20 @@ class ApiServer:
 
     name = "grpc"
 
-    def __init__(self, listen: str, observer: ObserverServicer, *, grace_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        listen: str,
+        observer: ObserverServicer,
+        *,
+        grace_s: float = 2.0,
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+    ) -> None:
         self.listen = listen
+        self.credentials = credentials
+        """Server credentials for a TLS port; None serves plaintext. May be set until ``start``."""
+        self.interceptors: list[grpc.aio.ServerInterceptor] = list(interceptors)  # type: ignore[type-arg]
+        """Server interceptors, outermost first. May be added to until ``start``."""
         self.observer = observer
         self.grace_s = grace_s
         self.port = 0
@@ -44,6 +62,11 @@ class ApiServer:
         self._registrars.append((register, tuple(service_names)))
 
     @property
+    def secure(self) -> bool:
+        """True when the port is (or will be) a TLS port."""
+        return self.credentials is not None
+
+    @property
     def address(self) -> str:
         """The bound ``HOST:PORT`` (after ``start``)."""
         host = self.listen.rsplit(":", 1)[0]
@@ -51,7 +74,7 @@ class ApiServer:
 
     async def start(self) -> None:
         """Bind and serve; raises ``ConfigError`` when the address cannot be bound."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=self.interceptors or None)
         add_observer = cast(Callable[[Any, Any], None], observer_pb2_grpc.add_ObserverServicer_to_server)
         add_observer(self.observer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -63,7 +86,10 @@ class ApiServer:
             (OBSERVER_SERVICE, HEALTH_SERVICE, *extra, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(self.listen)
+            if self.credentials is not None:
+                port = server.add_secure_port(self.listen, self.credentials)
+            else:
+                port = server.add_insecure_port(self.listen)
         except RuntimeError as exc:
             raise ConfigError(f"listen: cannot bind {self.listen}: {exc}") from exc
         if port == 0:
@@ -73,7 +99,7 @@ class ApiServer:
         for service in ("", OBSERVER_SERVICE, *extra):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
-        log.debug("gRPC API on %s", self.address)
+        log.debug("gRPC API on %s (%s)", self.address, "mutual TLS" if self.secure else "plaintext")
 
     async def stop(self) -> None:
         """Report NOT_SERVING, then stop with a grace period for calls in flight."""

@@ -26,6 +26,7 @@ class NodeStatus:
     listen: str = ""
     periods: int = 0
     insecure: bool = True
+    """True when the API and the mesh run without TLS (``meshnode run --insecure``)."""
     active_flows: int = 0
 
 

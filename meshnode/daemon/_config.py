@@ -29,11 +29,22 @@ privacy             none                            privacy filters on what leav
                                                     ``secret``, ``drop_comm_cgroups``; see
                                                     ``meshnode.trust.PrivacyPolicy``; file only)
 insecure            false                           serve and gossip without TLS (lab and tests only)
+tls_dir             none                            mTLS material: ca.crt, NAME.crt, NAME.key (made by
+                                                    ``meshnode ca issue NAME --out DIR``)
+operator_keys       []                              Ed25519 public keys (base64, ``NAME.sign.pub``)
+                                                    allowed to sign fleet queries and active tasks
+operator_keys_file  none                            a file of such keys, one per line (``#`` comments)
+deny                []                              node ids or public keys whose signed requests are
+                                                    refused even when trusted (the node's denylist)
 ==================  ==============================  =====================================================
 
 Labels merge across sources (a flag label overrides the same key from the environment or file); every other
 setting is taken whole from the highest source that sets it. The file is ``--config FILE`` or
 ``MESHNODE_CONFIG``. Any bad value raises ``ConfigError`` naming the key and where it came from.
+
+``meshnode run`` needs ``tls_dir`` or ``insecure``; with both, TLS wins. Fleet queries and active tasks are
+accepted when signed by an operator key or by a current mesh member's key (a node's fan-out); unsigned
+ones only when the node is insecure *and* has no operator keys (a lab), which it logs at startup.
 """
 
 from __future__ import annotations
@@ -92,6 +103,10 @@ class NodeConfig:
     task_deny: tuple[str, ...] = ()
     privacy: PrivacyPolicy | None = None
     insecure: bool = False
+    tls_dir: Path | None = None
+    operator_keys: tuple[str, ...] = ()
+    operator_keys_file: Path | None = None
+    deny: tuple[str, ...] = ()
 
     @property
     def metrics_enabled(self) -> bool:
@@ -247,6 +262,13 @@ def _str(value: Any) -> str:
     return v
 
 
+def _path(value: Any) -> Path:
+    v = str(value).strip()
+    if not v:
+        raise ValueError("must not be empty")
+    return Path(v).expanduser()
+
+
 PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "listen": parse_hostport,
     "join": _join,
@@ -266,6 +288,10 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "task_deny": _words,
     "privacy": _privacy,
     "insecure": _bool,
+    "tls_dir": _path,
+    "operator_keys": _words,
+    "operator_keys_file": _path,
+    "deny": _words,
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}
 

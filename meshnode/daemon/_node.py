@@ -139,7 +139,7 @@ class Node:
             export_period_s=self.config.export_period, completeness=completeness,
             store_bytes=stats.bytes, store_rows=stats.rows, data_dir=str(self.config.data_dir),
             labels=dict(self.config.labels), listen=self.api.address if self.api.port else self.config.listen,
-            periods=self.periods_closed, insecure=True, active_flows=self.active_flows,
+            periods=self.periods_closed, insecure=not self.api.secure, active_flows=self.active_flows,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------------

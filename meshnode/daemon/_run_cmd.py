@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean shutdown (the final period flushed), 1 when the sensor or the store cannot
 start (the message says what is missing and how to fix it), 2 for bad configuration (the message names the
-key). No traceback for any of these.
+key), including neither ``--tls-dir`` nor ``--insecure`` (the message says how to make certificates). No
+traceback for any of these.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from meshnode._exceptions import ConfigError, MeshnodeError
 from meshnode.daemon._config import FAKE_SENSOR_ENV, SENSOR_MODES, NodeConfig, load_config
+from meshnode.daemon._security import NodeSecurity
 from meshnode.sensor import Sensor
 
 log = logging.getLogger("meshnode")
@@ -44,12 +46,29 @@ def configure(subparsers: Any) -> None:
     p.add_argument("--sensor", choices=modes, help="sensor: auto (default), ebpf or diag")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help='Prometheus /metrics address (default 127.0.0.1:7401; "off" disables)')
+    p.add_argument("--tls-dir", metavar="DIR",
+                   help="mutual TLS: ca.crt and this node's NAME.crt/NAME.key (meshnode ca issue NAME --out DIR)")
     p.add_argument("--insecure", action="store_const", const=True,
                    help="serve the API and the mesh without TLS (labs and tests only; logged loudly)")
+    p.add_argument("--operator-key", dest="operator_keys", metavar="PUBKEY", action="append",
+                   help="an operator's Ed25519 public key (base64) allowed to sign fleet queries, repeatable")
+    p.add_argument("--operator-keys-file", metavar="FILE", help="a file of operator public keys, one per line")
+    p.add_argument("--deny", metavar="ID", action="append",
+                   help="refuse signed requests from this node id or public key, repeatable")
     p.add_argument("--node-id", metavar="ID", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="log level (default info)")
     p.set_defaults(func=run)
+
+
+NO_TLS_MESSAGE = """\
+meshnode run: refusing to run without TLS: set --tls-dir DIR (tls_dir in the config file, MESHNODE_TLS_DIR)
+or pass --insecure. A node serves its API and its mesh over mutual TLS with a fleet CA; to create one:
+    meshnode ca init --dir CA_DIR                                     # once per fleet: ca.key, ca.crt
+    meshnode ca issue NAME --dir CA_DIR --ip ADDR --out TLS_DIR       # per node: ca.crt, NAME.crt, NAME.key
+    meshnode ca issue alice --dir CA_DIR --client --out CLIENT_DIR    # for meshctl --tls-dir CLIENT_DIR
+    meshnode run --tls-dir TLS_DIR ...
+For a lab or a test on one machine, pass --insecure (plaintext; logged loudly and shown by meshctl status)."""
 
 
 def create_sensor(config: NodeConfig) -> Sensor:
@@ -69,10 +88,15 @@ def create_sensor(config: NodeConfig) -> Sensor:
     return factory(config.sensor, config.cgroup, config.idle_timeout)
 
 
-async def serve(config: NodeConfig, sensor: Sensor) -> int:
-    """Run a node until SIGTERM or SIGINT; the final period is flushed before returning."""
+async def serve(config: NodeConfig, sensor: Sensor, security: NodeSecurity | None = None) -> int:
+    """Run a node until SIGTERM or SIGINT; the final period is flushed before returning.
+
+    ``security`` (``NodeSecurity.from_config(config)`` by default) secures the API port and the mesh.
+    """
     from meshnode.daemon._node import Node
-    from meshnode.daemon._services import extra_services
+    from meshnode.daemon._security import SIGNED_METHODS
+    from meshnode.daemon._services import MeshRunner, extra_services
+    from meshnode.trust._service import RequestSigner
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,7 +105,14 @@ async def serve(config: NodeConfig, sensor: Sensor) -> int:
     node: Node | None = None
     try:
         node = Node(config, sensor, sensor_started=True)
-        for service in extra_services(node):
+        security = security or NodeSecurity.from_config(config)
+        services = extra_services(node)
+        mesh = next((s for s in services if isinstance(s, MeshRunner)), None)
+        security.apply(node, mesh.mesh if mesh else None)
+        if mesh is not None:
+            mesh.channel_credentials = security.channel
+            mesh.channel_interceptors.append(RequestSigner(mesh.mesh.key, SIGNED_METHODS))  # type: ignore[arg-type]
+        for service in services:
             node.add_service(service)
     except BaseException:
         if node is not None:
@@ -104,9 +135,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshnode run: {exc}", file=sys.stderr)
         return 2
+    if config.tls_dir is None and not config.insecure:
+        print(NO_TLS_MESSAGE, file=sys.stderr)
+        return 2
     try:
+        security = NodeSecurity.from_config(config)  # before the sensor: bad TLS material fails fast
         sensor = create_sensor(config)
-        return asyncio.run(serve(config, sensor))
+        return asyncio.run(serve(config, sensor, security))
     except ConfigError as exc:
         print(f"meshnode run: {exc}", file=sys.stderr)
         return 2

@@ -58,9 +58,18 @@ class MeshRunner:
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.record_listeners.append(self.mesh.on_period)
         self.mesh.addresses = published_addresses
+        self.channel_credentials: grpc.ChannelCredentials | None = None
+        """Peer channels' mutual-TLS credentials, and their interceptors (signing the fan-out); set by
+        ``meshnode run`` (``meshnode.daemon._security``) before ``start``."""
+        self.channel_interceptors: list[grpc.aio.ClientInterceptor] = []
 
     async def start(self) -> None:
+        from meshnode.mesh._grpc_transport import GrpcTransport
+
         self.mesh.advertise = advertise_address(self._node.api.address, list(self._node.config.join))
+        self.mesh.transport = GrpcTransport(self.mesh.advertise, packet_timeout=self.mesh.transport.packet_timeout,
+                                            credentials=self.channel_credentials,
+                                            interceptors=self.channel_interceptors)
         log.info("mesh: node %s advertising %s, joining %s", self.mesh.node_id, self.mesh.advertise,
                  ", ".join(self._node.config.join) or "nobody (first node)")
         await self.mesh.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import grpc
@@ -68,12 +68,24 @@ class GrpcTransport:
         packet_timeout: the deadline of a packet call.
         max_channels: channels kept open to peers (least recently used ones are closed beyond).
         max_inflight: packets in flight; more are dropped (and counted) rather than queued.
+        credentials: channel credentials for peers (``meshnode.trust.channel_credentials``: mutual TLS with
+            the fleet CA); None dials in plaintext (``meshnode run --insecure``).
+        interceptors: client interceptors on every peer channel (e.g. signing fan-out fleet queries).
     """
 
     def __init__(
-        self, address: str, packet_timeout: float = 0.5, max_channels: int = 1024, max_inflight: int = 4096
+        self,
+        address: str,
+        packet_timeout: float = 0.5,
+        max_channels: int = 1024,
+        max_inflight: int = 4096,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self._address = address
+        self._credentials = credentials
+        self._interceptors = list(interceptors) or None
         self.packet_timeout = packet_timeout
         self._max_channels = max_channels
         self._max_inflight = max_inflight
@@ -98,7 +110,10 @@ class GrpcTransport:
         if entry is not None:
             self._channels.move_to_end(addr)
             return entry[1]
-        channel = grpc.aio.insecure_channel(addr)
+        if self._credentials is not None:
+            channel = grpc.aio.secure_channel(addr, self._credentials, interceptors=self._interceptors)
+        else:
+            channel = grpc.aio.insecure_channel(addr, interceptors=self._interceptors)
         stub = mesh_pb2_grpc.MeshStub(channel)  # type: ignore[no-untyped-call]
         self._channels[addr] = (channel, stub)
         while len(self._channels) > self._max_channels:

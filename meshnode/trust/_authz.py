@@ -90,6 +90,9 @@ class Authorizer:
         clock: wall clock in nanoseconds (injected in tests).
         max_nonces: bound on remembered nonces; when full the oldest are forgotten, and signatures older than
             the oldest remembered one are refused as stale, so that a forgotten nonce cannot be replayed.
+        member: whether a node id is a current member of this node's mesh; a member's key is trusted too, so
+            that a node's fan-out (signed with its own key) is accepted by its peers. Node ids are key
+            fingerprints, and in a TLS fleet only holders of a fleet certificate can join the mesh.
     """
 
     def __init__(
@@ -100,8 +103,10 @@ class Authorizer:
         max_skew_s: float = 30.0,
         clock: Callable[[], int] = time.time_ns,
         max_nonces: int = 100_000,
+        member: Callable[[str], bool] | None = None,
     ) -> None:
         self._trusted = {node_id_from_public_key(k): bytes(k) for k in trusted}
+        self._member = member
         self._denied = set(denied)
         self._skew_ns = int(max_skew_s * 1e9)
         self._clock = clock
@@ -134,7 +139,7 @@ class Authorizer:
         if len(auth.nonce) != _NONCE_BYTES or len(auth.public_key) != 32 or not auth.signature:
             raise Unauthorized("malformed", "nonce, key or signature of the wrong size")
         signer = node_id_from_public_key(auth.public_key)
-        if self._trusted.get(signer) != auth.public_key:
+        if self._trusted.get(signer) != auth.public_key and not (self._member is not None and self._member(signer)):
             raise Unauthorized("unknown_key", f"signer {signer} is not a trusted key")
         if signer in self._denied:
             raise Unauthorized("denied", f"signer {signer} is on the denylist")

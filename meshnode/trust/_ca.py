@@ -7,11 +7,17 @@ version grpcio ships, which is not true of Ed25519 certificates. Key files are w
 overwritten without ``force``.
 
 Layout of a CA directory: ``ca.key``, ``ca.crt``, and ``NAME.key``/``NAME.crt`` for each issued name. A
-node needs ``ca.crt``, its own ``NAME.crt`` and ``NAME.key`` (see ``meshnode.trust._tls``).
+node needs ``ca.crt``, its own ``NAME.crt`` and ``NAME.key`` (see ``meshnode.trust._tls``); ``issue`` with
+``out_dir`` writes exactly that directory (``ca.crt`` copied), ready for ``meshnode run --tls-dir``.
+
+An operator also gets a signing key (``operator=True``): ``NAME.sign.key`` (Ed25519, PKCS#8, mode 0600), with
+which meshctl signs fleet queries, and ``NAME.sign.pub`` (its raw public key in base64, one line), which
+nodes list in ``operator_keys_file``.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
@@ -24,6 +30,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshnode._exceptions import ConfigError
@@ -40,6 +47,12 @@ class Issued:
     key: Path
     cert: Path
     serial: int
+    ca: Path | None = None
+    """``ca.crt`` copied beside the pair (``out_dir`` other than the CA directory)."""
+    sign_key: Path | None = None
+    """The operator's Ed25519 signing key (``operator=True``)."""
+    sign_pub: Path | None = None
+    """Its public key, base64 on one line."""
 
 
 def _now() -> datetime.datetime:
@@ -146,12 +159,14 @@ def issue(
     days: int = 825,
     out_dir: Path | None = None,
     force: bool = False,
+    operator: bool = False,
 ) -> Issued:
     """Issue ``NAME.key`` (mode 0600) and ``NAME.crt`` signed by the CA in ``directory``.
 
     A node certificate (default) is good for TLS server and client authentication and names the node in its
     subject alternative names: ``dns`` names (``name`` itself when none is given) and ``ips``, which callers
     that dial by address need. A client certificate (``client_only``) is good for client authentication only.
+    ``operator`` adds ``NAME.sign.key`` and ``NAME.sign.pub``, the key meshctl signs fleet queries with.
 
     Raises:
         ConfigError: a bad name or address, no CA, or existing files without ``force``.
@@ -194,10 +209,21 @@ def issue(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    sign_key = sign_pub = ca_copy = None
     try:
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(key_path, _key_pem(key), force)
         _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM), force)
+        if target.resolve() != directory.resolve():
+            ca_copy = target / CA_CERT
+            _write_public(ca_copy, (directory / CA_CERT).read_bytes(), force=True)
+        if operator:
+            sign_key, sign_pub = target / f"{name}.sign.key", target / f"{name}.sign.pub"
+            signer = Ed25519PrivateKey.generate()
+            _write_private(sign_key, signer.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), force)
+            raw = signer.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            _write_public(sign_pub, base64.b64encode(raw) + f"  # operator {name}\n".encode(), force)
     except OSError as exc:
         raise ConfigError(f"cannot write {name}'s certificate in {target}: {exc}") from exc
-    return Issued(key_path, cert_path, serial)
+    return Issued(key_path, cert_path, serial, ca_copy, sign_key, sign_pub)

@@ -1,8 +1,10 @@
 """``meshnode ca``: create a fleet CA and issue node and client certificates for mutual TLS.
 
 ``meshnode ca init`` makes ``ca.key`` (mode 0600) and ``ca.crt``; ``meshnode ca issue NAME`` makes
-``NAME.key`` (mode 0600) and ``NAME.crt``. Nothing is overwritten without ``--force``. Each command prints
-the paths it wrote, one per line, so that scripts can pick them up.
+``NAME.key`` (mode 0600) and ``NAME.crt`` (and, with ``--out``, a copy of ``ca.crt``: the directory is then
+what ``meshnode run --tls-dir`` and ``meshctl --tls-dir`` take); ``--operator`` adds the Ed25519 signing key
+``NAME.sign.key`` and its public half ``NAME.sign.pub`` for signed fleet queries. Nothing is overwritten
+without ``--force``. Each command prints the paths it wrote, one per line, so that scripts can pick them up.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 EPILOG = """examples:
   meshnode ca init --dir /etc/meshnode/ca --name prod
   meshnode ca issue web-1 --dir /etc/meshnode/ca --ip 10.0.0.5 --dns web-1.prod.internal
-  meshnode ca issue alice --dir /etc/meshnode/ca --client
-then copy ca.crt, NAME.crt and NAME.key to the node (keep NAME.key mode 0600).
+  meshnode ca issue alice --dir /etc/meshnode/ca --client --operator --out ~/.meshctl
+then copy ca.crt, NAME.crt and NAME.key to the node (keep NAME.key mode 0600), or issue with --out DIR and
+copy DIR; list operators' NAME.sign.pub in the nodes' operator_keys_file.
 """
 
 
@@ -42,6 +45,8 @@ def configure(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--dns", action="append", default=[], metavar="NAME",
                    help="a DNS name SAN (repeatable; default: NAME)")
     s.add_argument("--client", action="store_true", help="client authentication only (operators, meshctl)")
+    s.add_argument("--operator", action="store_true",
+                   help="also write NAME.sign.key/NAME.sign.pub, the key meshctl signs fleet queries with")
     s.add_argument("--days", type=int, default=825, help="validity in days (default: 825)")
     s.add_argument("--force", action="store_true", help="overwrite existing NAME.key and NAME.crt")
     s.set_defaults(func=run_issue)
@@ -77,10 +82,11 @@ def run_issue(args: argparse.Namespace) -> int:
 
     try:
         issued = issue(args.dir, args.name, ips=args.ip, dns=args.dns, client_only=args.client, days=args.days,
-                       out_dir=args.out, force=args.force)
+                       out_dir=args.out, force=args.force, operator=args.operator)
     except MeshnodeError as exc:
         print(f"meshnode ca issue: {exc}", file=sys.stderr)
         return 1
-    print(issued.key)
-    print(issued.cert)
+    for path in (issued.key, issued.cert, issued.ca, issued.sign_key, issued.sign_pub):
+        if path is not None:
+            print(path)
     return 0

@@ -3,7 +3,8 @@
 The interceptor lets a server require signatures on chosen methods (``/meshnode.v1.Mesh/FleetQuery``,
 active tasks) without touching their servicers: it checks the ``meshnode-auth-bin`` metadata against the
 deserialized request before the servicer runs, and aborts with ``PERMISSION_DENIED`` otherwise. Refusals are
-logged with the caller's address and counted by reason.
+logged with the caller's address and counted by reason. ``RequestSigner`` is the client side: on a node's
+peer channels it signs the same methods with the node's key (a fleet query's fan-out).
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from meshnode.trust._authz import Authorizer
+from meshnode.trust._authz import AUTH_METADATA_KEY, Authorizer, auth_metadata
 from meshnode.trust._errors import Unauthorized
 from meshnode.trust._monitor import TrustMonitor
 from meshnode.v1 import trust_pb2, trust_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshnode.mesh import NodeKey
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +56,14 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
     Args:
         authorizer: the fleet's trusted keys, denylist and replay memory.
         methods: the protected unary-request methods; others pass untouched.
+        allow_unsigned: let requests without a signature through (counted as ``requests_unsigned_allowed``);
+            signed ones are still checked. Only for an insecure lab node with no operator keys.
     """
 
-    def __init__(self, authorizer: Authorizer, methods: Iterable[str]) -> None:
+    def __init__(self, authorizer: Authorizer, methods: Iterable[str], *, allow_unsigned: bool = False) -> None:
         self._authz = authorizer
         self._methods = frozenset(methods)
+        self.allow_unsigned = allow_unsigned
         self.counters: Counter[str] = Counter()
 
     async def intercept_service(
@@ -99,6 +106,9 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
     async def _check(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             metadata: Any = context.invocation_metadata()
+            if self.allow_unsigned and not any(k == AUTH_METADATA_KEY for k, _ in metadata or ()):
+                self.counters["requests_unsigned_allowed"] += 1
+                return
             signer = self._authz.check_metadata(method, request, metadata)
         except Unauthorized as exc:
             self.counters[f"requests_{exc.reason}"] += 1
@@ -107,3 +117,32 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         else:
             self.counters["requests_authorized"] += 1
             log.debug("%s from %s authorized for %s", method, context.peer(), signer)
+
+
+class RequestSigner(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Sign calls to ``methods`` with ``key`` (``meshnode-auth-bin`` metadata), on a client channel.
+
+    A node puts one on its peer channels, so that its fan-out of a fleet query (``local_only`` requests to
+    each member) carries its own signature, which peers accept because the signer is a member.
+    """
+
+    def __init__(self, key: NodeKey, methods: Iterable[str]) -> None:
+        self._key = key
+        self._methods = frozenset(methods)
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        raw: str | bytes = client_call_details.method
+        method = raw.decode() if isinstance(raw, bytes) else raw
+        if method in self._methods:
+            md = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+            for k, v in auth_metadata(self._key, method, request):
+                md.add(k, v)
+            client_call_details = grpc.aio.ClientCallDetails(
+                client_call_details.method, client_call_details.timeout, md, client_call_details.credentials,
+                client_call_details.wait_for_ready)
+        return await continuation(client_call_details, request)

@@ -59,6 +59,31 @@ def load_material(directory: Path, name: str) -> TlsMaterial:
     return TlsMaterial(ca, cert, key)
 
 
+def tls_name(directory: Path) -> str:
+    """The NAME of the one ``NAME.crt`` + ``NAME.key`` pair in ``directory`` besides ``ca.crt``.
+
+    ``node`` wins when present; otherwise there must be exactly one pair (``meshnode ca issue NAME --out DIR``
+    writes one pair and ``ca.crt``).
+
+    Raises:
+        TlsError: no pair, or several without a ``node`` pair.
+    """
+    if not directory.is_dir():
+        raise TlsError(f"{directory} is not a directory; create it with: meshnode ca issue NAME --dir CA_DIR "
+                       f"--out {directory}")
+    names = sorted(p.stem for p in directory.glob("*.crt")
+                   if p.name != CA_CERT and (directory / f"{p.stem}.key").exists())
+    if "node" in names:
+        return "node"
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise TlsError(f"{directory} holds no NAME.crt with its NAME.key; issue one with: meshnode ca issue "
+                       f"NAME --dir CA_DIR --ip ADDR --out {directory}")
+    raise TlsError(f"{directory} holds several certificates ({', '.join(names)}); give each node a "
+                   "directory of its own (meshnode ca issue NAME --out DIR) or name one node.crt")
+
+
 def server_credentials(directory: Path, name: str = "node") -> grpc.ServerCredentials:
     """Server credentials that present ``NAME.crt`` and require a client certificate from the fleet CA."""
     m = load_material(directory, name)

@@ -36,7 +36,7 @@ class Fleet:
 
     def start(self, name: str) -> None:
         host = self.lab[name]
-        argv = [MESHNODE, "run", "--listen", self.addr(name), "--data-dir", str(self.data / name),
+        argv = [MESHNODE, "run", "--insecure", "--listen", self.addr(name), "--data-dir", str(self.data / name),
                 "--export-period", "2", "--metrics", "off", "--sensor", "diag", "--cgroup", host.cgroup_rel,
                 "--label", "region=eu", "--label", f"site={SITES[name]}", "--label", f"host={name}"]
         if name != "a":

@@ -22,7 +22,7 @@ def _start(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
     env = {**os.environ, "MESHNODE_ALLOW_FAKE_SENSOR": "1", "MESHNODE_FAKE_FLOWS_PER_POLL": "3",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshnode.cli_main", "run", "--sensor", "fake", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "meshnode.cli_main", "run", "--insecure", "--sensor", "fake", "--listen", "127.0.0.1:0",
          "--metrics", "off", "--export-period", "0.3", "--data-dir", str(data_dir)],
         stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )

@@ -45,7 +45,7 @@ def _serve_once(port: int, answer: int, ready: threading.Event) -> None:
 def test_ebpf_node_records_exact_bytes_and_refusals(tmp_path: Path) -> None:
     require_kernel()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshnode.cli_main", "run", "--sensor", "ebpf", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "meshnode.cli_main", "run", "--insecure", "--sensor", "ebpf", "--listen", "127.0.0.1:0",
          "--metrics", "off", "--export-period", "1", "--data-dir", str(tmp_path)],
         stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

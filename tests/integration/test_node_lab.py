@@ -36,7 +36,7 @@ def lab() -> Iterator[Any]:
 
 def start_node(host: Any, data_dir: Path) -> subprocess.Popen[str]:
     node: subprocess.Popen[str] = host.popen(
-        [MESHNODE, "run", "--listen", NODE, "--data-dir", str(data_dir), "--export-period", str(PERIOD),
+        [MESHNODE, "run", "--insecure", "--listen", NODE, "--data-dir", str(data_dir), "--export-period", str(PERIOD),
          "--metrics", "off", "--cgroup", host.cgroup_rel, "--sensor", "ebpf"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20

@@ -110,7 +110,7 @@ def _spawn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> sub
          "PYTHONPATH": str(ROOT), **(env or {})}
     e.pop("MESHNODE_CONFIG", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "meshnode.cli_main", "run", "--sensor", "fake", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "meshnode.cli_main", "run", "--insecure", "--sensor", "fake", "--listen", "127.0.0.1:0",
          "--data-dir", str(tmp_path), *args],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=e, cwd=ROOT,
     )

@@ -87,7 +87,8 @@ def test_ca_command(tmp_path, capsys):
     assert main(["ca", "init", "--dir", str(d)]) == 1
     assert "exists" in capsys.readouterr().err
     assert main(["ca", "issue", "n1", "--dir", str(d), "--ip", "127.0.0.1", "--out", str(tmp_path / "n1")]) == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / "n1" / "n1.key"), str(tmp_path / "n1" / "n1.crt")]
+    assert capsys.readouterr().out.split() == [str(tmp_path / "n1" / "n1.key"), str(tmp_path / "n1" / "n1.crt"),
+                                               str(tmp_path / "n1" / "ca.crt")]
     assert main(["ca", "issue", "alice", "--dir", str(d), "--client"]) == 0
     assert mode(d / "alice.key") == 0o600
     assert main(["ca", "issue", "bad name", "--dir", str(d)]) == 1
