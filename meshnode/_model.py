@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -92,6 +96,18 @@ class FlowRecord:
         host = f"[{self.dst}]" if ":" in self.dst else self.dst
         return f"{host}:{self.dport}"
 
+    @classmethod
+    def from_fields(cls, *values: Any) -> FlowRecord:
+        """A record from every field's value, positionally in declaration order (``drop_reasons`` last).
+
+        For decoders that produce every field anyway (the eBPF sensor, store rows): about 1.5 us where the
+        frozen dataclass's ``__init__`` takes 6-9 us, because it sets each of the 40 slots through
+        ``object.__setattr__``. The values are built on a plain slotted twin of this class (same slots,
+        same layout), which is then re-typed as a FlowRecord; the result is indistinguishable from one
+        made by ``__init__``. No defaults and no checks: pass exactly ``len(dataclasses.fields(cls))``.
+        """
+        return _from_fields(*values)
+
     def replace(self, **changes: Any) -> FlowRecord:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
@@ -105,6 +121,26 @@ class FlowRecord:
         out = {name: getattr(self, name) for name in _FIELD_NAMES}
         out["drop_reasons"] = dict(self.drop_reasons)
         return out
+
+    def to_json_text(self) -> str:
+        """``json.dumps(self.to_json())``, the same text, in a third of the time (``meshnode capture --json``
+        prints one per flow).
+
+        The keys and their order are fixed, so the text is one %-template: strings go through the json
+        module's own C escaper, ints are printed as json prints them. Any value of another type (a bool,
+        a float, None) falls back to ``json.dumps``, so the output never differs.
+        """
+        values = list(_ALL_VALUES(self))
+        try:
+            for i in _STR_POSITIONS:
+                values[i] = _json_str(values[i])
+        except TypeError:
+            return json.dumps(self.to_json())
+        reasons = values[-1]
+        values[-1] = json.dumps(reasons) if reasons else "{}"
+        if tuple(map(type, values)) != _JSON_TYPES:
+            return json.dumps(self.to_json())
+        return _JSON_TEMPLATE % tuple(values)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FlowRecord:
@@ -138,6 +174,36 @@ class FlowRecord:
 
 
 _FIELD_NAMES: Final = tuple(f.name for f in dataclasses.fields(FlowRecord))
+_ALL_VALUES: Final = operator.attrgetter(*_FIELD_NAMES)
+_STR_POSITIONS: Final = tuple(i for i, f in enumerate(dataclasses.fields(FlowRecord)) if f.type in ("str", str))
+# After escaping: str where the field is a string (or drop_reasons, rendered), exactly int elsewhere.
+_JSON_TYPES: Final = tuple(str if i in _STR_POSITIONS or name == "drop_reasons" else int
+                           for i, name in enumerate(_FIELD_NAMES))
+_JSON_TEMPLATE: Final = "{" + ", ".join(f"{json.dumps(name)}: %s" for name in _FIELD_NAMES) + "}"
+_Builder: Final = dataclasses.make_dataclass(
+    "_FlowRecordBuilder", [(f.name, f.type) for f in dataclasses.fields(FlowRecord)],
+    slots=True, eq=False, repr=False, match_args=False,
+)
+
+
+def _retyped(*values: Any) -> FlowRecord:
+    obj: FlowRecord = _Builder(*values)
+    obj.__class__ = FlowRecord
+    return obj
+
+
+def _pick_from_fields() -> Callable[..., FlowRecord]:
+    """``_retyped`` where the interpreter allows re-typing between the two layouts (CPython), else __init__."""
+    values = tuple(range(len(_FIELD_NAMES)))
+    try:
+        probe = _retyped(*values)
+    except TypeError:
+        return FlowRecord
+    assert type(probe) is FlowRecord and _ALL_VALUES(probe) == values
+    return _retyped
+
+
+_from_fields: Final = _pick_from_fields()
 _ENUM_FIELDS: Final = ("proto", "direction", "outcome", "limited_by", "kind", "fidelity", "drop_reasons")
 _SCALAR_FIELDS: Final = tuple(n for n in _FIELD_NAMES if n not in _ENUM_FIELDS)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probes import _ringbuf
 from probes._errors import ProbeCompileError, ProbeError
 from probes._records import (
     COUNTER_NAMES,
@@ -31,6 +32,7 @@ from probes._records import (
     TcpFlowRow,
     UdpFlowRow,
     addr_text,
+    event_at,
     event_from_bytes,
     tcp_row_from_c,
 )
@@ -164,6 +166,7 @@ class Probes:
     _links: list[int] = field(default_factory=list)
     _events: list[KernelEvent] = field(default_factory=list)
     _lib: Any = None
+    _ring: _ringbuf.RingReader | None = None
 
     def cflags(self) -> list[str]:
         """The -I/-D flags that configure the programs."""
@@ -219,7 +222,7 @@ class Probes:
                                 expected=BPF_CGROUP_INET_SOCK_RELEASE)
             if self.config.scoped:
                 self._bpf["scope_cg"][0] = self._cg_fd
-            self._bpf["events"].open_ring_buffer(self._on_event)
+            self._open_ring()
         except Exception:
             self.close()
             raise
@@ -245,6 +248,14 @@ class Probes:
                              "(needs root or CAP_BPF + CAP_NET_ADMIN, and a cgroup v2 directory)")
         self._links.append(link)
 
+    def _open_ring(self) -> None:
+        """Read the ring buffer in place (probes._ringbuf) where the CPU allows; else bcc's callback."""
+        events = self._bpf["events"]
+        if _ringbuf.SUPPORTED:
+            self._ring = _ringbuf.RingReader(events.map_fd)
+        else:
+            events.open_ring_buffer(self._on_event)
+
     # ---- draining -------------------------------------------------------------------------------
 
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
@@ -252,6 +263,8 @@ class Probes:
 
     def poll_events(self) -> list[KernelEvent]:
         """Every ring-buffer record since the last call, in order."""
+        if self._ring is not None:
+            return self._ring.drain(event_at)
         self._bpf.ring_buffer_consume()
         out, self._events = self._events, []
         return out
@@ -357,6 +370,9 @@ class Probes:
 
     def close(self) -> None:
         """Detach from the cgroup and free everything; safe to call twice."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         for link in self._links:
             os.close(link)
         self._links.clear()

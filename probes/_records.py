@@ -10,8 +10,12 @@ import ctypes as ct
 import ipaddress
 import socket
 import struct
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import mmap
 
 # Ring-buffer record kinds (meshnode.h EV_*).
 EV_TCP_END = 1
@@ -100,9 +104,12 @@ def addr_text(family: int, raw: ct.Array[ct.c_uint8]) -> str:
     return _addr(family, bytes(raw))
 
 
-@dataclass(frozen=True, slots=True)
-class TcpFlowRow:
-    """One TCP socket's counters as the kernel holds them (monotonic times)."""
+class TcpFlowRow(NamedTuple):
+    """One TCP socket's counters as the kernel holds them (monotonic times).
+
+    A NamedTuple, not a dataclass: one is built per ring-buffer record, and a tuple is built in one step
+    where a frozen dataclass sets its 30 fields one call at a time.
+    """
 
     cookie: int
     sk: int
@@ -141,6 +148,14 @@ class TcpFlowRow:
 _TCP_FLOW = "9Q 14I 6H 4B 16s 16s"
 _EVENT = struct.Struct("=2I 4Q " + _TCP_FLOW + " 16s")
 _TCP_FLOW_ONLY = struct.Struct("=" + _TCP_FLOW)
+EVENT_SIZE = _EVENT.size
+
+# Addresses and comms repeat across flows (a service talks to the same peers, a process opens many
+# sockets): their text is kept per raw bytes, so a repeat costs one dict lookup instead of inet_ntop /
+# ipaddress (~5 us for IPv6) and a decode. Bounded: cleared when full.
+_CACHE_MAX = 65536
+_ADDR_TEXT: dict[tuple[int, bytes], str] = {}
+_COMM_TEXT: dict[bytes, str] = {}
 
 
 def _tcp_row(cookie: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
@@ -149,17 +164,32 @@ def _tcp_row(cookie: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
      cwnd, cwnd_min, cwnd_max, pid, _burst_start,
      _burst, resets_rx, resets_tx, sport, dport, synack_segs,
      family, direction, outcome, _flags, saddr, daddr) = v
+    src = _ADDR_TEXT.get((family, saddr)) or _addr_cached(family, saddr)
+    dst = _ADDR_TEXT.get((family, daddr)) or _addr_cached(family, daddr)
+    comm_text = _COMM_TEXT.get(comm)
+    if comm_text is None:
+        comm_text = _comm_cached(comm)
     return TcpFlowRow(
-        cookie=cookie, sk=sk, netns=netns, cgroup_id=cgroup_id, family=family,
-        src=_addr(family, saddr), sport=sport, dst=_addr(family, daddr), dport=dport,
-        direction=DIRECTION_NAMES.get(direction, "outbound"), outcome=OUTCOME_NAMES.get(outcome, "in_progress"),
-        pid=pid, comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
-        start_ns=start_ns, last_ns=last_ns, bytes_tx=bytes_tx, bytes_rx=bytes_rx,
-        packets_tx=segs_out + synack_segs, packets_rx=segs_in,
-        retransmits=total_retrans, connect_us=connect_us, srtt_us=srtt_us,
-        srtt_min_us=srtt_min_us, srtt_max_us=srtt_max_us, min_rtt_us=rtt_min_us,
-        cwnd=cwnd, cwnd_min=cwnd_min, cwnd_max=cwnd_max, resets_rx=resets_rx, resets_tx=resets_tx,
+        cookie, sk, netns, cgroup_id, family, src, sport, dst, dport,
+        DIRECTION_NAMES.get(direction, "outbound"), OUTCOME_NAMES.get(outcome, "in_progress"),
+        pid, comm_text, start_ns, last_ns, bytes_tx, bytes_rx, segs_out + synack_segs, segs_in,
+        total_retrans, connect_us, srtt_us, srtt_min_us, srtt_max_us, rtt_min_us,
+        cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx,
     )
+
+
+def _addr_cached(family: int, data: bytes) -> str:
+    if len(_ADDR_TEXT) >= _CACHE_MAX:
+        _ADDR_TEXT.clear()
+    text = _ADDR_TEXT[(family, data)] = _addr(family, data)
+    return text
+
+
+def _comm_cached(raw: bytes) -> str:
+    if len(_COMM_TEXT) >= _CACHE_MAX:
+        _COMM_TEXT.clear()
+    text = _COMM_TEXT[raw] = sys.intern(raw.split(b"\0", 1)[0].decode(errors="replace"))
+    return text
 
 
 def _addr(family: int, data: bytes) -> str:
@@ -170,12 +200,18 @@ def _addr(family: int, data: bytes) -> str:
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
 
 
+def event_at(buf: bytes | mmap.mmap, offset: int = 0, _size: int = 0) -> KernelEvent:
+    """The ring-buffer record (struct event) at ``offset`` of ``buf`` as a KernelEvent, unpacked in place
+    (``buf`` may be the ring buffer's own mapping: nothing is copied but the fields)."""
+    v = _EVENT.unpack_from(buf, offset)
+    kind, cookie = v[0], v[3]
+    flow = None if kind == EV_UDP_RELEASE else _tcp_row(cookie, v[6:-1], v[-1])
+    return KernelEvent(kind, v[2], cookie, v[4], v[5], flow)
+
+
 def event_from_bytes(data: bytes) -> KernelEvent:
     """One ring-buffer record (struct event) as a KernelEvent."""
-    v = _EVENT.unpack_from(data)
-    kind, _pad, ts_ns, cookie, value, value2 = v[:6]
-    flow = None if kind == EV_UDP_RELEASE else _tcp_row(cookie, v[6:-1], v[-1])
-    return KernelEvent(kind=kind, ts_ns=ts_ns, cookie=cookie, value=value, value2=value2, flow=flow)
+    return event_at(data)
 
 
 def tcp_row_from_c(cookie: int, f: CTcpFlow) -> TcpFlowRow:
@@ -237,8 +273,7 @@ class PendingRow:
     cgroup_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class KernelEvent:
+class KernelEvent(NamedTuple):
     """One ring-buffer record; ``flow`` is the flow's state when it was emitted (None for releases)."""
 
     kind: int

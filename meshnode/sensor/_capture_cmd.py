@@ -127,5 +127,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def json_line(flow: FlowRecord) -> str:
+    """One flow as a JSON Lines line: the text of ``json.dumps(flow.to_json())`` and a newline."""
+    return flow.to_json_text() + "\n"
+
+
 def _emit(flow: FlowRecord, as_json: bool, out: TextIO) -> None:
-    out.write((json.dumps(flow.to_json()) if as_json else human_line(flow)) + "\n")
+    out.write(json_line(flow) if as_json else human_line(flow) + "\n")

@@ -286,30 +286,33 @@ class EbpfSensor:
         return dict(counts) if counts else {}
 
     def _tcp_record(self, r: TcpFlowRow, final: bool, info: TcpInfo | None = None) -> FlowRecord:
-        comm = self._comm(r.pid, r.comm)
-        reasons = self._drops(r.sk, final)
-        local_service = r.direction == "inbound"
-        rec_ = FlowRecord(
-            flow_id=r.cookie or _synthetic_id(r.netns, r.src, r.sport, r.dst, r.dport, r.start_ns),
-            src=r.src, sport=r.sport, dst=r.dst, dport=r.dport, proto="tcp",
-            direction=r.direction, pid=r.pid, comm=comm, cgroup=self._cgroup(r.cgroup_id, r.pid),
-            cgroup_id=r.cgroup_id, netns=r.netns, start_ns=self._wall(r.start_ns),
-            end_ns=self._wall(r.last_ns if final else time.monotonic_ns()),
-            bytes_tx=r.bytes_tx, bytes_rx=r.bytes_rx, packets_tx=r.packets_tx, packets_rx=r.packets_rx,
-            outcome=r.outcome, retransmits=r.retransmits, srtt_us=r.srtt_us,
-            min_rtt_us=r.min_rtt_us or r.srtt_min_us, max_rtt_us=r.srtt_max_us, cwnd=r.cwnd,
-            cwnd_min=r.cwnd_min, cwnd_max=r.cwnd_max, connect_us=r.connect_us, resets_tx=r.resets_tx,
-            resets_rx=r.resets_rx, drops=sum(reasons.values()), drop_reasons=reasons,
-            kind="final" if final else "interim", fidelity="exact",
-            limited_by=(self._limits.pop(r.cookie, "unknown") if final else self._limits.get(r.cookie, "unknown")),
-            service=service_name(r.sport if local_service else r.dport, "tcp"),
-        )
+        # One per flow on the sensor's hot path: every field positionally through FlowRecord.from_fields
+        # (declaration order), a few us cheaper than keyword construction of the frozen dataclass.
+        cookie, pid, sport, dport = r.cookie, r.pid, r.sport, r.dport
+        drops_by_sk = self._drops_by_sk
+        counts = (drops_by_sk.pop(r.sk, None) if final else drops_by_sk.get(r.sk)) if drops_by_sk else None
+        reasons = dict(counts) if counts else {}
+        inbound = r.direction == "inbound"
+        offset = self._clock_offset
+        limit = (self._limits.pop(cookie, "unknown") if final else self._limits.get(cookie, "unknown")) \
+            if self._limits else "unknown"
+        min_rtt = r.min_rtt_us or r.srtt_min_us
+        rttvar = delivery_rate = lost = reordering = 0
         if info is not None:
-            rec_ = rec_.replace(
-                rttvar_us=info.rttvar or 0, delivery_rate=info.delivery_rate or 0, lost=info.lost or 0,
-                reordering=info.reordering or 0, min_rtt_us=info.min_rtt or rec_.min_rtt_us,
-            )
-        return rec_
+            rttvar, delivery_rate = info.rttvar or 0, info.delivery_rate or 0
+            lost, reordering, min_rtt = info.lost or 0, info.reordering or 0, info.min_rtt or min_rtt
+        return FlowRecord.from_fields(
+            cookie or _synthetic_id(r.netns, r.src, sport, r.dst, dport, r.start_ns),  # flow_id
+            r.src, sport, r.dst, dport, "tcp", r.direction, pid, self._comm(pid, r.comm),
+            self._cgroup(r.cgroup_id, pid), r.cgroup_id, r.netns,
+            r.start_ns + offset, (r.last_ns if final else time.monotonic_ns()) + offset,  # start_ns, end_ns
+            r.bytes_tx, r.bytes_rx, r.packets_tx, r.packets_rx, r.outcome, r.retransmits,
+            r.srtt_us, min_rtt, r.srtt_max_us, r.cwnd, r.cwnd_min, r.cwnd_max,  # .. max_rtt_us, cwnd*
+            limit, r.connect_us, r.resets_tx, r.resets_rx, sum(reasons.values()) if reasons else 0,
+            "final" if final else "interim", "exact",  # kind, fidelity
+            rttvar, delivery_rate, lost, reordering,
+            service_name(sport if inbound else dport, "tcp"), "", reasons,  # service, node_id, drop_reasons
+        )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
         comm = self._comm(r.pid, "")
