@@ -429,6 +429,8 @@ class Fleet:
             self._start_nodes(node_timeout)
         for client in CLIENTS:
             self.clients.append(self._start_client(client))
+        for running in self.clients:
+            self._wait_client(running)
 
     def _start_nodes(self, timeout: float) -> None:
         seed = self.node_addr(SEED)
@@ -477,6 +479,17 @@ class Fleet:
         proc = self.host(client.host).python(CLIENT_CODE, json.dumps(cfg), stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return _Proc(client.host, client.comm, proc, stats)
+
+    def _wait_client(self, proc: _Proc, timeout: float = 20.0) -> None:
+        """Wait for a client's first stats file: from then on it runs, under its own name, with its threads."""
+        assert proc.stats is not None
+        deadline = time.monotonic() + timeout
+        while not proc.stats.exists():
+            if proc.proc.poll() is not None:
+                raise LabError(f"client {proc.comm} on {proc.host} exited {proc.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise LabError(f"client {proc.comm} on {proc.host} wrote no stats within {timeout}s")
+            time.sleep(0.05)
 
     # -- looking at it --------------------------------------------------------------------------------
 
@@ -611,6 +624,7 @@ class Fleet:
                       "proto": "tcp", "response": -1}
             proc = self._start_client(bad, workers=8, timeout=1.0, targets=[target])
             self.clients.append(proc)
+            self._wait_client(proc)
             undo.append(lambda: self._stop_client(proc))
         handle = ScenarioHandle(self, name, self.expected_suspect(name), undo)
         self.handles.append(handle)
@@ -659,6 +673,8 @@ class Fleet:
     def _stop_client(self, proc: _Proc) -> None:
         proc.proc.kill()
         proc.proc.wait(timeout=10)
+        if proc.stats is not None:
+            proc.stats.unlink(missing_ok=True)
         if proc in self.clients:
             self.clients.remove(proc)
 
