@@ -43,7 +43,10 @@ examples:
 
 Every command takes --json (one JSON document, JSON Lines for streams), --wide, --timeout DURATION
 and --node HOST:PORT, before or after the command name. The node defaults to $MESHCTL_NODE, else
-{DEFAULT_NODE}. Durations: 90s, 5m, 1h30m; times: a duration ago or RFC3339 (2026-11-23T17:30:00Z).
+{DEFAULT_NODE}. Nodes with mutual TLS want --tls-dir DIR ($MESHCTL_TLS_DIR): ca.crt and a client
+certificate, from meshnode ca issue NAME --client --operator --out DIR; its NAME.sign.key (or --sign-key
+FILE, $MESHCTL_SIGN_KEY) signs fleet queries.
+Durations: 90s, 5m, 1h30m; times: a duration ago or RFC3339 (2026-11-23T17:30:00Z).
 Times shown are UTC; sizes are binary (1.2 MiB = 1.2 x 1024^2 bytes).
 
 {EXIT_CODES_HELP}"""
@@ -156,6 +159,14 @@ def _common(wide: bool = True) -> argparse.ArgumentParser:
                        help="more columns (default fits 80 columns)")
     g.add_argument("--timeout", type=_duration, default=argparse.SUPPRESS, metavar="DURATION",
                    help="deadline of each call that does not follow (default: 10s)")
+    g.add_argument("--tls-dir", default=argparse.SUPPRESS, metavar="DIR",
+                   help="mutual TLS: ca.crt and a client NAME.crt/NAME.key (default: $MESHCTL_TLS_DIR; "
+                        "none: plaintext, for --insecure nodes)")
+    g.add_argument("--tls-name", default=argparse.SUPPRESS, metavar="NAME",
+                   help="which certificate in --tls-dir (default: $MESHCTL_TLS_NAME, or the only one)")
+    g.add_argument("--sign-key", default=argparse.SUPPRESS, metavar="FILE",
+                   help="operator key signing fleet queries (default: $MESHCTL_SIGN_KEY, or NAME.sign.key "
+                        "in --tls-dir)")
     return p
 
 
@@ -195,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     parser.add_argument("--wide", action="store_true", default=False, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=_duration, default=10.0, help=argparse.SUPPRESS)
+    parser.add_argument("--tls-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tls-name", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sign-key", default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     common = _common()
 
@@ -321,4 +335,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
             except argparse.ArgumentTypeError as exc:
                 parser.error(f"MESHCTL_NODE: {exc}")
         args.node = env or DEFAULT_NODE
+    from cli._security import ClientSecurity, configure
+
+    configure(ClientSecurity.from_args(args.tls_dir, args.tls_name, args.sign_key))
     return args

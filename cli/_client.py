@@ -2,6 +2,10 @@
 
 Every ``grpc.RpcError`` becomes a ``cli._exceptions`` error here (``raise ... from exc``), with a message
 that says what happened and what to try. Nothing above this module sees gRPC exceptions.
+
+The channel is mutual TLS when meshctl has a client certificate (``cli._security``: ``--tls-dir``), else
+plaintext. A plaintext call that a TLS node cuts off, or a TLS handshake that fails, is told apart from a
+node that is down, and the message says which flag to pass. Fleet queries carry the operator's signature.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from cli._exceptions import (
     PermissionDenied,
     Unreachable,
 )
+from cli._security import ISSUE_HINT, ClientSecurity, Signer, current, speaks_tls
 from meshnode.v1 import observer_pb2, observer_pb2_grpc
 
 if TYPE_CHECKING:
@@ -82,9 +87,14 @@ def translate(exc: grpc.RpcError, node: str, what: str, timeout: float | None) -
 class Node:
     """A connection to one node. Calls raise ``cli._exceptions`` errors, never ``grpc.RpcError``."""
 
-    def __init__(self, address: str, timeout: float = 10.0, *, fast_reconnect: bool = False) -> None:
+    def __init__(
+        self, address: str, timeout: float = 10.0, *, fast_reconnect: bool = False,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
+        self.security = security or current()
+        self._signer: Signer | None = None
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.enable_retries", 0),
@@ -96,7 +106,11 @@ class Node:
                 ("grpc.min_reconnect_backoff_ms", 250),
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ]
-        self._channel = grpc.insecure_channel(address, options=options)
+        creds = self.security.channel_credentials()
+        if creds is not None:
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._observer = observer_pb2_grpc.ObserverStub(self._channel)  # type: ignore[no-untyped-call]
         self._mesh_stub: mesh_pb2_grpc.MeshStub | None = None
 
@@ -111,7 +125,30 @@ class Node:
         self.close()
 
     def _fail(self, exc: grpc.RpcError, what: str, timeout: float | None) -> MeshctlError:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if self.security.tls_dir is None and speaks_tls(self.address, min(self.timeout, 2.0)):
+                return PermissionDenied(
+                    f"the node at {self.address} requires mutual TLS and meshctl has no client certificate; "
+                    f"pass --tls-dir DIR or set $MESHCTL_TLS_DIR (ca.crt and NAME.crt/NAME.key from: "
+                    f"{ISSUE_HINT})", code.name)
+            low = details.lower()
+            if self.security.tls_dir is not None and ("ssl" in low or "handshake" in low or "tls" in low):
+                return PermissionDenied(
+                    f"TLS with the node at {self.address} failed ({_reason(details)}); a node run with "
+                    f"--insecure wants no --tls-dir, and a TLS node needs a certificate from the same fleet CA "
+                    f"as {self.security.tls_dir}/ca.crt, issued for this address (meshnode ca issue NAME --ip "
+                    "ADDR)", code.name)
         return translate(exc, self.address, what, timeout)
+
+    def _sign(self, method: str, request: Any) -> tuple[tuple[str, bytes]] | None:
+        if self._signer is None:
+            path = self.security.signing_key_path()
+            if path is None:
+                return None
+            self._signer = Signer(path)
+        return self._signer.metadata(method, request)
 
     def status(self) -> observer_pb2.StatusResponse:
         """Observer.Status."""
@@ -207,10 +244,15 @@ class Node:
     def fleet_query(self, req: mesh_pb2.FleetQueryRequest) -> mesh_pb2.FleetQueryResponse:
         """Mesh.FleetQuery; the call's deadline leaves the node's fan-out deadline room to answer."""
         timeout = max(self.timeout, req.deadline_ms / 1000 + 2.0)
+        metadata = self._sign("/meshnode.v1.Mesh/FleetQuery", req)
         try:
-            resp: mesh_pb2.FleetQueryResponse = self._mesh.FleetQuery(req, timeout=timeout)
+            resp: mesh_pb2.FleetQueryResponse = self._mesh.FleetQuery(req, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            raise self._fail(exc, "Mesh.FleetQuery", timeout) from exc
+            err = self._fail(exc, "Mesh.FleetQuery", timeout)
+            if isinstance(err, PermissionDenied) and metadata is None and "unsigned" in err.message:
+                err.message += (f"; sign fleet queries with an operator key the node lists: --sign-key FILE or "
+                                f"$MESHCTL_SIGN_KEY (NAME.sign.key from: {ISSUE_HINT})")
+            raise err from exc
         return resp
 
     def validate(self, req: trust_pb2.ValidateRequest) -> trust_pb2.ValidateResponse:
