@@ -202,7 +202,9 @@ def status_view(s: Mapping[str, Any], *, wide: bool = False, plain: bool = False
     g.add_column(overflow="fold")
     g.add_row("node", f"{s['node_id'] or '?'}  meshnode {s['version'] or '?'}, up "
               f"{format_seconds(s['uptime_s'])}")
-    g.add_row("listen", f"{s['listen'] or '?'}{'  (insecure: no mTLS)' if s['insecure'] else ''}")
+    security = "INSECURE: plaintext, no client certificates" if s["insecure"] else "mutual TLS"
+    g.add_row("listen", Text.assemble(f"{s['listen'] or '?'}  ",
+                                      (security, "bold red" if s["insecure"] and not plain else "")))
     sensor = f"{s['sensor_mode'] or '?'}, {s['fidelity']} fidelity"
     if s["sensor_reason"]:
         sensor += f" ({s['sensor_reason']})"

@@ -26,7 +26,7 @@ def test_status_view() -> None:
     out = render_text(status_view(message_dict(sample_status()), plain=True), width=80)
     assert out == _text("""
         node     3f2a9c0d1e2b4a5f  meshnode 0.1.0, up 2h30m
-        listen   127.0.0.1:7400  (insecure: no mTLS)
+        listen   127.0.0.1:7400  INSECURE: plaintext, no client certificates
         sensor   ebpf, exact fidelity (tracepoints and cgroup-skb available)
         scope    /lab
         export   every 10s, 900 periods closed
