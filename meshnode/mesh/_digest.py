@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,9 +109,18 @@ class NodeKey:
 
     @classmethod
     def load_or_create(cls, path: Path) -> NodeKey:
-        """The key stored at ``path`` (PKCS#8 PEM), created with mode 0600 when missing."""
+        """The key stored at ``path`` (PKCS#8 PEM), created with mode 0600 when missing.
+
+        An existing key that group or others may read or write is refused (``ConfigError`` with the
+        ``chmod``), not silently fixed: someone else may already have copied it.
+        """
         try:
             if path.exists():
+                mode = stat.S_IMODE(path.stat().st_mode)
+                if mode & 0o077:
+                    raise ConfigError(f"the node key {path} is open to others (mode {mode:04o}); if nobody "
+                                      f"else could have read it, fix it with: chmod 600 {path}; otherwise "
+                                      "delete it and restart (the node gets a new key and a new node id)")
                 key = serialization.load_pem_private_key(path.read_bytes(), password=None)
                 if not isinstance(key, Ed25519PrivateKey):
                     raise ConfigError(f"{path} holds a key that is not Ed25519")
