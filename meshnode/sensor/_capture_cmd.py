@@ -104,14 +104,12 @@ def run(args: argparse.Namespace) -> int:
         while not stop and time.monotonic() < deadline:
             batch = sensor.poll()
             total.add(batch.completeness)
-            for flow in batch.ended:
-                _emit(flow, args.json, out)
+            _emit_all(batch.ended, args.json, out)
             out.flush()
             time.sleep(args.interval)
         batch = sensor.poll()
         total.add(batch.completeness)
-        for flow in batch.ended:
-            _emit(flow, args.json, out)
+        _emit_all(batch.ended, args.json, out)
         if args.json:
             for flow in sensor.active():
                 _emit(flow, True, out)
@@ -130,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
 def json_line(flow: FlowRecord) -> str:
     """One flow as a JSON Lines line: the text of ``json.dumps(flow.to_json())`` and a newline."""
     return flow.to_json_text() + "\n"
+
+
+def _emit_all(flows: list[FlowRecord], as_json: bool, out: TextIO) -> None:
+    """A poll's flows as one write (one pipe write per poll rather than one per buffer-full)."""
+    if flows:
+        out.write("".join(map(json_line, flows)) if as_json else "".join(human_line(f) + "\n" for f in flows))
 
 
 def _emit(flow: FlowRecord, as_json: bool, out: TextIO) -> None:

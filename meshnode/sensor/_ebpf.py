@@ -288,30 +288,31 @@ class EbpfSensor:
     def _tcp_record(self, r: TcpFlowRow, final: bool, info: TcpInfo | None = None) -> FlowRecord:
         # One per flow on the sensor's hot path: every field positionally through FlowRecord.from_fields
         # (declaration order), a few us cheaper than keyword construction of the frozen dataclass.
-        cookie, pid, sport, dport = r.cookie, r.pid, r.sport, r.dport
+        (cookie, sk, netns, cgroup_id, _family, src, sport, dst, dport, direction, outcome, pid, comm,
+         start_ns, last_ns, bytes_tx, bytes_rx, packets_tx, packets_rx, retransmits, connect_us, srtt_us,
+         srtt_min_us, srtt_max_us, min_rtt_us, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx) = r
         drops_by_sk = self._drops_by_sk
-        counts = (drops_by_sk.pop(r.sk, None) if final else drops_by_sk.get(r.sk)) if drops_by_sk else None
+        counts = (drops_by_sk.pop(sk, None) if final else drops_by_sk.get(sk)) if drops_by_sk else None
         reasons = dict(counts) if counts else {}
-        inbound = r.direction == "inbound"
         offset = self._clock_offset
         limit = (self._limits.pop(cookie, "unknown") if final else self._limits.get(cookie, "unknown")) \
             if self._limits else "unknown"
-        min_rtt = r.min_rtt_us or r.srtt_min_us
+        min_rtt = min_rtt_us or srtt_min_us
         rttvar = delivery_rate = lost = reordering = 0
         if info is not None:
             rttvar, delivery_rate = info.rttvar or 0, info.delivery_rate or 0
             lost, reordering, min_rtt = info.lost or 0, info.reordering or 0, info.min_rtt or min_rtt
         return FlowRecord.from_fields(
-            cookie or _synthetic_id(r.netns, r.src, sport, r.dst, dport, r.start_ns),  # flow_id
-            r.src, sport, r.dst, dport, "tcp", r.direction, pid, self._comm(pid, r.comm),
-            self._cgroup(r.cgroup_id, pid), r.cgroup_id, r.netns,
-            r.start_ns + offset, (r.last_ns if final else time.monotonic_ns()) + offset,  # start_ns, end_ns
-            r.bytes_tx, r.bytes_rx, r.packets_tx, r.packets_rx, r.outcome, r.retransmits,
-            r.srtt_us, min_rtt, r.srtt_max_us, r.cwnd, r.cwnd_min, r.cwnd_max,  # .. max_rtt_us, cwnd*
-            limit, r.connect_us, r.resets_tx, r.resets_rx, sum(reasons.values()) if reasons else 0,
+            cookie or _synthetic_id(netns, src, sport, dst, dport, start_ns),  # flow_id
+            src, sport, dst, dport, "tcp", direction, pid, self._comm(pid, comm),
+            self._cgroup(cgroup_id, pid), cgroup_id, netns,
+            start_ns + offset, (last_ns if final else time.monotonic_ns()) + offset,  # start_ns, end_ns
+            bytes_tx, bytes_rx, packets_tx, packets_rx, outcome, retransmits,
+            srtt_us, min_rtt, srtt_max_us, cwnd, cwnd_min, cwnd_max,  # srtt_us .. cwnd_max
+            limit, connect_us, resets_tx, resets_rx, sum(reasons.values()) if reasons else 0,
             "final" if final else "interim", "exact",  # kind, fidelity
             rttvar, delivery_rate, lost, reordering,
-            service_name(sport if inbound else dport, "tcp"), "", reasons,  # service, node_id, drop_reasons
+            service_name(sport if direction == "inbound" else dport, "tcp"), "", reasons,  # .. drop_reasons
         )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
