@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("meshnode.daemon._run_cmd", "run a node: sensor, store, gRPC API and mesh"),
     "capture": ("meshnode.sensor._capture_cmd", "run the sensor alone and print flows as they end"),
     "ca": ("meshnode.trust._ca_cmd", "create a fleet CA and issue node/client certificates"),
+    "lab": ("meshnode.demo._lab_cmd", "a demo lab: 6 hosts in 2 sites, real traffic, a node on each; inject faults"),
 }
 
 
