@@ -39,6 +39,7 @@ from meshnode.api._convert import (
     scan_pb,
 )
 from meshnode.api._filters import FilterError, Selector
+from meshnode.api._flowstream import HistoryReader, in_thread
 from meshnode.api._live import EventRing, FlowFeed
 from meshnode.api._status import StatusProvider
 from meshnode.store import FlowQuery, Store, StoredFlow, StoreTimeout
@@ -171,28 +172,16 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         limit = request.number or (0 if request.follow and not request.since_ns else DEFAULT_FLOWS)
         query = FlowQuery(request.since_ns, request.until_ns, request.include_interim, None, after)
         sub = self.feed.subscribe() if request.follow else None
+        history = HistoryReader(
+            self.store, sel.query(query), limit, min(request.batch_size, MAX_BATCH), _deadline(context),
+            lambda key: "" if request.follow else encode_page_token(request, key),
+        )
         try:
             try:
-                page = await asyncio.to_thread(self._history, query, sel, limit, _deadline(context))
+                async for resp in in_thread(history.responses()):
+                    yield resp
             except StoreTimeout:
                 await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the query ran past the deadline")
-            token = (encode_page_token(request, page.items[-1].key)
-                     if page.more and page.items and not request.follow else "")
-            if request.batch_size:
-                # packed responses: one message per record costs gRPC Python ~70 us, too slow for 100k
-                size = min(request.batch_size, MAX_BATCH)
-                for start in range(0, len(page.items), size):
-                    chunk = page.items[start:start + size]
-                    resp = observer_pb2.FlowsResponse(flows=[sf.record.to_proto() for sf in chunk])
-                    if start + size >= len(page.items):
-                        resp.next_page_token = token
-                    yield resp
-            else:
-                for i, sf in enumerate(page.items):
-                    resp = observer_pb2.FlowsResponse(flow=sf.record.to_proto())
-                    if i == len(page.items) - 1:
-                        resp.next_page_token = token
-                    yield resp
             if sub is None:
                 return
             async for seq, batch in sub:
@@ -200,7 +189,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                  f"follow: the client fell behind and {sub.lagged} records were dropped; "
                                  "reconnect with since_ns to resume")
-                if seq <= page.snapshot:
+                if seq <= history.snapshot:
                     continue
                 fresh = [sf.record for sf in batch
                          if (sf.record.kind != "interim" or request.include_interim)

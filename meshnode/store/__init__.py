@@ -7,6 +7,7 @@ from meshnode.store._schema import SCHEMA_VERSION
 from meshnode.store._store import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_BYTES,
+    ROW_FIELDS,
     TABLE_FINAL,
     TABLE_INTERIM,
     FlowQuery,
@@ -22,6 +23,7 @@ from meshnode.store._store import (
 __all__ = [
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MAX_BYTES",
+    "ROW_FIELDS",
     "SCHEMA_VERSION",
     "TABLE_FINAL",
     "TABLE_INTERIM",

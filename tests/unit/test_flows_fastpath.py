@@ -1,0 +1,202 @@
+"""The Flows fast path (store rows straight into messages) sends exactly what the FlowRecord path sent.
+
+The reference is ``ObserverServicer._history`` (rows decoded into ``FlowRecord``, re-checked by the Python
+filters) followed by ``FlowRecord.to_proto``, batched as the servicer did before; the fast path is
+``HistoryReader`` over ``Store.query_rows``. Both run over the same store and must produce equal messages
+(compared serialized, field by field), the same "more" and the same key for the page token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from meshnode._model import FlowRecord
+from meshnode.api import ObserverServicer, Selector
+from meshnode.api._flowstream import WIRE_ENUMS, HistoryReader, in_thread
+from meshnode.store import ROW_FIELDS, FlowQuery, Store
+from meshnode.v1 import flow_pb2, observer_pb2
+from tests.unit._flows import T0, S, flow
+
+F = flow_pb2.FlowFilter
+U64_TOP = (1 << 64) - 1
+
+
+def varied(n: int, rng: random.Random) -> list[FlowRecord]:
+    """Records with every field set, failures, UDP, IPv6, u64 ids above 2**63, drop reasons, odd values."""
+    out = []
+    for i in range(1, n + 1):
+        udp = rng.random() < 0.3
+        v6 = rng.random() < 0.3
+        outcome = rng.choice(["udp_answered", "udp_unanswered"] if udp else
+                             ["established", "refused", "timeout", "reset", "in_progress"])
+        out.append(flow(
+            rng.choice([i, (1 << 63) + i, U64_TOP - i]),
+            src=rng.choice(["fd00::1", "fe80::1%eth0"]) if v6 else "10.0.0.1",
+            dst=rng.choice(["fd00::7", "2001:db8::1"]) if v6 else rng.choice(["10.1.2.3", "192.0.2.9"]),
+            sport=rng.randrange(65536), dport=rng.choice([0, 22, 53, 443, 65535]), proto="udp" if udp else "tcp",
+            direction=rng.choice(["outbound", "inbound"]), pid=rng.choice([0, 1, 4_000_000]),
+            comm=rng.choice(["", "curl", "名前", 'q"uo\\te', "[x]"]), cgroup=rng.choice(["", "/", "/a/b", "/ab"]),
+            cgroup_id=rng.choice([0, 7, U64_TOP]), netns=rng.choice([0, 4026531840, (1 << 63) + 5]),
+            start_ns=T0 + (i // 3) * S - rng.randrange(S), end_ns=T0 + (i // 3) * S,  # shared end_ns: ids order
+            bytes_tx=rng.choice([0, 1, 1 << 40]), bytes_rx=rng.randrange(1 << 33), packets_tx=rng.randrange(99),
+            packets_rx=rng.randrange(99), outcome=outcome, retransmits=rng.randrange(5),
+            srtt_us=rng.randrange(10**6), min_rtt_us=rng.randrange(1000), max_rtt_us=rng.randrange(10**7),
+            cwnd=rng.randrange(100), cwnd_min=rng.randrange(10), cwnd_max=rng.randrange(1000),
+            limited_by=rng.choice(["app", "receiver_window", "send_buffer", "congestion", "unknown"]),
+            connect_us=rng.randrange(5000), resets_tx=rng.randrange(2), resets_rx=rng.randrange(2),
+            drops=rng.randrange(3), fidelity=rng.choice(["exact", "polled"]), rttvar_us=rng.randrange(500),
+            delivery_rate=rng.randrange(10**9), lost=rng.randrange(3), reordering=rng.randrange(3),
+            service=rng.choice(["", "https", "dns"]), node_id=rng.choice(["", "n1"]),
+            drop_reasons=rng.choice([{}, {}, {"NO_SOCKET": 2}, {"TCP_RETRANS": 1, "NETFILTER_DROP": 9}]),
+        ))
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    rng = random.Random(11)
+    recs = varied(600, rng)
+    with Store(tmp_path_factory.mktemp("fast") / "m.db") as st:
+        seq = st.open_period(T0)
+        half = len(recs) // 2
+        ids = iter(range(10**6, 10**7))
+        interims = [r.replace(kind="interim", flow_id=next(ids)) for r in recs[:40]]
+        _, seq2, _ = st.close_period(seq, T0 + 200 * S, recs[:half], interims, "", next_start_ns=T0 + 200 * S)
+        assert seq2 is not None
+        later = [r.replace(kind="interim", flow_id=next(ids), end_ns=r.end_ns + S) for r in recs[40:60]]
+        st.close_period(seq2, T0 + 400 * S, recs[half:], later, "")
+        yield st
+
+
+def reference(store: Store, query: FlowQuery, sel: Selector, limit: int, batch: int
+              ) -> tuple[list[bytes], bool, tuple[int, int, int] | None]:
+    """What the servicer sent before the fast path: ``_history`` then ``to_proto`` per record."""
+    page = ObserverServicer(store)._history(query, sel, limit, None)
+    if batch:
+        out = [observer_pb2.FlowsResponse(flows=[sf.record.to_proto() for sf in page.items[s:s + batch]])
+               for s in range(0, len(page.items), batch)]
+    else:
+        out = [observer_pb2.FlowsResponse(flow=sf.record.to_proto()) for sf in page.items]
+    last = page.items[-1].key if page.more else None
+    return [r.SerializeToString() for r in out], page.more, last
+
+
+def fast(store: Store, query: FlowQuery, sel: Selector, limit: int, batch: int
+         ) -> tuple[list[bytes], bool, tuple[int, int, int] | None]:
+    keys: list[tuple[int, int, int]] = []
+
+    def token(key: tuple[int, int, int]) -> str:
+        keys.append(key)
+        return f"token-{key}"
+
+    h = HistoryReader(store, sel.query(query), limit, batch, None, token)
+    out = list(h.responses())
+    if h.more:
+        assert out[-1].next_page_token == f"token-{keys[0]}"
+        out[-1].next_page_token = ""
+    assert not any(r.next_page_token for r in out)
+    return [r.SerializeToString() for r in out], h.more, keys[0] if keys else None
+
+
+CASES = [
+    ("everything", FlowQuery(), Selector(), 100_000),
+    ("with interim", FlowQuery(include_interim=True), Selector(), 100_000),
+    ("limit, more remain", FlowQuery(include_interim=True), Selector(), 250),
+    ("limit exactly the matches", FlowQuery(), Selector(), 600),
+    ("time range", FlowQuery(since_ns=T0 + 20 * S, until_ns=T0 + 150 * S), Selector(), 100_000),
+    ("after a key", FlowQuery(after=(T0 + 50 * S, 0, 3), include_interim=True), Selector(), 90),
+    ("v6 CIDR minus failures", FlowQuery(),
+     Selector.from_request([F(dst=["fd00::/8", "2001:db8::1"])], [F(outcome=[flow_pb2.REFUSED, flow_pb2.TIMEOUT])]),
+     100_000),
+    ("udp or port 22, not inbound", FlowQuery(include_interim=True),
+     Selector.from_request([F(proto=[flow_pb2.UDP]), F(port=[22])], [F(direction=[flow_pb2.INBOUND])]), 100_000),
+    ("comm and cgroup", FlowQuery(), Selector.from_request([F(comm=["名前", 'q"uo\\te'], cgroup=["/a"])], []),
+     100_000),
+    ("nothing matches", FlowQuery(), Selector.from_request([F(comm=["nobody"])], []), 100),
+    ("limit 0", FlowQuery(), Selector(), 0),
+]
+
+
+@pytest.mark.parametrize("batch", [0, 1, 7, 1000])
+@pytest.mark.parametrize(("name", "query", "sel", "limit"), CASES, ids=[c[0] for c in CASES])
+def test_fast_path_sends_what_the_record_path_sent(
+    store: Store, name: str, query: FlowQuery, sel: Selector, limit: int, batch: int
+) -> None:
+    want = reference(store, query, sel, limit, batch)
+    got = fast(store, query, sel, limit, batch)
+    assert got[1:] == want[1:]
+    assert len(got[0]) == len(want[0])
+    for g, w in zip(got[0], want[0], strict=True):
+        if g != w:  # name the first differing field
+            gm, wm = observer_pb2.FlowsResponse.FromString(g), observer_pb2.FlowsResponse.FromString(w)
+            assert gm == wm
+        assert g == w
+    if name == "everything":
+        assert len(b"".join(got[0])) > 0 and want[1] is False
+
+
+def test_the_store_sees_every_kind_of_record(store: Store) -> None:
+    """The varied records really vary (guards the comparison above against a degenerate store)."""
+    with store.reader() as conn:
+        recs = [s.record for s in store.query_flows(FlowQuery(include_interim=True), conn)]
+    assert {r.kind for r in recs} == {"final", "interim"}
+    assert {r.proto for r in recs} == {"tcp", "udp"}
+    assert {r.outcome for r in recs} >= {"established", "refused", "timeout", "reset", "udp_answered",
+                                          "udp_unanswered", "in_progress"}
+    assert any(":" in r.dst for r in recs) and any(r.flow_id >= 1 << 63 for r in recs)
+    assert any(r.drop_reasons for r in recs) and any(r.cgroup_id == U64_TOP for r in recs)
+
+
+def test_rows_carry_wire_numbers_and_unsigned_ids(store: Store) -> None:
+    with store.reader() as conn:
+        rows = list(store.query_rows(FlowQuery(), conn, WIRE_ENUMS))
+        recs = [s.record for s in store.query_flows(FlowQuery(), conn)]
+    assert len(rows) == len(recs)
+    for row, rec in zip(rows, recs, strict=True):
+        values = dict(zip(ROW_FIELDS, row, strict=False))
+        assert values["flow_id"] == rec.flow_id and values["netns"] == rec.netns
+        assert values["outcome"] == flow_pb2.Outcome.Value(rec.outcome.upper())
+        assert values["drop_reasons"] == (rec.drop_reasons or None)
+
+
+def test_in_thread_stops_and_closes_the_producer_when_the_consumer_leaves() -> None:
+    closed = threading.Event()
+    threads: set[str] = set()
+
+    def items() -> Iterator[int]:
+        try:
+            for i in range(10**9):
+                threads.add(threading.current_thread().name)
+                yield i
+        finally:
+            threads.add(threading.current_thread().name)
+            closed.set()
+
+    async def main() -> list[int]:
+        got = []
+        async for i in in_thread(items(), ahead=3):
+            got.append(i)
+            if i == 5:
+                break
+        return got
+
+    assert asyncio.run(main()) == list(range(6))
+    assert closed.wait(10)
+    assert threads == {"meshnode-flows"}  # advanced and closed in the producer thread only
+
+
+def test_in_thread_raises_the_producers_error() -> None:
+    def items() -> Iterator[int]:
+        yield 1
+        raise ValueError("boom")
+
+    async def main() -> list[int]:
+        return [i async for i in in_thread(items())]
+
+    with pytest.raises(ValueError, match="boom"):
+        asyncio.run(main())
