@@ -559,7 +559,10 @@ class CrossValidator:
         if self._owners.get(c.src) != c.reporter:
             report.unverifiable["src_not_member"] += 1
             return
-        lo, hi = c.end_ns - cfg.skew_ns, c.end_ns + cfg.skew_ns + cfg.period_ns
+        # the witness's record may have ended (and been published, final) any time after the flow started:
+        # a UDP flow the witness closed at once stays open at the reporter until its idle timeout, so an interim
+        # claim can outlive the witness's final record by far; only the whole span, covered, proves absence
+        lo, hi = c.start_ns - cfg.skew_ns, c.end_ns + cfg.skew_ns + cfg.period_ns
         spans = sorted(self._periods.get(witness, {}).values(), key=lambda x: x.period_start_ns)
         covering = [s for s in spans if s.period_end_ns > lo and s.period_start_ns < hi]
         reach = lo
@@ -587,8 +590,11 @@ class CrossValidator:
                     index[k] = kept
                 else:
                     del index[k]
+        # a period goes one period (and skew) before its records, so that a held period's records are all
+        # still held: a period kept while its records are gone would prove an absence that is not there
+        period_horizon = horizon + self.config.period_ns + self.config.skew_ns
         for periods in self._periods.values():
-            for span in [s for s in periods if s[1] < horizon]:
+            for span in [s for s in periods if s[1] < period_horizon]:
                 del periods[span]
         self._final_pairs = {k: v for k, v in self._final_pairs.items() if v >= horizon}
 

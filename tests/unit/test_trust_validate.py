@@ -339,3 +339,22 @@ def test_property_udp_with_whole_datagrams_lost_passes(sent, size, lost):
     a, b = pair("udp", tx=sent * size, rx=0, ptx=sent, prx=0, outcome="udp_unanswered")
     b = dataclasses.replace(b, bytes_rx=got * size, packets_rx=got, bytes_tx=0, packets_tx=0)
     assert compare_final(a, b) == []
+
+
+def test_interim_claim_outliving_the_witness_final_record_is_not_missing():
+    """Lab finding: b's UDP echo socket keeps a flow open (interim, udp_answered) for its idle timeout after
+    a's query socket closed at once (final, in a's period 0). Once a's record is out of the validator's
+    memory, b's later interim claims must not turn into missing_at_witness: a's records since the flow
+    started are no longer held, so absence cannot be proven."""
+    a_rec, b_rec = pair("udp", tx=300, rx=0, ptx=1, prx=0, start=T0 + S, end=T0 + S, outcome="udp_unanswered")
+    b_rec = dataclasses.replace(b_rec, outcome="udp_answered", bytes_tx=900, bytes_rx=300, packets_tx=1,
+                                packets_rx=1)
+    v = validator()
+    evidence = []
+    for k in range(9):  # b's interims, 9 periods long
+        b_k = dataclasses.replace(b_rec, end_ns=T0 + (k + 1) * P, final=False)
+        v.add(period("a", k, *((a_rec,) if k == 0 else ())))
+        v.add(period("b", k, b_k))
+        evidence += v.evaluate(T0 + (k + 1) * P + S).evidence
+    assert [e.reason for e in evidence if e.field == "existence"] == []
+    assert v.counters["unverifiable_witness_gap"] > 0
