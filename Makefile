@@ -30,5 +30,10 @@ integration: setup
 bench: setup
 	$(PY) -m bench
 
+# The demo lab (issue 8): 6 hosts in 2 sites, real traffic, a node on each, meshctl top on web1.
+# `meshnode lab fault NAME` / `heal` / `status` / `down` act on it; see README "Demo".
+demo: setup
+	@$(VENV)/bin/meshnode lab up
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
