@@ -165,7 +165,16 @@ def measure(kind: str, port: int, n: int) -> dict[str, Any]:
         proc.wait(timeout=60)
         lines = drain.join()
         if kind == "ours":
-            recs = [json.loads(ln) for ln in lines if ln.startswith("{")]
+            recs, bad = [], []
+            for ln in lines:
+                if ln.startswith("{"):
+                    try:
+                        recs.append(json.loads(ln))
+                    except ValueError:
+                        bad.append(ln)
+            if bad:  # counted and shown, not fatal: one such line voided a whole run once
+                print(f"ours: {len(bad)} unparsable output lines, first: {bad[0][:300]!r}", file=sys.stderr)
+            res["bad_lines"] = len(bad)
             res["completeness"] = recs[-1].get("completeness", {}) if recs else {}
             res["records"] = sum(1 for r in recs if r.get("proto") == "tcp" and r.get("kind") == "final"
                                  and port in (r.get("dport"), r.get("sport")))
@@ -243,7 +252,8 @@ def report(results: dict[str, list[dict[str, Any]]], conns: int, per_flow: float
     for r in ours:
         c = r["completeness"]
         print(f"ours: records {r['records']} / opens {r['opens']} = {r['records'] / max(r['opens'], 1):.4f}; "
-              f"lost {c.get('lost_events')}, evicted {c.get('map_evictions')}, overruns {c.get('ringbuf_overruns')}")
+              f"lost {c.get('lost_events')}, evicted {c.get('map_evictions')}, overruns {c.get('ringbuf_overruns')}"
+              + (f"; {r['bad_lines']} unparsable lines" if r.get("bad_lines") else ""))
     runs = ours[-1]["bpf_runs"]
     print("ours, BPF ns per run: " + ", ".join(f"{k} {ns_ / max(cnt, 1):.0f} ({cnt} runs)"
                                                for k, (ns_, cnt) in sorted(runs.items())))
