@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cli._client import Node
-from cli._convert import flow_dict, flow_json_line, message_dict
+from cli._convert import flow_json_line, message_dict
 from cli._exceptions import EXIT_OK, NotAvailable, UsageError
 from cli._output import console, emit, is_plain, print_json, print_json_line
 from cli._units import parse_time_ns
@@ -90,20 +90,19 @@ def cmd_flows(args: argparse.Namespace, node: Node) -> int:
             if args.follow:
                 out.flush()
         return EXIT_OK
-    from cli._views import flows_table
+    from cli._flowtext import FlowPrinter
 
     # Columns have fixed widths, so each batch prints as it arrives and still lines up (follow or not,
     # and a 100,000-record answer never waits for one giant table).
-    c = console(wide=args.wide)
-    plain = is_plain(c)
+    printer = FlowPrinter(wide=args.wide)
     header = True
     for batch in node.flows(req):
-        emit(c, flows_table([flow_dict(x) for x in batch], wide=args.wide, plain=plain, header=header))
+        printer.batch(batch, header=header)
         header = False
         if args.follow:
             out.flush()
     if header and not args.follow:
-        emit(c, "no flows match" + (f" since {args.since}" if args.since else ""))
+        printer.message("no flows match" + (f" since {args.since}" if args.since else ""))
     return EXIT_OK
 
 
