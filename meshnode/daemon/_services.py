@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from meshnode.mesh import MeshService
     from meshnode.summary import PeriodSummary
     from meshnode.trust import MeshTrust
+    from meshnode.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,13 @@ class DiagnosisRunner:
         node.record_listeners.append(self.on_period)
         if mesh is not None:
             mesh.digest_listeners.append(self.source.on_digest)
+            mesh.digest_decorators.append(self.decorate)
+
+    def decorate(self, digest: mesh_pb2.Digest, period: object, records: Sequence[FlowRecord]) -> None:
+        """A digest decorator: the period's client transactions per destination (``Rollup.client_kinds``)."""
+        from meshnode.diagnosis import decorate_digest
+
+        decorate_digest(digest, records)
 
     def on_period(self, summary: PeriodSummary, records: Sequence[FlowRecord]) -> None:
         """A record listener: hold the period for blame, and push its anomalies to the Events stream."""

@@ -70,7 +70,7 @@ from meshnode.diagnosis._servicer import (
     blame_pb,
     compare_pb,
 )
-from meshnode.diagnosis._source import HORIZON_NS, NodeSource
+from meshnode.diagnosis._source import HORIZON_NS, NodeSource, client_kinds, decorate_digest
 from meshnode.diagnosis._taxonomy import (
     DISCOVERY_PORTS,
     MAX_ATTEMPTS_PER_OUTAGE,
@@ -147,8 +147,10 @@ __all__ = [
     "blame",
     "blame_pb",
     "classify",
+    "client_kinds",
     "compare",
     "compare_pb",
+    "decorate_digest",
     "deviation",
     "discovery_chatter",
     "discovery_protocol",

@@ -9,8 +9,11 @@ What a node knows, and what each piece becomes:
   flows. Failed and successful attempts are kept as small tuples for the retry taxonomy (seed 004), and
   discovery chatter per process and protocol;
 - **every verified peer digest** (``add_digest``, a ``MeshService.digest_listeners`` callback): its
-  destination rollups become counted transactions (``transactions_from_rollups``, with the digest's
-  ``flows_retransmitting``/``flows_slow_connect`` as the degraded counts), and one sample per destination.
+  destination rollups' ``client_kinds`` (the publisher's outbound flows that ended in the period, by kind,
+  which ``decorate_digest`` puts in every digest this node publishes) become counted transactions, and one
+  sample per destination. A digest without them (an older publisher) falls back to
+  ``transactions_from_rollups``, with ``flows_retransmitting``/``flows_slow_connect`` as the degraded
+  counts; its rollups also hold inbound flows and every period of long-lived ones, which dilutes blame.
   The node's own digests are skipped: its own records say the same, with processes.
 
 Destination places (host, site, region) come from the newest digest of each member (``Digest.addresses``
@@ -34,7 +37,14 @@ from typing import TYPE_CHECKING, Final
 from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
 from meshnode.diagnosis._compare import PeerSample, samples_from_flows
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice, discovery_chatter, is_discovery, retry_advice
-from meshnode.diagnosis._transaction import Place, Transaction, transactions_from_flows, transactions_from_rollups
+from meshnode.diagnosis._transaction import (
+    Place,
+    Transaction,
+    split_destination,
+    transactions_from_flows,
+    transactions_from_rollups,
+)
+from meshnode.summary._problems import OK, problem_kind
 
 if TYPE_CHECKING:
     from meshnode.v1 import mesh_pb2
@@ -91,6 +101,40 @@ def collapse(transactions: Iterable[Transaction], examples: int = EXAMPLES_PER_K
             continue
         rows[key] = rows.get(key, 0) + t.count
     out.extend(replace(k, count=n) for k, n in rows.items())
+    return out
+
+
+def client_kinds(records: Iterable[FlowRecord]) -> dict[str, Counter[str]]:
+    """Destination ``dst:dport`` -> diagnosis kind -> outbound flows that ended (what blame counts of a
+    period; discovery chatter left out, as in ``transactions_from_flows``)."""
+    out: dict[str, Counter[str]] = {}
+    for r in records:
+        if r.direction != "outbound" or r.kind != "final" or r.outcome == "in_progress" or is_discovery(r):
+            continue
+        out.setdefault(r.destination, Counter())[problem_kind(r)] += 1
+    return out
+
+
+def decorate_digest(digest: mesh_pb2.Digest, records: Iterable[FlowRecord]) -> None:
+    """Fill ``client_kinds`` of every destination rollup of ``digest`` from the period's records (a
+    ``MeshService.digest_decorators`` step); each gets an ``ok`` entry, 0 when it had no outbound flow."""
+    kinds = client_kinds(records)
+    for r in digest.by_destination:
+        r.client_kinds["ok"] = 0
+        for kind, n in kinds.get(r.key, {}).items():
+            r.client_kinds[kind] = n
+
+
+def _from_client_kinds(digest: mesh_pb2.Digest, labels: Mapping[str, str]) -> list[Transaction]:
+    host, site, region = labels.get("host") or digest.node_id, labels.get("site", ""), labels.get("region", "")
+    out: list[Transaction] = []
+    for r in digest.by_destination:
+        dst, dport = split_destination(r.key)
+        for kind, n in sorted(r.client_kinds.items()):
+            if n > 0:
+                out.append(Transaction(host=host, site=site, region=region, comm="", pid=0, dst=dst, dport=dport,
+                                       service=r.service, dst_host="", dst_site="", dst_region="",
+                                       problem=kind != OK, kind=kind, count=int(n)))
     return out
 
 
@@ -168,12 +212,15 @@ class NodeSource:
                 self._members[digest.node_id] = (digest.period_end_ns, place, tuple(digest.addresses))
             if own or (digest.node_id, digest.seq) in self._seen:
                 return
-        problem_flows = {
-            r.key: {"retransmits": r.flows_retransmitting, "slow_connect": r.flows_slow_connect}
-            for r in digest.by_destination if r.flows_retransmitting or r.flows_slow_connect
-        }
-        txns = transactions_from_rollups(digest.by_destination, labels=labels, host=digest.node_id,
-                                         problem_flows=problem_flows)
+        if any(r.client_kinds for r in digest.by_destination):
+            txns = _from_client_kinds(digest, labels)
+        else:
+            problem_flows = {
+                r.key: {"retransmits": r.flows_retransmitting, "slow_connect": r.flows_slow_connect}
+                for r in digest.by_destination if r.flows_retransmitting or r.flows_slow_connect
+            }
+            txns = transactions_from_rollups(digest.by_destination, labels=labels, host=digest.node_id,
+                                             problem_flows=problem_flows)
         samples = [
             PeerSample(host=place.host, labels=labels, destination=r.key, attempts=r.useful + sum(r.failures.values()),
                        failures=sum(r.failures.values()), rtt_p50_us=float(r.rtt_p50_us),

@@ -251,8 +251,15 @@ class FlowFilter(_message.Message):
     def __init__(self, comm: _Optional[_Iterable[str]] = ..., pid: _Optional[_Iterable[int]] = ..., dst: _Optional[_Iterable[str]] = ..., dport: _Optional[_Iterable[int]] = ..., sport: _Optional[_Iterable[int]] = ..., outcome: _Optional[_Iterable[_Union[Outcome, str]]] = ..., proto: _Optional[_Iterable[_Union[Protocol, str]]] = ..., direction: _Optional[_Iterable[_Union[Direction, str]]] = ..., cgroup: _Optional[_Iterable[str]] = ..., port: _Optional[_Iterable[int]] = ..., event_type: _Optional[_Iterable[_Union[EventType, str]]] = ...) -> None: ...
 
 class Rollup(_message.Message):
-    __slots__ = ("key", "flows", "useful", "failures", "bytes_tx", "bytes_rx", "retransmits", "rtt_p50_us", "rtt_p95_us", "service", "flows_retransmitting", "flows_slow_connect")
+    __slots__ = ("key", "flows", "useful", "failures", "bytes_tx", "bytes_rx", "retransmits", "rtt_p50_us", "rtt_p95_us", "service", "flows_retransmitting", "flows_slow_connect", "client_kinds")
     class FailuresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ClientKindsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +278,7 @@ class Rollup(_message.Message):
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     FLOWS_RETRANSMITTING_FIELD_NUMBER: _ClassVar[int]
     FLOWS_SLOW_CONNECT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KINDS_FIELD_NUMBER: _ClassVar[int]
     key: str
     flows: int
     useful: int
@@ -283,7 +291,8 @@ class Rollup(_message.Message):
     service: str
     flows_retransmitting: int
     flows_slow_connect: int
-    def __init__(self, key: _Optional[str] = ..., flows: _Optional[int] = ..., useful: _Optional[int] = ..., failures: _Optional[_Mapping[str, int]] = ..., bytes_tx: _Optional[int] = ..., bytes_rx: _Optional[int] = ..., retransmits: _Optional[int] = ..., rtt_p50_us: _Optional[int] = ..., rtt_p95_us: _Optional[int] = ..., service: _Optional[str] = ..., flows_retransmitting: _Optional[int] = ..., flows_slow_connect: _Optional[int] = ...) -> None: ...
+    client_kinds: _containers.ScalarMap[str, int]
+    def __init__(self, key: _Optional[str] = ..., flows: _Optional[int] = ..., useful: _Optional[int] = ..., failures: _Optional[_Mapping[str, int]] = ..., bytes_tx: _Optional[int] = ..., bytes_rx: _Optional[int] = ..., retransmits: _Optional[int] = ..., rtt_p50_us: _Optional[int] = ..., rtt_p95_us: _Optional[int] = ..., service: _Optional[str] = ..., flows_retransmitting: _Optional[int] = ..., flows_slow_connect: _Optional[int] = ..., client_kinds: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PeriodSummary(_message.Message):
     __slots__ = ("node_id", "period_start_ns", "period_end_ns", "seq", "by_process", "by_destination", "by_cgroup", "completeness", "final_flows", "interim_flows", "incomplete")

@@ -160,3 +160,25 @@ def test_a_node_without_the_mesh_serves_blame_and_anomaly_events(tmp_path: Path)
             await node.shutdown()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_decorated_digests_count_only_ended_outbound_flows() -> None:
+    from meshnode.diagnosis import decorate_digest
+    from meshnode.mesh._digest import digest_from_period
+
+    recs = [flow(i, dst="10.0.2.3", dport=5432, outcome="timeout") for i in range(4)]
+    recs += [flow(10, dst="10.0.2.3", dport=5432, retransmits=5, packets_tx=10)]
+    recs += [flow(11, dst="10.0.2.3", dport=7400, kind="interim"),  # a long-lived flow: counted when it ends
+             flow(12, dst="10.0.2.3", dport=51000, direction="inbound")]  # the peer's client, not ours
+    summary = PeriodBuilder("n").build(1, T0, T0 + 2 * S, [r for r in recs if r.kind == "final"],
+                                       [r for r in recs if r.kind == "interim"])
+    d = digest_from_period(summary)
+    decorate_digest(d, recs)
+    kinds = {r.key: dict(r.client_kinds) for r in d.by_destination}
+    assert kinds == {"10.0.2.3:5432": {"ok": 0, "timeout": 4, "retransmits": 1}, "10.0.2.3:7400": {"ok": 0},
+                     "10.0.2.3:51000": {"ok": 0}}
+    d.node_id, d.seq, d.labels["host"] = "id-app-2", 1, "app-2"
+    src = NodeSource(ME)
+    src.add_digest(d)
+    txns = src.transactions(0, T0 + 10 * S)
+    assert sorted((t.dport, t.kind, t.count) for t in txns) == [(5432, "retransmits", 1), (5432, "timeout", 4)]
