@@ -14,6 +14,12 @@ CPU share of verification at N nodes with a period of P seconds: every node veri
 once per period, so N / P verifications per second per node (10/s at N = 100, P = 10 s); the share is
 cost x N / P over one second of one core.
 
+Wired path (``--wired``, what ``meshnode run`` does per period since issue 7): one node's ``DigestExchange``
+ingests the N - 1 peers' signed digests of a period (verify + parse), each handed through ``on_accept`` to a
+``TrustMonitor`` (claims, validator), plus its own; then ``set_members`` and ``close_period``. Each node has
+one closed TCP flow with each of its ``--fanout`` successors and predecessors (both ends report it, all
+match), 50 outside destinations, digests bounded as published. CPU per period / period = the share.
+
     .venv/bin/python bench/bench_trust.py [--nodes 100] [--period 10] [--iterations 2000]
 """
 
@@ -33,6 +39,8 @@ from meshnode._model import FlowRecord
 from meshnode.mesh import (
     DIGEST_VERSION,
     DigestConfig,
+    DigestExchange,
+    ManualScheduler,
     NodeKey,
     bound_digest,
     check_signature,
@@ -42,7 +50,7 @@ from meshnode.mesh import (
     sign_digest,
     verify_digest,
 )
-from meshnode.trust import CrossValidator, ValidationConfig, claims_from_digest
+from meshnode.trust import CrossValidator, TrustMonitor, ValidationConfig, claims_from_digest
 from meshnode.v1 import mesh_pb2
 
 S = 10**9
@@ -107,12 +115,75 @@ def per_call(fn: Callable[[], object], iterations: int, rounds: int = 5) -> floa
     return best
 
 
+def wired(nodes: int, period: float, fanout: int, periods: int, seed: int) -> tuple[float, int, int, int]:
+    """CPU seconds per period of verification + validation at one node of ``nodes``; claims matched, evidence
+    and endpoint records per digest (see the module docstring)."""
+    rng = random.Random(seed)
+    p_ns = int(period * 1e9)
+    keys = [NodeKey.from_seed(f"wired-{i}".encode()) for i in range(nodes)]
+    ips = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(nodes)]
+    owners = {ips[i]: keys[i].node_id for i in range(nodes)}
+    sched = ManualScheduler(wall_start_ns=T0)
+    me = 0
+    ex = DigestExchange(keys[me], sched)
+    monitor = TrustMonitor(keys[me].node_id, validation=ValidationConfig(period_s=period), now_ns=T0)
+    ex.on_accept = lambda digest, _signed: monitor.on_digest(digest, "gossip")
+    peer_ex = [DigestExchange(k, sched) for k in keys]
+    cpu: list[float] = []
+    matched = evidence = n_endp = 0
+    for k in range(periods):
+        start = T0 + k * p_ns
+        signed = []
+        for i in range(nodes):
+            recs = flows(rng, ips[i], ips, 50, 0)
+            for d in range(1, fanout + 1):
+                for j, direction in (((i + d) % nodes, "outbound"), ((i - d) % nodes, "inbound")):
+                    lo, hi = (i, j) if direction == "outbound" else (j, i)
+                    sport = 40000 + lo * 7 + d  # the same 5-tuple at both ends
+                    tx, rx = 1000 + 37 * lo + d, 500 + 11 * hi + d
+                    a_src, a_sport, a_dst, a_dport = ips[lo], sport, ips[hi], 7400
+                    if direction == "outbound":
+                        r = FlowRecord(flow_id=10**6 + j, src=a_src, sport=a_sport, dst=a_dst, dport=a_dport,
+                                       proto="tcp", direction="outbound", bytes_tx=tx, bytes_rx=rx, packets_tx=9,
+                                       packets_rx=9, outcome="established", kind="final")
+                    else:
+                        r = FlowRecord(flow_id=10**6 + j, src=a_dst, sport=a_dport, dst=a_src, dport=a_sport,
+                                       proto="tcp", direction="inbound", bytes_tx=rx, bytes_rx=tx, packets_tx=9,
+                                       packets_rx=9, outcome="established", kind="final")
+                    recs.append(r.replace(start_ns=start + S, end_ns=start + 2 * S))
+            d_i = digest_from_period(_Period(start, start + p_ns, rollups_from_flows(recs)),  # type: ignore[arg-type]
+                                     endpoint_records(recs, set(ips) - {ips[i]}))
+            d_i.addresses.append(ips[i])
+            signed.append(peer_ex[i].publish(d_i))
+        sched.advance(period)
+        t = time.process_time()
+        for i in range(nodes):
+            if i == me:
+                held = peer_ex[me].latest(keys[me].node_id)
+                assert held is not None
+                monitor.on_digest(held.digest, "self")
+            else:
+                ex.ingest(signed[i], ips[i])
+        monitor.set_members(owners)
+        rep = monitor.close_period(T0 + (k + 1) * p_ns + S)
+        cpu.append(time.process_time() - t)
+        matched += rep.matched
+        evidence += len(rep.evidence)
+        sample = peer_ex[1].latest(keys[1].node_id)
+        n_endp = len(sample.digest.endpoints) if sample is not None else 0
+    steady = sorted(cpu[1:])[len(cpu[1:]) // 2]  # median, after the first period
+    return steady, matched, evidence, n_endp
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--period", type=float, default=10.0)
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--wired", action="store_true", help="also measure the node's wired path per period")
+    ap.add_argument("--fanout", type=int, default=10, help="wired: flows with this many successors each")
+    ap.add_argument("--periods", type=int, default=5, help="wired: periods simulated")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     me, peer_ips = "10.0.0.1", [f"10.0.1.{i}" for i in range(1, 21)]
@@ -157,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     per_digest = pair / 2
     print(f"cross-validation: {per_digest * 1e6:.0f} us per digest of 200 endpoint records (pair of nodes, all "
           f"matched) -> {per_digest * rate * 100:.2f}% CPU at {rate:.1f} digests/s")
+    if args.wired:
+        per_period, matched, evidence, n_endp = wired(args.nodes, args.period, args.fanout, args.periods, args.seed)
+        print(f"wired path, one node of {args.nodes}: {args.nodes - 1} peer digests verified + validated "
+              f"({n_endp} endpoint records each) + close_period: {per_period * 1e3:.1f} ms CPU per "
+              f"{args.period:g} s period -> {per_period / args.period * 100:.2f}% of one core "
+              f"(claims matched {matched}, evidence {evidence} over {args.periods} periods)")
     return 0
 
 
