@@ -398,7 +398,7 @@ class Fleet:
         sensor: str = "ebpf",
         data_dir: str | os.PathLike[str] | None = None,
         timeout: float = 1.5,
-        node_timeout: float = 60.0,
+        node_timeout: float = 120.0,
     ) -> Fleet:
         """Build the lab, start the services, the nodes (if asked) and the client loops; wait until all run.
 
