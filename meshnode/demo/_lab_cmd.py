@@ -363,8 +363,12 @@ def _stop_supervisor(pid: int, directory: Path) -> None:
 def _kill_tmux(directory: Path) -> bool:
     if shutil.which("tmux") is None:
         return False
-    r = subprocess.run(["tmux", "-L", _control.tmux_socket(directory), "kill-server"], capture_output=True,
-                       check=False)
+    sock = _control.tmux_socket(directory)
+    r = subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, check=False)
+    # the server leaves its socket file behind when its last session ends with the lab's processes
+    path = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}" / sock
+    with contextlib.suppress(OSError):
+        path.unlink()
     return r.returncode == 0
 
 

@@ -59,6 +59,8 @@ def leftovers(pid: int, pids: list[int], data_dir: str, tmux_socket: str) -> lis
     tmux = subprocess.run(["tmux", "-L", tmux_socket, "ls"], capture_output=True, text=True, check=False)
     if tmux.returncode == 0:
         left.append(f"tmux {tmux.stdout.strip()}")
+    if (Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}" / tmux_socket).exists():
+        left.append(f"tmux socket {tmux_socket}")
     return left
 
 
