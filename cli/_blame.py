@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from meshnode.v1 import diagnosis_pb2
 
-DIAGNOSIS_MISSING: Final = "this node has no diagnosis service (needs meshnode with diagnosis, issue 8)"
+DIAGNOSIS_MISSING: Final = "this node has no diagnosis service (it runs an older meshnode; upgrade it)"
 _KIND_PREFIX: Final = "entity_kind_"
 
 

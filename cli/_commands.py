@@ -1,4 +1,5 @@
-"""The one-shot and streaming commands: status, flows, health, events, peers, query, blame, validate.
+"""The one-shot and streaming commands: status, flows, health, events, query (peers and validate: _trust;
+blame: _blame).
 
 Each ``cmd_*`` turns flags into a request, asks the node through ``cli._client``, and prints either JSON
 (DESIGN field names) or a view from ``cli._views``.
@@ -193,26 +194,6 @@ def cmd_query(args: argparse.Namespace, node: Node) -> int:
     return EXIT_OK
 
 
-# command -> (service name suffix in reflection, words for the one-line message)
-_MISSING_SERVICES: dict[str, tuple[str, str]] = {
-    "blame": ("Diagnosis", "diagnosis"),
-    "validate": ("Trust", "trust"),
-}
-
-
-def cmd_not_yet(args: argparse.Namespace, node: Node) -> int:
-    """blame and validate: their node services do not exist yet; say so, using reflection to tell
-    a node without the service from a node with one this meshctl cannot speak to."""
-    suffix, words = _MISSING_SERVICES[args.command]
-    services = node.services() or frozenset()
-    if any(s.rsplit(".", 1)[-1] == suffix for s in services):
-        raise NotAvailable(f"this node has a {words} service, but this meshctl does not know its API yet; "
-                           "upgrade meshctl")
-    raise NotAvailable(f"this node has no {words} service yet (needs meshnode with {_NEEDS[args.command]})")
-
-
-_NEEDS = {"blame": "diagnosis", "validate": "cross-validation of peers' summaries"}
-
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Node], int]] = {
     "status": cmd_status,
     "flows": cmd_flows,
@@ -220,8 +201,6 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Node], int]] = {
     "events": cmd_events,
     "peers": cmd_peers,
     "query": cmd_query,
-    "blame": cmd_not_yet,
-    "validate": cmd_not_yet,
 }
 
 

@@ -22,7 +22,7 @@ from cli._units import format_clock
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-TRUST_MISSING = "this node has no trust service (needs meshnode with cross-validation; issue 7)"
+TRUST_MISSING = "this node has no trust service (it runs an older meshnode; upgrade it)"
 
 
 def _validate(node: Node, peer: str = "", max_evidence: int = 0) -> dict[str, Any]:
