@@ -140,6 +140,11 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     # -- Flows -------------------------------------------------------------------------------------------
 
     def _history(self, query: FlowQuery, sel: Selector, limit: int, deadline: float | None) -> _Page:
+        """Up to ``limit`` stored records as ``FlowRecord``s, re-checked by the Python filters.
+
+        The Flows RPC no longer runs this (``HistoryReader`` sends rows straight as messages); it stays as
+        the reference the fast path is tested against, and for callers that want records.
+        """
         items: list[StoredFlow] = []
         with self.store.reader(deadline) as conn:
             snap = self.store.last_closed_period(conn)
