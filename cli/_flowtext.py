@@ -97,17 +97,7 @@ def _cells(f: flow_pb2.Flow, wide: bool, pw: int) -> tuple[list[str], str] | Non
                   (format_us(dur_ns / 1000) if dur_ns < 60 * 10**9 else format_seconds(dur_ns / 1e9))
                   if dur_ns > 0 else "-",
                   _KIND.get(kind, str(kind)), service or "-", cgroup or "-"]
-    if any(":" in c and _rich_changes(c) for c in cells):
-        return None
     return cells, outcome_name
-
-
-def _rich_changes(text: str) -> bool:
-    """True when rich would print ``text`` otherwise: it replaces ``:name:`` with an emoji in table cells,
-    and IPv6 groups can spell one (``[fd00:ab::1]`` prints 🆎). Only then is rich asked."""
-    from rich._emoji_replace import _emoji_replace
-
-    return _emoji_replace(text) != text
 
 
 def flows_text(

@@ -16,13 +16,14 @@ def console(*, wide: bool = False) -> Console:
 
     ``markup=False`` everywhere: cells carry data from the node, and rich would take ``[fd00::2]:443`` (an
     IPv6 endpoint) or a comm with brackets for a style tag and swallow it. Styles come from ``Text`` only.
+    ``emoji=False`` likewise: rich would print ``[fd00:ab::1]`` as ``[fd00🆎:1]``.
     """
     from rich.console import Console
 
     if sys.stdout.isatty():
-        return Console(highlight=False, soft_wrap=False, markup=False)
+        return Console(highlight=False, soft_wrap=False, markup=False, emoji=False)
     return Console(highlight=False, soft_wrap=False, width=200 if wide else 80, no_color=True,
-                   color_system=None, force_terminal=False, markup=False)
+                   color_system=None, force_terminal=False, markup=False, emoji=False)
 
 
 def is_plain(c: Console) -> bool:
@@ -48,7 +49,7 @@ def render_text(renderable: RenderableType, *, width: int = 80, plain: bool = Tr
     from rich.console import Console
 
     buf = io.StringIO()
-    Console(file=buf, width=width, no_color=True, color_system=None, highlight=False, markup=False,
+    Console(file=buf, width=width, no_color=True, color_system=None, highlight=False, markup=False, emoji=False,
             force_terminal=not plain, legacy_windows=False).print(renderable)
     return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
 

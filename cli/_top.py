@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         for t in threads:
             t.start()
-        c = Console(highlight=False, markup=False)  # data is never markup (see _output.console)
+        c = Console(highlight=False, markup=False, emoji=False)  # data is never markup (see _output.console)
         try:
             with KeyReader() as keys, Live(console=c, screen=True, auto_refresh=False,
                                            redirect_stdout=False, redirect_stderr=False) as live:
