@@ -1,18 +1,31 @@
-"""Fleet-query latency (issue 6): N real MeshService nodes on 127.0.0.1 gRPC servers in one process, one
-FleetQuery fan-out at a time from one node; prints p50/p95/max and how many nodes answered.
+"""Fleet-query latency (issue 6): N real MeshService nodes on 127.0.0.1 gRPC servers, one FleetQuery fan-out
+at a time from one node; prints p50/p95/max, how many nodes answered, and why the others did not.
 
-Run: ``.venv/bin/python -m bench.bench_fleet_query --nodes 100 --queries 30``. All nodes share one process
-and one event loop (2 cores here), so this is an upper bound on what separate hosts would see.
+Run: ``.venv/bin/python -m bench.bench_fleet_query --nodes 100 --queries 30 [--procs 4]``.
+
+Two models of a fleet:
+
+- ``--procs 0`` (default): every node in this process, on one event loop. The querying node's fan-out then
+  shares its loop (and one core) with the other 99 nodes' servers, their probing, gossip and digest
+  verification: 100 hosts' work on one core. Under that load the querying node's own membership declares
+  live nodes dead (printed as ``not alive: DEAD``), so this is a worst case, not a model of a fleet.
+- ``--procs P``: the querying node alone in this process, the other N - 1 spread over P worker processes
+  (``--worker``), so the client loop is not also the servers' loop.
+
+The per-query reasons, the querying node's view of membership and its transport counters are printed so
+that a partial answer can be traced to its cause (membership, deadline, connection).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
 import time
+from collections import Counter
 
 import grpc
 
@@ -33,54 +46,131 @@ class Source:
                             rtt_p95_us=4000) for d in range(20)])
 
 
-async def main(n: int, queries: int) -> int:
-    servers, meshes = [], []
-    seed = ""
-    t0 = time.monotonic()
-    for i in range(n):
-        server = grpc.aio.server()
-        port = server.add_insecure_port("127.0.0.1:0")
-        addr = f"127.0.0.1:{port}"
-        mesh = MeshService(advertise=addr, key=NodeKey.from_seed(f"fq-{i}".encode()),
-                           labels={"region": "eu", "site": f"s{i % 4}", "host": f"h{i}"},
-                           seeds=[seed] if seed else [], source=Source(i), config=CONFIG, export_period=5,
-                           rng=random.Random(i))
-        mesh.register(server)
-        await server.start()
-        await mesh.start()
-        seed = seed or addr
-        servers.append(server)
-        meshes.append(mesh)
-    first = meshes[0]
-    while sum(m.state == State.ALIVE for m in first.membership.members()) < n:
-        if time.monotonic() - t0 > 120:
-            print("did not converge in 120 s", file=sys.stderr)
-            return 1
-        await asyncio.sleep(0.5)
-    print(f"{n} nodes up and converged in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    await asyncio.sleep(6)  # one digest round
-    times, answered = [], []
-    async with grpc.aio.insecure_channel(first.advertise) as ch:
-        stub = mesh_pb2_grpc.MeshStub(ch)
-        for _ in range(queries):
-            t = time.perf_counter()
-            resp = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(deadline_ms=5000), timeout=10)
-            times.append(time.perf_counter() - t)
-            answered.append(sum(1 for node in resp.nodes if node.answered))
-    times.sort()
-    p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
-    print(f"fleet query over N={n}: p50 {statistics.median(times) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-          f"max {times[-1] * 1000:.0f} ms; answered {min(answered)}-{max(answered)} of {n} (goal p95 <= 1 s)")
-    for m in meshes:
+async def start_node(i: int, seed: str, export_period: float) -> tuple[grpc.aio.Server, MeshService]:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    addr = f"127.0.0.1:{port}"
+    mesh = MeshService(advertise=addr, key=NodeKey.from_seed(f"fq-{i}".encode()),
+                       labels={"region": "eu", "site": f"s{i % 4}", "host": f"h{i}"},
+                       seeds=[seed] if seed else [], source=Source(i), config=CONFIG,
+                       export_period=export_period, rng=random.Random(i))
+    mesh.register(server)
+    await server.start()
+    await mesh.start()
+    return server, mesh
+
+
+async def stop_nodes(nodes: list[tuple[grpc.aio.Server, MeshService]]) -> None:
+    for _, m in nodes:
         await m.stop(leave=False)
-    for s in servers:
+    for s, _ in nodes:
         await s.stop(0)
+
+
+async def worker(first: int, count: int, seed: str, export_period: float) -> int:
+    """Run nodes ``first .. first + count - 1`` joined through ``seed`` until stdin closes."""
+    nodes = [await start_node(i, seed, export_period) for i in range(first, first + count)]
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    await stop_nodes(nodes)
     return 0
 
 
+async def spawn_workers(n: int, procs: int, seed: str, export_period: float) -> list[asyncio.subprocess.Process]:
+    per, extra = divmod(n - 1, procs)
+    workers, first = [], 1
+    for p in range(procs):
+        count = per + (p < extra)
+        workers.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.bench_fleet_query", "--worker", "--first", str(first), "--count",
+            str(count), "--seed", seed, "--export-period", str(export_period),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        first += count
+    for w in workers:
+        assert w.stdout is not None
+        line = await asyncio.wait_for(w.stdout.readline(), 120)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"a bench worker did not start: {line!r}")
+    return workers
+
+
+async def end_workers(workers: list[asyncio.subprocess.Process]) -> None:
+    for w in workers:
+        if w.stdin is not None:
+            w.stdin.close()
+    for w in workers:
+        try:
+            await asyncio.wait_for(w.wait(), 30)
+        except TimeoutError:
+            w.kill()
+            await w.wait()
+
+
+async def main(n: int, queries: int, procs: int, export_period: float, deadline_ms: int, fanout: int) -> int:
+    t0 = time.monotonic()
+    first_node = await start_node(0, "", export_period)
+    first = first_node[1]
+    if fanout:
+        first.query_concurrency = fanout
+    nodes = [first_node]
+    workers: list[asyncio.subprocess.Process] = []
+    try:
+        if procs > 0:
+            workers = await spawn_workers(n, procs, first.advertise, export_period)
+        else:
+            nodes += [await start_node(i, first.advertise, export_period) for i in range(1, n)]
+        while sum(m.state == State.ALIVE for m in first.membership.members()) < n:
+            if time.monotonic() - t0 > 120:
+                print("did not converge in 120 s", file=sys.stderr)
+                return 1
+            await asyncio.sleep(0.5)
+        model = f"{procs} worker processes + the querying node alone" if procs else "one process, one loop"
+        model += f", {first.query_concurrency} calls in flight per query"
+        print(f"{n} nodes ({model}) up and converged in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        await asyncio.sleep(6)  # one digest round
+        times: list[float] = []
+        answered: list[int] = []
+        reasons: Counter[str] = Counter()
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        async with grpc.aio.insecure_channel(first.advertise) as ch:
+            stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
+            for _ in range(queries):
+                t = time.perf_counter()
+                resp = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(deadline_ms=deadline_ms), timeout=10)
+                times.append(time.perf_counter() - t)
+                answered.append(sum(1 for node in resp.nodes if node.answered))
+                reasons.update(node.error for node in resp.nodes if not node.answered)
+        cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+        times.sort()
+        p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
+        print(f"fleet query over N={n}: p50 {statistics.median(times) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
+              f"max {times[-1] * 1000:.0f} ms; answered {min(answered)}-{max(answered)} of {n} "
+              f"(complete {sum(a == n for a in answered)}/{queries}) (goal p95 <= 1 s)")
+        states = Counter(m.state.name for m in first.membership.members())
+        failed = {k: v for k, v in first.transport.counters.items() if "fail" in k or "drop" in k}
+        print(f"  missing answers by reason: {dict(reasons) or 'none'}; querying node's view: {dict(states)}; "
+              f"its CPU {cpu:.2f} cores; its transport failures: {failed or 'none'}")
+        return 0
+    finally:
+        await end_workers(workers)
+        await stop_nodes(nodes)
+
+
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--queries", type=int, default=30)
+    ap.add_argument("--procs", type=int, default=0, help="worker processes for the other nodes (0: in-process)")
+    ap.add_argument("--export-period", type=float, default=5.0)
+    ap.add_argument("--deadline-ms", type=int, default=5000)
+    ap.add_argument("--fanout", type=int, default=0, help="calls in flight per query (0: the node's default)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--first", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", default="", help=argparse.SUPPRESS)
     ns = ap.parse_args()
-    sys.exit(asyncio.run(main(ns.nodes, ns.queries)))
+    if ns.worker:
+        sys.exit(asyncio.run(worker(ns.first, ns.count, ns.seed, ns.export_period)))
+    sys.exit(asyncio.run(main(ns.nodes, ns.queries, ns.procs, ns.export_period, ns.deadline_ms, ns.fanout)))

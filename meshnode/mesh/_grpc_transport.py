@@ -118,8 +118,15 @@ class GrpcTransport:
         self._channels[addr] = (channel, stub)
         while len(self._channels) > self._max_channels:
             _, (old, _) = self._channels.popitem(last=False)
-            self._spawn(old.close(None))
+            self.counters["channels_evicted"] += 1
+            # calls still running on it (a fan-out to every member) get the packet deadline to finish
+            self._spawn(old.close(self.packet_timeout))
         return stub
+
+    def reserve(self, members: int) -> None:
+        """Keep at least one channel per member of a membership this large (plus slack), so that a fan-out
+        to every member reuses the cached channels instead of closing and reopening them in LRU order."""
+        self._max_channels = max(self._max_channels, members + members // 4 + 8)
 
     def _spawn(self, coro: Awaitable[object]) -> None:
         async def run() -> None:
@@ -141,10 +148,15 @@ class GrpcTransport:
         stub = self.stub(addr)
 
         async def send() -> None:
+            if self._closed:  # aclose() ran between the send and this task's first step
+                self.counters["packets_failed_CLOSED"] += 1
+                return
             try:
                 await stub.Packet(req, timeout=self.packet_timeout)
             except grpc.aio.AioRpcError as exc:
                 self.counters[f"packets_failed_{exc.code().name}"] += 1
+            except grpc.aio.UsageError:  # its channel was closed under it (shutdown)
+                self.counters["packets_failed_CLOSED"] += 1
             except Exception:
                 self.counters["packets_failed"] += 1
                 log.exception("sending a mesh packet to %s failed", addr)

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUERY_DEADLINE_MS = 2000
 
+QUERY_CONCURRENCY = 64
+"""Calls in flight per fleet query: bounds the burst of calls and verifications on the querying node's
+loop at N = 1,000 (bench/RESULTS.md, "Fleet query latency")."""
+
 MESH_SERVICE: Final = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name
 """``"meshnode.v1.Mesh"``, for health checking and reflection (``ApiServer.add_servicer``)."""
 
@@ -150,6 +154,8 @@ class MeshService:
         self._tasks: list[asyncio.Task[None]] = []
         self.rejoin_interval = rejoin_interval
         self.joined = 0
+        self.query_concurrency = QUERY_CONCURRENCY
+        """Calls a fleet query keeps in flight at once (one per member asked)."""
         self.addresses: Callable[[], Iterable[str]] | None = None
         """This node's own IP addresses, published in each digest so peers map flow ends to members."""
         self.digest_decorators: list[Callable[[mesh_pb2.Digest, PeriodLike, Sequence[FlowRecord]], None]] = []
@@ -417,7 +423,12 @@ class MeshService:
         digests: dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]] = {}
         now_ns = self.membership._sched.wall_ns()
 
-        async def ask(x: Member) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        slots = asyncio.Semaphore(max(1, self.query_concurrency))
+        self.transport.reserve(len(targets))
+
+        async def ask(x: Member, timeout: float) -> None:
             if x.node_id == self.node_id:
                 held = self.exchange.latest(self.node_id)
                 if held is None:
@@ -431,7 +442,7 @@ class MeshService:
             stub = self.transport.stub(x.addr)
             local = mesh_pb2.FleetQueryRequest(local_only=True)
             try:
-                resp = await with_retries(lambda: stub.FleetQuery(local, timeout=deadline), budget=deadline)
+                resp = await with_retries(lambda: stub.FleetQuery(local, timeout=timeout), budget=timeout)
             except grpc.aio.AioRpcError as exc:
                 statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=exc.code().name)
                 return
@@ -452,10 +463,17 @@ class MeshService:
             digests[x.node_id] = (signed, d)
 
         async def ask_bounded(x: Member) -> None:
-            try:
-                await asyncio.wait_for(ask(x), deadline)
-            except TimeoutError:
-                statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error="DEADLINE_EXCEEDED")
+            if x.node_id == self.node_id or x.state not in (State.ALIVE, State.SUSPECT):
+                await ask(x, deadline)  # answered here, without a call
+                return
+            async with slots:  # the query's deadline runs from its start, waiting for a slot included
+                left = end - loop.time()
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    await asyncio.wait_for(ask(x, left), left)
+                except TimeoutError:
+                    statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error="DEADLINE_EXCEEDED")
 
         await asyncio.gather(*(ask_bounded(x) for x in targets))
         resp = mesh_pb2.FleetQueryResponse()
