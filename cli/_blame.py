@@ -32,7 +32,8 @@ DIAGNOSIS_MISSING: Final = "this node has no diagnosis service (it runs an older
 _KIND_PREFIX: Final = "entity_kind_"
 
 
-def _call(node: Node, method: str, req: Any) -> Any:
+def call_diagnosis(node: Node, method: str, req: Any) -> Any:
+    """``Diagnosis.<method>(req)`` on ``node``; NotAvailable when the node has no Diagnosis service."""
     from meshnode.v1 import diagnosis_pb2_grpc
 
     # The channel is the Node's own: one connection, the same options and timeout as every other call.
@@ -71,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             creq = diagnosis_pb2.CompareRequest(destination=args.target or "", since_ns=since, until_ns=until,
                                                 group_by=args.group_by)
-            doc = message_dict(_call(node, "Compare", creq))
+            doc = message_dict(call_diagnosis(node, "Compare", creq))
             view: RenderableType | None = None if args.json else compare_view(doc, wide=args.wide)
         else:
             breq = diagnosis_pb2.BlameRequest(target=args.target or "", since_ns=since, until_ns=until,
                                               threshold=args.threshold or 0.0, max_suspects=args.max)
-            doc = blame_dict(_call(node, "Blame", breq))
+            doc = blame_dict(call_diagnosis(node, "Blame", breq))
             view = None
     if args.json:
         print_json(doc)

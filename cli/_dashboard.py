@@ -233,6 +233,40 @@ def mesh_summary(peers: Mapping[str, Any]) -> dict[str, Any]:
     return {**counts, "down": down, "flagged": []}
 
 
+def blame_summary(doc: Mapping[str, Any], window_s: float) -> dict[str, Any]:
+    """The blame line's data from a BlameResponse dict (``cli._blame.blame_dict`` names or proto names):
+    the verdict, the top suspect's kind, name, problem fraction and whether it is a shared cause, and the
+    figures it stands on."""
+    top: dict[str, Any] | None = None
+    suspects = doc.get("suspects") or []
+    if suspects:
+        s = suspects[0]
+        kind = str(s.get("kind", ""))
+        top = {"kind": kind.removeprefix("entity_kind_"), "name": str(s.get("name", "")),
+               "problem_fraction": float(s.get("problem_fraction", 0.0)), "shared": bool(s.get("shared", True))}
+    return {"window_s": window_s, "verdict": str(doc.get("verdict", "")), "top": top,
+            "transactions": int(doc.get("transactions", 0)), "problems": int(doc.get("problems", 0)),
+            "hosts": int(doc.get("hosts", 0))}
+
+
+def blame_line(blame: Mapping[str, Any], plain: bool) -> Text:
+    """``blame 6s: dst_host db1 100% · destination host db1 (10.0.0.5) is failing: …`` (one line, cut
+    at the screen's edge) or ``blame 6s: no problem above 20% · 1,234 transactions from 6 hosts``."""
+    out = Text(f"blame {format_seconds(blame['window_s'])}: ", no_wrap=True, overflow="ellipsis")
+    top = blame.get("top")
+    if top is None:
+        out.append(str(blame.get("verdict", "")), style="" if plain else "green")
+        hosts = int(blame.get("hosts", 0))
+        out.append(f" · {format_count(int(blame.get('transactions', 0)))} transactions from {hosts} "
+                   f"host{'s' if hosts != 1 else ''}")
+        return out
+    mark = "" if top.get("shared", True) else " ?"
+    out.append(f"{top['kind']} {top['name']}{mark} {format_percent(top['problem_fraction'])}",
+               style="" if plain else "bold red")
+    out.append(f" · {blame.get('verdict', '')}")
+    return out
+
+
 def _footer(v: Mapping[str, Any], plain: bool) -> Text:
     if v.get("input") is not None:
         return Text(f"filter process: {v['input']}▏  (Enter apply · Esc clear)",
@@ -251,7 +285,9 @@ def dashboard(v: Mapping[str, Any], *, height: int = 24, wide: bool = False, pla
     """One frame of ``meshctl top`` from the view dict (see ``cli._top.TopState.view``), fitted to
     ``height`` lines: the process, destination and event sections share what the fixed lines leave."""
     head = _header(v, plain)
-    fixed = len(head) + 1 + 3 * 2 + 1 + 1  # header, blank, 3 x (title, column header), mesh, footer
+    if v.get("blame") is not None:
+        head.append(blame_line(v["blame"], plain))
+    fixed = len(head) + 1 + 3 * 2 + 1 + 1  # header (+ blame), blank, 3 x (title, column header), mesh, footer
     room = max(3, height - fixed)
     n_proc = max(1, room * 3 // 10)
     n_dest = max(1, room * 4 // 10)

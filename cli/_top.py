@@ -1,8 +1,10 @@
 """``meshctl top``: the live dashboard.
 
-Three threads feed one ``TopState``: a poller (Status every interval; Flows over the window and Health
-when an export period closed, since the node's data only changes then; Mesh.Peers), an event tail
-(Events with follow), and the key reader. The main thread draws ``cli._dashboard.dashboard`` with rich
+Four threads feed one ``TopState``: a poller (Status every interval; Flows over the window and Health
+when an export period closed, since the node's data only changes then; Mesh.Peers), a diagnoser
+(Diagnosis.Blame over the last few periods and Trust.Validate's flagged peers, every few seconds, in a
+thread of its own so that an analysis never delays the status line or a frame), an event tail (Events
+with follow), and the key reader. The main thread draws ``cli._dashboard.dashboard`` with rich
 Live on the alternate screen. Both network threads retry through ``cli._retry.retrying`` and show
 "reconnecting (attempt N, next in Xs)" while the node is away; they recover by themselves.
 """
@@ -15,17 +17,25 @@ import contextlib
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from cli._client import Node
 from cli._convert import flow_dict, message_dict
-from cli._dashboard import SORT_KEYS, aggregate, dashboard, mesh_summary, reconnecting
+from cli._dashboard import SORT_KEYS, aggregate, blame_summary, dashboard, mesh_summary, reconnecting
 from cli._exceptions import EXIT_OK, MeshctlError, NodeError, NotAvailable, PermissionDenied
 from cli._retry import retrying
 from meshnode.v1 import observer_pb2
 
 MAX_FLOWS: Final = 50_000
 FRAME_S: Final = 0.25
+DIAGNOSE_EVERY_S: Final = 3.0
+"""How often the diagnoser asks Blame and Validate (each is one small answer; Blame is a few ms of the
+node's CPU per thousand transactions)."""
+BLAME_PERIODS: Final = 3
+"""Blame covers the last this many export periods, ..."""
+BLAME_MIN_S: Final = 6.0
+"""... and at least this long: recent enough that a healed fault leaves the line within a few periods."""
 _NS: Final = 1_000_000_000
 
 
@@ -43,6 +53,11 @@ class TopState:
         self.flows_version = 0
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         self.mesh: dict[str, Any] | None = None
+        self.blame: dict[str, Any] | None = None
+        """``cli._dashboard.blame_summary`` of the newest Blame answer; None until one came (or never,
+        on a node without the Diagnosis service)."""
+        self.flagged: list[str] = []
+        """Short ids of the peers the node's trust service flags (Trust.Validate)."""
         self.error: str | None = None
         self.fatal: MeshctlError | None = None
         self.sort = SORT_KEYS[0]
@@ -67,10 +82,12 @@ class TopState:
             needle = self.filter.lower()
             events = [e for e in self.events
                       if not needle or needle in ((e.get("flow") or {}).get("comm", "")).lower()]
+            mesh = None if self.mesh is None else {**self.mesh, "flagged": list(self.flagged)}
             v = {
                 "node": self.node, "conn": self.conn, "status": self.status,
                 "health": (self.health or {}).get("host"), "processes": self._agg[0],
-                "destinations": self._agg[1], "events": events, "mesh": self.mesh, "sort": self.sort,
+                "destinations": self._agg[1], "events": events, "mesh": mesh, "blame": self.blame,
+                "sort": self.sort,
                 "filter": self.filter, "input": self.input, "paused": self.paused, "window_s": self.window_s,
                 "error": self.error,
             }
@@ -176,6 +193,73 @@ class Poller:
             self.stop.wait(self.interval_s)
 
 
+class Diagnoser:
+    """Asks Diagnosis.Blame (over the last ``BLAME_PERIODS`` export periods) and Trust.Validate every
+    ``every_s``. A node without one of the services (UNIMPLEMENTED) is not asked for it again; any other
+    error leaves the last answer on screen (the poller reports the connection) and is retried next round.
+    """
+
+    def __init__(self, node: Node, state: TopState, stop: threading.Event,
+                 every_s: float = DIAGNOSE_EVERY_S) -> None:
+        from cli._blame import call_diagnosis
+
+        self.node = node
+        self.blame: Callable[[Any], Any] = lambda req: call_diagnosis(node, "Blame", req)
+        """Diagnosis.Blame on the node (a seam for tests)."""
+        self.state = state
+        self.stop = stop
+        self.every_s = every_s
+        self.has_blame = True
+        self.has_trust = True
+
+    def window_s(self) -> float:
+        """The range blame covers: ``BLAME_PERIODS`` export periods, at least ``BLAME_MIN_S``."""
+        with self.state.lock:
+            period = float((self.state.status or {}).get("export_period_s") or 0.0)
+        return max(BLAME_MIN_S, BLAME_PERIODS * period)
+
+    def poll_once(self) -> None:
+        """One round: Blame, then Validate, each only while the node serves it."""
+        from meshnode.v1 import diagnosis_pb2, trust_pb2
+
+        if self.has_blame:
+            window = self.window_s()
+            since = time.time_ns() - int(window * _NS)
+            try:
+                resp = self.blame(diagnosis_pb2.BlameRequest(since_ns=since, max_suspects=1))
+            except NotAvailable:
+                self.has_blame = False
+            except NodeError:
+                pass
+            else:
+                summary = blame_summary(message_dict(resp), window)
+                with self.state.lock:
+                    self.state.blame = summary
+        if self.has_trust:
+            try:
+                doc = message_dict(self.node.validate(trust_pb2.ValidateRequest()))
+            except NotAvailable:
+                self.has_trust = False
+            except NodeError:
+                pass
+            else:
+                flagged = [str(s["node_id"])[:8] for s in doc.get("scores", []) if s.get("flagged")]
+                with self.state.lock:
+                    self.state.flagged = flagged
+
+    def run(self) -> None:
+        while not self.stop.is_set() and (self.has_blame or self.has_trust):
+            try:
+                self.poll_once()
+            except MeshctlError:
+                pass  # e.g. permission denied: the poller ends the dashboard with its own message
+            except Exception as exc:  # a bug: end the dashboard with one line, not a thread traceback
+                with self.state.lock:
+                    self.state.fatal = MeshctlError(f"internal error in the diagnoser: {exc!r}; please report it")
+                return
+            self.stop.wait(self.every_s)
+
+
 class EventTail:
     """Keeps an Events stream with follow open, reopening it through the retry policy."""
 
@@ -216,6 +300,8 @@ class EventTail:
 def _snapshot(node: Node, args: argparse.Namespace) -> TopState:
     state = TopState(args.node, args.window)
     Poller(node, state, args.interval, threading.Event()).poll_once()
+    with contextlib.suppress(MeshctlError):
+        Diagnoser(node, state, threading.Event()).poll_once()
     with contextlib.suppress(NodeError):
         state.events.extend(message_dict(e) for e in node.events(observer_pb2.EventsRequest(number=20)))
     state.conn = "connected"
@@ -246,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
             threading.Thread(target=Poller(node, state, args.interval, stop).run, name="meshctl-poll",
                              daemon=True),
             threading.Thread(target=EventTail(node, state, stop).run, name="meshctl-events", daemon=True),
+            threading.Thread(target=Diagnoser(node, state, stop).run, name="meshctl-diagnose", daemon=True),
         ]
         for t in threads:
             t.start()

@@ -168,3 +168,103 @@ def test_wide_frame_keeps_every_column_whole_at_120() -> None:
     assert "11:06:40 rtt_shift        nginx/1              10.0.0.7:51234" in out
     assert "rtt 1.2ms -> 45ms" in out
     assert max(len(line) for line in out.splitlines()) <= 120
+
+
+def _blame_response(**kw: Any) -> Any:
+    from meshnode.v1 import diagnosis_pb2
+
+    return diagnosis_pb2.BlameResponse(**kw)
+
+
+def test_blame_line_names_the_top_suspect_and_its_fraction() -> None:
+    from cli._dashboard import blame_line, blame_summary
+    from meshnode.v1 import diagnosis_pb2
+
+    resp = _blame_response(
+        verdict="destination host db1 (10.77.1.5) is failing: 100% of 240 transactions from 4 hosts in 2 sites "
+                "(timeout)", transactions=900, problems=240, hosts=4,
+        suspects=[diagnosis_pb2.BlameSuspect(rank=1, kind=diagnosis_pb2.ENTITY_KIND_DST_HOST, name="db1",
+                                             problem_fraction=1.0, shared=True)])
+    b = blame_summary(message_dict(resp), 6.0)
+    assert b["top"] == {"kind": "dst_host", "name": "db1", "problem_fraction": 1.0, "shared": True}
+    assert blame_line(b, plain=True).plain == (
+        "blame 6s: dst_host db1 100% · destination host db1 (10.77.1.5) is failing: 100% of 240 transactions "
+        "from 4 hosts in 2 sites (timeout)")
+    lone = blame_summary(message_dict(_blame_response(
+        verdict="process app2/billing-sync is failing", suspects=[diagnosis_pb2.BlameSuspect(
+            kind=diagnosis_pb2.ENTITY_KIND_PROCESS, name="app2/billing-sync", problem_fraction=0.625)])), 6.0)
+    assert blame_line(lone, plain=True).plain.startswith("blame 6s: process app2/billing-sync ? 62.5% · ")
+    healthy = blame_summary(message_dict(_blame_response(verdict="no problem above 20%", transactions=1234,
+                                                         hosts=6)), 20.0)
+    assert healthy["top"] is None
+    assert blame_line(healthy, plain=True).plain == (
+        "blame 20s: no problem above 20% · 1,234 transactions from 6 hosts")
+
+
+def test_frame_with_blame_and_flagged_peers_keeps_its_height() -> None:
+    from cli._dashboard import blame_summary
+
+    b = blame_summary({"verdict": "service 10.77.1.6:6379 is failing: 100% of 88 transactions (refused)",
+                       "suspects": [{"kind": "service", "name": "10.77.1.6:6379", "problem_fraction": 1.0}]},
+                      6.0)
+    many = []
+    for i in range(200):
+        f = sample_flows()[0]
+        f.flow_id, f.comm, f.dport = 1000 + i, f"proc{i}", 1000 + i
+        many.append(flow_dict(f))
+    procs, dests = aggregate(many)
+    v = _view(blame=b, mesh={"alive": 5, "suspect": 0, "dead": 0, "down": [], "flagged": ["3f2a9c0d"]},
+              processes=procs, destinations=dests, events=[message_dict(e) for e in sample_events()] * 20)
+    for height in (24, 40):
+        lines = render_text(dashboard(v, height=height), width=80).splitlines()
+        assert len(lines) == height and max(len(line) for line in lines) <= 80
+        assert lines[3] == "blame 6s: service 10.77.1.6:6379 100% · service 10.77.1.6:6379 is failing: 100%…"
+        assert lines[-2] == "mesh: 5 alive · 0 suspect · 0 dead · flagged: 3f2a9c0d"
+
+
+def test_diagnoser_fills_blame_and_flagged_and_stops_asking_a_node_without_the_services() -> None:
+    import threading
+
+    from cli._exceptions import NotAvailable
+    from cli._top import Diagnoser
+    from meshnode.v1 import diagnosis_pb2, trust_pb2
+
+    asked: list[diagnosis_pb2.BlameRequest] = []
+
+    class StubNode:
+        trust = True
+
+        def validate(self, req: trust_pb2.ValidateRequest) -> trust_pb2.ValidateResponse:
+            if not self.trust:
+                raise NotAvailable("no trust")
+            return trust_pb2.ValidateResponse(scores=[
+                trust_pb2.TrustScore(node_id="aaaabbbbccccdddd", score=0.2, flagged=True),
+                trust_pb2.TrustScore(node_id="1111222233334444", score=0.9, flagged=False)])
+
+    st = TopState("n:1", 300)
+    st.status = {"export_period_s": 2.0}
+    st.mesh = {"alive": 2, "suspect": 0, "dead": 0, "down": [], "flagged": []}
+    node = StubNode()
+    d = Diagnoser(node, st, threading.Event())  # type: ignore[arg-type]
+
+    def blame(req: diagnosis_pb2.BlameRequest) -> diagnosis_pb2.BlameResponse:
+        asked.append(req)
+        return _blame_response(verdict="no problem above 20%", transactions=10, hosts=1)
+
+    d.blame = blame
+    d.poll_once()
+    v = st.view()
+    assert v["blame"]["verdict"] == "no problem above 20%" and v["blame"]["window_s"] == 6.0
+    assert v["mesh"]["flagged"] == ["aaaabbbb"]
+    assert asked[0].max_suspects == 1 and asked[0].since_ns > 0
+
+    def absent(req: diagnosis_pb2.BlameRequest) -> diagnosis_pb2.BlameResponse:
+        raise NotAvailable("no diagnosis")
+
+    d.blame = absent
+    node.trust = False
+    d.poll_once()
+    assert not d.has_blame and not d.has_trust
+    d.run()  # returns at once: nothing left to ask
+    st.status = {"export_period_s": 10.0}
+    assert d.window_s() == 30.0
