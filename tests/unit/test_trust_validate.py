@@ -98,7 +98,11 @@ BOUND = [
     # reporter's interim at t1 vs witness's record at t2 > t1
     ("tcp", {"bytes_tx": 4000}, {"bytes_rx": 9000}, []),
     ("tcp", {"bytes_tx": 9000}, {"bytes_rx": 9000}, []),
-    ("tcp", {"bytes_tx": 9001}, {"bytes_rx": 9000}, [("bytes_tx", "acked_more_than_received", "contradiction")]),
+    # written but not read yet: honest as long as the socket buffers can hold it (16 MiB), however long ago
+    ("tcp", {"bytes_tx": 9001}, {"bytes_rx": 9000}, []),
+    ("tcp", {"bytes_tx": 9000 + (16 << 20)}, {"bytes_rx": 9000}, []),
+    ("tcp", {"bytes_tx": 9001 + (16 << 20)}, {"bytes_rx": 9000},
+     [("bytes_tx", "written_beyond_buffers_unread", "contradiction")]),
     # rx may run ahead of the peer's (acked) tx for TCP: no bound on it
     ("tcp", {"bytes_rx": 9000}, {"bytes_tx": 100}, []),
     ("udp", {"bytes_rx": 700}, {"bytes_tx": 700}, []),
@@ -208,16 +212,18 @@ def test_reused_five_tuple_is_told_apart_by_time():
 
 
 def test_interim_is_checked_against_the_witness_next_record():
-    a, b = pair(final=False, end=T0 + P + S // 10, tx=4000)
+    claimed = 4000 + (16 << 20)
+    a, b = pair(final=False, end=T0 + P + S // 10, tx=claimed)
     b = dataclasses.replace(b, end_ns=T0 + P + S // 5)
-    b_next = dataclasses.replace(b, end_ns=T0 + 2 * P + S // 5, bytes_rx=3999)  # a claims more than b ever got
+    # a claims more than b read and its buffers could hold
+    b_next = dataclasses.replace(b, end_ns=T0 + 2 * P + S // 5, bytes_rx=3999)
     v = validator()
     v.add(period("a", 0, a))
     v.add(period("b", 0, b))
     assert v.evaluate(T0 + P + S).evidence == []  # b's same-boundary snapshot is not "later"
     v.add(period("b", 1, b_next))
     rep = v.evaluate(T0 + 2 * P + S)
-    assert [(e.field, e.claimed, e.witnessed) for e in rep.evidence] == [("bytes_tx", 4000, 3999)]
+    assert [(e.field, e.claimed, e.witnessed) for e in rep.evidence] == [("bytes_tx", claimed, 3999)]
 
 
 def test_hashed_and_raw_addresses_match_through_normalize():
@@ -358,3 +364,37 @@ def test_interim_claim_outliving_the_witness_final_record_is_not_missing():
         evidence += v.evaluate(T0 + (k + 1) * P + S).evidence
     assert [e.reason for e in evidence if e.field == "existence"] == []
     assert v.counters["unverifiable_witness_gap"] > 0
+
+
+def test_a_skipped_witness_digest_is_a_gap_even_when_the_period_is_shorter_than_the_skew():
+    """Lab finding (test_trust_lab, 2 s periods, 2 s skew): gossip holds only each node's newest digest, so a
+    slow member can skip one of the witness's digests. The records in it were then called missing (nine
+    contradictions against an honest node in one period): the coverage check let consecutive held periods be
+    up to ``clock_skew`` apart, which hid the whole skipped 2 s period."""
+    p2 = 2 * S
+    cfg = ValidationConfig(period_s=2, clock_skew_s=2)
+    a_rec, b_rec = pair(start=T0 + p2 + S // 10, end=T0 + p2 + S // 2)  # in period 1 of both ends
+    for held in ((0, 2, 3, 4), (0, 1, 2, 3, 4)):
+        v = CrossValidator(cfg, owners=OWNERS)
+        for k in range(5):
+            v.add(PeriodClaims("a", T0 + k * p2, T0 + (k + 1) * p2, (a_rec,) if k == 1 else ()))
+            if k in held:
+                v.add(PeriodClaims("b", T0 + k * p2, T0 + (k + 1) * p2, (b_rec,) if k == 1 else ()))
+        rep = v.evaluate(T0 + 5 * p2 + S // 10)
+        if 1 in held:
+            assert rep.evidence == [] and rep.matched == 2
+        else:
+            assert rep.evidence == [] and rep.unverifiable["witness_gap"] == 1 and rep.checked == 1
+
+
+def test_a_slow_reader_is_no_evidence_against_an_honest_writer():
+    """The eBPF sensor's TCP bytes are what the applications wrote and read: a writer 3 MB ahead of a reader
+    that reads slowly (or stalls under loss) for a whole period is honest, and its interim is not evidence."""
+    a, b = pair(final=False, end=T0 + P, tx=5_000_000)
+    b_later = dataclasses.replace(b, end_ns=T0 + 2 * P, bytes_rx=2_000_000)
+    v = validator()
+    v.add(period("a", 0, a))
+    v.add(period("b", 1, b_later))
+    v.add(period("b", 0))
+    rep = v.evaluate(T0 + 2 * P + S)
+    assert rep.evidence == [] and rep.matched == 1
