@@ -150,7 +150,8 @@ async def main(n: int, queries: int, procs: int, export_period: float, deadline_
               f"(complete {sum(a == n for a in answered)}/{queries}) (goal p95 <= 1 s)")
         states = Counter(m.state.name for m in first.membership.members())
         failed = {k: v for k, v in first.transport.counters.items() if "fail" in k or "drop" in k}
-        print(f"  missing answers by reason: {dict(reasons) or 'none'}; querying node's view: {dict(states)}; "
+        print(f"  missing answers by reason: {dict(reasons) or 'none'}; answers from members held dead: "
+              f"{first.counters['query_answers_from_dead']}; querying node's view at the end: {dict(states)}; "
               f"its CPU {cpu:.2f} cores; its transport failures: {failed or 'none'}")
         return 0
     finally:

@@ -148,3 +148,24 @@ def test_the_deadline_covers_waiting_for_a_slot() -> None:
     """One call at a time and a node that hangs: the query still ends near its deadline, and the nodes it
     never reached are named with DEADLINE_EXCEEDED rather than left out."""
     _run(_slot_deadline)
+
+
+async def _dead_but_serving(fleet: Fleet) -> None:
+    first = fleet.meshes[0]
+    serving, gone = fleet.meshes[7], fleet.meshes[8]
+    await fleet.servers[8].stop(0)
+    m = first.membership
+    for x in (serving, gone):  # as an overloaded node's membership does: both declared dead here only
+        m._set_state(m._members[x.node_id], State.DEAD)
+    t = time.monotonic()
+    resp = await first.fleet_query(mesh_pb2.FleetQueryRequest(deadline_ms=5000))
+    took = time.monotonic() - t
+    unanswered = {n.node_id: n.error for n in resp.nodes if not n.answered}
+    assert unanswered == {gone.node_id: "not alive: DEAD"}
+    assert len(resp.digests) == N - 1
+    assert first.counters["query_answers_from_dead"] == 1
+    assert took < 3.0, took  # a dead member costs at most DEAD_MEMBER_BUDGET, not the query's deadline
+
+
+def test_a_member_held_dead_that_still_serves_answers_and_a_gone_one_is_named() -> None:
+    _run(_dead_but_serving)
