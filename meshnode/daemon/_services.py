@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from meshnode.daemon._node import Node, Service
     from meshnode.mesh import MeshService
     from meshnode.summary import PeriodSummary
-    from meshnode.trust import MeshTrust
+    from meshnode.trust import MeshTrust, PrivacyPolicy
     from meshnode.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 def extra_services(node: Node) -> list[Service]:
     """The mesh and diagnosis, on the node's own gRPC port."""
     mesh = MeshRunner(node)
-    attach_trust(node, mesh.mesh)
-    return [mesh, DiagnosisRunner(node, mesh.mesh)]
+    trust = attach_trust(node, mesh.mesh)
+    return [mesh, DiagnosisRunner(node, mesh.mesh, privacy=trust.policy)]
 
 
 class MeshRunner:
@@ -84,12 +84,14 @@ class DiagnosisRunner:
     and anomalies of each period against the node's own history as ``anomaly`` events.
 
     Works without the mesh (``mesh=None``: blame over the local flows only); with it, every verified peer
-    digest joins the source (``MeshService.digest_listeners``).
+    digest joins the source (``MeshService.digest_listeners``), and each digest this node publishes carries
+    its client transactions per destination and its processes with problems, filtered by ``privacy`` (the
+    policy trust's decorator applied to the digest before this one).
     """
 
     name = "diagnosis"
 
-    def __init__(self, node: Node, mesh: MeshService | None = None) -> None:
+    def __init__(self, node: Node, mesh: MeshService | None = None, *, privacy: PrivacyPolicy | None = None) -> None:
         from meshnode.diagnosis import (
             DIAGNOSIS_SERVICE,
             AnomalyDetector,
@@ -99,6 +101,7 @@ class DiagnosisRunner:
         )
 
         self._node = node
+        self._privacy = privacy
         self.source = NodeSource({"host": node.config.node_id, **node.config.labels},
                                  addresses=published_addresses)
         self.detector = AnomalyDetector()
@@ -115,10 +118,11 @@ class DiagnosisRunner:
             mesh.digest_decorators.append(self.decorate)
 
     def decorate(self, digest: mesh_pb2.Digest, period: object, records: Sequence[FlowRecord]) -> None:
-        """A digest decorator: the period's client transactions per destination (``Rollup.client_kinds``)."""
+        """A digest decorator: the period's client transactions per destination (``Rollup.client_kinds``) and
+        its processes with the most problems (``Digest.processes``)."""
         from meshnode.diagnosis import decorate_digest
 
-        decorate_digest(digest, records)
+        decorate_digest(digest, records, self._privacy, self.source.view)
 
     def on_period(self, summary: PeriodSummary, records: Sequence[FlowRecord]) -> None:
         """A record listener: hold the period for blame, and push its anomalies to the Events stream."""

@@ -70,7 +70,17 @@ from meshnode.diagnosis._servicer import (
     blame_pb,
     compare_pb,
 )
-from meshnode.diagnosis._source import HORIZON_NS, NodeSource, client_kinds, decorate_digest
+from meshnode.diagnosis._source import (
+    DIGEST_PROCESS_DESTINATIONS,
+    DIGEST_PROCESSES,
+    HORIZON_NS,
+    ClientView,
+    NodeSource,
+    client_kinds,
+    client_transactions,
+    decorate_digest,
+    digest_processes,
+)
 from meshnode.diagnosis._taxonomy import (
     DISCOVERY_PORTS,
     MAX_ATTEMPTS_PER_OUTAGE,
@@ -95,12 +105,22 @@ from meshnode.diagnosis._transaction import (
     transactions_from_flows,
     transactions_from_rollups,
 )
-from meshnode.summary._problems import RETRANSMIT_RATE, SLOW_CONNECT_US, problem_kind
+from meshnode.summary._problems import (
+    CONNECT_PENDING,
+    PENDING_CONNECT_US,
+    RETRANSMIT_RATE,
+    SLOW_CONNECT_US,
+    pending_connect,
+    problem_kind,
+)
 
 __all__ = [
     "ANOMALY_METRICS",
+    "CONNECT_PENDING",
     "DEFAULT_RANGE_NS",
     "DIAGNOSIS_SERVICE",
+    "DIGEST_PROCESSES",
+    "DIGEST_PROCESS_DESTINATIONS",
     "DISCOVERY_PORTS",
     "ENTITY_KINDS",
     "HORIZON_NS",
@@ -112,6 +132,7 @@ __all__ = [
     "MIN_PROBLEMS",
     "MIN_TRANSACTIONS",
     "PART_THRESHOLD_RATIO",
+    "PENDING_CONNECT_US",
     "PROBLEM_KINDS",
     "PROBLEM_THRESHOLD",
     "RETRANSMIT_RATE",
@@ -125,6 +146,7 @@ __all__ = [
     "Baseline",
     "BlameConfig",
     "BlameReport",
+    "ClientView",
     "Comparison",
     "DiagnosisServicer",
     "DiagnosisSource",
@@ -148,10 +170,12 @@ __all__ = [
     "blame_pb",
     "classify",
     "client_kinds",
+    "client_transactions",
     "compare",
     "compare_pb",
     "decorate_digest",
     "deviation",
+    "digest_processes",
     "discovery_chatter",
     "discovery_protocol",
     "entities",
@@ -159,6 +183,7 @@ __all__ = [
     "is_discovery",
     "metric_values",
     "outages",
+    "pending_connect",
     "problem_kind",
     "retry_advice",
     "samples_from_flows",

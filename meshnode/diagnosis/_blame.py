@@ -279,7 +279,10 @@ def _entities(t: Transaction) -> tuple[tuple[tuple[str, str], ...], tuple[str, .
         route = site if site == dsite else _pair(site, dsite)
     else:
         route = f"{site or '?'}->{dsite or 'outside'}"
-    dims = (t.host, process or f"{t.host}/?", t.destination, dhost, route)
+    # A process known by name only (pid 0: from a peer's digest, which names only its processes with
+    # problems) does not split its host along the process dimension: the host's unnamed rest would be
+    # healthy by construction and read as an unaffected part of every shared cause.
+    dims = (t.host, process if process and t.pid else f"{t.host}/?", t.destination, dhost, route)
     return tuple(ents), dims
 
 

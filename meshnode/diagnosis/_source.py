@@ -2,18 +2,22 @@
 
 What a node knows, and what each piece becomes:
 
-- **its own period records** (``add_period``, a ``Node.record_listeners`` callback): outbound final flows
-  become transactions (``transactions_from_flows``: one per flow, with process and example 5-tuple), and
-  samples for Compare (``samples_from_flows``). Each period's transactions are collapsed to one counted row
-  per (process, destination, kind) plus a few example rows, so a period costs its distinct keys, not its
-  flows. Failed and successful attempts are kept as small tuples for the retry taxonomy (seed 004), and
-  discovery chatter per process and protocol;
+- **its own period records** (``add_period``, a ``Node.record_listeners`` callback): its client
+  transactions (``ClientView``: outbound flows that ended, and outbound connects pending longer than
+  ``PENDING_CONNECT_US`` at the period's end, each flow once) become transactions with process and example
+  5-tuple, and its outbound final flows samples for Compare (``samples_from_flows``). Each period's
+  transactions are collapsed to one counted row per (process, destination, kind) plus a few example rows,
+  so a period costs its distinct keys, not its flows. Failed and successful attempts are kept as small
+  tuples for the retry taxonomy (seed 004), and discovery chatter per process and protocol;
 - **every verified peer digest** (``add_digest``, a ``MeshService.digest_listeners`` callback): its
   destination rollups' ``client_kinds`` (the publisher's outbound flows that ended in the period, by kind,
   which ``decorate_digest`` puts in every digest this node publishes) become counted transactions, and one
   sample per destination. A digest without them (an older publisher) falls back to
   ``transactions_from_rollups``, with ``flows_retransmitting``/``flows_slow_connect`` as the degraded
   counts; its rollups also hold inbound flows and every period of long-lived ones, which dilutes blame.
+  A digest's ``processes`` (the publisher's client processes with the most problem transactions, which
+  ``decorate_digest`` also adds: ``digest_processes``) name the process of part of those counts, so that
+  blame on any node can name ``process app2/billing-sync``, not only blame on app2's.
   The node's own digests are skipped: its own records say the same, with processes.
 
 Destination places (host, site, region) come from the newest digest of each member (``Digest.addresses``
@@ -32,7 +36,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
 from meshnode.diagnosis._compare import PeerSample, samples_from_flows
@@ -41,10 +45,9 @@ from meshnode.diagnosis._transaction import (
     Place,
     Transaction,
     split_destination,
-    transactions_from_flows,
     transactions_from_rollups,
 )
-from meshnode.summary._problems import OK, problem_kind
+from meshnode.summary._problems import CONNECT_PENDING, OK, PENDING_CONNECT_US, pending_connect, problem_kind
 
 if TYPE_CHECKING:
     from meshnode.v1 import mesh_pb2
@@ -61,8 +64,18 @@ MAX_DIGESTS: Final = 20_000
 MAX_ATTEMPTS: Final = 100_000
 """Outbound attempts held at most for the retry taxonomy."""
 
+MAX_PENDING: Final = 100_000
+"""Connects counted while pending that ``ClientView`` remembers at most (until their final record)."""
+
 EXAMPLES_PER_KEY: Final = 3
 """Example 5-tuples kept per (process, destination, kind) and period."""
+
+DIGEST_PROCESSES: Final = 4
+"""Client processes with problems a digest names at most (the most problem transactions first)..."""
+
+DIGEST_PROCESS_DESTINATIONS: Final = 4
+"""... each with at most this many destinations (the most problems, then the most transactions, first).
+16 rows of about 60 bytes: 1 KB of a digest's 8 KB bound at worst, and nothing in a healthy period."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,37 +117,173 @@ def collapse(transactions: Iterable[Transaction], examples: int = EXAMPLES_PER_K
     return out
 
 
-def client_kinds(records: Iterable[FlowRecord]) -> dict[str, Counter[str]]:
-    """Destination ``dst:dport`` -> diagnosis kind -> outbound flows that ended (what blame counts of a
-    period; discovery chatter left out, as in ``transactions_from_flows``)."""
-    out: dict[str, Counter[str]] = {}
+ClientTxn = tuple[FlowRecord, str]
+"""One client transaction of a period: the record it stands on and its diagnosis kind."""
+
+
+def client_transactions(records: Iterable[FlowRecord], end_ns: int,
+                        pending_us: int = PENDING_CONNECT_US) -> list[ClientTxn]:
+    """A period's client transactions: outbound flows that ended (their ``problem_kind``) and outbound
+    connects pending longer than ``pending_us`` at ``end_ns`` (``connect_pending``); discovery chatter left
+    out, as in ``transactions_from_flows``. Stateless: a flow pending at this period's end and ending in the
+    next one is in both; ``ClientView`` counts it once."""
+    out: list[ClientTxn] = []
     for r in records:
-        if r.direction != "outbound" or r.kind != "final" or r.outcome == "in_progress" or is_discovery(r):
+        if r.direction != "outbound" or is_discovery(r):
             continue
-        out.setdefault(r.destination, Counter())[problem_kind(r)] += 1
+        if r.kind == "final" and r.outcome != "in_progress":
+            out.append((r, problem_kind(r)))
+        elif pending_connect(r, end_ns, pending_us):
+            out.append((r, CONNECT_PENDING))
     return out
 
 
-def decorate_digest(digest: mesh_pb2.Digest, records: Iterable[FlowRecord]) -> None:
-    """Fill ``client_kinds`` of every destination rollup of ``digest`` from the period's records (a
-    ``MeshService.digest_decorators`` step); each gets an ``ok`` entry, 0 when it had no outbound flow."""
-    kinds = client_kinds(records)
+class ClientView:
+    """``client_transactions`` period after period, each flow counted once: a connect counted while pending
+    is not counted again when its final record comes (whatever it ended as, it was a problem: see
+    ``meshnode.summary.PENDING_CONNECT_US``), nor when it is still pending at the next period's end.
+
+    The answer for the newest period is kept, so that the digest decorator and ``NodeSource.add_period``,
+    which see the same period's records one after the other, get the same transactions.
+
+    Args:
+        max_pending: flows counted while pending that are remembered at most (the oldest are forgotten
+            beyond, counted in ``forgotten``; a forgotten one would be counted again when it ends).
+    """
+
+    def __init__(self, max_pending: int = MAX_PENDING, pending_us: int = PENDING_CONNECT_US) -> None:
+        self._pending: dict[int, None] = {}
+        self._max = max_pending
+        self._pending_us = pending_us
+        self._last: tuple[int, list[ClientTxn]] | None = None
+        self._lock = threading.Lock()
+        self.forgotten = 0
+
+    def period(self, end_ns: int, records: Iterable[FlowRecord]) -> list[ClientTxn]:
+        """The client transactions of the period that ended at ``end_ns`` (the same list when asked twice)."""
+        with self._lock:
+            if self._last is not None and self._last[0] == end_ns:
+                return self._last[1]
+            out: list[ClientTxn] = []
+            for rec, kind in client_transactions(records, end_ns, self._pending_us):
+                if kind == CONNECT_PENDING:
+                    if rec.flow_id in self._pending:
+                        continue
+                    self._pending[rec.flow_id] = None
+                elif self._pending.pop(rec.flow_id, 0) is None:
+                    continue  # counted while it was pending
+                out.append((rec, kind))
+            while len(self._pending) > self._max:
+                del self._pending[next(iter(self._pending))]
+                self.forgotten += 1
+            self._last = (end_ns, out)
+            return out
+
+
+def client_kinds(txns: Iterable[ClientTxn]) -> dict[str, Counter[str]]:
+    """Destination ``dst:dport`` -> diagnosis kind -> client transactions (what blame counts of a period)."""
+    out: dict[str, Counter[str]] = {}
+    for r, kind in txns:
+        out.setdefault(r.destination, Counter())[kind] += 1
+    return out
+
+
+class FlowFilter(Protocol):
+    """What ``decorate_digest`` needs of a privacy policy (``meshnode.trust.PrivacyPolicy``)."""
+
+    def filter_flows(self, recs: Iterable[FlowRecord]) -> list[FlowRecord]:
+        """The records as they may leave the node (addresses filtered, ``comm`` dropped where listed)."""
+
+
+ProcessRow = tuple[str, str, dict[str, int]]
+"""``(comm, destination, kinds)``: one client process's ended outbound flows to one destination, by kind."""
+
+
+def digest_processes(
+    txns: Iterable[ClientTxn],
+    *,
+    max_processes: int = DIGEST_PROCESSES,
+    max_destinations: int = DIGEST_PROCESS_DESTINATIONS,
+) -> tuple[list[ProcessRow], int]:
+    """The client processes with the most problem transactions, each with its busiest destinations, and how
+    many (process, destination) rows with problems the bounds left out.
+
+    Counts what ``client_kinds`` counts, keyed by name: blame's process entity is ``host/comm``, so the
+    pids of one program add up. Records without a ``comm`` (unknown, or dropped by the privacy policy) are
+    left out; processes without a problem too.
+    """
+    rows: dict[tuple[str, str], Counter[str]] = {}
+    for r, kind in txns:
+        if r.comm:
+            rows.setdefault((r.comm, r.destination), Counter())[kind] += 1
+    problems: Counter[str] = Counter()
+    for (comm, _), kinds in rows.items():
+        problems[comm] += sum(n for k, n in kinds.items() if k != OK)
+    ranked = sorted((c for c, n in problems.items() if n > 0), key=lambda c: (-problems[c], c))
+    out: list[ProcessRow] = []
+    left_out = 0
+    for i, comm in enumerate(ranked):
+        mine = sorted(((d, k) for (c, d), k in rows.items() if c == comm),
+                      key=lambda dk: (-(dk[1].total() - dk[1][OK]), -dk[1].total(), dk[0]))
+        keep = mine[:max_destinations] if i < max_processes else []
+        out.extend((comm, d, dict(k)) for d, k in keep)
+        left_out += sum(1 for _, k in mine[len(keep):] if k.total() > k[OK])
+    return out, left_out
+
+
+def decorate_digest(digest: mesh_pb2.Digest, records: Iterable[FlowRecord],
+                    policy: FlowFilter | None = None, view: ClientView | None = None) -> None:
+    """Fill ``client_kinds`` of every destination rollup of ``digest`` from the period's records, and the
+    digest's ``processes`` (a ``MeshService.digest_decorators`` step); each rollup gets an ``ok`` entry, 0
+    when it had no outbound flow.
+
+    ``policy`` is the privacy policy the digest was published under (trust's decorator, which runs
+    first, filtered its rollup keys): the records go through it too, so that their destinations match
+    the filtered keys and the processes whose ``comm`` it drops are not named. ``view`` is the node's
+    ``ClientView`` (each flow counted once over periods); without one, the period is taken on its own.
+    """
+    txns = (view or ClientView()).period(digest.period_end_ns, records)
+    if policy is not None:
+        txns = list(zip(policy.filter_flows(r for r, _ in txns), (k for _, k in txns), strict=True))
+    kinds = client_kinds(txns)
     for r in digest.by_destination:
         r.client_kinds["ok"] = 0
         for kind, n in kinds.get(r.key, {}).items():
             r.client_kinds[kind] = n
+    rows, left_out = digest_processes(txns)
+    for comm, dest, k in rows:
+        row = digest.processes.add(comm=comm, destination=dest)
+        for kind, n in k.items():
+            row.kinds[kind] = n
+    digest.processes_truncated = left_out
 
 
 def _from_client_kinds(digest: mesh_pb2.Digest, labels: Mapping[str, str]) -> list[Transaction]:
+    """Counted transactions of a digest's ``client_kinds``; those of its ``processes`` carry the process
+    name (and are taken out of the anonymous rest, since client_kinds counts them too)."""
     host, site, region = labels.get("host") or digest.node_id, labels.get("site", ""), labels.get("region", "")
+    services = {r.key: r.service for r in digest.by_destination}
+
+    def row(comm: str, key: str, kind: str, n: int) -> Transaction:
+        dst, dport = split_destination(key)
+        return Transaction(host=host, site=site, region=region, comm=comm, pid=0, dst=dst, dport=dport,
+                           service=services.get(key, ""), dst_host="", dst_site="", dst_region="",
+                           problem=kind != OK, kind=kind, count=n)
+
+    named: Counter[tuple[str, str]] = Counter()
     out: list[Transaction] = []
-    for r in digest.by_destination:
-        dst, dport = split_destination(r.key)
-        for kind, n in sorted(r.client_kinds.items()):
+    for p in digest.processes:
+        if not p.comm:
+            continue
+        for kind, n in sorted(p.kinds.items()):
             if n > 0:
-                out.append(Transaction(host=host, site=site, region=region, comm="", pid=0, dst=dst, dport=dport,
-                                       service=r.service, dst_host="", dst_site="", dst_region="",
-                                       problem=kind != OK, kind=kind, count=int(n)))
+                out.append(row(p.comm, p.destination, kind, int(n)))
+                named[(p.destination, kind)] += int(n)
+    for r in digest.by_destination:
+        for kind, n in sorted(r.client_kinds.items()):
+            rest = int(n) - named[(r.key, kind)]
+            if rest > 0:
+                out.append(row("", r.key, kind, rest))
     return out
 
 
@@ -174,6 +323,8 @@ class NodeSource:
         self._members: dict[str, tuple[int, Place, tuple[str, ...]]] = {}
         self._attempts: deque[Attempt] = deque(maxlen=max_attempts)
         self._lock = threading.Lock()
+        self.view = ClientView()
+        """Which records of each period are client transactions (shared with the digest decorator)."""
         self.dropped: Counter[str] = Counter()
         """What the bounds pushed out: ``periods``, ``digests``, ``attempts``."""
 
@@ -187,7 +338,7 @@ class NodeSource:
     def add_period(self, period_end_ns: int, records: Sequence[FlowRecord]) -> None:
         """One of this node's periods (its finals and interims; only outbound finals count)."""
         finals = [r for r in records if r.kind == "final" and r.direction == "outbound"]
-        txns = collapse(transactions_from_flows(finals, labels=self._labels))
+        txns = collapse(self._transactions(self.view.period(period_end_ns, records)))
         samples = samples_from_flows(finals, host=self.host, labels=self._labels)
         chatter = discovery_chatter(finals)
         attempts = [
@@ -202,6 +353,15 @@ class NodeSource:
             self._attempts.extend(attempts)
             self._trim(period_end_ns)
 
+    def _transactions(self, txns: Iterable[ClientTxn]) -> list[Transaction]:
+        host, site, region = self.host, self._labels.get("site", ""), self._labels.get("region", "")
+        return [
+            Transaction(host=host, site=site, region=region, comm=r.comm, pid=r.pid, dst=r.dst, dport=r.dport,
+                        service=r.service, dst_host="", dst_site="", dst_region="", problem=kind != OK, kind=kind,
+                        flow=(r.src, r.sport, r.dst, r.dport, r.proto))
+            for r, kind in txns
+        ]
+
     def add_digest(self, digest: mesh_pb2.Digest, own: bool = False) -> None:
         """One verified digest (``own`` ones only update this node's place; its records say more)."""
         labels = dict(digest.labels)
@@ -212,7 +372,7 @@ class NodeSource:
                 self._members[digest.node_id] = (digest.period_end_ns, place, tuple(digest.addresses))
             if own or (digest.node_id, digest.seq) in self._seen:
                 return
-        if any(r.client_kinds for r in digest.by_destination):
+        if digest.processes or any(r.client_kinds for r in digest.by_destination):
             txns = _from_client_kinds(digest, labels)
         else:
             problem_flows = {

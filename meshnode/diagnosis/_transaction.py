@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from meshnode._model import FAILED_OUTCOMES
 from meshnode.summary._problems import (
+    CONNECT_PENDING,
     OK,
     RETRANSMITS,
     SLOW_CONNECT,
@@ -27,11 +28,13 @@ from meshnode.summary._problems import (
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
 
-PROBLEM_KINDS: Final = (*sorted(FAILED_OUTCOMES), RETRANSMITS, SLOW_CONNECT)
-"""Every ``kind`` of a problem transaction: the failed outcomes, then the two kinds of degradation."""
+PROBLEM_KINDS: Final = (*sorted(FAILED_OUTCOMES), CONNECT_PENDING, RETRANSMITS, SLOW_CONNECT)
+"""Every ``kind`` of a problem transaction: the failed outcomes, a connect still unanswered at a period's
+end, then the two kinds of degradation."""
 
-FAILURE_KINDS: Final = frozenset(FAILED_OUTCOMES)
-"""Problem kinds that mean the transaction did not happen at all (as opposed to happening badly)."""
+FAILURE_KINDS: Final = frozenset({*FAILED_OUTCOMES, CONNECT_PENDING})
+"""Problem kinds that mean the transaction did not happen (as opposed to happening badly); a connect
+unanswered for longer than a handshake ever takes in a fleet counts as not happening (yet)."""
 
 
 class Place(NamedTuple):
@@ -55,7 +58,7 @@ class Transaction:
         site: the client's ``site`` label ("" when it has none).
         region: the client's ``region`` label ("" when it has none).
         comm: the client process name ("" when unknown, e.g. from a per-destination rollup).
-        pid: the client process id (0 when unknown).
+        pid: the client process id (0 when unknown, e.g. a process named by a peer's digest).
         dst: the destination address.
         dport: the destination port.
         service: the destination's service name ("postgresql"), "" when unknown.

@@ -188,7 +188,7 @@ class StreamMessage(_message.Message):
     def __init__(self, push_pull: _Optional[_Union[PushPull, _Mapping]] = ..., user: _Optional[bytes] = ...) -> None: ...
 
 class Digest(_message.Message):
-    __slots__ = ("version", "node_id", "seq", "period_start_ns", "period_end_ns", "labels", "by_destination", "endpoints", "rollups_truncated", "endpoints_truncated", "measurements", "addresses")
+    __slots__ = ("version", "node_id", "seq", "period_start_ns", "period_end_ns", "labels", "by_destination", "endpoints", "rollups_truncated", "endpoints_truncated", "measurements", "addresses", "processes", "processes_truncated")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,8 @@ class Digest(_message.Message):
     ENDPOINTS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_id: str
     seq: int
@@ -220,7 +222,26 @@ class Digest(_message.Message):
     endpoints_truncated: int
     measurements: _containers.RepeatedCompositeFieldContainer[MeasureResponse]
     addresses: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., seq: _Optional[int] = ..., period_start_ns: _Optional[int] = ..., period_end_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.Rollup, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[_flow_pb2.Flow, _Mapping]]] = ..., rollups_truncated: _Optional[int] = ..., endpoints_truncated: _Optional[int] = ..., measurements: _Optional[_Iterable[_Union[MeasureResponse, _Mapping]]] = ..., addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessTransactions]
+    processes_truncated: int
+    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[str] = ..., seq: _Optional[int] = ..., period_start_ns: _Optional[int] = ..., period_end_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., by_destination: _Optional[_Iterable[_Union[_flow_pb2.Rollup, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[_flow_pb2.Flow, _Mapping]]] = ..., rollups_truncated: _Optional[int] = ..., endpoints_truncated: _Optional[int] = ..., measurements: _Optional[_Iterable[_Union[MeasureResponse, _Mapping]]] = ..., addresses: _Optional[_Iterable[str]] = ..., processes: _Optional[_Iterable[_Union[ProcessTransactions, _Mapping]]] = ..., processes_truncated: _Optional[int] = ...) -> None: ...
+
+class ProcessTransactions(_message.Message):
+    __slots__ = ("comm", "destination", "kinds")
+    class KindsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    COMM_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    comm: str
+    destination: str
+    kinds: _containers.ScalarMap[str, int]
+    def __init__(self, comm: _Optional[str] = ..., destination: _Optional[str] = ..., kinds: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SignedDigest(_message.Message):
     __slots__ = ("payload", "signature", "public_key")

@@ -7,9 +7,9 @@ suspect is the expected one; the time from the fault to that answer must be at m
 figures in bench/RESULTS.md, "Diagnosis"). Between scenarios the fault is removed and the fleet must be
 healthy again (no suspect over the last two periods) before the next one starts.
 
-The node asked is web1's (the seed, in the other site from most faults), except for ``bad-client``: a
-process is only known to the node of its own host (digests carry destinations, not processes), so that
-scenario asks app2's node, where billing-sync runs.
+The node asked is web1's (the seed, in the other site from most faults), for ``bad-client`` too: the
+process runs on app2, and web1 knows it from app2's digests (``Digest.processes``, the processes with the
+most problem transactions of each period).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from tests._env import require_kernel
 PERIOD = 2.0
 """The nodes' export period (s)."""
 
-LIMIT = 4 * PERIOD
-"""Time from fault to correct blame that the test accepts: issue 8's two export periods, plus two for what
-comes before and after them: a failing connect only ends (and becomes a flow record) after the clients'
-1.5 s connect timeout, and a peer's digest needs gossip to reach the node asked. The measured times are
-printed and recorded in bench/RESULTS.md; most are under two periods."""
+LIMIT = 3 * PERIOD
+"""Time from fault to correct blame that the test accepts: issue 8's two export periods, plus one for a
+loaded 2-core machine (a peer's digest needs gossip to reach the node asked, and each meshctl call starts a
+Python process). A connect unanswered at a period's end counts at once (``connect_pending``), not after the
+clients' connect timeout. The measured times are printed and recorded in bench/RESULTS.md."""
 
 GIVE_UP = 40.0
 """How long a scenario is polled before it fails with the last answer (so a slow run says how slow)."""
@@ -115,7 +115,10 @@ def test_healthy_fleet_has_no_suspect(fleet: Any) -> None:
 def test_blackholed_server_host_is_blamed_not_its_clients(fleet: Any) -> None:
     took, doc = _blame_until(fleet, "blackhole-server")
     top = doc["suspects"][0]
-    assert top["problem_kinds"].get("timeout", 0) > 0 and top["problem_fraction"] >= doc["threshold"]
+    # connects that a period's end finds unanswered count first (connect_pending), those that end later
+    # as timeouts when no period's end saw them pending
+    assert set(top["problem_kinds"]) <= {"connect_pending", "timeout"}
+    assert top["problem_fraction"] >= doc["threshold"]
     assert len(top["hosts"]) >= 3  # web1, web2, app1, app2 all connect to db1
     assert took <= LIMIT, f"blackhole-server blamed after {took:.1f} s"
 
@@ -136,9 +139,10 @@ def test_refused_port_blames_the_service_not_the_host(fleet: Any) -> None:
     assert took <= LIMIT, f"refuse-port blamed after {took:.1f} s"
 
 
-def test_retrying_client_process_is_blamed_with_backoff_advice(fleet: Any) -> None:
-    took, doc = _blame_until(fleet, "bad-client", host="app2", shared=False)
+def test_retrying_client_process_on_app2_is_blamed_by_web1(fleet: Any) -> None:
+    took, doc = _blame_until(fleet, "bad-client", shared=False)
     top = doc["suspects"][0]
-    assert top["hosts"] == ["app2"] and top["examples"]
-    assert all(e["dport"] == 5432 for e in top["examples"])
+    assert top["hosts"] == ["app2"]
+    assert set(top["problem_kinds"]) <= {"connect_pending", "timeout"} and top["problems"] >= 5
+    assert [d.rpartition(":")[2] for d in top["problem_destinations"]] == ["5432"]  # the one dead address
     assert took <= LIMIT, f"bad-client blamed after {took:.1f} s"

@@ -419,3 +419,33 @@ def test_identical_entities_are_named_by_the_narrowest() -> None:
 def test_members_may_be_plain_tuples() -> None:
     [t] = transactions_from_flows([_flow(1)], labels={"host": "app-1"}, members={"10.0.2.3": ("db-1", "s2", "eu")})
     assert (t.dst_host, t.dst_site, t.dst_region) == ("db-1", "s2", "eu")
+
+
+def as_digests(txns: list[Transaction]) -> list[Transaction]:
+    """The fleet as a peer's digests tell it: only processes with problems named, and without pid."""
+    bad = {(t.host, t.comm) for t in txns if t.problem}
+    return [dataclasses.replace(t, comm=t.comm if (t.host, t.comm) in bad else "", pid=0, flow=None)
+            for t in txns]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(("kwargs", "top"), [
+    (dict(fault=blackholed_db), ("dst_host", "db-1")),
+    (dict(fault=lossy_uplink), ("path", "eu/s1<->eu/s2")),
+    (dict(fault=refused_port), ("service", "10.0.2.3:5432")),
+    (dict(fault=dead_address, billing=True), ("process", "app-2/billing")),
+], ids=["blackhole", "uplink", "refused", "dead-address"])
+def test_processes_named_by_digests_blame_as_local_flows_do(kwargs: dict[str, Any], top: tuple[str, str],
+                                                           seed: int) -> None:
+    """Digests name only the processes with problems: their hosts' unnamed rest, healthy by construction,
+    must not read as an unaffected part of a shared cause (it would make a dead server look like one bad
+    service, a lossy path like one bad server)."""
+    txns = fleet(seed=seed, **kwargs)
+    # on every client host, a process that used db-1 a few times before the fault, all fine: a digest
+    # does not name it, so it stays in its host's unnamed rest
+    db = HOSTS["db-1"][0]
+    txns += [Transaction(host=h, site=HOSTS[h][1], region="eu", comm="backup", pid=500, dst=db, dport=5432,
+                         service="postgresql", dst_host="db-1", dst_site="s2", dst_region="eu", problem=False,
+                         kind="ok", count=6) for h in HOSTS if h != "db-1"]
+    report = blame(as_digests(txns))
+    assert (report.suspects[0].kind, report.suspects[0].name) == top

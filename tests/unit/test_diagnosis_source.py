@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from meshnode._model import FlowRecord
 from meshnode.daemon import Node, NodeConfig
 from meshnode.daemon._services import DiagnosisRunner
 from meshnode.diagnosis import DIAGNOSIS_SERVICE, NodeSource, Place, blame
@@ -182,3 +184,130 @@ def test_decorated_digests_count_only_ended_outbound_flows() -> None:
     src.add_digest(d)
     txns = src.transactions(0, T0 + 10 * S)
     assert sorted((t.dport, t.kind, t.count) for t in txns) == [(5432, "retransmits", 1), (5432, "timeout", 4)]
+
+
+def _published(recs: list[FlowRecord], policy: object = None) -> mesh_pb2.Digest:
+    """app-2's digest of one period of ``recs``, decorated as its node would (``policy`` after trust's)."""
+    from meshnode.diagnosis import decorate_digest
+    from meshnode.mesh._digest import digest_from_period
+
+    summary = PeriodBuilder("n").build(1, T0, T0 + 2 * S, [r for r in recs if r.kind == "final"],
+                                       [r for r in recs if r.kind == "interim"])
+    d = digest_from_period(summary)
+    if policy is not None:
+        from meshnode.trust._wiring import filter_published
+
+        filter_published(policy, d)  # type: ignore[arg-type]
+    decorate_digest(d, recs, policy)  # type: ignore[arg-type]
+    d.node_id, d.seq, d.labels["host"], d.labels["site"], d.labels["region"] = "id-app-2", 1, "app-2", "s2", "eu"
+    return d
+
+
+def test_digest_names_the_processes_with_problems_so_a_peer_can_blame_one() -> None:
+    dead = [flow(i, dst="10.0.2.77", dport=5432, outcome="timeout", comm="billing-sync", pid=900 + i % 8)
+            for i in range(30)]
+    healthy = [flow(100 + i, dst="10.0.2.3", dport=6379, comm="worker", pid=50) for i in range(60)]
+    d = _published(dead + healthy)
+    assert [(p.comm, p.destination, dict(p.kinds)) for p in d.processes] == [
+        ("billing-sync", "10.0.2.77:5432", {"timeout": 30})]  # worker has no problem: not named
+    assert d.processes_truncated == 0
+    src = NodeSource(ME)  # another host: it never saw billing-sync's flows
+    src.add_digest(d)
+    txns = src.transactions(0, T0 + 200 * S)
+    assert sum(t.count for t in txns) == 90  # named rows are part of client_kinds, not added to them
+    assert {(t.comm, t.dport, t.kind, t.count) for t in txns} == {
+        ("billing-sync", 5432, "timeout", 30), ("", 6379, "ok", 60)}
+    top = blame(txns).suspects[0]
+    assert (top.kind, top.name, top.shared) == ("process", "app-2/billing-sync", False)
+
+
+def test_digest_processes_are_bounded_and_the_cut_is_counted() -> None:
+    from meshnode.diagnosis import DIGEST_PROCESS_DESTINATIONS, DIGEST_PROCESSES, client_transactions, digest_processes
+
+    recs = [flow(1000 * p + 10 * d + i, dst=f"10.0.3.{d}", dport=80, outcome="refused", comm=f"p{p}")
+            for p in range(DIGEST_PROCESSES + 2) for d in range(DIGEST_PROCESS_DESTINATIONS + 1)
+            for i in range(p + 1)]
+    recs += [flow(99_000 + i, dst="10.0.3.99", dport=80, comm="p9") for i in range(50)]  # ok, busiest
+    rows, left_out = digest_processes(client_transactions(recs, T0 + 100_000 * S))
+    comms = sorted({c for c, _, _ in rows})
+    assert comms == [f"p{p}" for p in range(2, DIGEST_PROCESSES + 2)]  # the most problems first
+    assert len(rows) == DIGEST_PROCESSES * DIGEST_PROCESS_DESTINATIONS
+    assert all(k == {"refused": 10} for c, _, k in rows if c == "p9")  # problem destinations before ok ones
+    # p0, p1: 5 problem rows each; p2..p9: 1 problem row each beyond the 4 kept (p9's ok row is no problem)
+    assert left_out == 2 * 5 + DIGEST_PROCESSES
+    d = _published(recs)
+    assert d.processes_truncated == left_out
+    assert len(d.processes) == len(rows) and d.ByteSize() < 8192
+
+
+def test_privacy_drops_the_comm_of_listed_cgroups_and_hashed_destinations_still_match() -> None:
+    from meshnode.trust import PrivacyPolicy
+
+    policy = PrivacyPolicy.from_config({"keep": ["10.0.0.0/16"], "outside": "hash", "secret": "s" * 16,
+                                        "drop_comm_cgroups": ["/secret.slice"]})
+    recs = [flow(i, dst="10.0.2.77", dport=5432, outcome="timeout", comm="billing-sync",
+                 cgroup="/secret.slice/billing.service") for i in range(10)]
+    recs += [flow(100 + i, dst="192.0.2.9", dport=443, outcome="refused", comm="curl") for i in range(10)]
+    d = _published(recs, policy)
+    assert [p.comm for p in d.processes] == ["curl"]  # billing-sync's name does not leave the node
+    (curl,) = d.processes
+    assert curl.destination.startswith("anon-") and curl.destination.endswith(":443")
+    kinds = {r.key: dict(r.client_kinds) for r in d.by_destination}
+    assert kinds[curl.destination] == {"ok": 0, "refused": 10}  # rollup keys and records filtered alike
+    assert kinds["10.0.2.77:5432"] == {"ok": 0, "timeout": 10}
+
+
+def test_pending_connects_count_at_the_period_end_and_once() -> None:
+    from meshnode.diagnosis import CONNECT_PENDING, ClientView
+
+    def syn(i: int, age_ms: int, end: int, **kw: object) -> FlowRecord:
+        return flow(i, kind="interim", outcome="in_progress", start_ns=end - age_ms * 1_000_000, end_ns=end,
+                    packets_tx=1, dst="10.0.2.3", dport=5432, **kw)
+
+    end1, end2, end3 = T0 + 2 * S, T0 + 4 * S, T0 + 6 * S
+    view = ClientView()
+    p1 = [syn(1, 900, end1), syn(2, 50, end1),  # one pending for long, one just sent
+          syn(3, 900, end1, direction="inbound"), syn(4, 900, end1, proto="udp"),  # neither is a connect
+          flow(5, kind="interim", end_ns=end1)]  # established and still open: counted when it ends
+    assert [(r.flow_id, k) for r, k in view.period(end1, p1)] == [(1, CONNECT_PENDING)]
+    assert view.period(end1, []) == view.period(end1, p1)  # the decorator and the source see one answer
+    p2 = [syn(1, 2900, end2), syn(2, 2050, end2)]  # still pending: 1 already counted, 2 counted now
+    assert [(r.flow_id, k) for r, k in view.period(end2, p2)] == [(2, CONNECT_PENDING)]
+    p3 = [flow(1, outcome="timeout", dst="10.0.2.3", dport=5432), flow(2, connect_us=2_500_000),
+          flow(6, outcome="timeout", dst="10.0.2.3", dport=5432)]  # 6 ended before any period's end saw it
+    assert [(r.flow_id, k) for r, k in view.period(end3, p3)] == [(6, "timeout")]
+
+    src = NodeSource(ME)  # the node's own blame sees a blackholed connect one period early
+    src.add_period(end1, p1)
+    assert [(t.kind, t.count, t.problem) for t in src.transactions(T0, end1) if t.dport == 5432] == [
+        (CONNECT_PENDING, 1, True)]
+
+
+def test_pending_connects_in_the_digest_and_the_source_are_the_same_transactions() -> None:
+    from meshnode.diagnosis import decorate_digest
+    from meshnode.mesh._digest import digest_from_period
+
+    end = T0 + 2 * S
+    recs = [flow(i, kind="interim", outcome="in_progress", start_ns=end - S, end_ns=end, dst="10.0.2.77",
+                 dport=5432, comm="billing-sync") for i in range(8)]
+    recs += [flow(100 + i, dst="10.0.2.3", dport=6379, comm="worker") for i in range(20)]
+    src = NodeSource(ME)
+    summary = PeriodBuilder("n").build(1, T0, end, recs[8:], recs[:8])
+    d = digest_from_period(summary)
+    decorate_digest(d, recs, view=src.view)  # the mesh's listener runs first ...
+    src.add_period(end, recs)  # ... then diagnosis's, with the same records
+    assert {r.key: dict(r.client_kinds) for r in d.by_destination}["10.0.2.77:5432"] == {
+        "ok": 0, "connect_pending": 8}
+    assert [(p.comm, dict(p.kinds)) for p in d.processes] == [("billing-sync", {"connect_pending": 8})]
+    own = {(t.comm, t.kind): t.count for t in collapse_counts(src.transactions(T0, end))}
+    assert own == {("billing-sync", "connect_pending"): 8, ("worker", "ok"): 20}
+
+
+def collapse_counts(txns: list[Any]) -> list[Any]:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    c: Counter[tuple[str, str]] = Counter()
+    for t in txns:
+        c[(t.comm, t.kind)] += t.count
+    return [SimpleNamespace(comm=k[0], kind=k[1], count=n) for k, n in c.items()]
