@@ -9,6 +9,7 @@ Modules (internal, re-exported here):
     _authz      sign_request/auth_metadata and Authorizer: signed, fresh, non-replayed, allowed queries
     _ca         the fleet CA (ECDSA P-256): init_ca, issue, load_ca
     _tls        server_credentials / channel_credentials for gRPC mutual TLS
+    _challenge  ChallengeWatch (pure): does a suspect's digests report a prober's test connections (seed 003)
     _monitor    TrustMonitor: validator + scores + recent evidence, the node's trust loop (pure)
     _service    TrustServicer (meshnode.v1.Trust/Validate), SignedRequestInterceptor (PERMISSION_DENIED)
     _ca_cmd     ``meshnode ca init|issue``
@@ -49,6 +50,7 @@ from meshnode.trust._authz import (
     signed_bytes,
 )
 from meshnode.trust._ca import CA_CERT, CA_KEY, Issued, init_ca, issue, load_ca
+from meshnode.trust._challenge import ChallengeRefused, ChallengeWatch
 from meshnode.trust._errors import BadClaim, TlsError, Unauthorized
 from meshnode.trust._monitor import TrustMonitor, evidence_to_proto
 from meshnode.trust._privacy import HASH_PREFIX, PrivacyPolicy
@@ -96,6 +98,8 @@ __all__ = [
     "Authorizer",
     "BadClaim",
     "Blame",
+    "ChallengeRefused",
+    "ChallengeWatch",
     "CrossValidator",
     "EndpointClaim",
     "Evidence",

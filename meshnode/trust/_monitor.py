@@ -99,6 +99,16 @@ class TrustMonitor:
                         b.evidence.witnessed)
         return report
 
+    def challenged(self, node_id: str, passed: bool, now_ns: int, evidence: Evidence | None = None) -> None:
+        """Record a challenge's outcome: the score moves (``TrustState.challenged``), a failure's evidence is kept
+        for ``Validate``."""
+        blame = self.trust.challenged(node_id, passed, now_ns, evidence)
+        self.counters["challenges_passed" if passed else "challenges_failed"] += 1
+        if blame is not None:
+            self._recent.append(blame)
+            log.warning("trust: %s failed a challenge (%s claimed %s, prober saw %s)", node_id, blame.evidence.field,
+                        blame.evidence.claimed, blame.evidence.witnessed)
+
     def excluded(self, node_ids: Iterable[str]) -> set[str]:
         """The flagged nodes among ``node_ids`` (leave their digests out of aggregates)."""
         return self.trust.excluded(node_ids)

@@ -174,6 +174,25 @@ class TrustState:
         share = base * self.config.ambiguous_weight
         return [Blame(e.reporter, share, e, "ambiguous"), Blame(e.witness, share, e, "ambiguous")]
 
+    def challenged(self, node_id: str, passed: bool, now_ns: int, evidence: Evidence | None = None) -> Blame | None:
+        """Apply a challenge's outcome (``_challenge``): a failure is a contradiction this node saw itself (it
+        asked for the traffic and the suspect left it out); a pass halves the distance to 1, since the node
+        just reported what it was tested on. Returns the penalty of a failure."""
+        self._recover(now_ns)
+        n = self._node(node_id)
+        if passed:
+            n.score = 1.0 - (1.0 - n.score) * 0.5
+            if n.flagged and n.score >= self.config.recover_above:
+                n.flagged = False
+            return None
+        weight = self.config.weights.get("contradiction", 0.0)
+        n.score *= 1.0 - weight
+        n.evidence += 1
+        n.last_evidence_ns = now_ns
+        if n.score < self.config.threshold:
+            n.flagged = True
+        return None if evidence is None else Blame(node_id, weight, evidence, "challenge")
+
     def _prune(self) -> None:
         horizon = self._now - int(self.config.dispute_window_s * 1e9)
         for node_id in list(self._disputes):

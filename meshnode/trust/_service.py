@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from meshnode.trust._authz import AUTH_METADATA_KEY, Authorizer, auth_metadata
+from meshnode.trust._challenge import ChallengeRefused
 from meshnode.trust._errors import Unauthorized
 from meshnode.trust._monitor import TrustMonitor
 from meshnode.v1 import trust_pb2, trust_pb2_grpc
@@ -27,11 +28,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TrustServicer(trust_pb2_grpc.TrustServicer):
-    """``meshnode.v1.Trust``: this node's view of its peers' trustworthiness."""
+Challenger = Callable[[trust_pb2.ChallengeRequest], Awaitable[trust_pb2.ChallengeResponse]]
+"""Runs one challenge (``MeshTrust.challenge``); raises ``ChallengeRefused``."""
 
-    def __init__(self, monitor: TrustMonitor) -> None:
+
+class TrustServicer(trust_pb2_grpc.TrustServicer):
+    """``meshnode.v1.Trust``: this node's view of its peers' trustworthiness, and challenges of suspects."""
+
+    def __init__(self, monitor: TrustMonitor, challenge: Challenger | None = None) -> None:
         self._monitor = monitor
+        self._challenge = challenge
 
     async def Validate(
         self, request: trust_pb2.ValidateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -39,10 +45,26 @@ class TrustServicer(trust_pb2_grpc.TrustServicer):
         """Scores and recent evidence, of one peer or all."""
         return self._monitor.validate_response(request.peer, request.max_evidence)
 
+    async def Challenge(
+        self, request: trust_pb2.ChallengeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> trust_pb2.ChallengeResponse:
+        """Have a third member connect to the suspect and check the suspect's digests report it."""
+        if self._challenge is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node runs no mesh to challenge in")
+        assert self._challenge is not None
+        try:
+            return await self._challenge(request)
+        except ChallengeRefused as exc:
+            log.info("challenge of %s from %s refused: %s", request.suspect, context.peer(), exc)
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        raise AssertionError("unreachable")  # abort raises
 
-def add_trust_servicer(monitor: TrustMonitor, server: grpc.aio.Server) -> TrustServicer:
-    """Register ``meshnode.v1.Trust`` on ``server`` (before it starts); returns the servicer."""
-    servicer = TrustServicer(monitor)
+
+def add_trust_servicer(monitor: TrustMonitor, server: grpc.aio.Server,
+                       challenge: Challenger | None = None) -> TrustServicer:
+    """Register ``meshnode.v1.Trust`` on ``server`` (before it starts); returns the servicer. Without
+    ``challenge``, ``Challenge`` answers ``FAILED_PRECONDITION``."""
+    servicer = TrustServicer(monitor, challenge)
     trust_pb2_grpc.add_TrustServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     return servicer
 

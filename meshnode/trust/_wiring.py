@@ -20,6 +20,8 @@ makes this node misreport its endpoint records about one peer, so that lab tests
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -27,19 +29,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, cast
 
+import grpc
+
 from meshnode._exceptions import ConfigError
 from meshnode.mesh import endpoint_records
+from meshnode.trust._challenge import DEFAULT_COUNT, ChallengeRefused, ChallengeWatch, tolerance
 from meshnode.trust._monitor import TrustMonitor
 from meshnode.trust._validate import ValidationConfig
-from meshnode.v1 import trust_pb2
+from meshnode.v1 import flow_pb2, trust_pb2
+from meshnode.v1 import mesh_pb2 as _mesh_pb2
 
 if TYPE_CHECKING:
-    import grpc
-
     from meshnode._model import FlowRecord
-    from meshnode.mesh import FlowLike, MeshService, PeriodLike
+    from meshnode.mesh import FlowLike, Member, MeshService, PeriodLike
     from meshnode.trust._privacy import PrivacyPolicy
-    from meshnode.v1 import flow_pb2, mesh_pb2
+    from meshnode.v1 import mesh_pb2
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,8 @@ TRUST_SERVICE: Final = trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name
 """``"meshnode.v1.Trust"``, for health checking and reflection (``ApiServer.add_servicer``)."""
 
 LIE_ENV: Final = "MESHNODE_TEST_LIE"
-"""Test-only: ``double_tx:ADDR[:PORT]`` or ``hide:ADDR[:PORT]`` (needs ``MESHNODE_ALLOW_FAKE_SENSOR=1``)."""
+"""Test-only: ``double_tx:ADDR[:PORT]`` or ``hide:ADDR[:PORT]``, several separated by commas (needs
+``MESHNODE_ALLOW_FAKE_SENSOR=1``)."""
 _ALLOW_ENV: Final = "MESHNODE_ALLOW_FAKE_SENSOR"
 
 
@@ -59,12 +64,15 @@ class Lie:
         kind: ``double_tx`` reports twice the bytes sent on every flow to ``peer``; ``hide`` leaves out
             the flows to ``peer``.
         peer: the peer's address, as the sensor records it.
-        port: only flows to this remote port; 0 means all.
+        port: only flows of this service port (the remote port of an outbound flow, the local port of an
+            inbound one); 0 means all.
+        also: further lies told at the same time (``MESHNODE_TEST_LIE`` with commas).
     """
 
     kind: Literal["double_tx", "hide"]
     peer: str
     port: int = 0
+    also: tuple[Lie, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Lie | None:
@@ -80,6 +88,11 @@ class Lie:
         if env.get(_ALLOW_ENV) != "1":
             raise ConfigError(f"{LIE_ENV} is a test-only fault (this node would misreport its flows); "
                               f"it is refused unless {_ALLOW_ENV}=1")
+        first, *more = [cls._parse(part.strip()) for part in spec.split(",") if part.strip()]
+        return dataclasses.replace(first, also=tuple(more)) if more else first
+
+    @classmethod
+    def _parse(cls, spec: str) -> Lie:
         kind, _, rest = spec.partition(":")
         if kind in ("double_tx", "hide") and rest:
             host, sep, port = rest.rpartition(":")
@@ -90,9 +103,15 @@ class Lie:
 
 
 def apply_lie(lie: Lie, digest: mesh_pb2.Digest) -> int:
-    """Misreport ``digest``'s endpoint records (raw addresses) as ``lie`` says; returns records changed."""
+    """Misreport ``digest``'s endpoint records (raw addresses) as ``lie`` (and ``lie.also``) says; returns
+    records changed."""
+    return _apply_one(lie, digest) + sum(_apply_one(more, digest) for more in lie.also)
+
+
+def _apply_one(lie: Lie, digest: mesh_pb2.Digest) -> int:
     def hit(e: flow_pb2.Flow) -> bool:
-        return e.dst == lie.peer and (not lie.port or e.dport == lie.port)
+        service = e.sport if e.direction == flow_pb2.INBOUND else e.dport
+        return e.dst == lie.peer and (not lie.port or service == lie.port)
 
     if lie.kind == "double_tx":
         changed = 0
@@ -145,6 +164,8 @@ class MeshTrust:
         self.monitor = TrustMonitor(mesh.node_id, validation=ValidationConfig(period_s=export_period),
                                     normalize=self._normalize, now_ns=clock())
         self.periods = 0
+        self._watches: list[ChallengeWatch] = []
+        self._export_period = export_period
 
     def attach(self) -> None:
         """Register on the mesh's seams: decorator, digest listener, fleet-query exclusions."""
@@ -156,7 +177,7 @@ class MeshTrust:
         """Serve ``meshnode.v1.Trust`` on ``server`` (before it starts)."""
         from meshnode.trust._service import add_trust_servicer
 
-        add_trust_servicer(self.monitor, server)
+        add_trust_servicer(self.monitor, server, challenge=self.challenge)
 
     # ------------------------------------------------------------------ members
 
@@ -197,6 +218,8 @@ class MeshTrust:
     def on_digest(self, digest: mesh_pb2.Digest, signed: mesh_pb2.SignedDigest, own: bool) -> None:
         """Every verified peer digest and each own one, into the monitor (a digest listener)."""
         self.monitor.on_digest(digest, "self" if own else "gossip")
+        for w in self._watches:
+            w.add(digest)
 
     def on_period(self, period: PeriodLike, records: Sequence[FlowRecord] = ()) -> None:
         """After the mesh published the period's digest: refresh members, judge, update scores."""
@@ -211,6 +234,136 @@ class MeshTrust:
     def excluded(self, node_ids: Iterable[str]) -> set[str]:
         """The flagged nodes among ``node_ids`` (the mesh leaves their digests out of aggregates)."""
         return self.monitor.excluded(node_ids)
+
+    # ------------------------------------------------------------------ challenge
+
+    def _pick_prober(self, suspect: str, wanted: str) -> Member:
+        from meshnode.mesh import State
+
+        m = self.mesh.membership
+        if wanted:
+            prober = m.member(wanted)
+            if prober is None or prober.state != State.ALIVE or wanted == suspect:
+                raise ChallengeRefused("FAILED_PRECONDITION", f"prober {wanted} is not an alive member other "
+                                                              "than the suspect")
+            return prober
+        trust = self.monitor.trust
+        third = [x for x in m.members() if x.state == State.ALIVE and x.node_id not in (suspect, self.mesh.node_id)
+                 and not trust.is_flagged(x.node_id)]
+        if third:
+            return min(third, key=lambda x: (-trust.score(x.node_id), x.node_id))
+        me = m.member(self.mesh.node_id)
+        assert me is not None
+        return me
+
+    async def _measure(self, prober: Member, req: _mesh_pb2.MeasureRequest, timeout: float,
+                       ) -> _mesh_pb2.MeasureResponse:
+        if prober.node_id == self.mesh.node_id:
+            return await self.mesh.measure(req, "")
+        stub = self.mesh.transport.stub(prober.addr)
+        resp: _mesh_pb2.MeasureResponse = await stub.Measure(req, timeout=timeout)
+        return resp
+
+    async def _poll(self, suspect: Member, watch: ChallengeWatch) -> None:
+        """The suspect's newest digest, straight from it (gossip may skip one), verified, into ``watch``."""
+        from meshnode.mesh import DigestRejected, verify_digest
+
+        if suspect.node_id == self.mesh.node_id:
+            return
+        try:
+            resp = await self.mesh.transport.stub(suspect.addr).Digests(
+                _mesh_pb2.DigestsRequest(node_ids=[suspect.node_id]), timeout=max(1.0, self._export_period))
+        except grpc.aio.AioRpcError as exc:
+            log.info("challenge: digests of %s not fetched: %s", suspect.node_id, exc)
+            return
+        for signed in resp.digests:
+            try:
+                d = verify_digest(signed, self.mesh.digest_config.max_bytes, self._clock())
+            except DigestRejected as exc:
+                log.warning("challenge: digest from %s dropped: %s", suspect.addr, exc)
+                continue
+            if d.node_id == suspect.node_id:
+                watch.add(d)
+
+    async def challenge(self, req: trust_pb2.ChallengeRequest) -> trust_pb2.ChallengeResponse:
+        """Run one challenge (``Trust.Challenge``; see ``meshnode.trust._challenge``) and record its outcome.
+
+        Raises:
+            ChallengeRefused: the suspect is not an alive member (or is this node), the prober is unusable,
+                or the count is out of bounds.
+        """
+        from meshnode.mesh import State, TaskRefused
+
+        if not self.mesh.running:
+            raise ChallengeRefused("FAILED_PRECONDITION", "the mesh is not running")
+        m = self.mesh.membership
+        suspect = m.member(req.suspect)
+        if suspect is None or suspect.state not in (State.ALIVE, State.SUSPECT):
+            raise ChallengeRefused("NOT_FOUND", f"suspect {req.suspect!r} is not an alive member")
+        if suspect.node_id == self.mesh.node_id:
+            raise ChallengeRefused("INVALID_ARGUMENT", "a node cannot challenge itself")
+        count = req.count or DEFAULT_COUNT
+        if not 1 <= count <= 100:
+            raise ChallengeRefused("INVALID_ARGUMENT", f"count: {count} is outside 1..100")
+        prober = self._pick_prober(suspect.node_id, req.prober)
+        host = _host(suspect.addr)
+        port = req.port or int(suspect.addr.rpartition(":")[2])
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        cfg = self.monitor.validator.config
+        period = self._export_period
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (req.deadline_ms / 1000 if req.deadline_ms else 4 * period + 10.0)
+        prober_addrs = {a for a, n in self.owners().items() if n == prober.node_id} | {_host(prober.addr)}
+        started = self._clock()
+        watch = ChallengeWatch(suspect.node_id, frozenset(prober_addrs), port, started, cfg.skew_ns,
+                               self._normalize)
+        out = trust_pb2.ChallengeResponse(suspect=suspect.node_id, prober=prober.node_id, target=target,
+                                          started_ns=started)
+        held = self.mesh.exchange.latest(suspect.node_id)
+        if held is not None:
+            watch.add(held.digest)
+        self._watches.append(watch)
+        try:
+            measure = _mesh_pb2.MeasureRequest(target=target, count=count, timeout_ms=1000,
+                                               requester_id=self.mesh.node_id)
+            try:
+                resp = await self._measure(prober, measure, max(1.0, deadline - loop.time()))
+            except (grpc.aio.AioRpcError, TaskRefused) as exc:  # nothing to judge the suspect by
+                detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                out.verdict, out.detail = trust_pb2.CHALLENGE_INCONCLUSIVE, f"the prober did not measure: {detail}"
+                return self._finish(out, watch)
+            watch.finished_ns = max(self._clock(), started + 1)
+            out.attempts, out.connected = resp.attempts, resp.reachable
+            out.tolerance = tolerance(resp.reachable)
+            settle = cfg.skew_ns + int(period * 1e9) // 2
+            while True:
+                verdict, detail = watch.verdict(resp.reachable, settle)
+                if verdict != "pending" or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(min(2.0, max(0.1, period / 4)))
+                await self._poll(suspect, watch)
+            if verdict == "pending":
+                verdict, detail = "inconclusive", f"deadline reached; {detail}"
+            out.verdict = {"passed": trust_pb2.CHALLENGE_PASSED, "failed": trust_pb2.CHALLENGE_FAILED}.get(
+                verdict, trust_pb2.CHALLENGE_INCONCLUSIVE)
+            out.detail = detail
+            now = self._clock()
+            if verdict in ("passed", "failed"):
+                ev = watch.evidence(prober.node_id, host, resp.reachable, now) if verdict == "failed" else None
+                self.monitor.challenged(suspect.node_id, verdict == "passed", now, ev)
+            return self._finish(out, watch)
+        finally:
+            self._watches.remove(watch)
+
+    def _finish(self, out: trust_pb2.ChallengeResponse, watch: ChallengeWatch) -> trust_pb2.ChallengeResponse:
+        out.reported, out.digests = watch.reported, watch.digests
+        out.score = self.monitor.trust.score(out.suspect)
+        out.flagged = self.monitor.trust.is_flagged(out.suspect)
+        out.finished_ns = self._clock()
+        log.info("challenge of %s by %s: %s (%s)", out.suspect, out.prober,
+                 trust_pb2.ChallengeVerdict.Name(out.verdict), out.detail)
+        return out
+
 
 
 def filter_published(policy: PrivacyPolicy, digest: mesh_pb2.Digest) -> None:

@@ -13,10 +13,21 @@ class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONTRADICTION: _ClassVar[Severity]
     MISMATCH: _ClassVar[Severity]
     MINOR: _ClassVar[Severity]
+
+class ChallengeVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHALLENGE_VERDICT_UNKNOWN: _ClassVar[ChallengeVerdict]
+    CHALLENGE_PASSED: _ClassVar[ChallengeVerdict]
+    CHALLENGE_FAILED: _ClassVar[ChallengeVerdict]
+    CHALLENGE_INCONCLUSIVE: _ClassVar[ChallengeVerdict]
 SEVERITY_UNKNOWN: Severity
 CONTRADICTION: Severity
 MISMATCH: Severity
 MINOR: Severity
+CHALLENGE_VERDICT_UNKNOWN: ChallengeVerdict
+CHALLENGE_PASSED: ChallengeVerdict
+CHALLENGE_FAILED: ChallengeVerdict
+CHALLENGE_INCONCLUSIVE: ChallengeVerdict
 
 class Evidence(_message.Message):
     __slots__ = ("reporter", "witness", "proto", "src", "sport", "dst", "dport", "field", "claimed", "witnessed", "reason", "severity", "at_ns", "blamed")
@@ -102,3 +113,49 @@ class RequestAuth(_message.Message):
     nonce: bytes
     signature: bytes
     def __init__(self, public_key: _Optional[bytes] = ..., timestamp_ns: _Optional[int] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ChallengeRequest(_message.Message):
+    __slots__ = ("suspect", "prober", "port", "count", "deadline_ms")
+    SUSPECT_FIELD_NUMBER: _ClassVar[int]
+    PROBER_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    suspect: str
+    prober: str
+    port: int
+    count: int
+    deadline_ms: int
+    def __init__(self, suspect: _Optional[str] = ..., prober: _Optional[str] = ..., port: _Optional[int] = ..., count: _Optional[int] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class ChallengeResponse(_message.Message):
+    __slots__ = ("suspect", "prober", "target", "attempts", "connected", "reported", "tolerance", "verdict", "detail", "digests", "score", "flagged", "started_ns", "finished_ns")
+    SUSPECT_FIELD_NUMBER: _ClassVar[int]
+    PROBER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_NS_FIELD_NUMBER: _ClassVar[int]
+    suspect: str
+    prober: str
+    target: str
+    attempts: int
+    connected: int
+    reported: int
+    tolerance: int
+    verdict: ChallengeVerdict
+    detail: str
+    digests: int
+    score: float
+    flagged: bool
+    started_ns: int
+    finished_ns: int
+    def __init__(self, suspect: _Optional[str] = ..., prober: _Optional[str] = ..., target: _Optional[str] = ..., attempts: _Optional[int] = ..., connected: _Optional[int] = ..., reported: _Optional[int] = ..., tolerance: _Optional[int] = ..., verdict: _Optional[_Union[ChallengeVerdict, str]] = ..., detail: _Optional[str] = ..., digests: _Optional[int] = ..., score: _Optional[float] = ..., flagged: _Optional[bool] = ..., started_ns: _Optional[int] = ..., finished_ns: _Optional[int] = ...) -> None: ...

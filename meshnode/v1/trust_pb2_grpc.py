@@ -40,6 +40,11 @@ class TrustStub:
                 request_serializer=meshnode_dot_v1_dot_trust__pb2.ValidateRequest.SerializeToString,
                 response_deserializer=meshnode_dot_v1_dot_trust__pb2.ValidateResponse.FromString,
                 _registered_method=True)
+        self.Challenge = channel.unary_unary(
+                '/meshnode.v1.Trust/Challenge',
+                request_serializer=meshnode_dot_v1_dot_trust__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=meshnode_dot_v1_dot_trust__pb2.ChallengeResponse.FromString,
+                _registered_method=True)
 
 
 class TrustServicer:
@@ -53,6 +58,16 @@ class TrustServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Challenge(self, request, context):
+        """Challenge asks a third member (the prober) to make test connections to a suspect (Mesh.Measure, signed by
+        this node), then waits for the suspect's next digests and checks that they report those connections
+        (seed 003). The outcome moves the suspect's score: a pass raises it, a failure lowers it as a
+        contradiction would. Answers when the suspect's digests settle it, or at the deadline (inconclusive).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrustServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +75,11 @@ def add_TrustServicer_to_server(servicer, server):
                     servicer.Validate,
                     request_deserializer=meshnode_dot_v1_dot_trust__pb2.ValidateRequest.FromString,
                     response_serializer=meshnode_dot_v1_dot_trust__pb2.ValidateResponse.SerializeToString,
+            ),
+            'Challenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Challenge,
+                    request_deserializer=meshnode_dot_v1_dot_trust__pb2.ChallengeRequest.FromString,
+                    response_serializer=meshnode_dot_v1_dot_trust__pb2.ChallengeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +110,33 @@ class Trust:
             '/meshnode.v1.Trust/Validate',
             meshnode_dot_v1_dot_trust__pb2.ValidateRequest.SerializeToString,
             meshnode_dot_v1_dot_trust__pb2.ValidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Challenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshnode.v1.Trust/Challenge',
+            meshnode_dot_v1_dot_trust__pb2.ChallengeRequest.SerializeToString,
+            meshnode_dot_v1_dot_trust__pb2.ChallengeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ def test_lie_is_refused_without_the_test_guard_and_parsed_with_it():
     assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "hide:10.0.0.2:8080"}) == Lie("hide", "10.0.0.2", 8080)
     assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "hide:fd00::2"}) == Lie("hide", "fd00::2")
     assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "double_tx:10.0.0.2:31000"}) == Lie("double_tx", "10.0.0.2", 31000)
+    assert Lie.from_env({**ok, "MESHNODE_TEST_LIE": "double_tx:10.0.0.2:31000, hide:10.0.0.3:31001"}) == Lie(
+        "double_tx", "10.0.0.2", 31000, also=(Lie("hide", "10.0.0.3", 31001),))
     with pytest.raises(ConfigError, match="expected"):
         Lie.from_env({**ok, "MESHNODE_TEST_LIE": "triple:10.0.0.2"})
 
@@ -154,9 +156,12 @@ def test_privacy_policy_hashes_external_addresses_in_everything_the_digest_carri
 
 @pytest.mark.parametrize(("lie", "expect"), [
     (Lie("double_tx", IPS[1]), [(40000, 10000), (40001, 800), (7400, 600)]),
-    (Lie("double_tx", IPS[1], 7400), [(40000, 10000), (40001, 800), (7400, 300)]),
-    (Lie("hide", IPS[1], 7400), [(40001, 800), (7400, 300)]),
+    # the port is the service port: the remote one of an outbound flow, the local one of an inbound flow
+    (Lie("double_tx", IPS[1], 7400), [(40000, 10000), (40001, 800), (7400, 600)]),
+    (Lie("double_tx", IPS[1], 41000), [(40000, 5000), (40001, 800), (7400, 300)]),
+    (Lie("hide", IPS[1], 7400), [(40001, 800)]),
     (Lie("hide", IPS[1]), [(40001, 800)]),
+    (Lie("hide", IPS[2], 7400, also=(Lie("double_tx", IPS[1], 7400),)), [(40000, 10000), (7400, 600)]),
 ])
 def test_lie_misreports_only_the_flows_to_its_peer(lie: Lie, expect: list[tuple[int, int]]):
     trust = MeshTrust(FakeMesh(), export_period=10, lie=lie)  # type: ignore[arg-type]
