@@ -301,10 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
   meshctl validate
   meshctl validate --peer 3f2a9c0d1e2b4a5f
   meshctl validate --json | jq '.evidence[] | select(.blamed != "")'
+  meshctl validate --challenge 3f2a9c0d1e2b4a5f     a third member connects to it; its digests must say so
   meshctl validate --json""", [])
     p.add_argument("--peer", metavar="NODE_ID", help="one peer (default: all)")
     p.add_argument("--max-evidence", type=_count, default=0, metavar="N",
                    help="at most N pieces of evidence, newest first (default: the node's, 100)")
+    p.add_argument("--challenge", metavar="NODE_ID",
+                   help="challenge this member: a third member connects to it, and its next digests must report "
+                        "the connections (pass raises its score, failure flags it)")
+    p.add_argument("--prober", metavar="NODE_ID", default="",
+                   help="with --challenge: the member that connects (default: the most trusted third member)")
+    p.add_argument("--count", type=_count, default=0, metavar="N",
+                   help="with --challenge: connects to make, 1..100 (default: 10)")
 
     p = add("top", "live dashboard: top processes and destinations, events, mesh",
             """examples:

@@ -266,6 +266,19 @@ class Node:
             raise self._fail(exc, "Trust.Validate", self.timeout) from exc
         return resp
 
+    def challenge(self, req: trust_pb2.ChallengeRequest) -> trust_pb2.ChallengeResponse:
+        """Trust.Challenge (signed like other active tasks); the deadline leaves the node's own room to answer."""
+        from meshnode.v1 import trust_pb2_grpc
+
+        stub = trust_pb2_grpc.TrustStub(self._channel)  # type: ignore[no-untyped-call]
+        timeout = max(self.timeout, req.deadline_ms / 1000 + 5.0)
+        try:
+            resp: trust_pb2.ChallengeResponse = stub.Challenge(
+                req, timeout=timeout, metadata=self._sign("/meshnode.v1.Trust/Challenge", req))
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Trust.Challenge", timeout) from exc
+        return resp
+
     def services(self) -> frozenset[str] | None:
         """Service names from server reflection; None when the node does not serve reflection."""
         from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

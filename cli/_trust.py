@@ -31,7 +31,30 @@ def _validate(node: Node, peer: str = "", max_evidence: int = 0) -> dict[str, An
     return message_dict(node.validate(trust_pb2.ValidateRequest(peer=peer, max_evidence=max_evidence)))
 
 
+def _challenge(node: Node, suspect: str, prober: str = "", count: int = 0) -> dict[str, Any]:
+    from meshnode.v1 import trust_pb2
+
+    doc = message_dict(node.challenge(trust_pb2.ChallengeRequest(suspect=suspect, prober=prober, count=count)))
+    doc["verdict"] = str(doc.get("verdict", "")).removeprefix("challenge_")
+    return doc
+
+
+def cmd_challenge(args: argparse.Namespace, node: Node) -> int:
+    try:
+        doc = _challenge(node, args.challenge, args.prober, args.count)
+    except NotAvailable:
+        raise NotAvailable(TRUST_MISSING) from None
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    c = console(wide=args.wide)
+    emit(c, challenge_view(doc, wide=args.wide, plain=is_plain(c)))
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace, node: Node) -> int:
+    if getattr(args, "challenge", None):
+        return cmd_challenge(args, node)
     try:
         doc = _validate(node, args.peer or "", args.max_evidence)
     except NotAvailable:
@@ -164,6 +187,27 @@ def validate_view(v: Mapping[str, Any], *, wide: bool = False, plain: bool = Fal
     unverifiable = sum(n for k, n in counters.items() if k.startswith("unverifiable_"))
     parts += [Text(""), Text(f"threshold {threshold:.2f} · {foot} · unverifiable {unverifiable:,}")]
     return Group(*parts)
+
+
+def challenge_view(c: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:
+    """``meshctl validate --challenge``: the verdict, who probed what, and the counts behind it."""
+    from rich.console import Group
+    from rich.text import Text
+
+    verdict = c.get("verdict", "unknown")
+    style = "" if plain else {"passed": "bold green", "failed": "bold red"}.get(verdict, "yellow")
+    took = (c["finished_ns"] - c["started_ns"]) / 1e9 if c.get("finished_ns") and c.get("started_ns") else 0.0
+    lines = [
+        Text(f"challenge of {_short(c['suspect'], wide)}: {verdict.upper()}", style=style),
+        Text(c.get("detail", "")),
+        Text(""),
+        Text(f"prober     {_short(c['prober'], wide)} connected {c['connected']} of {c['attempts']} times "
+             f"to {c['target']}"),
+        Text(f"reported   {c['reported']} by the suspect (tolerance {c['tolerance']}) in {c['digests']} digest(s), "
+             f"{took:.1f} s"),
+        Text(f"trust now  {c['score']:.2f}" + (" FLAGGED" if c.get("flagged") else "")),
+    ]
+    return Group(*lines)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -87,3 +87,37 @@ EXPECTED = """
     threshold 0.50 · claims_checked 1,234 · claims_matched 1,200 · evidence 2 ·
     digests_validated 50 · unverifiable 7
     """
+
+
+def sample_challenge(verdict: int) -> dict[str, object]:
+    doc = message_dict(trust_pb2.ChallengeResponse(
+        suspect=LIAR, prober=HONEST, target="10.20.0.2:7400", attempts=10, connected=10, reported=0, tolerance=2,
+        verdict=verdict, detail="the suspect's digests report 0 of the 10 connections the prober made "
+        "(at least 8 expected)", digests=3, score=0.4, flagged=True, started_ns=AT, finished_ns=AT + 4_500_000_000))
+    doc["verdict"] = str(doc["verdict"]).removeprefix("challenge_")
+    return doc
+
+
+def test_challenge_view_says_the_verdict_and_the_counts() -> None:
+    from cli._trust import challenge_view
+
+    out = render_text(challenge_view(sample_challenge(trust_pb2.CHALLENGE_FAILED), plain=True), width=80)
+    assert out == _text("""
+        challenge of 95fd992f: FAILED
+        the suspect's digests report 0 of the 10 connections the prober made (at least 8
+        expected)
+
+        prober     b752b169 connected 10 of 10 times to 10.20.0.2:7400
+        reported   0 by the suspect (tolerance 2) in 3 digest(s), 4.5 s
+        trust now  0.40 FLAGGED
+        """)
+    wide = render_text(challenge_view(sample_challenge(trust_pb2.CHALLENGE_PASSED), wide=True, plain=True),
+                       width=120)
+    assert wide.splitlines()[0] == f"challenge of {LIAR}: PASSED"
+
+
+def test_validate_challenge_args() -> None:
+    from cli._args import build_parser
+
+    args = build_parser().parse_args(["validate", "--challenge", LIAR, "--prober", HONEST, "--count", "5", "--json"])
+    assert (args.challenge, args.prober, args.count, args.json) == (LIAR, HONEST, 5, True)
