@@ -313,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --challenge: the member that connects (default: the most trusted third member)")
     p.add_argument("--count", type=_count, default=0, metavar="N",
                    help="with --challenge: connects to make, 1..100 (default: 10)")
+    p.add_argument("--port", type=_count, default=0, metavar="PORT",
+                   help="with --challenge: the suspect's port to connect to (default: its mesh port)")
 
     p = add("top", "live dashboard: top processes and destinations, events, mesh",
             """examples:

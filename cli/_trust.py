@@ -22,6 +22,7 @@ from cli._units import format_clock
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+CHALLENGE_DEADLINE_MS = 60_000
 TRUST_MISSING = "this node has no trust service (it runs an older meshnode; upgrade it)"
 
 
@@ -31,17 +32,20 @@ def _validate(node: Node, peer: str = "", max_evidence: int = 0) -> dict[str, An
     return message_dict(node.validate(trust_pb2.ValidateRequest(peer=peer, max_evidence=max_evidence)))
 
 
-def _challenge(node: Node, suspect: str, prober: str = "", count: int = 0) -> dict[str, Any]:
+def _challenge(node: Node, suspect: str, prober: str = "", count: int = 0, port: int = 0) -> dict[str, Any]:
     from meshnode.v1 import trust_pb2
 
-    doc = message_dict(node.challenge(trust_pb2.ChallengeRequest(suspect=suspect, prober=prober, count=count)))
+    # the node answers as soon as the suspect's digests settle it (a few export periods); the deadline only
+    # bounds an inconclusive wait, and the call's own deadline is a little longer (Node.challenge)
+    doc = message_dict(node.challenge(trust_pb2.ChallengeRequest(suspect=suspect, prober=prober, count=count,
+                                                                 port=port, deadline_ms=CHALLENGE_DEADLINE_MS)))
     doc["verdict"] = str(doc.get("verdict", "")).removeprefix("challenge_")
     return doc
 
 
 def cmd_challenge(args: argparse.Namespace, node: Node) -> int:
     try:
-        doc = _challenge(node, args.challenge, args.prober, args.count)
+        doc = _challenge(node, args.challenge, args.prober, args.count, args.port)
     except NotAvailable:
         raise NotAvailable(TRUST_MISSING) from None
     if args.json:

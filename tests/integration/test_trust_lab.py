@@ -9,6 +9,9 @@ period 2 s, every node with the same privacy policy (lab IPv4 kept, every other 
 - Host e runs with the test-only lie (MESHNODE_TEST_LIE=double_tx:<a>:<port>): once it sends to that port,
   node a flags it within about one export period, leaves it out of fleet aggregates (hosts_excluded), and
   `meshctl validate --json` names the flow.
+- Challenges (`meshctl validate --challenge`) from node a: an honest node passes (b connects to its mesh port,
+  its next digest reports the connections); the liar, which also hides what c sends to its port 31001
+  (MESHNODE_TEST_LIE=...,hide:<c>:31001), fails when c connects there, and is flagged.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ PORT = 7400
 PERIOD = 2.0
 HOSTS = ["a", "b", "c", "d", "e"]
 LIE_PORT = 31000
+CHALLENGE_PORT = 31001
 SECRET = "lab-fleet-secret-0123456789"
 
 DIGESTS = r"""
@@ -62,12 +66,14 @@ class Fleet:
             argv += ["--join", self.addr("a")]
         env = dict(os.environ)
         if name == "e":
-            env.update(MESHNODE_ALLOW_FAKE_SENSOR="1", MESHNODE_TEST_LIE=f"double_tx:{self.lab['a'].ip}:{LIE_PORT}")
+            env.update(MESHNODE_ALLOW_FAKE_SENSOR="1", MESHNODE_TEST_LIE=f"double_tx:{self.lab['a'].ip}:{LIE_PORT},"
+                                                                            f"hide:{self.lab['c'].ip}:{CHALLENGE_PORT}")
         log = (self.data / f"{name}.log").open("w")
         self.procs[name] = host.popen(argv, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
 
     def meshctl(self, on: str, *args: str) -> Any:
-        out = self.lab[on].run([MESHCTL, "--node", self.addr(on), *args, "--json"], timeout=30, check=False)
+        out = self.lab[on].run([MESHCTL, "--node", self.addr(on), "--timeout", "30", *args, "--json"], timeout=90,
+                               check=False)
         return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else None
 
     def wait(self, cond: Any, timeout: float, what: str) -> float:
@@ -246,3 +252,38 @@ def test_liar_is_flagged_left_out_of_aggregates_and_named_in_the_evidence(fleet:
     assert row["hosts_excluded"] == 1 and row["hosts"] >= 1, row
     peers = fleet.meshctl("a", "peers")
     assert [p["node_id"] for p in peers["peers"] if p["flagged"]] == [liar]
+
+
+def test_challenge_an_honest_node_passes_and_the_liar_fails(fleet: Fleet) -> None:
+    lab = fleet.lab
+    ids = fleet.ids
+    t0 = time.monotonic()
+    ok = fleet.meshctl("a", "validate", "--challenge", ids["d"], "--prober", ids["b"], "--count", "10")
+    took_ok = time.monotonic() - t0
+    assert ok is not None, "meshctl validate --challenge failed"
+    assert (ok["suspect"], ok["prober"], ok["target"]) == (ids["d"], ids["b"], fleet.addr("d"))
+    assert ok["verdict"] == "passed", ok
+    assert ok["attempts"] == 10 and ok["connected"] == 10 and ok["reported"] >= 10 - ok["tolerance"]
+    assert not ok["flagged"] and ok["score"] >= 0.5
+
+    sink = t.start(lab["e"], t.TCP_SINK, CHALLENGE_PORT)
+    t.wait_ready(sink)
+    try:
+        t0 = time.monotonic()
+        bad = fleet.meshctl("a", "validate", "--challenge", ids["e"], "--prober", ids["c"], "--count", "10",
+                            "--port", str(CHALLENGE_PORT))
+        took_bad = time.monotonic() - t0
+    finally:
+        sink.kill()
+    assert bad is not None, "meshctl validate --challenge failed"
+    print(f"\nchallenges from a: honest d {ok['verdict']} in {took_ok:.1f} s ({ok['reported']}/{ok['connected']}), "
+          f"liar e {bad['verdict']} in {took_bad:.1f} s ({bad['reported']}/{bad['connected']}): {bad['detail']}")
+    assert bad["target"] == f"{lab['e'].ip}:{CHALLENGE_PORT}"
+    assert bad["verdict"] == "failed", bad
+    assert (bad["connected"], bad["reported"]) == (10, 0)
+    assert bad["flagged"] and bad["score"] < 0.5
+    doc = fleet.validate("a")
+    assert doc["counters"].get("challenges_failed", 0) >= 1 and doc["counters"].get("challenges_passed", 0) >= 1
+    [e] = [e for e in doc["evidence"] if e["field"] == "challenge"]
+    assert (e["reporter"], e["witness"], e["blamed"], e["claimed"], e["witnessed"]) == (
+        ids["e"], ids["c"], ids["e"], "0", "10")

@@ -119,5 +119,6 @@ def test_challenge_view_says_the_verdict_and_the_counts() -> None:
 def test_validate_challenge_args() -> None:
     from cli._args import build_parser
 
-    args = build_parser().parse_args(["validate", "--challenge", LIAR, "--prober", HONEST, "--count", "5", "--json"])
-    assert (args.challenge, args.prober, args.count, args.json) == (LIAR, HONEST, 5, True)
+    args = build_parser().parse_args(["validate", "--challenge", LIAR, "--prober", HONEST, "--count", "5", "--port",
+                                      "31001", "--json"])
+    assert (args.challenge, args.prober, args.count, args.port, args.json) == (LIAR, HONEST, 5, 31001, True)
