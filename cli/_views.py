@@ -200,8 +200,9 @@ def status_view(s: Mapping[str, Any], *, wide: bool = False, plain: bool = False
     g = Table.grid(padding=(0, 2))
     g.add_column(style="" if plain else "bold", no_wrap=True)
     g.add_column(overflow="fold")
-    g.add_row("node", f"{s['node_id'] or '?'}  meshnode {s['version'] or '?'}, up "
-              f"{format_seconds(s['uptime_s'])}")
+    host = s.get("host") or ""
+    g.add_row("node", f"{s['node_id'] or '?'}{f' (host {host})' if host and host != s['node_id'] else ''}  "
+              f"meshnode {s['version'] or '?'}, up {format_seconds(s['uptime_s'])}")
     security = "INSECURE: plaintext, no client certificates" if s["insecure"] else "mutual TLS"
     g.add_row("listen", Text.assemble(f"{s['listen'] or '?'}  ",
                                       (security, "bold red" if s["insecure"] and not plain else "")))

@@ -385,4 +385,5 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             export_period_s=st.export_period_s, completeness=completeness_pb(st.completeness),
             store_bytes=st.store_bytes, store_rows=st.store_rows, data_dir=st.data_dir, labels=st.labels,
             listen=st.listen, periods=st.periods, insecure=st.insecure, active_flows=st.active_flows,
+            host=st.host,
         )

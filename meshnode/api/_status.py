@@ -11,6 +11,7 @@ class NodeStatus:
     """A snapshot of the node (``meshnode.v1.StatusResponse``)."""
 
     node_id: str = ""
+    """The mesh node id (key fingerprint) when the mesh runs, else the host name."""
     version: str = ""
     uptime_s: float = 0.0
     sensor_mode: str = ""
@@ -28,6 +29,8 @@ class NodeStatus:
     insecure: bool = True
     """True when the API and the mesh run without TLS (``meshnode run --insecure``)."""
     active_flows: int = 0
+    host: str = ""
+    """The host name (``NodeConfig.node_id``)."""
 
 
 class StatusProvider(Protocol):

@@ -101,6 +101,8 @@ class Node:
         self.totals = Completeness()
         self.periods_closed = 0
         self.active_flows = 0
+        self.mesh_node_id = ""
+        """The mesh's node id (key fingerprint), set by the mesh service; Status reports it as ``node_id``."""
         self._ended: list[FlowRecord] = []
         self._period_completeness = Completeness()
         self._events_dropped_seen = 0
@@ -133,7 +135,7 @@ class Node:
             events_dropped=self._events_dropped(),
         )
         return NodeStatus(
-            node_id=self.config.node_id, version=__version__,
+            node_id=self.mesh_node_id or self.config.node_id, host=self.config.node_id, version=__version__,
             uptime_s=time.monotonic() - self._started_mono, sensor_mode=self.sensor.mode,
             sensor_reason=self.sensor.reason, fidelity=self.sensor.fidelity, scope=self.sensor.scope,
             export_period_s=self.config.export_period, completeness=completeness,

@@ -58,6 +58,7 @@ class MeshRunner:
                                              export_period=cfg.export_period, task_policy=policy)
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.record_listeners.append(self.mesh.on_period)
+        node.mesh_node_id = self.mesh.node_id
         self.mesh.addresses = published_addresses
         self.channel_credentials: grpc.ChannelCredentials | None = None
         """Peer channels' mutual-TLS credentials, and their interceptors (signing the fan-out); set by

@@ -114,7 +114,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "version", "uptime_s", "sensor_mode", "sensor_reason", "fidelity", "scope", "export_period_s", "completeness", "store_bytes", "store_rows", "data_dir", "labels", "listen", "periods", "insecure", "active_flows")
+    __slots__ = ("node_id", "version", "uptime_s", "sensor_mode", "sensor_reason", "fidelity", "scope", "export_period_s", "completeness", "store_bytes", "store_rows", "data_dir", "labels", "listen", "periods", "insecure", "active_flows", "host")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class StatusResponse(_message.Message):
     PERIODS_FIELD_NUMBER: _ClassVar[int]
     INSECURE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     version: str
     uptime_s: float
@@ -156,4 +157,5 @@ class StatusResponse(_message.Message):
     periods: int
     insecure: bool
     active_flows: int
-    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sensor_mode: _Optional[str] = ..., sensor_reason: _Optional[str] = ..., fidelity: _Optional[_Union[_flow_pb2.Fidelity, str]] = ..., scope: _Optional[str] = ..., export_period_s: _Optional[float] = ..., completeness: _Optional[_Union[_flow_pb2.Completeness, _Mapping]] = ..., store_bytes: _Optional[int] = ..., store_rows: _Optional[int] = ..., data_dir: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., listen: _Optional[str] = ..., periods: _Optional[int] = ..., insecure: _Optional[bool] = ..., active_flows: _Optional[int] = ...) -> None: ...
+    host: str
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sensor_mode: _Optional[str] = ..., sensor_reason: _Optional[str] = ..., fidelity: _Optional[_Union[_flow_pb2.Fidelity, str]] = ..., scope: _Optional[str] = ..., export_period_s: _Optional[float] = ..., completeness: _Optional[_Union[_flow_pb2.Completeness, _Mapping]] = ..., store_bytes: _Optional[int] = ..., store_rows: _Optional[int] = ..., data_dir: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., listen: _Optional[str] = ..., periods: _Optional[int] = ..., insecure: _Optional[bool] = ..., active_flows: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
