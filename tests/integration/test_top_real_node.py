@@ -47,6 +47,8 @@ def test_top_shows_real_traffic_and_survives_a_node_restart(tmux: Tmux, tmp_path
         try:
             tmux.start(shlex.join(b.wrap([MESHCTL, "--node", NODE, "top", "--interval", "0.5"])))
             screen = tmux.wait("mn-uploader", f":{PORT}", "connected", "ebpf", timeout=30)
+            # the blame line (Diagnosis.Blame, every few seconds): a healthy upload names no suspect
+            screen = tmux.wait("blame ", "no problem above 20%", "transactions from 1 host", timeout=30)
             print("\n--- meshctl top, real node on a lab host, 100x40 ---\n" + screen)
 
             node.kill()
