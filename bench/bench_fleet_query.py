@@ -127,7 +127,7 @@ async def main(n: int, queries: int, procs: int, export_period: float, deadline_
                 return 1
             await asyncio.sleep(0.5)
         model = f"{procs} worker processes + the querying node alone" if procs else "one process, one loop"
-        model += f", {first.query_concurrency} calls in flight per query"
+        model += f", {getattr(first, 'query_concurrency', 'all')} calls in flight per query"
         print(f"{n} nodes ({model}) up and converged in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         await asyncio.sleep(6)  # one digest round
         times: list[float] = []
