@@ -184,15 +184,14 @@ def measure(kind: str, port: int, n: int) -> dict[str, Any]:
 
 
 def map_bytes_per_flow() -> float:
-    """Kernel memory of the per-flow TCP maps divided by their capacity (both preallocated)."""
+    """Kernel memory of the per-flow TCP map (tcp_flows, preallocated) divided by its capacity."""
     sys.path.insert(0, str(ROOT))
     from probes._loader import ProbeConfig, Probes
 
     p = Probes(ProbeConfig())
     p.open()
     try:
-        mem = p.map_memory()
-        return (mem["tcp_flows"] + mem["tracked"]) / p.config.tcp_max_flows
+        return p.map_memory()["tcp_flows"] / p.config.tcp_max_flows
     finally:
         p.close()
 
@@ -260,7 +259,7 @@ def report(results: dict[str, list[dict[str, Any]]], conns: int, per_flow: float
     runs = tl[-1]["bpf_runs"]
     print("tcplife, BPF ns per run: " + ", ".join(f"{k} {ns_ / max(cnt, 1):.0f} ({cnt} runs)"
                                                   for k, (ns_, cnt) in sorted(runs.items())))
-    print(f"kernel map memory per tracked TCP flow (tcp_flows + tracked, preallocated): {per_flow:.0f} B")
+    print(f"kernel map memory per tracked TCP flow (tcp_flows, preallocated): {per_flow:.0f} B")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,8 @@ class Probes:
         from bcc import BPF
 
         c = self.config
+        if not 1 <= c.burst_threshold <= 255:
+            raise ProbeError(f"burst_threshold {c.burst_threshold} is out of range: 1..255 retransmits")
         flags = [
             f"-I{PROBES_DIR}", "-Wno-unused-function", "-Wno-macro-redefined",
             f"-DRTT_SHIFT_MIN_US={c.rtt_shift_min_us}", f"-DBURST_THRESHOLD={c.burst_threshold}",
@@ -274,17 +276,10 @@ class Probes:
         table = self._bpf["tcp_flows"]
         return [tcp_row_from_c(k.value, v) for k, v in _rows(table)]
 
-    def cookie_of(self, sk: int) -> int | None:
-        """The cookie of a tracked TCP socket, by its kernel address."""
+    def tcp_flow_of(self, sk: int) -> TcpFlowRow | None:
+        """The live TCP flow of a socket, by its kernel address (the key of tcp_flows)."""
         try:
-            return int(self._bpf["tracked"][ct.c_uint64(sk)].value)
-        except KeyError:
-            return None
-
-    def tcp_flow(self, cookie: int) -> TcpFlowRow | None:
-        """One live TCP flow by cookie."""
-        try:
-            return tcp_row_from_c(cookie, _copy(self._bpf["tcp_flows"][ct.c_uint64(cookie)]))
+            return tcp_row_from_c(sk, _copy(self._bpf["tcp_flows"][ct.c_uint64(sk)]))
         except KeyError:
             return None
 
@@ -359,7 +354,7 @@ class Probes:
     def map_memory(self) -> dict[str, int]:
         """Bytes of kernel memory each map holds (memlock from fdinfo), by map name."""
         out: dict[str, int] = {}
-        for name in ("tcp_flows", "udp_flows", "tracked", "pending", "listeners", "comms", "drops", "events"):
+        for name in ("tcp_flows", "udp_flows", "pending", "listeners", "comms", "drops", "events"):
             with contextlib.suppress(Exception):
                 fd = self._bpf[name].map_fd
                 text = Path(f"/proc/self/fdinfo/{fd}").read_text()

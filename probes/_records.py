@@ -36,21 +36,28 @@ COUNTER_NAMES = (
 OUTCOME_NAMES = {1: "established", 2: "refused", 3: "timeout", 4: "reset", 7: "in_progress"}
 DIRECTION_NAMES = {1: "outbound", 2: "inbound"}
 
+# struct tcp_flow flags (meshnode.h F_*).
+F_ZERO_WINDOW = 1
+F_CLOSED = 2
+F_INET6 = 4
+F_INBOUND = 8
+F_SYNACK = 16
+
 
 class CTcpFlow(ct.Structure):
+    """struct tcp_flow: the value of tcp_flows (keyed by socket address), 152 bytes."""
+
     _fields_ = [
-        ("sk", ct.c_uint64), ("netns", ct.c_uint64), ("cgroup_id", ct.c_uint64),
+        ("cookie", ct.c_uint64), ("netns", ct.c_uint64), ("cgroup_id", ct.c_uint64),
         ("start_ns", ct.c_uint64), ("last_ns", ct.c_uint64),
         ("bytes_tx", ct.c_uint64), ("bytes_rx", ct.c_uint64),
-        ("bytes_acked", ct.c_uint64), ("bytes_received", ct.c_uint64),
         ("segs_out", ct.c_uint32), ("segs_in", ct.c_uint32), ("total_retrans", ct.c_uint32),
-        ("connect_us", ct.c_uint32), ("srtt_us", ct.c_uint32), ("srtt_min_us", ct.c_uint32),
-        ("srtt_max_us", ct.c_uint32), ("rtt_min_us", ct.c_uint32), ("rtt_ref_us", ct.c_uint32),
+        ("connect_us", ct.c_uint32), ("srtt_us", ct.c_uint32), ("srtt_max_us", ct.c_uint32),
+        ("rtt_min_us", ct.c_uint32), ("rtt_ref_us", ct.c_uint32),
         ("cwnd", ct.c_uint32), ("cwnd_min", ct.c_uint32), ("cwnd_max", ct.c_uint32),
         ("pid", ct.c_uint32), ("burst_start_ms", ct.c_uint32),
-        ("burst", ct.c_uint16), ("resets_rx", ct.c_uint16), ("resets_tx", ct.c_uint16),
-        ("sport", ct.c_uint16), ("dport", ct.c_uint16), ("synack_segs", ct.c_uint16),
-        ("family", ct.c_uint8), ("direction", ct.c_uint8), ("outcome", ct.c_uint8), ("flags", ct.c_uint8),
+        ("resets_rx", ct.c_uint16), ("resets_tx", ct.c_uint16), ("sport", ct.c_uint16), ("dport", ct.c_uint16),
+        ("burst", ct.c_uint8), ("synack_retrans", ct.c_uint8), ("outcome", ct.c_uint8), ("flags", ct.c_uint8),
         ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16),
     ]
 
@@ -95,7 +102,8 @@ class CDropKey(ct.Structure):
 class CEvent(ct.Structure):
     _fields_ = [
         ("kind", ct.c_uint32), ("pad", ct.c_uint32), ("ts_ns", ct.c_uint64), ("cookie", ct.c_uint64),
-        ("value", ct.c_uint64), ("value2", ct.c_uint64), ("flow", CTcpFlow), ("comm", ct.c_char * 16),
+        ("sk", ct.c_uint64), ("value", ct.c_uint64), ("value2", ct.c_uint64), ("flow", CTcpFlow),
+        ("comm", ct.c_char * 16),
     ]
 
 
@@ -108,7 +116,7 @@ class TcpFlowRow(NamedTuple):
     """One TCP socket's counters as the kernel holds them (monotonic times).
 
     A NamedTuple, not a dataclass: one is built per ring-buffer record, and a tuple is built in one step
-    where a frozen dataclass sets its 30 fields one call at a time.
+    where a frozen dataclass sets its 29 fields one call at a time.
     """
 
     cookie: int
@@ -133,7 +141,6 @@ class TcpFlowRow(NamedTuple):
     retransmits: int
     connect_us: int
     srtt_us: int
-    srtt_min_us: int
     srtt_max_us: int
     min_rtt_us: int
     cwnd: int
@@ -145,8 +152,8 @@ class TcpFlowRow(NamedTuple):
 
 # struct tcp_flow and struct event as one unpack each: several times cheaper per record than ctypes
 # attribute reads, which dominated the sensor's user-space CPU per flow. Checked against ctypes at import.
-_TCP_FLOW = "9Q 14I 6H 4B 16s 16s"
-_EVENT = struct.Struct("=2I 4Q " + _TCP_FLOW + " 16s")
+_TCP_FLOW = "7Q 13I 4H 4B 16s 16s"
+_EVENT = struct.Struct("=2I 5Q " + _TCP_FLOW + " 16s")
 _TCP_FLOW_ONLY = struct.Struct("=" + _TCP_FLOW)
 EVENT_SIZE = _EVENT.size
 
@@ -158,12 +165,14 @@ _ADDR_TEXT: dict[tuple[int, bytes], str] = {}
 _COMM_TEXT: dict[bytes, str] = {}
 
 
-def _tcp_row(cookie: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
-    (sk, netns, cgroup_id, start_ns, last_ns, bytes_tx, bytes_rx, _acked, _received,
-     segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_min_us, srtt_max_us, rtt_min_us, _ref,
+def _tcp_row(sk: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
+    (cookie, netns, cgroup_id, start_ns, last_ns, bytes_tx, bytes_rx,
+     segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _ref,
      cwnd, cwnd_min, cwnd_max, pid, _burst_start,
-     _burst, resets_rx, resets_tx, sport, dport, synack_segs,
-     family, direction, outcome, _flags, saddr, daddr) = v
+     resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr) = v
+    family = socket.AF_INET6 if flags & F_INET6 else socket.AF_INET
+    if flags & F_SYNACK:  # the SYN-ACKs of a passive child, which its segs_out does not count
+        segs_out += 1 + synack_retrans
     src = _ADDR_TEXT.get((family, saddr)) or _addr_cached(family, saddr)
     dst = _ADDR_TEXT.get((family, daddr)) or _addr_cached(family, daddr)
     comm_text = _COMM_TEXT.get(comm)
@@ -171,9 +180,9 @@ def _tcp_row(cookie: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
         comm_text = _comm_cached(comm)
     return TcpFlowRow(
         cookie, sk, netns, cgroup_id, family, src, sport, dst, dport,
-        DIRECTION_NAMES.get(direction, "outbound"), OUTCOME_NAMES.get(outcome, "in_progress"),
-        pid, comm_text, start_ns, last_ns, bytes_tx, bytes_rx, segs_out + synack_segs, segs_in,
-        total_retrans, connect_us, srtt_us, srtt_min_us, srtt_max_us, rtt_min_us,
+        "inbound" if flags & F_INBOUND else "outbound", OUTCOME_NAMES.get(outcome, "in_progress"),
+        pid, comm_text, start_ns, last_ns, bytes_tx, bytes_rx, segs_out, segs_in,
+        total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us,
         cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx,
     )
 
@@ -205,8 +214,8 @@ def event_at(buf: bytes | mmap.mmap, offset: int = 0, _size: int = 0) -> KernelE
     (``buf`` may be the ring buffer's own mapping: nothing is copied but the fields)."""
     v = _EVENT.unpack_from(buf, offset)
     kind, cookie = v[0], v[3]
-    flow = None if kind == EV_UDP_RELEASE else _tcp_row(cookie, v[6:-1], v[-1])
-    return KernelEvent(kind, v[2], cookie, v[4], v[5], flow)
+    flow = None if kind == EV_UDP_RELEASE else _tcp_row(v[4], v[7:-1], v[-1])
+    return KernelEvent(kind, v[2], cookie, v[5], v[6], flow)
 
 
 def event_from_bytes(data: bytes) -> KernelEvent:
@@ -214,9 +223,9 @@ def event_from_bytes(data: bytes) -> KernelEvent:
     return event_at(data)
 
 
-def tcp_row_from_c(cookie: int, f: CTcpFlow) -> TcpFlowRow:
-    """A map row (struct tcp_flow) as a TcpFlowRow."""
-    return _tcp_row(cookie, _TCP_FLOW_ONLY.unpack(bytes(f)), b"")
+def tcp_row_from_c(sk: int, f: CTcpFlow) -> TcpFlowRow:
+    """A map row (socket address, struct tcp_flow) as a TcpFlowRow."""
+    return _tcp_row(sk, _TCP_FLOW_ONLY.unpack(bytes(f)), b"")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@
 /* tcp_flow.flags */
 #define F_ZERO_WINDOW 1
 #define F_CLOSED 2
+#define F_INET6 4               /* family AF_INET6 (else AF_INET) */
+#define F_INBOUND 8             /* direction inbound (else outbound) */
+#define F_SYNACK 16             /* a passive child: 1 + synack_retrans SYN-ACKs went out before segs_out counts */
 
 /* ring buffer record kinds */
 #define EV_TCP_END 1
@@ -33,47 +36,53 @@
 #define C_TCP_MAP_FULL 1
 #define C_UDP_MAP_FULL 2
 #define C_PENDING_MAP_FULL 3
-#define C_TRACKED_MAP_FULL 4
+#define C_TRACKED_MAP_FULL 4     /* unused since `tracked` merged into tcp_flows; the index stays */
 #define C_DROP_MAP_FULL 5
 #define C_EVENTS 6
 #define C_TCP_OPENED 7
 #define C_NCOUNTERS 8
 
-/* One TCP socket, keyed by socket cookie; created at connect or at passive establishment. */
+/* One TCP socket, keyed by its kernel address (created at connect or at passive establishment).
+ *
+ * The address, not the cookie, is the key because the syscall tracepoints (sock_send_length/recv_length)
+ * know only the address: one map then serves every program, where a second `tracked` map (address ->
+ * cookie, 80 B a flow) was needed before. The cookie is in the value, and every program that knows the
+ * cookie checks it, so a row left by a socket whose destroy was not seen is never taken for a new socket
+ * at the same address (track() ends such a row when the address is reused).
+ *
+ * Kernel memory per flow is this value + 8 B key + 48 B hash element header + 16 B bucket, so every byte
+ * here counts (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the
+ * kernel logic does not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64
+ * bytes), family and direction are flag bits. 152 B, no padding. */
 struct tcp_flow {
-    __u64 sk;               /* kernel socket address: join key for owners and drops, never dereferenced */
+    __u64 cookie;           /* socket cookie: the flow's id */
     __u64 netns;            /* netns cookie */
     __u64 cgroup_id;
     __u64 start_ns;         /* monotonic: SYN sent (outbound) or SYN received (inbound, else accept) */
     __u64 last_ns;
     __u64 bytes_tx;         /* payload the application wrote (sock_send_length), exact */
     __u64 bytes_rx;         /* payload the application read (sock_recv_length), exact */
-    __u64 bytes_acked;      /* tcp bytes_acked: counts the SYN (active side) and an acked FIN too */
-    __u64 bytes_received;   /* tcp bytes_received: counts a received FIN too */
     __u32 segs_out;
     __u32 segs_in;
     __u32 total_retrans;
     __u32 connect_us;
     __u32 srtt_us;
-    __u32 srtt_min_us;
     __u32 srtt_max_us;
-    __u32 rtt_min_us;       /* kernel's windowed min RTT */
+    __u32 rtt_min_us;       /* kernel's windowed min RTT: never 0 once an RTT was sampled */
     __u32 rtt_ref_us;       /* RTT at the last shift event: baseline for the next */
     __u32 cwnd;
     __u32 cwnd_min;
     __u32 cwnd_max;
     __u32 pid;
     __u32 burst_start_ms;
-    __u16 burst;
     __u16 resets_rx;
     __u16 resets_tx;
     __u16 sport;            /* host order */
     __u16 dport;            /* host order */
-    __u16 synack_segs;      /* inbound: SYN-ACKs the request socket sent, which the child's segs_out lacks */
-    __u8 family;
-    __u8 direction;
+    __u8 burst;             /* retransmits in the current window; only compared with BURST_THRESHOLD */
+    __u8 synack_retrans;    /* F_SYNACK: SYN-ACK retransmits (<= 255: the retry limits are u8) */
     __u8 outcome;
-    __u8 flags;             /* F_* below */
+    __u8 flags;             /* F_* above */
     __u8 saddr[16];         /* IPv4 in the first 4 bytes */
     __u8 daddr[16];
 };
@@ -141,6 +150,7 @@ struct event {
     __u32 pad;
     __u64 ts_ns;
     __u64 cookie;
+    __u64 sk;               /* the flow's socket address (its tcp_flows key): join key for drops */
     __u64 value;            /* burst size, new RTT, ... */
     __u64 value2;           /* previous RTT, ... */
     struct tcp_flow flow;

@@ -1,8 +1,8 @@
 /* Process attribution and application byte counts from tracepoints that fire in process context.
  * sock_ops and cgroup-skb often run in softirq, where the current task is whoever was interrupted; these
  * record who really read, wrote or connected, and how many bytes the application moved. A tracked TCP
- * socket is found by its address in `tracked` (filled by sock_ops), which also scopes this work to the
- * sensor's cgroup for free. */
+ * socket is found by its address, the key of tcp_flows (rows are made by sock_ops), which also scopes
+ * this work to the sensor's cgroup for free. */
 
 #define MN_MSG_PEEK 2
 
@@ -38,10 +38,7 @@ static __always_inline void app_bytes(__u64 sk, __u16 protocol, int ret, int tx)
     }
     if (protocol != IPPROTO_TCP)
         return;
-    __u64 *cookie = tracked.lookup(&sk);
-    if (!cookie)
-        return;
-    struct tcp_flow *f = tcp_flows.lookup(cookie);
+    struct tcp_flow *f = tcp_flows.lookup(&sk);  /* the tracepoint knows no cookie to check */
     if (!f)
         return;
     if (tx)

@@ -19,11 +19,10 @@ static __u64 (*mn_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie
 #define RINGBUF_PAGES 2048
 #endif
 
-BPF_HASH(tcp_flows, __u64, struct tcp_flow, TCP_MAX_FLOWS);
+BPF_HASH(tcp_flows, __u64, struct tcp_flow, TCP_MAX_FLOWS);  /* socket address -> flow (meshnode.h) */
 BPF_HASH(udp_flows, struct udp_key, struct udp_flow, UDP_MAX_FLOWS);
 BPF_HASH(pending, struct pending_key, struct pending_val, 8192);
 BPF_HASH(listeners, struct pending_key, __u32, 4096);      /* (netns, lport) -> tgid that listened */
-BPF_HASH(tracked, __u64, __u64, TCP_MAX_FLOWS);           /* TCP socket address -> cookie, while tracked */
 BPF_TABLE("lru_hash", __u32, struct owner, comms, 16384);     /* tgid -> comm */
 BPF_HASH(drops, struct drop_key, __u64, 16384);
 BPF_PERCPU_ARRAY(counters, __u64, C_NCOUNTERS);
@@ -41,7 +40,8 @@ static __always_inline void count(int idx)
 
 /* Emit one ring-buffer record about a flow (a copy of it, and its owner's comm). Records are per flow
  * or per rare event, never per packet. */
-static __always_inline void emit(__u32 kind, __u64 cookie, struct tcp_flow *f, __u64 value, __u64 value2)
+static __always_inline void emit(__u32 kind, __u64 cookie, __u64 sk, struct tcp_flow *f, __u64 value,
+                                 __u64 value2)
 {
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
@@ -52,6 +52,7 @@ static __always_inline void emit(__u32 kind, __u64 cookie, struct tcp_flow *f, _
     e->kind = kind;
     e->ts_ns = bpf_ktime_get_ns();
     e->cookie = cookie;
+    e->sk = sk;
     e->value = value;
     e->value2 = value2;
     if (f) {

@@ -21,7 +21,8 @@
 #define MN_TCP_SYN_SENT 2
 #define MN_TCP_CLOSE 7
 
-static __always_inline void fill_tuple(struct bpf_sock_ops *skops, struct tcp_flow *f)
+/* Fills the flow's addresses, ports and family flag; returns the family. */
+static __always_inline __u32 fill_tuple(struct bpf_sock_ops *skops, struct tcp_flow *f)
 {
     /* every context field is read unconditionally, then chosen: a branch per family lets the compiler
      * merge the two loads into one computed ctx pointer, which the verifier rejects */
@@ -32,35 +33,33 @@ static __always_inline void fill_tuple(struct bpf_sock_ops *skops, struct tcp_fl
     CTX_U32(s6[2], skops, local_ip6[2]); CTX_U32(s6[3], skops, local_ip6[3]);
     CTX_U32(d6[0], skops, remote_ip6[0]); CTX_U32(d6[1], skops, remote_ip6[1]);
     CTX_U32(d6[2], skops, remote_ip6[2]); CTX_U32(d6[3], skops, remote_ip6[3]);
-    f->family = family;
     f->sport = skops->local_port;
     f->dport = bpf_ntohl(skops->remote_port) & 0xffff;
     if (family == AF_INET) {
         __builtin_memcpy(f->saddr, &s4, 4);
         __builtin_memcpy(f->daddr, &d4, 4);
     } else {
+        f->flags |= F_INET6;
         __builtin_memcpy(f->saddr, s6, 16);
         __builtin_memcpy(f->daddr, d6, 16);
     }
+    return family;
 }
 
 static __always_inline void pending_key_of(struct bpf_sock_ops *skops, struct pending_key *k)
 {
     struct tcp_flow t = {};
-    fill_tuple(skops, &t);
+    k->family = fill_tuple(skops, &t);
     k->netns = bpf_get_netns_cookie(skops);
     __builtin_memcpy(k->laddr, t.saddr, 16);
     __builtin_memcpy(k->raddr, t.daddr, 16);
     k->lport = t.sport;
     k->rport = t.dport;
-    k->family = t.family;
 }
 
 static __always_inline void sample(struct bpf_sock_ops *skops, struct tcp_flow *f, __u64 now)
 {
     f->last_ns = now;
-    f->bytes_acked = skops->bytes_acked;
-    f->bytes_received = skops->bytes_received;
     f->segs_out = skops->segs_out;
     f->segs_in = skops->segs_in;
     f->total_retrans = skops->total_retrans;
@@ -74,14 +73,12 @@ static __always_inline void sample(struct bpf_sock_ops *skops, struct tcp_flow *
     }
 }
 
-static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct tcp_flow *f, __u64 cookie)
+static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct tcp_flow *f, __u64 sk)
 {
     __u32 srtt = skops->srtt_us >> 3;
     if (!srtt)
         return;
     f->srtt_us = srtt;
-    if (!f->srtt_min_us || srtt < f->srtt_min_us)
-        f->srtt_min_us = srtt;
     if (srtt > f->srtt_max_us)
         f->srtt_max_us = srtt;
     f->rtt_min_us = skops->rtt_min;
@@ -94,32 +91,43 @@ static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct tcp_flow *
     __u32 diff = srtt > ref ? srtt - ref : ref - srtt;
     if (diff >= RTT_SHIFT_MIN_US && (srtt >= 2 * ref || 2 * srtt <= ref)) {
         f->rtt_ref_us = srtt;
-        emit(EV_RTT_SHIFT, cookie, f, srtt, ref);
+        emit(EV_RTT_SHIFT, f->cookie, sk, f, srtt, ref);
     }
 }
 
-static __always_inline void on_retrans(struct tcp_flow *f, __u64 cookie, __u64 now)
+static __always_inline void on_retrans(struct tcp_flow *f, __u64 sk, __u64 now)
 {
     __u32 now_ms = now / 1000000;
     if (now_ms - f->burst_start_ms > BURST_WINDOW_MS) {
         f->burst_start_ms = now_ms;
         f->burst = 0;
     }
-    f->burst++;
+    if (f->burst < 255)  /* BURST_THRESHOLD <= 255 (the loader checks) */
+        f->burst++;
     if (f->burst == BURST_THRESHOLD)
-        emit(EV_RETRANS_BURST, cookie, f, f->burst, 0);
+        emit(EV_RETRANS_BURST, f->cookie, sk, f, f->burst, 0);
 }
 
-/* Start tracking a socket: its flow row, and its address so the syscall tracepoints can find the row. */
-static __always_inline int track(struct bpf_sock_ops *skops, __u64 cookie, struct tcp_flow *f)
+/* The row of the socket at this address, if it is this socket's (cookie checked). */
+static __always_inline struct tcp_flow *flow_of(__u64 sk, __u64 cookie)
 {
-    if (tcp_flows.insert(&cookie, f)) {
+    struct tcp_flow *f = tcp_flows.lookup(&sk);
+    return f && f->cookie == cookie ? f : 0;
+}
+
+/* Start tracking a socket under its address. A row of another cookie there belongs to a socket that was
+ * freed without the destroy we saw (its address is reused now): it ended, so it is emitted, not lost. */
+static __always_inline int track(struct bpf_sock_ops *skops, __u64 sk, struct tcp_flow *f)
+{
+    struct tcp_flow *old = tcp_flows.lookup(&sk);
+    if (old && old->cookie != f->cookie) {
+        emit(EV_TCP_END, old->cookie, sk, old, 0, 0);
+        tcp_flows.delete(&sk);
+    }
+    if (tcp_flows.insert(&sk, f)) {
         count(C_TCP_MAP_FULL);
         return -1;
     }
-    __u64 sk = f->sk;
-    if (tracked.update(&sk, &cookie))
-        count(C_TRACKED_MAP_FULL);
     count(C_TCP_OPENED);
     bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
                                          BPF_SOCK_OPS_RETRANS_CB_FLAG);
@@ -158,39 +166,36 @@ int mn_sockops(struct bpf_sock_ops *skops)
     }
     case BPF_SOCK_OPS_TCP_CONNECT_CB: {
         /* process context (connect(2)): the caller owns the flow */
-        __u64 cookie = mn_socket_cookie(skops);
         struct tcp_flow f = {};
         fill_tuple(skops, &f);
-        f.sk = (__u64)skops->sk;
+        f.cookie = mn_socket_cookie(skops);
         f.netns = bpf_get_netns_cookie(skops);
         f.cgroup_id = bpf_get_current_cgroup_id();
         f.start_ns = now;
         f.last_ns = now;
         f.pid = bpf_get_current_pid_tgid() >> 32;
-        f.direction = MN_OUT;
         f.outcome = OC_IN_PROGRESS;
-        track(skops, cookie, &f);
+        track(skops, (__u64)skops->sk, &f);
         return 1;
     }
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
-        __u64 cookie = mn_socket_cookie(skops);
-        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        __u64 sk = (__u64)skops->sk;
+        struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skops));
         if (!f)
             return 1;
         f->outcome = OC_ESTABLISHED;
         f->connect_us = (now - f->start_ns) / 1000;
         sample(skops, f, now);
-        on_rtt(skops, f, cookie);
+        on_rtt(skops, f, sk);
         return 1;
     }
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
         /* softirq: the current task is not the owner; the listener's owner stands in until a reader shows */
-        __u64 cookie = mn_socket_cookie(skops);
         struct tcp_flow f = {};
         fill_tuple(skops, &f);
-        f.sk = (__u64)skops->sk;
+        f.cookie = mn_socket_cookie(skops);
         f.netns = bpf_get_netns_cookie(skops);
-        f.direction = MN_IN;
+        f.flags |= F_INBOUND | F_SYNACK;
         f.outcome = OC_ESTABLISHED;
         f.start_ns = now;
         struct pending_key k = {};
@@ -209,31 +214,30 @@ int mn_sockops(struct bpf_sock_ops *skops)
         if (tgid)
             f.pid = *tgid;
         sample(skops, &f, now);
-        f.synack_segs = 1 + f.total_retrans;  /* the child inherits the request's SYN-ACK retransmits */
-        track(skops, cookie, &f);
+        f.synack_retrans = f.total_retrans;  /* the child inherits the request's SYN-ACK retransmits */
+        track(skops, (__u64)skops->sk, &f);
         return 1;
     }
     case BPF_SOCK_OPS_RTT_CB: {
-        __u64 cookie = mn_socket_cookie(skops);
-        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        __u64 sk = (__u64)skops->sk;
+        struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skops));
         if (!f)
             return 1;
         sample(skops, f, now);
-        on_rtt(skops, f, cookie);
+        on_rtt(skops, f, sk);
         return 1;
     }
     case BPF_SOCK_OPS_RETRANS_CB: {
-        __u64 cookie = mn_socket_cookie(skops);
-        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        __u64 sk = (__u64)skops->sk;
+        struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skops));
         if (f)
-            on_retrans(f, cookie, now);
+            on_retrans(f, sk, now);
         return 1;
     }
     case BPF_SOCK_OPS_STATE_CB: {
         if (skops->args[1] != MN_TCP_CLOSE)
             return 1;
-        __u64 cookie = mn_socket_cookie(skops);
-        struct tcp_flow *f = tcp_flows.lookup(&cookie);
+        struct tcp_flow *f = flow_of((__u64)skops->sk, mn_socket_cookie(skops));
         if (f)
             closed(skops, f, skops->args[0], now);
         return 1;
@@ -242,31 +246,30 @@ int mn_sockops(struct bpf_sock_ops *skops)
     return 1;
 }
 
-/* The socket is gone: emit the flow's one lifecycle record and forget it. */
+/* The socket is gone: emit the flow's one lifecycle record and forget it. Whatever row is at this
+ * address ends here (one of another cookie would be a socket freed unseen: it ended too). */
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
-    __u64 cookie = args->sock_cookie;
-    struct tcp_flow *f = tcp_flows.lookup(&cookie);
+    __u64 sk = (__u64)args->skaddr;
+    struct tcp_flow *f = tcp_flows.lookup(&sk);
     if (!f)
         return 0;
     if (!(f->flags & F_CLOSED) && f->outcome == OC_IN_PROGRESS)
         f->outcome = OC_TIMEOUT;  /* destroyed without a state change we saw: the SYN went unanswered */
-    emit(EV_TCP_END, cookie, f, 0, 0);
-    __u64 sk = f->sk;
-    tracked.delete(&sk);
-    tcp_flows.delete(&cookie);
+    emit(EV_TCP_END, f->cookie, sk, f, 0, 0);
+    tcp_flows.delete(&sk);
     return 0;
 }
 
 /* A RST received on a full socket: counts toward refused (in SYN_SENT) and the flow's resets. */
 TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
-    __u64 cookie = args->sock_cookie;
-    struct tcp_flow *f = tcp_flows.lookup(&cookie);
+    __u64 sk = (__u64)args->skaddr;
+    struct tcp_flow *f = flow_of(sk, args->sock_cookie);
     if (!f)
         return 0;
     f->resets_rx++;
-    emit(EV_RESET_RX, cookie, f, 0, 0);
+    emit(EV_RESET_RX, f->cookie, sk, f, 0, 0);
     return 0;
 }
 
@@ -276,12 +279,12 @@ TRACEPOINT_PROBE(tcp, tcp_probe)
 {
     if (args->snd_wnd != 0)
         return 0;
-    __u64 cookie = args->sock_cookie;
-    struct tcp_flow *f = tcp_flows.lookup(&cookie);
+    __u64 sk = (__u64)args->skaddr;
+    struct tcp_flow *f = flow_of(sk, args->sock_cookie);
     if (!f || (f->flags & F_ZERO_WINDOW))
         return 0;
     f->flags |= F_ZERO_WINDOW;
-    emit(EV_ZERO_WINDOW, cookie, f, 0, 0);
+    emit(EV_ZERO_WINDOW, f->cookie, sk, f, 0, 0);
     return 0;
 }
 #endif

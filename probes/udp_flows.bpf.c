@@ -56,11 +56,11 @@ static __always_inline void tcp_packet(struct __sk_buff *skb, struct l4 *p, int 
         return;
     if (egress) {
         if (rst) {
-            __u64 cookie = mn_socket_cookie(skb);
-            struct tcp_flow *f = tcp_flows.lookup(&cookie);
+            __u64 sk = (__u64)skb->sk;
+            struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skb));
             if (f) {
                 f->resets_tx++;
-                emit(EV_RESET_TX, cookie, f, 0, 0);
+                emit(EV_RESET_TX, f->cookie, sk, f, 0, 0);
             }
         }
         return;
@@ -94,12 +94,11 @@ static __always_inline void tcp_packet(struct __sk_buff *skb, struct l4 *p, int 
         f.cgroup_id = v->cgroup_id;
         f.start_ns = v->syn_ns;
         f.last_ns = bpf_ktime_get_ns();
-        f.family = p->family;
+        f.flags = F_INBOUND | (p->family == AF_INET6 ? F_INET6 : 0);
         __builtin_memcpy(f.saddr, p->daddr, 16);
         __builtin_memcpy(f.daddr, p->saddr, 16);
         f.sport = p->dport;
         f.dport = p->sport;
-        f.direction = MN_IN;
         f.outcome = OC_RESET;
         f.resets_rx = 1;
         f.segs_in = 2;
@@ -108,7 +107,7 @@ static __always_inline void tcp_packet(struct __sk_buff *skb, struct l4 *p, int 
         if (tgid)
             f.pid = *tgid;
         pending.delete(&k);
-        emit(EV_HALFOPEN_RESET, 0, &f, 0, 0);
+        emit(EV_HALFOPEN_RESET, 0, 0, &f, 0, 0);
     }
 }
 
@@ -188,6 +187,6 @@ int mn_sock_release(struct bpf_sock *sk)
     if (sk->protocol != IPPROTO_UDP)
         return 1;
     __u64 cookie = mn_socket_cookie(sk);
-    emit(EV_UDP_RELEASE, cookie, 0, 0, 0);
+    emit(EV_UDP_RELEASE, cookie, 0, 0, 0, 0);
     return 1;
 }

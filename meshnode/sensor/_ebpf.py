@@ -190,7 +190,7 @@ class EbpfSensor:
     def _drain_drops(self, batch: SensorBatch) -> None:
         drained = self._probes.drain_drops()
         batch.completeness.drained_rows += len(drained)
-        if any(sk and sk not in self._udp_sks and self._probes.cookie_of(sk) is None for sk, _ in drained):
+        if any(sk and sk not in self._udp_sks and self._probes.tcp_flow_of(sk) is None for sk, _ in drained):
             self._udp_rows = self._probes.udp_flows()  # a socket newer than the last scan
             self._udp_sks = {r.sk: r.cookie for r in self._udp_rows}
         for (sk, reason), n in drained.items():
@@ -210,10 +210,9 @@ class EbpfSensor:
     def _flow_of_sk(self, sk: int) -> FlowRecord | None:
         """The live flow of a socket address, if it is one of ours (TCP via the kernel's map, UDP via the
         last scan); drops on other scopes' sockets are counted but not reported as our events."""
-        cookie = self._probes.cookie_of(sk)
-        if cookie is not None:
-            row = self._probes.tcp_flow(cookie)
-            return self._tcp_record(row, final=False) if row is not None else None
+        row = self._probes.tcp_flow_of(sk)
+        if row is not None:
+            return self._tcp_record(row, final=False)
         ucookie = self._udp_sks.get(sk)
         if ucookie is None:
             return None
@@ -290,14 +289,13 @@ class EbpfSensor:
         # (declaration order), a few us cheaper than keyword construction of the frozen dataclass.
         (cookie, sk, netns, cgroup_id, _family, src, sport, dst, dport, direction, outcome, pid, comm,
          start_ns, last_ns, bytes_tx, bytes_rx, packets_tx, packets_rx, retransmits, connect_us, srtt_us,
-         srtt_min_us, srtt_max_us, min_rtt_us, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx) = r
+         srtt_max_us, min_rtt, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx) = r
         drops_by_sk = self._drops_by_sk
         counts = (drops_by_sk.pop(sk, None) if final else drops_by_sk.get(sk)) if drops_by_sk else None
         reasons = dict(counts) if counts else {}
         offset = self._clock_offset
         limit = (self._limits.pop(cookie, "unknown") if final else self._limits.get(cookie, "unknown")) \
             if self._limits else "unknown"
-        min_rtt = min_rtt_us or srtt_min_us
         rttvar = delivery_rate = lost = reordering = 0
         if info is not None:
             rttvar, delivery_rate = info.rttvar or 0, info.delivery_rate or 0

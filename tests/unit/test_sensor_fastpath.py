@@ -114,7 +114,7 @@ def test_ring_reader_rejects_a_size_that_is_not_a_power_of_two(tmp_path: Path) -
 def test_event_decoded_in_place_equals_decoded_from_a_copy() -> None:
     ev = rec.CEvent()
     ev.kind, ev.cookie, ev.ts_ns, ev.value = rec.EV_TCP_END, 9, 10, 11
-    ev.flow.family, ev.flow.sport, ev.flow.dport, ev.flow.bytes_tx = socket.AF_INET6, 1, 2, 3
+    ev.flow.flags, ev.flow.sport, ev.flow.dport, ev.flow.bytes_tx = rec.F_INET6, 1, 2, 3
     ev.flow.saddr[15] = 1
     raw = bytes(ev)
     buf = b"\xff" * 24 + raw + b"\xff" * 8
@@ -156,7 +156,7 @@ def _row(**changes: Any) -> rec.TcpFlowRow:
         cookie=77, sk=0xFFFF0001, netns=4026531840, cgroup_id=0, family=socket.AF_INET, src="10.0.0.1",
         sport=8080, dst="10.0.0.2", dport=51000, direction="inbound", outcome="established", pid=os.getpid(),
         comm="kernel-comm", start_ns=1_000, last_ns=5_000_000, bytes_tx=10, bytes_rx=20, packets_tx=5,
-        packets_rx=6, retransmits=2, connect_us=30, srtt_us=250, srtt_min_us=200, srtt_max_us=300,
+        packets_rx=6, retransmits=2, connect_us=30, srtt_us=250, srtt_max_us=300,
         min_rtt_us=0, cwnd=10, cwnd_min=8, cwnd_max=12, resets_rx=1, resets_tx=0,
     )
     base.update(changes)
@@ -172,7 +172,7 @@ def _expected(sensor: Any, r: rec.TcpFlowRow, final: bool, reasons: dict[str, in
         cgroup_id=r.cgroup_id, netns=r.netns, start_ns=r.start_ns + sensor._clock_offset,
         end_ns=r.last_ns + sensor._clock_offset, bytes_tx=r.bytes_tx, bytes_rx=r.bytes_rx,
         packets_tx=r.packets_tx, packets_rx=r.packets_rx, outcome=r.outcome, retransmits=r.retransmits,
-        srtt_us=r.srtt_us, min_rtt_us=r.min_rtt_us or r.srtt_min_us, max_rtt_us=r.srtt_max_us, cwnd=r.cwnd,
+        srtt_us=r.srtt_us, min_rtt_us=r.min_rtt_us, max_rtt_us=r.srtt_max_us, cwnd=r.cwnd,
         cwnd_min=r.cwnd_min, cwnd_max=r.cwnd_max, connect_us=r.connect_us, resets_tx=r.resets_tx,
         resets_rx=r.resets_rx, drops=sum(reasons.values()), drop_reasons=reasons,
         kind="final" if final else "interim", fidelity="exact", limited_by=limit,

@@ -17,9 +17,10 @@ def _event(kind: int, family: int, src: bytes, dst: bytes, **fields: int) -> byt
     ev = rec.CEvent()
     ev.kind, ev.cookie, ev.ts_ns = kind, 77, 123
     f = ev.flow
-    f.family, f.direction, f.outcome = family, 2, 2
+    f.flags = rec.F_INBOUND | rec.F_SYNACK | (rec.F_INET6 if family == socket.AF_INET6 else 0)
+    f.outcome, f.cookie = 2, 77
     f.sport, f.dport, f.pid = 80, 51000, 4242
-    f.bytes_tx, f.bytes_rx, f.segs_out, f.segs_in, f.synack_segs = 10, 20, 5, 6, 1
+    f.bytes_tx, f.bytes_rx, f.segs_out, f.segs_in, f.synack_retrans = 10, 20, 5, 6, 0
     for name, value in fields.items():
         setattr(f, name, value)
     ct.memmove(f.saddr, src, len(src))
@@ -50,7 +51,17 @@ def test_release_event_has_no_flow() -> None:
 
 
 def test_struct_layout_matches_ctypes() -> None:
-    assert struct.calcsize("=2I 4Q 9Q 14I 6H 4B 16s 16s 16s") == ct.sizeof(rec.CEvent)
+    assert struct.calcsize("=2I 5Q 7Q 13I 4H 4B 16s 16s 16s") == ct.sizeof(rec.CEvent)
+    assert ct.sizeof(rec.CTcpFlow) == 152  # the value of tcp_flows: every byte is kernel memory per flow
+
+
+def test_event_flags_family_direction_and_synacks() -> None:
+    """Family and direction are flag bits; a passive child's SYN-ACKs (1 + retransmits) count as sent."""
+    v4 = socket.inet_aton("10.0.0.1")
+    out = rec.event_from_bytes(_event(rec.EV_TCP_END, socket.AF_INET, v4, v4, flags=0)).flow
+    assert out is not None and (out.family, out.direction, out.packets_tx) == (socket.AF_INET, "outbound", 5)
+    synack = rec.event_from_bytes(_event(rec.EV_TCP_END, socket.AF_INET, v4, v4, synack_retrans=255)).flow
+    assert synack is not None and synack.direction == "inbound" and synack.packets_tx == 5 + 256
 
 
 def test_capture_line_fits_80_columns() -> None:
