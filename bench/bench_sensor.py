@@ -9,8 +9,8 @@ so machine noise hits all three alike. Per configuration:
 * sensor CPU seconds per 10,000 flows: the sensor process's user+system time plus the kernel time of its
   BPF programs (``kernel.bpf_stats_enabled``), over the workload;
 * completeness of ours: records ÷ (TcpActiveOpens + TcpPassiveOpens delta), and lost/evicted counts;
-* BPF ns per program run, kernel map memory per tracked flow, cold start (process start to first record),
-  peak and steady RSS of the sensor process.
+* BPF ns per program run, kernel map memory per tracked flow (preallocated, and per live flow when not),
+  cold start (process start to first record), peak and steady RSS of the sensor process.
 """
 
 from __future__ import annotations
@@ -183,17 +183,54 @@ def measure(kind: str, port: int, n: int) -> dict[str, Any]:
     return res
 
 
-def map_bytes_per_flow() -> float:
-    """Kernel memory of the per-flow TCP map (tcp_flows, preallocated) divided by its capacity."""
+# kmalloc size classes (bytes) that objects of up to 512 B are rounded up to.
+_KMALLOC_CLASSES = (8, 16, 32, 64, 96, 128, 192, 256, 512)
+
+
+def map_memory_per_flow(live_conns: int = 2000) -> dict[str, float]:
+    """Kernel memory of the per-flow TCP map, preallocated and not, with ``live_conns`` loopback
+    connections held open (both ends tracked: 2 flows each).
+
+    Preallocated, the map holds its whole capacity from load: bytes / capacity. Not preallocated, it holds
+    the bucket array (fixed) and one element per live flow: (bytes with the flows - bytes empty) / flows,
+    as the kernel accounts it (memlock); the element itself comes from kmalloc, rounded up to a size class.
+    """
+    import socket
+
     sys.path.insert(0, str(ROOT))
     from probes._loader import ProbeConfig, Probes
 
-    p = Probes(ProbeConfig())
-    p.open()
-    try:
-        return p.map_memory()["tcp_flows"] / p.config.tcp_max_flows
-    finally:
-        p.close()
+    out: dict[str, float] = {}
+    for prealloc in (True, False):
+        p = Probes(ProbeConfig(tcp_prealloc=prealloc))
+        p.open()
+        conns: list[socket.socket] = []
+        try:
+            empty = p.map_memory()["tcp_flows"]
+            with socket.create_server(("127.0.0.1", 0), backlog=4096) as srv:
+                port = srv.getsockname()[1]
+                for _ in range(live_conns):
+                    conns.append(socket.create_connection(("127.0.0.1", port)))
+                    conns.append(srv.accept()[0])
+            deadline = time.monotonic() + 10
+            while len(p.tcp_flows()) < 2 * live_conns and time.monotonic() < deadline:
+                time.sleep(0.05)
+            live = len(p.tcp_flows())
+            full = p.map_memory()["tcp_flows"]
+            cap = p.config.tcp_max_flows
+            if prealloc:
+                out["prealloc_per_slot"] = full / cap
+            else:
+                elem = (full - empty) / max(live, 1)
+                out["fixed_per_slot"] = empty / cap
+                out["per_live_flow"] = elem
+                out["per_live_flow_slab"] = next((c for c in _KMALLOC_CLASSES if c >= elem), elem)
+                out["live_flows"] = live
+        finally:
+            for c in conns:
+                c.close()
+            p.close()
+    return out
 
 
 def main() -> int:
@@ -219,12 +256,11 @@ def main() -> int:
     finally:
         server.kill()
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0")
-    per_flow = map_bytes_per_flow()
-    report(results, ns.conns, per_flow)
+    report(results, ns.conns, map_memory_per_flow())
     return 0
 
 
-def report(results: dict[str, list[dict[str, Any]]], conns: int, per_flow: float) -> None:
+def report(results: dict[str, list[dict[str, Any]]], conns: int, mem: dict[str, float]) -> None:
     med = statistics.median
     base = med(r["wall_s"] for r in results["none"])
     flows = 2 * conns  # each connection is a flow at both ends
@@ -259,7 +295,10 @@ def report(results: dict[str, list[dict[str, Any]]], conns: int, per_flow: float
     runs = tl[-1]["bpf_runs"]
     print("tcplife, BPF ns per run: " + ", ".join(f"{k} {ns_ / max(cnt, 1):.0f} ({cnt} runs)"
                                                   for k, (ns_, cnt) in sorted(runs.items())))
-    print(f"kernel map memory per tracked TCP flow (tcp_flows, preallocated): {per_flow:.0f} B")
+    print(f"kernel map memory per tracked TCP flow: preallocated {mem['prealloc_per_slot']:.0f} B "
+          f"(per slot, reserved at load); not preallocated (default) {mem['per_live_flow']:.0f} B "
+          f"accounted, {mem['per_live_flow_slab']:.0f} B kmalloc class, per live flow "
+          f"({mem['live_flows']:.0f} live), + {mem['fixed_per_slot']:.0f} B per slot of buckets")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ static __u64 (*mn_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie
 #define RINGBUF_PAGES 2048
 #endif
 
-BPF_HASH(tcp_flows, __u64, struct tcp_flow, TCP_MAX_FLOWS);  /* socket address -> flow (meshnode.h) */
+#ifndef TCP_FLOWS_FLAGS
+#define TCP_FLOWS_FLAGS 0           /* or BPF_F_NO_PREALLOC: ProbeConfig.tcp_prealloc */
+#endif
+
+/* socket address -> flow (meshnode.h) */
+BPF_F_TABLE("hash", __u64, struct tcp_flow, tcp_flows, TCP_MAX_FLOWS, TCP_FLOWS_FLAGS);
 BPF_HASH(udp_flows, struct udp_key, struct udp_flow, UDP_MAX_FLOWS);
 BPF_HASH(pending, struct pending_key, struct pending_val, 8192);
 BPF_HASH(listeners, struct pending_key, __u32, 4096);      /* (netns, lport) -> tgid that listened */

@@ -6,11 +6,14 @@ import ctypes as ct
 import socket
 import struct
 
+import pytest
+
 from meshnode._model import FlowRecord
 from meshnode.sensor._capture_cmd import HEADER, endpoint, human_line, human_size
 from meshnode.sensor._resolve import service_name
 from probes import _records as rec
-from probes._loader import drop_reason_names, translation_unit
+from probes._errors import ProbeError
+from probes._loader import ProbeConfig, Probes, drop_reason_names, translation_unit
 
 
 def _event(kind: int, family: int, src: bytes, dst: bytes, **fields: int) -> bytes:
@@ -130,3 +133,11 @@ def test_rtt_shift_events_skip_loopback_and_repeat_at_most_every_10s() -> None:
     assert not ok(shift(2, "10.0.0.2", 5))
     assert ok(shift(2, "10.0.0.2", 10.5))
     assert ok(shift(3, "10.0.0.2", 5))
+
+
+def test_probe_config_flags_for_the_tcp_map() -> None:
+    """tcp_flows is not preallocated unless asked; the burst counter is a u8, so its threshold is too."""
+    assert "-DTCP_FLOWS_FLAGS=BPF_F_NO_PREALLOC" in Probes(ProbeConfig()).cflags()
+    assert "-DTCP_FLOWS_FLAGS=0" in Probes(ProbeConfig(tcp_prealloc=True)).cflags()
+    with pytest.raises(ProbeError, match="burst_threshold"):
+        Probes(ProbeConfig(burst_threshold=256)).cflags()
