@@ -3,7 +3,8 @@
 The reference is ``ObserverServicer._history`` (rows decoded into ``FlowRecord``, re-checked by the Python
 filters) followed by ``FlowRecord.to_proto``, batched as the servicer did before; the fast path is
 ``HistoryReader`` over ``Store.query_rows``. Both run over the same store and must produce equal messages
-(compared serialized, field by field), the same "more" and the same key for the page token.
+(compared serialized, field by field), the same "more" and the same key for the page token. Serialized
+deterministically: upb writes map entries (``drop_reasons``) in its hash table's order, seeded per process.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def reference(store: Store, query: FlowQuery, sel: Selector, limit: int, batch: 
     else:
         out = [observer_pb2.FlowsResponse(flow=sf.record.to_proto()) for sf in page.items]
     last = page.items[-1].key if page.more else None
-    return [r.SerializeToString() for r in out], page.more, last
+    return [r.SerializeToString(deterministic=True) for r in out], page.more, last
 
 
 def fast(store: Store, query: FlowQuery, sel: Selector, limit: int, batch: int
@@ -100,7 +101,7 @@ def fast(store: Store, query: FlowQuery, sel: Selector, limit: int, batch: int
         assert out[-1].next_page_token == f"token-{keys[0]}"
         out[-1].next_page_token = ""
     assert not any(r.next_page_token for r in out)
-    return [r.SerializeToString() for r in out], h.more, keys[0] if keys else None
+    return [r.SerializeToString(deterministic=True) for r in out], h.more, keys[0] if keys else None
 
 
 CASES = [
