@@ -154,6 +154,7 @@ class NodeSecurity:
         check = SignedRequestInterceptor(authz, SIGNED_METHODS, allow_unsigned=self.allow_unsigned)
         if mesh is not None:
             check.counters = mesh.counters
+            mesh.denied = self.denied  # their digests are dropped too
         node.api.credentials = self.server
         node.api.interceptors.append(check)
         if self.insecure:

@@ -403,6 +403,33 @@ class DigestConfig:
     retransmit_mult: int = 4
 
 
+def members_only(membership: Callable[[], Membership | None], denied: Callable[[], Iterable[str]] = tuple
+                 ) -> Callable[[str], str | None]:
+    """``DigestExchange.admit`` for a node: digests only of members, and of none on the denylist.
+
+    A key signs its own digests, so a valid signature proves only that the publisher holds the key; what
+    makes the key known is its node's membership, which it got by joining, over mutual TLS with a fleet
+    certificate where the fleet runs TLS. A digest of any other key (``unknown_key``), relayed by a member or
+    not, is dropped. Membership state is merged before the digests a push-pull carries, so a member is
+    known by the time its first digest is looked at; one that is not yet (a digest pulled in the instant
+    after a join) is fetched again by the next announcement or push-pull.
+
+    Args:
+        membership: the membership now (None before the mesh starts: nothing is admitted).
+        denied: node ids refused even when members (``denied``).
+    """
+
+    def admit(node_id: str) -> str | None:
+        if node_id in denied():
+            return "denied"
+        m = membership()
+        if m is None or m.member(node_id) is None:
+            return "unknown_key"
+        return None
+
+    return admit
+
+
 class DigestExchange:
     """Holds the newest verified digest of every node and spreads them; the membership's delegate.
 
@@ -433,6 +460,10 @@ class DigestExchange:
         self.counters: Counter[str] = Counter()
         self.on_accept: Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest], None] | None = None
         """Called with every newly accepted peer digest (to store it, or to measure dissemination)."""
+        self.admit: Callable[[str], str | None] | None = None
+        """Who may publish: called with a correctly signed peer digest's node id, None to accept it, else the
+        reason it is dropped (counted as ``digests_<reason>``). The node sets ``members_only``; unset, any
+        key that signs correctly is accepted (simulations)."""
 
     def attach(self, membership: Membership) -> None:
         """Give the exchange the membership it rides on (for pulls and the member count)."""
@@ -494,6 +525,12 @@ class DigestExchange:
             self.counters[f"digests_{exc.reason}"] += 1
             log.warning("digest from %s dropped: %s", source, exc)
             return False
+        if self.admit is not None and digest.node_id != self.node_id:
+            refused = self.admit(digest.node_id)
+            if refused is not None:
+                self.counters[f"digests_{refused}"] += 1
+                log.debug("digest of %s from %s dropped: %s", digest.node_id, source, refused)
+                return False
         held = self._held.get(digest.node_id)
         if held is not None and digest.seq <= held.digest.seq:
             self.counters["digests_stale"] += 1

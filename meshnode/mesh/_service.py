@@ -43,6 +43,7 @@ from meshnode.mesh._digest import (
     NodeKey,
     PeriodLike,
     digest_from_period,
+    members_only,
     verify_digest,
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
@@ -169,6 +170,8 @@ class MeshService:
         self.digest_listeners: list[Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest, bool], None]] = []
         """Called with every accepted peer digest (``own=False``) and each digest this node publishes
         (``own=True``, the bounded digest as signed): ``listener(digest, signed, own)``."""
+        self.denied: set[str] = set()
+        """Node ids whose digests are dropped (counted ``digests_denied``) even when they are members."""
         self.exclude: Callable[[Iterable[str]], set[str]] | None = None
         """The hosts among the given node ids whose digests fleet aggregates leave out (trust's flagged
         nodes, ``meshnode.trust.TrustMonitor.excluded``); None leaves nobody out."""
@@ -232,6 +235,7 @@ class MeshService:
         sched = AsyncioScheduler(asyncio.get_running_loop())
         self._exchange = DigestExchange(self.key, sched, self.digest_config)
         self._exchange.on_accept = self._notify
+        self._exchange.admit = members_only(lambda: self._membership, lambda: self.denied)
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
             delegate=self._exchange,

@@ -17,6 +17,7 @@ from meshnode.mesh import (
     NodeKey,
     bound_digest,
     endpoint_records,
+    members_only,
     node_id_from_public_key,
     rollups_from_flows,
     sign_digest,
@@ -241,3 +242,51 @@ def test_forged_digest_from_a_rogue_peer_is_dropped_and_not_spread(caplog):
     assert all(e.latest(KEY.node_id) is None for e in c.exchanges.values())
     assert "addr-rogue" in caplog.text
     assert c.converged()
+
+
+def _members_only_cluster(n: int, denied: set[str]) -> SimCluster:
+    c = _digest_cluster(n)
+    for nid, e in c.exchanges.items():
+        e.admit = members_only(lambda nid=nid: c.nodes[nid], lambda: denied)
+    return c
+
+
+def _rogue_offers(c: SimCluster, victim: str, signed: mesh_pb2.SignedDigest) -> None:
+    """A peer that is not a member announces ``signed`` to ``victim`` and answers its pull with it."""
+    rogue = c.net.endpoint("addr-rogue")
+    answer = mesh_pb2.StreamMessage(user=mesh_pb2.DigestState(digests=[signed]).SerializeToString())
+    rogue.set_handlers(lambda a, p: None, lambda a, p: answer.SerializeToString())
+    d = mesh_pb2.Digest.FromString(signed.payload)
+    announce = mesh_pb2.DigestAnnounce(node_id=d.node_id, seq=d.seq).SerializeToString()
+    pkt = mesh_pb2.MeshPacket(source="rogue", source_addr="addr-rogue", gossip=[mesh_pb2.Gossip(user=announce)])
+    rogue.send_packet(c.addr[victim], pkt.SerializeToString())
+
+
+def test_a_correctly_signed_digest_of_an_unknown_key_is_dropped_counted_and_not_spread():
+    c = _members_only_cluster(6, set())
+    victim = c.ids[0]
+    outsider = NodeKey.from_seed(b"outsider")  # a valid key and signature, but it never joined
+    _rogue_offers(c, victim, sign_digest(outsider, _digest(outsider)))
+    c.run(3.0)
+    assert c.exchanges[victim].counters["digests_unknown_key"] == 1
+    assert c.exchanges[victim].counters["digests_accepted"] == 0
+    assert all(e.latest(outsider.node_id) is None for e in c.exchanges.values())
+    # the members' own digests still spread with admission on
+    src = c.ids[3]
+    seq = mesh_pb2.Digest.FromString(c.exchanges[src].publish(_digest(rollups=2)).payload).seq
+    assert c.run(5.0, lambda: _everyone_has(c, src, seq)) < 5.0
+    assert sum(e.counters["digests_unknown_key"] for e in c.exchanges.values()) == 1
+
+
+def test_digests_of_a_denied_member_are_dropped_and_counted():
+    denied: set[str] = set()
+    c = _members_only_cluster(5, denied)
+    bad, ok = c.ids[2], c.ids[4]
+    denied.add(bad)
+    seq_bad = mesh_pb2.Digest.FromString(c.exchanges[bad].publish(_digest(rollups=2)).payload).seq
+    seq_ok = mesh_pb2.Digest.FromString(c.exchanges[ok].publish(_digest(rollups=2)).payload).seq
+    assert c.run(5.0, lambda: _everyone_has(c, ok, seq_ok)) < 5.0
+    c.run(60.0)  # announcements, then push-pull anti-entropy offer it to every node
+    others = [e for nid, e in c.exchanges.items() if nid != bad]
+    assert all(e.latest(bad) is None for e in others), seq_bad
+    assert all(e.counters["digests_denied"] >= 1 for e in others)

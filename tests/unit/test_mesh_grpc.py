@@ -10,7 +10,16 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from meshnode.mesh import RETRYABLE_CODES, MeshConfig, MeshService, NodeKey, State, with_retries
+from meshnode.mesh import (
+    DIGEST_VERSION,
+    RETRYABLE_CODES,
+    MeshConfig,
+    MeshService,
+    NodeKey,
+    State,
+    sign_digest,
+    with_retries,
+)
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
 
 FAST = MeshConfig(probe_interval=0.2, probe_timeout=0.1, gossip_interval=0.05, push_pull_interval=1.0,
@@ -85,6 +94,14 @@ async def _scenario() -> None:
 
         digests = await stub.Digests(mesh_pb2.DigestsRequest(), timeout=2)
         assert len(digests.digests) == 3
+
+        # a key that never joined signs a valid digest: the node drops it as unknown, and counts it
+        outsider = NodeKey.from_seed(b"grpc-outsider")
+        forged = Source(9).local_digest()
+        forged.MergeFrom(mesh_pb2.Digest(version=DIGEST_VERSION, node_id=outsider.node_id, seq=1))
+        assert not meshes[0].exchange.ingest(sign_digest(outsider, forged), "test")
+        peers = await stub.Peers(mesh_pb2.PeersRequest(), timeout=2)
+        assert (peers.counters["digests_unknown_key"], len(peers.peers)) == (1, 3)
 
         q = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(destination=DB, deadline_ms=2000), timeout=5)
         assert not q.partial

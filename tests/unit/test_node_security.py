@@ -131,7 +131,7 @@ def test_operator_keys_and_the_denylist(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_forged_replayed_and_misattributed_digests_are_counted_in_peers(tmp_path: Path) -> None:
+def test_forged_replayed_unknown_and_misattributed_digests_are_counted_in_peers(tmp_path: Path) -> None:
     async def main() -> None:
         async with node(NodeConfig(insecure=True, data_dir=tmp_path)) as (_, mesh):
             peer = NodeKey.from_seed(b"peer")
@@ -143,9 +143,13 @@ def test_forged_replayed_and_misattributed_digests_are_counted_in_peers(tmp_path
             stranger = sign_digest(STRANGER, mesh_pb2.Digest(version=1, node_id=peer.node_id, seq=4,
                                                                period_start_ns=now - 10**9, period_end_ns=now))
             ex = mesh.exchange
+            assert not ex.ingest(good, "10.0.0.9:7400")  # valid, but the key is no member's
+            # the peer joins (its address: a closed loopback port; the node's probes go nowhere else)
+            mesh.membership._alive(mesh_pb2.Alive(node=peer.node_id, incarnation=1, addr="127.0.0.1:9"))
             assert [ex.ingest(s, "10.0.0.9:7400") for s in (forged, good, good, stranger)] == [
                 False, True, False, False]
             counters = mesh.peers().counters
+            assert counters["digests_unknown_key"] == 1
             assert counters["digests_bad_signature"] == 1
             assert counters["digests_stale"] == 1
             assert counters["digests_bad_identity"] == 1
