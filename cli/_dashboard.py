@@ -102,7 +102,10 @@ def _header(v: Mapping[str, Any], plain: bool) -> list[RenderableType]:
     s = v.get("status")
     line1 = Text(f"node {v['node']}", style="" if plain else "bold")
     if s:
-        line1.append(f" {s['node_id'][:8] or '?'} · {s['sensor_mode'] or '?'}/{s['fidelity']}"
+        ident = s["node_id"][:8] or "?"
+        if s.get("host"):  # a mesh node's id is its key's fingerprint: the host name says which one it is
+            ident = f"{s['host']} ({ident})"
+        line1.append(f" {ident} · {s['sensor_mode'] or '?'}/{s['fidelity']}"
                      f" · period {format_seconds(s['export_period_s']) if s['export_period_s'] else '?'}")
     line1.append(f" · window {format_seconds(v['window_s'])}")
     line2 = Text()

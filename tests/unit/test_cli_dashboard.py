@@ -53,6 +53,13 @@ def test_one_frame_at_80_by_24() -> None:
         """)
 
 
+def test_header_names_the_host_of_a_mesh_node() -> None:
+    status = message_dict(sample_status())
+    status["host"] = "web1"
+    first = render_text(dashboard(_view(status=status), height=24), width=80).splitlines()[0]
+    assert first == "node 127.0.0.1:7400 web1 (3f2a9c0d) · ebpf/exact · period 10s · window 5m"
+
+
 def test_frame_never_exceeds_its_height_or_80_columns() -> None:
     many = []
     for i in range(200):
