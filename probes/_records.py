@@ -156,6 +156,16 @@ _TCP_FLOW = "7Q 13I 4H 4B 16s 16s"
 _EVENT = struct.Struct("=2I 5Q " + _TCP_FLOW + " 16s")
 _TCP_FLOW_ONLY = struct.Struct("=" + _TCP_FLOW)
 EVENT_SIZE = _EVENT.size
+EVENT_STRUCT = _EVENT
+"""struct event as one ``struct.Struct``: ``unpack_from`` gives a raw record, its values in EVENT_FIELDS order."""
+EVENT_FIELDS = (
+    "kind", "pad", "ts_ns", "cookie", "sk", "value", "value2",
+    *(name for name, *_ in CTcpFlow._fields_),
+    "comm",
+)
+"""The names of a raw record's values, in order: struct event with its struct tcp_flow inlined ("flow"'s
+fields by their own names, so its ``cookie`` is the second "cookie"). A consumer that unpacks raw records
+by position checks its layout against this tuple."""
 
 # Addresses and comms repeat across flows (a service talks to the same peers, a process opens many
 # sockets): their text is kept per raw bytes, so a repeat costs one dict lookup instead of inet_ntop /
@@ -187,6 +197,17 @@ def _tcp_row(sk: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
     )
 
 
+def addr_of(family: int, data: bytes) -> str:
+    """Textual address of 16 raw bytes (as the kernel side fills them), from the bounded cache."""
+    return _ADDR_TEXT.get((family, data)) or _addr_cached(family, data)
+
+
+def comm_of(raw: bytes) -> str:
+    """The text of a raw 16-byte comm (up to its first NUL), from the bounded cache."""
+    text = _COMM_TEXT.get(raw)
+    return _comm_cached(raw) if text is None else text
+
+
 def _addr_cached(family: int, data: bytes) -> str:
     if len(_ADDR_TEXT) >= _CACHE_MAX:
         _ADDR_TEXT.clear()
@@ -212,7 +233,11 @@ def _addr(family: int, data: bytes) -> str:
 def event_at(buf: bytes | mmap.mmap, offset: int = 0, _size: int = 0) -> KernelEvent:
     """The ring-buffer record (struct event) at ``offset`` of ``buf`` as a KernelEvent, unpacked in place
     (``buf`` may be the ring buffer's own mapping: nothing is copied but the fields)."""
-    v = _EVENT.unpack_from(buf, offset)
+    return event_from_raw(_EVENT.unpack_from(buf, offset))
+
+
+def event_from_raw(v: tuple[Any, ...]) -> KernelEvent:
+    """A raw record (``EVENT_STRUCT`` unpacked, values in EVENT_FIELDS order) as a KernelEvent."""
     kind, cookie = v[0], v[3]
     flow = None if kind == EV_UDP_RELEASE else _tcp_row(v[4], v[7:-1], v[-1])
     return KernelEvent(kind, v[2], cookie, v[5], v[6], flow)
@@ -295,3 +320,4 @@ class KernelEvent(NamedTuple):
 
 assert _EVENT.size == ct.sizeof(CEvent), (_EVENT.size, ct.sizeof(CEvent))
 assert _TCP_FLOW_ONLY.size == ct.sizeof(CTcpFlow), (_TCP_FLOW_ONLY.size, ct.sizeof(CTcpFlow))
+assert len(EVENT_FIELDS) == len(_EVENT.unpack(bytes(_EVENT.size))), EVENT_FIELDS

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from meshnode._exceptions import ConfigError, SensorError
-from meshnode.sensor._base import EVENT_TYPES, Completeness, EventRecord, Sensor, SensorBatch
+from meshnode.sensor._base import EVENT_TYPES, Completeness, EventRecord, JsonBatch, Sensor, SensorBatch
 
 log = logging.getLogger(__name__)
 
@@ -53,4 +53,7 @@ def _start_diag(cgroup: str, idle_timeout_s: float, reason: str) -> Sensor:
     return sensor
 
 
-__all__ = ["EVENT_TYPES", "SENSOR_MODES", "Completeness", "EventRecord", "Sensor", "SensorBatch", "create_sensor"]
+__all__ = [
+    "EVENT_TYPES", "SENSOR_MODES", "Completeness", "EventRecord", "JsonBatch", "Sensor", "SensorBatch",
+    "create_sensor",
+]

@@ -56,6 +56,15 @@ class SensorBatch:
     completeness: Completeness = field(default_factory=Completeness)
 
 
+@dataclass(slots=True)
+class JsonBatch:
+    """What ``poll_json`` returns (a sensor's fast path for ``meshnode capture --json``)."""
+
+    text: str = ""
+    """The flows that ended, as JSON Lines: per flow ``FlowRecord.to_json_text()`` and a newline."""
+    completeness: Completeness = field(default_factory=Completeness)
+
+
 class Sensor(Protocol):
     """The interface both sensors (eBPF and sock_diag) implement."""
 

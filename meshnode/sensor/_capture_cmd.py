@@ -16,7 +16,10 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from meshnode._model import FlowRecord
+    from meshnode.sensor import Completeness, JsonBatch, Sensor
 
 EPILOG = """examples:
   meshnode capture                           every flow on this host until Ctrl-C
@@ -100,16 +103,13 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.duration if args.duration > 0 else float("inf")
     if not args.json:
         print(HEADER, file=out)
+    poll = _json_poller(sensor) if args.json else None
     try:
         while not stop and time.monotonic() < deadline:
-            batch = sensor.poll()
-            total.add(batch.completeness)
-            _emit_all(batch.ended, args.json, out)
+            _poll_and_emit(sensor, poll, total, args.json, out)
             out.flush()
             time.sleep(args.interval)
-        batch = sensor.poll()
-        total.add(batch.completeness)
-        _emit_all(batch.ended, args.json, out)
+        _poll_and_emit(sensor, poll, total, args.json, out)
         if args.json:
             for flow in sensor.active():
                 _emit(flow, True, out)
@@ -123,6 +123,26 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sensor.close()
     return 0
+
+
+def _json_poller(sensor: Sensor) -> Callable[[], JsonBatch] | None:
+    """The sensor's own JSON Lines poll where it has one (the eBPF sensor's fast path), else None."""
+    poll: Callable[[], JsonBatch] | None = getattr(sensor, "poll_json", None)
+    return poll
+
+
+def _poll_and_emit(sensor: Sensor, poll_json: Callable[[], JsonBatch] | None, total: Completeness,
+                   as_json: bool, out: TextIO) -> None:
+    """One poll: its flows written in one write, its counters added to ``total``."""
+    if poll_json is not None:
+        jb = poll_json()
+        total.add(jb.completeness)
+        if jb.text:
+            out.write(jb.text)
+        return
+    batch = sensor.poll()
+    total.add(batch.completeness)
+    _emit_all(batch.ended, as_json, out)
 
 
 def json_line(flow: FlowRecord) -> str:

@@ -1,0 +1,86 @@
+"""``meshnode capture --json``'s fast path over real kernel records: the ring records of real loopback traffic
+(IPv4 and IPv6, both ends, a refused connect) rendered by ``EbpfSensor.poll_json`` and by ``poll`` +
+``json_line`` (the path the fast one replaced for capture) give the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests._env import CGROUP_ROOT, require_kernel
+
+CONNS = 6  # per address family
+
+TRAFFIC = r"""
+import os, socket, sys
+open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    with socket.create_server((host, 0), family=fam) as srv:
+        for i in range(int(sys.argv[2])):
+            c = socket.create_connection((host, srv.getsockname()[1]))
+            s, _ = srv.accept()
+            c.sendall(b"q" * (100 + i)); s.recv(65536); s.sendall(b"r" * (5000 * (i + 1))); s.close()
+            while c.recv(65536): pass
+            c.close()
+probe = socket.socket(); probe.bind(("127.0.0.1", 0)); closed = probe.getsockname()[1]; probe.close()
+try:
+    socket.create_connection(("127.0.0.1", closed))
+except ConnectionRefusedError:
+    pass
+"""
+
+
+@pytest.fixture
+def sensor() -> Iterator[tuple[Any, Path]]:
+    require_kernel()
+    from meshnode.sensor._ebpf import EbpfSensor
+
+    cg = CGROUP_ROOT / f"mn-test-json-{os.getpid()}"
+    cg.mkdir()
+    s = EbpfSensor(scope="/" + cg.name)
+    try:
+        s.start()
+        yield s, cg
+    finally:
+        s.close()
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_fast_path_equals_poll_on_real_records(sensor: tuple[Any, Path]) -> None:
+    from meshnode.sensor._capture_cmd import json_line
+    from probes import _records as rec
+
+    s, cg = sensor
+    subprocess.run([sys.executable, "-c", TRAFFIC, str(cg), str(CONNS)], check=True, timeout=60)
+    want = 2 * 2 * CONNS + 1  # both ends of each connection, and the refused connect
+    raws: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 10
+    while sum(1 for v in raws if v[0] == rec.EV_TCP_END) < want and time.monotonic() < deadline:
+        raws += s._probes.poll_raw()
+        time.sleep(0.05)
+    assert sum(1 for v in raws if v[0] == rec.EV_TCP_END) == want
+
+    s._probes.poll_raw = lambda: list(raws)
+    s._probes.poll_events = lambda: [rec.event_from_raw(v) for v in raws]
+    fast = [ln for ln in s.poll_json().text.splitlines(True) if '"proto": "tcp"' in ln]
+    old = [ln for ln in map(json_line, s.poll().ended) if '"proto": "tcp"' in ln]
+    assert fast == old and len(fast) == want
+    got = [json.loads(ln) for ln in fast]
+    assert {g["src"] for g in got} == {"127.0.0.1", "::1"}
+    assert sorted(g["outcome"] for g in got).count("established") == want - 1
+    assert [g["outcome"] for g in got].count("refused") == 1
+    assert sorted(g["bytes_rx"] for g in got if g["direction"] == "outbound" and g["outcome"] == "established") \
+        == sorted(5000 * (i + 1) for i in range(CONNS) for _ in range(2))
