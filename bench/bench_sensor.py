@@ -60,9 +60,11 @@ def snmp_opens() -> int:
     return int(val[hdr.index("ActiveOpens")]) + int(val[hdr.index("PassiveOpens")])
 
 
-def proc_cpu(pid: int) -> float:
+def proc_user_sys(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU seconds so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 def proc_rss_kb(pid: int) -> tuple[int, int]:
@@ -149,7 +151,7 @@ def measure(kind: str, port: int, n: int) -> dict[str, Any]:
         proc, drain, ready = start_sensor(kind)
         res["cold_start_s"] = ready + first_record_latency(drain, port)
         time.sleep(0.5)
-        cpu0, bpf0 = proc_cpu(proc.pid), bpf_prog_stats(proc.pid)
+        (user0, sys0), bpf0 = proc_user_sys(proc.pid), bpf_prog_stats(proc.pid)
     opens0 = snmp_opens()
     res["wall_s"] = run_workload(port, n)
     res["opens"] = snmp_opens() - opens0
@@ -157,7 +159,9 @@ def measure(kind: str, port: int, n: int) -> dict[str, Any]:
         time.sleep(1.0)  # let the sensor drain the tail
         bpf1 = bpf_prog_stats(proc.pid)
         res["rss_kb"], res["hwm_kb"] = proc_rss_kb(proc.pid)
-        res["cpu_user_sys_s"] = proc_cpu(proc.pid) - cpu0
+        user1, sys1 = proc_user_sys(proc.pid)
+        res["cpu_user_s"], res["cpu_sys_s"] = user1 - user0, sys1 - sys0
+        res["cpu_user_sys_s"] = res["cpu_user_s"] + res["cpu_sys_s"]
         runs = {k: (bpf1[k][0] - bpf0.get(k, (0, 0))[0], bpf1[k][1] - bpf0.get(k, (0, 0))[1]) for k in bpf1}
         res["bpf_ns"] = sum(v[0] for v in runs.values())
         res["bpf_runs"] = {k: v for k, v in runs.items() if v[1]}
@@ -276,6 +280,10 @@ def report(results: dict[str, list[dict[str, Any]]], conns: int, mem: dict[str, 
     print(f"{'sensor CPU s / 10k flows':28s}{cpu('tcplife'):>16.3f}{cpu('ours'):>16.3f}")
     print(f"{'  of which BPF s / 10k':28s}{med(r['bpf_ns'] / 1e9 / flows * 10_000 for r in tl):>16.3f}"
           f"{med(r['bpf_ns'] / 1e9 / flows * 10_000 for r in ours):>16.3f}")
+    print(f"{'  of which user s / 10k':28s}{med(r['cpu_user_s'] / flows * 10_000 for r in tl):>16.3f}"
+          f"{med(r['cpu_user_s'] / flows * 10_000 for r in ours):>16.3f}")
+    print(f"{'  of which system s / 10k':28s}{med(r['cpu_sys_s'] / flows * 10_000 for r in tl):>16.3f}"
+          f"{med(r['cpu_sys_s'] / flows * 10_000 for r in ours):>16.3f}")
     print(f"{'ours / tcplife CPU':28s}{'':>16s}{cpu('ours') / cpu('tcplife'):>16.3f}")
     print(f"{'cold start to 1st record s':28s}{med(r['cold_start_s'] for r in tl):>16.2f}"
           f"{med(r['cold_start_s'] for r in ours):>16.2f}")

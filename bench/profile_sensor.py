@@ -10,6 +10,11 @@ does, timing with ``time.process_time`` (this process's CPU only; the workload r
 * ``model``: kernel records -> FlowRecord (``EbpfSensor._handle`` and the rest of ``poll``);
 * ``json``: the capture's JSON line per flow.
 
+``--path json`` measures what ``meshnode capture --json`` runs since the JSON fast path,
+``EbpfSensor.poll_json``: ``ring`` is then ``Probes.poll_raw`` (records unpacked, nothing decoded) and
+``model`` everything else up to the poll's text (``json`` is 0: the lines come out of ``poll_json``).
+``--path poll`` (the default, and what the node runs) is ``poll`` then ``json_line`` per flow.
+
 With ``--cprofile`` it prints the top functions of the same path instead (cProfile inflates small calls;
 use it for where, the plain run for how much).
 """
@@ -38,6 +43,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--conns", type=int, default=5000)
     ap.add_argument("--cprofile", action="store_true", help="print the top functions instead of timings")
+    ap.add_argument("--path", choices=("poll", "json"), default="poll",
+                    help="poll + json_line per flow (the node's path), or poll_json (capture --json's)")
     ns = ap.parse_args()
     if os.geteuid() != 0:
         print("profile_sensor: run as root (it loads BPF programs)", file=sys.stderr)
@@ -63,33 +70,42 @@ def main() -> int:
         flows = events = 0
         sink = io.StringIO()
         probes = sensor._probes
-        orig_poll_events = probes.poll_events
+        ring_name = "poll_raw" if ns.path == "json" else "poll_events"
+        orig_ring = getattr(probes, ring_name)
 
-        def timed_poll_events() -> list[object]:
+        def timed_ring() -> list[object]:
             nonlocal t_ring
             t0 = time.process_time()
-            out = orig_poll_events()
+            out = orig_ring()
             t_ring += time.process_time() - t0
-            return out  # type: ignore[return-value]
+            return out  # type: ignore[no-any-return]
 
-        probes.poll_events = timed_poll_events  # type: ignore[method-assign]
+        setattr(probes, ring_name, timed_ring)
+        ours = (f'"sport": {port},', f'"dport": {port},')
         deadline = time.monotonic() + 60 + ns.conns / 100
         while time.monotonic() < deadline:
             done = client.poll() is not None
             if prof:
                 prof.enable()
-            t0 = time.process_time()
-            batch = sensor.poll()
-            t1 = time.process_time()
-            for f in batch.ended:
-                sink.write(json_line(f))
-            t2 = time.process_time()
+            if ns.path == "json":
+                t0 = time.process_time()
+                text = sensor.poll_json().text
+                t1 = t2 = time.process_time()
+                sink.write(text)
+            else:
+                t0 = time.process_time()
+                batch = sensor.poll()
+                t1 = time.process_time()
+                for f in batch.ended:
+                    sink.write(json_line(f))
+                t2 = time.process_time()
+                text = "".join(map(json_line, batch.ended))
+                events += len(batch.events)
             if prof:
                 prof.disable()
             t_model += t1 - t0
             t_json += t2 - t1
-            flows += sum(1 for f in batch.ended if port in (f.sport, f.dport))
-            events += len(batch.events)
+            flows += sum(1 for ln in text.splitlines() if ours[0] in ln or ours[1] in ln)
             sink.seek(0)
             sink.truncate()
             if done and flows >= 2 * ns.conns:
@@ -97,7 +113,8 @@ def main() -> int:
             time.sleep(0.1)
         t_model -= t_ring
         c = sensor.counters()
-        print(f"flows {flows} (expected {2 * ns.conns}), events {events}, ringbuf_full {c['ringbuf_full']}")
+        print(f"path {ns.path}: flows {flows} (expected {2 * ns.conns}), events {events}, "
+              f"ringbuf_full {c['ringbuf_full']}")
         if prof:
             st = pstats.Stats(prof)
             st.sort_stats("tottime").print_stats(25)
