@@ -412,7 +412,9 @@ def members_only(membership: Callable[[], Membership | None], denied: Callable[[
     certificate where the fleet runs TLS. A digest of any other key (``unknown_key``), relayed by a member or
     not, is dropped. Membership state is merged before the digests a push-pull carries, so a member is
     known by the time its first digest is looked at; one that is not yet (a digest pulled in the instant
-    after a join) is fetched again by the next announcement or push-pull.
+    after a join) is fetched again by the next announcement or push-pull. The exchange does not pull what
+    this refuses (announcements counted ``announces_<reason>``) nor offer it in push-pull (digests held
+    from members since reaped), so a bounded pull or answer is never spent on digests that would be dropped.
 
     Args:
         membership: the membership now (None before the mesh starts: nothing is admitted).
@@ -554,6 +556,9 @@ class DigestExchange:
                 log.exception("digest on_accept callback failed")
         return True
 
+    def _admitted(self, node_id: str) -> bool:
+        return self.admit is None or node_id == self.node_id or self.admit(node_id) is None
+
     def _announce(self, node_id: str, seq: int) -> None:
         msg = mesh_pb2.DigestAnnounce(node_id=node_id, seq=seq).SerializeToString()
         self._announces.queue(node_id, msg)
@@ -564,8 +569,8 @@ class DigestExchange:
             held = self._held.get(nid)
             if nid == self.node_id or (held is not None and held.digest.seq >= seq):
                 continue
-            if self._inflight.get(nid, -1) >= seq:
-                continue
+            if self._inflight.get(nid, -1) >= seq or not self._admitted(nid):
+                continue  # pulled already; or it would be dropped (and pulls are bounded: ask for others)
             out.append(nid)
         return out[: self.config.max_pull]
 
@@ -619,6 +624,10 @@ class DigestExchange:
             self.counters["announces_malformed"] += 1
             log.warning("digest announcement without a node id from %s dropped", source_addr)
             return
+        refused = self.admit(ann.node_id) if self.admit is not None and ann.node_id != self.node_id else None
+        if refused is not None:  # not pulled: its digest would be dropped
+            self.counters[f"announces_{refused}"] += 1
+            return
         wanted = self._wanted({ann.node_id: ann.seq})
         if wanted:
             self._pull(source_addr, {ann.node_id: ann.seq})
@@ -633,7 +642,10 @@ class DigestExchange:
                 theirs = dict(mesh_pb2.DigestState.FromString(remote).seqs)
             except DecodeError:
                 theirs = {}
-            newer = [nid for nid, h in self._held.items() if theirs.get(nid, -1) < h.digest.seq]
+            # digests of nodes no longer members (held since before they were reaped) are not offered:
+            # a peer that never knew them drops them, and they would crowd the bounded answer
+            newer = [nid for nid, h in self._held.items()
+                     if theirs.get(nid, -1) < h.digest.seq and self._admitted(nid)]
             state.digests.extend(self._answer(newer))
         return state.SerializeToString()
 

@@ -266,8 +266,13 @@ def test_a_correctly_signed_digest_of_an_unknown_key_is_dropped_counted_and_not_
     c = _members_only_cluster(6, set())
     victim = c.ids[0]
     outsider = NodeKey.from_seed(b"outsider")  # a valid key and signature, but it never joined
-    _rogue_offers(c, victim, sign_digest(outsider, _digest(outsider)))
+    signed = sign_digest(outsider, _digest(outsider))
+    _rogue_offers(c, victim, signed)
     c.run(3.0)
+    assert c.exchanges[victim].counters["announces_unknown_key"] == 1  # not even pulled
+    # pushed in a push-pull answer instead: verified, dropped, counted
+    c.exchanges[victim].merge_remote_state(mesh_pb2.DigestState(digests=[signed]).SerializeToString(), False,
+                                           "addr-rogue")
     assert c.exchanges[victim].counters["digests_unknown_key"] == 1
     assert c.exchanges[victim].counters["digests_accepted"] == 0
     assert all(e.latest(outsider.node_id) is None for e in c.exchanges.values())
@@ -289,4 +294,44 @@ def test_digests_of_a_denied_member_are_dropped_and_counted():
     c.run(60.0)  # announcements, then push-pull anti-entropy offer it to every node
     others = [e for nid, e in c.exchanges.items() if nid != bad]
     assert all(e.latest(bad) is None for e in others), seq_bad
-    assert all(e.counters["digests_denied"] >= 1 for e in others)
+    assert all(e.counters["announces_denied"] + e.counters["digests_denied"] >= 1 for e in others)
+
+
+class _Members:
+    """A membership stand-in: who is a member, and pulls answered by ``peer``'s exchange."""
+
+    def __init__(self, ids: set[str], peer: DigestExchange | None = None) -> None:
+        self.ids, self.peer, self.pulled = ids, peer, 0
+
+    def member(self, node_id: str) -> object | None:
+        return object() if node_id in self.ids else None
+
+    def num_members(self) -> int:
+        return len(self.ids)
+
+    def request(self, addr, payload, reply) -> None:
+        self.pulled += 1
+        assert self.peer is not None
+        reply(self.peer.handle_request(addr, payload), "")
+
+
+def test_digests_of_reaped_members_do_not_crowd_out_the_live_ones_in_push_pull():
+    sched = ManualScheduler()
+    now = sched.wall_ns()
+    a_key, b_key = NodeKey.from_seed(b"pp-a"), NodeKey.from_seed(b"pp-b")
+    gone = [NodeKey.from_seed(b"gone-%d" % i) for i in range(140)]  # > max_pull (64): churned keys
+    live = [NodeKey.from_seed(b"live-%d" % i) for i in range(5)]
+    a, b = DigestExchange(a_key, sched), DigestExchange(b_key, sched)
+    for k in gone + live:  # a held them all while they were members
+        d = mesh_pb2.Digest(version=1, node_id=k.node_id, seq=7, period_start_ns=now - 10**10, period_end_ns=now)
+        assert a.ingest(sign_digest(k, d), "x")
+    members = {a_key.node_id, b_key.node_id} | {k.node_id for k in live}  # the gone ones were reaped
+    a_members, b_members = _Members(members, peer=b), _Members(members, peer=a)
+    a.attach(a_members)
+    b.attach(b_members)
+    a.admit = members_only(lambda: a_members)
+    b.admit = members_only(lambda: b_members)
+    # one push-pull, b (which joined after the reaping) asking a
+    b.merge_remote_state(a.local_state(False, b.local_state(False, None)), False, "a")
+    assert all(b.latest(k.node_id) is not None for k in live)
+    assert b.counters["digests_unknown_key"] == 0 and b_members.pulled <= 1
