@@ -383,7 +383,9 @@ class Probes:
             if res != 0 and err == errno.ENOENT:  # the whole map was walked
                 break
             if res != 0:
-                if not delete and total == 0:
+                if total:  # a partial walk (ENOSPC at a bucket that grew under it): what was read; the rest
+                    break  # next time (rows a drain read are deleted already: they must be returned)
+                if not delete:
                     return _rows(table)
                 raise ProbeError(f"batch {'lookup-and-delete' if delete else 'lookup'} on BPF map "
                                  f"{table.map_fd} failed: {os.strerror(err)}")
