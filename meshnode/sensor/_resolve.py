@@ -48,8 +48,8 @@ def proc_comm(pid: int) -> str:
     """The comm of a live process from /proc, or "" when it is gone."""
     if pid <= 0:
         return ""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+    try:  # any process can name itself with bytes that are not UTF-8 (prctl PR_SET_NAME)
+        return Path(f"/proc/{pid}/comm").read_bytes().decode(errors="replace").strip()
     except OSError:
         return ""
 
@@ -59,7 +59,7 @@ def proc_cgroup(pid: int) -> str:
     if pid <= 0:
         return ""
     try:
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/cgroup").read_bytes().decode(errors="surrogateescape").splitlines():
             if line.startswith("0::"):
                 return line[3:]
     except OSError:

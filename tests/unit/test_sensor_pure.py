@@ -5,12 +5,14 @@ from __future__ import annotations
 import ctypes as ct
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from meshnode._model import FlowRecord
 from meshnode.sensor._capture_cmd import HEADER, endpoint, human_line, human_size
-from meshnode.sensor._resolve import service_name
+from meshnode.sensor._resolve import proc_cgroup, proc_comm, service_name
 from probes import _records as rec
 from probes._errors import ProbeError
 from probes._loader import ProbeConfig, Probes, drop_reason_names, translation_unit
@@ -141,3 +143,17 @@ def test_probe_config_flags_for_the_tcp_map() -> None:
     assert "-DTCP_FLOWS_FLAGS=0" in Probes(ProbeConfig(tcp_prealloc=True)).cflags()
     with pytest.raises(ProbeError, match="burst_threshold"):
         Probes(ProbeConfig(burst_threshold=256)).cflags()
+
+
+def test_a_process_named_with_bytes_that_are_not_utf8_is_read_not_raised() -> None:
+    code = ("import ctypes, sys; ctypes.CDLL(None).prctl(15, b'py\\xffthon', 0, 0, 0); "
+            "print('ready', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        assert proc_comm(child.pid) == "py\ufffdthon"
+        assert proc_cgroup(child.pid).startswith("/")
+    finally:
+        child.kill()
+        child.wait()
+    assert proc_comm(child.pid) == ""
