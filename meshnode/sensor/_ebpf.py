@@ -121,9 +121,12 @@ class EbpfSensor:
         """Flows ended and events since the last call, with the completeness counters they moved."""
         batch = SensorBatch()
         now = time.monotonic_ns()
-        for ev in self._probes.poll_events():
-            self._handle(ev, batch)
-        self._poll_maps(now, batch)
+        try:
+            for ev in self._probes.poll_events():
+                self._handle(ev, batch)
+            self._poll_maps(now, batch)
+        except ProbeError as exc:  # a MeshnodeError: the node logs it and polls again (bounded)
+            raise SensorError(f"sensor poll failed: {exc}") from exc
         batch.completeness.flows_recorded += len(batch.ended)
         return batch
 
@@ -342,6 +345,12 @@ class EbpfSensor:
 
     def active(self) -> list[FlowRecord]:
         """Totals so far of open flows, with tcp_info (from sock_diag) for live TCP sockets."""
+        try:
+            return self._active()
+        except ProbeError as exc:  # a MeshnodeError: the node logs it and tries again (bounded)
+            raise SensorError(f"reading the active flows failed: {exc}") from exc
+
+    def _active(self) -> list[FlowRecord]:
         from probes._sockdiag import SockDiagError, tcp_info_by_cookie
 
         tcp = self._probes.tcp_flows()

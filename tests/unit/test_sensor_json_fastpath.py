@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from meshnode._exceptions import SensorError
 from meshnode.sensor._capture_cmd import json_line
 from meshnode.sensor._ebpf import EbpfSensor
 from probes import _records as rec
+from probes._errors import ProbeError
 from probes._records import COUNTER_NAMES, UdpFlowRow
 
 U64 = 2**64 - 1
@@ -325,3 +327,18 @@ def test_capture_json_output_is_the_same_through_either_path(tmp_path: Path, mon
     lines = outputs[0].splitlines()
     assert len(lines) == len(_varied(cg)) + 2 and json.loads(lines[-2])["proto"] == "udp"
     assert json.loads(lines[-1])["completeness"]["flows_recorded"] == len(lines) - 1
+
+
+def test_a_probe_failure_in_poll_or_active_is_a_sensor_error_the_node_survives(tmp_path: Path) -> None:
+    """The node's loop retries a ``MeshnodeError`` (bounded); a bare ProbeError used to stop it."""
+
+    def fail(*_: Any) -> list[Any]:
+        raise ProbeError("batch lookup-and-delete on BPF map 7 failed: No space left on device")
+
+    sensor = _sensor(tmp_path, [])
+    sensor._probes.drain_drops = fail  # type: ignore[method-assign]
+    with pytest.raises(SensorError, match="sensor poll failed: batch lookup-and-delete"):
+        sensor.poll()
+    sensor._probes.tcp_flows = fail  # type: ignore[attr-defined]
+    with pytest.raises(SensorError, match="reading the active flows failed"):
+        sensor.active()
