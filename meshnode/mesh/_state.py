@@ -100,6 +100,9 @@ class Delegate(Protocol):
     def handle_request(self, source_addr: str, payload: bytes) -> bytes:
         """Answer a delegate request sent with ``Membership.request``."""
 
+    # Optional: ``forget(node_ids)``, called with the members reaped (dead or left past ``dead_retention``),
+    # to drop what is held for them.
+
 
 EventCallback = Callable[[str, Member], None]
 """``(kind, member)`` with kind ``"join"``, ``"leave"`` (dead or left) or ``"update"``."""
@@ -379,6 +382,12 @@ class Membership:
         self._ids = [i for i in self._ids if i not in gone_set]
         self._probe_list = [i for i in self._probe_list if i not in gone_set]
         self._probe_index = 0
+        forget = getattr(self.delegate, "forget", None)
+        if forget is not None:
+            try:
+                forget(gone)
+            except Exception:
+                log.exception("mesh delegate forget failed")
 
     def _random_members(
         self, k: int, exclude: Iterable[str], accept: Callable[[Member], bool]

@@ -335,3 +335,14 @@ def test_digests_of_reaped_members_do_not_crowd_out_the_live_ones_in_push_pull()
     b.merge_remote_state(a.local_state(False, b.local_state(False, None)), False, "a")
     assert all(b.latest(k.node_id) is not None for k in live)
     assert b.counters["digests_unknown_key"] == 0 and b_members.pulled <= 1
+
+
+def test_a_reaped_members_digest_is_forgotten_everywhere():
+    c = _digest_cluster(6, dead_retention=20.0)
+    gone = c.ids[4]
+    seq = mesh_pb2.Digest.FromString(c.exchanges[gone].publish(_digest(rollups=2)).payload).seq
+    assert c.run(5.0, lambda: _everyone_has(c, gone, seq)) < 5.0
+    c.crash(gone)
+    c.run(60.0)  # declared dead within seconds, reaped 20 s later
+    assert all(gone not in c.exchanges[m.node_id].held() for m in c.alive())
+    assert all(len(c.exchanges[m.node_id].held()) == 0 for m in c.alive())  # (only gone ever published)
