@@ -336,8 +336,15 @@ class MeshService:
         for decorate in list(self.digest_decorators):
             try:
                 decorate(d, period, records)
-            except Exception:  # a decorator's bug must not stop the node from publishing
-                log.exception("digest decorator %r", decorate)
+            except Exception:
+                # A decorator's bug must not stop the node from publishing, nor publish what a privacy
+                # filter (a decorator) did not get to: fail closed, keep only what names no address.
+                log.exception("digest decorator %r failed: this period's digest goes out without its "
+                              "destinations, endpoints, addresses, processes and measurements", decorate)
+                self.counters["digest_decorator_failures"] += 1
+                for name in ("by_destination", "endpoints", "addresses", "processes", "measurements"):
+                    d.ClearField(name)
+                break
         signed = self.exchange.publish(d)
         held = self.exchange.latest(self.node_id)
         self._notify(held.digest if held is not None else d, signed, own=True)

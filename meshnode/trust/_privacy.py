@@ -73,8 +73,10 @@ class PrivacyPolicy:
     def __post_init__(self) -> None:
         if self.outside not in ("keep", "coarsen", "hash"):
             raise ConfigError(f"privacy: outside must be keep, coarsen or hash, not {self.outside!r}")
-        if self.outside == "hash" and len(self.secret) < 16:
-            raise ConfigError("privacy: hashing addresses needs a fleet secret of at least 16 bytes")
+        if (self.outside != "keep" or self.coarsen) and len(self.secret) < 16:
+            # coarsened addresses are hashed where they must name one host (endpoint records)
+            raise ConfigError("privacy: hashing or coarsening addresses needs a fleet secret of at least 16 "
+                              "bytes (secret = \"...\", the same on every node)")
         if not 8 <= self.hash_hex <= 64:
             raise ConfigError("privacy: hash_hex must be between 8 and 64")
 
@@ -227,6 +229,8 @@ def _merge_rollup(cur: flow_pb2.Rollup, r: flow_pb2.Rollup) -> None:
     cur.bytes_tx += r.bytes_tx
     cur.bytes_rx += r.bytes_rx
     cur.retransmits += r.retransmits
+    cur.flows_retransmitting += r.flows_retransmitting
+    cur.flows_slow_connect += r.flows_slow_connect
     for k, v in r.failures.items():
         cur.failures[k] = cur.failures.get(k, 0) + v
     if not cur.service:

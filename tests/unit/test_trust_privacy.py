@@ -58,11 +58,13 @@ def test_same_address_spelled_differently_hashes_the_same():
 
 @pytest.mark.parametrize(("addr", "coarse"), [("192.0.2.80", "192.0.2.0/24"), (WEB6, "2001:db8:aa::/48")])
 def test_coarsen(addr, coarse):
-    p = PrivacyPolicy.from_config({"coarsen": ["0.0.0.0/0", "::/0"]})
+    p = PrivacyPolicy.from_config({"coarsen": ["0.0.0.0/0", "::/0"], "secret": SECRET.decode()})
     assert p.address(addr) == coarse
-    # endpoint records must keep naming one host: coarsening is refused there without a secret
-    with pytest.raises(ConfigError):
-        p.endpoint_address(addr)
+    # endpoint records must keep naming one host: they are hashed, not coarsened
+    assert p.endpoint_address(addr) == p.hash_address(addr) != coarse
+    # so a policy that coarsens needs the secret up front (it used to fail per digest, which went out raw)
+    with pytest.raises(ConfigError, match="secret"):
+        PrivacyPolicy.from_config({"coarsen": ["0.0.0.0/0"]})
 
 
 def test_comm_dropped_for_listed_cgroups_only():
