@@ -462,6 +462,8 @@ class DigestExchange:
         self.counters: Counter[str] = Counter()
         self.on_accept: Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest], None] | None = None
         """Called with every newly accepted peer digest (to store it, or to measure dissemination)."""
+        self.on_forget: Callable[[list[str]], None] | None = None
+        """Called with the node ids forgotten (members reaped): what is kept about them elsewhere can go."""
         self.admit: Callable[[str], str | None] | None = None
         """Who may publish: called with a correctly signed peer digest's node id, None to accept it, else the
         reason it is dropped (counted as ``digests_<reason>``). The node sets ``members_only``; unset, any
@@ -512,10 +514,15 @@ class DigestExchange:
         return {nid: h.digest.seq for nid, h in self._held.items()}
 
     def forget(self, node_ids: Iterable[str]) -> None:
-        """Drop held digests (e.g. of members gone for good)."""
-        for nid in node_ids:
-            if nid != self.node_id:
-                self._held.pop(nid, None)
+        """Drop held digests (e.g. of members gone for good); then ``on_forget`` hears of them."""
+        ids = [nid for nid in node_ids if nid != self.node_id]
+        for nid in ids:
+            self._held.pop(nid, None)
+        if self.on_forget is not None and ids:
+            try:
+                self.on_forget(ids)
+            except Exception:
+                log.exception("digest on_forget callback failed")
 
     # ------------------------------------------------------------------ accepting
 

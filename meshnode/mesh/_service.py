@@ -170,6 +170,8 @@ class MeshService:
         self.digest_listeners: list[Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest, bool], None]] = []
         """Called with every accepted peer digest (``own=False``) and each digest this node publishes
         (``own=True``, the bounded digest as signed): ``listener(digest, signed, own)``."""
+        self.forget_listeners: list[Callable[[list[str]], None]] = []
+        """Called with the node ids of members reaped (gone for good): state kept about them can go."""
         self.denied: set[str] = set()
         """Node ids whose digests are dropped (counted ``digests_denied``) even when they are members."""
         self.exclude: Callable[[Iterable[str]], set[str]] | None = None
@@ -236,6 +238,7 @@ class MeshService:
         self._exchange = DigestExchange(self.key, sched, self.digest_config)
         self._exchange.on_accept = self._notify
         self._exchange.admit = members_only(lambda: self._membership, lambda: self.denied)
+        self._exchange.on_forget = self._forgotten
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
             delegate=self._exchange,
@@ -348,6 +351,13 @@ class MeshService:
         signed = self.exchange.publish(d)
         held = self.exchange.latest(self.node_id)
         self._notify(held.digest if held is not None else d, signed, own=True)
+
+    def _forgotten(self, node_ids: list[str]) -> None:
+        for listener in list(self.forget_listeners):
+            try:
+                listener(node_ids)
+            except Exception:
+                log.exception("forget listener %r", listener)
 
     def _notify(self, digest: mesh_pb2.Digest, signed: mesh_pb2.SignedDigest, *, own: bool = False) -> None:
         for listener in list(self.digest_listeners):

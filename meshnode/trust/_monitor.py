@@ -70,6 +70,7 @@ class TrustMonitor:
         self.trust = TrustState(self_id, score, now_ns)
         self._recent: deque[Blame | tuple[Evidence, str]] = deque(maxlen=max_evidence)
         self.counters: Counter[str] = Counter()
+        self._last_pass: dict[str, int] = {}
 
     def set_members(self, owners: Mapping[str, str]) -> None:
         """The members' addresses: address -> node id (on every membership change)."""
@@ -102,6 +103,14 @@ class TrustMonitor:
     def challenged(self, node_id: str, passed: bool, now_ns: int, evidence: Evidence | None = None) -> None:
         """Record a challenge's outcome: the score moves (``TrustState.challenged``), a failure's evidence is kept
         for ``Validate``."""
+        if passed:
+            # at most one pass an export period counts: a flagged node asking for challenges of itself (or
+            # having them asked) must not talk its score back up faster than its digests are judged
+            last = self._last_pass.get(node_id)
+            if last is not None and now_ns - last < int(self.validator.config.period_s * 1e9):
+                self.counters["challenges_passed_not_scored"] += 1
+                return
+            self._last_pass[node_id] = now_ns
         blame = self.trust.challenged(node_id, passed, now_ns, evidence)
         self.counters["challenges_passed" if passed else "challenges_failed"] += 1
         if blame is not None:
@@ -114,10 +123,13 @@ class TrustMonitor:
         return self.trust.excluded(node_ids)
 
     def forget(self, node_ids: Iterable[str]) -> None:
-        """Drop everything about members gone for good."""
-        ids = list(node_ids)
+        """Drop everything about members gone for good, except a flagged node's score: one that leaves and
+        comes back with the same key comes back flagged."""
+        ids = [n for n in node_ids if not self.trust.is_flagged(n)]
         self.validator.forget(ids)
         self.trust.forget(ids)
+        for n in ids:
+            self._last_pass.pop(n, None)
 
     def validate_response(self, peer: str = "", max_evidence: int = 0) -> trust_pb2.ValidateResponse:
         """The ``Trust.Validate`` answer: scores (lowest first), newest evidence first, counters."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from meshnode.trust._authz import AUTH_METADATA_KEY, Authorizer, auth_metadata
+from meshnode.trust._authz import AUTH_METADATA_KEY, MEMBER_CALLER, Authorizer, auth_metadata
 from meshnode.trust._challenge import ChallengeRefused
 from meshnode.trust._errors import Unauthorized
 from meshnode.trust._monitor import TrustMonitor
@@ -102,8 +102,11 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             inner: Handler = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await self._check(method, request, context)
-                return await inner(request, context)
+                token = MEMBER_CALLER.set(await self._check(method, request, context))
+                try:
+                    return await inner(request, context)
+                finally:
+                    MEMBER_CALLER.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, request_deserializer=handler.request_deserializer,
@@ -112,9 +115,12 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             inner_stream: Any = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await self._check(method, request, context)
-                async for item in inner_stream(request, context):
-                    yield item
+                token = MEMBER_CALLER.set(await self._check(method, request, context))
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                finally:
+                    MEMBER_CALLER.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, request_deserializer=handler.request_deserializer,
@@ -125,20 +131,22 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
     async def _refuse_stream(self, _request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "streaming requests cannot be signed")
 
-    async def _check(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _check(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+        """Authorize the call (abort when not): the signing member's node id, None for an operator."""
         try:
             metadata: Any = context.invocation_metadata()
             if self.allow_unsigned and not any(k == AUTH_METADATA_KEY for k, _ in metadata or ()):
                 self.counters["requests_unsigned_allowed"] += 1
-                return
+                return None
             signer = self._authz.check_metadata(method, request, metadata)
         except Unauthorized as exc:
             self.counters[f"requests_{exc.reason}"] += 1
             log.warning("%s from %s refused: %s", method, context.peer(), exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"not authorized: {exc}")
-        else:
-            self.counters["requests_authorized"] += 1
-            log.debug("%s from %s authorized for %s", method, context.peer(), signer)
+            raise AssertionError("unreachable") from exc  # abort raises
+        self.counters["requests_authorized"] += 1
+        log.debug("%s from %s authorized for %s", method, context.peer(), signer)
+        return None if self._authz.is_operator(signer) else signer
 
 
 class RequestSigner(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]

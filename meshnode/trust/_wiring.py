@@ -33,6 +33,7 @@ import grpc
 
 from meshnode._exceptions import ConfigError
 from meshnode.mesh import endpoint_records
+from meshnode.trust._authz import MEMBER_CALLER
 from meshnode.trust._challenge import DEFAULT_COUNT, ChallengeRefused, ChallengeWatch, tolerance
 from meshnode.trust._monitor import TrustMonitor
 from meshnode.trust._validate import ValidationConfig
@@ -172,6 +173,7 @@ class MeshTrust:
         self.mesh.digest_decorators.append(self.decorate)
         self.mesh.digest_listeners.append(self.on_digest)
         self.mesh.exclude = self.excluded
+        self.mesh.forget_listeners.append(self.monitor.forget)  # flagged nodes stay flagged
 
     def register(self, server: grpc.aio.Server) -> None:
         """Serve ``meshnode.v1.Trust`` on ``server`` (before it starts)."""
@@ -302,6 +304,9 @@ class MeshTrust:
             raise ChallengeRefused("NOT_FOUND", f"suspect {req.suspect!r} is not an alive member")
         if suspect.node_id == self.mesh.node_id:
             raise ChallengeRefused("INVALID_ARGUMENT", "a node cannot challenge itself")
+        caller = MEMBER_CALLER.get()  # a member's node key signed the request (None: an operator's)
+        if caller == suspect.node_id:  # a flagged node must not talk its own score back up
+            raise ChallengeRefused("PERMISSION_DENIED", "a member cannot ask for challenges of itself")
         count = req.count or DEFAULT_COUNT
         if not 1 <= count <= 100:
             raise ChallengeRefused("INVALID_ARGUMENT", f"count: {count} is outside 1..100")
@@ -348,7 +353,12 @@ class MeshTrust:
                 verdict, trust_pb2.CHALLENGE_INCONCLUSIVE)
             out.detail = detail
             now = self._clock()
-            if verdict in ("passed", "failed"):
+            if verdict in ("passed", "failed") and caller and req.prober and prober.node_id != self.mesh.node_id:
+                # a member chose the prober: it may be itself, lying about its connections to get an honest
+                # suspect flagged (or an accomplice confirming a liar); report, do not score
+                self.monitor.counters["challenges_not_scored"] += 1
+                out.detail += "; not scored: the request named the prober"
+            elif verdict in ("passed", "failed"):
                 ev = watch.evidence(prober.node_id, host, resp.reachable, now) if verdict == "failed" else None
                 self.monitor.challenged(suspect.node_id, verdict == "passed", now, ev)
             return self._finish(out, watch)

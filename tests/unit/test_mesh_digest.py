@@ -342,7 +342,10 @@ def test_a_reaped_members_digest_is_forgotten_everywhere():
     gone = c.ids[4]
     seq = mesh_pb2.Digest.FromString(c.exchanges[gone].publish(_digest(rollups=2)).payload).seq
     assert c.run(5.0, lambda: _everyone_has(c, gone, seq)) < 5.0
+    heard: list[str] = []
+    c.exchanges[c.ids[0]].on_forget = heard.extend
     c.crash(gone)
     c.run(60.0)  # declared dead within seconds, reaped 20 s later
+    assert heard == [gone]
     assert all(gone not in c.exchanges[m.node_id].held() for m in c.alive())
     assert all(len(c.exchanges[m.node_id].held()) == 0 for m in c.alive())  # (only gone ever published)

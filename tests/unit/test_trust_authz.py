@@ -141,3 +141,42 @@ def test_metadata_round_trip_and_bad_metadata():
         with pytest.raises(Unauthorized) as exc:
             a.check_metadata(METHOD, REQ, metadata)
         assert exc.value.reason == reason
+
+
+class _Context:
+    """The parts of a grpc.aio ServicerContext the signed-request check reads."""
+
+    def __init__(self, metadata: tuple[tuple[str, bytes], ...]) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return self.metadata
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5"
+
+    async def abort(self, code: object, details: str) -> None:
+        raise PermissionError(details)
+
+
+def test_the_interceptor_names_a_signing_member_and_not_an_operator():
+    """Servicers learn (``MEMBER_CALLER``) when a member's node key signed: Challenge refuses a member's
+    challenge of itself and does not score one whose prober a member chose."""
+    import asyncio
+    import time
+
+    from meshnode.trust import SignedRequestInterceptor
+
+    member = NodeKey.from_seed(b"member")
+    authz = Authorizer([OPERATOR.public_raw], member=lambda nid: nid == member.node_id)
+    check = SignedRequestInterceptor(authz, [METHOD])
+
+    def ctx(key: NodeKey) -> _Context:
+        return _Context(auth_metadata(key, METHOD, REQ, time.time_ns()))
+
+    assert asyncio.run(check._check(METHOD, REQ, ctx(member))) == member.node_id
+    assert asyncio.run(check._check(METHOD, REQ, ctx(OPERATOR))) is None
+    with pytest.raises(PermissionError, match="not a trusted key"):
+        asyncio.run(check._check(METHOD, REQ, ctx(STRANGER)))
+    lab = SignedRequestInterceptor(authz, [METHOD], allow_unsigned=True)
+    assert asyncio.run(lab._check(METHOD, REQ, _Context(()))) is None

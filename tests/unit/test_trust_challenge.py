@@ -16,7 +16,8 @@ from meshnode._model import FlowRecord
 from meshnode.mesh import MeshConfig, MeshService, NodeKey, State
 from meshnode.summary import PeriodSummary
 from meshnode.trust import ChallengeWatch, Lie, MeshTrust, ScoreConfig, TrustState
-from meshnode.trust._challenge import tolerance
+from meshnode.trust._authz import MEMBER_CALLER
+from meshnode.trust._challenge import ChallengeRefused, tolerance
 from meshnode.v1 import flow_pb2, mesh_pb2, trust_pb2, trust_pb2_grpc
 
 S = 10**9
@@ -224,6 +225,23 @@ def test_challenge_over_real_meshes(lying: bool) -> None:
                 assert resp.verdict == trust_pb2.CHALLENGE_PASSED, resp.detail
                 assert resp.reported >= 5 and not resp.flagged and resp.score == 1.0  # passes as soon as 6 - 1 are in
                 assert took < 5 and validate.counters["challenges_passed"] == 1
+                # signed by a member's node key: no challenge of itself; a prober it names is not scored
+                token = MEMBER_CALLER.set(suspect.node_id)
+                try:
+                    with pytest.raises(ChallengeRefused, match="itself"):
+                        await trusts[0].challenge(req)
+                finally:
+                    MEMBER_CALLER.reset(token)
+                token = MEMBER_CALLER.set(prober.node_id)
+                try:
+                    named = await trusts[0].challenge(trust_pb2.ChallengeRequest(
+                        suspect=suspect.node_id, port=sensor.port, count=6, deadline_ms=15000,
+                        prober=prober.node_id))
+                finally:
+                    MEMBER_CALLER.reset(token)
+                assert named.verdict == trust_pb2.CHALLENGE_PASSED and "not scored" in named.detail, named.detail
+                counters = trusts[0].monitor.counters
+                assert (counters["challenges_passed"], counters["challenges_not_scored"]) == (1, 1)
             assert resp.digests >= 1 and resp.finished_ns > resp.started_ns
         finally:
             stop.set()

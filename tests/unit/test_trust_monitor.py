@@ -53,3 +53,16 @@ def test_malformed_records_are_counted_and_the_rest_kept():
     m.on_digest(digest("b", 0, bad, rec(B, 444, A, 40001, flow_pb2.INBOUND, 1, 1)), "10.0.0.2:7946")
     assert m.validate_response().counters["endpoint_records_dropped"] == 1
     assert m.validator.pending() == 1
+
+
+def test_challenge_passes_count_once_a_period_and_a_flagged_node_is_not_forgotten():
+    m = TrustMonitor("a", validation=ValidationConfig(period_s=10), now_ns=T0)
+    m.trust.challenged("liar", False, T0)  # flagged: 0.4
+    assert m.trust.is_flagged("liar")
+    m.challenged("liar", True, T0 + 1)
+    m.challenged("liar", True, T0 + 5 * 10**9)  # within the same period: not scored
+    assert m.trust.is_flagged("liar") and m.counters["challenges_passed_not_scored"] == 1
+    m.forget(["liar", "gone"])  # reaped from the membership, but still flagged: kept
+    assert m.trust.is_flagged("liar")
+    m.challenged("liar", True, T0 + 11 * 10**9)
+    assert not m.trust.is_flagged("liar") and m.counters["challenges_passed"] == 2

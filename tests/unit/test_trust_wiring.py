@@ -89,6 +89,7 @@ class FakeMesh:
         self._members = [_Member("me", f"{IPS[0]}:7400"), _Member("peer2", f"{IPS[2]}:7400")]
         self.digest_decorators: list[Any] = []
         self.digest_listeners: list[Any] = []
+        self.forget_listeners: list[Any] = []
         self.exclude: Any = None
 
     @property
@@ -124,7 +125,7 @@ def test_decorator_puts_flows_with_other_members_in_the_digest_with_their_kind()
     trust = MeshTrust(mesh, export_period=10)  # type: ignore[arg-type]
     trust.attach()
     assert mesh.digest_decorators == [trust.decorate] and mesh.digest_listeners == [trust.on_digest]
-    assert mesh.exclude == trust.excluded
+    assert mesh.exclude == trust.excluded and mesh.forget_listeners == [trust.monitor.forget]
     d = _decorated(trust, RECORDS)
     got = [(e.dst, e.sport, e.dport, e.bytes_tx, e.bytes_rx, e.kind, e.direction) for e in d.endpoints]
     assert got == [
