@@ -41,7 +41,7 @@ from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
 from meshnode.sensor import Completeness, Sensor
-from meshnode.store import Retention, Store
+from meshnode.store import Retention, Store, StoreStats
 from meshnode.summary import PeriodBuilder, PeriodSummary, with_service
 
 log = logging.getLogger("meshnode")
@@ -189,23 +189,37 @@ class Node:
             await self.shutdown()
 
     async def _loop(self, stop: asyncio.Event) -> None:
+        period_ns = int(self.config.export_period * 1e9)
         period_end = self._next_boundary(self.clock())
-        failures = 0
+        # A failed poll or period write keeps its data for the next try (see close_period); a node that fails
+        # MAX_CONSECUTIVE_FAILURES polls, or period writes, in a row stops rather than run blind (or hold an
+        # ever larger backlog of records in memory while its store refuses them).
+        polls_failed = writes_failed = 0
         while not stop.is_set():
             try:
                 await self.tick()
-                now = self.clock()
-                if now >= period_end:
-                    period_end = self._next_boundary(now)
-                    await self.close_period()
-                failures = 0
+                polls_failed = 0
             except MeshnodeError as exc:
-                # A failed poll or write keeps its data for the next try (see close_period); a node that
-                # fails MAX_CONSECUTIVE_FAILURES ticks in a row stops rather than run blind.
-                failures += 1
-                log.error("%s (failure %d of %d in a row)", exc, failures, MAX_CONSECUTIVE_FAILURES)
-                if failures >= MAX_CONSECUTIVE_FAILURES:
+                polls_failed += 1
+                log.error("%s (poll failed %d of %d times in a row)", exc, polls_failed, MAX_CONSECUTIVE_FAILURES)
+                if polls_failed >= MAX_CONSECUTIVE_FAILURES:
                     raise
+            now = self.clock()
+            if period_end - now > period_ns:  # the wall clock stepped back (NTP step, VM restore): re-anchor
+                log.warning("the wall clock went back %.1f s; the export period boundary moves with it",
+                            (period_end - period_ns - now) / 1e9)
+                period_end = self._next_boundary(now)
+            elif now >= period_end:
+                period_end = self._next_boundary(now)
+                try:
+                    await self.close_period()
+                    writes_failed = 0
+                except MeshnodeError as exc:
+                    writes_failed += 1
+                    log.error("%s (period write failed %d of %d times in a row)", exc, writes_failed,
+                              MAX_CONSECUTIVE_FAILURES)
+                    if writes_failed >= MAX_CONSECUTIVE_FAILURES:
+                        raise
             wait = min(self.config.tick, max(0.0, (period_end - self.clock()) / 1e9))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(wait, 0.001))
@@ -214,7 +228,10 @@ class Node:
         """Flush the final period (marked closed, no next marker), stop services, close sensor and store."""
         try:
             if self._seq:
-                await self.tick()
+                try:
+                    await self.tick()
+                except MeshnodeError as exc:  # what earlier polls gathered is still written below
+                    log.error("final poll: %s", exc)
                 await self.close_period(last=True)
         finally:
             await self._stop_services()
@@ -244,7 +261,7 @@ class Node:
     async def close_period(self, *, last: bool = False) -> PeriodSummary:
         """Write the current period (finals, interims, summary) and open the next one unless ``last``."""
         async with self._write_lock:
-            end = self.clock()
+            end = max(self.clock(), self._period_start + 1)  # never before its start (a clock stepped back)
             active = await asyncio.to_thread(self.sensor.active)
             self.active_flows = len(active)
             finals = [with_service(r if r.kind == "final" else r.replace(kind="final")) for r in self._ended]
@@ -255,6 +272,7 @@ class Node:
             dropped = self._events_dropped()
             counters["events_dropped"] = dropped - self._events_dropped_seen
             self._events_dropped_seen = dropped
+            remembered = self.builder.remembered()
             summary = self.builder.build(self._seq, self._period_start, end, finals, interims, counters)
 
             def render(evicted: int) -> str:
@@ -275,12 +293,21 @@ class Node:
                 restore.add(self._period_completeness)
                 self._period_completeness = restore
                 self._events_dropped_seen -= counters["events_dropped"]
+                self.builder.restore(remembered)  # or the retry's deltas would count from this attempt
                 raise
             self._seq = next_seq or 0
             self._period_start = end
             self.periods_closed += 1
             self.feed.publish(seq, stored)
-            self._observe(summary, finals, interims)
+            try:
+                stats = await asyncio.to_thread(self.store.stats)  # SQLite reads: not on the event loop
+            except Exception:  # metrics must not stop the node
+                log.exception("store stats")
+                stats = None
+            try:
+                self._observe(summary, finals, interims, stats)
+            except Exception:
+                log.exception("period metrics")
             for listener in list(self.period_listeners):
                 try:
                     listener(summary)
@@ -297,7 +324,8 @@ class Node:
                 log.info("retention evicted %d rows", evicted)
             return summary
 
-    def _observe(self, summary: PeriodSummary, finals: list[FlowRecord], interims: list[FlowRecord]) -> None:
+    def _observe(self, summary: PeriodSummary, finals: list[FlowRecord], interims: list[FlowRecord],
+                 stats: StoreStats | None) -> None:
         per_transport: dict[str, tuple[int, int]] = {}
         deltas = self.builder.last_deltas
         for rec in (*finals, *interims):
@@ -310,9 +338,6 @@ class Node:
         self.metrics.observe_period(finals, per_transport, counters)
         self.metrics.active_flows.set(self.active_flows)
         self.metrics.events_dropped.set(self._events_dropped())
-        try:
-            stats = self.store.stats()
-        except Exception:  # metrics must not stop the node
-            log.exception("store stats")
+        if stats is None:
             return
         self.metrics.set_store(stats.bytes, stats.rows, stats.evictions, stats.incomplete_periods)

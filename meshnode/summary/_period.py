@@ -178,6 +178,14 @@ class PeriodBuilder:
         self.last_deltas: dict[int, Delta] = {}
         """What each flow of the last built period did in it, by flow_id."""
 
+    def remembered(self) -> dict[int, Delta]:
+        """A copy of the remembered totals, to ``restore`` when the period just built is not stored."""
+        return dict(self._last)
+
+    def restore(self, remembered: dict[int, Delta]) -> None:
+        """Forget what the last ``build`` remembered: the same records are built again later."""
+        self._last = remembered
+
     def build(
         self,
         seq: int,

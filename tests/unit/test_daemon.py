@@ -225,6 +225,100 @@ def test_failed_period_write_keeps_records_for_the_next_try(tmp_path: Path) -> N
         assert sorted(r[0] for r in conn.execute("SELECT flow_id FROM flows")) == [1, 2]
 
 
+def test_a_retried_period_counts_each_byte_once(tmp_path: Path) -> None:
+    """An active flow's delta after a failed write counts from the last stored period, not the failed try."""
+    from meshnode._exceptions import StoreError
+
+    sensor = FakeSensor()
+
+    async def main() -> list[int]:
+        node = Node(_config(tmp_path), sensor)
+        await node.start()
+        real = node.store.close_period
+        fail = {"next": False}
+
+        def flaky(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+            if fail["next"]:
+                fail["next"] = False
+                raise StoreError("disk full")
+            return real(*args, **kw)  # type: ignore[arg-type]
+
+        node.store.close_period = flaky  # type: ignore[method-assign]
+        sent = []
+        for total, failing in [(1000, False), (3000, True), (6000, False), (6500, False)]:
+            sensor.set_active([flow(7, kind="interim", bytes_tx=total)])
+            fail["next"] = failing
+            try:
+                summary = await node.close_period()
+            except StoreError:
+                continue
+            sent.append(sum(r.bytes_tx for r in summary.by_process))
+        await node.shutdown()
+        return sent
+
+    assert asyncio.run(main()) == [1000, 5000, 500]  # 6,500 bytes, each counted once
+
+
+def test_a_store_that_keeps_failing_stops_the_node_and_a_failed_final_poll_still_flushes(tmp_path: Path) -> None:
+    from meshnode._exceptions import SensorError, StoreError
+    from meshnode.daemon import _node
+
+    sensor = FakeSensor()
+
+    async def main() -> None:
+        node = Node(_config(tmp_path, export_period=0.05, tick=0.01), sensor)
+        node.store.close_period = lambda *a, **k: (_ for _ in ()).throw(StoreError("disk full"))  # type: ignore[method-assign]
+        with pytest.raises(StoreError):  # polls succeed, period writes fail: it stops all the same
+            await asyncio.wait_for(node.run(asyncio.Event()), 10)
+
+    _node.MAX_CONSECUTIVE_FAILURES, saved = 3, _node.MAX_CONSECUTIVE_FAILURES
+    try:
+        asyncio.run(main())
+    finally:
+        _node.MAX_CONSECUTIVE_FAILURES = saved
+
+    sensor2 = FakeSensor()
+
+    async def flush() -> None:
+        node = Node(_config(tmp_path / "b"), sensor2)
+        await node.start()
+        sensor2.feed([flow(1)])
+        await node.tick()
+
+        def broken() -> object:
+            raise SensorError("sensor poll failed: map gone")
+
+        sensor2.poll = broken  # type: ignore[method-assign]
+        await node.shutdown()
+
+    asyncio.run(flush())
+    with Store.in_dir(tmp_path / "b") as store, store.reader() as conn:
+        assert [r[0] for r in conn.execute("SELECT flow_id FROM flows")] == [1]
+
+
+def test_periods_go_on_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    sensor = FakeSensor()
+    wall = {"offset": 0}
+
+    async def main() -> int:
+        node = Node(_config(tmp_path, export_period=0.05, tick=0.01), sensor,
+                    clock=lambda: time.time_ns() + wall["offset"])
+        stop = asyncio.Event()
+        task = asyncio.create_task(node.run(stop))
+        await asyncio.sleep(0.3)
+        before = node.periods_closed
+        wall["offset"] = -3600 * 10**9  # an NTP step of an hour back
+        await asyncio.sleep(0.4)
+        after = node.periods_closed - before
+        stop.set()
+        await task
+        return after
+
+    assert asyncio.run(main()) >= 3
+    with Store.in_dir(tmp_path) as store:
+        assert all(p.end_ns > p.start_ns for p in store.periods(number=100) if p.end_ns)
+
+
 def test_address_watcher_records_changes(tmp_path: Path) -> None:
     from meshnode.daemon import AddressWatcher
     from meshnode.daemon._addresses import parse_fib_trie, parse_if_inet6
