@@ -42,7 +42,7 @@ from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
 from meshnode.sensor import Completeness, Sensor
 from meshnode.store import Retention, Store, StoreStats
-from meshnode.summary import PeriodBuilder, PeriodSummary, with_service
+from meshnode.summary import Delta, PeriodBuilder, PeriodSummary, with_service
 
 log = logging.getLogger("meshnode")
 
@@ -264,16 +264,28 @@ class Node:
             end = max(self.clock(), self._period_start + 1)  # never before its start (a clock stepped back)
             active = await asyncio.to_thread(self.sensor.active)
             self.active_flows = len(active)
-            finals = [with_service(r if r.kind == "final" else r.replace(kind="final")) for r in self._ended]
-            interims = [with_service(r if r.kind == "interim" else r.replace(kind="interim")) for r in active]
-            self._ended = []
+            ended, self._ended = self._ended, []
             counters = dataclasses.asdict(self._period_completeness)
             self._period_completeness = Completeness()
             dropped = self._events_dropped()
             counters["events_dropped"] = dropped - self._events_dropped_seen
             self._events_dropped_seen = dropped
-            remembered = self.builder.remembered()
-            summary = self.builder.build(self._seq, self._period_start, end, finals, interims, counters)
+            start = self._period_start
+
+            def build() -> tuple[list[FlowRecord], list[FlowRecord], dict[int, Delta], PeriodSummary]:
+                # ~70 us a record: in a worker thread, so that 20,000 flows in a period do not stall the
+                # loop (and the mesh's probe answers) for a second; only close_period, under its lock,
+                # touches the builder
+                fin = [with_service(r if r.kind == "final" else r.replace(kind="final")) for r in ended]
+                inter = [with_service(r if r.kind == "interim" else r.replace(kind="interim")) for r in active]
+                kept = self.builder.remembered()
+                return fin, inter, kept, self.builder.build(self._seq, start, end, fin, inter, counters)
+
+            try:
+                finals, interims, remembered, summary = await asyncio.to_thread(build)
+            except BaseException:
+                self._ended = ended + self._ended
+                raise
 
             def render(evicted: int) -> str:
                 summary.completeness["store_evictions"] = evicted
