@@ -155,6 +155,7 @@ class NodeSecurity:
         if mesh is not None:
             check.counters = mesh.counters
             mesh.denied = self.denied  # their digests are dropped too
+            mesh.node_certificates_only = not self.insecure  # a client certificate cannot gossip a member in
         node.api.credentials = self.server
         node.api.interceptors.append(check)
         if self.insecure:

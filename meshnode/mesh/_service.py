@@ -24,6 +24,7 @@ daemon calls ``await mesh.publish()``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections import Counter
@@ -170,6 +171,8 @@ class MeshService:
         self.digest_listeners: list[Callable[[mesh_pb2.Digest, mesh_pb2.SignedDigest, bool], None]] = []
         """Called with every accepted peer digest (``own=False``) and each digest this node publishes
         (``own=True``, the bounded digest as signed): ``listener(digest, signed, own)``."""
+        self.node_certificates_only = False
+        """Under mTLS (set by the daemon): gossip is accepted only from peers presenting a node certificate."""
         self.forget_listeners: list[Callable[[list[str]], None]] = []
         """Called with the node ids of members reaped (gone for good): state kept about them can go."""
         self.denied: set[str] = set()
@@ -536,16 +539,47 @@ class MeshService:
         return resp
 
 
+@functools.lru_cache(maxsize=256)
+def _is_node_certificate(pem: bytes) -> bool:
+    """True for a certificate good for TLS server authentication: what ``meshnode ca issue`` gives nodes, and
+    not clients (``--client``: client authentication only)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        usage = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.SERVER_AUTH in usage.value
+
+
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """``meshnode.v1.Mesh`` on top of one ``MeshService``."""
 
     def __init__(self, service: MeshService) -> None:
         self._svc = service
 
+    async def _gossip_allowed(self, context: grpc.aio.ServicerContext[object, object]) -> bool:
+        """Under mTLS, membership gossip (Packet, Stream) only from peers with a node certificate.
+
+        Membership is what makes a key a member, and members may sign fleet queries and tasks: a holder of a
+        client certificate (meshctl's) must not be able to gossip a key of its own into the fleet.
+        """
+        if not self._svc.node_certificates_only:
+            return True
+        pems = list(context.auth_context().get("x509_pem_cert") or ())
+        if pems and _is_node_certificate(bytes(pems[0])):
+            return True
+        self._svc.counters["gossip_refused_not_a_node"] += 1
+        log.warning("mesh gossip from %s refused: its certificate is not a node certificate", context.peer())
+        return False
+
     async def Packet(
         self, request: mesh_pb2.PacketRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> mesh_pb2.PacketResponse:
         svc = self._svc
+        if not await self._gossip_allowed(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "mesh gossip needs a node certificate")
         if len(request.payload) > 2 * svc.config.packet_budget:
             svc.counters["packets_oversize"] += 1
             log.warning("oversize mesh packet (%d bytes) from %s (%s) dropped", len(request.payload),
@@ -559,6 +593,8 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> mesh_pb2.StreamResponse:
         if not self._svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        if not await self._gossip_allowed(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "mesh gossip needs a node certificate")
         try:
             answer = self._svc.transport.on_stream(request.from_addr, request.payload)
         except PeerError as exc:

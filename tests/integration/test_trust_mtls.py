@@ -80,3 +80,35 @@ def test_client_that_does_not_trust_the_fleet_ca_refuses_the_server(pki):
     creds = grpc.ssl_channel_credentials(root_certificates=other.ca, private_key=other.key,
                                          certificate_chain=other.cert)
     assert run(pki, creds)[0] == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mesh_gossip_needs_a_node_certificate(pki):
+    """A client certificate (meshctl's) reaches the API but cannot gossip: membership is what makes a key a
+    member, and members may sign fleet queries and tasks."""
+    from meshnode.mesh import MeshService, NodeKey
+    from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
+
+    async def main() -> dict[str, grpc.StatusCode]:
+        server = grpc.aio.server()
+        mesh = MeshService(advertise="127.0.0.1:9", key=NodeKey.from_seed(b"mtls-mesh"))
+        mesh.node_certificates_only = True
+        mesh.register(server)
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(pki["fleet"], "node"))
+        await server.start()
+        out = {}
+        try:
+            for name in ("alice", "node"):
+                async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(pki["fleet"], name)) as ch:
+                    try:
+                        await mesh_pb2_grpc.MeshStub(ch).Packet(
+                            mesh_pb2.PacketRequest(from_addr="127.0.0.1:9", payload=b""), timeout=5)
+                        out[name] = grpc.StatusCode.OK
+                    except grpc.aio.AioRpcError as exc:
+                        out[name] = exc.code()
+        finally:
+            await server.stop(0)
+        assert mesh.counters["gossip_refused_not_a_node"] == 1
+        return out
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == {
+        "alice": grpc.StatusCode.PERMISSION_DENIED, "node": grpc.StatusCode.OK}
