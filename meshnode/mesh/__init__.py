@@ -71,13 +71,14 @@ from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
 from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, MeshService, MeshServicer
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
-from meshnode.mesh._tasks import Measurement, TaskPolicy, TaskRefused, TokenBucket, measure_tcp
+from meshnode.mesh._tasks import MEMBER_CALLER, Measurement, TaskPolicy, TaskRefused, TokenBucket, measure_tcp
 from meshnode.mesh._transport import PacketHandler, ReplyCallback, StreamHandler, Transport
 
 __all__ = [
     "DEFAULT_LABEL_ORDER",
     "DIGEST_VERSION",
     "FLEET",
+    "MEMBER_CALLER",
     "MESH_SERVICE",
     "RETRYABLE_CODES",
     "Aggregate",

@@ -49,7 +49,15 @@ from meshnode.mesh._digest import (
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
 from meshnode.mesh._state import Member, Membership, State
-from meshnode.mesh._tasks import TaskPolicy, TaskRefused, TokenBucket, bounded, measure_tcp, split_target
+from meshnode.mesh._tasks import (
+    MEMBER_CALLER,
+    TaskPolicy,
+    TaskRefused,
+    TokenBucket,
+    bounded,
+    measure_tcp,
+    split_target,
+)
 from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
@@ -377,7 +385,10 @@ class MeshService:
 
     async def measure(self, request: mesh_pb2.MeasureRequest, requester_addr: str) -> mesh_pb2.MeasureResponse:
         """Run one active task: count TCP connects to the target. Raises TaskRefused (policy, rate, bounds)."""
-        self.task_policy.check(requester_addr, request.requester_id)
+        caller = MEMBER_CALLER.get()  # the member whose node key signed the request (None: an operator)
+        if caller is not None and request.requester_id not in ("", caller):
+            raise TaskRefused("PERMISSION_DENIED", f"requester_id {request.requester_id} is not the signer {caller}")
+        self.task_policy.check(requester_addr, caller or request.requester_id)
         count, timeout = bounded(request.count, request.timeout_ms)
         target = request.target
         member = self.membership.member(target) if self._membership is not None else None

@@ -17,12 +17,19 @@ import ipaddress
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 MAX_COUNT = 100
 """Connects per request at most: a measurement, not a load test."""
 MAX_TIMEOUT_S = 10.0
 """Longest wait for one connect."""
+
+
+MEMBER_CALLER: ContextVar[str | None] = ContextVar("meshnode_member_caller", default=None)
+"""While a signed method runs (set by ``meshnode.trust``'s signed-request interceptor): the node id of the mesh
+member whose node key signed the request; None when an operator key signed it, or when the request comes
+from this node itself. A member must not act in another's name (``requester_id``) or choose for itself."""
 
 
 class TaskRefused(Exception):

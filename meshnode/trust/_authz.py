@@ -21,7 +21,6 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final
 
 from google.protobuf.message import DecodeError
@@ -38,11 +37,6 @@ AUTH_METADATA_KEY: Final = "meshnode-auth-bin"
 
 GRPC_CODE: Final = "PERMISSION_DENIED"
 """The ``grpc.StatusCode`` name servicers answer an ``Unauthorized`` with."""
-
-MEMBER_CALLER: ContextVar[str | None] = ContextVar("meshnode_member_caller", default=None)
-"""While a signed method runs: the node id of the mesh member whose node key signed the request, None when an
-operator key signed it (or an unsigned request was let through on a lab node). Servicers use it where a
-member must not choose for itself (``Trust.Challenge``: its own challenge, its own prober)."""
 
 AUTH_REASONS: Final = ("unsigned", "malformed", "unknown_key", "bad_signature", "stale", "replayed", "denied")
 """Every ``Unauthorized.reason``."""

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from meshnode.trust._authz import AUTH_METADATA_KEY, MEMBER_CALLER, Authorizer, auth_metadata
+from meshnode.mesh import MEMBER_CALLER
+from meshnode.trust._authz import AUTH_METADATA_KEY, Authorizer, auth_metadata
 from meshnode.trust._challenge import ChallengeRefused
 from meshnode.trust._errors import Unauthorized
 from meshnode.trust._monitor import TrustMonitor

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast
 import grpc
 
 from meshnode._exceptions import ConfigError
-from meshnode.mesh import endpoint_records
-from meshnode.trust._authz import MEMBER_CALLER
+from meshnode.mesh import MEMBER_CALLER, endpoint_records
 from meshnode.trust._challenge import DEFAULT_COUNT, ChallengeRefused, ChallengeWatch, tolerance
 from meshnode.trust._monitor import TrustMonitor
 from meshnode.trust._validate import ValidationConfig
@@ -261,7 +260,11 @@ class MeshTrust:
     async def _measure(self, prober: Member, req: _mesh_pb2.MeasureRequest, timeout: float,
                        ) -> _mesh_pb2.MeasureResponse:
         if prober.node_id == self.mesh.node_id:
-            return await self.mesh.measure(req, "")
+            token = MEMBER_CALLER.set(None)  # this node's own task, whoever asked for the challenge
+            try:
+                return await self.mesh.measure(req, "")
+            finally:
+                MEMBER_CALLER.reset(token)
         stub = self.mesh.transport.stub(prober.addr)
         resp: _mesh_pb2.MeasureResponse = await stub.Measure(req, timeout=timeout)
         return resp
@@ -317,7 +320,8 @@ class MeshTrust:
         cfg = self.monitor.validator.config
         period = self._export_period
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (req.deadline_ms / 1000 if req.deadline_ms else 4 * period + 10.0)
+        longest = 4 * period + 10.0  # the suspect's next digests, with room for gossip
+        deadline = loop.time() + (min(req.deadline_ms / 1000, 4 * longest) if req.deadline_ms else longest)
         prober_addrs = {a for a, n in self.owners().items() if n == prober.node_id} | {_host(prober.addr)}
         started = self._clock()
         watch = ChallengeWatch(suspect.node_id, frozenset(prober_addrs), port, started, cfg.skew_ns,

@@ -134,3 +134,33 @@ def test_measure_refused_by_policy(policy: TaskPolicy, code: grpc.StatusCode) ->
             await server.stop(0)
 
     asyncio.run(main())
+
+
+def test_a_member_signing_a_task_cannot_name_another_requester_nor_escape_the_denylist() -> None:
+    """With ``MEMBER_CALLER`` set (a member's node key signed), the deny list applies to the signer, and a
+    ``requester_id`` naming another node is refused."""
+    from meshnode.mesh import MEMBER_CALLER, TaskRefused
+
+    async def main() -> None:
+        server, mesh, addr = await _node("signed", task_policy=TaskPolicy(deny=frozenset({"bad0bad0bad0bad0"})))
+        try:
+            for caller, rid, refused in [("bad0bad0bad0bad0", "", "denied"),
+                                         ("good1good1good11", "someone-else", "is not the signer"),
+                                         ("good1good1good11", "good1good1good11", None)]:
+                token = MEMBER_CALLER.set(caller)
+                try:
+                    if refused:
+                        with pytest.raises(TaskRefused, match=refused):
+                            await mesh.measure(mesh_pb2.MeasureRequest(target=addr, count=1, requester_id=rid),
+                                               "127.0.0.1")
+                    else:
+                        resp = await mesh.measure(mesh_pb2.MeasureRequest(target=addr, count=1, requester_id=rid),
+                                                  "127.0.0.1")
+                        assert resp.attempts == 1
+                finally:
+                    MEMBER_CALLER.reset(token)
+        finally:
+            await mesh.stop(leave=False)
+            await server.stop(0)
+
+    asyncio.run(main())

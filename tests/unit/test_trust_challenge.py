@@ -13,10 +13,9 @@ import grpc
 import pytest
 
 from meshnode._model import FlowRecord
-from meshnode.mesh import MeshConfig, MeshService, NodeKey, State
+from meshnode.mesh import MEMBER_CALLER, MeshConfig, MeshService, NodeKey, State
 from meshnode.summary import PeriodSummary
 from meshnode.trust import ChallengeWatch, Lie, MeshTrust, ScoreConfig, TrustState
-from meshnode.trust._authz import MEMBER_CALLER
 from meshnode.trust._challenge import ChallengeRefused, tolerance
 from meshnode.v1 import flow_pb2, mesh_pb2, trust_pb2, trust_pb2_grpc
 
