@@ -80,22 +80,31 @@ def _wait_healthy(fleet: Any, host: str = "web1") -> None:
     pytest.fail(f"the fleet did not recover: {doc['verdict']}")
 
 
-def _blame_until(fleet: Any, scenario: str, host: str = "web1", *, shared: bool = True) -> tuple[float, dict[str, Any]]:
+def _blame_until(fleet: Any, scenario: str, host: str = "web1", *, shared: bool = True,
+                 then: Any = None) -> tuple[float, dict[str, Any]]:
     """Put ``scenario`` in force and ask until the top suspect is the expected one (a shared cause when
-    ``shared``; a lone process is never one), then heal and wait for the fleet to be healthy again."""
+    ``shared``; a lone process is never one), then heal and wait for the fleet to be healthy again.
+
+    Returns the time to the first correct answer and the answer; with ``then`` (a predicate on the answer),
+    the first correct answer that also satisfies it, asked for up to GIVE_UP (evidence from far peers may
+    come a period later than the verdict, under loss: the time measured stays the verdict's)."""
     handle = fleet.fault(scenario)
     want = (handle.expected.kind, handle.expected.name)
     since = _rfc3339(handle.started_ns)
     doc: dict[str, Any] = {}
+    took: float | None = None
     try:
         while time.monotonic() - handle.started < GIVE_UP:
             doc = fleet.meshctl(host, "blame", "--since", since)
             if _top(doc) == want and doc["suspects"][0]["shared"] == shared:
-                took = time.monotonic() - handle.started
-                TIMES[scenario] = took
-                return took, doc
+                if took is None:
+                    took = time.monotonic() - handle.started
+                    TIMES[scenario] = took
+                if then is None or then(doc):
+                    return took, doc
             time.sleep(0.25)
-        pytest.fail(f"{scenario}: top suspect {_top(doc)} after {GIVE_UP} s, want {want}: {doc.get('verdict')}")
+        pytest.fail(f"{scenario}: top suspect {_top(doc)} after {GIVE_UP} s, want {want}"
+                    f"{' (and the evidence asked for)' if took is not None else ''}: {doc.get('verdict')}")
     finally:
         handle.remove()
         _wait_healthy(fleet, host)
@@ -124,9 +133,10 @@ def test_blackholed_server_host_is_blamed_not_its_clients(fleet: Any) -> None:
 
 
 def test_lossy_site_uplink_blames_the_path(fleet: Any) -> None:
-    took, doc = _blame_until(fleet, "site-loss")
+    both = {"eu/ams1", "eu/fra1"}
+    took, doc = _blame_until(fleet, "site-loss", then=lambda d: set(d["suspects"][0]["sites"]) == both)
     top = doc["suspects"][0]
-    assert set(top["sites"]) == {"eu/ams1", "eu/fra1"}
+    assert set(top["sites"]) == both  # hosts on both ends of the path saw its problems
     assert set(top["problem_kinds"]) & {"retransmits", "slow_connect", "timeout"}
     assert took <= LIMIT, f"site-loss blamed after {took:.1f} s"
 

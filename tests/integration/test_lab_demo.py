@@ -122,14 +122,19 @@ def test_up_prints_the_fleet_and_opens_top_in_tmux(demo: Demo) -> None:
 
 
 def test_status_shows_nodes_and_traffic(demo: Demo) -> None:
-    out = demo.run("status", "--json")
-    assert out.returncode == 0, out.stderr
-    doc = json.loads(out.stdout)
+    deadline = time.monotonic() + 20  # every client has reached every target at least once by then
+    while True:
+        out = demo.run("status", "--json")
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        traffic = doc["traffic"]
+        if all(n["ok"] > 0 for targets in traffic.values() for n in targets.values()):
+            break
+        assert time.monotonic() < deadline, f"a target never answered: {traffic}"
+        time.sleep(1)
     assert all(doc["nodes_alive"].values()) and len(doc["nodes_alive"]) == 6
     assert doc["state"]["faults"] == []
-    traffic = doc["traffic"]
     assert set(traffic) == {"web1/frontend", "web2/frontend", "app1/worker", "app2/worker", "web2/prometheus"}
-    assert all(n["ok"] > 0 for targets in traffic.values() for n in targets.values())
     text = demo.run("status").stdout
     assert "faults in force: none" in text and "node up" in text and "NODE DOWN" not in text
 
