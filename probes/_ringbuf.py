@@ -65,34 +65,36 @@ class RingReader:
             self._cons.close()
             raise
 
+    def _record_at(self, cons: int) -> tuple[int, int, int] | None:
+        """The record at position ``cons``: (position after it, offset of its data in the mapping, data size,
+        -1 when discarded); None while it is still being written."""
+        off = self._page + (cons & self._mask)
+        ln = _U32.unpack_from(self._data, off)[0]
+        if ln & BUSY_BIT:
+            return None
+        size = ln & ~(BUSY_BIT | DISCARD_BIT)
+        return cons + ((size + HDR_SIZE + 7) & ~7), off + HDR_SIZE, -1 if ln & DISCARD_BIT else size
+
     def drain(self, decode: Callable[[mmap.mmap, int, int], T]) -> list[T]:
         """Decode every committed record, in order, and release their space to the kernel.
 
         ``decode(buffer, offset, length)`` is called per record with the record's offset in the mapping;
         it must copy what it keeps (struct unpacking does). Stops at the first record still being written.
+        (The sensor uses ``drain_unpacked``; this is the general form, and its reference in tests.)
         """
         out: list[T] = []
-        data, cons_map, page, mask = self._data, self._cons, self._page, self._mask
-        u32, u64 = _U32.unpack_from, _U64.unpack_from
-        cons = u64(cons_map, 0)[0]
-        start = cons
+        cons = start = _U64.unpack_from(self._cons, 0)[0]
         try:
-            while True:
-                prod = u64(data, 0)[0]
-                if cons >= prod:
-                    break
+            while cons < (prod := _U64.unpack_from(self._data, 0)[0]):
                 while cons < prod:
-                    off = page + (cons & mask)
-                    ln = u32(data, off)[0]
-                    if ln & BUSY_BIT:
+                    if (rec := self._record_at(cons)) is None:
                         return out
-                    size = ln & ~(BUSY_BIT | DISCARD_BIT)
-                    cons += (size + HDR_SIZE + 7) & ~7
-                    if not ln & DISCARD_BIT:
-                        out.append(decode(data, off + HDR_SIZE, size))
+                    cons, off, size = rec
+                    if size >= 0:
+                        out.append(decode(self._data, off, size))
         finally:
             if cons != start:
-                _U64.pack_into(cons_map, 0, cons)
+                _U64.pack_into(self._cons, 0, cons)
         return out
 
     def drain_unpacked(self, record: struct.Struct) -> list[tuple[Any, ...]]:
@@ -106,37 +108,27 @@ class RingReader:
         ``drain``'s. Records shorter than ``record.size`` are skipped (a ring of one record type has none).
         """
         out: list[tuple[Any, ...]] = []
-        append, unpack, want = out.append, record.unpack_from, record.size
+        want = record.size
         stride = (want + HDR_SIZE + 7) & ~7
         bulk = _bulk_structs(record, stride)
-        data, cons_map, page, mask = self._data, self._cons, self._page, self._mask
-        u32, u64 = _U32.unpack_from, _U64.unpack_from
-        cons = u64(cons_map, 0)[0]
-        start = cons
+        cons = start = _U64.unpack_from(self._cons, 0)[0]
         try:
-            while True:
-                prod = u64(data, 0)[0]
-                if cons >= prod:
-                    break
+            while cons < (prod := _U64.unpack_from(self._data, 0)[0]):
                 while cons < prod:
                     n = (prod - cons) // stride
                     if n > 1:
-                        off = page + (cons & mask)
-                        k = _bulk_unpack(data, off, n, stride, bulk, out)
+                        k = _bulk_unpack(self._data, self._page + (cons & self._mask), n, stride, bulk, out)
                         cons += k * stride
                         if k == n:
                             continue
-                    off = page + (cons & mask)
-                    ln = u32(data, off)[0]
-                    if ln & BUSY_BIT:
+                    if (rec := self._record_at(cons)) is None:
                         return out
-                    size = ln & ~(BUSY_BIT | DISCARD_BIT)
-                    cons += (size + HDR_SIZE + 7) & ~7
-                    if size >= want and not ln & DISCARD_BIT:
-                        append(unpack(data, off + HDR_SIZE))
+                    cons, off, size = rec
+                    if size >= want:
+                        out.append(record.unpack_from(self._data, off))
         finally:
             if cons != start:
-                _U64.pack_into(cons_map, 0, cons)
+                _U64.pack_into(self._cons, 0, cons)
         return out
 
     def close(self) -> None:

@@ -226,17 +226,21 @@ def test_a_node_that_missed_the_gossip_gets_digests_by_push_pull():
     assert c.run(30.0, lambda: _everyone_has(c, src, seq)) < 30.0
 
 
+def _rogue_offers(c: SimCluster, victim: str, signed: mesh_pb2.SignedDigest) -> None:
+    """A peer that is not a member announces ``signed`` to ``victim`` and answers its pull with it."""
+    rogue = c.net.endpoint("addr-rogue")
+    answer = mesh_pb2.StreamMessage(user=mesh_pb2.DigestState(digests=[signed]).SerializeToString())
+    rogue.set_handlers(lambda a, p: None, lambda a, p: answer.SerializeToString())
+    d = mesh_pb2.Digest.FromString(signed.payload)
+    announce = mesh_pb2.DigestAnnounce(node_id=d.node_id, seq=d.seq).SerializeToString()
+    pkt = mesh_pb2.MeshPacket(source="rogue", source_addr="addr-rogue", gossip=[mesh_pb2.Gossip(user=announce)])
+    rogue.send_packet(c.addr[victim], pkt.SerializeToString())
+
+
 def test_forged_digest_from_a_rogue_peer_is_dropped_and_not_spread(caplog):
     c = _digest_cluster(6)
     victim = c.ids[0]
-    forged = _tampered()
-    rogue = c.net.endpoint("addr-rogue")
-    answer = mesh_pb2.StreamMessage(user=mesh_pb2.DigestState(digests=[forged]).SerializeToString())
-    rogue.set_handlers(lambda a, p: None, lambda a, p: answer.SerializeToString())
-    announce = mesh_pb2.DigestAnnounce(node_id=KEY.node_id, seq=99).SerializeToString()
-    pkt = mesh_pb2.MeshPacket(source="rogue", source_addr="addr-rogue",
-                              gossip=[mesh_pb2.Gossip(user=announce)])
-    rogue.send_packet(c.addr[victim], pkt.SerializeToString())
+    _rogue_offers(c, victim, _tampered())
     c.run(3.0)
     assert c.exchanges[victim].counters["digests_bad_signature"] == 1
     assert all(e.latest(KEY.node_id) is None for e in c.exchanges.values())
@@ -249,17 +253,6 @@ def _members_only_cluster(n: int, denied: set[str]) -> SimCluster:
     for nid, e in c.exchanges.items():
         e.admit = members_only(lambda nid=nid: c.nodes[nid], lambda: denied)
     return c
-
-
-def _rogue_offers(c: SimCluster, victim: str, signed: mesh_pb2.SignedDigest) -> None:
-    """A peer that is not a member announces ``signed`` to ``victim`` and answers its pull with it."""
-    rogue = c.net.endpoint("addr-rogue")
-    answer = mesh_pb2.StreamMessage(user=mesh_pb2.DigestState(digests=[signed]).SerializeToString())
-    rogue.set_handlers(lambda a, p: None, lambda a, p: answer.SerializeToString())
-    d = mesh_pb2.Digest.FromString(signed.payload)
-    announce = mesh_pb2.DigestAnnounce(node_id=d.node_id, seq=d.seq).SerializeToString()
-    pkt = mesh_pb2.MeshPacket(source="rogue", source_addr="addr-rogue", gossip=[mesh_pb2.Gossip(user=announce)])
-    rogue.send_packet(c.addr[victim], pkt.SerializeToString())
 
 
 def test_a_correctly_signed_digest_of_an_unknown_key_is_dropped_counted_and_not_spread():
