@@ -53,7 +53,7 @@ BPF_CGROUP_INET_SOCK_RELEASE = 34
 
 # Tracepoints the sensor cannot do without, and optional ones with the -D flag that enables their code.
 REQUIRED_TRACEPOINTS = (
-    ("tcp", "tcp_receive_reset"), ("tcp", "tcp_destroy_sock"), ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_receive_reset"), ("tcp", "tcp_destroy_sock"),
 )
 OPTIONAL_TRACEPOINTS = {
     ("sock", "sock_send_length"): "HAVE_SOCK_LENGTH",

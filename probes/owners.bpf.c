@@ -1,6 +1,7 @@
 /* Process attribution and application byte counts from tracepoints that fire in process context.
  * sock_ops and cgroup-skb often run in softirq, where the current task is whoever was interrupted; these
- * record who really read, wrote or connected, and how many bytes the application moved. A tracked TCP
+ * record who really read or wrote, and how many bytes the application moved (connect callers are noted by
+ * sock_ops' CONNECT_CB, which runs inside connect(2)). A tracked TCP
  * socket is found by its address, the key of tcp_flows (rows are made by sock_ops), which also scopes
  * this work to the sensor's cgroup for free. */
 
@@ -13,15 +14,6 @@ static __always_inline int in_scope(void)
 #else
     return 1;
 #endif
-}
-
-static __always_inline void note_comm(__u32 tgid)
-{
-    if (comms.lookup(&tgid))
-        return;
-    struct owner n = {.tgid = tgid};
-    bpf_get_current_comm(n.comm, sizeof(n.comm));
-    comms.update(&tgid, &n);
 }
 
 #ifdef HAVE_SOCK_LENGTH  /* sock_send_length and sock_recv_length came together (Linux 6.4) */
@@ -45,9 +37,10 @@ static __always_inline void app_bytes(__u64 sk, __u16 protocol, int ret, int tx)
         __sync_fetch_and_add(&f->bytes_tx, ret);
     else
         __sync_fetch_and_add(&f->bytes_rx, ret);
-    if (f->pid != tgid)
+    if (f->pid != tgid) {
         f->pid = tgid;  /* the owner is whoever last moved data: the accepting worker, not the listener */
-    note_comm(tgid);
+        note_comm(tgid);
+    }  /* else its comm was noted when it became the owner (connect, listen or an earlier read) */
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length)
@@ -64,13 +57,3 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
     return 0;
 }
 #endif
-
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
-{
-    /* CLOSE -> SYN_SENT happens inside connect(2): remember the caller's comm */
-    if (args->protocol != IPPROTO_TCP || args->newstate != 2 /* TCP_SYN_SENT */)
-        return 0;
-    if (in_scope())
-        note_comm(bpf_get_current_pid_tgid() >> 32);
-    return 0;
-}

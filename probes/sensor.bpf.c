@@ -43,6 +43,16 @@ static __always_inline void count(int idx)
         (*v)++;
 }
 
+/* Remember a task group's comm, in process context (the current task is the socket's user). */
+static __always_inline void note_comm(__u32 tgid)
+{
+    if (comms.lookup(&tgid))
+        return;
+    struct owner n = {.tgid = tgid};
+    bpf_get_current_comm(n.comm, sizeof(n.comm));
+    comms.update(&tgid, &n);
+}
+
 /* Emit one ring-buffer record about a flow (a copy of it, and its owner's comm). Records are per flow
  * or per rare event, never per packet. */
 static __always_inline void emit(__u32 kind, __u64 cookie, __u64 sk, struct tcp_flow *f, __u64 value,
@@ -53,20 +63,26 @@ static __always_inline void emit(__u32 kind, __u64 cookie, __u64 sk, struct tcp_
         count(C_RINGBUF_FULL);
         return;
     }
-    __builtin_memset(e, 0, sizeof(*e));
+    /* every byte written once: the ring's memory holds older records */
     e->kind = kind;
+    e->pad = 0;
     e->ts_ns = bpf_ktime_get_ns();
     e->cookie = cookie;
     e->sk = sk;
     e->value = value;
     e->value2 = value2;
+    struct owner *c = 0;
     if (f) {
         __builtin_memcpy(&e->flow, f, sizeof(*f));
         __u32 pid = f->pid;
-        struct owner *c = comms.lookup(&pid);
-        if (c)
-            __builtin_memcpy(e->comm, c->comm, 16);
+        c = comms.lookup(&pid);
+    } else {
+        __builtin_memset(&e->flow, 0, sizeof(e->flow));
     }
+    if (c)
+        __builtin_memcpy(e->comm, c->comm, 16);
+    else
+        __builtin_memset(e->comm, 0, 16);
     events.ringbuf_submit(e, 0);
     count(C_EVENTS);
 }
