@@ -36,6 +36,7 @@ from probes._records import (
     addr_text,
     event_from_raw,
     tcp_row_from_c,
+    tcp_rows_from_c_arrays,
 )
 
 _EVENT_SIZE = ct.sizeof(CEvent)
@@ -290,7 +291,14 @@ class Probes:
     def tcp_flows(self) -> list[TcpFlowRow]:
         """Live TCP flows the kernel tracks (totals so far)."""
         table = self._bpf["tcp_flows"]
-        return [tcp_row_from_c(k.value, v) for k, v in _rows(table)]
+        walked = self._batch_walk(table)
+        if walked is None:
+            return [tcp_row_from_c(k.value, v) for k, v in _rows(table)]
+        keys, vals, n = walked
+        # the arrays' bytes in one unpack pass: through a ctypes copy of each key and value it took
+        # 10-19 us a row, 0.1-0.19 s per export period at 10,000 live flows
+        return tcp_rows_from_c_arrays(memoryview(keys).cast("B")[:n * ct.sizeof(table.Key)],
+                                      memoryview(vals).cast("B")[:n * ct.sizeof(table.Leaf)])
 
     def tcp_flow_of(self, sk: int) -> TcpFlowRow | None:
         """The live TCP flow of a socket, by its kernel address (the key of tcp_flows)."""
@@ -363,6 +371,15 @@ class Probes:
         since glibc kept bcc's per-call arrays in the heap anyway). Without batch support in the kernel,
         lookups fall back to iterating (a drain must not: it raises).
         """
+        walked = self._batch_walk(table, delete)
+        if walked is None:
+            return _rows(table)
+        keys, vals, total = walked
+        return [(_copy(keys[i]), _copy(vals[i])) for i in range(total)]
+
+    def _batch_walk(self, table: Any, delete: bool = False) -> tuple[Any, Any, int] | None:
+        """``_batch_rows``' walk: the kept key and value arrays and how many rows it read into them, or
+        None when the kernel refused a lookup batch (the caller iterates instead)."""
         bufs = self._batch.get(table.map_fd)
         if bufs is None:
             cap = table.max_entries
@@ -386,13 +403,13 @@ class Probes:
                 if total:  # a partial walk (ENOSPC at a bucket that grew under it): what was read; the rest
                     break  # next time (rows a drain read are deleted already: they must be returned)
                 if not delete:
-                    return _rows(table)
+                    return None
                 raise ProbeError(f"batch {'lookup-and-delete' if delete else 'lookup'} on BPF map "
                                  f"{table.map_fd} failed: {os.strerror(err)}")
             if count.value == 0:  # no progress (a bucket changing under the walk): the rest next time
                 break
             token_in.value = token_out.value
-        return [(_copy(keys[i]), _copy(vals[i])) for i in range(total)]
+        return keys, vals, total
 
     def counters(self) -> dict[str, int]:
         """Kernel-side counters summed over CPUs, by name (cumulative since load)."""

@@ -155,6 +155,7 @@ class TcpFlowRow(NamedTuple):
 _TCP_FLOW = "7Q 13I 4H 4B 16s 16s"
 _EVENT = struct.Struct("=2I 5Q " + _TCP_FLOW + " 16s")
 _TCP_FLOW_ONLY = struct.Struct("=" + _TCP_FLOW)
+_U64 = struct.Struct("=Q")
 EVENT_SIZE = _EVENT.size
 EVENT_STRUCT = _EVENT
 """struct event as one ``struct.Struct``: ``unpack_from`` gives a raw record, its values in EVENT_FIELDS order."""
@@ -251,6 +252,13 @@ def event_from_bytes(data: bytes) -> KernelEvent:
 def tcp_row_from_c(sk: int, f: CTcpFlow) -> TcpFlowRow:
     """A map row (socket address, struct tcp_flow) as a TcpFlowRow."""
     return _tcp_row(sk, _TCP_FLOW_ONLY.unpack(bytes(f)), b"")
+
+
+def tcp_rows_from_c_arrays(keys: memoryview, values: memoryview) -> list[TcpFlowRow]:
+    """Rows of a batch map read: the keys' bytes (socket addresses, u64) and the values' (struct
+    tcp_flow), row i of each side by side."""
+    sks = (sk for (sk,) in _U64.iter_unpack(keys))
+    return [_tcp_row(sk, v, b"") for sk, v in zip(sks, _TCP_FLOW_ONLY.iter_unpack(values), strict=True)]
 
 
 @dataclass(frozen=True, slots=True)

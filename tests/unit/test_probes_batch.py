@@ -68,3 +68,37 @@ def test_a_failure_before_any_row_iterates_a_lookup_and_raises_for_a_drain() -> 
     p, _ = _probes([(0, errno.EINVAL)])
     with pytest.raises(ProbeError, match="lookup-and-delete"):
         p._batch_rows(Table(), delete=True)
+
+
+def test_live_tcp_rows_read_from_the_batch_arrays_equal_the_row_by_row_decoding() -> None:
+    """``tcp_flows`` unpacks the batch arrays' bytes in one pass; every row must equal what the ctypes
+    decoding of that key and value (``tcp_row_from_c``) gives, in order, for IPv4 and IPv6 rows."""
+    from probes._records import F_INBOUND, F_INET6, F_SYNACK, CTcpFlow, tcp_row_from_c
+
+    rows = []
+    for i in range(5):
+        f = CTcpFlow()
+        f.cookie, f.netns, f.cgroup_id, f.start_ns, f.last_ns = 100 + i, 4026531840, 7 + i, 10**18 + i, 2 * 10**18
+        f.bytes_tx, f.bytes_rx, f.segs_out, f.segs_in, f.total_retrans = 1234567 * i, 7654321, 9 + i, 8, i
+        f.srtt_us, f.srtt_max_us, f.rtt_min_us, f.cwnd, f.cwnd_min, f.cwnd_max = 40, 90, 12, 10, 2, 30
+        f.pid, f.resets_rx, f.resets_tx, f.sport, f.dport, f.synack_retrans = 4000 + i, 1, 2, 40000 + i, 443, 1
+        f.outcome = 1 + i % 4
+        f.flags = (F_INET6 if i % 2 else 0) | (F_INBOUND | F_SYNACK if i % 3 == 0 else 0)
+        f.saddr[:] = bytes(range(16)) if i % 2 else bytes([127, 0, 0, 1] + [0] * 12)
+        f.daddr[:] = bytes(range(16, 32)) if i % 2 else bytes([10, 0, 0, i] + [0] * 12)
+        rows.append((0xFFFF8880_0000_0000 + 64 * i, f))
+
+    class TcpTable:
+        map_fd, max_entries, Key, Leaf = 9, 8, ct.c_uint64, CTcpFlow
+
+    def op(fd: int, tin: Any, tout: Any, keys: Any, vals: Any, count: Any) -> int:
+        for i, (sk, f) in enumerate(rows):
+            keys._obj[i].value = sk
+            vals._obj[i] = f
+        count._obj.value = len(rows)
+        ct.set_errno(errno.ENOENT)
+        return -errno.ENOENT
+
+    lib = type("Lib", (), {"bpf_lookup_batch": staticmethod(op)})
+    p = Probes(_lib=lib(), _bpf={"tcp_flows": TcpTable()})
+    assert p.tcp_flows() == [tcp_row_from_c(sk, f) for sk, f in rows]
