@@ -288,6 +288,15 @@ class Probes:
         out, self._raw = self._raw, []
         return out
 
+    def poll_records(self) -> tuple[bytes, int, int, int]:
+        """``poll_raw`` as bytes, for a consumer in C: ``(data, count, stride, skip)``, record i's struct
+        event at ``i * stride + skip`` of ``data``."""
+        if self._ring is not None:
+            data, count, stride = self._ring.drain_records(EVENT_STRUCT.size)
+            return data, count, stride, _ringbuf.HDR_SIZE
+        raws = self.poll_raw()
+        return b"".join(EVENT_STRUCT.pack(*v) for v in raws), len(raws), EVENT_STRUCT.size, 0
+
     def tcp_flows(self) -> list[TcpFlowRow]:
         """Live TCP flows the kernel tracks (totals so far)."""
         table = self._bpf["tcp_flows"]

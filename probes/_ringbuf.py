@@ -108,28 +108,68 @@ class RingReader:
         ``drain``'s. Records shorter than ``record.size`` are skipped (a ring of one record type has none).
         """
         out: list[tuple[Any, ...]] = []
-        want = record.size
-        stride = (want + HDR_SIZE + 7) & ~7
-        bulk = _bulk_structs(record, stride)
+        records = _bulk_struct(record, _stride(record.size))
+
+        def run(off: int, k: int) -> None:
+            with memoryview(self._data) as whole, whole[off:off + k * records.size] as region:
+                out.extend(records.iter_unpack(region))
+
+        self._walk(record.size, run, lambda off: out.append(record.unpack_from(self._data, off)))
+        return out
+
+    def drain_records(self, size: int) -> tuple[bytes, int, int]:
+        """``drain_unpacked``'s walk with the records' bytes copied out instead of unpacked, for a consumer
+        in C: ``(data, count, stride)``, record i's ``size`` bytes at ``i * stride + HDR_SIZE`` of ``data``.
+
+        A run of committed records of exactly ``size`` bytes is copied as the ring holds it (headers and
+        padding included); a record taken one at a time gets a zero header and padding to the same stride.
+        """
+        stride = _stride(size)
+        header, pad = bytes(HDR_SIZE), bytes(stride - HDR_SIZE - size)
+        parts: list[bytes] = []
+        count = 0
+
+        def run(off: int, k: int) -> None:
+            nonlocal count
+            parts.append(self._data[off:off + k * stride])
+            count += k
+
+        def one(off: int) -> None:
+            nonlocal count
+            parts.extend((header, self._data[off:off + size], pad))
+            count += 1
+
+        self._walk(size, run, one)
+        return b"".join(parts), count, stride
+
+    def _walk(self, size: int, run: Callable[[int, int], None], one: Callable[[int], None]) -> None:
+        """Hand over every committed record of at least ``size`` bytes, in order, and release their space:
+        a run of ``k`` committed records of exactly ``size`` bytes laid ``_stride(size)`` apart as
+        ``run(offset of the first header, k)``, any other as ``one(offset of its data)``. Stops at a record
+        still being written."""
+        stride = _stride(size)
+        headers, good = _header_struct(stride), (size,)
         cons = start = _U64.unpack_from(self._cons, 0)[0]
         try:
             while cons < (prod := _U64.unpack_from(self._data, 0)[0]):
                 while cons < prod:
                     n = (prod - cons) // stride
                     if n > 1:
-                        k = _bulk_unpack(self._data, self._page + (cons & self._mask), n, stride, bulk, out)
-                        cons += k * stride
+                        off = self._page + (cons & self._mask)
+                        k = _committed_run(self._data, off, n, stride, headers, good)
+                        if k:
+                            run(off, k)
+                            cons += k * stride
                         if k == n:
                             continue
                     if (rec := self._record_at(cons)) is None:
-                        return out
-                    cons, off, size = rec
-                    if size >= want:
-                        out.append(record.unpack_from(self._data, off))
+                        return
+                    cons, off, rec_size = rec
+                    if rec_size >= size:
+                        one(off)
         finally:
             if cons != start:
                 _U64.pack_into(self._cons, 0, cons)
-        return out
 
     def close(self) -> None:
         """Unmap; safe to call twice."""
@@ -138,25 +178,27 @@ class RingReader:
 
 
 @functools.cache
-def _bulk_structs(record: struct.Struct, stride: int) -> tuple[struct.Struct, struct.Struct, tuple[int]]:
-    """For records of ``record``'s layout laid ``stride`` bytes apart: a struct that reads only each
-    header's length word, one that reads only each record (header and tail padding skipped), and the
-    header of a committed record of exactly that size, as the first unpacks it."""
+def _bulk_struct(record: struct.Struct, stride: int) -> struct.Struct:
+    """Reads only each record of ``record``'s layout laid ``stride`` bytes apart (header and tail padding
+    skipped)."""
     fmt = record.format.lstrip("@=<>!")
-    pad = stride - HDR_SIZE - record.size
-    return (struct.Struct(f"=I{stride - 4}x"), struct.Struct(f"={HDR_SIZE}x{fmt}{pad}x"), (record.size,))
+    return struct.Struct(f"={HDR_SIZE}x{fmt}{stride - HDR_SIZE - record.size}x")
 
 
-def _bulk_unpack(data: mmap.mmap, off: int, n: int, stride: int,
-                 bulk: tuple[struct.Struct, struct.Struct, tuple[int]], out: list[tuple[Any, ...]]) -> int:
-    """Unpack the leading run of committed, full-size records among the ``n`` at ``off`` into ``out``;
-    returns how many. (The data area is mapped twice in a row, so ``n * stride`` bytes from any record
-    are contiguous.)"""
-    headers, records, good = bulk
+@functools.cache
+def _header_struct(stride: int) -> struct.Struct:
+    """Reads only the length word of each header of records laid ``stride`` bytes apart."""
+    return struct.Struct(f"=I{stride - 4}x")
+
+
+def _stride(size: int) -> int:
+    """Bytes from one record's header to the next for records of ``size`` bytes."""
+    return (size + HDR_SIZE + 7) & ~7
+
+
+def _committed_run(data: mmap.mmap, off: int, n: int, stride: int, headers: struct.Struct,
+                   good: tuple[int]) -> int:
+    """How many of the ``n`` records at ``off`` lead with a header ``good`` (committed, the full size)."""
     with memoryview(data) as whole, whole[off:off + n * stride] as region:
         lens = list(headers.iter_unpack(region))
-        k = n if lens.count(good) == n else next(i for i, h in enumerate(lens) if h != good)
-        if k:
-            with region[:k * stride] as run:
-                out.extend(records.iter_unpack(run))
-    return k
+    return n if lens.count(good) == n else next(i for i, h in enumerate(lens) if h != good)
