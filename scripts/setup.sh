@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian host for meshnode: Debian packages (bcc, headers, nftables, iproute2, tmux, bpftool for bench/),
+# Sets up a fresh Debian host for meshnode: Debian packages (bcc, headers, nftables, iproute2, tmux, bpftool for bench/,
+# gcc for capture's C line renderer),
 # kernel headers linked for bcc, tracefs mounted, a virtual environment with the project and its dev tools,
 # and the generated protobuf package. Idempotent: a second run touches nothing that is already right.
 set -euo pipefail
@@ -15,7 +16,7 @@ command -v apt-get >/dev/null || die "apt-get not found: meshnode's setup suppor
   Fix: boot a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's stock kernels since 5.10 have it)"
 
 need_pkgs=()
-for p in python3-bpfcc bpfcc-tools bpftool nftables iproute2 tmux python3-venv; do
+for p in python3-bpfcc bpfcc-tools bpftool nftables iproute2 tmux python3-venv gcc; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 kernel=$(uname -r)
@@ -77,4 +78,5 @@ if [ ! -e "$stamp" ]; then
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 .venv/bin/python scripts/gen_protos.py
+bash scripts/build_native.sh
 say "ready: $(.venv/bin/python -c 'import bcc, grpc; print("bcc", getattr(bcc, "__version__", "?"), "grpc", grpc.__version__)')"

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 
 from meshnode._exceptions import BPFCompileError, SensorError
 from meshnode._model import FlowRecord
+from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
 from meshnode.sensor._limits import limited_by
+from meshnode.sensor._native import NativeJson
 from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, service_name
 from probes import _records as rec
 from probes._errors import ProbeCompileError, ProbeError
@@ -92,6 +94,7 @@ class EbpfSensor:
         self._json_addr4: dict[bytes, bytes] = {}
         self._json_addr6: dict[bytes, bytes] = {}
         self._json_service: dict[int, bytes] = {}
+        self._native: NativeJson | bool | None = False  # False: not loaded yet; None: not available
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -143,6 +146,9 @@ class EbpfSensor:
         """
         batch = SensorBatch()
         now = time.monotonic_ns()
+        native = self._native_json()
+        if native is not None and not self._limits and not self._tcpinfo:
+            return self._poll_json_native(native, batch, now)
         lines: list[bytes] = []
         append = lines.append
         ended = batch.ended
@@ -213,6 +219,96 @@ class EbpfSensor:
         lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
         batch.completeness.flows_recorded += len(ended) + fast
         return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness)
+
+    def _native_json(self) -> NativeJson | None:
+        """The C renderer (``_jsonline.c``) for this sensor, made on first use; None where it is not built."""
+        if self._native is False:
+            lib = _native.load()
+            try:
+                self._native = None if lib is None else NativeJson(
+                    lib, _TCP_END_LINE, rec.EVENT_SIZE, _OUTCOME_TEXT, b'"in_progress"', b'"inbound"',
+                    b'"outbound"', b'"unknown"', b"{}")
+            except ValueError as exc:
+                log.warning("JSON lines rendered in Python: %s", exc)
+                self._native = None
+        return self._native if isinstance(self._native, NativeJson) else None
+
+    def _poll_json_native(self, native: NativeJson, batch: SensorBatch, now: int) -> JsonBatch:
+        """``poll_json`` with the final TCP records' lines rendered in C (~0.3 us a line against ~3.5).
+
+        Used while the sensor holds no limits or tcp_info (those come from ``active``, which capture reads
+        only at exit). The records' bytes go to C in ring order; where it stops, Python does what it
+        cannot: an owner (pid, comm, cgroup) or a service it has not been given yet is resolved as
+        ``poll_json`` resolves it and handed over, and any other record (events, half-open resets, UDP
+        releases, an owner table full) takes ``poll``'s own path, in place. Drops joined to sockets are
+        handed over for the sockets in this batch, and the ones a line took are popped, as ``poll_json``
+        pops them.
+        """
+        data, count, stride, skip = self._probes.poll_records()
+        ended = batch.ended
+        lines: list[bytes] = []
+        drops_by_sk = self._drops_by_sk
+        native.set_offset(self._clock_offset)
+        native.new_poll()
+        python_drops = not self._give_drops(native, data, count, stride, skip)
+        fast = slow = i = 0
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # as in poll_json: the loop makes no cycles
+        try:
+            while i < count:
+                if not python_drops:
+                    text, stop, need, n = native.render(data, count, stride, skip, i)
+                    if n:
+                        lines.append(text)
+                        fast += n
+                    if stop >= count:
+                        break
+                    i = stop
+                    if need == _native.NEED_ROOM:
+                        continue
+                else:
+                    need = _native.NEED_SLOW
+                v = rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)
+                pid, comm, cgroup_id = v[25], v[37], v[9]
+                if need == _native.NEED_OWNER and native.set_owner(pid, comm, cgroup_id, _OWNER_TEXT % (
+                        pid, _json_bytes(self._comm(pid, rec.comm_of(comm))),
+                        _json_bytes(self._cgroup(cgroup_id, pid)), cgroup_id)):
+                    continue
+                if need == _native.NEED_SERVICE:
+                    port = v[29] if v[34] & rec.F_INBOUND else v[30]
+                    service = self._json_service.get(port)
+                    if service is None:
+                        service = self._json_service[port] = _json_bytes(service_name(port, "tcp"))
+                    native.set_service(port, service)
+                    continue
+                # poll's own path for this record, in ring order; the drops it may take stay in step
+                for sk in native.taken_drops():
+                    drops_by_sk.pop(sk, None)
+                m, held = len(ended), len(drops_by_sk)
+                self._handle(rec.event_from_raw(v), batch)
+                lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[m:])
+                slow += len(ended) - m
+                if len(drops_by_sk) != held:  # it took drops: C's copy must not hand them out again
+                    python_drops = not self._give_drops(native, data, count, stride, skip)
+                i += 1
+            for sk in native.taken_drops():
+                drops_by_sk.pop(sk, None)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        n = len(ended)
+        self._poll_maps(now, batch)
+        lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
+        batch.completeness.flows_recorded += len(ended) + fast
+        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness)
+
+    def _give_drops(self, native: NativeJson, data: bytes, count: int, stride: int, skip: int) -> bool:
+        """Hand C the drops of the sockets among these records; False when they do not fit its table."""
+        drops_by_sk = self._drops_by_sk
+        wanted = drops_by_sk.keys() & native.sks(data, count, stride, skip) if drops_by_sk else ()
+        return native.set_drops(
+            (sk, sum(c.values()), json.dumps(dict(c)).encode("ascii")) if (c := drops_by_sk[sk]) else (sk, 0, b"{}")
+            for sk in wanted)
 
     def _json_addr(self, flags: int, raw: bytes) -> bytes:
         """An address's JSON text (quoted, escaped), cached per raw bytes; bounded like probes' cache."""

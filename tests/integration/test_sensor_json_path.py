@@ -1,6 +1,6 @@
 """``meshnode capture --json``'s fast path over real kernel records: the ring records of real loopback traffic
-(IPv4 and IPv6, both ends, a refused connect) rendered by ``EbpfSensor.poll_json`` and by ``poll`` +
-``json_line`` (the path the fast one replaced for capture) give the same bytes."""
+(IPv4 and IPv6, both ends, a refused connect) rendered by ``EbpfSensor.poll_json`` (in C, and in Python) and
+by ``poll`` + ``json_line`` (the path the fast one replaced for capture) give the same bytes."""
 
 from __future__ import annotations
 
@@ -75,10 +75,15 @@ def test_fast_path_equals_poll_on_real_records(sensor: tuple[Any, Path]) -> None
 
     s._probes.poll_raw = lambda: list(raws)
     s._probes.poll_events = lambda: [rec.event_from_raw(v) for v in raws]
-    fast = [ln for ln in s.poll_json().text.splitlines(True) if '"proto": "tcp"' in ln]
+    s._probes.poll_records = lambda: (b"".join(rec.EVENT_STRUCT.pack(*v) for v in raws), len(raws),
+                                      rec.EVENT_SIZE, 0)
+    assert s._native_json() is not None  # the C renderer (make setup builds it)
+    in_c = [ln for ln in s.poll_json().text.splitlines(True) if '"proto": "tcp"' in ln]
+    s._native = None
+    in_python = [ln for ln in s.poll_json().text.splitlines(True) if '"proto": "tcp"' in ln]
     old = [ln for ln in map(json_line, s.poll().ended) if '"proto": "tcp"' in ln]
-    assert fast == old and len(fast) == want
-    got = [json.loads(ln) for ln in fast]
+    assert in_c == in_python == old and len(old) == want
+    got = [json.loads(ln) for ln in in_c]
     assert {g["src"] for g in got} == {"127.0.0.1", "::1"}
     assert sorted(g["outcome"] for g in got).count("established") == want - 1
     assert [g["outcome"] for g in got].count("refused") == 1

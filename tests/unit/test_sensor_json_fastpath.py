@@ -22,6 +22,7 @@ import pytest
 from meshnode._exceptions import SensorError
 from meshnode.sensor._capture_cmd import json_line
 from meshnode.sensor._ebpf import EbpfSensor
+from meshnode.sensor._native import library_state
 from probes import _records as rec
 from probes._errors import ProbeError
 from probes._records import COUNTER_NAMES, UdpFlowRow
@@ -67,6 +68,11 @@ class FakeProbes:
         out, self.raws = self.raws, []
         return out
 
+    def poll_records(self) -> tuple[bytes, int, int, int]:
+        """``poll_raw`` as the ring lays records out: an 8-byte header before each one."""
+        raws = self.poll_raw()
+        return b"".join(bytes(8) + rec.EVENT_STRUCT.pack(*v) for v in raws), len(raws), rec.EVENT_SIZE + 8, 8
+
     def poll_events(self) -> list[rec.KernelEvent]:
         return list(map(rec.event_from_raw, self.poll_raw()))
 
@@ -107,8 +113,13 @@ def _udp(cookie: int, released: bool = False) -> UdpFlowRow:
 
 def _sensor(tmp_path: Path, raws: list[tuple[Any, ...]], *, udp: list[UdpFlowRow] | None = None,
             drops: dict[tuple[int, int], int] | None = None, state: Callable[[EbpfSensor], None] | None = None,
-            ) -> EbpfSensor:
+            native: bool = False) -> EbpfSensor:
+    """A sensor over FakeProbes; poll_json renders in Python unless ``native`` (then in C: it must be built)."""
     sensor = EbpfSensor(cgroup_root=tmp_path)  # not started: the fake stands in for the kernel
+    if native:
+        assert sensor._native_json() is not None, f"the C renderer does not load: {library_state()}"
+    else:
+        sensor._native = None
     sensor._probes = FakeProbes(raws, udp or [], drops or {},  # type: ignore[assignment]
                                 {n: 5 if n in ("ringbuf_full", "udp_map_full") else 0 for n in COUNTER_NAMES})
     sensor._counters = {n: 0 for n in COUNTER_NAMES}
@@ -120,11 +131,11 @@ def _sensor(tmp_path: Path, raws: list[tuple[Any, ...]], *, udp: list[UdpFlowRow
     return sensor
 
 
-def _both(tmp_path: Path, raws: list[tuple[Any, ...]], **kw: Any) -> tuple[str, str, Any, Any]:
+def _both(tmp_path: Path, raws: list[tuple[Any, ...]], native: bool = False, **kw: Any) -> tuple[str, str, Any, Any]:
     old = _sensor(tmp_path, raws, **kw)
     batch = old.poll()
     old_text = "".join(map(json_line, batch.ended))
-    new = _sensor(tmp_path, raws, **kw)
+    new = _sensor(tmp_path, raws, native=native, **kw)
     jb = new.poll_json()
     return old_text, jb.text, batch.completeness, jb.completeness
 
@@ -161,10 +172,11 @@ def _varied(cg: int) -> list[tuple[Any, ...]]:
     return out
 
 
-def test_json_fast_path_equals_poll_and_json_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["python", "c"])
+def test_json_fast_path_equals_poll_and_json_line(tmp_path: Path, native: bool) -> None:
     cg = _cgroup_dir(tmp_path)
     raws = _varied(cg)
-    old, new, c_old, c_new = _both(tmp_path, raws)
+    old, new, c_old, c_new = _both(tmp_path, raws, native)
     assert new == old
     assert new.count("\n") == len(raws) and c_new == c_old and c_new.flows_recorded == len(raws)
     lines = [json.loads(ln) for ln in new.splitlines()]
@@ -300,10 +312,13 @@ def test_drain_unpacked_stops_at_a_record_being_written(tmp_path: Path) -> None:
         os.close(ring.fd)
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["python", "c"])
 def test_capture_json_output_is_the_same_through_either_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              native: bool) -> None:
     """``meshnode capture --json`` end to end (flows, then the completeness line) over the same records:
-    through the sensor's poll_json, and through poll + json_line (the path of sensors without one)."""
+    through the sensor's poll_json (rendering in Python or in C), and through poll + json_line (the path
+    of sensors without one)."""
     import argparse
 
     import meshnode.sensor
@@ -313,7 +328,7 @@ def test_capture_json_output_is_the_same_through_either_path(tmp_path: Path, mon
     outputs = []
     for fast in (True, False):
         sensor = _sensor(tmp_path, [*_varied(cg), raw_event(rec.EV_UDP_RELEASE, cookie=3)], udp=[_udp(3)],
-                         drops={(0, 2): 1})
+                         drops={(0, 2): 1}, native=native and fast)
         sensor.active = list  # type: ignore[method-assign]  # no live flows to add at exit
         sensor._probes.close = lambda: None  # type: ignore[attr-defined]
         if not fast:

@@ -1,0 +1,453 @@
+/* The JSON line of a final eBPF TCP record, in C: `meshnode capture --json`'s per-flow hot path.
+ *
+ * EbpfSensor.poll_json renders a TCP end record through one bytes %-template. In CPython that costs
+ * ~3.5 us a line on the dev machine, ~100 ns for each of its 22 integers, more than every other part of the
+ * sensor's user-space work together (bench/RESULTS.md, Sensor). This file does the same from the ring's raw
+ * records, a batch per call, through ctypes (meshnode/sensor/_native.py): no Python header, no extension
+ * ABI, built by `make setup` with the C compiler the kernel headers already bring.
+ *
+ * It knows no JSON keys: Python hands it the template (the model's keys and separators, `_TCP_END_LINE`)
+ * and every text (owner, service, outcome names, drop reasons), already escaped as json.dumps escapes them.
+ * It fills the template's 29 slots in poll_json's order, from struct event as probes/meshnode.h lays it out
+ * (the kernel side's own header). What it cannot resolve itself (an owner or a service it has not been
+ * given, a record that is not a TCP end) it leaves to Python: the call returns where it stopped and why.
+ * tests/unit/test_sensor_json_native.py checks it byte for byte against the Python path.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+#include "meshnode.h"
+
+#define NSLOTS 29
+/* slot kinds in poll_json's tuple order: d = integer, s = text */
+static const char SLOT_KINDS[NSLOTS + 1] = "dsdsdssdddddddsdddddddsddddss";
+
+enum { NEED_NONE = 0, NEED_SLOW = 1, NEED_OWNER = 2, NEED_SERVICE = 3, NEED_ROOM = 4 };
+enum { T_OUTCOME = 1, T_INBOUND = 2, T_OUTBOUND = 3, T_UNKNOWN_LIMIT = 4, T_NO_REASONS = 5, T_SERVICE = 6 };
+
+typedef struct {
+    char *p;
+    size_t n;
+} text;
+
+#define OWNER_SLOTS 4096 /* per poll; a poll with more distinct owners takes the Python path for the rest */
+typedef struct {
+    __u32 pid, gen;
+    __u64 cgroup_id;
+    char comm[16];
+    text t;
+} owner;
+
+#define DROP_SLOTS 1024
+typedef struct {
+    __u64 sk, count;
+    __u32 gen, used;
+    text t;
+} drop;
+
+typedef struct {
+    text lit[NSLOTS + 1];
+    size_t lit_total;
+    text outcome[256], inbound, outbound, unknown_limit, no_reasons;
+    text service[65536];
+    owner owners[OWNER_SLOTS];
+    __u32 owner_gen, owners_used;
+    drop drops[DROP_SLOTS];
+    __u32 drop_gen, drops_used;
+    __int128 offset;
+} fmt;
+
+static int set_text(text *t, const char *p, size_t n)
+{
+    char *c = malloc(n ? n : 1);
+    if (!c)
+        return -1;
+    memcpy(c, p, n);
+    free(t->p);
+    t->p = c;
+    t->n = n;
+    return 0;
+}
+
+void mn_json_free(fmt *f)
+{
+    if (!f)
+        return;
+    for (int i = 0; i <= NSLOTS; i++)
+        free(f->lit[i].p);
+    for (int i = 0; i < 256; i++)
+        free(f->outcome[i].p);
+    for (int i = 0; i < 65536; i++)
+        free(f->service[i].p);
+    for (int i = 0; i < OWNER_SLOTS; i++)
+        free(f->owners[i].t.p);
+    for (int i = 0; i < DROP_SLOTS; i++)
+        free(f->drops[i].t.p);
+    free(f->inbound.p);
+    free(f->outbound.p);
+    free(f->unknown_limit.p);
+    free(f->no_reasons.p);
+    free(f);
+}
+
+/* The template: literal text around exactly 29 %d/%s slots of SLOT_KINDS, no other '%'. NULL otherwise. */
+fmt *mn_json_new(const char *tmpl, size_t n, size_t event_size)
+{
+    if (event_size != sizeof(struct event))
+        return NULL;
+    fmt *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->owner_gen = f->drop_gen = 1;
+    size_t start = 0, slot = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (tmpl[i] != '%')
+            continue;
+        if (i + 1 >= n || slot >= NSLOTS || tmpl[i + 1] != SLOT_KINDS[slot] ||
+            set_text(&f->lit[slot], tmpl + start, i - start)) {
+            mn_json_free(f);
+            return NULL;
+        }
+        f->lit_total += i - start;
+        slot++;
+        start = i + 2;
+        i++;
+    }
+    if (slot != NSLOTS || set_text(&f->lit[NSLOTS], tmpl + start, n - start)) {
+        mn_json_free(f);
+        return NULL;
+    }
+    f->lit_total += n - start;
+    return f;
+}
+
+int mn_json_set_text(fmt *f, int which, int index, const char *p, size_t n)
+{
+    switch (which) {
+    case T_OUTCOME:
+        return index >= 0 && index < 256 ? set_text(&f->outcome[index], p, n) : -1;
+    case T_INBOUND:
+        return set_text(&f->inbound, p, n);
+    case T_OUTBOUND:
+        return set_text(&f->outbound, p, n);
+    case T_UNKNOWN_LIMIT:
+        return set_text(&f->unknown_limit, p, n);
+    case T_NO_REASONS:
+        return set_text(&f->no_reasons, p, n);
+    case T_SERVICE:
+        return index >= 0 && index < 65536 ? set_text(&f->service[index], p, n) : -1;
+    }
+    return -1;
+}
+
+/* The wall clock's offset from the monotonic clock the kernel stamps (start_ns, last_ns). */
+void mn_json_set_offset(fmt *f, int64_t hi, uint64_t lo)
+{
+    f->offset = (__int128)(((unsigned __int128)(uint64_t)hi << 64) | lo);
+}
+
+static __u32 mix(__u64 x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (__u32)x;
+}
+
+static __u32 owner_hash(__u32 pid, const char *comm, __u64 cgroup_id)
+{
+    __u64 c0, c1;
+    memcpy(&c0, comm, 8);
+    memcpy(&c1, comm + 8, 8);
+    return mix(pid ^ (cgroup_id * 0x9e3779b97f4a7c15ULL) ^ c0 ^ (c1 * 31));
+}
+
+static owner *owner_find(fmt *f, __u32 pid, const char *comm, __u64 cgroup_id, int insert)
+{
+    __u32 h = owner_hash(pid, comm, cgroup_id);
+    for (__u32 i = 0; i < OWNER_SLOTS; i++) {
+        owner *o = &f->owners[(h + i) & (OWNER_SLOTS - 1)];
+        if (o->gen != f->owner_gen)
+            return insert ? o : NULL;
+        if (o->pid == pid && o->cgroup_id == cgroup_id && !memcmp(o->comm, comm, 16))
+            return o;
+    }
+    return NULL;
+}
+
+/* A new poll: owners are resolved per poll (a process's comm and cgroup can change), as poll_json does. */
+void mn_json_clear_owners(fmt *f)
+{
+    f->owner_gen++;
+    f->owners_used = 0;
+}
+
+int mn_json_set_owner(fmt *f, __u32 pid, const char *comm, __u64 cgroup_id, const char *p, size_t n)
+{
+    if (f->owners_used >= OWNER_SLOTS / 2)
+        return -1;
+    owner *o = owner_find(f, pid, comm, cgroup_id, 1);
+    if (!o)
+        return -1;
+    if (o->gen != f->owner_gen) {
+        o->gen = f->owner_gen;
+        o->pid = pid;
+        o->cgroup_id = cgroup_id;
+        memcpy(o->comm, comm, 16);
+        f->owners_used++;
+    }
+    return set_text(&o->t, p, n);
+}
+
+static drop *drop_find(fmt *f, __u64 sk, int insert)
+{
+    __u32 h = mix(sk);
+    for (__u32 i = 0; i < DROP_SLOTS; i++) {
+        drop *d = &f->drops[(h + i) & (DROP_SLOTS - 1)];
+        if (d->gen != f->drop_gen)
+            return insert ? d : NULL;
+        if (d->sk == sk)
+            return d;
+    }
+    return NULL;
+}
+
+/* The drops joined to sockets (sensor._drops_by_sk), each taken by the first flow of its socket. */
+void mn_json_clear_drops(fmt *f)
+{
+    f->drop_gen++;
+    f->drops_used = 0;
+}
+
+int mn_json_set_drops(fmt *f, __u64 sk, __u64 count, const char *p, size_t n)
+{
+    if (f->drops_used >= DROP_SLOTS / 2)
+        return -1;
+    drop *d = drop_find(f, sk, 1);
+    if (!d)
+        return -1;
+    if (d->gen != f->drop_gen) {
+        d->gen = f->drop_gen;
+        d->sk = sk;
+        f->drops_used++;
+    }
+    d->count = count;
+    d->used = 0;
+    return set_text(&d->t, p, n);
+}
+
+static char *put(char *o, const text *t)
+{
+    memcpy(o, t->p, t->n);
+    return o + t->n;
+}
+
+static char *put_u64(char *o, __u64 v)
+{
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = '0' + v % 10;
+        v /= 10;
+    } while (v);
+    while (n)
+        *o++ = tmp[--n];
+    return o;
+}
+
+static char *put_i128(char *o, __int128 v)
+{
+    unsigned __int128 u = v < 0 ? -(unsigned __int128)v : (unsigned __int128)v;
+    char tmp[40];
+    int n = 0;
+    if (v < 0)
+        *o++ = '-';
+    do {
+        tmp[n++] = '0' + (int)(u % 10);
+        u /= 10;
+    } while (u);
+    while (n)
+        *o++ = tmp[--n];
+    return o;
+}
+
+static char *put_hex(char *o, unsigned v)
+{
+    static const char hex[] = "0123456789abcdef";
+    int started = 0;
+    for (int s = 12; s >= 0; s -= 4) {
+        unsigned d = (v >> s) & 0xf;
+        if (d || started || s == 0) {
+            *o++ = hex[d];
+            started = 1;
+        }
+    }
+    return o;
+}
+
+static char *put_ipv4(char *o, const __u8 *a)
+{
+    for (int i = 0; i < 4; i++) {
+        if (i)
+            *o++ = '.';
+        o = put_u64(o, a[i]);
+    }
+    return o;
+}
+
+/* An address as JSON text, exactly as probes._records._addr and json.dumps write it: IPv4 dotted; IPv6 as
+ * Python's ipaddress prints it (lowercase hextets, the first longest run of two or more zero hextets as
+ * "::"), a v4-mapped one as IPv4. Not inet_ntop: glibc prints "::a.b.c.d" for v4-compatible addresses. */
+static char *put_addr(char *o, const __u8 *a, int inet6)
+{
+    *o++ = '"';
+    static const __u8 mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (!inet6) {
+        o = put_ipv4(o, a);
+    } else if (!memcmp(a, mapped, 12)) {
+        o = put_ipv4(o, a + 12);
+    } else {
+        unsigned h[8];
+        int best = -1, best_len = 0, run = -1, run_len = 0;
+        for (int i = 0; i < 8; i++) {
+            h[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
+            if (h[i] == 0) {
+                if (run < 0)
+                    run = i;
+                if (++run_len > best_len) {
+                    best_len = run_len;
+                    best = run;
+                }
+            } else {
+                run = -1;
+                run_len = 0;
+            }
+        }
+        if (best_len < 2)
+            best = -1;
+        for (int i = 0; i < 8; i++) {
+            if (i == best) {
+                *o++ = ':';
+                *o++ = ':';
+                i += best_len - 1;
+                continue;
+            }
+            if (i && i != best + best_len)
+                *o++ = ':';
+            o = put_hex(o, h[i]);
+        }
+    }
+    *o++ = '"';
+    return o;
+}
+
+/* Render records [start, n) of `buf` (record i's struct event at i * stride + skip) as JSON lines into
+ * `out` (cap bytes), stopping before the first it cannot render. Returns the bytes written; *next is the
+ * index it stopped at (n when all are done), *need why (NEED_*), *lines how many it wrote. The drops of
+ * sockets whose flows were rendered are marked taken; mn_json_taken_drops lists them. */
+size_t mn_json_render(fmt *f, const char *buf, size_t n, size_t stride, size_t skip, size_t start, char *out,
+                      size_t cap, size_t *next, int *need, size_t *lines)
+{
+    char *o = out;
+    size_t i = start, count = 0;
+    *need = NEED_NONE;
+    for (; i < n; i++) {
+        struct event e;
+        memcpy(&e, buf + i * stride + skip, sizeof(e));
+        const struct tcp_flow *fl = &e.flow;
+        if (e.kind != EV_TCP_END || !fl->cookie) {
+            *need = NEED_SLOW;
+            break;
+        }
+        owner *ow = owner_find(f, fl->pid, e.comm, fl->cgroup_id, 0);
+        if (!ow) {
+            *need = NEED_OWNER;
+            break;
+        }
+        int inbound = fl->flags & F_INBOUND;
+        const text *svc = &f->service[inbound ? fl->sport : fl->dport];
+        if (!svc->p) {
+            *need = NEED_SERVICE;
+            break;
+        }
+        drop *d = drop_find(f, e.sk, 0);
+        if (d && d->used)
+            d = NULL;
+        const text *reasons = d ? &d->t : &f->no_reasons;
+        const text *oc = f->outcome[fl->outcome].p ? &f->outcome[fl->outcome] : &f->outcome[OC_IN_PROGRESS];
+        const text *dir = inbound ? &f->inbound : &f->outbound;
+        /* 2 addresses <= 41 + 2 chars each; 20 integers <= 20 digits; 2 times <= 41 chars */
+        size_t room = f->lit_total + 2 * 43 + 20 * 20 + 2 * 41 + dir->n + ow->t.n + oc->n + f->unknown_limit.n +
+                      svc->n + reasons->n;
+        if ((size_t)(out + cap - o) < room) {
+            *need = NEED_ROOM;
+            break;
+        }
+        if (d)
+            d->used = 1;
+        int inet6 = fl->flags & F_INET6;
+        __u64 segs_out = fl->segs_out;
+        if (fl->flags & F_SYNACK)
+            segs_out += 1 + (__u64)fl->synack_retrans;
+        const text *L = f->lit;
+        o = put(o, &L[0]);  o = put_u64(o, fl->cookie);
+        o = put(o, &L[1]);  o = put_addr(o, fl->saddr, inet6);
+        o = put(o, &L[2]);  o = put_u64(o, fl->sport);
+        o = put(o, &L[3]);  o = put_addr(o, fl->daddr, inet6);
+        o = put(o, &L[4]);  o = put_u64(o, fl->dport);
+        o = put(o, &L[5]);  o = put(o, dir);
+        o = put(o, &L[6]);  o = put(o, &ow->t);
+        o = put(o, &L[7]);  o = put_u64(o, fl->netns);
+        o = put(o, &L[8]);  o = put_i128(o, (__int128)fl->start_ns + f->offset);
+        o = put(o, &L[9]);  o = put_i128(o, (__int128)fl->last_ns + f->offset);
+        o = put(o, &L[10]); o = put_u64(o, fl->bytes_tx);
+        o = put(o, &L[11]); o = put_u64(o, fl->bytes_rx);
+        o = put(o, &L[12]); o = put_u64(o, segs_out);
+        o = put(o, &L[13]); o = put_u64(o, fl->segs_in);
+        o = put(o, &L[14]); o = put(o, oc);
+        o = put(o, &L[15]); o = put_u64(o, fl->total_retrans);
+        o = put(o, &L[16]); o = put_u64(o, fl->srtt_us);
+        o = put(o, &L[17]); o = put_u64(o, fl->rtt_min_us);
+        o = put(o, &L[18]); o = put_u64(o, fl->srtt_max_us);
+        o = put(o, &L[19]); o = put_u64(o, fl->cwnd);
+        o = put(o, &L[20]); o = put_u64(o, fl->cwnd_min);
+        o = put(o, &L[21]); o = put_u64(o, fl->cwnd_max);
+        o = put(o, &L[22]); o = put(o, &f->unknown_limit);
+        o = put(o, &L[23]); o = put_u64(o, fl->connect_us);
+        o = put(o, &L[24]); o = put_u64(o, fl->resets_tx);
+        o = put(o, &L[25]); o = put_u64(o, fl->resets_rx);
+        o = put(o, &L[26]); o = put_u64(o, d ? d->count : 0);
+        o = put(o, &L[27]); o = put(o, svc);
+        o = put(o, &L[28]); o = put(o, reasons);
+        o = put(o, &L[29]);
+        count++;
+    }
+    *next = i;
+    *lines = count;
+    return (size_t)(o - out);
+}
+
+/* The sockets whose drops a render took since mn_json_clear_drops (up to cap); returns how many. */
+size_t mn_json_taken_drops(fmt *f, __u64 *sks, size_t cap)
+{
+    size_t k = 0;
+    for (__u32 i = 0; i < DROP_SLOTS && k < cap; i++) {
+        drop *d = &f->drops[i];
+        if (d->gen == f->drop_gen && d->used)
+            sks[k++] = d->sk;
+    }
+    return k;
+}
+
+/* The socket addresses of records [0, n) (their tcp_flows keys), for the caller to pick the drops to give. */
+void mn_json_sks(const char *buf, size_t n, size_t stride, size_t skip, __u64 *sks)
+{
+    for (size_t i = 0; i < n; i++)
+        memcpy(&sks[i], buf + i * stride + skip + offsetof(struct event, sk), sizeof(__u64));
+}
