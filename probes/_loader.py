@@ -54,7 +54,7 @@ BPF_CGROUP_INET_SOCK_RELEASE = 34
 
 # Tracepoints the sensor cannot do without, and optional ones with the -D flag that enables their code.
 REQUIRED_TRACEPOINTS = (
-    ("tcp", "tcp_receive_reset"), ("tcp", "tcp_destroy_sock"),
+    ("tcp", "tcp_receive_reset"), ("tcp", "tcp_destroy_sock"), ("sock", "inet_sock_set_state"),
 )
 OPTIONAL_TRACEPOINTS = {
     ("sock", "sock_send_length"): "HAVE_SOCK_LENGTH",
@@ -92,6 +92,14 @@ class ProbeConfig:
     @property
     def scoped(self) -> bool:
         return self.cgroup.strip("/") != ""
+
+
+def sockops_has_comm(release: str | None = None) -> bool:
+    """Whether sock_ops programs may call bpf_get_current_comm: Linux 6.16 moved it to the helpers every
+    program type has ("bpf: Streamline allowed helpers between tracing and base sets"). Before, a
+    connect's comm is noted by the inet_sock_set_state tracepoint (5 more program runs a flow)."""
+    m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (6, 16)
 
 
 def missing_prerequisites(cgroup_root: Path = CGROUP_ROOT) -> list[str]:
@@ -194,6 +202,8 @@ class Probes:
                 flags.append(f"-D{define}")
         if c.scoped:
             flags.append("-DSCOPED")
+        if sockops_has_comm():
+            flags.append("-DHAVE_SOCKOPS_COMM")
         return flags
 
     def open(self) -> None:

@@ -1,7 +1,7 @@
 /* Process attribution and application byte counts from tracepoints that fire in process context.
  * sock_ops and cgroup-skb often run in softirq, where the current task is whoever was interrupted; these
  * record who really read or wrote, and how many bytes the application moved (connect callers are noted by
- * sock_ops' CONNECT_CB, which runs inside connect(2)). A tracked TCP
+ * sock_ops' CONNECT_CB, which runs inside connect(2), or on kernels before 6.16 here). A tracked TCP
  * socket is found by its address, the key of tcp_flows (rows are made by sock_ops), which also scopes
  * this work to the sensor's cgroup for free. */
 
@@ -37,10 +37,16 @@ static __always_inline void app_bytes(__u64 sk, __u16 protocol, int ret, int tx)
         __sync_fetch_and_add(&f->bytes_tx, ret);
     else
         __sync_fetch_and_add(&f->bytes_rx, ret);
+#ifdef HAVE_SOCKOPS_COMM
     if (f->pid != tgid) {
         f->pid = tgid;  /* the owner is whoever last moved data: the accepting worker, not the listener */
         note_comm(tgid);
     }  /* else its comm was noted when it became the owner (connect, listen or an earlier read) */
+#else
+    if (f->pid != tgid)
+        f->pid = tgid;
+    note_comm(tgid);  /* listen and connect could not note it (sock_ops has no comm helper before 6.16) */
+#endif
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length)
@@ -54,6 +60,19 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
     if (args->flags & MN_MSG_PEEK)
         return 0;
     app_bytes((__u64)args->sk, args->protocol, args->ret, 0);
+    return 0;
+}
+#endif
+
+#ifndef HAVE_SOCKOPS_COMM
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    /* CLOSE -> SYN_SENT happens inside connect(2): remember the caller's comm (sock_ops notes it itself
+     * where it may call bpf_get_current_comm: HAVE_SOCKOPS_COMM) */
+    if (args->protocol != IPPROTO_TCP || args->newstate != 2 /* TCP_SYN_SENT */)
+        return 0;
+    if (in_scope())
+        note_comm(bpf_get_current_pid_tgid() >> 32);
     return 0;
 }
 #endif

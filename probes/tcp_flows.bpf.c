@@ -176,11 +176,14 @@ int mn_sockops(struct bpf_sock_ops *skops)
         k.lport = skops->local_port;
         __u32 tgid = bpf_get_current_pid_tgid() >> 32;
         listeners.update(&k, &tgid);
+#ifdef HAVE_SOCKOPS_COMM
         note_comm(tgid);  /* inbound flows' owner until a reader shows */
+#endif
         return 1;
     }
     case BPF_SOCK_OPS_TCP_CONNECT_CB: {
-        /* process context (connect(2)): the caller owns the flow, and its comm is noted here */
+        /* process context (connect(2)): the caller owns the flow, and its comm is noted here where sock_ops
+         * may call bpf_get_current_comm (Linux 6.16), else by the inet_sock_set_state tracepoint */
         struct tcp_flow f = {};
         fill_tuple(skops, &f);
         f.cookie = mn_socket_cookie(skops);
@@ -190,7 +193,9 @@ int mn_sockops(struct bpf_sock_ops *skops)
         f.last_ns = now;
         f.pid = bpf_get_current_pid_tgid() >> 32;
         f.outcome = OC_IN_PROGRESS;
+#ifdef HAVE_SOCKOPS_COMM
         note_comm(f.pid);
+#endif
         track(skops, (__u64)skops->sk, &f);
         return 1;
     }

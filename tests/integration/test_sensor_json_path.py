@@ -1,5 +1,5 @@
 """``meshnode capture --json``'s fast path over real kernel records: the ring records of real loopback traffic
-(IPv4 and IPv6, both ends, a refused connect) rendered by ``EbpfSensor.poll_json`` (in C, and in Python) and
+(IPv4 and IPv6, both ends, refused connects) rendered by ``EbpfSensor.poll_json`` (in C, and in Python) and
 by ``poll`` + ``json_line`` (the path the fast one replaced for capture) give the same bytes."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ CONNS = 6  # per address family
 TRAFFIC = r"""
 import os, socket, sys
 open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+print(os.getpid())
 for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
     with socket.create_server((host, 0), family=fam) as srv:
         for i in range(int(sys.argv[2])):
@@ -38,10 +39,30 @@ except ConnectionRefusedError:
 """
 
 
-@pytest.fixture
-def sensor() -> Iterator[tuple[Any, Path]]:
+SOLO_REFUSED = r"""
+import os, socket, sys
+open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+print(os.getpid())
+probe = socket.socket(); probe.bind(("127.0.0.1", 0)); closed = probe.getsockname()[1]; probe.close()
+try:
+    socket.create_connection(("127.0.0.1", closed))
+except ConnectionRefusedError:
+    pass
+"""
+
+
+@pytest.fixture(params=[True, False], ids=["comm-in-sock_ops", "comm-by-tracepoint"])
+def sensor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Path]]:
+    """A sensor scoped to a fresh cgroup; built as this kernel allows (sock_ops notes a connect's comm,
+    Linux 6.16 on), and as older kernels need it (the inet_sock_set_state tracepoint notes it)."""
     require_kernel()
     from meshnode.sensor._ebpf import EbpfSensor
+    from probes import _loader
+
+    if not request.param:
+        monkeypatch.setattr(_loader, "sockops_has_comm", lambda: False)
+    elif not _loader.sockops_has_comm():
+        pytest.skip("this kernel's sock_ops cannot call bpf_get_current_comm (before 6.16)")
 
     cg = CGROUP_ROOT / f"mn-test-json-{os.getpid()}"
     cg.mkdir()
@@ -64,8 +85,14 @@ def test_fast_path_equals_poll_on_real_records(sensor: tuple[Any, Path]) -> None
     from probes import _records as rec
 
     s, cg = sensor
-    subprocess.run([sys.executable, "-c", TRAFFIC, str(cg), str(CONNS)], check=True, timeout=60)
-    want = 2 * 2 * CONNS + 1  # both ends of each connection, and the refused connect
+    proc = subprocess.run([sys.executable, "-c", TRAFFIC, str(cg), str(CONNS)], check=True, timeout=60,
+                          stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout)
+    # a process whose one connect is refused: no data moves, so only the connect can have noted its name
+    solo = subprocess.run([sys.executable, "-c", SOLO_REFUSED, str(cg)], check=True, timeout=60,
+                          stdout=subprocess.PIPE, text=True)
+    solo_pid = int(solo.stdout)
+    want = 2 * 2 * CONNS + 2  # both ends of each connection, and the two refused connects
     raws: list[tuple[Any, ...]] = []
     deadline = time.monotonic() + 10
     while sum(1 for v in raws if v[0] == rec.EV_TCP_END) < want and time.monotonic() < deadline:
@@ -85,7 +112,10 @@ def test_fast_path_equals_poll_on_real_records(sensor: tuple[Any, Path]) -> None
     assert in_c == in_python == old and len(old) == want
     got = [json.loads(ln) for ln in in_c]
     assert {g["src"] for g in got} == {"127.0.0.1", "::1"}
-    assert sorted(g["outcome"] for g in got).count("established") == want - 1
-    assert [g["outcome"] for g in got].count("refused") == 1
+    assert sorted(g["outcome"] for g in got).count("established") == want - 2
+    assert [g["outcome"] for g in got].count("refused") == 2
+    # both processes have exited: their names come from the kernel side, noted at connect and read
+    assert {(g["direction"], g["comm"], g["pid"]) for g in got} == {
+        ("outbound", "python", pid), ("inbound", "python", pid), ("outbound", "python", solo_pid)}
     assert sorted(g["bytes_rx"] for g in got if g["direction"] == "outbound" and g["outcome"] == "established") \
         == sorted(5000 * (i + 1) for i in range(CONNS) for _ in range(2))

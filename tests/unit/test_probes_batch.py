@@ -102,3 +102,10 @@ def test_live_tcp_rows_read_from_the_batch_arrays_equal_the_row_by_row_decoding(
     lib = type("Lib", (), {"bpf_lookup_batch": staticmethod(op)})
     p = Probes(_lib=lib(), _bpf={"tcp_flows": TcpTable()})
     assert p.tcp_flows() == [tcp_row_from_c(sk, f) for sk, f in rows]
+
+
+def test_sock_ops_comm_helper_by_kernel_release() -> None:
+    from probes._loader import sockops_has_comm
+
+    assert [sockops_has_comm(r) for r in ("6.15.9-amd64", "6.16.0", "6.18.1-cloud", "7.0", "5.10.0-30", "x")] \
+        == [False, True, True, True, False, False]
