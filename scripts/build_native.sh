@@ -9,8 +9,14 @@ lib=meshnode/sensor/_jsonline.so
 if [ -e "$lib" ] && [ "$lib" -nt "$src" ] && [ "$lib" -nt probes/meshnode.h ]; then
   exit 0
 fi
+# Optional: a failure is reported, not fatal (capture then renders in Python; its tests say so).
 cc=$(command -v cc || command -v gcc || command -v gcc-12 || true)
-[ -n "$cc" ] || { echo "setup: error: no C compiler (cc) to build $lib. Fix: apt-get install gcc" >&2; exit 1; }
-"$cc" -O2 -Wall -Wextra -Werror -shared -fPIC -Iprobes -o "$lib.tmp" "$src"
-mv "$lib.tmp" "$lib"
-echo "setup: built $lib" >&2
+if [ -z "$cc" ]; then
+  echo "setup: warning: no C compiler (cc) to build $lib; capture --json will be slower. Fix: apt-get install gcc" >&2
+elif "$cc" -O2 -Wall -Wextra -shared -fPIC -Iprobes -o "$lib.tmp" "$src"; then
+  mv "$lib.tmp" "$lib"
+  echo "setup: built $lib" >&2
+else
+  rm -f "$lib.tmp"
+  echo "setup: warning: building $lib failed (above); capture --json will render in Python, slower" >&2
+fi

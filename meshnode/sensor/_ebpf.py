@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshnode._exceptions import BPFCompileError, SensorError
 from meshnode._model import FlowRecord
@@ -239,8 +239,10 @@ class EbpfSensor:
         Used while the sensor holds no limits or tcp_info (those come from ``active``, which capture reads
         only at exit). The records' bytes go to C in ring order; where it stops, Python does what it
         cannot: an owner (pid, comm, cgroup) or a service it has not been given yet is resolved as
-        ``poll_json`` resolves it and handed over, and any other record (events, half-open resets, UDP
-        releases, an owner table full) takes ``poll``'s own path, in place. Drops joined to sockets are
+        ``poll_json`` resolves it and handed over (all of a poll's new ones first), and any other record
+        that may end a flow (half-open resets, UDP releases, an owner table full) takes ``poll``'s own
+        path, in place. Events (bursts, shifts, resets, zero windows) end no flow and write no line: they
+        are handled, in ring order, after the lines. Drops joined to sockets are
         handed over for the sockets in this batch, and the ones a line took are popped, as ``poll_json``
         pops them.
         """
@@ -250,14 +252,19 @@ class EbpfSensor:
         drops_by_sk = self._drops_by_sk
         native.set_offset(self._clock_offset)
         native.new_poll()
+        native.begin(data, count, stride, skip)
         python_drops = not self._give_drops(native, data, count, stride, skip)
         fast = slow = i = 0
         gc_was_enabled = gc.isenabled()
         gc.disable()  # as in poll_json: the loop makes no cycles
         try:
+            for k in native.unresolved(data, count, stride, skip):  # new owners and services, once each
+                v = rec.EVENT_STRUCT.unpack_from(data, k * stride + skip)
+                self._native_owner(native, v)
+                self._native_service(native, v)
             while i < count:
                 if not python_drops:
-                    text, stop, need, n = native.render(data, count, stride, skip, i)
+                    text, stop, need, n = native.render(i)
                     if n:
                         lines.append(text)
                         fast += n
@@ -269,17 +276,10 @@ class EbpfSensor:
                 else:
                     need = _native.NEED_SLOW
                 v = rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)
-                pid, comm, cgroup_id = v[25], v[37], v[9]
-                if need == _native.NEED_OWNER and native.set_owner(pid, comm, cgroup_id, _OWNER_TEXT % (
-                        pid, _json_bytes(self._comm(pid, rec.comm_of(comm))),
-                        _json_bytes(self._cgroup(cgroup_id, pid)), cgroup_id)):
+                if need == _native.NEED_OWNER and self._native_owner(native, v):
                     continue
                 if need == _native.NEED_SERVICE:
-                    port = v[29] if v[34] & rec.F_INBOUND else v[30]
-                    service = self._json_service.get(port)
-                    if service is None:
-                        service = self._json_service[port] = _json_bytes(service_name(port, "tcp"))
-                    native.set_service(port, service)
+                    self._native_service(native, v)
                     continue
                 # poll's own path for this record, in ring order; the drops it may take stay in step
                 for sk in native.taken_drops():
@@ -293,6 +293,8 @@ class EbpfSensor:
                 i += 1
             for sk in native.taken_drops():
                 drops_by_sk.pop(sk, None)
+            for k in native.events(count):  # render passed over them: they end no flow, make no line
+                self._handle(rec.event_from_raw(rec.EVENT_STRUCT.unpack_from(data, k * stride + skip)), batch)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -301,6 +303,23 @@ class EbpfSensor:
         lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
         batch.completeness.flows_recorded += len(ended) + fast
         return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness)
+
+    def _native_owner(self, native: NativeJson, v: tuple[Any, ...]) -> bool:
+        """Give C a raw TCP end record's owner text, made as poll_json makes it; False if its table is full."""
+        pid, comm, cgroup_id = v[25], v[37], v[9]
+        return native.set_owner(pid, comm, cgroup_id, _OWNER_TEXT % (
+            pid, _json_bytes(self._comm(pid, rec.comm_of(comm))), _json_bytes(self._cgroup(cgroup_id, pid)),
+            cgroup_id))
+
+    def _native_service(self, native: NativeJson, v: tuple[Any, ...]) -> None:
+        """Give C the service text of a raw TCP end record's port (the peer's, or ours when inbound)."""
+        port = v[29] if v[34] & rec.F_INBOUND else v[30]
+        if native.has_service(port):
+            return
+        service = self._json_service.get(port)
+        if service is None:
+            service = self._json_service[port] = _json_bytes(service_name(port, "tcp"))
+        native.set_service(port, service)
 
     def _give_drops(self, native: NativeJson, data: bytes, count: int, stride: int, skip: int) -> bool:
         """Hand C the drops of the sockets among these records; False when they do not fit its table."""

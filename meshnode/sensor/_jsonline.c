@@ -61,17 +61,23 @@ typedef struct {
     drop drops[DROP_SLOTS];
     __u32 drop_gen, drops_used;
     __int128 offset;
+    /* the batch of mn_json_begin, and where mn_json_next writes (one pointer argument a call) */
+    const char *buf;
+    size_t n, stride, skip, cap;
+    char *out;
+    size_t *res;
 } fmt;
 
+/* A text is copied; where memory runs out the slot is left empty (unresolved), never with an older text. */
 static int set_text(text *t, const char *p, size_t n)
 {
     char *c = malloc(n ? n : 1);
+    free(t->p);
+    t->p = c;
+    t->n = c ? n : 0;
     if (!c)
         return -1;
     memcpy(c, p, n);
-    free(t->p);
-    t->p = c;
-    t->n = n;
     return 0;
 }
 
@@ -188,21 +194,59 @@ void mn_json_clear_owners(fmt *f)
     f->owners_used = 0;
 }
 
-int mn_json_set_owner(fmt *f, __u32 pid, const char *comm, __u64 cgroup_id, const char *p, size_t n)
+/* The slot of an owner, claimed (with no text yet) when new; NULL when this poll's table is full. */
+static owner *owner_slot(fmt *f, __u32 pid, const char *comm, __u64 cgroup_id)
 {
-    if (f->owners_used >= OWNER_SLOTS / 2)
-        return -1;
     owner *o = owner_find(f, pid, comm, cgroup_id, 1);
-    if (!o)
-        return -1;
-    if (o->gen != f->owner_gen) {
+    if (o && o->gen != f->owner_gen) {
+        if (f->owners_used >= OWNER_SLOTS / 2)
+            return NULL;
         o->gen = f->owner_gen;
         o->pid = pid;
         o->cgroup_id = cgroup_id;
         memcpy(o->comm, comm, 16);
+        free(o->t.p);
+        o->t.p = NULL;
+        o->t.n = 0;
         f->owners_used++;
     }
-    return set_text(&o->t, p, n);
+    return o;
+}
+
+int mn_json_set_owner(fmt *f, __u32 pid, const char *comm, __u64 cgroup_id, const char *p, size_t n)
+{
+    owner *o = owner_slot(f, pid, comm, cgroup_id);
+    return o ? set_text(&o->t, p, n) : -1;
+}
+
+/* Indices of the TCP end records of [0, n) whose owner or service has no text yet, each owner and
+ * service listed once (up to cap): Python resolves them all before rendering, instead of one stop of
+ * the render per new owner. Returns how many (cap >= n lists them all). */
+size_t mn_json_unresolved(fmt *f, const char *buf, size_t n, size_t stride, size_t skip, size_t *idx, size_t cap)
+{
+    static __thread __u8 listed[65536 / 8];
+    size_t k = 0;
+    memset(listed, 0, sizeof(listed));
+    for (size_t i = 0; i < n && k < cap; i++) {
+        struct event e;
+        memcpy(&e, buf + i * stride + skip, sizeof(e));
+        if (e.kind != EV_TCP_END || !e.flow.cookie)
+            continue;
+        int want = 0;
+        owner *o = owner_find(f, e.flow.pid, e.comm, e.flow.cgroup_id, 0);
+        if (!o) {
+            o = owner_slot(f, e.flow.pid, e.comm, e.flow.cgroup_id);  /* listed once: claimed now */
+            want = o != NULL;
+        }
+        __u16 port = e.flow.flags & F_INBOUND ? e.flow.sport : e.flow.dport;
+        if (!f->service[port].p && !(listed[port / 8] & (1 << (port % 8)))) {
+            listed[port / 8] |= 1 << (port % 8);
+            want = 1;
+        }
+        if (want)
+            idx[k++] = i;
+    }
+    return k;
 }
 
 static drop *drop_find(fmt *f, __u64 sk, int insert)
@@ -347,6 +391,14 @@ static char *put_addr(char *o, const __u8 *a, int inet6)
     return o;
 }
 
+/* Record kinds that end no flow (capture --json writes no line for them; their handling touches nothing
+ * a line is made of: EbpfSensor._handle). */
+static int is_event(__u32 kind)
+{
+    return kind == EV_RETRANS_BURST || kind == EV_RTT_SHIFT || kind == EV_RESET_RX || kind == EV_RESET_TX ||
+           kind == EV_ZERO_WINDOW;
+}
+
 /* Render records [start, n) of `buf` (record i's struct event at i * stride + skip) as JSON lines into
  * `out` (cap bytes), stopping before the first it cannot render. Returns the bytes written; *next is the
  * index it stopped at (n when all are done), *need why (NEED_*), *lines how many it wrote. The drops of
@@ -361,12 +413,14 @@ size_t mn_json_render(fmt *f, const char *buf, size_t n, size_t stride, size_t s
         struct event e;
         memcpy(&e, buf + i * stride + skip, sizeof(e));
         const struct tcp_flow *fl = &e.flow;
+        if (is_event(e.kind))
+            continue;  /* no line: Python handles these after the lines (mn_json_events) */
         if (e.kind != EV_TCP_END || !fl->cookie) {
             *need = NEED_SLOW;
             break;
         }
         owner *ow = owner_find(f, fl->pid, e.comm, fl->cgroup_id, 0);
-        if (!ow) {
+        if (!ow || !ow->t.p) {
             *need = NEED_OWNER;
             break;
         }
@@ -450,4 +504,45 @@ void mn_json_sks(const char *buf, size_t n, size_t stride, size_t skip, __u64 *s
 {
     for (size_t i = 0; i < n; i++)
         memcpy(&sks[i], buf + i * stride + skip + offsetof(struct event, sk), sizeof(__u64));
+}
+
+/* A poll's batch for mn_json_next (the caller keeps buf and out alive until the next begin/output):
+ * res receives {next, need, lines} of each call. */
+void mn_json_begin(fmt *f, const char *buf, size_t n, size_t stride, size_t skip, size_t *res)
+{
+    f->buf = buf;
+    f->n = n;
+    f->stride = stride;
+    f->skip = skip;
+    f->res = res;
+}
+
+void mn_json_output(fmt *f, char *out, size_t cap)
+{
+    f->out = out;
+    f->cap = cap;
+}
+
+/* mn_json_render over the batch of mn_json_begin from record `start`, into the buffer of mn_json_output:
+ * two arguments, where a ctypes call costs ~0.2 us an argument. */
+size_t mn_json_next(fmt *f, size_t start)
+{
+    int need;
+    size_t size = mn_json_render(f, f->buf, f->n, f->stride, f->skip, start, f->out, f->cap, &f->res[0], &need,
+                                 &f->res[2]);
+    f->res[1] = (size_t)need;
+    return size;
+}
+
+/* Indices of the batch's event records (is_event), in ring order, up to cap; returns how many. */
+size_t mn_json_events(fmt *f, size_t *idx, size_t cap)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < f->n && k < cap; i++) {
+        __u32 kind;
+        memcpy(&kind, f->buf + i * f->stride + f->skip + offsetof(struct event, kind), sizeof(kind));
+        if (is_event(kind))
+            idx[k++] = i;
+    }
+    return k;
 }

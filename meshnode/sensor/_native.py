@@ -47,6 +47,14 @@ def _bind(lib: ct.CDLL) -> None:
     lib.mn_json_render.restype = _SZ
     lib.mn_json_render.argtypes = [_P, ct.c_char_p, _SZ, _SZ, _SZ, _SZ, _P, _SZ, ct.POINTER(_SZ),
                                    ct.POINTER(ct.c_int), ct.POINTER(_SZ)]
+    lib.mn_json_begin.argtypes = [_P, ct.c_char_p, _SZ, _SZ, _SZ, ct.POINTER(_SZ)]
+    lib.mn_json_output.argtypes = [_P, _P, _SZ]
+    lib.mn_json_next.restype = _SZ
+    lib.mn_json_next.argtypes = [_P, _SZ]
+    lib.mn_json_events.restype = _SZ
+    lib.mn_json_events.argtypes = [_P, ct.POINTER(_SZ), _SZ]
+    lib.mn_json_unresolved.restype = _SZ
+    lib.mn_json_unresolved.argtypes = [_P, ct.c_char_p, _SZ, _SZ, _SZ, ct.POINTER(_SZ), _SZ]
     lib.mn_json_sks.argtypes = [ct.c_char_p, _SZ, _SZ, _SZ, ct.POINTER(ct.c_uint64)]
     lib.mn_json_taken_drops.restype = _SZ
     lib.mn_json_taken_drops.argtypes = [_P, ct.POINTER(ct.c_uint64), _SZ]
@@ -66,9 +74,12 @@ class NativeJson:
         for kind, text in ((T_INBOUND, inbound), (T_OUTBOUND, outbound), (T_UNKNOWN_LIMIT, unknown),
                            (T_NO_REASONS, no_reasons)):
             self._text(kind, 0, text)
-        self._out = ct.create_string_buffer(1 << 20)
-        self._next, self._need, self._lines = _SZ(), ct.c_int(), _SZ()
+        self._res = (_SZ * 3)()  # next, need, lines of the last render
+        self._data = b""
+        self._output(ct.create_string_buffer(1 << 20))
+        self._services: set[int] = set()
         self._taken = (ct.c_uint64 * 512)()
+        self._drops_given = 0
 
     def _text(self, kind: int, index: int, text: bytes) -> None:
         if self._lib.mn_json_set_text(self._h, kind, index, text, len(text)):
@@ -86,8 +97,12 @@ class NativeJson:
         """The wall clock's offset from the monotonic clock (any Python int that fits 128 bits)."""
         self._lib.mn_json_set_offset(self._h, offset >> 64, offset & (2**64 - 1))
 
+    def has_service(self, port: int) -> bool:
+        return port in self._services
+
     def set_service(self, port: int, text: bytes) -> None:
         self._text(T_SERVICE, port, text)
+        self._services.add(port)
 
     def new_poll(self) -> None:
         self._lib.mn_json_clear_owners(self._h)
@@ -101,8 +116,12 @@ class NativeJson:
         """The drops joined to sockets, as (sk, count, reasons JSON); False when they do not all fit (the
         caller renders in Python)."""
         self._lib.mn_json_clear_drops(self._h)
-        return all(bool(self._lib.mn_json_set_drops(self._h, sk, count, text, len(text)) == 0)
-                   for sk, count, text in dumps)
+        self._drops_given = 0
+        for sk, count, text in dumps:
+            if self._lib.mn_json_set_drops(self._h, sk, count, text, len(text)):
+                return False
+            self._drops_given += 1
+        return True
 
     def sks(self, data: bytes, count: int, stride: int, skip: int) -> list[int]:
         """The socket addresses of the records (all kinds), in order."""
@@ -112,20 +131,43 @@ class NativeJson:
 
     def taken_drops(self) -> list[int]:
         """The sockets whose drops renders took since ``set_drops``."""
+        if not self._drops_given:
+            return []
         n = self._lib.mn_json_taken_drops(self._h, self._taken, len(self._taken))
         return list(self._taken[:n])
 
-    def render(self, data: bytes, count: int, stride: int, skip: int, start: int) -> tuple[bytes, int, int, int]:
-        """Lines for records ``start..`` of ``data`` until one it cannot render: (text, index it stopped at,
+    def _output(self, buf: ct.Array[ct.c_char]) -> None:
+        self._out = buf
+        self._lib.mn_json_output(self._h, buf, len(buf))
+
+    def begin(self, data: bytes, count: int, stride: int, skip: int) -> None:
+        """A poll's records: record i's struct event at ``i * stride + skip`` of ``data``."""
+        self._data = data  # kept alive: C reads it until the next begin
+        self._lib.mn_json_begin(self._h, data, count, stride, skip, self._res)
+
+    def render(self, start: int) -> tuple[bytes, int, int, int]:
+        """Lines for the records from ``start`` until one it cannot render: (text, index it stopped at,
         why (NEED_*), lines)."""
         while True:
-            size = self._lib.mn_json_render(self._h, data, count, stride, skip, start, self._out,
-                                            len(self._out), ct.byref(self._next), ct.byref(self._need),
-                                            ct.byref(self._lines))
-            if self._need.value == NEED_ROOM and self._lines.value == 0:  # one line did not fit: grow
-                self._out = ct.create_string_buffer(2 * len(self._out))
+            size = self._lib.mn_json_next(self._h, start)
+            stop, need, lines = self._res
+            if need == NEED_ROOM and lines == 0:  # one line did not fit: grow
+                self._output(ct.create_string_buffer(2 * len(self._out)))
                 continue
-            return self._out.raw[:size], self._next.value, self._need.value, self._lines.value
+            return ct.string_at(self._out, size), stop, need, lines
+
+    def events(self, count: int) -> list[int]:
+        """Indices of the batch's records that end no flow (retransmit bursts, RTT shifts, resets, zero
+        windows): ``render`` passes over them."""
+        idx = (_SZ * count)()
+        return idx[:self._lib.mn_json_events(self._h, idx, count)]
+
+    def unresolved(self, data: bytes, count: int, stride: int, skip: int) -> list[int]:
+        """Indices of the TCP end records whose owner or service the renderer has no text for, each new
+        owner and service once (claimed now: ``set_owner`` then fills it)."""
+        idx = (_SZ * count)()
+        n = self._lib.mn_json_unresolved(self._h, data, count, stride, skip, idx, count)
+        return idx[:n]
 
 
 _LIB: ct.CDLL | None = None

@@ -55,7 +55,8 @@ def test_drops_events_half_open_and_udp_in_ring_order(tmp_path: Path) -> None:
     a, b = _sensor(tmp_path, raws, **kw), _sensor(tmp_path, raws, native=True, **kw)
     a.poll()
     b.poll_json()
-    for name in ("_drops_by_sk", "_limits", "_tcpinfo", "_released", "_udp_sks"):
+    assert b._rtt_shift_at == {2: 5_000_000}  # the event was handled (after the lines)
+    for name in ("_drops_by_sk", "_limits", "_tcpinfo", "_released", "_udp_sks", "_rtt_shift_at"):
         assert getattr(a, name) == getattr(b, name), name
 
 
@@ -88,7 +89,7 @@ def test_a_line_longer_than_the_buffer_grows_it(tmp_path: Path) -> None:
     s = _sensor(tmp_path, [raw_event(cookie=i + 1) for i in range(3)], native=True)
     nat = s._native_json()
     assert nat is not None
-    nat._out = ct.create_string_buffer(64)
+    nat._output(ct.create_string_buffer(64))
     old = _sensor(tmp_path, [raw_event(cookie=i + 1) for i in range(3)])
     assert s.poll_json().text == "".join(f.to_json_text() + "\n" for f in old.poll().ended)
     assert len(nat._out) >= 512
