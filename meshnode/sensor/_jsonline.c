@@ -36,7 +36,8 @@ typedef struct {
     size_t n;
 } text;
 
-#define OWNER_SLOTS 4096 /* per poll; a poll with more distinct owners takes the Python path for the rest */
+#define FIRST_SLOTS 4096     /* owner and drop tables: open addressing, doubled when half full */
+#define MAX_SLOTS (1u << 22) /* past 2M owners in one poll, the rest take the Python path */
 typedef struct {
     __u32 pid, gen;
     __u64 cgroup_id;
@@ -44,7 +45,6 @@ typedef struct {
     text t;
 } owner;
 
-#define DROP_SLOTS 1024
 typedef struct {
     __u64 sk, count;
     __u32 gen, used;
@@ -56,10 +56,10 @@ typedef struct {
     size_t lit_total;
     text outcome[256], inbound, outbound, unknown_limit, no_reasons;
     text service[65536];
-    owner owners[OWNER_SLOTS];
-    __u32 owner_gen, owners_used;
-    drop drops[DROP_SLOTS];
-    __u32 drop_gen, drops_used;
+    owner *owners;
+    __u32 owner_cap, owner_gen, owners_used;
+    drop *drops;
+    __u32 drop_cap, drop_gen, drops_used;
     __int128 offset;
     /* the batch of mn_json_begin, and where mn_json_next writes (one pointer argument a call) */
     const char *buf;
@@ -91,10 +91,12 @@ void mn_json_free(fmt *f)
         free(f->outcome[i].p);
     for (int i = 0; i < 65536; i++)
         free(f->service[i].p);
-    for (int i = 0; i < OWNER_SLOTS; i++)
+    for (__u32 i = 0; f->owners && i < f->owner_cap; i++)
         free(f->owners[i].t.p);
-    for (int i = 0; i < DROP_SLOTS; i++)
+    for (__u32 i = 0; f->drops && i < f->drop_cap; i++)
         free(f->drops[i].t.p);
+    free(f->owners);
+    free(f->drops);
     free(f->inbound.p);
     free(f->outbound.p);
     free(f->unknown_limit.p);
@@ -111,6 +113,13 @@ fmt *mn_json_new(const char *tmpl, size_t n, size_t event_size)
     if (!f)
         return NULL;
     f->owner_gen = f->drop_gen = 1;
+    f->owner_cap = f->drop_cap = FIRST_SLOTS;
+    f->owners = calloc(FIRST_SLOTS, sizeof(owner));
+    f->drops = calloc(FIRST_SLOTS, sizeof(drop));
+    if (!f->owners || !f->drops) {
+        mn_json_free(f);
+        return NULL;
+    }
     size_t start = 0, slot = 0;
     for (size_t i = 0; i < n; i++) {
         if (tmpl[i] != '%')
@@ -177,8 +186,8 @@ static __u32 owner_hash(__u32 pid, const char *comm, __u64 cgroup_id)
 static owner *owner_find(fmt *f, __u32 pid, const char *comm, __u64 cgroup_id, int insert)
 {
     __u32 h = owner_hash(pid, comm, cgroup_id);
-    for (__u32 i = 0; i < OWNER_SLOTS; i++) {
-        owner *o = &f->owners[(h + i) & (OWNER_SLOTS - 1)];
+    for (__u32 i = 0; i < f->owner_cap; i++) {
+        owner *o = &f->owners[(h + i) & (f->owner_cap - 1)];
         if (o->gen != f->owner_gen)
             return insert ? o : NULL;
         if (o->pid == pid && o->cgroup_id == cgroup_id && !memcmp(o->comm, comm, 16))
@@ -194,13 +203,39 @@ void mn_json_clear_owners(fmt *f)
     f->owners_used = 0;
 }
 
+/* Double the owner table, keeping this poll's owners (texts move, older ones are freed); -1 when it is at
+ * its bound or memory runs out (the table is left as it was). */
+static int grow_owners(fmt *f)
+{
+    __u32 cap = f->owner_cap * 2;
+    owner *t = cap <= MAX_SLOTS ? calloc(cap, sizeof(owner)) : NULL;
+    if (!t)
+        return -1;
+    for (__u32 i = 0; i < f->owner_cap; i++) {
+        owner *o = &f->owners[i];
+        if (o->gen != f->owner_gen) {
+            free(o->t.p);
+            continue;
+        }
+        __u32 h = owner_hash(o->pid, o->comm, o->cgroup_id);
+        __u32 j = 0;
+        while (t[(h + j) & (cap - 1)].gen == f->owner_gen)
+            j++;
+        t[(h + j) & (cap - 1)] = *o;
+    }
+    free(f->owners);
+    f->owners = t;
+    f->owner_cap = cap;
+    return 0;
+}
+
 /* The slot of an owner, claimed (with no text yet) when new; NULL when this poll's table is full. */
 static owner *owner_slot(fmt *f, __u32 pid, const char *comm, __u64 cgroup_id)
 {
+    if (f->owners_used >= f->owner_cap / 2 && grow_owners(f))
+        return owner_find(f, pid, comm, cgroup_id, 0);  /* full: only an owner already held */
     owner *o = owner_find(f, pid, comm, cgroup_id, 1);
     if (o && o->gen != f->owner_gen) {
-        if (f->owners_used >= OWNER_SLOTS / 2)
-            return NULL;
         o->gen = f->owner_gen;
         o->pid = pid;
         o->cgroup_id = cgroup_id;
@@ -252,8 +287,8 @@ size_t mn_json_unresolved(fmt *f, const char *buf, size_t n, size_t stride, size
 static drop *drop_find(fmt *f, __u64 sk, int insert)
 {
     __u32 h = mix(sk);
-    for (__u32 i = 0; i < DROP_SLOTS; i++) {
-        drop *d = &f->drops[(h + i) & (DROP_SLOTS - 1)];
+    for (__u32 i = 0; i < f->drop_cap; i++) {
+        drop *d = &f->drops[(h + i) & (f->drop_cap - 1)];
         if (d->gen != f->drop_gen)
             return insert ? d : NULL;
         if (d->sk == sk)
@@ -269,9 +304,33 @@ void mn_json_clear_drops(fmt *f)
     f->drops_used = 0;
 }
 
+/* Double the drop table, keeping this poll's drops; -1 at its bound or out of memory. */
+static int grow_drops(fmt *f)
+{
+    __u32 cap = f->drop_cap * 2;
+    drop *t = cap <= MAX_SLOTS ? calloc(cap, sizeof(drop)) : NULL;
+    if (!t)
+        return -1;
+    for (__u32 i = 0; i < f->drop_cap; i++) {
+        drop *d = &f->drops[i];
+        if (d->gen != f->drop_gen) {
+            free(d->t.p);
+            continue;
+        }
+        __u32 h = mix(d->sk), j = 0;
+        while (t[(h + j) & (cap - 1)].gen == f->drop_gen)
+            j++;
+        t[(h + j) & (cap - 1)] = *d;
+    }
+    free(f->drops);
+    f->drops = t;
+    f->drop_cap = cap;
+    return 0;
+}
+
 int mn_json_set_drops(fmt *f, __u64 sk, __u64 count, const char *p, size_t n)
 {
-    if (f->drops_used >= DROP_SLOTS / 2)
+    if (f->drops_used >= f->drop_cap / 2 && grow_drops(f))
         return -1;
     drop *d = drop_find(f, sk, 1);
     if (!d)
@@ -491,7 +550,7 @@ size_t mn_json_render(fmt *f, const char *buf, size_t n, size_t stride, size_t s
 size_t mn_json_taken_drops(fmt *f, __u64 *sks, size_t cap)
 {
     size_t k = 0;
-    for (__u32 i = 0; i < DROP_SLOTS && k < cap; i++) {
+    for (__u32 i = 0; i < f->drop_cap && k < cap; i++) {
         drop *d = &f->drops[i];
         if (d->gen == f->drop_gen && d->used)
             sks[k++] = d->sk;

@@ -78,7 +78,6 @@ class NativeJson:
         self._data = b""
         self._output(ct.create_string_buffer(1 << 20))
         self._services: set[int] = set()
-        self._taken = (ct.c_uint64 * 512)()
         self._drops_given = 0
 
     def _text(self, kind: int, index: int, text: bytes) -> None:
@@ -133,8 +132,8 @@ class NativeJson:
         """The sockets whose drops renders took since ``set_drops``."""
         if not self._drops_given:
             return []
-        n = self._lib.mn_json_taken_drops(self._h, self._taken, len(self._taken))
-        return list(self._taken[:n])
+        taken = (ct.c_uint64 * self._drops_given)()
+        return taken[:self._lib.mn_json_taken_drops(self._h, taken, self._drops_given)]
 
     def _output(self, buf: ct.Array[ct.c_char]) -> None:
         self._out = buf

@@ -74,13 +74,23 @@ def test_ipv6_text_is_pythons_for_every_shape_of_zero_runs(tmp_path: Path) -> No
     assert new == old
 
 
-def test_more_owners_than_its_table_and_more_text_than_its_buffer(tmp_path: Path) -> None:
-    """3,000 distinct owners in one poll (its table takes 2,048: the rest go poll's way) and ~2.3 MB of
-    lines (its 1 MiB buffer is emptied and refilled)."""
-    raws = [raw_event(cookie=i + 1, pid=NO_PID - i, comm=b"w%d" % (i % 97), dport=1 + i % 3000)
-            for i in range(3000)]
-    old, new, c_old, c_new = _both(tmp_path, raws, native=True)
-    assert new == old and c_new == c_old and new.count("\n") == 3000
+def test_more_owners_and_drops_than_its_first_tables_and_more_text_than_its_buffer(tmp_path: Path) -> None:
+    """5,000 distinct owners and 3,000 sockets with drops in one poll (its tables start at 4,096 slots and
+    grow when half full) and ~4 MB of lines (its 1 MiB buffer is emptied and refilled); every drop is
+    taken once and popped."""
+    raws = [raw_event(cookie=i + 1, pid=NO_PID - i, comm=b"w%d" % (i % 97), dport=1 + i % 3000, sk=0x100 + i)
+            for i in range(5000)]
+
+    def state(s: EbpfSensor) -> None:
+        s._drops_by_sk.update({0x100 + 2 * i: Counter({"NETFILTER_DROP": i + 1}) for i in range(3000)})
+
+    old, new, c_old, c_new = _both(tmp_path, raws, native=True, state=state)
+    assert new == old and c_new == c_old and new.count("\n") == 5000
+    s = _sensor(tmp_path, raws, native=True, state=state)
+    s.poll_json()
+    assert s._drops_by_sk == {0x100 + 2 * i: Counter({"NETFILTER_DROP": i + 1}) for i in range(2500, 3000)}
+    nat = s._native_json()
+    assert nat is not None and nat.events(0) == []
 
 
 def test_a_line_longer_than_the_buffer_grows_it(tmp_path: Path) -> None:
