@@ -23,6 +23,13 @@ with the reader reading to the end makes them equal. UDP counts datagram payload
   datagrams: received more bytes or datagrams than sent is a ``contradiction``; with no datagram lost the
   bytes must be exact; with ``k`` lost the byte gap must fit in ``k`` datagrams of at most 65,507 bytes
   (``contradiction`` otherwise) and ``k`` must stay within the loss tolerance (``mismatch`` otherwise).
+* **A reused UDP 5-tuple**: an unconnected socket (a server's) keeps one flow per remote address and port,
+  so two sockets of the other end that got the same ephemeral port one after the other are one flow there
+  and two at their end. Where the tuple may name more than one flow at an end (several flows, or records
+  that do not start together), each end's flows are summed, and a claim is judged only one way: what its
+  flows had received cannot exceed what the other end's had sent, once that sum is complete (every digest
+  over the span held and untruncated); the single-flow UDP rules when every record is final
+  (``_judge_reused_tuple``).
 * **Interim records** (a flow still open at a period end) are not compared for equality: the two ends take
   their snapshots at slightly different times. Instead the monotonic bound is checked against the
   witness's *next* record, taken at least ``clock_skew`` later: for UDP, bytes received by ``t1`` cannot
@@ -379,6 +386,16 @@ def compare_bound(c: EndpointClaim, later: EndpointClaim, cfg: ValidationConfig 
     return out
 
 
+def _latest_per_flow(records: Iterable[EndpointClaim]) -> list[EndpointClaim]:
+    """One record per flow (a flow's records share its start): the final one, else the latest snapshot."""
+    latest: dict[int, EndpointClaim] = {}
+    for r in records:
+        held = latest.get(r.start_ns)
+        if held is None or (r.final, r.end_ns) > (held.final, held.end_ns):
+            latest[r.start_ns] = r
+    return list(latest.values())
+
+
 def overlaps(a: EndpointClaim, b: EndpointClaim, skew_ns: int) -> bool:
     """True when the two records' time spans overlap within ``skew_ns`` (tells a reused 5-tuple apart)."""
     return b.start_ns <= a.end_ns + skew_ns and b.end_ns + skew_ns >= a.start_ns
@@ -531,6 +548,10 @@ class CrossValidator:
             report.unverifiable["witness_silent"] += 1
             return True
         cands = [w for w in self._records.get(witness, {}).get(c.peer_key, ()) if overlaps(c, w, cfg.skew_ns)]
+        if c.proto == "udp":
+            judged = self._judge_reused_tuple(c, cands, ripe, report)
+            if judged is not None:
+                return judged
         if c.final:
             finals = [w for w in cands if w.final]
             if finals:
@@ -561,6 +582,82 @@ class CrossValidator:
             self._existence(c, witness, report)
         return True
 
+    def _judge_reused_tuple(self, c: EndpointClaim, cands: list[EndpointClaim], ripe: bool,
+                            report: ValidationReport) -> bool | None:
+        """Judge a UDP claim whose 5-tuple may name more than one flow at one end; None when it names one flow
+        at each end (their records start together) and the usual rules apply.
+
+        An unconnected socket (a server's) keeps one flow per remote address and port, so two sockets of the
+        other end that got the same ephemeral port one after the other are one flow there and two at their
+        end; compared one to one, the first socket's record is short of what the server saw. Only sums
+        compare, and only one way from each claim: what the reporter's flows over the claim's span had
+        received by its snapshot cannot exceed what the witness's flows over that span had sent by theirs
+        (the witness's claims are judged the other way). That is judged once the sum is complete: every
+        witness digest covering the span held and untruncated (a flow in a digest this node never got, or
+        already expired, would be missing from it), every witness flow final or snapshotted after the claim
+        (plus the skew). With every record final, the sums obey the single-flow rules (whole datagrams lost);
+        otherwise only "received <= sent".
+        """
+        cfg = self.config
+        skew = cfg.skew_ns
+        theirs = _latest_per_flow(cands)
+        if not theirs:
+            return None
+        own = self._records.get(c.reporter, {}).get(c.key, ())
+        linked = _latest_per_flow([c, *(r for r in own if any(overlaps(r, w, skew) for w in theirs))])
+        starts = [r.start_ns for r in (*linked, *theirs)]
+        if len(theirs) == 1 and len(linked) == 1 and max(starts) - min(starts) <= skew:
+            return None
+        mine = _latest_per_flow([c, *(r for r in own if r.end_ns <= c.end_ns and overlaps(r, c, skew))])
+        lo, at = min(r.start_ns for r in mine) - skew, c.end_ns + skew
+        sent = _latest_per_flow(w for w in self._records.get(theirs[0].reporter, {}).get(c.peer_key, ())
+                                if w.start_ns <= at and w.end_ns >= lo)
+        covered, covering = self._coverage(theirs[0].reporter, lo, at + cfg.period_ns)
+        complete = (covered and not any(s.truncated for s in covering)
+                    and all(w.final or w.end_ns >= at for w in sent))
+        if not complete and not ripe:
+            return False
+        self.counters["udp_tuple_reused"] += 1
+        report.checked += 1
+        report.matched += 1
+        if not complete:
+            report.unverifiable["udp_tuple_incomplete"] += 1
+            return True
+        recv, recv_pk = sum(r.bytes_rx for r in mine), sum(r.packets_rx for r in mine)
+        sent_b, sent_pk = sum(w.bytes_tx for w in sent), sum(w.packets_tx for w in sent)
+        if all(r.final for r in (*mine, *sent)):
+            found = _udp_direction(sent_b, sent_pk, recv, recv_pk, cfg)
+        elif recv > sent_b:
+            found = ("bytes", "received_more_than_sent", "contradiction")
+        elif recv_pk > sent_pk:
+            found = ("packets", "received_more_datagrams_than_sent", "contradiction")
+        else:
+            found = None
+        if found is not None:
+            kind, reason, severity = found
+            claimed, witnessed = (recv, sent_b) if kind == "bytes" else (recv_pk, sent_pk)
+            report.evidence.append(_ev(c, theirs[0].reporter, f"{kind}_rx", claimed, witnessed, reason,
+                                       severity))
+        return True
+
+    def _coverage(self, node: str, lo: int, hi: int) -> tuple[bool, list[PeriodClaims]]:
+        """Whether ``node``'s held periods cover ``[lo, hi]`` without a gap, and the periods that do.
+
+        The first held period may start up to the skew after ``lo`` (a record's start on the node's own
+        clock); after it, a node's periods are contiguous on its own clock (each starts where the previous one
+        ended), so a held period starting after the coverage so far means a digest in between never arrived.
+        No skew allowance there: with a period no longer than the skew (the lab's 2 s), it hid a whole
+        skipped digest, and the records in it were called absent.
+        """
+        spans = sorted(self._periods.get(node, {}).values(), key=lambda x: x.period_start_ns)
+        covering = [s for s in spans if s.period_end_ns > lo and s.period_start_ns < hi]
+        reach, slack = lo, self.config.skew_ns
+        for s in covering:
+            if s.period_start_ns > reach + slack:
+                break
+            reach, slack = max(reach, s.period_end_ns), 0
+        return reach >= hi, covering
+
     def _existence(self, c: EndpointClaim, witness: str, report: ValidationReport) -> None:
         cfg = self.config
         if c.outcome not in _USEFUL:
@@ -572,19 +669,8 @@ class CrossValidator:
         # a UDP flow the witness closed at once stays open at the reporter until its idle timeout, so an interim
         # claim can outlive the witness's final record by far; only the whole span, covered, proves absence
         lo, hi = c.start_ns - cfg.skew_ns, c.end_ns + cfg.skew_ns + cfg.period_ns
-        spans = sorted(self._periods.get(witness, {}).values(), key=lambda x: x.period_start_ns)
-        covering = [s for s in spans if s.period_end_ns > lo and s.period_start_ns < hi]
-        # the first held period may start up to the skew after lo (the flow's start on the witness's clock);
-        # after it, the witness's periods are contiguous on its own clock (each starts where the previous one
-        # ended), so a held period starting after the coverage so far means a digest in between never arrived.
-        # No skew allowance there: with a period no longer than the skew (the lab's 2 s), it hid a whole
-        # skipped digest, and the records in it were called absent
-        reach, slack = lo, cfg.skew_ns
-        for s in covering:
-            if s.period_start_ns > reach + slack:
-                break
-            reach, slack = max(reach, s.period_end_ns), 0
-        if reach < hi:
+        covered, covering = self._coverage(witness, lo, hi)
+        if not covered:
             report.unverifiable["witness_gap"] += 1
             return
         size = c.bytes_tx + c.bytes_rx

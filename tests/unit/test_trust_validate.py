@@ -398,3 +398,66 @@ def test_a_slow_reader_is_no_evidence_against_an_honest_writer():
     v.add(period("b", 0))
     rep = v.evaluate(T0 + 2 * P + S)
     assert rep.evidence == [] and rep.matched == 1
+
+
+def _reused_port(*, b_rx: int = 600, a1_rx: int = 900, lab: bool = False) -> tuple[list, list]:
+    """Lab finding (test_trust_lab, 5 % loss b <-> c): two of a's one-query UDP sockets, one after the other,
+    got the same ephemeral port. b's unconnected echo socket saw one flow (both queries: 600 bytes in, one
+    900-byte answer out; the second answer was lost); a saw two flows of 300 bytes out each. Returns a's and
+    b's records, by period. With ``lab``, a's second socket is still waiting for its answer at the period end,
+    and its final record, 3 s into the next period, is the "later" record b's interim was held against."""
+    a1 = EndpointClaim("a", A_IP, 40000, B_IP, 53, "udp", "outbound", T0 + S, T0 + S + S // 100, 300, a1_rx,
+                       1, 1, "udp_answered", True)
+    if lab:
+        a2_open = dataclasses.replace(a1, start_ns=T0 + 9 * S, end_ns=T0 + P, bytes_rx=0, packets_rx=0,
+                                      outcome="udp_unanswered", final=False)
+        a2 = dataclasses.replace(a2_open, end_ns=T0 + P + 3 * S, final=True)
+        b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + P, 900, b_rx, 1, 2,
+                          "udp_answered", False)
+        b_next = dataclasses.replace(b, end_ns=T0 + 2 * P)
+        return [(a1, a2_open), (a2,), ()], [(b,), (b_next,), ()]
+    a2 = dataclasses.replace(a1, start_ns=T0 + 4 * S, end_ns=T0 + 5 * S, bytes_rx=0, packets_rx=0,
+                             outcome="udp_unanswered")
+    b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + 4 * S + 1000, 900, b_rx,
+                      1, 2, "udp_answered", True)
+    return [(a1, a2), (), ()], [(b,), (), ()]
+
+
+@pytest.mark.parametrize("lab", [False, True], ids=["finals", "interim_against_later"])
+@pytest.mark.parametrize(("b_rx", "a1_rx", "expected"), [
+    (600, 900, []),  # honest: b's one flow is a's two
+    (900, 900, [("b", "bytes_rx", 900, 600)]),  # b received more than both of a's sockets sent
+    (600, 2000, [("a", "bytes_rx", 2000, 900)]),  # a received more than b sent
+])
+def test_a_udp_port_reused_by_two_sockets_is_judged_against_both(lab, b_rx, a1_rx, expected):
+    a_periods, b_periods = _reused_port(b_rx=b_rx, a1_rx=a1_rx, lab=lab)
+    v = validator()
+    evidence = []
+    for k, (a_recs, b_recs) in enumerate(zip(a_periods, b_periods, strict=True)):
+        v.add(period("a", k, *a_recs))
+        v.add(period("b", k, *b_recs))
+        evidence += v.evaluate(T0 + (k + 1) * P + S).evidence
+    evidence += v.evaluate(T0 + 6 * P).evidence
+    got = {(e.reporter, e.field, e.claimed, e.witnessed) for e in evidence}
+    assert got == set(expected), evidence
+    assert all(e.reason == "received_more_than_sent" and e.severity == "contradiction" for e in evidence)
+    assert v.pending() == 0 and v.counters["udp_tuple_reused"] > 0
+
+
+@pytest.mark.parametrize("a_held", [(0, 1, 2, 3), (1, 2, 3)], ids=["all_held", "first_digest_missing"])
+def test_a_reused_udp_port_is_unverifiable_while_a_sender_digest_is_missing(a_held):
+    """The sum of a's flows is only complete with every digest of a over b's flow held: without a's period 0,
+    its first socket's 300 bytes are missing, and b's 600 received would look like more than a sent."""
+    a1 = EndpointClaim("a", A_IP, 40000, B_IP, 53, "udp", "outbound", T0 + S, T0 + S + S // 100, 300, 900, 1, 1,
+                       "udp_answered", True)
+    a2 = dataclasses.replace(a1, start_ns=T0 + P + S, end_ns=T0 + P + S + S // 100)
+    b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + P + S + 1000, 1800, 600,
+                      2, 2, "udp_answered", True)
+    v = validator()
+    for k in range(4):
+        if k in a_held:
+            v.add(period("a", k, *{0: (a1,), 1: (a2,)}.get(k, ())))
+        v.add(period("b", k, *((b,) if k == 1 else ())))
+    rep = v.evaluate(T0 + 4 * P + S)
+    assert rep.evidence == []
+    assert rep.unverifiable["udp_tuple_incomplete"] == (0 if 0 in a_held else 1)
