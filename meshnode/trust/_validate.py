@@ -25,11 +25,10 @@ with the reader reading to the end makes them equal. UDP counts datagram payload
   (``contradiction`` otherwise) and ``k`` must stay within the loss tolerance (``mismatch`` otherwise).
 * **A reused UDP 5-tuple**: an unconnected socket (a server's) keeps one flow per remote address and port,
   so two sockets of the other end that got the same ephemeral port one after the other are one flow there
-  and two at their end. Where the tuple may name more than one flow at an end (several flows, or records
-  that do not start together), each end's flows are summed, and a claim is judged only one way: what its
-  flows had received cannot exceed what the other end's had sent, once that sum is complete (every digest
-  over the span held and untruncated); the single-flow UDP rules when every record is final
-  (``_judge_reused_tuple``).
+  and two at their end. Where the tuple names more than one held flow at an end, each end's flows are
+  summed, and a claim is judged only one way: what its flows had received cannot exceed what the other
+  end's had sent (``contradiction``), once that sum is complete (every digest over the span held and
+  untruncated; unverifiable otherwise). Loss rules do not apply to sums (``_judge_reused_tuple``).
 * **Interim records** (a flow still open at a period end) are not compared for equality: the two ends take
   their snapshots at slightly different times. Instead the monotonic bound is checked against the
   witness's *next* record, taken at least ``clock_skew`` later: for UDP, bytes received by ``t1`` cannot
@@ -584,37 +583,35 @@ class CrossValidator:
 
     def _judge_reused_tuple(self, c: EndpointClaim, cands: list[EndpointClaim], ripe: bool,
                             report: ValidationReport) -> bool | None:
-        """Judge a UDP claim whose 5-tuple may name more than one flow at one end; None when it names one flow
-        at each end (their records start together) and the usual rules apply.
+        """Judge a UDP claim whose 5-tuple names more than one held flow at one end; None when it names one flow
+        at each end, which the usual rules judge.
 
         An unconnected socket (a server's) keeps one flow per remote address and port, so two sockets of the
         other end that got the same ephemeral port one after the other are one flow there and two at their
         end; compared one to one, the first socket's record is short of what the server saw. Only sums
         compare, and only one way from each claim: what the reporter's flows over the claim's span had
-        received by its snapshot cannot exceed what the witness's flows over that span had sent by theirs
-        (the witness's claims are judged the other way). That is judged once the sum is complete: every
-        witness digest covering the span held and untruncated (a flow in a digest this node never got, or
-        already expired, would be missing from it), every witness flow final or snapshotted after the claim
-        (plus the skew). With every record final, the sums obey the single-flow rules (whole datagrams lost);
-        otherwise only "received <= sent".
+        received by its snapshot cannot exceed what the witness's flows over that span had sent by their
+        latest records (the witness's claims are judged the other way). Loss rules do not apply: a sum of the
+        witness's flows may hold datagrams sent to flows of the reporter outside the span.
+
+        That is judged once the witness's sum is complete: its digests cover the span (from the skew before
+        the reporter's first flow started to the skew after the claim) with no gap and no truncation. A
+        complete sum holds every witness flow of the span, each final or snapshotted after the claim, since a
+        node publishes each open flow every period; a flow that stops appearing without a final record is
+        judged as last published. Otherwise the claim is unverifiable (``udp_tuple_incomplete``).
         """
         cfg = self.config
         skew = cfg.skew_ns
         theirs = _latest_per_flow(cands)
-        if not theirs:
-            return None
         own = self._records.get(c.reporter, {}).get(c.key, ())
         linked = _latest_per_flow([c, *(r for r in own if any(overlaps(r, w, skew) for w in theirs))])
-        starts = [r.start_ns for r in (*linked, *theirs)]
-        if len(theirs) == 1 and len(linked) == 1 and max(starts) - min(starts) <= skew:
+        if len(theirs) <= 1 and len(linked) <= 1:
             return None
+        witness = theirs[0].reporter
         mine = _latest_per_flow([c, *(r for r in own if r.end_ns <= c.end_ns and overlaps(r, c, skew))])
         lo, at = min(r.start_ns for r in mine) - skew, c.end_ns + skew
-        sent = _latest_per_flow(w for w in self._records.get(theirs[0].reporter, {}).get(c.peer_key, ())
-                                if w.start_ns <= at and w.end_ns >= lo)
-        covered, covering = self._coverage(theirs[0].reporter, lo, at + cfg.period_ns)
-        complete = (covered and not any(s.truncated for s in covering)
-                    and all(w.final or w.end_ns >= at for w in sent))
+        covered, covering = self._coverage(witness, lo, at, first_slack=0)
+        complete = covered and not any(s.truncated for s in covering)
         if not complete and not ripe:
             return False
         self.counters["udp_tuple_reused"] += 1
@@ -623,35 +620,32 @@ class CrossValidator:
         if not complete:
             report.unverifiable["udp_tuple_incomplete"] += 1
             return True
+        sent = _latest_per_flow(w for w in self._records.get(witness, {}).get(c.peer_key, ())
+                                if w.start_ns <= at and w.end_ns >= lo)
         recv, recv_pk = sum(r.bytes_rx for r in mine), sum(r.packets_rx for r in mine)
         sent_b, sent_pk = sum(w.bytes_tx for w in sent), sum(w.packets_tx for w in sent)
-        if all(r.final for r in (*mine, *sent)):
-            found = _udp_direction(sent_b, sent_pk, recv, recv_pk, cfg)
-        elif recv > sent_b:
-            found = ("bytes", "received_more_than_sent", "contradiction")
+        if recv > sent_b:
+            report.evidence.append(_ev(c, witness, "bytes_rx", recv, sent_b, "received_more_than_sent",
+                                       "contradiction"))
         elif recv_pk > sent_pk:
-            found = ("packets", "received_more_datagrams_than_sent", "contradiction")
-        else:
-            found = None
-        if found is not None:
-            kind, reason, severity = found
-            claimed, witnessed = (recv, sent_b) if kind == "bytes" else (recv_pk, sent_pk)
-            report.evidence.append(_ev(c, theirs[0].reporter, f"{kind}_rx", claimed, witnessed, reason,
-                                       severity))
+            report.evidence.append(_ev(c, witness, "packets_rx", recv_pk, sent_pk,
+                                       "received_more_datagrams_than_sent", "contradiction"))
         return True
 
-    def _coverage(self, node: str, lo: int, hi: int) -> tuple[bool, list[PeriodClaims]]:
+    def _coverage(self, node: str, lo: int, hi: int, first_slack: int | None = None,
+                  ) -> tuple[bool, list[PeriodClaims]]:
         """Whether ``node``'s held periods cover ``[lo, hi]`` without a gap, and the periods that do.
 
-        The first held period may start up to the skew after ``lo`` (a record's start on the node's own
-        clock); after it, a node's periods are contiguous on its own clock (each starts where the previous one
-        ended), so a held period starting after the coverage so far means a digest in between never arrived.
+        The first held period may start up to ``first_slack`` (the skew by default) after ``lo`` (a record's
+        start on the node's own clock); after it, a node's periods are contiguous on its own clock (each starts
+        where the previous one ended), so a held period starting after the coverage so far means a digest in
+        between never arrived.
         No skew allowance there: with a period no longer than the skew (the lab's 2 s), it hid a whole
         skipped digest, and the records in it were called absent.
         """
         spans = sorted(self._periods.get(node, {}).values(), key=lambda x: x.period_start_ns)
         covering = [s for s in spans if s.period_end_ns > lo and s.period_start_ns < hi]
-        reach, slack = lo, self.config.skew_ns
+        reach, slack = lo, self.config.skew_ns if first_slack is None else first_slack
         for s in covering:
             if s.period_start_ns > reach + slack:
                 break

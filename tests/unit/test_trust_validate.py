@@ -432,6 +432,8 @@ def _reused_port(*, b_rx: int = 600, a1_rx: int = 900, lab: bool = False) -> tup
 def test_a_udp_port_reused_by_two_sockets_is_judged_against_both(lab, b_rx, a1_rx, expected):
     a_periods, b_periods = _reused_port(b_rx=b_rx, a1_rx=a1_rx, lab=lab)
     v = validator()
+    v.add(period("a", -1))
+    v.add(period("b", -1))
     evidence = []
     for k, (a_recs, b_recs) in enumerate(zip(a_periods, b_periods, strict=True)):
         v.add(period("a", k, *a_recs))
@@ -444,20 +446,20 @@ def test_a_udp_port_reused_by_two_sockets_is_judged_against_both(lab, b_rx, a1_r
     assert v.pending() == 0 and v.counters["udp_tuple_reused"] > 0
 
 
-@pytest.mark.parametrize("a_held", [(0, 1, 2, 3), (1, 2, 3)], ids=["all_held", "first_digest_missing"])
+@pytest.mark.parametrize("a_held", [(-1, 0, 1, 2, 3, 4), (-1, 0, 2, 3, 4)], ids=["all_held", "a_digest_missing"])
 def test_a_reused_udp_port_is_unverifiable_while_a_sender_digest_is_missing(a_held):
-    """The sum of a's flows is only complete with every digest of a over b's flow held: without a's period 0,
-    its first socket's 300 bytes are missing, and b's 600 received would look like more than a sent."""
+    """The sum of a's flows is only complete with every digest of a over b's flow held: without a's period 1,
+    its second socket's 300 bytes are missing, and b's 900 received would look like more than a sent."""
     a1 = EndpointClaim("a", A_IP, 40000, B_IP, 53, "udp", "outbound", T0 + S, T0 + S + S // 100, 300, 900, 1, 1,
                        "udp_answered", True)
-    a2 = dataclasses.replace(a1, start_ns=T0 + P + S, end_ns=T0 + P + S + S // 100)
-    b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + P + S + 1000, 1800, 600,
-                      2, 2, "udp_answered", True)
+    a_flows = {k: dataclasses.replace(a1, start_ns=a1.start_ns + k * P, end_ns=a1.end_ns + k * P) for k in range(3)}
+    b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + 2 * P + S + 1000, 2700,
+                      900, 3, 3, "udp_answered", True)
     v = validator()
-    for k in range(4):
+    for k in range(-1, 5):
         if k in a_held:
-            v.add(period("a", k, *{0: (a1,), 1: (a2,)}.get(k, ())))
-        v.add(period("b", k, *((b,) if k == 1 else ())))
-    rep = v.evaluate(T0 + 4 * P + S)
+            v.add(period("a", k, *((a_flows[k],) if k in a_flows else ())))
+        v.add(period("b", k, *((b,) if k == 2 else ())))
+    rep = v.evaluate(T0 + 5 * P + S)
     assert rep.evidence == []
-    assert rep.unverifiable["udp_tuple_incomplete"] == (0 if 0 in a_held else 1)
+    assert rep.unverifiable["udp_tuple_incomplete"] == (0 if 1 in a_held else 1)
