@@ -105,8 +105,10 @@ static __always_inline struct tcp_flow *flow_of(__u64 sk, __u64 cookie)
     return f && f->cookie == cookie ? f : 0;
 }
 
-/* Start tracking a socket under its address. A row of another cookie there belongs to a socket that was
- * freed without the destroy we saw (its address is reused now): it ended, so it is emitted, not lost. */
+/* Start tracking a socket under its address. A row already there is a flow that ended: another socket's,
+ * freed without the destroy we saw (its address is reused now), or this socket's own failed connect, which
+ * Linux lets it make again (same address, same cookie). It is emitted, not lost, and not counted as a full
+ * map. */
 static __always_inline int track(struct bpf_sock_ops *skops, __u64 sk, struct tcp_flow *f)
 {
     /* insert first: the address is nearly always free, and a lookup before every insert cost ~200 ns of
@@ -114,7 +116,7 @@ static __always_inline int track(struct bpf_sock_ops *skops, __u64 sk, struct tc
     int err = tcp_flows.insert(&sk, f);
     if (err == -EEXIST) {
         struct tcp_flow *old = tcp_flows.lookup(&sk);
-        if (old && old->cookie != f->cookie) {
+        if (old) {
             emit(EV_TCP_END, old->cookie, sk, old, 0, 0);
             tcp_flows.delete(&sk);
             err = tcp_flows.insert(&sk, f);
