@@ -632,20 +632,18 @@ class CrossValidator:
                                        "received_more_datagrams_than_sent", "contradiction"))
         return True
 
-    def _coverage(self, node: str, lo: int, hi: int, first_slack: int | None = None,
-                  ) -> tuple[bool, list[PeriodClaims]]:
+    def _coverage(self, node: str, lo: int, hi: int, first_slack: int) -> tuple[bool, list[PeriodClaims]]:
         """Whether ``node``'s held periods cover ``[lo, hi]`` without a gap, and the periods that do.
 
-        The first held period may start up to ``first_slack`` (the skew by default) after ``lo`` (a record's
-        start on the node's own clock); after it, a node's periods are contiguous on its own clock (each starts
-        where the previous one ended), so a held period starting after the coverage so far means a digest in
-        between never arrived.
+        The first held period may start up to ``first_slack`` after ``lo`` (a record's start on the node's own
+        clock); after it, a node's periods are contiguous on its own clock (each starts where the previous one
+        ended), so a held period starting after the coverage so far means a digest in between never arrived.
         No skew allowance there: with a period no longer than the skew (the lab's 2 s), it hid a whole
         skipped digest, and the records in it were called absent.
         """
         spans = sorted(self._periods.get(node, {}).values(), key=lambda x: x.period_start_ns)
         covering = [s for s in spans if s.period_end_ns > lo and s.period_start_ns < hi]
-        reach, slack = lo, self.config.skew_ns if first_slack is None else first_slack
+        reach, slack = lo, first_slack
         for s in covering:
             if s.period_start_ns > reach + slack:
                 break
@@ -663,7 +661,7 @@ class CrossValidator:
         # a UDP flow the witness closed at once stays open at the reporter until its idle timeout, so an interim
         # claim can outlive the witness's final record by far; only the whole span, covered, proves absence
         lo, hi = c.start_ns - cfg.skew_ns, c.end_ns + cfg.skew_ns + cfg.period_ns
-        covered, covering = self._coverage(witness, lo, hi)
+        covered, covering = self._coverage(witness, lo, hi, first_slack=cfg.skew_ns)  # the flow's start, its clock
         if not covered:
             report.unverifiable["witness_gap"] += 1
             return

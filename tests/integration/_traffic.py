@@ -92,6 +92,21 @@ while c.recv(1 << 16): pass
 c.close(); print(json.dumps({"pid": os.getpid()}), flush=True)
 """
 
+# Connect a socket to a closed port (refused), then the same socket to a listening one; send N bytes.
+# argv: addr closed_port port N
+TCP_RECONNECT = r"""
+import json, os, socket, sys
+s = socket.socket()
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except ConnectionRefusedError:
+    pass
+s.connect((sys.argv[1], int(sys.argv[3])))  # the same socket again, now to a listening port
+s.sendall(b"r" * int(sys.argv[4])); s.shutdown(socket.SHUT_WR)
+while s.recv(1 << 16): pass
+s.close(); print(json.dumps({"pid": os.getpid()}), flush=True)
+"""
+
 # Sink: accept connections and read them to EOF, forever. argv: port
 TCP_SINK = r"""
 import json, socket, sys, threading

@@ -115,20 +115,6 @@ def test_refused(lab: Any, sensors: dict[str, Collector]) -> None:
     assert any(e.type == "connect_failed" and e.flow.dport == port for e in sensors["a"].events)
 
 
-RECONNECT = r"""
-import json, os, socket, sys
-s = socket.socket()
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-except ConnectionRefusedError:
-    pass
-s.connect((sys.argv[1], int(sys.argv[3])))  # the same socket again, now to a listening port
-s.sendall(b"r" * int(sys.argv[4])); s.shutdown(socket.SHUT_WR)
-while s.recv(1 << 16): pass
-s.close(); print(json.dumps({"pid": os.getpid()}), flush=True)
-"""
-
-
 def test_a_socket_connecting_again_after_a_refusal_is_two_flows(lab: Any, sensors: dict[str, Collector]) -> None:
     """Linux lets a socket whose connect failed connect again: the refused attempt and the established one
     are two flows (one socket cookie), each with its own outcome and bytes, and no map is reported full."""
@@ -138,7 +124,7 @@ def test_a_socket_connecting_again_after_a_refusal_is_two_flows(lab: Any, sensor
     t.wait_ready(sink)
     full_before = sensors["a"].sensor.counters()["tcp_map_full"]
     try:
-        res = t.result(t.start(a, RECONNECT, b.ip, closed, port, 4321))
+        res = t.result(t.start(a, t.TCP_RECONNECT, b.ip, closed, port, 4321))
     finally:
         sink.kill()
     (refused,) = sensors["a"].wait_for(lambda f: f.proto == "tcp" and f.dport == closed)

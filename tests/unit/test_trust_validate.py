@@ -400,27 +400,32 @@ def test_a_slow_reader_is_no_evidence_against_an_honest_writer():
     assert rep.evidence == [] and rep.matched == 1
 
 
+def _query(start: int, end: int, *, rx: int = 900, final: bool = True) -> EndpointClaim:
+    """a's record of one UDP query socket on port 40000 to b:53: 300 bytes out, ``rx`` back."""
+    return EndpointClaim("a", A_IP, 40000, B_IP, 53, "udp", "outbound", start, end, 300, rx, 1, 1 if rx else 0,
+                         "udp_answered" if rx else "udp_unanswered", final)
+
+
+def _echo(start: int, end: int, *, tx: int, rx: int, final: bool = True) -> EndpointClaim:
+    """b's record of its unconnected echo socket's one flow with a:40000 (300-byte queries, 900-byte answers)."""
+    return EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", start, end, tx, rx, tx // 900, rx // 300,
+                         "udp_answered", final)
+
+
 def _reused_port(*, b_rx: int = 600, a1_rx: int = 900, lab: bool = False) -> tuple[list, list]:
     """Lab finding (test_trust_lab, 5 % loss b <-> c): two of a's one-query UDP sockets, one after the other,
     got the same ephemeral port. b's unconnected echo socket saw one flow (both queries: 600 bytes in, one
     900-byte answer out; the second answer was lost); a saw two flows of 300 bytes out each. Returns a's and
     b's records, by period. With ``lab``, a's second socket is still waiting for its answer at the period end,
     and its final record, 3 s into the next period, is the "later" record b's interim was held against."""
-    a1 = EndpointClaim("a", A_IP, 40000, B_IP, 53, "udp", "outbound", T0 + S, T0 + S + S // 100, 300, a1_rx,
-                       1, 1, "udp_answered", True)
+    a1 = _query(T0 + S, T0 + S + S // 100, rx=a1_rx)
     if lab:
-        a2_open = dataclasses.replace(a1, start_ns=T0 + 9 * S, end_ns=T0 + P, bytes_rx=0, packets_rx=0,
-                                      outcome="udp_unanswered", final=False)
+        a2_open = _query(T0 + 9 * S, T0 + P, rx=0, final=False)
         a2 = dataclasses.replace(a2_open, end_ns=T0 + P + 3 * S, final=True)
-        b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + P, 900, b_rx, 1, 2,
-                          "udp_answered", False)
-        b_next = dataclasses.replace(b, end_ns=T0 + 2 * P)
-        return [(a1, a2_open), (a2,), ()], [(b,), (b_next,), ()]
-    a2 = dataclasses.replace(a1, start_ns=T0 + 4 * S, end_ns=T0 + 5 * S, bytes_rx=0, packets_rx=0,
-                             outcome="udp_unanswered")
-    b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + 4 * S + 1000, 900, b_rx,
-                      1, 2, "udp_answered", True)
-    return [(a1, a2), (), ()], [(b,), (), ()]
+        b = _echo(T0 + S + 1000, T0 + P, tx=900, rx=b_rx, final=False)
+        return [(a1, a2_open), (a2,), ()], [(b,), (dataclasses.replace(b, end_ns=T0 + 2 * P),), ()]
+    a2 = _query(T0 + 4 * S, T0 + 5 * S, rx=0)
+    return [(a1, a2), (), ()], [(_echo(T0 + S + 1000, T0 + 4 * S + 1000, tx=900, rx=b_rx),), (), ()]
 
 
 @pytest.mark.parametrize("lab", [False, True], ids=["finals", "interim_against_later"])
@@ -450,11 +455,8 @@ def test_a_udp_port_reused_by_two_sockets_is_judged_against_both(lab, b_rx, a1_r
 def test_a_reused_udp_port_is_unverifiable_while_a_sender_digest_is_missing(a_held):
     """The sum of a's flows is only complete with every digest of a over b's flow held: without a's period 1,
     its second socket's 300 bytes are missing, and b's 900 received would look like more than a sent."""
-    a1 = EndpointClaim("a", A_IP, 40000, B_IP, 53, "udp", "outbound", T0 + S, T0 + S + S // 100, 300, 900, 1, 1,
-                       "udp_answered", True)
-    a_flows = {k: dataclasses.replace(a1, start_ns=a1.start_ns + k * P, end_ns=a1.end_ns + k * P) for k in range(3)}
-    b = EndpointClaim("b", B_IP, 53, A_IP, 40000, "udp", "inbound", T0 + S + 1000, T0 + 2 * P + S + 1000, 2700,
-                      900, 3, 3, "udp_answered", True)
+    a_flows = {k: _query(T0 + k * P + S, T0 + k * P + S + S // 100) for k in range(3)}
+    b = _echo(T0 + S + 1000, T0 + 2 * P + S + 1000, tx=2700, rx=900)
     v = validator()
     for k in range(-1, 5):
         if k in a_held:
