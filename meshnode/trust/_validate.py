@@ -25,10 +25,11 @@ with the reader reading to the end makes them equal. UDP counts datagram payload
   (``contradiction`` otherwise) and ``k`` must stay within the loss tolerance (``mismatch`` otherwise).
 * **A reused UDP 5-tuple**: an unconnected socket (a server's) keeps one flow per remote address and port,
   so two sockets of the other end that got the same ephemeral port one after the other are one flow there
-  and two at their end. Where the tuple names more than one held flow at an end, each end's flows are
-  summed, and a claim is judged only one way: what its flows had received cannot exceed what the other
-  end's had sent (``contradiction``), once that sum is complete (every digest over the span held and
-  untruncated; unverifiable otherwise). Loss rules do not apply to sums (``_judge_reused_tuple``).
+  and two at their end. Unless a claim's flow is plainly one flow at each end (one held flow each, started
+  together), it is judged only one way: what it received since the reporter's previous record of it cannot
+  exceed what the other end's flows over that window sent in all (``contradiction``), once the other end's
+  digests over the window are held and untruncated (unverifiable otherwise). No loss rules
+  (``_judge_reused_tuple``).
 * **Interim records** (a flow still open at a period end) are not compared for equality: the two ends take
   their snapshots at slightly different times. Instead the monotonic bound is checked against the
   witness's *next* record, taken at least ``clock_skew`` later: for UDP, bytes received by ``t1`` cannot
@@ -583,34 +584,35 @@ class CrossValidator:
 
     def _judge_reused_tuple(self, c: EndpointClaim, cands: list[EndpointClaim], ripe: bool,
                             report: ValidationReport) -> bool | None:
-        """Judge a UDP claim whose 5-tuple names more than one held flow at one end; None when it names one flow
-        at each end, which the usual rules judge.
+        """Judge a UDP claim whose flow may not be one flow at the other end; None when it is plainly one flow
+        at each end (one held flow each, started together), which the usual rules judge.
 
         An unconnected socket (a server's) keeps one flow per remote address and port, so two sockets of the
         other end that got the same ephemeral port one after the other are one flow there and two at their
-        end; compared one to one, the first socket's record is short of what the server saw. Only sums
-        compare, and only one way from each claim: what the reporter's flows over the claim's span had
-        received by its snapshot cannot exceed what the witness's flows over that span had sent by their
-        latest records (the witness's claims are judged the other way). Loss rules do not apply: a sum of the
-        witness's flows may hold datagrams sent to flows of the reporter outside the span.
-
-        That is judged once the witness's sum is complete: its digests cover the span (from the skew before
-        the reporter's first flow started to the skew after the claim) with no gap and no truncation. A
-        complete sum holds every witness flow of the span, each final or snapshotted after the claim, since a
-        node publishes each open flow every period; a flow that stops appearing without a final record is
-        judged as last published. Otherwise the claim is unverifiable (``udp_tuple_incomplete``).
+        end, and the first of them may already be gone from this node's memory (expired, or in a digest it
+        never got); compared one to one, the other end's record is short of what the server saw. What is
+        judged instead, one way from each claim: the datagrams the claim's flow received since the reporter's
+        previous record of it (or since it started) cannot exceed what the witness's flows over that window
+        sent (each flow's total by its latest record: an upper bound). The window is recent, so the witness's
+        digests over it are still held; a liar's earlier start changes nothing, since its own last record is
+        the baseline. Judged once the witness's digests cover the window (the skew around it) with no gap
+        and no truncation, else unverifiable (``udp_tuple_incomplete``). Loss rules do not apply to a sum.
         """
         cfg = self.config
         skew = cfg.skew_ns
         theirs = _latest_per_flow(cands)
+        if not theirs:
+            return None
         own = self._records.get(c.reporter, {}).get(c.key, ())
         linked = _latest_per_flow([c, *(r for r in own if any(overlaps(r, w, skew) for w in theirs))])
-        if len(theirs) <= 1 and len(linked) <= 1:
+        if len(theirs) == 1 and len(linked) == 1 and abs(theirs[0].start_ns - c.start_ns) <= skew:
             return None
         witness = theirs[0].reporter
-        mine = _latest_per_flow([c, *(r for r in own if r.end_ns <= c.end_ns and overlaps(r, c, skew))])
-        lo, at = min(r.start_ns for r in mine) - skew, c.end_ns + skew
-        covered, covering = self._coverage(witness, lo, at, first_slack=0)
+        base = max((r for r in own if r.start_ns == c.start_ns and r.end_ns < c.end_ns),
+                   key=lambda r: r.end_ns, default=None)
+        since, rx0, pk0 = (base.end_ns, base.bytes_rx, base.packets_rx) if base else (c.start_ns, 0, 0)
+        lo, hi = since - skew, c.end_ns + skew
+        covered, covering = self._coverage(witness, lo, hi, first_slack=0)
         complete = covered and not any(s.truncated for s in covering)
         if not complete and not ripe:
             return False
@@ -621,8 +623,8 @@ class CrossValidator:
             report.unverifiable["udp_tuple_incomplete"] += 1
             return True
         sent = _latest_per_flow(w for w in self._records.get(witness, {}).get(c.peer_key, ())
-                                if w.start_ns <= at and w.end_ns >= lo)
-        recv, recv_pk = sum(r.bytes_rx for r in mine), sum(r.packets_rx for r in mine)
+                                if w.start_ns <= hi and w.end_ns >= lo)
+        recv, recv_pk = c.bytes_rx - rx0, c.packets_rx - pk0
         sent_b, sent_pk = sum(w.bytes_tx for w in sent), sum(w.packets_tx for w in sent)
         if recv > sent_b:
             report.evidence.append(_ev(c, witness, "bytes_rx", recv, sent_b, "received_more_than_sent",

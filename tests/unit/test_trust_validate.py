@@ -465,3 +465,27 @@ def test_a_reused_udp_port_is_unverifiable_while_a_sender_digest_is_missing(a_he
     rep = v.evaluate(T0 + 5 * P + S)
     assert rep.evidence == []
     assert rep.unverifiable["udp_tuple_incomplete"] == (0 if 1 in a_held else 1)
+
+
+@pytest.mark.parametrize(("b_rx_after", "expected"), [
+    (600, set()),  # honest: 300 more bytes came from a's second socket
+    (900, {("b", "bytes_rx", 600, 300)}),  # b claims 600 more, a's only flow in the window sent 300
+])
+def test_a_port_reused_after_the_first_flow_left_memory_is_judged_since_the_last_record(b_rx_after, expected):
+    """CI finding (test_trust_lab, after the sums): a's first socket was long expired from b's validator when
+    its second got the same port, so one flow was held at each end, and b's echo flow (both queries, 600 in)
+    was held one to one against a's second socket (300 out). The window judged is since b's previous record."""
+    a1 = _query(T0 + S, T0 + S + S // 100)
+    a2_open = _query(T0 + 7 * P - S, T0 + 7 * P, rx=0, final=False)  # still waiting at the period end
+    a2 = dataclasses.replace(a2_open, end_ns=T0 + 7 * P + 3 * S, final=True)
+    v = validator()
+    evidence = []
+    for k in range(-1, 10):
+        a_recs = {0: (a1,), 6: (a2_open,), 7: (a2,)}.get(k, ())
+        b_recs = (_echo(T0 + S + 1000, T0 + (k + 1) * P, tx=900, rx=300 if k < 6 else b_rx_after, final=False),
+                  ) if 0 <= k < 9 else ()
+        v.add(period("a", k, *a_recs))
+        v.add(period("b", k, *b_recs))
+        evidence += v.evaluate(T0 + (k + 1) * P + S).evidence
+    assert {(e.reporter, e.field, e.claimed, e.witnessed) for e in evidence} == expected, evidence
+    assert v.counters["udp_tuple_reused"] > 0
