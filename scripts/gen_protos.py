@@ -2,7 +2,10 @@
 
 The one codegen step: it deletes the old output, runs grpc_tools.protoc with ``-I protos`` so that the
 import path equals the ``.proto`` layout, and writes ``.pyi`` stubs. With ``--check`` it writes nothing and
-exits 1 when the committed-or-generated output differs from what the ``.proto`` files produce now.
+exits 1 when the generated output in the tree differs from what the ``.proto`` files produce now.
+
+``meshnode/v1`` is not tracked: ``make setup`` generates it with the grpcio-tools it installed, whose version
+stamp (``GRPC_GENERATED_VERSION``) would otherwise differ from a tracked copy's and leave the tree modified.
 """
 
 from __future__ import annotations
