@@ -60,6 +60,11 @@ def destination_key(rec: FlowRecord) -> str:
     return rec.destination
 
 
+def service_key(rec: FlowRecord) -> str:
+    """Rollup key of a local service: ``src:sport`` of an inbound flow (the port clients connect to)."""
+    return format_destination(rec.src, rec.sport)
+
+
 def cgroup_key(rec: FlowRecord) -> str:
     """Rollup key of a cgroup: its path (``/`` when unknown)."""
     return rec.cgroup or "/"
@@ -150,6 +155,9 @@ class PeriodSummary:
     by_process: list[Rollup] = field(default_factory=list)
     by_destination: list[Rollup] = field(default_factory=list)
     by_cgroup: list[Rollup] = field(default_factory=list)
+    by_service: list[Rollup] = field(default_factory=list)
+    """Inbound flows by the local service they reached (``src:sport``); ``by_destination`` holds the
+    outbound flows by remote ``dst:dport`` (an inbound flow's remote port is the client's ephemeral one)."""
     completeness: dict[str, int] = field(default_factory=dict)
     final_flows: int = 0
     interim_flows: int = 0
@@ -163,7 +171,7 @@ class PeriodSummary:
     def from_json(cls, text: str) -> PeriodSummary:
         """Inverse of ``to_json``; unknown keys are ignored."""
         data: dict[str, Any] = json.loads(text)
-        for name in ("by_process", "by_destination", "by_cgroup"):
+        for name in ("by_process", "by_destination", "by_cgroup", "by_service"):
             data[name] = [Rollup(**r) for r in data.get(name, [])]
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -219,7 +227,10 @@ class PeriodBuilder:
         return PeriodSummary(
             node_id=self.node_id, seq=seq, period_start_ns=start_ns, period_end_ns=end_ns,
             by_process=rollup(records, process_key, deltas),
-            by_destination=rollup(records, destination_key, deltas, with_services=True),
+            by_destination=rollup([r for r in records if r.direction != "inbound"], destination_key, deltas,
+                                  with_services=True),
+            by_service=rollup([r for r in records if r.direction == "inbound"], service_key, deltas,
+                              with_services=True),
             by_cgroup=rollup(records, cgroup_key, deltas),
             completeness=dict(completeness or {}),
             final_flows=len(finals), interim_flows=len(interims),
