@@ -2,12 +2,10 @@
 
 Modules (internal):
 
-    _control     the state directory (/run/meshnode-lab), its lock, the control socket protocol, and how
-                 the lab code in the repository's tests/lab is found
+    _control     the state directory (/run/meshnode-lab), its lock, the control socket protocol
     _supervisor  the process that owns the lab (``python -m meshnode.demo._supervisor``): builds the scenario
                  fleet, serves fault / heal / status / down on the control socket, tears down on exit
     _lab_cmd     the ``meshnode lab`` subcommands: up, status, fault, heal, meshctl, down
 
-The lab itself (hosts, traffic, faults) is ``tests.lab.scenarios.Fleet`` from the repository checkout: the
-lab is test tooling, so the subcommand works from a checkout and says so clearly elsewhere.
+The lab itself (hosts, traffic, faults) is ``meshnode.lab.Fleet``, the same fleet the blame tests build.
 """

@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,36 +52,6 @@ def tmux_socket(directory: Path) -> str:
     if directory == DEFAULT_STATE_DIR:
         return "meshnode-lab"
     return "meshnode-lab-" + hashlib.sha256(str(directory).encode()).hexdigest()[:8]
-
-
-def repo_root() -> Path:
-    """The repository checkout this meshnode runs from (where tests/lab lives).
-
-    Raises:
-        LabCommandError: meshnode is not running from a checkout (e.g. installed from a wheel).
-    """
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "tests" / "lab" / "scenarios.py").is_file():
-        raise LabCommandError(
-            f"meshnode lab needs a repository checkout: the lab lives in tests/lab of the meshnode repository, "
-            f"and this meshnode runs from {root}, which has none. Clone the repository and run `make demo` there."
-        )
-    return root
-
-
-def scenarios() -> Any:
-    """The ``tests.lab.scenarios`` module of the checkout (imported on first use; typed loosely on purpose:
-    meshnode does not depend on its tests, only this developer tool reaches into them)."""
-    root = str(repo_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module("tests.lab.scenarios")
-
-
-def lab_module() -> Any:
-    """The ``tests.lab`` package of the checkout (sweep, prerequisites)."""
-    scenarios()
-    return importlib.import_module("tests.lab")
 
 
 def try_lock(directory: Path) -> int | None:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meshnode import lab
 from meshnode.demo import _control
 from meshnode.demo._control import LabCommandError
 
@@ -40,11 +41,7 @@ _SUPERVISOR = "meshnode.demo._supervisor"
 
 
 def _scenario_help() -> str:
-    try:
-        scenarios = _control.scenarios().SCENARIOS
-    except Exception:  # no checkout, or it does not import: say so instead of failing --help
-        return "  (the scenario list needs a repository checkout: tests/lab/scenarios.py)"
-    return "\n".join(f"  {name:<17} {s.description}" for name, s in scenarios.items())
+    return "\n".join(f"  {name:<17} {s.description}" for name, s in lab.SCENARIOS.items())
 
 
 def configure(subparsers: Any) -> None:
@@ -64,8 +61,8 @@ def configure(subparsers: Any) -> None:
         description="Build the lab: network namespaces and cgroups for web1, web2, db1 (site ams1) and app1, "
         "app2, cache1 (site fra1), servers (postgres 5432, redis 6379, DNS 53/udp, HTTP 8080, exporters 9100), "
         "client loops making a request to each of their backends every 100-200 ms, and `meshnode run "
-        "--insecure` with the eBPF sensor on every host, joined in one mesh. Needs root, eBPF (BTF, bcc) and "
-        "a repository checkout. Returns once everything answers (about 30-60 s: six eBPF compiles), then "
+        "--insecure` with the eBPF sensor on every host, joined in one mesh. Needs root and eBPF (BTF, bcc). "
+        "Returns once everything answers (about 30-60 s: six eBPF compiles), then "
         "opens meshctl top; the lab stays up until `meshnode lab down`.")
     up.add_argument("--top", choices=TOP_MODES, default="auto",
                     help="where to open meshctl top: auto (this terminal if it is one, else tmux), foreground, "
@@ -128,7 +125,7 @@ def _missing(sensor: str) -> list[str]:
     """What this machine lacks for the lab, as phrases (root first: without it nothing else is checkable)."""
     if os.geteuid() != 0:
         return ["root (network namespaces, cgroups and eBPF need it): run it with sudo"]
-    missing: list[str] = list(_control.lab_module().missing_prerequisites())
+    missing: list[str] = list(lab.missing_prerequisites())
     if sensor == "ebpf":
         if not Path("/sys/kernel/btf/vmlinux").exists():
             missing.append("eBPF: this kernel has no BTF (/sys/kernel/btf/vmlinux); try --sensor diag")
@@ -138,7 +135,6 @@ def _missing(sensor: str) -> list[str]:
 
 
 def cmd_up(args: argparse.Namespace, directory: Path) -> int:
-    _control.repo_root()
     if _control.is_up(directory):
         state = _control.read_state(directory) or {}
         since = time.strftime("%H:%M:%S", time.localtime(state.get("started", 0)))
@@ -161,7 +157,7 @@ def cmd_up(args: argparse.Namespace, directory: Path) -> int:
         proc = subprocess.Popen(
             [sys.executable, "-m", _SUPERVISOR, str(directory), json.dumps(config), str(write_fd)],
             pass_fds=(write_fd,), start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, cwd=str(_control.repo_root()))
+            stderr=subprocess.STDOUT)
     os.close(write_fd)
     print(f"building the lab: 6 hosts in 2 sites, 7 services, 5 client loops, 6 nodes ({args.sensor} sensor, "
           f"export period {args.export_period:g} s); up to a minute...", flush=True)
@@ -212,9 +208,8 @@ def _describe(state: dict[str, Any], directory: Path) -> str:
     for h in state.get("hosts", []):
         what = ", ".join(h["services"] + [f"client {c}" for c in h["clients"]])
         lines.append(f"{h['site']:<6} {h['host']:<7} {h['ip']:<15} {':7400' if h['node'] else '-':<5} {what}")
-    sc = _control.scenarios()
     lines += ["", "faults:  meshnode lab fault NAME    (meshnode lab heal removes them)"]
-    lines += [f"  {name:<17} {s.description}" for name, s in sc.SCENARIOS.items() if name != "none"]
+    lines += [f"  {name:<17} {s.description}" for name, s in lab.SCENARIOS.items() if name != "none"]
     lines += [
         "",
         "ask a node:   meshnode lab meshctl [--host HOST] blame|peers|flows|health|query ...",
@@ -292,7 +287,7 @@ def cmd_status(args: argparse.Namespace, directory: Path) -> int:
 
 
 def cmd_fault(args: argparse.Namespace, directory: Path) -> int:
-    known = _control.scenarios().SCENARIOS
+    known = lab.SCENARIOS
     if args.name not in known:
         raise LabCommandError(f"unknown fault {args.name!r}; known: {', '.join(known)}", 2)
     doc = _control.request(directory, "fault", name=args.name)
@@ -377,7 +372,7 @@ def _cleanup_crashed(directory: Path, state: dict[str, Any] | None = None) -> li
     state = state if state is not None else _control.read_state(directory)
     removed: list[str] = []
     if state and state.get("pid"):
-        report = _control.lab_module().sweep(f"mnlab-{int(state['pid'])}-", include_live=True)
+        report = lab.sweep(f"mnlab-{int(state['pid'])}-", include_live=True)
         removed += [f"lab {lab}" for lab in report.labs]
         removed += [f"could not remove: {err}" for err in report.errors]
     data = state.get("data_dir") if state else None

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from meshnode.demo import _control
+from meshnode.lab import Fleet
 
 
 class Supervisor:
@@ -134,10 +135,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, on_signal)
     sup.save()
     try:
-        scenarios = _control.scenarios()
         print(f"building the fleet: {config}", flush=True)
-        sup.fleet = scenarios.Fleet.up(nodes=config["nodes"], export_period=config["export_period"],
-                                       sensor=config["sensor"])
+        sup.fleet = Fleet.up(nodes=config["nodes"], export_period=config["export_period"],
+                          sensor=config["sensor"])
         sup.save()
         print(f"fleet up: lab {sup.fleet.lab.id}", flush=True)
     except BaseException as exc:

@@ -1,5 +1,5 @@
 """Blame in a real fleet (issue 8): six lab hosts in two sites, real traffic, a node with the eBPF sensor on
-each, and the five scenarios of ``tests.lab.scenarios``, one after another on one fleet.
+each, and the five scenarios of ``meshnode.lab`` (its scenario fleet), one after another on one fleet.
 
 Each fault is put in force and ``meshctl blame --json --since <fault start>`` is asked until its top
 suspect is the expected one; the time from the fault to that answer must be at most two export periods
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 
 PERIOD = 2.0
 """The nodes' export period (s)."""
@@ -41,7 +41,7 @@ TIMES: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Any]:
     require_kernel()
-    from tests.lab.scenarios import Fleet
+    from meshnode.lab import Fleet
 
     with Fleet.up(nodes=True, export_period=PERIOD) as f:
         # warm up: web1 holds the transactions of all four client hosts (db1 and cache1 only serve; their

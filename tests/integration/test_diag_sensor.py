@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 
 pytestmark = pytest.mark.kernel
 
@@ -448,7 +448,7 @@ def test_scope_keeps_only_flows_of_processes_under_the_cgroup() -> None:
     import os
 
     from meshnode.sensor._diag import DiagSensor
-    from tests._env import CGROUP_ROOT
+    from tests._support.env import CGROUP_ROOT
 
     scope = f"/meshnode-diagtest-{os.getpid()}"
     app_dir = CGROUP_ROOT / scope.lstrip("/") / "app"

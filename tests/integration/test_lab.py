@@ -21,16 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests._env import require_kernel
-from tests.lab import (
-    CGROUP_ROOT,
-    Host,
-    Lab,
-    LabError,
+from meshnode.lab import CGROUP_ROOT, Host, Lab, LabError, sweep
+from tests._support.env import require_kernel
+from tests._support.lab import (
     LabFactory,
     lab_fixture,
     make_lab,  # noqa: F401 - a fixture, used by name
-    sweep,
 )
 
 pytestmark = pytest.mark.kernel
@@ -584,7 +580,7 @@ def test_sweep_removes_labs_of_dead_processes_only() -> None:
 
 SIGNAL_SCRIPT = """
 import signal, sys, time
-from tests.lab import Lab
+from meshnode.lab import Lab
 # a background job of a non-interactive shell starts with SIGINT ignored; a user's program at a terminal not
 signal.signal(signal.SIGINT, signal.default_int_handler)
 lab = Lab(2)

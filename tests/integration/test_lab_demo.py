@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 
 MESHNODE = str(Path(sys.executable).with_name("meshnode"))
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 from tests.integration.test_node_lab import MESHCTL, MESHNODE
 
 PORT = 7400
@@ -71,7 +71,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     require_kernel()
-    from tests.lab import Lab
+    from meshnode.lab import Lab
 
     with Lab(list(SITES)) as lab:
         f = Fleet(lab, tmp_path_factory.mktemp("mesh"))

@@ -18,7 +18,7 @@ import grpc
 
 from meshnode._model import FlowRecord
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
 

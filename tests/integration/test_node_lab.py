@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 from tests.integration import _traffic as t
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ PERIOD = 1.0
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
     require_kernel()
-    from tests.lab import Lab
+    from meshnode.lab import Lab
 
     with Lab(2) as lab:
         yield lab

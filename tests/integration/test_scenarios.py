@@ -1,4 +1,4 @@
-"""The scenario fleet (tests/lab/scenarios.py): its traffic flows, each named fault does to the network what
+"""The scenario fleet (meshnode/lab/_scenarios.py): its traffic flows, each named fault does to the network what
 it says (measured by the clients themselves and by the hosts' TCP counters, not by the sensor), heal
 restores, and ``down`` leaves no namespace, cgroup, process or file behind.
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 
 Traffic = dict[str, dict[str, dict[str, int]]]
 FAILURES = ("refused", "timeout", "unreachable", "reset", "error")
@@ -24,7 +24,7 @@ FAILURES = ("refused", "timeout", "unreachable", "reset", "error")
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Any]:
     require_kernel()
-    from tests.lab.scenarios import Fleet
+    from meshnode.lab import Fleet
 
     with Fleet.up(nodes=False) as f:
         yield f
@@ -65,7 +65,7 @@ def by_target(d: Traffic, pred: Callable[[str], bool]) -> list[tuple[str, str, d
 
 
 def test_traffic_reaches_every_service_and_nothing_fails(fleet: Any) -> None:
-    from tests.lab.scenarios import CLIENTS
+    from meshnode.lab import CLIENTS
 
     d = window(fleet, 4.0, settle=0)
     want = {(f"{c.host}/{c.comm}", key) for c in CLIENTS for key in c.targets}
@@ -78,7 +78,7 @@ def test_traffic_reaches_every_service_and_nothing_fails(fleet: Any) -> None:
 
 
 def test_blackhole_server_times_out_every_connect_to_db1_and_heals(healed: Any) -> None:
-    from tests.lab.scenarios import Suspect
+    from meshnode.lab import Suspect
 
     fleet = healed
     handle = fleet.fault("blackhole-server")
@@ -175,8 +175,7 @@ def test_bad_client_retries_a_dead_address_from_one_process(healed: Any) -> None
 
 
 def test_none_and_misuse(fleet: Any) -> None:
-    from tests.lab import LabUsageError
-    from tests.lab.scenarios import SCENARIOS
+    from meshnode.lab import SCENARIOS, LabUsageError
 
     handle = fleet.fault("none")
     assert handle.expected is None and fleet.expected_suspect("none") is None
@@ -195,9 +194,8 @@ def test_down_with_nodes_leaves_nothing(tmp_path: Path) -> None:
     """Six real nodes (eBPF) come up with their labels; down() removes every trace (mesh forming is
     test_mesh_lab's subject)."""
     require_kernel()
-    from tests.lab import CGROUP_ROOT
-    from tests.lab._cmd import list_netns
-    from tests.lab.scenarios import SITES, Fleet
+    from meshnode.lab import CGROUP_ROOT, SITES, Fleet
+    from meshnode.lab._cmd import list_netns
 
     started = time.monotonic()
     fleet = Fleet.up(nodes=True, export_period=2)
@@ -230,7 +228,7 @@ def _comm(pid: int) -> str:
 
 def crosses_sites(client: str, key: str) -> bool:
     """Whether a client (``host/comm``) and a target (``host:port/proto``) are in different sites."""
-    from tests.lab.scenarios import SITES
+    from meshnode.lab import SITES
 
     site = {h: s for s, (_r, hosts) in SITES.items() for h in hosts}
     return site[client.split("/")[0]] != site[key.split(":")[0]]

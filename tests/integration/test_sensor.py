@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from meshnode._model import FlowRecord
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 from tests.integration import _traffic as t
 
 N_UP = 1_234_567
@@ -44,7 +44,7 @@ class Collector:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Any]:
     require_kernel()
-    from tests.lab import Lab
+    from meshnode.lab import Lab
 
     with Lab(3) as lab:
         yield lab

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests._env import CGROUP_ROOT, require_kernel
+from tests._support.env import CGROUP_ROOT, require_kernel
 
 CONNS = 6  # per address family
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 from tests.integration import _traffic as t
 from tests.integration.test_meshctl_top_tmux import Tmux, tmux  # noqa: F401 (the fixture)
 from tests.integration.test_node_lab import MESHCTL, NODE, start_node
@@ -36,7 +36,7 @@ while True:
 
 def test_top_shows_real_traffic_and_survives_a_node_restart(tmux: Tmux, tmp_path: Path) -> None:  # noqa: F811
     require_kernel()
-    from tests.lab import Lab
+    from meshnode.lab import Lab
 
     with Lab(2) as lab:
         a, b = lab["a"], lab["b"]

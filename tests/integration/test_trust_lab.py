@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests._env import require_kernel
+from tests._support.env import require_kernel
 from tests.integration import _traffic as t
 from tests.integration.test_node_lab import MESHCTL, MESHNODE
 
@@ -102,7 +102,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     require_kernel()
-    from tests.lab import IPV4_SPACE, Lab
+    from meshnode.lab import IPV4_SPACE, Lab
 
     data = tmp_path_factory.mktemp("trust")
     config = data / "meshnode.toml"

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from tests.lab import LabUsageError, parse_lab_id, parse_rate
-from tests.lab._faults import (
+from meshnode.lab import LabUsageError, parse_lab_id, parse_rate
+from meshnode.lab._faults import (
     local_exemptions,
     rate_commands,
     render_filter_table,
@@ -16,8 +16,8 @@ from tests.lab._faults import (
     verdicts,
     ways,
 )
-from tests.lab._lab import _plan
-from tests.lab._names import (
+from meshnode.lab._lab import _plan
+from meshnode.lab._names import (
     SLOTS,
     check_name,
     default_host_names,

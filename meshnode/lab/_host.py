@@ -171,7 +171,7 @@ class Host(FaultTarget):
         return subprocess.CompletedProcess(shown, proc.returncode, out, err)
 
     def python(self, code: str, *args: str, **popen_kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``python -c code args...`` on this host, with the interpreter running the tests.
+        """Start ``python -c code args...`` on this host, with the interpreter running this process.
 
         ``code`` is dedented, so it can be written as an indented triple-quoted string.
         """

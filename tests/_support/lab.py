@@ -1,7 +1,16 @@
-"""pytest helpers: a lab factory fixture and a fixture maker, both calling ``tests._env.require_kernel``.
+"""pytest helpers around ``meshnode.lab.Lab``: a lab factory fixture and a fixture maker, both calling
+``require_kernel`` first, so a test skips (fails under ``CI=true``) on a machine without root, eBPF or cgroup v2.
 
-Import them into a test module (``from tests.lab import make_lab``) instead of relying on a conftest: the
-lab stays opt-in per file, and nothing here runs for the unit tests that need no root.
+Import them into a test module instead of relying on a conftest: the lab stays opt-in per file, and nothing
+here runs for the unit tests that need no root::
+
+    from tests._support.lab import lab_fixture, make_lab  # noqa: F401 (fixtures are used by name)
+
+    trio = lab_fixture(3, scope="module")
+
+    def test_something(trio): ...
+    def test_other(make_lab):  # noqa: F811 (the parameter is the imported fixture)
+        lab = make_lab(sites={"east": 2, "west": 2})
 """
 
 from __future__ import annotations
@@ -11,9 +20,8 @@ from typing import Any, Literal
 
 import pytest
 
-from tests._env import require_kernel
-
-from ._lab import Lab
+from meshnode.lab import Lab
+from tests._support.env import require_kernel
 
 Scope = Literal["session", "package", "module", "class", "function"]
 LabFactory = Callable[..., Lab]

@@ -1,4 +1,4 @@
-"""``python -m tests.lab [--include-live] [PREFIX]``: remove what crashed labs left on this machine.
+"""``python -m meshnode.lab [--include-live] [PREFIX]``: remove what crashed labs left on this machine.
 
 For a human after an interrupted run (or a CI job's last step): a new ``Lab`` sweeps dead labs by itself, but
 nothing else would remove leftovers when no test runs afterwards.
@@ -17,7 +17,7 @@ from ._sweep import sweep
 def main(argv: list[str] | None = None) -> int:
     """Sweep, print what was removed; exit 1 if anything could not be removed."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.lab", description="Remove what crashed labs left on this machine."
+        prog="python -m meshnode.lab", description="Remove what crashed labs left on this machine."
     )
     parser.add_argument("prefix", nargs="?", default=DEFAULT_SWEEP_PREFIX, help="name prefix or lab id")
     parser.add_argument("--include-live", action="store_true", help="also remove labs whose owning process still runs")

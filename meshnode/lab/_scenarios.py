@@ -4,7 +4,7 @@ Issue 8 asks the blame analysis to find the right suspect for a few named faults
 hosts in two sites. This module builds that lab once, the same way for the blame tests, the benchmark and
 the demo (``meshnode lab up``)::
 
-    from tests.lab.scenarios import Fleet
+    from meshnode.lab import Fleet
 
     with Fleet.up(nodes=True, export_period=2) as fleet:   # lab, services, client loops, 6 nodes in a mesh
         fleet.node_addr("web1")                             # "10.<slot>.1.1:7400" (reachable inside the lab)
@@ -80,7 +80,6 @@ from ._host import Host
 from ._lab import Lab
 from ._names import nft_table
 
-REPO = Path(__file__).resolve().parents[2]
 NODE_PORT = 7400
 REGION = "eu"
 #: site -> (region, host names). Host names are also the nodes' ``host`` labels.
