@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from meshnode.sensor._ebpf import EbpfSensor  # noqa: E402
 from probes import _records as rec  # noqa: E402
-from tests.unit.test_sensor_json_fastpath import NO_PID, _sensor, raw_event  # noqa: E402
+from tests._support.sensor import NO_PID, fake_sensor, raw_event  # noqa: E402
 
 
 def main() -> int:
@@ -45,7 +45,7 @@ def main() -> int:
         for native in (False, True):
             best[native] = float("inf")
             for _ in range(3):
-                s = _sensor(tmp, raws, native=native)
+                s = fake_sensor(tmp, raws, native=native)
                 t = time.perf_counter()
                 text[native] = s.poll_json().text
                 best[native] = min(best[native], time.perf_counter() - t)

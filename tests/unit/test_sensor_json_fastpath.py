@@ -8,12 +8,10 @@ old way (``poll`` then ``json_line`` per ended flow), the other through ``poll_j
 
 from __future__ import annotations
 
-import ctypes as ct
 import json
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,86 +20,15 @@ import pytest
 from meshnode._exceptions import SensorError
 from meshnode.sensor._capture_cmd import json_line
 from meshnode.sensor._ebpf import EbpfSensor
-from meshnode.sensor._native import library_state
 from probes import _records as rec
 from probes._errors import ProbeError
-from probes._records import COUNTER_NAMES, UdpFlowRow
+from probes._records import UdpFlowRow
+from tests._support.sensor import NO_PID, fake_sensor, ip16, poll_both_ways, raw_event
 
 U64 = 2**64 - 1
 U32 = 2**32 - 1
 U16 = 2**16 - 1
-NO_PID = 4_000_000_000  # no such process: the kernel's comm is what is reported
-V4, V6 = socket.AF_INET, socket.AF_INET6
-
-
-def _ip(text: str) -> bytes:
-    fam = V6 if ":" in text else V4
-    return socket.inet_pton(fam, text).ljust(16, b"\0")
-
-
-def raw_event(kind: int = rec.EV_TCP_END, *, cookie: int = 1001, src: str = "10.0.0.1", dst: str = "10.0.0.2",
-              comm: bytes = b"curl", flags: int = 0, sk: int = 0xFFFF_8880_0000_1000, **flow: int) -> tuple[Any, ...]:
-    """One ring record as the loader hands it over (the struct unpacked), built through the ctypes mirror."""
-    ev = rec.CEvent()
-    ev.kind, ev.ts_ns, ev.cookie, ev.sk, ev.value, ev.value2 = kind, 5_000_000, cookie, sk, 9000, 100
-    f = ev.flow
-    f.cookie, f.netns, f.cgroup_id, f.start_ns, f.last_ns = cookie, 4026531840, 0, 1_000_000, 9_000_000
-    f.sport, f.dport, f.pid, f.outcome, f.segs_out, f.segs_in = 51000, 443, NO_PID, 1, 7, 6
-    f.bytes_tx, f.bytes_rx, f.srtt_us, f.rtt_min_us, f.cwnd = 100, 5000, 40, 30, 10
-    f.flags = flags | (rec.F_INET6 if ":" in src else 0)
-    for name, value in flow.items():
-        setattr(f, name, value)
-    ct.memmove(f.saddr, _ip(src), 16)
-    ct.memmove(f.daddr, _ip(dst), 16)
-    ev.comm = comm
-    return rec.EVENT_STRUCT.unpack(bytes(ev))
-
-
-class FakeProbes:
-    """What EbpfSensor asks of probes._loader.Probes, serving fixed rows (one poll's worth)."""
-
-    def __init__(self, raws: list[tuple[Any, ...]], udp: list[UdpFlowRow], drops: dict[tuple[int, int], int],
-                 counters: dict[str, int]) -> None:
-        self.raws, self.udp, self.drops, self.ctr = list(raws), list(udp), dict(drops), counters
-
-    def poll_raw(self) -> list[tuple[Any, ...]]:
-        out, self.raws = self.raws, []
-        return out
-
-    def poll_records(self) -> tuple[bytes, int, int, int]:
-        """``poll_raw`` as the ring lays records out: an 8-byte header before each one."""
-        raws = self.poll_raw()
-        return b"".join(bytes(8) + rec.EVENT_STRUCT.pack(*v) for v in raws), len(raws), rec.EVENT_SIZE + 8, 8
-
-    def poll_events(self) -> list[rec.KernelEvent]:
-        return list(map(rec.event_from_raw, self.poll_raw()))
-
-    def drain_drops(self) -> dict[tuple[int, int], int]:
-        out, self.drops = self.drops, {}
-        return out
-
-    def tcp_flow_of(self, sk: int) -> None:
-        return None
-
-    def udp_flows(self) -> list[UdpFlowRow]:
-        return list(self.udp)
-
-    def take_udp(self, rows: list[UdpFlowRow]) -> list[UdpFlowRow]:
-        taken = [r for r in rows if r in self.udp]
-        self.udp = [r for r in self.udp if r not in taken]
-        return taken
-
-    def pending(self) -> list[rec.PendingRow]:
-        return []
-
-    def take_pending(self, rows: list[rec.PendingRow]) -> list[rec.PendingRow]:
-        return []
-
-    def counters(self) -> dict[str, int]:
-        return dict(self.ctr)
-
-    def comm(self, pid: int) -> str:
-        return "from-map" if pid == 31337 else ""
+V4 = socket.AF_INET
 
 
 def _udp(cookie: int, released: bool = False) -> UdpFlowRow:
@@ -109,35 +36,6 @@ def _udp(cookie: int, released: bool = False) -> UdpFlowRow:
                       src="10.0.0.1", sport=40000 + cookie, dst="10.0.0.53", dport=53, direction="outbound",
                       pid=NO_PID, first_ns=1_000, last_ns=2_000 if released else 10**18, first_tx_ns=1_000,
                       first_rx_ns=1_500, bytes_tx=40, bytes_rx=80, packets_tx=1, packets_rx=1)
-
-
-def _sensor(tmp_path: Path, raws: list[tuple[Any, ...]], *, udp: list[UdpFlowRow] | None = None,
-            drops: dict[tuple[int, int], int] | None = None, state: Callable[[EbpfSensor], None] | None = None,
-            native: bool = False) -> EbpfSensor:
-    """A sensor over FakeProbes; poll_json renders in Python unless ``native`` (then in C: it must be built)."""
-    sensor = EbpfSensor(cgroup_root=tmp_path)  # not started: the fake stands in for the kernel
-    if native:
-        assert sensor._native_json() is not None, f"the C renderer does not load: {library_state()}"
-    else:
-        sensor._native = None
-    sensor._probes = FakeProbes(raws, udp or [], drops or {},  # type: ignore[assignment]
-                                {n: 5 if n in ("ringbuf_full", "udp_map_full") else 0 for n in COUNTER_NAMES})
-    sensor._counters = {n: 0 for n in COUNTER_NAMES}
-    sensor._clock_offset = 1_764_000_000_000_000_000
-    sensor._reasons = {2: "NOT_SPECIFIED", 5: "NETFILTER_DROP"}
-    sensor._last_udp_scan = -(10**30)
-    if state is not None:
-        state(sensor)
-    return sensor
-
-
-def _both(tmp_path: Path, raws: list[tuple[Any, ...]], native: bool = False, **kw: Any) -> tuple[str, str, Any, Any]:
-    old = _sensor(tmp_path, raws, **kw)
-    batch = old.poll()
-    old_text = "".join(map(json_line, batch.ended))
-    new = _sensor(tmp_path, raws, native=native, **kw)
-    jb = new.poll_json()
-    return old_text, jb.text, batch.completeness, jb.completeness
 
 
 def _cgroup_dir(tmp_path: Path) -> int:
@@ -176,7 +74,7 @@ def _varied(cg: int) -> list[tuple[Any, ...]]:
 def test_json_fast_path_equals_poll_and_json_line(tmp_path: Path, native: bool) -> None:
     cg = _cgroup_dir(tmp_path)
     raws = _varied(cg)
-    old, new, c_old, c_new = _both(tmp_path, raws, native)
+    old, new, c_old, c_new = poll_both_ways(tmp_path, raws, native)
     assert new == old
     assert new.count("\n") == len(raws) and c_new == c_old and c_new.flows_recorded == len(raws)
     lines = [json.loads(ln) for ln in new.splitlines()]
@@ -216,7 +114,7 @@ def test_json_fast_path_with_drops_limits_tcp_info_and_other_records(tmp_path: P
 
     udp = [_udp(3), _udp(8)]  # 3 released above, 8 live
     drops = {(0x99, 5): 2, (0, 2): 4}
-    old, new, c_old, c_new = _both(tmp_path, raws, udp=udp, drops=drops, state=state)
+    old, new, c_old, c_new = poll_both_ways(tmp_path, raws, udp=udp, drops=drops, state=state)
     assert new == old
     got = [json.loads(ln) for ln in new.splitlines()]
     assert [(g["proto"], g["flow_id"] if g["proto"] == "tcp" else g["sport"]) for g in got][:3] == \
@@ -240,7 +138,7 @@ def test_json_fast_path_state_after_poll_matches(tmp_path: Path) -> None:
         s._limits.update({1: "app", 3: "app"})
         s._tcpinfo.update({1: (0, None), 3: (0, None)})  # type: ignore[dict-item]
 
-    a, b = _sensor(tmp_path, raws, state=state), _sensor(tmp_path, raws, state=state)
+    a, b = fake_sensor(tmp_path, raws, state=state), fake_sensor(tmp_path, raws, state=state)
     a.poll()
     b.poll_json()
     for name in ("_drops_by_sk", "_limits", "_tcpinfo", "_released", "_udp_sks"):
@@ -252,12 +150,12 @@ def test_json_fast_path_address_caches_stay_right_when_full(tmp_path: Path, src:
     """The per-sensor address text caches are bounded (cleared when full) and kept per family: the same
     16 raw bytes are another address in the other family."""
     raws = [raw_event(cookie=1, src=src, dst=dst), raw_event(cookie=2, src=src, dst=dst)]
-    s = _sensor(tmp_path, raws)
-    other = _ip("10.0.0.1" if ":" in src else "fd00::1")
+    s = fake_sensor(tmp_path, raws)
+    other = ip16("10.0.0.1" if ":" in src else "fd00::1")
     s._json_addr4.update({bytes([i % 256, i // 256]) + bytes(14): '"x"' for i in range(65536)})
     s._json_addr6.update({bytes([i % 256, i // 256]) + bytes(14): '"y"' for i in range(65536)})
     (s._json_addr6 if ":" in src else s._json_addr4)[other] = '"wrong family"'
-    old = _sensor(tmp_path, raws)
+    old = fake_sensor(tmp_path, raws)
     assert s.poll_json().text == "".join(map(json_line, old.poll().ended))
     used, unused = (s._json_addr6, s._json_addr4) if ":" in src else (s._json_addr4, s._json_addr6)
     assert len(used) == 2 and len(unused) == 65536
@@ -265,7 +163,7 @@ def test_json_fast_path_address_caches_stay_right_when_full(tmp_path: Path, src:
 
 def test_drain_unpacked_equals_drain_with_the_event_decoder(tmp_path: Path) -> None:
     from probes._ringbuf import DISCARD_BIT, RingReader
-    from tests.unit.test_sensor_fastpath import FakeRing
+    from tests._support.ring import FakeRing
 
     ring = FakeRing(tmp_path / "ring", size=4096)
     reader = RingReader(ring.fd, ring.size)
@@ -290,7 +188,7 @@ def test_drain_unpacked_equals_drain_with_the_event_decoder(tmp_path: Path) -> N
 def test_drain_unpacked_stops_at_a_record_being_written(tmp_path: Path) -> None:
     """The bulk pass takes the committed run before a busy record, and nothing past it until it commits."""
     from probes._ringbuf import BUSY_BIT, RingReader
-    from tests.unit.test_sensor_fastpath import FakeRing
+    from tests._support.ring import FakeRing
 
     ring = FakeRing(tmp_path / "ring", size=8192)
     reader = RingReader(ring.fd, ring.size)
@@ -327,7 +225,7 @@ def test_capture_json_output_is_the_same_through_either_path(tmp_path: Path, mon
     cg = _cgroup_dir(tmp_path)
     outputs = []
     for fast in (True, False):
-        sensor = _sensor(tmp_path, [*_varied(cg), raw_event(rec.EV_UDP_RELEASE, cookie=3)], udp=[_udp(3)],
+        sensor = fake_sensor(tmp_path, [*_varied(cg), raw_event(rec.EV_UDP_RELEASE, cookie=3)], udp=[_udp(3)],
                          drops={(0, 2): 1}, native=native and fast)
         sensor.active = list  # type: ignore[method-assign]  # no live flows to add at exit
         sensor._probes.close = lambda: None  # type: ignore[attr-defined]
@@ -350,7 +248,7 @@ def test_a_probe_failure_in_poll_or_active_is_a_sensor_error_the_node_survives(t
     def fail(*_: Any) -> list[Any]:
         raise ProbeError("batch lookup-and-delete on BPF map 7 failed: No space left on device")
 
-    sensor = _sensor(tmp_path, [])
+    sensor = fake_sensor(tmp_path, [])
     sensor._probes.drain_drops = fail  # type: ignore[method-assign]
     with pytest.raises(SensorError, match="sensor poll failed: batch lookup-and-delete"):
         sensor.poll()

@@ -1,6 +1,6 @@
 """The C renderer of final TCP records (``meshnode/sensor/_jsonline.c``) writes exactly what the Python paths
 write: every case compares ``poll_json`` rendering in C with ``poll`` + ``json_line`` over the same records
-and sensor state (helpers from test_sensor_json_fastpath). ``make setup`` builds the library; a test here
+and sensor state (helpers from tests/_support/sensor.py). ``make setup`` builds the library; a test here
 fails when it is missing or stale.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from meshnode.sensor import _native
 from meshnode.sensor._ebpf import _OUTCOME_TEXT, _TCP_END_LINE, EbpfSensor
 from probes import _records as rec
-from tests.unit.test_sensor_json_fastpath import NO_PID, _both, _sensor, raw_event
+from tests._support.sensor import NO_PID, fake_sensor, poll_both_ways, raw_event
 
 
 def test_the_library_is_built_and_current() -> None:
@@ -50,9 +50,9 @@ def test_drops_events_half_open_and_udp_in_ring_order(tmp_path: Path) -> None:
         s._released.add(3)
 
     kw: dict[str, Any] = {"udp": [], "drops": {(0x99, 5): 2, (0, 2): 4}, "state": state}
-    old, new, c_old, c_new = _both(tmp_path, raws, native=True, **kw)
+    old, new, c_old, c_new = poll_both_ways(tmp_path, raws, native=True, **kw)
     assert new == old and c_new == c_old
-    a, b = _sensor(tmp_path, raws, **kw), _sensor(tmp_path, raws, native=True, **kw)
+    a, b = fake_sensor(tmp_path, raws, **kw), fake_sensor(tmp_path, raws, native=True, **kw)
     a.poll()
     b.poll_json()
     assert b._rtt_shift_at == {2: 5_000_000}  # the event was handled (after the lines)
@@ -70,7 +70,7 @@ def test_ipv6_text_is_pythons_for_every_shape_of_zero_runs(tmp_path: Path) -> No
         addrs.append(str(socket.inet_ntop(socket.AF_INET6, bytes(
             rng.choice((0, 0, 0, rng.randrange(256))) for _ in range(16)))))
     raws = [raw_event(cookie=i + 1, src=a, dst=addrs[-1 - i], flags=rec.F_INET6) for i, a in enumerate(addrs)]
-    old, new, _, _ = _both(tmp_path, raws, native=True)
+    old, new, _, _ = poll_both_ways(tmp_path, raws, native=True)
     assert new == old
 
 
@@ -84,9 +84,9 @@ def test_more_owners_and_drops_than_its_first_tables_and_more_text_than_its_buff
     def state(s: EbpfSensor) -> None:
         s._drops_by_sk.update({0x100 + 2 * i: Counter({"NETFILTER_DROP": i + 1}) for i in range(3000)})
 
-    old, new, c_old, c_new = _both(tmp_path, raws, native=True, state=state)
+    old, new, c_old, c_new = poll_both_ways(tmp_path, raws, native=True, state=state)
     assert new == old and c_new == c_old and new.count("\n") == 5000
-    s = _sensor(tmp_path, raws, native=True, state=state)
+    s = fake_sensor(tmp_path, raws, native=True, state=state)
     s.poll_json()
     assert s._drops_by_sk == {0x100 + 2 * i: Counter({"NETFILTER_DROP": i + 1}) for i in range(2500, 3000)}
     nat = s._native_json()
@@ -96,11 +96,11 @@ def test_more_owners_and_drops_than_its_first_tables_and_more_text_than_its_buff
 def test_a_line_longer_than_the_buffer_grows_it(tmp_path: Path) -> None:
     """A buffer too small for one line is doubled until the line fits (made small here: real lines are
     ~1 kB against 1 MiB)."""
-    s = _sensor(tmp_path, [raw_event(cookie=i + 1) for i in range(3)], native=True)
+    s = fake_sensor(tmp_path, [raw_event(cookie=i + 1) for i in range(3)], native=True)
     nat = s._native_json()
     assert nat is not None
     nat._output(ct.create_string_buffer(64))
-    old = _sensor(tmp_path, [raw_event(cookie=i + 1) for i in range(3)])
+    old = fake_sensor(tmp_path, [raw_event(cookie=i + 1) for i in range(3)])
     assert s.poll_json().text == "".join(f.to_json_text() + "\n" for f in old.poll().ended)
     assert len(nat._out) >= 512
 
@@ -121,7 +121,7 @@ def test_drain_records_equals_drain_unpacked(tmp_path: Path) -> None:
     """Bulk runs copied as the ring holds them, single records (after a discarded one, across the wrap)
     given a header and padding; a record being written ends the walk."""
     from probes._ringbuf import BUSY_BIT, DISCARD_BIT, HDR_SIZE, RingReader
-    from tests.unit.test_sensor_fastpath import FakeRing
+    from tests._support.ring import FakeRing
 
     ring = FakeRing(tmp_path / "ring", size=4096)
     reader = RingReader(ring.fd, ring.size)
