@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests._support.env import require_kernel
-from tests.integration.test_node_lab import MESHCTL, MESHNODE
+from tests._support.labnode import MESHCTL, MESHNODE
 
 PORT = 7400
 SITES = {"a": "s1", "b": "s1", "c": "s2", "d": "s2", "e": "s2"}

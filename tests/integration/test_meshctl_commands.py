@@ -21,7 +21,7 @@ from cli._convert import FLOW_FIELDS
 from cli.main import main
 from meshnode._model import flow_proto_to_json
 from meshnode.v1 import flow_pb2, mesh_pb2, observer_pb2
-from tests.integration.test_meshctl_fakenode import Canned, FakeNode, sample_flows, sample_peers
+from tests._support.fakenode import Canned, FakeNode, sample_flows, sample_peers
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH_LINE = "meshctl peers: this node has no mesh service yet (needs meshnode with the mesh; see issue 6)\n"

@@ -31,7 +31,7 @@ def _meshctl() -> list[str]:
 @pytest.fixture(scope="module")
 def bulk_node() -> Iterator[str]:
     p = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.test_meshctl_fakenode", "--flows", str(N)],
+        [sys.executable, "-m", "tests._support.fakenode", "--flows", str(N)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     try:

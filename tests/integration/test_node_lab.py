@@ -15,14 +15,9 @@ from typing import Any
 
 import pytest
 
+from tests._support import traffic as t
 from tests._support.env import require_kernel
-from tests.integration import _traffic as t
-
-ROOT = Path(__file__).resolve().parents[2]
-MESHNODE = str(ROOT / ".venv" / "bin" / "meshnode")
-MESHCTL = str(ROOT / ".venv" / "bin" / "meshctl")
-NODE = "127.0.0.1:7400"
-PERIOD = 1.0
+from tests._support.labnode import MESHCTL, NODE, PERIOD, start_node
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +27,6 @@ def lab() -> Iterator[Any]:
 
     with Lab(2) as lab:
         yield lab
-
-
-def start_node(host: Any, data_dir: Path) -> subprocess.Popen[str]:
-    node: subprocess.Popen[str] = host.popen(
-        [MESHNODE, "run", "--insecure", "--listen", NODE, "--data-dir", str(data_dir), "--export-period", str(PERIOD),
-         "--metrics", "off", "--cgroup", host.cgroup_rel, "--sensor", "ebpf"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if node.poll() is not None:
-            raise AssertionError(f"meshnode run exited {node.returncode}: {node.stderr.read() if node.stderr else ''}")
-        if host.run([MESHCTL, "--node", NODE, "status", "--json"], check=False).returncode == 0:
-            return node
-        time.sleep(0.2)
-    node.kill()
-    raise AssertionError("meshnode run did not answer within 20 s")
 
 
 def meshctl(host: Any, *args: str) -> Any:

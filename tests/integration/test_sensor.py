@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from meshnode._model import FlowRecord
+from tests._support import traffic as t
 from tests._support.env import require_kernel
-from tests.integration import _traffic as t
 
 N_UP = 1_234_567
 N_DOWN = 7_654_321

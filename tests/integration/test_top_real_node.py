@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests._support import traffic as t
 from tests._support.env import require_kernel
-from tests.integration import _traffic as t
-from tests.integration.test_meshctl_top_tmux import Tmux, tmux  # noqa: F401 (the fixture)
-from tests.integration.test_node_lab import MESHCTL, NODE, start_node
+from tests._support.labnode import MESHCTL, NODE, start_node
+from tests._support.tmux import Tmux
 
 PORT = 31234
 
@@ -34,7 +34,7 @@ while True:
 """
 
 
-def test_top_shows_real_traffic_and_survives_a_node_restart(tmux: Tmux, tmp_path: Path) -> None:  # noqa: F811
+def test_top_shows_real_traffic_and_survives_a_node_restart(tmux: Tmux, tmp_path: Path) -> None:
     require_kernel()
     from meshnode.lab import Lab
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
+from tests._support import traffic as t
 from tests._support.env import require_kernel
-from tests.integration import _traffic as t
-from tests.integration.test_node_lab import MESHCTL, MESHNODE
+from tests._support.labnode import MESHCTL, MESHNODE
 
 PORT = 7400
 PERIOD = 2.0

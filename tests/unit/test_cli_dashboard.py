@@ -9,7 +9,7 @@ from cli._convert import flow_dict, message_dict
 from cli._dashboard import SORT_KEYS, aggregate, dashboard, latest_per_flow, mesh_line, mesh_summary, sort_rows
 from cli._output import render_text
 from cli._top import TopState
-from tests.integration.test_meshctl_fakenode import sample_events, sample_flows, sample_peers, sample_status
+from tests._support.fakenode import sample_events, sample_flows, sample_peers, sample_status
 
 
 def _view(**changes: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from cli._output import render_text
 from cli._views import _OUTCOME_STYLE, flows_table
 from cli._views import OUTCOME_LABEL as VIEW_LABELS
 from meshnode.v1 import flow_pb2
-from tests.integration.test_meshctl_fakenode import sample_flows
+from tests._support.fakenode import sample_flows
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -7,7 +7,7 @@ import textwrap
 from cli._convert import flow_dict, message_dict
 from cli._output import render_text
 from cli._views import events_table, flows_table, health_view, peers_view, process, query_view, status_view
-from tests.integration.test_meshctl_fakenode import (
+from tests._support.fakenode import (
     sample_events,
     sample_flows,
     sample_health,

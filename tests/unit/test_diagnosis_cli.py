@@ -10,7 +10,7 @@ from cli._output import render_text
 from meshnode.diagnosis import blame, blame_pb
 from meshnode.diagnosis._servicer import discovery_pb, retry_advice_pb
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice
-from tests.unit.test_diagnosis_blame import blackholed_db, fleet
+from tests._support.blamefleet import blackholed_db, fleet
 
 S = 1_000_000_000
 

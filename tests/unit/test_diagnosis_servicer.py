@@ -19,7 +19,7 @@ from meshnode.diagnosis import (
     add_to_server,
 )
 from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, flow_pb2
-from tests.unit.test_diagnosis_blame import blackholed_db, dead_address, fleet
+from tests._support.blamefleet import blackholed_db, dead_address, fleet
 
 S = 1_000_000_000
 NOW = 1_700_000_000 * S

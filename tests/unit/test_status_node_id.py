@@ -12,7 +12,7 @@ from cli._views import status_view
 from meshnode.daemon import Node, NodeConfig
 from meshnode.sensor._fake import FakeSensor
 from meshnode.v1 import observer_pb2
-from tests.integration.test_meshctl_fakenode import sample_status
+from tests._support.fakenode import sample_status
 from tests.unit._node import running_node
 
 

@@ -1,0 +1,34 @@
+"""A real ``meshnode run`` (eBPF sensor) on a lab host, and the console scripts the lab tests run.
+
+The node listens on the host's loopback (``NODE``), scoped to the host's cgroup, exporting every ``PERIOD``
+seconds; ``start_node`` returns once ``meshctl status`` answers through it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+MESHNODE = str(ROOT / ".venv" / "bin" / "meshnode")
+MESHCTL = str(ROOT / ".venv" / "bin" / "meshctl")
+NODE = "127.0.0.1:7400"
+PERIOD = 1.0
+
+
+def start_node(host: Any, data_dir: Path) -> subprocess.Popen[str]:
+    node: subprocess.Popen[str] = host.popen(
+        [MESHNODE, "run", "--insecure", "--listen", NODE, "--data-dir", str(data_dir), "--export-period", str(PERIOD),
+         "--metrics", "off", "--cgroup", host.cgroup_rel, "--sensor", "ebpf"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if node.poll() is not None:
+            raise AssertionError(f"meshnode run exited {node.returncode}: {node.stderr.read() if node.stderr else ''}")
+        if host.run([MESHCTL, "--node", NODE, "status", "--json"], check=False).returncode == 0:
+            return node
+        time.sleep(0.2)
+    node.kill()
+    raise AssertionError("meshnode run did not answer within 20 s")
