@@ -1,5 +1,15 @@
 """Helpers shared by test modules, one module per concern; test modules import from here, never each other.
 
-    env       require_kernel: skip (fail under CI=true) without root, eBPF, cgroup v2 and the network tools
-    lab       pytest fixtures around meshnode.lab.Lab: make_lab, lab_fixture
+    env         require_kernel: skip (fail under CI=true) without root, eBPF, cgroup v2 and the network tools
+    lab         pytest fixtures around meshnode.lab.Lab: make_lab, lab_fixture
+    labnode     a real ``meshnode run`` on a lab host, and the console scripts the lab tests run
+    traffic     programs that make real traffic on lab hosts and report what they did
+    tmux        a tmux server on a private socket (its fixture, ``tmux``, is in tests/conftest.py)
+    fakenode    a fake meshnode (real grpc.aio server, canned data) for meshctl's tests; ``python -m`` runs it
+    sensor      an EbpfSensor over fake probes, and ring records built as the kernel lays them out
+    ring        a file laid out like the kernel's ring-buffer mapping
+    blamefleet  a synthetic fleet's transactions for blame: six hosts, two sites, faults as functions
+
+Fixtures shared by several modules are in tests/conftest.py. Products (meshnode, cli, probes) never import
+anything here; bench/ may.
 """
