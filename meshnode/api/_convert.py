@@ -8,8 +8,8 @@ from google.protobuf import wrappers_pb2
 
 from meshnode.health import HealthRow, RetryPattern, ScanPattern
 from meshnode.sensor import EventRecord
-from meshnode.summary import PeriodSummary, Rollup
-from meshnode.v1 import flow_pb2
+from meshnode.summary import PeriodSummary, Rollup, WindowRollup, WindowRollups
+from meshnode.v1 import flow_pb2, observer_pb2
 
 _EVENT_TYPE_NAMES = frozenset(flow_pb2.EventType.keys())
 _COMPLETENESS_FIELDS = frozenset(f.name for f in flow_pb2.Completeness.DESCRIPTOR.fields)
@@ -25,7 +25,7 @@ def rollup_pb(r: Rollup) -> flow_pb2.Rollup:
     return flow_pb2.Rollup(
         key=r.key, flows=r.flows, useful=r.useful, failures=r.failures, bytes_tx=r.bytes_tx,
         bytes_rx=r.bytes_rx, retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us, rtt_p95_us=r.rtt_p95_us,
-        service=r.service,
+        service=r.service, flows_retransmitting=r.flows_retransmitting, flows_slow_connect=r.flows_slow_connect,
     )
 
 
@@ -36,8 +36,32 @@ def period_pb(s: PeriodSummary) -> flow_pb2.PeriodSummary:
         by_process=[rollup_pb(r) for r in s.by_process],
         by_destination=[rollup_pb(r) for r in s.by_destination],
         by_cgroup=[rollup_pb(r) for r in s.by_cgroup],
+        by_service=[rollup_pb(r) for r in s.by_service],
         completeness=completeness_pb(s.completeness), final_flows=s.final_flows,
         interim_flows=s.interim_flows, incomplete=s.incomplete,
+    )
+
+
+def window_rollup_pb(w: WindowRollup) -> flow_pb2.WindowRollup:
+    """A ``WindowRollup`` message."""
+    return flow_pb2.WindowRollup(totals=rollup_pb(w.totals), flows=w.flows, failures=w.failures,
+                                 retransmits=w.retransmits)
+
+
+def rollups_pb(w: WindowRollups, since_ns: int, until_ns: int) -> observer_pb2.RollupsResponse:
+    """A ``RollupsResponse`` for the window ``[since_ns, until_ns]``."""
+    return observer_pb2.RollupsResponse(
+        periods=[flow_pb2.PeriodSpan(seq=p.seq, start_ns=p.start_ns, end_ns=p.end_ns, incomplete=p.incomplete)
+                 for p in w.periods],
+        by_process=[window_rollup_pb(r) for r in w.by_process],
+        by_destination=[window_rollup_pb(r) for r in w.by_destination],
+        by_service=[window_rollup_pb(r) for r in w.by_service],
+        by_cgroup=[window_rollup_pb(r) for r in w.by_cgroup],
+        by_process_omitted=w.omitted.get("by_process", 0),
+        by_destination_omitted=w.omitted.get("by_destination", 0),
+        by_service_omitted=w.omitted.get("by_service", 0),
+        by_cgroup_omitted=w.omitted.get("by_cgroup", 0),
+        since_ns=since_ns, until_ns=until_ns,
     )
 
 

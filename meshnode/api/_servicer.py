@@ -1,4 +1,4 @@
-"""``meshnode.v1.Observer``: flows, summaries, health, events and status of this node.
+"""``meshnode.v1.Observer``: flows, summaries, window rollups, health, events and status of this node.
 
 Queries run in a worker thread on their own read-only SQLite connection, so a long query never stalls the
 node loop or other RPCs. Deadlines are honoured: the store query is given the call's deadline and stops
@@ -36,14 +36,15 @@ from meshnode.api._convert import (
     health_row_pb,
     period_pb,
     retry_pb,
+    rollups_pb,
     scan_pb,
 )
 from meshnode.api._filters import FilterError, Selector
 from meshnode.api._flowstream import HistoryReader, in_thread
 from meshnode.api._live import EventRing, FlowFeed
 from meshnode.api._status import StatusProvider
-from meshnode.store import FlowQuery, Store, StoredFlow, StoreTimeout
-from meshnode.summary import PeriodSummary, format_destination, format_process
+from meshnode.store import FlowQuery, PeriodRow, Store, StoredFlow, StoreTimeout
+from meshnode.summary import PeriodSummary, format_destination, format_process, merge_window
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
 if TYPE_CHECKING:
@@ -59,6 +60,11 @@ MAX_BATCH = 5_000
 DEFAULT_SUMMARIES: Final = 100
 MAX_SUMMARIES: Final = 100_000
 MAX_EVENTS: Final = 1_000_000
+DEFAULT_ROLLUP_ROWS: Final = 100
+MAX_ROLLUP_ROWS: Final = 10_000
+MAX_ROLLUP_PERIODS: Final = 10_000
+"""Periods in one Rollups window: each is a stored summary, decoded and merged within the call."""
+ROLLUPS_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
 MAX_HEALTH_ROWS: Final = 5_000_000
 MAX_ADDRESS_CHANGES: Final = 1_000
 HEALTH_TOP: Final = 1_000
@@ -117,6 +123,16 @@ def decode_page_token(request: observer_pb2.FlowsRequest) -> tuple[int, int, int
     if fp != _fingerprint(request):
         raise FilterError("page_token", "the token belongs to a request with other filters or range")
     return (key[0], key[1], key[2])
+
+
+def _summary(row: PeriodRow) -> PeriodSummary:
+    """A stored period's summary; an incomplete period (no summary stored) has empty rollups."""
+    if row.summary:
+        s = PeriodSummary.from_json(row.summary)
+    else:
+        s = PeriodSummary(node_id="", seq=row.seq, period_start_ns=row.start_ns, period_end_ns=row.end_ns)
+    s.incomplete = row.state == "incomplete"
+    return s
 
 
 class ObserverServicer(observer_pb2_grpc.ObserverServicer):
@@ -224,17 +240,35 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         rows = await asyncio.to_thread(
             self.store.periods, request.since_ns, request.until_ns, request.number or DEFAULT_SUMMARIES
         )
-        out = []
-        for row in rows:
-            if row.summary:
-                s = PeriodSummary.from_json(row.summary)
-            else:
-                s = PeriodSummary(
-                    node_id="", seq=row.seq, period_start_ns=row.start_ns, period_end_ns=row.end_ns
-                )
-            s.incomplete = row.state == "incomplete"
-            out.append(period_pb(s))
-        return observer_pb2.SummariesResponse(summaries=out)
+        return observer_pb2.SummariesResponse(summaries=[period_pb(_summary(row)) for row in rows])
+
+    # -- Rollups -----------------------------------------------------------------------------------------
+
+    def _rollups(self, since: int, until: int, limit: int) -> observer_pb2.RollupsResponse | None:
+        """The window's merged rollups; None when it holds more than ``MAX_ROLLUP_PERIODS`` periods."""
+        rows = self.store.periods(since, until, MAX_ROLLUP_PERIODS + 1)
+        # A period cut short by a crash has no end: it belongs to the window its start is in.
+        rows = [r for r in rows if r.end_ns or r.start_ns >= since]
+        if len(rows) > MAX_ROLLUP_PERIODS:
+            return None
+        return rollups_pb(merge_window([_summary(row) for row in rows], limit), since, until)
+
+    async def Rollups(
+        self, request: observer_pb2.RollupsRequest, context: Context
+    ) -> observer_pb2.RollupsResponse:
+        until = request.until_ns or self.clock()
+        since = request.since_ns or max(0, until - ROLLUPS_DEFAULT_RANGE_NS)
+        if until < since:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"until_ns: {until} is before since_ns {since}")
+        if request.number > MAX_ROLLUP_ROWS:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"number: {request.number} is over the server maximum of {MAX_ROLLUP_ROWS}")
+        resp = await asyncio.to_thread(self._rollups, since, until, request.number or DEFAULT_ROLLUP_ROWS)
+        if resp is None:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"since_ns: the window holds more than {MAX_ROLLUP_PERIODS} export periods; narrow it")
+        return resp
 
     # -- Health ------------------------------------------------------------------------------------------
 

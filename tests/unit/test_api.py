@@ -277,6 +277,40 @@ def test_summaries(tmp_path: Path) -> None:
         [proc] = older.by_process
         assert (proc.key, proc.flows, proc.useful, dict(proc.failures)) == ("curl/100", 3, 2, {"timeout": 1})
         assert newest.by_destination[0].service == "ssh"
+        assert list(newest.by_service) == []  # no inbound flows
+
+    run(tmp_path, body)
+
+
+def test_rollups_merge_the_window_with_series(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        await h.period(flow(1), flow(2, outcome="refused", bytes_tx=0, bytes_rx=0, srtt_us=0))
+        await h.period(flow(3, retransmits=4),
+                       flow(4, direction="inbound", src="10.0.0.1", sport=8000, dst="10.0.0.7", dport=51000,
+                            comm="server", pid=9))
+        resp = await h.stub.Rollups(observer_pb2.RollupsRequest(), timeout=10)
+        assert [p.seq for p in resp.periods] == sorted(p.seq for p in resp.periods) and len(resp.periods) == 2
+        [dest] = resp.by_destination  # the inbound flow is not a destination
+        t = dest.totals
+        assert (t.key, t.flows, t.useful, dict(t.failures), t.retransmits, t.service) == (
+            "10.0.0.2:443", 3, 2, {"refused": 1}, 4, "https")
+        assert (list(dest.flows), list(dest.failures), list(dest.retransmits)) == ([2, 1], [1, 0], [0, 4])
+        assert (t.flows_retransmitting, t.flows_slow_connect) == (1, 0)  # 4 of 5 segments sent again
+        [svc] = resp.by_service
+        assert (svc.totals.key, list(svc.flows)) == ("10.0.0.1:8000", [0, 1])
+        assert [r.totals.key for r in resp.by_process] == ["curl/100", "server/9"]
+        assert resp.by_process_omitted == 0 and resp.until_ns - resp.since_ns == 15 * 60 * S
+        cut = await h.stub.Rollups(observer_pb2.RollupsRequest(number=1), timeout=10)
+        assert [r.totals.key for r in cut.by_process] == ["curl/100"] and cut.by_process_omitted == 1
+        soon = time.time_ns() + 60 * S
+        later = await h.stub.Rollups(observer_pb2.RollupsRequest(since_ns=soon, until_ns=soon + S), timeout=10)
+        assert list(later.periods) == [] and list(later.by_process) == []
+        for req, code, name in ((observer_pb2.RollupsRequest(since_ns=9, until_ns=1), "INVALID_ARGUMENT",
+                                 "until_ns"),
+                                (observer_pb2.RollupsRequest(number=10**6), "RESOURCE_EXHAUSTED", "number")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await h.stub.Rollups(req, timeout=10)
+            assert err.value.code().name == code and (err.value.details() or "").startswith(name)
 
     run(tmp_path, body)
 
