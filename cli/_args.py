@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_count, default=0, metavar="PORT",
                    help="with --challenge: the suspect's port to connect to (default: its mesh port)")
 
-    p = add("top", "live dashboard: top processes and destinations, events, mesh",
+    p = add("top", "live dashboard: processes, destinations and services (the node's rollups), events, mesh",
             """examples:
   meshctl top
   meshctl top --window 15m --wide
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 keys: q quit · s cycle sort · / filter by process (type, Enter; Esc clears) · p pause""", [])
     p.add_argument("--window", type=_duration, default=300.0, metavar="DURATION",
-                   help="how far back flows count (default: 5m)")
+                   help="the window the node rolls up, back from now (default: 5m)")
     p.add_argument("--interval", type=_duration, default=1.0, metavar="DURATION",
                    help="status poll interval (default: 1s)")
     return parser

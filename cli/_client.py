@@ -168,6 +168,14 @@ class Node:
             raise self._fail(exc, "Observer.Health", self.timeout) from exc
         return resp
 
+    def rollups(self, req: observer_pb2.RollupsRequest) -> observer_pb2.RollupsResponse:
+        """Observer.Rollups."""
+        try:
+            resp: observer_pb2.RollupsResponse = self._observer.Rollups(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Observer.Rollups", self.timeout) from exc
+        return resp
+
     def flows(self, req: observer_pb2.FlowsRequest) -> Iterator[Sequence[flow_pb2.Flow]]:
         """Observer.Flows as batches of records, following page tokens up to ``req.number``.
 

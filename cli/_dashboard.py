@@ -1,13 +1,13 @@
-"""``meshctl top``'s screen as a pure function of plain data, and the aggregation behind it.
+"""``meshctl top``'s screen as a pure function of plain data.
 
-``aggregate`` turns flow dicts (the ``--json`` shape) into process and destination rows; ``dashboard``
-turns a view dict into one frame. No I/O here: tests render a frame into a fixed-size Console.
+The node merges the window's rollups (Observer.Rollups); this module only shapes them for the screen:
+``dashboard`` turns a view dict into one frame, with a sparkline per row of the flows, failures and
+retransmits of each export period. No I/O here: tests render a frame into a fixed-size Console.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from rich.console import Group, RenderableType
@@ -15,83 +15,57 @@ from rich.table import Table
 from rich.text import Text
 
 from cli._units import format_bytes, format_count, format_percent, format_seconds, format_us
-from cli._views import FAILED, event_detail, fit_left, process, table, useful_text
+from cli._views import event_detail, fit_left, process, table, useful_text
 
-SORT_KEYS: Final = ("bytes", "failures", "flows", "rtt", "retransmits")
-_USEFUL: Final = frozenset({"established", "udp_answered"})
-
-
-def _median(values: list[int]) -> int:
-    return int(statistics.median(values)) if values else 0
-
-
-def latest_per_flow(flows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """One record per flow: the newest (interim records of an active flow are superseded; final wins)."""
-    best: dict[tuple[str, int], Mapping[str, Any]] = {}
-    for f in flows:
-        key = (f["node_id"], f["flow_id"])
-        old = best.get(key)
-        if old is None or (f["end_ns"], f["kind"] == "final") >= (old["end_ns"], old["kind"] == "final"):
-            best[key] = f
-    return list(best.values())
+SORT_KEYS: Final = ("flows", "failures", "bytes", "rtt", "retransmits")
+BLOCKS: Final = "▁▂▃▄▅▆▇█"
+SECTIONS: Final = (("processes", "by_process", "PROCESS"), ("destinations", "by_destination", "DESTINATION"),
+                   ("services", "by_service", "SERVICE"))
+"""The view's row lists: (name, the RollupsResponse field, the first column's header)."""
 
 
-def aggregate(flows: Iterable[Mapping[str, Any]], *, proc_filter: str = ""
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(process rows, destination rows) over ``flows``, keeping flows whose process name contains
-    ``proc_filter``. Processes group by name (short-lived clients change pid); the pid shows when single."""
-    procs: dict[str, dict[str, Any]] = {}
-    dests: dict[str, dict[str, Any]] = {}
-    needle = proc_filter.lower()
-    for f in latest_per_flow(flows):
-        if needle and needle not in f["comm"].lower():
-            continue
-        failed = f["outcome"] in FAILED
-        settled = f["outcome"] != "in_progress"
-        p = procs.setdefault(f["comm"] or "?", {
-            "comm": f["comm"] or "?", "pids": set(), "flows": 0, "failures": 0, "useful": 0, "attempts": 0,
-            "bytes_tx": 0, "bytes_rx": 0, "retransmits": 0, "_rtts": [],
+def sparkline(values: Sequence[int], width: int) -> str:
+    """``values`` (oldest first) as ``width`` block characters scaled to their largest, newest at the right.
+
+    More values than columns: each column shows the sum of an equal run of them. Fewer: the line is padded
+    on the left, so that a node younger than the window shows its history where it belongs. 0 is blank.
+    """
+    n = len(values)
+    if n > width:
+        cols = [sum(values[i * n // width:(i + 1) * n // width]) for i in range(width)]
+    else:
+        cols = [0] * (width - n) + list(values)
+    top = max(cols, default=0)
+    if not top:
+        return " " * width
+    last = len(BLOCKS) - 1
+    return "".join(" " if not v else BLOCKS[min(last, max(0, -(-v * len(BLOCKS) // top) - 1))] for v in cols)
+
+
+def rollup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Screen rows from ``WindowRollup`` dicts (``message_dict`` of the node's answer): the node's totals,
+    with the failed outcomes counted together, ``useful`` as a fraction of the flows that settled (useful
+    or failed; None without any) and the three series."""
+    out = []
+    for r in rows:
+        t = r["totals"]
+        failures = sum(int(v) for v in (t.get("failures") or {}).values())
+        settled = int(t["useful"]) + failures
+        out.append({
+            "key": t["key"], "service": t.get("service", ""), "flows": int(t["flows"]), "failures": failures,
+            "useful": int(t["useful"]) / settled if settled else None, "bytes": int(t["bytes_tx"]) + int(t["bytes_rx"]),
+            "rtt_us": int(t["rtt_p50_us"]), "rtt_p95_us": int(t["rtt_p95_us"]), "retransmits": int(t["retransmits"]),
+            "flows_series": list(r.get("flows") or []), "failures_series": list(r.get("failures") or []),
+            "retransmits_series": list(r.get("retransmits") or []),
         })
-        host = f"[{f['dst']}]" if ":" in f["dst"] else f["dst"]
-        dkey = f"{host}:{f['dport']}"
-        d = dests.setdefault(dkey, {
-            "destination": dkey, "service": f["service"], "flows": 0, "failures": 0, "useful": 0,
-            "attempts": 0, "bytes_tx": 0, "bytes_rx": 0, "retransmits": 0, "_rtts": [],
-        })
-        for row in (p, d):
-            row["flows"] += 1
-            row["failures"] += failed
-            row["useful"] += f["outcome"] in _USEFUL
-            row["attempts"] += settled
-            row["bytes_tx"] += f["bytes_tx"]
-            row["bytes_rx"] += f["bytes_rx"]
-            row["retransmits"] += f["retransmits"]
-            if f["srtt_us"]:
-                row["_rtts"].append(f["srtt_us"])
-        p["pids"].add(f["pid"])
-        if f["service"] and not d["service"]:
-            d["service"] = f["service"]
-    out_p: list[dict[str, Any]] = []
-    for p in procs.values():
-        pids = p.pop("pids")
-        single = len(pids) == 1
-        p["process"] = process(p["comm"], next(iter(pids))) if single else f"{p['comm']} ({len(pids)})"
-        out_p.append(_finish(p))
-    return out_p, [_finish(d) for d in dests.values()]
-
-
-def _finish(row: dict[str, Any]) -> dict[str, Any]:
-    row["rtt_us"] = _median(row.pop("_rtts"))
-    row["health"] = row["useful"] / row["attempts"] if row["attempts"] else None
-    row["bytes"] = row["bytes_tx"] + row["bytes_rx"]
-    return row
+    return out
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
-    """Rows sorted by ``key`` (one of SORT_KEYS), largest first; ties by bytes then name."""
+    """Rows sorted by ``key`` (one of SORT_KEYS), largest first; ties by flows, bytes, then key."""
     field = {"bytes": "bytes", "failures": "failures", "flows": "flows", "rtt": "rtt_us",
              "retransmits": "retransmits"}[key]
-    return sorted(rows, key=lambda r: (-r[field], -r["bytes"], str(r.get("process", r.get("destination")))))
+    return sorted(rows, key=lambda r: (-r[field], -r["flows"], -r["bytes"], str(r["key"])))
 
 
 def _title(text: str, plain: bool) -> Text:
@@ -138,45 +112,48 @@ def _header(v: Mapping[str, Any], plain: bool) -> list[RenderableType]:
     return out
 
 
-def _processes(rows: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: bool) -> Table:
+def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, services: bool, wide: bool,
+                  plain: bool) -> Table:
+    """One section's table: the node's window totals, then the trends (sparklines over the window) of
+    flows, failures and retransmits. Exactly 80 columns (120 wide) with ``services``; processes have no
+    service column and give its room to the name."""
     t = table(plain=plain, boxed=False)
-    pw = 20 if not wide else 32
-    t.add_column("PROCESS", width=pw, no_wrap=True, overflow="ellipsis")
+    svc_w = 8 if wide else 6
+    name_w = (29 if wide else 16) + (0 if services else svc_w + 1)
+    spark_w = (10, 10, 10) if wide else (7, 6, 6)
+    t.add_column(first, width=name_w, no_wrap=True, overflow="ellipsis")
+    if services:
+        t.add_column("SVC", width=svc_w, no_wrap=True, overflow="ellipsis")
     t.add_column("FLOWS", width=6, justify="right")
     t.add_column("FAIL", width=5, justify="right")
     t.add_column("USEFUL", width=6, justify="right")
-    t.add_column("TX", width=7, justify="right")
-    t.add_column("RX", width=7, justify="right")
     t.add_column("RTT", width=6, justify="right")
-    t.add_column("RETX", width=6, justify="right")
-    for r in rows[:n]:
-        t.add_row(
-            r["process"][:pw] if len(r["process"]) <= pw else r["process"][: pw - 1] + "…",
-            format_count(r["flows"]),
-            Text(format_count(r["failures"]), style="bold red" if r["failures"] and not plain else ""),
-            format_percent(r["health"]), format_bytes(r["bytes_tx"]), format_bytes(r["bytes_rx"]),
-            format_us(r["rtt_us"]), format_count(r["retransmits"]),
-        )
-    return t
-
-
-def _destinations(rows: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: bool) -> Table:
-    t = table(plain=plain, boxed=False)
-    t.add_column("DESTINATION", width=21 if not wide else 41, no_wrap=True, overflow="ellipsis")
-    t.add_column("SERVICE", width=7, no_wrap=True, overflow="ellipsis")
-    t.add_column("FLOWS", width=6, justify="right")
-    t.add_column("FAIL", width=5, justify="right")
-    t.add_column("HEALTH", width=6, justify="right")
-    t.add_column("RTT", width=6, justify="right")
-    t.add_column("RETX", width=6, justify="right")
+    if wide:
+        t.add_column("RTT95", width=6, justify="right")
+        t.add_column("RETX", width=6, justify="right")
     t.add_column("BYTES", width=7, justify="right")
+    for header, w in zip(("FLOWS/S", "FAIL/S", "RETX/S"), spark_w, strict=True):
+        t.add_column(header, width=w, no_wrap=True)
+    red = "" if plain else "bold red"
     for r in rows[:n]:
-        t.add_row(
-            fit_left(r["destination"], 21 if not wide else 41), r["service"] or "-", format_count(r["flows"]),
-            Text(format_count(r["failures"]), style="bold red" if r["failures"] and not plain else ""),
-            useful_text(r["health"]) if not plain else format_percent(r["health"]),
-            format_us(r["rtt_us"]), format_count(r["retransmits"]), format_bytes(r["bytes"]),
-        )
+        cells: list[str | Text] = [fit_left(r["key"], name_w) if services else r["key"]]
+        if services:
+            cells.append(r["service"] or "-")
+        cells += [
+            format_count(r["flows"]),
+            Text(format_count(r["failures"]), style=red if r["failures"] else ""),
+            useful_text(r["useful"]) if not plain else format_percent(r["useful"]),
+            format_us(r["rtt_us"]),
+        ]
+        if wide:
+            cells += [format_us(r["rtt_p95_us"]), format_count(r["retransmits"])]
+        cells += [
+            format_bytes(r["bytes"]),
+            Text(sparkline(r["flows_series"], spark_w[0]), style="" if plain else "cyan"),
+            Text(sparkline(r["failures_series"], spark_w[1]), style=red),
+            Text(sparkline(r["retransmits_series"], spark_w[2]), style="" if plain else "yellow"),
+        ]
+        t.add_row(*cells)
     return t
 
 
@@ -286,27 +263,32 @@ def _footer(v: Mapping[str, Any], plain: bool) -> Text:
 def dashboard(v: Mapping[str, Any], *, height: int = 24, wide: bool = False, plain: bool = False
               ) -> RenderableType:
     """One frame of ``meshctl top`` from the view dict (see ``cli._top.TopState.view``), fitted to
-    ``height`` lines: the process, destination and event sections share what the fixed lines leave."""
+    ``height`` lines: the process, destination, service and event sections share what the fixed lines
+    leave. ``v["rollups"]`` is the node's RollupsResponse as a dict (None before the first answer); the
+    filter keeps the processes whose key holds it (the other sections count every process's flows)."""
     head = _header(v, plain)
     if v.get("blame") is not None:
         head.append(blame_line(v["blame"], plain))
-    fixed = len(head) + 1 + 3 * 2 + 1 + 1  # header (+ blame), blank, 3 x (title, column header), mesh, footer
-    room = max(3, height - fixed)
-    n_proc = max(1, room * 3 // 10)
-    n_dest = max(1, room * 4 // 10)
-    n_ev = max(1, room - n_proc - n_dest)
-    procs = sort_rows(v.get("processes", []), v["sort"])
-    dests = sort_rows(v.get("destinations", []), v["sort"])
+    fixed = len(head) + 1 + 4 * 2 + 1 + 1  # header (+ blame), blank, 4 x (title, column header), mesh, footer
+    room = max(4, height - fixed)
+    counts = [max(1, room // 4), max(1, room // 4), max(1, room // 5)]
+    counts.append(max(1, room - sum(counts)))
+    rollups = v.get("rollups") or {}
+    needle = str(v.get("filter") or "").lower()
     by = v["sort"]
-    parts: list[RenderableType] = [
-        *head,
-        Text(""),
-        _title(f" PROCESSES by {by} ({len(procs)}) ", plain),
-        _processes(procs, n_proc, wide=wide, plain=plain),
-        _title(f" DESTINATIONS by {by} ({len(dests)}) ", plain),
-        _destinations(dests, n_dest, wide=wide, plain=plain),
+    parts: list[RenderableType] = [*head, Text("")]
+    for (name, field, first), n in zip(SECTIONS, counts, strict=False):
+        rows = rollup_rows(rollups.get(field) or [])
+        omitted = int(rollups.get(f"{field}_omitted") or 0)
+        if name == "processes" and needle:
+            rows = [r for r in rows if needle in str(r["key"]).lower()]
+        shown = sort_rows(rows, by)
+        total = f"{len(shown)}" if not omitted else f"{len(shown)} of {len(shown) + omitted}"
+        parts += [_title(f" {name.upper()} by {by} ({total}) ", plain),
+                  _rollup_table(shown, n, first, services=name != "processes", wide=wide, plain=plain)]
+    parts += [
         _title(" EVENTS ", plain),
-        _events(v.get("events", []), n_ev, wide=wide, plain=plain),
+        _events(v.get("events", []), counts[3], wide=wide, plain=plain),
         mesh_line(v.get("mesh"), plain),
         _footer(v, plain),
     ]

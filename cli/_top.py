@@ -1,6 +1,6 @@
 """``meshctl top``: the live dashboard.
 
-Four threads feed one ``TopState``: a poller (Status every interval; Flows over the window and Health
+Four threads feed one ``TopState``: a poller (Status every interval; Rollups over the window and Health
 when an export period closed, since the node's data only changes then; Mesh.Peers), a diagnoser
 (Diagnosis.Blame over the last few periods and Trust.Validate's flagged peers, every few seconds, in a
 thread of its own so that an analysis never delays the status line or a frame), an event tail (Events
@@ -21,13 +21,15 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from cli._client import Node
-from cli._convert import flow_dict, message_dict
-from cli._dashboard import SORT_KEYS, aggregate, blame_summary, dashboard, mesh_summary, reconnecting
+from cli._convert import message_dict
+from cli._dashboard import SORT_KEYS, blame_summary, dashboard, mesh_summary, reconnecting
 from cli._exceptions import EXIT_OK, MeshctlError, NodeError, NotAvailable, PermissionDenied
 from cli._retry import retrying
 from meshnode.v1 import observer_pb2
 
-MAX_FLOWS: Final = 50_000
+ROLLUP_ROWS: Final = 200
+"""Rows the node sends per section (the busiest): more than a screen shows, so that re-sorting by failures
+or bytes still finds the rows that matter; the sections' titles count the rest."""
 FRAME_S: Final = 0.25
 DIAGNOSE_EVERY_S: Final = 3.0
 """How often the diagnoser asks Blame and Validate (each is one small answer; Blame is a few ms of the
@@ -49,8 +51,8 @@ class TopState:
         self.conn = "connecting"
         self.status: dict[str, Any] | None = None
         self.health: dict[str, Any] | None = None
-        self.flows: list[dict[str, Any]] = []
-        self.flows_version = 0
+        self.rollups: dict[str, Any] | None = None
+        """The node's RollupsResponse over the window, as a dict; None until one came."""
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         self.mesh: dict[str, Any] | None = None
         self.blame: dict[str, Any] | None = None
@@ -64,31 +66,25 @@ class TopState:
         self.filter = ""
         self.input: str | None = None
         self.paused = False
-        self._agg_key: tuple[int, str] = (-1, "")
-        self._agg: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
         self._frozen: dict[str, Any] | None = None
 
     def view(self) -> dict[str, Any]:
-        """The plain data of one frame (the input of ``dashboard``; ``top --json`` prints it)."""
+        """The plain data of one frame (the input of ``dashboard``; ``top --json`` prints it): the node's
+        answers as they came, and the screen's state."""
         with self.lock:
             if self.paused and self._frozen is not None:
                 v = dict(self._frozen)
                 v.update(sort=self.sort, filter=self.filter, input=self.input, paused=True)
                 return v
-            key = (self.flows_version, self.filter)
-            if key != self._agg_key:
-                self._agg = aggregate(self.flows, proc_filter=self.filter)
-                self._agg_key = key
             needle = self.filter.lower()
             events = [e for e in self.events
                       if not needle or needle in ((e.get("flow") or {}).get("comm", "")).lower()]
             mesh = None if self.mesh is None else {**self.mesh, "flagged": list(self.flagged)}
             v = {
                 "node": self.node, "conn": self.conn, "status": self.status,
-                "health": (self.health or {}).get("host"), "processes": self._agg[0],
-                "destinations": self._agg[1], "events": events, "mesh": mesh, "blame": self.blame,
-                "sort": self.sort,
-                "filter": self.filter, "input": self.input, "paused": self.paused, "window_s": self.window_s,
+                "health": (self.health or {}).get("host"), "rollups": self.rollups, "events": events,
+                "mesh": mesh, "blame": self.blame, "sort": self.sort, "filter": self.filter,
+                "input": self.input, "paused": self.paused, "window_s": self.window_s,
                 "error": self.error,
             }
             self._frozen = v
@@ -121,7 +117,7 @@ class TopState:
 
 
 class Poller:
-    """Fetches status, flows, health and peers; the one place top talks to the node besides events."""
+    """Fetches status, rollups, health and peers; the one place top talks to the node besides events."""
 
     def __init__(self, node: Node, state: TopState, interval_s: float, stop: threading.Event) -> None:
         self.node = node
@@ -139,18 +135,18 @@ class Poller:
         self._mesh_absent = False
 
     def poll_once(self) -> None:
-        """One round: Status always; Flows and Health when a period closed (or every 10 s); Peers."""
+        """One round: Status always; Rollups and Health when a period closed (or every 10 s); Peers."""
         status = message_dict(self.node.status())
         now = time.monotonic()
         period = max(1.0, float(status.get("export_period_s") or 1.0))
         fresh = status["periods"] != self._last_periods or now - self._last_fetch >= max(10.0, period)
-        flows: list[dict[str, Any]] | None = None
+        rollups: dict[str, Any] | None = None
         health: dict[str, Any] | None = None
         if fresh:
             now_ns = time.time_ns()
             since = now_ns - int(self.state.window_s * _NS)
-            req = observer_pb2.FlowsRequest(number=MAX_FLOWS, since_ns=since, include_interim=True)
-            flows = [flow_dict(f) for batch in self.node.flows(req) for f in batch]
+            rollups = message_dict(self.node.rollups(
+                observer_pb2.RollupsRequest(since_ns=since, until_ns=now_ns, number=ROLLUP_ROWS)))
             health = message_dict(self.node.health(observer_pb2.HealthRequest(since_ns=since)))
         mesh: dict[str, Any] | None = None
         if not self._mesh_absent:
@@ -162,9 +158,8 @@ class Poller:
             self.state.status = status
             self.state.conn = f"connected · updated {time.strftime('%H:%M:%S', time.gmtime())} UTC"
             self.state.error = None
-            if flows is not None:
-                self.state.flows = flows
-                self.state.flows_version += 1
+            if rollups is not None:
+                self.state.rollups = rollups
                 self.state.health = health
             self.state.mesh = mesh
         if fresh:

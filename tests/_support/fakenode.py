@@ -99,6 +99,40 @@ def sample_events() -> list[flow_pb2.Event]:
     ]
 
 
+def sample_rollups(now_ns: int = NOW_NS) -> observer_pb2.RollupsResponse:
+    """The window of ``sample_flows`` as a node answers Rollups: four 10 s periods, the client flows in
+    the last two, nginx's inbound transfer active in all four (under its service port, 10.0.0.1:8000)."""
+    R, W = flow_pb2.Rollup, flow_pb2.WindowRollup
+
+    def w(totals: flow_pb2.Rollup, flows: list[int], failures: list[int] | None = None,
+          retransmits: list[int] | None = None) -> flow_pb2.WindowRollup:
+        return W(totals=totals, flows=flows, failures=failures or [0] * 4, retransmits=retransmits or [0] * 4)
+
+    curl = w(R(key="curl/4242", flows=1, useful=1, bytes_tx=1_300, bytes_rx=1_258_291, retransmits=2,
+               rtt_p50_us=1_200, rtt_p95_us=1_200), [0, 0, 0, 1], retransmits=[0, 0, 0, 2])
+    fake = w(R(key="fakeclient/777", flows=2, failures={"refused": 1, "timeout": 1}), [0, 0, 1, 1], [0, 0, 1, 1])
+    dig = w(R(key="dig/99", flows=1, useful=1, bytes_tx=40, bytes_rx=120), [0, 0, 0, 1])
+    nginx = w(R(key="nginx/1", flows=4, useful=4, bytes_tx=52_428_800, bytes_rx=2_048, retransmits=31,
+                rtt_p50_us=45_000, rtt_p95_us=52_000, flows_retransmitting=1), [1, 1, 1, 1],
+              retransmits=[5, 6, 10, 10])
+
+    def as_key(row: flow_pb2.WindowRollup, key: str, service: str = "") -> flow_pb2.WindowRollup:
+        out = flow_pb2.WindowRollup()
+        out.CopyFrom(row)
+        out.totals.key, out.totals.service = key, service
+        return out
+
+    return observer_pb2.RollupsResponse(
+        periods=[flow_pb2.PeriodSpan(seq=87 + i, start_ns=now_ns - (4 - i) * 10 * S, end_ns=now_ns - (3 - i) * 10 * S)
+                 for i in range(4)],
+        by_process=[nginx, fake, curl, dig],
+        by_destination=[as_key(fake, "10.0.0.9:8080"), as_key(curl, "10.0.0.2:443", "https"),
+                        as_key(dig, "10.0.0.53:53", "domain")],
+        by_service=[as_key(nginx, "10.0.0.1:8000")],
+        since_ns=now_ns - 300 * S, until_ns=now_ns,
+    )
+
+
 @dataclass
 class Canned:
     """What the fake serves, and what it saw. Tests change it between calls."""
@@ -107,6 +141,7 @@ class Canned:
     status: observer_pb2.StatusResponse = field(default_factory=sample_status)
     health: observer_pb2.HealthResponse = field(default_factory=sample_health)
     events: list[flow_pb2.Event] = field(default_factory=sample_events)
+    rollups: observer_pb2.RollupsResponse = field(default_factory=sample_rollups)
     peers: mesh_pb2.PeersResponse | None = None
     # method name -> (status code, details): the method fails with that status
     fail: dict[str, tuple[grpc.StatusCode, str]] = field(default_factory=dict)
@@ -139,7 +174,7 @@ class FakeObserver(observer_pb2_grpc.ObserverServicer):
       ``batch_size`` per response in ``flows`` when asked; a page token when ``page_size`` cuts the
       answer; ``until < since`` -> INVALID_ARGUMENT; with follow, the stream stays open.
     - Events: the last ``number`` events, then (follow) new ones as they happen.
-    - Status, Health: the canned messages.
+    - Status, Health, Rollups: the canned messages.
     """
 
     def __init__(self, canned: Canned) -> None:
@@ -231,6 +266,11 @@ class FakeObserver(observer_pb2_grpc.ObserverServicer):
                         ) -> observer_pb2.SummariesResponse:
         await self._gate("Summaries", request, context)
         return observer_pb2.SummariesResponse()
+
+    async def Rollups(self, request: observer_pb2.RollupsRequest, context: grpc.aio.ServicerContext
+                      ) -> observer_pb2.RollupsResponse:
+        await self._gate("Rollups", request, context)
+        return self.c.rollups
 
 
 class FakeMesh(mesh_pb2_grpc.MeshServicer):

@@ -38,7 +38,7 @@ def fresh(fake: FakeNode) -> Canned:
     """Each test starts from the canned samples (recent timestamps, no failures, no mesh)."""
     c = fake.canned
     new = Canned()
-    for name in ("flows", "status", "health", "events", "peers", "fleet", "page_size", "fail", "delay",
+    for name in ("flows", "status", "health", "events", "rollups", "peers", "fleet", "page_size", "fail", "delay",
                  "requests"):
         setattr(c, name, getattr(new, name))
     return c
@@ -147,15 +147,21 @@ def test_peers_json(fake: FakeNode, fresh: Canned, capsys: pytest.CaptureFixture
 
 
 def test_top_json_is_one_snapshot(fake: FakeNode, fresh: Canned, capsys: pytest.CaptureFixture[str]) -> None:
-    fresh.flows = sample_flows(time.time_ns())
-    code, out, _ = run(fake, capsys, "top", "--json")
+    before = time.time_ns()
+    code, out, _ = run(fake, capsys, "top", "--json", "--window", "2m")
     assert code == 0
     doc = json.loads(out)
-    assert {"node", "status", "processes", "destinations", "events", "mesh"} <= set(doc)
-    assert {p["process"] for p in doc["processes"]} == {"curl/4242", "fakeclient/777", "dig/99", "nginx/1"}
+    assert {"node", "status", "rollups", "events", "mesh"} <= set(doc)
+    assert set(doc["rollups"]) == _fields(observer_pb2.RollupsResponse)  # the node's rollups, as it sent them
+    assert [r["totals"]["key"] for r in doc["rollups"]["by_process"]] == [
+        "nginx/1", "fakeclient/777", "curl/4242", "dig/99"]
+    assert doc["rollups"]["by_service"][0]["flows"] == [1, 1, 1, 1]
     assert doc["mesh"] is None  # the fake's Mesh.Peers says UNIMPLEMENTED
-    flows_req = next(r for n, r in fresh.requests if n == "Flows")
-    assert isinstance(flows_req, observer_pb2.FlowsRequest) and flows_req.include_interim
+    names = [n for n, _ in fresh.requests]
+    assert "Rollups" in names and "Flows" not in names  # no raw flows: the node rolled them up
+    req = next(r for n, r in fresh.requests if n == "Rollups")
+    assert isinstance(req, observer_pb2.RollupsRequest) and req.number == 200
+    assert req.until_ns - req.since_ns == 120 * 10**9 and before <= req.until_ns <= time.time_ns()
 
 
 def test_flows_follow_page_tokens_up_to_the_limit(fake: FakeNode, fresh: Canned,
@@ -205,12 +211,13 @@ def test_query_json_and_view(fake: FakeNode, fresh: Canned, capsys: pytest.Captu
 
 def test_top_on_a_pipe_prints_one_plain_frame(fake: FakeNode, fresh: Canned,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    fresh.flows = sample_flows(time.time_ns())
     code, out, _ = run(fake, capsys, "top")
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"node {fake.address} 3f2a9c0d · ebpf/exact · period 10s · window 5m"
     assert any(line.startswith("curl/4242 ") for line in lines)
+    assert " SERVICES by flows (1)" in lines
+    assert any(line.startswith("10.0.0.1:8000 ") for line in lines)  # nginx's inbound flows, by its port
     assert "mesh: not enabled" in lines and "\x1b" not in out
 
 

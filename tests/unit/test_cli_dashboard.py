@@ -1,28 +1,39 @@
-"""meshctl top: aggregation, one frame rendered from plain data, and the keys."""
+"""meshctl top: one frame rendered from the node's rollups (plain data), sparklines, and the keys."""
 
 from __future__ import annotations
 
 import textwrap
 from typing import Any
 
-from cli._convert import flow_dict, message_dict
-from cli._dashboard import SORT_KEYS, aggregate, dashboard, latest_per_flow, mesh_line, mesh_summary, sort_rows
+import pytest
+
+from cli._convert import message_dict
+from cli._dashboard import SORT_KEYS, dashboard, mesh_line, mesh_summary, rollup_rows, sort_rows, sparkline
 from cli._output import render_text
 from cli._top import TopState
-from tests._support.fakenode import sample_events, sample_flows, sample_peers, sample_status
+from meshnode.v1 import flow_pb2, observer_pb2
+from tests._support.fakenode import sample_events, sample_peers, sample_rollups, sample_status
 
 
 def _view(**changes: Any) -> dict[str, Any]:
-    procs, dests = aggregate([flow_dict(f) for f in sample_flows()])
     v: dict[str, Any] = {
         "node": "127.0.0.1:7400", "conn": "reconnecting (attempt 2, next in 1.0s)",
-        "status": message_dict(sample_status()), "health": {"useful_fraction": 0.95}, "processes": procs,
-        "destinations": dests, "events": [message_dict(e) for e in sample_events()],
+        "status": message_dict(sample_status()), "health": {"useful_fraction": 0.95},
+        "rollups": message_dict(sample_rollups()), "events": [message_dict(e) for e in sample_events()],
         "mesh": {"alive": 4, "suspect": 1, "dead": 0, "down": ["77aa00bb"], "flagged": []},
         "sort": "failures", "filter": "", "input": None, "paused": False, "window_s": 300, "error": None,
     }
     v.update(changes)
     return v
+
+
+def _many_rollups(n: int) -> dict[str, Any]:
+    """``n`` rows in every section, busy over 150 periods (more periods than a sparkline has columns)."""
+    rows = [flow_pb2.WindowRollup(totals=flow_pb2.Rollup(key=f"proc{i}/{1000 + i}", flows=150, useful=150,
+                                                         bytes_tx=i), flows=[1] * 150, failures=[0] * 150,
+                                  retransmits=[i % 3] * 150) for i in range(n)]
+    return message_dict(observer_pb2.RollupsResponse(by_process=rows, by_destination=rows, by_service=rows,
+                                                     by_destination_omitted=7))
 
 
 def test_one_frame_at_80_by_24() -> None:
@@ -33,16 +44,16 @@ def test_one_frame_at_80_by_24() -> None:
         reconnecting (attempt 2, next in 1.0s)
 
          PROCESSES by failures (4)
-        PROCESS               FLOWS  FAIL USEFUL      TX      RX    RTT   RETX
-        fakeclient/777            2     2   0.0%     0 B     0 B      -      0
-        nginx/1                   1     0   100%  50 MiB 2.0 KiB 45.0ms     31
-        curl/4242                 1     0   100% 1.3 KiB 1.2 MiB  1.2ms      2
-         DESTINATIONS by failures (4)
-        DESTINATION           SERVICE  FLOWS  FAIL HEALTH    RTT   RETX   BYTES
-        10.0.0.9:8080         -            2     2   0.0%      -      0     0 B
-        10.0.0.7:51234        -            1     0   100% 45.0ms     31  50 MiB
-        10.0.0.2:443          https        1     0   100%  1.2ms      2 1.2 MiB
-        10.0.0.53:53          domain       1     0   100%      -      0   160 B
+        PROCESS                  FLOWS  FAIL USEFUL    RTT   BYTES FLOWS/S FAIL/S RETX/S
+        fakeclient/777               2     2   0.0%      -     0 B      ██     ██
+        nginx/1                      4     0   100% 45.0ms  50 MiB    ████          ▄▅██
+         DESTINATIONS by failures (3)
+        DESTINATION      SVC     FLOWS  FAIL USEFUL    RTT   BYTES FLOWS/S FAIL/S RETX/S
+        10.0.0.9:8080    -           2     2   0.0%      -     0 B      ██     ██
+        10.0.0.2:443     https       1     0   100%  1.2ms 1.2 MiB       █             █
+         SERVICES by failures (1)
+        SERVICE          SVC     FLOWS  FAIL USEFUL    RTT   BYTES FLOWS/S FAIL/S RETX/S
+        10.0.0.1:8000    -           4     0   100% 45.0ms  50 MiB    ████          ▄▅██
          EVENTS
         TIME     EVENT            PROCESS        DESTINATION           DETAIL
         11:06:38 retransmit_burst curl/4242      10.0.0.2:443          5
@@ -61,17 +72,14 @@ def test_header_names_the_host_of_a_mesh_node() -> None:
 
 
 def test_frame_never_exceeds_its_height_or_80_columns() -> None:
-    many = []
-    for i in range(200):
-        f = sample_flows()[0]
-        f.flow_id, f.comm, f.dport = 1000 + i, f"proc{i}", 1000 + i
-        many.append(flow_dict(f))
-    procs, dests = aggregate(many)
-    v = _view(processes=procs, destinations=dests, events=[message_dict(e) for e in sample_events()] * 20)
+    v = _view(rollups=_many_rollups(200), events=[message_dict(e) for e in sample_events()] * 20)
     for height in (24, 40, 60):
         lines = render_text(dashboard(v, height=height), width=80).splitlines()
         assert len(lines) == height
         assert max(len(line) for line in lines) <= 80
+        assert " DESTINATIONS by failures (200 of 207)" in lines
+        row = next(line for line in lines if line.startswith("proc199/1199 "))  # the most bytes
+        assert row.endswith(" ███████ " + " " * 6 + " ██████")  # steady flows, no failures, retransmits
 
 
 def test_mesh_not_enabled_pause_filter_prompt_and_error() -> None:
@@ -83,33 +91,40 @@ def test_mesh_not_enabled_pause_filter_prompt_and_error() -> None:
     assert lines[-1] == "filter process: cur▏  (Enter apply · Esc clear)"
 
 
-def test_latest_record_per_flow_wins_and_final_beats_interim() -> None:
-    a = flow_dict(sample_flows()[0])
-    interim = {**a, "kind": "interim", "end_ns": a["end_ns"] - 5, "bytes_tx": 1}
-    final = {**a, "kind": "final"}
-    same_time_interim = {**a, "kind": "interim", "bytes_tx": 2}
-    assert latest_per_flow([interim, final, same_time_interim]) == [final]
+@pytest.mark.parametrize(
+    ("values", "width", "line"),
+    [
+        ([], 4, "    "),
+        ([0, 0], 4, "    "),
+        ([1, 2, 3, 4, 5, 6, 7, 8], 8, "▁▂▃▄▅▆▇█"),
+        ([1, 8], 4, "  ▁█"),                      # a short history sits at the right, newest last
+        ([0, 5, 0, 5], 4, " █ █"),                 # a period without flows is blank
+        ([1, 100], 2, "▁█"),                       # anything above zero shows
+        ([1, 1, 1, 1, 0, 0, 4, 4], 4, "▂▂ █"),     # more periods than columns: each column sums a run
+        ([3, 0, 0, 0, 0, 0, 0, 0, 0, 0], 3, "█  "),
+    ],
+)
+def test_sparkline(values: list[int], width: int, line: str) -> None:
+    assert sparkline(values, width) == line
 
 
-def test_aggregate_groups_by_process_name_and_destination() -> None:
-    flows = [flow_dict(f) for f in sample_flows()]
-    second_curl = {**flows[0], "flow_id": 99, "pid": 5, "bytes_tx": 100, "outcome": "refused", "srtt_us": 0}
-    procs, dests = aggregate([*flows, second_curl])
-    curl = next(p for p in procs if p["comm"] == "curl")
-    assert curl["process"] == "curl (2)"
-    assert (curl["flows"], curl["failures"], curl["bytes_tx"], curl["rtt_us"]) == (2, 1, 1400, 1200)
-    assert curl["health"] == 0.5
-    d = next(d for d in dests if d["destination"] == "10.0.0.9:8080")
-    assert (d["flows"], d["failures"], d["health"]) == (2, 2, 0.0)
-    procs, _ = aggregate(flows, proc_filter="CUR")
-    assert [p["process"] for p in procs] == ["curl/4242"]
+def test_rows_are_the_node_totals_with_failures_counted_and_useful_of_the_settled() -> None:
+    rows = {r["key"]: r for r in rollup_rows(message_dict(sample_rollups())["by_process"])}
+    fake, curl = rows["fakeclient/777"], rows["curl/4242"]
+    assert (fake["flows"], fake["failures"], fake["useful"], fake["failures_series"]) == (2, 2, 0.0, [0, 0, 1, 1])
+    assert (curl["bytes"], curl["rtt_us"], curl["useful"], curl["retransmits_series"]) == (1_259_591, 1200, 1.0,
+                                                                                           [0, 0, 0, 2])
+    empty = rollup_rows([{"totals": {"key": "x", "flows": 1, "useful": 0, "failures": {}, "bytes_tx": 0,
+                                     "bytes_rx": 0, "rtt_p50_us": 0, "rtt_p95_us": 0, "retransmits": 0}}])
+    assert empty[0]["useful"] is None and empty[0]["flows_series"] == []  # an in-progress flow settles nothing
 
 
 def test_sort_rows_by_every_key() -> None:
-    procs, _ = aggregate([flow_dict(f) for f in sample_flows()])
-    assert [r["comm"] for r in sort_rows(procs, "bytes")][:2] == ["nginx", "curl"]
-    assert sort_rows(procs, "failures")[0]["comm"] == "fakeclient"
-    assert sort_rows(procs, "rtt")[0]["comm"] == "nginx"
+    procs = rollup_rows(message_dict(sample_rollups())["by_process"])
+    assert [r["key"] for r in sort_rows(procs, "flows")] == ["nginx/1", "fakeclient/777", "curl/4242", "dig/99"]
+    assert [r["key"] for r in sort_rows(procs, "bytes")][:2] == ["nginx/1", "curl/4242"]
+    assert sort_rows(procs, "failures")[0]["key"] == "fakeclient/777"
+    assert sort_rows(procs, "rtt")[0]["key"] == "nginx/1"
     for key in SORT_KEYS:
         assert len(sort_rows(procs, key)) == len(procs)
 
@@ -121,24 +136,31 @@ def test_mesh_summary_from_peers() -> None:
     assert mesh_line(None, plain=True).plain == "mesh: not enabled"
 
 
+def _process_rows(v: dict[str, Any]) -> list[str]:
+    """The keys in the PROCESSES section of ``v``'s frame."""
+    lines = render_text(dashboard(v, height=40), width=80).splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(" PROCESSES")) + 2
+    last = next(i for i, line in enumerate(lines) if line.startswith(" DESTINATIONS"))
+    return [line.split()[0] for line in lines[first:last]]
+
+
 def test_keys_sort_filter_pause_quit() -> None:
     st = TopState("n:1", 300)
-    st.flows = [flow_dict(f) for f in sample_flows()]
-    st.flows_version = 1
+    st.rollups = message_dict(sample_rollups())
+    assert st.view()["rollups"]["by_process"][0]["totals"]["key"] == "nginx/1"  # the node's answer, as is
     assert st.key("s") and st.sort == "failures"
     for k in "/dig\x7fg":
         st.key(k)
     assert st.input == "dig" and st.filter == ""
     st.key("\r")
     assert st.filter == "dig" and st.input is None
-    assert [p["process"] for p in st.view()["processes"]] == ["dig/99"]
+    assert _process_rows(st.view()) == ["dig/99"]
     st.key("p")
     frozen = st.view()
-    st.flows = []
-    st.flows_version = 2
-    assert st.view()["processes"] == frozen["processes"] and st.view()["paused"]
+    st.rollups = None
+    assert st.view()["rollups"] == frozen["rollups"] and st.view()["paused"]
     st.key("p")
-    assert st.view()["processes"] == []
+    assert st.view()["rollups"] is None and _process_rows(st.view()) == []
     st.key("/")
     st.key("x")
     st.key("\x1b")
@@ -150,7 +172,6 @@ def test_event_tail_resumes_after_the_last_event_shown() -> None:
     import threading
 
     from cli._top import EventTail
-    from meshnode.v1 import observer_pb2
 
     events = sample_events()
     asked: list[observer_pb2.EventsRequest] = []
@@ -171,9 +192,12 @@ def test_event_tail_resumes_after_the_last_event_shown() -> None:
 
 def test_wide_frame_keeps_every_column_whole_at_120() -> None:
     out = render_text(dashboard(_view(), height=30, wide=True), width=120)
-    assert "…" not in out.replace("rtt 1.2ms -> 4…", "")
+    assert "…" not in out
     assert "11:06:40 rtt_shift        nginx/1              10.0.0.7:51234" in out
     assert "rtt 1.2ms -> 45ms" in out
+    assert ("nginx/1                                     4     0   100% 45.0ms 52.0ms     31  50 MiB       ████"
+            "                  ▄▅██") in out
+    assert "10.0.0.53:53                  domain        1     0   100%      -      -      0   160 B" in out
     assert max(len(line) for line in out.splitlines()) <= 120
 
 
@@ -214,14 +238,8 @@ def test_frame_with_blame_and_flagged_peers_keeps_its_height() -> None:
     b = blame_summary({"verdict": "service 10.77.1.6:6379 is failing: 100% of 88 transactions (refused)",
                        "suspects": [{"kind": "service", "name": "10.77.1.6:6379", "problem_fraction": 1.0}]},
                       6.0)
-    many = []
-    for i in range(200):
-        f = sample_flows()[0]
-        f.flow_id, f.comm, f.dport = 1000 + i, f"proc{i}", 1000 + i
-        many.append(flow_dict(f))
-    procs, dests = aggregate(many)
     v = _view(blame=b, mesh={"alive": 5, "suspect": 0, "dead": 0, "down": [], "flagged": ["3f2a9c0d"]},
-              processes=procs, destinations=dests, events=[message_dict(e) for e in sample_events()] * 20)
+              rollups=_many_rollups(200), events=[message_dict(e) for e in sample_events()] * 20)
     for height in (24, 40):
         lines = render_text(dashboard(v, height=height), width=80).splitlines()
         assert len(lines) == height and max(len(line) for line in lines) <= 80
