@@ -1,0 +1,27 @@
+"""meshnode's kernel side: BPF programs (``*.bpf.c``), the bcc loader around them and the sock_diag fallback.
+
+Nothing outside this package imports bcc; what crosses out is plain data (frozen records, dicts, bytes).
+"""
+
+from probes._errors import ProbeCompileError, ProbeError
+from probes._loader import (
+    ProbeConfig,
+    Probes,
+    drop_reason_names,
+    missing_prerequisites,
+    missing_proc_tracepoints,
+    tracepoint_fields,
+    translation_unit,
+)
+
+__all__ = [
+    "ProbeCompileError",
+    "ProbeConfig",
+    "ProbeError",
+    "Probes",
+    "drop_reason_names",
+    "missing_prerequisites",
+    "missing_proc_tracepoints",
+    "tracepoint_fields",
+    "translation_unit",
+]

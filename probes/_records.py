@@ -30,7 +30,7 @@ EV_ZERO_WINDOW = 8
 # Per-CPU counters (meshnode.h C_*).
 COUNTER_NAMES = (
     "ringbuf_full", "tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full",
-    "drop_map_full", "events", "tcp_opened",
+    "drop_map_full", "events", "tcp_opened", "proc_map_full",
 )
 
 OUTCOME_NAMES = {1: "established", 2: "refused", 3: "timeout", 4: "reset", 7: "in_progress"}
@@ -93,6 +93,12 @@ class CPendingVal(ct.Structure):
 
 class COwner(ct.Structure):
     _fields_ = [("tgid", ct.c_uint32), ("pad", ct.c_uint32), ("comm", ct.c_char * 16)]
+
+
+class CProcName(ct.Structure):
+    """struct proc_name: the value of proc_names (keyed by tgid)."""
+
+    _fields_ = [("comm", ct.c_char * 16)]
 
 
 class CDropKey(ct.Structure):

@@ -40,7 +40,8 @@
 #define C_DROP_MAP_FULL 5
 #define C_EVENTS 6
 #define C_TCP_OPENED 7
-#define C_NCOUNTERS 8
+#define C_PROC_MAP_FULL 8        /* a process name the LRU map could not take (procs.bpf.c) */
+#define C_NCOUNTERS 9
 
 /* One TCP socket, keyed by its kernel address (created at connect or at passive establishment).
  *
@@ -135,6 +136,11 @@ struct pending_val {
 struct owner {
     __u32 tgid;
     __u32 pad;
+    char comm[16];
+};
+
+/* A process's name as `ps` shows it: its thread-group leader's comm (procs.bpf.c). */
+struct proc_name {
     char comm[16];
 };
 

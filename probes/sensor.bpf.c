@@ -90,4 +90,5 @@ static __always_inline void emit(__u32 kind, __u64 cookie, __u64 sk, struct tcp_
 #include "tcp_flows.bpf.c"
 #include "udp_flows.bpf.c"
 #include "owners.bpf.c"
+#include "procs.bpf.c"
 #include "drops.bpf.c"
