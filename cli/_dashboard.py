@@ -24,12 +24,16 @@ SECTIONS: Final = (("processes", "by_process", "PROCESS"), ("destinations", "by_
 """The view's row lists: (name, the RollupsResponse field, the first column's header)."""
 
 
-def sparkline(values: Sequence[int], width: int) -> str:
+def sparkline(values: Sequence[int], width: int, span: int = 0) -> str:
     """``values`` (oldest first) as ``width`` block characters scaled to their largest, newest at the right.
 
-    More values than columns: each column shows the sum of an equal run of them. Fewer: the line is padded
-    on the left, so that a node younger than the window shows its history where it belongs. 0 is blank.
+    ``span`` is how many periods the line stands for (the window over the export period): a shorter series
+    (a node younger than the window) is padded with empty periods on the left, so that the line's left edge
+    is the window's start. More values than columns: each column shows the sum of an equal run of them.
+    Fewer: the line is padded on the left too. 0 is blank.
     """
+    if len(values) < span:
+        values = [0] * (span - len(values)) + list(values)
     n = len(values)
     if n > width:
         cols = [sum(values[i * n // width:(i + 1) * n // width]) for i in range(width)]
@@ -112,10 +116,10 @@ def _header(v: Mapping[str, Any], plain: bool) -> list[RenderableType]:
     return out
 
 
-def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, services: bool, wide: bool,
-                  plain: bool) -> Table:
-    """One section's table: the node's window totals, then the trends (sparklines over the window) of
-    flows, failures and retransmits. Exactly 80 columns (120 wide) with ``services``; processes have no
+def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, services: bool, span: int,
+                  wide: bool, plain: bool) -> Table:
+    """One section's table: the node's window totals, then the trends (sparklines over ``span`` periods)
+    of flows, failures and retransmits. Exactly 80 columns (120 wide) with ``services``; processes have no
     service column and give its room to the name."""
     t = table(plain=plain, boxed=False)
     svc_w = 8 if wide else 6
@@ -149,9 +153,9 @@ def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, serv
             cells += [format_us(r["rtt_p95_us"]), format_count(r["retransmits"])]
         cells += [
             format_bytes(r["bytes"]),
-            Text(sparkline(r["flows_series"], spark_w[0]), style="" if plain else "cyan"),
-            Text(sparkline(r["failures_series"], spark_w[1]), style=red),
-            Text(sparkline(r["retransmits_series"], spark_w[2]), style="" if plain else "yellow"),
+            Text(sparkline(r["flows_series"], spark_w[0], span), style="" if plain else "cyan"),
+            Text(sparkline(r["failures_series"], spark_w[1], span), style=red),
+            Text(sparkline(r["retransmits_series"], spark_w[2], span), style="" if plain else "yellow"),
         ]
         t.add_row(*cells)
     return t
@@ -276,6 +280,8 @@ def dashboard(v: Mapping[str, Any], *, height: int = 24, wide: bool = False, pla
     rollups = v.get("rollups") or {}
     needle = str(v.get("filter") or "").lower()
     by = v["sort"]
+    period = float((v.get("status") or {}).get("export_period_s") or 0.0)
+    span = round(float(v["window_s"]) / period) if period else 0
     parts: list[RenderableType] = [*head, Text("")]
     for (name, field, first), n in zip(SECTIONS, counts, strict=False):
         rows = rollup_rows(rollups.get(field) or [])
@@ -285,7 +291,8 @@ def dashboard(v: Mapping[str, Any], *, height: int = 24, wide: bool = False, pla
         shown = sort_rows(rows, by)
         total = f"{len(shown)}" if not omitted else f"{len(shown)} of {len(shown) + omitted}"
         parts += [_title(f" {name.upper()} by {by} ({total}) ", plain),
-                  _rollup_table(shown, n, first, services=name != "processes", wide=wide, plain=plain)]
+                  _rollup_table(shown, n, first, services=name != "processes", span=span, wide=wide,
+                                plain=plain)]
     parts += [
         _title(" EVENTS ", plain),
         _events(v.get("events", []), counts[3], wide=wide, plain=plain),

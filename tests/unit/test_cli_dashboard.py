@@ -21,7 +21,7 @@ def _view(**changes: Any) -> dict[str, Any]:
         "status": message_dict(sample_status()), "health": {"useful_fraction": 0.95},
         "rollups": message_dict(sample_rollups()), "events": [message_dict(e) for e in sample_events()],
         "mesh": {"alive": 4, "suspect": 1, "dead": 0, "down": ["77aa00bb"], "flagged": []},
-        "sort": "failures", "filter": "", "input": None, "paused": False, "window_s": 300, "error": None,
+        "sort": "failures", "filter": "", "input": None, "paused": False, "window_s": 40, "error": None,
     }
     v.update(changes)
     return v
@@ -39,7 +39,7 @@ def _many_rollups(n: int) -> dict[str, Any]:
 def test_one_frame_at_80_by_24() -> None:
     out = render_text(dashboard(_view(), height=24), width=80)
     assert out == textwrap.dedent("""\
-        node 127.0.0.1:7400 3f2a9c0d · ebpf/exact · period 10s · window 5m
+        node 127.0.0.1:7400 3f2a9c0d · ebpf/exact · period 10s · window 40s
         lost 3 · evicted 0 · overruns 0 · ev-dropped 0 · active 42 · host 95.0% useful
         reconnecting (attempt 2, next in 1.0s)
 
@@ -68,7 +68,7 @@ def test_header_names_the_host_of_a_mesh_node() -> None:
     status = message_dict(sample_status())
     status["host"] = "web1"
     first = render_text(dashboard(_view(status=status), height=24), width=80).splitlines()[0]
-    assert first == "node 127.0.0.1:7400 web1 (3f2a9c0d) · ebpf/exact · period 10s · window 5m"
+    assert first == "node 127.0.0.1:7400 web1 (3f2a9c0d) · ebpf/exact · period 10s · window 40s"
 
 
 def test_frame_never_exceeds_its_height_or_80_columns() -> None:
@@ -106,6 +106,13 @@ def test_mesh_not_enabled_pause_filter_prompt_and_error() -> None:
 )
 def test_sparkline(values: list[int], width: int, line: str) -> None:
     assert sparkline(values, width) == line
+
+
+def test_sparkline_spans_the_window_when_the_node_is_younger() -> None:
+    assert sparkline([1, 8], 4, span=8) == "   █"  # two periods of a window of eight: the newest quarter
+    assert sparkline([1, 8], 4, span=2) == sparkline([1, 8], 4) == "  ▁█"
+    frame = render_text(dashboard(_view(window_s=300), height=24), width=80)  # 30 periods of 10 s, 4 known
+    assert "nginx/1                      4     0   100% 45.0ms  50 MiB       █             █" in frame
 
 
 def test_rows_are_the_node_totals_with_failures_counted_and_useful_of_the_settled() -> None:
