@@ -27,7 +27,25 @@ LIMITS: Final = ("app", "receiver_window", "send_buffer", "congestion", "unknown
 FIDELITIES: Final = ("exact", "polled")
 KINDS: Final = ("final", "interim")
 
-_PROTO_NUM: Final = {"tcp": 6, "udp": 17}
+#: The one numbering of each enumerated field: ``meshnode.v1``'s enum numbers (0 is ``*_UNKNOWN``), used
+#: by the kernel records, the columnar batches, the store and the wire alike. A unit test checks them
+#: against the generated descriptors; the model keeps the lower-case names for people and JSON.
+ENUM_NUMBERS: Final[dict[str, dict[str, int]]] = {
+    "proto": {"tcp": 6, "udp": 17},
+    "direction": {"outbound": 1, "inbound": 2},
+    "outcome": {"established": 1, "refused": 2, "timeout": 3, "reset": 4, "udp_answered": 5,
+                "udp_unanswered": 6, "in_progress": 7},
+    "limited_by": {"app": 1, "receiver_window": 2, "send_buffer": 3, "congestion": 4},
+    "kind": {"final": 1, "interim": 2},
+    "fidelity": {"exact": 1, "polled": 2},
+}
+#: Enum numbers -> names; 0 is "unknown" (a record kind and a fidelity default to final and exact, as on the wire).
+ENUM_NAMES: Final[dict[str, dict[int, str]]] = {
+    field: {0: {"proto": "unknown", "direction": "unknown", "outcome": "unknown", "limited_by": "unknown",
+                "kind": "final", "fidelity": "exact"}[field], **{v: k for k, v in table.items()}}
+    for field, table in ENUM_NUMBERS.items()
+}
+_PROTO_NUM: Final = ENUM_NUMBERS["proto"]
 _NUM_PROTO: Final = {v: k for k, v in _PROTO_NUM.items()}
 
 
@@ -216,17 +234,9 @@ def _flow_message() -> Any:
     return flow_pb2.Flow
 
 
-@functools.cache
 def _enum_tables() -> dict[str, dict[str, int]]:
-    """Model strings → wire enum numbers, built once from the generated descriptors."""
-    from meshnode.v1 import flow_pb2
-
-    def table(enum: Any) -> dict[str, int]:
-        return {name.lower(): number for name, number in enum.items() if number}
-
-    return {"direction": table(flow_pb2.Direction), "outcome": table(flow_pb2.Outcome),
-            "limited_by": table(flow_pb2.LimitedBy), "kind": table(flow_pb2.RecordKind),
-            "fidelity": table(flow_pb2.Fidelity)}
+    """Model strings → wire enum numbers."""
+    return ENUM_NUMBERS
 
 
 def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:

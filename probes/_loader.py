@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from probes import _ringbuf
 from probes._errors import ProbeCompileError, ProbeError
 from probes._records import (
@@ -35,6 +37,7 @@ from probes._records import (
     TcpFlowRow,
     UdpFlowRow,
     addr_text,
+    event_array,
     event_from_raw,
     tcp_row_from_c,
     tcp_rows_from_c_arrays,
@@ -355,6 +358,11 @@ class Probes:
             return data, count, stride, _ringbuf.HDR_SIZE
         raws = self.poll_raw()
         return b"".join(EVENT_STRUCT.pack(*v) for v in raws), len(raws), EVENT_STRUCT.size, 0
+
+    def poll_array(self) -> np.ndarray[Any, Any]:
+        """``poll_records`` as one structured array of ``probes._records.EVENT_DTYPE`` (a view of the
+        drained bytes): the node reads a poll's records by column."""
+        return event_array(*self.poll_records())
 
     def tcp_flows(self) -> list[TcpFlowRow]:
         """Live TCP flows the kernel tracks (totals so far)."""

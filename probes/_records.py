@@ -12,7 +12,9 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+import numpy as np
 
 if TYPE_CHECKING:
     import mmap
@@ -235,6 +237,38 @@ def _addr(family: int, data: bytes) -> str:
         return socket.inet_ntop(socket.AF_INET, data[:4])
     addr = ipaddress.IPv6Address(data)
     return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
+
+
+def _event_dtype() -> np.dtype[Any]:
+    fmt: dict[Any, str] = {ct.c_uint64: "<u8", ct.c_uint32: "<u4", ct.c_uint16: "<u2", ct.c_uint8: "u1"}
+    names: list[str] = []
+    formats: list[str] = []
+    offsets: list[int] = []
+    for name, ctype, *_ in CEvent._fields_:
+        if name == "flow":
+            for fname, ftype, *_ in CTcpFlow._fields_:
+                names.append("flow_cookie" if fname == "cookie" else fname)
+                formats.append(fmt.get(ftype, f"V{ct.sizeof(ftype)}"))
+                offsets.append(CEvent.flow.offset + getattr(CTcpFlow, fname).offset)
+        else:
+            names.append(name)
+            formats.append(fmt.get(ctype, f"V{ct.sizeof(ctype)}"))
+            offsets.append(getattr(CEvent, name).offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": ct.sizeof(CEvent)})
+
+
+EVENT_DTYPE: Final = _event_dtype()
+"""struct event as a numpy record, struct tcp_flow inlined (its ``cookie`` as ``flow_cookie``), offsets from
+the ctypes mirror: the columns of a poll's records, read in place."""
+
+
+def event_array(data: bytes, count: int, stride: int, skip: int) -> np.ndarray[Any, Any]:
+    """The ``count`` records of ``Probes.poll_records`` as one structured array of ``EVENT_DTYPE`` (a view
+    of ``data``; record i's struct event at ``i * stride + skip``)."""
+    fields: dict[str, Any] = dict(EVENT_DTYPE.fields or {})
+    view = np.dtype({"names": list(fields), "formats": [f[0] for f in fields.values()],
+                     "offsets": [skip + f[1] for f in fields.values()], "itemsize": stride})
+    return np.frombuffer(data, dtype=view, count=count)
 
 
 def event_at(buf: bytes | mmap.mmap, offset: int = 0, _size: int = 0) -> KernelEvent:

@@ -2,9 +2,9 @@
 
 ``FlowRecord`` is the model every layer shares, but building one per stored row and then its message cost
 the node ~25 us a record (decode ~10, ``to_proto`` ~8, the Python filter re-check ~6): 2.5 s of CPU for
-``meshctl flows --since all --limit 100000``. Here a row from ``Store.query_rows`` (enumerations already
-translated to wire numbers by SQL) becomes keyword arguments of the message in one ``dict(zip(...))``.
-Filters are pushed into SQL (``Selector.query``), which selects exactly what ``Selector.matches`` would, so
+``meshctl flows --since all --limit 100000``. Here a row from ``Store.query_rows`` (enumerations stored as
+wire numbers) becomes keyword arguments of the message in one ``dict(zip(...))``. Filters are pushed into
+SQL (``Selector.query``), which selects exactly what ``Selector.matches`` would, so
 rows are not re-checked in Python. The messages equal ``FlowRecord.to_proto`` of the same records: a unit
 test compares both paths field by field over varied records and filters.
 
@@ -25,21 +25,6 @@ from meshnode.store import ROW_FIELDS, FlowQuery, Store
 from meshnode.v1 import flow_pb2, observer_pb2
 
 T = TypeVar("T")
-
-
-def _numbers(enum: Any) -> dict[str, int]:
-    return {name.lower(): number for name, number in enum.items() if number}
-
-
-#: Model values of the enumerated flow fields -> ``meshnode.v1`` enum numbers (0: unknown).
-WIRE_ENUMS: Final[dict[str, dict[str, int]]] = {
-    "proto": {"tcp": flow_pb2.TCP, "udp": flow_pb2.UDP},
-    "direction": _numbers(flow_pb2.Direction),
-    "outcome": _numbers(flow_pb2.Outcome),
-    "limited_by": _numbers(flow_pb2.LimitedBy),
-    "kind": _numbers(flow_pb2.RecordKind),
-    "fidelity": _numbers(flow_pb2.Fidelity),
-}
 
 
 class HistoryReader:
@@ -72,7 +57,7 @@ class HistoryReader:
             if self.limit == 0:
                 return
             q = dataclasses.replace(self.query, max_period=self.snapshot)
-            rows = self.store.query_rows(q, conn, WIRE_ENUMS, deadline=self.deadline)
+            rows = self.store.query_rows(q, conn, deadline=self.deadline)
             if self.batch_size:
                 yield from self._batched(rows)
             else:

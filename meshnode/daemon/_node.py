@@ -30,19 +30,22 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
+
 from meshnode import __version__
+from meshnode._batch import FlowBatch
 from meshnode._exceptions import MeshnodeError, StoreError
-from meshnode._model import FlowRecord
+from meshnode._model import ENUM_NUMBERS
 from meshnode.api import ApiServer, EventRing, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
 from meshnode.sensor import Completeness, Sensor
 from meshnode.store import Retention, Store, StoreStats
-from meshnode.summary import Delta, PeriodBuilder, PeriodSummary, with_service
+from meshnode.summary import Delta, PeriodBuilder, PeriodSummary, service_name
 
 log = logging.getLogger("meshnode")
 
@@ -95,15 +98,15 @@ class Node:
             self.services.append(AddressWatcher(self._address_changed))
         self.period_listeners: list[Callable[[PeriodSummary], None]] = []
         """Called in the event loop after each period is committed (the mesh signs and gossips these)."""
-        self.record_listeners: list[Callable[[PeriodSummary, Sequence[FlowRecord]], None]] = []
-        """Called after the period listeners with the period's records (finals, then interims), e.g. to put
-        endpoint records in the digest or transactions in the diagnosis source. Must not block."""
+        self.record_listeners: list[Callable[[PeriodSummary, FlowBatch], None]] = []
+        """Called after the period listeners with the period's flows (finals, then interims) as one batch,
+        e.g. to put endpoint records in the digest or transactions in the diagnosis source. Must not block."""
         self.totals = Completeness()
         self.periods_closed = 0
         self.active_flows = 0
         self.mesh_node_id = ""
         """The mesh's node id (key fingerprint), set by the mesh service; Status reports it as ``node_id``."""
-        self._ended: list[FlowRecord] = []
+        self._ended: list[FlowBatch] = []
         self._period_completeness = Completeness()
         self._events_dropped_seen = 0
         self._seq = 0
@@ -252,7 +255,9 @@ class Node:
     async def tick(self) -> None:
         """Poll the sensor once."""
         batch = await asyncio.to_thread(self.sensor.poll)
-        self._ended.extend(batch.ended)
+        ended = batch.ended
+        if ended:
+            self._ended.append(ended)
         self._period_completeness.add(batch.completeness)
         self.totals.add(batch.completeness)
         if batch.events:
@@ -272,15 +277,15 @@ class Node:
             self._events_dropped_seen = dropped
             start = self._period_start
 
-            def build() -> tuple[list[FlowRecord], list[FlowRecord], dict[int, Delta], PeriodSummary]:
-                # ~70 us a record: in a worker thread, so that 20,000 flows in a period do not stall the
-                # loop (and the mesh's probe answers) for a second; only close_period, under its lock,
-                # touches the builder
-                fin = [with_service(r if r.kind == "final" else r.replace(kind="final")) for r in ended]
-                inter = [with_service(r if r.kind == "interim" else r.replace(kind="interim")) for r in active]
+            def build() -> tuple[FlowBatch, FlowBatch, dict[int, Delta], PeriodSummary]:
+                # in a worker thread, so that a period of many flows does not stall the loop (and the
+                # mesh's probe answers); only close_period, under its lock, touches the builder
+                fin = _as_kind(FlowBatch.concat(ended), "final")
+                inter = _as_kind(FlowBatch.from_records(active), "interim")
                 kept = self.builder.remembered()
                 return fin, inter, kept, self.builder.build(self._seq, start, end, fin, inter, counters)
 
+            began = time.monotonic()
             try:
                 finals, interims, remembered, summary = await asyncio.to_thread(build)
             except BaseException:
@@ -300,7 +305,7 @@ class Node:
             except StoreError:
                 # Nothing was written (the transaction rolled back): keep the records and counters for
                 # the next attempt, which closes the same period later.
-                self._ended = finals + self._ended
+                self._ended = [finals, *self._ended]
                 restore = Completeness(**{k: v for k, v in counters.items() if k in Completeness.__slots__})
                 restore.add(self._period_completeness)
                 self._period_completeness = restore
@@ -317,7 +322,7 @@ class Node:
                 log.exception("store stats")
                 stats = None
             try:
-                self._observe(summary, finals, interims, stats)
+                self._observe(summary, finals, stats)
             except Exception:
                 log.exception("period metrics")
             for listener in list(self.period_listeners):
@@ -326,7 +331,7 @@ class Node:
                 except Exception:  # a listener must not lose the node its periods
                     log.exception("period listener %r", listener)
             if self.record_listeners:
-                records = [*finals, *interims]
+                records = FlowBatch.concat([finals, interims])
                 for record_listener in list(self.record_listeners):
                     try:
                         record_listener(summary, records)
@@ -334,22 +339,36 @@ class Node:
                         log.exception("record listener %r", record_listener)
             if evicted:
                 log.info("retention evicted %d rows", evicted)
+            self.metrics.period_close_seconds.set(time.monotonic() - began)
             return summary
 
-    def _observe(self, summary: PeriodSummary, finals: list[FlowRecord], interims: list[FlowRecord],
-                 stats: StoreStats | None) -> None:
-        per_transport: dict[str, tuple[int, int]] = {}
-        deltas = self.builder.last_deltas
-        for rec in (*finals, *interims):
-            d = deltas.get(rec.flow_id)
-            if d is None:
-                continue
-            tx, rx = per_transport.get(rec.proto, (0, 0))
-            per_transport[rec.proto] = (tx + d.bytes_tx, rx + d.bytes_rx)
+    def _observe(self, summary: PeriodSummary, finals: FlowBatch, stats: StoreStats | None) -> None:
         counters = {k: v for k, v in summary.completeness.items() if k != "store_evictions"}
-        self.metrics.observe_period(finals, per_transport, counters)
+        self.metrics.observe_period(finals, self.builder.last_bytes, counters)
         self.metrics.active_flows.set(self.active_flows)
         self.metrics.events_dropped.set(self._events_dropped())
         if stats is None:
             return
         self.metrics.set_store(stats.bytes, stats.rows, stats.evictions, stats.incomplete_periods)
+
+
+def _as_kind(flows: FlowBatch, kind: str) -> FlowBatch:
+    """The flows as records of ``kind`` (final or interim), each with its service named (from the remote
+    port of an outbound flow, the local port of an inbound one) where the sensor did not name it."""
+    if not flows:
+        return flows
+    unnamed = flows["service"] == ""
+    if not unnamed.any():
+        return flows.replace(kind=ENUM_NUMBERS["kind"][kind])
+    inbound = flows["direction"] == ENUM_NUMBERS["direction"]["inbound"]
+    ports = np.where(inbound, flows["sport"], flows["dport"])
+    services = flows["service"].copy()
+    protos = flows.names("proto")
+    named: dict[tuple[int, str], str] = {}
+    for i in np.flatnonzero(unnamed).tolist():
+        key = (int(ports[i]), protos[i])
+        name = named.get(key)
+        if name is None:
+            name = named[key] = service_name(*key)
+        services[i] = name
+    return flows.replace(kind=ENUM_NUMBERS["kind"][kind], service=services)

@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from meshnode._batch import FlowBatch, as_batch
 from meshnode._exceptions import ConfigError
 from meshnode._model import FlowRecord
 
@@ -48,6 +49,10 @@ class NodeMetrics:
             "meshnode_store_evictions", "Rows removed by retention since the store was created.", registry=r
         )
         self.active_flows = Gauge("meshnode_active_flows", "Flows the sensor tracks now.", registry=r)
+        self.period_close_seconds = Gauge(
+            "meshnode_period_close_seconds",
+            "Seconds the last export period took to close: summary, store transaction, listeners.", registry=r,
+        )
         self.events_dropped = Gauge(
             "meshnode_events_dropped", "Low-level events dropped by the event ring or slow subscribers.",
             registry=r,
@@ -55,14 +60,14 @@ class NodeMetrics:
 
     def observe_period(
         self,
-        finals: Iterable[FlowRecord],
+        finals: FlowBatch | Iterable[FlowRecord],
         bytes_by_transport: Mapping[str, tuple[int, int]],
         completeness: Mapping[str, int],
     ) -> None:
         """Count one closed period: its ended flows, its byte deltas (tx, rx) and the sensor's counters."""
         self.periods.inc()
-        for rec in finals:
-            self.flows.labels(rec.outcome, rec.proto, rec.direction).inc()
+        for (outcome, proto, direction), n in as_batch(finals).count_by("outcome", "proto", "direction").items():
+            self.flows.labels(outcome, proto, direction).inc(n)
         for transport, (tx, rx) in bytes_by_transport.items():
             if tx:
                 self.bytes.labels("transmit", transport).inc(tx)

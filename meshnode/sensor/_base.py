@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from meshnode._batch import FlowBatch
+
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
 
@@ -49,11 +51,20 @@ class Completeness:
 
 @dataclass(slots=True)
 class SensorBatch:
-    """What one ``poll`` returns."""
+    """What one ``poll`` returns: the flows that ended (as columns, and records made one at a time by a
+    sensor's slower paths), events, and the counters they moved."""
 
-    ended: list[FlowRecord] = field(default_factory=list)
+    records: list[FlowRecord] = field(default_factory=list)
+    """Ended flows made one record at a time (sock_diag, UDP scans, half-open resets)."""
     events: list[EventRecord] = field(default_factory=list)
     completeness: Completeness = field(default_factory=Completeness)
+    columns: list[FlowBatch] = field(default_factory=list)
+    """Ended flows as columnar batches (the eBPF sensor's TCP end records)."""
+
+    @property
+    def ended(self) -> FlowBatch:
+        """Every flow that ended, as one batch: the columns, then the records."""
+        return FlowBatch.concat([*self.columns, FlowBatch.from_records(self.records)])
 
 
 @dataclass(slots=True)

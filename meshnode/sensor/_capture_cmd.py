@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from meshnode._model import FlowRecord
     from meshnode.sensor import Completeness, JsonBatch, Sensor
@@ -150,7 +150,7 @@ def json_line(flow: FlowRecord) -> str:
     return flow.to_json_text() + "\n"
 
 
-def _emit_all(flows: list[FlowRecord], as_json: bool, out: TextIO) -> None:
+def _emit_all(flows: Iterable[FlowRecord], as_json: bool, out: TextIO) -> None:
     """A poll's flows as one write (one pipe write per poll rather than one per buffer-full)."""
     if flows:
         out.write("".join(map(json_line, flows)) if as_json else "".join(human_line(f) + "\n" for f in flows))

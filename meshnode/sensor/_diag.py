@@ -220,7 +220,7 @@ class DiagSensor:
             ended, self._ended = self._ended, []
             missed, self._missed = self._missed, 0
         done = Completeness(flows_recorded=len(ended), lost_events=missed)
-        return SensorBatch(ended=ended, completeness=done)
+        return SensorBatch(records=ended, completeness=done)
 
     def active(self) -> list[FlowRecord]:
         """Refresh and return every open flow as an interim record; starts the next ``limited_by`` window.

@@ -22,8 +22,11 @@ from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from meshnode._batch import FlowBatch, factorize
 from meshnode._exceptions import BPFCompileError, SensorError
-from meshnode._model import FlowRecord
+from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
 from meshnode.sensor._limits import limited_by
@@ -49,6 +52,12 @@ _EVENT_TYPES = {
 _COMM_TTL_S = 10.0
 _HALFOPEN_REPEAT_NS = 30 * 10**9
 _RTT_SHIFT_EVERY_NS = 10 * 10**9
+_TCP = ENUM_NUMBERS["proto"]["tcp"]
+_INBOUND, _OUTBOUND = ENUM_NUMBERS["direction"]["inbound"], ENUM_NUMBERS["direction"]["outbound"]
+_IN_PROGRESS = ENUM_NUMBERS["outcome"]["in_progress"]
+# The kernel writes meshnode.v1's outcome numbers (meshnode.h); any other value is a flow in progress.
+_KERNEL_OUTCOMES = tuple(ENUM_NUMBERS["outcome"][name] for name in rec.OUTCOME_NAMES.values())
+_NO_REASONS: dict[str, int] = {}
 _MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full")
 
 
@@ -121,17 +130,116 @@ class EbpfSensor:
     # ---- draining --------------------------------------------------------------------------------
 
     def poll(self) -> SensorBatch:
-        """Flows ended and events since the last call, with the completeness counters they moved."""
+        """Flows ended and events since the last call, with the completeness counters they moved.
+
+        The ring's TCP end records (all but a handful of its records) become one columnar batch
+        (``_end_columns``): no TcpFlowRow or FlowRecord is made for them. Any other record (half-open
+        resets, UDP releases, events on live flows) takes ``_handle``, one at a time.
+        """
         batch = SensorBatch()
         now = time.monotonic_ns()
         try:
-            for ev in self._probes.poll_events():
-                self._handle(ev, batch)
+            arr = self._probes.poll_array()
+            if len(arr):
+                fast = (arr["kind"] == rec.EV_TCP_END) & (arr["flow_cookie"] != 0)
+                slow: list[FlowRecord] = []
+                slow_at: list[int] = []
+                if not fast.all():
+                    data = arr.base if isinstance(arr.base, bytes) else arr.tobytes()
+                    stride = arr.dtype.itemsize
+                    skip = (arr.dtype.fields or {})["kind"][1]
+                    for i in np.flatnonzero(~fast).tolist():
+                        self._handle(rec.event_from_raw(rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)),
+                                     batch)
+                        slow_at += [i] * (len(batch.records) - len(slow_at))
+                    slow, batch.records = batch.records, []
+                ends = self._end_columns(arr[fast], batch) if fast.any() else FlowBatch.empty()
+                if slow:  # in ring order, as poll_json writes them
+                    at = np.concatenate([np.flatnonzero(fast), np.array(slow_at, dtype=np.intp)])
+                    ends = FlowBatch.concat([ends, FlowBatch.from_records(slow)]).take(np.argsort(at, kind="stable"))
+                if ends:
+                    batch.columns.append(ends)
             self._poll_maps(now, batch)
         except ProbeError as exc:  # a MeshnodeError: the node logs it and polls again (bounded)
             raise SensorError(f"sensor poll failed: {exc}") from exc
-        batch.completeness.flows_recorded += len(batch.ended)
+        batch.completeness.flows_recorded += len(batch.records) + sum(len(c) for c in batch.columns)
         return batch
+
+    def _end_columns(self, arr: np.ndarray[Any, Any], batch: SensorBatch) -> FlowBatch:
+        """The final records of ended TCP flows, from their ring records' columns (as ``_tcp_record``
+        makes them one at a time): texts are made once per distinct address, owner and port."""
+        n = len(arr)
+        flags = arr["flags"]
+        inet6 = (flags & rec.F_INET6) != 0
+        inbound = (flags & rec.F_INBOUND) != 0
+        cookies = arr["flow_cookie"]
+        if self._tcpinfo:
+            for c in arr["cookie"].tolist():
+                self._tcpinfo.pop(c, None)
+        src = self._addr_column(arr["saddr"], inet6)
+        dst = self._addr_column(arr["daddr"], inet6)
+        pids = arr["pid"]
+        owner_codes, owners = factorize(pids, arr["comm"], arr["cgroup_id"])
+        comm = np.empty(len(owners), dtype=object)
+        cgroup = np.empty(len(owners), dtype=object)
+        for i, (pid, raw_comm, cgroup_id) in enumerate(owners):
+            comm[i] = self._comm(pid, rec.comm_of(bytes(raw_comm)))
+            cgroup[i] = self._cgroup(cgroup_id, pid)
+        ports = np.where(inbound, arr["sport"], arr["dport"])
+        uports, port_codes = np.unique(ports, return_inverse=True)
+        services = np.array([service_name(p, "tcp") for p in uports.tolist()], dtype=object)
+        outcome = arr["outcome"].astype(np.uint8)
+        outcome[~np.isin(outcome, _KERNEL_OUTCOMES)] = _IN_PROGRESS
+        segs_out = arr["segs_out"].astype(np.int64)
+        synack = (flags & rec.F_SYNACK) != 0
+        segs_out[synack] += 1 + arr["synack_retrans"][synack].astype(np.int64)
+        cols: dict[str, Any] = {
+            "flow_id": cookies, "src": src, "sport": arr["sport"], "dst": dst, "dport": arr["dport"],
+            "proto": np.full(n, _TCP, dtype=np.uint8),
+            "direction": np.where(inbound, _INBOUND, _OUTBOUND).astype(np.uint8),
+            "pid": pids, "comm": comm[owner_codes], "cgroup": cgroup[owner_codes], "cgroup_id": arr["cgroup_id"],
+            "netns": arr["netns"], "start_ns": arr["start_ns"].astype(np.int64) + self._clock_offset,
+            "end_ns": arr["last_ns"].astype(np.int64) + self._clock_offset,
+            "bytes_tx": arr["bytes_tx"], "bytes_rx": arr["bytes_rx"], "packets_tx": segs_out,
+            "packets_rx": arr["segs_in"], "outcome": outcome, "retransmits": arr["total_retrans"],
+            "srtt_us": arr["srtt_us"], "min_rtt_us": arr["rtt_min_us"], "max_rtt_us": arr["srtt_max_us"],
+            "cwnd": arr["cwnd"], "cwnd_min": arr["cwnd_min"], "cwnd_max": arr["cwnd_max"],
+            "connect_us": arr["connect_us"], "resets_tx": arr["resets_tx"], "resets_rx": arr["resets_rx"],
+            "service": services[port_codes],
+        }
+        if self._limits:
+            limited = np.zeros(n, dtype=np.uint8)
+            numbers = ENUM_NUMBERS["limited_by"]
+            for i, c in enumerate(cookies.tolist()):
+                name = self._limits.pop(c, None)
+                if name is not None:
+                    limited[i] = numbers.get(name, 0)
+            cols["limited_by"] = limited
+        if self._drops_by_sk:
+            drops = np.zeros(n, dtype=np.int64)
+            reasons = np.empty(n, dtype=object)
+            reasons[:] = [_NO_REASONS] * n
+            for i, sk in enumerate(arr["sk"].tolist()):
+                counts = self._drops_by_sk.pop(sk, None)
+                if counts:
+                    reasons[i] = dict(counts)
+                    drops[i] = sum(counts.values())
+            cols["drops"], cols["drop_reasons"] = drops, reasons
+        flows = FlowBatch(cols, n)
+        failed = flows.failed()
+        if failed.any():
+            ts = arr["ts_ns"][failed].tolist()
+            for t, flow in zip(ts, flows.take(failed).records(), strict=True):
+                batch.events.append(EventRecord("connect_failed", self._wall(t), flow, 1.0, flow.outcome))
+        return flows
+
+    def _addr_column(self, raw: np.ndarray[Any, Any], inet6: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Addresses' text from their raw 16 bytes, made once per distinct address."""
+        codes, values = factorize(inet6, raw)
+        texts = np.array([rec.addr_of(socket.AF_INET6 if v6 else socket.AF_INET, bytes(b)) for v6, b in values],
+                         dtype=object)
+        out: np.ndarray[Any, Any] = texts[codes]
+        return out
 
     def poll_json(self) -> JsonBatch:
         """``poll`` for ``meshnode capture --json``: the ended flows as JSON Lines, without the events.
@@ -151,7 +259,7 @@ class EbpfSensor:
             return self._poll_json_native(native, batch, now)
         lines: list[bytes] = []
         append = lines.append
-        ended = batch.ended
+        ended = batch.records
         template, owner_template = _TCP_END_LINE, _OWNER_TEXT
         outcomes, in_progress = _OUTCOME_TEXT, b'"in_progress"'
         inbound, outbound, unknown, no_reasons = b'"inbound"', b'"outbound"', b'"unknown"', b"{}"
@@ -247,7 +355,7 @@ class EbpfSensor:
         pops them.
         """
         data, count, stride, skip = self._probes.poll_records()
-        ended = batch.ended
+        ended = batch.records
         lines: list[bytes] = []
         drops_by_sk = self._drops_by_sk
         native.set_offset(self._clock_offset)
@@ -362,7 +470,7 @@ class EbpfSensor:
             return
         if ev.kind in (rec.EV_TCP_END, rec.EV_HALFOPEN_RESET):
             flow = self._tcp_record(ev.flow, final=True)
-            batch.ended.append(flow)
+            batch.records.append(flow)
             self._tcpinfo.pop(ev.cookie, None)
             if flow.failed:
                 batch.events.append(EventRecord("connect_failed", self._wall(ev.ts_ns), flow, 1.0, flow.outcome))
@@ -447,14 +555,14 @@ class EbpfSensor:
         self._udp_rows = rows
         done = [r for r in rows if r.cookie in self._released or now - r.last_ns >= self.idle_timeout_ns]
         for row in self._probes.take_udp(done):
-            batch.ended.append(self._udp_record(row, final=True))
+            batch.records.append(self._udp_record(row, final=True))
         live = {r.cookie for r in rows}
         self._released &= live - {r.cookie for r in done}
 
     def _scan_pending(self, now: int, batch: SensorBatch) -> None:
         stale = [p for p in self._probes.pending() if now - p.syn_ns >= self.halfopen_timeout_ns]
         for p in self._probes.take_pending(stale):
-            batch.ended.append(self._halfopen_record(p))
+            batch.records.append(self._halfopen_record(p))
 
     # ---- active flows ----------------------------------------------------------------------------
 

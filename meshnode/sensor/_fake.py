@@ -75,7 +75,7 @@ class FakeSensor:
                 outcome="established", srtt_us=50, min_rtt_us=40,
             ))
         comp.flows_recorded += len(ended)
-        return SensorBatch(ended=ended, events=events, completeness=comp)
+        return SensorBatch(records=ended, events=events, completeness=comp)
 
     def active(self) -> list[FlowRecord]:
         with self._lock:

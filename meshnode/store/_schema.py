@@ -7,8 +7,10 @@ statements never change, so a database written by any older meshnode opens in a 
 A FlowRecord field added to the model later gets its column automatically when a store opens
 (``missing_columns``), so the model can grow without a hand-written migration.
 
-Enumerated flow fields (``proto``, ``outcome``, ...) are stored as their index in the model's tuple of values
-(``_model.OUTCOMES`` ...), which keeps a row near 100 bytes; the tuples are append-only for the same reason.
+Enumerated flow fields (``proto``, ``outcome``, ...) are stored as ``meshnode.v1``'s enum numbers
+(``_model.ENUM_NUMBERS``, 0 for unknown): the kernel, the columnar batches, the file and the wire mean the
+same thing by the same number. Stores written before schema version 3 held each value's index in the model's
+tuple of names; migration 2 -> 3 renumbers them.
 """
 
 from __future__ import annotations
@@ -16,17 +18,28 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from meshnode._model import DIRECTIONS, FIDELITIES, KINDS, LIMITS, OUTCOMES, PROTOS, FlowRecord
+from meshnode._model import ENUM_NUMBERS, FlowRecord
 
 #: FlowRecord fields stored as columns, in column order (``drop_reasons`` is stored as JSON text).
 FLOW_FIELDS: Final = tuple(f.name for f in dataclasses.fields(FlowRecord) if f.name != "drop_reasons")
 assert dataclasses.fields(FlowRecord)[-1].name == "drop_reasons", "rows are decoded positionally"
 
-#: Fields stored as the index of their value in the model's tuple of allowed values.
-ENUM_FIELDS: Final[dict[str, tuple[str, ...]]] = {
-    "proto": PROTOS, "direction": DIRECTIONS, "outcome": OUTCOMES, "limited_by": LIMITS,
-    "kind": KINDS, "fidelity": FIDELITIES,
-}
+#: Fields stored as their wire enum number.
+ENUM_FIELDS: Final = tuple(ENUM_NUMBERS)
+
+
+def _renumber(table: str) -> str:
+    """Schema 2 -> 3: a table's enumerated columns from the model's tuple indices to the wire's numbers
+    (the tuples were ``PROTOS``, ``DIRECTIONS``, ``OUTCOMES``, ``LIMITS``, ``KINDS``, ``FIDELITIES``; an
+    index of -1 meant a value the model did not know, 0 on the wire)."""
+    return (
+        f"UPDATE {table} SET proto = CASE proto WHEN 0 THEN 6 WHEN 1 THEN 17 ELSE 0 END, "
+        "direction = CASE WHEN direction BETWEEN 0 AND 1 THEN direction + 1 ELSE 0 END, "
+        "outcome = CASE WHEN outcome BETWEEN 0 AND 6 THEN outcome + 1 ELSE 0 END, "
+        "limited_by = CASE WHEN limited_by BETWEEN 0 AND 3 THEN limited_by + 1 ELSE 0 END, "
+        "kind = CASE WHEN kind BETWEEN 0 AND 1 THEN kind + 1 ELSE 0 END, "
+        "fidelity = CASE WHEN fidelity BETWEEN 0 AND 1 THEN fidelity + 1 ELSE 0 END"
+    )
 
 _TEXT_FIELDS: Final = frozenset({"src", "dst", "comm", "cgroup", "service", "node_id"})
 
@@ -77,6 +90,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE periods ADD COLUMN incomplete_reason TEXT",
         "CREATE INDEX periods_end ON periods (end_ns)",
     ),
+    # 2 -> 3: enumerated columns hold the wire's enum numbers.
+    (_renumber("flows"), _renumber("interim")),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

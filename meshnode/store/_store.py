@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import itertools
 import json
 import sqlite3
 import threading
@@ -29,11 +30,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, overload
 
+import numpy as np
+
+from meshnode._batch import U64_FIELDS, FlowBatch
 from meshnode._exceptions import StoreError
-from meshnode._model import FlowRecord
+from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
 from meshnode.store._schema import ENUM_FIELDS, FLOW_FIELDS, MIGRATIONS, SCHEMA_VERSION, missing_columns
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
 DEFAULT_MAX_BYTES: Final = 1 << 30
@@ -41,8 +48,8 @@ DEFAULT_MAX_BYTES: Final = 1 << 30
 TABLE_FINAL: Final = 0
 TABLE_INTERIM: Final = 1
 
-_ENUM_CODES: Final = {name: {v: i for i, v in enumerate(values)} for name, values in ENUM_FIELDS.items()}
-_ENUM_POS: Final = tuple((FLOW_FIELDS.index(name), values) for name, values in ENUM_FIELDS.items())
+_ENUM_CODES: Final = ENUM_NUMBERS
+_ENUM_POS: Final = tuple((FLOW_FIELDS.index(name), ENUM_NAMES[name]) for name in ENUM_FIELDS)
 # u64 identifiers (socket and netns cookies, cgroup ids) are kept in SQLite's signed 64-bit integers.
 _U64_POS: Final = tuple(FLOW_FIELDS.index(n) for n in ("flow_id", "cgroup_id", "netns"))
 _I64: Final = 1 << 63
@@ -148,6 +155,43 @@ class FlowQuery:
     min_group: tuple[tuple[str, ...], str, int] | None = None
 
 
+def _encode(flows: FlowBatch, ids: NDArray[np.int64], period: int) -> list[tuple[Any, ...]]:
+    """A batch as rows of ``flows``/``interim``, column by column (``encode_row`` of each record, ~20x
+    cheaper: one ``tolist`` a column instead of one attribute read and conversion a value)."""
+    if not flows.n:
+        return []
+    cols = [flows[name].view(np.int64).tolist() if name in U64_FIELDS else flows[name].tolist()
+            for name in FLOW_FIELDS]
+    drops = [json.dumps(d, separators=(",", ":")) if d else None for d in flows["drop_reasons"].tolist()]
+    return list(zip(ids.tolist(), itertools.repeat(period, flows.n), *cols, drops, strict=False))
+
+
+class StoredFlows(Sequence[StoredFlow]):
+    """A closed period's stored records with their keys, in key order; a ``StoredFlow`` (and its record)
+    is made only where one is read (a follow stream)."""
+
+    def __init__(self, period: int, flows: FlowBatch, end_ns: NDArray[np.int64], tables: NDArray[np.int64],
+                 ids: NDArray[np.int64]) -> None:
+        self.period = period
+        self.flows = flows
+        self._order = np.lexsort((ids, tables, end_ns))
+        self._keys = list(zip(end_ns[self._order].tolist(), tables[self._order].tolist(),
+                              ids[self._order].tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @overload
+    def __getitem__(self, i: int) -> StoredFlow: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[StoredFlow]: ...
+    def __getitem__(self, i: int | slice) -> StoredFlow | list[StoredFlow]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        records = self.flows.records()
+        return StoredFlow(self._keys[i], self.period, records[int(self._order[i])])
+
+
 def encode_row(row_id: int, period: int, rec: FlowRecord) -> tuple[Any, ...]:
     """A flow record as a row of ``flows``/``interim``."""
     values = list(_GET_ALL(rec))
@@ -155,7 +199,7 @@ def encode_row(row_id: int, period: int, rec: FlowRecord) -> tuple[Any, ...]:
         if values[pos] >= _I64:
             values[pos] -= _U64
     for pos, _ in _ENUM_POS:
-        values[pos] = _ENUM_CODES[FLOW_FIELDS[pos]].get(values[pos], -1)
+        values[pos] = _ENUM_CODES[FLOW_FIELDS[pos]].get(values[pos], 0)
     drops = json.dumps(rec.drop_reasons, separators=(",", ":")) if rec.drop_reasons else None
     return (row_id, period, *values, drops)
 
@@ -164,8 +208,7 @@ def decode_row(row: Sequence[Any]) -> FlowRecord:
     """Inverse of ``encode_row`` (without the id and period columns)."""
     values = list(row[2:-1])
     for pos, names in _ENUM_POS:
-        code = values[pos]
-        values[pos] = names[code] if 0 <= code < len(names) else "unknown"
+        values[pos] = names.get(values[pos], "unknown")
     for pos in _U64_POS:
         if values[pos] < 0:
             values[pos] += _U64
@@ -181,23 +224,14 @@ _DROPS_COL: Final = len(FLOW_FIELDS)
 _FIXED_COL: Final = _DROPS_COL + 1
 
 
-@lru_cache(maxsize=16)
-def _wire_columns(enum_numbers: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]) -> str:
-    """The SELECT list of ``query_rows``: enumerated fields mapped to numbers by a CASE on the stored code;
+def _wire_columns() -> str:
+    """The SELECT list of ``query_rows``: every field as stored (enumerated ones are the wire's numbers), and
     a ``fixed`` column that is 1 when the row needs Python (drop reasons to parse, a u64 above 2**63)."""
-    numbers = {name: dict(table) for name, table in enum_numbers}
-    cols = []
-    for name in FLOW_FIELDS:
-        if name in ENUM_FIELDS:
-            whens = " ".join(f"WHEN {code} THEN {int(numbers[name].get(value, 0))}"
-                             for code, value in enumerate(ENUM_FIELDS[name]))
-            cols.append(f"CASE {name} {whens} ELSE 0 END")
-        else:
-            cols.append(name)
-    cols.append("drop_reasons")
     u64 = " OR ".join(f"{FLOW_FIELDS[pos]} < 0" for pos in _U64_POS)
-    cols.append(f"drop_reasons IS NOT NULL OR {u64}")
-    return ", ".join(cols)
+    return ", ".join((*FLOW_FIELDS, "drop_reasons", f"drop_reasons IS NOT NULL OR {u64}"))
+
+
+_WIRE_COLUMNS: Final = _wire_columns()
 
 
 def _fix_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -354,31 +388,26 @@ class Store:
         self,
         seq: int,
         end_ns: int,
-        finals: Sequence[FlowRecord],
-        interims: Sequence[FlowRecord],
+        finals: FlowBatch | Sequence[FlowRecord],
+        interims: FlowBatch | Sequence[FlowRecord],
         summary: str | Callable[[int], str] = "",
         *,
         next_start_ns: int | None = None,
         now_ns: int | None = None,
-    ) -> tuple[list[StoredFlow], int | None, int]:
+    ) -> tuple[StoredFlows, int | None, int]:
         """Close period ``seq`` in one transaction: its records, its summary, retention and the next marker.
 
         ``summary`` is the period's summary text, or a function of the number of rows retention evicted
         in this transaction that returns it. Returns the stored records (with their keys, in key order),
         the next period's seq (when ``next_start_ns`` is given) and how many rows retention evicted.
         """
-        stored: list[StoredFlow] = []
+        fin = finals if isinstance(finals, FlowBatch) else FlowBatch.from_records(finals)
+        inter = interims if isinstance(interims, FlowBatch) else FlowBatch.from_records(interims)
         first_id = self._next_id
-        final_rows = []
-        for i, rec in enumerate(finals):
-            row = encode_row(first_id + i, seq, rec)
-            final_rows.append(row)
-            stored.append(StoredFlow((rec.end_ns, TABLE_FINAL, first_id + i), seq, rec))
-        interim_rows = []
-        for rec in interims:
-            sid = _signed(rec.flow_id)
-            interim_rows.append(encode_row(sid, seq, rec))
-            stored.append(StoredFlow((rec.end_ns, TABLE_INTERIM, sid), seq, rec))
+        final_ids = np.arange(first_id, first_id + fin.n, dtype=np.int64)
+        interim_ids = inter["flow_id"].view(np.int64)
+        final_rows = _encode(fin, final_ids, seq)
+        interim_rows = _encode(inter, interim_ids, seq)
         try:
             with self._transaction():
                 if final_rows:
@@ -386,8 +415,7 @@ class Store:
                         f"INSERT INTO flows ({_ROW_COLS}) VALUES ({_INSERT_PLACEHOLDERS})", final_rows
                     )
                     self._db.executemany(
-                        "DELETE FROM interim WHERE id = ?",
-                        [(_signed(r.flow_id),) for r in finals],
+                        "DELETE FROM interim WHERE id = ?", [(i,) for i in fin["flow_id"].view(np.int64).tolist()]
                     )
                 if interim_rows:
                     self._db.executemany(
@@ -396,7 +424,7 @@ class Store:
                     )
                 if final_rows:
                     self._bump("flow_rows", len(final_rows))
-                    longest = max(max(0, r.end_ns - r.start_ns) for r in finals)
+                    longest = int(np.maximum(0, fin["end_ns"] - fin["start_ns"]).max())
                     self._db.execute(
                         "INSERT INTO meta (key, value) VALUES ('max_duration_ns', ?) "
                         "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
@@ -414,8 +442,12 @@ class Store:
                 next_seq = self._open_period(next_start_ns) if next_start_ns is not None else None
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write period {seq} to the store at {self.path}: {exc}") from exc
-        self._next_id = first_id + len(final_rows)
-        stored.sort(key=lambda s: s.key)
+        self._next_id = first_id + fin.n
+        stored = StoredFlows(
+            seq, FlowBatch.concat([fin, inter]), np.concatenate([fin["end_ns"], inter["end_ns"]]),
+            np.concatenate([np.full(fin.n, TABLE_FINAL), np.full(inter.n, TABLE_INTERIM)]),
+            np.concatenate([final_ids, interim_ids]),
+        )
         return stored, next_seq, evicted
 
     def record_address_change(self, time_ns: int, detail: str) -> None:
@@ -527,21 +559,18 @@ class Store:
         self,
         query: FlowQuery,
         conn: sqlite3.Connection,
-        enum_numbers: Mapping[str, Mapping[str, int]],
         *,
         deadline: float | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """``query_flows`` without decoding a ``FlowRecord``: the bulk read path (Flows RPC).
 
         Each row is ``(*values, drop_reasons, fixed, end_ns, table, id)``: ``values`` in ``ROW_FIELDS`` order,
-        ready to use (u64 identifiers unsigned; enumerated fields as their number in ``enum_numbers[field]``,
-        translated in SQL, 0 for a value missing from the table or unknown to the model), ``drop_reasons`` a
+        ready to use (u64 identifiers unsigned; enumerated fields as their wire numbers, as stored), ``drop_reasons`` a
         dict or None when empty, ``fixed`` true when Python had to touch the row, and the last three the
         record's key. ``zip(ROW_FIELDS, row)`` stops before ``fixed``. The rows are the records
         ``query_flows`` returns, in the same order, and carry the same values.
         """
-        cols = _wire_columns(tuple((name, tuple(sorted(enum_numbers.get(name, {}).items())))
-                                   for name in ENUM_FIELDS))
+        cols = _WIRE_COLUMNS
         streams = [self._query_table_rows(conn, TABLE_FINAL, query, cols)]
         if query.include_interim:
             streams.append(self._query_table_rows(conn, TABLE_INTERIM, query, cols))
@@ -642,8 +671,8 @@ class Store:
             if col not in FLOW_FIELDS and col != "period":
                 raise ValueError(f"unknown flow field {col!r}")
         where, args = self._where(TABLE_FINAL, query, self._max_duration(conn))
-        names = ENUM_FIELDS["outcome"]
-        sums = ", ".join(f"SUM(outcome = {code})" for code in range(len(names)))
+        names = [name for name, _ in sorted(ENUM_NUMBERS["outcome"].items(), key=lambda kv: kv[1])]
+        sums = ", ".join(f"SUM(outcome = {ENUM_NUMBERS['outcome'][name]})" for name in names)
         cols = ", ".join(group_by)
         sql = f"SELECT {cols + ', ' if cols else ''}COUNT(*) AS n, {sums} FROM flows{where}"
         if cols:

@@ -1,12 +1,12 @@
-"""Export periods and rollups: pure functions and one small stateful builder over FlowRecords."""
+"""Export periods and rollups: pure functions and one small stateful builder over columnar flow batches."""
 
 from meshnode.sensor._resolve import service_name  # one resolver for the sensor and the summaries
 from meshnode.summary._period import (
+    ROLLUP_KEYS,
     Delta,
     PeriodBuilder,
     PeriodSummary,
     Rollup,
-    cgroup_key,
     destination_key,
     format_destination,
     format_process,
@@ -25,6 +25,7 @@ from meshnode.summary._window import (
 )
 
 __all__ = [
+    "ROLLUP_KEYS",
     "Delta",
     "PeriodBuilder",
     "PeriodSpan",
@@ -32,7 +33,6 @@ __all__ = [
     "Rollup",
     "WindowRollup",
     "WindowRollups",
-    "cgroup_key",
     "destination_key",
     "format_destination",
     "format_process",

@@ -1,22 +1,29 @@
-"""Export periods: what one period saw, rolled up per process, destination and cgroup.
+"""Export periods: what one period saw, rolled up per process, destination, local service and cgroup.
 
 A period holds the FINAL records of flows that ended in it and the INTERIM records of flows still active at
 its end. Counters on records are totals since the flow started; rollups count what happened *in* the period,
 so ``PeriodBuilder`` remembers each active flow's totals at the previous period and rolls up the deltas. A
-one-hour transfer therefore adds its bytes of each period to that period, and its total once.
+one-hour transfer therefore adds its bytes of each period to that period, and its total once. Rollups are
+computed on the columns of a ``FlowBatch``; a list of records is accepted and converted (tests, small callers).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from meshnode._model import FlowRecord
+import numpy as np
+
+from meshnode._batch import FAILED, USEFUL, FlowBatch, as_batch, factorize
+from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
 from meshnode.sensor._resolve import service_name
-from meshnode.summary._problems import RETRANSMITS, SLOW_CONNECT, problem_kind
+from meshnode.summary._problems import RETRANSMIT_RATE, SLOW_CONNECT_US
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 
 def with_service(rec: FlowRecord) -> FlowRecord:
@@ -60,16 +67,6 @@ def destination_key(rec: FlowRecord) -> str:
     return rec.destination
 
 
-def service_key(rec: FlowRecord) -> str:
-    """Rollup key of a local service: ``src:sport`` of an inbound flow (the port clients connect to)."""
-    return format_destination(rec.src, rec.sport)
-
-
-def cgroup_key(rec: FlowRecord) -> str:
-    """Rollup key of a cgroup: its path (``/`` when unknown)."""
-    return rec.cgroup or "/"
-
-
 @dataclass(slots=True)
 class Rollup:
     """The flows of one key over one period (``meshnode.v1.Rollup``)."""
@@ -101,47 +98,119 @@ class Delta:
     retransmits: int
 
 
+ROLLUP_KEYS: Final = ("process", "destination", "service", "cgroup")
+"""What ``rollup`` groups by: ``comm/pid``, remote ``dst:dport``, local ``src:sport``, the cgroup path."""
+
+
 def rollup(
-    records: Iterable[FlowRecord],
-    key: Callable[[FlowRecord], str],
-    deltas: Mapping[int, Delta] | None = None,
+    flows: FlowBatch | Iterable[FlowRecord],
+    key: str,
+    deltas: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]] | None = None,
     *,
     with_services: bool = False,
 ) -> list[Rollup]:
-    """Roll ``records`` up by ``key``; byte and retransmit counts come from ``deltas`` when given.
+    """Roll flows up by ``key`` (one of ``ROLLUP_KEYS``), on the batch's columns.
 
+    Byte and retransmit counts are ``deltas`` (bytes_tx, bytes_rx, retransmits: what each flow did in the
+    period, aligned with the batch) when given, else the flows' totals. With ``with_services`` each row
+    names the service of its first flow (its ``service``, else the name of the port the key holds).
     Sorted by flows (descending), then key, so the busiest come first and output is deterministic.
     """
-    out: dict[str, Rollup] = {}
-    rtts: dict[str, list[float]] = {}
-    for rec in records:
-        k = key(rec)
-        r = out.get(k)
-        if r is None:
-            r = out[k] = Rollup(k, service=with_service(rec).service if with_services else "")
-            rtts[k] = []
-        r.flows += 1
-        if rec.useful:
-            r.useful += 1
-            kind = problem_kind(rec)
-            if kind == RETRANSMITS:
-                r.flows_retransmitting += 1
-            elif kind == SLOW_CONNECT:
-                r.flows_slow_connect += 1
-        elif rec.failed:
-            r.failures[rec.outcome] = r.failures.get(rec.outcome, 0) + 1
-        d = deltas.get(rec.flow_id) if deltas is not None else None
-        if d is None:
-            d = Delta(rec.bytes_tx, rec.bytes_rx, rec.retransmits)
-        r.bytes_tx += d.bytes_tx
-        r.bytes_rx += d.bytes_rx
-        r.retransmits += d.retransmits
-        if rec.srtt_us:
-            rtts[k].append(rec.srtt_us)
-    for k, r in out.items():
-        r.rtt_p50_us = round(percentile(rtts[k], 0.5))
-        r.rtt_p95_us = round(percentile(rtts[k], 0.95))
-    return sorted(out.values(), key=lambda r: (-r.flows, r.key))
+    b = as_batch(flows)
+    if not b.n:
+        return []
+    codes, keys = _group(b, key)
+    k = len(keys)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=k)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+
+    def sums(values: NDArray[Any]) -> list[int]:
+        return np.add.reduceat(values[order].astype(np.int64), starts).tolist()  # type: ignore[no-any-return]
+
+    outcome = b["outcome"]
+    useful = np.isin(outcome, USEFUL)
+    retrans = b["retransmits"]
+    degraded = useful & (retrans > 0) & (retrans >= RETRANSMIT_RATE * np.maximum(1, b["packets_tx"]))
+    slow = useful & ~degraded & (b["connect_us"] > SLOW_CONNECT_US)
+    tx, rx, re = deltas if deltas is not None else (b["bytes_tx"], b["bytes_rx"], retrans)
+    n_useful = np.bincount(codes[useful], minlength=k).tolist()
+    n_degraded = np.bincount(codes[degraded], minlength=k).tolist()
+    n_slow = np.bincount(codes[slow], minlength=k).tolist()
+    failures: list[dict[str, int]] = [{} for _ in range(k)]
+    for number in FAILED:
+        hit = outcome == number
+        if hit.any():
+            name = ENUM_NAMES["outcome"][number]
+            for code, n in zip(*np.unique(codes[hit], return_counts=True), strict=True):
+                failures[code][name] = int(n)
+    p50, p95 = _rtt_percentiles(codes, b["srtt_us"], k)
+    services = _services(b, codes, k) if with_services else [""] * k
+    out = [
+        Rollup(key=keys[i], flows=f, useful=u, failures=failures[i], bytes_tx=btx, bytes_rx=brx,
+               retransmits=r, rtt_p50_us=p50[i], rtt_p95_us=p95[i], service=services[i],
+               flows_retransmitting=d, flows_slow_connect=sl)
+        for i, (f, u, btx, brx, r, d, sl) in enumerate(zip(
+            counts.tolist(), n_useful, sums(tx), sums(rx), sums(re), n_degraded, n_slow, strict=True))
+    ]
+    out.sort(key=lambda r: (-r.flows, r.key))
+    return out
+
+
+def _group(b: FlowBatch, key: str) -> tuple[NDArray[np.intp], list[str]]:
+    """Group codes per flow and the key text of each group (groups whose texts coincide are merged)."""
+    if key == "process":
+        codes, values = factorize(b["comm"], b["pid"])
+        texts = [format_process(comm, pid) for comm, pid in values]
+    elif key == "destination":
+        codes, values = factorize(b["dst"], b["dport"])
+        texts = [format_destination(dst, port) for dst, port in values]
+    elif key == "service":
+        codes, values = factorize(b["src"], b["sport"])
+        texts = [format_destination(src, port) for src, port in values]
+    elif key == "cgroup":
+        codes, values = factorize(b["cgroup"])
+        texts = [c or "/" for c in values]
+    else:
+        raise ValueError(f"rollup key must be one of {', '.join(ROLLUP_KEYS)}, not {key!r}")
+    index: dict[str, int] = {}
+    remap = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.intp, count=len(texts))
+    if len(index) == len(texts):
+        return codes, texts
+    return remap[codes], list(index)
+
+
+def _rtt_percentiles(codes: NDArray[np.intp], srtt: NDArray[np.int64], k: int) -> tuple[list[int], list[int]]:
+    """Per group, the median and 95th percentile of the non-zero srtt values (``percentile``'s rule)."""
+    has = srtt != 0
+    p50 = np.zeros(k, dtype=np.float64)
+    p95 = np.zeros(k, dtype=np.float64)
+    if has.any():
+        c, v = codes[has], srtt[has].astype(np.float64)
+        order = np.lexsort((v, c))
+        c, v = c[order], v[order]
+        n = np.bincount(c, minlength=k)
+        start = np.concatenate(([0], np.cumsum(n)[:-1]))
+        groups = np.flatnonzero(n)
+        for q, out in ((0.5, p50), (0.95, p95)):
+            pos = (n[groups] - 1) * q
+            lo = pos.astype(np.int64)
+            hi = np.minimum(lo + 1, n[groups] - 1)
+            a, z = v[start[groups] + lo], v[start[groups] + hi]
+            out[groups] = a + (z - a) * (pos - lo)
+    return [round(x) for x in p50.tolist()], [round(x) for x in p95.tolist()]
+
+
+def _services(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
+    """Each group's service: its first flow's ``service``, else ``with_service``'s name for it (the remote
+    port's service for an outbound flow, the local port's for an inbound one)."""
+    first = np.full(k, len(codes), dtype=np.intp)
+    np.minimum.at(first, codes, np.arange(len(codes), dtype=np.intp))
+    named = b["service"][first].tolist()
+    inbound = b["direction"][first] == ENUM_NUMBERS["direction"]["inbound"]
+    ports = np.where(inbound, b["sport"][first], b["dport"][first]).tolist()
+    protos = b.names("proto")[first].tolist()
+    return [s or service_name(port, proto) for s, port, proto in zip(named, ports, protos, strict=True)]
 
 
 @dataclass(slots=True)
@@ -164,8 +233,15 @@ class PeriodSummary:
     incomplete: bool = False
 
     def to_json(self) -> str:
-        """Compact JSON for the store."""
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+        """Compact JSON for the store (a walk over the fields: ``dataclasses.asdict`` deep-copies every
+        value and took most of a period close's CPU at thousands of rollup rows)."""
+        data: dict[str, Any] = {}
+        for name in _SUMMARY_FIELDS:
+            value = getattr(self, name)
+            if name in _ROLLUP_LISTS:
+                value = [{f: getattr(r, f) for f in _ROLLUP_FIELDS} for r in value]
+            data[name] = value
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> PeriodSummary:
@@ -183,8 +259,8 @@ class PeriodBuilder:
     def __init__(self, node_id: str = "") -> None:
         self.node_id = node_id
         self._last: dict[int, Delta] = {}
-        self.last_deltas: dict[int, Delta] = {}
-        """What each flow of the last built period did in it, by flow_id."""
+        self.last_bytes: dict[str, tuple[int, int]] = {}
+        """What the flows of the last built period sent and received in it, by transport (``tcp``/``udp``)."""
 
     def remembered(self) -> dict[int, Delta]:
         """A copy of the remembered totals, to ``restore`` when the period just built is not stored."""
@@ -199,39 +275,58 @@ class PeriodBuilder:
         seq: int,
         start_ns: int,
         end_ns: int,
-        finals: Sequence[FlowRecord],
-        interims: Sequence[FlowRecord],
+        finals: FlowBatch | Sequence[FlowRecord],
+        interims: FlowBatch | Sequence[FlowRecord],
         completeness: Mapping[str, int] | None = None,
     ) -> PeriodSummary:
-        """The summary of one period; updates the remembered totals."""
-        deltas: dict[int, Delta] = {}
+        """The summary of one period; updates the remembered totals.
+
+        A flow's delta is its totals less those remembered from its interim record of the previous period
+        (never below zero); the flows remembered afterwards are exactly this period's interims (a final
+        record ends a flow, and a flow neither final nor interim vanished: sensor restart, eviction).
+        """
+        fin, inter = as_batch(finals), as_batch(interims)
+        flows = FlowBatch.concat([fin, inter])
+        ids = flows["flow_id"]
+        tx, rx, re = (flows[name].astype(np.int64) for name in ("bytes_tx", "bytes_rx", "retransmits"))
         last = self._last
-        for rec in (*finals, *interims):
-            prev = last.get(rec.flow_id)
-            if prev is None:
-                deltas[rec.flow_id] = Delta(rec.bytes_tx, rec.bytes_rx, rec.retransmits)
-            else:
-                deltas[rec.flow_id] = Delta(
-                    max(0, rec.bytes_tx - prev.bytes_tx), max(0, rec.bytes_rx - prev.bytes_rx),
-                    max(0, rec.retransmits - prev.retransmits),
-                )
-        for rec in finals:
-            last.pop(rec.flow_id, None)
-        active_ids = {rec.flow_id for rec in interims}
-        for fid in [f for f in last if f not in active_ids]:
-            del last[fid]  # vanished without a final record (sensor restart, eviction)
-        for rec in interims:
-            last[rec.flow_id] = Delta(rec.bytes_tx, rec.bytes_rx, rec.retransmits)
-        self.last_deltas = deltas
-        records = [*finals, *interims]
+        if last:
+            hit = [i for i, fid in enumerate(ids.tolist()) if fid in last]
+            if hit:
+                tx, rx, re = tx.copy(), rx.copy(), re.copy()
+                prev = [last[fid] for fid in ids[hit].tolist()]
+                for col, attr in ((tx, "bytes_tx"), (rx, "bytes_rx"), (re, "retransmits")):
+                    before = np.fromiter((getattr(d, attr) for d in prev), dtype=np.int64, count=len(prev))
+                    col[hit] = np.maximum(0, col[hit] - before)
+        self._last = {
+            fid: Delta(t, r, x) for fid, t, r, x in zip(
+                inter["flow_id"].tolist(), inter["bytes_tx"].tolist(), inter["bytes_rx"].tolist(),
+                inter["retransmits"].tolist(), strict=True)
+        }
+        self.last_bytes = {}
+        protos = flows["proto"]
+        for name, number in ENUM_NUMBERS["proto"].items():
+            mask = protos == number
+            if mask.any():
+                self.last_bytes[name] = (int(tx[mask].sum()), int(rx[mask].sum()))
+        deltas = (tx, rx, re)
+        inbound = flows["direction"] == ENUM_NUMBERS["direction"]["inbound"]
+        outbound = ~inbound
         return PeriodSummary(
             node_id=self.node_id, seq=seq, period_start_ns=start_ns, period_end_ns=end_ns,
-            by_process=rollup(records, process_key, deltas),
-            by_destination=rollup([r for r in records if r.direction != "inbound"], destination_key, deltas,
+            by_process=rollup(flows, "process", deltas),
+            by_destination=rollup(flows.take(outbound), "destination",
+                                  (tx[outbound], rx[outbound], re[outbound]),
                                   with_services=True),
-            by_service=rollup([r for r in records if r.direction == "inbound"], service_key, deltas,
+            by_cgroup=rollup(flows, "cgroup", deltas),
+            by_service=rollup(flows.take(inbound), "service",
+                              (tx[inbound], rx[inbound], re[inbound]),
                               with_services=True),
-            by_cgroup=rollup(records, cgroup_key, deltas),
             completeness=dict(completeness or {}),
-            final_flows=len(finals), interim_flows=len(interims),
+            final_flows=fin.n, interim_flows=inter.n,
         )
+
+
+_SUMMARY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(PeriodSummary))
+_ROLLUP_LISTS: Final = frozenset(("by_process", "by_destination", "by_cgroup", "by_service"))
+_ROLLUP_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Rollup))

@@ -62,6 +62,9 @@ class FakeProbes:
         raws = self.poll_raw()
         return b"".join(bytes(8) + rec.EVENT_STRUCT.pack(*v) for v in raws), len(raws), rec.EVENT_SIZE + 8, 8
 
+    def poll_array(self) -> Any:
+        return rec.event_array(*self.poll_records())
+
     def poll_events(self) -> list[rec.KernelEvent]:
         return list(map(rec.event_from_raw, self.poll_raw()))
 

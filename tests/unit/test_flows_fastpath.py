@@ -18,7 +18,7 @@ import pytest
 
 from meshnode._model import FlowRecord
 from meshnode.api import ObserverServicer, Selector
-from meshnode.api._flowstream import WIRE_ENUMS, HistoryReader, in_thread
+from meshnode.api._flowstream import HistoryReader, in_thread
 from meshnode.store import ROW_FIELDS, FlowQuery, Store
 from meshnode.v1 import flow_pb2, observer_pb2
 from tests.unit._flows import T0, S, flow
@@ -155,7 +155,7 @@ def test_the_store_sees_every_kind_of_record(store: Store) -> None:
 
 def test_rows_carry_wire_numbers_and_unsigned_ids(store: Store) -> None:
     with store.reader() as conn:
-        rows = list(store.query_rows(FlowQuery(), conn, WIRE_ENUMS))
+        rows = list(store.query_rows(FlowQuery(), conn))
         recs = [s.record for s in store.query_flows(FlowQuery(), conn)]
     assert len(rows) == len(recs)
     for row, rec in zip(rows, recs, strict=True):

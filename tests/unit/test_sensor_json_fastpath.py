@@ -56,7 +56,9 @@ def _varied(cg: int) -> list[tuple[Any, ...]]:
         raw_event(cookie=11, pid=31337, comm=b""),
         raw_event(cookie=12, pid=os.getpid(), comm=b"kernel-name", cgroup_id=cg),  # /proc comm, known cgroup
         raw_event(cookie=13, pid=U32, cgroup_id=U64),  # unknown cgroup id, no such pid
-        raw_event(cookie=U64, netns=U64, start_ns=U64, last_ns=U64, bytes_tx=U64, bytes_rx=U64, segs_out=U32,
+        # times are monotonic ns (u64 in the kernel; wall-clock u64 on the wire): the largest one that stays a
+        # wall-clock u64 after the offset is added, not 2**64-1, which no clock reaches
+        raw_event(cookie=U64, netns=U64, start_ns=U64 >> 2, last_ns=U64 >> 2, bytes_tx=U64, bytes_rx=U64, segs_out=U32,
                   segs_in=U32, total_retrans=U32, connect_us=U32, srtt_us=U32, srtt_max_us=U32, rtt_min_us=U32,
                   cwnd=U32, cwnd_min=U32, cwnd_max=U32, resets_rx=U16, resets_tx=U16, sport=U16, dport=U16,
                   synack_retrans=255, flags=rec.F_SYNACK | rec.F_INBOUND, pid=0),

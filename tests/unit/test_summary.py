@@ -7,10 +7,7 @@ import pytest
 from meshnode.summary import (
     PeriodBuilder,
     PeriodSummary,
-    cgroup_key,
-    destination_key,
     percentile,
-    process_key,
     rollup,
     service_name,
     with_service,
@@ -31,13 +28,13 @@ def test_rollups_by_process_destination_cgroup() -> None:
                                              for i in range(8, 11)]
     recs.append(flow(11, comm="dig", pid=7, dst="10.0.0.53", dport=53, proto="udp", outcome="udp_answered",
                      cgroup="", srtt_us=300))
-    [curl, dig] = rollup(recs, process_key)
+    [curl, dig] = rollup(recs, "process")
     assert (curl.key, curl.flows, curl.useful, curl.failures) == ("curl/100", 10, 7, {"refused": 3})
     assert (curl.bytes_tx, curl.bytes_rx, curl.rtt_p50_us) == (700, 14000, 1000)
     assert (dig.key, dig.flows, dig.useful) == ("dig/7", 1, 1)
-    dests = rollup(recs, destination_key, with_services=True)
+    dests = rollup(recs, "destination", with_services=True)
     assert [(d.key, d.service) for d in dests] == [("10.0.0.2:443", "https"), ("10.0.0.53:53", "domain")]
-    assert [c.key for c in rollup(recs, cgroup_key)] == ["/system.slice/app.service", "/"]
+    assert [c.key for c in rollup(recs, "cgroup")] == ["/system.slice/app.service", "/"]
 
 
 @pytest.mark.parametrize(
@@ -71,3 +68,62 @@ def test_summary_json_round_trip() -> None:
     assert again == s
     assert again.completeness == {"lost_events": 3}
     assert again.by_destination[0].failures == {"timeout": 1}
+
+
+def _reference_rollup(recs, key, deltas=None, with_services=False):
+    """The per-record rule the columnar rollup must equal (one flow at a time, as it was first written)."""
+    from meshnode.summary._problems import RETRANSMITS, SLOW_CONNECT, problem_kind
+
+    keyf = {"process": lambda r: f"{r.comm or '?'}/{r.pid}", "destination": lambda r: r.destination,
+            "service": lambda r: (f"[{r.src}]" if ":" in r.src else r.src) + f":{r.sport}",
+            "cgroup": lambda r: r.cgroup or "/"}[key]
+    out, rtts = {}, {}
+    for rec in recs:
+        k = keyf(rec)
+        if k not in out:
+            out[k] = dict(key=k, flows=0, useful=0, failures={}, bytes_tx=0, bytes_rx=0, retransmits=0,
+                          service=with_service(rec).service if with_services else "", flows_retransmitting=0,
+                          flows_slow_connect=0)
+            rtts[k] = []
+        r = out[k]
+        r["flows"] += 1
+        if rec.useful:
+            r["useful"] += 1
+            kind = problem_kind(rec)
+            r["flows_retransmitting"] += kind == RETRANSMITS
+            r["flows_slow_connect"] += kind == SLOW_CONNECT
+        elif rec.failed:
+            r["failures"][rec.outcome] = r["failures"].get(rec.outcome, 0) + 1
+        d = deltas.get(rec.flow_id) if deltas else None
+        tx, rx, re = (d.bytes_tx, d.bytes_rx, d.retransmits) if d else (rec.bytes_tx, rec.bytes_rx, rec.retransmits)
+        r["bytes_tx"] += tx
+        r["bytes_rx"] += rx
+        r["retransmits"] += re
+        if rec.srtt_us:
+            rtts[k].append(rec.srtt_us)
+    for k, r in out.items():
+        r["rtt_p50_us"] = round(percentile(rtts[k], 0.5))
+        r["rtt_p95_us"] = round(percentile(rtts[k], 0.95))
+    return sorted(out.values(), key=lambda r: (-r["flows"], r["key"]))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_columnar_rollups_equal_the_per_record_rule(seed) -> None:
+    import dataclasses
+    import random
+
+    rnd = random.Random(seed)
+    outcomes = ["established", "refused", "timeout", "reset", "udp_answered", "udp_unanswered", "in_progress"]
+    recs = [flow(i, comm=rnd.choice(["curl", "", "?", "dig"]), pid=rnd.choice([1, 2, 3]),
+                 dst=rnd.choice(["10.0.0.2", "fd00::5", "10.0.0.3"]), dport=rnd.choice([443, 53, 8080, 61999]),
+                 src=rnd.choice(["10.0.0.1", "fd00::1"]), sport=rnd.choice([22, 443, 40000]),
+                 direction=rnd.choice(["outbound", "inbound"]), proto=rnd.choice(["tcp", "udp"]),
+                 outcome=rnd.choice(outcomes), cgroup=rnd.choice(["", "/", "/a.service"]),
+                 retransmits=rnd.choice([0, 0, 1, 5, 300]), packets_tx=rnd.choice([0, 1, 100, 10_000]),
+                 connect_us=rnd.choice([0, 150_000, 250_000]), srtt_us=rnd.choice([0, 7, 100, 1001, 50_000]),
+                 bytes_tx=rnd.randrange(1 << 40), bytes_rx=rnd.randrange(1 << 20),
+                 service=rnd.choice(["", "", "custom"]))
+            for i in range(rnd.randrange(1, 300))]
+    for key in ("process", "destination", "service", "cgroup"):
+        got = [dataclasses.asdict(r) for r in rollup(recs, key, with_services=True)]
+        assert got == _reference_rollup(recs, key, with_services=True), key
