@@ -100,23 +100,6 @@ Attempt = tuple[int, str, int, str, int, str, str]
 """``(start_ns, comm, pid, dst, dport, proto, outcome)`` of one outbound attempt."""
 
 
-def collapse(transactions: Iterable[Transaction], examples: int = EXAMPLES_PER_KEY) -> list[Transaction]:
-    """Identical transactions as counted rows: up to ``examples`` rows with their flow, then one row with
-    the rest. Blame counts them the same; memory is per key, not per flow."""
-    rows: dict[Transaction, int] = {}
-    kept: Counter[Transaction] = Counter()
-    out: list[Transaction] = []
-    for t in transactions:
-        key = replace(t, flow=None, count=1)
-        if t.flow is not None and t.problem and kept[key] < examples:
-            kept[key] += 1
-            out.append(replace(t, count=t.count))
-            continue
-        rows[key] = rows.get(key, 0) + t.count
-    out.extend(replace(k, count=n) for k, n in rows.items())
-    return out
-
-
 ClientTxn = tuple[FlowRecord, str]
 """One client transaction of a period: the record it stands on and its diagnosis kind."""
 
@@ -338,7 +321,7 @@ class NodeSource:
     def add_period(self, period_end_ns: int, records: Sequence[FlowRecord]) -> None:
         """One of this node's periods (its finals and interims; only outbound finals count)."""
         finals = [r for r in records if r.kind == "final" and r.direction == "outbound"]
-        txns = collapse(self._transactions(self.view.period(period_end_ns, records)))
+        txns = self._collapsed(self.view.period(period_end_ns, records))
         samples = samples_from_flows(finals, host=self.host, labels=self._labels)
         chatter = discovery_chatter(finals)
         attempts = [
@@ -353,14 +336,30 @@ class NodeSource:
             self._attempts.extend(attempts)
             self._trim(period_end_ns)
 
-    def _transactions(self, txns: Iterable[ClientTxn]) -> list[Transaction]:
+    def _collapsed(self, txns: Iterable[ClientTxn], examples: int = EXAMPLES_PER_KEY) -> list[Transaction]:
+        """The period's transactions as counted rows: up to ``examples`` rows with their flow per key of a
+        problem, then one row per key with the rest. Blame counts them the same; memory is per key, not per
+        flow, and no Transaction is made per flow (identical ones are counted by key first)."""
         host, site, region = self.host, self._labels.get("site", ""), self._labels.get("region", "")
-        return [
-            Transaction(host=host, site=site, region=region, comm=r.comm, pid=r.pid, dst=r.dst, dport=r.dport,
-                        service=r.service, dst_host="", dst_site="", dst_region="", problem=kind != OK, kind=kind,
-                        flow=(r.src, r.sport, r.dst, r.dport, r.proto))
-            for r, kind in txns
-        ]
+        rows: dict[tuple[str, int, str, int, str, str], int] = {}
+        kept: Counter[tuple[str, int, str, int, str, str]] = Counter()
+        out: list[Transaction] = []
+        for r, kind in txns:
+            key = (r.comm, r.pid, r.dst, r.dport, r.service, kind)
+            if kind != OK and kept[key] < examples:
+                kept[key] += 1
+                out.append(Transaction(host=host, site=site, region=region, comm=r.comm, pid=r.pid, dst=r.dst,
+                                       dport=r.dport, service=r.service, dst_host="", dst_site="", dst_region="",
+                                       problem=True, kind=kind, flow=(r.src, r.sport, r.dst, r.dport, r.proto)))
+                continue
+            rows[key] = rows.get(key, 0) + 1
+        out.extend(
+            Transaction(host=host, site=site, region=region, comm=comm, pid=pid, dst=dst, dport=dport,
+                        service=service, dst_host="", dst_site="", dst_region="", problem=kind != OK, kind=kind,
+                        count=n)
+            for (comm, pid, dst, dport, service, kind), n in rows.items()
+        )
+        return out
 
     def add_digest(self, digest: mesh_pb2.Digest, own: bool = False) -> None:
         """One verified digest (``own`` ones only update this node's place; its records say more)."""

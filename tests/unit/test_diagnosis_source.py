@@ -312,3 +312,33 @@ def collapse_counts(txns: list[Any]) -> list[Any]:
     for t in txns:
         c[(t.comm, t.kind)] += t.count
     return [SimpleNamespace(comm=k[0], kind=k[1], count=n) for k, n in c.items()]
+
+
+def test_a_period_is_collapsed_as_collapse_does_without_a_transaction_per_flow() -> None:
+    import random
+    from dataclasses import replace
+
+    from meshnode.diagnosis._source import problem_kind
+    from meshnode.diagnosis._transaction import Transaction
+
+    def collapse(transactions, examples=3):  # the rule per Transaction, as first written
+        rows, kept, out = {}, {}, []
+        for t in transactions:
+            key = replace(t, flow=None, count=1)
+            if t.flow is not None and t.problem and kept.get(key, 0) < examples:
+                kept[key] = kept.get(key, 0) + 1
+                out.append(t)
+                continue
+            rows[key] = rows.get(key, 0) + t.count
+        return out + [replace(k, count=n) for k, n in rows.items()]
+
+    rnd = random.Random(7)
+    recs = [flow(i, comm=rnd.choice(["a", "b"]), pid=rnd.choice([1, 2]), dport=rnd.choice([443, 5432]),
+                 outcome=rnd.choice(["established", "refused", "timeout"]), service=rnd.choice(["", "x"]),
+                 retransmits=rnd.choice([0, 9]), packets_tx=10) for i in range(400)]
+    txns = [(r, problem_kind(r)) for r in recs]
+    src = NodeSource({"host": "h1", "site": "s1", "region": "r1"})
+    by_flow = [Transaction(host="h1", site="s1", region="r1", comm=r.comm, pid=r.pid, dst=r.dst, dport=r.dport,
+                           service=r.service, dst_host="", dst_site="", dst_region="", problem=k != "ok", kind=k,
+                           flow=(r.src, r.sport, r.dst, r.dport, r.proto)) for r, k in txns]
+    assert src._collapsed(txns) == collapse(by_flow)
