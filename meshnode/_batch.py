@@ -246,12 +246,56 @@ def as_batch(flows: Iterable[FlowRecord] | FlowBatch) -> FlowBatch:
 
 def factorize(*columns: NDArray[Any]) -> tuple[NDArray[np.intp], list[Any]]:
     """Codes 0..k-1 per row for the distinct values (tuples when several columns) in first-seen order,
-    and those values: the group-by of the rollups and the store's key columns."""
-    index: dict[Any, int] = {}
+    and those values: the group-by of the rollups, the owners of a poll, the chunks' dictionaries.
+
+    Sorting in numpy, not a dict lookup a row: a text column is grouped by object identity first (a
+    column's strings are mostly the same few objects: the sensor makes each distinct text once), then the
+    few distinct objects are merged by value.
+    """
+    n = len(columns[0])
+    key = np.zeros(n, dtype=np.int64)
+    parts: list[list[Any]] = []
+    for col in columns:
+        codes, values = _column_codes(col)
+        if parts and len(values) > 1:
+            key = key * len(values) + codes
+            key = np.unique(key, return_inverse=True)[1].reshape(n).astype(np.int64)  # keep it small
+        elif not parts:
+            key = codes.astype(np.int64)
+        parts.append(values)
+    if not n:
+        return np.zeros(0, dtype=np.intp), []
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(first), dtype=np.intp)
+    rank[order] = np.arange(len(first), dtype=np.intp)
+    at = first[order]
     if len(columns) == 1:
-        values: Iterable[Any] = columns[0].tolist()
+        values_out: list[Any] = columns[0][at].tolist()
     else:
-        values = zip(*(c.tolist() for c in columns), strict=True)
-    setdefault = index.setdefault
-    codes = np.fromiter((setdefault(v, len(index)) for v in values), dtype=np.intp, count=len(columns[0]))
-    return codes, list(index)
+        values_out = list(zip(*(col[at].tolist() for col in columns), strict=True))
+    return rank[inverse.reshape(n)], values_out
+
+
+def _column_codes(col: NDArray[Any]) -> tuple[NDArray[np.intp], list[Any]]:
+    """One column's codes and distinct values (any order)."""
+    if col.dtype == object:
+        ident = np.fromiter(map(id, col.tolist()), dtype=np.uint64, count=len(col))
+        _, first, inverse = np.unique(ident, return_index=True, return_inverse=True)
+        index: dict[Any, int] = {}
+        setdefault = index.setdefault
+        remap = np.fromiter((setdefault(v, len(index)) for v in col[first].tolist()), dtype=np.intp,
+                            count=len(first))
+        return remap[inverse.reshape(len(col))], list(index)
+    if col.dtype.kind == "V":  # raw bytes (addresses, comms): as rows of 64-bit words, sorted in numpy
+        n = len(col)
+        size = col.dtype.itemsize
+        raw = np.frombuffer(np.ascontiguousarray(col).tobytes() + bytes(-size % 8 * n), dtype=np.uint8)
+        words = raw.reshape(n, -1)
+        if size % 8:
+            words = np.concatenate([raw[: n * size].reshape(n, size), np.zeros((n, -size % 8), np.uint8)], axis=1)
+        rows = np.ascontiguousarray(words).view(np.uint64).reshape(n, -1)
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        return inverse.reshape(n).astype(np.intp), col[first].tolist()
+    uniq, inverse = np.unique(col, return_inverse=True)
+    return inverse.reshape(len(col)).astype(np.intp), uniq.tolist()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
+from meshnode._batch import TEXT_FIELDS
 from meshnode._model import ENUM_NUMBERS, FlowRecord
 
 #: FlowRecord fields stored as columns, in column order (``drop_reasons`` is stored as JSON text).
@@ -41,7 +42,7 @@ def _renumber(table: str) -> str:
         "fidelity = CASE WHEN fidelity BETWEEN 0 AND 1 THEN fidelity + 1 ELSE 0 END"
     )
 
-_TEXT_FIELDS: Final = frozenset({"src", "dst", "comm", "cgroup", "service", "node_id"})
+_TEXT_FIELDS: Final = frozenset(TEXT_FIELDS)
 
 
 def _column_type(name: str) -> str:
@@ -92,6 +93,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # 2 -> 3: enumerated columns hold the wire's enum numbers.
     (_renumber("flows"), _renumber("interim")),
+    # 3 -> 4: final flows by column, a chunk per period (``_chunks``); the rows of ``flows`` move into
+    # chunks when the store opens (``Store._rows_to_chunks``), then the table is dropped.
+    (
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, period INTEGER NOT NULL, first_id INTEGER NOT NULL, "
+        "n INTEGER NOT NULL, min_end INTEGER NOT NULL, max_end INTEGER NOT NULL, min_start INTEGER NOT NULL, "
+        "data BLOB NOT NULL)",
+        "CREATE INDEX chunks_max_end ON chunks (max_end)",
+        "CREATE INDEX chunks_period ON chunks (period)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 import numpy as np
 
-from meshnode._batch import U64_FIELDS, FlowBatch
+from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch, factorize
 from meshnode._exceptions import StoreError
 from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
+from meshnode.store._chunks import Chunk, ChunkRef, encode_chunk, merge_in_key_order
 from meshnode.store._schema import ENUM_FIELDS, FLOW_FIELDS, MIGRATIONS, SCHEMA_VERSION, missing_columns
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ TABLE_FINAL: Final = 0
 TABLE_INTERIM: Final = 1
 
 _ENUM_CODES: Final = ENUM_NUMBERS
+_TEXT_COLUMNS: Final = frozenset(TEXT_FIELDS)
 _ENUM_POS: Final = tuple((FLOW_FIELDS.index(name), ENUM_NAMES[name]) for name in ENUM_FIELDS)
 # u64 identifiers (socket and netns cookies, cgroup ids) are kept in SQLite's signed 64-bit integers.
 _U64_POS: Final = tuple(FLOW_FIELDS.index(n) for n in ("flow_id", "cgroup_id", "netns"))
@@ -167,19 +169,18 @@ def _encode(flows: FlowBatch, ids: NDArray[np.int64], period: int) -> list[tuple
 
 
 class StoredFlows(Sequence[StoredFlow]):
-    """A closed period's stored records with their keys, in key order; a ``StoredFlow`` (and its record)
-    is made only where one is read (a follow stream)."""
+    """A closed period's stored records with their keys, in key order; the order, a ``StoredFlow`` and its
+    record are made only where one is read (a follow stream)."""
 
     def __init__(self, period: int, flows: FlowBatch, end_ns: NDArray[np.int64], tables: NDArray[np.int64],
                  ids: NDArray[np.int64]) -> None:
         self.period = period
         self.flows = flows
-        self._order = np.lexsort((ids, tables, end_ns))
-        self._keys = list(zip(end_ns[self._order].tolist(), tables[self._order].tolist(),
-                              ids[self._order].tolist(), strict=True))
+        self._end, self._tables, self._ids = end_ns, tables, ids
+        self._order: list[int] | None = None
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._ids)
 
     @overload
     def __getitem__(self, i: int) -> StoredFlow: ...
@@ -188,8 +189,11 @@ class StoredFlows(Sequence[StoredFlow]):
     def __getitem__(self, i: int | slice) -> StoredFlow | list[StoredFlow]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        records = self.flows.records()
-        return StoredFlow(self._keys[i], self.period, records[int(self._order[i])])
+        if self._order is None:
+            self._order = np.lexsort((self._ids, self._tables, self._end)).tolist()
+        at = self._order[i]
+        key = (int(self._end[at]), int(self._tables[at]), int(self._ids[at]))
+        return StoredFlow(key, self.period, self.flows.records()[at])
 
 
 def encode_row(row_id: int, period: int, rec: FlowRecord) -> tuple[Any, ...]:
@@ -271,6 +275,7 @@ class Store:
         self.path = Path(path)
         self.retention = retention or Retention()
         self._lock = threading.Lock()
+        self._deadlines: dict[int, float] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -284,17 +289,16 @@ class Store:
             self._migrate()
             with self._transaction():
                 self._add_new_fields()
+            self._rows_to_chunks()
             self.recovered_incomplete = self._recover()
-            if self._db.execute("SELECT 1 FROM meta WHERE key = 'flow_rows'").fetchone() is None:
+            with self._transaction():
+                self._db.execute("DELETE FROM meta WHERE key = 'max_duration_ns'")  # chunks hold min_start
                 self._db.execute(
-                    "INSERT INTO meta (key, value) SELECT 'flow_rows', COUNT(*) FROM flows"
+                    "INSERT INTO meta (key, value) SELECT 'flow_rows', COALESCE(SUM(n), 0) FROM chunks "
+                    "WHERE true ON CONFLICT (key) DO NOTHING"
                 )
-            if self._db.execute("SELECT 1 FROM meta WHERE key = 'max_duration_ns'").fetchone() is None:
-                self._db.execute(
-                    "INSERT INTO meta (key, value) "
-                    "SELECT 'max_duration_ns', COALESCE(MAX(MAX(end_ns - start_ns), 0), 0) FROM flows"
-                )
-            self._next_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM flows").fetchone()[0])
+            self._next_id = int(self._db.execute(
+                "SELECT COALESCE(MAX(first_id + n), 1) FROM chunks").fetchone()[0])
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
@@ -330,11 +334,36 @@ class Store:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _add_new_fields(self) -> None:
-        """Add a column for each FlowRecord field newer than the table (the model only ever grows)."""
+        """Add a column for each FlowRecord field newer than the table (the model only ever grows; chunks
+        read a field they lack as its zero value)."""
         for table in ("flows", "interim"):
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            for stmt in missing_columns(table, have):
-                self._db.execute(stmt)
+            if have:
+                for stmt in missing_columns(table, have):
+                    self._db.execute(stmt)
+
+    def _rows_to_chunks(self) -> None:
+        """Move the final flows of a store written before chunks (one row a flow) into chunks, a chunk per
+        period and run of consecutive ids (keys are kept), then drop the row table; once, on open."""
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'flows'").fetchone():
+            return
+        with self._transaction():
+            cur = self._db.execute(f"SELECT {_ROW_COLS} FROM flows ORDER BY period, id")
+            run: list[tuple[Any, ...]] = []
+            for row in [*cur, None]:
+                if run and (row is None or row[1] != run[-1][1] or row[0] != run[-1][0] + 1):
+                    self._insert_chunk(run[0][1], run[0][0], FlowBatch.from_records(decode_row(r) for r in run))
+                    run = []
+                if row is not None:
+                    run.append(row)
+            self._db.execute("DROP TABLE flows")
+
+    def _insert_chunk(self, period: int, first_id: int, flows: FlowBatch) -> None:
+        self._db.execute(
+            "INSERT INTO chunks (period, first_id, n, min_end, max_end, min_start, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (period, first_id, flows.n, int(flows["end_ns"].min()), int(flows["end_ns"].max()),
+             int(flows["start_ns"].min()), encode_chunk(flows)),
+        )
 
     def _recover(self) -> int:
         """Turn periods left open by a crash into incomplete ones; returns how many."""
@@ -406,36 +435,29 @@ class Store:
         first_id = self._next_id
         final_ids = np.arange(first_id, first_id + fin.n, dtype=np.int64)
         interim_ids = inter["flow_id"].view(np.int64)
-        final_rows = _encode(fin, final_ids, seq)
         interim_rows = _encode(inter, interim_ids, seq)
         try:
             with self._transaction():
-                if final_rows:
-                    self._db.executemany(
-                        f"INSERT INTO flows ({_ROW_COLS}) VALUES ({_INSERT_PLACEHOLDERS})", final_rows
-                    )
-                    self._db.executemany(
-                        "DELETE FROM interim WHERE id = ?", [(i,) for i in fin["flow_id"].view(np.int64).tolist()]
-                    )
+                if fin.n:
+                    self._insert_chunk(seq, first_id, fin)
+                    # an interim row goes when its flow's final record comes; few finals had one
+                    held = np.fromiter((r[0] for r in self._db.execute("SELECT id FROM interim")), dtype=np.int64)
+                    ended = np.intersect1d(fin["flow_id"].view(np.int64), held)
+                    if ended.size:
+                        self._db.executemany("DELETE FROM interim WHERE id = ?", [(i,) for i in ended.tolist()])
                 if interim_rows:
                     self._db.executemany(
                         f"INSERT OR REPLACE INTO interim ({_ROW_COLS}) VALUES ({_INSERT_PLACEHOLDERS})",
                         interim_rows,
                     )
-                if final_rows:
-                    self._bump("flow_rows", len(final_rows))
-                    longest = int(np.maximum(0, fin["end_ns"] - fin["start_ns"]).max())
-                    self._db.execute(
-                        "INSERT INTO meta (key, value) VALUES ('max_duration_ns', ?) "
-                        "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-                        (longest,),
-                    )
+                if fin.n:
+                    self._bump("flow_rows", fin.n)
                 evicted = self._retain(now_ns if now_ns is not None else end_ns)
                 text = summary(evicted) if callable(summary) else summary
                 cur = self._db.execute(
                     "UPDATE periods SET end_ns = ?, state = 'closed', final_flows = ?, interim_flows = ?, "
                     "summary = ? WHERE seq = ? AND state = 'open'",
-                    (end_ns, len(final_rows), len(interim_rows), text, seq),
+                    (end_ns, fin.n, len(interim_rows), text, seq),
                 )
                 if cur.rowcount != 1:
                     raise StoreError(f"period {seq} is not open in the store at {self.path}")
@@ -471,7 +493,7 @@ class Store:
         evicted = flows = 0
         cutoff = now_ns - int(self.retention.max_age_s * 1e9)
         if self.retention.max_age_s > 0:
-            flows += self._db.execute("DELETE FROM flows WHERE end_ns < ?", (cutoff,)).rowcount
+            flows += self._retain_age(cutoff)
             evicted += self._db.execute("DELETE FROM interim WHERE end_ns < ?", (cutoff,)).rowcount
             self._db.execute("DELETE FROM periods WHERE end_ns < ?", (cutoff,))
             self._db.execute("DELETE FROM addr_changes WHERE time_ns < ?", (cutoff,))
@@ -490,22 +512,44 @@ class Store:
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
         return int((pages - free) * page_size)
 
+    def _retain_age(self, cutoff: int) -> int:
+        """Evict final flows that ended before ``cutoff``: whole chunks, and the old rows of a chunk that
+        straddles it (rewritten with the rest, ids kept)."""
+        evicted = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM chunks WHERE max_end < ?",
+                                   (cutoff,)).fetchone()[0]
+        self._db.execute("DELETE FROM chunks WHERE max_end < ?", (cutoff,))
+        for chunk_id, period, first_id, data in self._db.execute(
+                "SELECT id, period, first_id, data FROM chunks WHERE min_end < ?", (cutoff,)).fetchall():
+            chunk = Chunk(period, first_id, data)
+            keep = np.flatnonzero(chunk.col("end_ns") >= cutoff)
+            evicted += chunk.n - len(keep)
+            flows = chunk.batch(keep)
+            self._db.execute(
+                "UPDATE chunks SET n = ?, min_end = ?, max_end = ?, min_start = ?, data = ? WHERE id = ?",
+                (len(keep), int(flows["end_ns"].min()), int(flows["end_ns"].max()), int(flows["start_ns"].min()),
+                 encode_chunk(flows, ids=chunk.ids()[keep]), chunk_id),
+            )
+        return int(evicted)
+
     def _retain_size(self) -> int:
+        """Evict the oldest chunks while the live pages exceed ``max_bytes`` (the excess share of rows
+        plus 5 % headroom at a time, so this runs rarely)."""
         evicted = 0
         limit = self.retention.max_bytes
         while (live := self._live_bytes()) > limit:
-            rows = self._db.execute("SELECT COUNT(*) FROM flows").fetchone()[0]
+            rows = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM chunks").fetchone()[0]
             if rows == 0:
                 break
-            # Evict the excess share of rows (oldest first) plus 5 % headroom, so this runs rarely.
-            share = (live - limit) / live + 0.05
-            n = max(1, int(rows * share))
-            cur = self._db.execute(
-                "DELETE FROM flows WHERE id IN (SELECT id FROM flows ORDER BY id LIMIT ?)", (n,)
-            )
-            evicted += cur.rowcount
-            oldest = self._db.execute("SELECT period FROM flows ORDER BY id LIMIT 1").fetchone()
-            if oldest is not None:
+            want = max(1, int(rows * ((live - limit) / live + 0.05)))
+            gone = 0
+            for chunk_id, n in self._db.execute("SELECT id, n FROM chunks ORDER BY first_id").fetchall():
+                if gone >= want:
+                    break
+                self._db.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
+                gone += n
+            evicted += gone
+            oldest = self._db.execute("SELECT MIN(period) FROM chunks").fetchone()
+            if oldest is not None and oldest[0] is not None:
                 self._db.execute("DELETE FROM periods WHERE seq < ? AND state != 'open'", (oldest[0],))
         return evicted
 
@@ -521,6 +565,7 @@ class Store:
         conn = _connect(self.path, readonly=True)
         if deadline is not None:
             conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
+            self._deadlines[id(conn)] = deadline  # chunk reads check it between chunks
         try:
             conn.execute("BEGIN")
             yield conn
@@ -531,6 +576,7 @@ class Store:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("COMMIT")
+            self._deadlines.pop(id(conn), None)
             conn.close()
 
     @staticmethod
@@ -546,7 +592,7 @@ class Store:
 
         ``deadline`` is a ``time.monotonic()`` value; past it the iterator raises ``StoreTimeout``.
         """
-        streams = [self._query_table(conn, TABLE_FINAL, query)]
+        streams = [self._final_flows(conn, query)]
         if query.include_interim:
             streams.append(self._query_table(conn, TABLE_INTERIM, query))
         merged = streams[0] if len(streams) == 1 else _merge(streams)
@@ -571,7 +617,7 @@ class Store:
         ``query_flows`` returns, in the same order, and carry the same values.
         """
         cols = _WIRE_COLUMNS
-        streams = [self._query_table_rows(conn, TABLE_FINAL, query, cols)]
+        streams = [self._final_rows(conn, query)]
         if query.include_interim:
             streams.append(self._query_table_rows(conn, TABLE_INTERIM, query, cols))
         merged = streams[0] if len(streams) == 1 else _merge_rows(streams)
@@ -579,6 +625,96 @@ class Store:
             if deadline is not None and n % 256 == 0 and time.monotonic() > deadline:
                 raise StoreTimeout("the query ran past its deadline")
             yield row
+
+    # -- final flows, from chunks -------------------------------------------------------------------------
+
+    def _chunk_refs(self, conn: sqlite3.Connection, q: FlowQuery) -> list[ChunkRef]:
+        """The chunks that may hold a final flow ``q`` selects (by time, period and paging key)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if q.since_ns:
+            where.append("max_end >= ?")
+            args.append(q.since_ns)
+        if q.until_ns:
+            where.append("min_start <= ?")
+            args.append(q.until_ns)
+        if q.max_period is not None:
+            where.append("period <= ?")
+            args.append(q.max_period)
+        if q.after is not None:
+            where.append("max_end >= ?")
+            args.append(q.after[0])
+        sql = "SELECT id, period, first_id, n, min_end, max_end FROM chunks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        try:
+            return [ChunkRef(*r) for r in conn.execute(sql, args)]
+        except sqlite3.Error as exc:
+            raise _read_error(self.path, exc) from exc
+
+    def _chunk(self, conn: sqlite3.Connection, ref: ChunkRef) -> Chunk:
+        deadline = self._deadlines.get(id(conn))
+        if deadline is not None and time.monotonic() > deadline:
+            raise StoreTimeout("the query ran past its deadline")
+        try:
+            row = conn.execute("SELECT data FROM chunks WHERE id = ?", (ref.chunk_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _read_error(self.path, exc) from exc
+        return Chunk(ref.period, ref.first_id, row[0])
+
+    def _selected(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[int, int, Chunk, int]]:
+        """``(end_ns, id, chunk, row)`` of the final flows ``q`` selects, in key order."""
+        groups = self._min_groups(conn, q) if q.min_group is not None else None
+
+        def load(ref: ChunkRef) -> tuple[Chunk, NDArray[np.intp]]:
+            chunk = self._chunk(conn, ref)
+            rows = np.flatnonzero(_chunk_mask(chunk, q))
+            if groups is not None and q.min_group is not None:
+                keys = zip(*(chunk.col(c)[rows].tolist() for c in q.min_group[0]), strict=True)
+                rows = rows[np.fromiter((k in groups for k in keys), dtype=bool, count=len(rows))]
+            chunk.selected = rows
+            return chunk, rows
+
+        return merge_in_key_order(self._chunk_refs(conn, q), load)
+
+    def _min_groups(self, conn: sqlite3.Connection, q: FlowQuery) -> set[tuple[Any, ...]]:
+        """The groups of ``q.min_group`` with enough members among the final flows the rest of ``q`` selects
+        (paging aside)."""
+        assert q.min_group is not None
+        cols, distinct, least = q.min_group
+        for col in (*cols, *([distinct] if distinct else [])):
+            if col not in FLOW_FIELDS:
+                raise ValueError(f"unknown flow field {col!r}")
+        inner = dataclasses.replace(q, min_group=None, after=None)
+        counts: dict[tuple[Any, ...], int] = {}
+        seen: dict[tuple[Any, ...], set[Any]] = {}
+        for ref in self._chunk_refs(conn, inner):
+            chunk = self._chunk(conn, ref)
+            rows = np.flatnonzero(_chunk_mask(chunk, inner))
+            keys = zip(*(chunk.col(c)[rows].tolist() for c in cols), strict=True)
+            if distinct:
+                for key, value in zip(keys, chunk.col(distinct)[rows].tolist(), strict=True):
+                    seen.setdefault(key, set()).add(value)
+            else:
+                for key in keys:
+                    counts[key] = counts.get(key, 0) + 1
+        if distinct:
+            return {k for k, v in seen.items() if len(v) >= least}
+        return {k for k, n in counts.items() if n >= least}
+
+    def _final_flows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[StoredFlow]:
+        for end, row_id, chunk, row in self._selected(conn, q):
+            if chunk.cache is None:  # a chunk's selected records, made together when the merge first reaches it
+                rows = chunk.selected if chunk.selected is not None else np.array([row])
+                chunk.cache = dict(zip(rows.tolist(), chunk.batch(rows).records(), strict=True))
+            yield StoredFlow((end, TABLE_FINAL, row_id), chunk.period, chunk.cache[row])
+
+    def _final_rows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[Any, ...]]:
+        for end, row_id, chunk, row in self._selected(conn, q):
+            if chunk.cache is None:
+                chunk.cache = _wire_lists(chunk)
+            cols, drops, fixed = chunk.cache
+            yield (*[c[row] for c in cols], drops[row], fixed[row], end, TABLE_FINAL, row_id)
 
     def _query_table_rows(
         self, conn: sqlite3.Connection, table: int, q: FlowQuery, cols: str
@@ -664,32 +800,37 @@ class Store:
     ) -> list[tuple[tuple[Any, ...], dict[str, int]]]:
         """FINAL records matching ``query``, counted by outcome per ``group_by`` columns (or ``"period"``).
 
-        Returns ``(group values, {outcome: count})``, the largest groups first, at most ``top`` of them
-        (0: all): what health fractions need, computed in SQL without decoding a record.
+        Returns ``(group values, {outcome: count})``, the largest groups first (then by the group's values),
+        at most ``top`` of them (0: all): what health fractions need, counted on the chunks' columns
+        without decoding a record.
         """
         for col in group_by:
             if col not in FLOW_FIELDS and col != "period":
                 raise ValueError(f"unknown flow field {col!r}")
-        where, args = self._where(TABLE_FINAL, query, self._max_duration(conn))
-        names = [name for name, _ in sorted(ENUM_NUMBERS["outcome"].items(), key=lambda kv: kv[1])]
-        sums = ", ".join(f"SUM(outcome = {ENUM_NUMBERS['outcome'][name]})" for name in names)
-        cols = ", ".join(group_by)
-        sql = f"SELECT {cols + ', ' if cols else ''}COUNT(*) AS n, {sums} FROM flows{where}"
-        if cols:
-            sql += f" GROUP BY {cols} ORDER BY n DESC, {cols}"
+        names = ENUM_NAMES["outcome"]
+        totals: dict[tuple[Any, ...], np.ndarray[Any, Any]] = {}
+        groups = self._min_groups(conn, query) if query.min_group is not None else None
+        for ref in self._chunk_refs(conn, query):
+            chunk = self._chunk(conn, ref)
+            rows = np.flatnonzero(_chunk_mask(chunk, query))
+            if groups is not None and query.min_group is not None:
+                keys = zip(*(chunk.col(c)[rows].tolist() for c in query.min_group[0]), strict=True)
+                rows = rows[np.fromiter((k in groups for k in keys), dtype=bool, count=len(rows))]
+            if not len(rows):
+                continue
+            cols = [np.full(len(rows), chunk.period) if c == "period" else chunk.col(c)[rows] for c in group_by]
+            codes, values = factorize(*cols) if cols else (np.zeros(len(rows), dtype=np.intp), [()])
+            counts = np.bincount(codes * 256 + chunk.col("outcome")[rows], minlength=len(values) * 256)
+            for value, row in zip(values, counts.reshape(len(values), 256), strict=True):
+                key = value if len(group_by) > 1 else (value,) if group_by else ()
+                have = totals.get(key)
+                totals[key] = row if have is None else have + row
+        out = [(key, {names.get(i, "unknown"): int(row[i]) for i in np.flatnonzero(row).tolist()}, int(row.sum()))
+               for key, row in totals.items()]
+        out.sort(key=lambda kv: (-kv[2], kv[0]))
         if top:
-            sql += f" LIMIT {int(top)}"
-        width = len(group_by)
-        out = []
-        try:
-            for row in conn.execute(sql, args):
-                if not row[width]:
-                    continue
-                counts = {names[i]: int(c) for i, c in enumerate(row[width + 1:]) if c}
-                out.append((tuple(row[:width]), counts))
-        except sqlite3.Error as exc:
-            raise _read_error(self.path, exc) from exc
-        return out
+            out = out[:top]
+        return [(key, counts) for key, counts, _ in out]
 
     def periods(self, since_ns: int = 0, until_ns: int = 0, number: int = 100) -> list[PeriodRow]:
         """Periods (any state except open) overlapping the range, newest first."""
@@ -748,6 +889,79 @@ class Store:
             evictions=evictions, incomplete_periods=int(incomplete),
             schema_version=version,
         )
+
+
+def _chunk_mask(chunk: Chunk, q: FlowQuery) -> NDArray[np.bool_]:
+    """Which rows of a chunk ``q`` selects, as ``_where`` selects rows of a table (``min_group`` aside)."""
+    mask = np.ones(chunk.n, dtype=bool)
+    if q.since_ns:
+        mask &= chunk.col("end_ns") >= q.since_ns
+    if q.until_ns:
+        mask &= chunk.col("start_ns") <= q.until_ns
+    if q.after is not None:
+        end, table, row_id = q.after
+        ends = chunk.col("end_ns")
+        if table == TABLE_FINAL:
+            mask &= (ends > end) | ((ends == end) & (chunk.ids() > row_id))
+        elif table < TABLE_FINAL:
+            mask &= ends >= end
+        else:
+            mask &= ends > end
+    if q.equals:
+        mask &= _filter_mask(chunk, RowFilter(equals=q.equals))
+    if q.allow:
+        allowed = np.zeros(chunk.n, dtype=bool)
+        for f in q.allow:
+            allowed |= _filter_mask(chunk, f)
+        mask &= allowed
+    for f in q.deny:
+        mask &= ~_filter_mask(chunk, f)
+    return mask
+
+
+def _filter_mask(chunk: Chunk, f: RowFilter) -> NDArray[np.bool_]:
+    """``_filter_sql`` over a chunk's columns: text conditions are judged once per distinct value."""
+    mask = np.ones(chunk.n, dtype=bool)
+    for name, values in f.equals.items():
+        if name not in FLOW_FIELDS:
+            raise ValueError(f"unknown flow field {name!r}")
+        if not values:
+            continue
+        if name in _ENUM_CODES:
+            numbers = [_ENUM_CODES[name].get(str(v), -1) for v in values]
+            mask &= np.isin(chunk.col(name), numbers)
+        elif name in _TEXT_COLUMNS:
+            wanted = {str(v) for v in values}
+            mask &= chunk.text_mask(name, wanted.__contains__)
+        else:
+            col = chunk.col(name)
+            info = np.iinfo(col.dtype)
+            wanted_ints = np.array([int(v) for v in values if info.min <= int(v) <= info.max], dtype=col.dtype)
+            mask &= np.isin(col, wanted_ints)
+    if f.any_port:
+        ports = list(f.any_port)
+        mask &= np.isin(chunk.col("dport"), ports) | np.isin(chunk.col("sport"), ports)
+    if f.cgroup_prefixes:
+        prefixes = [p.rstrip("/") for p in f.cgroup_prefixes]
+        if "" not in prefixes:
+            mask &= chunk.text_mask("cgroup", lambda c: any(c == p or c.startswith(p + "/") for p in prefixes))
+    if f.dst:
+        exact = {d for d in f.dst if "/" not in d}
+        nets = ",".join(d for d in f.dst if "/" in d)
+        mask &= chunk.text_mask("dst", lambda d: d in exact or bool(nets and _in_nets(d, nets)))
+    return mask
+
+
+def _wire_lists(chunk: Chunk) -> tuple[list[list[Any]], list[Any], list[bool]]:
+    """A chunk's columns as lists of ``query_rows`` values (enums as wire numbers, u64 unsigned), its drop
+    reasons (None when empty) and each row's ``fixed`` flag."""
+    cols = [chunk.col(name).tolist() for name in FLOW_FIELDS]
+    drops = [d or None for d in chunk.col("drop_reasons").tolist()]
+    big = np.zeros(chunk.n, dtype=bool)
+    for name in U64_FIELDS:
+        big |= chunk.col(name) >= np.uint64(1 << 63)
+    fixed = (big | np.array([d is not None for d in drops], dtype=bool)).tolist()
+    return cols, drops, fixed
 
 
 def _read_error(path: Path, exc: sqlite3.Error) -> StoreError:

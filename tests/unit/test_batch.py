@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 
 from meshnode._batch import FlowBatch
 from meshnode._model import ENUM_NAMES, ENUM_NUMBERS
-from meshnode.store import Store
 from meshnode.v1 import flow_pb2
-from tests.unit._flows import T0, S, flow
+from tests.unit._flows import flow
 
 
 def test_enum_numbers_are_the_wire_numbers() -> None:
@@ -36,25 +33,3 @@ def test_records_round_trip_through_columns() -> None:
     assert batch.take(np.array([3, 0])).records() == [recs[3], recs[0]]
     assert batch.count_by("outcome", "proto") == {("established", "tcp"): 2, ("refused", "tcp"): 1,
                                                    ("udp_unanswered", "udp"): 1}
-
-
-def test_a_store_written_with_model_indices_is_renumbered_on_open(tmp_path) -> None:
-    recs = [flow(1), flow(2, outcome="timeout", direction="inbound", proto="udp", limited_by="app"),
-            flow(3, outcome="in_progress", kind="interim", fidelity="polled", limited_by="unknown")]
-    with Store(tmp_path / "m.db") as store:
-        seq = store.open_period(T0)
-        store.close_period(seq, T0 + 10 * S, recs[:2], recs[2:])
-    db = sqlite3.connect(tmp_path / "m.db")
-    # what schema 2 held: each value's index in the model's tuples (PROTOS, DIRECTIONS, OUTCOMES, ...)
-    for table in ("flows", "interim"):
-        db.execute(f"UPDATE {table} SET proto = CASE proto WHEN 6 THEN 0 ELSE 1 END, direction = direction - 1, "
-                   "outcome = outcome - 1, kind = kind - 1, fidelity = fidelity - 1, "
-                   "limited_by = CASE limited_by WHEN 0 THEN 4 ELSE limited_by - 1 END")
-    db.execute("PRAGMA user_version = 2")
-    db.commit()
-    db.close()
-    with Store(tmp_path / "m.db") as store, store.reader() as conn:
-        from meshnode.store import FlowQuery
-
-        got = [s.record for s in store.query_flows(FlowQuery(include_interim=True), conn)]
-    assert sorted(got, key=lambda r: r.flow_id) == recs

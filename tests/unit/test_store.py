@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -137,18 +138,19 @@ def test_retention_by_size_evicts_oldest(tmp_path: Path) -> None:
     seq = store.open_period(T0)
     total_evicted = 0
     fid = 0
-    for p in range(20):
-        batch = [flow(fid + i, comm=f"proc-{p}") for i in range(1, 201)]
-        fid += 200
+    for p in range(20):  # ~1.4 MB of flows by column (distinct values in every row: nothing shrinks to a constant)
+        batch = [flow(fid + i, comm=f"proc-{p}", pid=fid + i, bytes_tx=fid + i, bytes_rx=3 * (fid + i),
+                      packets_tx=i, srtt_us=7 * i, cwnd=i, cgroup=f"/c{i}") for i in range(1, 1001)]
+        fid += 1000
         _, seq, ev = store.close_period(seq, T0 + (p + 1) * S, batch, [], "", next_start_ns=T0 + (p + 1) * S)
         total_evicted += ev
         assert store._live_bytes() <= limit
     rows = _all(store)
     stats = store.stats()
     assert total_evicted > 0 and stats.evictions == total_evicted
-    assert len(rows) + total_evicted == 4000 and stats.rows == len(rows)
+    assert len(rows) + total_evicted == 20000 and stats.rows == len(rows)
     ids = [r.record.flow_id for r in rows]
-    assert ids == list(range(4001 - len(rows), 4001))  # the newest survive, oldest went first
+    assert ids == list(range(20001 - len(rows), 20001))  # the newest survive, oldest went first
     store.close()
 
 
@@ -212,17 +214,62 @@ def test_sigkill_mid_period_loses_nothing_exported(tmp_path: Path) -> None:
 
 
 def test_new_model_fields_get_columns(tmp_path: Path) -> None:
-    """A store written before a FlowRecord field existed gains the column (zero value) on open."""
+    """A store written before a FlowRecord field existed: the interim table gains the column (zero value) on
+    open, and a chunk without the field reads it as its zero value."""
     path = tmp_path / "m.db"
-    Store(path).close()
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("ALTER TABLE flows DROP COLUMN reordering")
-    conn.execute("ALTER TABLE interim DROP COLUMN reordering")
-    conn.close()
     with Store(path) as store:
         seq = store.open_period(T0)
         store.close_period(seq, T0 + S, [flow(1, reordering=3)], [], "")
-        assert [r.record.reordering for r in _all(store)] == [3]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE interim DROP COLUMN reordering")
+    (data,) = conn.execute("SELECT data FROM chunks").fetchone()
+    head_len = int.from_bytes(data[4:8], "little")
+    head = json.loads(data[8:8 + head_len])
+    del head["cols"]["reordering"]  # as a chunk written before the field existed
+    new_head = json.dumps(head).encode()
+    conn.execute("UPDATE chunks SET data = ?",
+                 (data[:4] + len(new_head).to_bytes(4, "little") + new_head + data[8 + head_len:],))
+    conn.close()
+    with Store(path) as store:
+        seq = store.open_period(T0 + S)
+        store.close_period(seq, T0 + 2 * S, [flow(2, reordering=5)], [flow(3, kind="interim", reordering=4)], "")
+        assert [r.record.reordering for r in _all(store, include_interim=True)] == [0, 5, 4]
+
+
+def test_a_row_store_is_moved_into_chunks_and_renumbered_on_open(tmp_path: Path) -> None:
+    """Schema 2 held a row per final flow and enums as the model's tuple indices: on open the rows become
+    chunks (keys kept) and every value reads back as written."""
+    from meshnode.store._store import encode_row
+
+    path = tmp_path / "m.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for stmt in (*MIGRATIONS[0], *MIGRATIONS[1]):
+        conn.execute(stmt)
+    recs = [flow(1), flow(2, outcome="timeout", direction="inbound", proto="udp", limited_by="app"),
+            flow(3, outcome="refused", drop_reasons={"NO_SOCKET": 1}, drops=1), flow(4, fidelity="polled")]
+    cols = len(encode_row(1, 1, recs[0]))
+    for period, (row_id, rec) in ((1, (10, recs[0])), (1, (11, recs[1])), (2, (12, recs[2])), (2, (20, recs[3]))):
+        conn.execute(f"INSERT INTO flows VALUES ({', '.join('?' * cols)})", encode_row(row_id, period, rec))
+    interim = flow(5, kind="interim", outcome="in_progress", limited_by="unknown")
+    conn.execute(f"INSERT INTO interim VALUES ({', '.join('?' * cols)})", encode_row(5, 2, interim))
+    for table in ("flows", "interim"):  # what schema 2 held: indices in PROTOS, DIRECTIONS, OUTCOMES, ...
+        conn.execute(f"UPDATE {table} SET proto = CASE proto WHEN 6 THEN 0 ELSE 1 END, direction = direction - 1, "
+                     "outcome = outcome - 1, kind = kind - 1, fidelity = fidelity - 1, "
+                     "limited_by = CASE limited_by WHEN 0 THEN 4 ELSE limited_by - 1 END")
+    conn.execute("INSERT INTO periods (seq, start_ns, end_ns, state) VALUES (1, 1, 2, 'closed'), (2, 2, 3, 'closed')")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with Store(path) as store:
+        got = _all(store, include_interim=True)
+        assert [g.record for g in got] == [*recs, interim]
+        assert [g.key[2] for g in got][:4] == [10, 11, 12, 20] and [g.period for g in got][:4] == [1, 1, 2, 2]
+        assert store.stats().rows == 4
+        seq = store.open_period(T0 + 100 * S)
+        store.close_period(seq, T0 + 101 * S, [flow(6, end_ns=T0 + 101 * S)], [], "")
+        assert _all(store)[-1].key[2] == 21  # ids go on after the moved rows
+        with store.reader() as c:
+            assert not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'flows'").fetchone()
 
 
 def test_writes_from_two_threads_are_serialised(tmp_path: Path) -> None:
