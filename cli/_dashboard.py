@@ -14,8 +14,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli._units import format_bytes, format_count, format_percent, format_seconds, format_us
-from cli._views import event_detail, fit_left, process, table, useful_text
+from cli._units import format_bytes, format_count, format_percent, format_seconds, format_us, process
+from cli._views import event_detail, fit_left, table, useful_text
 
 SORT_KEYS: Final = ("flows", "failures", "bytes", "rtt", "retransmits")
 BLOCKS: Final = "▁▂▃▄▅▆▇█"
@@ -177,7 +177,8 @@ def _events(events: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: b
         t.add_column("DETAIL", width=15, no_wrap=True, overflow="ellipsis")
     for e in list(events)[-n:] if n > 0 else []:
         f = e.get("flow") or {}
-        t.add_row(format_clock(e["time_ns"]), e["type"], process(f.get("comm", ""), f.get("pid", 0), pw),
+        t.add_row(format_clock(e["time_ns"]), e["type"],
+                  process(f.get("comm", ""), f.get("pid", 0), pw, f.get("thread", "")),
                   endpoint(f.get("dst", ""), f.get("dport", 0), 21 if not wide else 41) if f.get("dst") else "-",
                   event_detail(e))
     return t

@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Final, TextIO
 
 from cli._convert import _ENUM_TABLES
-from cli._units import format_bytes, format_clock, format_seconds, format_us
+from cli._units import format_bytes, format_clock, format_seconds, format_us, process
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,9 +49,9 @@ WIDE: Final = (("TIME", 8, False), ("PROCESS", 20, False), ("SOURCE", 21, False)
 CGROUP_MIN: Final = 10
 _OUTCOME_COL: Final = 3
 
-_get: Final = attrgetter("end_ns", "start_ns", "comm", "pid", "dst", "dport", "outcome", "bytes_tx", "bytes_rx",
-                         "srtt_us", "src", "sport", "direction", "proto", "retransmits", "kind", "service",
-                         "cgroup")
+_get: Final = attrgetter("end_ns", "start_ns", "comm", "thread", "pid", "dst", "dport", "outcome", "bytes_tx",
+                         "bytes_rx", "srtt_us", "src", "sport", "direction", "proto", "retransmits", "kind",
+                         "service", "cgroup")
 
 
 def _fit(text: str, width: int) -> str:
@@ -69,23 +69,14 @@ def endpoint(addr: str, port: int, width: int = 21) -> str:
     return fit_left(f"{host}:{port}" if port else host, width)
 
 
-def process(comm: str, pid: int, width: int = 0) -> str:
-    """As ``cli._views.process``."""
-    name = comm or "?"
-    suffix = f"/{pid}" if pid else ""
-    if width and len(name) + len(suffix) > width:
-        name = name[: max(1, width - len(suffix) - 1)] + "…"
-    return name + suffix
-
-
 def _cells(f: flow_pb2.Flow, wide: bool, pw: int) -> tuple[list[str], str] | None:
-    (end, start, comm, pid, dst, dport, outcome, tx, rx, srtt, src, sport, direction, proto, retx, kind,
+    (end, start, comm, thread, pid, dst, dport, outcome, tx, rx, srtt, src, sport, direction, proto, retx, kind,
      service, cgroup) = _get(f)
-    names = comm + service + cgroup
+    names = comm + thread + service + cgroup
     if not (names + dst + src).isascii() or not names.isprintable():
         return None
     outcome_name = _OUTCOME.get(outcome, str(outcome))
-    cells = [format_clock(end or start), process(comm, pid, pw)]
+    cells = [format_clock(end or start), process(comm, pid, pw, thread)]
     if wide:
         cells += [endpoint(src, sport, 21), _DIR_SHORT.get(_DIRECTION.get(direction, ""), "?"),
                   _PROTO.get(proto, str(proto))]

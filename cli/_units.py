@@ -125,3 +125,23 @@ def format_count(n: int) -> str:
     if n < 10_000_000:
         return f"{n / 1000:.0f}k"
     return f"{n / 1_000_000:.1f}M"
+
+
+def process(comm: str, pid: int, width: int = 0, thread: str = "") -> str:
+    """``curl/1234``, ``dig[isc-net-0000]/1234`` when a thread other than the main one used the socket;
+    ``?`` for flows the sensor could not attribute.
+
+    Within ``width`` the pid is kept and the thread's name is shortened first (``dig[is…]/12345``), then
+    dropped, then the process's name is shortened (``fakecli…/777``): which program it was matters most.
+    """
+    name = comm or "?"
+    suffix = f"/{pid}" if pid else ""
+    tag = f"[{thread}]" if thread else ""
+    if not width or len(name) + len(tag) + len(suffix) <= width:
+        return name + tag + suffix
+    room = width - len(name) - len(suffix) - 2
+    if thread and room >= 2:
+        return f"{name}[{thread[:room - 1]}…]{suffix}"
+    if len(name) + len(suffix) > width:
+        name = name[: max(1, width - len(suffix) - 1)] + "…"
+    return name + suffix

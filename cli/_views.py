@@ -21,6 +21,7 @@ from cli._units import (
     format_percent,
     format_seconds,
     format_us,
+    process,
 )
 
 FAILED: Final = frozenset({"refused", "timeout", "reset", "udp_unanswered"})
@@ -66,16 +67,6 @@ def fit_left(text: str, width: int) -> str:
     return text if width <= 0 or len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
-def process(comm: str, pid: int, width: int = 0) -> str:
-    """``curl/1234``; ``?`` for flows the sensor could not attribute. Within ``width``, the name is
-    shortened and the pid kept (``fakecli…/777``)."""
-    name = comm or "?"
-    suffix = f"/{pid}" if pid else ""
-    if width and len(name) + len(suffix) > width:
-        name = name[: max(1, width - len(suffix) - 1)] + "…"
-    return name + suffix
-
-
 def outcome_text(outcome: str) -> Text:
     """The outcome's short label, red when the flow failed."""
     return Text(OUTCOME_LABEL.get(outcome, outcome), style=_OUTCOME_STYLE.get(outcome, ""))
@@ -108,7 +99,7 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
     for r in rows:
         cells: list[RenderableType] = [
             format_clock(r["end_ns"] or r["start_ns"]),
-            process(r["comm"], r["pid"], pw),
+            process(r["comm"], r["pid"], pw, r.get("thread", "")),
         ]
         if wide:
             cells += [endpoint(r["src"], r["sport"], 21), {"outbound": "out", "inbound": "in"}.get(
@@ -167,7 +158,7 @@ def events_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain
         t.add_row(
             format_clock(e["time_ns"]),
             Text(e["type"], style="" if e["type"] in ("rtt_shift", "zero_window") else "red"),
-            process(f.get("comm", ""), f.get("pid", 0), pw),
+            process(f.get("comm", ""), f.get("pid", 0), pw, f.get("thread", "")),
             endpoint(f.get("dst", ""), f.get("dport", 0)) if f.get("dst") else "-",
             event_detail(e),
         )

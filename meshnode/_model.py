@@ -54,7 +54,9 @@ class FlowRecord:
     """One 5-tuple owned by one socket in one network namespace, seen from this host.
 
     ``src``/``sport`` are always the local end. Counters are totals since the flow started; an interim
-    record (``kind="interim"``) is a flow still active when its export period closed.
+    record (``kind="interim"``) is a flow still active when its export period closed. ``comm`` is the
+    process's name as ``ps`` shows it (its main thread's); ``thread`` is the name of the thread that used the
+    socket where it differs (a runtime's worker: ``isc-net-0000``, ``event_engine``), else empty.
     """
 
     flow_id: int
@@ -66,6 +68,7 @@ class FlowRecord:
     direction: str
     pid: int = 0
     comm: str = ""
+    thread: str = ""
     cgroup: str = ""
     cgroup_id: int = 0
     netns: int = 0
@@ -119,7 +122,7 @@ class FlowRecord:
         """A record from every field's value, positionally in declaration order (``drop_reasons`` last).
 
         For decoders that produce every field anyway (the eBPF sensor, store rows): about 1.5 us where the
-        frozen dataclass's ``__init__`` takes 6-9 us, because it sets each of the 40 slots through
+        frozen dataclass's ``__init__`` takes 6-9 us, because it sets each of its ~40 slots through
         ``object.__setattr__``. The values are built on a plain slotted twin of this class (same slots,
         same layout), which is then re-typed as a FlowRecord; the result is indistinguishable from one
         made by ``__init__``. No defaults and no checks: pass exactly ``len(dataclasses.fields(cls))``.
@@ -253,9 +256,9 @@ def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:
         "flow_id": msg.flow_id, "node_id": msg.node_id, "src": msg.src, "sport": msg.sport, "dst": msg.dst,
         "dport": msg.dport, "proto": _NUM_PROTO.get(msg.proto, "unknown"),
         "direction": enum(flow_pb2.Direction, msg.direction, "unknown"),
-        "pid": msg.pid, "comm": msg.comm, "cgroup": msg.cgroup, "cgroup_id": msg.cgroup_id, "netns": msg.netns,
-        "start_ns": msg.start_ns, "end_ns": msg.end_ns, "bytes_tx": msg.bytes_tx, "bytes_rx": msg.bytes_rx,
-        "packets_tx": msg.packets_tx, "packets_rx": msg.packets_rx,
+        "pid": msg.pid, "comm": msg.comm, "thread": msg.thread, "cgroup": msg.cgroup, "cgroup_id": msg.cgroup_id,
+        "netns": msg.netns, "start_ns": msg.start_ns, "end_ns": msg.end_ns, "bytes_tx": msg.bytes_tx,
+        "bytes_rx": msg.bytes_rx, "packets_tx": msg.packets_tx, "packets_rx": msg.packets_rx,
         "outcome": enum(flow_pb2.Outcome, msg.outcome, "unknown"),
         "retransmits": msg.retransmits, "srtt_us": msg.srtt_us, "min_rtt_us": msg.min_rtt_us,
         "max_rtt_us": msg.max_rtt_us, "cwnd": msg.cwnd, "cwnd_min": msg.cwnd_min, "cwnd_max": msg.cwnd_max,

@@ -1,7 +1,8 @@
 """``meshnode capture``: the sensor alone, printing each flow as it ends (like tcplife, exact and richer).
 
-Human output is one aligned line per flow in 80 columns; ``--json`` prints one JSON object per ended flow
-(DESIGN field names), flushes active flows as interim records at exit, then one final
+Human output is one aligned line per flow in 80 columns, then the name of the thread that used the socket
+in brackets where it is not the process's (``dig`` ... ``[isc-net-0000]``); ``--json`` prints one JSON
+object per ended flow (DESIGN field names), flushes active flows as interim records at exit, then one final
 ``{"completeness": {...}}`` object. Ctrl-C (or ``--duration``) ends it cleanly.
 """
 
@@ -65,10 +66,11 @@ def endpoint(addr: str, port: int, width: int = 21) -> str:
 
 
 def human_line(f: FlowRecord) -> str:
-    """One flow in 80 columns."""
-    return (f"{f.pid:>7} {f.comm[:10]:<10} {'T' if f.proto == 'tcp' else 'U'} {endpoint(f.src, f.sport, 17):<17} "
+    """One flow in 80 columns, and `` [thread]`` past them when a thread other than the main one used it."""
+    line = (f"{f.pid:>7} {f.comm[:10]:<10} {'T' if f.proto == 'tcp' else 'U'} {endpoint(f.src, f.sport, 17):<17} "
             f"{endpoint(f.dst, f.dport):<21} {_short_outcome(f.outcome):<7} {human_size(f.bytes_tx):>5} "
             f"{human_size(f.bytes_rx):>5}")
+    return f"{line} [{f.thread}]" if f.thread else line
 
 
 def _short_outcome(outcome: str) -> str:

@@ -37,6 +37,8 @@ from probes._errors import ProbeCompileError, ProbeError
 from probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reason_names
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from probes._records import PendingRow, TcpFlowRow, UdpFlowRow
     from probes._sockdiag import TcpInfo
 
@@ -58,7 +60,8 @@ _IN_PROGRESS = ENUM_NUMBERS["outcome"]["in_progress"]
 # The kernel writes meshnode.v1's outcome numbers (meshnode.h); any other value is a flow in progress.
 _KERNEL_OUTCOMES = tuple(ENUM_NUMBERS["outcome"][name] for name in rec.OUTCOME_NAMES.values())
 _NO_REASONS: dict[str, int] = {}
-_MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full")
+_MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full",
+             "proc_map_full")
 
 
 class EbpfSensor:
@@ -120,6 +123,9 @@ class EbpfSensor:
         self._clock_offset = time.time_ns() - time.monotonic_ns()
         self._counters = self._probes.counters()
         self._reasons = drop_reason_names()
+        gaps = self._probes.process_name_gaps()
+        if gaps:
+            log.warning("process names may be missing or stale: %s", "; ".join(gaps))
         self._started = True
 
     def close(self) -> None:
@@ -181,9 +187,11 @@ class EbpfSensor:
         pids = arr["pid"]
         owner_codes, owners = factorize(pids, arr["comm"], arr["cgroup_id"])
         comm = np.empty(len(owners), dtype=object)
+        thread = np.empty(len(owners), dtype=object)
         cgroup = np.empty(len(owners), dtype=object)
+        self._process_names([o[0] for o in owners])
         for i, (pid, raw_comm, cgroup_id) in enumerate(owners):
-            comm[i] = self._comm(pid, rec.comm_of(bytes(raw_comm)))
+            comm[i], thread[i] = self._owner(pid, rec.comm_of(bytes(raw_comm)))
             cgroup[i] = self._cgroup(cgroup_id, pid)
         ports = np.where(inbound, arr["sport"], arr["dport"])
         uports, port_codes = np.unique(ports, return_inverse=True)
@@ -197,7 +205,8 @@ class EbpfSensor:
             "flow_id": cookies, "src": src, "sport": arr["sport"], "dst": dst, "dport": arr["dport"],
             "proto": np.full(n, _TCP, dtype=np.uint8),
             "direction": np.where(inbound, _INBOUND, _OUTBOUND).astype(np.uint8),
-            "pid": pids, "comm": comm[owner_codes], "cgroup": cgroup[owner_codes], "cgroup_id": arr["cgroup_id"],
+            "pid": pids, "comm": comm[owner_codes], "thread": thread[owner_codes], "cgroup": cgroup[owner_codes],
+            "cgroup_id": arr["cgroup_id"],
             "netns": arr["netns"], "start_ns": arr["start_ns"].astype(np.int64) + self._clock_offset,
             "end_ns": arr["last_ns"].astype(np.int64) + self._clock_offset,
             "bytes_tx": arr["bytes_tx"], "bytes_rx": arr["bytes_rx"], "packets_tx": segs_out,
@@ -260,7 +269,7 @@ class EbpfSensor:
         lines: list[bytes] = []
         append = lines.append
         ended = batch.records
-        template, owner_template = _TCP_END_LINE, _OWNER_TEXT
+        template = _TCP_END_LINE
         outcomes, in_progress = _OUTCOME_TEXT, b'"in_progress"'
         inbound, outbound, unknown, no_reasons = b'"inbound"', b'"outbound"', b'"unknown"', b"{}"
         f_inet6, f_inbound, f_synack, tcp_end = rec.F_INET6, rec.F_INBOUND, rec.F_SYNACK, rec.EV_TCP_END
@@ -296,9 +305,7 @@ class EbpfSensor:
                 dst = addrs.get(daddr) or self._json_addr(flags, daddr)
                 owner = owners.get((pid, comm, cgroup_id))
                 if owner is None:
-                    owner = owners[(pid, comm, cgroup_id)] = owner_template % (
-                        pid, _json_bytes(self._comm(pid, rec.comm_of(comm))),
-                        _json_bytes(self._cgroup(cgroup_id, pid)), cgroup_id)
+                    owner = owners[(pid, comm, cgroup_id)] = self._owner_text(pid, comm, cgroup_id)
                 port = sport if flags & f_inbound else dport
                 service = services.get(port)
                 if service is None:
@@ -366,8 +373,10 @@ class EbpfSensor:
         gc_was_enabled = gc.isenabled()
         gc.disable()  # as in poll_json: the loop makes no cycles
         try:
-            for k in native.unresolved(data, count, stride, skip):  # new owners and services, once each
-                v = rec.EVENT_STRUCT.unpack_from(data, k * stride + skip)
+            new = [rec.EVENT_STRUCT.unpack_from(data, k * stride + skip)  # new owners and services, once each
+                   for k in native.unresolved(data, count, stride, skip)]
+            self._process_names([v[25] for v in new])
+            for v in new:
                 self._native_owner(native, v)
                 self._native_service(native, v)
             while i < count:
@@ -415,9 +424,13 @@ class EbpfSensor:
     def _native_owner(self, native: NativeJson, v: tuple[Any, ...]) -> bool:
         """Give C a raw TCP end record's owner text, made as poll_json makes it; False if its table is full."""
         pid, comm, cgroup_id = v[25], v[37], v[9]
-        return native.set_owner(pid, comm, cgroup_id, _OWNER_TEXT % (
-            pid, _json_bytes(self._comm(pid, rec.comm_of(comm))), _json_bytes(self._cgroup(cgroup_id, pid)),
-            cgroup_id))
+        return native.set_owner(pid, comm, cgroup_id, self._owner_text(pid, comm, cgroup_id))
+
+    def _owner_text(self, pid: int, raw_comm: bytes, cgroup_id: int) -> bytes:
+        """The owner fields' JSON text (``_OWNER_TEXT``) of a ring record's pid, kernel comm and cgroup."""
+        comm, thread = self._owner(pid, rec.comm_of(raw_comm))
+        return _OWNER_TEXT % (pid, _json_bytes(comm), _json_bytes(thread), _json_bytes(self._cgroup(cgroup_id, pid)),
+                              cgroup_id)
 
     def _native_service(self, native: NativeJson, v: tuple[Any, ...]) -> None:
         """Give C the service text of a raw TCP end record's port (the peer's, or ours when inbound)."""
@@ -600,18 +613,36 @@ class EbpfSensor:
     def _wall(self, mono_ns: int) -> int:
         return mono_ns + self._clock_offset
 
-    def _comm(self, pid: int, kernel_comm: str) -> str:
-        """The process name: the main thread's comm while the process lives (the kernel side sees the
-        name of whichever thread made the call, e.g. a runtime's worker), else what the kernel saw."""
+    def _process_names(self, pids: Iterable[int]) -> None:
+        """Look up the names of those ``pids`` not cached (or cached longer than ``_COMM_TTL_S`` ago): the
+        kernel side's (once the probes are open), which outlive the process, else /proc's for the living;
+        '' when neither knows.
+
+        One kernel lookup a pid (2.8 us), so a poll resolves each of its distinct owners' pids once.
+        """
         now = time.monotonic()
+        comms = self._comms
+        stale = {p for p in pids if (hit := comms.get(p)) is None or now - hit[0] >= _COMM_TTL_S}
+        if not stale:
+            return
+        known = self._probes.process_names(stale) if self._started else {}
+        if len(comms) + len(stale) > 8192:
+            comms.clear()
+        for pid in stale:
+            comms[pid] = (now, known.get(pid) or proc_comm(pid))
+
+    def _owner(self, pid: int, kernel_comm: str) -> tuple[str, str]:
+        """``(comm, thread)`` of a flow: the process's name as ps shows it (its thread-group leader's), and
+        the kernel's comm (the thread that used the socket: a runtime's worker) where that differs, else ''.
+
+        Without a process name (the kernel side and /proc both lack it) the kernel's comm is the name.
+        """
         hit = self._comms.get(pid)
-        if hit is not None and now - hit[0] < _COMM_TTL_S:
-            return hit[1] or kernel_comm or self._probes.comm(pid)
-        name = proc_comm(pid)
-        if len(self._comms) > 8192:
-            self._comms.clear()
-        self._comms[pid] = (now, name)
-        return name or kernel_comm or self._probes.comm(pid)
+        if hit is None or time.monotonic() - hit[0] >= _COMM_TTL_S:
+            self._process_names((pid,))
+            hit = self._comms[pid]
+        comm = hit[1] or kernel_comm or self._probes.comm(pid)
+        return comm, kernel_comm if kernel_comm and kernel_comm != comm else ""
 
     def _cgroup(self, cgroup_id: int, pid: int) -> str:
         return self._cgroups.path(cgroup_id) or proc_cgroup(pid)
@@ -636,9 +667,10 @@ class EbpfSensor:
         if info is not None:
             rttvar, delivery_rate = info.rttvar or 0, info.delivery_rate or 0
             lost, reordering, min_rtt = info.lost or 0, info.reordering or 0, info.min_rtt or min_rtt
+        name, thread = self._owner(pid, comm)
         return FlowRecord.from_fields(
             cookie or _synthetic_id(netns, src, sport, dst, dport, start_ns),  # flow_id
-            src, sport, dst, dport, "tcp", direction, pid, self._comm(pid, comm),
+            src, sport, dst, dport, "tcp", direction, pid, name, thread,  # .. comm, thread
             self._cgroup(cgroup_id, pid), cgroup_id, netns,
             start_ns + offset, (last_ns if final else time.monotonic_ns()) + offset,  # start_ns, end_ns
             bytes_tx, bytes_rx, packets_tx, packets_rx, outcome, retransmits,
@@ -650,14 +682,15 @@ class EbpfSensor:
         )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
-        comm = self._comm(r.pid, "")
+        # UDP rows carry no comm: the kernel side's for the task group (the first thread seen on a socket)
+        comm, thread = self._owner(r.pid, self._probes.comm(r.pid))
         answered = r.packets_tx > 0 and r.packets_rx > 0
         first_req, first_ans = ((r.first_tx_ns, r.first_rx_ns) if r.direction == "outbound"
                                 else (r.first_rx_ns, r.first_tx_ns))
         reasons = self._drops(r.sk, final)
         return FlowRecord(
             flow_id=_udp_flow_id(r), src=r.src, sport=r.sport, dst=r.dst, dport=r.dport, proto="udp",
-            direction=r.direction, pid=r.pid, comm=comm, cgroup=self._cgroup(r.cgroup_id, r.pid),
+            direction=r.direction, pid=r.pid, comm=comm, thread=thread, cgroup=self._cgroup(r.cgroup_id, r.pid),
             cgroup_id=r.cgroup_id, netns=r.netns, start_ns=self._wall(r.first_ns),
             end_ns=self._wall(r.last_ns if final else time.monotonic_ns()), bytes_tx=r.bytes_tx,
             bytes_rx=r.bytes_rx, packets_tx=r.packets_tx, packets_rx=r.packets_rx,
@@ -696,8 +729,9 @@ def _tcp_end_templates() -> tuple[bytes, bytes]:
     """The JSON line of a final eBPF TCP record as one bytes %-template, and the owner fields' template.
 
     Built from the model's fields so that it follows them: keys and separators as ``to_json_text`` (and
-    ``json.dumps``) write them; the fields that are the same for every such record are written in; the four
-    owner fields (pid, comm, cgroup, cgroup_id) are one slot, filled from the owner template. Ints are
+    ``json.dumps``) write them; the fields that are the same for every such record are written in; the five
+    owner fields (pid, comm, thread, cgroup, cgroup_id) are one slot, filled from the owner template (all
+    of them follow from the ring record's pid, kernel comm and cgroup id, the renderers' owner key). Ints are
     ``%d`` (exact ints print as json prints them), text ``%s`` (already JSON).
     """
     constant = {
@@ -705,13 +739,13 @@ def _tcp_end_templates() -> tuple[bytes, bytes]:
         "lost": "0", "reordering": "0", "node_id": '""',
     }
     text = ("src", "dst", "direction", "outcome", "limited_by", "service", "drop_reasons")
-    owner = ("pid", "comm", "cgroup", "cgroup_id")
+    owner = ("pid", "comm", "thread", "cgroup", "cgroup_id")
     names = [f.name for f in dataclasses.fields(FlowRecord)]
     at = names.index("pid")
     assert tuple(names[at:at + len(owner)]) == owner, names
     parts = [f"{json.dumps(n)}: {constant.get(n, '%s' if n in text else '%d')}" for n in names]
     parts[at:at + len(owner)] = ["%s"]
-    owner_text = ", ".join(f"{json.dumps(n)}: {'%s' if n in ('comm', 'cgroup') else '%d'}" for n in owner)
+    owner_text = ", ".join(f"{json.dumps(n)}: {'%s' if n in ('comm', 'thread', 'cgroup') else '%d'}" for n in owner)
     return ("{" + ", ".join(parts) + "}\n").encode("ascii"), owner_text.encode("ascii")
 
 

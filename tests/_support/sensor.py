@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from probes import _records as rec
 from probes._records import COUNTER_NAMES, UdpFlowRow
 
 NO_PID = 4_000_000_000  # no such process: the kernel's comm is what is reported
+NAMED_PID = 4_000_000_001  # no such process, but the kernel side names it (FakeProbes.process_names)
+NAMED = "leader-proc"
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
 
@@ -93,14 +95,17 @@ class FakeProbes:
         return dict(self.ctr)
 
     def comm(self, pid: int) -> str:
-        return "from-map" if pid == 31337 else ""
+        return "from-map" if pid in (31337, NAMED_PID) else ""
+
+    def process_names(self, tgids: Iterable[int]) -> dict[int, str]:
+        return {NAMED_PID: NAMED} if NAMED_PID in set(tgids) else {}
 
 
 def fake_sensor(tmp_path: Path, raws: list[tuple[Any, ...]], *, udp: list[UdpFlowRow] | None = None,
                 drops: dict[tuple[int, int], int] | None = None, state: Callable[[EbpfSensor], None] | None = None,
                 native: bool = False) -> EbpfSensor:
     """A sensor over FakeProbes; poll_json renders in Python unless ``native`` (then in C: it must be built)."""
-    sensor = EbpfSensor(cgroup_root=tmp_path)  # not started: the fake stands in for the kernel
+    sensor = EbpfSensor(cgroup_root=tmp_path)  # not opened: the fake stands in for the kernel
     if native:
         assert sensor._native_json() is not None, f"the C renderer does not load: {library_state()}"
     else:
@@ -111,6 +116,7 @@ def fake_sensor(tmp_path: Path, raws: list[tuple[Any, ...]], *, udp: list[UdpFlo
     sensor._clock_offset = 1_764_000_000_000_000_000
     sensor._reasons = {2: "NOT_SPECIFIED", 5: "NETFILTER_DROP"}
     sensor._last_udp_scan = -(10**30)
+    sensor._started = True  # as if start() had opened the fake
     if state is not None:
         state(sensor)
     return sensor

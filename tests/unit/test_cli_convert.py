@@ -12,7 +12,7 @@ from meshnode.v1 import flow_pb2, observer_pb2
 DESIGN_FIELDS = [
     "src", "sport", "dst", "dport", "proto", "direction", "pid", "comm", "cgroup", "netns", "start_ns", "end_ns",
     "bytes_tx", "bytes_rx", "packets_tx", "packets_rx", "outcome", "retransmits", "srtt_us", "min_rtt_us", "cwnd",
-    "limited_by",
+    "limited_by", "thread",
 ]
 
 
@@ -20,7 +20,7 @@ def _flows() -> list[flow_pb2.Flow]:
     return [
         flow_pb2.Flow(),
         flow_pb2.Flow(flow_id=2**63, src="fd00::1", sport=1, dst="fd00::2", dport=65535, proto=flow_pb2.UDP,
-                      direction=flow_pb2.INBOUND, pid=1, comm='we"ird\\ näme\n', cgroup="/a/b",
+                      direction=flow_pb2.INBOUND, pid=1, comm='we"ird\\ näme\n', thread="wörker\t1", cgroup="/a/b",
                       outcome=flow_pb2.UDP_UNANSWERED, limited_by=flow_pb2.RECEIVER_WINDOW,
                       kind=flow_pb2.INTERIM, fidelity=flow_pb2.POLLED, drop_reasons={"NO_SOCKET": 2, "A": 1},
                       bytes_tx=2**64 - 1, delivery_rate=123, service="domain"),

@@ -36,6 +36,7 @@ def varied(n: int, seed: int) -> list[flow_pb2.Flow]:
             dport=rng.choice([0, 53, 443, 65535]), proto=rng.choice([0, 6, 17, 99]),
             direction=rng.choice([0, 1, 2, 7]), pid=rng.choice([0, 1, 4194304]),
             comm=rng.choice(["", "curl", "a-very-long-process-name", "x" * 15, "[kworker]", "a b"]),
+            thread=rng.choice(["", "", "isc-net-0000", "w", "event_engine" + "x" * 3]),
             cgroup=rng.choice(["", "/", "/system.slice/nginx.service", "/lab/" + "c" * rng.randrange(1, 70)]),
             start_ns=rng.choice([0, end - rng.randrange(1, 10**12) if end else 0]), end_ns=end,
             bytes_tx=rng.choice([0, 999, 1000, 10**6, 1 << 50]), bytes_rx=rng.randrange(1 << 40),

@@ -132,9 +132,10 @@ def _row(**changes: Any) -> rec.TcpFlowRow:
 def _expected(sensor: Any, r: rec.TcpFlowRow, final: bool, reasons: dict[str, int], limit: str,
               info: Any = None) -> FlowRecord:
     """The conversion as it was written with keyword arguments (the reference for the positional one)."""
+    comm, thread = sensor._owner(r.pid, r.comm)
     out = FlowRecord(
-        flow_id=r.cookie, src=r.src, sport=r.sport, dst=r.dst, dport=r.dport, proto="tcp",
-        direction=r.direction, pid=r.pid, comm=sensor._comm(r.pid, r.comm), cgroup=sensor._cgroup(r.cgroup_id, r.pid),
+        flow_id=r.cookie, src=r.src, sport=r.sport, dst=r.dst, dport=r.dport, proto="tcp", direction=r.direction,
+        pid=r.pid, comm=comm, thread=thread, cgroup=sensor._cgroup(r.cgroup_id, r.pid),
         cgroup_id=r.cgroup_id, netns=r.netns, start_ns=r.start_ns + sensor._clock_offset,
         end_ns=r.last_ns + sensor._clock_offset, bytes_tx=r.bytes_tx, bytes_rx=r.bytes_rx,
         packets_tx=r.packets_tx, packets_rx=r.packets_rx, outcome=r.outcome, retransmits=r.retransmits,
@@ -158,7 +159,10 @@ def test_tcp_record_positional_equals_keyword_construction() -> None:
     sensor = EbpfSensor()  # not started: only the conversion is exercised
     sensor._clock_offset = 1_700_000_000_000_000_000
     r = _row()
-    assert sensor._tcp_record(r, final=True) == _expected(sensor, r, True, {}, "unknown")
+    first = sensor._tcp_record(r, final=True)
+    assert first == _expected(sensor, r, True, {}, "unknown")
+    # named as /proc names this process (the probes are not open); the kernel's comm is another thread's
+    assert (first.comm, first.thread) == (Path("/proc/self/comm").read_text().strip(), "kernel-comm")
     sensor._drops_by_sk[r.sk] = Counter({"NETFILTER_DROP": 2, "NO_SOCKET": 1})
     sensor._limits[r.cookie] = "receiver_window"
     got = sensor._tcp_record(r, final=True)

@@ -23,7 +23,7 @@ from meshnode.sensor._ebpf import EbpfSensor
 from probes import _records as rec
 from probes._errors import ProbeError
 from probes._records import UdpFlowRow
-from tests._support.sensor import NO_PID, fake_sensor, ip16, poll_both_ways, raw_event
+from tests._support.sensor import NAMED, NAMED_PID, NO_PID, fake_sensor, ip16, poll_both_ways, raw_event
 
 U64 = 2**64 - 1
 U32 = 2**32 - 1
@@ -66,6 +66,9 @@ def _varied(cg: int) -> list[tuple[Any, ...]]:
         raw_event(cookie=15, dport=22),
         raw_event(cookie=16, dport=48000),  # unnamed port
         raw_event(cookie=17, pid=os.getpid(), comm=b"kernel-name", cgroup_id=0),  # same owner, other cgroup
+        raw_event(cookie=18, pid=NAMED_PID, comm=b"worker-xyz"),  # named by the kernel side: a worker's flow
+        raw_event(cookie=19, pid=NAMED_PID, comm=NAMED.encode()),  # the leader's own: no thread
+        raw_event(cookie=20, pid=NAMED_PID, comm=b""),
     ]
     for i, outcome in enumerate((0, 1, 2, 3, 4, 5, 7, 255)):  # every outcome, and values no name is for
         out.append(raw_event(cookie=100 + i, outcome=outcome, src=f"10.1.0.{i}"))
@@ -83,6 +86,9 @@ def test_json_fast_path_equals_poll_and_json_line(tmp_path: Path, native: bool) 
     assert lines[9]["flow_id"] == U64 and lines[9]["bytes_tx"] == U64 and lines[9]["packets_tx"] == U32 + 256
     assert lines[3]["comm"] == 'a"b\\c\nd\te/é☃' and lines[2]["src"] == "192.0.2.7"
     assert lines[6]["comm"] == "from-map" and lines[7]["cgroup"].endswith('/lab/we"ird ä')
+    proc_name = Path("/proc/self/comm").read_text().strip()
+    assert [(ln["comm"], ln["thread"]) for ln in (lines[0], lines[7], *lines[14:17])] == [
+        ("curl", ""), (proc_name, "kernel-name"), (NAMED, "worker-xyz"), (NAMED, ""), (NAMED, "")]
     assert [ln["outcome"] for ln in lines[-8:]] == ["in_progress", "established", "refused", "timeout", "reset",
                                                      "in_progress", "in_progress", "in_progress"]
 

@@ -77,6 +77,7 @@ def test_capture_line_fits_80_columns() -> None:
     assert len(line) <= 80 and len(HEADER) <= 80
     assert line.split() == ["4194304", "a-very-lon", "T", "…6162:1::1]:51234", "…6e6c:6162:1::22]:443", "ok",
                             "1.2M", "7.3M"]
+    assert human_line(f.replace(thread="isc-net-0000")) == line + " [isc-net-0000]"  # the thread, past 80
 
 
 def test_human_size_and_endpoint() -> None:
