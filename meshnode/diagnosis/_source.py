@@ -38,7 +38,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
-from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
+import numpy as np
+
+from meshnode._batch import FlowBatch
+from meshnode._model import ENUM_NUMBERS, FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
 from meshnode.diagnosis._compare import PeerSample, samples_from_flows
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice, discovery_chatter, is_discovery, retry_advice
 from meshnode.diagnosis._transaction import (
@@ -50,6 +53,8 @@ from meshnode.diagnosis._transaction import (
 from meshnode.summary._problems import CONNECT_PENDING, OK, PENDING_CONNECT_US, pending_connect, problem_kind
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from meshnode.v1 import mesh_pb2
 
 HORIZON_NS: Final = 3600 * 1_000_000_000
@@ -110,6 +115,8 @@ def client_transactions(records: Iterable[FlowRecord], end_ns: int,
     connects pending longer than ``pending_us`` at ``end_ns`` (``connect_pending``); discovery chatter left
     out, as in ``transactions_from_flows``. Stateless: a flow pending at this period's end and ending in the
     next one is in both; ``ClientView`` counts it once."""
+    if isinstance(records, FlowBatch):  # only outbound finals and pending connects become records
+        records = records.take(_client_rows(records, end_ns, pending_us))
     out: list[ClientTxn] = []
     for r in records:
         if r.direction != "outbound" or is_discovery(r):
@@ -119,6 +126,19 @@ def client_transactions(records: Iterable[FlowRecord], end_ns: int,
         elif pending_connect(r, end_ns, pending_us):
             out.append((r, CONNECT_PENDING))
     return out
+
+
+def _client_rows(flows: FlowBatch, end_ns: int, pending_us: int) -> NDArray[np.bool_]:
+    """The flows ``client_transactions`` may count: outbound, and final (not in progress) or an interim TCP
+    connect still in progress that started ``pending_us`` before ``end_ns``."""
+    outcome, kind = flows["outcome"], flows["kind"]
+    in_progress = outcome == ENUM_NUMBERS["outcome"]["in_progress"]
+    final = (kind == ENUM_NUMBERS["kind"]["final"]) & ~in_progress
+    pending = ((kind == ENUM_NUMBERS["kind"]["interim"]) & in_progress
+               & (flows["proto"] == ENUM_NUMBERS["proto"]["tcp"])
+               & (flows["start_ns"] < end_ns - pending_us * 1000))
+    mask: NDArray[np.bool_] = (flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]) & (final | pending)
+    return mask
 
 
 class ClientView:
@@ -320,6 +340,9 @@ class NodeSource:
 
     def add_period(self, period_end_ns: int, records: Sequence[FlowRecord]) -> None:
         """One of this node's periods (its finals and interims; only outbound finals count)."""
+        if isinstance(records, FlowBatch):
+            records = records.take((records["kind"] == ENUM_NUMBERS["kind"]["final"])
+                                   & (records["direction"] == ENUM_NUMBERS["direction"]["outbound"]))
         finals = [r for r in records if r.kind == "final" and r.direction == "outbound"]
         txns = self._collapsed(self.view.period(period_end_ns, records))
         samples = samples_from_flows(finals, host=self.host, labels=self._labels)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 _MAGIC: Final = b"MNC1"
 _HEAD: Final = struct.Struct("<4sI")  # magic, header length
+_U64_MASK: Final = (1 << 64) - 1
+_WIDTHS: Final = ((0xFF, np.uint8), (0xFFFF, np.uint16), (0xFFFF_FFFF, np.uint32), (_U64_MASK, np.uint64))
 
 
 def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> bytes:
@@ -65,11 +67,20 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
             data = codes.tobytes()
             header["cols"][name] = {"dict": index, "at": offset, "len": len(data)}
         else:
-            data = np.ascontiguousarray(col).tobytes()
             if col.size and (col == col[0]).all():
                 header["cols"][name] = {"const": col[0].item()}
                 continue
-            header["cols"][name] = {"at": offset, "len": len(data)}
+            spec: dict[str, Any] = {}
+            if col.dtype.itemsize == 8:  # frame of reference: the distance from the chunk's minimum, narrow
+                bits = col.view(np.uint64)
+                base = col.min()
+                offsets = bits - np.uint64(int(base) & _U64_MASK)
+                width = next(dt for limit, dt in _WIDTHS if int(offsets.max()) <= limit)
+                data = offsets.astype(width).tobytes()
+                spec = {"base": int(base), "w": np.dtype(width).itemsize}
+            else:
+                data = np.ascontiguousarray(col).tobytes()
+            header["cols"][name] = {**spec, "at": offset, "len": len(data)}
         parts.append(data)
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -130,6 +141,10 @@ class Chunk:
             return arr
         raw = self._body[spec["at"]:spec["at"] + spec["len"]]
         if name not in OBJECT_FIELDS:
+            if "base" in spec:
+                narrow = np.frombuffer(raw, dtype=np.dtype(f"<u{spec['w']}"))
+                wide = narrow.astype(np.uint64) + np.uint64(spec["base"] & _U64_MASK)
+                return wide if dtype == np.uint64 else wide.view(np.int64)
             return np.frombuffer(raw, dtype=dtype)
         codes = np.frombuffer(raw, dtype=np.uint32)
         values: list[Any] = spec["dict"]
@@ -139,6 +154,18 @@ class Chunk:
         table[:] = values
         out: NDArray[Any] = table[codes]
         return out
+
+    def group_codes(self, name: str) -> tuple[NDArray[Any], list[Any]]:
+        """A column as small integer codes and the value of each code: a text column's dictionary codes
+        as stored (no string made a row), a numeric column's distinct values."""
+        spec = self._head["cols"].get(name)
+        if name in OBJECT_FIELDS and spec is not None and "dict" in spec:
+            raw = self._body[spec["at"]:spec["at"] + spec["len"]]
+            return np.frombuffer(raw, dtype=np.uint32), spec["dict"]
+        if spec is None or "const" in spec:
+            return np.zeros(self.n, dtype=np.uint32), self.col(name)[:1].tolist()
+        uniq, inverse = np.unique(self.col(name), return_inverse=True)
+        return inverse.reshape(self.n), uniq.tolist()
 
     def text_mask(self, name: str, predicate: Callable[[str], bool]) -> NDArray[np.bool_]:
         """Rows whose text column ``name`` satisfies ``predicate``, judged once per distinct value."""

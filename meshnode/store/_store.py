@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 import numpy as np
 
-from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch, factorize
+from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch
 from meshnode._exceptions import StoreError
 from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
 from meshnode.store._chunks import Chunk, ChunkRef, encode_chunk, merge_in_key_order
@@ -442,7 +442,8 @@ class Store:
                     self._insert_chunk(seq, first_id, fin)
                     # an interim row goes when its flow's final record comes; few finals had one
                     held = np.fromiter((r[0] for r in self._db.execute("SELECT id FROM interim")), dtype=np.int64)
-                    ended = np.intersect1d(fin["flow_id"].view(np.int64), held)
+                    fin_ids = fin["flow_id"].view(np.int64)
+                    ended = fin_ids[np.isin(fin_ids, held)]
                     if ended.size:
                         self._db.executemany("DELETE FROM interim WHERE id = ?", [(i,) for i in ended.tolist()])
                 if interim_rows:
@@ -808,29 +809,53 @@ class Store:
             if col not in FLOW_FIELDS and col != "period":
                 raise ValueError(f"unknown flow field {col!r}")
         names = ENUM_NAMES["outcome"]
-        totals: dict[tuple[Any, ...], np.ndarray[Any, Any]] = {}
         groups = self._min_groups(conn, query) if query.min_group is not None else None
+        # each group column's values get node-wide ids (chunk dictionaries map through a dict: a few hundred
+        # strings a chunk); rows are then counted once, in numpy, over all chunks
+        ids: list[dict[Any, int]] = [{} for _ in group_by]
+        keys: list[list[NDArray[np.int64]]] = [[] for _ in group_by]
+        outcomes: list[NDArray[np.int64]] = []
         for ref in self._chunk_refs(conn, query):
             chunk = self._chunk(conn, ref)
             rows = np.flatnonzero(_chunk_mask(chunk, query))
             if groups is not None and query.min_group is not None:
-                keys = zip(*(chunk.col(c)[rows].tolist() for c in query.min_group[0]), strict=True)
-                rows = rows[np.fromiter((k in groups for k in keys), dtype=bool, count=len(rows))]
+                in_group = zip(*(chunk.col(c)[rows].tolist() for c in query.min_group[0]), strict=True)
+                rows = rows[np.fromiter((k in groups for k in in_group), dtype=bool, count=len(rows))]
             if not len(rows):
                 continue
-            cols = [np.full(len(rows), chunk.period) if c == "period" else chunk.col(c)[rows] for c in group_by]
-            codes, values = factorize(*cols) if cols else (np.zeros(len(rows), dtype=np.intp), [()])
-            counts = np.bincount(codes * 256 + chunk.col("outcome")[rows], minlength=len(values) * 256)
-            for value, row in zip(values, counts.reshape(len(values), 256), strict=True):
-                key = value if len(group_by) > 1 else (value,) if group_by else ()
-                have = totals.get(key)
-                totals[key] = row if have is None else have + row
-        out = [(key, {names.get(i, "unknown"): int(row[i]) for i in np.flatnonzero(row).tolist()}, int(row.sum()))
-               for key, row in totals.items()]
+            for i, c in enumerate(group_by):
+                if c == "period":
+                    codes, values = np.zeros(len(rows), dtype=np.int64), [chunk.period]
+                else:
+                    all_codes, values = chunk.group_codes(c)
+                    codes = all_codes[rows].astype(np.int64)
+                table = ids[i]
+                to_id = np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64,
+                                    count=len(values))
+                keys[i].append(to_id[codes])
+            outcomes.append(chunk.col("outcome")[rows].astype(np.int64))
+        if not outcomes:
+            return []
+        key = np.zeros(sum(len(o) for o in outcomes), dtype=np.int64)
+        for i in range(len(group_by)):
+            key = key * max(1, len(ids[i])) + np.concatenate(keys[i])
+        uniq, inverse = np.unique(key, return_inverse=True)
+        counts = np.bincount(inverse.reshape(len(key)) * 256 + np.concatenate(outcomes),
+                             minlength=len(uniq) * 256).reshape(len(uniq), 256)
+        totals = counts.sum(axis=1)
+        values_of = [list(t) for t in ids]
+        out = []
+        for k, row, total in zip(uniq.tolist(), counts, totals.tolist(), strict=True):
+            parts = []
+            for i in reversed(range(len(group_by))):
+                k, code = divmod(k, max(1, len(ids[i])))
+                parts.append(values_of[i][code])
+            out.append((tuple(reversed(parts)), row, total))
         out.sort(key=lambda kv: (-kv[2], kv[0]))
         if top:
             out = out[:top]
-        return [(key, counts) for key, counts, _ in out]
+        return [(group, {names.get(i, "unknown"): int(row[i]) for i in np.flatnonzero(row).tolist()})
+                for group, row, _ in out]
 
     def periods(self, since_ns: int = 0, until_ns: int = 0, number: int = 100) -> list[PeriodRow]:
         """Periods (any state except open) overlapping the range, newest first."""

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, cast
 
 import grpc
+import numpy as np
 
+from meshnode._batch import as_batch, factorize
 from meshnode._exceptions import ConfigError
 from meshnode.mesh import MEMBER_CALLER, endpoint_records
 from meshnode.trust._challenge import DEFAULT_COUNT, ChallengeRefused, ChallengeWatch, tolerance
@@ -205,10 +207,15 @@ class MeshTrust:
     def decorate(self, digest: mesh_pb2.Digest, period: PeriodLike, records: Sequence[FlowRecord]) -> None:
         """Endpoint records of flows with other members, then the privacy policy (a digest decorator)."""
         owners = {self._normalize(a): n for a, n in self.owners().items()}
-        others = {r.dst for r in records
-                  if owners.get(self._normalize(r.dst), self.mesh.node_id) != self.mesh.node_id}
-        # FlowRecord is frozen; FlowLike declares plain attributes, which a frozen dataclass does not match
-        digest.endpoints.extend(endpoint_records(cast("Sequence[FlowLike]", records), others))
+        flows = as_batch(records)
+        codes, dsts = factorize(flows["dst"]) if flows else (np.zeros(0, dtype=np.intp), [])
+        member = [i for i, d in enumerate(dsts)
+                  if owners.get(self._normalize(d), self.mesh.node_id) != self.mesh.node_id]
+        if member:  # only the flows with other members become records (the rest is most of a busy period)
+            others = {dsts[i] for i in member}
+            with_members = flows.take(np.isin(codes, member))
+            # FlowRecord is frozen; FlowLike declares plain attributes, which a frozen dataclass does not match
+            digest.endpoints.extend(endpoint_records(cast("Sequence[FlowLike]", with_members), others))
         if self.lie is not None:
             n = apply_lie(self.lie, digest)
             log.warning("TEST FAULT %s: %s:%s misreported in %d endpoint record(s)", LIE_ENV, self.lie.kind,
