@@ -87,6 +87,47 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
     return _HEAD.pack(_MAGIC, len(head)) + head + b"".join(parts)
 
 
+COUNTED: Final = (("comm", "pid"), ("dst", "dport"))
+"""The group-bys whose outcome counts each chunk keeps (Health's; ``("period",)`` is the chunk's total)."""
+_OUTCOMES: Final = 8  # outcome numbers 0..7
+
+
+def encode_counts(flows: FlowBatch) -> bytes:
+    """A chunk's flows counted by outcome per ``COUNTED`` group-by, kept beside its columns so that Health
+    over whole chunks reads a few hundred groups instead of every row: per group-by the distinct texts
+    (JSON), then int64 pairs (text index, number) and uint32 counts per outcome."""
+    outcome = flows["outcome"].astype(np.intp)
+    header: dict[str, Any] = {}
+    parts: list[bytes] = []
+    for text, number in COUNTED:
+        text_codes, texts = factorize(flows[text])
+        codes, keys = factorize(text_codes, flows[number])
+        pairs = np.array(keys, dtype=np.int64).reshape(-1, 2)
+        counts = np.bincount(codes * _OUTCOMES + outcome, minlength=len(keys) * _OUTCOMES).astype(np.uint32)
+        header[text] = {"texts": texts, "groups": len(keys)}
+        parts += [pairs.tobytes(), counts.tobytes()]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _HEAD.pack(_MAGIC, len(head)) + head + b"".join(parts)
+
+
+def decode_counts(blob: bytes) -> dict[tuple[str, str], tuple[list[str], NDArray[np.int64], NDArray[np.uint32]]]:
+    """``encode_counts``'s groups: per group-by, the texts, the (text index, number) pairs and the counts
+    (groups x outcome numbers)."""
+    _, size = _HEAD.unpack_from(blob)
+    header = json.loads(blob[_HEAD.size:_HEAD.size + size])
+    at = _HEAD.size + size
+    out = {}
+    for text, number in COUNTED:
+        spec = header[text]
+        g = spec["groups"]
+        pairs = np.frombuffer(blob, dtype=np.int64, count=2 * g, offset=at).reshape(g, 2)
+        at += 16 * g
+        counts = np.frombuffer(blob, dtype=np.uint32, count=g * _OUTCOMES, offset=at).reshape(g, _OUTCOMES)
+        at += 4 * g * _OUTCOMES
+        out[(text, number)] = (spec["texts"], pairs, counts)
+    return out
+
+
 class Chunk:
     """One stored chunk, its columns decoded on first use."""
 
@@ -196,6 +237,7 @@ class ChunkRef:
     n: int
     min_end: int
     max_end: int
+    max_start: int
 
 
 Selected = tuple[Chunk, "NDArray[np.intp]"]

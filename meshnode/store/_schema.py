@@ -98,7 +98,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
         "CREATE TABLE chunks (id INTEGER PRIMARY KEY, period INTEGER NOT NULL, first_id INTEGER NOT NULL, "
         "n INTEGER NOT NULL, min_end INTEGER NOT NULL, max_end INTEGER NOT NULL, min_start INTEGER NOT NULL, "
-        "data BLOB NOT NULL)",
+        "max_start INTEGER NOT NULL, data BLOB NOT NULL, counts BLOB NOT NULL)",
         "CREATE INDEX chunks_max_end ON chunks (max_end)",
         "CREATE INDEX chunks_period ON chunks (period)",
     ),

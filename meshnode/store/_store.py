@@ -37,7 +37,15 @@ import numpy as np
 from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch
 from meshnode._exceptions import StoreError
 from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
-from meshnode.store._chunks import Chunk, ChunkRef, encode_chunk, merge_in_key_order
+from meshnode.store._chunks import (
+    COUNTED,
+    Chunk,
+    ChunkRef,
+    decode_counts,
+    encode_chunk,
+    encode_counts,
+    merge_in_key_order,
+)
 from meshnode.store._schema import ENUM_FIELDS, FLOW_FIELDS, MIGRATIONS, SCHEMA_VERSION, missing_columns
 
 if TYPE_CHECKING:
@@ -51,6 +59,7 @@ TABLE_INTERIM: Final = 1
 
 _ENUM_CODES: Final = ENUM_NUMBERS
 _TEXT_COLUMNS: Final = frozenset(TEXT_FIELDS)
+_OUTCOME_SLOTS: Final = 9
 _ENUM_POS: Final = tuple((FLOW_FIELDS.index(name), ENUM_NAMES[name]) for name in ENUM_FIELDS)
 # u64 identifiers (socket and netns cookies, cgroup ids) are kept in SQLite's signed 64-bit integers.
 _U64_POS: Final = tuple(FLOW_FIELDS.index(n) for n in ("flow_id", "cgroup_id", "netns"))
@@ -360,9 +369,10 @@ class Store:
 
     def _insert_chunk(self, period: int, first_id: int, flows: FlowBatch) -> None:
         self._db.execute(
-            "INSERT INTO chunks (period, first_id, n, min_end, max_end, min_start, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (period, first_id, n, min_end, max_end, min_start, max_start, data, counts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (period, first_id, flows.n, int(flows["end_ns"].min()), int(flows["end_ns"].max()),
-             int(flows["start_ns"].min()), encode_chunk(flows)),
+             int(flows["start_ns"].min()), int(flows["start_ns"].max()), encode_chunk(flows), encode_counts(flows)),
         )
 
     def _recover(self) -> int:
@@ -526,9 +536,11 @@ class Store:
             evicted += chunk.n - len(keep)
             flows = chunk.batch(keep)
             self._db.execute(
-                "UPDATE chunks SET n = ?, min_end = ?, max_end = ?, min_start = ?, data = ? WHERE id = ?",
+                "UPDATE chunks SET n = ?, min_end = ?, max_end = ?, min_start = ?, max_start = ?, data = ?, "
+                "counts = ? WHERE id = ?",
                 (len(keep), int(flows["end_ns"].min()), int(flows["end_ns"].max()), int(flows["start_ns"].min()),
-                 encode_chunk(flows, ids=chunk.ids()[keep]), chunk_id),
+                 int(flows["start_ns"].max()), encode_chunk(flows, ids=chunk.ids()[keep]), encode_counts(flows),
+                 chunk_id),
             )
         return int(evicted)
 
@@ -645,7 +657,7 @@ class Store:
         if q.after is not None:
             where.append("max_end >= ?")
             args.append(q.after[0])
-        sql = "SELECT id, period, first_id, n, min_end, max_end FROM chunks"
+        sql = "SELECT id, period, first_id, n, min_end, max_end, max_start FROM chunks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         try:
@@ -811,11 +823,36 @@ class Store:
         names = ENUM_NAMES["outcome"]
         groups = self._min_groups(conn, query) if query.min_group is not None else None
         # each group column's values get node-wide ids (chunk dictionaries map through a dict: a few hundred
-        # strings a chunk); rows are then counted once, in numpy, over all chunks
+        # strings a chunk); (key, outcome, weight) entries are then counted once, in numpy, over all chunks.
+        # A chunk wholly inside an unfiltered query gives its kept counts (``encode_counts``), not its rows.
         ids: list[dict[Any, int]] = [{} for _ in group_by]
         keys: list[list[NDArray[np.int64]]] = [[] for _ in group_by]
         outcomes: list[NDArray[np.int64]] = []
+        weights: list[NDArray[np.float64]] = []
+        counted = tuple(group_by) in (*COUNTED, ("period",))
+        plain = not (query.equals or query.allow or query.deny or query.min_group or query.after)
+
+        def gid(i: int, values: list[Any]) -> NDArray[np.int64]:
+            table = ids[i]
+            return np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64, count=len(values))
+
         for ref in self._chunk_refs(conn, query):
+            if counted and plain and self._whole(ref, query):
+                got = self._counts(conn, ref)
+                if tuple(group_by) == ("period",):
+                    per_outcome = sum(c.sum(axis=0) for _, _, c in got.values()) // len(COUNTED)
+                    group_counts = per_outcome.reshape(1, -1)
+                    keys[0].append(gid(0, [ref.period]))
+                else:
+                    texts, pairs, group_counts = got[(group_by[0], group_by[1])]
+                    keys[0].append(gid(0, texts)[pairs[:, 0]])
+                    keys[1].append(pairs[:, 1].copy())
+                g, o = np.nonzero(group_counts)
+                for i in range(len(group_by)):
+                    keys[i][-1] = keys[i][-1][g]
+                outcomes.append(o.astype(np.int64))
+                weights.append(group_counts[g, o].astype(np.float64))
+                continue
             chunk = self._chunk(conn, ref)
             rows = np.flatnonzero(_chunk_mask(chunk, query))
             if groups is not None and query.min_group is not None:
@@ -825,30 +862,43 @@ class Store:
                 continue
             for i, c in enumerate(group_by):
                 if c == "period":
-                    codes, values = np.zeros(len(rows), dtype=np.int64), [chunk.period]
+                    keys[i].append(gid(i, [chunk.period])[np.zeros(len(rows), dtype=np.intp)])
+                elif counted and i == 1:  # a number counted as itself, as kept counts hold it
+                    keys[i].append(chunk.col(c)[rows].astype(np.int64))
                 else:
                     all_codes, values = chunk.group_codes(c)
-                    codes = all_codes[rows].astype(np.int64)
-                table = ids[i]
-                to_id = np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64,
-                                    count=len(values))
-                keys[i].append(to_id[codes])
+                    keys[i].append(gid(i, values)[all_codes[rows]])
             outcomes.append(chunk.col("outcome")[rows].astype(np.int64))
+            weights.append(np.ones(len(rows), dtype=np.float64))
         if not outcomes:
             return []
+        # a number counted as itself (the second column of a kept group-by) gets its ids here
+        values_of: list[list[Any]] = []
         key = np.zeros(sum(len(o) for o in outcomes), dtype=np.int64)
         for i in range(len(group_by)):
-            key = key * max(1, len(ids[i])) + np.concatenate(keys[i])
+            group_ids: NDArray[np.int64] = np.concatenate(keys[i])
+            if counted and i == 1:
+                distinct, codes = np.unique(group_ids, return_inverse=True)
+                values_of.append(distinct.tolist())
+                group_ids = codes.reshape(len(group_ids)).astype(np.int64)
+            else:
+                values_of.append(list(ids[i]))
+            key = key * max(1, len(values_of[i])) + group_ids
         uniq, inverse = np.unique(key, return_inverse=True)
-        counts = np.bincount(inverse.reshape(len(key)) * 256 + np.concatenate(outcomes),
-                             minlength=len(uniq) * 256).reshape(len(uniq), 256)
+        width = _OUTCOME_SLOTS  # outcome numbers 0..7; anything else counts as unknown, in the last slot
+        slots = inverse.reshape(len(key)) * width + np.minimum(np.concatenate(outcomes), width - 1)
+        counts = np.bincount(slots, weights=np.concatenate(weights), minlength=len(uniq) * width)
+        counts = counts.reshape(len(uniq), width).round().astype(np.int64)
         totals = counts.sum(axis=1)
-        values_of = [list(t) for t in ids]
+        chosen = np.arange(len(uniq))
+        if top and len(uniq) > top:  # only groups that can be in the top (ties at its edge kept) become tuples
+            edge = np.partition(totals, len(totals) - top)[len(totals) - top]
+            chosen = np.flatnonzero(totals >= edge)
         out = []
-        for k, row, total in zip(uniq.tolist(), counts, totals.tolist(), strict=True):
+        for k, row, total in zip(uniq[chosen].tolist(), counts[chosen], totals[chosen].tolist(), strict=True):
             parts = []
             for i in reversed(range(len(group_by))):
-                k, code = divmod(k, max(1, len(ids[i])))
+                k, code = divmod(k, max(1, len(values_of[i])))
                 parts.append(values_of[i][code])
             out.append((tuple(reversed(parts)), row, total))
         out.sort(key=lambda kv: (-kv[2], kv[0]))
@@ -856,6 +906,21 @@ class Store:
             out = out[:top]
         return [(group, {names.get(i, "unknown"): int(row[i]) for i in np.flatnonzero(row).tolist()})
                 for group, row, _ in out]
+
+    @staticmethod
+    def _whole(ref: ChunkRef, q: FlowQuery) -> bool:
+        """True when every flow of the chunk is inside ``q``'s time window."""
+        return (not q.since_ns or ref.min_end >= q.since_ns) and (not q.until_ns or ref.max_start <= q.until_ns)
+
+    def _counts(self, conn: sqlite3.Connection, ref: ChunkRef) -> dict[tuple[str, str], Any]:
+        deadline = self._deadlines.get(id(conn))
+        if deadline is not None and time.monotonic() > deadline:
+            raise StoreTimeout("the query ran past its deadline")
+        try:
+            row = conn.execute("SELECT counts FROM chunks WHERE id = ?", (ref.chunk_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _read_error(self.path, exc) from exc
+        return decode_counts(row[0])
 
     def periods(self, since_ns: int = 0, until_ns: int = 0, number: int = 100) -> list[PeriodRow]:
         """Periods (any state except open) overlapping the range, newest first."""
