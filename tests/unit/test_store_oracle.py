@@ -553,3 +553,18 @@ def test_count_outcomes_many_group_columns(tmp_path: Path) -> None:
     assert got == want
 
 
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_filter_mask coerces equals values of an integer field with int(): a non-numeric text ('abc') raises "
+    "ValueError out of query_flows, and 100.5 matches pid 100 among final flows, while the row store's SQL "
+    "(and the interim rows' SQL still) matched neither. The API passes ints only, so this needs a direct "
+    "caller."))
+def test_integer_equals_with_values_no_row_has(tmp_path: Path) -> None:
+    with Store(tmp_path / "m.db") as store:
+        seq = store.open_period(T0)
+        store.close_period(seq, T0 + PERIOD, [FlowRecord(flow_id=1, src="10.0.0.1", sport=1, dst="10.0.0.2",
+                                                          dport=443, proto="tcp", direction="outbound", pid=100,
+                                                          end_ns=T0)], [])
+        for values in (["abc"], [100.5]):
+            assert got_flows(store, FlowQuery(equals={"pid": values})) == [], values
