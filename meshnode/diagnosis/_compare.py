@@ -21,7 +21,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES
+import numpy as np
+
+from meshnode._batch import FAILED, USEFUL, FlowBatch, as_batch, factorize
+from meshnode._model import ENUM_NUMBERS
+from meshnode.summary import format_destination
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
@@ -266,26 +270,34 @@ def compare(
     return sorted(out, key=lambda c: (not c.outlier, min(m.worst_fraction for m in c.metrics), c.destination))
 
 
-def samples_from_flows(flows: Iterable[FlowRecord], *, host: str, labels: Mapping[str, str]) -> list[PeerSample]:
-    """This host's samples per destination from its own outbound flows (final records).
+def samples_from_flows(flows: Iterable[FlowRecord] | FlowBatch, *, host: str,
+                       labels: Mapping[str, str]) -> list[PeerSample]:
+    """This host's samples per destination from its own outbound flows (final records), on columns.
 
     Throughput is the median TCP delivery rate (``delivery_rate``, bytes per second) of the flows that have
     one, in bits per second: what a flow could move, which unlike bytes per period does not depend on how
     much the application had to send.
     """
-    groups: dict[str, list[FlowRecord]] = defaultdict(list)
-    for f in flows:
-        if f.direction == "outbound" and f.kind == "final":
-            groups[f.destination].append(f)
+    b = as_batch(flows)
+    b = b.take((b["direction"] == ENUM_NUMBERS["direction"]["outbound"]) & (b["kind"] == ENUM_NUMBERS["kind"]["final"]))
+    if not b.n:
+        return []
+    codes, keys = factorize(b["dst"], b["dport"])
+    dests = [format_destination(dst, port) for dst, port in keys]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(keys)))))
+    srtt, rate = b["srtt_us"][order], b["delivery_rate"][order]
+    outcome = b["outcome"][order]
+    failed = np.isin(outcome, FAILED)
+    tried = failed | np.isin(outcome, USEFUL)
     out: list[PeerSample] = []
-    for dest in sorted(groups):
-        fs = groups[dest]
-        rtts = [float(f.srtt_us) for f in fs if f.srtt_us > 0]
-        rates = [8.0 * f.delivery_rate for f in fs if f.delivery_rate > 0]
+    for code in sorted(range(len(keys)), key=dests.__getitem__):
+        lo, hi = bounds[code], bounds[code + 1]
+        rtts = [float(x) for x in srtt[lo:hi].tolist() if x > 0]
+        rates = [8.0 * x for x in rate[lo:hi].tolist() if x > 0]
         out.append(PeerSample(
-            host=host, labels=dict(labels), destination=dest,
-            attempts=sum(1 for f in fs if f.outcome in USEFUL_OUTCOMES or f.outcome in FAILED_OUTCOMES),
-            failures=sum(1 for f in fs if f.outcome in FAILED_OUTCOMES),
+            host=host, labels=dict(labels), destination=dests[code],
+            attempts=int(tried[lo:hi].sum()), failures=int(failed[lo:hi].sum()),
             rtt_p50_us=percentile(rtts, 0.5), rtt_p95_us=percentile(rtts, 0.95),
             throughput_bps=float(statistics.median(rates)) if rates else 0.0,
         ))

@@ -34,23 +34,39 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import numpy as np
 
-from meshnode._batch import FlowBatch
-from meshnode._model import ENUM_NUMBERS, FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
+from meshnode._batch import FAILED, USEFUL, FlowBatch, as_batch, factorize
+from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.diagnosis._compare import PeerSample, samples_from_flows
-from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice, discovery_chatter, is_discovery, retry_advice
+from meshnode.diagnosis._taxonomy import (
+    DISCOVERY_PORTS,
+    DiscoveryChatter,
+    RetryAdvice,
+    _is_broadcast_or_multicast,
+    discovery_chatter,
+    retry_advice,
+)
 from meshnode.diagnosis._transaction import (
     Place,
     Transaction,
     split_destination,
     transactions_from_rollups,
 )
-from meshnode.summary._problems import CONNECT_PENDING, OK, PENDING_CONNECT_US, pending_connect, problem_kind
+from meshnode.summary import format_destination
+from meshnode.summary._problems import (
+    CONNECT_PENDING,
+    OK,
+    PENDING_CONNECT_US,
+    RETRANSMIT_RATE,
+    RETRANSMITS,
+    SLOW_CONNECT,
+    SLOW_CONNECT_US,
+)
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -109,35 +125,87 @@ ClientTxn = tuple[FlowRecord, str]
 """One client transaction of a period: the record it stands on and its diagnosis kind."""
 
 
-def client_transactions(records: Iterable[FlowRecord], end_ns: int,
-                        pending_us: int = PENDING_CONNECT_US) -> list[ClientTxn]:
+class ClientTxns(Sequence[ClientTxn]):
+    """A period's client transactions as columns: the flows they stand on and each one's diagnosis kind.
+    Iterating (or indexing) gives ``(record, kind)`` pairs; the counting below reads the columns."""
+
+    def __init__(self, flows: FlowBatch, kinds: NDArray[Any]) -> None:
+        self.flows = flows
+        self.kinds = kinds
+
+    def __len__(self) -> int:
+        return self.flows.n
+
+    @overload
+    def __getitem__(self, i: int) -> ClientTxn: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ClientTxn]: ...
+    def __getitem__(self, i: int | slice) -> ClientTxn | list[ClientTxn]:
+        pairs = list(zip(self.flows.records(), self.kinds.tolist(), strict=True))
+        return pairs[i]
+
+    def __iter__(self) -> Iterator[ClientTxn]:
+        return iter(zip(self.flows.records(), self.kinds.tolist(), strict=True))
+
+    def take(self, rows: NDArray[Any]) -> ClientTxns:
+        """The transactions at ``rows`` (indices or a mask)."""
+        return ClientTxns(self.flows.take(rows), self.kinds[rows])
+
+    @staticmethod
+    def of(txns: Iterable[ClientTxn]) -> ClientTxns:
+        """Pairs (a privacy-filtered list, a test's) as columns."""
+        if isinstance(txns, ClientTxns):
+            return txns
+        pairs = list(txns)
+        kinds = np.empty(len(pairs), dtype=object)
+        kinds[:] = [k for _, k in pairs]
+        return ClientTxns(FlowBatch.from_records(r for r, _ in pairs), kinds)
+
+
+def client_transactions(records: Iterable[FlowRecord] | FlowBatch, end_ns: int,
+                        pending_us: int = PENDING_CONNECT_US) -> ClientTxns:
     """A period's client transactions: outbound flows that ended (their ``problem_kind``) and outbound
     connects pending longer than ``pending_us`` at ``end_ns`` (``connect_pending``); discovery chatter left
     out, as in ``transactions_from_flows``. Stateless: a flow pending at this period's end and ending in the
-    next one is in both; ``ClientView`` counts it once."""
-    if isinstance(records, FlowBatch):  # only outbound finals and pending connects become records
-        records = records.take(_client_rows(records, end_ns, pending_us))
-    out: list[ClientTxn] = []
-    for r in records:
-        if r.direction != "outbound" or is_discovery(r):
-            continue
-        if r.kind == "final" and r.outcome != "in_progress":
-            out.append((r, problem_kind(r)))
-        elif pending_connect(r, end_ns, pending_us):
-            out.append((r, CONNECT_PENDING))
+    next one is in both; ``ClientView`` counts it once. Computed on columns (the rules of ``problem_kind``,
+    ``pending_connect`` and ``is_discovery``, row for row)."""
+    flows = as_batch(records)
+    outcome, kind = flows["outcome"], flows["kind"]
+    in_progress = outcome == ENUM_NUMBERS["outcome"]["in_progress"]
+    outbound = flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]
+    final = outbound & (kind == ENUM_NUMBERS["kind"]["final"]) & ~in_progress
+    pending = (outbound & (kind == ENUM_NUMBERS["kind"]["interim"]) & in_progress
+               & (flows["proto"] == ENUM_NUMBERS["proto"]["tcp"]) & (flows["start_ns"] < end_ns - pending_us * 1000))
+    rows = np.flatnonzero((final | pending) & ~discovery_mask(flows))
+    chosen = flows.take(rows)
+    kinds = np.where(pending[rows], CONNECT_PENDING, problem_kinds(chosen)).astype(object)
+    return ClientTxns(chosen, kinds)
+
+
+def problem_kinds(flows: FlowBatch, slow_connect_us: int = SLOW_CONNECT_US) -> NDArray[Any]:
+    """``problem_kind`` of each flow, on columns."""
+    outcome = flows["outcome"]
+    retrans = flows["retransmits"]
+    failed = np.isin(outcome, FAILED)
+    degraded = (retrans > 0) & (retrans >= RETRANSMIT_RATE * np.maximum(1, flows["packets_tx"]))
+    slow = flows["connect_us"] > slow_connect_us
+    out = np.full(flows.n, OK, dtype=object)
+    out[slow] = SLOW_CONNECT
+    out[degraded] = RETRANSMITS
+    out[failed] = flows.names("outcome")[failed]
     return out
 
 
-def _client_rows(flows: FlowBatch, end_ns: int, pending_us: int) -> NDArray[np.bool_]:
-    """The flows ``client_transactions`` may count: outbound, and final (not in progress) or an interim TCP
-    connect still in progress that started ``pending_us`` before ``end_ns``."""
-    outcome, kind = flows["outcome"], flows["kind"]
-    in_progress = outcome == ENUM_NUMBERS["outcome"]["in_progress"]
-    final = (kind == ENUM_NUMBERS["kind"]["final"]) & ~in_progress
-    pending = ((kind == ENUM_NUMBERS["kind"]["interim"]) & in_progress
-               & (flows["proto"] == ENUM_NUMBERS["proto"]["tcp"])
-               & (flows["start_ns"] < end_ns - pending_us * 1000))
-    mask: NDArray[np.bool_] = (flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]) & (final | pending)
+def discovery_mask(flows: FlowBatch) -> NDArray[np.bool_]:
+    """``is_discovery`` of each flow, on columns (addresses judged once each)."""
+    mask: NDArray[np.bool_] = ((flows["outcome"] == ENUM_NUMBERS["outcome"]["udp_unanswered"])
+                               & (flows["proto"] == ENUM_NUMBERS["proto"]["udp"])
+                               & (flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]))
+    rows = np.flatnonzero(mask)
+    if len(rows):
+        codes, dsts = factorize(flows["dst"][rows])
+        group = np.array([bool(_is_broadcast_or_multicast(d)) for d in dsts], dtype=bool)
+        mask[rows] = np.isin(flows["dport"][rows], list(DISCOVERY_PORTS)) | group[codes]
     return mask
 
 
@@ -158,24 +226,29 @@ class ClientView:
         self._pending: dict[int, None] = {}
         self._max = max_pending
         self._pending_us = pending_us
-        self._last: tuple[int, list[ClientTxn]] | None = None
+        self._last: tuple[int, ClientTxns] | None = None
         self._lock = threading.Lock()
         self.forgotten = 0
 
-    def period(self, end_ns: int, records: Iterable[FlowRecord]) -> list[ClientTxn]:
+    def period(self, end_ns: int, records: Iterable[FlowRecord] | FlowBatch) -> ClientTxns:
         """The client transactions of the period that ended at ``end_ns`` (the same list when asked twice)."""
         with self._lock:
             if self._last is not None and self._last[0] == end_ns:
                 return self._last[1]
-            out: list[ClientTxn] = []
-            for rec, kind in client_transactions(records, end_ns, self._pending_us):
-                if kind == CONNECT_PENDING:
-                    if rec.flow_id in self._pending:
-                        continue
-                    self._pending[rec.flow_id] = None
-                elif self._pending.pop(rec.flow_id, 0) is None:
-                    continue  # counted while it was pending
-                out.append((rec, kind))
+            txns = client_transactions(records, end_ns, self._pending_us)
+            kinds = txns.kinds.tolist()
+            if self._pending or CONNECT_PENDING in kinds:
+                keep = []
+                for i, (fid, kind) in enumerate(zip(txns.flows["flow_id"].tolist(), kinds, strict=True)):
+                    if kind == CONNECT_PENDING:
+                        if fid in self._pending:
+                            continue
+                        self._pending[fid] = None
+                    elif self._pending.pop(fid, 0) is None:
+                        continue  # counted while it was pending
+                    keep.append(i)
+                txns = txns.take(np.array(keep, dtype=np.intp))
+            out = txns
             while len(self._pending) > self._max:
                 del self._pending[next(iter(self._pending))]
                 self.forgotten += 1
@@ -185,9 +258,13 @@ class ClientView:
 
 def client_kinds(txns: Iterable[ClientTxn]) -> dict[str, Counter[str]]:
     """Destination ``dst:dport`` -> diagnosis kind -> client transactions (what blame counts of a period)."""
+    t = ClientTxns.of(txns)
     out: dict[str, Counter[str]] = {}
-    for r, kind in txns:
-        out.setdefault(r.destination, Counter())[kind] += 1
+    if not len(t):
+        return out
+    codes, keys = factorize(t.flows["dst"], t.flows["dport"], t.kinds)
+    for (dst, dport, kind), n in zip(keys, np.bincount(codes).tolist(), strict=True):
+        out.setdefault(format_destination(dst, dport), Counter())[kind] += n
     return out
 
 
@@ -215,10 +292,13 @@ def digest_processes(
     pids of one program add up. Records without a ``comm`` (unknown, or dropped by the privacy policy) are
     left out; processes without a problem too.
     """
+    t = ClientTxns.of(txns)
+    t = t.take(t.flows["comm"] != "")
     rows: dict[tuple[str, str], Counter[str]] = {}
-    for r, kind in txns:
-        if r.comm:
-            rows.setdefault((r.comm, r.destination), Counter())[kind] += 1
+    if len(t):
+        codes, keys = factorize(t.flows["comm"], t.flows["dst"], t.flows["dport"], t.kinds)
+        for (comm, dst, dport, kind), n in zip(keys, np.bincount(codes).tolist(), strict=True):
+            rows.setdefault((comm, format_destination(dst, dport)), Counter())[kind] += n
     problems: Counter[str] = Counter()
     for (comm, _), kinds in rows.items():
         problems[comm] += sum(n for k, n in kinds.items() if k != OK)
@@ -247,7 +327,7 @@ def decorate_digest(digest: mesh_pb2.Digest, records: Iterable[FlowRecord],
     """
     txns = (view or ClientView()).period(digest.period_end_ns, records)
     if policy is not None:
-        txns = list(zip(policy.filter_flows(r for r, _ in txns), (k for _, k in txns), strict=True))
+        txns = ClientTxns.of(zip(policy.filter_flows(r for r, _ in txns), (k for _, k in txns), strict=True))
     kinds = client_kinds(txns)
     for r in digest.by_destination:
         r.client_kinds["ok"] = 0
@@ -338,19 +418,19 @@ class NodeSource:
         """This node's host name."""
         return self._labels.get("host", "")
 
-    def add_period(self, period_end_ns: int, records: Sequence[FlowRecord]) -> None:
+    def add_period(self, period_end_ns: int, records: Sequence[FlowRecord] | FlowBatch) -> None:
         """One of this node's periods (its finals and interims; only outbound finals count)."""
-        if isinstance(records, FlowBatch):
-            records = records.take((records["kind"] == ENUM_NUMBERS["kind"]["final"])
-                                   & (records["direction"] == ENUM_NUMBERS["direction"]["outbound"]))
-        finals = [r for r in records if r.kind == "final" and r.direction == "outbound"]
-        txns = self._collapsed(self.view.period(period_end_ns, records))
+        flows = as_batch(records)
+        finals = flows.take((flows["kind"] == ENUM_NUMBERS["kind"]["final"])
+                            & (flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]))
+        txns = self._collapsed(self.view.period(period_end_ns, flows))
         samples = samples_from_flows(finals, host=self.host, labels=self._labels)
-        chatter = discovery_chatter(finals)
-        attempts = [
-            (r.start_ns, r.comm, r.pid, r.dst, r.dport, r.proto, r.outcome) for r in finals
-            if (r.outcome in FAILED_OUTCOMES or r.outcome in USEFUL_OUTCOMES) and not is_discovery(r)
-        ]
+        discovery = discovery_mask(finals)
+        chatter = discovery_chatter(finals.take(discovery))
+        tried = finals.take(np.isin(finals["outcome"], (*FAILED, *USEFUL)) & ~discovery)
+        attempts: list[Attempt] = list(zip(
+            tried["start_ns"].tolist(), tried["comm"].tolist(), tried["pid"].tolist(), tried["dst"].tolist(),
+            tried["dport"].tolist(), tried.names("proto").tolist(), tried.names("outcome").tolist(), strict=True))
         with self._lock:
             self._periods.append(_Period(period_end_ns, tuple(txns), tuple(samples), tuple(chatter)))
             full = self._attempts.maxlen is not None and len(self._attempts) + len(attempts) > self._attempts.maxlen
@@ -361,27 +441,39 @@ class NodeSource:
 
     def _collapsed(self, txns: Iterable[ClientTxn], examples: int = EXAMPLES_PER_KEY) -> list[Transaction]:
         """The period's transactions as counted rows: up to ``examples`` rows with their flow per key of a
-        problem, then one row per key with the rest. Blame counts them the same; memory is per key, not per
-        flow, and no Transaction is made per flow (identical ones are counted by key first)."""
+        problem (in the order they came), then one row per key with the rest (in the order the rest first
+        came). Blame counts them the same; memory is per key, not per flow, and no Transaction is made per
+        flow: identical ones are counted on columns."""
+        t = ClientTxns.of(txns)
+        if not len(t):
+            return []
         host, site, region = self.host, self._labels.get("site", ""), self._labels.get("region", "")
-        rows: dict[tuple[str, int, str, int, str, str], int] = {}
-        kept: Counter[tuple[str, int, str, int, str, str]] = Counter()
-        out: list[Transaction] = []
-        for r, kind in txns:
-            key = (r.comm, r.pid, r.dst, r.dport, r.service, kind)
-            if kind != OK and kept[key] < examples:
-                kept[key] += 1
-                out.append(Transaction(host=host, site=site, region=region, comm=r.comm, pid=r.pid, dst=r.dst,
-                                       dport=r.dport, service=r.service, dst_host="", dst_site="", dst_region="",
-                                       problem=True, kind=kind, flow=(r.src, r.sport, r.dst, r.dport, r.proto)))
-                continue
-            rows[key] = rows.get(key, 0) + 1
-        out.extend(
+        f = t.flows
+        codes, keys = factorize(f["comm"], f["pid"], f["dst"], f["dport"], f["service"], t.kinds)
+        order = np.argsort(codes, kind="stable")
+        starts = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(keys)))[:-1]))
+        rank = np.empty(len(codes), dtype=np.intp)
+        rank[order] = np.arange(len(codes)) - starts[codes[order]]
+        example = (t.kinds != OK) & (rank < examples)
+        at = np.flatnonzero(example)
+        out = [
             Transaction(host=host, site=site, region=region, comm=comm, pid=pid, dst=dst, dport=dport,
-                        service=service, dst_host="", dst_site="", dst_region="", problem=kind != OK, kind=kind,
-                        count=n)
-            for (comm, pid, dst, dport, service, kind), n in rows.items()
-        )
+                        service=service, dst_host="", dst_site="", dst_region="", problem=True, kind=kind,
+                        flow=(src, sport, dst, dport, proto))
+            for comm, pid, dst, dport, service, kind, src, sport, proto in zip(
+                f["comm"][at].tolist(), f["pid"][at].tolist(), f["dst"][at].tolist(), f["dport"][at].tolist(),
+                f["service"][at].tolist(), t.kinds[at].tolist(), f["src"][at].tolist(), f["sport"][at].tolist(),
+                f.names("proto")[at].tolist(), strict=True)
+        ]
+        rest = codes[~example]
+        if len(rest):
+            distinct, first = np.unique(rest, return_index=True)
+            counts = np.bincount(rest, minlength=len(keys))
+            for code in distinct[np.argsort(first, kind="stable")].tolist():
+                comm, pid, dst, dport, service, kind = keys[code]
+                out.append(Transaction(host=host, site=site, region=region, comm=comm, pid=pid, dst=dst,
+                                       dport=dport, service=service, dst_host="", dst_site="", dst_region="",
+                                       problem=kind != OK, kind=kind, count=int(counts[code])))
         return out
 
     def add_digest(self, digest: mesh_pb2.Digest, own: bool = False) -> None:

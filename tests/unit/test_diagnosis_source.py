@@ -318,8 +318,8 @@ def test_a_period_is_collapsed_as_collapse_does_without_a_transaction_per_flow()
     import random
     from dataclasses import replace
 
-    from meshnode.diagnosis._source import problem_kind
     from meshnode.diagnosis._transaction import Transaction
+    from meshnode.summary._problems import problem_kind
 
     def collapse(transactions, examples=3):  # the rule per Transaction, as first written
         rows, kept, out = {}, {}, []
@@ -342,3 +342,56 @@ def test_a_period_is_collapsed_as_collapse_does_without_a_transaction_per_flow()
                            service=r.service, dst_host="", dst_site="", dst_region="", problem=k != "ok", kind=k,
                            flow=(r.src, r.sport, r.dst, r.dport, r.proto)) for r, k in txns]
     assert src._collapsed(txns) == collapse(by_flow)
+
+
+def test_client_transactions_on_columns_follow_the_per_record_rules() -> None:
+    """problem_kind, pending_connect and is_discovery, row for row, against the batch's columns."""
+    import random
+
+    from meshnode.diagnosis import client_transactions, is_discovery
+    from meshnode.summary._problems import CONNECT_PENDING, pending_connect, problem_kind
+
+    rnd = random.Random(3)
+    outcomes = ["established", "refused", "timeout", "reset", "udp_answered", "udp_unanswered", "in_progress"]
+    end = T0 + 1000 * S
+    recs = [flow(i, proto=rnd.choice(["tcp", "udp"]), direction=rnd.choice(["outbound", "inbound"]),
+                 outcome=rnd.choice(outcomes), kind=rnd.choice(["final", "final", "interim"]),
+                 dst=rnd.choice(["10.0.0.2", "224.0.0.251", "255.255.255.255", "ff02::1", "fd00::1"]),
+                 dport=rnd.choice([443, 5353, 1900, 137, 9999]), retransmits=rnd.choice([0, 1, 50]),
+                 packets_tx=rnd.choice([0, 10, 1000]), connect_us=rnd.choice([0, 300_000]),
+                 start_ns=end - rnd.choice([S // 10, 5 * S])) for i in range(600)]
+    want = []
+    for r in recs:
+        if r.direction != "outbound" or is_discovery(r):
+            continue
+        if r.kind == "final" and r.outcome != "in_progress":
+            want.append((r, problem_kind(r)))
+        elif pending_connect(r, end):
+            want.append((r, CONNECT_PENDING))
+    assert list(client_transactions(recs, end)) == want and len(want) > 50
+
+
+def test_peer_samples_on_columns_follow_the_per_flow_rule() -> None:
+    import random
+    import statistics
+
+    from meshnode.diagnosis import samples_from_flows
+    from meshnode.summary import percentile
+
+    rnd = random.Random(5)
+    recs = [flow(i, dst=rnd.choice(["10.0.0.2", "10.0.0.3", "fd00::1"]), dport=rnd.choice([443, 80]),
+                 srtt_us=rnd.choice([0, 100, 2000]), delivery_rate=rnd.choice([0, 10**6, 5 * 10**6]),
+                 outcome=rnd.choice(["established", "refused", "in_progress"]),
+                 direction=rnd.choice(["outbound", "outbound", "inbound"]), kind=rnd.choice(["final", "interim"]))
+            for i in range(300)]
+    got = samples_from_flows(recs, host="h", labels={"site": "s"})
+    mine = [r for r in recs if r.direction == "outbound" and r.kind == "final"]
+    assert [s.destination for s in got] == sorted({r.destination for r in mine})
+    for s in got:
+        fs = [r for r in mine if r.destination == s.destination]
+        rtts = [float(r.srtt_us) for r in fs if r.srtt_us > 0]
+        rates = [8.0 * r.delivery_rate for r in fs if r.delivery_rate > 0]
+        assert (s.attempts, s.failures) == (sum(r.outcome in ("established", "refused") for r in fs),
+                                             sum(r.outcome == "refused" for r in fs))
+        assert (s.rtt_p50_us, s.rtt_p95_us) == (percentile(rtts, 0.5), percentile(rtts, 0.95))
+        assert s.throughput_bps == (float(statistics.median(rates)) if rates else 0.0)
