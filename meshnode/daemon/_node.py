@@ -360,8 +360,8 @@ def _as_kind(flows: FlowBatch, kind: str) -> FlowBatch:
     unnamed = flows["service"] == ""
     if not unnamed.any():
         return flows.replace(kind=ENUM_NUMBERS["kind"][kind])
-    inbound = flows["direction"] == ENUM_NUMBERS["direction"]["inbound"]
-    ports = np.where(inbound, flows["sport"], flows["dport"])
+    outbound = flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]
+    ports = np.where(outbound, flows["dport"], flows["sport"])
     services = flows["service"].copy()
     protos = flows.names("proto")
     named: dict[tuple[int, str], str] = {}

@@ -147,29 +147,36 @@ class EbpfSensor:
         try:
             arr = self._probes.poll_array()
             if len(arr):
-                fast = (arr["kind"] == rec.EV_TCP_END) & (arr["flow_cookie"] != 0)
-                slow: list[FlowRecord] = []
-                slow_at: list[int] = []
-                if not fast.all():
-                    data = arr.base if isinstance(arr.base, bytes) else arr.tobytes()
-                    stride = arr.dtype.itemsize
-                    skip = (arr.dtype.fields or {})["kind"][1]
-                    for i in np.flatnonzero(~fast).tolist():
-                        self._handle(rec.event_from_raw(rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)),
-                                     batch)
-                        slow_at += [i] * (len(batch.records) - len(slow_at))
-                    slow, batch.records = batch.records, []
-                ends = self._end_columns(arr[fast], batch) if fast.any() else FlowBatch.empty()
-                if slow:  # in ring order, as poll_json writes them
-                    at = np.concatenate([np.flatnonzero(fast), np.array(slow_at, dtype=np.intp)])
-                    ends = FlowBatch.concat([ends, FlowBatch.from_records(slow)]).take(np.argsort(at, kind="stable"))
-                if ends:
-                    batch.columns.append(ends)
+                batch.columns.extend(self._ring_in_order(arr, batch))
             self._poll_maps(now, batch)
         except ProbeError as exc:  # a MeshnodeError: the node logs it and polls again (bounded)
             raise SensorError(f"sensor poll failed: {exc}") from exc
         batch.completeness.flows_recorded += len(batch.records) + sum(len(c) for c in batch.columns)
         return batch
+
+    def _ring_in_order(self, arr: np.ndarray[Any, Any], batch: SensorBatch) -> list[FlowBatch]:
+        """A poll's ring records in ring order: each run of TCP end records as one columnar batch, each
+        other record through ``_handle`` where it stands, so that events and the per-socket state they
+        consume (drops, limits) go as they would one record at a time."""
+        fast = (arr["kind"] == rec.EV_TCP_END) & (arr["flow_cookie"] != 0)
+        if fast.all():
+            return [self._end_columns(arr, batch)]
+        data = arr.base if isinstance(arr.base, bytes) else arr.tobytes()
+        stride = arr.dtype.itemsize
+        skip = (arr.dtype.fields or {})["kind"][1]
+        parts: list[FlowBatch] = []
+        start = 0
+        for i in [*np.flatnonzero(~fast).tolist(), len(arr)]:
+            if i > start:
+                parts.append(self._end_columns(arr[start:i], batch))
+            if i < len(arr):
+                made = len(batch.records)
+                self._handle(rec.event_from_raw(rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)), batch)
+                if len(batch.records) > made:
+                    parts.append(FlowBatch.from_records(batch.records[made:]))
+                    del batch.records[made:]
+            start = i + 1
+        return [FlowBatch.concat(parts)]
 
     def _end_columns(self, arr: np.ndarray[Any, Any], batch: SensorBatch) -> FlowBatch:
         """The final records of ended TCP flows, from their ring records' columns (as ``_tcp_record``

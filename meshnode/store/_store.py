@@ -306,8 +306,9 @@ class Store:
                     "INSERT INTO meta (key, value) SELECT 'flow_rows', COALESCE(SUM(n), 0) FROM chunks "
                     "WHERE true ON CONFLICT (key) DO NOTHING"
                 )
-            self._next_id = int(self._db.execute(
-                "SELECT COALESCE(MAX(first_id + n), 1) FROM chunks").fetchone()[0])
+            # ids are never given twice: retention may cut a chunk's last rows, so the next id is kept
+            self._next_id = max(self._meta(self._db, "next_flow_id"), int(self._db.execute(
+                "SELECT COALESCE(MAX(first_id + n), 1) FROM chunks").fetchone()[0]))
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
@@ -463,6 +464,9 @@ class Store:
                     )
                 if fin.n:
                     self._bump("flow_rows", fin.n)
+                    self._db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('next_flow_id', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (first_id + fin.n,))
                 evicted = self._retain(now_ns if now_ns is not None else end_ns)
                 text = summary(evicted) if callable(summary) else summary
                 cur = self._db.execute(
@@ -872,9 +876,10 @@ class Store:
             weights.append(np.ones(len(rows), dtype=np.float64))
         if not outcomes:
             return []
-        # a number counted as itself (the second column of a kept group-by) gets its ids here
+        # a number counted as itself (the second column of a kept group-by) gets its ids here; groups are the
+        # distinct rows of the stacked per-column ids (no mixed-radix product to overflow on wide group-bys)
         values_of: list[list[Any]] = []
-        key = np.zeros(sum(len(o) for o in outcomes), dtype=np.int64)
+        stacked = np.zeros((sum(len(o) for o in outcomes), max(1, len(group_by))), dtype=np.int64)
         for i in range(len(group_by)):
             group_ids: NDArray[np.int64] = np.concatenate(keys[i])
             if counted and i == 1:
@@ -883,10 +888,12 @@ class Store:
                 group_ids = codes.reshape(len(group_ids)).astype(np.int64)
             else:
                 values_of.append(list(ids[i]))
-            key = key * max(1, len(values_of[i])) + group_ids
-        uniq, inverse = np.unique(key, return_inverse=True)
+            stacked[:, i] = group_ids
+        uniq_rows, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        uniq = np.arange(len(uniq_rows))
+        key = inverse.reshape(len(stacked))
         width = _OUTCOME_SLOTS  # outcome numbers 0..7; anything else counts as unknown, in the last slot
-        slots = inverse.reshape(len(key)) * width + np.minimum(np.concatenate(outcomes), width - 1)
+        slots = key * width + np.minimum(np.concatenate(outcomes), width - 1)
         counts = np.bincount(slots, weights=np.concatenate(weights), minlength=len(uniq) * width)
         counts = counts.reshape(len(uniq), width).round().astype(np.int64)
         totals = counts.sum(axis=1)
@@ -895,17 +902,15 @@ class Store:
             edge = np.partition(totals, len(totals) - top)[len(totals) - top]
             chosen = np.flatnonzero(totals >= edge)
         out = []
-        for k, row, total in zip(uniq[chosen].tolist(), counts[chosen], totals[chosen].tolist(), strict=True):
-            parts = []
-            for i in reversed(range(len(group_by))):
-                k, code = divmod(k, max(1, len(values_of[i])))
-                parts.append(values_of[i][code])
-            out.append((tuple(reversed(parts)), row, total))
+        for codes_row, row, total in zip(uniq_rows[chosen].tolist(), counts[chosen], totals[chosen].tolist(),
+                                         strict=True):
+            group = tuple(values_of[i][code] for i, code in enumerate(codes_row[:len(group_by)]))
+            out.append((group, row, total))
         out.sort(key=lambda kv: (-kv[2], kv[0]))
         if top:
             out = out[:top]
-        return [(group, {names.get(i, "unknown"): int(row[i]) for i in np.flatnonzero(row).tolist()})
-                for group, row, _ in out]
+        named = [i for i in range(width) if i in names and i != 0]  # unknown: in the group's size, no name
+        return [(group, {names[i]: int(row[i]) for i in named if row[i]}) for group, row, _ in out]
 
     @staticmethod
     def _whole(ref: ChunkRef, q: FlowQuery) -> bool:
@@ -1026,7 +1031,8 @@ def _filter_mask(chunk: Chunk, f: RowFilter) -> NDArray[np.bool_]:
         else:
             col = chunk.col(name)
             info = np.iinfo(col.dtype)
-            wanted_ints = np.array([int(v) for v in values if info.min <= int(v) <= info.max], dtype=col.dtype)
+            ints = [int(v) for v in values if _is_int(v)]
+            wanted_ints = np.array([v for v in ints if info.min <= v <= info.max], dtype=col.dtype)
             mask &= np.isin(col, wanted_ints)
     if f.any_port:
         ports = list(f.any_port)
@@ -1040,6 +1046,15 @@ def _filter_mask(chunk: Chunk, f: RowFilter) -> NDArray[np.bool_]:
         nets = ",".join(d for d in f.dst if "/" in d)
         mask &= chunk.text_mask("dst", lambda d: d in exact or bool(nets and _in_nets(d, nets)))
     return mask
+
+
+def _is_int(value: object) -> bool:
+    """An integer, or text SQLite would compare as one (``'100'``); not a bool or a float."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and value.strip().lstrip("+-").isdigit()
 
 
 def _wire_lists(chunk: Chunk) -> tuple[list[list[Any]], list[Any], list[bool]]:

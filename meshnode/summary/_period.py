@@ -207,8 +207,8 @@ def _services(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
     first = np.full(k, len(codes), dtype=np.intp)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.intp))
     named = b["service"][first].tolist()
-    inbound = b["direction"][first] == ENUM_NUMBERS["direction"]["inbound"]
-    ports = np.where(inbound, b["sport"][first], b["dport"][first]).tolist()
+    outbound = b["direction"][first] == ENUM_NUMBERS["direction"]["outbound"]
+    ports = np.where(outbound, b["dport"][first], b["sport"][first]).tolist()
     protos = b.names("proto")[first].tolist()
     return [s or service_name(port, proto) for s, port, proto in zip(named, ports, protos, strict=True)]
 

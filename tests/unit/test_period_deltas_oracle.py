@@ -97,7 +97,7 @@ def _rec(rnd: random.Random, fid: int, kind: str, totals: dict[int, int]) -> Flo
     return flow(fid, kind=kind, comm=rnd.choice(("curl", "", "?", "dig")), pid=rnd.choice((1, 2)),
                 dst=rnd.choice(("10.0.0.2", "fd00::5")), dport=rnd.choice((443, 53)),
                 src=rnd.choice(("10.0.0.1", "fd00::1")), sport=rnd.choice((22, 40000)),
-                direction=rnd.choice(("outbound", "inbound")),  # "unknown": see the xfail below
+                direction=rnd.choice(("outbound", "inbound", "unknown")),
                 proto=rnd.choice(("tcp", "udp")),
                 outcome=rnd.choice(("established", "refused", "in_progress", "udp_answered", "unknown")),
                 cgroup=rnd.choice(("", "/", "/a.service")), bytes_tx=totals[fid], bytes_rx=totals[fid] // 3,
@@ -151,11 +151,6 @@ def test_an_interim_with_a_u64_counter_above_2_63_is_stored(tmp_path: Path) -> N
     assert [(r.bytes_tx, r.delivery_rate) for r in got] == [(2**63, 2**64 - 1)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rollup's _services names a group whose first flow has direction 'unknown' (0) by its remote port "
-    "(it tests == inbound), while with_service, the per-record rule it replaces, uses the local port for "
-    "anything not outbound: an unknown-direction flow to :53 from :40000 is 'domain' in the columnar "
-    "by_destination and '' by the rule. test_summary's rollup equality test draws only outbound/inbound."))
 def test_service_of_an_unknown_direction_follows_with_service() -> None:
     from meshnode.summary._period import rollup
 

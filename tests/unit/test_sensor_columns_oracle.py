@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from meshnode._batch import FlowBatch
 from meshnode._model import FlowRecord
 from meshnode.sensor._base import EventRecord, SensorBatch
@@ -121,11 +119,6 @@ def test_interleaved_slow_records_keep_ring_order_of_flows(tmp_path: Path) -> No
     assert sorted(got[1], key=repr) == sorted(want[1], key=repr)  # the same events
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "poll() runs _handle over the slow records (events on live flows, half-open resets, cookie-less ends) "
-    "before _end_columns makes the TCP end records' connect_failed events, so batch.events is no longer in "
-    "ring order: [reset_received(12), connect_failed(half-open), connect_failed(0), connect_failed(11), "
-    "connect_failed(13)] instead of 11, 12, 13, half-open, 0 (the one-record path's order)."))
 def test_interleaved_slow_records_keep_ring_order_of_events(tmp_path: Path) -> None:
     want = one_by_one(tmp_path, _interleaved(), None)
     got = columnar(tmp_path, _interleaved(), None)
@@ -143,10 +136,6 @@ def _drops_on_77(s: EbpfSensor) -> None:
     s._drops_by_sk[0x77] = Counter({"NETFILTER_DROP": 4})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the slow records' _handle runs before _end_columns, so per-socket state is consumed out of ring order: "
-    "drops held for a socket address go to a later slow record (a cookie-less end on a reused address) "
-    "instead of the earlier TCP end record that the one-record path gives them to."))
 def test_state_is_consumed_in_ring_order(tmp_path: Path) -> None:
     want = one_by_one(tmp_path, _shared_socket(), _drops_on_77)
     got = columnar(tmp_path, _shared_socket(), _drops_on_77)

@@ -72,7 +72,7 @@ def _record(rng: random.Random, seq: int, flow_id: int, kind: str = "final") -> 
         direction=rng.choice(DIRECTIONS), pid=rng.choice((0, 1, 100, 4242, 2**31)), comm=rng.choice(COMMS),
         thread=rng.choice(("", "", "worker-1")), cgroup=rng.choice(CGROUPS), cgroup_id=_u64(rng),
         netns=_u64(rng), start_ns=start, end_ns=end,
-        # counters above 2**63 only in finals: an interim row of one cannot be written (see the xfail below)
+        # counters above 2**63 only in finals: an interim row of one cannot be written (test_period_deltas_oracle.py holds that xfail)
         bytes_tx=rng.choice((0, 1, 2**63 + 5, 2**64 - 1) if kind == "final" else (0, 1, 2**40)),
         bytes_rx=rng.randrange(10**9), packets_tx=rng.randrange(100), outcome=rng.choice(OUTCOMES),
         retransmits=rng.randrange(3), srtt_us=rng.randrange(10**6), limited_by=rng.choice(LIMITS),
@@ -500,10 +500,6 @@ def _ids_reused_after_reopen(tmp_path: Path) -> list[tuple[int, int, int]]:
     return keys
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Store.__init__ sets _next_id = MAX(first_id + n) over chunks; a chunk that age retention rewrote keeps "
-    "its first_id but a smaller n, so after a reopen new finals reuse ids still held by it: duplicate keys "
-    "(end_ns, 0, id), and paging by `after` skips one of them. The row store used MAX(id) + 1."))
 def test_ids_are_not_reused_after_an_age_cut_and_reopen(tmp_path: Path) -> None:
     keys = _ids_reused_after_reopen(tmp_path)
     assert len(set(keys)) == len(keys), keys
@@ -544,10 +540,6 @@ def _many_columns_count(tmp_path: Path) -> tuple[list[Any], list[Any]]:
     return got, ref_count(ref, FlowQuery(), group_by, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "count_outcomes combines the group columns' node-wide ids into one int64 key (key * len(ids) + code); "
-    "with 5 columns of 7,000 distinct values each (7000**5 > 2**63) the key wraps silently and the groups "
-    "come back with wrong values. Production group-bys use two columns, so this needs a wide group_by."))
 def test_count_outcomes_many_group_columns(tmp_path: Path) -> None:
     got, want = _many_columns_count(tmp_path)
     assert got == want
@@ -555,11 +547,6 @@ def test_count_outcomes_many_group_columns(tmp_path: Path) -> None:
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_filter_mask coerces equals values of an integer field with int(): a non-numeric text ('abc') raises "
-    "ValueError out of query_flows, and 100.5 matches pid 100 among final flows, while the row store's SQL "
-    "(and the interim rows' SQL still) matched neither. The API passes ints only, so this needs a direct "
-    "caller."))
 def test_integer_equals_with_values_no_row_has(tmp_path: Path) -> None:
     with Store(tmp_path / "m.db") as store:
         seq = store.open_period(T0)
