@@ -345,3 +345,53 @@ def test_rtt_shift_under_a_rate_limit(lab: Any, sensors: dict[str, Collector]) -
     assert flow.max_rtt_us >= 2000 and flow.max_rtt_us >= 4 * flow.min_rtt_us, flow
     shifts = [e for e in sensors["a"].events if e.type == "rtt_shift" and e.flow.dport == port]
     assert shifts and shifts[0].value >= 2000 and "->" in shifts[0].detail
+
+
+RESET_SERVER = r"""
+import json, socket, struct, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1)
+print(json.dumps({"ready": True}), flush=True)
+c, _ = s.accept()
+c.sendall(b"d" * int(sys.argv[2]))
+got = 0
+while got < int(sys.argv[3]):
+    got += len(c.recv(min(1 << 16, int(sys.argv[3]) - got)))
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()  # a RST while the client is still sending
+print(json.dumps({"received": got}), flush=True)
+"""
+
+RESET_CLIENT = r"""
+import json, os, socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+got = 0
+while got < int(sys.argv[3]):
+    got += len(c.recv(1 << 16))
+sent = 0
+try:
+    while True:  # until the server's RST: what send() took is what the application wrote
+        sent += c.send(b"u" * 65536)
+except OSError as exc:
+    err = exc.errno
+c.close()
+print(json.dumps({"pid": os.getpid(), "sent": sent, "received": got, "errno": err}), flush=True)
+"""
+
+
+def test_exact_bytes_when_a_reset_cuts_the_transfer(lab: Any, sensors: dict[str, Collector]) -> None:
+    """A download, then an upload that the server cuts with a RST (SO_LINGER 0) after 3 MB while the
+    client keeps writing: each end's bytes are exactly what its application wrote and read, and the RST
+    is counted at both ends."""
+    a, b = lab["a"], lab["b"]
+    port = next(PORTS)
+    down, cut = 2_345_678, 3_000_000
+    server = t.start(b, RESET_SERVER, port, down, cut)
+    t.wait_ready(server)
+    cres, sres = t.result(t.start(a, RESET_CLIENT, b.ip, port, down)), t.result(server)
+    assert cres["received"] == down and sres["received"] == cut and cres["sent"] >= cut, (cres, sres)
+    (o,) = sensors["a"].wait_for(lambda f: f.proto == "tcp" and f.dport == port)
+    (i,) = sensors["b"].wait_for(lambda f: f.proto == "tcp" and f.sport == port)
+    assert (o.outcome, o.bytes_tx, o.bytes_rx, o.pid) == ("established", cres["sent"], down, cres["pid"]), o
+    assert (i.outcome, i.bytes_tx, i.bytes_rx) == ("established", down, cut), i
+    assert o.resets_rx >= 1 and i.resets_tx >= 1, (o, i)
