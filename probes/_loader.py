@@ -1,8 +1,7 @@
 """Compile, attach and drain meshnode's BPF programs with bcc.
 
-The programs aggregate in the kernel (a TCP flow in its socket's local storage, UDP flows in a map keyed by
-socket cookie and remote endpoint) and emit one lifecycle record per TCP flow through a ring buffer; user
-space drains once per tick. This module is the only one
+The programs aggregate in the kernel (per-socket maps keyed by socket cookie) and emit one lifecycle
+record per TCP flow through a ring buffer; user space drains once per tick. This module is the only one
 that imports bcc; everything it returns is a frozen record from ``probes._records``.
 """
 
@@ -27,7 +26,6 @@ from probes._errors import ProbeCompileError, ProbeError
 from probes._records import (
     COUNTER_NAMES,
     EVENT_STRUCT,
-    TCP_SOCK_STATE_SIZE,
     CEvent,
     CPendingKey,
     CPendingVal,
@@ -41,7 +39,8 @@ from probes._records import (
     addr_text,
     event_array,
     event_from_raw,
-    tcp_rows_from_states,
+    tcp_row_from_c,
+    tcp_rows_from_c_arrays,
 )
 
 _EVENT_SIZE = ct.sizeof(CEvent)
@@ -56,13 +55,7 @@ BPF_CGROUP_INET_INGRESS = 0
 BPF_CGROUP_INET_EGRESS = 1
 BPF_CGROUP_SOCK_OPS = 3
 BPF_CGROUP_INET_SOCK_RELEASE = 34
-BPF_TRACE_RAW_TP = 23
 BPF_NOEXIST = 1
-BPF_PROG_TYPE_TRACING = 26
-# bpf(2) commands
-_BPF_PROG_LOAD = 5
-_BPF_RAW_TRACEPOINT_OPEN = 17
-_SYS_BPF = 321  # x86_64
 
 # Tracepoints the sensor cannot do without, and optional ones with the -D flag that enables their code.
 REQUIRED_TRACEPOINTS = (
@@ -70,19 +63,9 @@ REQUIRED_TRACEPOINTS = (
 )
 OPTIONAL_TRACEPOINTS = {
     ("sock", "sock_send_length"): "HAVE_SOCK_LENGTH",
+    ("tcp", "tcp_probe"): "HAVE_TCP_PROBE",
     ("skb", "kfree_skb"): "HAVE_KFREE_SKB",
 }
-# BTF tracepoints (tp_btf): program -> (tracepoint, the argument types it reads, as the running kernel's BTF
-# names them, checked before loading; the -D flag without which the program is not compiled). They hand
-# the socket argument to bpf_sk_storage_get and read no struct: a classic tracepoint program may not call
-# it (only BTF-typed programs may), and finding the flow by socket address took a hash map.
-BTF_TRACEPOINTS = {
-    "mn_tcp_destroy_sock": ("tcp_destroy_sock", ("struct sock *",), None),
-    "mn_tcp_receive_reset": ("tcp_receive_reset", ("struct sock *",), None),
-    "mn_sock_send_length": ("sock_send_length", ("struct sock *", "int", "int"), "HAVE_SOCK_LENGTH"),
-    "mn_sock_recv_length": ("sock_recv_length", ("struct sock *", "int", "int"), "HAVE_SOCK_LENGTH"),
-}
-
 # procs.bpf.c's tracepoints: each with its -D flag, the arguments it reads (checked in the running kernel's
 # tracefs format, since a tracepoint's arguments change between releases) and what is lost without it.
 PROC_TRACEPOINTS = {
@@ -109,10 +92,10 @@ class ProbeConfig:
     burst_threshold: int = 3
     burst_window_ms: int = 1000
     tcp_max_flows: int = 65536
-    """TCP flows tracked at once: slots of 160 B, preallocated (10 MiB at 65,536); a flow with no free slot
-    is counted in tcp_map_full."""
     tcp_prealloc: bool = False
-    """Unused: the slots are always preallocated. Kept so that configurations that set it load."""
+    """Preallocate tcp_flows (BPF_F_NO_PREALLOC off): every slot's memory is reserved at load, ~224 B x
+    tcp_max_flows (14 MiB at 65,536), however few flows are live. Off, the kernel holds 16 B a slot for
+    the hash buckets plus one element per live flow, allocated at connect and freed at destroy."""
     udp_max_flows: int = 65536
     proc_names_max: int = 16384
     """Process names kept (tgid -> leader comm, LRU; 1.4 MiB of kernel memory at 16,384): a process that
@@ -243,8 +226,6 @@ class Probes:
     _lib: Any = None
     _ring: _ringbuf.RingReader | None = None
     _batch: dict[int, tuple[Any, Any, int, int]] = field(default_factory=dict)
-    _fds: list[int] = field(default_factory=list)
-    _tcp_by_sk: dict[int, TcpFlowRow] | None = None
 
     def cflags(self) -> list[str]:
         """The -I/-D flags that configure the programs."""
@@ -260,6 +241,7 @@ class Probes:
             f"-DRTT_SHIFT_MIN_US={c.rtt_shift_min_us}", f"-DBURST_THRESHOLD={c.burst_threshold}",
             f"-DBURST_WINDOW_MS={c.burst_window_ms}", f"-DTCP_MAX_FLOWS={c.tcp_max_flows}",
             f"-DUDP_MAX_FLOWS={c.udp_max_flows}", f"-DRINGBUF_PAGES={c.ringbuf_pages}",
+            f"-DTCP_FLOWS_FLAGS={0 if c.tcp_prealloc else 'BPF_F_NO_PREALLOC'}",
             f"-DPROC_NAMES_MAX={c.proc_names_max}",
         ]
         for (cat, ev), define in OPTIONAL_TRACEPOINTS.items():
@@ -309,10 +291,6 @@ class Probes:
             self._attach_cgroup("mn_skb_egress", BPF.CGROUP_SKB, BPF_CGROUP_INET_EGRESS)
             self._attach_cgroup("mn_sock_release", BPF.CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE,
                                 expected=BPF_CGROUP_INET_SOCK_RELEASE)
-            for prog, (tp, args, define) in BTF_TRACEPOINTS.items():
-                if define is None or f"-D{define}" in flags:
-                    self._attach_btf_tracepoint(prog, tp, args)
-            self._fill_tcp_slots()
             if self.config.scoped:
                 self._bpf["scope_cg"][0] = self._cg_fd
             self._open_ring()
@@ -342,66 +320,6 @@ class Probes:
                              "(needs root or CAP_BPF + CAP_NET_ADMIN, and a cgroup v2 directory)")
         self._links.append(link)
 
-    def _attach_btf_tracepoint(self, prog: str, tp: str, args: tuple[str, ...]) -> None:
-        """Load ``prog`` as a BTF tracepoint program on ``tp`` and attach it.
-
-        bcc 0.26 compiles these but cannot load them (it looks their target up as a kernel function), so the
-        compiled instructions, map references already resolved, are loaded here with bpf(2).
-        """
-        have = btf_tracepoint_args(tp)
-        if have is None:
-            raise ProbeError(f"tracepoint {tp} is not in the kernel's BTF (/sys/kernel/btf/vmlinux): meshnode "
-                             "needs Linux >= 5.15 built with CONFIG_DEBUG_INFO_BTF=y")
-        if have[:len(args)] != args:
-            raise ProbeError(f"tracepoint {tp} takes ({', '.join(have)}) in this kernel; {prog} reads "
-                             f"({', '.join(args)}): the sensor does not know this kernel's {tp}")
-        fd = self._load_tracing(prog, BPF_TRACE_RAW_TP, _btf_id(tp, BPF_TRACE_RAW_TP))
-        link = _bpf_syscall(_BPF_RAW_TRACEPOINT_OPEN, _RawTpAttr(prog_fd=fd))
-        if link < 0:
-            raise ProbeError(f"attaching {prog} to tracepoint {tp} failed: {os.strerror(ct.get_errno())}")
-        self._links.append(link)
-
-    def _load_tracing(self, prog: str, attach_type: int, btf_id: int) -> int:
-        """A tracing program of the compiled unit, loaded; its fd (closed with the probes)."""
-        name = prog.encode()
-        start = self._lib.bpf_function_start(self._bpf.module, name)
-        size = self._lib.bpf_function_size(self._bpf.module, name)
-        if not start:
-            raise ProbeError(f"BPF program {prog} is not in the compiled unit")
-        license = ct.c_char_p(b"GPL")
-        attr = _ProgLoadAttr(prog_type=BPF_PROG_TYPE_TRACING, insn_cnt=size // 8, insns=start,
-                             license=ct.cast(license, ct.c_void_p).value or 0, prog_name=name[:15],
-                             expected_attach_type=attach_type, attach_btf_id=btf_id)
-        fd = _bpf_syscall(_BPF_PROG_LOAD, attr)
-        if fd < 0:
-            err = ct.get_errno()
-            log = ct.create_string_buffer(1 << 20)
-            attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ct.addressof(log)
-            if _bpf_syscall(_BPF_PROG_LOAD, attr) >= 0:
-                raise ProbeError(f"the kernel refused BPF program {prog}: {os.strerror(err)}")
-            verifier = [ln for ln in log.value.decode(errors="replace").splitlines() if ln.strip()]
-            raise ProbeError(f"the kernel refused BPF program {prog}: {os.strerror(err)}; verifier said: "
-                             + " | ".join(verifier[-3:]))
-        self._fds.append(fd)
-        return fd
-
-    def _fill_tcp_slots(self) -> None:
-        """Every slot of tcp_flows into the queue of free slots (the kernel side takes one per flow)."""
-        fd = self._map_fd("tcp_free")
-        slot = ct.c_uint32()
-        for i in range(self._bpf["tcp_flows"].max_entries):
-            slot.value = i
-            if self._lib.bpf_update_elem(fd, None, ct.byref(slot), 0) != 0:
-                raise ProbeError(f"filling the TCP slot queue failed at slot {i}: "
-                                 f"{os.strerror(ct.get_errno())}")
-
-    def _map_fd(self, name: str) -> int:
-        """A map's fd by name (bcc's tables do not know every map type: socket storage is one)."""
-        fd = int(self._lib.bpf_table_fd(self._bpf.module, name.encode()))
-        if fd < 0:
-            raise ProbeError(f"BPF map {name} is not in the compiled unit")
-        return fd
-
     def _open_ring(self) -> None:
         """Read the ring buffer in place (probes._ringbuf) where the CPU allows; else bcc's callback."""
         events = self._bpf["events"]
@@ -426,7 +344,6 @@ class Probes:
         For a consumer that renders records straight to text and unpacks them by position (after checking
         its layout against EVENT_FIELDS); everyone else wants ``poll_events``.
         """
-        self._tcp_by_sk = None
         if self._ring is not None:
             return self._ring.drain_unpacked(EVENT_STRUCT)
         self._bpf.ring_buffer_consume()
@@ -436,7 +353,6 @@ class Probes:
     def poll_records(self) -> tuple[bytes, int, int, int]:
         """``poll_raw`` as bytes, for a consumer in C: ``(data, count, stride, skip)``, record i's struct
         event at ``i * stride + skip`` of ``data``."""
-        self._tcp_by_sk = None
         if self._ring is not None:
             data, count, stride = self._ring.drain_records(EVENT_STRUCT.size)
             return data, count, stride, _ringbuf.HDR_SIZE
@@ -449,29 +365,23 @@ class Probes:
         return event_array(*self.poll_records())
 
     def tcp_flows(self) -> list[TcpFlowRow]:
-        """Live TCP flows the kernel tracks (totals so far): the tcp_flows slots that hold a flow, read in
-        one batch (160 B a slot, ~10 MB at 65,536 slots)."""
+        """Live TCP flows the kernel tracks (totals so far)."""
         table = self._bpf["tcp_flows"]
         walked = self._batch_walk(table)
         if walked is None:
-            data = b"".join(bytes(v) for _k, v in _rows(table))
-        else:
-            _keys, vals, n = walked
-            data = memoryview(vals).cast("B")[:n * TCP_SOCK_STATE_SIZE]
-        slots = np.frombuffer(data, dtype=np.uint8).reshape(-1, TCP_SOCK_STATE_SIZE)
-        live = slots[slots[:, 8:16].view(np.uint64)[:, 0] != 0]  # the flow's cookie
-        rows = tcp_rows_from_states(live.tobytes())
-        self._tcp_by_sk = {r.sk: r for r in rows}
-        return rows
+            return [tcp_row_from_c(k.value, v) for k, v in _rows(table)]
+        keys, vals, n = walked
+        # the arrays' bytes in one unpack pass: through a ctypes copy of each key and value it took
+        # 10-19 us a row, 0.1-0.19 s per export period at 10,000 live flows
+        return tcp_rows_from_c_arrays(memoryview(keys).cast("B")[:n * ct.sizeof(table.Key)],
+                                      memoryview(vals).cast("B")[:n * ct.sizeof(table.Leaf)])
 
     def tcp_flow_of(self, sk: int) -> TcpFlowRow | None:
-        """The live TCP flow of a socket, by its kernel address, as of the last read of the live flows
-        (``tcp_flows``, or a read made here when there was none since the last poll). No map is keyed by
-        socket address; a read per question would cost a walk of every slot."""
-        if self._tcp_by_sk is None:
-            self.tcp_flows()
-        assert self._tcp_by_sk is not None
-        return self._tcp_by_sk.get(sk)
+        """The live TCP flow of a socket, by its kernel address (the key of tcp_flows)."""
+        try:
+            return tcp_row_from_c(sk, _copy(self._bpf["tcp_flows"][ct.c_uint64(sk)]))
+        except KeyError:
+            return None
 
     def udp_flows(self) -> list[UdpFlowRow]:
         """UDP flows the kernel tracks (totals so far)."""
@@ -658,7 +568,7 @@ class Probes:
         for name in ("tcp_flows", "udp_flows", "pending", "listeners", "comms", "proc_names", "drops",
                      "events"):
             with contextlib.suppress(Exception):
-                fd = self._map_fd(name)
+                fd = self._bpf[name].map_fd
                 text = Path(f"/proc/self/fdinfo/{fd}").read_text()
                 m = re.search(r"memlock:\s+(\d+)", text)
                 if m:
@@ -671,111 +581,15 @@ class Probes:
             self._ring.close()
             self._ring = None
         self._batch.clear()
-        for fd in self._links + self._fds:
-            os.close(fd)
+        for link in self._links:
+            os.close(link)
         self._links.clear()
-        self._fds.clear()
-        self._tcp_by_sk = None
         if self._cg_fd >= 0:
             os.close(self._cg_fd)
             self._cg_fd = -1
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
-
-
-class _ProgLoadAttr(ct.Structure):
-    """union bpf_attr for BPF_PROG_LOAD (uapi/linux/bpf.h), up to attach_prog_fd."""
-
-    _fields_ = [("prog_type", ct.c_uint32), ("insn_cnt", ct.c_uint32), ("insns", ct.c_uint64),
-                ("license", ct.c_uint64), ("log_level", ct.c_uint32), ("log_size", ct.c_uint32),
-                ("log_buf", ct.c_uint64), ("kern_version", ct.c_uint32), ("prog_flags", ct.c_uint32),
-                ("prog_name", ct.c_char * 16), ("prog_ifindex", ct.c_uint32),
-                ("expected_attach_type", ct.c_uint32), ("prog_btf_fd", ct.c_uint32),
-                ("func_info_rec_size", ct.c_uint32), ("func_info", ct.c_uint64), ("func_info_cnt", ct.c_uint32),
-                ("line_info_rec_size", ct.c_uint32), ("line_info", ct.c_uint64), ("line_info_cnt", ct.c_uint32),
-                ("attach_btf_id", ct.c_uint32), ("attach_prog_fd", ct.c_uint32)]
-
-
-class _RawTpAttr(ct.Structure):
-    """union bpf_attr for BPF_RAW_TRACEPOINT_OPEN: no name, the program's BTF target."""
-
-    _fields_ = [("name", ct.c_uint64), ("prog_fd", ct.c_uint32), ("pad", ct.c_uint32)]
-
-
-_libc: Any = None
-_libbpf: Any = None
-
-
-def _bpf_syscall(cmd: int, attr: ct.Structure) -> int:
-    """bpf(2); -1 with errno (ctypes.get_errno) on failure."""
-    global _libc
-    if _libc is None:
-        _libc = ct.CDLL("libc.so.6", use_errno=True)
-        _libc.syscall.restype = ct.c_long
-    return int(_libc.syscall(ct.c_long(_SYS_BPF), ct.c_long(cmd), ct.byref(attr), ct.c_long(ct.sizeof(attr))))
-
-
-def _libbpf_lib() -> Any:
-    """libbpf (bcc's dependency): the running kernel's BTF."""
-    global _libbpf
-    if _libbpf is None:
-        lib = ct.CDLL("libbpf.so.1", use_errno=True)
-        lib.libbpf_find_vmlinux_btf_id.argtypes = [ct.c_char_p, ct.c_int]
-        lib.btf__load_vmlinux_btf.restype = ct.c_void_p
-        lib.btf__find_by_name_kind.argtypes = [ct.c_void_p, ct.c_char_p, ct.c_uint32]
-        lib.btf__type_by_id.argtypes = [ct.c_void_p, ct.c_uint32]
-        lib.btf__type_by_id.restype = ct.c_void_p
-        lib.btf__name_by_offset.argtypes = [ct.c_void_p, ct.c_uint32]
-        lib.btf__name_by_offset.restype = ct.c_char_p
-        lib.btf__free.argtypes = [ct.c_void_p]
-        _libbpf = lib
-    return _libbpf
-
-
-def _btf_id(tp: str, attach_type: int) -> int:
-    btf_id = int(_libbpf_lib().libbpf_find_vmlinux_btf_id(tp.encode(), attach_type))
-    if btf_id <= 0:
-        raise ProbeError(f"tracepoint {tp} is not in the kernel's BTF (/sys/kernel/btf/vmlinux): meshnode needs "
-                         "Linux >= 5.15 built with CONFIG_DEBUG_INFO_BTF=y")
-    return btf_id
-
-
-_BTF_PTR, _BTF_STRUCT, _BTF_UNION, _BTF_TYPEDEF, _BTF_VOLATILE, _BTF_CONST, _BTF_FUNC_PROTO = 2, 4, 5, 8, 9, 10, 13
-
-
-def btf_tracepoint_args(tp: str) -> tuple[str, ...] | None:
-    """A tracepoint's arguments as the running kernel's BTF types them (``btf_trace_<tp>``), in C spelling
-    without qualifiers ("struct sock *", "int"), or None when the kernel's BTF has no such tracepoint."""
-    lib = _libbpf_lib()
-    btf = lib.btf__load_vmlinux_btf()
-    if not btf:
-        return None
-    try:
-        def word(tid: int, i: int) -> int:
-            return ct.c_uint32.from_address(lib.btf__type_by_id(btf, tid) + 4 * i).value
-
-        def spell(tid: int) -> str:
-            kind = (word(tid, 1) >> 24) & 0x1F
-            if kind in (_BTF_VOLATILE, _BTF_CONST):
-                return spell(word(tid, 2))
-            if kind == _BTF_PTR:
-                return spell(word(tid, 2)) + " *"
-            name = (lib.btf__name_by_offset(btf, word(tid, 0)) or b"").decode()
-            return {_BTF_STRUCT: "struct ", _BTF_UNION: "union "}.get(kind, "") + name
-
-        tid = lib.btf__find_by_name_kind(btf, f"btf_trace_{tp}".encode(), _BTF_TYPEDEF)
-        if tid <= 0:
-            return None
-        ptr = word(tid, 2)
-        proto = word(ptr, 2)
-        if (word(ptr, 1) >> 24) & 0x1F != _BTF_PTR or (word(proto, 1) >> 24) & 0x1F != _BTF_FUNC_PROTO:
-            return None
-        base = lib.btf__type_by_id(btf, proto) + 12
-        params = [ct.c_uint32.from_address(base + 8 * i + 4).value for i in range(word(proto, 1) & 0xFFFF)]
-        return tuple(spell(t) for t in params[1:])  # the first is the probe's own data pointer
-    finally:
-        lib.btf__free(btf)
 
 
 MADV_PAGEOUT = 21
@@ -876,7 +690,6 @@ def _compile_error(log: str) -> ProbeError:
 __all__ = [
     "ProbeConfig",
     "Probes",
-    "btf_tracepoint_args",
     "drop_reason_names",
     "missing_prerequisites",
     "missing_proc_tracepoints",

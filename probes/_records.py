@@ -294,16 +294,6 @@ def tcp_row_from_c(sk: int, f: CTcpFlow) -> TcpFlowRow:
     return _tcp_row(sk, _TCP_FLOW_ONLY.unpack(bytes(f)), b"")
 
 
-TCP_SOCK_STATE_SIZE: Final = _U64.size + _TCP_FLOW_ONLY.size
-"""struct tcp_sock_state (meshnode.h): a socket's address, then its struct tcp_flow."""
-_TCP_SOCK_STATE = struct.Struct("=Q" + _TCP_FLOW)
-
-
-def tcp_rows_from_states(data: bytes | memoryview) -> list[TcpFlowRow]:
-    """Rows of the tcp_flows iterator's output: struct tcp_sock_state after struct tcp_sock_state."""
-    return [_tcp_row(v[0], v[1:], b"") for v in _TCP_SOCK_STATE.iter_unpack(data)]
-
-
 def tcp_rows_from_c_arrays(keys: memoryview, values: memoryview) -> list[TcpFlowRow]:
     """Rows of a batch map read: the keys' bytes (socket addresses, u64) and the values' (struct
     tcp_flow), row i of each side by side."""

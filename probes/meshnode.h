@@ -33,7 +33,7 @@
 
 /* per-CPU counters: nothing is lost silently */
 #define C_RINGBUF_FULL 0
-#define C_TCP_MAP_FULL 1         /* a TCP socket's storage could not be made (memory) */
+#define C_TCP_MAP_FULL 1
 #define C_UDP_MAP_FULL 2
 #define C_PENDING_MAP_FULL 3
 #define C_TRACKED_MAP_FULL 4     /* unused since `tracked` merged into tcp_flows; the index stays */
@@ -43,13 +43,18 @@
 #define C_PROC_MAP_FULL 8        /* a process name the LRU map could not take (procs.bpf.c) */
 #define C_NCOUNTERS 9
 
-/* One TCP flow: the `flow` of a tcp_flows slot (tcp_sock_state below), taken at connect or at passive
- * establishment, and of its ring records.
+/* One TCP socket, keyed by its kernel address (created at connect or at passive establishment).
  *
- * Kernel memory per flow is a slot (preallocated) + the socket storage that names the slot, so every byte here
- * counts (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the kernel
- * logic does not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64 bytes),
- * family and direction are flag bits. 152 B, no padding. */
+ * The address, not the cookie, is the key because the syscall tracepoints (sock_send_length/recv_length)
+ * know only the address: one map then serves every program, where a second `tracked` map (address ->
+ * cookie, 80 B a flow) was needed before. The cookie is in the value, and every program that knows the
+ * cookie checks it, so a row left by a socket whose destroy was not seen is never taken for a new socket
+ * at the same address (track() ends such a row when the address is reused).
+ *
+ * Kernel memory per flow is this value + 8 B key + 48 B hash element header + 16 B bucket, so every byte
+ * here counts (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the
+ * kernel logic does not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64
+ * bytes), family and direction are flag bits. 152 B, no padding. */
 struct tcp_flow {
     __u64 cookie;           /* socket cookie: the flow's id */
     __u64 netns;            /* netns cookie */
@@ -81,15 +86,6 @@ struct tcp_flow {
     __u8 flags;             /* F_* above */
     __u8 saddr[16];         /* IPv4 in the first 4 bytes */
     __u8 daddr[16];
-};
-
-/* A slot of the tcp_flows array (sensor.bpf.c): a flow, and its socket's kernel address, the join key of
- * drops and records (the `sk` of struct event). The socket finds its slot through its socket-local storage,
- * so no program looks a socket up by address; user space reads every slot in one batch (160 B a slot).
- * flow.cookie == 0: a free slot. */
-struct tcp_sock_state {
-    __u64 sk;
-    struct tcp_flow flow;
 };
 
 /* One UDP flow: a socket and one remote endpoint. */
@@ -160,7 +156,7 @@ struct event {
     __u32 pad;
     __u64 ts_ns;
     __u64 cookie;
-    __u64 sk;               /* the flow's socket address: join key for drops */
+    __u64 sk;               /* the flow's socket address (its tcp_flows key): join key for drops */
     __u64 value;            /* burst size, new RTT, ... */
     __u64 value2;           /* previous RTT, ... */
     struct tcp_flow flow;

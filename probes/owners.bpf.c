@@ -2,8 +2,8 @@
  * sock_ops and cgroup-skb often run in softirq, where the current task is whoever was interrupted; these
  * record who really read or wrote, and how many bytes the application moved (connect callers are noted by
  * sock_ops' CONNECT_CB, which runs inside connect(2), or on kernels before 6.16 here). A tracked TCP
- * socket is found through its storage (made by sock_ops), which also scopes this work to the sensor's
- * cgroup for free. */
+ * socket is found by its address, the key of tcp_flows (rows are made by sock_ops), which also scopes
+ * this work to the sensor's cgroup for free. */
 
 #define MN_MSG_PEEK 2
 
@@ -17,24 +17,22 @@ static __always_inline int in_scope(void)
 }
 
 #ifdef HAVE_SOCK_LENGTH  /* sock_send_length and sock_recv_length came together (Linux 6.4) */
-/* BTF tracepoints (tp_btf, loaded by probes/_loader.py, which checks their arguments in the running kernel's
- * BTF): sock_send_length(struct sock *sk, int ret, int flags) and sock_recv_length(same). Every socket
- * family passes here; a tracked TCP socket has a flow in its storage, and nothing else does. */
-static __always_inline void app_bytes(void *sk, int ret, int tx)
+static __always_inline void app_bytes(__u64 sk, __u16 protocol, int ret, int tx)
 {
     if (ret <= 0)
         return;
-    struct tcp_sock_state *st = sock_flow(sk);
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!st) {
-#ifndef HAVE_SOCKOPS_COMM
-        /* UDP senders' comm: cgroup-skb cannot call bpf_get_current_comm before Linux 6.16 */
-        if (tx && in_scope())
+    if (protocol == IPPROTO_UDP) {
+        /* UDP bytes come exact from the datagrams; here only the sender's comm is worth keeping */
+        if (in_scope())
             note_comm(tgid);
-#endif
         return;
     }
-    struct tcp_flow *f = &st->flow;
+    if (protocol != IPPROTO_TCP)
+        return;
+    struct tcp_flow *f = tcp_flows.lookup(&sk);  /* the tracepoint knows no cookie to check */
+    if (!f)
+        return;
     if (tx)
         __sync_fetch_and_add(&f->bytes_tx, ret);
     else
@@ -51,17 +49,17 @@ static __always_inline void app_bytes(void *sk, int ret, int tx)
 #endif
 }
 
-int mn_sock_send_length(__u64 *ctx)
+TRACEPOINT_PROBE(sock, sock_send_length)
 {
-    app_bytes((void *)ctx[0], (int)ctx[1], 1);
+    app_bytes((__u64)args->sk, args->protocol, args->ret, 1);
     return 0;
 }
 
-int mn_sock_recv_length(__u64 *ctx)
+TRACEPOINT_PROBE(sock, sock_recv_length)
 {
-    if ((int)ctx[2] & MN_MSG_PEEK)
+    if (args->flags & MN_MSG_PEEK)
         return 0;
-    app_bytes((void *)ctx[0], (int)ctx[1], 0);
+    app_bytes((__u64)args->sk, args->protocol, args->ret, 0);
     return 0;
 }
 #endif

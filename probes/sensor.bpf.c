@@ -19,19 +19,12 @@ static __u64 (*mn_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie
 #define RINGBUF_PAGES 2048
 #endif
 
-/* TCP flows (meshnode.h): a preallocated array of slots that user space reads in one batch, a queue of the
- * free slots (user space fills it at load), and each tracked socket's slot in its socket-local storage. A
- * program that holds the socket (sock_ops, cgroup-skb, BTF tracepoints) finds the flow through the socket
- * itself, where a hash keyed by socket address cost an insert at connect (~765 ns here), a lookup plus a
- * cookie check per run and a delete at destroy (bench/RESULTS.md, Sensor). The storage goes with the
- * socket; the slot goes back to the queue when the flow's record is emitted. */
-struct tcp_sock_slot {
-    __u32 slot1;            /* slot + 1; 0: none */
-    __u32 pad;
-};
-BPF_ARRAY(tcp_flows, struct tcp_sock_state, TCP_MAX_FLOWS);
-BPF_QUEUE(tcp_free, __u32, TCP_MAX_FLOWS);
-BPF_SK_STORAGE(tcp_socks, struct tcp_sock_slot);
+#ifndef TCP_FLOWS_FLAGS
+#define TCP_FLOWS_FLAGS 0           /* or BPF_F_NO_PREALLOC: ProbeConfig.tcp_prealloc */
+#endif
+
+/* socket address -> flow (meshnode.h) */
+BPF_F_TABLE("hash", __u64, struct tcp_flow, tcp_flows, TCP_MAX_FLOWS, TCP_FLOWS_FLAGS);
 BPF_HASH(udp_flows, struct udp_key, struct udp_flow, UDP_MAX_FLOWS);
 BPF_HASH(pending, struct pending_key, struct pending_val, 8192);
 BPF_HASH(listeners, struct pending_key, __u32, 4096);      /* (netns, lport) -> tgid that listened */

@@ -98,59 +98,38 @@ static __always_inline void on_retrans(struct tcp_flow *f, __u64 sk, __u64 now)
         emit(EV_RETRANS_BURST, f->cookie, sk, f, f->burst, 0);
 }
 
-/* The flow of a socket (a program's struct bpf_sock, or a BTF tracepoint's struct sock), if it is tracked. */
-static __always_inline struct tcp_sock_state *sock_flow(void *sk)
+/* The row of the socket at this address, if it is this socket's (cookie checked). */
+static __always_inline struct tcp_flow *flow_of(__u64 sk, __u64 cookie)
 {
-    struct tcp_sock_slot *ss = tcp_socks.sk_storage_get(sk, 0, 0);
-    if (!ss || !ss->slot1)
-        return 0;
-    __u32 i = ss->slot1 - 1;
-    struct tcp_sock_state *st = tcp_flows.lookup(&i);
-    return st && st->flow.cookie ? st : 0;
+    struct tcp_flow *f = tcp_flows.lookup(&sk);
+    return f && f->cookie == cookie ? f : 0;
 }
 
-static __always_inline struct tcp_sock_state *flow_of(struct bpf_sock_ops *skops)
+/* Start tracking a socket under its address. A row already there is a flow that ended: another socket's,
+ * freed without the destroy we saw (its address is reused now), or this socket's own failed connect, which
+ * Linux lets it make again (same address, same cookie). It is emitted, not lost, and not counted as a full
+ * map. */
+static __always_inline int track(struct bpf_sock_ops *skops, __u64 sk, struct tcp_flow *f)
 {
-    struct bpf_sock *sk = skops->sk;
-    if (!sk)
-        return 0;
-    return sock_flow(sk);
-}
-
-static __always_inline void ended(struct tcp_sock_state *st);
-
-/* Start tracking a socket: its storage and a free slot. A slot already holding a flow is this socket's own
- * failed connect, which Linux lets it make again (same socket, same cookie): that attempt ended, and is
- * emitted. Returns the zeroed flow to fill, or 0 when there is no storage or no free slot (counted). */
-static __always_inline struct tcp_sock_state *track(struct bpf_sock_ops *skops)
-{
-    struct bpf_sock *sk = skops->sk;
-    if (!sk)
-        return 0;
-    struct tcp_sock_slot *ss = tcp_socks.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (!ss) {
-        count(C_TCP_MAP_FULL);
-        return 0;
+    /* insert first: the address is nearly always free, and a lookup before every insert cost ~200 ns of
+     * the ~1.2 us a connect took here (a cold bucket, then walked again by the insert) */
+    int err = tcp_flows.insert(&sk, f);
+    if (err == -EEXIST) {
+        struct tcp_flow *old = tcp_flows.lookup(&sk);
+        if (old) {
+            emit(EV_TCP_END, old->cookie, sk, old, 0, 0);
+            tcp_flows.delete(&sk);
+            err = tcp_flows.insert(&sk, f);
+        }
     }
-    __u32 slot;
-    if (ss->slot1) {
-        slot = ss->slot1 - 1;
-    } else if (tcp_free.pop(&slot)) {
+    if (err) {
         count(C_TCP_MAP_FULL);
-        return 0;
+        return -1;
     }
-    struct tcp_sock_state *st = tcp_flows.lookup(&slot);
-    if (!st)
-        return 0;
-    if (ss->slot1 && st->flow.cookie)
-        ended(st);
-    ss->slot1 = slot + 1;
-    __builtin_memset(&st->flow, 0, sizeof(st->flow));
-    st->sk = (__u64)sk;
     count(C_TCP_OPENED);
     bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
                                          BPF_SOCK_OPS_RETRANS_CB_FLAG);
-    return st;
+    return 0;
 }
 
 /* TCP_CLOSE: the outcome and the kernel's counters are final now. The record is emitted when the socket
@@ -207,56 +186,51 @@ int mn_sockops(struct bpf_sock_ops *skops)
     case BPF_SOCK_OPS_TCP_CONNECT_CB: {
         /* process context (connect(2)): the caller owns the flow, and its comm is noted here where sock_ops
          * may call bpf_get_current_comm (Linux 6.16), else by the inet_sock_set_state tracepoint */
-        struct tcp_sock_state *st = track(skops);
-        if (!st)
-            return 1;
-        struct tcp_flow *f = &st->flow;
-        fill_tuple(skops, f);
-        f->cookie = mn_socket_cookie(skops);
-        f->netns = bpf_get_netns_cookie(skops);
-        f->cgroup_id = bpf_get_current_cgroup_id();
-        f->start_ns = now;
-        f->last_ns = now;
-        f->pid = bpf_get_current_pid_tgid() >> 32;
-        f->outcome = OC_IN_PROGRESS;
+        struct tcp_flow f = {};
+        fill_tuple(skops, &f);
+        f.cookie = mn_socket_cookie(skops);
+        f.netns = bpf_get_netns_cookie(skops);
+        f.cgroup_id = bpf_get_current_cgroup_id();
+        f.start_ns = now;
+        f.last_ns = now;
+        f.pid = bpf_get_current_pid_tgid() >> 32;
+        f.outcome = OC_IN_PROGRESS;
 #ifdef HAVE_SOCKOPS_COMM
-        note_comm(f->pid);
+        note_comm(f.pid);
 #endif
+        track(skops, (__u64)skops->sk, &f);
         return 1;
     }
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
-        struct tcp_sock_state *st = flow_of(skops);
-        if (!st)
+        __u64 sk = (__u64)skops->sk;
+        struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skops));
+        if (!f)
             return 1;
-        struct tcp_flow *f = &st->flow;
         f->outcome = OC_ESTABLISHED;
         f->connect_us = (now - f->start_ns) / 1000;
         sample(skops, f, now);
-        on_rtt(skops, f, st->sk);
+        on_rtt(skops, f, sk);
         return 1;
     }
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
         /* softirq: the current task is not the owner; the listener's owner stands in until a reader shows */
-        struct tcp_sock_state *st = track(skops);
-        if (!st)
-            return 1;
-        struct tcp_flow *f = &st->flow;
+        struct tcp_flow f = {};
         struct pending_key k = {};
-        k.family = fill_tuple(skops, f);
-        f->cookie = mn_socket_cookie(skops);
-        f->netns = k.netns = bpf_get_netns_cookie(skops);
-        f->flags |= F_INBOUND | F_SYNACK;
-        f->outcome = OC_ESTABLISHED;
-        f->start_ns = now;
-        __builtin_memcpy(k.laddr, f->saddr, 16);
-        __builtin_memcpy(k.raddr, f->daddr, 16);
-        k.lport = f->sport;
-        k.rport = f->dport;
+        k.family = fill_tuple(skops, &f);
+        f.cookie = mn_socket_cookie(skops);
+        f.netns = k.netns = bpf_get_netns_cookie(skops);
+        f.flags |= F_INBOUND | F_SYNACK;
+        f.outcome = OC_ESTABLISHED;
+        f.start_ns = now;
+        __builtin_memcpy(k.laddr, f.saddr, 16);
+        __builtin_memcpy(k.raddr, f.daddr, 16);
+        k.lport = f.sport;
+        k.rport = f.dport;
         struct pending_val *p = pending.lookup(&k);
         if (p) {
-            f->start_ns = p->syn_ns;
-            f->cgroup_id = p->cgroup_id;
-            f->connect_us = (now - p->syn_ns) / 1000;
+            f.start_ns = p->syn_ns;
+            f.cgroup_id = p->cgroup_id;
+            f.connect_us = (now - p->syn_ns) / 1000;
             pending.delete(&k);
         }
         struct pending_key lk = {};
@@ -264,76 +238,77 @@ int mn_sockops(struct bpf_sock_ops *skops)
         lk.lport = k.lport;
         __u32 *tgid = listeners.lookup(&lk);
         if (tgid)
-            f->pid = *tgid;
-        sample(skops, f, now);
-        f->synack_retrans = f->total_retrans;  /* the child inherits the request's SYN-ACK retransmits */
+            f.pid = *tgid;
+        sample(skops, &f, now);
+        f.synack_retrans = f.total_retrans;  /* the child inherits the request's SYN-ACK retransmits */
+        track(skops, (__u64)skops->sk, &f);
         return 1;
     }
     case BPF_SOCK_OPS_RTT_CB: {
-        struct tcp_sock_state *st = flow_of(skops);
-        if (!st)
+        __u64 sk = (__u64)skops->sk;
+        struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skops));
+        if (!f)
             return 1;
-        sample(skops, &st->flow, now);
-        on_rtt(skops, &st->flow, st->sk);
+        sample(skops, f, now);
+        on_rtt(skops, f, sk);
         return 1;
     }
     case BPF_SOCK_OPS_RETRANS_CB: {
-        struct tcp_sock_state *st = flow_of(skops);
-        if (st)
-            on_retrans(&st->flow, st->sk, now);
+        __u64 sk = (__u64)skops->sk;
+        struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skops));
+        if (f)
+            on_retrans(f, sk, now);
         return 1;
     }
     case BPF_SOCK_OPS_STATE_CB: {  /* to CLOSE (checked above) */
-        struct tcp_sock_state *st = flow_of(skops);
-        if (st)
-            closed(skops, &st->flow, skops->args[0], now);
+        struct tcp_flow *f = flow_of((__u64)skops->sk, mn_socket_cookie(skops));
+        if (f)
+            closed(skops, f, skops->args[0], now);
         return 1;
     }
     }
     return 1;
 }
 
-/* A flow ended: its one lifecycle record. Nothing reports it again (cookie 0). */
-static __always_inline void ended(struct tcp_sock_state *st)
+/* The socket is gone: emit the flow's one lifecycle record and forget it. Whatever row is at this
+ * address ends here (one of another cookie would be a socket freed unseen: it ended too). */
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
 {
-    struct tcp_flow *f = &st->flow;
+    __u64 sk = (__u64)args->skaddr;
+    struct tcp_flow *f = tcp_flows.lookup(&sk);
+    if (!f)
+        return 0;
     if (!(f->flags & F_CLOSED) && f->outcome == OC_IN_PROGRESS)
-        f->outcome = OC_TIMEOUT;  /* ended without a state change we saw: the SYN went unanswered */
-    emit(EV_TCP_END, f->cookie, st->sk, f, 0, 0);
-    f->cookie = 0;
-}
-
-/* The programs below are BTF tracepoints (tp_btf, loaded by probes/_loader.py): their arguments are the
- * tracepoint's own (the running kernel's BTF types them; `ctx[i]` is argument i), and the socket argument is
- * handed to bpf_sk_storage_get, never dereferenced. */
-
-/* tcp_destroy_sock(struct sock *sk): the socket is gone: the flow's lifecycle record. It is emitted here, not
- * at TCP_CLOSE, because the application may still read queued data after CLOSE (e.g. FIN_WAIT2 ->
- * TIME_WAIT with unread bytes), and those reads belong to the flow. The storage goes with the socket. */
-int mn_tcp_destroy_sock(__u64 *ctx)
-{
-    struct tcp_sock_slot *ss = tcp_socks.sk_storage_get((void *)ctx[0], 0, 0);
-    if (!ss || !ss->slot1)
-        return 0;
-    __u32 slot = ss->slot1 - 1;
-    ss->slot1 = 0;
-    struct tcp_sock_state *st = tcp_flows.lookup(&slot);
-    if (!st)
-        return 0;
-    if (st->flow.cookie)
-        ended(st);
-    tcp_free.push(&slot, 0);  /* cannot fail: the queue holds every slot */
+        f->outcome = OC_TIMEOUT;  /* destroyed without a state change we saw: the SYN went unanswered */
+    emit(EV_TCP_END, f->cookie, sk, f, 0, 0);
+    tcp_flows.delete(&sk);
     return 0;
 }
 
-/* tcp_receive_reset(const struct sock *sk): a RST received on a full socket: counts toward refused (in
- * SYN_SENT) and the flow's resets. */
-int mn_tcp_receive_reset(__u64 *ctx)
+/* A RST received on a full socket: counts toward refused (in SYN_SENT) and the flow's resets. */
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
-    struct tcp_sock_state *st = sock_flow((void *)ctx[0]);
-    if (!st)
+    __u64 sk = (__u64)args->skaddr;
+    struct tcp_flow *f = flow_of(sk, args->sock_cookie);
+    if (!f)
         return 0;
-    st->flow.resets_rx++;
-    emit(EV_RESET_RX, st->flow.cookie, st->sk, &st->flow, 0, 0);
+    f->resets_rx++;
+    emit(EV_RESET_RX, f->cookie, sk, f, 0, 0);
     return 0;
 }
+
+#ifdef HAVE_TCP_PROBE
+/* Zero window: the peer advertised no room. Early exit keeps this cheap on every other segment. */
+TRACEPOINT_PROBE(tcp, tcp_probe)
+{
+    if (args->snd_wnd != 0)
+        return 0;
+    __u64 sk = (__u64)args->skaddr;
+    struct tcp_flow *f = flow_of(sk, args->sock_cookie);
+    if (!f || (f->flags & F_ZERO_WINDOW))
+        return 0;
+    f->flags |= F_ZERO_WINDOW;
+    emit(EV_ZERO_WINDOW, f->cookie, sk, f, 0, 0);
+    return 0;
+}
+#endif

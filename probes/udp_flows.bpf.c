@@ -1,6 +1,5 @@
 /* cgroup-skb ingress/egress: UDP flows (per socket and remote endpoint, exact payload bytes from the UDP
- * header), TCP resets sent, zero windows advertised to a tracked TCP socket, and inbound handshakes (SYN on
- * a listener; RST that cuts a half-open one).
+ * header), TCP resets sent, and inbound handshakes (SYN on a listener; RST that cuts a half-open one).
  * Packet bytes are read with bpf_skb_load_bytes from the IP header on: cgroup-skb programs see the
  * packet from its network header in both directions. */
 
@@ -73,51 +72,30 @@ static __always_inline int parse_tuple(struct __sk_buff *skb, struct l4 *p)
     return 0;
 }
 
-/* The flow of the full socket a packet belongs to, if it is tracked. */
-static __always_inline struct tcp_sock_state *skb_flow(struct __sk_buff *skb)
-{
-    struct bpf_sock *sk = skb->sk;
-    if (!sk)
-        return 0;
-    sk = bpf_sk_fullsock(sk);
-    if (!sk)
-        return 0;
-    return sock_flow(sk);
-}
-
 static __always_inline void tcp_packet(struct __sk_buff *skb, struct l4 *p, int egress)
 {
-    __u8 h[4];  /* data offset, flags, window (big-endian) */
-    __u32 off = (p->l4off & 0x3c) + 12;
-    if (HDR(skb, off, h, 4))
+    __u8 flags;
+    __u32 off = (p->l4off & 0x3c) + 13;
+    if (HDR(skb, off, &flags, 1))
         return;
-    __u8 flags = h[1];
     int syn = flags & 0x02, rst = flags & 0x04, ack = flags & 0x10;
-    if (!syn && !rst) {
-        /* nearly every segment: sock_ops and the byte tracepoints count those. What is left is a zero
-         * window the peer advertises (the raw field is 0 whatever the scale), once per flow. */
-        if (egress || h[2] || h[3] || !ack)
-            return;
-        struct tcp_sock_state *st = skb_flow(skb);
-        if (st && !(st->flow.flags & F_ZERO_WINDOW)) {
-            st->flow.flags |= F_ZERO_WINDOW;
-            emit(EV_ZERO_WINDOW, st->flow.cookie, st->sk, &st->flow, 0, 0);
-        }
-        return;
-    }
+    if (!syn && !rst)
+        return;  /* nearly every segment: sock_ops and the tracepoints count those */
     if (egress ? !rst : ack && !rst)
         return;  /* what is left matters only as an egress RST, an ingress SYN or an ingress RST */
+    if (parse_tuple(skb, p))
+        return;
     if (egress) {
-        /* a RST this flow's socket sends */
-        struct tcp_sock_state *st = skb_flow(skb);
-        if (st) {
-            st->flow.resets_tx++;
-            emit(EV_RESET_TX, st->flow.cookie, st->sk, &st->flow, 0, 0);
+        if (rst) {
+            __u64 sk = (__u64)skb->sk;
+            struct tcp_flow *f = flow_of(sk, mn_socket_cookie(skb));
+            if (f) {
+                f->resets_tx++;
+                emit(EV_RESET_TX, f->cookie, sk, f, 0, 0);
+            }
         }
         return;
     }
-    if (parse_tuple(skb, p))
-        return;
     /* ingress: the socket is the listener for SYNs and for packets to request sockets */
     struct pending_key k = {};
     k.netns = bpf_get_netns_cookie(skb);
@@ -210,12 +188,8 @@ static __always_inline void udp_packet(struct __sk_buff *skb, struct l4 *p, int 
         if (!f->first_tx_ns)
             f->first_tx_ns = now;
         /* UDP egress runs in the sending syscall: the current task owns the socket */
-        if (!f->pid) {
+        if (!f->pid)
             f->pid = bpf_get_current_pid_tgid() >> 32;
-#ifdef HAVE_SOCKOPS_COMM
-            note_comm(f->pid);  /* else sock_send_length notes UDP senders */
-#endif
-        }
     } else {
         __sync_fetch_and_add(&f->bytes_rx, payload);
         __sync_fetch_and_add(&f->packets_rx, segs);

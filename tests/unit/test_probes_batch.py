@@ -71,9 +71,8 @@ def test_a_failure_before_any_row_iterates_a_lookup_and_raises_for_a_drain() -> 
 
 
 def test_live_tcp_rows_read_from_the_batch_arrays_equal_the_row_by_row_decoding() -> None:
-    """``tcp_flows`` unpacks the slots' bytes (struct tcp_sock_state: socket address, flow) in one pass,
-    leaving out free slots (cookie 0); every row must equal what the ctypes decoding of that socket and flow
-    (``tcp_row_from_c``) gives, in order, for IPv4 and IPv6 rows."""
+    """``tcp_flows`` unpacks the batch arrays' bytes in one pass; every row must equal what the ctypes
+    decoding of that key and value (``tcp_row_from_c``) gives, in order, for IPv4 and IPv6 rows."""
     from probes._records import F_INBOUND, F_INET6, F_SYNACK, CTcpFlow, tcp_row_from_c
 
     rows = []
@@ -89,19 +88,14 @@ def test_live_tcp_rows_read_from_the_batch_arrays_equal_the_row_by_row_decoding(
         f.daddr[:] = bytes(range(16, 32)) if i % 2 else bytes([10, 0, 0, i] + [0] * 12)
         rows.append((0xFFFF8880_0000_0000 + 64 * i, f))
 
-    class CState(ct.Structure):
-        _fields_ = [("sk", ct.c_uint64), ("flow", CTcpFlow)]
-
     class TcpTable:
-        map_fd, max_entries, Key, Leaf = 9, 9, ct.c_uint32, CState
-
-    slots = [*rows[:3], (0xFFFF8880_DEAD_0000, CTcpFlow()), *rows[3:]]  # a free slot among them
+        map_fd, max_entries, Key, Leaf = 9, 8, ct.c_uint64, CTcpFlow
 
     def op(fd: int, tin: Any, tout: Any, keys: Any, vals: Any, count: Any) -> int:
-        for i, (sk, f) in enumerate(slots):
-            keys._obj[i].value = i
-            vals._obj[i] = CState(sk, f)
-        count._obj.value = len(slots)
+        for i, (sk, f) in enumerate(rows):
+            keys._obj[i].value = sk
+            vals._obj[i] = f
+        count._obj.value = len(rows)
         ct.set_errno(errno.ENOENT)
         return -errno.ENOENT
 

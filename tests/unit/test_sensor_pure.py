@@ -139,9 +139,9 @@ def test_rtt_shift_events_skip_loopback_and_repeat_at_most_every_10s() -> None:
 
 
 def test_probe_config_flags_for_the_tcp_map() -> None:
-    """tcp_flows has tcp_max_flows slots; the burst counter is a u8, so its threshold is too."""
-    assert "-DTCP_MAX_FLOWS=65536" in Probes(ProbeConfig()).cflags()
-    assert "-DTCP_MAX_FLOWS=1024" in Probes(ProbeConfig(tcp_max_flows=1024)).cflags()
+    """tcp_flows is not preallocated unless asked; the burst counter is a u8, so its threshold is too."""
+    assert "-DTCP_FLOWS_FLAGS=BPF_F_NO_PREALLOC" in Probes(ProbeConfig()).cflags()
+    assert "-DTCP_FLOWS_FLAGS=0" in Probes(ProbeConfig(tcp_prealloc=True)).cflags()
     with pytest.raises(ProbeError, match="burst_threshold"):
         Probes(ProbeConfig(burst_threshold=256)).cflags()
 
