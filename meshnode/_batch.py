@@ -11,7 +11,9 @@ records (made once per batch, on first use, and kept).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, overload
 
@@ -277,10 +279,20 @@ def factorize(*columns: NDArray[Any]) -> tuple[NDArray[np.intp], list[Any]]:
     return rank[inverse.reshape(n)], values_out
 
 
+def identities(col: NDArray[Any]) -> NDArray[np.uintp]:
+    """The objects' identities: an object array's buffer holds its objects' addresses, which CPython's
+    ``id`` returns; read in place (one copy) instead of one ``id`` call a row."""
+    n = len(col)
+    if n and col.flags.c_contiguous and sys.implementation.name == "cpython":
+        raw = (ctypes.c_size_t * n).from_address(col.ctypes.data)
+        return np.frombuffer(raw, dtype=np.uintp).copy()
+    return np.fromiter(map(id, col.tolist()), dtype=np.uintp, count=n)
+
+
 def _column_codes(col: NDArray[Any]) -> tuple[NDArray[np.intp], list[Any]]:
     """One column's codes and distinct values (any order)."""
     if col.dtype == object:
-        ident = np.fromiter(map(id, col.tolist()), dtype=np.uint64, count=len(col))
+        ident = identities(col)
         _, first, inverse = np.unique(ident, return_index=True, return_inverse=True)
         index: dict[Any, int] = {}
         setdefault = index.setdefault

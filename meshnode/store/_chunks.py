@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from meshnode._batch import DTYPES, FIELDS, OBJECT_FIELDS, FlowBatch, factorize
+from meshnode._batch import DTYPES, FIELDS, OBJECT_FIELDS, FlowBatch, factorize, identities
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -51,7 +51,7 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
         col = flows.cols[name]
         if name in OBJECT_FIELDS:
             if name == "drop_reasons":  # dicts: the distinct objects' JSON, then by text
-                ident = np.fromiter(map(id, col.tolist()), dtype=np.uint64, count=flows.n)
+                ident = identities(col)
                 _, first, inverse = np.unique(ident, return_index=True, return_inverse=True)
                 texts = np.array([json.dumps(d, separators=(",", ":"), sort_keys=True) if d else ""
                                   for d in col[first].tolist()], dtype=object)
