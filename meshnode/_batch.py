@@ -284,8 +284,9 @@ def identities(col: NDArray[Any]) -> NDArray[np.uintp]:
     ``id`` returns; read in place (one copy) instead of one ``id`` call a row."""
     n = len(col)
     if n and col.flags.c_contiguous and sys.implementation.name == "cpython":
-        raw = (ctypes.c_size_t * n).from_address(col.ctypes.data)
-        return np.frombuffer(raw, dtype=np.uintp).copy()
+        raw = memoryview((ctypes.c_size_t * n).from_address(col.ctypes.data)).cast("B")
+        ident: NDArray[np.uintp] = np.frombuffer(raw, dtype=np.uintp).copy()
+        return ident
     return np.fromiter(map(id, col.tolist()), dtype=np.uintp, count=n)
 
 
