@@ -22,6 +22,7 @@ import dataclasses
 import ipaddress
 import itertools
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -889,7 +890,13 @@ class Store:
             else:
                 values_of.append(list(ids[i]))
             stacked[:, i] = group_ids
-        uniq_rows, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        sizes = [max(1, len(v)) for v in values_of] or [1]
+        if math.prod(sizes) < 1 << 62:  # one int64 key a row (a mixed radix): a 1-d sort
+            radix = np.cumprod([1, *sizes[:0:-1]])[::-1].astype(np.int64)
+            flat, inverse = np.unique(stacked @ radix, return_inverse=True)
+            uniq_rows = np.stack([(flat // r) % size for r, size in zip(radix, sizes, strict=True)], axis=1)
+        else:  # wide group-bys: distinct rows (no product to overflow)
+            uniq_rows, inverse = np.unique(stacked, axis=0, return_inverse=True)
         uniq = np.arange(len(uniq_rows))
         key = inverse.reshape(len(stacked))
         width = _OUTCOME_SLOTS  # outcome numbers 0..7; anything else counts as unknown, in the last slot
