@@ -63,9 +63,14 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
             if len(values) == 1:  # one value for the whole chunk (node_id, often comm or service): no codes
                 header["cols"][name] = {"const": values[0]}
                 continue
-            index = values
             data = codes.tobytes()
-            header["cols"][name] = {"dict": index, "at": offset, "len": len(data)}
+            words = _join_texts(values)
+            if words is None:
+                header["cols"][name] = {"dict": values, "at": offset, "len": len(data)}
+            else:
+                header["cols"][name] = {"at": offset, "len": len(data), "words_at": offset + len(data),
+                                        "words_len": len(words)}
+                data += words
         else:
             if col.size and (col == col[0]).all():
                 header["cols"][name] = {"const": col[0].item()}
@@ -87,6 +92,18 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
     return _HEAD.pack(_MAGIC, len(head)) + head + b"".join(parts)
 
 
+def _join_texts(values: list[str]) -> bytes | None:
+    """Distinct texts as one NUL-separated UTF-8 section (read back with one split: JSON parsing of large
+    dictionaries was most of a chunk read); None when a text holds a NUL."""
+    if any("\0" in v for v in values):
+        return None
+    return "\0".join(values).encode("utf-8", "surrogatepass")
+
+
+def _split_texts(data: bytes | memoryview) -> list[str]:
+    return bytes(data).decode("utf-8", "surrogatepass").split("\0")
+
+
 COUNTED: Final = (("comm", "pid"), ("dst", "dport"))
 """The group-bys whose outcome counts each chunk keeps (Health's; ``("period",)`` is the chunk's total)."""
 _OUTCOMES: Final = 8  # outcome numbers 0..7
@@ -104,8 +121,9 @@ def encode_counts(flows: FlowBatch) -> bytes:
         codes, keys = factorize(text_codes, flows[number])
         pairs = np.array(keys, dtype=np.int64).reshape(-1, 2)
         counts = np.bincount(codes * _OUTCOMES + outcome, minlength=len(keys) * _OUTCOMES).astype(np.uint32)
-        header[text] = {"texts": texts, "groups": len(keys)}
-        parts += [pairs.tobytes(), counts.tobytes()]
+        words = _join_texts(texts)
+        header[text] = {"groups": len(keys), **({"texts": texts} if words is None else {"words": len(words or b"")})}
+        parts += [pairs.tobytes(), counts.tobytes(), words or b""]
     head = json.dumps(header, separators=(",", ":")).encode()
     return _HEAD.pack(_MAGIC, len(head)) + head + b"".join(parts)
 
@@ -124,14 +142,19 @@ def decode_counts(blob: bytes) -> dict[tuple[str, str], tuple[list[str], NDArray
         at += 16 * g
         counts = np.frombuffer(blob, dtype=np.uint32, count=g * _OUTCOMES, offset=at).reshape(g, _OUTCOMES)
         at += 4 * g * _OUTCOMES
-        out[(text, number)] = (spec["texts"], pairs, counts)
+        if "texts" in spec:
+            texts = spec["texts"]
+        else:
+            texts = _split_texts(memoryview(blob)[at:at + spec["words"]])
+            at += spec["words"]
+        out[(text, number)] = (texts, pairs, counts)
     return out
 
 
 class Chunk:
     """One stored chunk, its columns decoded on first use."""
 
-    __slots__ = ("_body", "_cols", "_head", "cache", "first_id", "n", "period", "selected")
+    __slots__ = ("_body", "_cols", "_dicts", "_head", "cache", "first_id", "n", "period", "selected")
 
     def __init__(self, period: int, first_id: int, blob: bytes) -> None:
         magic, size = _HEAD.unpack_from(blob)
@@ -140,6 +163,7 @@ class Chunk:
         self._head: dict[str, Any] = json.loads(blob[_HEAD.size:_HEAD.size + size])
         self._body = memoryview(blob)[_HEAD.size + size:]
         self._cols: dict[str, NDArray[Any]] = {}
+        self._dicts: dict[str, list[Any]] = {}
         self.n: int = self._head["n"]
         self.period = period
         self.first_id = first_id
@@ -188,7 +212,7 @@ class Chunk:
                 return wide if dtype == np.uint64 else wide.view(np.int64)
             return np.frombuffer(raw, dtype=dtype)
         codes = np.frombuffer(raw, dtype=np.uint32)
-        values: list[Any] = spec["dict"]
+        values: list[Any] = self.dictionary(name)
         if name == "drop_reasons":
             values = [json.loads(v) if v else {} for v in values]
         table = np.empty(len(values), dtype=object)
@@ -200,13 +224,24 @@ class Chunk:
         """A column as small integer codes and the value of each code: a text column's dictionary codes
         as stored (no string made a row), a numeric column's distinct values."""
         spec = self._head["cols"].get(name)
-        if name in OBJECT_FIELDS and spec is not None and "dict" in spec:
+        if name in OBJECT_FIELDS and spec is not None and "const" not in spec:
             raw = self._body[spec["at"]:spec["at"] + spec["len"]]
-            return np.frombuffer(raw, dtype=np.uint32), spec["dict"]
+            return np.frombuffer(raw, dtype=np.uint32), self.dictionary(name)
         if spec is None or "const" in spec:
             return np.zeros(self.n, dtype=np.uint32), self.col(name)[:1].tolist()
         uniq, inverse = np.unique(self.col(name), return_inverse=True)
         return inverse.reshape(self.n), uniq.tolist()
+
+    def dictionary(self, name: str) -> list[Any]:
+        """A dictionary-encoded column's distinct values, in code order."""
+        key = "dict:" + name
+        got = self._dicts.get(key)
+        if got is None:
+            spec = self._head["cols"][name]
+            got = spec["dict"] if "dict" in spec else _split_texts(
+                self._body[spec["words_at"]:spec["words_at"] + spec["words_len"]])
+            self._dicts[key] = got
+        return got
 
     def text_mask(self, name: str, predicate: Callable[[str], bool]) -> NDArray[np.bool_]:
         """Rows whose text column ``name`` satisfies ``predicate``, judged once per distinct value."""
@@ -214,7 +249,8 @@ class Chunk:
         if spec is None or "const" in spec:
             value = spec["const"] if spec is not None else ""
             return np.full(self.n, bool(predicate(value)), dtype=bool)
-        hits = np.fromiter((bool(predicate(v)) for v in spec["dict"]), dtype=bool, count=len(spec["dict"]))
+        words = self.dictionary(name)
+        hits = np.fromiter((bool(predicate(v)) for v in words), dtype=bool, count=len(words))
         raw = self._body[spec["at"]:spec["at"] + spec["len"]]
         out: NDArray[np.bool_] = hits[np.frombuffer(raw, dtype=np.uint32)]
         return out
