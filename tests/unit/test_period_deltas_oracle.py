@@ -16,46 +16,9 @@ import pytest
 
 from meshnode._model import FlowRecord
 from meshnode.store import FlowQuery, Store
-from meshnode.summary import PeriodBuilder
-from meshnode.summary._period import percentile, with_service
-from meshnode.summary._problems import RETRANSMITS, SLOW_CONNECT, problem_kind
+from meshnode.summary import PeriodBuilder, with_service
+from tests._support.rollups import reference_rollup
 from tests.unit._flows import T0, S, flow
-
-
-def _key(rec: FlowRecord, key: str) -> str:
-    return {"process": lambda r: f"{r.comm or '?'}/{r.pid}", "destination": lambda r: r.destination,
-            "service": lambda r: (f"[{r.src}]" if ":" in r.src else r.src) + f":{r.sport}",
-            "cgroup": lambda r: r.cgroup or "/"}[key](rec)
-
-
-def _rollup(rows: list[tuple[FlowRecord, tuple[int, int, int]]], key: str, with_services: bool) -> list[dict]:
-    out: dict[str, dict[str, Any]] = {}
-    rtts: dict[str, list[int]] = {}
-    for rec, (tx, rx, re) in rows:
-        k = _key(rec, key)
-        if k not in out:
-            out[k] = dict(key=k, flows=0, useful=0, failures={}, bytes_tx=0, bytes_rx=0, retransmits=0,
-                          service=with_service(rec).service if with_services else "", flows_retransmitting=0,
-                          flows_slow_connect=0)
-            rtts[k] = []
-        r = out[k]
-        r["flows"] += 1
-        if rec.useful:
-            r["useful"] += 1
-            kind = problem_kind(rec)
-            r["flows_retransmitting"] += kind == RETRANSMITS
-            r["flows_slow_connect"] += kind == SLOW_CONNECT
-        elif rec.failed:
-            r["failures"][rec.outcome] = r["failures"].get(rec.outcome, 0) + 1
-        r["bytes_tx"] += tx
-        r["bytes_rx"] += rx
-        r["retransmits"] += re
-        if rec.srtt_us:
-            rtts[k].append(rec.srtt_us)
-    for k, r in out.items():
-        r["rtt_p50_us"] = round(percentile(rtts[k], 0.5))
-        r["rtt_p95_us"] = round(percentile(rtts[k], 0.95))
-    return sorted(out.values(), key=lambda r: (-r["flows"], r["key"]))
 
 
 class ReferenceBuilder:
@@ -77,8 +40,9 @@ class ReferenceBuilder:
             mine = [d for r, d in rows if r.proto == proto]
             if mine:
                 last_bytes[proto] = (sum(d[0] for d in mine), sum(d[1] for d in mine))
-        return {"by_process": _rollup(rows, "process", False), "by_destination": _rollup(outbound, "destination", True),
-                "by_service": _rollup(inbound, "service", True), "by_cgroup": _rollup(rows, "cgroup", False),
+        ref = reference_rollup
+        return {"by_process": ref(rows, "process", False), "by_destination": ref(outbound, "destination", True),
+                "by_service": ref(inbound, "service", True), "by_cgroup": ref(rows, "cgroup", False),
                 "final_flows": len(finals), "interim_flows": len(interims), "last_bytes": last_bytes}
 
 

@@ -72,7 +72,8 @@ def _record(rng: random.Random, seq: int, flow_id: int, kind: str = "final") -> 
         direction=rng.choice(DIRECTIONS), pid=rng.choice((0, 1, 100, 4242, 2**31)), comm=rng.choice(COMMS),
         thread=rng.choice(("", "", "worker-1")), cgroup=rng.choice(CGROUPS), cgroup_id=_u64(rng),
         netns=_u64(rng), start_ns=start, end_ns=end,
-        # counters above 2**63 only in finals: an interim row of one cannot be written (test_period_deltas_oracle.py holds that xfail)
+        # counters above 2**63 only in finals: an interim row of one cannot be written (an xfail in
+        # test_period_deltas_oracle.py)
         bytes_tx=rng.choice((0, 1, 2**63 + 5, 2**64 - 1) if kind == "final" else (0, 1, 2**40)),
         bytes_rx=rng.randrange(10**9), packets_tx=rng.randrange(100), outcome=rng.choice(OUTCOMES),
         retransmits=rng.randrange(3), srtt_us=rng.randrange(10**6), limited_by=rng.choice(LIMITS),

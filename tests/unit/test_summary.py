@@ -12,6 +12,7 @@ from meshnode.summary import (
     service_name,
     with_service,
 )
+from tests._support.rollups import reference_rollup
 from tests.unit._flows import flow
 
 
@@ -70,43 +71,6 @@ def test_summary_json_round_trip() -> None:
     assert again.by_destination[0].failures == {"timeout": 1}
 
 
-def _reference_rollup(recs, key, deltas=None, with_services=False):
-    """The per-record rule the columnar rollup must equal (one flow at a time, as it was first written)."""
-    from meshnode.summary._problems import RETRANSMITS, SLOW_CONNECT, problem_kind
-
-    keyf = {"process": lambda r: f"{r.comm or '?'}/{r.pid}", "destination": lambda r: r.destination,
-            "service": lambda r: (f"[{r.src}]" if ":" in r.src else r.src) + f":{r.sport}",
-            "cgroup": lambda r: r.cgroup or "/"}[key]
-    out, rtts = {}, {}
-    for rec in recs:
-        k = keyf(rec)
-        if k not in out:
-            out[k] = dict(key=k, flows=0, useful=0, failures={}, bytes_tx=0, bytes_rx=0, retransmits=0,
-                          service=with_service(rec).service if with_services else "", flows_retransmitting=0,
-                          flows_slow_connect=0)
-            rtts[k] = []
-        r = out[k]
-        r["flows"] += 1
-        if rec.useful:
-            r["useful"] += 1
-            kind = problem_kind(rec)
-            r["flows_retransmitting"] += kind == RETRANSMITS
-            r["flows_slow_connect"] += kind == SLOW_CONNECT
-        elif rec.failed:
-            r["failures"][rec.outcome] = r["failures"].get(rec.outcome, 0) + 1
-        d = deltas.get(rec.flow_id) if deltas else None
-        tx, rx, re = (d.bytes_tx, d.bytes_rx, d.retransmits) if d else (rec.bytes_tx, rec.bytes_rx, rec.retransmits)
-        r["bytes_tx"] += tx
-        r["bytes_rx"] += rx
-        r["retransmits"] += re
-        if rec.srtt_us:
-            rtts[k].append(rec.srtt_us)
-    for k, r in out.items():
-        r["rtt_p50_us"] = round(percentile(rtts[k], 0.5))
-        r["rtt_p95_us"] = round(percentile(rtts[k], 0.95))
-    return sorted(out.values(), key=lambda r: (-r["flows"], r["key"]))
-
-
 @pytest.mark.parametrize("seed", range(8))
 def test_columnar_rollups_equal_the_per_record_rule(seed) -> None:
     import dataclasses
@@ -126,4 +90,5 @@ def test_columnar_rollups_equal_the_per_record_rule(seed) -> None:
             for i in range(rnd.randrange(1, 300))]
     for key in ("process", "destination", "service", "cgroup"):
         got = [dataclasses.asdict(r) for r in rollup(recs, key, with_services=True)]
-        assert got == _reference_rollup(recs, key, with_services=True), key
+        totals = [(r, (r.bytes_tx, r.bytes_rx, r.retransmits)) for r in recs]
+        assert got == reference_rollup(totals, key, with_services=True), key
