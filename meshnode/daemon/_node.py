@@ -4,7 +4,9 @@ How the node uses the sensor (``meshnode.sensor.Sensor``):
 
 * ``sensor.start()`` once, before anything else, unless the sensor came started (``sensor_started=True``,
   as ``meshnode.sensor.create_sensor`` returns it); a ``SensorError`` stops the node with its message;
-* ``sensor.poll()`` every tick (``tick`` seconds, default 0.5) in a worker thread, never concurrently:
+* ``sensor.poll()`` every tick (``tick`` seconds, default 0.5) by a task of its own, in a worker thread, never
+  concurrently with another sensor call, and once more right at each period's end (polls go on while a
+  period closes, so a long close never leaves the ring buffer undrained):
   ended flows are kept for the period, events go to the API's event ring at once, completeness counters
   are added to the period's and the node's totals;
 * ``sensor.active()`` once at each period end (in a worker thread): the interim records of the period;
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -38,12 +41,12 @@ import numpy as np
 from meshnode import __version__
 from meshnode._batch import FlowBatch
 from meshnode._exceptions import MeshnodeError, StoreError
-from meshnode._model import ENUM_NUMBERS
+from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.api import ApiServer, EventRing, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
-from meshnode.sensor import Completeness, Sensor
+from meshnode.sensor import Completeness, Sensor, SensorBatch
 from meshnode.store import Retention, Store, StoreStats
 from meshnode.summary import Delta, PeriodBuilder, PeriodSummary, service_name
 
@@ -114,6 +117,7 @@ class Node:
         self._started: list[Service] = []
         self._started_mono = time.monotonic()
         self._write_lock = asyncio.Lock()
+        self._sensor_lock = threading.Lock()
 
     # -- services ----------------------------------------------------------------------------------------
 
@@ -192,12 +196,22 @@ class Node:
             await self.shutdown()
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        period_ns = int(self.config.export_period * 1e9)
-        period_end = self._next_boundary(self.clock())
-        # A failed poll or period write keeps its data for the next try (see close_period); a node that fails
-        # MAX_CONSECUTIVE_FAILURES polls, or period writes, in a row stops rather than run blind (or hold an
-        # ever larger backlog of records in memory while its store refuses them).
-        polls_failed = writes_failed = 0
+        # The sensor is polled by a task of its own, so that closing a period (which takes seconds at tens of
+        # thousands of flows) never leaves the ring buffer undrained; sensor calls are serialized by a lock.
+        halt = asyncio.Event()
+        poller = asyncio.create_task(self._poll_loop(halt), name="meshnode-poll")
+        try:
+            await self._period_loop(stop, poller)
+        finally:
+            halt.set()  # the poller ends after its current poll, whose flows are kept (no cancel mid-poll)
+            await asyncio.wait({poller})
+        if not poller.cancelled() and poller.exception() is not None:
+            raise poller.exception()  # type: ignore[misc]
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
+        # A failed poll keeps its data for the next try; a node that fails MAX_CONSECUTIVE_FAILURES polls in
+        # a row stops rather than run blind.
+        polls_failed = 0
         while not stop.is_set():
             try:
                 await self.tick()
@@ -207,6 +221,18 @@ class Node:
                 log.error("%s (poll failed %d of %d times in a row)", exc, polls_failed, MAX_CONSECUTIVE_FAILURES)
                 if polls_failed >= MAX_CONSECUTIVE_FAILURES:
                     raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.config.tick)
+
+    async def _period_loop(self, stop: asyncio.Event, poller: asyncio.Task[None]) -> None:
+        period_ns = int(self.config.export_period * 1e9)
+        period_end = self._next_boundary(self.clock())
+        # A failed period write keeps its data for the next try (see close_period); a node whose writes fail
+        # MAX_CONSECUTIVE_FAILURES times in a row stops rather than hold an ever larger backlog in memory.
+        writes_failed = 0
+        while not stop.is_set():
+            if poller.done():  # the poller gave up: _loop raises its error
+                return
             now = self.clock()
             if period_end - now > period_ns:  # the wall clock stepped back (NTP step, VM restore): re-anchor
                 log.warning("the wall clock went back %.1f s; the export period boundary moves with it",
@@ -214,6 +240,10 @@ class Node:
                 period_end = self._next_boundary(now)
             elif now >= period_end:
                 period_end = self._next_boundary(now)
+                try:
+                    await self.tick()  # what ended up to the boundary belongs to this period
+                except MeshnodeError as exc:  # the poller counts failures; this period closes with what it has
+                    log.error("poll before closing the period: %s", exc)
                 try:
                     await self.close_period()
                     writes_failed = 0
@@ -252,10 +282,18 @@ class Node:
 
     # -- the work ----------------------------------------------------------------------------------------
 
+    def _poll_sensor(self) -> tuple[SensorBatch, FlowBatch]:
+        with self._sensor_lock:  # poll and active never run at once (the sensor is not thread-safe)
+            batch = self.sensor.poll()
+        return batch, batch.ended
+
+    def _active_flows(self) -> list[FlowRecord]:
+        with self._sensor_lock:
+            return self.sensor.active()
+
     async def tick(self) -> None:
         """Poll the sensor once."""
-        batch = await asyncio.to_thread(self.sensor.poll)
-        ended = batch.ended
+        batch, ended = await asyncio.to_thread(self._poll_sensor)
         if ended:
             self._ended.append(ended)
         self._period_completeness.add(batch.completeness)
@@ -267,7 +305,7 @@ class Node:
         """Write the current period (finals, interims, summary) and open the next one unless ``last``."""
         async with self._write_lock:
             end = max(self.clock(), self._period_start + 1)  # never before its start (a clock stepped back)
-            active = await asyncio.to_thread(self.sensor.active)
+            active = await asyncio.to_thread(self._active_flows)
             self.active_flows = len(active)
             ended, self._ended = self._ended, []
             counters = dataclasses.asdict(self._period_completeness)

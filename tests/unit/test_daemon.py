@@ -368,3 +368,64 @@ def test_address_changes_reach_health(tmp_path: Path) -> None:
             assert resp.failures_after_address_change == 1 and resp.address_changes == 1
 
     asyncio.run(main())
+
+
+def test_the_sensor_is_polled_while_a_period_closes(tmp_path: Path) -> None:
+    """A slow period close (a large period's store write) does not stop the polls: the ring buffer would
+    overflow meanwhile. Polls and the close's read of active flows never run at once."""
+    import threading
+
+    sensor = FakeSensor()
+    polls: list[float] = []
+    busy = threading.Lock()
+    overlapped: list[str] = []
+    real_poll, real_active = sensor.poll, sensor.active
+
+    def poll():  # type: ignore[no-untyped-def]
+        if not busy.acquire(blocking=False):
+            overlapped.append("poll")
+        try:
+            polls.append(time.monotonic())
+            return real_poll()
+        finally:
+            if busy.locked():
+                busy.release()
+
+    def active():  # type: ignore[no-untyped-def]
+        if not busy.acquire(blocking=False):
+            overlapped.append("active")
+        try:
+            time.sleep(0.05)
+            return real_active()
+        finally:
+            if busy.locked():
+                busy.release()
+
+    sensor.poll, sensor.active = poll, active  # type: ignore[method-assign]
+
+    async def main() -> None:
+        node = Node(_config(tmp_path, export_period=0.5, tick=0.05), sensor)
+        real_close = node.store.close_period
+        closes: list[tuple[float, float]] = []
+
+        def slow_close(*args, **kw):  # type: ignore[no-untyped-def]
+            t0 = time.monotonic()
+            time.sleep(1.0)  # as a period of a few hundred thousand flows would take
+            out = real_close(*args, **kw)
+            closes.append((t0, time.monotonic()))
+            return out
+
+        node.store.close_period = slow_close  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        run = asyncio.create_task(node.run(stop))
+        sensor.feed([flow(1)])
+        while not closes:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await run
+        t0, t1 = closes[0]
+        during = [t for t in polls if t0 < t < t1]
+        assert len(during) >= 10, f"{len(during)} polls during a 1 s close"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert overlapped == []
