@@ -63,7 +63,10 @@ _TEXT_COLUMNS: Final = frozenset(TEXT_FIELDS)
 _OUTCOME_SLOTS: Final = 9
 _ENUM_POS: Final = tuple((FLOW_FIELDS.index(name), ENUM_NAMES[name]) for name in ENUM_FIELDS)
 # u64 identifiers (socket and netns cookies, cgroup ids) are kept in SQLite's signed 64-bit integers.
-_U64_POS: Final = tuple(FLOW_FIELDS.index(n) for n in ("flow_id", "cgroup_id", "netns"))
+_STORED_SIGNED: Final = (*U64_FIELDS, "bytes_tx", "bytes_rx", "delivery_rate")
+"""The u64 fields a row keeps in SQLite's signed 64-bit integers (values from 2**63 up wrap, and unwrap on
+reading): identifiers, and the byte counters and rate the kernel counts in u64."""
+_U64_POS: Final = tuple(FLOW_FIELDS.index(n) for n in _STORED_SIGNED)
 _I64: Final = 1 << 63
 _U64: Final = 1 << 64
 _END_COL: Final = 2 + FLOW_FIELDS.index("end_ns")
@@ -172,7 +175,7 @@ def _encode(flows: FlowBatch, ids: NDArray[np.int64], period: int) -> list[tuple
     cheaper: one ``tolist`` a column instead of one attribute read and conversion a value)."""
     if not flows.n:
         return []
-    cols = [flows[name].view(np.int64).tolist() if name in U64_FIELDS else flows[name].tolist()
+    cols = [flows[name].view(np.int64).tolist() if name in _STORED_SIGNED else flows[name].tolist()
             for name in FLOW_FIELDS]
     drops = [json.dumps(d, separators=(",", ":")) if d else None for d in flows["drop_reasons"].tolist()]
     return list(zip(ids.tolist(), itertools.repeat(period, flows.n), *cols, drops, strict=False))
@@ -1070,7 +1073,7 @@ def _wire_lists(chunk: Chunk) -> tuple[list[list[Any]], list[Any], list[bool]]:
     cols = [chunk.col(name).tolist() for name in FLOW_FIELDS]
     drops = [d or None for d in chunk.col("drop_reasons").tolist()]
     big = np.zeros(chunk.n, dtype=bool)
-    for name in U64_FIELDS:
+    for name in _STORED_SIGNED:
         big |= chunk.col(name) >= np.uint64(1 << 63)
     fixed = (big | np.array([d is not None for d in drops], dtype=bool)).tolist()
     return cols, drops, fixed

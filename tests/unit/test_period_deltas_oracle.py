@@ -105,11 +105,6 @@ def _interim_with(tmp_path: Path, **big: int) -> list[FlowRecord]:
             return [s.record for s in store.query_flows(FlowQuery(include_interim=True), conn)]
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "an interim row is written with SQLite integers: a u64 counter at or above 2**63 (bytes_tx, bytes_rx, "
-    "delivery_rate; only flow_id/cgroup_id/netns are stored signed) raises OverflowError out of "
-    "Store.close_period (not a StoreError, so Node.close_period neither keeps the period's finals for a retry "
-    "nor restores the builder); a final with the same values is stored (chunks)."))
 def test_an_interim_with_a_u64_counter_above_2_63_is_stored(tmp_path: Path) -> None:
     got = _interim_with(tmp_path, bytes_tx=2**63, delivery_rate=2**64 - 1)
     assert [(r.bytes_tx, r.delivery_rate) for r in got] == [(2**63, 2**64 - 1)]
