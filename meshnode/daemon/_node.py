@@ -49,7 +49,7 @@ from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
 from meshnode.sensor import Completeness, Sensor, SensorBatch
 from meshnode.store import Retention, Store, StoreStats
-from meshnode.summary import Delta, PeriodBuilder, PeriodSummary, service_name
+from meshnode.summary import Delta, PeriodBuilder, PeriodSummary, with_services
 
 log = logging.getLogger("meshnode")
 
@@ -397,20 +397,11 @@ def _as_kind(flows: FlowBatch, kind: str) -> FlowBatch:
     port of an outbound flow, the local port of an inbound one) where the sensor did not name it."""
     if not flows:
         return flows
-    unnamed = flows["service"] == ""
-    if not unnamed.any():
+    unnamed = np.flatnonzero(flows["service"] == "")
+    if not len(unnamed):
         return flows.replace(kind=ENUM_NUMBERS["kind"][kind])
-    outbound = flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]
-    ports = np.where(outbound, flows["dport"], flows["sport"])
     services = flows["service"].copy()
-    protos = flows.names("proto")
-    named: dict[tuple[int, str], str] = {}
-    for i in np.flatnonzero(unnamed).tolist():
-        key = (int(ports[i]), protos[i])
-        name = named.get(key)
-        if name is None:
-            name = named[key] = service_name(*key)
-        services[i] = name
+    services[unnamed] = with_services(flows, unnamed)
     return flows.replace(kind=ENUM_NUMBERS["kind"][kind], service=services)
 
 

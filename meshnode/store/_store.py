@@ -72,10 +72,6 @@ _U64: Final = 1 << 64
 _END_COL: Final = 2 + FLOW_FIELDS.index("end_ns")
 
 
-def _signed(value: int) -> int:
-    return value - _U64 if value >= _I64 else value
-
-
 _GET_ALL: Final = attrgetter(*FLOW_FIELDS)
 _ROW_COLS: Final = ", ".join(("id", "period", *FLOW_FIELDS, "drop_reasons"))
 _INSERT_PLACEHOLDERS: Final = ", ".join("?" * (len(FLOW_FIELDS) + 3))
@@ -615,7 +611,7 @@ class Store:
         """
         streams = [self._final_flows(conn, query)]
         if query.include_interim:
-            streams.append(self._query_table(conn, TABLE_INTERIM, query))
+            streams.append(self._interim_flows(conn, query))
         merged = streams[0] if len(streams) == 1 else _merge(streams)
         for n, item in enumerate(merged):
             if deadline is not None and n % 256 == 0 and time.monotonic() > deadline:
@@ -637,10 +633,9 @@ class Store:
         record's key. ``zip(ROW_FIELDS, row)`` stops before ``fixed``. The rows are the records
         ``query_flows`` returns, in the same order, and carry the same values.
         """
-        cols = _WIRE_COLUMNS
         streams = [self._final_rows(conn, query)]
         if query.include_interim:
-            streams.append(self._query_table_rows(conn, TABLE_INTERIM, query, cols))
+            streams.append(self._interim_rows(conn, query))
         merged = streams[0] if len(streams) == 1 else _merge_rows(streams)
         for n, row in enumerate(merged):
             if deadline is not None and n % 256 == 0 and time.monotonic() > deadline:
@@ -673,15 +668,20 @@ class Store:
         except sqlite3.Error as exc:
             raise _read_error(self.path, exc) from exc
 
-    def _chunk(self, conn: sqlite3.Connection, ref: ChunkRef) -> Chunk:
+    def _read(self, conn: sqlite3.Connection, ref: ChunkRef, column: str) -> bytes:
+        """One chunk's ``data`` or ``counts``; the reader's deadline is checked before each chunk."""
         deadline = self._deadlines.get(id(conn))
         if deadline is not None and time.monotonic() > deadline:
             raise StoreTimeout("the query ran past its deadline")
         try:
-            row = conn.execute("SELECT data FROM chunks WHERE id = ?", (ref.chunk_id,)).fetchone()
+            row = conn.execute(f"SELECT {column} FROM chunks WHERE id = ?", (ref.chunk_id,)).fetchone()
         except sqlite3.Error as exc:
             raise _read_error(self.path, exc) from exc
-        return Chunk(ref.period, ref.first_id, row[0])
+        blob: bytes = row[0]
+        return blob
+
+    def _chunk(self, conn: sqlite3.Connection, ref: ChunkRef) -> Chunk:
+        return Chunk(ref.period, ref.first_id, self._read(conn, ref, "data"))
 
     def _selected(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[int, int, Chunk, int]]:
         """``(end_ns, id, chunk, row)`` of the final flows ``q`` selects, in key order."""
@@ -691,8 +691,7 @@ class Store:
             chunk = self._chunk(conn, ref)
             rows = np.flatnonzero(_chunk_mask(chunk, q))
             if groups is not None and q.min_group is not None:
-                keys = zip(*(chunk.col(c)[rows].tolist() for c in q.min_group[0]), strict=True)
-                rows = rows[np.fromiter((k in groups for k in keys), dtype=bool, count=len(rows))]
+                rows = _in_groups(chunk, rows, q.min_group[0], groups)
             chunk.selected = rows
             return chunk, rows
 
@@ -703,9 +702,7 @@ class Store:
         (paging aside)."""
         assert q.min_group is not None
         cols, distinct, least = q.min_group
-        for col in (*cols, *([distinct] if distinct else [])):
-            if col not in FLOW_FIELDS:
-                raise ValueError(f"unknown flow field {col!r}")
+        _check_fields(cols, distinct)
         inner = dataclasses.replace(q, min_group=None, after=None)
         counts: dict[tuple[Any, ...], int] = {}
         seen: dict[tuple[Any, ...], set[Any]] = {}
@@ -737,82 +734,23 @@ class Store:
             cols, drops, fixed = chunk.cache
             yield (*[c[row] for c in cols], drops[row], fixed[row], end, TABLE_FINAL, row_id)
 
-    def _query_table_rows(
-        self, conn: sqlite3.Connection, table: int, q: FlowQuery, cols: str
-    ) -> Iterator[tuple[Any, ...]]:
-        name = "flows" if table == TABLE_FINAL else "interim"
-        where, args = self._where(table, q, self._max_duration(conn) if table == TABLE_FINAL else None)
-        sql = f"SELECT {cols}, end_ns, {table}, id FROM {name}{where} ORDER BY end_ns, id"
+    # -- interim flows, from rows ---------------------------------------------------------------------------
+
+    def _interim_rows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[Any, ...]]:
+        where, args = _interim_where(q)
+        sql = f"SELECT {_WIRE_COLUMNS}, end_ns, {TABLE_INTERIM}, id FROM interim{where} ORDER BY end_ns, id"
         try:
             for row in conn.execute(sql, args):
                 yield _fix_row(row) if row[_FIXED_COL] else row
         except sqlite3.Error as exc:
             raise _read_error(self.path, exc) from exc
 
-    def _where(self, table: int, q: FlowQuery, max_duration: int | None = None) -> tuple[str, list[Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if q.since_ns:
-            where.append("end_ns >= ?")
-            args.append(q.since_ns)
-        if q.until_ns:
-            where.append("start_ns <= ?")
-            args.append(q.until_ns)
-            if max_duration is not None:
-                # No stored flow lasted longer: bounds the end_ns index range, so a window in the middle
-                # of the history does not scan to its end.
-                where.append("end_ns <= ?")
-                args.append(q.until_ns + max_duration)
-        if q.max_period is not None:
-            where.append("period <= ?")
-            args.append(q.max_period)
-        if q.after is not None:
-            end, tbl, row_id = q.after
-            if tbl == table:
-                where.append("(end_ns, id) > (?, ?)")
-                args += [end, row_id]
-            elif tbl < table:
-                where.append("end_ns >= ?")
-                args.append(end)
-            else:
-                where.append("end_ns > ?")
-                args.append(end)
-        if q.equals:
-            cond, cargs = _filter_sql(RowFilter(equals=q.equals))
-            where.append(cond)
-            args += cargs
-        if q.allow:
-            parts = [_filter_sql(f) for f in q.allow]
-            where.append("(" + " OR ".join(c for c, _ in parts) + ")")
-            for _, cargs in parts:
-                args += cargs
-        for f in q.deny:
-            cond, cargs = _filter_sql(f)
-            where.append(f"NOT {cond}")
-            args += cargs
-        if q.min_group is not None:
-            cols, distinct, n = q.min_group
-            for col in (*cols, *([distinct] if distinct else [])):
-                if col not in FLOW_FIELDS:
-                    raise ValueError(f"unknown flow field {col!r}")
-            inner, inner_args = self._where(
-                table, dataclasses.replace(q, min_group=None, after=None), max_duration
-            )
-            group = ", ".join(cols)
-            count = f"COUNT(DISTINCT {distinct})" if distinct else "COUNT(*)"
-            name = "flows" if table == TABLE_FINAL else "interim"
-            where.append(f"({group}) IN (SELECT {group} FROM {name}{inner} GROUP BY {group} "
-                         f"HAVING {count} >= ?)")
-            args += [*inner_args, n]
-        return (" WHERE " + " AND ".join(where) if where else ""), args
-
-    def _query_table(self, conn: sqlite3.Connection, table: int, q: FlowQuery) -> Iterator[StoredFlow]:
-        name = "flows" if table == TABLE_FINAL else "interim"
-        where, args = self._where(table, q, self._max_duration(conn) if table == TABLE_FINAL else None)
-        sql = f"SELECT {_ROW_COLS} FROM {name}{where} ORDER BY end_ns, id"
+    def _interim_flows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[StoredFlow]:
+        where, args = _interim_where(q)
+        sql = f"SELECT {_ROW_COLS} FROM interim{where} ORDER BY end_ns, id"
         try:
             for row in conn.execute(sql, args):
-                yield StoredFlow((row[_END_COL], table, row[0]), row[1], decode_row(row))
+                yield StoredFlow((row[_END_COL], TABLE_INTERIM, row[0]), row[1], decode_row(row))
         except sqlite3.Error as exc:
             raise _read_error(self.path, exc) from exc
 
@@ -864,8 +802,7 @@ class Store:
             chunk = self._chunk(conn, ref)
             rows = np.flatnonzero(_chunk_mask(chunk, query))
             if groups is not None and query.min_group is not None:
-                in_group = zip(*(chunk.col(c)[rows].tolist() for c in query.min_group[0]), strict=True)
-                rows = rows[np.fromiter((k in groups for k in in_group), dtype=bool, count=len(rows))]
+                rows = _in_groups(chunk, rows, query.min_group[0], groups)
             if not len(rows):
                 continue
             for i, c in enumerate(group_by):
@@ -928,14 +865,7 @@ class Store:
         return (not q.since_ns or ref.min_end >= q.since_ns) and (not q.until_ns or ref.max_start <= q.until_ns)
 
     def _counts(self, conn: sqlite3.Connection, ref: ChunkRef) -> dict[tuple[str, str], Any]:
-        deadline = self._deadlines.get(id(conn))
-        if deadline is not None and time.monotonic() > deadline:
-            raise StoreTimeout("the query ran past its deadline")
-        try:
-            row = conn.execute("SELECT counts FROM chunks WHERE id = ?", (ref.chunk_id,)).fetchone()
-        except sqlite3.Error as exc:
-            raise _read_error(self.path, exc) from exc
-        return decode_counts(row[0])
+        return decode_counts(self._read(conn, ref, "counts"))
 
     def periods(self, since_ns: int = 0, until_ns: int = 0, number: int = 100) -> list[PeriodRow]:
         """Periods (any state except open) overlapping the range, newest first."""
@@ -966,10 +896,6 @@ class Store:
                 (since_ns, until_ns, until_ns),
             ).fetchall()
         return [int(r[0]) for r in rows]
-
-    def _max_duration(self, conn: sqlite3.Connection) -> int | None:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'max_duration_ns'").fetchone()
-        return int(row[0]) if row else None
 
     @staticmethod
     def _meta(conn: sqlite3.Connection, key: str) -> int:
@@ -1077,6 +1003,65 @@ def _wire_lists(chunk: Chunk) -> tuple[list[list[Any]], list[Any], list[bool]]:
         big |= chunk.col(name) >= np.uint64(1 << 63)
     fixed = (big | np.array([d is not None for d in drops], dtype=bool)).tolist()
     return cols, drops, fixed
+
+
+def _interim_where(q: FlowQuery) -> tuple[str, list[Any]]:
+    """``q`` as the WHERE clause of the interim table (the latest record of each live flow)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if q.since_ns:
+        where.append("end_ns >= ?")
+        args.append(q.since_ns)
+    if q.until_ns:
+        where.append("start_ns <= ?")
+        args.append(q.until_ns)
+    if q.max_period is not None:
+        where.append("period <= ?")
+        args.append(q.max_period)
+    if q.after is not None:
+        end, table, row_id = q.after
+        if table == TABLE_INTERIM:
+            where.append("(end_ns, id) > (?, ?)")
+            args += [end, row_id]
+        else:  # a final's key comes before an interim's at the same end_ns
+            where.append("end_ns >= ?")
+            args.append(end)
+    if q.equals:
+        cond, cargs = _filter_sql(RowFilter(equals=q.equals))
+        where.append(cond)
+        args += cargs
+    if q.allow:
+        parts = [_filter_sql(f) for f in q.allow]
+        where.append("(" + " OR ".join(c for c, _ in parts) + ")")
+        for _, cargs in parts:
+            args += cargs
+    for f in q.deny:
+        cond, cargs = _filter_sql(f)
+        where.append(f"NOT {cond}")
+        args += cargs
+    if q.min_group is not None:
+        cols, distinct, n = q.min_group
+        _check_fields(cols, distinct)
+        inner, inner_args = _interim_where(dataclasses.replace(q, min_group=None, after=None))
+        group = ", ".join(cols)
+        count = f"COUNT(DISTINCT {distinct})" if distinct else "COUNT(*)"
+        where.append(f"({group}) IN (SELECT {group} FROM interim{inner} GROUP BY {group} HAVING {count} >= ?)")
+        args += [*inner_args, n]
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def _check_fields(cols: Sequence[str], distinct: str) -> None:
+    for col in (*cols, *([distinct] if distinct else [])):
+        if col not in FLOW_FIELDS:
+            raise ValueError(f"unknown flow field {col!r}")
+
+
+def _in_groups(chunk: Chunk, rows: NDArray[np.intp], cols: Sequence[str],
+               groups: set[tuple[Any, ...]]) -> NDArray[np.intp]:
+    """The ``rows`` of a chunk whose values of ``cols`` make one of ``groups`` (min_group's second pass)."""
+    keys = zip(*(chunk.col(c)[rows].tolist() for c in cols), strict=True)
+    kept: NDArray[np.intp] = rows[np.fromiter((k in groups for k in keys), dtype=bool, count=len(rows))]
+    return kept
 
 
 def _read_error(path: Path, exc: sqlite3.Error) -> StoreError:

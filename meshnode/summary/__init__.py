@@ -14,6 +14,7 @@ from meshnode.summary._period import (
     process_key,
     rollup,
     with_service,
+    with_services,
 )
 from meshnode.summary._window import (
     PeriodSpan,
@@ -44,4 +45,5 @@ __all__ = [
     "service_name",
     "weighted_median",
     "with_service",
+    "with_services",
 ]

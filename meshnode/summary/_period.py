@@ -202,15 +202,28 @@ def _rtt_percentiles(codes: NDArray[np.intp], srtt: NDArray[np.int64], k: int) -
 
 
 def _services(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
-    """Each group's service: its first flow's ``service``, else ``with_service``'s name for it (the remote
-    port's service for an outbound flow, the local port's for an inbound one)."""
+    """Each group's service: its first flow's (``with_services``)."""
     first = np.full(k, len(codes), dtype=np.intp)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.intp))
-    named = b["service"][first].tolist()
-    outbound = b["direction"][first] == ENUM_NUMBERS["direction"]["outbound"]
-    ports = np.where(outbound, b["dport"][first], b["sport"][first]).tolist()
-    protos = b.names("proto")[first].tolist()
-    return [s or service_name(port, proto) for s, port, proto in zip(named, ports, protos, strict=True)]
+    return with_services(b, first)
+
+
+def with_services(flows: FlowBatch, rows: NDArray[np.intp]) -> list[str]:
+    """``with_service`` on columns: the service of each flow at ``rows``, its own ``service`` when set, else
+    the name of its remote port (outbound) or local port (otherwise); each port named once."""
+    named = flows["service"][rows].tolist()
+    outbound = flows["direction"][rows] == ENUM_NUMBERS["direction"]["outbound"]
+    ports = np.where(outbound, flows["dport"][rows], flows["sport"][rows]).tolist()
+    protos = flows.names("proto")[rows].tolist()
+    names: dict[tuple[int, str], str] = {}
+    out = []
+    for given, port, proto in zip(named, ports, protos, strict=True):
+        if not given:
+            given = names.get((port, proto))
+            if given is None:
+                given = names[(port, proto)] = service_name(port, proto)
+        out.append(given)
+    return out
 
 
 @dataclass(slots=True)
