@@ -43,7 +43,7 @@ from meshnode.api._filters import FilterError, Selector
 from meshnode.api._flowstream import HistoryReader, in_thread
 from meshnode.api._live import EventRing, FlowFeed
 from meshnode.api._status import StatusProvider
-from meshnode.store import FlowQuery, PeriodRow, Store, StoredFlow, StoreTimeout
+from meshnode.store import TABLE_FINAL, TABLE_INTERIM, FlowQuery, PeriodRow, Store, StoredFlow, StoreTimeout
 from meshnode.summary import PeriodSummary, format_destination, format_process, merge_window
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
@@ -118,7 +118,8 @@ def decode_page_token(request: observer_pb2.FlowsRequest) -> tuple[int, int, int
         fp = str(data["h"])
     except (ValueError, KeyError, TypeError):
         raise FilterError("page_token", "not a token this server issued") from None
-    if len(key) != 3:
+    # the fingerprint is no secret: a key is checked as the store keeps keys (64-bit end time and id, a table)
+    if len(key) != 3 or key[1] not in (TABLE_FINAL, TABLE_INTERIM) or not all(-(1 << 63) <= k < (1 << 63) for k in key):
         raise FilterError("page_token", "not a token this server issued")
     if fp != _fingerprint(request):
         raise FilterError("page_token", "the token belongs to a request with other filters or range")

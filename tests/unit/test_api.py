@@ -477,3 +477,22 @@ def test_batched_flows_same_records_packed_and_paged(tmp_path: Path) -> None:
         assert seen == list(range(1, 26))
 
     run(tmp_path, body)
+
+
+def test_a_forged_page_token_out_of_range_is_refused(tmp_path: Path) -> None:
+    """The token's fingerprint is computable by any client: a key outside the store's 64-bit integers must
+    be refused as a bad argument, not reach the store (SQLite refused to bind it: an internal error)."""
+    from meshnode.api._servicer import encode_page_token
+
+    async def body(h: Harness) -> None:
+        await h.period(flow(1), flow(2))
+        for key in ((2**70, 0, 1), (1, 0, -(2**64)), (1, 5, 1)):
+            req = observer_pb2.FlowsRequest(number=10)
+            req.page_token = encode_page_token(req, key)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in h.stub.Flows(req, timeout=10):
+                    pass
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (key, err.value.details())
+            assert (err.value.details() or "").startswith("page_token")
+
+    run(tmp_path, body)
