@@ -26,10 +26,11 @@ import math
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, overload
 
@@ -704,20 +705,18 @@ class Store:
         cols, distinct, least = q.min_group
         _check_fields(cols, distinct)
         inner = dataclasses.replace(q, min_group=None, after=None)
-        counts: dict[tuple[Any, ...], int] = {}
-        seen: dict[tuple[Any, ...], set[Any]] = {}
+        counts: Counter[tuple[Any, ...]] = Counter()
+        pairs: set[tuple[tuple[Any, ...], Any]] = set()
         for ref in self._chunk_refs(conn, inner):
             chunk = self._chunk(conn, ref)
             rows = np.flatnonzero(_chunk_mask(chunk, inner))
             keys = zip(*(chunk.col(c)[rows].tolist() for c in cols), strict=True)
-            if distinct:
-                for key, value in zip(keys, chunk.col(distinct)[rows].tolist(), strict=True):
-                    seen.setdefault(key, set()).add(value)
+            if distinct:  # each (group, value) once over all chunks, then groups counted
+                pairs.update(zip(keys, chunk.col(distinct)[rows].tolist(), strict=True))
             else:
-                for key in keys:
-                    counts[key] = counts.get(key, 0) + 1
+                counts.update(keys)  # Counter's C loop, not one dict update a row in Python
         if distinct:
-            return {k for k, v in seen.items() if len(v) >= least}
+            counts = Counter(map(itemgetter(0), pairs))
         return {k for k, n in counts.items() if n >= least}
 
     def _final_flows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[StoredFlow]:
@@ -779,8 +778,7 @@ class Store:
         plain = not (query.equals or query.allow or query.deny or query.min_group or query.after)
 
         def gid(i: int, values: list[Any]) -> NDArray[np.int64]:
-            table = ids[i]
-            return np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64, count=len(values))
+            return node_ids(ids[i], values)
 
         for ref in self._chunk_refs(conn, query):
             if counted and plain and self._whole(ref, query):
@@ -1048,6 +1046,16 @@ def _interim_where(q: FlowQuery) -> tuple[str, list[Any]]:
         where.append(f"({group}) IN (SELECT {group} FROM interim{inner} GROUP BY {group} HAVING {count} >= ?)")
         args += [*inner_args, n]
     return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def node_ids(table: dict[Any, int], values: list[Any]) -> NDArray[np.int64]:
+    """Ids of ``values`` in ``table``, new values numbered on from ``len(table)`` (insertion order): one set
+    difference and one mapped lookup, C loops both, instead of a Python call a value (a chunk of distinct
+    addresses has as many values as rows)."""
+    missing = set(values).difference(table)
+    if missing:
+        table.update(zip(missing, itertools.count(len(table))))
+    return np.fromiter(map(table.__getitem__, values), dtype=np.int64, count=len(values))
 
 
 def _check_fields(cols: Sequence[str], distinct: str) -> None:
