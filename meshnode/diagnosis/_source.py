@@ -178,7 +178,8 @@ def client_transactions(records: Iterable[FlowRecord] | FlowBatch, end_ns: int,
                & (flows["proto"] == ENUM_NUMBERS["proto"]["tcp"]) & (flows["start_ns"] < end_ns - pending_us * 1000))
     rows = np.flatnonzero((final | pending) & ~discovery_mask(flows))
     chosen = flows.take(rows)
-    kinds = np.where(pending[rows], CONNECT_PENDING, problem_kinds(chosen)).astype(object)
+    kinds = problem_kinds(chosen)
+    kinds[pending[rows]] = CONNECT_PENDING
     return ClientTxns(chosen, kinds)
 
 
@@ -189,7 +190,8 @@ def problem_kinds(flows: FlowBatch, slow_connect_us: int = SLOW_CONNECT_US) -> N
     failed = np.isin(outcome, FAILED)
     degraded = (retrans > 0) & (retrans >= RETRANSMIT_RATE * np.maximum(1, flows["packets_tx"]))
     slow = flows["connect_us"] > slow_connect_us
-    out = np.full(flows.n, OK, dtype=object)
+    out = np.empty(flows.n, dtype=object)
+    out.fill(OK)  # one object in every row (np.full makes a str a row), so factorize groups by identity
     out[slow] = SLOW_CONNECT
     out[degraded] = RETRANSMITS
     out[failed] = flows.names("outcome")[failed]
