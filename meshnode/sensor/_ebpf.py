@@ -39,6 +39,8 @@ from probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reason_names
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from numpy.typing import NDArray
+
     from probes._records import PendingRow, TcpFlowRow, UdpFlowRow
     from probes._sockdiag import TcpInfo
 
@@ -155,12 +157,50 @@ class EbpfSensor:
         return batch
 
     def _ring_in_order(self, arr: np.ndarray[Any, Any], batch: SensorBatch) -> list[FlowBatch]:
-        """A poll's ring records in ring order: each run of TCP end records as one columnar batch, each
-        other record through ``_handle`` where it stands, so that events and the per-socket state they
-        consume (drops, limits) go as they would one record at a time."""
+        """A poll's ring records as if handled in ring order: the TCP end records as one columnar batch,
+        every other record through ``_handle``, the flows and events put back in ring order.
+
+        The other records (resets, RTT shifts, UDP releases, half-open resets: a few a poll, but spread
+        through it) are handled first. That is the same as ring order unless one of them follows an end
+        record of its socket (the same ``sk``, reused, or cookie): per-socket state (drops, limits, TCP_INFO)
+        is popped by whichever comes first, so then each run of end records is handled where it stands.
+        """
         fast = (arr["kind"] == rec.EV_TCP_END) & (arr["flow_cookie"] != 0)
         if fast.all():
             return [self._end_columns(arr, batch)]
+        slow = np.flatnonzero(~fast)
+        if _follows_its_socket(arr, fast, slow):
+            return [self._runs_in_order(arr, fast, batch)]
+        data = arr.base if isinstance(arr.base, bytes) else arr.tobytes()
+        stride = arr.dtype.itemsize
+        skip = (arr.dtype.fields or {})["kind"][1]
+        parts: list[FlowBatch] = []
+        flow_at: list[NDArray[np.intp]] = []
+        events: list[tuple[int, EventRecord]] = []
+        for i in slow.tolist():
+            made, said = len(batch.records), len(batch.events)
+            self._handle(rec.event_from_raw(rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)), batch)
+            if len(batch.records) > made:
+                parts.append(FlowBatch.from_records(batch.records[made:]))
+                flow_at.append(np.full(len(batch.records) - made, i, dtype=np.intp))
+                del batch.records[made:]
+            events += [(i, e) for e in batch.events[said:]]
+            del batch.events[said:]
+        at = np.flatnonzero(fast)
+        said = len(batch.events)
+        flows = self._end_columns(arr[fast], batch)
+        failed_at = at[flows.failed()].tolist()  # _end_columns' events: one a failed flow, in row order
+        events += list(zip(failed_at, batch.events[said:], strict=True))
+        del batch.events[said:]
+        events.sort(key=lambda e: e[0])  # stable: one record's events keep their order
+        batch.events += [e for _, e in events]
+        merged = FlowBatch.concat([*parts, flows])
+        order = np.argsort(np.concatenate([*flow_at, at]), kind="stable")
+        return [merged.take(order)]
+
+    def _runs_in_order(self, arr: np.ndarray[Any, Any], fast: NDArray[np.bool_], batch: SensorBatch) -> FlowBatch:
+        """Each run of TCP end records as one batch and each other record through ``_handle``, where it
+        stands in the ring."""
         data = arr.base if isinstance(arr.base, bytes) else arr.tobytes()
         stride = arr.dtype.itemsize
         skip = (arr.dtype.fields or {})["kind"][1]
@@ -176,7 +216,7 @@ class EbpfSensor:
                     parts.append(FlowBatch.from_records(batch.records[made:]))
                     del batch.records[made:]
             start = i + 1
-        return [FlowBatch.concat(parts)]
+        return FlowBatch.concat(parts)
 
     def _end_columns(self, arr: np.ndarray[Any, Any], batch: SensorBatch) -> FlowBatch:
         """The final records of ended TCP flows, from their ring records' columns (as ``_tcp_record``
@@ -788,3 +828,19 @@ def _udp_flow_id(row: UdpFlowRow | PendingRow) -> int:
     """UDP flows: one socket and one remote endpoint; half-open ones: the tuple and the SYN time."""
     return _synthetic_id(getattr(row, "cookie", 0), row.src, row.sport, row.dst, row.dport,
                          getattr(row, "syn_ns", 0))
+
+
+def _follows_its_socket(arr: np.ndarray[Any, Any], fast: NDArray[np.bool_], slow: NDArray[np.intp]) -> bool:
+    """True when a record at ``slow`` comes after a TCP end record (``fast``) of the same ``sk``, ``cookie``
+    or ``flow_cookie``: handling it before the end records would change who pops the socket's state."""
+    at = np.flatnonzero(fast)
+    for name in ("sk", "cookie", "flow_cookie"):
+        col = arr[name]
+        shared = np.isin(col[slow], col[at])
+        if shared.any():
+            ends = at[np.isin(col[at], col[slow][shared])]
+            first_end = {v: p for p, v in reversed(list(zip(ends.tolist(), col[ends].tolist(), strict=True)))}
+            if any(first_end[v] < p for p, v in zip(slow[shared].tolist(), col[slow][shared].tolist(),
+                                                     strict=True)):
+                return True
+    return False

@@ -140,3 +140,36 @@ def test_state_is_consumed_in_ring_order(tmp_path: Path) -> None:
     want = one_by_one(tmp_path, _shared_socket(), _drops_on_77)
     got = columnar(tmp_path, _shared_socket(), _drops_on_77)
     assert [(r.flow_id, r.drops) for r in got[0]] == [(r.flow_id, r.drops) for r in want[0]]
+
+
+def _events_and_ends() -> list[tuple[Any, ...]]:
+    return [
+        raw_event(rec.EV_RESET_RX, cookie=31, sk=0x31),  # an event on a flow whose end comes later in the poll
+        raw_event(cookie=30, sk=0x30, outcome=2),
+        raw_event(cookie=31, sk=0x31, outcome=1),
+        raw_event(rec.EV_RESET_TX, cookie=32, sk=0x32),
+        raw_event(cookie=33, sk=0x33),
+    ]
+
+
+def _state_on_31(s: EbpfSensor) -> None:
+    s._drops_by_sk[0x31] = Counter({"NETFILTER_DROP": 2})
+    s._limits[31] = "receiver_window"
+
+
+def test_an_event_before_its_flows_end_sees_the_state_the_end_then_takes(tmp_path: Path) -> None:
+    """Other records are handled before the end records (one batch) when none follows an end of its socket:
+    the same flows, events and leftover state as ring order."""
+    want = one_by_one(tmp_path, _events_and_ends(), _state_on_31)
+    got = columnar(tmp_path, _events_and_ends(), _state_on_31)
+    assert got == want
+    assert [r.flow_id for r in got[0]] == [30, 31, 33]
+    ended = got[0][1]
+    assert (ended.drops, ended.limited_by) == (2, "receiver_window")
+
+
+def test_an_event_after_an_end_of_its_socket_keeps_ring_order(tmp_path: Path) -> None:
+    raws = [*_events_and_ends(), raw_event(rec.EV_RESET_RX, cookie=34, sk=0x31)]  # the socket address reused
+    want = one_by_one(tmp_path, raws, _state_on_31)
+    got = columnar(tmp_path, raws, _state_on_31)
+    assert got == want
