@@ -302,6 +302,8 @@ def _column_codes(col: NDArray[Any]) -> tuple[NDArray[np.intp], list[Any]]:
         return remap[inverse.reshape(len(col))], list(index)
     if col.dtype.kind == "V":  # raw bytes (addresses, comms): as rows of 64-bit words, sorted in numpy
         n = len(col)
+        if not n:
+            return np.zeros(0, dtype=np.intp), []
         size = col.dtype.itemsize
         raw = np.frombuffer(np.ascontiguousarray(col).tobytes() + bytes(-size % 8 * n), dtype=np.uint8)
         words = raw.reshape(n, -1)

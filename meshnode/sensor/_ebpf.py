@@ -153,6 +153,10 @@ class EbpfSensor:
             self._poll_maps(now, batch)
         except ProbeError as exc:  # a MeshnodeError: the node logs it and polls again (bounded)
             raise SensorError(f"sensor poll failed: {exc}") from exc
+        except Exception as exc:  # a bug on some input: this poll's records are lost, the node goes on (bounded)
+            log.exception("sensor poll failed on a bug; its ring records are lost")
+            raise SensorError(f"sensor poll failed on a bug ({type(exc).__name__}: {exc}); "
+                              "its ring records are lost, see the traceback above") from exc
         batch.completeness.flows_recorded += len(batch.records) + sum(len(c) for c in batch.columns)
         return batch
 
@@ -187,6 +191,9 @@ class EbpfSensor:
             events += [(i, e) for e in batch.events[said:]]
             del batch.events[said:]
         at = np.flatnonzero(fast)
+        if not len(at):  # only other records
+            batch.events += [e for _, e in events]
+            return [FlowBatch.concat(parts)]
         said = len(batch.events)
         flows = self._end_columns(arr[fast], batch)
         failed_at = at[flows.failed()].tolist()  # _end_columns' events: one a failed flow, in row order

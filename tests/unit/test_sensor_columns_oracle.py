@@ -173,3 +173,28 @@ def test_an_event_after_an_end_of_its_socket_keeps_ring_order(tmp_path: Path) ->
     want = one_by_one(tmp_path, raws, _state_on_31)
     got = columnar(tmp_path, raws, _state_on_31)
     assert got == want
+
+
+def test_a_poll_of_other_records_only(tmp_path: Path) -> None:
+    raws = [raw_event(rec.EV_RESET_RX, cookie=41, sk=0x41), raw_event(rec.EV_UDP_RELEASE, cookie=42),
+            raw_event(cookie=0, sk=0x43, outcome=2)]
+    got, want = columnar(tmp_path, raws, None), one_by_one(tmp_path, raws, None)
+    assert got[:2] == want[:2]
+    assert got[2][:3] == want[2][:3]  # (the poll's map scan takes the released UDP sockets)
+
+
+def test_a_bug_on_some_records_fails_the_poll_not_the_node(tmp_path: Path) -> None:
+    """An unexpected error while turning records into flows is a SensorError, which the node counts and
+    polls past (bounded), not an exception that ends ``meshnode run``."""
+    import pytest
+
+    from meshnode._exceptions import SensorError
+
+    sensor = fake_sensor(tmp_path, _fast_records(), state=None)
+
+    def broken(*_: object) -> FlowBatch:
+        raise ValueError("cannot reshape")
+
+    sensor._end_columns = broken  # type: ignore[method-assign, assignment]
+    with pytest.raises(SensorError, match="ValueError: cannot reshape"):
+        sensor.poll()
