@@ -205,24 +205,24 @@ def _services(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
     """Each group's service: its first flow's (``with_services``)."""
     first = np.full(k, len(codes), dtype=np.intp)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.intp))
-    return with_services(b, first)
+    return with_services(b, first).tolist()  # type: ignore[no-any-return]
 
 
-def with_services(flows: FlowBatch, rows: NDArray[np.intp]) -> list[str]:
-    """``with_service`` on columns: the service of each flow at ``rows``, its own ``service`` when set, else
-    the name of its remote port (outbound) or local port (otherwise); each port named once."""
-    named = flows["service"][rows].tolist()
-    outbound = flows["direction"][rows] == ENUM_NUMBERS["direction"]["outbound"]
-    ports = np.where(outbound, flows["dport"][rows], flows["sport"][rows]).tolist()
-    protos = flows.names("proto")[rows].tolist()
-    names: dict[tuple[int, str], str] = {}
-    out = []
-    for given, port, proto in zip(named, ports, protos, strict=True):
-        if not given:
-            given = names.get((port, proto))
-            if given is None:
-                given = names[(port, proto)] = service_name(port, proto)
-        out.append(given)
+def with_services(flows: FlowBatch, rows: NDArray[np.intp]) -> NDArray[Any]:
+    """``with_service`` on columns: the service of each flow at ``rows`` (an object array), its own
+    ``service`` when set, else the name of its remote port (outbound) or local port (otherwise); each
+    (port, protocol) named once, the rest in numpy."""
+    out: NDArray[Any] = flows["service"][rows].copy()
+    unnamed = np.flatnonzero(out == "")
+    if len(unnamed):
+        at = rows[unnamed]
+        outbound = flows["direction"][at] == ENUM_NUMBERS["direction"]["outbound"]
+        ports = np.where(outbound, flows["dport"][at], flows["sport"][at]).astype(np.int64)
+        keys, codes = np.unique(ports * 256 + flows["proto"][at], return_inverse=True)
+        protos = ENUM_NAMES["proto"]
+        names = np.empty(len(keys), dtype=object)
+        names[:] = [service_name(k >> 8, protos.get(k & 255, "unknown")) for k in keys.tolist()]
+        out[unnamed] = names[codes.reshape(len(at))]
     return out
 
 

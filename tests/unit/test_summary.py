@@ -92,3 +92,19 @@ def test_columnar_rollups_equal_the_per_record_rule(seed) -> None:
         got = [dataclasses.asdict(r) for r in rollup(recs, key, with_services=True)]
         totals = [(r, (r.bytes_tx, r.bytes_rx, r.retransmits)) for r in recs]
         assert got == reference_rollup(totals, key, with_services=True), key
+
+
+def test_with_services_on_columns_equals_with_service_per_record() -> None:
+    import numpy as np
+
+    from meshnode._batch import FlowBatch
+    from meshnode.summary import with_services
+
+    recs = [
+        flow(1, dport=443), flow(2, dport=53, proto="udp"), flow(3, direction="inbound", sport=22, dport=50000),
+        flow(4, service="custom"), flow(5, direction="unknown", sport=8080, dport=9), flow(6, dport=65535),
+        flow(7, dport=443), flow(8, direction="inbound", sport=53, dport=40000, proto="udp"), flow(9, dport=0),
+    ]
+    batch = FlowBatch.from_records(recs)
+    rows = np.array([8, 0, 3, 2, 2, 5, 1, 4, 6, 7], dtype=np.intp)
+    assert with_services(batch, rows).tolist() == [with_service(recs[i]).service for i in rows.tolist()]
