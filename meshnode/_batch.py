@@ -96,8 +96,13 @@ class FlowBatch(Sequence[FlowRecord]):
 
     @classmethod
     def empty(cls) -> FlowBatch:
-        """A batch of no flows."""
-        return cls({}, 0)
+        """A batch of no flows (one, made once: a batch is not changed after it is made)."""
+        if cls is not FlowBatch:
+            return cls({}, 0)
+        global _EMPTY
+        if _EMPTY is None:
+            _EMPTY = cls({}, 0)
+        return _EMPTY
 
     @classmethod
     def from_records(cls, records: Iterable[FlowRecord]) -> FlowBatch:
@@ -216,6 +221,9 @@ class FlowBatch(Sequence[FlowRecord]):
     def failed(self) -> NDArray[np.bool_]:
         """Per flow: refused, timeout, reset or udp_unanswered."""
         return np.isin(self.cols["outcome"], FAILED)
+
+
+_EMPTY: FlowBatch | None = None
 
 
 def _values(rec: FlowRecord) -> tuple[Any, ...]:

@@ -64,7 +64,8 @@ class SensorBatch:
     @property
     def ended(self) -> FlowBatch:
         """Every flow that ended, as one batch: the columns, then the records."""
-        return FlowBatch.concat([*self.columns, FlowBatch.from_records(self.records)])
+        made = [FlowBatch.from_records(self.records)] if self.records else []  # most polls: none
+        return FlowBatch.concat([*self.columns, *made])
 
 
 @dataclass(slots=True)
