@@ -167,6 +167,9 @@ def _common(wide: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--sign-key", default=argparse.SUPPRESS, metavar="FILE",
                    help="operator key signing fleet queries (default: $MESHCTL_SIGN_KEY, or NAME.sign.key "
                         "in --tls-dir)")
+    g.add_argument("--sign-plaintext", action="store_true", default=argparse.SUPPRESS,
+                   help="sign even without --tls-dir (the signature can be read and replayed on the way; "
+                        "meshnode nodes refuse signatures that arrive in plaintext)")
     return p
 
 
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tls-name", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--sign-key", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sign-plaintext", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     common = _common()
 
@@ -347,5 +351,5 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.node = env or DEFAULT_NODE
     from cli._security import ClientSecurity, configure
 
-    configure(ClientSecurity.from_args(args.tls_dir, args.tls_name, args.sign_key))
+    configure(ClientSecurity.from_args(args.tls_dir, args.tls_name, args.sign_key, args.sign_plaintext))
     return args

@@ -23,6 +23,7 @@ from cli._exceptions import (
     NotAvailable,
     PermissionDenied,
     Unreachable,
+    UsageError,
 )
 from cli._security import ISSUE_HINT, ClientSecurity, Signer, current, speaks_tls
 from meshnode.v1 import observer_pb2, observer_pb2_grpc
@@ -95,6 +96,7 @@ class Node:
         self.timeout = timeout
         self.security = security or current()
         self._signer: Signer | None = None
+        self._audience: str | None = None
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.enable_retries", 0),
@@ -143,12 +145,23 @@ class Node:
         return translate(exc, self.address, what, timeout)
 
     def _sign(self, method: str, request: Any) -> tuple[tuple[str, bytes]] | None:
+        """Signature metadata for ``request``, for this node (its id from ``Status``); None without a key.
+
+        Raises:
+            UsageError: a key, but plaintext (no ``--tls-dir``) and no ``--sign-plaintext``.
+        """
         if self._signer is None:
             path = self.security.signing_key_path()
             if path is None:
                 return None
+            if self.security.tls_dir is None and not self.security.sign_plaintext:
+                raise UsageError(f"refusing to sign {method} to {self.address} in plaintext: anyone on the path "
+                                 "could replay the signature, and nodes refuse it; use --tls-dir DIR "
+                                 "($MESHCTL_TLS_DIR), or drop --sign-key for an --insecure node")
             self._signer = Signer(path)
-        return self._signer.metadata(method, request)
+        if self._audience is None:
+            self._audience = self.status().node_id
+        return self._signer.metadata(method, request, self._audience)
 
     def status(self) -> observer_pb2.StatusResponse:
         """Observer.Status."""

@@ -3,12 +3,15 @@
 ``--tls-dir DIR`` (``$MESHCTL_TLS_DIR``) holds ``ca.crt`` and one ``NAME.crt``/``NAME.key`` pair
 (``meshnode ca issue NAME --client --operator --out DIR``; ``--tls-name NAME`` picks one of several). When
 ``NAME.sign.key`` is there too, fleet queries are signed with it; ``--sign-key FILE`` (``$MESHCTL_SIGN_KEY``)
-names another. Without ``--tls-dir``, meshctl speaks plaintext, for nodes run with ``--insecure``.
+names another. Without ``--tls-dir``, meshctl speaks plaintext, for nodes run with ``--insecure``, and does not
+sign: a signature sent in plaintext can be read and replayed by anyone on the path, and nodes refuse it
+(``--sign-plaintext`` signs anyway, for a node behind something that adds TLS).
 
 The request signature is the node's (``meshnode.trust._authz``; cli imports nothing of meshnode but the
 generated messages, so the few lines are repeated here): Ed25519 over a domain tag, the full method name,
-the time, a random nonce and the SHA-256 of the deterministic serialization of the request, carried as the
-binary metadata ``meshnode-auth-bin`` (a ``meshnode.v1.RequestAuth``).
+the audience (the node id of the node asked, from its ``Status``), the time, a random nonce and the SHA-256
+of the deterministic serialization of the request, carried as the binary metadata ``meshnode-auth-bin`` (a
+``meshnode.v1.RequestAuth``).
 
 Nothing here imports grpc at module level: ``_args.parse`` records the choice with ``configure`` cheaply.
 """
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from google.protobuf.message import Message
 
 AUTH_METADATA_KEY: Final = "meshnode-auth-bin"
-_DOMAIN: Final = b"meshnode-authz-v1\x00"
+_DOMAIN: Final = b"meshnode-authz-v2\x00"
 ISSUE_HINT: Final = "meshnode ca issue NAME --client --operator --dir CA_DIR --out DIR"
 
 
@@ -43,14 +46,16 @@ class ClientSecurity:
     tls_dir: Path | None = None
     tls_name: str | None = None
     sign_key: Path | None = None
+    sign_plaintext: bool = False
 
     @classmethod
-    def from_args(cls, tls_dir: str | None, tls_name: str | None, sign_key: str | None) -> ClientSecurity:
+    def from_args(cls, tls_dir: str | None, tls_name: str | None, sign_key: str | None,
+                  sign_plaintext: bool = False) -> ClientSecurity:
         """Flags first, then ``$MESHCTL_TLS_DIR``, ``$MESHCTL_TLS_NAME``, ``$MESHCTL_SIGN_KEY``."""
         d = tls_dir or os.environ.get("MESHCTL_TLS_DIR", "").strip() or None
         n = tls_name or os.environ.get("MESHCTL_TLS_NAME", "").strip() or None
         k = sign_key or os.environ.get("MESHCTL_SIGN_KEY", "").strip() or None
-        return cls(Path(d).expanduser() if d else None, n, Path(k).expanduser() if k else None)
+        return cls(Path(d).expanduser() if d else None, n, Path(k).expanduser() if k else None, sign_plaintext)
 
     def name(self) -> str:
         """The certificate name in ``tls_dir``: ``tls_name``, else its one ``NAME.crt`` beside ``ca.crt``."""
@@ -118,16 +123,17 @@ class Signer:
         self.public_raw = key.public_key().public_bytes(serialization.Encoding.Raw,
                                                        serialization.PublicFormat.Raw)
 
-    def metadata(self, method: str, request: Message) -> tuple[tuple[str, bytes]]:
-        """The call metadata that signs ``request`` for ``method`` (``/meshnode.v1.Mesh/FleetQuery``)."""
+    def metadata(self, method: str, request: Message, audience: str) -> tuple[tuple[str, bytes]]:
+        """The call metadata that signs ``request`` for ``method`` (``/meshnode.v1.Mesh/FleetQuery``) on the
+        node whose id is ``audience``."""
         from meshnode.v1 import trust_pb2
 
         ts = time.time_ns()
         nonce = os.urandom(16)
         payload = request.SerializeToString(deterministic=True)
-        signed = (_DOMAIN + method.encode() + b"\x00" + struct.pack(">Q", ts) + nonce
-                  + hashlib.sha256(payload).digest())
-        auth = trust_pb2.RequestAuth(public_key=self.public_raw, timestamp_ns=ts, nonce=nonce,
+        signed = (_DOMAIN + method.encode() + b"\x00" + audience.encode() + b"\x00" + struct.pack(">Q", ts)
+                  + nonce + hashlib.sha256(payload).digest())
+        auth = trust_pb2.RequestAuth(public_key=self.public_raw, timestamp_ns=ts, nonce=nonce, audience=audience,
                                      signature=self._key.sign(signed))
         return ((AUTH_METADATA_KEY, auth.SerializeToString()),)
 

@@ -18,10 +18,16 @@ else
   host=${host#[}
   host=${host%]}
   [ -f .meshnode/ca/ca.crt ] || "$meshnode" ca init --dir .meshnode/ca --name "meshnode local" >/dev/null
-  if [ ! -f .meshnode/node/node.crt ]; then
+  # the node certificate binds the node's key; one issued before that (no .key-bound) is reissued for the
+  # node's existing key, so that it keeps its node id
+  if [ ! -f .meshnode/node/node.crt ] || [ ! -f .meshnode/node/.key-bound ]; then
     ips=(--ip 127.0.0.1)
     [[ $host =~ ^[0-9.:a-fA-F]+$ && $host != 127.0.0.1 ]] && ips+=(--ip "$host")
-    "$meshnode" ca issue node --dir .meshnode/ca --out .meshnode/node "${ips[@]}" --dns localhost >/dev/null
+    bind=()
+    [ -f "$data/node.key" ] && bind=(--node-key "$data/node.key")
+    "$meshnode" ca issue node --dir .meshnode/ca --out .meshnode/node "${ips[@]}" --dns localhost "${bind[@]}" \
+      --force >/dev/null
+    touch .meshnode/node/.key-bound
   fi
   [ -f .meshnode/operator/operator.crt ] ||
     "$meshnode" ca issue operator --dir .meshnode/ca --out .meshnode/operator --client --operator >/dev/null

@@ -111,7 +111,8 @@ async def serve(config: NodeConfig, sensor: Sensor, security: NodeSecurity | Non
         security.apply(node, mesh.mesh if mesh else None)
         if mesh is not None:
             mesh.channel_credentials = security.channel
-            mesh.channel_interceptors.append(RequestSigner(mesh.mesh.key, SIGNED_METHODS))  # type: ignore[arg-type]
+            if security.channel is not None:  # signatures travel only over TLS
+                mesh.channel_interceptors.append(RequestSigner(mesh.mesh.key, SIGNED_METHODS))  # type: ignore[arg-type]
         for service in services:
             node.add_service(service)
     except BaseException:

@@ -13,9 +13,11 @@ fails ``meshnode run`` with exit 2 and the fix), and ``apply`` wires it in:
   current mesh member's key, and not on the ``deny`` list. Refusals are counted in the mesh's counters
   (``meshctl peers``: ``requests_unsigned``, ``requests_unknown_key``, ``requests_replayed``...).
 
-The lab rule: an insecure node with no operator keys lets *unsigned* requests through (counted as
-``requests_unsigned_allowed``, and said at startup), because nobody could sign them; signed ones are still
-checked. With TLS, or with operator keys, a signature is always required.
+The lab rule: an insecure node lets *unsigned* requests through (counted as ``requests_unsigned_allowed``,
+and said at startup), and refuses signed ones (``requests_plaintext``): a signature sent in plaintext can be
+read and replayed, so signatures travel only over TLS, and operator keys need TLS. With TLS a signature is
+always required: an operator's for the node it is sent to (``audience``), or a member's from its own
+connection (``meshnode.trust._service``).
 """
 
 from __future__ import annotations
@@ -91,6 +93,20 @@ def denied_ids(entries: tuple[str, ...]) -> set[str]:
     return out
 
 
+def node_key_path(config: NodeConfig) -> Path:
+    """The node's Ed25519 key file: the one its certificate was issued with (``NAME.node.key`` in ``tls_dir``)
+    when there is one, else ``DATA_DIR/node.key`` (created on first start)."""
+    if config.tls_dir is None:
+        return config.data_dir / "node.key"
+    from meshnode.trust._errors import TlsError
+    from meshnode.trust._tls import node_key_file, tls_name
+
+    try:
+        return node_key_file(config.tls_dir, tls_name(config.tls_dir), config.data_dir)
+    except TlsError:
+        return config.data_dir / "node.key"
+
+
 @dataclass
 class NodeSecurity:
     """What ``meshnode run`` secures a node with; built by ``from_config`` before anything starts."""
@@ -102,6 +118,8 @@ class NodeSecurity:
     operators: list[bytes] = field(default_factory=list)
     denied: set[str] = field(default_factory=set)
     tls_dir: Path | None = None
+    node_id: str | None = None
+    """The node id this node's certificate binds (checked against its key before anything starts)."""
 
     @property
     def insecure(self) -> bool:
@@ -110,7 +128,7 @@ class NodeSecurity:
 
     @property
     def allow_unsigned(self) -> bool:
-        """The lab rule: unsigned requests pass only on an insecure node with no operator keys."""
+        """The lab rule: unsigned requests pass only on an insecure node (which has no operator keys)."""
         return self.insecure and not self.operators
 
     @classmethod
@@ -126,14 +144,18 @@ class NodeSecurity:
         sec = cls(operators=operators, denied=denied_ids(config.deny))
         if config.tls_dir is not None:
             from meshnode.trust import channel_credentials, server_credentials
-            from meshnode.trust._tls import tls_name
+            from meshnode.trust._tls import check_key_binding, tls_name
 
             name = tls_name(config.tls_dir)
+            sec.node_id = check_key_binding(config.tls_dir, name, node_key_path(config))
             sec.server = server_credentials(config.tls_dir, name)
             sec.channel = channel_credentials(config.tls_dir, name)
             sec.tls_dir = config.tls_dir
         elif not config.insecure:
             raise ConfigError("tls_dir: not set, and not insecure")
+        elif operators:
+            raise ConfigError("operator_keys: signed requests are accepted only over TLS; set tls_dir, or drop the "
+                              "operator keys (an insecure node accepts unsigned fleet queries and tasks)")
         return sec
 
     def apply(self, node: Node, mesh: MeshService | None) -> SignedRequestInterceptor:
@@ -150,7 +172,7 @@ class NodeSecurity:
             m = mesh.membership.member(node_id)
             return m is not None and m.state in (State.ALIVE, State.SUSPECT)
 
-        authz = Authorizer(self.operators, self.denied, member=member)
+        authz = Authorizer(self.operators, self.denied, member=member, audience=mesh.node_id if mesh else None)
         check = SignedRequestInterceptor(authz, SIGNED_METHODS, allow_unsigned=self.allow_unsigned)
         if mesh is not None:
             check.counters = mesh.counters

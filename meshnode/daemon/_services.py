@@ -5,7 +5,8 @@ watcher) and stopped before them. A service implements ``meshnode.daemon.Service
 ``async start()``, ``async stop()``.
 
 The mesh shares the node's gRPC port (``meshnode.v1.Mesh`` beside ``Observer``), signs each closed
-period's summary with the node's Ed25519 key (``<data_dir>/node.key``, created on first start, mode 0600),
+period's summary with the node's Ed25519 key (``<data_dir>/node.key``, created on first start, mode 0600; under
+TLS the key the node's certificate binds, ``NAME.node.key`` beside it when ``meshnode ca issue`` made it),
 and joins the ``--join`` seeds. Its address for peers is the node's listen address; when that is a wildcard
 (``0.0.0.0``), the local address that routes to the first seed (or the host name's address).
 """
@@ -18,6 +19,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from meshnode.daemon._addresses import local_addresses
+from meshnode.daemon._security import node_key_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,7 +53,7 @@ class MeshRunner:
 
         cfg = node.config
         self._node = node
-        key = NodeKey.load_or_create(cfg.data_dir / "node.key")
+        key = NodeKey.load_or_create(node_key_path(cfg))
         labels = {"host": cfg.node_id, **cfg.labels}
         policy = TaskPolicy(enabled=cfg.active_tasks, deny=frozenset(cfg.task_deny))
         self.mesh: MeshService = MeshService(advertise=cfg.listen, key=key, labels=labels, seeds=list(cfg.join),

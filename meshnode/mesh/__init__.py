@@ -13,6 +13,7 @@ Modules (internal, re-exported here):
     _digest      NodeKey, Digest building/bounding/signing/verifying, DigestExchange (the delegate)
     _aggregate   label aggregation (pure): aggregate, health_of, hierarchy
     _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
+    _identity    identities bound to certificates (mTLS): PeerCertificate, IdentityGuard, signed Alives, audiences
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh)
     _tasks       active tasks (seed 003): TaskPolicy, TokenBucket, measure_tcp
     _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
@@ -67,6 +68,19 @@ from meshnode.mesh._digest import (
     verify_digest,
 )
 from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, with_retries
+from meshnode.mesh._identity import (
+    AUDIENCE_METADATA_KEY,
+    KEY_URI_PREFIX,
+    IdentityGuard,
+    PeerCertificate,
+    alive_signed_by_member,
+    audience_metadata,
+    bound_node_ids,
+    over_tls,
+    peer_certificate,
+    sign_alive,
+    tls_peer,
+)
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
 from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, MeshService, MeshServicer
 from meshnode.mesh._state import Delegate, Member, Membership, State
@@ -75,9 +89,11 @@ from meshnode.mesh._tasks import MEMBER_CALLER, Measurement, TaskPolicy, TaskRef
 from meshnode.mesh._transport import PacketHandler, ReplyCallback, StreamHandler, Transport
 
 __all__ = [
+    "AUDIENCE_METADATA_KEY",
     "DEFAULT_LABEL_ORDER",
     "DIGEST_VERSION",
     "FLEET",
+    "KEY_URI_PREFIX",
     "MEMBER_CALLER",
     "MESH_SERVICE",
     "RETRYABLE_CODES",
@@ -92,6 +108,7 @@ __all__ = [
     "GrpcTransport",
     "HeldDigest",
     "HostReport",
+    "IdentityGuard",
     "LocalDigestSource",
     "ManualScheduler",
     "Measurement",
@@ -104,6 +121,7 @@ __all__ = [
     "MeshServicer",
     "NodeKey",
     "PacketHandler",
+    "PeerCertificate",
     "PeriodLike",
     "ReplyCallback",
     "RollupLike",
@@ -119,8 +137,11 @@ __all__ = [
     "TransmitLimitedQueue",
     "Transport",
     "aggregate",
+    "alive_signed_by_member",
     "apply_delta",
+    "audience_metadata",
     "bound_digest",
+    "bound_node_ids",
     "check_signature",
     "digest_from_period",
     "endpoint_records",
@@ -133,12 +154,16 @@ __all__ = [
     "median",
     "members_only",
     "node_id_from_public_key",
+    "over_tls",
+    "peer_certificate",
     "remaining_suspicion_time",
     "retransmit_limit",
     "rollups_from_flows",
     "scale_timeout",
+    "sign_alive",
     "sign_digest",
     "suspicion_timeout",
+    "tls_peer",
     "trimmed_mean",
     "verify_digest",
     "with_retries",

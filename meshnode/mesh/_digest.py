@@ -403,8 +403,8 @@ class DigestConfig:
     retransmit_mult: int = 4
 
 
-def members_only(membership: Callable[[], Membership | None], denied: Callable[[], Iterable[str]] = tuple
-                 ) -> Callable[[str], str | None]:
+def members_only(membership: Callable[[], Membership | None], denied: Callable[[], Iterable[str]] = tuple,
+                 certified: Callable[[str], bool] | None = None) -> Callable[[str], str | None]:
     """``DigestExchange.admit`` for a node: digests only of members, and of none on the denylist.
 
     A key signs its own digests, so a valid signature proves only that the publisher holds the key; what
@@ -416,9 +416,15 @@ def members_only(membership: Callable[[], Membership | None], denied: Callable[[
     this refuses (announcements counted ``announces_<reason>``) nor offer it in push-pull (digests held
     from members since reaped), so a bounded pull or answer is never spent on digests that would be dropped.
 
+    Under mutual TLS a member's own signed Alive puts it in the table, but that proves only that it holds its
+    key; ``certified`` then requires that the node has called this one with a certificate binding that key
+    (``meshnode.mesh._identity``), so that keys minted by the holder of one certificate publish nothing
+    (``uncertified``, fetched again once the member has called).
+
     Args:
         membership: the membership now (None before the mesh starts: nothing is admitted).
         denied: node ids refused even when members (``denied``).
+        certified: whether a node id has a certificate here; None admits members without one (plaintext).
     """
 
     def admit(node_id: str) -> str | None:
@@ -427,6 +433,8 @@ def members_only(membership: Callable[[], Membership | None], denied: Callable[[
         m = membership()
         if m is None or m.member(node_id) is None:
             return "unknown_key"
+        if certified is not None and not certified(node_id):
+            return "uncertified"
         return None
 
     return admit

@@ -48,6 +48,7 @@ from meshnode.mesh._digest import (
     verify_digest,
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
+from meshnode.mesh._identity import PEER, IdentityGuard, PeerCertificate, audience_metadata, sign_alive, tls_peer
 from meshnode.mesh._state import Member, Membership, State
 from meshnode.mesh._tasks import (
     MEMBER_CALLER,
@@ -180,7 +181,10 @@ class MeshService:
         """Called with every accepted peer digest (``own=False``) and each digest this node publishes
         (``own=True``, the bounded digest as signed): ``listener(digest, signed, own)``."""
         self.node_certificates_only = False
-        """Under mTLS (set by the daemon): gossip is accepted only from peers presenting a node certificate."""
+        """Under mTLS (set by the daemon): gossip is accepted only from peers presenting a node certificate
+        that binds their key, and the identity rules of ``identity`` apply (``meshnode.mesh._identity``)."""
+        self.identity = IdentityGuard()
+        """Which node ids have called with a certificate binding their key (used under mTLS only)."""
         self.forget_listeners: list[Callable[[list[str]], None]] = []
         """Called with the node ids of members reaped (gone for good): state kept about them can go."""
         self.denied: set[str] = set()
@@ -248,11 +252,13 @@ class MeshService:
         sched = AsyncioScheduler(asyncio.get_running_loop())
         self._exchange = DigestExchange(self.key, sched, self.digest_config)
         self._exchange.on_accept = self._notify
-        self._exchange.admit = members_only(lambda: self._membership, lambda: self.denied)
+        guard = self.identity if self.node_certificates_only else None
+        self._exchange.admit = members_only(lambda: self._membership, lambda: self.denied,
+                                            guard.certified if guard is not None else None)
         self._exchange.on_forget = self._forgotten
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
-            delegate=self._exchange,
+            delegate=self._exchange, sign_alive=functools.partial(sign_alive, self.key), identity=guard,
         )
         self._exchange.attach(self._membership)
         self._membership.start()
@@ -364,6 +370,7 @@ class MeshService:
         self._notify(held.digest if held is not None else d, signed, own=True)
 
     def _forgotten(self, node_ids: list[str]) -> None:
+        self.identity.forget(node_ids)
         for listener in list(self.forget_listeners):
             try:
                 listener(node_ids)
@@ -438,6 +445,7 @@ class MeshService:
         counters.update(self.exchange.counters)
         counters.update(self.transport.counters)
         counters.update(self.counters)
+        counters.update(self.identity.counters)
         counters["broadcasts_dropped"] = m._broadcasts.dropped
         counters["announces_dropped"] = self.exchange._announces.dropped
         resp.counters.update({k: v for k, v in counters.items() if v >= 0})
@@ -480,7 +488,9 @@ class MeshService:
             stub = self.transport.stub(x.addr)
             local = mesh_pb2.FleetQueryRequest(local_only=True)
             try:
-                resp = await with_retries(lambda: stub.FleetQuery(local, timeout=timeout), budget=timeout)
+                resp = await with_retries(
+                    lambda: stub.FleetQuery(local, timeout=timeout, metadata=audience_metadata(x.node_id)),
+                    budget=timeout)
             except grpc.aio.AioRpcError as exc:
                 statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=exc.code().name)
                 return
@@ -550,53 +560,53 @@ class MeshService:
         return resp
 
 
-@functools.lru_cache(maxsize=256)
-def _is_node_certificate(pem: bytes) -> bool:
-    """True for a certificate good for TLS server authentication: what ``meshnode ca issue`` gives nodes, and
-    not clients (``--client``: client authentication only)."""
-    from cryptography import x509
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    try:
-        usage = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    except (ValueError, x509.ExtensionNotFound):
-        return False
-    return ExtendedKeyUsageOID.SERVER_AUTH in usage.value
-
-
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """``meshnode.v1.Mesh`` on top of one ``MeshService``."""
 
     def __init__(self, service: MeshService) -> None:
         self._svc = service
 
-    async def _gossip_allowed(self, context: grpc.aio.ServicerContext[object, object]) -> bool:
-        """Under mTLS, membership gossip (Packet, Stream) only from peers with a node certificate.
+    async def _gossip_peer(self, context: grpc.aio.ServicerContext[object, object]) -> PeerCertificate | None:
+        """Identity check of a gossip call (Packet, Stream): under mTLS, the caller's node certificate, which
+        must bind its key; aborts with PERMISSION_DENIED otherwise. None without TLS (nothing to check).
 
         Membership is what makes a key a member, and members may sign fleet queries and tasks: a holder of a
-        client certificate (meshctl's) must not be able to gossip a key of its own into the fleet.
+        client certificate (meshctl's) must not be able to gossip a key of its own into the fleet, and a node
+        speaks only for the key its certificate names.
         """
-        if not self._svc.node_certificates_only:
-            return True
-        pems = list(context.auth_context().get("x509_pem_cert") or ())
-        if pems and _is_node_certificate(bytes(pems[0])):
-            return True
-        self._svc.counters["gossip_refused_not_a_node"] += 1
-        log.warning("mesh gossip from %s refused: its certificate is not a node certificate", context.peer())
-        return False
+        svc = self._svc
+        if not svc.node_certificates_only:
+            return None
+        peer = tls_peer(context.auth_context())
+        if peer is None or not peer.is_node:
+            svc.counters["gossip_refused_not_a_node"] += 1
+            log.warning("mesh gossip from %s refused: its certificate is not a node certificate", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "mesh gossip needs a node certificate")
+        assert peer is not None
+        if peer.node_id is None:
+            svc.counters["gossip_refused_unbound"] += 1
+            log.warning("mesh gossip from %s refused: its certificate binds no node key", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "mesh gossip needs a node certificate that binds the node's key; reissue it "
+                                "with: meshnode ca issue NAME --node-key DATA_DIR/node.key --force")
+        svc.identity.saw(peer)
+        return peer
 
     async def Packet(
         self, request: mesh_pb2.PacketRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> mesh_pb2.PacketResponse:
         svc = self._svc
-        if not await self._gossip_allowed(context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "mesh gossip needs a node certificate")
+        peer = await self._gossip_peer(context)
         if len(request.payload) > 2 * svc.config.packet_budget:
             svc.counters["packets_oversize"] += 1
             log.warning("oversize mesh packet (%d bytes) from %s (%s) dropped", len(request.payload),
                         request.from_addr, context.peer())
         elif svc.running:
-            svc.transport.on_packet(request.from_addr, request.payload)
+            token = PEER.set(peer)
+            try:
+                svc.transport.on_packet(request.from_addr, request.payload)
+            finally:
+                PEER.reset(token)
         return mesh_pb2.PacketResponse()
 
     async def Stream(
@@ -604,13 +614,15 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> mesh_pb2.StreamResponse:
         if not self._svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
-        if not await self._gossip_allowed(context):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "mesh gossip needs a node certificate")
+        peer = await self._gossip_peer(context)
+        token = PEER.set(peer)
         try:
             answer = self._svc.transport.on_stream(request.from_addr, request.payload)
         except PeerError as exc:
             log.warning("bad mesh stream request from %s (%s) refused: %s", request.from_addr, context.peer(), exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            PEER.reset(token)
         return mesh_pb2.StreamResponse(payload=answer)
 
     async def Peers(

@@ -42,6 +42,7 @@ from meshnode.v1 import mesh_pb2
 
 if TYPE_CHECKING:
     from meshnode.mesh._clock import Scheduler, Timer
+    from meshnode.mesh._identity import IdentityGuard
     from meshnode.mesh._transport import Transport
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class Member:
         labels: its labels.
         state_change: monotonic time of the last state change.
         rtt: the last direct probe round trip in seconds, None before the first.
+        public_key: the key that signed its current Alive (empty when it came unsigned).
+        signature: that Alive's signature, relayed with it in push-pull.
     """
 
     node_id: str
@@ -80,6 +83,8 @@ class Member:
     labels: dict[str, str] = field(default_factory=dict)
     state_change: float = 0.0
     rtt: float | None = None
+    public_key: bytes = b""
+    signature: bytes = b""
 
 
 class Delegate(Protocol):
@@ -170,6 +175,8 @@ class Membership:
         rng: all randomness (probe order, gossip targets); seed it for repeatable runs.
         delegate: application data riding on membership (the digest layer).
         on_event: called on joins, leaves and updates of other members.
+        sign_alive: signs this node's own Alive in place (``meshnode.mesh._identity.sign_alive``).
+        identity: the mTLS identity rules (``IdentityGuard``); None believes every well-formed claim.
     """
 
     def __init__(
@@ -183,8 +190,12 @@ class Membership:
         rng: random.Random | None = None,
         delegate: Delegate | None = None,
         on_event: EventCallback | None = None,
+        sign_alive: Callable[[mesh_pb2.Alive], None] | None = None,
+        identity: IdentityGuard | None = None,
     ) -> None:
         self.node_id = node_id
+        self._sign_alive = sign_alive
+        self.identity = identity
         self.config = config or MeshConfig()
         self._transport = transport
         self._sched = scheduler
@@ -451,6 +462,9 @@ class Membership:
 
     def _queue_alive(self, m: Member) -> None:
         msg = mesh_pb2.Alive(node=m.node_id, incarnation=m.incarnation, addr=m.addr, labels=m.labels)
+        if m.node_id == self.node_id and self._sign_alive is not None:
+            self._sign_alive(msg)
+            m.public_key, m.signature = msg.public_key, msg.signature
         self._broadcasts.queue(m.node_id, mesh_pb2.Gossip(alive=msg).SerializeToString())
 
     # ---------------------------------------------------------------- probing
@@ -623,7 +637,7 @@ class Membership:
         pp = mesh_pb2.PushPull(source=self.node_id, source_addr=self.address, join=join)
         for m in self._members.values():
             pp.members.add(node=m.node_id, addr=m.addr, incarnation=m.incarnation, state=int(m.state),
-                           labels=m.labels)
+                           labels=m.labels, public_key=m.public_key, signature=m.signature)
         if self.delegate is not None:
             try:
                 pp.user_state = self.delegate.local_state(join, remote_user)
@@ -671,7 +685,8 @@ class Membership:
                 st = State(pm.state)
                 if st == State.ALIVE:
                     self._alive(mesh_pb2.Alive(node=pm.node, incarnation=pm.incarnation, addr=pm.addr,
-                                               labels=pm.labels))
+                                               labels=pm.labels, public_key=pm.public_key,
+                                               signature=pm.signature))
                 elif st == State.LEFT:
                     self._dead(mesh_pb2.Dead(node=pm.node, incarnation=pm.incarnation, **{"from": pm.node}))
                 else:
@@ -703,6 +718,8 @@ class Membership:
             log.exception("packet from %s could not be handled; dropped", from_addr)
 
     def _handle_packet(self, from_addr: str, pkt: mesh_pb2.MeshPacket) -> None:
+        if not self._source_authentic(pkt.source):
+            return
         reply_to = pkt.source_addr or from_addr
         if len(reply_to) > _MAX_ADDR:
             raise PeerError("source address too long")
@@ -742,6 +759,8 @@ class Membership:
         body = msg.WhichOneof("body")
         if body == "push_pull":
             pp = msg.push_pull
+            if not self._source_authentic(pp.source):
+                raise PeerError(f"push-pull from {from_addr} names a source its certificate does not bind")
             self._merge_push_pull(pp, pp.source_addr or from_addr)
             local = self._local_push_pull(pp.join, pp.user_state)
             return mesh_pb2.StreamMessage(push_pull=local).SerializeToString()
@@ -775,8 +794,18 @@ class Membership:
         self.awareness.apply_delta(1)
         self.counters["refuted"] += 1
 
+    def _source_authentic(self, source: str) -> bool:
+        """Identity check (mTLS): the source a message names is its sender's certified node id."""
+        return self.identity is None or self.identity.source_ok(source)
+
+    def _alive_authentic(self, a: mesh_pb2.Alive) -> bool:
+        """Identity check (mTLS): an Alive comes from its member's own connection or carries its signature."""
+        return self.identity is None or self.identity.alive_ok(a)
+
     def _alive(self, a: mesh_pb2.Alive) -> None:
         self._check_alive(a)
+        if not self._alive_authentic(a):
+            return
         m = self._members.get(a.node)
         if a.node == self.node_id:
             assert m is not None
@@ -788,7 +817,8 @@ class Membership:
                 self._refute(m, a.incarnation)
             return
         if m is None:
-            m = Member(a.node, a.addr, a.incarnation, State.ALIVE, dict(a.labels), self._sched.now())
+            m = Member(a.node, a.addr, a.incarnation, State.ALIVE, dict(a.labels), self._sched.now(),
+                       public_key=a.public_key, signature=a.signature)
             self._add(m)
             self._live_changed(None, State.ALIVE)
             self._broadcasts.queue(a.node, mesh_pb2.Gossip(alive=a).SerializeToString())
@@ -803,6 +833,7 @@ class Membership:
         m.incarnation = a.incarnation
         m.addr = a.addr
         m.labels = dict(a.labels)
+        m.public_key, m.signature = a.public_key, a.signature
         self._set_state(m, State.ALIVE)
         self._broadcasts.queue(a.node, mesh_pb2.Gossip(alive=a).SerializeToString())
         self._emit("join" if was in (State.DEAD, State.LEFT) else "update", m)

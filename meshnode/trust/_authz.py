@@ -7,9 +7,12 @@ being relayed by a node's fan-out to every other node.
 
 The signature is carried out of band, as the binary gRPC metadata ``meshnode-auth-bin`` (a serialized
 ``meshnode.v1.RequestAuth``), so that request messages need no field for it. It covers a domain tag, the
-full method name, a timestamp, a random nonce and the SHA-256 of the request serialized deterministically:
-a signature for one method cannot be replayed on another, an old one is refused as stale, and a fresh one
-only once (the nonce is remembered for the freshness window). Every refusal is an ``Unauthorized`` with a
+full method name, the audience (the node id of the node the request is for), a timestamp, a random nonce
+and the SHA-256 of the request serialized deterministically: a signature for one method cannot be replayed
+on another, nor on another node, an old one is refused as stale, and a fresh one only once (the nonce is
+remembered for the freshness window). Signatures travel only over TLS: the server side
+(``SignedRequestInterceptor``) refuses a signed request that arrived in plaintext, and a member's key only
+from that member's own connection. Every refusal is an ``Unauthorized`` with a
 ``reason``; servicers map it to ``PERMISSION_DENIED`` (``StatusCode`` name in ``GRPC_CODE``).
 """
 
@@ -38,17 +41,18 @@ AUTH_METADATA_KEY: Final = "meshnode-auth-bin"
 GRPC_CODE: Final = "PERMISSION_DENIED"
 """The ``grpc.StatusCode`` name servicers answer an ``Unauthorized`` with."""
 
-AUTH_REASONS: Final = ("unsigned", "malformed", "unknown_key", "bad_signature", "stale", "replayed", "denied")
+AUTH_REASONS: Final = ("unsigned", "malformed", "unknown_key", "bad_signature", "stale", "replayed", "denied",
+                        "wrong_audience", "plaintext", "not_own_connection")
 """Every ``Unauthorized.reason``."""
 
-_DOMAIN: Final = b"meshnode-authz-v1\x00"
+_DOMAIN: Final = b"meshnode-authz-v2\x00"
 _NONCE_BYTES: Final = 16
 
 
-def signed_bytes(method: str, timestamp_ns: int, nonce: bytes, payload: bytes) -> bytes:
+def signed_bytes(method: str, audience: str, timestamp_ns: int, nonce: bytes, payload: bytes) -> bytes:
     """The exact bytes a request signature covers (see ``RequestAuth.signature``)."""
-    return (_DOMAIN + method.encode() + b"\x00" + struct.pack(">Q", timestamp_ns) + nonce
-            + hashlib.sha256(payload).digest())
+    return (_DOMAIN + method.encode() + b"\x00" + audience.encode() + b"\x00" + struct.pack(">Q", timestamp_ns)
+            + nonce + hashlib.sha256(payload).digest())
 
 
 def request_payload(request: Message) -> bytes:
@@ -57,26 +61,29 @@ def request_payload(request: Message) -> bytes:
 
 
 def sign_request(
-    key: NodeKey, method: str, payload: bytes, now_ns: int | None = None, nonce: bytes | None = None
+    key: NodeKey, method: str, payload: bytes, audience: str, now_ns: int | None = None, nonce: bytes | None = None
 ) -> trust_pb2.RequestAuth:
-    """Sign a request for ``method`` (full gRPC name, ``/meshnode.v1.Mesh/FleetQuery``).
+    """Sign a request for ``method`` (full gRPC name, ``/meshnode.v1.Mesh/FleetQuery``) to node ``audience``.
 
     Args:
         key: the signer (an operator's or a node's key the fleet trusts).
         method: the full method name the request is for.
         payload: ``request_payload(request)``.
+        audience: the node id of the node that is to run it.
         now_ns: the signing time (wall clock by default).
         nonce: 16 bytes (random by default; tests pass their own).
     """
     ts = time.time_ns() if now_ns is None else now_ns
     n = os.urandom(_NONCE_BYTES) if nonce is None else nonce
-    return trust_pb2.RequestAuth(public_key=key.public_raw, timestamp_ns=ts, nonce=n,
-                                 signature=key.sign(signed_bytes(method, ts, n, payload)))
+    return trust_pb2.RequestAuth(public_key=key.public_raw, timestamp_ns=ts, nonce=n, audience=audience,
+                                 signature=key.sign(signed_bytes(method, audience, ts, n, payload)))
 
 
-def auth_metadata(key: NodeKey, method: str, request: Message, now_ns: int | None = None) -> tuple[tuple[str, bytes]]:
-    """The call metadata that authorizes ``request`` for ``method`` (pass as ``metadata=`` of the call)."""
-    auth = sign_request(key, method, request_payload(request), now_ns)
+def auth_metadata(
+    key: NodeKey, method: str, request: Message, audience: str, now_ns: int | None = None
+) -> tuple[tuple[str, bytes]]:
+    """The call metadata that authorizes ``request`` for ``method`` on node ``audience`` (``metadata=``)."""
+    auth = sign_request(key, method, request_payload(request), audience, now_ns)
     return ((AUTH_METADATA_KEY, auth.SerializeToString()),)
 
 
@@ -92,7 +99,10 @@ class Authorizer:
             the oldest remembered one are refused as stale, so that a forgotten nonce cannot be replayed.
         member: whether a node id is a current member of this node's mesh; a member's key is trusted too, so
             that a node's fan-out (signed with its own key) is accepted by its peers. Node ids are key
-            fingerprints, and in a TLS fleet only holders of a fleet certificate can join the mesh.
+            fingerprints; the interceptor accepts a member's signature only from the member's own connection,
+            whose certificate binds its key (``meshnode.mesh._identity``).
+        audience: this node's id: requests signed for another node are refused (``wrong_audience``); None
+            skips the check (a node without a mesh serves none of the signed methods).
     """
 
     def __init__(
@@ -104,7 +114,9 @@ class Authorizer:
         clock: Callable[[], int] = time.time_ns,
         max_nonces: int = 100_000,
         member: Callable[[str], bool] | None = None,
+        audience: str | None = None,
     ) -> None:
+        self.audience = audience
         self._trusted = {node_id_from_public_key(k): bytes(k) for k in trusted}
         self._member = member
         self._denied = set(denied)
@@ -147,9 +159,11 @@ class Authorizer:
             raise Unauthorized("unknown_key", f"signer {signer} is not a trusted key")
         if signer in self._denied:
             raise Unauthorized("denied", f"signer {signer} is on the denylist")
+        if self.audience is not None and auth.audience != self.audience:
+            raise Unauthorized("wrong_audience", f"signed for node {auth.audience[:32]!r}, this is {self.audience}")
         try:
             check_signature(auth.public_key, auth.signature,
-                            signed_bytes(method, auth.timestamp_ns, auth.nonce, payload))
+                            signed_bytes(method, auth.audience, auth.timestamp_ns, auth.nonce, payload))
         except DigestRejected as exc:
             raise Unauthorized("bad_signature", f"signature of {signer} does not cover this {method}") from exc
         now = self._clock()

@@ -10,6 +10,12 @@ Layout of a CA directory: ``ca.key``, ``ca.crt``, and ``NAME.key``/``NAME.crt`` 
 node needs ``ca.crt``, its own ``NAME.crt`` and ``NAME.key`` (see ``meshnode.trust._tls``); ``issue`` with
 ``out_dir`` writes exactly that directory (``ca.crt`` copied), ready for ``meshnode run --tls-dir``.
 
+A node certificate also binds the node's Ed25519 key (the one that signs its digests and gossip): its node
+id, the key's fingerprint, is the URI subject alternative name ``meshnode:key:<node id>``. ``issue`` binds
+the key given as ``node_key`` (a node id, a base64 public key, or the node's ``node.key``), or makes one,
+``NAME.node.key`` (mode 0600) beside the certificate, which ``meshnode run --tls-dir`` then uses. A node
+refuses to start with a certificate that binds no key or another key than its own.
+
 An operator also gets a signing key (``operator=True``): ``NAME.sign.key`` (Ed25519, PKCS#8, mode 0600), with
 which meshctl signs fleet queries, and ``NAME.sign.pub`` (its raw public key in base64, one line), which
 nodes list in ``operator_keys_file``.
@@ -34,10 +40,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshnode._exceptions import ConfigError
+from meshnode.mesh import KEY_URI_PREFIX, NodeKey, node_id_from_public_key
 
 CA_KEY: Final = "ca.key"
 CA_CERT: Final = "ca.crt"
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NODE_ID_RE: Final = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,10 @@ class Issued:
     """The operator's Ed25519 signing key (``operator=True``)."""
     sign_pub: Path | None = None
     """Its public key, base64 on one line."""
+    node_key: Path | None = None
+    """The node's Ed25519 key made for a node certificate issued without ``node_key`` (``NAME.node.key``)."""
+    node_id: str | None = None
+    """The node id a node certificate binds (``meshnode:key:<node id>``)."""
 
 
 def _now() -> datetime.datetime:
@@ -160,6 +172,7 @@ def issue(
     out_dir: Path | None = None,
     force: bool = False,
     operator: bool = False,
+    node_key: str | None = None,
 ) -> Issued:
     """Issue ``NAME.key`` (mode 0600) and ``NAME.crt`` signed by the CA in ``directory``.
 
@@ -167,11 +180,19 @@ def issue(
     subject alternative names: ``dns`` names (``name`` itself when none is given) and ``ips``, which callers
     that dial by address need. A client certificate (``client_only``) is good for client authentication only.
     ``operator`` adds ``NAME.sign.key`` and ``NAME.sign.pub``, the key meshctl signs fleet queries with.
+    A node certificate binds ``node_key`` (see ``node_id_of``), or a new key written as ``NAME.node.key``.
 
     Raises:
-        ConfigError: a bad name or address, no CA, or existing files without ``force``.
+        ConfigError: a bad name, address or node key, no CA, or existing files without ``force``.
     """
     check_name(name)
+    if client_only and node_key is not None:
+        raise ConfigError("--node-key binds a node's key to a node certificate; --client certificates have none")
+    bound = node_id_of(node_key) if node_key is not None else None
+    new_node_key = None if client_only or bound is not None else Ed25519PrivateKey.generate()
+    if new_node_key is not None:
+        bound = node_id_from_public_key(new_node_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw))
     try:
         addrs = [ipaddress.ip_address(a) for a in ips]
     except ValueError as exc:
@@ -191,6 +212,8 @@ def issue(
                                                                      ExtendedKeyUsageOID.CLIENT_AUTH]
     san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     san.extend(x509.IPAddress(a) for a in addrs)
+    if bound is not None:
+        san.append(x509.UniformResourceIdentifier(KEY_URI_PREFIX + bound))
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
@@ -209,7 +232,7 @@ def issue(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    sign_key = sign_pub = ca_copy = None
+    sign_key = sign_pub = ca_copy = node_key_path = None
     try:
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(key_path, _key_pem(key), force)
@@ -224,6 +247,33 @@ def issue(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), force)
             raw = signer.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             _write_public(sign_pub, base64.b64encode(raw) + f"  # operator {name}\n".encode(), force)
+        if new_node_key is not None:
+            node_key_path = target / f"{name}.node.key"
+            _write_private(node_key_path, new_node_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), force)
     except OSError as exc:
         raise ConfigError(f"cannot write {name}'s certificate in {target}: {exc}") from exc
-    return Issued(key_path, cert_path, serial, ca_copy, sign_key, sign_pub)
+    return Issued(key_path, cert_path, serial, ca_copy, sign_key, sign_pub, node_key_path, bound)
+
+
+def node_id_of(node_key: str) -> str:
+    """The node id to bind from ``--node-key``: a node id (16 hex digits, as ``meshctl status`` shows it), a
+    base64 raw Ed25519 public key, or the path of an Ed25519 key file (the node's ``DATA_DIR/node.key``).
+
+    Raises:
+        ConfigError: none of these.
+    """
+    text = node_key.strip()
+    if _NODE_ID_RE.match(text):
+        return text
+    path = Path(text).expanduser()
+    if path.is_file():
+        return NodeKey.load_or_create(path).node_id  # read, never created: it exists
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f"--node-key {node_key!r}: give the node's id (16 hex digits, meshctl status), its "
+                          "public key (base64) or its key file (DATA_DIR/node.key)")
+    return node_id_from_public_key(raw)

@@ -4,7 +4,9 @@
 ``NAME.key`` (mode 0600) and ``NAME.crt`` (and, with ``--out``, a copy of ``ca.crt``: the directory is then
 what ``meshnode run --tls-dir`` and ``meshctl --tls-dir`` take); ``--operator`` adds the Ed25519 signing key
 ``NAME.sign.key`` and its public half ``NAME.sign.pub`` for signed fleet queries. Nothing is overwritten
-without ``--force``. Each command prints the paths it wrote, one per line, so that scripts can pick them up.
+without ``--force``. A node certificate binds the node's Ed25519 key (``--node-key``, or a new
+``NAME.node.key`` written beside it). Each command prints the paths it wrote, one per line, so that
+scripts can pick them up.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 EPILOG = """examples:
   meshnode ca init --dir /etc/meshnode/ca --name prod
   meshnode ca issue web-1 --dir /etc/meshnode/ca --ip 10.0.0.5 --dns web-1.prod.internal
+  meshnode ca issue web-2 --dir /etc/meshnode/ca --ip 10.0.0.6 --node-key 3f2a9c0d5e6b7a81
   meshnode ca issue alice --dir /etc/meshnode/ca --client --operator --out ~/.meshctl
-then copy ca.crt, NAME.crt and NAME.key to the node (keep NAME.key mode 0600), or issue with --out DIR and
-copy DIR; list operators' NAME.sign.pub in the nodes' operator_keys_file.
+then copy ca.crt, NAME.crt and NAME.key (and NAME.node.key, the node's identity key, when --node-key was not
+given) to the node (keep the keys mode 0600), or issue with --out DIR and copy DIR; list operators'
+NAME.sign.pub in the nodes' operator_keys_file.
 """
 
 
@@ -47,6 +51,9 @@ def configure(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--client", action="store_true", help="client authentication only (operators, meshctl)")
     s.add_argument("--operator", action="store_true",
                    help="also write NAME.sign.key/NAME.sign.pub, the key meshctl signs fleet queries with")
+    s.add_argument("--node-key", default=None, metavar="KEY",
+                   help="bind this node key: the node id (meshctl status), its base64 public key, or its key file "
+                        "DATA_DIR/node.key (default: make NAME.node.key)")
     s.add_argument("--days", type=int, default=825, help="validity in days (default: 825)")
     s.add_argument("--force", action="store_true", help="overwrite existing NAME.key and NAME.crt")
     s.set_defaults(func=run_issue)
@@ -82,11 +89,11 @@ def run_issue(args: argparse.Namespace) -> int:
 
     try:
         issued = issue(args.dir, args.name, ips=args.ip, dns=args.dns, client_only=args.client, days=args.days,
-                       out_dir=args.out, force=args.force, operator=args.operator)
+                       out_dir=args.out, force=args.force, operator=args.operator, node_key=args.node_key)
     except MeshnodeError as exc:
         print(f"meshnode ca issue: {exc}", file=sys.stderr)
         return 1
-    for path in (issued.key, issued.cert, issued.ca, issued.sign_key, issued.sign_pub):
+    for path in (issued.key, issued.cert, issued.ca, issued.sign_key, issued.sign_pub, issued.node_key):
         if path is not None:
             print(path)
     return 0

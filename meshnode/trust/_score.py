@@ -13,7 +13,8 @@ Evidence names two ends, and a single disagreement cannot say which one lied. At
 2. exactly one end is already flagged: it takes the blame;
 3. one end is disputed by at least ``quorum`` distinct peers within ``dispute_window_s`` and by more than the
    other: it takes the blame (majority: a liar disagrees with everyone it lies about, an honest node only
-   with the liar);
+   with the liar). Under mutual TLS peers are counted by certificate (``certificate``): one certificate is
+   one voice however many keys its holder signs with, and a key no certificate vouches for has none;
 4. otherwise both ends take ``ambiguous_weight`` of the penalty, once per update per disputed pair however
    many flows they disagree on, and never below ``ambiguous_floor`` (above the threshold): otherwise a liar
    that keeps lying about one honest peer would, in time, get that peer excluded by every third party.
@@ -24,7 +25,7 @@ Several pieces of evidence about the same flow in one update count once, at the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
@@ -97,10 +98,14 @@ class TrustState:
         self_id: this node's id (its own records are ground truth for attribution).
         config: score parameters.
         now_ns: the clock reading the state starts at.
+        certificate: a node id's certificate fingerprint, None when no certificate vouches for it
+            (``meshnode.mesh.IdentityGuard.certificate``); unset, disputing peers count by node id (plaintext).
     """
 
-    def __init__(self, self_id: str, config: ScoreConfig | None = None, now_ns: int = 0) -> None:
+    def __init__(self, self_id: str, config: ScoreConfig | None = None, now_ns: int = 0,
+                 certificate: Callable[[str], str | None] | None = None) -> None:
         self.self_id = self_id
+        self.certificate = certificate
         self.config = config or ScoreConfig()
         self._now = now_ns
         self._nodes: dict[str, _Node] = {}
@@ -125,7 +130,10 @@ class TrustState:
 
     def _disputants(self, node_id: str) -> int:
         horizon = self._now - int(self.config.dispute_window_s * 1e9)
-        return sum(1 for t in self._disputes.get(node_id, {}).values() if t >= horizon)
+        peers = [p for p, t in self._disputes.get(node_id, {}).items() if t >= horizon]
+        if self.certificate is None:
+            return len(peers)
+        return len({c for c in map(self.certificate, peers) if c is not None})
 
     def update(self, now_ns: int, evidence: Iterable[Evidence]) -> list[Blame]:
         """Recover every score to ``now_ns``, then apply this period's evidence; returns the penalties."""

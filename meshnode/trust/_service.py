@@ -4,7 +4,13 @@ The interceptor lets a server require signatures on chosen methods (``/meshnode.
 active tasks) without touching their servicers: it checks the ``meshnode-auth-bin`` metadata against the
 deserialized request before the servicer runs, and aborts with ``PERMISSION_DENIED`` otherwise. Refusals are
 logged with the caller's address and counted by reason. ``RequestSigner`` is the client side: on a node's
-peer channels it signs the same methods with the node's key (a fleet query's fan-out).
+peer channels it signs the same methods with the node's key (a fleet query's fan-out), for the node the call
+names as its audience.
+
+Signatures are checked only on calls that came over TLS: a signed request in plaintext is refused
+(``plaintext``), since anyone on the path could read and replay it. An operator's key may sign from any
+connection (meshctl holds a client certificate); a member's key only from the member's own connection, whose
+node certificate binds that key (``not_own_connection``): a member cannot lend its signature to another.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from meshnode.mesh import MEMBER_CALLER
+from meshnode.mesh import AUDIENCE_METADATA_KEY, MEMBER_CALLER, over_tls, tls_peer
 from meshnode.trust._authz import AUTH_METADATA_KEY, Authorizer, auth_metadata
 from meshnode.trust._challenge import ChallengeRefused
 from meshnode.trust._errors import Unauthorized
@@ -129,6 +135,15 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         log.error("signed-request interceptor cannot protect streaming-request method %s; refusing it", method)
         return grpc.unary_unary_rpc_method_handler(self._refuse_stream)
 
+    def _check_connection(self, signer: str, tls: Any) -> None:
+        """Identity check: a member's key signs only on its own connection (its certificate binds the key)."""
+        if self._authz.is_operator(signer):
+            return
+        peer = tls_peer(tls)
+        if peer is None or peer.node_id != signer:
+            raise Unauthorized("not_own_connection", f"member {signer} signed, but the caller's certificate "
+                               f"binds {peer.node_id if peer is not None else 'no node key'}")
+
     async def _refuse_stream(self, _request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "streaming requests cannot be signed")
 
@@ -136,10 +151,16 @@ class SignedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         """Authorize the call (abort when not): the signing member's node id, None for an operator."""
         try:
             metadata: Any = context.invocation_metadata()
-            if self.allow_unsigned and not any(k == AUTH_METADATA_KEY for k, _ in metadata or ()):
+            signed = any(k == AUTH_METADATA_KEY for k, _ in metadata or ())
+            if self.allow_unsigned and not signed:
                 self.counters["requests_unsigned_allowed"] += 1
                 return None
+            tls: Any = context.auth_context()
+            if signed and not over_tls(tls):
+                raise Unauthorized("plaintext", "signed requests are accepted only over TLS (a plaintext "
+                                   "signature can be read and replayed on the way)")
             signer = self._authz.check_metadata(method, request, metadata)
+            self._check_connection(signer, tls)
         except Unauthorized as exc:
             self.counters[f"requests_{exc.reason}"] += 1
             log.warning("%s from %s refused: %s", method, context.peer(), exc)
@@ -154,7 +175,9 @@ class RequestSigner(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-
     """Sign calls to ``methods`` with ``key`` (``meshnode-auth-bin`` metadata), on a client channel.
 
     A node puts one on its peer channels, so that its fan-out of a fleet query (``local_only`` requests to
-    each member) carries its own signature, which peers accept because the signer is a member.
+    each member) carries its own signature, which peers accept because the signer is a member calling on its
+    own connection. The audience is the node id the call's ``meshnode-audience`` metadata names
+    (``meshnode.mesh.audience_metadata``); a call without one goes unsigned.
     """
 
     def __init__(self, key: NodeKey, methods: Iterable[str]) -> None:
@@ -169,9 +192,10 @@ class RequestSigner(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-
     ) -> Any:
         raw: str | bytes = client_call_details.method
         method = raw.decode() if isinstance(raw, bytes) else raw
-        if method in self._methods:
-            md = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-            for k, v in auth_metadata(self._key, method, request):
+        md = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+        audience = md.get(AUDIENCE_METADATA_KEY)
+        if method in self._methods and isinstance(audience, str):
+            for k, v in auth_metadata(self._key, method, request, audience):
                 md.add(k, v)
             client_call_details = grpc.aio.ClientCallDetails(
                 client_call_details.method, client_call_details.timeout, md, client_call_details.credentials,

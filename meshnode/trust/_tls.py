@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from meshnode._exceptions import ConfigError
 from meshnode.trust._ca import CA_CERT
 from meshnode.trust._errors import TlsError
 
@@ -82,6 +83,49 @@ def tls_name(directory: Path) -> str:
                        f"NAME --dir CA_DIR --ip ADDR --out {directory}")
     raise TlsError(f"{directory} holds several certificates ({', '.join(names)}); give each node a "
                    "directory of its own (meshnode ca issue NAME --out DIR) or name one node.crt")
+
+
+def node_key_file(directory: Path, name: str, data_dir: Path) -> Path:
+    """The node's Ed25519 key under TLS: ``NAME.node.key`` beside its certificate when ``meshnode ca issue`` made
+    one there, else ``DATA_DIR/node.key``."""
+    made = directory / f"{name}.node.key"
+    return made if made.exists() else data_dir / "node.key"
+
+
+def check_key_binding(directory: Path, name: str, key_file: Path) -> str:
+    """The node id ``NAME.crt`` binds, after checking it is the one of the key in ``key_file``.
+
+    Raises:
+        TlsError: the certificate binds no key (issued before keys were bound to certificates), or another
+            key, or the key file is missing; each with the ``meshnode ca issue`` command that fixes it.
+    """
+    from cryptography import x509
+
+    from meshnode.mesh import NodeKey, bound_node_ids
+
+    cert_path = directory / f"{name}.crt"
+    reissue = (f"meshnode ca issue {name} --dir CA_DIR --ip ADDR --node-key {key_file} --out {directory} --force "
+               f"(the node keeps its node id)")
+    try:
+        ids = bound_node_ids(x509.load_pem_x509_certificate(cert_path.read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise TlsError(f"cannot read {cert_path}: {exc}") from exc
+    if len(ids) != 1:
+        what = "binds no node key (issued before node keys were bound to certificates)" if not ids else \
+            f"binds {len(ids)} node keys"
+        raise TlsError(f"{cert_path} {what}; reissue it with: {reissue}")
+    if not key_file.exists():
+        raise TlsError(f"{cert_path} binds node id {ids[0]}, but the node key {key_file} does not exist; copy "
+                       f"the NAME.node.key issued with it into {directory}, or issue a certificate for a new key "
+                       f"with: meshnode ca issue {name} --dir CA_DIR --ip ADDR --out {directory} --force")
+    try:
+        key = NodeKey.load_or_create(key_file)
+    except ConfigError as exc:
+        raise TlsError(str(exc)) from exc
+    if key.node_id != ids[0]:
+        raise TlsError(f"{cert_path} binds node id {ids[0]}, but this node's key {key_file} is {key.node_id}; "
+                       f"reissue it with: {reissue}")
+    return key.node_id
 
 
 def server_credentials(directory: Path, name: str = "node") -> grpc.ServerCredentials:

@@ -9,7 +9,8 @@
 * a digest listener (``on_digest``) hands every verified digest, the node's own included, to the monitor;
 * a record listener (``on_period``, after the mesh's) refreshes the member map (address -> node id, from the
   held digests' ``addresses`` and the members' mesh addresses) and closes the monitor's period;
-* ``excluded`` is the mesh's ``exclude`` hook: flagged members' digests stay out of fleet aggregates.
+* ``excluded`` is the mesh's ``exclude`` hook: flagged members' digests stay out of fleet aggregates;
+* ``certificate`` is the score's quorum count: under mTLS disputing peers count by certificate.
 
 Members are matched on addresses as the policy publishes them (``PrivacyPolicy.endpoint_address``), so a
 fleet that hashes its addresses with one secret still finds both ends of its flows.
@@ -34,7 +35,7 @@ import numpy as np
 
 from meshnode._batch import as_batch, factorize
 from meshnode._exceptions import ConfigError
-from meshnode.mesh import MEMBER_CALLER, endpoint_records
+from meshnode.mesh import MEMBER_CALLER, audience_metadata, endpoint_records
 from meshnode.trust._challenge import DEFAULT_COUNT, ChallengeRefused, ChallengeWatch, tolerance
 from meshnode.trust._monitor import TrustMonitor
 from meshnode.trust._validate import ValidationConfig
@@ -175,6 +176,14 @@ class MeshTrust:
         self.mesh.digest_listeners.append(self.on_digest)
         self.mesh.exclude = self.excluded
         self.mesh.forget_listeners.append(self.monitor.forget)  # flagged nodes stay flagged
+        self.monitor.trust.certificate = self.certificate
+
+    def certificate(self, node_id: str) -> str | None:
+        """What a disputing peer counts as in a quorum: under mTLS the certificate it called this node with
+        (None: no certificate vouches for it, it counts for nothing); in plaintext its node id."""
+        if self.mesh.node_certificates_only:
+            return self.mesh.identity.certificate(node_id)
+        return node_id
 
     def register(self, server: grpc.aio.Server) -> None:
         """Serve ``meshnode.v1.Trust`` on ``server`` (before it starts)."""
@@ -273,7 +282,8 @@ class MeshTrust:
             finally:
                 MEMBER_CALLER.reset(token)
         stub = self.mesh.transport.stub(prober.addr)
-        resp: _mesh_pb2.MeasureResponse = await stub.Measure(req, timeout=timeout)
+        resp: _mesh_pb2.MeasureResponse = await stub.Measure(req, timeout=timeout,
+                                                             metadata=audience_metadata(prober.node_id))
         return resp
 
     async def _poll(self, suspect: Member, watch: ChallengeWatch) -> None:

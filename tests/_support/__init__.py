@@ -9,6 +9,7 @@
     sensor      an EbpfSensor over fake probes, and ring records built as the kernel lays them out
     ring        a file laid out like the kernel's ring-buffer mapping
     blamefleet  a synthetic fleet's transactions for blame: six hosts, two sites, faults as functions
+    tlsnode     a node's security and mesh wiring on a real grpc.aio server, with a test fleet CA (Pki)
 
 Fixtures shared by several modules are in tests/conftest.py. Products (meshnode, cli, probes) never import
 anything here; bench/ may.

@@ -170,7 +170,8 @@ def test_tls_node_clients_certificates_and_signed_queries(fleet: Fleet, tmp_path
         assert "unsigned" in (unsigned.value.details() or "")
         # signed by alice's key: answered; the same signature again: replayed
         key = NodeKey.load_or_create(alice / "alice.sign.key")
-        md = auth_metadata(key, FLEET_QUERY, req)
+        node_id = observer_pb2_grpc.ObserverStub(ch).Status(observer_pb2.StatusRequest(), timeout=10).node_id
+        md = auth_metadata(key, FLEET_QUERY, req, node_id)
         assert stub.FleetQuery(req, timeout=10, metadata=md).nodes[0].answered
         with pytest.raises(grpc.RpcError) as replayed:
             stub.FleetQuery(req, timeout=10, metadata=md)
@@ -179,7 +180,7 @@ def test_tls_node_clients_certificates_and_signed_queries(fleet: Fleet, tmp_path
         # alice's signature over another request does not cover this one
         other = mesh_pb2.FleetQueryRequest(deadline_ms=1000, destination="10.0.0.1:80")
         with pytest.raises(grpc.RpcError) as forged:
-            stub.FleetQuery(other, timeout=10, metadata=auth_metadata(key, FLEET_QUERY, req))
+            stub.FleetQuery(other, timeout=10, metadata=auth_metadata(key, FLEET_QUERY, req, node_id))
         assert forged.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "bad_signature" in (forged.value.details() or "")
 

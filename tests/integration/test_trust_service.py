@@ -41,6 +41,10 @@ def tls(tmp_path_factory):
     return d
 
 
+AUD = "a"
+"""The node id of the node under test (the audience operators sign for)."""
+
+
 def monitor() -> TrustMonitor:
     t0 = (1_700_000_000 * S // P) * P
     m = TrustMonitor("a", now_ns=t0)
@@ -60,7 +64,7 @@ def monitor() -> TrustMonitor:
 
 
 async def scenario(tls) -> None:
-    interceptor = SignedRequestInterceptor(Authorizer([OPERATOR.public_raw]), [METHOD])
+    interceptor = SignedRequestInterceptor(Authorizer([OPERATOR.public_raw], audience=AUD), [METHOD])
     server = grpc.aio.server(interceptors=[interceptor])
     add_trust_servicer(monitor(), server)
     reflection.enable_server_reflection(
@@ -71,17 +75,17 @@ async def scenario(tls) -> None:
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(tls, "meshctl")) as ch:
             stub = trust_pb2_grpc.TrustStub(ch)
             req = trust_pb2.ValidateRequest(peer="b")
-            resp = await stub.Validate(req, metadata=auth_metadata(OPERATOR, METHOD, req), timeout=5)
+            resp = await stub.Validate(req, metadata=auth_metadata(OPERATOR, METHOD, req, AUD), timeout=5)
             assert [(s.node_id, s.flagged) for s in resp.scores] == [("b", True)]
             [e] = resp.evidence
             assert e.blamed == "b" and e.reason == "acked_more_than_received" and e.severity == trust_pb2.CONTRADICTION
-            for md in ((), auth_metadata(STRANGER, METHOD, req)):
+            for md in ((), auth_metadata(STRANGER, METHOD, req, AUD)):
                 with pytest.raises(grpc.aio.AioRpcError) as exc:
                     await stub.Validate(req, metadata=md, timeout=5)
                 assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
             # a signature for another request does not carry over
             with pytest.raises(grpc.aio.AioRpcError) as exc:
-                await stub.Validate(trust_pb2.ValidateRequest(), metadata=auth_metadata(OPERATOR, METHOD, req),
+                await stub.Validate(trust_pb2.ValidateRequest(), metadata=auth_metadata(OPERATOR, METHOD, req, AUD),
                                     timeout=5)
             assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert interceptor.counters == {"requests_authorized": 1, "requests_unsigned": 1,

@@ -21,6 +21,8 @@ from meshnode.daemon._security import NodeSecurity, denied_ids, parse_public_key
 from meshnode.mesh import MeshService, NodeKey, sign_digest
 from meshnode.trust import auth_metadata
 from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
+from tests._support import tlsnode
+from tests._support.tlsnode import Pki
 
 OPERATOR = NodeKey.from_seed(b"operator")
 STRANGER = NodeKey.from_seed(b"stranger")
@@ -50,14 +52,15 @@ def test_deny_takes_node_ids_and_public_keys() -> None:
     assert denied_ids(("ABCDEF0123456789", b64(STRANGER))) == {"abcdef0123456789", STRANGER.node_id}
 
 
-@pytest.mark.parametrize(
-    ("insecure", "operators", "allow_unsigned"),
-    [(True, (), True), (True, (b64(OPERATOR),), False)],
-)
-def test_the_lab_rule(tmp_path: Path, insecure: bool, operators: tuple[str, ...], allow_unsigned: bool) -> None:
-    cfg = NodeConfig(insecure=insecure, operator_keys=operators, data_dir=tmp_path)
-    sec = NodeSecurity.from_config(cfg)
-    assert sec.insecure and sec.allow_unsigned is allow_unsigned
+def test_the_lab_rule(tmp_path: Path) -> None:
+    sec = NodeSecurity.from_config(NodeConfig(insecure=True, data_dir=tmp_path))
+    assert sec.insecure and sec.allow_unsigned
+
+
+def test_operator_keys_need_tls(tmp_path: Path) -> None:
+    """Signatures are refused in plaintext, so operator keys on an insecure node could authorize nothing."""
+    with pytest.raises(ConfigError, match="operator_keys: signed requests are accepted only over TLS"):
+        NodeSecurity.from_config(NodeConfig(insecure=True, operator_keys=(b64(OPERATOR),), data_dir=tmp_path))
 
 
 def test_no_tls_and_not_insecure_is_a_config_error(tmp_path: Path) -> None:
@@ -94,37 +97,43 @@ async def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-def test_insecure_without_operator_keys_accepts_unsigned_but_checks_signed(tmp_path: Path) -> None:
+def test_insecure_accepts_unsigned_and_refuses_signed(tmp_path: Path) -> None:
+    """In plaintext a signature could be read and replayed on the way: the node refuses it, whoever signed."""
     async def main() -> None:
         async with node(NodeConfig(insecure=True, data_dir=tmp_path)) as (stub, mesh):
             req = mesh_pb2.FleetQueryRequest(deadline_ms=500)
             assert (await _code(lambda: stub.FleetQuery(req, timeout=5)))[0] == grpc.StatusCode.OK
             code, details = await _code(
-                lambda: stub.FleetQuery(req, timeout=5, metadata=auth_metadata(STRANGER, FQ, req)))
-            assert code == grpc.StatusCode.PERMISSION_DENIED and "not a trusted key" in details
+                lambda: stub.FleetQuery(req, timeout=5, metadata=auth_metadata(STRANGER, FQ, req, mesh.node_id)))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "only over TLS" in details
             counters = mesh.peers().counters
-            assert counters["requests_unsigned_allowed"] == 1 and counters["requests_unknown_key"] == 1
+            assert counters["requests_unsigned_allowed"] == 1 and counters["requests_plaintext"] == 1
 
     asyncio.run(main())
 
 
 def test_operator_keys_and_the_denylist(tmp_path: Path) -> None:
     async def main() -> None:
-        cfg = NodeConfig(insecure=True, operator_keys=(b64(OPERATOR),), deny=(b64(STRANGER),), data_dir=tmp_path)
-        async with node(cfg) as (stub, mesh):
+        pki = Pki(tmp_path / "pki")
+        tls, alice = pki.node("n1"), pki.client("alice")
+        cfg = NodeConfig(tls_dir=tls, operator_keys=(b64(OPERATOR),), deny=(b64(STRANGER),), data_dir=tmp_path)
+        async with tlsnode.node(cfg) as (addr, mesh), pki.channel(addr, alice) as ch:
+            stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
             req = mesh_pb2.FleetQueryRequest(deadline_ms=500)
             code, details = await _code(lambda: stub.FleetQuery(req, timeout=5))
             assert code == grpc.StatusCode.PERMISSION_DENIED and "unsigned" in details
-            ok = await _code(lambda: stub.FleetQuery(req, timeout=5, metadata=auth_metadata(OPERATOR, FQ, req)))
+            ok = await _code(lambda: stub.FleetQuery(
+                req, timeout=5, metadata=auth_metadata(OPERATOR, FQ, req, mesh.node_id)))
             assert ok[0] == grpc.StatusCode.OK
             measure = mesh_pb2.MeasureRequest(target="127.0.0.1:9", count=1)
             code, details = await _code(lambda: stub.Measure(measure, timeout=5))
             assert code == grpc.StatusCode.PERMISSION_DENIED and "unsigned" in details
         # the same key on the denylist: refused even though it is an operator's
-        cfg2 = NodeConfig(insecure=True, operator_keys=(b64(OPERATOR),), deny=(OPERATOR.node_id,), data_dir=tmp_path)
-        async with node(cfg2) as (stub, mesh):
+        cfg2 = NodeConfig(tls_dir=tls, operator_keys=(b64(OPERATOR),), deny=(OPERATOR.node_id,), data_dir=tmp_path)
+        async with tlsnode.node(cfg2) as (addr, mesh), pki.channel(addr, alice) as ch:
+            stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
             code, details = await _code(
-                lambda: stub.FleetQuery(req, timeout=5, metadata=auth_metadata(OPERATOR, FQ, req)))
+                lambda: stub.FleetQuery(req, timeout=5, metadata=auth_metadata(OPERATOR, FQ, req, mesh.node_id)))
             assert code == grpc.StatusCode.PERMISSION_DENIED and "denylist" in details
             assert mesh.peers().counters["requests_denied"] == 1
 

@@ -1,0 +1,138 @@
+"""Identities bound to certificates (``meshnode.mesh._identity``): signed Alives, the source and Alive rules of
+the state machine under mTLS, certified digests, and trust's quorum by certificate. Pure: no network."""
+
+from __future__ import annotations
+
+from meshnode.mesh import (
+    DigestExchange,
+    IdentityGuard,
+    ManualScheduler,
+    Membership,
+    MemoryNetwork,
+    MemoryTransport,
+    NodeKey,
+    PeerCertificate,
+    alive_signed_by_member,
+    members_only,
+    sign_alive,
+    sign_digest,
+)
+from meshnode.mesh._identity import PEER
+from meshnode.trust import Evidence, TrustState
+from meshnode.v1 import mesh_pb2
+
+A, B, C = NodeKey.from_seed(b"a"), NodeKey.from_seed(b"b"), NodeKey.from_seed(b"c")
+
+
+def signed_alive(key: NodeKey, incarnation: int = 1, addr: str = "b:1") -> mesh_pb2.Alive:
+    a = mesh_pb2.Alive(node=key.node_id, incarnation=incarnation, addr=addr, labels={"site": "x"})
+    sign_alive(key, a)
+    return a
+
+
+def test_an_alive_is_signed_by_its_member_and_any_change_breaks_the_signature():
+    a = signed_alive(B)
+    assert alive_signed_by_member(a)
+    for change in ({"addr": "evil:1"}, {"incarnation": 9}):
+        moved = mesh_pb2.Alive()
+        moved.CopyFrom(a)
+        for k, v in change.items():
+            setattr(moved, k, v)
+        assert not alive_signed_by_member(moved)
+    relabeled = mesh_pb2.Alive()
+    relabeled.CopyFrom(a)
+    relabeled.labels["site"] = "y"
+    other_key = mesh_pb2.Alive()
+    other_key.CopyFrom(a)
+    sign_alive(C, other_key)  # C's signature over B's node id: the key is not B's
+    assert not alive_signed_by_member(relabeled) and not alive_signed_by_member(other_key)
+    assert not alive_signed_by_member(mesh_pb2.Alive(node=B.node_id, incarnation=1, addr="b:1"))
+
+
+def membership(guard: IdentityGuard | None) -> Membership:
+    net = MemoryNetwork(ManualScheduler())
+    return Membership(A.node_id, MemoryTransport(net, "a:1"), net.scheduler, identity=guard,
+                      sign_alive=lambda a: sign_alive(A, a))
+
+
+def peer(key: NodeKey | None, fp: str = "f1") -> PeerCertificate:
+    return PeerCertificate(fp, key.node_id if key is not None else None, True)
+
+
+def handle(m: Membership, pkt: mesh_pb2.MeshPacket, sender: PeerCertificate | None) -> None:
+    token = PEER.set(sender)
+    try:
+        m._handle_packet("x:1", pkt)
+    finally:
+        PEER.reset(token)
+
+
+def test_under_mtls_an_alive_counts_from_its_own_connection_or_signed_by_it():
+    guard = IdentityGuard()
+    m = membership(guard)
+    unsigned_c = mesh_pb2.Gossip(alive=mesh_pb2.Alive(node=C.node_id, incarnation=1, addr="c:1"))
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=[unsigned_c]), peer(B))  # B speaks for C: no
+    assert m.member(C.node_id) is None and guard.counters["alives_unsigned"] == 1
+    handle(m, mesh_pb2.MeshPacket(source=C.node_id, gossip=[unsigned_c]), peer(C))  # C itself: yes
+    assert m.member(C.node_id) is not None
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=[mesh_pb2.Gossip(alive=signed_alive(B))]), None)
+    b = m.member(B.node_id)
+    assert b is not None and b.signature  # relayed (no peer known), but signed: kept with its signature
+    handle(m, mesh_pb2.MeshPacket(source=C.node_id, gossip=[mesh_pb2.Gossip(alive=signed_alive(B, 5, "evil:1"))]),
+           peer(B))  # a source its certificate does not bind: the whole packet is dropped
+    assert m.member(B.node_id).addr == "b:1" and guard.counters["identity_source_mismatch"] == 1
+
+
+def test_own_alive_is_signed_and_push_pull_relays_the_signatures():
+    m = membership(IdentityGuard())
+    m.start()
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=[mesh_pb2.Gossip(alive=signed_alive(B))]), peer(B))
+    pp = m._local_push_pull(False, None)
+    by_node = {x.node: x for x in pp.members}
+    for key in (A, B):
+        x = by_node[key.node_id]
+        assert alive_signed_by_member(mesh_pb2.Alive(node=x.node, incarnation=x.incarnation, addr=x.addr,
+                                                     labels=x.labels, public_key=x.public_key,
+                                                     signature=x.signature))
+
+
+def test_without_a_guard_every_well_formed_alive_is_believed():
+    m = membership(None)
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=[
+        mesh_pb2.Gossip(alive=mesh_pb2.Alive(node=C.node_id, incarnation=1, addr="c:1"))]), None)
+    assert m.member(C.node_id) is not None
+
+
+def test_only_certified_members_publish():
+    guard = IdentityGuard()
+    m = membership(guard)
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=[mesh_pb2.Gossip(alive=signed_alive(B))]), None)
+    ex = DigestExchange(A, ManualScheduler())
+    ex.admit = members_only(lambda: m, certified=guard.certified)
+    d = sign_digest(B, mesh_pb2.Digest(version=1, node_id=B.node_id, seq=1, period_start_ns=1, period_end_ns=2))
+    assert not ex.ingest(d, "b:1") and ex.counters["digests_uncertified"] == 1
+    guard.saw(peer(B))
+    assert ex.ingest(d, "b:1")
+    guard.saw(peer(None))  # a certificate that binds no key certifies nothing
+    assert guard.certificate(B.node_id) == "f1"
+    guard.forget([B.node_id])
+    assert not guard.certified(B.node_id)
+
+
+def evidence(reporter: str, witness: str, i: int) -> Evidence:
+    return Evidence(reporter, witness, "tcp", "10.0.0.1", 40000 + i, "10.0.0.2", 443, "existence", 1, 0,
+                    "missing_at_witness", "contradiction", i)
+
+
+def test_the_quorum_counts_certificates_not_keys():
+    certs = {"r1": "cert-1", "r2": "cert-1", "r3": "cert-3", "x": None}
+    state = TrustState("me", certificate=certs.get)
+    same_cert = state.update(1, [evidence("r1", "h", 1), evidence("r2", "h", 2)])
+    assert {b.attribution for b in same_cert} == {"ambiguous"}  # two keys, one certificate: one voice
+    uncertified = state.update(2, [evidence("x", "h2", 3), evidence("r1", "h2", 4)])
+    assert {b.attribution for b in uncertified} == {"ambiguous"}  # a key no certificate vouches for: none
+    two_certs = state.update(3, [evidence("r1", "h3", 5), evidence("r3", "h3", 6)])
+    assert {(b.node_id, b.attribution) for b in two_certs} == {("h3", "majority")}
+    by_key = TrustState("me")  # plaintext: peers count by node id
+    assert {b.attribution for b in by_key.update(1, [evidence("r1", "h", 1), evidence("r2", "h", 2)])} == {
+        "majority"}
