@@ -10,6 +10,7 @@
     ring        a file laid out like the kernel's ring-buffer mapping
     blamefleet  a synthetic fleet's transactions for blame: six hosts, two sites, faults as functions
     tlsnode     a node's security and mesh wiring on a real grpc.aio server, with a test fleet CA (Pki)
+    meshfleet   real MeshService nodes on grpc.aio servers on 127.0.0.1, joined and published: Fleet, run
 
 Fixtures shared by several modules are in tests/conftest.py. Products (meshnode, cli, probes) never import
 anything here; bench/ may.

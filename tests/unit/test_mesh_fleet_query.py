@@ -4,19 +4,16 @@ answered by every live node, over one cached channel per peer, within the query'
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 
-from meshnode.mesh import MeshConfig, MeshService, NodeKey, State
+from meshnode.mesh import State
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
+from tests._support.meshfleet import Fleet, run
 
 N = 30
-# calm timers: this tests the fan-out, not failure detection, on a loaded 2-core machine
-CALM = MeshConfig(probe_interval=1.0, probe_timeout=0.5, suspicion_mult=6, gossip_interval=0.2,
-                  push_pull_interval=30.0, reconnect_interval=0)
 
 
 class Source:
@@ -30,55 +27,9 @@ class Source:
                             rtt_p95_us=4000) for d in range(5)])
 
 
-async def _until(pred: Callable[[], bool], timeout: float) -> None:
-    start = time.monotonic()
-    while not pred():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.1)
-
-
-class Fleet:
-    def __init__(self) -> None:
-        self.servers: list[grpc.aio.Server] = []
-        self.meshes: list[MeshService] = []
-
-    async def start(self, n: int) -> None:
-        for i in range(n):
-            server = grpc.aio.server()
-            port = server.add_insecure_port("127.0.0.1:0")
-            mesh = MeshService(advertise=f"127.0.0.1:{port}", key=NodeKey.from_seed(f"fq-{i}".encode()),
-                               labels={"region": "eu", "site": f"s{i % 3}", "host": f"h{i}"},
-                               seeds=[self.meshes[0].advertise] if self.meshes else [], source=Source(i),
-                               config=CALM, export_period=0, rng=random.Random(i))
-            mesh.register(server)
-            self.servers.append(server)
-            await server.start()
-            await mesh.start()
-            self.meshes.append(mesh)
-        first = self.meshes[0]
-        await _until(lambda: sum(m.state == State.ALIVE for m in first.membership.members()) == n, 15)
-        for mesh in self.meshes:
-            await mesh.publish()
-
-    async def stop(self) -> None:
-        for mesh in self.meshes:
-            await mesh.stop(leave=False)
-        for server in self.servers:
-            await server.stop(0)
-
-
 def _run(scenario: Callable[[Fleet], Awaitable[None]]) -> None:
     """Start N nodes, run ``scenario`` on them, and stop them all whatever happens."""
-
-    async def main() -> None:
-        fleet = Fleet()
-        try:
-            await fleet.start(N)
-            await scenario(fleet)
-        finally:
-            await fleet.stop()
-
-    asyncio.run(asyncio.wait_for(main(), 60))
+    run([Source(i) for i in range(N)], scenario)
 
 
 async def _ten_complete(fleet: Fleet) -> None:
