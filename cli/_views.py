@@ -346,6 +346,11 @@ def query_view(q: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
                   format_us(a["rtt_p50_us_median"]), format_us(a["rtt_p95_us_median"]),
                   format_count(a["retransmits"]), format_seconds(max(a["newest_age_ms"], 0) / 1000))
     parts: list[RenderableType] = [t]
+    clamped = [f"{a['group']} {a['destination']}" for a in q.get("aggregates", []) if a.get("hosts_clamped")]
+    if clamped:
+        parts.append(Text("clamped: a host reported more than one host can (counted at the limit; the "
+                          "medians are unmoved, the sums are not) in: " + ", ".join(clamped),
+                          style="" if plain else "yellow"))
     if q.get("hosts_excluded"):
         parts.append(Text(f"excluded: {q['hosts_excluded']} flagged host(s) left out of the aggregates: "
                           + ", ".join(q.get("excluded", [])), style="" if plain else "bold red"))

@@ -11,7 +11,7 @@ Modules (internal, re-exported here):
     _broadcast   TransmitLimitedQueue (pure: retransmit_limit)
     _state       Membership: the SWIM + Lifeguard state machine; Delegate protocol; Member, State
     _digest      NodeKey, Digest building/bounding/signing/verifying, DigestExchange (the delegate)
-    _aggregate   label aggregation (pure): aggregate, health_of, hierarchy
+    _aggregate   label aggregation (pure): aggregate, health_of, hierarchy; HostLimits (clamping), robust centres
     _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
     _identity    identities bound to certificates (mTLS): PeerCertificate, IdentityGuard, signed Alives, audiences
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh)
@@ -31,15 +31,21 @@ In the node::
 from meshnode.mesh._aggregate import (
     DEFAULT_LABEL_ORDER,
     FLEET,
+    HOST_LIMITS,
+    U64_MAX,
     Aggregate,
+    HostLimits,
     HostReport,
     aggregate,
+    clamp_rollup,
     group_of,
     health_of,
     hierarchy,
     host_reports,
     matches,
     median,
+    saturating_sum,
+    trimmed_count,
     trimmed_mean,
 )
 from meshnode.mesh._awareness import Awareness, apply_delta, scale_timeout
@@ -93,10 +99,12 @@ __all__ = [
     "DEFAULT_LABEL_ORDER",
     "DIGEST_VERSION",
     "FLEET",
+    "HOST_LIMITS",
     "KEY_URI_PREFIX",
     "MEMBER_CALLER",
     "MESH_SERVICE",
     "RETRYABLE_CODES",
+    "U64_MAX",
     "Aggregate",
     "AsyncioScheduler",
     "Awareness",
@@ -107,6 +115,7 @@ __all__ = [
     "FlowLike",
     "GrpcTransport",
     "HeldDigest",
+    "HostLimits",
     "HostReport",
     "IdentityGuard",
     "LocalDigestSource",
@@ -143,6 +152,7 @@ __all__ = [
     "bound_digest",
     "bound_node_ids",
     "check_signature",
+    "clamp_rollup",
     "digest_from_period",
     "endpoint_records",
     "group_of",
@@ -159,10 +169,12 @@ __all__ = [
     "remaining_suspicion_time",
     "retransmit_limit",
     "rollups_from_flows",
+    "saturating_sum",
     "scale_timeout",
     "sign_alive",
     "sign_digest",
     "suspicion_timeout",
+    "trimmed_count",
     "tls_peer",
     "trimmed_mean",
     "verify_digest",

@@ -353,9 +353,12 @@ def verify_digest(
 ) -> mesh_pb2.Digest:
     """The digest inside ``signed``, after checking size, key, identity, signature, version and time.
 
+    A destination key repeated in ``by_destination`` is refused: a node rolls each destination up once, and
+    two rollups of one key would count its host twice in every fleet figure of that destination.
+
     Raises:
         DigestRejected: with ``reason`` one of ``oversize``, ``bad_key``, ``bad_signature``,
-            ``malformed``, ``bad_identity``, ``bad_version``, ``from_future``.
+            ``malformed``, ``bad_identity``, ``bad_version``, ``from_future``, ``duplicate_key``.
     """
     if len(signed.payload) > max_bytes:
         raise DigestRejected("oversize", f"{len(signed.payload)} bytes > {max_bytes}")
@@ -371,6 +374,9 @@ def verify_digest(
     if now_ns is not None and digest.period_end_ns > now_ns + _FUTURE_SLACK_NS:
         ahead = (digest.period_end_ns - now_ns) / 1e9
         raise DigestRejected("from_future", f"period ends {ahead:.0f} s ahead")
+    if len({r.key for r in digest.by_destination}) != len(digest.by_destination):
+        dup = next(k for k, n in Counter(r.key for r in digest.by_destination).items() if n > 1)
+        raise DigestRejected("duplicate_key", f"destination {dup[:64]!r} rolled up more than once")
     return digest
 
 

@@ -100,7 +100,10 @@ def _aggregate_to_proto(a: Aggregate, hosts_excluded: int = 0) -> mesh_pb2.Healt
         failures=a.failures, rtt_p50_us_median=round(a.rtt_p50_us or 0),
         rtt_p95_us_median=round(a.rtt_p95_us or 0), retransmits=a.retransmits,
         newest_age_ms=round(a.newest_age_s * 1000), oldest_age_ms=round(a.oldest_age_s * 1000),
-        hosts_excluded=hosts_excluded,
+        hosts_excluded=hosts_excluded, hosts_clamped=a.hosts_clamped, hosts_trimmed=a.hosts_trimmed,
+        attempts_per_s=a.attempts_per_s or 0.0, bytes_tx_per_s=a.bytes_tx_per_s or 0.0,
+        bytes_rx_per_s=a.bytes_rx_per_s or 0.0, retransmits_per_s=a.retransmits_per_s or 0.0,
+        failure_fraction_median=a.failure_fraction,
     )
 
 
@@ -544,6 +547,9 @@ class MeshService:
         resp.partial = any(not n.answered for n in resp.nodes)
         out = self.exclude(digests) if self.exclude is not None else set()
         reports = host_reports(d for _, d in digests.values())
+        clamped = sum(1 for r in reports if r.clamped)
+        if clamped:  # a report above what one host can do: counted at the limit, and counted here
+            self.counters["query_reports_clamped"] += clamped
         kept = [r for r in reports if r.node_id not in out]
 
         def rows_of(rs: list[HostReport]) -> list[Aggregate]:

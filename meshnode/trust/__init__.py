@@ -39,6 +39,7 @@ Underneath, by hand::
     server.add_secure_port(listen, server_credentials(tls_dir, "node"))
 """
 
+from meshnode.mesh import trimmed_count
 from meshnode.trust._authz import (
     AUTH_METADATA_KEY,
     AUTH_REASONS,
@@ -60,7 +61,6 @@ from meshnode.trust._robust import (
     Vote,
     majority_vote,
     robust_center,
-    trimmed_count,
     trusted_aggregate,
 )
 from meshnode.trust._score import DEFAULT_WEIGHTS, Blame, NodeTrust, ScoreConfig, TrustState

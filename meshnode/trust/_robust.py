@@ -4,7 +4,9 @@ Seed 000 mitigates corrupted reports by majority voting; seed 003 takes a trimme
 Flagged nodes (``TrustState.excluded``) are left out first; the trimmed mean then drops the extremes of
 what remains. Every result says how many hosts were used, excluded as flagged, and trimmed, so that an
 answer built from 3 of 50 hosts does not look like one built from 50. The centres are the mesh's own
-(``meshnode.mesh.median`` and ``trimmed_mean``) so that both layers compute the same numbers.
+(``meshnode.mesh.median``, ``trimmed_mean`` and ``trimmed_count``), which fleet queries use at run time
+(``meshnode.mesh.aggregate``: medians of fractions and RTTs, trimmed means of rates), so that both layers
+compute the same numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from meshnode.mesh import Aggregate, HostReport, aggregate, median, trimmed_mean
+from meshnode.mesh import Aggregate, HostReport, aggregate, median, trimmed_count, trimmed_mean
 
 Method = Literal["median", "trimmed_mean"]
 
@@ -35,12 +37,6 @@ class RobustValue:
     excluded: int
     trimmed: int
     node_ids: tuple[str, ...]
-
-
-def trimmed_count(n: int, fraction: float) -> int:
-    """Hosts ``trimmed_mean(fraction)`` drops out of ``n`` (none when it would drop them all)."""
-    cut = int(n * fraction)
-    return 0 if n - 2 * cut <= 0 else 2 * cut
 
 
 def robust_center(

@@ -170,3 +170,15 @@ def test_ipv6_endpoints_and_bracketed_names_survive_rendering() -> None:
     text = render_text(flows_table([row], plain=True))
     assert "…6e6c:6162:1::2]:7000" in text, text
     assert "[kworker]/7" in text, text
+
+
+def test_query_view_says_which_rows_hold_a_clamped_host() -> None:
+    row = {"group": "eu", "destination": "10.0.0.2:443", "hosts": 3, "attempts": 30, "useful": 29,
+           "useful_fraction_median": 0.97, "failures": {}, "rtt_p50_us_median": 1200, "rtt_p95_us_median": 9000,
+           "retransmits": 4, "newest_age_ms": 3000, "oldest_age_ms": 9000}
+    doc = {"aggregates": [row, {**row, "group": "us", "hosts_clamped": 1}], "nodes": [], "digests": []}
+    out = render_text(query_view(doc, plain=True), width=80)
+    assert out.splitlines()[3:] == _text("""
+        clamped: a host reported more than one host can (counted at the limit; the
+        medians are unmoved, the sums are not) in: us 10.0.0.2:443
+        """).splitlines()

@@ -6,12 +6,18 @@ import pytest
 
 from meshnode.mesh import (
     FLEET,
+    HOST_LIMITS,
+    U64_MAX,
+    HostLimits,
+    HostReport,
     aggregate,
+    clamp_rollup,
     group_of,
     health_of,
     hierarchy,
     host_reports,
     matches,
+    saturating_sum,
     trimmed_mean,
 )
 from meshnode.v1 import flow_pb2, mesh_pb2
@@ -145,7 +151,9 @@ def test_selector_ands_its_pairs(labels, selector, ok):
 
 @pytest.mark.parametrize(
     ("values", "fraction", "expected"),
-    [([1, 2, 3, 4, 100], 0.2, 3.0), ([1, 2, 3, 4, 100], 0.0, 22.0), ([5], 0.4, 5.0), ([1, 9], 0.5, 5.0)],
+    [([1, 2, 3, 4, 100], 0.2, 3.0), ([1, 2, 3, 4, 100], 0.0, 22.0), ([5], 0.4, 5.0), ([1, 9], 0.5, 5.0),
+     # seed 003: the lowest and the highest go even where 20 % of the hosts is less than one
+     ([1, 2, 10**9], 0.2, 2.0), ([-10**9, 2, 4, 10**9], 0.2, 3.0), ([1, 10**9], 0.2, (1 + 10**9) / 2)],
 )
 def test_trimmed_mean(values, fraction, expected):
     assert trimmed_mean(fraction)(values) == pytest.approx(expected)
@@ -164,3 +172,72 @@ def test_center_is_pluggable():
 def test_service_filter(service, rows):
     got = aggregate(REPORTS, now_ns=NOW, group_by="region", service=service)
     assert [(a.group, a.destination, a.hosts) for a in got] == rows
+
+
+@pytest.mark.parametrize(
+    ("start_ns", "end_ns", "period_s"),
+    [(0, 10 * S, 10.0), (0, S // 10, 1.0), (10 * S, 0, 1.0), (0, 2**63, 86_400.0)],
+    ids=["as-reported", "too-short", "inverted", "too-long"],
+)
+def test_the_limits_scale_with_the_period_within_bounds(start_ns, end_ns, period_s):
+    assert HOST_LIMITS.period_s(start_ns, end_ns) == period_s
+
+
+LIMITS = HostLimits(flows_per_s=100, open_flows=1000, bytes_per_s=10**6, packets_per_s=10**4, rtt_us=10**6)
+
+
+@pytest.mark.parametrize(
+    ("rollup", "changed"),
+    [
+        (dict(flows=2000, useful=1990, failures={"timeout": 10}, bytes_tx=10**7, bytes_rx=10**7, retransmits=10**5,
+              rtt_p50_us=10**6, rtt_p95_us=10**6), {}),
+        (dict(flows=2**63, useful=2**63), {"attempts": 2000, "useful": 2000}),
+        (dict(flows=10, useful=11, failures={"refused": 12}), {"useful": 10, "failures": {"refused": 10}}),
+        (dict(bytes_tx=U64_MAX, bytes_rx=10**7 + 1), {"bytes_tx": 10**7, "bytes_rx": 10**7}),
+        (dict(retransmits=10**5 + 1), {"retransmits": 10**5}),
+        (dict(rtt_p50_us=10**6 + 1, rtt_p95_us=2**32 - 1), {"rtt_p50_us": 10**6, "rtt_p95_us": 10**6}),
+    ],
+    ids=["at-the-limits", "2^63-flows", "more-useful-than-flows", "bytes", "retransmits", "rtt"],
+)
+def test_clamp_rollup_counts_a_value_above_one_host_at_the_limit(rollup, changed):
+    r = flow_pb2.Rollup(key=DB, **rollup)
+    got, clamped = clamp_rollup(r, 10.0, LIMITS)  # 10 s: 2,000 flows, 10 MB each way, 100,000 packets
+    expected = {"attempts": r.flows, "useful": r.useful, "failures": dict(r.failures), "bytes_tx": r.bytes_tx,
+                "bytes_rx": r.bytes_rx, "retransmits": r.retransmits, "rtt_p50_us": r.rtt_p50_us,
+                "rtt_p95_us": r.rtt_p95_us, **changed}
+    assert got == expected
+    assert clamped is bool(changed)
+
+
+def test_host_reports_clamp_mark_and_count_a_repeated_key_once():
+    d = mesh_pb2.Digest(node_id="x", period_start_ns=NOW - 10 * S, period_end_ns=NOW, by_destination=[
+        flow_pb2.Rollup(key=DB, flows=2**63), flow_pb2.Rollup(key=DB, flows=2**63), flow_pb2.Rollup(key=WEB, flows=3)])
+    db, web = host_reports([d])
+    assert (db.attempts, db.clamped, db.period_s) == (HOST_LIMITS.flows(10.0), True, 10.0)
+    assert (web.attempts, web.clamped) == (3, False)
+
+
+@pytest.mark.parametrize(("values", "total"),
+                         [([], 0), ([1, 2], 3), ([2**63, 2**63], U64_MAX), ([U64_MAX, 1], U64_MAX)])
+def test_saturating_sum(values, total):
+    assert saturating_sum(values) == total
+
+
+def test_sums_saturate_at_the_wire_limit_and_rates_stay_robust():
+    def host(i: int, flows: int) -> HostReport:
+        return HostReport(f"h{i}", {}, DB, flows, flows, {"timeout": flows}, flows, flows, flows, 1, 1, NOW,
+                          period_s=10.0)
+
+    # reports past the limits (as if HostLimits allowed them): the sums still fit their uint64 fields
+    (row,) = aggregate([host(i, 2**63) for i in range(3)] + [host(9, 10)], now_ns=NOW)
+    assert (row.attempts, row.useful, row.bytes_tx, row.bytes_rx, row.retransmits) == (U64_MAX,) * 5
+    assert row.failures == {"timeout": U64_MAX}
+    assert row.attempts_per_s == pytest.approx(2**63 / 10) and row.hosts_trimmed == 2
+
+
+def test_robust_rates_and_failure_fractions_per_host():
+    (row,) = aggregate(REPORTS, now_ns=NOW, destination=DB, selector=EU_AMS)
+    # h1 100 flows, h2 50, h3 10 in (clamped) 86,400 s periods: the trimmed mean keeps the middle one
+    assert row.attempts_per_s == pytest.approx(50 / 86_400) and row.hosts_trimmed == 2
+    assert row.failure_fraction == {"timeout": pytest.approx(0.1)}  # 0.1, 0 and 1.0: the median
+    assert row.hosts_clamped == 0
