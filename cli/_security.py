@@ -22,6 +22,7 @@ import hashlib
 import os
 import socket
 import ssl
+import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -37,6 +38,18 @@ if TYPE_CHECKING:
 AUTH_METADATA_KEY: Final = "meshnode-auth-bin"
 _DOMAIN: Final = b"meshnode-authz-v2\x00"
 ISSUE_HINT: Final = "meshnode ca issue NAME --client --operator --dir CA_DIR --out DIR"
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse a private key that group or others may read or write, as ssh does (the node's rule,
+    ``meshnode._files.check_secret``, which cli cannot import).
+
+    Raises:
+        UsageError: naming the file, its mode and the ``chmod`` that fixes it.
+    """
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise UsageError(f"{what} {path} is open to others (mode {mode:04o}); fix it with: chmod 600 {path}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +87,10 @@ class ClientSecurity:
         raise UsageError(f"--tls-dir {self.tls_dir} holds several certificates ({', '.join(names)}); "
                          "pick one with --tls-name NAME or $MESHCTL_TLS_NAME")
 
-    def _read(self, path: Path) -> bytes:
+    def _read(self, path: Path, secret: bool = False) -> bytes:
         try:
+            if secret:
+                check_private(path, "the TLS key")
             return path.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {path} ({exc.strerror or exc}); make it with: {ISSUE_HINT}") from exc
@@ -89,7 +104,7 @@ class ClientSecurity:
         name = self.name()
         return grpc.ssl_channel_credentials(
             root_certificates=self._read(self.tls_dir / "ca.crt"),
-            private_key=self._read(self.tls_dir / f"{name}.key"),
+            private_key=self._read(self.tls_dir / f"{name}.key", secret=True),
             certificate_chain=self._read(self.tls_dir / f"{name}.crt"),
         )
 
@@ -113,6 +128,7 @@ class Signer:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         try:
+            check_private(path, "the signing key")
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load the signing key {path}: {exc}; make one with: {ISSUE_HINT}") from exc

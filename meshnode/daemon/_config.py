@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from meshnode._exceptions import ConfigError
+from meshnode._files import check_secret
 
 if TYPE_CHECKING:
     from meshnode.trust import PrivacyPolicy
@@ -331,6 +332,10 @@ def load_config(
     labels: dict[str, str] = {}
     if path:
         data = read_config_file(Path(path))
+        privacy = data.get("privacy")
+        if isinstance(privacy, Mapping) and privacy.get("secret"):
+            check_secret(Path(path), "the config file", "it holds the privacy secret, and whoever reads that "
+                         "can tell which addresses the fleet's hashes stand for")
         for key, raw in data.items():
             if key not in PARSERS:
                 raise ConfigError(f"{key}: unknown key in {path} (known: {', '.join(sorted(PARSERS))})")

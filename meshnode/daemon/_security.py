@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from meshnode._exceptions import ConfigError
+from meshnode._files import check_trusted
 
 if TYPE_CHECKING:
     import grpc
@@ -67,7 +68,11 @@ def parse_public_key(text: str, where: str) -> bytes:
 
 
 def read_key_file(path: Path) -> list[bytes]:
-    """Public keys from a file, one per line; blank lines and ``#`` comments are skipped."""
+    """Public keys from a file, one per line; blank lines and ``#`` comments are skipped.
+
+    A file that group or others may write is refused: whoever can add a line can sign fleet queries.
+    """
+    check_trusted(path, "operator_keys_file")
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:

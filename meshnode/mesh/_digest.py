@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from google.protobuf.message import DecodeError
 
 from meshnode._exceptions import ConfigError, PeerError
+from meshnode._files import check_secret
 from meshnode.mesh._broadcast import TransmitLimitedQueue
 from meshnode.v1 import flow_pb2, mesh_pb2
 
@@ -116,16 +116,13 @@ class NodeKey:
         """
         try:
             if path.exists():
-                mode = stat.S_IMODE(path.stat().st_mode)
-                if mode & 0o077:
-                    raise ConfigError(f"the node key {path} is open to others (mode {mode:04o}); if nobody "
-                                      f"else could have read it, fix it with: chmod 600 {path}; otherwise "
-                                      "delete it and restart (the node gets a new key and a new node id)")
+                check_secret(path, "the node key", "if somebody else could have read it, delete it instead and "
+                             "restart (the node gets a new key and a new node id)")
                 key = serialization.load_pem_private_key(path.read_bytes(), password=None)
                 if not isinstance(key, Ed25519PrivateKey):
                     raise ConfigError(f"{path} holds a key that is not Ed25519")
                 return cls(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             new = Ed25519PrivateKey.generate()
             pem = new.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -38,6 +38,7 @@ import numpy as np
 
 from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch
 from meshnode._exceptions import StoreError
+from meshnode._files import private_dir, private_file
 from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
 from meshnode.store._chunks import (
     COUNTED,
@@ -286,10 +287,17 @@ class Store:
         self.retention = retention or Retention()
         self._lock = threading.Lock()
         self._deadlines: dict[int, float] = {}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # private whoever started the node: flows name processes, peers and what they sent
+            private_dir(self.path.parent)
         except OSError as exc:
-            raise StoreError(f"cannot create the data directory {self.path.parent}: {exc}") from exc
+            raise StoreError(f"cannot create the data directory {self.path.parent} (mode 0700): {exc}") from exc
+        try:  # SQLite gives the -wal and -shm files the database's mode; ones left by an older node are tightened
+            private_file(self.path)
+            for side in (self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")):
+                if side.exists():
+                    private_file(side)
+        except OSError as exc:
+            raise StoreError(f"cannot make the store {self.path} private (mode 0600): {exc}") from exc
         self._db = _connect(self.path)
         try:
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]

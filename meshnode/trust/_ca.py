@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshnode._exceptions import ConfigError
+from meshnode._files import check_secret
 from meshnode.mesh import KEY_URI_PREFIX, NodeKey, node_id_from_public_key
 
 CA_KEY: Final = "ca.key"
@@ -151,6 +152,8 @@ def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifica
     for p in (key_path, cert_path):
         if not p.exists():
             raise ConfigError(f"{p} is missing; create the fleet CA with: meshnode ca init --dir {directory}")
+    check_secret(key_path, "the fleet CA key", "if somebody else could have read it, make a new CA (meshnode ca "
+                 "init --force) and issue every certificate again")
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())

@@ -8,12 +8,12 @@ unsafe files fail early with the file's name and the command that creates it, no
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from meshnode._files import check_secret
 from meshnode._exceptions import ConfigError
 from meshnode.trust._ca import CA_CERT
 from meshnode.trust._errors import TlsError
@@ -33,10 +33,7 @@ def _read(path: Path, fix: str, secret: bool = False) -> bytes:
         raise TlsError(f"{path} is missing; {fix}")
     try:
         if secret:
-            mode = path.stat().st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise TlsError(f"{path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                               f"fix it with: chmod 600 {path}")
+            check_secret(path, "the TLS key", error=TlsError)
         data = path.read_bytes()
     except OSError as exc:
         raise TlsError(f"cannot read {path}: {exc}") from exc

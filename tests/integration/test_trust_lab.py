@@ -107,6 +107,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     data = tmp_path_factory.mktemp("trust")
     config = data / "meshnode.toml"
     config.write_text(f'[privacy]\nkeep = ["{IPV4_SPACE}"]\noutside = "hash"\nsecret = "{SECRET}"\n')
+    config.chmod(0o600)  # it holds the privacy secret: a node refuses it open to others
     with Lab(HOSTS) as lab:
         f = Fleet(lab, data)
         try:
