@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from meshnode._files import check_secret
 from meshnode._exceptions import ConfigError
+from meshnode._files import check_secret
 from meshnode.trust._ca import CA_CERT
 from meshnode.trust._errors import TlsError
 
