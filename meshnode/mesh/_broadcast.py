@@ -43,6 +43,8 @@ class TransmitLimitedQueue:
         self._items: dict[str, _Item] = {}
         self._next_id = 0
         self.dropped = 0
+        self._order: list[_Item] | None = None
+        """Items by eviction order, the next victim last; valid until a send changes transmit counts."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -55,11 +57,23 @@ class TransmitLimitedQueue:
         self._next_id += 1
         self._items[key] = _Item(key, payload, self._next_id, 0, on_done)
         if len(self._items) > self._max:
-            worst = max(self._items.values(), key=lambda it: (it.transmits, -it.id))
+            worst = self._worst()
             del self._items[worst.key]
             self.dropped += 1
             if worst.on_done is not None:
                 worst.on_done()
+
+    def _worst(self) -> _Item:
+        """The most-sent item, oldest among equals. Sorted once and then popped, so that a burst of
+        broadcasts (a join answer listing thousands of members) costs O(log n) each, not a scan each: an
+        item queued since the sort is never the worst (never sent, and newer than all), and an item since
+        replaced is skipped."""
+        while True:
+            if not self._order:
+                self._order = sorted(self._items.values(), key=lambda it: (it.transmits, -it.id))
+            worst = self._order.pop()
+            if self._items.get(worst.key) is worst:
+                return worst
 
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         """Broadcasts that fit in ``limit`` bytes with ``overhead`` bytes of framing each.
@@ -69,6 +83,7 @@ class TransmitLimitedQueue:
         if not self._items:
             return []
         max_transmits = retransmit_limit(self._mult, self._num_nodes())
+        self._order = None
         out: list[bytes] = []
         used = 0
         for item in sorted(self._items.values(), key=lambda it: (it.transmits, -it.id)):
@@ -87,3 +102,4 @@ class TransmitLimitedQueue:
     def reset(self) -> None:
         """Forget every queued broadcast."""
         self._items.clear()
+        self._order = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -352,3 +353,32 @@ def test_buddy_system_tells_a_suspect_on_the_probe_itself():
     assert took <= 2 * CFG.probe_interval
     c.run(1.0)
     assert n0.state_of("n1") == State.ALIVE
+
+
+def test_transmit_limited_queue_evicts_the_most_sent_oldest_item_through_bursts_and_sends():
+    """The queue sorts its eviction order once per burst: it must still drop exactly what a scan would."""
+    rng = random.Random(5)
+    q = TransmitLimitedQueue(lambda: 10, retransmit_mult=4, max_items=16)
+    model: dict[str, list[int]] = {}  # key -> [transmits, id]
+    next_id = 0
+    for _ in range(3000):
+        if rng.random() < 0.8:
+            key = f"k{rng.randrange(40)}"
+            next_id += 1
+            model.pop(key, None)
+            model[key] = [0, next_id]
+            if len(model) > 16:
+                worst = max(model, key=lambda k: (model[k][0], -model[k][1]))
+                del model[worst]
+            q.queue(key, key.encode())
+        else:
+            limit = rng.randrange(1, 40)
+            sent = q.get_broadcasts(overhead=0, limit=limit)
+            for payload in sent:
+                item = model[payload.decode()]
+                item[0] += 1
+                if item[0] >= 8:  # 4 * ceil(log10(10 + 1))
+                    del model[payload.decode()]
+        assert sorted(q._items) == sorted(model)
+    assert q.dropped > 100
+
