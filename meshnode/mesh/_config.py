@@ -33,6 +33,15 @@ class MeshConfig:
         dead_retention: seconds a dead or left member stays listed before it is forgotten.
         max_labels: the most labels a member may carry; more is a peer error.
         max_label_bytes: the longest label key or value.
+        max_members: the most members the table lists, this node included; an Alive about one more is
+            refused (counted ``members_refused_table_full``) until dead members are reaped. A push-pull
+            naming more members than this is refused whole. The default is the digest layer's
+            ``DigestConfig.max_nodes``: the largest fleet the mesh is sized for.
+        max_stream_bytes: the largest reliable request or answer (push-pull, digest pull) in bytes; larger
+            ones are refused before they are decoded (``streams_oversize``). gRPC's default receive bound,
+            which also bounds the node's shared API server; a push-pull of a full table takes about 1.6 MB
+            (10,000 members with three labels each: 0.82 MB measured; ``DigestConfig.max_pull`` digests:
+            0.5 MB at most; the seq vector: 0.2 MB). memberlist allows 20 MB for the same state.
     """
 
     probe_interval: float = 0.5
@@ -52,3 +61,5 @@ class MeshConfig:
     dead_retention: float = 300.0
     max_labels: int = 16
     max_label_bytes: int = 256
+    max_members: int = 10_000
+    max_stream_bytes: int = 4 * 1024 * 1024

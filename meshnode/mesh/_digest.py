@@ -660,6 +660,8 @@ class DigestExchange:
                 theirs = dict(mesh_pb2.DigestState.FromString(remote).seqs)
             except DecodeError:
                 theirs = {}
+            if len(theirs) > self.config.max_nodes:  # refused by merge_remote_state: answered with seqs only
+                return state.SerializeToString()
             # digests of nodes no longer members (held since before they were reaped) are not offered:
             # a peer that never knew them drops them, and they would crowd the bounded answer
             newer = [nid for nid, h in self._held.items()
@@ -674,6 +676,11 @@ class DigestExchange:
             self.counters["digest_answers_malformed"] += 1
             log.warning("malformed digest state from %s dropped: %s", source_addr, exc)
             return
+        if len(state.seqs) > self.config.max_nodes:
+            self.counters["digest_states_oversize"] += 1
+            log.warning("digest state from %s names %d nodes (max %d); dropped", source_addr, len(state.seqs),
+                        self.config.max_nodes)
+            return
         for signed in state.digests[: self.config.max_pull]:
             self.ingest(signed, source_addr)
         wanted = self._wanted(state.seqs)
@@ -686,4 +693,8 @@ class DigestExchange:
         except DecodeError as exc:
             self.counters["digest_requests_malformed"] += 1
             raise PeerError(f"malformed digest pull from {source_addr}") from exc
+        if len(req.node_ids) > self.config.max_pull:  # what a pull asks for at most (``_wanted``)
+            self.counters["digest_pulls_oversize"] += 1
+            raise PeerError(f"digest pull from {source_addr} names {len(req.node_ids)} nodes "
+                            f"(max {self.config.max_pull})")
         return mesh_pb2.DigestState(digests=self._answer(req.node_ids)).SerializeToString()

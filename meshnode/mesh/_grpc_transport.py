@@ -68,6 +68,9 @@ class GrpcTransport:
         packet_timeout: the deadline of a packet call.
         max_channels: channels kept open to peers (least recently used ones are closed beyond).
         max_inflight: packets in flight; more are dropped (and counted) rather than queued.
+        max_streams: reliable requests in flight (push-pulls, digest pulls; memberlist allows 128 push-pulls
+            at once); more fail at once (counted ``streams_dropped_inflight``) rather than queue: each holds
+            up to a full member list, and a node that has this many outstanding is not getting answers.
         credentials: channel credentials for peers (``meshnode.trust.channel_credentials``: mutual TLS with
             the fleet CA); None dials in plaintext (``meshnode run --insecure``).
         interceptors: client interceptors on every peer channel (e.g. signing fan-out fleet queries).
@@ -79,6 +82,7 @@ class GrpcTransport:
         packet_timeout: float = 0.5,
         max_channels: int = 1024,
         max_inflight: int = 4096,
+        max_streams: int = 128,
         *,
         credentials: grpc.ChannelCredentials | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
@@ -89,6 +93,8 @@ class GrpcTransport:
         self.packet_timeout = packet_timeout
         self._max_channels = max_channels
         self._max_inflight = max_inflight
+        self._max_streams = max_streams
+        self._streams = 0
         self._channels: OrderedDict[str, tuple[grpc.aio.Channel, mesh_pb2_grpc.MeshStub]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -167,6 +173,11 @@ class GrpcTransport:
         if self._closed:
             asyncio.get_running_loop().call_soon(on_reply, None, "CLOSED")
             return
+        if self._streams >= self._max_streams:
+            self.counters["streams_dropped_inflight"] += 1
+            asyncio.get_running_loop().call_soon(on_reply, None, "too many streams in flight")
+            return
+        self._streams += 1
         self.counters["streams_sent"] += 1
         self.counters["stream_bytes_sent"] += len(payload)
         req = mesh_pb2.StreamRequest(from_addr=self._address, payload=payload)
@@ -187,6 +198,8 @@ class GrpcTransport:
                 self.counters["streams_failed"] += 1
                 on_reply(None, f"{type(exc).__name__}: {exc}")
                 return
+            finally:
+                self._streams -= 1
             on_reply(resp.payload, "")
 
         self._spawn(run())

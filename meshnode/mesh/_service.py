@@ -79,6 +79,9 @@ QUERY_CONCURRENCY = 64
 in a large fleet; at N = 100, 64 is as fast as no bound and 16 is twice as slow (bench/RESULTS.md, "Fleet
 query latency")."""
 
+MAX_FROM_ADDR = 256
+"""The longest ``from_addr`` of a Packet or Stream call (a ``host:port``); longer calls are refused as oversize."""
+
 MESH_SERVICE: Final = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name
 """``"meshnode.v1.Mesh"``, for health checking and reflection (``ApiServer.add_servicer``)."""
 
@@ -222,7 +225,9 @@ class MeshService:
         mesh_pb2_grpc.add_MeshServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
 
     async def _serve(self, listen: str) -> None:
-        server = grpc.aio.server()
+        # The largest stream request plus its envelope: gRPC refuses more before any handler runs.
+        limit = self.config.max_stream_bytes + 4096
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit)])
         self.register(server)
         try:
             port = server.add_insecure_port(listen)
@@ -603,10 +608,10 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> mesh_pb2.PacketResponse:
         svc = self._svc
         peer = await self._gossip_peer(context)
-        if len(request.payload) > 2 * svc.config.packet_budget:
+        if len(request.payload) > 2 * svc.config.packet_budget or len(request.from_addr) > MAX_FROM_ADDR:
             svc.counters["packets_oversize"] += 1
             log.warning("oversize mesh packet (%d bytes) from %s (%s) dropped", len(request.payload),
-                        request.from_addr, context.peer())
+                        request.from_addr[:MAX_FROM_ADDR], context.peer())
         elif svc.running:
             token = PEER.set(peer)
             try:
@@ -618,15 +623,28 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def Stream(
         self, request: mesh_pb2.StreamRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> mesh_pb2.StreamResponse:
-        if not self._svc.running:
+        svc = self._svc
+        if not svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
         peer = await self._gossip_peer(context)
+        if len(request.payload) > svc.config.max_stream_bytes or len(request.from_addr) > MAX_FROM_ADDR:
+            svc.counters["streams_oversize"] += 1
+            log.warning("oversize mesh stream request (%d bytes) from %s refused", len(request.payload),
+                        context.peer())
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"stream request over {svc.config.max_stream_bytes} bytes "
+                                f"(or from_addr over {MAX_FROM_ADDR})")
         token = PEER.set(peer)
         try:
-            answer = self._svc.transport.on_stream(request.from_addr, request.payload)
+            answer = svc.transport.on_stream(request.from_addr, request.payload)
         except PeerError as exc:
             log.warning("bad mesh stream request from %s (%s) refused: %s", request.from_addr, context.peer(), exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:
+            # a bug of the node's, not the peer's: counted and said as such, never an UNKNOWN status
+            svc.counters["streams_failed"] += 1
+            log.exception("mesh stream request from %s could not be handled", context.peer())
+            await context.abort(grpc.StatusCode.INTERNAL, "the node failed to handle this stream request")
         finally:
             PEER.reset(token)
         return mesh_pb2.StreamResponse(payload=answer)

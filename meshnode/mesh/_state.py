@@ -49,6 +49,32 @@ log = logging.getLogger(__name__)
 
 _MAX_NODE_ID = 128
 _MAX_ADDR = 256
+_MAX_RELAYS = 1024
+"""Indirect probes run for others at once; more are refused (``relays_refused_busy``). Each lives for
+0.8 probe timeouts, so this is thousands of requests a second, far above what ``indirect_checks`` asks."""
+
+MAX_INCARNATION = 2**63
+"""The largest incarnation a peer's claim (Alive, Suspect, Dead) may carry, unless it is at most one above
+the incarnation held for that member.
+
+A member raises its incarnation by one per refutation or label change, so a claim beyond 2**63 comes from
+no honest member; believed, it would leave the member no room to outbid it in the 64-bit field, and the
+member could never refute again. The one step above what is held lets a member refute an accusation made
+exactly at the bound, and keep refuting one step at a time beyond it.
+"""
+_UINT64_MAX = 2**64 - 1
+
+
+def incarnation_admissible(claimed: int, held: int | None) -> bool:
+    """Whether a peer's Alive, Suspect or Dead at ``claimed`` may touch a member held at ``held`` (None:
+    not held)."""
+    return claimed <= MAX_INCARNATION or (held is not None and claimed <= held + 1)
+
+
+def next_incarnation(own: int, accused: int = 0) -> int:
+    """This node's next incarnation, above its own and above the one it is accused at; saturates at the
+    field's largest value instead of overflowing it (peers refuse that far up anyway)."""
+    return min(max(own, accused) + 1, _UINT64_MAX)
 
 
 class State(enum.IntEnum):
@@ -310,7 +336,7 @@ class Membership:
         """Change this node's labels: a new incarnation, broadcast as Alive."""
         me = self._members[self.node_id]
         me.labels = dict(labels)
-        me.incarnation += 1
+        me.incarnation = next_incarnation(me.incarnation)
         self._queue_alive(me)
 
     def members(self) -> list[Member]:
@@ -348,7 +374,19 @@ class Membership:
                 return
             on_reply(msg.user, "")
 
-        self._transport.request(addr, data, self.config.stream_timeout, reply)
+        self._request(addr, data, reply)
+
+    def _request(self, addr: str, data: bytes, on_reply: Callable[[bytes | None, str], None]) -> None:
+        """A reliable request whose answer is refused (counted ``streams_oversize``) past the stream bound."""
+
+        def bounded(raw: bytes | None, err: str) -> None:
+            if raw is not None and len(raw) > self.config.max_stream_bytes:
+                self.counters["streams_oversize"] += 1
+                on_reply(None, f"answer of {len(raw)} bytes")
+                return
+            on_reply(raw, err)
+
+        self._transport.request(addr, data, self.config.stream_timeout, bounded)
 
     # ---------------------------------------------------------------- table bookkeeping
 
@@ -568,6 +606,11 @@ class Membership:
     def _relay_ping(self, requester_addr: str, msg: mesh_pb2.IndirectPing) -> None:
         if not msg.target or len(msg.target_addr) > _MAX_ADDR:
             raise PeerError("indirect ping without a target")
+        if not self._dialable(msg.target, msg.target_addr):
+            return
+        if sum(1 for h in self._acks.values() if isinstance(h, _Relay)) >= _MAX_RELAYS:
+            self.counters["relays_refused_busy"] += 1
+            return
         seq = self._next_seq()
         relay = _Relay(msg.seq_no, requester_addr)
         self._acks[seq] = relay
@@ -658,7 +701,7 @@ class Membership:
                     msg = mesh_pb2.StreamMessage.FromString(raw)
                     if msg.WhichOneof("body") != "push_pull":
                         raise PeerError("push-pull answered without state")
-                    self._merge_push_pull(msg.push_pull, addr)
+                    self._merge_push_pull(msg.push_pull, addr, asked=True)
                     ok = True
                 except (DecodeError, PeerError) as exc:
                     self.counters["streams_malformed"] += 1
@@ -667,10 +710,18 @@ class Membership:
                 on_done(ok)
 
         self.counters["push_pulls"] += 1
-        self._transport.request(addr, req, self.config.stream_timeout, reply)
+        self._request(addr, req, reply)
 
-    def _merge_push_pull(self, pp: mesh_pb2.PushPull, source_addr: str) -> None:
+    def _merge_push_pull(self, pp: mesh_pb2.PushPull, source_addr: str, asked: bool) -> None:
+        """Merge a peer's member list: the answer to an exchange this node started (``asked``), or state
+        pushed to it. Pushed state is believed only about its sender and members already known: the members
+        a node learns come from peers it chose to ask (at a member's or seed's address), so a sender cannot
+        make it list, and then probe, members at addresses the sender chose."""
         members = self._members
+        if len(pp.members) > self.config.max_members:
+            self.counters["push_pulls_oversize"] += 1
+            raise PeerError(f"push-pull names {len(pp.members)} members (max {self.config.max_members})")
+        unsolicited = 0
         for pm in pp.members:
             known = members.get(pm.node)
             if (
@@ -681,6 +732,11 @@ class Membership:
                 and pm.node != self.node_id
             ):
                 continue  # nothing new: the common case, kept cheap for large fleets
+            if known is None and not asked and pm.node != pp.source:
+                unsolicited += 1
+                continue
+            if not self._admit(pm.node, pm.incarnation, new=pm.state == mesh_pb2.ALIVE, accuser=pp.source):
+                continue
             try:
                 st = State(pm.state)
                 if st == State.ALIVE:
@@ -696,7 +752,11 @@ class Membership:
             except (ValueError, PeerError) as exc:
                 self.counters["members_malformed"] += 1
                 log.warning("bad member in push-pull state from %s dropped: %s", source_addr, exc)
-        if self.delegate is not None and pp.user_state:
+        if unsolicited:
+            self.counters["members_unsolicited"] += unsolicited
+            log.warning("push-pull from %s named %d members this node does not know; not taken", source_addr,
+                        unsolicited)
+        if self.delegate is not None and pp.user_state and (asked or self._dialable(pp.source, source_addr)):
             try:
                 self.delegate.merge_remote_state(pp.user_state, pp.join, source_addr)
             except Exception:
@@ -721,16 +781,21 @@ class Membership:
         if not self._source_authentic(pkt.source):
             return
         reply_to = pkt.source_addr or from_addr
-        if len(reply_to) > _MAX_ADDR:
-            raise PeerError("source address too long")
+        if len(reply_to) > _MAX_ADDR or len(pkt.source) > _MAX_NODE_ID:
+            raise PeerError("source id or address too long")
         body = pkt.WhichOneof("body")
+        ack_after_gossip = False
         if body == "ping":
             if pkt.ping.target and pkt.ping.target != self.node_id:
                 self.counters["pings_misdirected"] += 1
-            else:
+            elif self._member_at(pkt.source, reply_to):
                 self._send(reply_to, mesh_pb2.MeshPacket(ack=mesh_pb2.Ack(seq_no=pkt.ping.seq_no)))
+            else:
+                # a joining member's own Alive rides its first probes: answered if it lists the sender here
+                ack_after_gossip = True
         elif body == "indirect_ping":
-            self._relay_ping(reply_to, pkt.indirect_ping)
+            if self._dialable(pkt.source, reply_to):
+                self._relay_ping(reply_to, pkt.indirect_ping)
         elif body == "ack":
             self._on_ack(pkt.ack.seq_no, pkt.source)
         elif body == "nack":
@@ -738,16 +803,21 @@ class Membership:
         for g in pkt.gossip:
             kind = g.WhichOneof("msg")
             if kind == "alive":
-                self._alive(g.alive)
+                if self._admit(g.alive.node, g.alive.incarnation, new=True):
+                    self._alive(g.alive)
             elif kind == "suspect":
-                self._suspect(g.suspect)
+                if self._admit(g.suspect.node, g.suspect.incarnation, accuser=getattr(g.suspect, "from")):
+                    self._suspect(g.suspect)
             elif kind == "dead":
-                self._dead(g.dead)
-            elif kind == "user" and self.delegate is not None:
+                if self._admit(g.dead.node, g.dead.incarnation, accuser=getattr(g.dead, "from")):
+                    self._dead(g.dead)
+            elif kind == "user" and self.delegate is not None and self._dialable(pkt.source, reply_to):
                 try:
                     self.delegate.notify_msg(pkt.source, reply_to, g.user)
                 except Exception:
                     log.exception("mesh delegate notify_msg failed (message from %s)", reply_to)
+        if ack_after_gossip and self._dialable(pkt.source, reply_to):
+            self._send(reply_to, mesh_pb2.MeshPacket(ack=mesh_pb2.Ack(seq_no=pkt.ping.seq_no)))
 
     def _on_stream(self, from_addr: str, data: bytes) -> bytes:
         try:
@@ -759,9 +829,13 @@ class Membership:
         body = msg.WhichOneof("body")
         if body == "push_pull":
             pp = msg.push_pull
+            source_addr = pp.source_addr or from_addr
+            if len(source_addr) > _MAX_ADDR or len(pp.source) > _MAX_NODE_ID:
+                self.counters["streams_malformed"] += 1
+                raise PeerError("push-pull source id or address too long")
             if not self._source_authentic(pp.source):
                 raise PeerError(f"push-pull from {from_addr} names a source its certificate does not bind")
-            self._merge_push_pull(pp, pp.source_addr or from_addr)
+            self._merge_push_pull(pp, source_addr, asked=False)
             local = self._local_push_pull(pp.join, pp.user_state)
             return mesh_pb2.StreamMessage(push_pull=local).SerializeToString()
         if body == "user" and self.delegate is not None:
@@ -769,6 +843,43 @@ class Membership:
             return mesh_pb2.StreamMessage(user=answer).SerializeToString()
         self.counters["streams_malformed"] += 1
         raise PeerError(f"empty stream request from {from_addr}")
+
+    # ---------------------------------------------------------------- what a peer's message may do
+
+    def _admit(self, node: str, incarnation: int, *, new: bool = False, accuser: str = "") -> bool:
+        """Whether a peer's claim about ``node`` at ``incarnation`` may reach the state machine; each refusal
+        is counted. ``new``: an Alive, which lists a member not held yet; ``accuser``: who suspects or
+        declares it dead (kept as a confirmation, so bounded like a node id)."""
+        m = self._members.get(node)
+        if not incarnation_admissible(incarnation, None if m is None else m.incarnation):
+            self.counters["incarnations_refused"] += 1
+            log.warning("claim about %s at incarnation %d refused (held %s)", node[:_MAX_NODE_ID], incarnation,
+                        None if m is None else m.incarnation)
+            return False
+        if len(accuser) > _MAX_NODE_ID:
+            self.counters["members_malformed"] += 1
+            return False
+        if new and m is None and len(self._members) >= self.config.max_members:
+            self.counters["members_refused_table_full"] += 1
+            log.debug("member table full (%d): %s not listed", len(self._members), node[:_MAX_NODE_ID])
+            return False
+        return True
+
+    def _member_at(self, node: str, addr: str) -> bool:
+        """Whether ``node`` is another member, held at ``addr``."""
+        m = self._members.get(node)
+        return m is not None and m.addr == addr and node != self.node_id
+
+    def _dialable(self, node: str, addr: str) -> bool:
+        """Whether a message from or about ``node`` may make this node send to ``addr``: only when that is
+        the address held for ``node``, a member. Addresses a packet names are otherwise never dialled (a
+        reflector for whoever wrote them); a refusal is counted ``dials_refused``."""
+        if self._member_at(node, addr):
+            return True
+        self.counters["dials_refused"] += 1
+        log.debug("%s named by a message about %s not dialled: not its member address", addr[:_MAX_ADDR],
+                  node[:_MAX_NODE_ID])
+        return False
 
     # ---------------------------------------------------------------- alive / suspect / dead
 
@@ -789,7 +900,7 @@ class Membership:
 
     def _refute(self, me: Member, accused_incarnation: int) -> None:
         """Someone suspects (or declares dead) this node: outbid their incarnation and say we are alive."""
-        me.incarnation = max(me.incarnation, accused_incarnation) + 1
+        me.incarnation = next_incarnation(me.incarnation, accused_incarnation)
         self._queue_alive(me)
         self.awareness.apply_delta(1)
         self.counters["refuted"] += 1

@@ -227,13 +227,15 @@ def test_a_node_that_missed_the_gossip_gets_digests_by_push_pull():
 
 
 def _rogue_offers(c: SimCluster, victim: str, signed: mesh_pb2.SignedDigest) -> None:
-    """A peer that is not a member announces ``signed`` to ``victim`` and answers its pull with it."""
+    """A peer joins ``victim``'s table (its own Alive), announces ``signed`` and answers the pull with it."""
     rogue = c.net.endpoint("addr-rogue")
     answer = mesh_pb2.StreamMessage(user=mesh_pb2.DigestState(digests=[signed]).SerializeToString())
     rogue.set_handlers(lambda a, p: None, lambda a, p: answer.SerializeToString())
     d = mesh_pb2.Digest.FromString(signed.payload)
     announce = mesh_pb2.DigestAnnounce(node_id=d.node_id, seq=d.seq).SerializeToString()
-    pkt = mesh_pb2.MeshPacket(source="rogue", source_addr="addr-rogue", gossip=[mesh_pb2.Gossip(user=announce)])
+    alive = mesh_pb2.Alive(node="rogue", incarnation=1, addr="addr-rogue")
+    pkt = mesh_pb2.MeshPacket(source="rogue", source_addr="addr-rogue",
+                              gossip=[mesh_pb2.Gossip(alive=alive), mesh_pb2.Gossip(user=announce)])
     rogue.send_packet(c.addr[victim], pkt.SerializeToString())
 
 

@@ -21,6 +21,7 @@ from meshnode.mesh import (
     suspicion_timeout,
 )
 from meshnode.mesh._sim import SimCluster
+from meshnode.mesh._state import incarnation_admissible, next_incarnation
 from meshnode.v1 import mesh_pb2
 
 # ---------------------------------------------------------------------------------------------- pure math
@@ -314,15 +315,23 @@ def test_bad_members_in_push_pull_state_are_dropped_and_the_rest_merged(caplog):
                                 labels={f"k{i}": "v" for i in range(100)}),
         mesh_pb2.PushPullMember(node="weird", addr="addr-weird", incarnation=1, state=99),  # type: ignore[arg-type]
     ])
+    rogue = c.net.endpoint("addr-rogue")
+    rogue.set_handlers(lambda a, p: None, lambda a, p: mesh_pb2.StreamMessage(push_pull=pp).SerializeToString())
+    n0 = c.nodes["n0"]
+    # pushed unasked: only its sender's own entry and members already known would be believed
     answers: list[bytes | None] = []
-    c.net.endpoint("addr-rogue").request(
-        c.addr["n0"], mesh_pb2.StreamMessage(push_pull=pp).SerializeToString(), 1.0,
-        lambda a, e: answers.append(a))
+    rogue.request(c.addr["n0"], mesh_pb2.StreamMessage(push_pull=pp).SerializeToString(), 1.0,
+                  lambda a, e: answers.append(a))
     c.run(0.1)
     assert answers and answers[0] is not None
     theirs = mesh_pb2.StreamMessage.FromString(answers[0]).push_pull
-    assert {m.node for m in theirs.members} == {"n0", "n1", "n2", "good"}
-    n0 = c.nodes["n0"]
+    assert {m.node for m in theirs.members} == {"n0", "n1", "n2"}
+    assert n0.counters["members_unsolicited"] == 3
+    # the answer to an exchange n0 started: the good member is merged, the bad ones dropped
+    joined: list[int] = []
+    n0.join(["addr-rogue"], on_done=joined.append)
+    c.run(0.1)
+    assert joined == [1]
     assert n0.state_of("good") == State.ALIVE
     assert n0.state_of("bad") is None and n0.state_of("weird") is None
     assert n0.counters["members_malformed"] == 2
@@ -382,3 +391,28 @@ def test_transmit_limited_queue_evicts_the_most_sent_oldest_item_through_bursts_
         assert sorted(q._items) == sorted(model)
     assert q.dropped > 100
 
+
+@pytest.mark.parametrize(
+    ("claimed", "held", "admissible"),
+    [
+        (0, None, True),
+        (2**63, None, True),
+        (2**63 + 1, None, False),  # a stranger at once past the bound
+        (2**64 - 1, 5, False),
+        (2**63 + 1, 2**63, True),  # the refutation of an accusation made at the bound
+        (2**63 + 2, 2**63, False),
+        (2**64 - 1, 2**64 - 2, True),
+        (2**64 - 1, 2**64 - 1, True),
+    ],
+)
+def test_incarnations_past_2_63_are_admitted_one_step_at_a_time(claimed, held, admissible):
+    assert incarnation_admissible(claimed, held) is admissible
+
+
+@pytest.mark.parametrize(
+    ("own", "accused", "expected"),
+    [(0, 0, 1), (3, 7, 8), (7, 3, 8), (2**63, 2**63, 2**63 + 1), (2**64 - 2, 0, 2**64 - 1),
+     (2**64 - 1, 2**64 - 1, 2**64 - 1)],
+)
+def test_refutation_saturates_in_the_64_bit_field(own, accused, expected):
+    assert next_incarnation(own, accused) == expected
