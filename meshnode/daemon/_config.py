@@ -23,6 +23,8 @@ node_id             the host name                   the node's id until the mesh
 watch_addresses     true                            record local address changes (seed 004)
 active_tasks        true                            run connect measurements other nodes ask for (seed 003)
 task_deny           []                              requester addresses, CIDRs or node ids to refuse
+mesh_max_members    10000                           the most mesh members listed (this node included);
+                                                    gossip about more is refused and counted
 privacy             none                            privacy filters on what leaves the node in digests
                                                     (TOML table ``[privacy]``: ``keep``, ``coarsen``
                                                     CIDR lists, ``outside`` keep|coarsen|hash,
@@ -102,6 +104,7 @@ class NodeConfig:
     watch_addresses: bool = True
     active_tasks: bool = True
     task_deny: tuple[str, ...] = ()
+    mesh_max_members: int = 10_000
     privacy: PrivacyPolicy | None = None
     insecure: bool = False
     tls_dir: Path | None = None
@@ -186,6 +189,17 @@ def _nonneg_duration(value: Any) -> float:
     if v < 0:
         raise ValueError(f"{value!r} is negative")
     return v
+
+
+def _count(lower: int, upper: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+            raise ValueError(f"{value!r} is not a whole number")
+        v = int(value)
+        if not lower <= v <= upper:
+            raise ValueError(f"{value!r} is out of range [{lower}, {upper}]")
+        return v
+    return check
 
 
 def _join(value: Any) -> tuple[str, ...]:
@@ -287,6 +301,7 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "watch_addresses": _bool,
     "active_tasks": _bool,
     "task_deny": _words,
+    "mesh_max_members": _count(2, 1_000_000),
     "privacy": _privacy,
     "insecure": _bool,
     "tls_dir": _path,

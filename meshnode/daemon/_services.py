@@ -49,7 +49,7 @@ class MeshRunner:
     name = "mesh"
 
     def __init__(self, node: Node) -> None:
-        from meshnode.mesh import MESH_SERVICE, MeshService, NodeKey, TaskPolicy
+        from meshnode.mesh import MESH_SERVICE, MeshConfig, MeshService, NodeKey, TaskPolicy
 
         cfg = node.config
         self._node = node
@@ -57,7 +57,8 @@ class MeshRunner:
         labels = {"host": cfg.node_id, **cfg.labels}
         policy = TaskPolicy(enabled=cfg.active_tasks, deny=frozenset(cfg.task_deny))
         self.mesh: MeshService = MeshService(advertise=cfg.listen, key=key, labels=labels, seeds=list(cfg.join),
-                                             export_period=cfg.export_period, task_policy=policy)
+                                             export_period=cfg.export_period, task_policy=policy,
+                                             config=MeshConfig(max_members=cfg.mesh_max_members))
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.record_listeners.append(self.mesh.on_period)
         node.mesh_node_id = self.mesh.node_id

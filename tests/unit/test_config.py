@@ -151,3 +151,16 @@ def test_parse_duration(text, seconds) -> None:
 )
 def test_parse_size(text, size) -> None:
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(("file", "env", "expected"), [(None, None, 10_000), ("500", None, 500), ("500", "64", 64)])
+def test_mesh_member_table_bound_from_file_and_env(tmp_path: Path, file, env, expected) -> None:
+    path = write(tmp_path, f"mesh_max_members = {file}\n" if file else "")
+    environ = {"MESHNODE_MESH_MAX_MEMBERS": env} if env else {}
+    assert load_config({"config": str(path)}, environ).mesh_max_members == expected
+
+
+@pytest.mark.parametrize("value", ["1", "0", "-5", "2.5", "lots", "1000001"])
+def test_mesh_member_table_bound_must_be_a_sane_count(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="mesh_max_members"):
+        load_config({}, {"MESHNODE_MESH_MAX_MEMBERS": value})
