@@ -201,6 +201,8 @@ class EbpfSensor:
         del batch.events[said:]
         events.sort(key=lambda e: e[0])  # stable: one record's events keep their order
         batch.events += [e for _, e in events]
+        if not parts:  # the other records made no flow (the usual case): the end records are in ring order
+            return [flows]
         merged = FlowBatch.concat([*parts, flows])
         order = np.argsort(np.concatenate([*flow_at, at]), kind="stable")
         return [merged.take(order)]
