@@ -28,7 +28,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flows", type=int, default=2000)
     n = ap.parse_args().flows
-    EbpfSensor._comm = lambda self, pid, k: k  # type: ignore[method-assign]
+    EbpfSensor._owner = lambda self, pid, k: (k, "")  # type: ignore[method-assign]
     EbpfSensor._cgroup = lambda self, c, p: ""  # type: ignore[method-assign]
     tmp = Path(tempfile.mkdtemp())
     cases = {
