@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc, trust_pb2
 
 BATCH_SIZE: Final = 1000
+RESUME_METADATA: Final = "meshnode-page-token"
+"""Trailing metadata of a Flows stream the node ended early (ABORTED at its maximum age): the page token
+that resumes it (``FlowsRequest.page_token`` in observer.proto)."""
 _MAX_MESSAGE: Final = 64 * 1024 * 1024
 
 
@@ -83,6 +86,16 @@ def translate(exc: grpc.RpcError, node: str, what: str, timeout: float | None) -
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return NodeError(f"the node refused: {details or 'resource exhausted'}; try a smaller --limit", name)
     return NodeError(f"{what} failed on the node at {node}: {name} {details}".rstrip(), name)
+
+
+def _resume_token(exc: grpc.RpcError) -> str:
+    """The token that resumes a stream the node ended early (ABORTED), or ""."""
+    if not isinstance(exc, grpc.Call) or exc.code() != grpc.StatusCode.ABORTED:
+        return ""
+    for key, value in exc.trailing_metadata() or ():
+        if key == RESUME_METADATA:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
 
 
 class Node:
@@ -196,13 +209,16 @@ class Node:
         response, which works, only slower. A page token is bound to the request it came from, so the
         next page repeats the request unchanged but for ``page_token``, and meshctl stops reading at
         its limit. With ``req.number == 0`` (the node's default) a token is not followed; a note on
-        stderr says more records remain.
+        stderr says more records remain. A stream the node ends early (ABORTED with a token in the
+        ``meshnode-page-token`` trailing metadata: it reached its maximum age) is resumed with that token,
+        following or not, as long as each resumption makes progress.
         """
         req.batch_size = BATCH_SIZE
         # With follow, number bounds only the history sent first; the stream itself has no end.
         limit = 0 if req.follow else req.number
         timeout = None if req.follow else self.timeout
         seen = 0
+        resumed_from = ""
         while True:
             token = ""
             try:
@@ -223,7 +239,11 @@ class Node:
                     if limit and seen >= limit:
                         return
             except grpc.RpcError as exc:
-                raise self._fail(exc, "Observer.Flows", timeout) from exc
+                resume = _resume_token(exc)
+                if not resume or resume == resumed_from:
+                    raise self._fail(exc, "Observer.Flows", timeout) from exc
+                req.page_token = resumed_from = resume
+                continue
             if not token or req.follow:
                 return
             if not limit:

@@ -1,10 +1,13 @@
 """Flow filters (Hubble-style): fields inside one filter ANDed, values inside a field ORed, filters ORed,
 result = (any whitelist filter, or all when none) minus (any blacklist filter).
 
-Requests are validated here, once: a bad CIDR or an unknown enum value raises ``FilterError`` naming the
-field (``whitelist[1].dst``), which the servicer turns into INVALID_ARGUMENT. Valid filters are handed to
-the store as SQL (``Selector.row_filters``), so rows that do not match are never decoded; the Python
-``matches`` is the same logic for live records (follow streams, events) and re-checks every stored one.
+Requests are validated here, once: a bad CIDR, an unknown enum value or a filter larger than the API's
+limits (``meshnode.api._limits``: 1,024 values a field, 4,096 a request) raises ``FilterError`` naming the
+field (``whitelist[1].dst``), which the servicer turns into INVALID_ARGUMENT; sizes are checked before any
+value is parsed. Valid filters are handed to the store as SQL (``Selector.row_filters``), so rows that do
+not match are never decoded; the Python ``matches`` is the same logic for live records (follow streams,
+events). Its cost per record does not grow with the number of values: addresses and networks are looked up
+in sets (one lookup per prefix length), cgroup prefixes by walking the record's path up to the root.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
 from meshnode._model import FlowRecord
+from meshnode.api._limits import MAX_FILTER_VALUES, MAX_FILTERS, MAX_REQUEST_VALUES, MAX_TEXT
 from meshnode.sensor import EventRecord
 from meshnode.store import FlowQuery, RowFilter
 from meshnode.v1 import flow_pb2
@@ -54,6 +59,70 @@ def _enum_names(enum: object, values: Sequence[int], field: str, zero_ok: bool =
 
 
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
+_REPEATED: Final = tuple(f.name for f in flow_pb2.FlowFilter.DESCRIPTOR.fields)
+_TEXT_FIELDS: Final = ("comm", "dst", "cgroup")
+
+
+class NetSet:
+    """Networks as sets of prefixes, one set per (IP version, prefix length): ``addr in nets`` costs one
+    lookup per distinct prefix length, however many networks there are."""
+
+    __slots__ = ("_groups", "networks")
+
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+        self.networks = tuple(networks)
+        groups: dict[tuple[int, int], set[int]] = {}
+        for net in self.networks:
+            shift = net.max_prefixlen - net.prefixlen
+            groups.setdefault((net.version, shift), set()).add(int(net.network_address) >> shift)
+        self._groups = tuple((version, shift, frozenset(s)) for (version, shift), s in groups.items())
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __contains__(self, addr: IPAddress) -> bool:
+        value = int(addr)
+        return any(version == addr.version and value >> shift in prefixes
+                   for version, shift, prefixes in self._groups)
+
+
+def _under_any(path: str, prefixes: frozenset[str]) -> bool:
+    """True when ``path`` is one of ``prefixes`` (without trailing slashes) or below one."""
+    path = path or "/"
+    if "" in prefixes:
+        return True
+    while path:
+        if path in prefixes:
+            return True
+        cut = path.rfind("/")
+        if cut <= 0:
+            return False
+        path = path[:cut]
+    return False
+
+
+def check_sizes(filters: Sequence[flow_pb2.FlowFilter], field: str, budget: int = MAX_REQUEST_VALUES) -> int:
+    """Refuse filters larger than the API's limits before anything is parsed; returns the values left of
+    the request's ``budget``. Raises ``FilterError`` naming the field."""
+    if len(filters) > MAX_FILTERS:
+        raise FilterError(field, f"{len(filters):,} filters; at most {MAX_FILTERS} are allowed")
+    for i, f in enumerate(filters):
+        for name in _REPEATED:
+            values = getattr(f, name)
+            n = len(values)
+            if n > MAX_FILTER_VALUES:
+                raise FilterError(f"{field}[{i}].{name}",
+                                  f"{n:,} values; at most {MAX_FILTER_VALUES:,} are allowed in one field")
+            budget -= n
+            if budget < 0:
+                raise FilterError(f"{field}[{i}].{name}",
+                                  f"the request's filters hold more than {MAX_REQUEST_VALUES:,} values")
+            if name in _TEXT_FIELDS:
+                for j, v in enumerate(values):
+                    if len(v) > MAX_TEXT:
+                        raise FilterError(f"{field}[{i}].{name}[{j}]",
+                                          f"{len(v):,} characters; at most {MAX_TEXT:,} are allowed")
+    return budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +132,7 @@ class CompiledFilter:
     comm: frozenset[str]
     pid: frozenset[int]
     dst_addrs: frozenset[str]
-    dst_nets: tuple[IPNetwork, ...]
+    dst_nets: NetSet
     dport: frozenset[int]
     sport: frozenset[int]
     outcome: frozenset[str]
@@ -72,6 +141,8 @@ class CompiledFilter:
     cgroup: tuple[str, ...]
     port: frozenset[int]
     event_type: frozenset[str]
+    cgroup_prefixes: frozenset[str]
+    """``cgroup`` without trailing slashes, for ``matches``."""
 
     def matches(self, rec: FlowRecord) -> bool:
         """True when every set field matches ``rec``."""
@@ -91,13 +162,13 @@ class CompiledFilter:
             return False
         if self.direction and rec.direction not in self.direction:
             return False
-        if self.cgroup and not any(_under(rec.cgroup, p) for p in self.cgroup):
+        if self.cgroup and not _under_any(rec.cgroup, self.cgroup_prefixes):
             return False
         if self.dst_addrs or self.dst_nets:
             if rec.dst in self.dst_addrs:
                 return True
             addr = _addr(rec.dst)
-            if addr is None or not any(addr in net for net in self.dst_nets):
+            if addr is None or (str(addr) not in self.dst_addrs and addr not in self.dst_nets):
                 return False
         return True
 
@@ -116,18 +187,15 @@ class CompiledFilter:
                 equals[name] = sorted(values)
         return RowFilter(
             equals=equals, any_port=sorted(self.port), cgroup_prefixes=self.cgroup,
-            dst=[*sorted(self.dst_addrs), *(str(n) for n in self.dst_nets)],
+            dst=[*sorted(self.dst_addrs), *(str(n) for n in self.dst_nets.networks)],
         )
 
 
-def _under(path: str, prefix: str) -> bool:
-    path = path or "/"
-    prefix = prefix.rstrip("/")
-    return not prefix or path == prefix or path.startswith(prefix + "/")
-
-
 def compile_filter(f: flow_pb2.FlowFilter, field: str) -> CompiledFilter:
-    """Validate one filter; ``field`` is its name in the request (``whitelist[0]``)."""
+    """Validate one filter; ``field`` is its name in the request (``whitelist[0]``).
+
+    Call ``check_sizes`` on the request's filters first: this parses every value.
+    """
     addrs: set[str] = set()
     nets: list[IPNetwork] = []
     for i, d in enumerate(f.dst):
@@ -141,7 +209,6 @@ def compile_filter(f: flow_pb2.FlowFilter, field: str) -> CompiledFilter:
             if a is None:
                 raise FilterError(f"{field}.dst[{i}]", f"{d!r} is not an IP address or CIDR") from None
             addrs.add(str(a))
-            nets.append(ipaddress.ip_network(a))
     protos = set()
     for v in f.proto:
         if v not in _PROTO_NAMES:
@@ -152,13 +219,14 @@ def compile_filter(f: flow_pb2.FlowFilter, field: str) -> CompiledFilter:
             if v > 65535:
                 raise FilterError(f"{field}.{name}", f"{v} is not a port")
     return CompiledFilter(
-        comm=frozenset(f.comm), pid=frozenset(f.pid), dst_addrs=frozenset(addrs), dst_nets=tuple(nets),
+        comm=frozenset(f.comm), pid=frozenset(f.pid), dst_addrs=frozenset(addrs), dst_nets=NetSet(nets),
         dport=frozenset(f.dport), sport=frozenset(f.sport),
         outcome=_enum_names(flow_pb2.Outcome, f.outcome, f"{field}.outcome"),
         proto=frozenset(protos),
         direction=_enum_names(flow_pb2.Direction, f.direction, f"{field}.direction"),
         cgroup=tuple(f.cgroup), port=frozenset(f.port),
         event_type=_enum_names(flow_pb2.EventType, f.event_type, f"{field}.event_type"),
+        cgroup_prefixes=frozenset(p.rstrip("/") for p in f.cgroup),
     )
 
 
@@ -173,7 +241,8 @@ class Selector:
     def from_request(
         cls, whitelist: Sequence[flow_pb2.FlowFilter], blacklist: Sequence[flow_pb2.FlowFilter]
     ) -> Selector:
-        """Validate the request's filters; raises ``FilterError``."""
+        """Validate the request's filters (sizes first); raises ``FilterError``."""
+        check_sizes(blacklist, "blacklist", check_sizes(whitelist, "whitelist"))
         return cls(
             tuple(compile_filter(f, f"whitelist[{i}]") for i, f in enumerate(whitelist)),
             tuple(compile_filter(f, f"blacklist[{i}]") for i, f in enumerate(blacklist)),

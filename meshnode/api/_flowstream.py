@@ -8,19 +8,23 @@ SQL (``Selector.query``), which selects exactly what ``Selector.matches`` would,
 rows are not re-checked in Python. The messages equal ``FlowRecord.to_proto`` of the same records: a unit
 test compares both paths field by field over varied records and filters.
 
-``in_thread`` runs the producer in its own thread, a few responses ahead of gRPC, so the first records are
-on the wire while later ones are still read and the event loop stays free for other calls.
+``ReadAhead`` advances the responses in the API's worker threads a few at a time, one read ahead of gRPC,
+so the first records are on the wire while later ones are still read and the event loop stays free for
+other calls. Between reads no thread is held: a client that stops reading holds its snapshot only, and only
+until the snapshot's maximum age, when the reader is closed under it (its read transaction and its three
+files given back, so the WAL can be checkpointed) and the stream ends with a resume token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Final, TypeVar
+from typing import Any, Generic, TypeVar
 
+from meshnode.api._executor import ApiExecutor
 from meshnode.store import ROW_FIELDS, FlowQuery, Store
 from meshnode.v1 import flow_pb2, observer_pb2
 
@@ -34,7 +38,8 @@ class HistoryReader:
     follow part) is set before the first response, ``more`` once the responses are exhausted.
     ``batch_size`` 0 sends one record per response (``FlowsResponse.flow``), otherwise up to that many in
     ``FlowsResponse.flows``. ``token(key)`` gives the page token the last response carries when more
-    records remain (it may return "" for none).
+    records remain (it may return "" for none). ``keyed`` gives each response with the key of its last
+    record, where a stream cut short resumes.
     """
 
     def __init__(
@@ -52,6 +57,10 @@ class HistoryReader:
 
     def responses(self) -> Iterator[observer_pb2.FlowsResponse]:
         """The responses in record order; the store's snapshot stays open until they are exhausted."""
+        return (resp for resp, _ in self.keyed())
+
+    def keyed(self) -> Iterator[tuple[observer_pb2.FlowsResponse, tuple[int, int, int]]]:
+        """``(response, key of its last record)`` in record order, in one snapshot (closed with the iterator)."""
         with self.store.reader(self.deadline) as conn:
             self.snapshot = self.store.last_closed_period(conn)
             if self.limit == 0:
@@ -63,7 +72,7 @@ class HistoryReader:
             else:
                 yield from self._single(rows)
 
-    def _batched(self, rows: Iterator[tuple[Any, ...]]) -> Iterator[observer_pb2.FlowsResponse]:
+    def _batched(self, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[observer_pb2.FlowsResponse, Any]]:
         Response = observer_pb2.FlowsResponse
         names = ROW_FIELDS
         size, left = self.batch_size, self.limit
@@ -76,7 +85,8 @@ class HistoryReader:
                 self.more = True
                 break
             if in_resp == size:
-                yield resp
+                assert last is not None
+                yield resp, last[-3:]
                 resp = Response()
                 add = resp.flows.add
                 in_resp = 0
@@ -88,9 +98,9 @@ class HistoryReader:
             return
         if self.more:
             resp.next_page_token = self.token(last[-3:])
-        yield resp
+        yield resp, last[-3:]
 
-    def _single(self, rows: Iterator[tuple[Any, ...]]) -> Iterator[observer_pb2.FlowsResponse]:
+    def _single(self, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[observer_pb2.FlowsResponse, Any]]:
         Response = observer_pb2.FlowsResponse
         Flow = flow_pb2.Flow
         names = ROW_FIELDS
@@ -102,7 +112,8 @@ class HistoryReader:
                 self.more = True
                 break
             if prev is not None:
-                yield prev
+                assert last is not None
+                yield prev, last[-3:]
             prev = Response(flow=Flow(**dict(zip(names, row, strict=False))))
             left -= 1
             last = row
@@ -110,57 +121,89 @@ class HistoryReader:
             return
         if self.more:
             prev.next_page_token = self.token(last[-3:])
-        yield prev
+        yield prev, last[-3:]
 
 
-_ITEM: Final = 0
-_DONE: Final = 1
-_ERROR: Final = 2
+class SnapshotExpired(Exception):
+    """The stream's snapshot reached its maximum age and was given back; the stream ends with a resume key."""
 
 
-async def in_thread(items: Iterator[T], ahead: int = 4) -> AsyncIterator[T]:
-    """``items`` produced in a thread of its own, at most ``ahead`` items before the consumer.
+class _Pull:
+    """An iterator advanced and closed under one lock, by whichever worker runs the job."""
 
-    The iterator is advanced and closed only in that thread (its SQLite connection is used by one thread
-    at a time); when the consumer stops early (the call was cancelled, the client went away) the producer
-    stops at its next item and closes the iterator. An exception in the producer is raised here.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    room = threading.Semaphore(ahead)
-    stop = threading.Event()
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self._lock = threading.Lock()
+        self.closed = False
 
-    def hand(kind: int, value: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+    def take(self, n: int) -> list[Any] | None:
+        """Up to ``n`` items (fewer at the end); None once closed."""
+        with self._lock:
+            if self.closed:
+                return None
+            return list(itertools.islice(self._items, n))
 
-    def produce() -> None:
-        try:
-            for item in items:
-                room.acquire()
-                if stop.is_set():
-                    return
-                hand(_ITEM, item)
-        except BaseException as exc:  # handed over, raised in the consumer
-            hand(_ERROR, exc)
-        else:
-            hand(_DONE, None)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    close()
-
-    threading.Thread(target=produce, name="meshnode-flows", daemon=True).start()
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == _DONE:
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
                 return
-            if kind == _ERROR:
-                raise value
-            room.release()
-            yield value
-    finally:
-        stop.set()
-        room.release()
+            self.closed = True
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a read nobody waits for any more: its error is dropped with it
+
+
+class ReadAhead(Generic[T]):
+    """``items`` advanced in ``executor``'s workers, ``ahead`` at a time, one read ahead of the consumer.
+
+    The iterator is advanced and closed under a lock (its SQLite connection is used by one thread at a time)
+    and never on the event loop while the executor runs. When the consumer stops early (the call was
+    cancelled, the client went away) the iterator is closed. ``expire`` (called after ``max_age_s``, or by
+    the servicer at shutdown) closes it even while the consumer waits on a client that does not read; the
+    consumer's next step then raises ``SnapshotExpired``. An exception in the producer is raised here.
+    """
+
+    def __init__(self, items: Iterator[T], executor: ApiExecutor, *, ahead: int = 4,
+                 max_age_s: float | None = None) -> None:
+        self._pull = _Pull(items)
+        self._executor = executor
+        self._ahead = ahead
+        self._max_age_s = max_age_s
+        self.expired = False
+
+    def expire(self) -> None:
+        """Give the iterator back now (in a worker; inline once the executor is closed)."""
+        self.expired = True
+        self._executor.submit(self._pull.close)
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[T]:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self._max_age_s, self.expire) if self._max_age_s is not None else None
+        pending = asyncio.ensure_future(self._executor.run(self._pull.take, self._ahead))
+        try:
+            while True:
+                got = await pending
+                if got is None or self.expired:
+                    raise SnapshotExpired
+                if not got:
+                    return
+                pending = asyncio.ensure_future(self._executor.run(self._pull.take, self._ahead))
+                for item in got:
+                    yield item
+                    if self.expired:
+                        raise SnapshotExpired
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not pending.done():
+                pending.cancel()
+            pending.add_done_callback(_retrieve)
+            self._executor.submit(self._pull.close)

@@ -36,8 +36,11 @@ class Subscription(Generic[T]):
         return True
 
     def close(self) -> None:
-        """Stop receiving."""
+        """Stop receiving; what is queued is dropped (a stream ended at its maximum age while its client did
+        not read must not keep periods of records alive)."""
         self._owner.unsubscribe(self)
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._iter()

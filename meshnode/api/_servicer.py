@@ -1,15 +1,25 @@
 """``meshnode.v1.Observer``: flows, summaries, window rollups, health, events and status of this node.
 
-Queries run in a worker thread on their own read-only SQLite connection, so a long query never stalls the
-node loop or other RPCs. Deadlines are honoured: the store query is given the call's deadline and stops
+Queries run in the API's worker threads (``ApiExecutor``, apart from the loop's default executor that runs
+sensor polls) on their own read-only SQLite connection, so a long query never stalls the node loop or other
+RPCs; ``Status`` has a thread of its own, so that no queue of queries delays it. Deadlines are honoured:
+the store query is given the call's deadline (or the server's default when the client set none) and stops
 with DEADLINE_EXCEEDED. Malformed requests fail with INVALID_ARGUMENT and a message naming the field;
-requests for more than the server will hold fail with RESOURCE_EXHAUSTED.
+requests for more than the server will hold fail with RESOURCE_EXHAUSTED; a store that cannot be read
+fails the call with UNAVAILABLE.
 
 ``Flows`` orders records by (end_ns, table, id) ascending, FINAL records before INTERIM ones at the same
 end_ns. Pages are continued by an opaque ``page_token`` bound to the request. With ``follow``, history is
 read in one snapshot (up to the last closed period), then records of periods closed after it are streamed,
 so nothing is sent twice; ``number`` bounds the history part only (0: the default 1,000), except that
 ``follow`` with neither ``number`` nor ``since_ns`` means "no history, only new records".
+
+A Flows stream lasts at most ``ApiLimits.stream_age_s`` and holds its snapshot at most
+``ApiLimits.snapshot_age_s`` (an idle client would otherwise pin a read transaction, its files and the WAL
+behind it): it then ends with ABORTED and a page token in the ``meshnode-page-token`` trailing metadata;
+the same request with that token continues after the last record sent (the records still due of ``number``,
+or, following, everything since and then the live records). A follow stream that has seen no record at all
+resumes as it began.
 """
 
 from __future__ import annotations
@@ -22,13 +32,14 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import grpc
 
 from meshnode import health as health_mod
+from meshnode._exceptions import StoreError
 from meshnode._model import FAILED_OUTCOMES, FlowRecord
 from meshnode.api._convert import (
     completeness_pb,
@@ -39,10 +50,13 @@ from meshnode.api._convert import (
     rollups_pb,
     scan_pb,
 )
+from meshnode.api._executor import ApiExecutor
 from meshnode.api._filters import FilterError, Selector
-from meshnode.api._flowstream import HistoryReader, in_thread
+from meshnode.api._flowstream import HistoryReader, ReadAhead, SnapshotExpired
+from meshnode.api._limits import MAX_TIME_NS, ApiLimits
 from meshnode.api._live import EventRing, FlowFeed
 from meshnode.api._status import StatusProvider
+from meshnode.sensor import EventRecord
 from meshnode.store import TABLE_FINAL, TABLE_INTERIM, FlowQuery, PeriodRow, Store, StoredFlow, StoreTimeout
 from meshnode.summary import PeriodSummary, format_destination, format_process, merge_window
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
@@ -51,6 +65,7 @@ if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FIDELITY_NAMES: Final = frozenset(flow_pb2.Fidelity.keys())
 DEFAULT_FLOWS: Final = 1_000
@@ -70,6 +85,10 @@ MAX_ADDRESS_CHANGES: Final = 1_000
 HEALTH_TOP: Final = 1_000
 """Health rows per process and per destination: the busiest this many."""
 HEALTH_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
+RESUME_METADATA: Final = "meshnode-page-token"
+"""Trailing metadata of a Flows stream that ended early (ABORTED): the page token that resumes it."""
+
+Key = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +98,23 @@ class _Page:
     snapshot: int
 
 
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
+async def _abort(context: Context, code: grpc.StatusCode, message: str,
+                 trailing: tuple[tuple[str, str], ...] = ()) -> NoReturn:
+    await context.abort(code, message, trailing)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _deadline(context: Context) -> float | None:
+def _client_deadline(context: Context) -> float | None:
+    """The client's deadline as a ``time.monotonic()`` value; None when it set none."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def _check_times(**times: int) -> None:
+    """Refuse times the store cannot hold (it keeps signed 64-bit nanoseconds)."""
+    for name, value in times.items():
+        if value > MAX_TIME_NS:
+            raise FilterError(name, f"{value} is past the largest time the node keeps ({MAX_TIME_NS})")
 
 
 def _check_deadline(deadline: float | None) -> None:
@@ -101,29 +129,66 @@ def _fingerprint(request: observer_pb2.FlowsRequest) -> str:
     return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
-def encode_page_token(request: observer_pb2.FlowsRequest, key: tuple[int, int, int]) -> str:
-    """An opaque token continuing after ``key``, valid only for the same request."""
-    raw = json.dumps({"k": list(key), "h": _fingerprint(request)}, separators=(",", ":")).encode()
+def encode_page_token(request: observer_pb2.FlowsRequest, key: Key | None, left: int | None = None) -> str:
+    """An opaque token continuing after ``key``, valid only for the same request; ``left`` (a resume token)
+    is the number of history records still due, instead of the request's ``number``."""
+    data: dict[str, Any] = {"k": None if key is None else list(key), "h": _fingerprint(request)}
+    if left is not None:
+        data["n"] = left
+    raw = json.dumps(data, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_page_token(request: observer_pb2.FlowsRequest) -> tuple[int, int, int] | None:
-    """The key a token continues after; raises ``FilterError`` for a token of another request."""
+def _decode_token(request: observer_pb2.FlowsRequest) -> tuple[Key | None, int | None]:
+    """The key a token continues after and the records it leaves due (None: the request's own number)."""
     token = request.page_token
     if not token:
-        return None
+        return None, None
+    bad = FilterError("page_token", "not a token this server issued")
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        key = tuple(int(x) for x in data["k"])
-        fp = str(data["h"])
-    except (ValueError, KeyError, TypeError):
-        raise FilterError("page_token", "not a token this server issued") from None
+        raw_key, fp, raw_left = data["k"], str(data["h"]), data.get("n")
+        key = None if raw_key is None else tuple(int(x) for x in raw_key)
+        left = None if raw_left is None else int(raw_left)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        raise bad from None
     # the fingerprint is no secret: a key is checked as the store keeps keys (64-bit end time and id, a table)
-    if len(key) != 3 or key[1] not in (TABLE_FINAL, TABLE_INTERIM) or not all(-(1 << 63) <= k < (1 << 63) for k in key):
-        raise FilterError("page_token", "not a token this server issued")
+    if key is not None and (len(key) != 3 or key[1] not in (TABLE_FINAL, TABLE_INTERIM)
+                            or not all(-(1 << 63) <= k < (1 << 63) for k in key)):
+        raise bad
+    if (key is None and left is None) or (left is not None and not 0 <= left <= MAX_FLOWS):
+        raise bad
     if fp != _fingerprint(request):
         raise FilterError("page_token", "the token belongs to a request with other filters or range")
-    return (key[0], key[1], key[2])
+    return (None if key is None else (key[0], key[1], key[2])), left
+
+
+def decode_page_token(request: observer_pb2.FlowsRequest) -> Key | None:
+    """The key a token continues after; raises ``FilterError`` for a token of another request."""
+    return _decode_token(request)[0]
+
+
+def _live_responses(
+    batch: Sequence[StoredFlow], sel: Selector, request: observer_pb2.FlowsRequest
+) -> tuple[list[observer_pb2.FlowsResponse], Key | None]:
+    """A closed period's records for a follow stream, as responses, and the period's last key (a resume
+    point: every record up to it was considered). Runs in a worker: the records are decoded and matched
+    here, not on the event loop."""
+    if not batch:
+        return [], None
+    fresh = [sf.record for sf in batch
+             if (sf.record.kind != "interim" or request.include_interim)
+             and sf.record.end_ns >= request.since_ns and sel.matches(sf.record)]
+    last = batch[len(batch) - 1].key
+    if not request.batch_size:
+        return [observer_pb2.FlowsResponse(flow=r.to_proto()) for r in fresh], last
+    size = min(request.batch_size, MAX_BATCH)
+    return [observer_pb2.FlowsResponse(flows=[r.to_proto() for r in fresh[start:start + size]])
+            for start in range(0, len(fresh), size)], last
+
+
+def _records_in(resp: observer_pb2.FlowsResponse) -> int:
+    return len(resp.flows) or int(resp.HasField("flow"))
 
 
 def _summary(row: PeriodRow) -> PeriodSummary:
@@ -147,12 +212,44 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         events: EventRing | None = None,
         status: StatusProvider | None = None,
         clock: Callable[[], int] = time.time_ns,
+        limits: ApiLimits | None = None,
+        executor: ApiExecutor | None = None,
+        status_executor: ApiExecutor | None = None,
     ) -> None:
         self.store = store
         self.feed = feed or FlowFeed()
         self.events = events or EventRing()
         self.status_provider = status
         self.clock = clock
+        self.limits = limits or ApiLimits()
+        self.executor = executor or ApiExecutor(self.limits.workers)
+        """Queries and stream reads."""
+        self.status_executor = status_executor or ApiExecutor(1, "meshnode-status")
+        """``Status`` alone."""
+        self._streams: set[Callable[[], None]] = set()
+        """How to end each open Flows stream now (its ``expire``): ``close`` ends them all."""
+
+    def close(self) -> None:
+        """At shutdown, after the server stopped: end every stream and every store read still running, so
+        that no snapshot is held when the store closes (its checkpoint would wait for them)."""
+        for expire in list(self._streams):
+            expire()
+        self.store.expire_readers()
+
+    def _deadline(self, context: Context) -> float:
+        """The call's deadline (``time.monotonic()``), or the server's default when the client set none."""
+        client = _client_deadline(context)
+        return time.monotonic() + self.limits.default_deadline_s if client is None else client
+
+    async def _work(self, context: Context, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker; the store's errors become the call's status."""
+        try:
+            return await self.executor.run(fn, *args)
+        except StoreTimeout:
+            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the query ran past the deadline")
+        except StoreError as exc:
+            log.warning("API query failed: %s", exc)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
     # -- Flows -------------------------------------------------------------------------------------------
 
@@ -180,7 +277,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     ) -> AsyncIterator[observer_pb2.FlowsResponse]:
         try:
             sel = Selector.from_request(request.whitelist, request.blacklist)
-            after = decode_page_token(request)
+            after, left = _decode_token(request)
+            _check_times(since_ns=request.since_ns, until_ns=request.until_ns)
         except FilterError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if request.until_ns and request.until_ns < request.since_ns:
@@ -191,39 +289,83 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         if request.number > MAX_FLOWS:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"number: {request.number} is over the server maximum of {MAX_FLOWS}")
-        limit = request.number or (0 if request.follow and not request.since_ns else DEFAULT_FLOWS)
+        if left is not None:
+            limit = left
+        else:
+            limit = request.number or (0 if request.follow and not request.since_ns else DEFAULT_FLOWS)
         query = FlowQuery(request.since_ns, request.until_ns, request.include_interim, None, after)
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.limits.stream_age_s
+        expired = False
         sub = self.feed.subscribe() if request.follow else None
+
+        client_deadline = _client_deadline(context)
+        snapshot_ends = time.monotonic() + min(self.limits.snapshot_age_s, self.limits.stream_age_s)
         history = HistoryReader(
-            self.store, sel.query(query), limit, min(request.batch_size, MAX_BATCH), _deadline(context),
+            self.store, sel.query(query), limit, min(request.batch_size, MAX_BATCH),
+            snapshot_ends if client_deadline is None else min(client_deadline, snapshot_ends),
             lambda key: "" if request.follow else encode_page_token(request, key),
         )
+        # a read is a round trip to a worker: batches four at a time, single records 256 (a few kB each way)
+        reader = ReadAhead(history.keyed(), self.executor, ahead=4 if request.batch_size else 256,
+                           max_age_s=snapshot_ends - time.monotonic())
+
+        def expire() -> None:  # even while the client does not read: give back what the stream holds
+            nonlocal expired
+            expired = True
+            reader.expire()
+            if sub is not None:
+                sub.close()
+
+        timer = loop.call_later(self.limits.stream_age_s, expire)
+        self._streams.add(expire)
+        sent = after  # the key after which a resumed stream goes on
+
+        async def resume(why: str, due: int) -> NoReturn:
+            token = encode_page_token(request, sent, due)
+            await _abort(context, grpc.StatusCode.ABORTED,
+                         f"{why}; the same request with the page token in the {RESUME_METADATA} trailing "
+                         "metadata continues after the last record sent", ((RESUME_METADATA, token),))
+
         try:
             try:
-                async for resp in in_thread(history.responses()):
+                async for resp, key in reader:
                     yield resp
-            except StoreTimeout:
-                await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the query ran past the deadline")
+                    sent = key
+                    limit -= _records_in(resp)
+            except (SnapshotExpired, StoreTimeout) as exc:
+                if isinstance(exc, StoreTimeout) and client_deadline is not None \
+                        and time.monotonic() > client_deadline:
+                    await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the query ran past the deadline")
+                await resume(f"the stream held its snapshot for the maximum of {self.limits.snapshot_age_s:g} s",
+                             limit)
+            except StoreError as exc:
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
             if sub is None:
                 return
-            async for seq, batch in sub:
+            while True:
+                if not expired:
+                    try:
+                        async with asyncio.timeout_at(ends):
+                            seq, batch = await sub.queue.get()
+                    except TimeoutError:
+                        expired = True
+                if expired:
+                    await resume(f"the stream reached its maximum age of {self.limits.stream_age_s:g} s",
+                                 MAX_FLOWS if sent is not None else limit)
                 if sub.lagged:
                     await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                  f"follow: the client fell behind and {sub.lagged} records were dropped; "
                                  "reconnect with since_ns to resume")
                 if seq <= history.snapshot:
                     continue
-                fresh = [sf.record for sf in batch
-                         if (sf.record.kind != "interim" or request.include_interim)
-                         and sf.record.end_ns >= request.since_ns and sel.matches(sf.record)]
-                if request.batch_size:
-                    size = min(request.batch_size, MAX_BATCH)
-                    for start in range(0, len(fresh), size):
-                        yield observer_pb2.FlowsResponse(flows=[r.to_proto() for r in fresh[start:start + size]])
-                else:
-                    for rec in fresh:
-                        yield observer_pb2.FlowsResponse(flow=rec.to_proto())
+                responses, last = await self.executor.run(_live_responses, batch, sel, request)
+                for resp in responses:
+                    yield resp
+                sent = last or sent
         finally:
+            timer.cancel()
+            self._streams.discard(expire)
             if sub is not None:
                 sub.close()
 
@@ -232,16 +374,25 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     async def Summaries(
         self, request: observer_pb2.SummariesRequest, context: Context
     ) -> observer_pb2.SummariesResponse:
+        await self._check_times(context, since_ns=request.since_ns, until_ns=request.until_ns)
         if request.until_ns and request.until_ns < request.since_ns:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"until_ns: {request.until_ns} is before since_ns {request.since_ns}")
         if request.number > MAX_SUMMARIES:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"number: {request.number} is over the server maximum of {MAX_SUMMARIES}")
-        rows = await asyncio.to_thread(
-            self.store.periods, request.since_ns, request.until_ns, request.number or DEFAULT_SUMMARIES
-        )
-        return observer_pb2.SummariesResponse(summaries=[period_pb(_summary(row)) for row in rows])
+
+        def summaries() -> observer_pb2.SummariesResponse:
+            rows = self.store.periods(request.since_ns, request.until_ns, request.number or DEFAULT_SUMMARIES)
+            return observer_pb2.SummariesResponse(summaries=[period_pb(_summary(row)) for row in rows])
+
+        return await self._work(context, summaries)
+
+    async def _check_times(self, context: Context, **times: int) -> None:
+        try:
+            _check_times(**times)
+        except FilterError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     # -- Rollups -----------------------------------------------------------------------------------------
 
@@ -257,6 +408,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     async def Rollups(
         self, request: observer_pb2.RollupsRequest, context: Context
     ) -> observer_pb2.RollupsResponse:
+        await self._check_times(context, since_ns=request.since_ns, until_ns=request.until_ns)
         until = request.until_ns or self.clock()
         since = request.since_ns or max(0, until - ROLLUPS_DEFAULT_RANGE_NS)
         if until < since:
@@ -265,7 +417,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         if request.number > MAX_ROLLUP_ROWS:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"number: {request.number} is over the server maximum of {MAX_ROLLUP_ROWS}")
-        resp = await asyncio.to_thread(self._rollups, since, until, request.number or DEFAULT_ROLLUP_ROWS)
+        resp = await self._work(context, self._rollups, since, until, request.number or DEFAULT_ROLLUP_ROWS)
         if resp is None:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"since_ns: the window holds more than {MAX_ROLLUP_PERIODS} export periods; narrow it")
@@ -349,6 +501,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     async def Health(
         self, request: observer_pb2.HealthRequest, context: Context
     ) -> observer_pb2.HealthResponse:
+        await self._check_times(context, since_ns=request.since_ns, until_ns=request.until_ns)
         now = self.clock()
         until = request.until_ns or now
         since = request.since_ns or max(0, until - HEALTH_DEFAULT_RANGE_NS)
@@ -361,9 +514,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             msg = str(exc).replace("whitelist[0]", "filter")
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, msg)
         try:
-            return await asyncio.to_thread(self._health, since, until, sel, _deadline(context))
-        except StoreTimeout:
-            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the health query ran past the deadline")
+            return await self._work(context, self._health, since, until, sel, self._deadline(context))
         except OverflowError:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"since_ns: the range holds more than {MAX_HEALTH_ROWS} flows; narrow it or filter")
@@ -375,6 +526,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     ) -> AsyncIterator[observer_pb2.EventsResponse]:
         try:
             sel = Selector.from_request(request.whitelist, request.blacklist)
+            _check_times(since_ns=request.since_ns)
         except FilterError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if request.number > MAX_EVENTS:
@@ -383,8 +535,12 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         sub = self.events.subscribe() if request.follow else None
         try:
             if request.number:
-                past = [e for e in self.events.recent(request.since_ns) if sel.matches_event(e)]
-                for ev in past[-int(request.number):]:
+                ring = list(self.events.ring)  # the loop appends to the ring: copy it here, match in a worker
+
+                def past() -> list[EventRecord]:
+                    return [e for e in ring if e.time_ns >= request.since_ns and sel.matches_event(e)]
+
+                for ev in (await self.executor.run(past))[-int(request.number):]:
                     yield observer_pb2.EventsResponse(event=event_pb(ev))
             if sub is None:
                 return
@@ -404,13 +560,13 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         self, request: observer_pb2.StatusRequest, context: Context
     ) -> observer_pb2.StatusResponse:
         if self.status_provider is None:
-            stats = await asyncio.to_thread(self.store.stats)
+            stats = await self.status_executor.run(self.store.stats)
             return observer_pb2.StatusResponse(
                 store_bytes=stats.bytes, store_rows=stats.rows, data_dir=str(self.store.path.parent),
                 completeness=completeness_pb({"store_evictions": stats.evictions,
                                               "incomplete_periods": stats.incomplete_periods}),
             )
-        st = await asyncio.to_thread(self.status_provider)
+        st = await self.status_executor.run(self.status_provider)
         fidelity = st.fidelity.upper()
         if fidelity not in _FIDELITY_NAMES:
             fidelity = "FIDELITY_UNKNOWN"

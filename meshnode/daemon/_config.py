@@ -38,6 +38,10 @@ operator_keys       []                              Ed25519 public keys (base64,
 operator_keys_file  none                            a file of such keys, one per line (``#`` comments)
 deny                []                              node ids or public keys whose signed requests are
                                                     refused even when trusted (the node's denylist)
+api_stream_age      10m                             a Flows stream ends (ABORTED, with a resume token)
+                                                    after this long; meshctl resumes it
+api_snapshot_age    30s                             a Flows stream gives back its store snapshot after
+                                                    this long, read or not, and ends the same way
 ==================  ==============================  =====================================================
 
 Labels merge across sources (a flag label overrides the same key from the environment or file); every other
@@ -111,6 +115,8 @@ class NodeConfig:
     operator_keys: tuple[str, ...] = ()
     operator_keys_file: Path | None = None
     deny: tuple[str, ...] = ()
+    api_stream_age: float = 600.0
+    api_snapshot_age: float = 30.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -308,6 +314,8 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "operator_keys": _words,
     "operator_keys_file": _path,
     "deny": _words,
+    "api_stream_age": _positive(parse_duration, 7 * 86400.0),
+    "api_snapshot_age": _positive(parse_duration, 86400.0),
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}
 

@@ -43,7 +43,7 @@ from meshnode import __version__
 from meshnode._batch import FlowBatch
 from meshnode._exceptions import MeshnodeError, StoreError
 from meshnode._model import ENUM_NUMBERS, FlowRecord
-from meshnode.api import ApiServer, EventRing, FlowFeed, NodeStatus, ObserverServicer
+from meshnode.api import ApiLimits, ApiServer, EventRing, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
@@ -91,7 +91,9 @@ class Node:
         self.events = EventRing()
         self.metrics = NodeMetrics()
         self.builder = PeriodBuilder(config.node_id)
-        self.observer = ObserverServicer(self.store, feed=self.feed, events=self.events, status=self.status)
+        limits = ApiLimits(stream_age_s=config.api_stream_age, snapshot_age_s=config.api_snapshot_age)
+        self.observer = ObserverServicer(self.store, feed=self.feed, events=self.events, status=self.status,
+                                         limits=limits)
         self.api = ApiServer(config.listen, self.observer)
         self.services: list[Service] = [self.api]
         self.metrics_server: MetricsServer | None = None

@@ -110,12 +110,12 @@ class DiagnosisRunner:
                                  addresses=published_addresses)
         self.detector = AnomalyDetector()
         self.anomalies = 0
-        servicer = DiagnosisServicer(self.source)
+        servicer = DiagnosisServicer(self.source, executor=node.api.executor)
 
         def register(server: grpc.aio.Server) -> None:
             add_to_server(servicer, server)
 
-        node.api.add_servicer(register, DIAGNOSIS_SERVICE)
+        node.api.add_servicer(register, DIAGNOSIS_SERVICE, guarded=True)
         node.record_listeners.append(self.on_period)
         if mesh is not None:
             mesh.digest_listeners.append(self.source.on_digest)
@@ -158,7 +158,7 @@ def attach_trust(node: Node, mesh: MeshService) -> MeshTrust:
     trust = MeshTrust(mesh, export_period=node.config.export_period, policy=node.config.privacy,
                       lie=Lie.from_env())
     trust.attach()
-    node.api.add_servicer(trust.register, TRUST_SERVICE)
+    node.api.add_servicer(trust.register, TRUST_SERVICE, guarded=True)
     node.record_listeners.append(trust.on_period)
     if trust.lie is not None:
         log.warning("TEST FAULT: this node misreports its flows to %s (%s); never use outside tests",

@@ -3,15 +3,16 @@
 The servicer knows nothing of the store or the mesh: the node backs ``DiagnosisSource`` with its own flows
 (``transactions_from_flows``) and every verified digest it holds (``transactions_from_rollups``), and
 ``MemorySource`` is the simplest such backing (recent periods kept in memory; tests). The analyses are pure
-and CPU-bound, so they run in a worker thread and never stall the node loop.
+and CPU-bound, so they run in the API's worker threads (``meshnode.api.ApiExecutor``, shared with the
+Observer's queries and apart from sensor polls) and never stall the node loop.
 
-Malformed requests fail with INVALID_ARGUMENT naming the field; a source that cannot answer (its
-``MeshnodeError``) fails the call with UNAVAILABLE.
+Malformed requests fail with INVALID_ARGUMENT naming the field (text longer than ``MAX_TEXT``, more than
+``MAX_GROUP_BY`` labels included); a source that cannot answer (its ``MeshnodeError``) fails the call with
+UNAVAILABLE.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, TypeVar, cast
 import grpc
 
 from meshnode._exceptions import MeshnodeError
+from meshnode.api import MAX_TEXT, ApiExecutor
 from meshnode.diagnosis._blame import MAX_SUSPECTS, PROBLEM_THRESHOLD, BlameConfig, BlameReport, Suspect, blame
 from meshnode.diagnosis._compare import DEFAULT_GROUP_BY, Comparison, PeerSample, compare, group_name
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice
@@ -51,6 +53,8 @@ _KINDS: Final = {
     "dst_region": diagnosis_pb2.ENTITY_KIND_DST_REGION, "region_path": diagnosis_pb2.ENTITY_KIND_REGION_PATH,
     "uplink": diagnosis_pb2.ENTITY_KIND_UPLINK,
 }
+MAX_GROUP_BY: Final = 16
+"""Labels a Compare request may group peers by."""
 MAX_ADVICE: Final = 20
 """Retry advice and discovery rows per Blame answer at most (the worst first)."""
 
@@ -140,6 +144,13 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def _check_text(context: Context, **fields: str) -> None:
+    for name, value in fields.items():
+        if len(value) > MAX_TEXT:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"{name}: {len(value):,} characters; at most {MAX_TEXT:,} are allowed")
+
+
 def suspect_pb(s: Suspect) -> diagnosis_pb2.BlameSuspect:
     """``meshnode.v1.BlameSuspect`` of a ``Suspect``."""
     st = s.stats
@@ -203,11 +214,14 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
     Args:
         source: the transactions, samples and labels to analyse.
         clock: wall-clock nanoseconds (``until_ns`` defaults to it).
+        executor: the worker threads the analyses run in (the node's API executor; a new one by default).
     """
 
-    def __init__(self, source: DiagnosisSource, *, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, source: DiagnosisSource, *, clock: Callable[[], int] = time.time_ns,
+                 executor: ApiExecutor | None = None) -> None:
         self._source = source
         self._clock = clock
+        self._executor = executor or ApiExecutor(2, "meshnode-diagnosis")
 
     async def _range(self, since_ns: int, until_ns: int, context: Context) -> tuple[int, int]:
         until = until_ns or self._clock()
@@ -219,13 +233,14 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
 
     async def _ask(self, context: Context, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await self._executor.run(fn, *args)
         except MeshnodeError as exc:
             log.warning("diagnosis source failed: %s", exc)
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"diagnosis source: {exc}")
 
     async def Blame(self, request: diagnosis_pb2.BlameRequest, context: Context) -> diagnosis_pb2.BlameResponse:
         since, until = await self._range(request.since_ns, request.until_ns, context)
+        await _check_text(context, target=request.target)
         threshold = request.threshold or PROBLEM_THRESHOLD
         if not 0 < threshold <= 1:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
@@ -235,7 +250,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
                          f"max_suspects must be at most {MAX_SUSPECTS_LIMIT}, not {request.max_suspects}")
         config = BlameConfig(threshold=threshold, max_suspects=request.max_suspects or MAX_SUSPECTS)
         txns = await self._ask(context, self._source.transactions, since, until)
-        report = await asyncio.to_thread(lambda: blame(txns, config, target=request.target))
+        report = await self._executor.run(lambda: blame(txns, config, target=request.target))
         resp = blame_pb(report, since, until)
         if hasattr(self._source, "retry_advice") and hasattr(self._source, "discovery"):
             taxonomy = cast("TaxonomySource", self._source)
@@ -251,6 +266,11 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
         self, request: diagnosis_pb2.CompareRequest, context: Context
     ) -> diagnosis_pb2.CompareResponse:
         since, until = await self._range(request.since_ns, request.until_ns, context)
+        await _check_text(context, destination=request.destination, **{
+            f"group_by[{i}]": k for i, k in enumerate(request.group_by)})
+        if len(request.group_by) > MAX_GROUP_BY:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"group_by: {len(request.group_by)} labels; at most {MAX_GROUP_BY} are allowed")
         group_by = tuple(request.group_by) or DEFAULT_GROUP_BY
         if any(not k for k in group_by):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "group_by has an empty label name")
@@ -260,7 +280,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          "this node has no 'host' label, so it cannot find itself among its peers")
         samples = await self._ask(context, self._source.samples, since, until)
-        comparisons = await asyncio.to_thread(
+        comparisons = await self._executor.run(
             lambda: compare(samples, host=host, labels=labels, destination=request.destination or None,
                             group_by=group_by))
         return compare_pb(comparisons, host, group_name(labels, group_by))

@@ -590,13 +590,14 @@ class Store:
         """
         conn = _connect(self.path, readonly=True)
         if deadline is not None:
-            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
-            self._deadlines[id(conn)] = deadline  # chunk reads check it between chunks
+            key, deadlines = id(conn), self._deadlines
+            deadlines[key] = deadline  # chunk reads check it between chunks; expire_readers moves it
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadlines.get(key, 0.0)), 20_000)
         try:
             conn.execute("BEGIN")
             yield conn
         except sqlite3.OperationalError as exc:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > self._deadlines.get(id(conn), deadline):
                 raise StoreTimeout("the query ran past its deadline") from exc
             raise StoreError(f"cannot read the store at {self.path}: {exc}") from exc
         finally:
@@ -604,6 +605,12 @@ class Store:
                 conn.execute("COMMIT")
             self._deadlines.pop(id(conn), None)
             conn.close()
+
+    def expire_readers(self) -> None:
+        """Move the deadline of every open reader that has one to now: their queries stop with
+        ``StoreTimeout`` at their next check (a node shutting down does not wait for them to finish)."""
+        for key in list(self._deadlines):
+            self._deadlines[key] = 0.0
 
     @staticmethod
     def last_closed_period(conn: sqlite3.Connection) -> int:

@@ -18,7 +18,8 @@ import pytest
 
 from meshnode._model import FlowRecord
 from meshnode.api import ObserverServicer, Selector
-from meshnode.api._flowstream import HistoryReader, in_thread
+from meshnode.api._executor import ApiExecutor
+from meshnode.api._flowstream import HistoryReader, ReadAhead, SnapshotExpired
 from meshnode.store import ROW_FIELDS, FlowQuery, Store
 from meshnode.v1 import flow_pb2, observer_pb2
 from tests.unit._flows import T0, S, flow
@@ -165,7 +166,7 @@ def test_rows_carry_wire_numbers_and_unsigned_ids(store: Store) -> None:
         assert values["drop_reasons"] == (rec.drop_reasons or None)
 
 
-def test_in_thread_stops_and_closes_the_producer_when_the_consumer_leaves() -> None:
+def test_read_ahead_stops_and_closes_the_producer_when_the_consumer_leaves() -> None:
     closed = threading.Event()
     threads: set[str] = set()
 
@@ -180,7 +181,7 @@ def test_in_thread_stops_and_closes_the_producer_when_the_consumer_leaves() -> N
 
     async def main() -> list[int]:
         got = []
-        async for i in in_thread(items(), ahead=3):
+        async for i in ReadAhead(items(), ApiExecutor(2, "api-test"), ahead=3):
             got.append(i)
             if i == 5:
                 break
@@ -188,16 +189,37 @@ def test_in_thread_stops_and_closes_the_producer_when_the_consumer_leaves() -> N
 
     assert asyncio.run(main()) == list(range(6))
     assert closed.wait(10)
-    assert threads == {"meshnode-flows"}  # advanced and closed in the producer thread only
+    assert threads and all(t.startswith("api-test-") for t in threads)  # never on the event loop's thread
 
 
-def test_in_thread_raises_the_producers_error() -> None:
+def test_read_ahead_raises_the_producers_error() -> None:
     def items() -> Iterator[int]:
         yield 1
         raise ValueError("boom")
 
     async def main() -> list[int]:
-        return [i async for i in in_thread(items())]
+        return [i async for i in ReadAhead(items(), ApiExecutor(1))]
 
     with pytest.raises(ValueError, match="boom"):
         asyncio.run(main())
+
+
+def test_read_ahead_gives_back_the_producer_at_its_maximum_age_while_the_consumer_waits() -> None:
+    closed = threading.Event()
+
+    def items() -> Iterator[int]:
+        try:
+            yield from range(10**9)
+        finally:
+            closed.set()
+
+    async def main() -> list[int]:
+        got = []
+        with pytest.raises(SnapshotExpired):
+            async for i in ReadAhead(items(), ApiExecutor(1), ahead=2, max_age_s=0.2):
+                got.append(i)
+                if i == 1:  # a consumer stuck (a client that does not read): the producer is closed anyway
+                    assert await asyncio.to_thread(closed.wait, 10)
+        return got
+
+    assert asyncio.run(main()) == [0, 1]
