@@ -232,9 +232,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     def close(self) -> None:
         """At shutdown, after the server stopped: end every stream and every store read still running, so
         that no snapshot is held when the store closes (its checkpoint would wait for them)."""
+        self.store.expire_readers()  # first: a read in progress stops at its next check and lets go of its stream
         for expire in list(self._streams):
             expire()
-        self.store.expire_readers()
 
     def _deadline(self, context: Context) -> float:
         """The call's deadline (``time.monotonic()``), or the server's default when the client set none."""
