@@ -11,7 +11,7 @@ Modules (internal, re-exported here):
     _broadcast   TransmitLimitedQueue (pure: retransmit_limit)
     _state       Membership: the SWIM + Lifeguard state machine; Delegate protocol; Member, State
     _digest      NodeKey, Digest building/bounding/signing/verifying, DigestExchange (the delegate)
-    _aggregate   label aggregation (pure): aggregate, health_of, hierarchy; HostLimits (clamping), robust centres
+    _aggregate   label aggregation (pure): aggregate, trusted_aggregate, health_of, hierarchy; HostLimits, centres
     _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
     _identity    identities bound to certificates (mTLS): PeerCertificate, IdentityGuard, signed Alives, audiences
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh)
@@ -36,6 +36,7 @@ from meshnode.mesh._aggregate import (
     Aggregate,
     HostLimits,
     HostReport,
+    TrustedAggregates,
     aggregate,
     clamp_rollup,
     group_of,
@@ -47,6 +48,7 @@ from meshnode.mesh._aggregate import (
     saturating_sum,
     trimmed_count,
     trimmed_mean,
+    trusted_aggregate,
 )
 from meshnode.mesh._awareness import Awareness, apply_delta, scale_timeout
 from meshnode.mesh._broadcast import TransmitLimitedQueue, retransmit_limit
@@ -145,6 +147,7 @@ __all__ = [
     "TokenBucket",
     "TransmitLimitedQueue",
     "Transport",
+    "TrustedAggregates",
     "aggregate",
     "alive_signed_by_member",
     "apply_delta",
@@ -177,6 +180,7 @@ __all__ = [
     "tls_peer",
     "trimmed_count",
     "trimmed_mean",
+    "trusted_aggregate",
     "verify_digest",
     "with_retries",
 ]

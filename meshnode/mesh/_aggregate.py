@@ -385,6 +385,41 @@ def aggregate(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class TrustedAggregates:
+    """Label aggregates built without the flagged hosts (what a FleetQuery answers).
+
+    Attributes:
+        rows: the aggregates of the hosts not excluded, as ``aggregate`` returns them.
+        excluded: the flagged hosts whose reports were left out, sorted.
+        left_out: per ``(group, destination)``, how many flagged hosts reported it (rows only flagged hosts
+            reported are here and not in ``rows``).
+    """
+
+    rows: list[Aggregate]
+    excluded: tuple[str, ...]
+    left_out: dict[tuple[str, str], int]
+
+
+def trusted_aggregate(reports: Iterable[HostReport], *, excluded: Iterable[str], now_ns: int,
+                      **kwargs: Any) -> TrustedAggregates:
+    """``aggregate`` over the reports of hosts not ``excluded`` (flagged by trust: seed 000's corrupted
+    reports left out first; the robust centres then bound what any one remaining host can move).
+
+    Args:
+        reports: per-host reports (``host_reports`` of the latest digests).
+        excluded: flagged hosts (``meshnode.trust.TrustMonitor.excluded``).
+        now_ns: wall-clock now.
+        **kwargs: passed to ``aggregate`` (``group_by``, ``destination``, ``selector``, ``service``...).
+    """
+    out = set(excluded)
+    rs = list(reports)
+    rows = aggregate([r for r in rs if r.node_id not in out], now_ns=now_ns, **kwargs)
+    flagged = aggregate([r for r in rs if r.node_id in out], now_ns=now_ns, **kwargs)
+    return TrustedAggregates(rows, tuple(sorted({r.node_id for r in rs if r.node_id in out})),
+                             {(a.group, a.destination): a.hosts for a in flagged})
+
+
 def health_of(
     reports: Iterable[HostReport],
     destination: str,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import grpc
 
 from meshnode._exceptions import ConfigError, PeerError
-from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, aggregate, host_reports, matches
+from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, host_reports, matches, trusted_aggregate
 from meshnode.mesh._clock import AsyncioScheduler
 from meshnode.mesh._config import MeshConfig
 from meshnode.mesh._digest import (
@@ -63,7 +63,7 @@ from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
-    from meshnode.mesh._aggregate import Aggregate, HostReport
+    from meshnode.mesh._aggregate import Aggregate
 
 log = logging.getLogger(__name__)
 
@@ -555,15 +555,11 @@ class MeshService:
         clamped = sum(1 for r in reports if r.clamped)
         if clamped:  # a report above what one host can do: counted at the limit, and counted here
             self.counters["query_reports_clamped"] += clamped
-        kept = [r for r in reports if r.node_id not in out]
-
-        def rows_of(rs: list[HostReport]) -> list[Aggregate]:
-            return aggregate(rs, now_ns=now_ns, group_by=req.group_by or None, destination=req.destination or None,
-                             order=self.label_order, service=req.service or None)
-
-        rows = rows_of(kept)
-        left_out = {(a.group, a.destination): a.hosts for a in rows_of([r for r in reports if r.node_id in out])}
-        resp.aggregates.extend(_aggregate_to_proto(a, left_out.pop((a.group, a.destination), 0)) for a in rows)
+        got = trusted_aggregate(reports, excluded=out, now_ns=now_ns, group_by=req.group_by or None,
+                                destination=req.destination or None, order=self.label_order,
+                                service=req.service or None)
+        left_out = dict(got.left_out)
+        resp.aggregates.extend(_aggregate_to_proto(a, left_out.pop((a.group, a.destination), 0)) for a in got.rows)
         for (group, dest), n in sorted(left_out.items()):  # rows only flagged hosts reported
             resp.aggregates.add(group=group, destination=dest, hosts_excluded=n)
         resp.hosts_excluded = len(out)

@@ -1,10 +1,9 @@
-"""Trust: cross-validation of peers' reports, trust scores, robust aggregation, mTLS, signed requests, privacy.
+"""Trust: cross-validation of peers' reports, trust scores, mTLS, signed requests, privacy.
 
 Modules (internal, re-exported here):
 
     _validate   EndpointClaim, claims_from_digest, compare_final/compare_bound (pure), CrossValidator, Evidence
     _score      TrustState: per-node scores with recovery, attribution, flagging; excluded()
-    _robust     robust_center, majority_vote, trusted_aggregate (flagged hosts left out, counted)
     _privacy    PrivacyPolicy: keyed hashing, /24-/48 coarsening, comm dropping, before data leaves the node
     _authz      sign_request/auth_metadata and Authorizer: signed, fresh, non-replayed, allowed queries
     _ca         the fleet CA (ECDSA P-256): init_ca, issue, load_ca
@@ -32,14 +31,14 @@ Underneath, by hand::
     exchange.on_accept = lambda digest, signed: monitor.on_digest(digest, "gossip")
     # each period, after publishing: monitor.on_digest(own digest); monitor.set_members({ip: node_id})
     monitor.close_period(time.time_ns())
-    rows = trusted_aggregate(reports, excluded=monitor.excluded(node_ids), now_ns=now_ns)
+    got = meshnode.mesh.trusted_aggregate(reports, excluded=monitor.excluded(node_ids), now_ns=now_ns)
+    # (what MeshService.fleet_query answers: mesh.exclude = monitor.excluded, set by MeshTrust.attach)
 
     server = grpc.aio.server(interceptors=[SignedRequestInterceptor(Authorizer(operator_keys),
                                                                     ["/meshnode.v1.Mesh/FleetQuery"])])
     server.add_secure_port(listen, server_credentials(tls_dir, "node"))
 """
 
-from meshnode.mesh import trimmed_count
 from meshnode.trust._authz import (
     AUTH_METADATA_KEY,
     AUTH_REASONS,
@@ -55,14 +54,6 @@ from meshnode.trust._challenge import ChallengeRefused, ChallengeWatch
 from meshnode.trust._errors import BadClaim, TlsError, Unauthorized
 from meshnode.trust._monitor import TrustMonitor, evidence_to_proto
 from meshnode.trust._privacy import HASH_PREFIX, PrivacyPolicy
-from meshnode.trust._robust import (
-    RobustValue,
-    TrustedAggregates,
-    Vote,
-    majority_vote,
-    robust_center,
-    trusted_aggregate,
-)
 from meshnode.trust._score import DEFAULT_WEIGHTS, Blame, NodeTrust, ScoreConfig, TrustState
 from meshnode.trust._service import SignedRequestInterceptor, TrustServicer, add_trust_servicer
 from meshnode.trust._tls import TlsMaterial, channel_credentials, load_material, server_credentials
@@ -110,7 +101,6 @@ __all__ = [
     "NodeTrust",
     "PeriodClaims",
     "PrivacyPolicy",
-    "RobustValue",
     "ScoreConfig",
     "Severity",
     "SignedRequestInterceptor",
@@ -119,11 +109,9 @@ __all__ = [
     "TrustMonitor",
     "TrustServicer",
     "TrustState",
-    "TrustedAggregates",
     "Unauthorized",
     "ValidationConfig",
     "ValidationReport",
-    "Vote",
     "add_trust_servicer",
     "apply_lie",
     "auth_metadata",
@@ -138,13 +126,9 @@ __all__ = [
     "issue",
     "load_ca",
     "load_material",
-    "majority_vote",
     "overlaps",
     "request_payload",
-    "robust_center",
     "server_credentials",
     "sign_request",
     "signed_bytes",
-    "trimmed_count",
-    "trusted_aggregate",
 ]

@@ -12,8 +12,9 @@ from meshnode.mesh import (
     endpoint_records,
     host_reports,
     rollups_from_flows,
+    trusted_aggregate,
 )
-from meshnode.trust import PrivacyPolicy, TrustMonitor, ValidationConfig, trusted_aggregate
+from meshnode.trust import PrivacyPolicy, TrustMonitor, ValidationConfig
 
 S = 10**9
 P = 10 * S
