@@ -36,6 +36,7 @@ from probes._records import (
     PendingRow,
     TcpFlowRow,
     UdpFlowRow,
+    UdpScan,
     addr_text,
     event_array,
     event_from_raw,
@@ -386,6 +387,16 @@ class Probes:
     def udp_flows(self) -> list[UdpFlowRow]:
         """UDP flows the kernel tracks (totals so far)."""
         return [UdpFlowRow.from_c(k, v) for k, v in self._batch_rows(self._bpf["udp_flows"])]
+
+    def udp_scan(self) -> UdpScan:
+        """``udp_flows`` as a scan: cookies, sockets and last packet times as arrays, rows made on demand."""
+        table = self._bpf["udp_flows"]
+        walked = self._batch_walk(table)
+        if walked is None:
+            return UdpScan.of_rows(self.udp_flows())
+        keys, vals, total = walked
+        ksize, vsize = ct.sizeof(keys._type_), ct.sizeof(vals._type_)
+        return UdpScan.of_c(ct.string_at(keys, ksize * total), ct.string_at(vals, vsize * total), total)
 
     def take_udp(self, rows: Iterable[UdpFlowRow]) -> list[UdpFlowRow]:
         """Remove these UDP flows from the kernel map atomically, returning their final counters.

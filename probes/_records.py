@@ -18,6 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import mmap
+    from collections.abc import Callable, Iterable, Sequence
 
 # Ring-buffer record kinds (meshnode.h EV_*).
 EV_TCP_END = 1
@@ -340,6 +341,48 @@ class UdpFlowRow:
             bytes_rx=v.bytes_rx, packets_tx=v.packets_tx, packets_rx=v.packets_rx,
         )
 
+
+
+class UdpScan:
+    """One walk of the UDP flow map: every row's cookie, socket address and last packet time as arrays; a
+    row's ``UdpFlowRow`` made only when asked for (a scan finds a few flows ended among many live ones)."""
+
+    __slots__ = ("_make", "cookie", "last_ns", "sk")
+
+    def __init__(self, cookie: np.ndarray[Any, Any], sk: np.ndarray[Any, Any], last_ns: np.ndarray[Any, Any],
+                 make: Callable[[int], UdpFlowRow]) -> None:
+        self.cookie, self.sk, self.last_ns, self._make = cookie, sk, last_ns, make
+
+    def __len__(self) -> int:
+        return len(self.cookie)
+
+    def rows(self, index: Iterable[int]) -> list[UdpFlowRow]:
+        """The rows at ``index``, made now."""
+        return [self._make(i) for i in index]
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[UdpFlowRow]) -> UdpScan:
+        """A scan of rows already made (map walks without batch support; tests)."""
+        return cls(np.array([r.cookie for r in rows], dtype=np.uint64), np.array([r.sk for r in rows], dtype=np.uint64),
+                   np.array([r.last_ns for r in rows], dtype=np.uint64), list(rows).__getitem__)
+
+    @classmethod
+    def of_c(cls, keys: bytes, vals: bytes, n: int) -> UdpScan:
+        """A scan of ``n`` rows laid out as ``CUdpKey`` and ``CUdpFlow`` arrays (copied out of the walk's
+        buffers, which the next walk overwrites)."""
+        ksize, vsize = ct.sizeof(CUdpKey), ct.sizeof(CUdpFlow)
+
+        def field(buf: bytes, struct: Any, name: str, size: int) -> np.ndarray[Any, Any]:
+            dtype = np.dtype({"names": [name], "formats": ["<u8"], "offsets": [getattr(struct, name).offset],
+                              "itemsize": size})
+            return np.frombuffer(buf, dtype=dtype, count=n)[name].copy()
+
+        def make(i: int) -> UdpFlowRow:
+            return UdpFlowRow.from_c(CUdpKey.from_buffer_copy(keys, i * ksize),
+                                     CUdpFlow.from_buffer_copy(vals, i * vsize))
+
+        return cls(field(keys, CUdpKey, "cookie", ksize), field(vals, CUdpFlow, "sk", vsize),
+                   field(vals, CUdpFlow, "last_ns", vsize), make)
 
 @dataclass(frozen=True, slots=True)
 class PendingRow:

@@ -35,6 +35,7 @@ from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, servic
 from probes import _records as rec
 from probes._errors import ProbeCompileError, ProbeError
 from probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reason_names
+from probes._records import UdpScan
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -96,7 +97,7 @@ class EbpfSensor:
         self._released: set[int] = set()
         self._last_udp_scan = 0
         self._udp_sks: dict[int, int] = {}
-        self._udp_rows: list[UdpFlowRow] = []
+        self._udp_scan = UdpScan.of_rows([])
         self._drops_by_sk: dict[int, Counter[str]] = {}
         self._unattributed: Counter[str] = Counter()
         self._reasons: dict[int, str] = {}
@@ -590,8 +591,7 @@ class EbpfSensor:
         drained = self._probes.drain_drops()
         batch.completeness.drained_rows += len(drained)
         if any(sk and sk not in self._udp_sks and self._probes.tcp_flow_of(sk) is None for sk, _ in drained):
-            self._udp_rows = self._probes.udp_flows()  # a socket newer than the last scan
-            self._udp_sks = {r.sk: r.cookie for r in self._udp_rows}
+            self._keep_udp(self._probes.udp_scan())  # a socket newer than the last scan
         for (sk, reason), n in drained.items():
             name = self._reasons.get(reason, str(reason))
             if sk == 0:
@@ -615,18 +615,26 @@ class EbpfSensor:
         ucookie = self._udp_sks.get(sk)
         if ucookie is None:
             return None
-        return next((self._udp_record(r, final=False) for r in self._udp_rows if r.cookie == ucookie), None)
+        at = np.flatnonzero(self._udp_scan.cookie == ucookie)[:1].tolist()
+        return self._udp_record(self._udp_scan.rows(at)[0], final=False) if at else None
+
+    def _keep_udp(self, scan: UdpScan) -> None:
+        """The last UDP scan, for drops on its sockets."""
+        self._udp_scan = scan
+        self._udp_sks = dict(zip(scan.sk.tolist(), scan.cookie.tolist(), strict=True))
 
     def _scan_udp(self, now: int, batch: SensorBatch) -> None:
-        rows = self._probes.udp_flows()
-        batch.completeness.drained_rows += len(rows)
-        self._udp_sks = {r.sk: r.cookie for r in rows}
-        self._udp_rows = rows
-        done = [r for r in rows if r.cookie in self._released or now - r.last_ns >= self.idle_timeout_ns]
-        for row in self._probes.take_udp(done):
+        """UDP flows released (their socket closed) or idle end: only their rows are made."""
+        scan = self._probes.udp_scan()
+        batch.completeness.drained_rows += len(scan)
+        self._keep_udp(scan)
+        ended = (np.int64(now) - scan.last_ns.astype(np.int64)) >= self.idle_timeout_ns
+        if self._released:
+            ended |= np.isin(scan.cookie, np.fromiter(self._released, dtype=np.uint64, count=len(self._released)))
+        done = np.flatnonzero(ended)
+        for row in self._probes.take_udp(scan.rows(done.tolist())):
             batch.records.append(self._udp_record(row, final=True))
-        live = {r.cookie for r in rows}
-        self._released &= live - {r.cookie for r in done}
+        self._released &= set(scan.cookie.tolist()) - set(scan.cookie[done].tolist())
 
     def _scan_pending(self, now: int, batch: SensorBatch) -> None:
         stale = [p for p in self._probes.pending() if now - p.syn_ns >= self.halfopen_timeout_ns]

@@ -80,6 +80,9 @@ class FakeProbes:
     def udp_flows(self) -> list[UdpFlowRow]:
         return list(self.udp)
 
+    def udp_scan(self) -> rec.UdpScan:
+        return rec.UdpScan.of_rows(self.udp_flows())
+
     def take_udp(self, rows: list[UdpFlowRow]) -> list[UdpFlowRow]:
         taken = [r for r in rows if r in self.udp]
         self.udp = [r for r in self.udp if r not in taken]

@@ -158,3 +158,25 @@ def test_a_process_named_with_bytes_that_are_not_utf8_is_read_not_raised() -> No
         child.kill()
         child.wait()
     assert proc_comm(child.pid) == ""
+
+
+def test_udp_scan_reads_the_walks_rows_as_from_c_does() -> None:
+    """``UdpScan.of_c`` (the arrays a UDP map walk is judged on, rows made on demand) against ``from_c``."""
+    import ctypes as ct
+
+    from probes._records import CUdpFlow, CUdpKey, UdpFlowRow, UdpScan
+
+    keys = (CUdpKey * 3)()
+    vals = (CUdpFlow * 3)()
+    for i in range(3):
+        keys[i].cookie, keys[i].rport, keys[i].family = 2**64 - 1 - i, 53 + i, 2
+        keys[i].raddr[:4] = [10, 0, 0, i]
+        vals[i].sk, vals[i].last_ns, vals[i].first_ns = 0xFFFF_8000_0000_0000 + i, 10**18 + i, 5
+        vals[i].bytes_tx, vals[i].lport, vals[i].pid = 100 * i, 40000 + i, 7
+        vals[i].laddr[:4] = [127, 0, 0, 1]
+    scan = UdpScan.of_c(ct.string_at(keys, ct.sizeof(keys)), ct.string_at(vals, ct.sizeof(vals)), 3)
+    assert len(scan) == 3
+    assert scan.cookie.tolist() == [2**64 - 1, 2**64 - 2, 2**64 - 3]
+    assert scan.sk.tolist() == [0xFFFF_8000_0000_0000 + i for i in range(3)]
+    assert scan.last_ns.tolist() == [10**18 + i for i in range(3)]
+    assert scan.rows([2, 0]) == [UdpFlowRow.from_c(keys[2], vals[2]), UdpFlowRow.from_c(keys[0], vals[0])]
