@@ -32,6 +32,8 @@ from google.protobuf.message import DecodeError
 from meshnode._exceptions import ConfigError, PeerError
 from meshnode._files import check_secret
 from meshnode.mesh._broadcast import TransmitLimitedQueue
+from meshnode.mesh._history import DigestHistory
+from meshnode.mesh._state import State
 from meshnode.v1 import flow_pb2, mesh_pb2
 
 if TYPE_CHECKING:
@@ -398,12 +400,19 @@ class DigestConfig:
         max_nodes: the most nodes whose digests are held; the stalest is evicted beyond (counted).
         max_pull: the most digests one pull or push-pull answer carries.
         retransmit_mult: announcements are sent mult * ceil(log10(n + 1)) times.
+        history_per_node: digests kept per member for validation and for peers that missed one (the
+            validator looks back grace + 4 periods and a skew: 12 periods cover it).
+        history_bytes: payload bytes of the whole history (about 12 full digests of 170 members).
+        max_fetching: digests of missed periods being fetched at once.
     """
 
     max_bytes: int = 8192
     max_nodes: int = 10_000
     max_pull: int = 64
     retransmit_mult: int = 4
+    history_per_node: int = 12
+    history_bytes: int = 16 << 20
+    max_fetching: int = 64
 
 
 def members_only(membership: Callable[[], Membership | None], denied: Callable[[], Iterable[str]] = tuple,
@@ -466,6 +475,9 @@ class DigestExchange:
         self.config = config or DigestConfig()
         self._sched = scheduler
         self._held: dict[str, HeldDigest] = {}
+        self.history = DigestHistory(self.config.history_per_node, self.config.history_bytes)
+        """Every member's last periods (this node's own included), served to peers that missed one."""
+        self._fetching: set[tuple[str, int]] = set()
         self._inflight: dict[str, int] = {}
         self._seq = 0
         self._membership: Membership | None = None
@@ -500,6 +512,7 @@ class DigestExchange:
         d.CopyFrom(digest)
         d.version = DIGEST_VERSION
         d.node_id = self.node_id
+        d.prev_seq = self._seq
         self._seq = max(self._seq + 1, self._sched.wall_ns() // 1_000_000)
         d.seq = self._seq
         bounded = bound_digest(d, self.config.max_bytes)
@@ -508,6 +521,7 @@ class DigestExchange:
             self.counters["digest_endpoints_truncated"] += bounded.endpoints_truncated - d.endpoints_truncated
         signed = sign_digest(self.key, bounded)
         self._held[self.node_id] = HeldDigest(signed, bounded, self._sched.now())
+        self.history.add(self._held[self.node_id])
         self.counters["digests_published"] += 1
         self._announce(self.node_id, bounded.seq)
         return signed
@@ -529,6 +543,7 @@ class DigestExchange:
         ids = [nid for nid in node_ids if nid != self.node_id]
         for nid in ids:
             self._held.pop(nid, None)
+        self.history.forget(ids)
         if self.on_forget is not None and ids:
             try:
                 self.on_forget(ids)
@@ -552,21 +567,30 @@ class DigestExchange:
                 log.debug("digest of %s from %s dropped: %s", digest.node_id, source, refused)
                 return False
         held = self._held.get(digest.node_id)
-        if held is not None and digest.seq <= held.digest.seq:
-            self.counters["digests_stale"] += 1
-            log.debug("stale digest %s/%d from %s dropped", digest.node_id, digest.seq, source)
-            return False
         if digest.node_id == self.node_id:
             # a digest of ours that we do not hold: a replay, or our state from before a restart
-            self.counters["digests_own_replayed"] += 1
+            self.counters["digests_stale" if held is not None and digest.seq <= held.digest.seq
+                          else "digests_own_replayed"] += 1
             return False
-        if held is None and len(self._held) >= self.config.max_nodes:
-            oldest = min((h for n, h in self._held.items() if n != self.node_id), key=lambda h: h.received)
-            del self._held[oldest.digest.node_id]
-            self.counters["digests_evicted"] += 1
-        self._held[digest.node_id] = HeldDigest(signed, digest, self._sched.now())
-        self.counters["digests_accepted"] += 1
-        self._announce(digest.node_id, digest.seq)
+        entry = HeldDigest(signed, digest, self._sched.now())
+        if held is not None and digest.seq <= held.digest.seq:
+            # an older period: one this node missed is kept (and validated); one held, or one older than the
+            # history keeps, is stale
+            if not self.history.add(entry):
+                self.counters["digests_stale"] += 1
+                log.debug("stale digest %s/%d from %s dropped", digest.node_id, digest.seq, source)
+                return False
+            self.counters["digests_history_filled"] += 1
+        else:
+            if held is None and len(self._held) >= self.config.max_nodes:
+                oldest = min((h for n, h in self._held.items() if n != self.node_id), key=lambda h: h.received)
+                del self._held[oldest.digest.node_id]
+                self.counters["digests_evicted"] += 1
+            self._held[digest.node_id] = entry
+            self.history.add(entry)
+            self.counters["digests_accepted"] += 1
+            self._announce(digest.node_id, digest.seq)
+        self._fill_gaps(digest.node_id, source)
         if self.on_accept is not None:
             try:
                 self.on_accept(digest, signed)
@@ -693,8 +717,91 @@ class DigestExchange:
         except DecodeError as exc:
             self.counters["digest_requests_malformed"] += 1
             raise PeerError(f"malformed digest pull from {source_addr}") from exc
-        if len(req.node_ids) > self.config.max_pull:  # what a pull asks for at most (``_wanted``)
+        if len(req.node_ids) > self.config.max_pull or len(req.refs) > self.config.max_pull:  # ``_wanted``
             self.counters["digest_pulls_oversize"] += 1
-            raise PeerError(f"digest pull from {source_addr} names {len(req.node_ids)} nodes "
-                            f"(max {self.config.max_pull})")
-        return mesh_pb2.DigestState(digests=self._answer(req.node_ids)).SerializeToString()
+            raise PeerError(f"digest pull from {source_addr} names {len(req.node_ids)} nodes and "
+                            f"{len(req.refs)} periods (max {self.config.max_pull} each)")
+        out = self._answer(req.node_ids)
+        for ref in req.refs[: self.config.max_pull]:
+            if len(out) >= self.config.max_pull:
+                break
+            held = self.history.get(ref.node_id, ref.seq)
+            if held is not None:
+                out.append(held.signed)
+        return mesh_pb2.DigestState(digests=out).SerializeToString()
+
+    # ------------------------------------------------------------------ missed periods
+
+    def _fill_gaps(self, node_id: str, source_addr: str) -> None:
+        """Fetch the periods of ``node_id`` that held digests name as predecessors and that are not held: from
+        ``source_addr`` (it held the later one), then the publisher."""
+        for seq in self.history.missing(node_id):
+            self.fetch(node_id, seq, [source_addr])
+
+    def fetch(self, node_id: str, seq: int, holders: Sequence[str] = ()) -> bool:
+        """Fetch digest ``seq`` of ``node_id``: from each of ``holders`` in turn, then from the publisher and
+        two other members, until one answers with it (verified and kept as any digest). False when it is held,
+        being fetched, or too many fetches are under way (counted ``digest_fetches_deferred``)."""
+        ref = (node_id, seq)
+        if self._membership is None or self.history.get(node_id, seq) is not None or ref in self._fetching:
+            return False
+        if len(self._fetching) >= self.config.max_fetching:
+            self.counters["digest_fetches_deferred"] += 1
+            return False
+        addrs = self._holders(node_id, holders)
+        if not addrs:
+            return False
+        self._fetching.add(ref)
+        self.counters["digest_fetches"] += 1
+        req = mesh_pb2.DigestPull(refs=[mesh_pb2.DigestRef(node_id=node_id, seq=seq)]).SerializeToString()
+        membership = self._membership
+
+        def ask(i: int) -> None:
+            def reply(raw: bytes | None, err: str) -> None:
+                if raw is not None:
+                    try:
+                        for signed in mesh_pb2.DigestState.FromString(raw).digests[:1]:
+                            self.ingest(signed, addrs[i])
+                    except DecodeError as exc:
+                        self.counters["digest_answers_malformed"] += 1
+                        log.warning("malformed digest answer from %s dropped: %s", addrs[i], exc)
+                if self.history.get(node_id, seq) is not None:
+                    self._fetching.discard(ref)
+                elif i + 1 < len(addrs):
+                    ask(i + 1)
+                else:
+                    self._fetching.discard(ref)
+                    self.counters["digest_fetches_failed"] += 1
+                    log.debug("digest %s/%d not fetched from %s (last: %s)", node_id, seq, addrs, err or "not held")
+
+            membership.request(addrs[i], req, reply)
+
+        ask(0)
+        return True
+
+    def _holders(self, node_id: str, first: Sequence[str]) -> list[str]:
+        assert self._membership is not None
+        me = self._membership.address
+        out = [a for a in first if a and a != me]
+        publisher = self._membership.member(node_id)
+        if publisher is not None and publisher.addr not in out and publisher.addr != me:
+            out.append(publisher.addr)
+        others = [m.addr for m in self._membership.members() if m.addr not in out and m.addr != me
+                  and m.node_id != node_id and m.state == State.ALIVE]
+        out.extend(sorted(others)[:2])
+        return out
+
+    def request_gap(self, node_id: str, after_ns: int) -> bool:
+        """Fetch the digest of ``node_id`` whose period follows ``after_ns`` (validation found no period of it
+        there): the predecessor of the first held digest starting later, or, when none does, its newest digest
+        from the publisher. False when nothing can be asked for."""
+        later = [h for h in self.history.of(node_id) if h.digest.period_start_ns > after_ns]
+        if later:
+            first = later[0].digest
+            return bool(first.prev_seq) and self.fetch(node_id, first.prev_seq)
+        publisher = self._membership.member(node_id) if self._membership is not None else None
+        if publisher is None or node_id == self.node_id:
+            return False
+        held = self._held.get(node_id)
+        self._pull(publisher.addr, {node_id: held.digest.seq + 1 if held is not None else 1})
+        return True

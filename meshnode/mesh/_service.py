@@ -456,6 +456,8 @@ class MeshService:
         counters.update(self.identity.counters)
         counters["broadcasts_dropped"] = m._broadcasts.dropped
         counters["announces_dropped"] = self.exchange._announces.dropped
+        counters["digest_history_evicted"] = self.exchange.history.evicted
+        counters["digest_history_held"] = len(self.exchange.history)
         resp.counters.update({k: v for k, v in counters.items() if v >= 0})
         return resp
 

@@ -102,12 +102,15 @@ def test_bad_digests_are_dropped_counted_and_logged_with_their_source(signed, re
 
 
 def test_stale_and_replayed_sequence_numbers_are_dropped_and_counted():
-    ex = DigestExchange(NodeKey.from_seed(b"bob"), ManualScheduler())
-    table = [(5, True), (5, False), (4, False), (6, True), (1, False), (6, False)]
+    # an older seq not held is a period this node missed: kept in the history (not the newest), once
+    ex = DigestExchange(NodeKey.from_seed(b"bob"), ManualScheduler(), DigestConfig(history_per_node=3))
+    table = [(5, True), (5, False), (4, True), (6, True), (4, False), (6, False), (1, False)]
     got = [ex.ingest(sign_digest(KEY, _digest(seq=seq)), "peer") for seq, _ in table]
     assert got == [ok for _, ok in table]
-    assert ex.counters["digests_stale"] == 4
+    assert ex.counters["digests_stale"] == 4  # 5, 4 and 6 again; 1 is older than the 3 periods kept
     assert ex.counters["digests_accepted"] == 2
+    assert ex.counters["digests_history_filled"] == 1
+    assert [h.digest.seq for h in ex.history.of(KEY.node_id)] == [4, 5, 6]
     assert ex.latest(KEY.node_id).digest.seq == 6  # type: ignore[union-attr]
 
 
