@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from meshnode.trust._score import Blame, ScoreConfig, TrustState
@@ -18,6 +18,7 @@ from meshnode.trust._validate import (
     Evidence,
     ValidationConfig,
     ValidationReport,
+    address_claims,
     claims_from_digest,
 )
 from meshnode.v1 import trust_pb2
@@ -67,6 +68,8 @@ class TrustMonitor:
     ) -> None:
         self.self_id = self_id
         self.validator = CrossValidator(validation, normalize=normalize)
+        self._normalize = normalize
+        self._on_its_face: list[Evidence] = []
         self.trust = TrustState(self_id, score, now_ns)
         self._recent: deque[Blame | tuple[Evidence, str]] = deque(maxlen=max_evidence)
         self.counters: Counter[str] = Counter()
@@ -83,9 +86,18 @@ class TrustMonitor:
         if self.validator.add(pc):
             self.counters["digests_validated"] += 1
 
+    def check_addresses(self, digest: mesh_pb2.Digest, mesh_hosts: Mapping[str, Collection[str]]) -> None:
+        """Check a peer digest's own addresses against the members' mesh hosts (``address_claims``); what is found
+        counts at the next ``close_period``."""
+        found = address_claims(digest, mesh_hosts, self._normalize)
+        self._on_its_face.extend(found[:16])
+        self.counters["address_claims"] += len(found)
+
     def close_period(self, now_ns: int) -> ValidationReport:
         """Judge what is ripe, update scores; call once per export period after the digests came in."""
         report = self.validator.evaluate(now_ns)
+        report.evidence.extend(self._on_its_face[:256])
+        self._on_its_face.clear()
         blames = self.trust.update(now_ns, report.evidence)
         blamed = {id(b.evidence) for b in blames}
         for b in blames:

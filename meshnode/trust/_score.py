@@ -15,9 +15,13 @@ Evidence names two ends, and a single disagreement cannot say which one lied. At
    other: it takes the blame (majority: a liar disagrees with everyone it lies about, an honest node only
    with the liar). Under mutual TLS peers are counted by certificate (``certificate``): one certificate is
    one voice however many keys its holder signs with, and a key no certificate vouches for has none;
-4. otherwise both ends take ``ambiguous_weight`` of the penalty, once per update per disputed pair however
-   many flows they disagree on, and never below ``ambiguous_floor`` (above the threshold): otherwise a liar
-   that keeps lying about one honest peer would, in time, get that peer excluded by every third party.
+4. otherwise nobody is blamed: the evidence is kept (unblamed) and the dispute counts toward rule 3. A liar
+   that lies about one honest peer (inventing flows with it, or omitting the flows it had with it) looks
+   exactly like that peer lying about it, so any share of the penalty would hit the honest end as hard as the
+   liar; the honest end blames the liar itself (rule 1).
+
+Evidence wrong on the face of the reporter's own digest (``ON_ITS_FACE``: it publishes another member's mesh
+address as its own) blames the reporter whoever holds it, and is no dispute.
 
 Several pieces of evidence about the same flow in one update count once, at the heaviest severity.
 """
@@ -31,6 +35,9 @@ from types import MappingProxyType
 from typing import Final
 
 from meshnode.trust._validate import Evidence, FlowKey
+
+ON_ITS_FACE: Final = frozenset({"claims_member_address"})
+"""Evidence reasons that are wrong on the face of the reporter's own digest: it takes the blame, whoever holds it."""
 
 DEFAULT_WEIGHTS: Final[Mapping[str, float]] = MappingProxyType(
     {"contradiction": 0.6, "mismatch": 0.3, "minor": 0.05}
@@ -46,8 +53,6 @@ class ScoreConfig:
         recover_above: a flagged node is unflagged when its score reaches this.
         recovery_s: time constant of the recovery toward 1.
         weights: penalty per evidence severity (the score is multiplied by ``1 - weight``).
-        ambiguous_weight: the share of the penalty each end takes when the liar cannot be told.
-        ambiguous_floor: ambiguous penalties alone never take a score below this (keep it above threshold).
         quorum: distinct disputing peers needed to blame a node that this node cannot judge itself.
         dispute_window_s: how long a dispute between two peers counts toward the quorum.
     """
@@ -56,8 +61,6 @@ class ScoreConfig:
     recover_above: float = 0.8
     recovery_s: float = 60.0
     weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_WEIGHTS)
-    ambiguous_weight: float = 0.25
-    ambiguous_floor: float = 0.6
     quorum: int = 2
     dispute_window_s: float = 120.0
 
@@ -140,23 +143,21 @@ class TrustState:
         self._recover(now_ns)
         evs = list(evidence)
         for e in evs:
-            if self.self_id not in (e.reporter, e.witness) and e.reporter != e.witness:
+            if self.self_id not in (e.reporter, e.witness) and e.reporter != e.witness and e.reason not in ON_ITS_FACE:
                 self._disputes.setdefault(e.reporter, {})[e.witness] = now_ns
                 self._disputes.setdefault(e.witness, {})[e.reporter] = now_ns
         heaviest: dict[tuple[str, FlowKey | str], Blame] = {}
         for e in evs:
             base = self.config.weights.get(e.severity, 0.0)
-            for blame in self._attribute(e, base):
-                other = e.witness if blame.node_id == e.reporter else e.reporter
-                k = (blame.node_id, other if blame.attribution == "ambiguous" else e.flow)
-                if k not in heaviest or blame.weight > heaviest[k].weight:
-                    heaviest[k] = blame
+            blame = self._attribute(e, base)
+            if blame is None:
+                continue
+            k = (blame.node_id, e.flow)
+            if k not in heaviest or blame.weight > heaviest[k].weight:
+                heaviest[k] = blame
         for b in heaviest.values():
             n = self._node(b.node_id)
-            if b.attribution == "ambiguous":
-                n.score = min(n.score, max(self.config.ambiguous_floor, n.score * (1.0 - b.weight)))
-            else:
-                n.score *= 1.0 - b.weight
+            n.score *= 1.0 - b.weight
             n.evidence += 1
             n.last_evidence_ns = now_ns
             if n.score < self.config.threshold:
@@ -164,23 +165,24 @@ class TrustState:
         self._prune()
         return list(heaviest.values())
 
-    def _attribute(self, e: Evidence, base: float) -> list[Blame]:
+    def _attribute(self, e: Evidence, base: float) -> Blame | None:
         if e.reporter == e.witness:
-            return [Blame(e.reporter, base, e, "self_contradiction")]
+            return Blame(e.reporter, base, e, "self_contradiction")
+        if e.reason in ON_ITS_FACE:
+            return Blame(e.reporter, base, e, "on_its_face")
         if e.witness == self.self_id:
-            return [Blame(e.reporter, base, e, "witnessed_here")]
+            return Blame(e.reporter, base, e, "witnessed_here")
         if e.reporter == self.self_id:
-            return [Blame(e.witness, base, e, "reported_here")]
+            return Blame(e.witness, base, e, "reported_here")
         r_flagged, w_flagged = self.is_flagged(e.reporter), self.is_flagged(e.witness)
         if r_flagged != w_flagged:
-            return [Blame(e.reporter if r_flagged else e.witness, base, e, "already_flagged")]
+            return Blame(e.reporter if r_flagged else e.witness, base, e, "already_flagged")
         dr, dw = self._disputants(e.reporter), self._disputants(e.witness)
         if dr >= self.config.quorum and dr > dw:
-            return [Blame(e.reporter, base, e, "majority")]
+            return Blame(e.reporter, base, e, "majority")
         if dw >= self.config.quorum and dw > dr:
-            return [Blame(e.witness, base, e, "majority")]
-        share = base * self.config.ambiguous_weight
-        return [Blame(e.reporter, share, e, "ambiguous"), Blame(e.witness, share, e, "ambiguous")]
+            return Blame(e.witness, base, e, "majority")
+        return None
 
     def challenged(self, node_id: str, passed: bool, now_ns: int, evidence: Evidence | None = None) -> Blame | None:
         """Apply a challenge's outcome (``_challenge``): a failure is a contradiction this node saw itself (it

@@ -41,10 +41,14 @@ with the reader reading to the end makes them equal. UDP counts datagram payload
   "written by t1, read by t1 + skew" is no bound at all for honest ends. Outcomes of interims are not
   compared (a handshake may complete between the two snapshots).
 * **Missing at witness**: a *useful* flow (``established`` or ``udp_answered``: the witness had a socket)
-  from one of the reporter's member addresses that the witness never reports, once ``grace_periods`` (2)
-  export periods have passed, is a ``contradiction`` — but only when the witness's digests cover the whole
-  time in which its record would have appeared; a gap (a digest this node never received) or a truncated
-  witness digest that may have cut the record makes the claim *unverifiable*, counted, not evidence.
+  from one of the reporter's member addresses that the witness never reports is a ``contradiction`` once the
+  witness's digests cover the whole time in which its record would have appeared (from the flow's start to
+  its end, with the skew); the ``grace_periods`` (2) bound the wait for them. A gap (a digest this node never
+  received) is asked for (``take_wanted``: the node fetches the period by seq from its publisher or any holder)
+  and waited for ``gap_fetch_periods``; a gap still there, or a truncated witness digest that may have cut the
+  record, makes the claim *unverifiable*, counted, not evidence.
+* **Another member's address** published as the publisher's own (``address_claims``) is a ``contradiction``
+  on the face of its digest.
 
 Who lied is not decided here (``Evidence`` names both ends); ``meshnode.trust._score`` attributes it.
 """
@@ -54,7 +58,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -253,6 +257,9 @@ class ValidationConfig:
         tcp_buffered_bytes: bytes a TCP writer may have written that its reader has not read yet, however
             long ago (send plus receive buffer: Linux's default maxima are 4 MiB and 6 MiB, rounded up).
         max_records_per_node: bound on held records per node (the oldest are dropped, counted).
+        gap_fetch_periods: how long a ripe claim whose witness's digests have a gap waits for the missing
+            period to be fetched (``CrossValidator.take_wanted``) before it is counted ``witness_gap``; 0 when
+            nobody fetches.
     """
 
     period_s: float = 10.0
@@ -262,6 +269,7 @@ class ValidationConfig:
     loss_tolerance: float = 0.25
     tcp_buffered_bytes: int = 16 << 20
     max_records_per_node: int = 50_000
+    gap_fetch_periods: int = 0
 
     @property
     def skew_ns(self) -> int:
@@ -426,10 +434,33 @@ class ValidationReport:
 class _Pending:
     claim: EndpointClaim
     period_end_ns: int
+    gap_until_ns: int = 0
+    """Set when the witness's digests first showed a gap: the claim waits until then for the fetch."""
 
 
 def _identity(addr: str) -> str:
     return addr
+
+
+def address_claims(digest: mesh_pb2.Digest, mesh_hosts: Mapping[str, Collection[str]],
+                   normalize: Callable[[str], str] = _identity) -> list[Evidence]:
+    """Evidence against a digest that publishes, among its publisher's own addresses, the host of other members'
+    mesh addresses (where they answer the mesh) that is not the host of the publisher's own.
+
+    Such a claim is false on its face: whoever holds the digest can tell, without any other end's word. Members
+    that share a host (two nodes on one machine) each publish its address honestly. ``mesh_hosts`` maps each
+    member's mesh host (raw) to the node ids of the members there.
+    """
+    me = digest.node_id
+    hosts = {normalize(h): ids for h, ids in mesh_hosts.items()}
+    out = []
+    for a in sorted(set(digest.addresses)):
+        ids = hosts.get(a)
+        if ids and me not in ids:
+            out.append(Evidence(reporter=me, witness=min(ids), proto="", src=a, sport=0, dst="", dport=0,
+                                field="addresses", claimed=a, witnessed=min(ids), reason="claims_member_address",
+                                severity="contradiction", at_ns=digest.period_end_ns))
+    return out
 
 
 class CrossValidator:
@@ -462,6 +493,8 @@ class CrossValidator:
         self._periods: dict[str, dict[tuple[int, int], PeriodClaims]] = {}
         self._pending: list[_Pending] = []
         self._final_pairs: dict[tuple[tuple[str, FlowKey, int], tuple[str, FlowKey, int]], int] = {}
+        self._wanted: dict[str, int] = {}
+        self._horizon_ns = 0
         self.counters: Counter[str] = Counter()
 
     def set_owners(self, owners: Mapping[str, str]) -> None:
@@ -477,6 +510,9 @@ class CrossValidator:
 
     def add(self, period: PeriodClaims) -> bool:
         """Hold one node's claims of one period; False when that period of that node is already held."""
+        if period.period_end_ns < self._horizon_ns:  # its records would expire at once (a replay, or late)
+            self.counters["periods_too_old"] += 1
+            return False
         periods = self._periods.setdefault(period.node_id, {})
         span = (period.period_start_ns, period.period_end_ns)
         if span in periods or period.period_end_ns < period.period_start_ns:
@@ -513,6 +549,15 @@ class CrossValidator:
             self._periods.pop(n, None)
             self._count.pop(n, None)
         self._pending = [p for p in self._pending if p.claim.reporter not in gone]
+        for n in gone:
+            self._wanted.pop(n, None)
+
+    def take_wanted(self) -> dict[str, int]:
+        """The witnesses whose digests showed a gap in the last ``evaluate``, each with the end of its periods
+        held before the gap (wall-clock ns): the caller fetches the period that follows, and the claims wait
+        ``gap_fetch_periods`` for it."""
+        out, self._wanted = self._wanted, {}
+        return out
 
     def evaluate(self, now_ns: int) -> ValidationReport:
         """Judge every claim that is ripe at ``now_ns``; keep the others for a later call."""
@@ -570,16 +615,16 @@ class CrossValidator:
             report.checked += 1
             report.matched += 1
             return True
+        if not cands:
+            # absent so far: judged as soon as the witness's digests cover the span its record would be in (the
+            # grace only bounds the wait for them), after a fetch of a missing period, or at the grace
+            return self._existence(p, witness, report, now_ns, ripe)
         if not ripe:
             return False
         report.checked += 1
+        report.matched += 1
         if later:
             report.evidence.extend(compare_bound(c, min(later, key=lambda x: x.end_ns), cfg))
-            report.matched += 1
-        elif cands:
-            report.matched += 1
-        else:
-            self._existence(c, witness, report)
         return True
 
     def _judge_reused_tuple(self, c: EndpointClaim, cands: list[EndpointClaim], ripe: bool,
@@ -612,7 +657,7 @@ class CrossValidator:
                    key=lambda r: r.end_ns, default=None)
         since, rx0, pk0 = (base.end_ns, base.bytes_rx, base.packets_rx) if base else (c.start_ns, 0, 0)
         lo, hi = since - skew, c.end_ns + skew
-        covered, covering = self._coverage(witness, lo, hi, first_slack=0)
+        covered, covering, _ = self._coverage(witness, lo, hi, first_slack=0)
         complete = covered and not any(s.truncated for s in covering)
         if not complete and not ripe:
             return False
@@ -634,8 +679,9 @@ class CrossValidator:
                                        "received_more_datagrams_than_sent", "contradiction"))
         return True
 
-    def _coverage(self, node: str, lo: int, hi: int, first_slack: int) -> tuple[bool, list[PeriodClaims]]:
-        """Whether ``node``'s held periods cover ``[lo, hi]`` without a gap, and the periods that do.
+    def _coverage(self, node: str, lo: int, hi: int, first_slack: int) -> tuple[bool, list[PeriodClaims], int]:
+        """Whether ``node``'s held periods cover ``[lo, hi]`` without a gap, the periods that do, and how far the
+        coverage reaches from ``lo`` (where the gap starts, when there is one).
 
         The first held period may start up to ``first_slack`` after ``lo`` (a record's start on the node's own
         clock); after it, a node's periods are contiguous on its own clock (each starts where the previous one
@@ -650,32 +696,48 @@ class CrossValidator:
             if s.period_start_ns > reach + slack:
                 break
             reach, slack = max(reach, s.period_end_ns), 0
-        return reach >= hi, covering
+        return reach >= hi, covering, reach
 
-    def _existence(self, c: EndpointClaim, witness: str, report: ValidationReport) -> None:
+    def _existence(self, p: _Pending, witness: str, report: ValidationReport, now_ns: int, ripe: bool) -> bool:
+        """Judge a claim the witness has no record of; False to keep it pending."""
         cfg = self.config
-        if c.outcome not in _USEFUL:
-            return
-        if self._owners.get(c.src) != c.reporter:
-            report.unverifiable["src_not_member"] += 1
-            return
+        c = p.claim
         # the witness's record may have ended (and been published, final) any time after the flow started:
         # a UDP flow the witness closed at once stays open at the reporter until its idle timeout, so an interim
-        # claim can outlive the witness's final record by far; only the whole span, covered, proves absence
-        lo, hi = c.start_ns - cfg.skew_ns, c.end_ns + cfg.skew_ns + cfg.period_ns
-        covered, covering = self._coverage(witness, lo, hi, first_slack=cfg.skew_ns)  # the flow's start, its clock
+        # claim can outlive the witness's final record by far; only the whole span, covered, proves absence. It
+        # ends by the claim's end on the witness's clock (the skew): a node polls its sensor as a period closes,
+        # so a record is in the period it ended in, and a flow still open is in it as an interim
+        lo, hi = c.start_ns - cfg.skew_ns, c.end_ns + cfg.skew_ns
+        covered, covering, reach = self._coverage(witness, lo, hi, first_slack=cfg.skew_ns)  # the start, its clock
+        if not covered:
+            if not ripe:
+                return False
+            if not p.gap_until_ns and cfg.gap_fetch_periods > 0 and c.outcome in _USEFUL:
+                p.gap_until_ns = now_ns + cfg.gap_fetch_periods * cfg.period_ns
+                self.counters["gap_waits"] += 1
+            if now_ns < p.gap_until_ns:
+                self._wanted[witness] = min(self._wanted.get(witness, reach), reach)
+                return False
+        report.checked += 1
+        if c.outcome not in _USEFUL:
+            return True
+        if self._owners.get(c.src) != c.reporter:
+            report.unverifiable["src_not_member"] += 1
+            return True
         if not covered:
             report.unverifiable["witness_gap"] += 1
-            return
+            return True
         size = c.bytes_tx + c.bytes_rx
         if any(s.truncated and (not c.final or size <= s.min_kept_bytes) for s in covering):
             report.unverifiable["witness_truncated"] += 1
-            return
+            return True
         report.evidence.append(_ev(c, witness, "existence", "present", "absent", "missing_at_witness",
                                    "contradiction"))
+        return True
 
     def _expire(self, now_ns: int) -> None:
         horizon = now_ns - self.config.grace_ns - 4 * self.config.period_ns - self.config.skew_ns
+        self._horizon_ns = max(self._horizon_ns, horizon)
         for node_id, index in self._records.items():
             for k in list(index):
                 kept = [c for c in index[k] if c.end_ns >= horizon]

@@ -54,8 +54,9 @@ TRUST_SERVICE: Final = trust_pb2.DESCRIPTOR.services_by_name["Trust"].full_name
 """``"meshnode.v1.Trust"``, for health checking and reflection (``ApiServer.add_servicer``)."""
 
 LIE_ENV: Final = "MESHNODE_TEST_LIE"
-"""Test-only: ``double_tx:ADDR[:PORT]`` or ``hide:ADDR[:PORT]``, several separated by commas (needs
-``MESHNODE_ALLOW_FAKE_SENSOR=1``)."""
+"""Test-only: ``KIND:ADDR[:PORT]`` with KIND one of ``double_tx``, ``halve_tx``, ``hide``, ``invent``, ``claim``,
+several separated by commas (needs ``MESHNODE_ALLOW_FAKE_SENSOR=1``)."""
+_LIE_KINDS: Final = ("double_tx", "halve_tx", "hide", "invent", "claim")
 _ALLOW_ENV: Final = "MESHNODE_ALLOW_FAKE_SENSOR"
 
 
@@ -64,15 +65,17 @@ class Lie:
     """A test-only misreport of this node's endpoint records about one peer address.
 
     Attributes:
-        kind: ``double_tx`` reports twice the bytes sent on every flow to ``peer``; ``hide`` leaves out
-            the flows to ``peer``.
+        kind: ``double_tx`` reports twice the bytes sent on every flow to ``peer`` (inflating), ``halve_tx``
+            half of them (deflating); ``hide`` leaves out the flows to ``peer`` (omitting); ``invent`` adds, to
+            each digest, a TCP flow to ``peer`` (port ``port``, or 443) that never happened; ``claim`` publishes
+            ``peer`` among this node's own addresses (another member's address).
         peer: the peer's address, as the sensor records it.
         port: only flows of this service port (the remote port of an outbound flow, the local port of an
             inbound one); 0 means all.
         also: further lies told at the same time (``MESHNODE_TEST_LIE`` with commas).
     """
 
-    kind: Literal["double_tx", "hide"]
+    kind: Literal["double_tx", "halve_tx", "hide", "invent", "claim"]
     peer: str
     port: int = 0
     also: tuple[Lie, ...] = ()
@@ -97,12 +100,12 @@ class Lie:
     @classmethod
     def _parse(cls, spec: str) -> Lie:
         kind, _, rest = spec.partition(":")
-        if kind in ("double_tx", "hide") and rest:
+        if kind in _LIE_KINDS and rest:
             host, sep, port = rest.rpartition(":")
             if sep and port.isdigit() and "." in host:  # IPv4 with a port; a bare IPv6 has no dot
                 return cls(kind, host, int(port))  # type: ignore[arg-type]
             return cls(kind, rest)  # type: ignore[arg-type]
-        raise ConfigError(f"{LIE_ENV}={spec!r}: expected double_tx:ADDR[:PORT] or hide:ADDR[:PORT]")
+        raise ConfigError(f"{LIE_ENV}={spec!r}: expected KIND:ADDR[:PORT], KIND one of {', '.join(_LIE_KINDS)}")
 
 
 def apply_lie(lie: Lie, digest: mesh_pb2.Digest) -> int:
@@ -116,13 +119,27 @@ def _apply_one(lie: Lie, digest: mesh_pb2.Digest) -> int:
         service = e.sport if e.direction == flow_pb2.INBOUND else e.dport
         return e.dst == lie.peer and (not lie.port or service == lie.port)
 
-    if lie.kind == "double_tx":
+    if lie.kind in ("double_tx", "halve_tx"):
         changed = 0
         for e in digest.endpoints:
             if hit(e):
-                e.bytes_tx *= 2
+                e.bytes_tx = e.bytes_tx * 2 if lie.kind == "double_tx" else e.bytes_tx // 2
                 changed += 1
         return changed
+    if lie.kind == "claim":
+        digest.addresses.append(lie.peer)
+        return 1
+    if lie.kind == "invent":
+        own = sorted(a for a in digest.addresses if (":" in a) == (":" in lie.peer))
+        if not own:
+            return 0
+        span = max(2, (digest.period_end_ns - digest.period_start_ns) // 4)
+        digest.endpoints.add(
+            src=own[0], sport=40_000 + digest.period_end_ns // 10**9 % 20_000, dst=lie.peer,
+            dport=lie.port or 443, proto=flow_pb2.TCP, direction=flow_pb2.OUTBOUND, bytes_tx=4096, bytes_rx=512,
+            packets_tx=6, packets_rx=5, outcome=flow_pb2.ESTABLISHED, start_ns=digest.period_start_ns + span,
+            end_ns=digest.period_end_ns - span, kind=flow_pb2.FINAL)
+        return 1
     keep = [e for e in digest.endpoints if not hit(e)]
     changed = len(digest.endpoints) - len(keep)
     if changed:
@@ -164,7 +181,9 @@ class MeshTrust:
         self.lie = lie
         self._clock = clock
         self._normalize: Callable[[str], str] = policy.endpoint_address if policy is not None else _identity
-        self.monitor = TrustMonitor(mesh.node_id, validation=ValidationConfig(period_s=export_period),
+        # a claim whose witness's digests have a gap waits one period for the missing one to be fetched
+        self.monitor = TrustMonitor(mesh.node_id, validation=ValidationConfig(period_s=export_period,
+                                                                              gap_fetch_periods=1),
                                     normalize=self._normalize, now_ns=clock())
         self.periods = 0
         self._watches: list[ChallengeWatch] = []
@@ -196,19 +215,28 @@ class MeshTrust:
     def owners(self) -> dict[str, str]:
         """Raw address -> node id of every known member, this node included.
 
-        From the held digests' ``addresses`` (what each node says are its own) and the members' mesh
-        addresses; this node's addresses come from ``mesh.addresses``.
+        The members' mesh addresses first (where each one answers the mesh: a digest cannot take one from its
+        member), then what each held digest says are its publisher's other addresses; this node's addresses
+        come from ``mesh.addresses``.
         """
-        out: dict[str, str] = {}
+        out = {h: min(ids) for h, ids in self.mesh_hosts().items()}
+        taken = {self._normalize(h) for h in out}
         if self.mesh.running:
             for held in self.mesh.exchange.held().values():
                 for a in held.digest.addresses:
-                    out[a] = held.digest.node_id
-            for m in self.mesh.membership.members():
-                out.setdefault(_host(m.addr), m.node_id)
+                    if self._normalize(a) not in taken:
+                        out.setdefault(a, held.digest.node_id)
         if self.mesh.addresses is not None:
             for a in self.mesh.addresses():
                 out[a] = self.mesh.node_id
+        return out
+
+    def mesh_hosts(self) -> dict[str, set[str]]:
+        """The host of each member's mesh address -> the node ids of the members there."""
+        out: dict[str, set[str]] = {}
+        if self.mesh.running:
+            for m in self.mesh.membership.members():
+                out.setdefault(_host(m.addr), set()).add(m.node_id)
         return out
 
     # ------------------------------------------------------------------ seams
@@ -235,6 +263,8 @@ class MeshTrust:
     def on_digest(self, digest: mesh_pb2.Digest, signed: mesh_pb2.SignedDigest, own: bool) -> None:
         """Every verified peer digest and each own one, into the monitor (a digest listener)."""
         self.monitor.on_digest(digest, "self" if own else "gossip")
+        if not own and self.mesh.running:
+            self.monitor.check_addresses(digest, self.mesh_hosts())
         for w in self._watches:
             w.add(digest)
 
@@ -244,6 +274,8 @@ class MeshTrust:
             return
         self.monitor.set_members(self.owners())
         report = self.monitor.close_period(self._clock())
+        for witness, after_ns in self.monitor.validator.take_wanted().items():
+            self.mesh.exchange.request_gap(witness, after_ns)
         self.periods += 1
         if report.evidence:
             log.info("trust: %d evidence in %d claims checked", len(report.evidence), report.checked)

@@ -210,18 +210,21 @@ def test_liar_to_two_peers_is_flagged_by_a_third_party_by_majority_and_victims_a
 
 
 def test_liar_to_one_peer_is_ambiguous_for_a_third_party():
-    """A single disagreement between two others cannot say who lied: both lose a little, nobody is flagged."""
+    """A single disagreement between two others cannot say who lied: the third party blames neither (the honest
+    end's score would drop as much as the liar's), however long it goes on; the evidence is kept, unblamed."""
     fleet = Fleet()
     obs = Observer(fleet, "n1")
     obs.run_period(0)
     fleet.mutate["n3"] = doubling_tx_to(fleet, {"n0"})
-    for k in range(1, 12):  # however long it goes on
-        obs.run_period(k)
+    found = 0
+    for k in range(1, 12):
+        found += len(obs.run_period(k))
         assert obs.trust.flagged() == frozenset(), k
-        assert 0.5 < obs.trust.score("n3") < 1.0 and 0.5 < obs.trust.score("n0") < 1.0
+        assert obs.trust.score("n3") == 1.0 and obs.trust.score("n0") == 1.0
+    assert found >= 10
 
 
-def test_hiding_one_flow_is_flagged_as_missing_at_the_witness_after_the_grace():
+def test_hiding_one_flow_is_flagged_as_missing_at_the_witness_once_its_digest_is_held():
     fleet = Fleet()
     obs = Observer(fleet, "n0")
     for k in range(2):
@@ -237,8 +240,9 @@ def test_hiding_one_flow_is_flagged_as_missing_at_the_witness_after_the_grace():
     fleet.mutate["n3"] = hide_one
     found = {k: obs.run_period(k) for k in range(2, 6)}
     [(k, [e])] = [(k, evs) for k, evs in found.items() if evs]
-    # n0's claim was judged exactly the grace (2 periods) after the period it was published in
-    assert k == (e.at_ns - T0) // P + 2
+    # n0's claim was judged as the period it was published in closed: n3's digest of that period, where the
+    # record would be, was held without it
+    assert k == (e.at_ns - T0) // P
     assert obs.trust.flagged() == frozenset({"n3"})
     assert (e.reporter, e.witness, e.reason) == ("n0", "n3", "missing_at_witness")
     h = hidden[0]
@@ -272,8 +276,9 @@ def ev(reporter: str, witness: str, severity: str = "contradiction", sport: int 
 @pytest.mark.parametrize(("self_id", "evidence", "blamed"), [
     ("me", [ev("x", "me")], {"x": "witnessed_here"}),
     ("me", [ev("me", "x")], {"x": "reported_here"}),
-    ("me", [ev("x", "y")], {"x": "ambiguous", "y": "ambiguous"}),
-    ("me", [ev("x", "y", sport=1), ev("x", "y", sport=2)], {"x": "ambiguous", "y": "ambiguous"}),
+    ("me", [ev("x", "y")], {}),
+    ("me", [ev("x", "y", sport=1), ev("x", "y", sport=2)], {}),
+    ("me", [dataclasses.replace(ev("x", "y"), reason="claims_member_address")], {"x": "on_its_face"}),
     ("me", [ev("x", "y", sport=1), ev("x", "z", sport=2)], {"x": "majority"}),
     ("me", [ev("y", "x", sport=1), ev("z", "x", sport=2)], {"x": "majority"}),
 ])
@@ -337,10 +342,12 @@ def test_excluded_and_snapshot():
     assert t.excluded(["x"]) == set()
 
 
-def test_ambiguous_penalties_count_once_per_pair_and_stop_at_the_floor():
-    t = TrustState("me", ScoreConfig(ambiguous_weight=0.25, ambiguous_floor=0.6), now_ns=T0)
-    t.update(T0, [ev("x", "y", sport=i) for i in range(20)])
-    assert t.score("x") == pytest.approx(1 - 0.25 * 0.6)
-    for i in range(1, 10):
-        t.update(T0, [ev("x", "y", sport=i)])
-    assert t.score("x") == pytest.approx(0.6) and not t.is_flagged("x")
+def test_an_unresolved_dispute_blames_nobody_and_counts_toward_the_majority():
+    t = TrustState("me", now_ns=T0)
+    assert t.update(T0, [ev("x", "y", sport=i) for i in range(20)]) == []
+    assert t.score("x") == t.score("y") == 1.0 and t.snapshot() == []
+    # x then disputes z too: two disputants, one for y (and for z): x is the majority's liar, for both disputes
+    blames = t.update(T0 + S, [ev("x", "y"), ev("x", "z", sport=2)])
+    assert {(b.node_id, b.attribution) for b in blames} == {("x", "majority")} and len(blames) == 2
+    assert t.is_flagged("x") and t.score("y") == t.score("z") == 1.0
+

@@ -155,24 +155,29 @@ def test_witness_final_in_the_next_period_is_waited_for():
     assert rep.evidence == [] and rep.matched == 2 and v.pending() == 0
 
 
-def test_missing_at_witness_after_the_grace_only():
-    a, _ = pair()
+@pytest.mark.parametrize(("end", "judged_at"), [
+    (T0 + 3 * S, 0),  # b's record would be in its period 0: missing once that period is held
+    (T0 + P - S // 2, 1),  # within the skew of the boundary: b's period 1 may hold it, so that one too
+])
+def test_missing_at_witness_once_the_witness_digests_cover_where_its_record_would_be(end, judged_at):
+    # the grace only bounds the wait for the witness's digests: held without the record, it is missing
+    a, _ = pair(end=end)
     v = validator()
     v.add(period("a", 0, a))
-    for k in range(3):
+    for k in range(judged_at + 1):
         v.add(period("b", k))
         if k:
             v.add(period("a", k))
         rep = v.evaluate(T0 + (k + 1) * P + S)
-        if k < 2:
-            assert rep.evidence == [], k
+        if k < judged_at:
+            assert rep.evidence == [] and v.pending() == 1, k
     assert [(e.reporter, e.witness, e.field, e.reason) for e in rep.evidence] == [
         ("a", "b", "existence", "missing_at_witness")]
     assert rep.evidence[0].flow == ("tcp", A_IP, 40000, B_IP, 443)
 
 
 @pytest.mark.parametrize(("witness_periods", "truncated", "outcome", "src", "reason"), [
-    ((0, 2), 0, "established", A_IP, "witness_gap"),  # the witness's period 1 never arrived
+    ((1, 2), 0, "established", A_IP, "witness_gap"),  # the witness's period 0, the flow's, never arrived
     ((0, 1, 2), 3, "established", A_IP, "witness_truncated"),
     ((0, 1, 2), 0, "established", "192.0.2.9", "src_not_member"),  # sent from an address b does not know
     ((0, 1, 2), 0, "refused", A_IP, None),  # b never had a socket: nothing to expect
@@ -489,3 +494,44 @@ def test_a_port_reused_after_the_first_flow_left_memory_is_judged_since_the_last
         evidence += v.evaluate(T0 + (k + 1) * P + S).evidence
     assert {(e.reporter, e.field, e.claimed, e.witnessed) for e in evidence} == expected, evidence
     assert v.counters["udp_tuple_reused"] > 0
+
+
+@pytest.mark.parametrize("filled", [True, False])
+def test_a_gap_in_the_witness_digests_is_fetched_before_the_claim_is_called_unverifiable(filled):
+    a, _ = pair()
+    v = validator(gap_fetch_periods=1)
+    v.add(period("a", 0, a))
+    for k in (1, 2):  # b's period 0, where its record would be, was missed
+        v.add(period("b", k))
+    rep = v.evaluate(T0 + 3 * P + S)  # ripe: not concluded, the period before b's period 1 is wanted
+    assert rep.evidence == [] and not rep.unverifiable and v.pending() == 1
+    assert v.take_wanted() == {"b": a.start_ns - S * 2} and v.take_wanted() == {}
+    if filled:
+        v.add(period("b", 0))
+    rep = v.evaluate(T0 + 4 * P + S)  # a period later
+    if filled:
+        assert [(e.witness, e.reason) for e in rep.evidence] == [("b", "missing_at_witness")]
+    else:
+        assert rep.evidence == [] and dict(rep.unverifiable) == {"witness_gap": 1}
+    assert v.pending() == 0 and v.counters["gap_waits"] == 1
+
+
+def test_a_period_older_than_the_validator_keeps_is_not_taken():
+    v = validator()
+    v.evaluate(T0 + 20 * P)
+    assert not v.add(period("b", 0)) and v.counters["periods_too_old"] == 1
+    assert v.add(period("b", 19))
+
+
+def test_claiming_another_members_mesh_address_is_evidence_on_its_face():
+    from meshnode.trust._validate import address_claims
+
+    hosts = {"10.0.0.9": {"l"}, "10.0.0.2": {"b"}, "10.0.0.7": {"c", "l"}}
+    d = mesh_pb2.Digest(node_id="l", period_end_ns=T0, addresses=["10.0.0.9", "10.0.0.2", "10.0.0.7", "10.0.0.50"])
+    # its own host, one it shares with c (two nodes on one machine) and an address no member's mesh is on: honest
+    [e] = address_claims(d, hosts)
+    assert (e.reporter, e.witness, e.field, e.claimed, e.reason, e.severity, e.at_ns) == (
+        "l", "b", "addresses", "10.0.0.2", "claims_member_address", "contradiction", T0)
+    # matched as published: a fleet that hashes addresses compares the hashes
+    hashed = mesh_pb2.Digest(node_id="l", addresses=["h(10.0.0.2)"])
+    assert [x.claimed for x in address_claims(hashed, hosts, lambda a: f"h({a})")] == ["h(10.0.0.2)"]

@@ -55,6 +55,25 @@ def test_lie_is_refused_without_the_test_guard_and_parsed_with_it():
         Lie.from_env({**ok, "MESHNODE_TEST_LIE": "triple:10.0.0.2"})
 
 
+def test_each_lie_misreports_the_digest_as_its_class_says():
+    from meshnode.trust._wiring import apply_lie
+
+    def digest() -> mesh_pb2.Digest:
+        return mesh_pb2.Digest(period_start_ns=10 * 10**9, period_end_ns=12 * 10**9, addresses=["10.0.0.1", "fd00::1"],
+                               endpoints=[flow_pb2.Flow(src="10.0.0.1", sport=40000, dst="10.0.0.2", dport=80,
+                                                        direction=flow_pb2.OUTBOUND, bytes_tx=1000)])
+    d = digest()
+    assert apply_lie(Lie("halve_tx", "10.0.0.2", 80), d) == 1 and d.endpoints[0].bytes_tx == 500
+    d = digest()
+    assert apply_lie(Lie("claim", "10.0.0.3"), d) == 1 and list(d.addresses) == ["10.0.0.1", "fd00::1", "10.0.0.3"]
+    d = digest()
+    assert apply_lie(Lie("invent", "10.0.0.4", 9000), d) == 1
+    made = d.endpoints[1]
+    assert (made.src, made.dst, made.dport, made.outcome, made.kind) == (
+        "10.0.0.1", "10.0.0.4", 9000, flow_pb2.ESTABLISHED, flow_pb2.FINAL)
+    assert d.period_start_ns < made.start_ns < made.end_ns < d.period_end_ns
+
+
 # ---------------------------------------------------------------------------------------------- decorator
 
 
