@@ -17,11 +17,12 @@ period 2 s, every node with the same privacy policy (lab IPv4 kept, every other 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,13 @@ print(json.dumps([base64.b64encode(d.payload).decode() for d in resp.digests]))
 
 
 class Fleet:
-    def __init__(self, lab: Any, data: Path) -> None:
+    def __init__(self, lab: Any, data: Path, lies: dict[str, str] | None = None) -> None:
         self.lab = lab
         self.data = data
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.ids: dict[str, str] = {}
+        self.lies = lies if lies is not None else {
+            "e": f"double_tx:{lab['a'].ip}:{LIE_PORT},hide:{lab['c'].ip}:{CHALLENGE_PORT}"}
 
     def addr(self, name: str) -> str:
         return f"{self.lab[name].ip}:{PORT}"
@@ -65,9 +68,8 @@ class Fleet:
         if name != "a":
             argv += ["--join", self.addr("a")]
         env = dict(os.environ)
-        if name == "e":
-            env.update(MESHNODE_ALLOW_FAKE_SENSOR="1", MESHNODE_TEST_LIE=f"double_tx:{self.lab['a'].ip}:{LIE_PORT},"
-                                                                            f"hide:{self.lab['c'].ip}:{CHALLENGE_PORT}")
+        if name in self.lies:
+            env.update(MESHNODE_ALLOW_FAKE_SENSOR="1", MESHNODE_TEST_LIE=self.lies[name])
         log = (self.data / f"{name}.log").open("w")
         self.procs[name] = host.popen(argv, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
 
@@ -99,34 +101,36 @@ class Fleet:
         return {s["node_id"] for s in self.validate(on)["scores"] if s["flagged"]}
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+@contextlib.contextmanager
+def running_fleet(data: Path, hosts: list[str], lies: Callable[[Any], dict[str, str]] | None = None
+                  ) -> Iterator[Fleet]:
+    """A lab of ``hosts``, each running an eBPF node with the lab's privacy policy (``lies(lab)``: test-only lies
+    by host; Fleet's default when None), once every node sees every other alive; everything stopped afterwards."""
     require_kernel()
     from meshnode.lab import IPV4_SPACE, Lab
 
-    data = tmp_path_factory.mktemp("trust")
     config = data / "meshnode.toml"
     config.write_text(f'[privacy]\nkeep = ["{IPV4_SPACE}"]\noutside = "hash"\nsecret = "{SECRET}"\n')
     config.chmod(0o600)  # it holds the privacy secret: a node refuses it open to others
-    with Lab(HOSTS) as lab:
-        f = Fleet(lab, data)
+    with Lab(hosts) as lab:
+        f = Fleet(lab, data, lies(lab) if lies is not None else None)
         try:
-            for name in HOSTS:
+            for name in hosts:
                 f.start(name, config)
 
             def formed() -> tuple[bool, Any]:
                 views = {}
-                for name in HOSTS:
+                for name in hosts:
                     doc = f.meshctl(name, "peers")
                     views[name] = {p["labels"].get("host"): (p["state"], p["node_id"])
                                    for p in doc["peers"]} if doc else {}
-                ok = all(len(v) == 5 and all(s == "alive" for s, _ in v.values()) for v in views.values())
+                ok = all(len(v) == len(hosts) and all(s == "alive" for s, _ in v.values()) for v in views.values())
                 if ok:
-                    f.ids = {h: nid for h, (_, nid) in views["a"].items()}
+                    f.ids = {h: nid for h, (_, nid) in views[hosts[0]].items()}
                 return ok, views
 
-            took = f.wait(formed, 150, "five eBPF nodes forming one mesh")
-            print(f"\nfleet of 5 eBPF nodes formed {took:.1f} s after start")
+            took = f.wait(formed, 150, f"{len(hosts)} eBPF nodes forming one mesh")
+            print(f"\nfleet of {len(hosts)} eBPF nodes formed {took:.1f} s after start")
             yield f
         finally:
             for p in f.procs.values():
@@ -136,6 +140,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with running_fleet(tmp_path_factory.mktemp("trust"), HOSTS) as f:
+        yield f
 
 
 def _transfers(fleet: Fleet, pairs: list[tuple[str, str]], port: int, size: int, *, v6: bool = False) -> None:
