@@ -495,6 +495,7 @@ class CrossValidator:
         self._final_pairs: dict[tuple[tuple[str, FlowKey, int], tuple[str, FlowKey, int]], int] = {}
         self._wanted: dict[str, int] = {}
         self._horizon_ns = 0
+        self._period_horizon_ns = 0
         self.counters: Counter[str] = Counter()
 
     def set_owners(self, owners: Mapping[str, str]) -> None:
@@ -679,6 +680,16 @@ class CrossValidator:
                                        "received_more_datagrams_than_sent", "contradiction"))
         return True
 
+    def _unchanged(self, c: EndpointClaim) -> bool:
+        """True when the reporter's previous record of this flow held the same counters."""
+        earlier = [r for r in self._records.get(c.reporter, {}).get(c.key, ())
+                   if r.start_ns == c.start_ns and r.end_ns < c.end_ns]
+        if not earlier:
+            return False
+        prev = max(earlier, key=lambda r: r.end_ns)
+        return (prev.bytes_tx, prev.bytes_rx, prev.packets_tx, prev.packets_rx) == (
+            c.bytes_tx, c.bytes_rx, c.packets_tx, c.packets_rx)
+
     def _coverage(self, node: str, lo: int, hi: int, first_slack: int) -> tuple[bool, list[PeriodClaims], int]:
         """Whether ``node``'s held periods cover ``[lo, hi]`` without a gap, the periods that do, and how far the
         coverage reaches from ``lo`` (where the gap starts, when there is one).
@@ -702,6 +713,12 @@ class CrossValidator:
         """Judge a claim the witness has no record of; False to keep it pending."""
         cfg = self.config
         c = p.claim
+        if not c.final and self._unchanged(c):
+            # an idle flow's later snapshot claims nothing new (a UDP server's flow stays open until its idle
+            # timeout, long after the client's record of it has expired here): its first record was judged
+            report.checked += 1
+            self.counters["claims_unchanged"] += 1
+            return True
         # the witness's record may have ended (and been published, final) any time after the flow started:
         # a UDP flow the witness closed at once stays open at the reporter until its idle timeout, so an interim
         # claim can outlive the witness's final record by far; only the whole span, covered, proves absence. It
@@ -712,7 +729,9 @@ class CrossValidator:
         if not covered:
             if not ripe:
                 return False
-            if not p.gap_until_ns and cfg.gap_fetch_periods > 0 and c.outcome in _USEFUL:
+            # fetched, a period older than those held here would be dropped at once: such a gap is not waited for
+            if (not p.gap_until_ns and cfg.gap_fetch_periods > 0 and c.outcome in _USEFUL
+                    and reach >= self._period_horizon_ns):
                 p.gap_until_ns = now_ns + cfg.gap_fetch_periods * cfg.period_ns
                 self.counters["gap_waits"] += 1
             if now_ns < p.gap_until_ns:
@@ -749,6 +768,7 @@ class CrossValidator:
         # a period goes one period (and skew) before its records, so that a held period's records are all
         # still held: a period kept while its records are gone would prove an absence that is not there
         period_horizon = horizon + self.config.period_ns + self.config.skew_ns
+        self._period_horizon_ns = max(self._period_horizon_ns, period_horizon)
         for periods in self._periods.values():
             for span in [s for s in periods if s[1] < period_horizon]:
                 del periods[span]

@@ -368,7 +368,13 @@ def test_interim_claim_outliving_the_witness_final_record_is_not_missing():
         v.add(period("b", k, b_k))
         evidence += v.evaluate(T0 + (k + 1) * P + S).evidence
     assert [e.reason for e in evidence if e.field == "existence"] == []
-    assert v.counters["unverifiable_witness_gap"] > 0
+    # b's later snapshots are unchanged: they claim nothing new, and are no gap to fetch either
+    assert v.counters["unverifiable_witness_gap"] == 0 and v.counters["claims_unchanged"] >= 3
+    # grown since (new datagrams from a's old port): judged as any claim; a's records over it are gone, a gap
+    v.add(period("a", 9))
+    v.add(period("b", 9, dataclasses.replace(b_rec, end_ns=T0 + 10 * P, final=False, bytes_rx=600, packets_rx=2)))
+    rep = v.evaluate(T0 + 13 * P)
+    assert rep.evidence == [] and rep.unverifiable["witness_gap"] == 1
 
 
 def test_a_skipped_witness_digest_is_a_gap_even_when_the_period_is_shorter_than_the_skew():
@@ -535,3 +541,4 @@ def test_claiming_another_members_mesh_address_is_evidence_on_its_face():
     # matched as published: a fleet that hashes addresses compares the hashes
     hashed = mesh_pb2.Digest(node_id="l", addresses=["h(10.0.0.2)"])
     assert [x.claimed for x in address_claims(hashed, hosts, lambda a: f"h({a})")] == ["h(10.0.0.2)"]
+
