@@ -105,7 +105,7 @@ async def _service(i: int, seeds: list[str], key: NodeKey) -> tuple[grpc.aio.Ser
 
 async def _fetch_scenario() -> None:
     now = time.time_ns()
-    chain = [_signed(s, s - 1 if s > 1 else 0, t0=now - 40 * S) for s in (1, 2, 3)]
+    chain = [_signed(s, s - 1 if s > 1 else 0, t0=now - 80 * S) for s in range(1, 7)]
     holder_server = grpc.aio.server()
     holder = _TamperingHolder(chain[1])
     mesh_pb2_grpc.add_MeshServicer_to_server(holder, holder_server)  # type: ignore[no-untyped-call]
@@ -115,7 +115,7 @@ async def _fetch_scenario() -> None:
     asker_server, asker = await _service(1, [pub.advertise], NodeKey.from_seed(b"history-asker"))
     try:
         await _until(lambda: asker.membership.state_of(PUB.node_id) == State.ALIVE)
-        for signed in chain:  # the publisher's own history: what it serves to those that missed a period
+        for signed in chain[:3]:  # the publisher's own history: what it serves to those that missed a period
             pub.exchange.history.add(HeldDigest(signed, mesh_pb2.Digest.FromString(signed.payload), 0.0))
         got: list[int] = []
         asker.digest_listeners.append(lambda d, _s, own: got.append(d.seq))
@@ -137,6 +137,15 @@ async def _fetch_scenario() -> None:
             from_addr="127.0.0.1:1", payload=mesh_pb2.StreamMessage(user=pull.SerializeToString()).SerializeToString()))
         answer = mesh_pb2.DigestState.FromString(mesh_pb2.StreamMessage.FromString(raw.payload).user)
         assert list(answer.digests) == [chain[0]]
+        # validation found no period of the publisher after seq 4's: the one before the next held (6) is fetched
+        for signed in chain[3:]:
+            pub.exchange.history.add(HeldDigest(signed, mesh_pb2.Digest.FromString(signed.payload), 0.0))
+        for signed in (chain[3], chain[5]):  # held here without a word to the exchange (no fill of its own)
+            ex.history.add(HeldDigest(signed, mesh_pb2.Digest.FromString(signed.payload), 0.0))
+        assert ex.request_gap(PUB.node_id, mesh_pb2.Digest.FromString(chain[3].payload).period_end_ns)
+        await _until(lambda: 5 in got)
+        assert ex.history.get(PUB.node_id, 5).signed == chain[4]  # type: ignore[union-attr]
+        assert not ex.request_gap(PUB.node_id, mesh_pb2.Digest.FromString(chain[3].payload).period_end_ns)  # held
     finally:
         await asker.stop(leave=False)
         await pub.stop(leave=False)
