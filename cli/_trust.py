@@ -114,6 +114,8 @@ def _flow(e: Mapping[str, Any]) -> str:
     def end(addr: str, port: int) -> str:
         return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
+    if not e["proto"]:  # not about a flow: an address the reporter published as its own
+        return str(e["src"])
     return f"{e['proto']} {end(e['src'], e['sport'])}→{end(e['dst'], e['dport'])}"
 
 

@@ -780,13 +780,16 @@ class DigestExchange:
         return True
 
     def _holders(self, node_id: str, first: Sequence[str]) -> list[str]:
+        """Where to ask: ``first`` (members' addresses only: a packet may name any address), the publisher,
+        then two other alive members."""
         assert self._membership is not None
         me = self._membership.address
-        out = [a for a in first if a and a != me]
+        members = {m.addr: m for m in self._membership.members()}
+        out = [a for a in first if a in members and a != me]
         publisher = self._membership.member(node_id)
         if publisher is not None and publisher.addr not in out and publisher.addr != me:
             out.append(publisher.addr)
-        others = [m.addr for m in self._membership.members() if m.addr not in out and m.addr != me
+        others = [a for a, m in members.items() if a not in out and a != me
                   and m.node_id != node_id and m.state == State.ALIVE]
         out.extend(sorted(others)[:2])
         return out

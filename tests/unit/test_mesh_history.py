@@ -74,22 +74,13 @@ def test_missing_names_predecessors_not_held_within_the_bound():
     assert h.missing(PUB.node_id) == [9]
 
 
-class _TamperingHolder(mesh_pb2_grpc.MeshServicer):
-    """A member that answers every request with the asked digest's payload altered under its signature."""
-
-    def __init__(self, real: mesh_pb2.SignedDigest) -> None:
-        self.asked: list[mesh_pb2.DigestPull] = []
-        self.real = real
-
-    async def Stream(self, request, context):
-        pull = mesh_pb2.DigestPull.FromString(mesh_pb2.StreamMessage.FromString(request.payload).user)
-        self.asked.append(pull)
-        forged = mesh_pb2.Digest.FromString(self.real.payload)
-        forged.endpoints.add(src="10.0.0.1", sport=1, dst="10.0.0.2", dport=443)  # a flow that never was
-        bad = mesh_pb2.SignedDigest(payload=forged.SerializeToString(), signature=self.real.signature,
-                                    public_key=self.real.public_key)
-        answer = mesh_pb2.StreamMessage(user=mesh_pb2.DigestState(digests=[bad]).SerializeToString())
-        return mesh_pb2.StreamResponse(payload=answer.SerializeToString())
+def _tampered(real: mesh_pb2.SignedDigest) -> HeldDigest:
+    """``real`` with a flow that never was added to its payload, under the original signature."""
+    forged = mesh_pb2.Digest.FromString(real.payload)
+    forged.endpoints.add(src="10.0.0.1", sport=1, dst="10.0.0.2", dport=443)
+    bad = mesh_pb2.SignedDigest(payload=forged.SerializeToString(), signature=real.signature,
+                                public_key=real.public_key)
+    return HeldDigest(bad, forged, 0.0)
 
 
 async def _service(i: int, seeds: list[str], key: NodeKey) -> tuple[grpc.aio.Server, MeshService]:
@@ -106,27 +97,24 @@ async def _service(i: int, seeds: list[str], key: NodeKey) -> tuple[grpc.aio.Ser
 async def _fetch_scenario() -> None:
     now = time.time_ns()
     chain = [_signed(s, s - 1 if s > 1 else 0, t0=now - 80 * S) for s in range(1, 7)]
-    holder_server = grpc.aio.server()
-    holder = _TamperingHolder(chain[1])
-    mesh_pb2_grpc.add_MeshServicer_to_server(holder, holder_server)  # type: ignore[no-untyped-call]
-    holder_addr = f"127.0.0.1:{holder_server.add_insecure_port('127.0.0.1:0')}"
-    await holder_server.start()
     pub_server, pub = await _service(0, [], PUB)
+    # a member that holds a copy of seq 2 altered under its signature, and serves it
+    holder_server, holder = await _service(2, [pub.advertise], NodeKey.from_seed(b"history-holder"))
+    holder.exchange.history.add(_tampered(chain[1]))
     asker_server, asker = await _service(1, [pub.advertise], NodeKey.from_seed(b"history-asker"))
     try:
-        await _until(lambda: asker.membership.state_of(PUB.node_id) == State.ALIVE)
+        await _until(lambda: all(asker.membership.state_of(m.node_id) == State.ALIVE for m in (pub, holder)))
         for signed in chain[:3]:  # the publisher's own history: what it serves to those that missed a period
             pub.exchange.history.add(HeldDigest(signed, mesh_pb2.Digest.FromString(signed.payload), 0.0))
         got: list[int] = []
         asker.digest_listeners.append(lambda d, _s, own: got.append(d.seq))
-        # the asker gets seq 3 from the tampering holder (relayed), having missed 1 and 2
-        assert asker.exchange.ingest(chain[2], holder_addr)
+        # the asker gets seq 3 from the holder (relayed), having missed 1 and 2
+        assert asker.exchange.ingest(chain[2], holder.advertise)
         await _until(lambda: sorted(got) == [1, 2, 3])
         ex = asker.exchange
         assert [h.digest.seq for h in ex.history.of(PUB.node_id)] == [1, 2, 3]
         assert ex.history.get(PUB.node_id, 2).signed == chain[1]  # type: ignore[union-attr]
-        assert [(r.node_id, r.seq) for p in holder.asked for r in p.refs] == [(PUB.node_id, 2)]
-        assert ex.counters["digests_bad_signature"] == 1  # the forged one, refused; then the publisher asked
+        assert ex.counters["digests_bad_signature"] == 1  # the holder's forged copy, refused; then the publisher asked
         assert ex.counters["digest_fetches"] == 2 and ex.counters["digest_fetches_failed"] == 0
         assert ex.counters["digests_history_filled"] == 2
         assert ex.latest(PUB.node_id).digest.seq == 3  # type: ignore[union-attr]
@@ -147,8 +135,8 @@ async def _fetch_scenario() -> None:
         assert ex.history.get(PUB.node_id, 5).signed == chain[4]  # type: ignore[union-attr]
         assert not ex.request_gap(PUB.node_id, mesh_pb2.Digest.FromString(chain[3].payload).period_end_ns)  # held
     finally:
-        await asker.stop(leave=False)
-        await pub.stop(leave=False)
+        for m in (asker, holder, pub):
+            await m.stop(leave=False)
         for s in (asker_server, pub_server, holder_server):
             await s.stop(0)
 
