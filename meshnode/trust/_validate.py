@@ -306,6 +306,8 @@ def _tcp_packets(c: EndpointClaim, w: EndpointClaim, cfg: ValidationConfig) -> l
         ("packets_tx", c.packets_tx, w.packets_rx, c.packets_tx, w.packets_rx),
         ("packets_rx", w.packets_tx, c.packets_rx, c.packets_rx, w.packets_tx),
     ):
+        if not sent or not recv:  # no segment counted: not measured (the handshake alone is one each way)
+            continue
         if recv > sent + cfg.packet_slack:
             out.append(_ev(c, w.reporter, fld, claimed, witnessed, "received_more_segments_than_sent", "minor"))
         elif sent - recv > _loss_allowance(sent, cfg):
@@ -388,7 +390,10 @@ def compare_bound(c: EndpointClaim, later: EndpointClaim, cfg: ValidationConfig 
     elif c.bytes_rx > later.bytes_tx:
         out.append(_ev(c, later.reporter, "bytes_rx", c.bytes_rx, later.bytes_tx, "received_more_than_sent",
                        "contradiction"))
-    if c.packets_rx > later.packets_tx + cfg.packet_slack:
+    # a TCP record with no segment sent was not counted (the handshake alone is one): a sensor that saw the
+    # connection only after it began (lab soak: a node's mesh server at start-up), not a lie worth a score
+    counted = c.proto != "tcp" or later.packets_tx > 0
+    if counted and c.packets_rx > later.packets_tx + cfg.packet_slack:
         out.append(_ev(c, later.reporter, "packets_rx", c.packets_rx, later.packets_tx,
                        "received_more_segments_than_sent", "minor" if c.proto == "tcp" else "contradiction"))
     return out

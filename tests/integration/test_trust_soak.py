@@ -22,6 +22,7 @@ SECONDS = float(os.environ.get("MESHNODE_TRUST_SOAK_SECONDS", "0"))
 
 
 @pytest.mark.skipif(SECONDS <= 0, reason="a soak: set MESHNODE_TRUST_SOAK_SECONDS to run it")
+@pytest.mark.timeout(SECONDS + 600)
 def test_honest_soak_with_loss_on_one_link_holds_no_evidence(tmp_path: Path) -> None:
     rng = random.Random(13)
     with running_fleet(tmp_path, HOSTS, lambda lab: {}) as fleet:
