@@ -16,9 +16,9 @@ with the reader reading to the end makes them equal. UDP counts datagram payload
 * **Final TCP vs final TCP**: bytes exact both ways. Acked at the sender more than received at the receiver
   is impossible (``contradiction``); received more than acked can only come from an abortive close
   (``mismatch``). Packets: the receiver may not count more segments than the sender sent beyond
-  ``packet_slack`` (2: SYN/FIN/last-ACK accounting at the ends); the sender may count more (retransmissions
-  of lost segments) up to ``packet_slack + loss_tolerance * sent`` (``minor`` beyond). Outcome: one end
-  ``established`` and the other not is a ``mismatch``.
+  ``packet_slack`` (2: SYN/FIN/last-ACK accounting at the ends); the sender may count any more
+  (retransmissions: one lost GSO burst is tens of segments); an end that counted no segment at all did not
+  count them. Outcome: one end ``established`` and the other not is a ``mismatch``.
 * **Final UDP vs final UDP**: nothing is repaired, so lost datagrams are allowed, but only as whole
   datagrams: received more bytes or datagrams than sent is a ``contradiction``; with no datagram lost the
   bytes must be exact; with ``k`` lost the byte gap must fit in ``k`` datagrams of at most 65,507 bytes
@@ -253,7 +253,7 @@ class ValidationConfig:
         grace_periods: periods to wait for the witness's record before calling a claim missing.
         clock_skew_s: the wall-clock difference allowed between two nodes.
         packet_slack: segments the two ends may count differently for end-of-connection accounting.
-        loss_tolerance: the fraction of sent packets that may be lost (retransmitted for TCP) honestly.
+        loss_tolerance: the fraction of sent UDP datagrams that may be lost honestly.
         tcp_buffered_bytes: bytes a TCP writer may have written that its reader has not read yet, however
             long ago (send plus receive buffer: Linux's default maxima are 4 MiB and 6 MiB, rounded up).
         max_records_per_node: bound on held records per node (the oldest are dropped, counted).
@@ -308,10 +308,10 @@ def _tcp_packets(c: EndpointClaim, w: EndpointClaim, cfg: ValidationConfig) -> l
     ):
         if not sent or not recv:  # no segment counted: not measured (the handshake alone is one each way)
             continue
+        # the sender's excess is its retransmissions, and no bound on them is honest: one drop of a GSO burst
+        # (lab soak, 5 % loss on a veth) loses tens of segments, and the bytes are compared exactly anyway
         if recv > sent + cfg.packet_slack:
             out.append(_ev(c, w.reporter, fld, claimed, witnessed, "received_more_segments_than_sent", "minor"))
-        elif sent - recv > _loss_allowance(sent, cfg):
-            out.append(_ev(c, w.reporter, fld, claimed, witnessed, "segment_gap_beyond_loss_tolerance", "minor"))
     return out
 
 

@@ -51,9 +51,10 @@ TCP_FINAL = [
     ({"bytes_tx": 4999}, {}, [("bytes_tx", "received_more_than_acked", "mismatch")]),
     ({"bytes_rx": 699}, {}, [("bytes_rx", "acked_more_than_received", "contradiction")]),
     ({"bytes_rx": 1400}, {}, [("bytes_rx", "received_more_than_acked", "mismatch")]),
-    # retransmissions of lost segments: the sender counts more, within 2 + 25 %
+    # retransmissions of lost segments: the sender counts more, by any amount (lab soak, 5 % loss on a veth:
+    # one dropped GSO burst, 201 segments sent for 132 received)
     ({"packets_tx": 14}, {}, []),
-    ({"packets_tx": 30}, {}, [("packets_tx", "segment_gap_beyond_loss_tolerance", "minor")]),
+    ({"packets_tx": 30}, {}, []),
     # SYN/FIN accounting: the receiver may count up to 2 more than the sender
     ({}, {"packets_rx": 12}, []),
     ({}, {"packets_rx": 13}, [("packets_tx", "received_more_segments_than_sent", "minor")]),
