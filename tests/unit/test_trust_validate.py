@@ -51,16 +51,11 @@ TCP_FINAL = [
     ({"bytes_tx": 4999}, {}, [("bytes_tx", "received_more_than_acked", "mismatch")]),
     ({"bytes_rx": 699}, {}, [("bytes_rx", "acked_more_than_received", "contradiction")]),
     ({"bytes_rx": 1400}, {}, [("bytes_rx", "received_more_than_acked", "mismatch")]),
-    # retransmissions of lost segments: the sender counts more, by any amount (lab soak, 5 % loss on a veth:
-    # one dropped GSO burst, 201 segments sent for 132 received)
-    ({"packets_tx": 14}, {}, []),
-    ({"packets_tx": 30}, {}, []),
-    # SYN/FIN accounting: the receiver may count up to 2 more than the sender
-    ({}, {"packets_rx": 12}, []),
-    ({}, {"packets_rx": 13}, [("packets_tx", "received_more_segments_than_sent", "minor")]),
-    # no segment counted at one end (a sensor that saw the connection only after it began): not compared
+    # segment counts are not compared (lab soak, 5 % loss on a veth: 201 sent for 132 received, one dropped GSO
+    # burst; 18 received for 3 sent; none counted by a sensor that saw the connection after it began)
+    ({"packets_tx": 201}, {"packets_rx": 132}, []),
+    ({"packets_rx": 18}, {"packets_tx": 3}, []),
     ({}, {"packets_tx": 0}, []),
-    ({"packets_tx": 0}, {}, []),
     ({}, {"outcome": "reset"}, [("outcome", "outcome_differs", "mismatch")]),
 ]
 
@@ -110,8 +105,9 @@ BOUND = [
     # rx may run ahead of the peer's (acked) tx for TCP: no bound on it
     ("tcp", {"bytes_rx": 9000}, {"bytes_tx": 100}, []),
     ("udp", {"bytes_rx": 700}, {"bytes_tx": 700}, []),
-    ("tcp", {"packets_rx": 378}, {"packets_tx": 0}, []),  # lab soak: the witness's segments were not counted
-    ("tcp", {"packets_rx": 378}, {"packets_tx": 1}, [("packets_rx", "received_more_segments_than_sent", "minor")]),
+    ("tcp", {"packets_rx": 378}, {"packets_tx": 0}, []),  # TCP segments: not compared
+    ("udp", {"bytes_rx": 700, "packets_rx": 4}, {"bytes_tx": 700, "packets_tx": 1},
+     [("packets_rx", "received_more_segments_than_sent", "contradiction")]),
     ("udp", {"bytes_rx": 701}, {"bytes_tx": 700}, [("bytes_rx", "received_more_than_sent", "contradiction")]),
     # UDP: a sender that later says it sent less than was already received
     ("udp", {"bytes_tx": 99999}, {"bytes_rx": 5}, []),
