@@ -14,6 +14,9 @@ from meshnode.mesh import LocalDigestSource, MeshConfig, MeshService, NodeKey, S
 CALM = MeshConfig(probe_interval=1.0, probe_timeout=0.5, suspicion_mult=6, gossip_interval=0.2,
                   push_pull_interval=30.0, reconnect_interval=0)
 """Calm timers: these fleets test queries and digests, not failure detection, on a loaded 2-core machine."""
+FAST = MeshConfig(probe_interval=0.2, probe_timeout=0.1, gossip_interval=0.05, push_pull_interval=1.0,
+                  suspicion_mult=3, stream_timeout=1.0, reconnect_interval=0)
+"""Fast timers: joins, probes and digest pulls within a second (mesh tests that wait for them)."""
 
 
 async def until(pred: Callable[[], bool], timeout: float) -> None:

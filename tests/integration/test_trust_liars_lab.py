@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests._support import traffic as t
-from tests.integration.test_trust_lab import PERIOD, Fleet, running_fleet
+from tests._support.trustfleet import PERIOD, Fleet, running_fleet
 
 HOSTS = ["a", "b", "c", "d", "l", "m"]
 INFLATE, DEFLATE, OMIT, INVENT = 31100, 31102, 31103, 31104

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests._support import traffic as t
-from tests.integration.test_trust_lab import HOSTS, PERIOD, running_fleet
+from tests._support.trustfleet import HOSTS, PERIOD, running_fleet
 
 SECONDS = float(os.environ.get("MESHNODE_TRUST_SOAK_SECONDS", "0"))
 

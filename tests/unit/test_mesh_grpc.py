@@ -13,7 +13,6 @@ import pytest
 from meshnode.mesh import (
     DIGEST_VERSION,
     RETRYABLE_CODES,
-    MeshConfig,
     MeshService,
     NodeKey,
     State,
@@ -21,9 +20,8 @@ from meshnode.mesh import (
     with_retries,
 )
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
+from tests._support.meshfleet import FAST
 
-FAST = MeshConfig(probe_interval=0.2, probe_timeout=0.1, gossip_interval=0.05, push_pull_interval=1.0,
-                  suspicion_mult=3, stream_timeout=1.0, reconnect_interval=0)
 DB = "10.9.0.5:5432"
 
 

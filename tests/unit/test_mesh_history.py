@@ -14,7 +14,7 @@ from meshnode.mesh import MeshService, NodeKey, State, sign_digest
 from meshnode.mesh._digest import DIGEST_VERSION, HeldDigest
 from meshnode.mesh._history import DigestHistory
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
-from tests.unit.test_mesh_grpc import FAST, _until
+from tests._support.meshfleet import FAST, until
 
 PUB = NodeKey.from_seed(b"history-publisher")
 S = 10**9
@@ -103,14 +103,14 @@ async def _fetch_scenario() -> None:
     holder.exchange.history.add(_tampered(chain[1]))
     asker_server, asker = await _service(1, [pub.advertise], NodeKey.from_seed(b"history-asker"))
     try:
-        await _until(lambda: all(asker.membership.state_of(m.node_id) == State.ALIVE for m in (pub, holder)))
+        await until(lambda: all(asker.membership.state_of(m.node_id) == State.ALIVE for m in (pub, holder)), 5.0)
         for signed in chain[:3]:  # the publisher's own history: what it serves to those that missed a period
             pub.exchange.history.add(HeldDigest(signed, mesh_pb2.Digest.FromString(signed.payload), 0.0))
         got: list[int] = []
         asker.digest_listeners.append(lambda d, _s, own: got.append(d.seq))
         # the asker gets seq 3 from the holder (relayed), having missed 1 and 2
         assert asker.exchange.ingest(chain[2], holder.advertise)
-        await _until(lambda: sorted(got) == [1, 2, 3])
+        await until(lambda: sorted(got) == [1, 2, 3], 5.0)
         ex = asker.exchange
         assert [h.digest.seq for h in ex.history.of(PUB.node_id)] == [1, 2, 3]
         assert ex.history.get(PUB.node_id, 2).signed == chain[1]  # type: ignore[union-attr]
@@ -131,7 +131,7 @@ async def _fetch_scenario() -> None:
         for signed in (chain[3], chain[5]):  # held here without a word to the exchange (no fill of its own)
             ex.history.add(HeldDigest(signed, mesh_pb2.Digest.FromString(signed.payload), 0.0))
         assert ex.request_gap(PUB.node_id, mesh_pb2.Digest.FromString(chain[3].payload).period_end_ns)
-        await _until(lambda: 5 in got)
+        await until(lambda: 5 in got, 5.0)
         assert ex.history.get(PUB.node_id, 5).signed == chain[4]  # type: ignore[union-attr]
         assert not ex.request_gap(PUB.node_id, mesh_pb2.Digest.FromString(chain[3].payload).period_end_ns)  # held
     finally:
