@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,15 @@ def start_node(host: Any, data_dir: Path) -> subprocess.Popen[str]:
         time.sleep(0.2)
     node.kill()
     raise AssertionError("meshnode run did not answer within 20 s")
+
+
+def stop_nodes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20) -> None:
+    """SIGTERM every node at once (each flushes its last period), then wait; kill one that does not stop."""
+    procs = list(procs)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()

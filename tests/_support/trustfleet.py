@@ -1,6 +1,6 @@
 """A fleet of ``meshnode run`` nodes with the eBPF sensor on lab hosts, 2 s export periods, the same privacy
 policy everywhere (lab IPv4 kept, every other address hashed), test-only lies where asked: the trust labs'
-(tests/integration/test_trust_lab.py, test_trust_liars_lab.py, test_trust_soak.py) one way of starting it."""
+(tests/integration/test_trust_lab.py, test_trust_liars_lab.py, bench/soak_trust.py) one way of starting it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests._support.env import require_kernel
-from tests._support.labnode import MESHCTL, MESHNODE
+from tests._support.labnode import MESHCTL, MESHNODE, stop_nodes
 
 PORT = 7400
 PERIOD = 2.0
@@ -117,10 +117,4 @@ def running_fleet(data: Path, hosts: list[str], lies: Callable[[Any], dict[str, 
             print(f"\nfleet of {len(hosts)} eBPF nodes formed {took:.1f} s after start")
             yield f
         finally:
-            for p in f.procs.values():
-                p.terminate()
-            for p in f.procs.values():
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_nodes(f.procs.values())

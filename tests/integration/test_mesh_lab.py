@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests._support.env import require_kernel
-from tests._support.labnode import MESHCTL, MESHNODE
+from tests._support.labnode import MESHCTL, MESHNODE, stop_nodes
 
 PORT = 7400
 SITES = {"a": "s1", "b": "s1", "c": "s2", "d": "s2", "e": "s2"}
@@ -82,13 +82,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 f.start(name)
             yield f
         finally:
-            for p in f.procs.values():
-                p.terminate()
-            for p in f.procs.values():
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_nodes(f.procs.values())
 
 
 def test_join_and_converge(fleet: Fleet) -> None:
