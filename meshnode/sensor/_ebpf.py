@@ -176,30 +176,25 @@ class EbpfSensor:
         slow = np.flatnonzero(~fast)
         if _follows_its_socket(arr, fast, slow):
             return [self._runs_in_order(arr, fast, batch)]
-        data = arr.base if isinstance(arr.base, bytes) else arr.tobytes()
-        stride = arr.dtype.itemsize
-        skip = (arr.dtype.fields or {})["kind"][1]
         parts: list[FlowBatch] = []
         flow_at: list[NDArray[np.intp]] = []
         events: list[tuple[int, EventRecord]] = []
         for i in slow.tolist():
-            made, said = len(batch.records), len(batch.events)
-            self._handle(rec.event_from_raw(rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)), batch)
-            if len(batch.records) > made:
-                parts.append(FlowBatch.from_records(batch.records[made:]))
-                flow_at.append(np.full(len(batch.records) - made, i, dtype=np.intp))
-                del batch.records[made:]
+            said = len(batch.events)
+            made = self._handle_at(arr, i, batch)
+            if made is not None:
+                parts.append(made)
+                flow_at.append(np.full(made.n, i, dtype=np.intp))
             events += [(i, e) for e in batch.events[said:]]
             del batch.events[said:]
         at = np.flatnonzero(fast)
-        if not len(at):  # only other records
-            batch.events += [e for _, e in events]
-            return [FlowBatch.concat(parts)]
-        said = len(batch.events)
-        flows = self._end_columns(arr[fast], batch)
-        failed_at = at[flows.failed()].tolist()  # _end_columns' events: one a failed flow, in row order
-        events += list(zip(failed_at, batch.events[said:], strict=True))
-        del batch.events[said:]
+        flows = FlowBatch.empty()
+        if len(at):
+            said = len(batch.events)
+            flows = self._end_columns(arr[fast], batch)
+            failed_at = at[flows.failed()].tolist()  # _end_columns' events: one a failed flow, in row order
+            events += list(zip(failed_at, batch.events[said:], strict=True))
+            del batch.events[said:]
         events.sort(key=lambda e: e[0])  # stable: one record's events keep their order
         batch.events += [e for _, e in events]
         if not parts:  # the other records made no flow (the usual case): the end records are in ring order
@@ -211,22 +206,31 @@ class EbpfSensor:
     def _runs_in_order(self, arr: np.ndarray[Any, Any], fast: NDArray[np.bool_], batch: SensorBatch) -> FlowBatch:
         """Each run of TCP end records as one batch and each other record through ``_handle``, where it
         stands in the ring."""
-        data = arr.base if isinstance(arr.base, bytes) else arr.tobytes()
-        stride = arr.dtype.itemsize
-        skip = (arr.dtype.fields or {})["kind"][1]
         parts: list[FlowBatch] = []
         start = 0
         for i in [*np.flatnonzero(~fast).tolist(), len(arr)]:
             if i > start:
                 parts.append(self._end_columns(arr[start:i], batch))
             if i < len(arr):
-                made = len(batch.records)
-                self._handle(rec.event_from_raw(rec.EVENT_STRUCT.unpack_from(data, i * stride + skip)), batch)
-                if len(batch.records) > made:
-                    parts.append(FlowBatch.from_records(batch.records[made:]))
-                    del batch.records[made:]
+                made = self._handle_at(arr, i, batch)
+                if made is not None:
+                    parts.append(made)
             start = i + 1
         return FlowBatch.concat(parts)
+
+    def _handle_at(self, arr: np.ndarray[Any, Any], i: int, batch: SensorBatch) -> FlowBatch | None:
+        """Ring record ``i`` through ``_handle``; the flows it ended, as a batch (taken out of
+        ``batch.records``), None when it ended none. Its events stay in ``batch.events``."""
+        data = arr.base if isinstance(arr.base, bytes) else arr[i:i + 1].tobytes()
+        at = i * arr.dtype.itemsize if isinstance(arr.base, bytes) else 0
+        made = len(batch.records)
+        raw = rec.EVENT_STRUCT.unpack_from(data, at + (arr.dtype.fields or {})["kind"][1])
+        self._handle(rec.event_from_raw(raw), batch)
+        if len(batch.records) == made:
+            return None
+        out = FlowBatch.from_records(batch.records[made:])
+        del batch.records[made:]
+        return out
 
     def _end_columns(self, arr: np.ndarray[Any, Any], batch: SensorBatch) -> FlowBatch:
         """The final records of ended TCP flows, from their ring records' columns (as ``_tcp_record``
