@@ -11,10 +11,13 @@ Evidence names two ends, and a single disagreement cannot say which one lied. At
 
 1. this node is one of the ends: it knows its own records are true, so the other end takes the blame;
 2. exactly one end is already flagged: it takes the blame;
-3. one end is disputed by at least ``quorum`` distinct peers within ``dispute_window_s`` and by more than the
-   other: it takes the blame (majority: a liar disagrees with everyone it lies about, an honest node only
-   with the liar). Under mutual TLS peers are counted by certificate (``certificate``): one certificate is
-   one voice however many keys its holder signs with, and a key no certificate vouches for has none;
+3. one end is disputed by at least ``quorum`` (3) distinct peers within ``dispute_window_s`` and by more than
+   the other: it takes the blame (majority: a liar disagrees with everyone it lies about, an honest node only
+   with the liar). Three, not two: an honest node's own record goes missing now and then (a sensor or digest
+   miss makes one honest dispute), and that one beside a liar's dispute of it would be two, the same count as
+   a liar with two victims; blamed on it, an honest node took a liar's penalty. Under mutual TLS peers are
+   counted by certificate (``certificate``): one certificate is one voice however many keys its holder signs
+   with, and a key no certificate vouches for has none;
 4. otherwise nobody is blamed: the evidence is kept (unblamed) and the dispute counts toward rule 3. A liar
    that lies about one honest peer (inventing flows with it, or omitting the flows it had with it) looks
    exactly like that peer lying about it, so any share of the penalty would hit the honest end as hard as the
@@ -61,7 +64,7 @@ class ScoreConfig:
     recover_above: float = 0.8
     recovery_s: float = 60.0
     weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_WEIGHTS)
-    quorum: int = 2
+    quorum: int = 3
     dispute_window_s: float = 120.0
 
 

@@ -154,8 +154,8 @@ def test_one_certificate_cannot_mint_an_identity_past_the_denylist(tmp_path: Pat
 
 
 def test_minted_identities_publish_nothing_and_do_not_make_a_quorum(tmp_path: Path) -> None:
-    """Attack: Mallory mints two keys, gossips them in with their own signed Alives and pushes a digest of
-    each; two disputes of an honest member then meet the quorum (2) that blames it. Before: both digests were
+    """Attack: Mallory mints three keys, gossips them in with their own signed Alives and pushes a digest of
+    each; three disputes of an honest member then meet the quorum (3) that blames it. Before: both digests were
     held and validated, and the honest node took the blame by majority until flagged. Now: minted keys are
     never certified (they never call with a certificate of their own), so their digests are dropped
     (``digests_uncertified``) and their disputes count for nothing in the quorum, which counts certificates."""
@@ -176,7 +176,7 @@ def test_minted_identities_publish_nothing_and_do_not_make_a_quorum(tmp_path: Pa
                     await asyncio.sleep(0.05)  # the honest node joins: its push-pull certifies it here
                 assert victim.identity.certificate(honest.node_id) is not None
                 mallory = Mallory(pki, addr)
-                minted = [NodeKey.generate(), NodeKey.generate()]
+                minted = [NodeKey.generate() for _ in range(3)]
                 # Mallory is a member at 127.0.0.1:9 (her own Alive), so her push-pull's state is taken
                 # (gossip bounds drop state pushed from an address that is not the sender's member address)
                 await mallory.packet(alive(mallory.key), *(alive(k) for k in minted))
@@ -184,8 +184,8 @@ def test_minted_identities_publish_nothing_and_do_not_make_a_quorum(tmp_path: Pa
                 await mallory.close()
                 assert all(victim.membership.member(k.node_id) is not None for k in minted)  # signed Alives
                 held = victim.exchange.held()
-                assert [k.node_id in held for k in minted] == [False, False]
-                assert victim.peers().counters["digests_uncertified"] == 2
+                assert [k.node_id in held for k in minted] == [False, False, False]
+                assert victim.peers().counters["digests_uncertified"] == 3
                 trust = trusts[0].monitor.trust
                 now = time.time_ns()
                 for i in range(1, 6):  # disputes each period, as the minted keys' digests would make them

@@ -12,7 +12,7 @@ another honest victim, so that each victim's first-hand evidence names its class
 Each victim flags its liar within 2 export periods of the lie's publication (the invented flow and the claimed
 address are in the liars' first digests), and no honest node has evidence against it anywhere: while l disputes
 only d (its invented flows, from the start), a third party cannot tell which of the two lied and blames neither;
-once l disputes several members, it is the majority's liar everywhere.
+once l disputes three members or more, it is the majority's liar everywhere.
 """
 
 from __future__ import annotations

@@ -125,14 +125,14 @@ def evidence(reporter: str, witness: str, i: int) -> Evidence:
 
 
 def test_the_quorum_counts_certificates_not_keys():
-    certs = {"r1": "cert-1", "r2": "cert-1", "r3": "cert-3", "x": None}
+    certs = {"r1": "cert-1", "r2": "cert-1", "r3": "cert-3", "r4": "cert-4", "x": None}
     state = TrustState("me", certificate=certs.get)
-    same_cert = state.update(1, [evidence("r1", "h", 1), evidence("r2", "h", 2)])
-    assert not [b for b in same_cert if b.node_id == "h"]  # two keys, one certificate: one voice, no majority
-    uncertified = state.update(2, [evidence("x", "h2", 3), evidence("r1", "h2", 4)])
+    same_cert = state.update(1, [evidence("r1", "h", 1), evidence("r2", "h", 2), evidence("r3", "h", 3)])
+    assert not [b for b in same_cert if b.node_id == "h"]  # three keys, two certificates: two voices, no majority
+    uncertified = state.update(2, [evidence("x", "h2", 4), evidence("r1", "h2", 5), evidence("r3", "h2", 6)])
     assert not [b for b in uncertified if b.node_id == "h2"]  # a key no certificate vouches for: no voice
-    two_certs = state.update(3, [evidence("r1", "h3", 5), evidence("r3", "h3", 6)])
-    assert {(b.node_id, b.attribution) for b in two_certs} == {("h3", "majority")}
+    three_certs = state.update(3, [evidence("r1", "h3", 7), evidence("r3", "h3", 8), evidence("r4", "h3", 9)])
+    assert {(b.node_id, b.attribution) for b in three_certs} == {("h3", "majority")}
     by_key = TrustState("me")  # plaintext: peers count by node id
-    assert {b.attribution for b in by_key.update(1, [evidence("r1", "h", 1), evidence("r2", "h", 2)])} == {
-        "majority"}
+    assert {b.attribution for b in by_key.update(1, [evidence("r1", "h", 1), evidence("r2", "h", 2),
+                                                      evidence("r3", "h", 3)])} == {"majority"}

@@ -198,15 +198,28 @@ def test_liar_doubling_tx_bytes_to_one_peer_is_flagged_by_that_peer_within_one_p
             assert e.field == "bytes_rx" and e.witnessed == 2 * e.claimed
 
 
-def test_liar_to_two_peers_is_flagged_by_a_third_party_by_majority_and_victims_are_not():
+def test_liar_to_three_peers_is_flagged_by_a_third_party_by_majority_and_victims_are_not():
     fleet = Fleet()
     obs = Observer(fleet, "n1")
     for k in range(2):
         obs.run_period(k)
-    fleet.mutate["n3"] = doubling_tx_to(fleet, {"n0", "n2"})
+    fleet.mutate["n3"] = doubling_tx_to(fleet, {"n0", "n2", "n4"})
     obs.run_period(2)
     assert obs.trust.flagged() == frozenset({"n3"})
-    assert obs.trust.score("n0") == 1.0 and obs.trust.score("n2") == 1.0
+    assert obs.trust.score("n0") == obs.trust.score("n2") == obs.trust.score("n4") == 1.0
+
+
+def test_liar_to_two_peers_is_not_blamed_by_a_third_party():
+    """Two disputes of a node are what an honest node shows when a liar disputes it and its own record went
+    missing once elsewhere: a third party waits for a third disputer (the victims blame the liar themselves)."""
+    fleet = Fleet()
+    obs = Observer(fleet, "n1")
+    obs.run_period(0)
+    fleet.mutate["n3"] = doubling_tx_to(fleet, {"n0", "n2"})
+    for k in range(1, 6):
+        obs.run_period(k)
+        assert obs.trust.flagged() == frozenset(), k
+    assert obs.trust.score("n0") == obs.trust.score("n2") == obs.trust.score("n3") == 1.0
 
 
 def test_liar_to_one_peer_is_ambiguous_for_a_third_party():
@@ -279,8 +292,11 @@ def ev(reporter: str, witness: str, severity: str = "contradiction", sport: int 
     ("me", [ev("x", "y")], {}),
     ("me", [ev("x", "y", sport=1), ev("x", "y", sport=2)], {}),
     ("me", [dataclasses.replace(ev("x", "y"), reason="claims_member_address")], {"x": "on_its_face"}),
-    ("me", [ev("x", "y", sport=1), ev("x", "z", sport=2)], {"x": "majority"}),
-    ("me", [ev("y", "x", sport=1), ev("z", "x", sport=2)], {"x": "majority"}),
+    ("me", [ev("x", "y", sport=1), ev("x", "z", sport=2)], {}),
+    ("me", [ev("x", "y", sport=1), ev("x", "z", sport=2), ev("x", "w", sport=3)], {"x": "majority"}),
+    ("me", [ev("y", "x", sport=1), ev("z", "x", sport=2), ev("w", "x", sport=3)], {"x": "majority"}),
+    # an honest node disputed by a liar and by one honest miss elsewhere: two disputers, nobody blamed
+    ("me", [ev("l", "h", sport=1), ev("h", "y", sport=2)], {}),
 ])
 def test_attribution(self_id, evidence, blamed):
     t = TrustState(self_id, now_ns=T0)
@@ -346,8 +362,8 @@ def test_an_unresolved_dispute_blames_nobody_and_counts_toward_the_majority():
     t = TrustState("me", now_ns=T0)
     assert t.update(T0, [ev("x", "y", sport=i) for i in range(20)]) == []
     assert t.score("x") == t.score("y") == 1.0 and t.snapshot() == []
-    # x then disputes z too: two disputants, one for y (and for z): x is the majority's liar, for both disputes
-    blames = t.update(T0 + S, [ev("x", "y"), ev("x", "z", sport=2)])
-    assert {(b.node_id, b.attribution) for b in blames} == {("x", "majority")} and len(blames) == 2
-    assert t.is_flagged("x") and t.score("y") == t.score("z") == 1.0
+    # x then disputes z and w too: three disputants, one for each of them: x is the majority's liar, for each
+    blames = t.update(T0 + S, [ev("x", "y"), ev("x", "z", sport=2), ev("x", "w", sport=3)])
+    assert {(b.node_id, b.attribution) for b in blames} == {("x", "majority")} and len(blames) == 3
+    assert t.is_flagged("x") and t.score("y") == t.score("z") == t.score("w") == 1.0
 
