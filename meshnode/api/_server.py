@@ -25,10 +25,10 @@ from typing import Any, Final, cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from meshnode._exceptions import ConfigError
 from meshnode.api._limits import ApiLimits
+from meshnode.api._reflection import enable_reflection
 from meshnode.api._servicer import ObserverServicer
 from meshnode.v1 import observer_pb2, observer_pb2_grpc
 
@@ -221,9 +221,7 @@ class ApiServer:
         for register, names in self._registrars:
             register(server)
             extra.extend(names)
-        reflection.enable_server_reflection(
-            (OBSERVER_SERVICE, HEALTH_SERVICE, *extra, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((OBSERVER_SERVICE, HEALTH_SERVICE, *extra), server)
         try:
             if self.credentials is not None:
                 port = server.add_secure_port(self.listen, self.credentials)

@@ -371,7 +371,41 @@ def test_health_checking_and_reflection(tmp_path: Path) -> None:
         resp = await call.read()
         await call.done_writing()
         names = {s.name for s in resp.list_services_response.service}
-        assert {OBSERVER_SERVICE, HEALTH_SERVICE, "grpc.reflection.v1alpha.ServerReflection"} <= names
+        assert {OBSERVER_SERVICE, HEALTH_SERVICE, "grpc.reflection.v1alpha.ServerReflection",
+                "grpc.reflection.v1.ServerReflection"} <= names
+
+    run(tmp_path, body)
+
+
+def test_reflection_v1_as_grpcurl_asks_it(tmp_path: Path) -> None:
+    """A client that knows only ``grpc.reflection.v1`` (grpcurl asks it first): messages built from the v1 file in
+    a pool of the client's own, on v1's method path; it lists the services and describes the Observer and v1."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    from meshnode.api._reflection import v1_file
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(v1_file())
+    request_t = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest"))
+    response_t = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse"))
+
+    async def body(h: Harness) -> None:
+        call = h.channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                       request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=response_t.FromString)(timeout=10)
+        await call.write(request_t(list_services=""))
+        names = {s.name for s in (await call.read()).list_services_response.service}
+        assert {OBSERVER_SERVICE, HEALTH_SERVICE, "grpc.reflection.v1.ServerReflection"} <= names
+        described = {}
+        for symbol in (OBSERVER_SERVICE, "grpc.reflection.v1.ServerReflection"):
+            await call.write(request_t(file_containing_symbol=symbol))
+            files = (await call.read()).file_descriptor_response.file_descriptor_proto
+            described[symbol] = {descriptor_pb2.FileDescriptorProto.FromString(f).package for f in files}
+        await call.done_writing()
+        assert "meshnode.v1" in described[OBSERVER_SERVICE]
+        assert described["grpc.reflection.v1.ServerReflection"] == {"grpc.reflection.v1"}
 
     run(tmp_path, body)
 
