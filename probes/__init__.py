@@ -5,8 +5,11 @@ Nothing outside this package imports bcc; what crosses out is plain data (frozen
 
 from probes._errors import ProbeCompileError, ProbeError
 from probes._loader import (
+    CGROUP_ROOT,
     ProbeConfig,
     Probes,
+    cgroup2_root,
+    cgroup_scope,
     drop_reason_names,
     missing_prerequisites,
     missing_proc_tracepoints,
@@ -15,10 +18,13 @@ from probes._loader import (
 )
 
 __all__ = [
+    "CGROUP_ROOT",
     "ProbeCompileError",
     "ProbeConfig",
     "ProbeError",
     "Probes",
+    "cgroup2_root",
+    "cgroup_scope",
     "drop_reason_names",
     "missing_prerequisites",
     "missing_proc_tracepoints",

@@ -48,7 +48,47 @@ _EVENT_SIZE = ct.sizeof(CEvent)
 
 PROBES_DIR = Path(__file__).resolve().parent
 MAIN_SOURCE = PROBES_DIR / "sensor.bpf.c"
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+
+
+def cgroup2_root(mounts: str = "/proc/self/mounts") -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted: ``/sys/fs/cgroup`` on pure-v2 hosts (Debian 11+, RHEL 9),
+    ``/sys/fs/cgroup/unified`` on hybrid ones; None when it is not mounted in this mount namespace (``ip netns
+    exec`` remounts /sys and hides it)."""
+    try:
+        with open(mounts) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return Path(parts[1].replace("\\040", " "))
+    except OSError:
+        return None
+    return None
+
+
+CGROUP_ROOT = cgroup2_root() or Path("/sys/fs/cgroup")
+"""The cgroup v2 mount of this host (where it is usually mounted when it is not, so errors name a real place)."""
+
+
+def cgroup_scope(path: str, root: Path | None = None) -> str:
+    """A ``--cgroup`` value as the path relative to the cgroup v2 root (what the sensor scopes to).
+
+    Takes the path relative to the root (``/system.slice``) or the absolute one users copy from
+    ``/sys/fs/cgroup/...`` (bpftool's and systemd's form). Raises ValueError for a relative path, or for a path
+    under /sys/fs/cgroup that is not under this host's cgroup v2 mount (a v1 controller's hierarchy).
+    """
+    root = root or CGROUP_ROOT
+    v = path.strip()
+    if not v.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute cgroup v2 path (e.g. /system.slice, or "
+                         f"{root}/system.slice)")
+    v = "/" + v.strip("/")
+    r = "/" + str(root).strip("/")
+    if v == r or v.startswith(r + "/"):
+        return "/" + v[len(r):].strip("/")
+    if v == "/sys/fs/cgroup" or v.startswith("/sys/fs/cgroup/"):
+        raise ValueError(f"{path!r} is not under this host's cgroup v2 hierarchy, which is mounted at {root}: "
+                         f"pass a path under {root}, or the path relative to it (e.g. /system.slice)")
+    return v
 TRACEFS = Path("/sys/kernel/tracing")
 
 # Attach types (uapi enum bpf_attach_type) and flags used with cgroups.

@@ -12,7 +12,8 @@ labels              {}                              node labels (TOML table; env
 export_period       10                              seconds per export period (number or "10s", "5m")
 data_dir            /var/lib/meshnode (root) or     where the store lives ($STATE_DIRECTORY under systemd)
                     ~/.local/share/meshnode
-cgroup              /                               cgroup v2 path the sensor watches
+cgroup              /                               cgroup v2 path the sensor watches, relative to the
+                                                    cgroup2 mount or absolute (/sys/fs/cgroup/...)
 sensor              auto                            auto | ebpf | diag
 metrics             127.0.0.1:7401                  Prometheus address, or "off"
 retention_age       7d                              keep history this long
@@ -67,6 +68,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from meshnode._exceptions import ConfigError
 from meshnode._files import check_secret
+from probes import cgroup_scope
 
 if TYPE_CHECKING:
     from meshnode.trust import PrivacyPolicy
@@ -250,10 +252,7 @@ def _metrics(value: Any) -> str:
 
 
 def _cgroup(value: Any) -> str:
-    v = str(value).strip()
-    if not v.startswith("/"):
-        raise ValueError(f"{value!r} is not an absolute cgroup v2 path (e.g. /system.slice)")
-    return v
+    return cgroup_scope(str(value))
 
 
 def _bool(value: Any) -> bool:

@@ -41,7 +41,9 @@ def configure(subparsers: Any) -> None:
     p.add_argument("--export-period", metavar="SECONDS", help="seconds per export period (default 10)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="store directory (default /var/lib/meshnode as root, else ~/.local/share/meshnode)")
-    p.add_argument("--cgroup", metavar="PATH", help="cgroup v2 path to watch (default /, the whole host)")
+    p.add_argument("--cgroup", metavar="PATH",
+                   help="cgroup v2 path to watch: relative to the cgroup2 mount (/system.slice) or the absolute path "
+                        "under it (/sys/fs/cgroup/system.slice); default /, the whole host")
     modes = SENSOR_MODES + (("fake",) if os.environ.get(FAKE_SENSOR_ENV) == "1" else ())
     p.add_argument("--sensor", choices=modes, help="sensor: auto (default), ebpf or diag")
     p.add_argument("--metrics", metavar="HOST:PORT",

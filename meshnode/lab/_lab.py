@@ -112,7 +112,7 @@ class Lab:
         sweep_report: what the start-up sweep removed (None with ``sweep_stale=False``).
 
     Raises:
-        LabUnavailableError: not root, no cgroup v2 at /sys/fs/cgroup/unified, or a tool is missing.
+        LabUnavailableError: not root, no cgroup v2 hierarchy mounted, or a tool is missing.
         LabUsageError: bad names or counts.
         LabCommandError: a command failed while building (what was built is removed again).
     """

@@ -17,10 +17,12 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from probes import CGROUP_ROOT as _CGROUP2_ROOT
+
 from ._errors import LabUsageError
 
-#: Where the unified (v2) cgroup hierarchy is mounted on the fleet's build and test machines.
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+#: Where this host mounts the cgroup v2 hierarchy (labs make their hosts' cgroups under it).
+CGROUP_ROOT = _CGROUP2_ROOT
 #: Where ``ip netns add`` pins named network namespaces.
 NETNS_DIR = Path("/run/netns")
 #: First component of every lab id; ``sweep()`` defaults to it.

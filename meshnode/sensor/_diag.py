@@ -55,6 +55,7 @@ from meshnode._exceptions import SensorError
 from meshnode._model import FlowRecord
 from meshnode.sensor._base import Completeness, SensorBatch
 from meshnode.sensor._limits import MIN_INTERVAL_US, limited_by
+from probes import cgroup2_root
 from probes._sockdiag import (
     ALL_STATES,
     TCP_CLOSE,
@@ -130,19 +131,6 @@ def _in_scope(cgroup: str, scope: str) -> bool:
     return cgroup == scope or cgroup.startswith(scope + "/")
 
 
-def _cgroup2_root() -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup`` or ``.../unified`` on hybrid hosts)."""
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "cgroup2":
-                    return parts[1]
-    except OSError:
-        return None
-    return None
-
-
 class DiagSensor:
     """A :class:`~meshnode.sensor.Sensor` built on sock_diag polling (TCP only, ``fidelity="polled"``).
 
@@ -205,7 +193,8 @@ class DiagSensor:
             self.netns = netns_cookie()
         except OSError:
             self.netns = 0  # SO_NETNS_COOKIE needs Linux 5.14; the records still work without it
-        self._cgroup_root = _cgroup2_root()
+        root = cgroup2_root()
+        self._cgroup_root = None if root is None else str(root)
         try:  # the thread's netns, like the netlink socket; an open /proc/net file stays bound to it
             self._snmp = open("/proc/thread-self/net/snmp")  # noqa: SIM115 -- kept open on purpose
         except OSError:

@@ -19,10 +19,12 @@ NODE = "127.0.0.1:7400"
 PERIOD = 1.0
 
 
-def start_node(host: Any, data_dir: Path) -> subprocess.Popen[str]:
+def start_node(host: Any, data_dir: Path, cgroup: str = "") -> subprocess.Popen[str]:
+    """``meshnode run`` on ``host`` scoped to its cgroup (``cgroup``: as given on the command line; by default the
+    path relative to the cgroup2 mount), answering ``meshctl status`` within 20 s."""
     node: subprocess.Popen[str] = host.popen(
         [MESHNODE, "run", "--insecure", "--listen", NODE, "--data-dir", str(data_dir), "--export-period", str(PERIOD),
-         "--metrics", "off", "--cgroup", host.cgroup_rel, "--sensor", "ebpf"],
+         "--metrics", "off", "--cgroup", cgroup or host.cgroup_rel, "--sensor", "ebpf"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

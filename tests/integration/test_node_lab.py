@@ -1,7 +1,9 @@
 """A real node (eBPF sensor, store, gRPC) on a lab host, asked with meshctl from the same host.
 
 The node runs inside host b's network namespace and cgroup, scoped to that cgroup, as it would on a
-machine of its own; meshctl talks to it on b's loopback. Traffic goes from b to host a.
+machine of its own; meshctl talks to it on b's loopback. Traffic goes from b to host a. The scope is given as the
+absolute path under the cgroup2 mount (what users copy from /sys/fs/cgroup); status and the records show it
+relative to the mount.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def meshctl(host: Any, *args: str) -> Any:
 @pytest.fixture(scope="module")
 def node(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
     data = tmp_path_factory.mktemp("node-b")
-    proc = start_node(lab["b"], data)
+    proc = start_node(lab["b"], data, cgroup=str(lab["b"].cgroup))
     try:
         yield proc, data
     finally:
