@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import errno
+import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -17,6 +19,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,35 @@ _EVENT_SIZE = ct.sizeof(CEvent)
 
 PROBES_DIR = Path(__file__).resolve().parent
 MAIN_SOURCE = PROBES_DIR / "sensor.bpf.c"
+
+DEBIAN_DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
+"""Where Debian's python3-bpfcc installs the bcc module (outside every virtual environment)."""
+
+
+def import_bcc(dist_packages: Path = DEBIAN_DIST_PACKAGES) -> ModuleType:
+    """bcc's Python module: this environment's, else Debian's python3-bpfcc loaded by itself.
+
+    bcc is not on PyPI as the bindings of the system's libbcc; Debian ships it in dist-packages, which a virtual
+    environment does not see. Loading only the ``bcc`` package from there (not putting dist-packages on
+    ``sys.path``) keeps Debian's other modules from shadowing the environment's. Raises ImportError saying
+    how to install it.
+    """
+    try:
+        return importlib.import_module("bcc")
+    except ImportError:
+        pass
+    init = dist_packages / "bcc" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("bcc", init, submodule_search_locations=[str(init.parent)])
+    if not init.exists() or spec is None or spec.loader is None:
+        raise ImportError("the bcc Python module is missing: apt-get install python3-bpfcc")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bcc"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["bcc"]
+        raise
+    return module
 
 
 def cgroup2_root(mounts: str = "/proc/self/mounts") -> Path | None:
@@ -183,7 +215,7 @@ def missing_prerequisites(cgroup_root: Path = CGROUP_ROOT) -> list[str]:
             if not (TRACEFS / "events" / cat / ev).exists():
                 problems.append(f"tracepoint {cat}:{ev} is missing: meshnode needs Linux >= 5.15 with it")
     try:
-        import bcc  # noqa: F401
+        import_bcc()
     except ImportError:
         problems.append("the bcc Python module is missing: apt-get install python3-bpfcc (then 'make setup')")
     if not Path(f"/lib/modules/{os.uname().release}/build").exists():
@@ -270,7 +302,7 @@ class Probes:
 
     def cflags(self) -> list[str]:
         """The -I/-D flags that configure the programs."""
-        from bcc import BPF
+        BPF = import_bcc().BPF
 
         c = self.config
         if not 1 <= c.burst_threshold <= 255:
@@ -307,7 +339,8 @@ class Probes:
         if not cg.is_dir():
             raise ProbeError(f"cgroup {self.config.cgroup!r} does not exist under {self.config.cgroup_root}: "
                              "pass an existing cgroup v2 path (e.g. /system.slice) or / for the whole host")
-        from bcc import BPF, lib
+        bcc = import_bcc()
+        BPF, lib = bcc.BPF, bcc.lib
 
         self._lib = lib
         lib.bpf_lookup_and_delete.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+from probes import CGROUP_ROOT, import_bcc
 
 
 def in_ci() -> bool:
@@ -33,7 +33,7 @@ def missing_kernel_features() -> list[str]:
         if shutil.which(tool) is None:
             missing.append(f"the '{tool}' command")
     try:
-        import bcc  # noqa: F401
+        import_bcc()
     except ImportError:
         missing.append("bcc (apt-get install python3-bpfcc)")
     return missing

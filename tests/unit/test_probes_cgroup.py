@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from probes import cgroup2_root, cgroup_scope
+from probes import cgroup2_root, cgroup_scope, import_bcc
 
 HYBRID = """sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
 tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0
@@ -55,3 +55,33 @@ def test_cgroup_scope_takes_both_forms(value: str, root: str, scope: str) -> Non
 def test_cgroup_scope_refuses_what_is_not_under_the_v2_mount(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         cgroup_scope(value, Path("/sys/fs/cgroup/unified"))
+
+
+def test_import_bcc_loads_debians_bcc_alone_when_the_environment_has_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtual environment made by plain ``pip install .`` (no setup.sh .pth) still finds python3-bpfcc's bcc,
+    and nothing else of dist-packages joins ``sys.path``."""
+    import sys
+
+    fake = tmp_path / "dist-packages"
+    (fake / "bcc").mkdir(parents=True)
+    (fake / "bcc" / "__init__.py").write_text("from bcc.table import X\nBPF = 'bpf'\nlib = 'lib'\n")
+    (fake / "bcc" / "table.py").write_text("X = 1\n")
+    (fake / "other.py").write_text("")
+    before = {k: v for k, v in sys.modules.items() if k == "bcc" or k.startswith("bcc.")}
+    try:
+        for k in before:
+            del sys.modules[k]
+        sys.modules["bcc"] = None  # type: ignore[assignment]  # what "import bcc" of an environment without it does
+        bcc = import_bcc(fake)
+        from bcc import BPF  # type: ignore[attr-defined]
+
+        assert (BPF, bcc.lib, sys.modules["bcc.table"].X) == ("bpf", "lib", 1)
+        assert str(fake) not in sys.path and "other" not in sys.modules
+        sys.modules["bcc"] = None  # type: ignore[assignment]
+        with pytest.raises(ImportError, match="apt-get install python3-bpfcc"):
+            import_bcc(tmp_path / "none")
+    finally:
+        for k in [k for k in sys.modules if k == "bcc" or k.startswith("bcc.")]:
+            del sys.modules[k]
+        sys.modules.update(before)
