@@ -13,7 +13,7 @@ from meshnode.api._servicer import (
     decode_page_token,
     encode_page_token,
 )
-from meshnode.api._status import NodeStatus, StatusProvider
+from meshnode.api._status import ExporterStatus, NodeStatus, StatusProvider
 
 __all__ = [
     "DEFAULT_FLOWS",
@@ -28,6 +28,7 @@ __all__ = [
     "ApiServer",
     "CompiledFilter",
     "EventRing",
+    "ExporterStatus",
     "FilterError",
     "FlowFeed",
     "NodeStatus",

@@ -577,4 +577,6 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             store_bytes=st.store_bytes, store_rows=st.store_rows, data_dir=st.data_dir, labels=st.labels,
             listen=st.listen, periods=st.periods, insecure=st.insecure, active_flows=st.active_flows,
             host=st.host,
+            exporters=[observer_pb2.ExporterStatus(name=e.name, target=e.target, counters=e.counters,
+                                                   last_error=e.last_error) for e in st.exporters],
         )

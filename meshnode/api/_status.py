@@ -7,6 +7,16 @@ from typing import Protocol
 
 
 @dataclass(slots=True)
+class ExporterStatus:
+    """One exporter's state (``meshnode.v1.ExporterStatus``)."""
+
+    name: str
+    target: str
+    counters: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
+
+
+@dataclass(slots=True)
 class NodeStatus:
     """A snapshot of the node (``meshnode.v1.StatusResponse``)."""
 
@@ -31,6 +41,7 @@ class NodeStatus:
     active_flows: int = 0
     host: str = ""
     """The host name (``NodeConfig.node_id``)."""
+    exporters: list[ExporterStatus] = field(default_factory=list)
 
 
 class StatusProvider(Protocol):

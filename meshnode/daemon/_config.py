@@ -43,6 +43,10 @@ api_stream_age      10m                             a Flows stream ends (ABORTED
                                                     after this long; meshctl resumes it
 api_snapshot_age    30s                             a Flows stream gives back its store snapshot after
                                                     this long, read or not, and ends the same way
+clickhouse          none                            export ended flows to ClickHouse:
+                                                    ``clickhouse://[USER[:PASSWORD]@]HOST:PORT/DATABASE``
+clickhouse_spool    256MiB                          disk the ClickHouse export may fill while the server
+                                                    is unreachable (oldest batches dropped beyond it)
 ==================  ==============================  =====================================================
 
 Labels merge across sources (a flag label overrides the same key from the environment or file); every other
@@ -119,6 +123,8 @@ class NodeConfig:
     deny: tuple[str, ...] = ()
     api_stream_age: float = 600.0
     api_snapshot_age: float = 30.0
+    clickhouse: str | None = None
+    clickhouse_spool: int = 256 << 20
 
     @property
     def metrics_enabled(self) -> bool:
@@ -275,6 +281,20 @@ def _privacy(value: Any) -> PrivacyPolicy:
     return PrivacyPolicy.from_config(dict(value))
 
 
+def _clickhouse(value: Any) -> str:
+    from meshnode.export import parse_clickhouse_url
+
+    parse_clickhouse_url(str(value))
+    return str(value).strip()
+
+
+def _positive_size(value: Any) -> int:
+    v = parse_size(value)
+    if v <= 0:
+        raise ValueError(f"{value!r} must be more than 0 bytes")
+    return v
+
+
 def _str(value: Any) -> str:
     v = str(value).strip()
     if not v:
@@ -315,6 +335,8 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "deny": _words,
     "api_stream_age": _positive(parse_duration, 7 * 86400.0),
     "api_snapshot_age": _positive(parse_duration, 86400.0),
+    "clickhouse": _clickhouse,
+    "clickhouse_spool": _positive_size,
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}
 

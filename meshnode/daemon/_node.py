@@ -43,7 +43,7 @@ from meshnode import __version__
 from meshnode._batch import FlowBatch
 from meshnode._exceptions import MeshnodeError, StoreError
 from meshnode._model import ENUM_NUMBERS, FlowRecord
-from meshnode.api import ApiLimits, ApiServer, EventRing, FlowFeed, NodeStatus, ObserverServicer
+from meshnode.api import ApiLimits, ApiServer, EventRing, ExporterStatus, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
@@ -107,6 +107,8 @@ class Node:
         self.record_listeners: list[Callable[[PeriodSummary, FlowBatch], None]] = []
         """Called after the period listeners with the period's flows (finals, then interims) as one batch,
         e.g. to put endpoint records in the digest or transactions in the diagnosis source. Must not block."""
+        self.exporters: list[Callable[[], ExporterStatus]] = []
+        """The exporters' status snapshots (ClickHouse), for Status; each is called from a worker thread."""
         self.totals = Completeness()
         self.periods_closed = 0
         self.active_flows = 0
@@ -152,6 +154,7 @@ class Node:
             store_bytes=stats.bytes, store_rows=stats.rows, data_dir=str(self.config.data_dir),
             labels=dict(self.config.labels), listen=self.api.address if self.api.port else self.config.listen,
             periods=self.periods_closed, insecure=not self.api.secure, active_flows=self.active_flows,
+            exporters=[exporter() for exporter in self.exporters],
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------------

@@ -57,6 +57,9 @@ def configure(subparsers: Any) -> None:
     p.add_argument("--operator-keys-file", metavar="FILE", help="a file of operator public keys, one per line")
     p.add_argument("--deny", metavar="ID", action="append",
                    help="refuse signed requests from this node id or public key, repeatable")
+    p.add_argument("--clickhouse", metavar="URL",
+                   help="export ended flows to ClickHouse, clickhouse://HOST:PORT/DATABASE (table DATABASE.flows, "
+                   "created if missing; env MESHNODE_CLICKHOUSE)")
     p.add_argument("--node-id", metavar="ID", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="log level (default info)")

@@ -1,4 +1,5 @@
-"""The seam where optional node services plug into ``meshnode run``: the mesh, and diagnosis beside it.
+"""The seam where optional node services plug into ``meshnode run``: the mesh, diagnosis beside it, and the
+exporters.
 
 ``extra_services(node)`` returns services started after the built-in ones (gRPC API, metrics, address
 watcher) and stopped before them. A service implements ``meshnode.daemon.Service``: ``name``,
@@ -40,7 +41,24 @@ def extra_services(node: Node) -> list[Service]:
     """The mesh and diagnosis, on the node's own gRPC port."""
     mesh = MeshRunner(node)
     trust = attach_trust(node, mesh.mesh)
-    return [mesh, DiagnosisRunner(node, mesh.mesh, privacy=trust.policy)]
+    return [mesh, DiagnosisRunner(node, mesh.mesh, privacy=trust.policy), *exporters(node)]
+
+
+def exporters(node: Node) -> list[Service]:
+    """The configured exporters, each a record listener with its status in Status and the metrics."""
+    from meshnode.export import ClickHouseExporter, parse_clickhouse_url, register_exporter
+
+    cfg = node.config
+    found: list[Service] = []
+    if cfg.clickhouse:
+        exporter = ClickHouseExporter(parse_clickhouse_url(cfg.clickhouse), cfg.data_dir / "export" / "clickhouse",
+                                      cfg.clickhouse_spool, node_id=lambda: node.mesh_node_id or cfg.node_id,
+                                      host=cfg.node_id)
+        node.record_listeners.append(exporter.on_period)
+        node.exporters.append(exporter.status)
+        register_exporter(node.metrics.registry, exporter.status)
+        found.append(exporter)
+    return found
 
 
 class MeshRunner:
