@@ -39,6 +39,27 @@ def test_status_view() -> None:
         """)
 
 
+def test_status_view_shows_each_exporter_and_its_trouble() -> None:
+    from meshnode.v1 import observer_pb2
+
+    st = sample_status()
+    st.exporters.append(observer_pb2.ExporterStatus(
+        name="clickhouse", target="clickhouse://10.0.0.9:9000/net",
+        counters={"sent_batches": 12, "sent_rows": 3400, "queued_batches": 2, "queued_rows": 150,
+                  "queued_bytes": 20480, "dropped_batches": 0, "dropped_rows": 0, "send_failures": 5},
+        last_error="NetworkError: Code: 210. Connection refused (10.0.0.9:9000)"))
+    out = render_text(status_view(message_dict(st), plain=True), width=80)
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("clickhouse"))
+    assert lines[at - 1:at + 4] == [
+        "labels      region=eu site=ams1",
+        "clickhouse  clickhouse://10.0.0.9:9000/net  sent 12 batches (3,400 rows) ·",
+        "            queued 2 batches (150 rows) 20 KiB on disk · dropped 0 · failing:",
+        "            NetworkError: Code: 210. Connection refused (10.0.0.9:9000)",
+        "lost        lost_events 3 · map_evictions 0 · ringbuf_overruns 0 ·",
+    ]
+
+
 def test_flows_table_fits_80_columns() -> None:
     out = render_text(flows_table([flow_dict(f) for f in sample_flows()], plain=True), width=80)
     assert out == _text("""
