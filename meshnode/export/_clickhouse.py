@@ -313,6 +313,10 @@ class ClickHouseExporter:
                 self._client.disconnect()
 
     def _loop(self, began: float) -> None:
+        try:  # the table at once, so that a wrong address or password shows in the log at start
+            self._connect()
+        except Exception as exc:  # batches wait in the spool until it works; this is no send yet
+            self._failed(exc, counted=False)
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
@@ -363,8 +367,8 @@ class ClickHouseExporter:
                          len(self.spool))
                 self.last_error = ""
 
-    def _failed(self, exc: BaseException) -> None:
-        self.send_failures += 1
+    def _failed(self, exc: BaseException, *, counted: bool = True) -> None:
+        self.send_failures += counted
         self._ambiguous = True
         self._ready = False
         if self._client is not None:
@@ -393,9 +397,13 @@ class ClickHouseExporter:
         doc = decode_batch(entry.payload)
         keep: list[int] | None = None
         if self._ambiguous:
+            # The rows' own end times bound the search: whole days and hours of the table are skipped.
+            ends = doc["columns"]["end_ns"]
             present = {r for (r,) in client.execute(
-                f"SELECT row FROM `{self.target.database}`.`{TABLE}` WHERE node_id = %(node)s AND batch = %(batch)s",
-                {"node": doc["node_id"], "batch": int(doc["batch"])})}
+                f"SELECT row FROM `{self.target.database}`.`{TABLE}` WHERE end_time >= toDateTime(%(first)s) "
+                "AND end_time <= toDateTime(%(last)s) AND node_id = %(node)s AND batch = %(batch)s",
+                {"first": min(ends) // 1_000_000_000, "last": max(ends) // 1_000_000_000, "node": doc["node_id"],
+                 "batch": int(doc["batch"])})}
             if present:
                 row0 = int(doc["row0"])
                 keep = [i for i in range(int(doc["rows"])) if row0 + i not in present]

@@ -134,6 +134,11 @@ class Spool:
             raise
         os.close(fd)
         os.replace(tmp, path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
         self._next += 1
         with self._lock:
             self._entries[seq] = (rows, size)

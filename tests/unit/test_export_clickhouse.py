@@ -1,0 +1,97 @@
+"""The ClickHouse exporter's send logic against a scripted client: what it asks and inserts, and when.
+
+The real server's behaviour is proven in tests/integration/test_clickhouse_export.py; here, the decisions:
+check before a resend, insert only the missing rows, plain inserts once a send succeeded, finals only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meshnode._batch import FlowBatch
+from meshnode.export import ClickHouseExporter, parse_clickhouse_url
+from tests.unit._flows import T0, flow
+
+
+class ScriptedClient:
+    """Answers SELECT row ... with ``present``; fails the next INSERT when ``fail_next``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.present: list[int] = []
+        self.fail_next: Exception | None = None
+
+    def execute(self, sql: str, params: Any = None, **_kw: Any) -> Any:
+        self.calls.append((sql.split()[0] + (" row" if sql.startswith("SELECT row") else ""), params))
+        if sql.startswith("SELECT row"):
+            return [(r,) for r in self.present]
+        if sql.startswith("INSERT") and self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        return []
+
+    def disconnect(self) -> None:
+        self.calls.append(("disconnect", None))
+
+
+def exporter(tmp_path: Path, client: ScriptedClient) -> ClickHouseExporter:
+    return ClickHouseExporter(parse_clickhouse_url("clickhouse://127.0.0.1:9000/net"), tmp_path, 1 << 20,
+                              node_id=lambda: "n1", host="h1", client=lambda _t: client)  # type: ignore[arg-type,return-value]
+
+
+def inserted_rows(call: tuple[str, Any]) -> list[int]:
+    assert call[0] == "INSERT"
+    return list(call[1][3])  # the row column
+
+
+def test_first_batch_after_a_start_is_checked_and_only_missing_rows_go(tmp_path: Path) -> None:
+    client = ScriptedClient()
+    client.present = [0, 1]  # a previous run's insert of this batch got this far... or all of a smaller block
+    ex = exporter(tmp_path, client)
+    ex._spool(FlowBatch.from_records([flow(i) for i in range(5)]), "n1", T0)
+    ex._spool(FlowBatch.from_records([flow(10 + i) for i in range(3)]), "n1", T0 + 10)
+    ex._drain(deadline=None)
+    kinds = [c[0] for c in client.calls]
+    assert kinds == ["CREATE", "CREATE", "SELECT row", "INSERT", "INSERT"]  # the second batch: no check
+    assert client.calls[2][1]["batch"] == T0 and client.calls[2][1]["node"] == "n1"
+    assert client.calls[2][1]["first"] == (T0 + 0 * 10**9) // 10**9
+    assert inserted_rows(client.calls[3]) == [2, 3, 4]
+    assert inserted_rows(client.calls[4]) == [0, 1, 2]
+    c = ex.status().counters
+    assert (c["sent_batches"], c["sent_rows"], c["resent_rows_skipped"], c["queued_batches"]) == (2, 8, 2, 0)
+
+
+def test_a_failed_insert_keeps_the_batch_and_the_retry_checks_first(tmp_path: Path) -> None:
+    client = ScriptedClient()
+    ex = exporter(tmp_path, client)
+    ex._spool(FlowBatch.from_records([flow(i) for i in range(4)]), "n1", T0)
+    ex._drain(deadline=None)  # checked (start), inserted
+    client.calls.clear()
+    ex._spool(FlowBatch.from_records([flow(i) for i in range(3)]), "n1", T0 + 10)
+    client.fail_next = EOFError("Unexpected EOF while reading bytes")
+    ex._drain(deadline=None)
+    st = ex.status()
+    assert [c[0] for c in client.calls] == ["INSERT", "disconnect"]
+    assert (st.counters["send_failures"], st.counters["queued_batches"], st.counters["sent_batches"]) == (1, 1, 1)
+    assert st.last_error == "EOFError: Unexpected EOF while reading bytes"
+    client.calls.clear()
+    client.present = [0, 1, 2]  # it had arrived after all
+    ex._retry_at = 0.0
+    ex._drain(deadline=None)
+    assert [c[0] for c in client.calls] == ["CREATE", "CREATE", "SELECT row"]  # nothing inserted again
+    st = ex.status()
+    assert (st.counters["sent_batches"], st.counters["resent_rows_skipped"], st.last_error) == (2, 3, "")
+
+
+def test_only_final_records_are_exported_and_empty_periods_make_no_batch(tmp_path: Path) -> None:
+    client = ScriptedClient()
+    ex = exporter(tmp_path, client)
+    mixed = FlowBatch.from_records([flow(1), flow(2, kind="interim"), flow(3)])
+    ex._spool(mixed, "n1", T0)
+    ex._spool(FlowBatch.from_records([flow(4, kind="interim")]), "n1", T0 + 10)
+    assert ex.status().counters["queued_batches"] == 1
+    ex._drain(deadline=None)
+    insert = next(c for c in client.calls if c[0] == "INSERT")
+    assert inserted_rows(insert) == [0, 1]
+    assert insert[1][17] == [100, 100]  # bytes_tx of flows 1 and 3 (column 17 in table order)
