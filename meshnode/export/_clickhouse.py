@@ -20,6 +20,7 @@ check keeps the queries simple and the rows exact.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -245,7 +246,6 @@ class ClickHouseExporter:
         self.send_failures = 0
         self.resent_rows_skipped = 0
         """Rows of a batch whose send failed ambiguously that the table turned out to have already."""
-        self.bytes_encoded = 0
         self.cpu_s = 0.0
         """CPU seconds the exporter's thread used (encoding, spooling, sending)."""
         self.last_error = ""
@@ -271,6 +271,9 @@ class ClickHouseExporter:
         picks the final records out, since even that copy takes tens of ms at 10,000 flows)."""
         if not records:
             return
+        if self._thread is not None and not self._thread.is_alive():  # it failed (logged): count, keep nothing
+            self.spool.count_dropped(int(np.count_nonzero(records["kind"] == _FINAL)))
+            return
         with self._cond:
             self._pending.append((records, self._node_id(), int(summary.period_end_ns)))
             self._cond.notify()
@@ -281,8 +284,6 @@ class ClickHouseExporter:
         log.info("clickhouse: exporting ended flows to %s.%s", self.target.display, TABLE)
 
     async def stop(self) -> None:
-        import asyncio
-
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -305,8 +306,9 @@ class ClickHouseExporter:
         began = time.thread_time()
         try:
             self._loop(began)
-        except Exception:  # the node goes on without its export; the log and the counters say so
-            log.exception("clickhouse: the exporter stopped")
+        except Exception as exc:  # the node goes on without its export; the log and the counters say so
+            log.exception("clickhouse: the exporter stopped; later periods are counted as dropped")
+            self.last_error = f"the exporter stopped: {type(exc).__name__}: {exc}".splitlines()[0][:300]
         finally:
             self.cpu_s = time.thread_time() - began
             if self._client is not None:
@@ -342,7 +344,6 @@ class ClickHouseExporter:
             part = flows if len(flows) <= MAX_BATCH_ROWS else \
                 flows.take(np.arange(row0, min(row0 + MAX_BATCH_ROWS, len(flows))))
             payload = encode_batch(part, node_id, self.host, batch, row0)
-            self.bytes_encoded += len(payload)
             try:
                 self.spool.append(payload, len(part))
             except OSError as exc:

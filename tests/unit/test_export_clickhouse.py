@@ -95,3 +95,55 @@ def test_only_final_records_are_exported_and_empty_periods_make_no_batch(tmp_pat
     insert = next(c for c in client.calls if c[0] == "INSERT")
     assert inserted_rows(insert) == [0, 1]
     assert insert[1][17] == [100, 100]  # bytes_tx of flows 1 and 3 (column 17 in table order)
+
+
+def test_exporters_share_one_set_of_metric_families_per_registry() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from meshnode.api import ExporterStatus
+    from meshnode.export import register_exporter
+
+    registry = CollectorRegistry()
+    counts = {"sent_batches": 3, "sent_rows": 120, "dropped_batches": 1, "dropped_rows": 7, "queued_batches": 2,
+              "queued_rows": 50, "queued_bytes": 4096, "send_failures": 4}
+    register_exporter(registry, lambda: ExporterStatus("clickhouse", "clickhouse://h:9000/net", dict(counts)))
+    register_exporter(registry, lambda: ExporterStatus("otlp", "http://h:4317", {"sent_rows": 9}))  # no clash
+    text = generate_latest(registry).decode()
+    for line in ('meshnode_export_batches_total{exporter="clickhouse",result="sent"} 3.0',
+                 'meshnode_export_rows_total{exporter="clickhouse",result="dropped"} 7.0',
+                 'meshnode_export_queued_rows{exporter="clickhouse"} 50.0',
+                 'meshnode_export_queued_bytes{exporter="clickhouse"} 4096.0',
+                 'meshnode_export_send_failures_total{exporter="clickhouse"} 4.0',
+                 'meshnode_export_rows_total{exporter="otlp",result="sent"} 9.0',
+                 'meshnode_export_rows_total{exporter="otlp",result="dropped"} 0.0'):
+        assert line in text, line
+    counts["sent_rows"] = 200  # read at scrape time: no second count to drift
+    assert 'meshnode_export_rows_total{exporter="clickhouse",result="sent"} 200.0' in generate_latest(registry).decode()
+
+
+def test_a_dead_exporter_thread_counts_later_periods_as_dropped(tmp_path: Path) -> None:
+    import asyncio
+    from dataclasses import dataclass
+
+    @dataclass
+    class Summary:
+        period_end_ns: int
+
+    def broken(_began: float) -> None:
+        raise RuntimeError("a bug")
+
+    ex = exporter(tmp_path, ScriptedClient())
+    ex._loop = broken  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await ex.start()
+        assert ex._thread is not None
+        ex._thread.join(5)
+        ex.on_period(Summary(T0), FlowBatch.from_records([flow(1), flow(2), flow(3, kind="interim")]))  # type: ignore[arg-type]
+        await ex.stop()
+
+    asyncio.run(run())
+    st = ex.status()
+    assert (st.counters["dropped_batches"], st.counters["dropped_rows"]) == (1, 2)
+    assert st.last_error == "the exporter stopped: RuntimeError: a bug"
+    assert ex._pending == []
