@@ -2,6 +2,7 @@
 
 from meshnode.api._executor import ApiExecutor
 from meshnode.api._filters import CompiledFilter, FilterError, Selector, compile_filter
+from meshnode.api._fleetlocal import StoreHistory
 from meshnode.api._limits import MAX_TEXT, ApiLimits
 from meshnode.api._live import EventRing, FlowFeed, Subscription
 from meshnode.api._server import HEALTH_SERVICE, OBSERVER_SERVICE, ApiGuard, ApiServer
@@ -35,6 +36,7 @@ __all__ = [
     "ObserverServicer",
     "Selector",
     "StatusProvider",
+    "StoreHistory",
     "Subscription",
     "compile_filter",
     "decode_page_token",

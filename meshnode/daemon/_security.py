@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshnode")
 
-SIGNED_METHODS: Final = ("/meshnode.v1.Mesh/FleetQuery", "/meshnode.v1.Mesh/Measure", "/meshnode.v1.Trust/Challenge")
+SIGNED_METHODS: Final = ("/meshnode.v1.Mesh/FleetQuery", "/meshnode.v1.Mesh/FleetFlows", "/meshnode.v1.Mesh/Measure",
+                         "/meshnode.v1.Trust/Challenge")
 """The methods that must be signed by a key the fleet trusts (issue 7, item 6); a challenge makes a member run an
-active task."""
+active task, and a fleet flow query reads every member's flow history."""
 
 _NODE_ID: Final = re.compile(r"^[0-9a-f]{16}$")
 

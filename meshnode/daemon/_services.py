@@ -80,6 +80,9 @@ class MeshRunner:
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.record_listeners.append(self.mesh.on_period)
         node.mesh_node_id = self.mesh.node_id
+        from meshnode.api import StoreHistory
+
+        self.mesh.history = StoreHistory(node.store, node.api.executor)  # members' fleet flow queries
         self.mesh.addresses = published_addresses
         self.channel_credentials: grpc.ChannelCredentials | None = None
         """Peer channels' mutual-TLS credentials, and their interceptors (signing the fan-out); set by

@@ -14,7 +14,8 @@ Modules (internal, re-exported here):
     _aggregate   label aggregation (pure): aggregate, trusted_aggregate, health_of, hierarchy; HostLimits, centres
     _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
     _identity    identities bound to certificates (mTLS): PeerCertificate, IdentityGuard, signed Alives, audiences
-    _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh)
+    _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh); LocalHistory protocol
+    _fleetflows  fleet flow queries (pure): limits, member_after cursors, page tokens, merge of answers
     _tasks       active tasks (seed 003): TaskPolicy, TokenBucket, measure_tcp
     _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
 
@@ -75,6 +76,7 @@ from meshnode.mesh._digest import (
     sign_digest,
     verify_digest,
 )
+from meshnode.mesh._fleetflows import Answer, FleetRefused, Page, decode_token, encode_token, member_after, merge
 from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, with_retries
 from meshnode.mesh._identity import (
     AUDIENCE_METADATA_KEY,
@@ -90,7 +92,7 @@ from meshnode.mesh._identity import (
     tls_peer,
 )
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
-from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, MeshService, MeshServicer
+from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, LocalHistory, MeshService, MeshServicer
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
 from meshnode.mesh._tasks import MEMBER_CALLER, Measurement, TaskPolicy, TaskRefused, TokenBucket, measure_tcp
@@ -108,12 +110,14 @@ __all__ = [
     "RETRYABLE_CODES",
     "U64_MAX",
     "Aggregate",
+    "Answer",
     "AsyncioScheduler",
     "Awareness",
     "Delegate",
     "DigestConfig",
     "DigestExchange",
     "DigestRejected",
+    "FleetRefused",
     "FlowLike",
     "GrpcTransport",
     "HeldDigest",
@@ -121,6 +125,7 @@ __all__ = [
     "HostReport",
     "IdentityGuard",
     "LocalDigestSource",
+    "LocalHistory",
     "ManualScheduler",
     "Measurement",
     "Member",
@@ -132,6 +137,7 @@ __all__ = [
     "MeshServicer",
     "NodeKey",
     "PacketHandler",
+    "Page",
     "PeerCertificate",
     "PeriodLike",
     "ReplyCallback",
@@ -156,7 +162,9 @@ __all__ = [
     "bound_node_ids",
     "check_signature",
     "clamp_rollup",
+    "decode_token",
     "digest_from_period",
+    "encode_token",
     "endpoint_records",
     "group_of",
     "health_of",
@@ -165,7 +173,9 @@ __all__ = [
     "matches",
     "measure_tcp",
     "median",
+    "member_after",
     "members_only",
+    "merge",
     "node_id_from_public_key",
     "over_tls",
     "peer_certificate",

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import grpc
 
-from meshnode._exceptions import ConfigError, PeerError
+from meshnode._exceptions import ConfigError, PeerError, StoreError
 from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, host_reports, matches, trusted_aggregate
 from meshnode.mesh._clock import AsyncioScheduler
 from meshnode.mesh._config import MeshConfig
@@ -47,6 +47,20 @@ from meshnode.mesh._digest import (
     members_only,
     verify_digest,
 )
+from meshnode.mesh._fleetflows import (
+    MAX_FAN_OUTS,
+    MAX_LOCAL_ANSWERS,
+    MAX_MEMBERS,
+    MAX_ROWS_PER_MEMBER,
+    Answer,
+    FleetRefused,
+    Key,
+    check_request,
+    decode_token,
+    encode_token,
+    member_after,
+    merge,
+)
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
 from meshnode.mesh._identity import PEER, IdentityGuard, PeerCertificate, audience_metadata, sign_alive, tls_peer
 from meshnode.mesh._state import Member, Membership, State
@@ -59,11 +73,13 @@ from meshnode.mesh._tasks import (
     measure_tcp,
     split_target,
 )
-from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
+from meshnode.store import StoreTimeout
+from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
     from meshnode.mesh._aggregate import Aggregate
+    from meshnode.v1 import observer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +110,24 @@ class LocalDigestSource(Protocol):
 
         Must not block. ``node_id``, ``version``, ``seq`` and (when empty) ``labels`` are set by the mesh.
         """
+
+
+class LocalHistory(Protocol):
+    """What the node supplies for fleet flow queries: its own stored records (``meshnode.api.StoreHistory``)."""
+
+    def check(self, flows: observer_pb2.FlowsRequest) -> object:
+        """Validate the query's filters and times as ``Observer.Flows`` does (same limits).
+
+        Raises:
+            ValueError: naming the field (answered INVALID_ARGUMENT).
+        """
+
+    async def local_flows(
+        self, flows: observer_pb2.FlowsRequest, after: Key | None, limit: int, deadline_s: float
+    ) -> tuple[list[flow_pb2.Flow], list[mesh_pb2.FleetFlowKey], bool]:
+        """Up to ``limit`` records of ``flows`` after store key ``after``, in store order, their keys, and
+        whether more match. Raises ``ValueError`` (bad request), ``meshnode.store.StoreTimeout`` (past the
+        deadline) or ``meshnode.StoreError`` (the store cannot be read)."""
 
 
 def _aggregate_to_proto(a: Aggregate, hosts_excluded: int = 0) -> mesh_pb2.HealthAggregate:
@@ -197,7 +231,17 @@ class MeshService:
         """Node ids whose digests are dropped (counted ``digests_denied``) even when they are members."""
         self.exclude: Callable[[Iterable[str]], set[str]] | None = None
         """The hosts among the given node ids whose digests fleet aggregates leave out (trust's flagged
-        nodes, ``meshnode.trust.TrustMonitor.excluded``); None leaves nobody out."""
+        nodes, ``meshnode.trust.TrustMonitor.excluded``); None leaves nobody out. Fleet flow queries do not
+        ask them."""
+        self.history: LocalHistory | None = None
+        """This node's stored flow records, for fleet flow queries (set by the daemon); None: it answers
+        members' flow queries with UNIMPLEMENTED."""
+        self.max_rows_per_member = MAX_ROWS_PER_MEMBER
+        """Records a fleet flow query asks of each member for one page."""
+        self.max_members = MAX_MEMBERS
+        """Members one fleet flow query may ask from this node."""
+        self._fan_outs = 0
+        self._local_answers = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -568,6 +612,204 @@ class MeshService:
         resp.excluded.extend(sorted(out))
         return resp
 
+    # ------------------------------------------------------------------ fleet history
+
+    async def fleet_flows(self, req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
+        """Fan a flow query out to the selected members (or one member per site) and merge their records.
+
+        Raises:
+            FleetRefused: a malformed or oversized request, too many members or queries at once.
+        """
+        if req.local_only:
+            return await self._local_flows(req)
+        number, deadline = check_request(req)
+        if self.history is not None:
+            try:
+                self.history.check(req.flows)
+            except ValueError as exc:
+                raise FleetRefused("INVALID_ARGUMENT", str(exc)) from exc
+        cursor = req.after if req.HasField("after") else decode_token(req)
+        if self._fan_outs >= MAX_FAN_OUTS:
+            self.counters["fleet_flows_refused_busy"] += 1
+            raise FleetRefused("RESOURCE_EXHAUSTED", f"this node runs {MAX_FAN_OUTS} fleet flow queries at once; "
+                                                     "retry in a moment")
+        self._fan_outs += 1
+        try:
+            return await self._fan_out_flows(req, number, deadline, cursor)
+        finally:
+            self._fan_outs -= 1
+
+    async def _fan_out_flows(self, req: mesh_pb2.FleetFlowsRequest, number: int, deadline: float,
+                             cursor: mesh_pb2.FleetCursor | None) -> mesh_pb2.FleetFlowsResponse:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        selector = dict(req.selector)
+        chosen = [x for x in self.membership.members() if matches(x.labels, selector) and x.state != State.LEFT]
+        untrusted = self.exclude(x.node_id for x in chosen) if self.exclude is not None else set()
+        targets = [x for x in chosen if x.node_id not in untrusted]
+        per_member = min(number, self.max_rows_per_member)
+        hosts = {x.node_id: x.labels.get("host", "") for x in targets}
+        groups: dict[str, list[Member]] = {}
+        if req.per_site:
+            for x in targets:
+                groups.setdefault(x.labels.get("site", ""), []).append(x)
+        # per site: one relay a site, and the members without a site label directly
+        asked = len([s for s in groups if s]) + len(groups.get("", [])) if req.per_site else len(targets)
+        if asked > self.max_members:
+            self.counters["fleet_flows_refused_members"] += 1
+            raise FleetRefused("RESOURCE_EXHAUSTED", f"{asked} members selected; one query asks at most "
+                                                     f"{self.max_members} (narrow the selector, or ask per site)")
+        self.counters["fleet_flows_queries"] += 1
+        statuses: dict[str, mesh_pb2.NodeStatus] = {}
+        answers: list[Answer] = []
+        excluded = set(untrusted)
+        slots = asyncio.Semaphore(max(1, self.query_concurrency))
+        self.transport.reserve(len(targets))
+
+        def failed(x: Member, error: str, via: str = "") -> None:
+            statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, host=hosts.get(x.node_id, ""),
+                                                      error=error, via=via)
+
+        async def call(x: Member, sub: mesh_pb2.FleetFlowsRequest, left: float) -> mesh_pb2.FleetFlowsResponse:
+            if x.node_id == self.node_id:  # answered here, without a call
+                return await self.fleet_flows(sub)
+            stub = self.transport.stub(x.addr)
+            resp: mesh_pb2.FleetFlowsResponse = await with_retries(
+                lambda: stub.FleetFlows(sub, timeout=left, metadata=audience_metadata(x.node_id)), budget=left)
+            return resp
+
+        async def bounded(x: Member, sub: mesh_pb2.FleetFlowsRequest, share: float
+                          ) -> mesh_pb2.FleetFlowsResponse | str:
+            """The answer of ``x``, or why there is none (a status name, or the refusal)."""
+            if x.state not in (State.ALIVE, State.SUSPECT, State.DEAD):
+                return f"not alive: {x.state.name}"
+            async with slots:  # the deadline runs from the query's start, waiting for a slot included
+                left = (end - loop.time()) * share
+                if x.state == State.DEAD:
+                    left = min(left, DEAD_MEMBER_BUDGET)
+                if left <= 0:
+                    return "DEADLINE_EXCEEDED"
+                sub.deadline_ms = max(1, int(left * 1000))
+                try:
+                    return await asyncio.wait_for(call(x, sub, left), left)
+                except TimeoutError:
+                    return "DEADLINE_EXCEEDED"
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code().name
+                except FleetRefused as exc:
+                    return exc.code
+
+        async def ask_member(x: Member) -> None:
+            sub = mesh_pb2.FleetFlowsRequest(local_only=True, rows_per_member=per_member)
+            sub.flows.CopyFrom(req.flows)
+            sub.flows.page_token = ""
+            if cursor is not None:
+                sub.after.CopyFrom(cursor)
+            got = await bounded(x, sub, 1.0)
+            if isinstance(got, str):
+                failed(x, got)
+                return
+            if len(got.flows) != len(got.keys) or len(got.flows) > per_member:
+                self.counters["fleet_flows_answers_malformed"] += 1
+                log.warning("fleet flows answer from %s dropped: %d records, %d keys (asked at most %d)",
+                            x.addr, len(got.flows), len(got.keys), per_member)
+                failed(x, "malformed answer")
+                return
+            for f in got.flows:  # a member speaks for itself only
+                f.node_id = x.node_id
+            answers.append(Answer(got.flows, got.keys, got.more))
+            statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, host=hosts[x.node_id], answered=True)
+
+        async def ask_site(site: str, members: list[Member]) -> None:
+            relay = next((x for x in members if x.node_id == self.node_id), None) or min(
+                members, key=lambda x: (x.state != State.ALIVE, x.node_id))
+            sub = mesh_pb2.FleetFlowsRequest(flows=req.flows, selector={**selector, "site": site},
+                                             rows_per_member=per_member)
+            sub.flows.page_token = ""
+            if cursor is not None:
+                sub.after.CopyFrom(cursor)
+            # the site's own fan-out must end before this one does, with time to send its answer back
+            got = await bounded(relay, sub, 0.9 if relay.node_id != self.node_id else 1.0)
+            if isinstance(got, str):
+                for x in members:
+                    failed(x, f"site relay {relay.node_id}: {got}", relay.node_id)
+                return
+            if len(got.flows) != len(got.keys) or len(got.flows) > per_member:
+                self.counters["fleet_flows_answers_malformed"] += 1
+                for x in members:
+                    failed(x, "malformed answer", relay.node_id)
+                return
+            site_ids = {x.node_id for x in members}
+            for n in got.nodes:
+                if n.node_id in site_ids:
+                    n.via = relay.node_id if relay.node_id != self.node_id else ""
+                    statuses[n.node_id] = n
+            excluded.update(n for n in got.excluded if n in site_ids)
+            keep = [(f, k) for f, k in zip(got.flows, got.keys, strict=True)
+                    if f.node_id in site_ids and f.node_id not in untrusted]
+            answers.append(Answer([f for f, _ in keep], [k for _, k in keep], got.more))
+            for x in members:
+                if x.node_id not in statuses:
+                    failed(x, "not asked by its site relay", relay.node_id)
+
+        if req.per_site:
+            jobs = [ask_site(site, members) for site, members in groups.items() if site]
+            jobs += [ask_member(x) for x in groups.get("", [])]
+        else:
+            jobs = [ask_member(x) for x in targets]
+        await asyncio.gather(*jobs)
+        page = merge(answers, number)
+        counts = Counter(f.node_id for f in page.flows)
+        resp = mesh_pb2.FleetFlowsResponse(flows=page.flows, keys=page.keys, more=page.more,
+                                           rows_dropped=page.dropped)
+        for nid in sorted(statuses):
+            st = statuses[nid]
+            if nid in excluded:
+                continue
+            st.records = counts.get(nid, 0)
+            resp.nodes.append(st)
+        resp.partial = any(not n.answered for n in resp.nodes)
+        resp.excluded.extend(sorted(excluded))
+        if page.more and page.last is not None and not req.HasField("after"):
+            resp.next_page_token = encode_token(req, page.last)
+        self.counters["fleet_flows_rows_dropped"] += page.dropped
+        if resp.partial:
+            self.counters["fleet_flows_partial"] += 1
+        return resp
+
+    async def _local_flows(self, req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
+        """A member's own records for a fan-out (``local_only``), under the same limits as a local query."""
+        if self.history is None:
+            raise FleetRefused("UNIMPLEMENTED", "this node keeps no flow history to query")
+        number, deadline = check_request(req)
+        try:
+            self.history.check(req.flows)
+        except ValueError as exc:
+            raise FleetRefused("INVALID_ARGUMENT", str(exc)) from exc
+        if self._local_answers >= MAX_LOCAL_ANSWERS:
+            self.counters["fleet_flows_local_refused_busy"] += 1
+            raise FleetRefused("RESOURCE_EXHAUSTED", f"this node answers {MAX_LOCAL_ANSWERS} fleet flow queries "
+                                                     "at once; retry in a moment")
+        limit = min(req.rows_per_member or number, number, MAX_ROWS_PER_MEMBER)
+        after = member_after(req.after if req.HasField("after") else None, self.node_id)
+        self._local_answers += 1
+        try:
+            flows, keys, more = await self.history.local_flows(req.flows, after, limit, deadline)
+        except ValueError as exc:
+            raise FleetRefused("INVALID_ARGUMENT", str(exc)) from exc
+        except StoreTimeout as exc:
+            raise FleetRefused("DEADLINE_EXCEEDED", "the store query ran past the deadline") from exc
+        except StoreError as exc:
+            raise FleetRefused("UNAVAILABLE", str(exc)) from exc
+        finally:
+            self._local_answers -= 1
+        self.counters["fleet_flows_local_answers"] += 1
+        for f in flows:
+            f.node_id = self.node_id
+        resp = mesh_pb2.FleetFlowsResponse(flows=flows, keys=keys, more=more)
+        resp.nodes.add(node_id=self.node_id, host=self.labels.get("host", ""), answered=True, records=len(flows))
+        return resp
+
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """``meshnode.v1.Mesh`` on top of one ``MeshService``."""
@@ -682,6 +924,19 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         if not self._svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
         return await self._svc.fleet_query(request)
+
+
+    async def FleetFlows(
+        self, request: mesh_pb2.FleetFlowsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.FleetFlowsResponse:
+        if not self._svc.running:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        try:
+            return await self._svc.fleet_flows(request)
+        except FleetRefused as exc:
+            log.info("fleet flows request from %s refused: %s", context.peer(), exc)
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        raise AssertionError("unreachable")  # abort raises
 
 
 def _peer_host(peer: str) -> str:

@@ -1,0 +1,191 @@
+"""Fleet history queries: the pure parts (limits, cursors, page tokens, the merge of members' answers).
+
+A fleet flow query (``Mesh.FleetFlows``) asks members for the records in their own stores; each answers in
+its store's order, ``(end_ns, table, row_id)``. The asking node merges the answers in the fleet order
+``(end_ns, node_id, table, row_id)``, a total order, so a page ends at one record (a ``FleetCursor``) and
+the next page asks every member for what follows it (``member_after``): the token stays one record long
+however large the fleet is.
+
+A member sends at most ``rows_per_member`` records and says whether more match (``more``). Its records
+past the last one it sent are unknown to the merge, so the page is cut at the earliest such "last sent"
+record among the members that have more: nothing a member holds before the page's end is ever skipped.
+Records merged but not on the page (cut, or past ``number``) are counted as ``rows_dropped``; they come
+again on the next page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from meshnode.v1 import flow_pb2, mesh_pb2
+
+DEFAULT_NUMBER: Final = 1_000
+"""Records in a merged page when the request says 0 (as ``Observer.Flows``)."""
+MAX_NUMBER: Final = 5_000
+"""Records in one merged page (a unary answer of ~250 B a record: about 1.3 MB)."""
+MAX_ROWS_PER_MEMBER: Final = 5_000
+"""Records one member sends for one page."""
+MAX_MEMBERS: Final = 256
+"""Members one node asks for one query (more selected: RESOURCE_EXHAUSTED; narrow the selector, or
+``per_site``, which asks one member per site)."""
+MAX_FAN_OUTS: Final = 4
+"""Fleet flow queries one node fans out at once (its own callers' and the sites' it relays for)."""
+MAX_LOCAL_ANSWERS: Final = 8
+"""Members' requests (``local_only``) one node answers at once from its store."""
+DEFAULT_DEADLINE_MS: Final = 2_000
+MAX_DEADLINE_MS: Final = 30_000
+
+TABLE_FINAL: Final = 0
+TABLE_INTERIM: Final = 1
+_MAX_ID: Final = (1 << 63) - 1
+
+Key = tuple[int, int, int]
+"""A record's place in its node's store, ``(end_ns, table, row_id)`` (``meshnode.store``'s paging key)."""
+
+
+class FleetRefused(Exception):
+    """A fleet flow query this node will not run; ``code`` is the ``grpc.StatusCode`` name to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def member_after(cursor: mesh_pb2.FleetCursor | None, node_id: str) -> Key | None:
+    """The store key after which member ``node_id`` continues a query whose last page ended at ``cursor``.
+
+    Keys for "every record with end_ns > E" and "end_ns >= E" are written as the store compares them: an
+    interim key with the largest row id, and a key with a table before the final one.
+    """
+    if cursor is None:
+        return None
+    if node_id < cursor.node_id:  # its records at end_ns == E sort before the cursor: already sent
+        return (cursor.end_ns, TABLE_INTERIM, _MAX_ID)
+    if node_id > cursor.node_id:  # its records at end_ns == E sort after the cursor: still due
+        return (cursor.end_ns, -1, 0)
+    return (cursor.end_ns, cursor.table, cursor.row_id)
+
+
+@dataclass
+class Answer:
+    """One member's (or one site's) records, in the fleet order, and whether more match past the last."""
+
+    flows: Sequence[flow_pb2.Flow]
+    keys: Sequence[mesh_pb2.FleetFlowKey]
+    more: bool = False
+
+
+@dataclass
+class Page:
+    """The merged page: records in the fleet order, their keys, where it ended, whether more match."""
+
+    flows: list[flow_pb2.Flow] = field(default_factory=list)
+    keys: list[mesh_pb2.FleetFlowKey] = field(default_factory=list)
+    more: bool = False
+    last: mesh_pb2.FleetCursor | None = None
+    dropped: int = 0
+
+
+def _order(f: flow_pb2.Flow, k: mesh_pb2.FleetFlowKey) -> tuple[int, str, int, int]:
+    return (f.end_ns, f.node_id, k.table, k.row_id)
+
+
+def merge(answers: Sequence[Answer], number: int) -> Page:
+    """Merge sorted answers into one page of at most ``number`` records (see the module docstring)."""
+    cut: tuple[int, str, int, int] | None = None
+    streams = []
+    total = 0
+    for a in answers:
+        pairs = list(zip(a.flows, a.keys, strict=True))
+        total += len(pairs)
+        if a.more and pairs:
+            last = _order(*pairs[-1])
+            cut = last if cut is None else min(cut, last)
+        streams.append([(_order(f, k), f, k) for f, k in pairs])
+    page = Page(more=any(a.more for a in answers))
+    for order, f, k in heapq.merge(*streams, key=lambda t: t[0]):
+        if cut is not None and order > cut:
+            page.more = True
+            break
+        if len(page.flows) == number:
+            page.more = True
+            break
+        page.flows.append(f)
+        page.keys.append(k)
+    page.dropped = total - len(page.flows)
+    if page.flows:
+        f, k = page.flows[-1], page.keys[-1]
+        page.last = mesh_pb2.FleetCursor(end_ns=f.end_ns, node_id=f.node_id, table=k.table, row_id=k.row_id)
+    return page
+
+
+def _fingerprint(req: mesh_pb2.FleetFlowsRequest) -> str:
+    """What a token is bound to: the query, its selector and fan-out shape, not its deadline."""
+    bare = mesh_pb2.FleetFlowsRequest()
+    bare.CopyFrom(req)
+    bare.flows.page_token = ""
+    bare.deadline_ms = 0
+    bare.ClearField("after")
+    bare.rows_per_member = 0
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def encode_token(req: mesh_pb2.FleetFlowsRequest, last: mesh_pb2.FleetCursor) -> str:
+    """An opaque token continuing ``req`` after ``last``, valid only for the same request."""
+    data = {"e": last.end_ns, "n": last.node_id, "t": last.table, "i": last.row_id, "h": _fingerprint(req)}
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetCursor | None:
+    """The cursor ``req.flows.page_token`` continues after (None: first page).
+
+    Raises:
+        FleetRefused: INVALID_ARGUMENT, a token this method did not issue or one of another request.
+    """
+    token = req.flows.page_token
+    if not token:
+        return None
+    if len(token) > 1024:
+        raise FleetRefused("INVALID_ARGUMENT", "flows.page_token: not a token of FleetFlows")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        cursor = mesh_pb2.FleetCursor(end_ns=int(data["e"]), node_id=str(data["n"]), table=int(data["t"]),
+                                      row_id=int(data["i"]))
+        fp = str(data["h"])
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        raise FleetRefused("INVALID_ARGUMENT", "flows.page_token: not a token of FleetFlows") from None
+    if cursor.table not in (TABLE_FINAL, TABLE_INTERIM) or len(cursor.node_id) > 128:
+        raise FleetRefused("INVALID_ARGUMENT", "flows.page_token: not a token of FleetFlows")
+    if fp != _fingerprint(req):
+        raise FleetRefused("INVALID_ARGUMENT", "flows.page_token: the token belongs to a request with other "
+                                               "filters, range or selector")
+    return cursor
+
+
+def check_request(req: mesh_pb2.FleetFlowsRequest) -> tuple[int, float]:
+    """The page size and deadline (seconds) of ``req``; what the Flows filters cannot say is checked here.
+
+    Raises:
+        FleetRefused: INVALID_ARGUMENT (follow, batch_size, a deadline over the maximum), RESOURCE_EXHAUSTED
+            (number over ``MAX_NUMBER``).
+    """
+    f = req.flows
+    if f.follow:
+        raise FleetRefused("INVALID_ARGUMENT", "flows.follow: a fleet query has an end; leave follow unset")
+    if f.batch_size:
+        raise FleetRefused("INVALID_ARGUMENT", "flows.batch_size: must be unset (the answer is one message)")
+    if f.number > MAX_NUMBER:
+        raise FleetRefused("RESOURCE_EXHAUSTED", f"flows.number: {f.number} is over the fleet maximum of "
+                                                 f"{MAX_NUMBER:,} a page; follow next_page_token for more")
+    if req.deadline_ms > MAX_DEADLINE_MS:
+        raise FleetRefused("INVALID_ARGUMENT", f"deadline_ms: {req.deadline_ms} is over {MAX_DEADLINE_MS:,}")
+    if f.until_ns and f.until_ns < f.since_ns:
+        raise FleetRefused("INVALID_ARGUMENT", f"flows.until_ns: {f.until_ns} is before since_ns {f.since_ns}")
+    return (f.number or DEFAULT_NUMBER), (req.deadline_ms or DEFAULT_DEADLINE_MS) / 1000.0

@@ -1,0 +1,141 @@
+"""The merge of members' answers to a fleet flow query: time order, the page limit, the cut at a member that
+has more, the page token and the cursor each member continues after (pure, table-driven)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshnode.mesh import Answer, FleetRefused, decode_token, encode_token, member_after, merge
+from meshnode.mesh._fleetflows import TABLE_FINAL, TABLE_INTERIM, check_request
+from meshnode.v1 import flow_pb2, mesh_pb2
+
+Rec = tuple[int, str, int, int]  # (end_ns, node_id, table, row_id)
+
+
+def _answer(recs: list[Rec], more: bool = False) -> Answer:
+    recs = sorted(recs)
+    return Answer([flow_pb2.Flow(end_ns=e, node_id=n, flow_id=i) for e, n, _, i in recs],
+                  [mesh_pb2.FleetFlowKey(table=t, row_id=i) for _, _, t, i in recs], more)
+
+
+def _got(page: object) -> list[Rec]:
+    return [(f.end_ns, f.node_id, k.table, k.row_id) for f, k in zip(page.flows, page.keys, strict=True)]  # type: ignore[attr-defined]
+
+
+def test_merge_is_in_time_order_then_node_then_store_order() -> None:
+    a = _answer([(30, "a", 0, 1), (10, "a", 0, 2), (20, "a", 1, 7)])
+    b = _answer([(20, "b", 0, 3), (10, "b", 0, 1), (20, "b", 0, 4)])
+    page = merge([a, b], 100)
+    assert _got(page) == [(10, "a", 0, 2), (10, "b", 0, 1), (20, "a", 1, 7), (20, "b", 0, 3), (20, "b", 0, 4),
+                          (30, "a", 0, 1)]
+    assert not page.more and page.dropped == 0
+    assert page.last == mesh_pb2.FleetCursor(end_ns=30, node_id="a", table=0, row_id=1)
+
+
+def test_merge_stops_at_number_and_counts_what_it_dropped() -> None:
+    a = _answer([(e, "a", 0, e) for e in range(1, 6)])
+    b = _answer([(e, "b", 0, e) for e in range(1, 6)])
+    page = merge([a, b], 4)
+    assert _got(page) == [(1, "a", 0, 1), (1, "b", 0, 1), (2, "a", 0, 2), (2, "b", 0, 2)]
+    assert page.more and page.dropped == 6
+
+
+def test_merge_cuts_at_the_last_record_of_a_member_that_has_more() -> None:
+    # b sent 2 of its records and has more: its third could end at 21, before a's 25 and 30
+    a = _answer([(5, "a", 0, 1), (25, "a", 0, 2), (30, "a", 0, 3)])
+    b = _answer([(10, "b", 0, 1), (20, "b", 0, 2)], more=True)
+    page = merge([a, b], 100)
+    assert _got(page) == [(5, "a", 0, 1), (10, "b", 0, 1), (20, "b", 0, 2)]
+    assert page.more and page.dropped == 2
+    assert page.last == mesh_pb2.FleetCursor(end_ns=20, node_id="b", table=0, row_id=2)
+
+
+def test_merge_of_nothing() -> None:
+    page = merge([], 10)
+    assert page.flows == [] and not page.more and page.last is None
+    page = merge([_answer([])], 10)
+    assert page.flows == [] and not page.more
+
+
+@pytest.mark.parametrize(("node", "want"), [
+    ("a", (100, TABLE_INTERIM, (1 << 63) - 1)),  # sorts before the cursor's node: end_ns > 100 only
+    ("m", (100, TABLE_FINAL, 42)),               # the cursor's node: after its record
+    ("z", (100, -1, 0)),                         # sorts after: end_ns >= 100
+])
+def test_member_after(node: str, want: tuple[int, int, int]) -> None:
+    cursor = mesh_pb2.FleetCursor(end_ns=100, node_id="m", table=TABLE_FINAL, row_id=42)
+    assert member_after(cursor, node) == want
+    assert member_after(None, node) is None
+
+
+def _member_rows(node: str, rows: list[Rec], after: tuple[int, int, int] | None, limit: int) -> Answer:
+    """What a member's store answers (the store's key semantics, as meshnode.store applies them)."""
+    def later(r: Rec) -> bool:
+        if after is None:
+            return True
+        end, table, row_id = after
+        if table < TABLE_FINAL:
+            return r[0] >= end
+        if table == TABLE_FINAL:
+            return (r[0], r[2], r[3]) > (end, table, row_id)
+        return r[0] > end if row_id == (1 << 63) - 1 else (r[0], r[2], r[3]) > (end, table, row_id)
+
+    mine = sorted((r for r in rows if r[1] == node and later(r)), key=lambda r: (r[0], r[2], r[3]))
+    return _answer(mine[:limit], more=len(mine) > limit)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_paging_through_every_page_returns_every_record_once_in_order(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = ["n0", "n1", "n2", "n3", "n4"]
+    rows = sorted({(rng.randrange(40), n, rng.choice((0, 1)), i) for n in nodes for i in range(rng.randrange(30))})
+    number, per_member = rng.choice(((7, 7), (10, 4), (3, 10), (50, 50)))
+    req = mesh_pb2.FleetFlowsRequest(selector={"site": "s1"})
+    req.flows.number = number
+    out: list[Rec] = []
+    for _ in range(1000):
+        cursor = decode_token(req)
+        page = merge([_member_rows(n, rows, member_after(cursor, n), per_member) for n in nodes], number)
+        assert len(page.flows) <= number
+        out += _got(page)
+        if not page.more:
+            break
+        assert page.last is not None
+        req.flows.page_token = encode_token(req, page.last)
+    assert out == sorted(rows)
+
+
+def test_a_token_belongs_to_its_request() -> None:
+    req = mesh_pb2.FleetFlowsRequest(selector={"site": "s1"})
+    req.flows.since_ns = 5
+    token = encode_token(req, mesh_pb2.FleetCursor(end_ns=9, node_id="n", table=0, row_id=3))
+    req.flows.page_token = token
+    req.deadline_ms = 900  # a deadline is not part of the query
+    assert decode_token(req) == mesh_pb2.FleetCursor(end_ns=9, node_id="n", table=0, row_id=3)
+    other = mesh_pb2.FleetFlowsRequest()
+    other.CopyFrom(req)
+    other.flows.since_ns = 6
+    with pytest.raises(FleetRefused, match="other filters") as err:
+        decode_token(other)
+    assert err.value.code == "INVALID_ARGUMENT"
+    req.flows.page_token = "garbage!"
+    with pytest.raises(FleetRefused, match="not a token"):
+        decode_token(req)
+
+
+@pytest.mark.parametrize(("change", "code", "field"), [
+    ({"follow": True}, "INVALID_ARGUMENT", "flows.follow"),
+    ({"batch_size": 10}, "INVALID_ARGUMENT", "flows.batch_size"),
+    ({"number": 5001}, "RESOURCE_EXHAUSTED", "flows.number"),
+    ({"since_ns": 10, "until_ns": 5}, "INVALID_ARGUMENT", "flows.until_ns"),
+])
+def test_requests_refused(change: dict[str, object], code: str, field: str) -> None:
+    req = mesh_pb2.FleetFlowsRequest(flows=change)  # type: ignore[arg-type]
+    with pytest.raises(FleetRefused, match=field) as err:
+        check_request(req)
+    assert err.value.code == code
+    assert check_request(mesh_pb2.FleetFlowsRequest()) == (1000, 2.0)
+    with pytest.raises(FleetRefused, match="deadline_ms"):
+        check_request(mesh_pb2.FleetFlowsRequest(deadline_ms=30_001))
