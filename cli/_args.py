@@ -195,6 +195,22 @@ def _filters(*, events: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+def _fleet(*, query: bool = False) -> argparse.ArgumentParser:
+    """The flags of a fleet history query (``flows --fleet``, ``query --fleet``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("fleet history (--fleet)")
+    g.add_argument("--fleet", action="store_true",
+                   help="records from every member's own store, merged in time order, each with its host")
+    if not query:  # query has its own --where and --deadline
+        g.add_argument("--where", action="append", metavar="LABEL=VALUE", default=[],
+                       help="with --fleet: only members with this label (repeat to AND)")
+        g.add_argument("--deadline", type=_duration, metavar="DURATION", default=2.0,
+                       help="with --fleet: fan-out deadline (default: 2s); members that miss it are listed")
+    g.add_argument("--per-site", action="store_true",
+                   help="with --fleet: ask one member per site, which asks the rest of its site")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (cheap: argparse only)."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -235,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
             """examples:
   meshctl flows --since 5m --outcome refused,timeout
   meshctl flows --proc curl --dst 10.0.0.0/8 --port 443 --follow
-  meshctl flows --since 1h --limit 100000 --json > flows.jsonl""", [_filters()])
+  meshctl flows --since 1h --limit 100000 --json > flows.jsonl
+  meshctl flows --fleet --dst 10.1.2.3 --dport 5432 --since 1h    who talked to it, from every member
+  meshctl flows --fleet --where site=ams1 --outcome refused,timeout --json""", [_filters(), _fleet()])
     p.add_argument("-f", "--follow", action="store_true", help="keep streaming as export periods close")
     p.add_argument("--since", type=_time, metavar="WHEN",
                    help="from this long ago (5m, 1h30m) or an RFC3339 time (default: 15m; 'all': the whole "
@@ -274,7 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
             """examples:
   meshctl query --group-by region
   meshctl query --destination 10.0.0.2:443 --where site=ams1
-  meshctl query --json""", [])
+  meshctl query --json
+  meshctl query --fleet --dport 5432 --since 1h      flow records from every member (as flows --fleet)""",
+            [_filters(), _fleet(query=True)])
+    p.add_argument("--since", type=_time, metavar="WHEN", help="with --fleet: from this long ago (default: 15m)")
+    p.add_argument("--until", type=_time, metavar="WHEN", help="with --fleet: up to this long ago")
+    p.add_argument("-n", "--limit", type=_count, default=0, metavar="N",
+                   help="with --fleet: at most N records (default: one page of the node's 1,000)")
+    p.add_argument("--interim", action="store_true", help="with --fleet: include interim records")
     p.add_argument("--destination", metavar="DST:PORT", default="", help="one destination (default: all)")
     p.add_argument("--where", action="append", metavar="LABEL=VALUE", default=[],
                    help="only members with this label (repeat to AND)")

@@ -296,6 +296,26 @@ class Node:
             raise err from exc
         return resp
 
+    def fleet_flows(self, req: mesh_pb2.FleetFlowsRequest, limit: int) -> Iterator[mesh_pb2.FleetFlowsResponse]:
+        """Mesh.FleetFlows pages, each signed, following page tokens until ``limit`` records (0: one page)."""
+        timeout = max(self.timeout, req.deadline_ms / 1000 + 2.0)
+        seen = 0
+        while True:
+            metadata = self._sign("/meshnode.v1.Mesh/FleetFlows", req)
+            try:
+                resp: mesh_pb2.FleetFlowsResponse = self._mesh.FleetFlows(req, timeout=timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                err = self._fail(exc, "Mesh.FleetFlows", timeout)
+                if isinstance(err, PermissionDenied) and metadata is None and "unsigned" in err.message:
+                    err.message += (f"; sign fleet queries with an operator key the node lists: --sign-key FILE "
+                                    f"or $MESHCTL_SIGN_KEY (NAME.sign.key from: {ISSUE_HINT})")
+                raise err from exc
+            yield resp
+            seen += len(resp.flows)
+            if not resp.next_page_token or not limit or seen >= limit:
+                return
+            req.flows.page_token = resp.next_page_token
+
     def validate(self, req: trust_pb2.ValidateRequest) -> trust_pb2.ValidateResponse:
         """Trust.Validate; NotAvailable when the node has no trust service."""
         from meshnode.v1 import trust_pb2_grpc

@@ -79,6 +79,12 @@ def cmd_flows(args: argparse.Namespace, node: Node) -> int:
         # The node answers oldest first from since_ns, so "all history" would show the oldest records;
         # like hubble observe, a bare `meshctl flows` means recent ones.
         since = now - FLOWS_DEFAULT_SINCE_S * 1_000_000_000
+    if args.fleet:
+        from cli import _fleet
+
+        return int(_mesh_call(lambda: _fleet.run(args, node, since, until)))
+    if args.where or args.per_site:
+        raise UsageError("--where and --per-site select members of a fleet query: add --fleet")
     req = observer_pb2.FlowsRequest(number=args.limit, follow=args.follow, since_ns=since, until_ns=until,
                                     include_interim=args.interim)
     f = flow_filter(args)
@@ -173,12 +179,15 @@ def cmd_peers(args: argparse.Namespace, node: Node) -> int:
 
 
 def cmd_query(args: argparse.Namespace, node: Node) -> int:
-    selector: dict[str, str] = {}
-    for item in args.where:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--where '{item}' is not LABEL=VALUE (example: --where region=eu-west)")
-        selector[key] = value
+    from cli._fleet import selector as label_selector
+
+    if args.fleet:
+        args.follow = False
+        return cmd_flows(args, node)
+    if flow_filter(args) is not None or args.since or args.until or args.limit or args.interim or args.per_site:
+        raise UsageError("filters, --since, --until, --limit, --interim and --per-site ask for flow records: "
+                         "add --fleet (meshctl query without it aggregates the members' digests)")
+    selector = label_selector(args.where)
     from meshnode.v1 import mesh_pb2
 
     req = mesh_pb2.FleetQueryRequest(destination=args.destination, selector=selector, group_by=args.group_by,

@@ -1,0 +1,68 @@
+"""meshctl's rendering of a fleet flow query: the HOST column, the footer naming answered / missing /
+untrusted nodes, and the JSON Lines (``flows --json`` records with ``host``, then one summary object)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+from cli._convert import FLOW_FIELDS
+from cli._fleet import Summary, footer, json_line, run, text_lines
+from meshnode.v1 import flow_pb2, mesh_pb2
+
+F1 = flow_pb2.Flow(node_id="aaaa", comm="curl", pid=7, dst="10.0.0.2", dport=443, outcome=flow_pb2.ESTABLISHED,
+                   end_ns=1_700_000_000_000_000_000, bytes_tx=100, srtt_us=900)
+F2 = flow_pb2.Flow(node_id="bbbb", comm="psql", pid=9, dst="10.0.0.3", dport=5432, outcome=flow_pb2.REFUSED,
+                   end_ns=1_700_000_001_000_000_000)
+
+
+def _resp() -> mesh_pb2.FleetFlowsResponse:
+    return mesh_pb2.FleetFlowsResponse(
+        flows=[F1, F2], keys=[mesh_pb2.FleetFlowKey(row_id=1), mesh_pb2.FleetFlowKey(row_id=2)], partial=True,
+        nodes=[mesh_pb2.NodeStatus(node_id="aaaa", host="web-1", answered=True, records=1),
+               mesh_pb2.NodeStatus(node_id="bbbb", host="db-1", answered=True, records=1),
+               mesh_pb2.NodeStatus(node_id="cccc", host="db-2", error="DEADLINE_EXCEEDED")],
+        excluded=["dddd"])
+
+
+def test_text_has_a_host_column_and_a_footer() -> None:
+    lines = text_lines([F1, F2], {"aaaa": "web-1", "bbbb": "a-very-long-host-name"}, wide=False, header=True)
+    assert lines == [
+        "HOST         TIME     PROCESS        DESTINATION           OUTCOME          TX      RX    RTT",
+        "web-1        22:13:20 curl/7         10.0.0.2:443          established   100 B     0 B  900us",
+        "a-very-long… 22:13:21 psql/9         10.0.0.3:5432         refused         0 B     0 B      -",
+    ]
+    s = Summary()
+    s.add(_resp(), 2)
+    assert footer(s.doc()) == [
+        "2 records from 2 nodes: db-1 (1), web-1 (1)",
+        "missing 1 (their records are not shown): db-2 (DEADLINE_EXCEEDED)",
+        "untrusted, not asked 1: dddd",
+    ]
+
+
+def test_json_lines_are_flows_records_with_host_then_a_summary() -> None:
+    line = json.loads(json_line(F1, "web-1"))
+    assert list(line) == [*FLOW_FIELDS[:2], "host", *FLOW_FIELDS[2:]]
+    assert (line["node_id"], line["host"], line["dport"], line["outcome"]) == ("aaaa", "web-1", 443, "established")
+
+    class FakeNode:
+        def fleet_flows(self, req: mesh_pb2.FleetFlowsRequest, limit: int) -> list[mesh_pb2.FleetFlowsResponse]:
+            assert (req.flows.number, req.selector["site"], req.deadline_ms, limit) == (0, "s1", 1500, 0)
+            assert list(req.flows.whitelist[0].dport) == [443]
+            return [_resp()]
+
+    args = argparse.Namespace(where=["site=s1"], deadline=1.5, per_site=False, limit=0, interim=False, json=True,
+                              wide=False, since="5m", proc=None, pid=None, dst=None, port=None, dport=[443],
+                              cgroup=None, outcome=None, proto=None, direction=None)
+    out = io.StringIO()
+    assert run(args, FakeNode(), 1, 0, out) == 0  # type: ignore[arg-type]
+    docs = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [(d["node_id"], d["host"]) for d in docs[:2]] == [("aaaa", "web-1"), ("bbbb", "db-1")]
+    assert docs[2] == {"summary": {
+        "records": 2, "pages": 1, "partial": True, "more": False,
+        "answered": [{"node_id": "bbbb", "host": "db-1", "records": 1, "via": ""},
+                     {"node_id": "aaaa", "host": "web-1", "records": 1, "via": ""}],
+        "missing": [{"node_id": "cccc", "host": "db-2", "error": "DEADLINE_EXCEEDED", "via": ""}],
+        "untrusted": ["dddd"]}}
