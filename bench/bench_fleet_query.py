@@ -14,6 +14,14 @@ Two models of a fleet:
 
 The per-query reasons, the querying node's view of membership and its transport counters are printed so
 that a partial answer can be traced to its cause (membership, deadline, connection).
+
+``--history`` measures fleet *history* queries (``Mesh.FleetFlows``) instead, over N real ``meshnode run``
+processes on 127.0.0.1 (``--insecure``, mesh on, real store and API; ``--sensor fake`` making one loopback flow
+per 2 s poll, so that N nodes' sensors do not load the shared cores), each store prefilled with
+``--records`` flows of its own before it starts, labels ``site=s{i % 4}``. One client asks node 0 for one
+page (``--number``) of the records matching ``comm=prefill`` over the last 10 minutes, flat and per site,
+``--queries`` times each, and prints p50/p95/max, how many nodes answered, and the records merged:
+``.venv/bin/python -m bench.bench_fleet_query --history --nodes 20 --queries 50``.
 """
 
 from __future__ import annotations
@@ -159,6 +167,69 @@ async def main(n: int, queries: int, procs: int, export_period: float, deadline_
         await stop_nodes(nodes)
 
 
+def history(n: int, queries: int, records: int, number: int, deadline_ms: int) -> int:
+    """Fleet history queries over ``n`` real ``meshnode run`` processes (see the module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests._support.nodeproc import NodeProcess, percentile, prefill
+
+    t0 = time.monotonic()
+    nodes: list[NodeProcess] = []
+    with tempfile.TemporaryDirectory(prefix="bench-fleetflows-") as tmp:
+        try:
+            for i in range(n):
+                data = Path(tmp) / f"n{i}"
+                prefill(data, records)
+                env = {"MESHNODE_FAKE_FLOWS_PER_POLL": "1", "MESHNODE_TICK": "2",
+                       "MESHNODE_LABELS": f"region=eu,site=s{i % 4},host=h{i}"}
+                if nodes:
+                    env["MESHNODE_JOIN"] = nodes[0].address
+                nodes.append(NodeProcess(data, export_period=5.0, env=env).start())
+            with grpc.insecure_channel(nodes[0].address) as ch:
+                stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
+                while True:
+                    peers = stub.Peers(mesh_pb2.PeersRequest(), timeout=10).peers
+                    if sum(p.state == mesh_pb2.ALIVE for p in peers) == n:
+                        break
+                    if time.monotonic() - t0 > 180:
+                        print("did not converge in 180 s", file=sys.stderr)
+                        return 1
+                    time.sleep(0.5)
+                print(f"{n} meshnode processes (fake sensor, {records:,} prefilled records each) up and converged "
+                      f"in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+                time.sleep(5)
+                now = time.time_ns()
+                for per_site in (False, True):
+                    req = mesh_pb2.FleetFlowsRequest(deadline_ms=deadline_ms, per_site=per_site)
+                    req.flows.number = number
+                    req.flows.since_ns = now - 600 * 10**9
+                    req.flows.whitelist.add(comm=["prefill"])
+                    times: list[float] = []
+                    answered: list[int] = []
+                    merged: list[int] = []
+                    reasons: Counter[str] = Counter()
+                    size = 0
+                    for _ in range(queries):
+                        t = time.perf_counter()
+                        resp = stub.FleetFlows(req, timeout=deadline_ms / 1000 + 5)
+                        times.append(time.perf_counter() - t)
+                        answered.append(sum(1 for x in resp.nodes if x.answered))
+                        merged.append(len(resp.flows))
+                        reasons.update(x.error for x in resp.nodes if not x.answered)
+                        size = resp.ByteSize()
+                    print(f"fleet history query {'per site (4 relays)' if per_site else 'flat'}, N={n}, page of "
+                          f"{number:,}: p50 {percentile(times, 0.5) * 1000:.0f} ms, p95 "
+                          f"{percentile(times, 0.95) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; answered "
+                          f"{min(answered)}-{max(answered)} of {n}; records {min(merged):,}-{max(merged):,} "
+                          f"({size / 1e3:.0f} kB a page); missing by reason: {dict(reasons) or 'none'}")
+            return 0
+        finally:
+            for node in nodes:
+                node.kill()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=100)
@@ -167,11 +238,17 @@ if __name__ == "__main__":
     ap.add_argument("--export-period", type=float, default=5.0)
     ap.add_argument("--deadline-ms", type=int, default=5000)
     ap.add_argument("--fanout", type=int, default=0, help="calls in flight per query (0: the node's default)")
+    ap.add_argument("--history", action="store_true",
+                    help="fleet history queries (FleetFlows) over real meshnode processes instead")
+    ap.add_argument("--records", type=int, default=2000, help="--history: records prefilled per node")
+    ap.add_argument("--number", type=int, default=1000, help="--history: records a page")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--first", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--seed", default="", help=argparse.SUPPRESS)
     ns = ap.parse_args()
+    if ns.history:
+        sys.exit(history(ns.nodes, ns.queries, ns.records, ns.number, ns.deadline_ms))
     if ns.worker:
         sys.exit(asyncio.run(worker(ns.first, ns.count, ns.seed, ns.export_period)))
     sys.exit(asyncio.run(main(ns.nodes, ns.queries, ns.procs, ns.export_period, ns.deadline_ms, ns.fanout)))

@@ -6,9 +6,10 @@ its store's order, ``(end_ns, table, row_id)``. The asking node merges the answe
 the next page asks every member for what follows it (``member_after``): the token stays one record long
 however large the fleet is.
 
-A member sends at most ``rows_per_member`` records and says whether more match (``more``). Its records
-past the last one it sent are unknown to the merge, so the page is cut at the earliest such "last sent"
-record among the members that have more: nothing a member holds before the page's end is ever skipped.
+A member sends at most ``rows_per_member`` records (``share``: twice its even share of the page) and says
+whether more match (``more``). Its records past the last one it sent are unknown to the merge, so the page
+is cut at the earliest such "last sent" record among the members that have more: nothing a member holds
+before the page's end is ever skipped.
 Records merged but not on the page (cut, or past ``number``) are counted as ``rows_dropped``; they come
 again on the next page.
 """
@@ -19,7 +20,7 @@ import base64
 import hashlib
 import heapq
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -31,6 +32,8 @@ MAX_NUMBER: Final = 5_000
 """Records in one merged page (a unary answer of ~250 B a record: about 1.3 MB)."""
 MAX_ROWS_PER_MEMBER: Final = 5_000
 """Records one member sends for one page."""
+MIN_SHARE: Final = 100
+"""The fewest records a member is asked for, whatever its share of the page."""
 MAX_MEMBERS: Final = 256
 """Members one node asks for one query (more selected: RESOURCE_EXHAUSTED; narrow the selector, or
 ``per_site``, which asks one member per site)."""
@@ -96,33 +99,48 @@ def _order(f: flow_pb2.Flow, k: mesh_pb2.FleetFlowKey) -> tuple[int, str, int, i
     return (f.end_ns, f.node_id, k.table, k.row_id)
 
 
+def _ordered(i: int, a: Answer) -> Iterator[tuple[int, str, int, int, int, int]]:
+    """Answer ``i``'s records as order keys (with their answer and position), made as the merge reaches them."""
+    for j, (f, k) in enumerate(zip(a.flows, a.keys, strict=True)):
+        yield (f.end_ns, f.node_id, k.table, k.row_id, i, j)
+
+
 def merge(answers: Sequence[Answer], number: int) -> Page:
-    """Merge sorted answers into one page of at most ``number`` records (see the module docstring)."""
+    """Merge sorted answers into one page of at most ``number`` records (see the module docstring).
+
+    Lazy: only the records up to the page's end are looked at (a page of 1,000 out of 20 members' 1,000
+    each reads about 1,020 records, not 20,000).
+    """
     cut: tuple[int, str, int, int] | None = None
-    streams = []
     total = 0
     for a in answers:
-        pairs = list(zip(a.flows, a.keys, strict=True))
-        total += len(pairs)
-        if a.more and pairs:
-            last = _order(*pairs[-1])
+        if len(a.flows) != len(a.keys):
+            raise ValueError(f"an answer with {len(a.flows)} records and {len(a.keys)} keys")
+        total += len(a.flows)
+        if a.more and a.flows:
+            last = _order(a.flows[-1], a.keys[-1])
             cut = last if cut is None else min(cut, last)
-        streams.append([(_order(f, k), f, k) for f, k in pairs])
     page = Page(more=any(a.more for a in answers))
-    for order, f, k in heapq.merge(*streams, key=lambda t: t[0]):
-        if cut is not None and order > cut:
+    for end, node, table, row, i, j in heapq.merge(*(_ordered(i, a) for i, a in enumerate(answers))):
+        if (cut is not None and (end, node, table, row) > cut) or len(page.flows) == number:
             page.more = True
             break
-        if len(page.flows) == number:
-            page.more = True
-            break
-        page.flows.append(f)
-        page.keys.append(k)
+        page.flows.append(answers[i].flows[j])
+        page.keys.append(answers[i].keys[j])
     page.dropped = total - len(page.flows)
     if page.flows:
         f, k = page.flows[-1], page.keys[-1]
         page.last = mesh_pb2.FleetCursor(end_ns=f.end_ns, node_id=f.node_id, table=k.table, row_id=k.row_id)
     return page
+
+
+def share(number: int, asked: int, most: int = MAX_ROWS_PER_MEMBER) -> int:
+    """Records to ask of each of ``asked`` members for a page of ``number``: twice an even share (at least
+    ``MIN_SHARE``, at most ``number`` and ``most``). Asking each member for the whole page would move
+    ``asked`` times the page for one page; with shares a page holds fewer than ``number`` records when one
+    member's share ran out first (the cut), and the next page continues from there.
+    """
+    return min(number, most, max(MIN_SHARE, -(-2 * number // max(1, asked))))
 
 
 def _fingerprint(req: mesh_pb2.FleetFlowsRequest) -> str:

@@ -60,6 +60,7 @@ from meshnode.mesh._fleetflows import (
     encode_token,
     member_after,
     merge,
+    share,
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
 from meshnode.mesh._identity import PEER, IdentityGuard, PeerCertificate, audience_metadata, sign_alive, tls_peer
@@ -623,6 +624,8 @@ class MeshService:
         if req.local_only:
             return await self._local_flows(req)
         number, deadline = check_request(req)
+        if req.rows_per_member:  # a site's relay: its answer is its share of the asking node's page
+            number = min(number, req.rows_per_member)
         if self.history is not None:
             try:
                 self.history.check(req.flows)
@@ -647,7 +650,6 @@ class MeshService:
         chosen = [x for x in self.membership.members() if matches(x.labels, selector) and x.state != State.LEFT]
         untrusted = self.exclude(x.node_id for x in chosen) if self.exclude is not None else set()
         targets = [x for x in chosen if x.node_id not in untrusted]
-        per_member = min(number, self.max_rows_per_member)
         hosts = {x.node_id: x.labels.get("host", "") for x in targets}
         groups: dict[str, list[Member]] = {}
         if req.per_site:
@@ -659,6 +661,7 @@ class MeshService:
             self.counters["fleet_flows_refused_members"] += 1
             raise FleetRefused("RESOURCE_EXHAUSTED", f"{asked} members selected; one query asks at most "
                                                      f"{self.max_members} (narrow the selector, or ask per site)")
+        per_member = share(number, asked, self.max_rows_per_member)
         self.counters["fleet_flows_queries"] += 1
         statuses: dict[str, mesh_pb2.NodeStatus] = {}
         answers: list[Answer] = []

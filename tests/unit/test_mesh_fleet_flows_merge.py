@@ -8,7 +8,7 @@ import random
 import pytest
 
 from meshnode.mesh import Answer, FleetRefused, decode_token, encode_token, member_after, merge
-from meshnode.mesh._fleetflows import TABLE_FINAL, TABLE_INTERIM, check_request
+from meshnode.mesh._fleetflows import TABLE_FINAL, TABLE_INTERIM, check_request, share
 from meshnode.v1 import flow_pb2, mesh_pb2
 
 Rec = tuple[int, str, int, int]  # (end_ns, node_id, table, row_id)
@@ -139,3 +139,15 @@ def test_requests_refused(change: dict[str, object], code: str, field: str) -> N
     assert check_request(mesh_pb2.FleetFlowsRequest()) == (1000, 2.0)
     with pytest.raises(FleetRefused, match="deadline_ms"):
         check_request(mesh_pb2.FleetFlowsRequest(deadline_ms=30_001))
+
+
+@pytest.mark.parametrize(("number", "asked", "most", "want"), [
+    (1000, 20, 5000, 100),   # twice the even share (50), raised to the minimum
+    (5000, 20, 5000, 500),   # twice the even share
+    (5000, 2, 5000, 5000),   # twice the even share is the page
+    (50, 20, 5000, 50),      # never more than the page
+    (1000, 1, 300, 300),     # never more than the node's maximum
+    (1000, 0, 5000, 1000),   # nobody asked: still a sane number
+])
+def test_share(number: int, asked: int, most: int, want: int) -> None:
+    assert share(number, asked, most) == want
