@@ -18,7 +18,8 @@ that a partial answer can be traced to its cause (membership, deadline, connecti
 ``--history`` measures fleet *history* queries (``Mesh.FleetFlows``) instead, over N real ``meshnode run``
 processes on 127.0.0.1 (``--insecure``, mesh on, real store and API; ``--sensor fake`` making one loopback flow
 per 2 s poll, so that N nodes' sensors do not load the shared cores), each store prefilled with
-``--records`` flows of its own before it starts, labels ``site=s{i % 4}``. One client asks node 0 for one
+``--records`` flows of its own that ended over the last 5 minutes at the same instants on every node (so the
+members' records interleave, as a fleet's do), labels ``site=s{i % 4}``. One client asks node 0 for one
 page (``--number``) of the records matching ``comm=prefill`` over the last 10 minutes, flat and per site,
 ``--queries`` times each, and prints p50/p95/max, how many nodes answered, and the records merged:
 ``.venv/bin/python -m bench.bench_fleet_query --history --nodes 20 --queries 50``.
@@ -173,15 +174,34 @@ def history(n: int, queries: int, records: int, number: int, deadline_ms: int) -
     from pathlib import Path
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tests._support.nodeproc import NodeProcess, percentile, prefill
+    from meshnode._model import FlowRecord
+    from meshnode.store import Retention, Store
+    from tests._support.nodeproc import NodeProcess, percentile
 
     t0 = time.monotonic()
+    base = time.time_ns() - 300 * 10**9
+
+    def prefill(data: Path, i: int) -> None:
+        """``records`` flows that ended over the last 5 minutes, at the same instants on every node (the
+        members' records interleave, as a fleet's do), each node's a few microseconds apart."""
+        step = 250 * 10**9 // max(1, records)
+        store = Store.in_dir(data, Retention(7 * 86400.0, 1 << 30))
+        try:
+            seq = store.open_period(base - 10**9)
+            store.close_period(seq, base + 260 * 10**9, [FlowRecord(
+                flow_id=j + 1, src="10.1.0.1", sport=1024 + j % 60000, dst="10.1.0.2", dport=443, proto="tcp",
+                direction="outbound", pid=7, comm="prefill", start_ns=base + j * step - 10**6,
+                end_ns=base + j * step + i * 1000, outcome="established", kind="final") for j in range(records)],
+                [], "")
+        finally:
+            store.close()
+
     nodes: list[NodeProcess] = []
     with tempfile.TemporaryDirectory(prefix="bench-fleetflows-") as tmp:
         try:
             for i in range(n):
                 data = Path(tmp) / f"n{i}"
-                prefill(data, records)
+                prefill(data, i)
                 env = {"MESHNODE_FAKE_FLOWS_PER_POLL": "1", "MESHNODE_TICK": "2",
                        "MESHNODE_LABELS": f"region=eu,site=s{i % 4},host=h{i}"}
                 if nodes:
