@@ -241,6 +241,10 @@ class MeshService:
         """Records a fleet flow query asks of each member for one page."""
         self.max_members = MAX_MEMBERS
         """Members one fleet flow query may ask from this node."""
+        self.max_fan_outs = MAX_FAN_OUTS
+        """Fleet flow queries this node fans out at once (more: RESOURCE_EXHAUSTED)."""
+        self.max_local_answers = MAX_LOCAL_ANSWERS
+        """Members' fleet flow requests this node answers from its store at once (more: RESOURCE_EXHAUSTED)."""
         self._fan_outs = 0
         self._local_answers = 0
 
@@ -632,10 +636,10 @@ class MeshService:
             except ValueError as exc:
                 raise FleetRefused("INVALID_ARGUMENT", str(exc)) from exc
         cursor = req.after if req.HasField("after") else decode_token(req)
-        if self._fan_outs >= MAX_FAN_OUTS:
+        if self._fan_outs >= self.max_fan_outs:
             self.counters["fleet_flows_refused_busy"] += 1
-            raise FleetRefused("RESOURCE_EXHAUSTED", f"this node runs {MAX_FAN_OUTS} fleet flow queries at once; "
-                                                     "retry in a moment")
+            raise FleetRefused("RESOURCE_EXHAUSTED", f"this node runs {self.max_fan_outs} fleet flow queries at "
+                                                     "once; retry in a moment")
         self._fan_outs += 1
         try:
             return await self._fan_out_flows(req, number, deadline, cursor)
@@ -789,10 +793,10 @@ class MeshService:
             self.history.check(req.flows)
         except ValueError as exc:
             raise FleetRefused("INVALID_ARGUMENT", str(exc)) from exc
-        if self._local_answers >= MAX_LOCAL_ANSWERS:
+        if self._local_answers >= self.max_local_answers:
             self.counters["fleet_flows_local_refused_busy"] += 1
-            raise FleetRefused("RESOURCE_EXHAUSTED", f"this node answers {MAX_LOCAL_ANSWERS} fleet flow queries "
-                                                     "at once; retry in a moment")
+            raise FleetRefused("RESOURCE_EXHAUSTED", f"this node answers {self.max_local_answers} fleet flow "
+                                                     "queries at once; retry in a moment")
         limit = min(req.rows_per_member or number, number, MAX_ROWS_PER_MEMBER)
         after = member_after(req.after if req.HasField("after") else None, self.node_id)
         self._local_answers += 1

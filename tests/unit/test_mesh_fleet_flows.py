@@ -4,6 +4,7 @@ and per site; a stopped node is reported missing, an untrusted one excluded, ove
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -175,5 +176,27 @@ def test_members_selected_over_the_maximum_are_refused(tmp_path: Path) -> None:
         assert getattr(err.value, "code", "") == "RESOURCE_EXHAUSTED"
         resp = await first.fleet_flows(_req(10, per_site=True))  # 3 sites: 3 relays asked
         assert len(resp.nodes) == N and not resp.partial
+
+    _run(tmp_path, scenario)
+
+
+def test_queries_beyond_the_concurrency_bounds_are_refused_and_counted(tmp_path: Path) -> None:
+    """Fan-outs at once: the one over the bound is refused (RESOURCE_EXHAUSTED); a member answering as many
+    requests as it will is reported missing with RESOURCE_EXHAUSTED (the retries stop within the deadline)."""
+    async def scenario(fleet: Fleet, stores: list[Store]) -> None:
+        first, busy = fleet.meshes[0], fleet.meshes[2]
+        first.max_fan_outs = 2
+        busy.max_local_answers = 0
+        results = await asyncio.gather(*(first.fleet_flows(_req(10)) for _ in range(3)), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, Exception)]
+        assert len(refused) == 1 and getattr(refused[0], "code", "") == "RESOURCE_EXHAUSTED"
+        assert "2 fleet flow queries at once" in str(refused[0])
+        assert first.counters["fleet_flows_refused_busy"] == 1
+        for resp in results:
+            if isinstance(resp, mesh_pb2.FleetFlowsResponse):
+                assert resp.partial
+                assert [(n.node_id, n.error) for n in resp.nodes if not n.answered] == [
+                    (busy.node_id, "RESOURCE_EXHAUSTED")]
+        assert busy.counters["fleet_flows_local_refused_busy"] >= 2
 
     _run(tmp_path, scenario)
