@@ -91,6 +91,10 @@ DEAD_MEMBER_BUDGET = 0.5
 dead while it still serves, and its answer is as good as any (signed, verified); a truly dead one costs the
 query at most this long, in parallel with the rest (bench/RESULTS.md, "Fleet query latency")."""
 
+RELAY_DEADLINE_SHARE = 0.8
+"""The part of what is left of a fleet flow query's deadline a site relay gets for its own fan-out: the rest
+carries its answer back (a relay that used it all would answer just after the asking node stopped waiting)."""
+
 QUERY_CONCURRENCY = 64
 """Calls in flight per fleet query: bounds the burst of calls and verifications on the querying node's loop
 in a large fleet; at N = 100, 64 is as fast as no bound and 16 is twice as slow (bench/RESULTS.md, "Fleet
@@ -691,12 +695,12 @@ class MeshService:
             if x.state not in (State.ALIVE, State.SUSPECT, State.DEAD):
                 return f"not alive: {x.state.name}"
             async with slots:  # the deadline runs from the query's start, waiting for a slot included
-                left = (end - loop.time()) * share
+                left = end - loop.time()
                 if x.state == State.DEAD:
                     left = min(left, DEAD_MEMBER_BUDGET)
                 if left <= 0:
                     return "DEADLINE_EXCEEDED"
-                sub.deadline_ms = max(1, int(left * 1000))
+                sub.deadline_ms = max(1, int(left * share * 1000))
                 try:
                     return await asyncio.wait_for(call(x, sub, left), left)
                 except TimeoutError:
@@ -735,8 +739,8 @@ class MeshService:
             sub.flows.page_token = ""
             if cursor is not None:
                 sub.after.CopyFrom(cursor)
-            # the site's own fan-out must end before this one does, with time to send its answer back
-            got = await bounded(relay, sub, 0.9 if relay.node_id != self.node_id else 1.0)
+            # the site's own fan-out ends before this one waits no more, with time to send its answer back
+            got = await bounded(relay, sub, RELAY_DEADLINE_SHARE)
             if isinstance(got, str):
                 for x in members:
                     failed(x, f"site relay {relay.node_id}: {got}", relay.node_id)

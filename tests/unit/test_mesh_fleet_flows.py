@@ -200,3 +200,43 @@ def test_queries_beyond_the_concurrency_bounds_are_refused_and_counted(tmp_path:
         assert busy.counters["fleet_flows_local_refused_busy"] >= 2
 
     _run(tmp_path, scenario)
+
+
+class SlowHistory:
+    """A store that takes 5 s to answer (a member stuck on its disk)."""
+
+    def __init__(self, inner: StoreHistory) -> None:
+        self.inner = inner
+
+    def check(self, flows: object) -> object:
+        return self.inner.check(flows)  # type: ignore[arg-type]
+
+    async def local_flows(self, *args: object) -> object:
+        await asyncio.sleep(5)
+        return await self.inner.local_flows(*args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("slow_is_relay", [False, True])
+def test_a_slow_member_behind_a_site_relay_costs_one_deadline(tmp_path: Path, slow_is_relay: bool) -> None:
+    """Per site, a member that does not answer in time is reported missing by its relay (or, when it is the
+    relay, answers for itself late and is missing while its site's other member answered), within the asking
+    node's deadline, and every other node's records are in the page."""
+    async def scenario(fleet: Fleet, stores: list[Store]) -> None:
+        ids = [m.node_id for m in fleet.meshes]
+        site1 = [i for i in range(N) if i % 3 == 1]  # the fleet's labels: site s{i % 3}
+        relay = min(site1, key=lambda i: ids[i])
+        slow = relay if slow_is_relay else next(i for i in site1 if i != relay)
+        slow_history = fleet.meshes[slow].history
+        assert isinstance(slow_history, StoreHistory)
+        fleet.meshes[slow].history = SlowHistory(slow_history)  # type: ignore[assignment]
+        began = time.monotonic()
+        resp = await fleet.meshes[0].fleet_flows(_req(1000, per_site=True, deadline_ms=1500))
+        took = time.monotonic() - began
+        assert took < 1.5 + 0.5, took
+        want = sorted((end, ids[i], fid) for i in range(N) if i != slow for end, fid in _own(stores[i], 443))
+        assert [(f.end_ns, f.node_id, f.flow_id) for f in resp.flows] == want
+        missing = [(n.node_id, n.error, n.via) for n in resp.nodes if not n.answered]
+        assert missing == [(ids[slow], "DEADLINE_EXCEEDED", ids[relay])]
+        assert resp.partial
+
+    _run(tmp_path, scenario)
