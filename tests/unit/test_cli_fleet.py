@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import time
+
+import pytest
 
 from cli._convert import FLOW_FIELDS
 from cli._fleet import Summary, footer, json_line, run, text_lines
@@ -66,3 +69,43 @@ def test_json_lines_are_flows_records_with_host_then_a_summary() -> None:
                      {"node_id": "aaaa", "host": "web-1", "records": 1, "via": ""}],
         "missing": [{"node_id": "cccc", "host": "db-2", "error": "DEADLINE_EXCEEDED", "via": ""}],
         "untrusted": ["dddd"]}}
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.asked: list[mesh_pb2.FleetFlowsRequest] = []
+
+    def fleet_flows(self, req: mesh_pb2.FleetFlowsRequest, limit: int) -> list[mesh_pb2.FleetFlowsResponse]:
+        self.asked.append(req)
+        return [_resp()]
+
+
+def test_query_fleet_and_flows_fleet_ask_the_same(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli._args import parse
+    from cli._commands import cmd_flows, cmd_query
+
+    outs = []
+    for argv in (["query", "--fleet", "--dport", "443", "--where", "site=s1", "--per-site", "--since", "5m", "--json"],
+                 ["flows", "--fleet", "--dport", "443", "--where", "site=s1", "--per-site", "--since", "5m", "--json"]):
+        node = _Node()
+        args = parse(argv)
+        assert (cmd_query if argv[0] == "query" else cmd_flows)(args, node) == 0  # type: ignore[arg-type]
+        req = node.asked[0]
+        assert (dict(req.selector), req.per_site, list(req.flows.whitelist[0].dport), req.deadline_ms) == (
+            {"site": "s1"}, True, [443], 2000)
+        assert abs(req.flows.since_ns - (time.time_ns() - 300 * 10**9)) < 5 * 10**9
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and json.loads(outs[0].splitlines()[-1])["summary"]["records"] == 2
+
+
+@pytest.mark.parametrize("argv", [["flows", "--where", "site=s1"], ["flows", "--per-site"],
+                                  ["query", "--dport", "443"], ["query", "--since", "5m"],
+                                  ["flows", "--fleet", "--follow"]])
+def test_fleet_flags_without_fleet_are_usage_errors(argv: list[str]) -> None:
+    from cli._args import parse
+    from cli._commands import cmd_flows, cmd_query
+    from cli._exceptions import UsageError
+
+    args = parse(argv)
+    with pytest.raises(UsageError, match="--fleet"):
+        (cmd_query if argv[0] == "query" else cmd_flows)(args, _Node())  # type: ignore[arg-type]
