@@ -37,18 +37,25 @@ def _records(i: int) -> list[FlowRecord]:
                        kind="final", bytes_tx=j) for j in range(10 + 3 * i)]
 
 
+def _interims(i: int) -> list[FlowRecord]:
+    """Node i's active flows: interim records ending at the same instants as some final ones."""
+    return [FlowRecord(flow_id=9000 + 1000 * i + j, src=f"10.1.0.{i}", sport=40000 + j, dst="10.2.0.1", dport=443,
+                       proto="tcp", direction="outbound", pid=10 + i, comm=f"app{i}", start_ns=NOW - 100 * S,
+                       end_ns=NOW - 50 * S + j * 1000, outcome="established", kind="interim") for j in range(3 + i)]
+
+
 def _fill(path: Path, i: int) -> Store:
     store = Store.in_dir(path, Retention(7 * 86400.0, 1 << 30))
     seq = store.open_period(NOW - 120 * S)
-    store.close_period(seq, NOW - 40 * S, _records(i), [], "")
+    store.close_period(seq, NOW - 40 * S, _records(i), _interims(i), "")
     return store
 
 
-def _own(store: Store, dport: int) -> list[tuple[int, int]]:
+def _own(store: Store, dport: int, interim: bool = False) -> list[tuple[int, int]]:
     """(end_ns, flow_id) of a node's own records on dport, as its store returns them."""
     with store.reader() as conn:
         return [(sf.record.end_ns, sf.record.flow_id) for sf in store.query_flows(
-            FlowQuery(equals={"dport": [dport]}), conn)]
+            FlowQuery(equals={"dport": [dport]}, include_interim=interim), conn)]
 
 
 def _run(tmp: Path, scenario: Callable[[Fleet, list[Store]], Awaitable[None]]) -> None:
@@ -91,19 +98,29 @@ async def _all_pages(stub: mesh_pb2_grpc.MeshStub, req: mesh_pb2.FleetFlowsReque
         req.flows.page_token = resp.next_page_token
 
 
-@pytest.mark.parametrize(("per_site", "rows"), [(False, 5000), (True, 5000), (False, 3), (True, 3)])
-def test_pages_hold_exactly_each_nodes_records_in_time_order(tmp_path: Path, per_site: bool, rows: int) -> None:
+@pytest.mark.parametrize(("per_site", "rows", "interim"),
+                         [(False, 5000, False), (True, 5000, False), (False, 3, False), (True, 3, False),
+                          (False, 3, True), (True, 5000, True)])
+def test_pages_hold_exactly_each_nodes_records_in_time_order(tmp_path: Path, per_site: bool, rows: int,
+                                                             interim: bool) -> None:
     """With ``rows`` 3 each member (and site relay) sends 3 records a page: pages are cut short, and paging
-    still returns every record once, in order."""
+    still returns every record once, in order; with ``interim`` the interim records (another store table,
+    ending at the same instants as final ones) too."""
     async def scenario(fleet: Fleet, stores: list[Store]) -> None:
         for m in fleet.meshes:
             m.max_rows_per_member = rows
         ids = [m.node_id for m in fleet.meshes]
-        want = sorted((end, ids[i], fid) for i, s in enumerate(stores) for end, fid in _own(s, 443))
+        # each node's own order (finals before interims at the same end_ns), nodes by id at the same end_ns
+        want = [(end, ids[i], fid) for i, s in enumerate(stores) for end, fid in _own(s, 443, interim)]
+        rank = {r: n for n, r in enumerate(want)}
+        want.sort(key=lambda r: (r[0], r[1], rank[r]))
+        req = _req(7, per_site)
+        req.flows.include_interim = interim
         async with grpc.aio.insecure_channel(fleet.meshes[1].advertise) as ch:
             stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
-            flows, pages = await _all_pages(stub, _req(7, per_site))
+            flows, pages = await _all_pages(stub, req)
         assert [(f.end_ns, f.node_id, f.flow_id) for f in flows] == want
+        assert sum(f.kind == flow_pb2.INTERIM for f in flows) == (sum(3 + i for i in range(N)) if interim else 0)
         assert len(pages) == -(-len(want) // 7) if rows > 7 else len(pages) > -(-len(want) // 7)
         for resp in pages:
             assert not resp.partial and not resp.excluded
