@@ -220,19 +220,33 @@ def status_view(s: Mapping[str, Any], *, wide: bool = False, plain: bool = False
 
 
 def exporter_text(e: Mapping[str, Any], *, plain: bool = False) -> Text:
-    """``clickhouse://h:9000/net  sent 12 batches (3,400 rows) · queued 0 · dropped 0`` and the last error."""
+    """One exporter's line and its last error, in red while it fails:
+    ``clickhouse://h:9000/net  sent 12 batches (3,400 rows) · queued 0 · dropped 0`` (batches of a spool), or
+    ``http://127.0.0.1:4317  exported 1,204 · failed 0 · dropped 0 · pending 0 · requests 31 ok, 0 failed``
+    (OTLP's records; failed and dropped in red when not zero)."""
     c = {k: int(v) for k, v in (e.get("counters") or {}).items()}
-
-    def part(what: str) -> str:
-        batches, rows = c.get(f"{what}_batches", 0), c.get(f"{what}_rows", 0)
-        out = f"{what} {format_count(batches)} batches ({format_count(rows)} rows)" if batches or rows \
-            else f"{what} 0"
-        if what == "queued" and c.get("queued_bytes"):
-            out += f" {format_bytes(c['queued_bytes'])} on disk"
-        return out
-
     text = Text(f"{e.get('target') or '?'}  ")
-    text.append(" · ".join(part(w) for w in ("sent", "queued", "dropped")))
+    if "records_exported" in c:
+        for i, (label, key) in enumerate((("exported", "records_exported"), ("failed", "records_failed"),
+                                          ("dropped", "records_dropped"), ("pending", "records_pending"))):
+            v = c.get(key, 0)
+            text.append((" · " if i else "") + f"{label} ")
+            text.append(format_count(v), style="bold red" if v and label in ("failed", "dropped") and not plain
+                        else "")
+        text.append(f" · requests {format_count(c.get('requests_ok', 0))} ok, "
+                    f"{format_count(c.get('requests_failed', 0))} failed")
+        if c.get("flows_folded"):
+            text.append(f" · folded {format_count(c['flows_folded'])}")
+    else:
+        def part(what: str) -> str:
+            batches, rows = c.get(f"{what}_batches", 0), c.get(f"{what}_rows", 0)
+            out = f"{what} {format_count(batches)} batches ({format_count(rows)} rows)" if batches or rows \
+                else f"{what} 0"
+            if what == "queued" and c.get("queued_bytes"):
+                out += f" {format_bytes(c['queued_bytes'])} on disk"
+            return out
+
+        text.append(" · ".join(part(w) for w in ("sent", "queued", "dropped")))
     if e.get("last_error"):
         text.append(f" · failing: {e['last_error']}", style="" if plain else "bold red")
     return text

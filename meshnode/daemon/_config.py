@@ -47,6 +47,8 @@ clickhouse          none                            export ended flows to ClickH
                                                     ``clickhouse://[USER[:PASSWORD]@]HOST:PORT/DATABASE``
 clickhouse_spool    256MiB                          disk the ClickHouse export may fill while the server
                                                     is unreachable (oldest batches dropped beyond it)
+otlp                none                            OTLP/gRPC receiver for flow metrics and ended flows
+                                                    as log records (``http://HOST:4317``; https: TLS)
 ==================  ==============================  =====================================================
 
 Labels merge across sources (a flag label overrides the same key from the environment or file); every other
@@ -125,6 +127,7 @@ class NodeConfig:
     api_snapshot_age: float = 30.0
     clickhouse: str | None = None
     clickhouse_spool: int = 256 << 20
+    otlp: str = ""
 
     @property
     def metrics_enabled(self) -> bool:
@@ -293,6 +296,12 @@ def _positive_size(value: Any) -> int:
     if v <= 0:
         raise ValueError(f"{value!r} must be more than 0 bytes")
     return v
+def _otlp(value: Any) -> str:
+    if str(value).strip().lower() in {"", "off", "none"}:
+        return ""
+    from meshnode.export import parse_otlp_url  # the OpenTelemetry SDK loads only when OTLP is asked for
+
+    return parse_otlp_url(value)
 
 
 def _str(value: Any) -> str:
@@ -337,6 +346,7 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "api_snapshot_age": _positive(parse_duration, 86400.0),
     "clickhouse": _clickhouse,
     "clickhouse_spool": _positive_size,
+    "otlp": _otlp,
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}
 

@@ -48,6 +48,9 @@ def configure(subparsers: Any) -> None:
     p.add_argument("--sensor", choices=modes, help="sensor: auto (default), ebpf or diag")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help='Prometheus /metrics address (default 127.0.0.1:7401; "off" disables)')
+    p.add_argument("--otlp", metavar="URL",
+                   help="export flow metrics and ended flows (log records) over OTLP/gRPC to URL, "
+                   "e.g. http://127.0.0.1:4317 (env MESHNODE_OTLP)")
     p.add_argument("--tls-dir", metavar="DIR",
                    help="mutual TLS: ca.crt and this node's NAME.crt/NAME.key (meshnode ca issue NAME --out DIR)")
     p.add_argument("--insecure", action="store_const", const=True,

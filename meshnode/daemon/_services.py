@@ -38,15 +38,16 @@ log = logging.getLogger(__name__)
 
 
 def extra_services(node: Node) -> list[Service]:
-    """The mesh and diagnosis, on the node's own gRPC port."""
+    """The mesh and diagnosis, on the node's own gRPC port; the OTLP exporter when ``otlp`` is set."""
     mesh = MeshRunner(node)
     trust = attach_trust(node, mesh.mesh)
     return [mesh, DiagnosisRunner(node, mesh.mesh, privacy=trust.policy), *exporters(node)]
 
 
 def exporters(node: Node) -> list[Service]:
-    """The configured exporters, each a record listener with its status in Status and the metrics."""
-    from meshnode.export import ClickHouseExporter, parse_clickhouse_url, register_exporter
+    """The configured exporters (ClickHouse, OTLP), each a record listener with its status in Status and its
+    counters on the node's Prometheus endpoint. Made after the mesh, whose key gives the node its id."""
+    from meshnode.export import ClickHouseExporter, OtlpExporter, parse_clickhouse_url, register_exporter
 
     cfg = node.config
     found: list[Service] = []
@@ -58,6 +59,13 @@ def exporters(node: Node) -> list[Service]:
         node.exporters.append(exporter.status)
         register_exporter(node.metrics.registry, exporter.status)
         found.append(exporter)
+    if cfg.otlp:
+        otlp = OtlpExporter(cfg.otlp, node_id=node.mesh_node_id or cfg.node_id, host=cfg.node_id,
+                            labels=cfg.labels)
+        node.record_listeners.append(otlp.on_period)
+        node.exporters.append(otlp.status)
+        otlp.register_metrics(node.metrics.registry)
+        found.append(otlp)
     return found
 
 
