@@ -2,7 +2,8 @@
 
 Seed 002 §6: "a suspicious host could be queried for the amount of data it transmitted and to whom, and the
 receivers ... queried to validate that they received the data that was sent". Every digest carries endpoint
-records of flows whose other end is a mesh member, so both ends of such a flow publish their view, and any
+records of flows whose other end is a mesh member (or a peer on a mesh port that the publisher's membership has not
+heard of yet: ``meshnode.trust._wiring``), so both ends of such a flow publish their view, and any
 node holding both digests can compare them. The reporter's record ``A`` matches the witness's record ``B``
 when ``B`` is ``A``'s 5-tuple reversed (``A.src == B.dst``, ``A.sport == B.dport``, ...) and their time spans
 overlap within the clock-skew allowance.

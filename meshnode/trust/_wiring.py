@@ -2,10 +2,11 @@
 
 ``MeshTrust`` plugs into the seams of ``meshnode.mesh.MeshService``:
 
-* a digest decorator (``decorate``) puts the period's records whose remote address belongs to another member
-  into ``Digest.endpoints`` (``endpoint_records``, kind final or interim, so the validator applies the
-  right tolerance), then applies the privacy policy to everything in the digest that names an address
-  (rollup keys, endpoint records, the published addresses, active-task targets) before it is signed;
+* a digest decorator (``decorate``) puts the period's records whose remote address belongs to another member,
+  or to a mesh contact (below), into ``Digest.endpoints`` (``endpoint_records``, kind final or interim, so the
+  validator applies the right tolerance), then applies the privacy policy to everything in the digest that
+  names an address (rollup keys, endpoint records, the published addresses, active-task targets) before it is
+  signed;
 * a digest listener (``on_digest``) hands every verified digest, the node's own included, to the monitor;
 * a record listener (``on_period``, after the mesh's) refreshes the member map (address -> node id, from the
   held digests' ``addresses`` and the members' mesh addresses) and closes the monitor's period;
@@ -14,6 +15,15 @@
 
 Members are matched on addresses as the policy publishes them (``PrivacyPolicy.endpoint_address``), so a
 fleet that hashes its addresses with one secret still finds both ends of its flows.
+
+Membership views differ for a while: a node that joined late (its seeds were down) is known to the seed, and it
+knows the members the seed told it of, before every member has heard of it, and its mesh connections to them are
+open meanwhile. The end that knows the other publishes its record and the other end, by members alone, would not:
+the validator would call the record missing (the whole span is covered by the ignorant end's digests) and blame an
+honest node. So a host that had a flow on a mesh port with this node (its own mesh port inbound, a member's or a
+seed's outbound) in the last ``CONTACT_PERIODS`` periods is a *mesh contact*, and its flows are published as a
+member's are, whether or not membership knows it yet. The validator grants no exemption for it: an end that leaves
+a member's flow out is still missing it, so a liar gains nothing by claiming not to have known the reporter.
 
 ``Lie`` is a test-only fault (``MESHNODE_TEST_LIE``, refused unless ``MESHNODE_ALLOW_FAKE_SENSOR=1``): it
 makes this node misreport its endpoint records about one peer, so that lab tests can watch a liar be caught.
@@ -35,6 +45,7 @@ import numpy as np
 
 from meshnode._batch import as_batch, factorize
 from meshnode._exceptions import ConfigError
+from meshnode._model import ENUM_NUMBERS
 from meshnode.mesh import MEMBER_CALLER, audience_metadata, endpoint_records
 from meshnode.trust._challenge import DEFAULT_COUNT, ChallengeRefused, ChallengeWatch, tolerance
 from meshnode.trust._monitor import TrustMonitor
@@ -43,6 +54,7 @@ from meshnode.v1 import flow_pb2, trust_pb2
 from meshnode.v1 import mesh_pb2 as _mesh_pb2
 
 if TYPE_CHECKING:
+    from meshnode._batch import FlowBatch
     from meshnode._model import FlowRecord
     from meshnode.mesh import FlowLike, Member, MeshService, PeriodLike
     from meshnode.trust._privacy import PrivacyPolicy
@@ -58,6 +70,14 @@ LIE_ENV: Final = "MESHNODE_TEST_LIE"
 several separated by commas (needs ``MESHNODE_ALLOW_FAKE_SENSOR=1``)."""
 _LIE_KINDS: Final = ("double_tx", "halve_tx", "hide", "invent", "claim")
 _ALLOW_ENV: Final = "MESHNODE_ALLOW_FAKE_SENSOR"
+
+CONTACT_PERIODS: Final = 10
+"""Periods a mesh contact's flows are still published after its last flow on a mesh port (an open mesh connection
+is in every period's records as an interim, so a peer that keeps talking stays a contact)."""
+MAX_CONTACTS: Final = 4096
+"""Mesh contacts held at most (the least recently seen are dropped first, counted ``mesh_contacts_dropped``)."""
+_INBOUND: Final = ENUM_NUMBERS["direction"]["inbound"]
+_OUTBOUND: Final = ENUM_NUMBERS["direction"]["outbound"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +176,11 @@ def _host(addr: str) -> str:
     return addr.rpartition(":")[0].strip("[]")
 
 
+def _port(addr: str) -> int:
+    port = addr.rpartition(":")[2]
+    return int(port) if port.isdigit() else 0
+
+
 class MeshTrust:
     """Cross-validation wired into one node's mesh.
 
@@ -188,6 +213,8 @@ class MeshTrust:
         self.periods = 0
         self._watches: list[ChallengeWatch] = []
         self._export_period = export_period
+        self._contacts: dict[str, int] = {}
+        """Raw host -> end (ns) of the last period in which it had a flow on a mesh port with this node."""
 
     def attach(self) -> None:
         """Register on the mesh's seams: decorator, digest listener, fleet-query exclusions."""
@@ -231,6 +258,36 @@ class MeshTrust:
                 out[a] = self.mesh.node_id
         return out
 
+    def mesh_contacts(self, flows: FlowBatch, period_end_ns: int) -> set[str]:
+        """The raw hosts that had a flow on a mesh port with this node in the last ``CONTACT_PERIODS`` periods,
+        this period's ``flows`` included (see the module docstring).
+
+        A mesh port is this node's own (inbound flows) or a member's or a seed's (outbound flows): members talk
+        to each other there, and a peer that does so is one, or is joining, whether or not membership has told
+        this node yet.
+        """
+        own = _port(self.mesh.advertise)
+        ports = {_port(s) for s in self.mesh.seeds} | {own}
+        if self.mesh.running:
+            ports |= {_port(m.addr) for m in self.mesh.membership.members()}
+        ports.discard(0)
+        if flows and ports:
+            direction = flows["direction"]
+            on_mesh = (((direction == _INBOUND) & (flows["sport"] == own))
+                       | ((direction == _OUTBOUND) & np.isin(flows["dport"], sorted(ports))))
+            for host in set(flows["dst"][on_mesh].tolist()):
+                self._contacts.pop(host, None)  # re-inserted last: the dict stays in order of last contact
+                self._contacts[host] = period_end_ns
+        horizon = period_end_ns - CONTACT_PERIODS * int(self._export_period * 1e9)
+        for h in [h for h, seen in self._contacts.items() if seen < horizon]:
+            del self._contacts[h]
+        over = len(self._contacts) - MAX_CONTACTS
+        if over > 0:
+            for h in list(self._contacts)[:over]:
+                del self._contacts[h]
+            self.monitor.counters["mesh_contacts_dropped"] += over
+        return set(self._contacts)
+
     def mesh_hosts(self) -> dict[str, set[str]]:
         """The host of each member's mesh address -> the node ids of the members there."""
         out: dict[str, set[str]] = {}
@@ -242,12 +299,18 @@ class MeshTrust:
     # ------------------------------------------------------------------ seams
 
     def decorate(self, digest: mesh_pb2.Digest, period: PeriodLike, records: Sequence[FlowRecord]) -> None:
-        """Endpoint records of flows with other members, then the privacy policy (a digest decorator)."""
+        """Endpoint records of flows with other members and with mesh contacts, then the privacy policy (a digest
+        decorator)."""
         owners = {self._normalize(a): n for a, n in self.owners().items()}
         flows = as_batch(records)
+        contacts = self.mesh_contacts(flows, digest.period_end_ns)
         codes, dsts = factorize(flows["dst"]) if flows else (np.zeros(0, dtype=np.intp), [])
+        me = self.mesh.node_id
         member = [i for i, d in enumerate(dsts)
-                  if owners.get(self._normalize(d), self.mesh.node_id) != self.mesh.node_id]
+                  if owners.get(self._normalize(d), me if d not in contacts else "") != me]
+        unknown = [i for i in member if self._normalize(dsts[i]) not in owners]
+        if unknown:  # a contact membership has not told this node of (yet)
+            self.monitor.counters["endpoint_records_for_contacts"] += int(np.isin(codes, unknown).sum())
         if member:  # only the flows with other members become records (the rest is most of a busy period)
             others = {dsts[i] for i in member}
             with_members = flows.take(np.isin(codes, member))

@@ -99,7 +99,9 @@ def test_every_class_of_liar_is_flagged_by_its_victim_and_no_honest_node_gets_ev
           f"honest node: claims waiting for a gap {[d['counters'].get('gap_waits', 0) for d in docs.values()]}, "
           f"unverifiable_witness_gap {[d['counters'].get('unverifiable_witness_gap', 0) for d in docs.values()]}, "
           f"digests fetched by seq {[m.get('digest_fetches', 0) for m in mesh.values()]}, "
-          f"missed periods filled {[m.get('digests_history_filled', 0) for m in mesh.values()]}")
+          f"missed periods filled {[m.get('digests_history_filled', 0) for m in mesh.values()]}, "
+          f"records of contacts not yet members "
+          f"{[d['counters'].get('endpoint_records_for_contacts', 0) for d in docs.values()]}")
     for name, s in took.items():
         assert s <= WITHIN, f"{name} flagged only {s:.1f} s after the lie"
     honest = {fleet.ids[h] for h in "abcd"}

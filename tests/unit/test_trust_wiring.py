@@ -16,9 +16,18 @@ import pytest
 
 from meshnode._exceptions import ConfigError
 from meshnode._model import FlowRecord
-from meshnode.mesh import MeshConfig, MeshService, NodeKey, State
+from meshnode.mesh import MeshConfig, MeshService, NodeKey, State, endpoint_records
 from meshnode.summary import PeriodSummary, Rollup
-from meshnode.trust import HASH_PREFIX, Lie, MeshTrust, PrivacyPolicy
+from meshnode.trust import (
+    HASH_PREFIX,
+    CrossValidator,
+    Lie,
+    MeshTrust,
+    PrivacyPolicy,
+    ValidationConfig,
+    claims_from_digest,
+)
+from meshnode.trust._wiring import CONTACT_PERIODS, apply_lie
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc, trust_pb2, trust_pb2_grpc
 
 S = 10**9
@@ -26,6 +35,8 @@ FAST = MeshConfig(probe_interval=0.2, probe_timeout=0.1, gossip_interval=0.05, p
                   suspicion_mult=3, stream_timeout=1.0, reconnect_interval=0)
 IPS = ["10.20.0.1", "10.20.0.2", "10.20.0.3"]
 EXTERNAL = "203.0.113.77"
+NEWCOMER = "10.20.0.4"
+SEED = "10.20.0.9"
 DB = "10.9.0.5:5432"
 
 
@@ -56,8 +67,6 @@ def test_lie_is_refused_without_the_test_guard_and_parsed_with_it():
 
 
 def test_each_lie_misreports_the_digest_as_its_class_says():
-    from meshnode.trust._wiring import apply_lie
-
     def digest() -> mesh_pb2.Digest:
         return mesh_pb2.Digest(period_start_ns=10 * 10**9, period_end_ns=12 * 10**9, addresses=["10.0.0.1", "fd00::1"],
                                endpoints=[flow_pb2.Flow(src="10.0.0.1", sport=40000, dst="10.0.0.2", dport=80,
@@ -102,6 +111,8 @@ class FakeMesh:
 
     def __init__(self) -> None:
         self.node_id = "me"
+        self.advertise = f"{IPS[0]}:7400"
+        self.seeds = [f"{SEED}:7400"]
         self.running = True
         self.addresses: Callable[[], list[str]] | None = lambda: [IPS[0]]
         self.exchange = _Exchange({"peer1": _Held(mesh_pb2.Digest(node_id="peer1", addresses=[IPS[1]]))})
@@ -153,6 +164,80 @@ def test_decorator_puts_flows_with_other_members_in_the_digest_with_their_kind()
         (IPS[1], 7400, 41000, 300, 200, flow_pb2.FINAL, flow_pb2.INBOUND),
     ]
     assert trust.owners() == {IPS[0]: "me", IPS[1]: "peer1", IPS[2]: "peer2"}
+
+
+def _mirror(r: FlowRecord) -> FlowRecord:
+    """The other end's record of the same flow."""
+    return FlowRecord(flow_id=r.flow_id, src=r.dst, sport=r.dport, dst=r.src, dport=r.sport, proto=r.proto,
+                      direction="outbound" if r.direction == "inbound" else "inbound", start_ns=r.start_ns,
+                      end_ns=r.end_ns, bytes_tx=r.bytes_rx, bytes_rx=r.bytes_tx, packets_tx=r.packets_rx,
+                      packets_rx=r.packets_tx, outcome=r.outcome, srtt_us=r.srtt_us, kind=r.kind)
+
+
+def test_a_joining_peer_s_flows_are_published_before_membership_knows_it_and_match_its_claims():
+    """A node that joined late knows this one (the seed told it) before this one's membership has heard of it, and
+    its mesh connection here is open meanwhile: this node publishes that connection, and its other flows with the
+    newcomer, so that the newcomer's claims about them match instead of being missing here; and the outbound
+    connection to a seed that is not a member yet, which the seed (that heard of this node) claims."""
+    mesh = FakeMesh()
+    trust = MeshTrust(mesh, export_period=10)  # type: ignore[arg-type]
+    here = [
+        rec(IPS[0], 7400, NEWCOMER, 39328, "inbound", 1500, 2100, kind="interim"),  # its mesh connection, open
+        rec(IPS[0], 5432, NEWCOMER, 40100, "inbound", 9000, 300),                  # its query to our database
+        rec(IPS[0], 41000, SEED, 7400, "outbound", 700, 800, kind="interim"),      # our seed's channel
+        rec(IPS[0], 40002, EXTERNAL, 443, "outbound", 10, 10),                     # not a member, nor a contact
+    ]
+    d = _decorated(trust, here)
+    d.node_id = "me"
+    assert [(e.dst, e.dport, e.kind) for e in d.endpoints] == [
+        (NEWCOMER, 39328, flow_pb2.INTERIM), (NEWCOMER, 40100, flow_pb2.FINAL), (SEED, 7400, flow_pb2.INTERIM)]
+    assert trust.monitor.counters["endpoint_records_for_contacts"] == 3
+
+    # the newcomer's and the seed's digests claim their ends of the same flows; a validator that knows all three
+    # (as every member does soon) matches each claim with this node's record instead of calling it missing
+    v = CrossValidator(ValidationConfig(period_s=10), owners={IPS[0]: "me", NEWCOMER: "new", SEED: "seed"})
+    v.add(claims_from_digest(d)[0])
+    for node, peer in (("new", NEWCOMER), ("seed", SEED)):
+        theirs = [_mirror(r) for r in here if r.dst == peer]
+        claim = mesh_pb2.Digest(node_id=node, period_start_ns=d.period_start_ns, period_end_ns=d.period_end_ns,
+                                endpoints=endpoint_records(theirs, [IPS[0]]))
+        v.add(claims_from_digest(claim)[0])
+    report = v.evaluate(d.period_end_ns + 30 * S)
+    assert report.evidence == []
+    assert (report.checked, report.matched) == (6, 6)
+
+    # a contact stays one while it talks on a mesh port (or for CONTACT_PERIODS after): its flows in a later period
+    # are published with no mesh connection in that period; once it has been silent that long, they are not
+    later = rec(IPS[0], 5432, NEWCOMER, 40200, "inbound", 9000, 300)
+    assert [e.sport for e in trust_decorated_at(trust, [later], d.period_end_ns + 3 * 10 * S).endpoints] == [5432]
+    gone = trust_decorated_at(trust, [later], d.period_end_ns + (CONTACT_PERIODS + 1) * 10 * S)
+    assert list(gone.endpoints) == []
+
+
+def test_a_witness_that_leaves_out_a_contact_s_flow_is_still_missing_it():
+    """No exemption for not having known the reporter: a liar that hides its flows with a newcomer (by membership
+    or not) is called missing them, as with any member."""
+    trust = MeshTrust(FakeMesh(), export_period=10)  # type: ignore[arg-type]
+    here = [rec(IPS[0], 7400, NEWCOMER, 39328, "inbound", 1500, 2100, kind="interim"),
+            rec(IPS[0], 5432, NEWCOMER, 40100, "inbound", 9000, 300)]
+    d = _decorated(trust, here)
+    d.node_id = "me"
+    assert apply_lie(Lie("hide", NEWCOMER, 5432), d) == 1
+    v = CrossValidator(ValidationConfig(period_s=10), owners={IPS[0]: "me", NEWCOMER: "new"})
+    v.add(claims_from_digest(d)[0])
+    v.add(claims_from_digest(mesh_pb2.Digest(node_id="new", period_start_ns=d.period_start_ns,
+                                             period_end_ns=d.period_end_ns,
+                                             endpoints=endpoint_records([_mirror(r) for r in here], [IPS[0]])))[0])
+    report = v.evaluate(d.period_end_ns + 30 * S)
+    assert [(e.reporter, e.witness, e.sport, e.dport, e.reason) for e in report.evidence] == [
+        ("new", "me", 40100, 5432, "missing_at_witness")]
+
+
+def trust_decorated_at(trust: MeshTrust, records: list[FlowRecord], end_ns: int) -> mesh_pb2.Digest:
+    period = PeriodSummary(node_id="me", seq=2, period_start_ns=end_ns - 10 * S, period_end_ns=end_ns)
+    d = mesh_pb2.Digest(period_start_ns=period.period_start_ns, period_end_ns=end_ns, addresses=[IPS[0]])
+    trust.decorate(d, period, records)
+    return d
 
 
 def test_privacy_policy_hashes_external_addresses_in_everything_the_digest_carries():
