@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian host for meshnode: Debian packages (bcc, headers, nftables, iproute2, tmux, bpftool for bench/,
-# gcc for capture's C line renderer, clickhouse-server and -client for the ClickHouse export's tests, which start
-# their own server on loopback ports),
+# gcc for capture's C line renderer, promtool for the metrics tests, clickhouse-server and -client for the
+# ClickHouse export's tests, which start their own server on loopback ports),
 # kernel headers linked for bcc, tracefs mounted, a virtual environment with the project and its dev tools,
 # and the generated protobuf package. Idempotent: a second run touches nothing that is already right.
 set -euo pipefail
@@ -29,6 +29,20 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get update -qq || die "apt-get update failed (see above); check /etc/apt/sources.list and the network"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null \
     || die "apt-get install ${need_pkgs[*]} failed (see above)"
+fi
+
+# promtool checks the metrics endpoint and deploy/prometheus-rules.yml (tests/integration/test_prometheus.py).
+# Debian ships it only inside the `prometheus` server package, whose install starts a server on :9090 of every
+# address; extract promtool alone from the package instead, so nothing listens.
+if ! command -v promtool >/dev/null; then
+  say "installing promtool (extracted from Debian's prometheus package; the server is not installed)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && chmod 777 . && apt-get download -q prometheus >/dev/null 2>&1) \
+    || { apt-get update -qq && (cd "$tmp" && apt-get download -q prometheus >/dev/null); } \
+    || die "apt-get download prometheus failed (see above); check /etc/apt/sources.list and the network"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x" || die "could not unpack $tmp/prometheus_*.deb"
+  install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
 fi
 
 # bcc compiles BPF C against the running kernel's headers. Debian may not ship headers for this kernel;

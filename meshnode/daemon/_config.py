@@ -16,6 +16,10 @@ cgroup              /                               cgroup v2 path the sensor wa
                                                     cgroup2 mount or absolute (/sys/fs/cgroup/...)
 sensor              auto                            auto | ebpf | diag
 metrics             127.0.0.1:7401                  Prometheus address, or "off"
+metrics_services    30                              services per flow direction with series of their own;
+                                                    the rest are summed as ``other`` (0..10000)
+metrics_processes   20                              process names with series of their own; the rest
+                                                    are summed as ``other`` (0..10000)
 retention_age       7d                              keep history this long
 retention_bytes     1GiB                            keep the store under this size ("500MiB", bytes)
 tick                0.5                             seconds between sensor polls
@@ -108,6 +112,8 @@ class NodeConfig:
     cgroup: str = "/"
     sensor: str = "auto"
     metrics: str = "127.0.0.1:7401"
+    metrics_services: int = 30
+    metrics_processes: int = 20
     retention_age: float = 7 * 24 * 3600.0
     retention_bytes: int = 1 << 30
     tick: float = 0.5
@@ -327,6 +333,8 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "cgroup": _cgroup,
     "sensor": _sensor,
     "metrics": _metrics,
+    "metrics_services": _count(0, 10_000),
+    "metrics_processes": _count(0, 10_000),
     "retention_age": _nonneg_duration,
     "retention_bytes": _nonneg_size,
     "tick": _positive(parse_duration, 60.0),

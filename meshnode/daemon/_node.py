@@ -89,7 +89,7 @@ class Node:
         )
         self.feed = FlowFeed()
         self.events = EventRing()
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(top_services=config.metrics_services, top_processes=config.metrics_processes)
         self.builder = PeriodBuilder(config.node_id)
         limits = ApiLimits(stream_age_s=config.api_stream_age, snapshot_age_s=config.api_snapshot_age)
         self.observer = ObserverServicer(self.store, feed=self.feed, events=self.events, status=self.status,
@@ -381,6 +381,7 @@ class Node:
                         record_listener(summary, records)
                     except Exception:
                         log.exception("record listener %r", record_listener)
+            self.metrics.refresh_state()  # after the listeners: the mesh and trust have judged the period
             if evicted:
                 log.info("retention evicted %d rows", evicted)
             self.metrics.period_close_seconds.set(time.monotonic() - began)
@@ -389,7 +390,7 @@ class Node:
 
     def _observe(self, summary: PeriodSummary, finals: FlowBatch, stats: StoreStats | None) -> None:
         counters = {k: v for k, v in summary.completeness.items() if k != "store_evictions"}
-        self.metrics.observe_period(finals, self.builder.last_bytes, counters)
+        self.metrics.observe_period(finals, self.builder.last_bytes, counters, self.builder.last_flows)
         self.metrics.active_flows.set(self.active_flows)
         self.metrics.events_dropped.set(self._events_dropped())
         if stats is None:

@@ -51,6 +51,11 @@ def configure(subparsers: Any) -> None:
     p.add_argument("--otlp", metavar="URL",
                    help="export flow metrics and ended flows (log records) over OTLP/gRPC to URL, "
                    "e.g. http://127.0.0.1:4317 (env MESHNODE_OTLP)")
+    p.add_argument("--metrics-services", metavar="K",
+                   help="services per flow direction with metric series of their own, the rest as other "
+                   "(default 30)")
+    p.add_argument("--metrics-processes", metavar="K",
+                   help="process names with metric series of their own, the rest as other (default 20)")
     p.add_argument("--tls-dir", metavar="DIR",
                    help="mutual TLS: ca.crt and this node's NAME.crt/NAME.key (meshnode ca issue NAME --out DIR)")
     p.add_argument("--insecure", action="store_const", const=True,

@@ -14,6 +14,7 @@ and joins the ``--join`` seeds. Its address for peers is the node's listen addre
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from meshnode._model import FlowRecord
     from meshnode.daemon._node import Node, Service
     from meshnode.mesh import MeshService
+    from meshnode.metrics import MeshView, TrustView
     from meshnode.summary import PeriodSummary
     from meshnode.trust import MeshTrust, PrivacyPolicy
     from meshnode.v1 import mesh_pb2
@@ -91,6 +93,7 @@ class MeshRunner:
         from meshnode.api import StoreHistory
 
         self.mesh.history = StoreHistory(node.store, node.api.executor)  # members' fleet flow queries
+        node.metrics.mesh_source = self.metrics_view
         self.mesh.addresses = published_addresses
         self.channel_credentials: grpc.ChannelCredentials | None = None
         """Peer channels' mutual-TLS credentials, and their interceptors (signing the fan-out); set by
@@ -110,6 +113,16 @@ class MeshRunner:
 
     async def stop(self) -> None:
         await self.mesh.stop()
+
+    def metrics_view(self) -> MeshView | None:
+        """The mesh's state for the metrics (None before it started)."""
+        from meshnode.metrics import MeshView
+
+        if not self.mesh.running:
+            return None
+        return MeshView(members=self.mesh.member_states(), counters=self.mesh.counter_totals(),
+                        health_score=self.mesh.membership.awareness.score,
+                        digests_held=len(self.mesh.exchange.history))
 
 
 class DiagnosisRunner:
@@ -189,10 +202,23 @@ def attach_trust(node: Node, mesh: MeshService) -> MeshTrust:
     trust.attach()
     node.api.add_servicer(trust.register, TRUST_SERVICE, guarded=True)
     node.record_listeners.append(trust.on_period)
+    node.metrics.trust_source = functools.partial(trust_view, trust)
     if trust.lie is not None:
         log.warning("TEST FAULT: this node misreports its flows to %s (%s); never use outside tests",
                     trust.lie.peer, trust.lie.kind)
     return trust
+
+
+def trust_view(trust: MeshTrust) -> TrustView | None:
+    """Trust's state for the metrics (None before the mesh started)."""
+    from meshnode.metrics import TrustView
+
+    if not trust.mesh.running:
+        return None
+    monitor = trust.monitor
+    return TrustView(scores=[(t.node_id, t.score, t.flagged) for t in monitor.trust.snapshot()],
+                     threshold=monitor.trust.config.threshold,
+                     counters=dict(monitor.validator.counters + monitor.counters))
 
 
 def published_addresses() -> list[str]:

@@ -501,6 +501,15 @@ class MeshService:
                 digest_age_ms=round((now_ns - held.digest.period_end_ns) / 1e6) if held else -1,
                 rtt_us=round((x.rtt or 0.0) * 1e6), is_self=x.node_id == self.node_id,
             )
+        counters = self.counter_totals()
+        counters["digest_history_held"] = len(self.exchange.history)
+        resp.counters.update({k: v for k, v in counters.items() if v >= 0})
+        return resp
+
+    def counter_totals(self) -> Counter[str]:
+        """Every counter of the mesh and its parts, by name (``meshctl peers`` and the metrics show them); all
+        count up from the start."""
+        m = self.membership
         counters: Counter[str] = Counter()
         counters.update(m.counters)
         counters.update(self.exchange.counters)
@@ -510,9 +519,15 @@ class MeshService:
         counters["broadcasts_dropped"] = m._broadcasts.dropped
         counters["announces_dropped"] = self.exchange._announces.dropped
         counters["digest_history_evicted"] = self.exchange.history.evicted
-        counters["digest_history_held"] = len(self.exchange.history)
-        resp.counters.update({k: v for k, v in counters.items() if v >= 0})
-        return resp
+        return counters
+
+    def member_states(self) -> dict[str, int]:
+        """How many members are in each state (``alive``, ``suspect``, ``dead``, ``left``), this node included."""
+        out = {s.name.lower(): 0 for s in State}
+        for x in self.membership.members():
+            name = x.state.name.lower()
+            out[name] = out.get(name, 0) + 1
+        return out
 
     async def fleet_query(self, req: mesh_pb2.FleetQueryRequest) -> mesh_pb2.FleetQueryResponse:
         """Fan ``req`` out to the selected members, verify and aggregate their digests (see mesh.proto)."""

@@ -4,29 +4,59 @@ Label names follow the OpenTelemetry network conventions where one exists, with 
 ``network_transport`` (tcp, udp), ``network_io_direction`` (transmit, receive). The flow's own direction
 (who opened it) has no OTel name and is ``flow_direction`` (outbound, inbound); ``outcome`` is the
 flow-record name. The registry is private to the node, so tests can run several nodes in one process.
+
+prometheus-client writes the text format and serves it: its collectors give the ``process_*`` families
+(CPU seconds, RSS, open files) by the conventions every dashboard knows, and custom collectors
+(``FlowFamilies``, ``StateCollector``) add a period's numbers in bulk, which its ``Counter``/``Histogram``
+objects (one ``inc``/``observe`` call a value) could not.
+
+Everything is refreshed once per export period, in the node's event loop, from state the node has then:
+the period's flows and deltas (``FlowFamilies``), the mesh's and trust's counters (``StateCollector``).
+A scrape reads what the last period left; it never walks the mesh or the flows itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, start_http_server
 
 from meshnode._batch import FlowBatch, as_batch
 from meshnode._exceptions import ConfigError
 from meshnode._model import FlowRecord
+from meshnode.metrics._flows import FlowFamilies, default_dimensions
+from meshnode.metrics._state import MeshView, StateCollector, TrustView
+
+if TYPE_CHECKING:
+    from meshnode.summary import PeriodFlows
 
 log = logging.getLogger(__name__)
 
 
 class NodeMetrics:
-    """The node's counters and gauges, in one registry."""
+    """The node's counters and gauges, in one registry.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Args:
+        registry: where to register (a new private one by default).
+        top_services: services per flow direction with series of their own (``metrics_services``).
+        top_processes: process names with series of their own (``metrics_processes``).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, top_services: int = 30,
+                 top_processes: int = 20) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        self.flow_families = FlowFamilies(default_dimensions(top_services, top_processes))
+        r.register(self.flow_families)
+        self.state = StateCollector()
+        r.register(self.state)
+        self.mesh_source: Callable[[], MeshView | None] | None = None
+        """Set by the mesh's wiring: read once a period, in the event loop (the mesh is not thread-safe)."""
+        self.trust_source: Callable[[], TrustView | None] | None = None
+        """Set by trust's wiring, read like ``mesh_source``."""
         self.flows = Counter(
             "meshnode_flows", "Flows that ended, by outcome and transport.",
             ["outcome", "network_transport", "flow_direction"], registry=r,
@@ -36,7 +66,8 @@ class NodeMetrics:
             ["network_io_direction", "network_transport"], registry=r,
         )
         self.sensor = Counter(
-            "meshnode_sensor_completeness", "The sensor's completeness counters (what it could not record).",
+            "meshnode_sensor_completeness", "The sensor's completeness counters (what it could not record: "
+            "lost_events, map_evictions, ringbuf_overruns, ...; flows_recorded counts what it did record).",
             ["counter"], registry=r,
         )
         self.periods = Counter("meshnode_periods", "Export periods closed.", registry=r)
@@ -63,9 +94,14 @@ class NodeMetrics:
         finals: FlowBatch | Iterable[FlowRecord],
         bytes_by_transport: Mapping[str, tuple[int, int]],
         completeness: Mapping[str, int],
+        flows: PeriodFlows | None = None,
     ) -> None:
-        """Count one closed period: its ended flows, its byte deltas (tx, rx) and the sensor's counters."""
+        """Count one closed period: its ended flows, its byte deltas (tx, rx), the sensor's counters (every
+        one, zeros too, so that alerts on them have a series from the start) and, with ``flows``, the
+        per-service and per-process families."""
         self.periods.inc()
+        if flows is not None:
+            self.flow_families.observe(flows)
         for (outcome, proto, direction), n in as_batch(finals).count_by("outcome", "proto", "direction").items():
             self.flows.labels(outcome, proto, direction).inc(n)
         for transport, (tx, rx) in bytes_by_transport.items():
@@ -74,8 +110,20 @@ class NodeMetrics:
             if rx:
                 self.bytes.labels("receive", transport).inc(rx)
         for name, value in completeness.items():
-            if value:
-                self.sensor.labels(name).inc(value)
+            self.sensor.labels(name).inc(value)
+
+    def refresh_state(self) -> None:
+        """Read the mesh's and trust's state for the next scrapes (in the event loop, once a period); a
+        source that fails is logged and its last view kept."""
+        try:
+            mesh = self.mesh_source() if self.mesh_source is not None else None
+            if mesh is not None:
+                self.state.set_mesh(mesh)
+            trust = self.trust_source() if self.trust_source is not None else None
+            if trust is not None:
+                self.state.set_trust(trust)
+        except Exception:  # metrics must not stop the node
+            log.exception("metrics: reading the mesh's state")
 
     def set_store(self, size: int, rows: int, evictions: int, incomplete: int) -> None:
         """Refresh the store gauges."""

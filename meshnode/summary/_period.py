@@ -96,6 +96,24 @@ class Delta:
     bytes_tx: int
     bytes_rx: int
     retransmits: int
+    counted: bool = False
+    """The flow's connection was counted already (``PeriodFlows.opened``): its outcome was known."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodFlows:
+    """The flows of the last built period with what each did in it, aligned row by row (the metrics' input:
+    counters that add each period's work need the deltas, and each connection counted once)."""
+
+    flows: FlowBatch
+    """Finals, then interims."""
+    bytes_tx: NDArray[np.int64]
+    bytes_rx: NDArray[np.int64]
+    retransmits: NDArray[np.int64]
+    opened: NDArray[np.bool_]
+    """Flows whose connection outcome became known in this period, each flow once in its life: a final
+    record not counted before, or an interim one whose TCP handshake ended (established, refused, reset,
+    timeout). A UDP flow counts when it ends, as its answer may come any time before."""
 
 
 ROLLUP_KEYS: Final = ("process", "destination", "service", "cgroup")
@@ -272,6 +290,9 @@ class PeriodBuilder:
     def __init__(self, node_id: str = "") -> None:
         self.node_id = node_id
         self._last: dict[int, Delta] = {}
+        self.last_flows = PeriodFlows(FlowBatch.empty(), *(np.zeros(0, dtype=np.int64),) * 3,
+                                      np.zeros(0, dtype=np.bool_))
+        """The flows of the last built period and what each did in it."""
         self.last_bytes: dict[str, tuple[int, int]] = {}
         """What the flows of the last built period sent and received in it, by transport (``tcp``/``udp``)."""
 
@@ -302,6 +323,7 @@ class PeriodBuilder:
         flows = FlowBatch.concat([fin, inter])
         ids = flows["flow_id"]
         tx, rx, re = (flows[name].astype(np.int64) for name in ("bytes_tx", "bytes_rx", "retransmits"))
+        counted = np.zeros(flows.n, dtype=np.bool_)
         last = self._last
         if last:
             hit = [i for i, fid in enumerate(ids.tolist()) if fid in last]
@@ -311,11 +333,16 @@ class PeriodBuilder:
                 for col, attr in ((tx, "bytes_tx"), (rx, "bytes_rx"), (re, "retransmits")):
                     before = np.fromiter((getattr(d, attr) for d in prev), dtype=np.int64, count=len(prev))
                     col[hit] = np.maximum(0, col[hit] - before)
+                counted[hit] = np.fromiter((d.counted for d in prev), dtype=np.bool_, count=len(prev))
+        decided = np.isin(flows["outcome"], _HANDSHAKE_ENDED)
+        decided[:fin.n] = True
+        opened = decided & ~counted
         self._last = {
-            fid: Delta(t, r, x) for fid, t, r, x in zip(
+            fid: Delta(t, r, x, c) for fid, t, r, x, c in zip(
                 inter["flow_id"].tolist(), inter["bytes_tx"].tolist(), inter["bytes_rx"].tolist(),
-                inter["retransmits"].tolist(), strict=True)
+                inter["retransmits"].tolist(), (counted | decided)[fin.n:].tolist(), strict=True)
         }
+        self.last_flows = PeriodFlows(flows, tx, rx, re, opened)
         self.last_bytes = {}
         protos = flows["proto"]
         for name, number in ENUM_NUMBERS["proto"].items():
@@ -340,6 +367,7 @@ class PeriodBuilder:
         )
 
 
+_HANDSHAKE_ENDED: Final = tuple(ENUM_NUMBERS["outcome"][o] for o in ("established", "refused", "timeout", "reset"))
 _SUMMARY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(PeriodSummary))
 _ROLLUP_LISTS: Final = frozenset(("by_process", "by_destination", "by_cgroup", "by_service"))
 _ROLLUP_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Rollup))
