@@ -16,7 +16,7 @@ run: setup
 
 lint:
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy meshnode cli probes
+	$(VENV)/bin/mypy meshnode
 
 test: setup lint
 	@bash scripts/pytest.sh tests

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from meshnode.probes import _records as rec  # noqa: E402
 from meshnode.sensor._ebpf import EbpfSensor  # noqa: E402
-from probes import _records as rec  # noqa: E402
 from tests._support.sensor import NO_PID, fake_sensor, raw_event  # noqa: E402
 
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_store_engines import make_period  # noqa: E402
 from meshnode._batch import FlowBatch  # noqa: E402
 from meshnode.daemon._node import _as_kind  # noqa: E402
+from meshnode.probes import _records as rec  # noqa: E402
 from meshnode.store import FlowQuery, Store  # noqa: E402
 from meshnode.summary import PeriodBuilder  # noqa: E402
-from probes import _records as rec  # noqa: E402
 from tests._support.sensor import fake_sensor, raw_event  # noqa: E402
 
 

@@ -599,7 +599,7 @@ def map_memory_per_flow(live_conns: int = 2000) -> dict[str, float]:
     as the kernel accounts it (memlock); the element itself comes from kmalloc, rounded up to a size class.
     """
     sys.path.insert(0, str(ROOT))
-    from probes._loader import ProbeConfig, Probes
+    from meshnode.probes._loader import ProbeConfig, Probes
 
     out: dict[str, float] = {}
     for prealloc in (True, False):

@@ -5,6 +5,6 @@ The public surface is the ``meshctl`` console script, ``cli.main:main``. Everyth
 loads gRPC, protobuf and rich only when a command needs them, so ``meshctl --help`` stays fast.
 """
 
-from cli.main import main
+from meshnode.cli.main import main
 
 __all__ = ["main"]

@@ -1,7 +1,7 @@
-"""``python -m cli``: the same as the ``meshctl`` console script."""
+"""``python -m meshnode.cli``: the same as the ``meshctl`` console script."""
 
 import sys
 
-from cli.main import main
+from meshnode.cli.main import main
 
 sys.exit(main())

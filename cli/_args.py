@@ -12,8 +12,8 @@ import os
 import sys
 from typing import NoReturn
 
-from cli._exceptions import EXIT_USAGE
-from cli._units import parse_duration
+from meshnode.cli._exceptions import EXIT_USAGE
+from meshnode.cli._units import parse_duration
 
 DEFAULT_NODE = "127.0.0.1:7400"
 
@@ -79,7 +79,7 @@ def _duration(text: str) -> float:
 
 def _time(text: str) -> str:
     """Validate now (duration, RFC3339 or ``all``); the command converts it against its own clock."""
-    from cli._units import parse_time_ns
+    from meshnode.cli._units import parse_time_ns
 
     if text.strip().lower() == "all":
         return "all"
@@ -374,7 +374,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
             except argparse.ArgumentTypeError as exc:
                 parser.error(f"MESHCTL_NODE: {exc}")
         args.node = env or DEFAULT_NODE
-    from cli._security import ClientSecurity, configure
+    from meshnode.cli._security import ClientSecurity, configure
 
     configure(ClientSecurity.from_args(args.tls_dir, args.tls_name, args.sign_key, args.sign_plaintext))
     return args

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
-from cli._client import Node, translate
-from cli._convert import message_dict
-from cli._exceptions import EXIT_OK, NotAvailable, UsageError
-from cli._output import console, emit, is_plain, print_json
-from cli._units import parse_time_ns
+from meshnode.cli._client import Node, translate
+from meshnode.cli._convert import message_dict
+from meshnode.cli._exceptions import EXIT_OK, NotAvailable, UsageError
+from meshnode.cli._output import console, emit, is_plain, print_json
+from meshnode.cli._units import parse_time_ns
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -114,8 +114,8 @@ def blame_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = Fals
     from rich.console import Group
     from rich.text import Text
 
-    from cli._units import format_clock
-    from cli._views import table
+    from meshnode.cli._units import format_clock
+    from meshnode.cli._views import table
 
     parts: list[RenderableType] = []
     suspects: Sequence[Mapping[str, Any]] = doc.get("suspects", [])
@@ -174,7 +174,7 @@ def compare_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = Fa
     from rich.console import Group
     from rich.text import Text
 
-    from cli._views import table
+    from meshnode.cli._views import table
 
     parts: list[RenderableType] = [Text(f"{doc.get('host', '')} in {doc.get('group', '')}: {doc.get('verdict', '')}")]
     t = table(plain=plain)

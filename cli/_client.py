@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
-from cli._exceptions import (
+from meshnode.cli._exceptions import (
     DeadlineExceeded,
     MeshctlError,
     NodeError,
@@ -25,7 +25,7 @@ from cli._exceptions import (
     Unreachable,
     UsageError,
 )
-from cli._security import ISSUE_HINT, ClientSecurity, Signer, current, speaks_tls
+from meshnode.cli._security import ISSUE_HINT, ClientSecurity, Signer, current, speaks_tls
 from meshnode.v1 import observer_pb2, observer_pb2_grpc
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cli._client import Node
-from cli._convert import flow_json_line, message_dict
-from cli._exceptions import EXIT_OK, NotAvailable, UsageError
-from cli._output import console, emit, is_plain, print_json, print_json_line
-from cli._units import parse_time_ns
+from meshnode.cli._client import Node
+from meshnode.cli._convert import flow_json_line, message_dict
+from meshnode.cli._exceptions import EXIT_OK, NotAvailable, UsageError
+from meshnode.cli._output import console, emit, is_plain, print_json, print_json_line
+from meshnode.cli._units import parse_time_ns
 from meshnode.v1 import flow_pb2, observer_pb2
 
 MESH_MISSING = "this node has no mesh service yet (needs meshnode with the mesh; see issue 6)"
@@ -63,7 +63,7 @@ def cmd_status(args: argparse.Namespace, node: Node) -> int:
     if args.json:
         print_json(doc)
         return EXIT_OK
-    from cli._views import status_view
+    from meshnode.cli._views import status_view
 
     c = console(wide=args.wide)
     emit(c, status_view(doc, wide=args.wide, plain=is_plain(c)))
@@ -80,7 +80,7 @@ def cmd_flows(args: argparse.Namespace, node: Node) -> int:
         # like hubble observe, a bare `meshctl flows` means recent ones.
         since = now - FLOWS_DEFAULT_SINCE_S * 1_000_000_000
     if args.fleet:
-        from cli import _fleet
+        from meshnode.cli import _fleet
 
         return int(_mesh_call(lambda: _fleet.run(args, node, since, until)))
     if args.where or args.per_site:
@@ -97,7 +97,7 @@ def cmd_flows(args: argparse.Namespace, node: Node) -> int:
             if args.follow:
                 out.flush()
         return EXIT_OK
-    from cli._flowtext import FlowPrinter
+    from meshnode.cli._flowtext import FlowPrinter
 
     # Columns have fixed widths, so each batch prints as it arrives and still lines up (follow or not,
     # and a 100,000-record answer never waits for one giant table).
@@ -123,7 +123,7 @@ def cmd_health(args: argparse.Namespace, node: Node) -> int:
     if args.json:
         print_json(doc)
         return EXIT_OK
-    from cli._views import health_view
+    from meshnode.cli._views import health_view
 
     c = console(wide=args.wide)
     emit(c, health_view(doc, wide=args.wide, plain=is_plain(c)))
@@ -140,7 +140,7 @@ def cmd_events(args: argparse.Namespace, node: Node) -> int:
         for ev in node.events(req):
             print_json_line(message_dict(ev))
         return EXIT_OK
-    from cli._views import events_table
+    from meshnode.cli._views import events_table
 
     c = console(wide=args.wide)
     plain = is_plain(c)
@@ -171,7 +171,7 @@ def cmd_peers(args: argparse.Namespace, node: Node) -> int:
     if args.json:
         print_json(doc)
         return EXIT_OK
-    from cli._views import peers_view
+    from meshnode.cli._views import peers_view
 
     c = console(wide=args.wide)
     emit(c, peers_view(doc, wide=args.wide, plain=is_plain(c)))
@@ -179,7 +179,7 @@ def cmd_peers(args: argparse.Namespace, node: Node) -> int:
 
 
 def cmd_query(args: argparse.Namespace, node: Node) -> int:
-    from cli._fleet import selector as label_selector
+    from meshnode.cli._fleet import selector as label_selector
 
     if args.fleet:
         args.follow = False
@@ -196,7 +196,7 @@ def cmd_query(args: argparse.Namespace, node: Node) -> int:
     if args.json:
         print_json(doc)
         return EXIT_OK
-    from cli._views import query_view
+    from meshnode.cli._views import query_view
 
     c = console(wide=args.wide)
     emit(c, query_view(doc, wide=args.wide, plain=is_plain(c)))

@@ -14,8 +14,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli._units import format_bytes, format_count, format_percent, format_seconds, format_us, process
-from cli._views import event_detail, fit_left, table, useful_text
+from meshnode.cli._units import format_bytes, format_count, format_percent, format_seconds, format_us, process
+from meshnode.cli._views import event_detail, fit_left, table, useful_text
 
 SORT_KEYS: Final = ("flows", "failures", "bytes", "rtt", "retransmits")
 BLOCKS: Final = "▁▂▃▄▅▆▇█"
@@ -162,8 +162,8 @@ def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, serv
 
 
 def _events(events: Sequence[Mapping[str, Any]], n: int, *, wide: bool, plain: bool) -> Table:
-    from cli._units import format_clock
-    from cli._views import endpoint
+    from meshnode.cli._units import format_clock
+    from meshnode.cli._views import endpoint
 
     t = table(plain=plain, boxed=False)
     pw = 14 if not wide else 20

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _esc
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cli._convert import flow_json_line
-from cli._exceptions import EXIT_OK, UsageError
+from meshnode.cli._convert import flow_json_line
+from meshnode.cli._exceptions import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
-    from cli._client import Node
+    from meshnode.cli._client import Node
     from meshnode.v1 import flow_pb2, mesh_pb2
 
 HOST_WIDTH = 12
@@ -101,7 +101,7 @@ def footer(doc: Mapping[str, Any]) -> list[str]:
 
 def text_lines(flows: Sequence[flow_pb2.Flow], hosts: Mapping[str, str], *, wide: bool, header: bool) -> list[str]:
     """``meshctl flows`` lines with a HOST column first."""
-    from cli._flowtext import FlowPrinter, flows_text
+    from meshnode.cli._flowtext import FlowPrinter, flows_text
 
     printer = FlowPrinter(wide=wide)
     got = flows_text(flows, wide=wide, header=header, width=200 if wide else 80, row_line=printer._rich_row)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace, node: Node, since: int, until: int, out: TextI
     req.flows.number = min(limit, MAX_PAGE) if limit else 0
     req.flows.since_ns, req.flows.until_ns = since, until
     req.flows.include_interim = args.interim
-    from cli._commands import flow_filter
+    from meshnode.cli._commands import flow_filter
 
     f = flow_filter(args)
     if f is not None:

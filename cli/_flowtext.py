@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final, TextIO
 
-from cli._convert import _ENUM_TABLES
-from cli._units import format_bytes, format_clock, format_seconds, format_us, process
+from meshnode.cli._convert import _ENUM_TABLES
+from meshnode.cli._units import format_bytes, format_clock, format_seconds, format_us, process
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -168,7 +168,7 @@ class FlowPrinter:
     @property
     def console(self) -> Console:
         if self._console is None:
-            from cli._output import console
+            from meshnode.cli._output import console
 
             self._console = console(wide=self.wide)
         return self._console
@@ -186,9 +186,9 @@ class FlowPrinter:
             if got is not None:
                 self.console.print(_styled(*got, header=header))
                 return
-        from cli._convert import flow_dict
-        from cli._output import emit, render_text
-        from cli._views import flows_table
+        from meshnode.cli._convert import flow_dict
+        from meshnode.cli._output import emit, render_text
+        from meshnode.cli._views import flows_table
 
         rows = [flow_dict(x) for x in flows]
         if self.terminal:
@@ -201,9 +201,9 @@ class FlowPrinter:
     def _rich_row(self, flow: flow_pb2.Flow) -> str:
         """One row as ``flows_table`` lays it out on a pipe (its columns are fixed: the row is the same
         alone as within its batch, CGROUP being last and its padding cut)."""
-        from cli._convert import flow_dict
-        from cli._output import render_text
-        from cli._views import flows_table
+        from meshnode.cli._convert import flow_dict
+        from meshnode.cli._output import render_text
+        from meshnode.cli._views import flows_table
 
         table = flows_table([flow_dict(flow)], wide=self.wide, plain=True, header=False)
         return render_text(table, width=200 if self.wide else 80).rstrip("\n")
@@ -211,7 +211,7 @@ class FlowPrinter:
     def message(self, text: str) -> None:
         """One line of text (``no flows match``)."""
         if self.terminal:
-            from cli._output import emit
+            from meshnode.cli._output import emit
 
             emit(self.console, text)
         else:

@@ -13,7 +13,7 @@ from typing import Final
 import grpc
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from cli._exceptions import NodeError
+from meshnode.cli._exceptions import NodeError
 
 RETRYABLE: Final[frozenset[grpc.StatusCode]] = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}

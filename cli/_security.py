@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from cli._exceptions import UsageError
+from meshnode.cli._exceptions import UsageError
 
 if TYPE_CHECKING:
     import grpc

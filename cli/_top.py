@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from cli._client import Node
-from cli._convert import message_dict
-from cli._dashboard import SORT_KEYS, blame_summary, dashboard, mesh_summary, reconnecting
-from cli._exceptions import EXIT_OK, MeshctlError, NodeError, NotAvailable, PermissionDenied
-from cli._retry import retrying
+from meshnode.cli._client import Node
+from meshnode.cli._convert import message_dict
+from meshnode.cli._dashboard import SORT_KEYS, blame_summary, dashboard, mesh_summary, reconnecting
+from meshnode.cli._exceptions import EXIT_OK, MeshctlError, NodeError, NotAvailable, PermissionDenied
+from meshnode.cli._retry import retrying
 from meshnode.v1 import observer_pb2
 
 ROLLUP_ROWS: Final = 200
@@ -196,7 +196,7 @@ class Diagnoser:
 
     def __init__(self, node: Node, state: TopState, stop: threading.Event,
                  every_s: float = DIAGNOSE_EVERY_S) -> None:
-        from cli._blame import call_diagnosis
+        from meshnode.cli._blame import call_diagnosis
 
         self.node = node
         self.blame: Callable[[Any], Any] = lambda req: call_diagnosis(node, "Blame", req)
@@ -308,8 +308,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from cli._keys import KeyReader
-    from cli._output import console, emit, print_json
+    from meshnode.cli._keys import KeyReader
+    from meshnode.cli._output import console, emit, print_json
 
     node = Node(args.node, timeout=min(args.timeout, 5.0), fast_reconnect=True)
     try:

@@ -12,12 +12,12 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cli._client import Node
-from cli._commands import MESH_MISSING
-from cli._convert import message_dict
-from cli._exceptions import EXIT_OK, NotAvailable
-from cli._output import console, emit, is_plain, print_json
-from cli._units import format_clock
+from meshnode.cli._client import Node
+from meshnode.cli._commands import MESH_MISSING
+from meshnode.cli._convert import message_dict
+from meshnode.cli._exceptions import EXIT_OK, NotAvailable
+from meshnode.cli._output import console, emit, is_plain, print_json
+from meshnode.cli._units import format_clock
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -97,7 +97,7 @@ def cmd_peers_marked(args: argparse.Namespace, node: Node) -> int:
     if args.json:
         print_json(doc)
         return EXIT_OK
-    from cli._views import peers_view
+    from meshnode.cli._views import peers_view
 
     c = console(wide=args.wide)
     emit(c, peers_view(doc, wide=args.wide, plain=is_plain(c)))
@@ -123,7 +123,7 @@ def scores_table(scores: Sequence[Mapping[str, Any]], *, wide: bool = False, pla
     """One row per peer with evidence against it, lowest score first."""
     from rich.text import Text
 
-    from cli._views import table
+    from meshnode.cli._views import table
 
     t = table(plain=plain, title="TRUST SCORES")
     t.add_column("NODE", width=16 if wide else 8, no_wrap=True)
@@ -144,7 +144,7 @@ def evidence_table(evidence: Sequence[Mapping[str, Any]], *, wide: bool = False,
                    limit: int = 20) -> RenderableType:
     """The newest evidence: the reporter's claim about a flow (its end first) against what the witness, at the
     other end, recorded; ``*`` marks the end held responsible (neither when the blame was shared)."""
-    from cli._views import fit_left, table
+    from meshnode.cli._views import fit_left, table
 
     ids = 17 if wide else 9
     flow = 60 if wide else 34

@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli._units import (
+from meshnode.cli._units import (
     format_bytes,
     format_clock,
     format_count,

@@ -15,22 +15,22 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from cli._exceptions import EXIT_INTERRUPTED, EXIT_NODE_ERROR, MeshctlError
+from meshnode.cli._exceptions import EXIT_INTERRUPTED, EXIT_NODE_ERROR, MeshctlError
 
 if TYPE_CHECKING:
     import argparse
 
 # command -> module holding ``run(args) -> int``
 COMMANDS: dict[str, str] = {
-    "status": "cli._commands",
-    "flows": "cli._commands",
-    "health": "cli._commands",
-    "events": "cli._commands",
-    "peers": "cli._trust",
-    "query": "cli._commands",
-    "blame": "cli._blame",
-    "validate": "cli._trust",
-    "top": "cli._top",
+    "status": "meshnode.cli._commands",
+    "flows": "meshnode.cli._commands",
+    "health": "meshnode.cli._commands",
+    "events": "meshnode.cli._commands",
+    "peers": "meshnode.cli._trust",
+    "query": "meshnode.cli._commands",
+    "blame": "meshnode.cli._blame",
+    "validate": "meshnode.cli._trust",
+    "top": "meshnode.cli._top",
 }
 
 
@@ -47,7 +47,7 @@ def _exit_on_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one meshctl command; every failure is one line on stderr and an exit code (see --help)."""
-    from cli._args import parse
+    from meshnode.cli._args import parse
 
     args = parse(sys.argv[1:] if argv is None else argv)
     previous = None

@@ -3,8 +3,8 @@
 Nothing outside this package imports bcc; what crosses out is plain data (frozen records, dicts, bytes).
 """
 
-from probes._errors import ProbeCompileError, ProbeError
-from probes._loader import (
+from meshnode.probes._errors import ProbeCompileError, ProbeError
+from meshnode.probes._loader import (
     CGROUP_ROOT,
     ProbeConfig,
     Probes,

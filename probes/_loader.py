@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from probes import _ringbuf
-from probes._errors import ProbeCompileError, ProbeError
-from probes._records import (
+from meshnode.probes import _ringbuf
+from meshnode.probes._errors import ProbeCompileError, ProbeError
+from meshnode.probes._records import (
     COUNTER_NAMES,
     EVENT_STRUCT,
     CEvent,

@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from meshnode._exceptions import ConfigError
 from meshnode._files import check_secret
-from probes import cgroup_scope
+from meshnode.probes import cgroup_scope
 
 if TYPE_CHECKING:
     from meshnode.trust import PrivacyPolicy

@@ -230,7 +230,7 @@ def _host(state: dict[str, Any], name: str) -> dict[str, Any]:
 def _meshctl_argv(state: dict[str, Any], host: str, args: list[str]) -> list[str]:
     h = _host(state, host)
     meshctl = Path(sys.executable).with_name("meshctl")
-    exe = [str(meshctl)] if meshctl.exists() else [sys.executable, "-m", "cli.main"]
+    exe = [str(meshctl)] if meshctl.exists() else [sys.executable, "-m", "meshnode.cli.main"]
     nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
     return [nsenter, f"--net=/run/netns/{h['netns']}", "--", *exe, "--node", h["node"], *args]
 

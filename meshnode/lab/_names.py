@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes import CGROUP_ROOT as _CGROUP2_ROOT
+from meshnode.probes import CGROUP_ROOT as _CGROUP2_ROOT
 
 from ._errors import LabUsageError
 

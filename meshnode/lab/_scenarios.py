@@ -340,7 +340,7 @@ def _tool(name: str) -> list[str]:
     exe = Path(sys.executable).with_name(name)
     if exe.exists():
         return [str(exe)]
-    module = {"meshnode": "meshnode.cli_main", "meshctl": "cli.main"}[name]
+    module = {"meshnode": "meshnode.cli_main", "meshctl": "meshnode.cli.main"}[name]
     return [sys.executable, "-m", module]
 
 

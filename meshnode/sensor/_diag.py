@@ -53,10 +53,8 @@ from typing import IO, TYPE_CHECKING, Final
 
 from meshnode._exceptions import SensorError
 from meshnode._model import FlowRecord
-from meshnode.sensor._base import Completeness, SensorBatch
-from meshnode.sensor._limits import MIN_INTERVAL_US, limited_by
-from probes import cgroup2_root
-from probes._sockdiag import (
+from meshnode.probes import cgroup2_root
+from meshnode.probes._sockdiag import (
     ALL_STATES,
     TCP_CLOSE,
     TCP_CLOSE_WAIT,
@@ -73,11 +71,13 @@ from probes._sockdiag import (
     netns_cookie,
     state_mask,
 )
+from meshnode.sensor._base import Completeness, SensorBatch
+from meshnode.sensor._limits import MIN_INTERVAL_US, limited_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from probes._sockdiag import TcpInfo
+    from meshnode.probes._sockdiag import TcpInfo
 
 _DUMP_STATES: Final = ALL_STATES & ~state_mask(TCP_TIME_WAIT, TCP_NEW_SYN_RECV, TCP_CLOSE)
 _HANDSHAKE_STATES: Final = frozenset({TCP_SYN_SENT, TCP_SYN_RECV})

@@ -27,23 +27,23 @@ import numpy as np
 from meshnode._batch import FlowBatch, factorize
 from meshnode._exceptions import BPFCompileError, SensorError
 from meshnode._model import ENUM_NUMBERS, FlowRecord
+from meshnode.probes import _records as rec
+from meshnode.probes._errors import ProbeCompileError, ProbeError
+from meshnode.probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reason_names
+from meshnode.probes._records import UdpScan
 from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
 from meshnode.sensor._limits import limited_by
 from meshnode.sensor._native import NativeJson
 from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, service_name
-from probes import _records as rec
-from probes._errors import ProbeCompileError, ProbeError
-from probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reason_names
-from probes._records import UdpScan
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from numpy.typing import NDArray
 
-    from probes._records import PendingRow, TcpFlowRow, UdpFlowRow
-    from probes._sockdiag import TcpInfo
+    from meshnode.probes._records import PendingRow, TcpFlowRow, UdpFlowRow
+    from meshnode.probes._sockdiag import TcpInfo
 
 log = logging.getLogger(__name__)
 
@@ -655,7 +655,7 @@ class EbpfSensor:
             raise SensorError(f"reading the active flows failed: {exc}") from exc
 
     def _active(self) -> list[FlowRecord]:
-        from probes._sockdiag import SockDiagError, tcp_info_by_cookie
+        from meshnode.probes._sockdiag import SockDiagError, tcp_info_by_cookie
 
         tcp = self._probes.tcp_flows()
         try:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from probes._sockdiag import TcpInfo
+    from meshnode.probes._sockdiag import TcpInfo
 
 MIN_INTERVAL_US: Final = 100_000
 """Shorter intervals are below what jiffy-resolution timers (4 ms at HZ=250) can split meaningfully."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from probes import CGROUP_ROOT, import_bcc
+from meshnode.probes import CGROUP_ROOT, import_bcc
 
 
 def in_ci() -> bool:

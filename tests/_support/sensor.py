@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from meshnode.probes import _records as rec
+from meshnode.probes._records import COUNTER_NAMES, UdpFlowRow
 from meshnode.sensor._capture_cmd import json_line
 from meshnode.sensor._ebpf import EbpfSensor
 from meshnode.sensor._native import library_state
-from probes import _records as rec
-from probes._records import COUNTER_NAMES, UdpFlowRow
 
 NO_PID = 4_000_000_000  # no such process: the kernel's comm is what is reported
 NAMED_PID = 4_000_000_001  # no such process, but the kernel side names it (FakeProbes.process_names)

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cli._client import Node
+from meshnode.cli._client import Node
 from meshnode.store import Store
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 from tests._support.nodeproc import LatencyProbe, NodeProcess, destinations, percentile, prefill

@@ -76,7 +76,7 @@ def ss_line(port: int, cookie: int) -> dict[str, str]:
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
 def test_dump_and_get_agree_with_transfer_and_ss(family: int) -> None:
-    from probes._sockdiag import SockDiag, socket_cookie, state_mask, tcp_info_by_cookie
+    from meshnode.probes._sockdiag import SockDiag, socket_cookie, state_mask, tcp_info_by_cookie
 
     with tcp_pair(family) as (cli, acc), SockDiag() as diag:
         reader = threading.Thread(target=lambda: setattr(reader, "got", read_exactly(acc, N)))
@@ -134,7 +134,7 @@ def test_dump_and_get_agree_with_transfer_and_ss(family: int) -> None:
 
 
 def test_udp_dump_lists_sockets() -> None:
-    from probes._sockdiag import SockDiag
+    from meshnode.probes._sockdiag import SockDiag
 
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u, SockDiag() as diag:
         u.bind(("::1", 0))
@@ -144,7 +144,7 @@ def test_udp_dump_lists_sockets() -> None:
 
 
 def test_netns_cookie_is_stable() -> None:
-    from probes._sockdiag import netns_cookie
+    from meshnode.probes._sockdiag import netns_cookie
 
     assert netns_cookie() == netns_cookie() > 0
 
@@ -374,7 +374,7 @@ def test_call_in_netns_sees_only_that_namespace() -> None:
     """A SockDiag opened through call_in_netns lists the other namespace's sockets, not ours."""
     import os
 
-    from probes._sockdiag import SockDiag, call_in_netns, netns_cookie, state_mask
+    from meshnode.probes._sockdiag import SockDiag, call_in_netns, netns_cookie, state_mask
 
     name = f"meshnode-diagtest-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cli._convert import FLOW_FIELDS
-from cli.main import main
 from meshnode._model import flow_proto_to_json
+from meshnode.cli._convert import FLOW_FIELDS
+from meshnode.cli.main import main
 from meshnode.v1 import flow_pb2, mesh_pb2, observer_pb2
 from tests._support.fakenode import Canned, FakeNode, sample_flows, sample_peers
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cli._convert import FLOW_FIELDS
+from meshnode.cli._convert import FLOW_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 100_000

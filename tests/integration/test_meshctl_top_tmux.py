@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _meshctl() -> str:
     exe = Path(sys.executable).with_name("meshctl")
-    return str(exe) if exe.exists() else f"{sys.executable} -m cli"
+    return str(exe) if exe.exists() else f"{sys.executable} -m meshnode.cli"
 
 
 def _start_fake(port: int = 0, *extra: str) -> tuple[subprocess.Popen[str], int]:

@@ -234,7 +234,7 @@ def _start_node(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[
 
 
 def _meshctl(node: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "cli.main", "--node", node, *args], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "meshnode.cli.main", "--node", node, *args], capture_output=True,
                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout

@@ -119,7 +119,7 @@ def seeded() -> Iterator[subprocess.Popen[str]]:
 @pytest.fixture(scope="module")
 def probes(seeded: subprocess.Popen[str]) -> Iterator[Any]:
     """The whole host's probes, opened after ``seeded`` started."""
-    from probes import ProbeConfig, Probes
+    from meshnode.probes import ProbeConfig, Probes
 
     p = Probes(ProbeConfig())
     p.open()
@@ -182,7 +182,7 @@ def finish(proc: subprocess.Popen[str]) -> str:
 
 def flow_end(probes: Any, pid: int, dport: int, timeout: float = 10.0) -> Any:
     """The TCP end record of the flow that ``pid`` opened to ``dport``, from the ring."""
-    from probes._records import EV_TCP_END
+    from meshnode.probes._records import EV_TCP_END
 
     deadline = time.monotonic() + timeout
     seen = []
@@ -246,7 +246,7 @@ def test_unknown_tgids_are_left_out_and_nothing_was_lost(probes: Any) -> None:
 
 
 def test_a_missing_tracepoint_or_argument_is_named_with_what_is_lost(tmp_path: Path) -> None:
-    from probes import missing_proc_tracepoints
+    from meshnode.probes import missing_proc_tracepoints
 
     rename = tmp_path / "events" / "task" / "task_rename"
     rename.mkdir(parents=True)

@@ -56,8 +56,8 @@ def sensor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     """A sensor scoped to a fresh cgroup; built as this kernel allows (sock_ops notes a connect's comm,
     Linux 6.16 on), and as older kernels need it (the inet_sock_set_state tracepoint notes it)."""
     require_kernel()
+    from meshnode.probes import _loader
     from meshnode.sensor._ebpf import EbpfSensor
-    from probes import _loader
 
     if not request.param:
         monkeypatch.setattr(_loader, "sockops_has_comm", lambda: False)
@@ -81,8 +81,8 @@ def sensor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 def test_fast_path_equals_poll_on_real_records(sensor: tuple[Any, Path]) -> None:
+    from meshnode.probes import _records as rec
     from meshnode.sensor._capture_cmd import json_line
-    from probes import _records as rec
 
     s, cg = sensor
     proc = subprocess.run([sys.executable, "-c", TRAFFIC, str(cg), str(CONNS)], check=True, timeout=60,

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from cli._args import DEFAULT_NODE, build_parser, parse
-from cli._commands import flow_filter
+from meshnode.cli._args import DEFAULT_NODE, build_parser, parse
+from meshnode.cli._commands import flow_filter
 from meshnode.v1 import flow_pb2
 
 COMMANDS = ("status", "flows", "health", "events", "peers", "query", "blame", "validate", "top")

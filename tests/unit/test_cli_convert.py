@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cli._convert import FLOW_FIELDS, flow_dict, flow_json_line, message_dict, write_json_lines
 from meshnode._model import flow_proto_to_json
+from meshnode.cli._convert import FLOW_FIELDS, flow_dict, flow_json_line, message_dict, write_json_lines
 from meshnode.v1 import flow_pb2, observer_pb2
 
 # The flow record of shared/DESIGN.md ("Fields every layer keeps").

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from cli._convert import message_dict
-from cli._dashboard import SORT_KEYS, dashboard, mesh_line, mesh_summary, rollup_rows, sort_rows, sparkline
-from cli._output import render_text
-from cli._top import TopState
+from meshnode.cli._convert import message_dict
+from meshnode.cli._dashboard import SORT_KEYS, dashboard, mesh_line, mesh_summary, rollup_rows, sort_rows, sparkline
+from meshnode.cli._output import render_text
+from meshnode.cli._top import TopState
 from meshnode.v1 import flow_pb2, observer_pb2
 from tests._support.fakenode import sample_events, sample_peers, sample_rollups, sample_status
 
@@ -178,7 +178,7 @@ def test_keys_sort_filter_pause_quit() -> None:
 def test_event_tail_resumes_after_the_last_event_shown() -> None:
     import threading
 
-    from cli._top import EventTail
+    from meshnode.cli._top import EventTail
 
     events = sample_events()
     asked: list[observer_pb2.EventsRequest] = []
@@ -215,7 +215,7 @@ def _blame_response(**kw: Any) -> Any:
 
 
 def test_blame_line_names_the_top_suspect_and_its_fraction() -> None:
-    from cli._dashboard import blame_line, blame_summary
+    from meshnode.cli._dashboard import blame_line, blame_summary
     from meshnode.v1 import diagnosis_pb2
 
     resp = _blame_response(
@@ -240,7 +240,7 @@ def test_blame_line_names_the_top_suspect_and_its_fraction() -> None:
 
 
 def test_frame_with_blame_and_flagged_peers_keeps_its_height() -> None:
-    from cli._dashboard import blame_summary
+    from meshnode.cli._dashboard import blame_summary
 
     b = blame_summary({"verdict": "service 10.77.1.6:6379 is failing: 100% of 88 transactions (refused)",
                        "suspects": [{"kind": "service", "name": "10.77.1.6:6379", "problem_fraction": 1.0}]},
@@ -257,8 +257,8 @@ def test_frame_with_blame_and_flagged_peers_keeps_its_height() -> None:
 def test_diagnoser_fills_blame_and_flagged_and_stops_asking_a_node_without_the_services() -> None:
     import threading
 
-    from cli._exceptions import NotAvailable
-    from cli._top import Diagnoser
+    from meshnode.cli._exceptions import NotAvailable
+    from meshnode.cli._top import Diagnoser
     from meshnode.v1 import diagnosis_pb2, trust_pb2
 
     asked: list[diagnosis_pb2.BlameRequest] = []

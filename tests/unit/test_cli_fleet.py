@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cli._convert import FLOW_FIELDS
-from cli._fleet import Summary, footer, json_line, run, text_lines
+from meshnode.cli._convert import FLOW_FIELDS
+from meshnode.cli._fleet import Summary, footer, json_line, run, text_lines
 from meshnode.v1 import flow_pb2, mesh_pb2
 
 F1 = flow_pb2.Flow(node_id="aaaa", comm="curl", pid=7, dst="10.0.0.2", dport=443, outcome=flow_pb2.ESTABLISHED,
@@ -81,8 +81,8 @@ class _Node:
 
 
 def test_query_fleet_and_flows_fleet_ask_the_same(capsys: pytest.CaptureFixture[str]) -> None:
-    from cli._args import parse
-    from cli._commands import cmd_flows, cmd_query
+    from meshnode.cli._args import parse
+    from meshnode.cli._commands import cmd_flows, cmd_query
 
     outs = []
     for argv in (["query", "--fleet", "--dport", "443", "--where", "site=s1", "--per-site", "--since", "5m", "--json"],
@@ -102,9 +102,9 @@ def test_query_fleet_and_flows_fleet_ask_the_same(capsys: pytest.CaptureFixture[
                                   ["query", "--dport", "443"], ["query", "--since", "5m"],
                                   ["flows", "--fleet", "--follow"]])
 def test_fleet_flags_without_fleet_are_usage_errors(argv: list[str]) -> None:
-    from cli._args import parse
-    from cli._commands import cmd_flows, cmd_query
-    from cli._exceptions import UsageError
+    from meshnode.cli._args import parse
+    from meshnode.cli._commands import cmd_flows, cmd_query
+    from meshnode.cli._exceptions import UsageError
 
     args = parse(argv)
     with pytest.raises(UsageError, match="--fleet"):

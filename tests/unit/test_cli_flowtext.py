@@ -11,11 +11,11 @@ import random
 
 import pytest
 
-from cli._convert import flow_dict
-from cli._flowtext import OUTCOME_LABEL, OUTCOME_STYLE, FlowPrinter, _styled, flows_text
-from cli._output import render_text
-from cli._views import _OUTCOME_STYLE, flows_table
-from cli._views import OUTCOME_LABEL as VIEW_LABELS
+from meshnode.cli._convert import flow_dict
+from meshnode.cli._flowtext import OUTCOME_LABEL, OUTCOME_STYLE, FlowPrinter, _styled, flows_text
+from meshnode.cli._output import render_text
+from meshnode.cli._views import _OUTCOME_STYLE, flows_table
+from meshnode.cli._views import OUTCOME_LABEL as VIEW_LABELS
 from meshnode.v1 import flow_pb2
 from tests._support.fakenode import sample_flows
 

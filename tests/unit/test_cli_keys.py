@@ -7,7 +7,7 @@ import termios
 
 import pytest
 
-from cli._keys import KeyReader
+from meshnode.cli._keys import KeyReader
 
 
 def test_keys_are_read_one_by_one_and_the_terminal_is_restored() -> None:

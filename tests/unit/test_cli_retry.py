@@ -7,8 +7,8 @@ import threading
 import grpc
 import pytest
 
-from cli import _retry
-from cli._exceptions import NodeError, PermissionDenied, Unreachable
+from meshnode.cli import _retry
+from meshnode.cli._exceptions import NodeError, PermissionDenied, Unreachable
 
 
 def test_retryable_codes_are_one_frozenset() -> None:

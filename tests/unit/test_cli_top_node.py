@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from meshnode.cli.main import main
 from tests.unit._flows import flow
 from tests.unit._node import Harness, running_node
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli._exceptions import UsageError
-from cli._units import (
+from meshnode.cli._exceptions import UsageError
+from meshnode.cli._units import (
     format_bytes,
     format_clock,
     format_count,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import textwrap
 
-from cli._convert import flow_dict, message_dict
-from cli._output import render_text
-from cli._views import events_table, flows_table, health_view, peers_view, process, query_view, status_view
+from meshnode.cli._convert import flow_dict, message_dict
+from meshnode.cli._output import render_text
+from meshnode.cli._views import events_table, flows_table, health_view, peers_view, process, query_view, status_view
 from tests._support.fakenode import (
     sample_events,
     sample_flows,
@@ -182,8 +182,8 @@ def test_ipv6_endpoints_and_bracketed_names_survive_rendering() -> None:
     """Regression: rich read ``[fd6d:6e6c:6162:1::2]:7000`` as a markup tag and printed ``:7000``."""
     import time
 
-    from cli._output import render_text
-    from cli._views import flows_table
+    from meshnode.cli._output import render_text
+    from meshnode.cli._views import flows_table
 
     row = dict(end_ns=time.time_ns(), comm="[kworker]", pid=7, src="fd6d:6e6c:6162:1::1", sport=50000,
                dst="fd6d:6e6c:6162:1::2", dport=7000, outcome="established", bytes_tx=1, bytes_rx=2, srtt_us=70,

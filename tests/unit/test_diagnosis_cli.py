@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cli._args import parse
-from cli._blame import blame_dict, blame_view, compare_view
-from cli._output import render_text
+from meshnode.cli._args import parse
+from meshnode.cli._blame import blame_dict, blame_view, compare_view
+from meshnode.cli._output import render_text
 from meshnode.diagnosis import blame, blame_pb
 from meshnode.diagnosis._servicer import discovery_pb, retry_advice_pb
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice

@@ -14,11 +14,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from cli._output import render_text
-from cli._views import status_view
 from meshnode._batch import FlowBatch
 from meshnode._exceptions import ConfigError
 from meshnode._model import FlowRecord
+from meshnode.cli._output import render_text
+from meshnode.cli._views import status_view
 from meshnode.daemon import load_config
 from meshnode.export import FlowMetrics, OtlpExporter, _otlp, encode_flow_logs, parse_otlp_url
 from tests._support.otlp import attributes, sdk_log_records

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cli._exceptions import UsageError
-from cli._security import ClientSecurity, Signer
 from meshnode._exceptions import ConfigError
+from meshnode.cli._exceptions import UsageError
+from meshnode.cli._security import ClientSecurity, Signer
 from meshnode.daemon import load_config
 from meshnode.daemon._security import read_key_file
 from meshnode.mesh import NodeKey

@@ -8,13 +8,13 @@ import json
 import sqlite3
 from pathlib import Path
 
-from cli._convert import FLOW_FIELDS, flow_dict, flow_json_line
-from cli._flowtext import flows_text
-from cli._output import render_text
-from cli._units import process
-from cli._views import events_table, flows_table
 from meshnode._batch import FlowBatch
 from meshnode._model import FlowRecord, flow_proto_to_json
+from meshnode.cli._convert import FLOW_FIELDS, flow_dict, flow_json_line
+from meshnode.cli._flowtext import flows_text
+from meshnode.cli._output import render_text
+from meshnode.cli._units import process
+from meshnode.cli._views import events_table, flows_table
 from meshnode.store import FlowQuery, Store
 from meshnode.store._schema import missing_columns
 from tests.unit._flows import T0, S, flow

@@ -1,4 +1,8 @@
-"""Who imports whom: products never import tests, test modules never import each other, meshnode never cli."""
+"""Who imports whom: products never import tests, test modules never import each other, the node never meshctl,
+meshctl nothing of the node but the generated protobuf modules, probes nothing of the node.
+
+cli/ and probes/ import as ``meshnode.cli`` and ``meshnode.probes`` (``meshnode/cli`` and ``meshnode/probes`` are
+symlinks to them; ``rglob`` does not follow them, so ``_sources("meshnode")`` is the node alone)."""
 
 from __future__ import annotations
 
@@ -41,10 +45,29 @@ def test_products_never_import_tests() -> None:
     assert bad == []
 
 
+def _under(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
 def test_meshnode_never_imports_cli() -> None:
     bad = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in _sources("meshnode")
-           for line, name in _imports(p) if name == "cli" or name.startswith("cli.")]
+           for line, name in _imports(p) if _under(name, "cli", "meshnode.cli")]
     assert bad == []
+
+
+def test_cli_imports_nothing_of_the_node_but_the_protobuf_modules_and_probes_nothing_of_the_node() -> None:
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in _sources("cli")
+           for line, name in _imports(p)
+           if _under(name, "meshnode", "cli", "probes") and not _under(name, "meshnode.cli", "meshnode.v1")]
+    bad += [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in _sources("probes")
+            for line, name in _imports(p) if _under(name, "meshnode", "cli", "probes")
+            and not _under(name, "meshnode.probes")]
+    assert bad == []
+
+
+def test_the_repository_folders_are_the_installed_packages() -> None:
+    assert (ROOT / "meshnode" / "cli").resolve() == ROOT / "cli"
+    assert (ROOT / "meshnode" / "probes").resolve() == ROOT / "probes"
 
 
 def test_test_modules_and_benchmarks_never_import_a_test_module() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from meshnode.probes._sockdiag import TcpInfo
 from meshnode.sensor._limits import (
     APP_MAX_BUSY_SHARE,
     LIMITED_MIN_SHARE,
@@ -14,7 +15,6 @@ from meshnode.sensor._limits import (
     classify,
     limited_by,
 )
-from probes._sockdiag import TcpInfo
 
 SEC = 1_000_000
 

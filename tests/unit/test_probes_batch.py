@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from probes._errors import ProbeError
-from probes._loader import Probes
-from probes._records import CPendingKey, CPendingVal
+from meshnode.probes._errors import ProbeError
+from meshnode.probes._loader import Probes
+from meshnode.probes._records import CPendingKey, CPendingVal
 
 
 class Table:
@@ -73,7 +73,7 @@ def test_a_failure_before_any_row_iterates_a_lookup_and_raises_for_a_drain() -> 
 def test_live_tcp_rows_read_from_the_batch_arrays_equal_the_row_by_row_decoding() -> None:
     """``tcp_flows`` unpacks the batch arrays' bytes in one pass; every row must equal what the ctypes
     decoding of that key and value (``tcp_row_from_c``) gives, in order, for IPv4 and IPv6 rows."""
-    from probes._records import F_INBOUND, F_INET6, F_SYNACK, CTcpFlow, tcp_row_from_c
+    from meshnode.probes._records import F_INBOUND, F_INET6, F_SYNACK, CTcpFlow, tcp_row_from_c
 
     rows = []
     for i in range(5):
@@ -105,7 +105,7 @@ def test_live_tcp_rows_read_from_the_batch_arrays_equal_the_row_by_row_decoding(
 
 
 def test_sock_ops_comm_helper_by_kernel_release() -> None:
-    from probes._loader import sockops_has_comm
+    from meshnode.probes._loader import sockops_has_comm
 
     assert [sockops_has_comm(r) for r in ("6.15.9-amd64", "6.16.0", "6.18.1-cloud", "7.0", "5.10.0-30", "x")] \
         == [False, True, True, True, False, False]

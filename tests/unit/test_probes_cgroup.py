@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from probes import cgroup2_root, cgroup_scope, import_bcc
+from meshnode.probes import cgroup2_root, cgroup_scope, import_bcc
 
 HYBRID = """sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
 tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0

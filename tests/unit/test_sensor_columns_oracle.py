@@ -14,9 +14,9 @@ from typing import Any
 
 from meshnode._batch import FlowBatch
 from meshnode._model import FlowRecord
+from meshnode.probes import _records as rec
 from meshnode.sensor._base import EventRecord, SensorBatch
 from meshnode.sensor._ebpf import EbpfSensor
-from probes import _records as rec
 from tests._support.sensor import NAMED_PID, NO_PID, fake_sensor, raw_event
 
 U64 = 2**64 - 1

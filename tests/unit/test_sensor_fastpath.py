@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from meshnode._model import FlowRecord
+from meshnode.probes import _records as rec
+from meshnode.probes._ringbuf import BUSY_BIT, DISCARD_BIT, RingReader
 from meshnode.sensor._capture_cmd import json_line
 from meshnode.sensor._resolve import service_name
-from probes import _records as rec
-from probes._ringbuf import BUSY_BIT, DISCARD_BIT, RingReader
 from tests._support.ring import FakeRing
 
 FIELDS = tuple(f.name for f in dataclasses.fields(FlowRecord))

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from meshnode._exceptions import SensorError
+from meshnode.probes import _records as rec
+from meshnode.probes._errors import ProbeError
+from meshnode.probes._records import UdpFlowRow
 from meshnode.sensor._capture_cmd import json_line
 from meshnode.sensor._ebpf import EbpfSensor
-from probes import _records as rec
-from probes._errors import ProbeError
-from probes._records import UdpFlowRow
 from tests._support.sensor import NAMED, NAMED_PID, NO_PID, fake_sensor, ip16, poll_both_ways, raw_event
 
 U64 = 2**64 - 1
@@ -170,7 +170,7 @@ def test_json_fast_path_address_caches_stay_right_when_full(tmp_path: Path, src:
 
 
 def test_drain_unpacked_equals_drain_with_the_event_decoder(tmp_path: Path) -> None:
-    from probes._ringbuf import DISCARD_BIT, RingReader
+    from meshnode.probes._ringbuf import DISCARD_BIT, RingReader
     from tests._support.ring import FakeRing
 
     ring = FakeRing(tmp_path / "ring", size=4096)
@@ -195,7 +195,7 @@ def test_drain_unpacked_equals_drain_with_the_event_decoder(tmp_path: Path) -> N
 
 def test_drain_unpacked_stops_at_a_record_being_written(tmp_path: Path) -> None:
     """The bulk pass takes the committed run before a busy record, and nothing past it until it commits."""
-    from probes._ringbuf import BUSY_BIT, RingReader
+    from meshnode.probes._ringbuf import BUSY_BIT, RingReader
     from tests._support.ring import FakeRing
 
     ring = FakeRing(tmp_path / "ring", size=8192)

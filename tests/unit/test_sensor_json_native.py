@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from meshnode.probes import _records as rec
 from meshnode.sensor import _native
 from meshnode.sensor._ebpf import _OUTCOME_TEXT, _TCP_END_LINE, EbpfSensor
-from probes import _records as rec
 from tests._support.sensor import NO_PID, fake_sensor, poll_both_ways, raw_event
 
 
@@ -120,7 +120,7 @@ def test_a_template_it_was_not_written_for_is_refused() -> None:
 def test_drain_records_equals_drain_unpacked(tmp_path: Path) -> None:
     """Bulk runs copied as the ring holds them, single records (after a discarded one, across the wrap)
     given a header and padding; a record being written ends the walk."""
-    from probes._ringbuf import BUSY_BIT, DISCARD_BIT, HDR_SIZE, RingReader
+    from meshnode.probes._ringbuf import BUSY_BIT, DISCARD_BIT, HDR_SIZE, RingReader
     from tests._support.ring import FakeRing
 
     ring = FakeRing(tmp_path / "ring", size=4096)

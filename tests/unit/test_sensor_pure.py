@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from meshnode._model import FlowRecord
+from meshnode.probes import _records as rec
+from meshnode.probes._errors import ProbeError
+from meshnode.probes._loader import ProbeConfig, Probes, drop_reason_names, translation_unit
 from meshnode.sensor._capture_cmd import HEADER, endpoint, human_line, human_size
 from meshnode.sensor._resolve import proc_cgroup, proc_comm, service_name
-from probes import _records as rec
-from probes._errors import ProbeError
-from probes._loader import ProbeConfig, Probes, drop_reason_names, translation_unit
 
 
 def _event(kind: int, family: int, src: bytes, dst: bytes, **fields: int) -> bytes:
@@ -164,7 +164,7 @@ def test_udp_scan_reads_the_walks_rows_as_from_c_does() -> None:
     """``UdpScan.of_c`` (the arrays a UDP map walk is judged on, rows made on demand) against ``from_c``."""
     import ctypes as ct
 
-    from probes._records import CUdpFlow, CUdpKey, UdpFlowRow, UdpScan
+    from meshnode.probes._records import CUdpFlow, CUdpKey, UdpFlowRow, UdpScan
 
     keys = (CUdpKey * 3)()
     vals = (CUdpFlow * 3)()

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from probes import _sockdiag as sd
+from meshnode.probes import _sockdiag as sd
 
 # struct tcp_info of Linux 6.1 written out independently of the module's table, as the C header reads.
 TCP_INFO_FMT = (

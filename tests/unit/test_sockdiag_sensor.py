@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from meshnode.probes import _sockdiag as sd
+from meshnode.probes._sockdiag import DiagSocket, TcpInfo
 from meshnode.sensor._diag import DiagSensor, Owner, _in_scope, payload_rx, payload_tx
-from probes import _sockdiag as sd
-from probes._sockdiag import DiagSocket, TcpInfo
 
 MS = 1_000_000  # ns
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cli._convert import message_dict
-from cli._output import render_text
-from cli._views import status_view
+from meshnode.cli._convert import message_dict
+from meshnode.cli._output import render_text
+from meshnode.cli._views import status_view
 from meshnode.daemon import Node, NodeConfig
 from meshnode.sensor._fake import FakeSensor
 from meshnode.v1 import observer_pb2

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import textwrap
 
-from cli._convert import message_dict
-from cli._output import render_text
-from cli._trust import mark_flagged, validate_view
-from cli._views import peers_view
+from meshnode.cli._convert import message_dict
+from meshnode.cli._output import render_text
+from meshnode.cli._trust import mark_flagged, validate_view
+from meshnode.cli._views import peers_view
 from meshnode.v1 import mesh_pb2, trust_pb2
 
 LIAR = "95fd992f9a14b9b8"
@@ -99,7 +99,7 @@ def sample_challenge(verdict: int) -> dict[str, object]:
 
 
 def test_challenge_view_says_the_verdict_and_the_counts() -> None:
-    from cli._trust import challenge_view
+    from meshnode.cli._trust import challenge_view
 
     out = render_text(challenge_view(sample_challenge(trust_pb2.CHALLENGE_FAILED), plain=True), width=80)
     assert out == _text("""
@@ -117,7 +117,7 @@ def test_challenge_view_says_the_verdict_and_the_counts() -> None:
 
 
 def test_validate_challenge_args() -> None:
-    from cli._args import build_parser
+    from meshnode.cli._args import build_parser
 
     args = build_parser().parse_args(["validate", "--challenge", LIAR, "--prober", HONEST, "--count", "5", "--port",
                                       "31001", "--json"])
