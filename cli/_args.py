@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("blame", "who is to blame: ranked suspects (process, service, host, site, path) with evidence",
             """examples:
-  meshctl blame                          the fleet's problems of the last 15 minutes
+  meshctl blame                          the fleet's problems now: the periods since the latest change
+  meshctl blame --whole --since 1h       every period of the last hour alike
   meshctl blame --since 2m 10.0.0.2:443  only suspects that explain problems to that destination
   meshctl blame --json | jq '.suspects[0]'
   meshctl blame --compare --since 10m    this host against its site's peers, per destination""", [])
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_fraction, metavar="FRACTION",
                    help="problem fraction that flags an entity, in (0, 1] (default: 0.2)")
     p.add_argument("--max", type=_count, default=0, metavar="N", help="at most N suspects (default: 10)")
+    p.add_argument("--whole", action="store_true",
+                   help="weigh the whole range alike (default: only the periods since the latest change)")
     p.add_argument("--compare", action="store_true",
                    help="compare this host with its peers (same labels) per destination instead")
     p.add_argument("--group-by", action="append", default=[], metavar="LABEL",

@@ -1,8 +1,10 @@
 """``meshctl blame`` (and ``blame --compare``): the node's Diagnosis service, as a table or JSON.
 
-Blame prints the one-line verdict, the ranked suspects with their evidence (problem fraction, transactions,
-contributing hosts, problem kinds, example flows), then seed 004's taxonomy: how the node's own processes
-retry failing destinations (with the backoff suggestion), and the discovery chatter left out of blame.
+Blame prints the one-line verdict, where the analysed regime begins (the latest change the node
+detected), a note when the range asked begins before what the node holds, the ranked suspects with their
+evidence (problem fraction, transactions, contributing hosts, problem kinds, example flows), then seed
+004's taxonomy: how the node's own processes retry failing destinations (with the backoff suggestion), and
+the discovery chatter left out of blame.
 ``--compare`` places this host among its peers for each destination instead.
 
 JSON keeps the proto field names; an entity's ``kind`` is the short name (``dst_host``, ``path``...).
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
             view: RenderableType | None = None if args.json else compare_view(doc, wide=args.wide)
         else:
             breq = diagnosis_pb2.BlameRequest(target=args.target or "", since_ns=since, until_ns=until,
-                                              threshold=args.threshold or 0.0, max_suspects=args.max)
+                                              threshold=args.threshold or 0.0, max_suspects=args.max,
+                                              whole_range=bool(getattr(args, "whole", False)))
             doc = blame_dict(call_diagnosis(node, "Blame", breq))
             view = None
     if args.json:
@@ -126,6 +129,11 @@ def blame_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = Fals
         f"{doc.get('transactions', 0):,} transactions, {doc.get('problems', 0):,} with problems, from "
         f"{doc.get('hosts', 0)} host(s), {format_clock(doc.get('since_ns', 0))}-{format_clock(doc.get('until_ns', 0))}"
         f" UTC; threshold {_pct(doc.get('threshold', 0.0))}"))
+    if doc.get("change"):
+        parts.append(Text(f"analysed since {format_clock(doc.get('regime_since_ns', 0))} UTC, when "
+                          f"{doc['change']} (--whole for the whole range)"))
+    if doc.get("coverage"):
+        parts.append(Text(f"note: {doc['coverage']}", style="" if plain else "yellow"))
     if suspects:
         t = table(plain=plain)
         t.add_column("#", width=2, justify="right")

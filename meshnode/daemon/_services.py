@@ -142,17 +142,29 @@ class DiagnosisRunner:
             DIAGNOSIS_SERVICE,
             AnomalyDetector,
             DiagnosisServicer,
+            DigestLog,
             NodeSource,
             add_to_server,
+            rebuild,
         )
 
         self._node = node
         self._privacy = privacy
         self.source = NodeSource({"host": node.config.node_id, **node.config.labels},
-                                 addresses=published_addresses)
+                                 addresses=published_addresses,
+                                 period_ns=int(node.config.export_period * 1_000_000_000))
         self.detector = AnomalyDetector()
         self.anomalies = 0
-        servicer = DiagnosisServicer(self.source, executor=node.api.executor)
+        self.digest_log = DigestLog.in_dir(node.config.data_dir)
+        # before any listener is attached: what the node held before a restart comes first, in order
+        rebuilt = rebuild(node.store, self.source, self.detector, now_ns=node.clock(), digests=self.digest_log)
+        if rebuilt.anomalies:
+            self.anomalies += len(rebuilt.anomalies)
+            node.events.push([a.to_event() for a in rebuilt.anomalies])
+        log.info("diagnosis: rebuilt %d own periods, %d digests and %d anomalies from the store "
+                 "(%d older periods' flows over the budget left out)",
+                 rebuilt.periods, rebuilt.digests, len(rebuilt.anomalies), rebuilt.skipped)
+        servicer = DiagnosisServicer(self.source, clock=node.clock, executor=node.api.executor)
 
         def register(server: grpc.aio.Server) -> None:
             add_to_server(servicer, server)
@@ -160,8 +172,13 @@ class DiagnosisRunner:
         node.api.add_servicer(register, DIAGNOSIS_SERVICE, guarded=True)
         node.record_listeners.append(self.on_period)
         if mesh is not None:
-            mesh.digest_listeners.append(self.source.on_digest)
+            mesh.digest_listeners.append(self.on_digest)
             mesh.digest_decorators.append(self.decorate)
+
+    def on_digest(self, digest: mesh_pb2.Digest, signed: object, own: bool) -> None:
+        """A digest listener: hold the digest for blame, and log it for the next start."""
+        self.source.add_digest(digest, own=own)
+        self.digest_log.append(digest, own)
 
     def decorate(self, digest: mesh_pb2.Digest, period: object, records: Sequence[FlowRecord]) -> None:
         """A digest decorator: the period's client transactions per destination (``Rollup.client_kinds``) and
@@ -184,7 +201,7 @@ class DiagnosisRunner:
         return None
 
     async def stop(self) -> None:
-        return None
+        self.digest_log.close()
 
 
 def attach_trust(node: Node, mesh: MeshService) -> MeshTrust:

@@ -4,18 +4,21 @@ Modules (internal, re-exported here):
 
     _transaction  Transaction (the unit of blame), Place, adapters from FlowRecords and digest rollups
     _blame        distributed blame allocation (pure): blame, entities, BlameConfig, the rule's thresholds
+    _change       change detection per entity (pure CUSUM): where the current regime, which blame analyses, begins
     _compare      comparative analysis (pure): compare, PeerSample, samples_from_flows
     _anomaly      anomalies from the node's own history: AnomalyDetector, Anomaly (-> ``anomaly`` events)
     _taxonomy     seed 004's failure taxonomy (pure): discovery chatter, retries vs outage inertia
     _servicer     meshnode.v1.Diagnosis: DiagnosisServicer over a DiagnosisSource; MemorySource
     _source       NodeSource: the running node's source (its periods, held peer digests; bounded)
+    _history      rebuild at start: own periods and anomalies from the store, digests from DigestLog
 
 In the node (``meshnode.daemon._services.DiagnosisRunner``)::
 
-    source = NodeSource(labels, addresses=published_addresses)
-    service_name = add_to_server(DiagnosisServicer(source), server)   # list it in server reflection
-    mesh.digest_listeners.append(source.on_digest)     # every verified peer digest (and its place)
+    source = NodeSource(labels, addresses=published_addresses, period_ns=export_period_ns)
     detector = AnomalyDetector()
+    rebuild(store, source, detector, now_ns=now, digests=DigestLog.in_dir(data_dir))  # before listeners
+    service_name = add_to_server(DiagnosisServicer(source), server)   # list it in server reflection
+    mesh.digest_listeners.append(source.on_digest)     # every verified peer digest (and its place), logged
     # each period: source.add_period(end_ns, records)
     #              events += [a.to_event() for a in detector.observe(end_ns, p.by_destination, p.by_process)]
 """
@@ -48,9 +51,11 @@ from meshnode.diagnosis._blame import (
     Suspect,
     blame,
     entities,
+    entity_counts,
     healthy_verdict,
     verdict_of,
 )
+from meshnode.diagnosis._change import DEFAULT_H, Change, changes, hypotheses, latest_changes, llr, regime_start
 from meshnode.diagnosis._compare import (
     METRICS,
     Comparison,
@@ -60,6 +65,7 @@ from meshnode.diagnosis._compare import (
     compare,
     samples_from_flows,
 )
+from meshnode.diagnosis._history import DigestLog, Rebuilt, rebuild
 from meshnode.diagnosis._servicer import (
     DEFAULT_RANGE_NS,
     DIAGNOSIS_SERVICE,
@@ -69,6 +75,8 @@ from meshnode.diagnosis._servicer import (
     add_to_server,
     blame_pb,
     compare_pb,
+    coverage_note,
+    current_regime,
 )
 from meshnode.diagnosis._source import (
     DIGEST_PROCESS_DESTINATIONS,
@@ -117,6 +125,7 @@ from meshnode.summary._problems import (
 __all__ = [
     "ANOMALY_METRICS",
     "CONNECT_PENDING",
+    "DEFAULT_H",
     "DEFAULT_RANGE_NS",
     "DIAGNOSIS_SERVICE",
     "DIGEST_PROCESSES",
@@ -146,10 +155,12 @@ __all__ = [
     "Baseline",
     "BlameConfig",
     "BlameReport",
+    "Change",
     "ClientView",
     "Comparison",
     "DiagnosisServicer",
     "DiagnosisSource",
+    "DigestLog",
     "DiscoveryChatter",
     "EntityStats",
     "FiveTuple",
@@ -160,6 +171,7 @@ __all__ = [
     "Outage",
     "PeerSample",
     "Place",
+    "Rebuilt",
     "RetryAdvice",
     "Suspect",
     "Transaction",
@@ -168,23 +180,32 @@ __all__ = [
     "baseline",
     "blame",
     "blame_pb",
+    "changes",
     "classify",
     "client_kinds",
     "client_transactions",
     "compare",
     "compare_pb",
+    "coverage_note",
+    "current_regime",
     "decorate_digest",
     "deviation",
     "digest_processes",
     "discovery_chatter",
     "discovery_protocol",
     "entities",
+    "entity_counts",
     "healthy_verdict",
+    "hypotheses",
     "is_discovery",
+    "latest_changes",
+    "llr",
     "metric_values",
     "outages",
     "pending_connect",
     "problem_kind",
+    "rebuild",
+    "regime_start",
     "retry_advice",
     "samples_from_flows",
     "split_destination",

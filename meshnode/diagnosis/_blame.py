@@ -64,6 +64,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from meshnode.diagnosis._change import hypotheses, llr
 from meshnode.diagnosis._transaction import FAILURE_KINDS, FiveTuple, Transaction
 
 PROBLEM_THRESHOLD: Final = 0.20
@@ -125,7 +126,16 @@ _WORDS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class BlameConfig:
-    """The thresholds of the blame rule (defaults: the module constants)."""
+    """The thresholds of the blame rule (defaults: the module constants).
+
+    ``evidence`` and ``part_evidence`` (0: off) let sequential evidence stand in for the counts, for
+    blame over a short regime (``_change``): an entity is also flagged when its problem fraction reaches
+    the threshold and its transactions are ``evidence`` nats likelier at the threshold than at a tenth of
+    it (the CUSUM's own test: a blackholed server whose clients wait out their connect timeouts is called
+    only a few times a period, fewer than ``min_transactions``, every call failing); and a part with fewer
+    than ``min_part_transactions`` votes on spread when its log-likelihood ratio is at least
+    ``part_evidence`` nats either way (affected when it favours the threshold).
+    """
 
     threshold: float = PROBLEM_THRESHOLD
     min_transactions: int = MIN_TRANSACTIONS
@@ -136,6 +146,8 @@ class BlameConfig:
     tie_band: float = TIE_BAND
     max_suspects: int = MAX_SUSPECTS
     max_examples: int = MAX_EXAMPLES
+    evidence: float = 0.0
+    part_evidence: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,24 +439,55 @@ def entities(transactions: Iterable[Transaction], config: BlameConfig | None = N
     return sorted(out, key=lambda s: (-s.problem_fraction, -s.level, -s.problems, s.kind, s.name))
 
 
+def entity_counts(transactions: Iterable[Transaction]) -> dict[tuple[str, str], tuple[int, int]]:
+    """``(kind, name)`` -> ``(transactions, problems)`` of every entity the transactions involve: what
+    change detection (``_change``) follows period by period."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in _collapse(transactions, 0):
+        bad = row.count if row.txn.problem else 0
+        for ent in row.entities:
+            n, x = out.get(ent, (0, 0))
+            out[ent] = (n + row.count, x + bad)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the rule
 
 
+def _llr(transactions: int, problems: int, cfg: BlameConfig) -> float:
+    """Log-likelihood ratio of the threshold over a tenth of it for ``problems`` of ``transactions``."""
+    a, b = llr(*hypotheses(cfg.threshold))
+    return problems * a + (transactions - problems) * b
+
+
 def _flagged(transactions: int, problems: int, cfg: BlameConfig) -> bool:
-    return (transactions >= cfg.min_transactions and problems >= cfg.min_problems
-            and problems >= cfg.threshold * transactions)
+    if problems < cfg.threshold * transactions or problems == 0:
+        return False
+    if transactions >= cfg.min_transactions and problems >= cfg.min_problems:
+        return True
+    return cfg.evidence > 0 and _llr(transactions, problems, cfg) >= cfg.evidence
+
+
+def _votes(n: int, bad: int, cfg: BlameConfig) -> bool | None:
+    """A part's vote on spread: affected (True), not (False), or too small to say (None)."""
+    if n >= cfg.min_part_transactions:
+        return bad >= cfg.part_threshold_ratio * cfg.threshold * n
+    if cfg.part_evidence > 0 and n > 0:
+        ratio = _llr(n, bad, cfg)
+        if abs(ratio) >= cfg.part_evidence:
+            return ratio > 0
+    return None
 
 
 def _shared(acc: _Acc, cfg: BlameConfig) -> bool:
     """Rule 2: some dimension has two or more parts, and in each such one most parts are affected."""
     evidence = False
     for parts in acc.parts:
-        voting = [(n, bad) for n, bad in parts.values() if n >= cfg.min_part_transactions]
+        voting = [v for v in (_votes(n, bad, cfg) for n, bad in parts.values()) if v is not None]
         if len(voting) < 2:
             continue
         evidence = True
-        affected = sum(1 for n, bad in voting if bad >= cfg.part_threshold_ratio * cfg.threshold * n)
-        if affected < cfg.spread_fraction * len(voting):
+        if sum(voting) < cfg.spread_fraction * len(voting):
             return False
     return evidence
 

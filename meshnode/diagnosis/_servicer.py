@@ -18,13 +18,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, TypeVar, cast
 
 import grpc
 
 from meshnode._exceptions import MeshnodeError
 from meshnode.api import MAX_TEXT, ApiExecutor
-from meshnode.diagnosis._blame import MAX_SUSPECTS, PROBLEM_THRESHOLD, BlameConfig, BlameReport, Suspect, blame
+from meshnode.diagnosis._blame import (
+    _WORDS,
+    MAX_SUSPECTS,
+    PROBLEM_THRESHOLD,
+    BlameConfig,
+    BlameReport,
+    Suspect,
+    _pct,
+    blame,
+    entity_counts,
+)
+from meshnode.diagnosis._change import DEFAULT_H, PART_H, UP, Change, latest_changes
 from meshnode.diagnosis._compare import DEFAULT_GROUP_BY, Comparison, PeerSample, compare, group_name
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice
 from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, flow_pb2
@@ -74,6 +86,65 @@ class DiagnosisSource(Protocol):
 
     def labels(self) -> Mapping[str, str]:
         """This node's labels; ``host`` names it in the samples."""
+
+
+class PeriodSource(Protocol):
+    """A source that can tell its transactions apart by period (``NodeSource``, ``MemorySource``): Blame
+    then analyses the current regime only (``_change``) and says when the range begins before what is held."""
+
+    def periods(self, since_ns: int, until_ns: int) -> list[tuple[int, list[Transaction]]]:
+        """``(period end, transactions)`` of the periods that ended in the range, oldest first."""
+
+    def held_since_ns(self) -> int:
+        """The end of the oldest period held; 0 when none is."""
+
+
+Regime = tuple[list["Transaction"], int, str]
+"""The current regime: its transactions, where it begins, and the change that began it."""
+
+
+def current_regime(periods: Sequence[tuple[int, list[Transaction]]], since_ns: int, threshold: float,
+                   *, whole: bool = False) -> Regime:
+    """The transactions of the current regime (``_change``) of ``periods``, where it begins (the end of the
+    period before it, or ``since_ns``), and one line on the change that began it."""
+    found = [] if whole else latest_changes([entity_counts(t) for _, t in periods], threshold)
+    start = max((c.onset for c in found), default=0)
+    txns = [t for _, ts in periods[start:] for t in ts]
+    if not found:
+        return txns, since_ns, ""
+    # of the entities that changed at the start, say the one that changed most: the worst that rose, else
+    # the one that had been worst and fell
+    counts = entity_counts(txns)
+    at_start = [c for c in found if c.onset == start]
+
+    def fraction(c: Change) -> float:
+        n, x = counts.get(c.entity, (0, 0))
+        return x / n if n else 0.0
+
+    rose = [c for c in at_start if c.direction == UP]
+    pick = max(rose, key=fraction) if rose else min(at_start, key=fraction)
+    return txns, periods[start - 1][0] if start else since_ns, _change_text(pick, counts)
+
+
+def _change_text(change: Change, counts: Mapping[tuple[str, str], tuple[int, int]]) -> str:
+    kind, name = change.entity
+    n, x = counts.get(change.entity, (0, 0))
+    words = "rose to" if change.direction == UP else "fell to"
+    return f"{_WORDS.get(kind, kind)} {name} {words} {_pct(x / n if n else 0.0)} problems"
+
+
+def coverage_note(since_ns: int, held_since_ns: int, period_ns: int) -> str:
+    """What to say when the range asked begins more than a period before what is held ("" otherwise)."""
+    if held_since_ns == 0:
+        return f"asked from {_clock(since_ns)} UTC, but this node holds no period yet"
+    if since_ns >= held_since_ns - period_ns:
+        return ""
+    return (f"asked from {_clock(since_ns)} UTC, but this node holds periods from {_clock(held_since_ns)} UTC "
+            "only (it holds 1 hour, or since its store began)")
+
+
+def _clock(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns / 1e9))
 
 
 class TaxonomySource(Protocol):
@@ -126,6 +197,15 @@ class MemorySource:
             for s in samples:
                 newest[(s.host, s.destination)] = s
         return list(newest.values())
+
+    def periods(self, since_ns: int, until_ns: int) -> list[tuple[int, list[Transaction]]]:
+        """``(period end, transactions)`` of the periods that ended in the range, oldest first."""
+        return [(end, list(txns)) for end, txns, _ in sorted(self._select(since_ns, until_ns), key=lambda p: p[0])]
+
+    def held_since_ns(self) -> int:
+        """The end of the oldest period held; 0 when none is."""
+        with self._lock:
+            return min((p[0] for p in self._periods), default=0)
 
     def labels(self) -> Mapping[str, str]:
         """This node's labels."""
@@ -249,9 +329,23 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"max_suspects must be at most {MAX_SUSPECTS_LIMIT}, not {request.max_suspects}")
         config = BlameConfig(threshold=threshold, max_suspects=request.max_suspects or MAX_SUSPECTS)
-        txns = await self._ask(context, self._source.transactions, since, until)
+        regime_since, change, coverage = since, "", ""
+        if hasattr(self._source, "periods") and hasattr(self._source, "held_since_ns"):
+            if not request.whole_range:  # a regime may be a period or two: sequential evidence counts
+                config = replace(config, evidence=DEFAULT_H, part_evidence=PART_H)
+            by_period = cast("PeriodSource", self._source)
+            periods = await self._ask(context, by_period.periods, since, until)
+            txns, regime_since, change = await self._executor.run(
+                lambda: current_regime(periods, since, threshold, whole=request.whole_range))
+            held = await self._ask(context, by_period.held_since_ns)
+            if request.since_ns:
+                grid = getattr(self._source, "period_ns", None)
+                coverage = coverage_note(since, held, grid() if callable(grid) else 0)
+        else:
+            txns, held = await self._ask(context, self._source.transactions, since, until), 0
         report = await self._executor.run(lambda: blame(txns, config, target=request.target))
         resp = blame_pb(report, since, until)
+        resp.regime_since_ns, resp.change, resp.held_since_ns, resp.coverage = regime_since, change, held, coverage
         if hasattr(self._source, "retry_advice") and hasattr(self._source, "discovery"):
             taxonomy = cast("TaxonomySource", self._source)
             advice = await self._ask(context, taxonomy.retry_advice, since, until)

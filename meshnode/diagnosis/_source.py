@@ -36,6 +36,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import numpy as np
@@ -385,6 +386,8 @@ class NodeSource:
         addresses: this node's own addresses (called when a question is asked), so peers' flows to it
             name it.
         horizon_ns, max_periods, max_digests, max_attempts: the bounds.
+        period_ns: the export period (the grid blame's change detection steps on); 0 infers it from the
+            own periods' spacing.
     """
 
     def __init__(
@@ -396,8 +399,10 @@ class NodeSource:
         max_periods: int = MAX_PERIODS,
         max_digests: int = MAX_DIGESTS,
         max_attempts: int = MAX_ATTEMPTS,
+        period_ns: int = 0,
     ) -> None:
         self._labels = dict(labels)
+        self._period_ns = period_ns
         self._addresses = addresses
         self._horizon = horizon_ns
         self._max_periods = max_periods
@@ -543,17 +548,46 @@ class NodeSource:
 
     def transactions(self, since_ns: int, until_ns: int) -> list[Transaction]:
         """Own and peers' transactions of the periods that ended in the range, destinations placed."""
+        return [t for _, txns in self.periods(since_ns, until_ns) for t in txns]
+
+    def period_ns(self) -> int:
+        """The export period: as configured, else the median spacing of the own periods held (10 s when
+        fewer than two are held)."""
+        if self._period_ns:
+            return self._period_ns
         with self._lock:
-            own = [t for p in self._periods if since_ns <= p.end_ns <= until_ns for t in p.transactions]
-            peers = [t for d in self._digests if since_ns <= d.end_ns <= until_ns for t in d.transactions]
+            ends = [p.end_ns for p in self._periods]
+        gaps = sorted(b - a for a, b in pairwise(ends) if b > a)
+        return gaps[len(gaps) // 2] if gaps else 10_000_000_000
+
+    def periods(self, since_ns: int, until_ns: int) -> list[tuple[int, list[Transaction]]]:
+        """Own and peers' transactions of the periods that ended in the range, grouped on the export-period
+        grid (each group's time is the latest period end in it), oldest first; destinations placed.
+
+        Members' periods are not aligned with this node's: each period falls in the grid slot its end is
+        in, so one slot holds about one period of every member (the change detection's time step)."""
+        grid = self.period_ns()
+        with self._lock:
+            held = [(p.end_ns, p.transactions) for p in self._periods if since_ns <= p.end_ns <= until_ns]
+            held += [(d.end_ns, d.transactions) for d in self._digests if since_ns <= d.end_ns <= until_ns]
         members = self.members()
-        out: list[Transaction] = []
-        for t in (*own, *peers):
-            found = members.get(t.dst)
-            if found is not None and not t.dst_host:
-                t = replace(t, dst_host=found.host, dst_site=found.site, dst_region=found.region)
-            out.append(t)
-        return out
+        slots: dict[int, tuple[int, list[Transaction]]] = {}
+        for end_ns, txns in held:
+            slot = slots.setdefault(end_ns // grid, (end_ns, []))
+            if end_ns > slot[0]:
+                slots[end_ns // grid] = slot = (end_ns, slot[1])
+            for t in txns:
+                found = members.get(t.dst)
+                if found is not None and not t.dst_host:
+                    t = replace(t, dst_host=found.host, dst_site=found.site, dst_region=found.region)
+                slot[1].append(t)
+        return [slots[k] for k in sorted(slots)]
+
+    def held_since_ns(self) -> int:
+        """The end of the oldest period (own or a peer's) held; 0 when none is."""
+        with self._lock:
+            ends = [q[0].end_ns for q in (self._periods, self._digests) if q]
+        return min(ends, default=0)
 
     def samples(self, since_ns: int, until_ns: int) -> list[PeerSample]:
         """The newest sample per (host, destination) of the periods that ended in the range."""

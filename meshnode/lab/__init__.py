@@ -38,6 +38,7 @@ Modules (internal):
     _registry   teardown at interpreter exit and on signals
     _sweep      removing what crashed labs left
     _scenarios  the scenario fleet: Fleet, SCENARIOS, SITES, SERVICES, CLIENTS
+    _watch      BlameWatch: a node's blame answers, asked from inside the lab every few hundred ms
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from ._scenarios import (
     Suspect,
 )
 from ._sweep import SweepReport, owner_alive, sweep
+from ._watch import BlameWatch
 
 __all__ = [
     "CGROUP_ROOT",
@@ -72,6 +74,7 @@ __all__ = [
     "SCENARIOS",
     "SERVICES",
     "SITES",
+    "BlameWatch",
     "Client",
     "Direction",
     "Fault",

@@ -9,6 +9,7 @@ the demo (``meshnode lab up``)::
     with Fleet.up(nodes=True, export_period=2) as fleet:   # lab, services, client loops, 6 nodes in a mesh
         fleet.node_addr("web1")                             # "10.<slot>.1.1:7400" (reachable inside the lab)
         fleet.meshctl("web1", "blame")                      # meshctl on web1's node, parsed --json output
+        fleet.restart_node("web1")                          # SIGTERM, then the same node on the same data
         handle = fleet.fault("refuse-port")                 # cache1 refuses 6379
         handle.expected                                     # Suspect(kind="service", name="10.x.2.3:6379")
         handle.remove()                                     # or fleet.heal(): every fault removed
@@ -432,24 +433,30 @@ class Fleet:
             self._wait_client(running)
 
     def _start_nodes(self, timeout: float) -> None:
-        seed = self.node_addr(SEED)
-        for site, (region, names) in SITES.items():
-            for name in names:
-                host = self.host(name)
-                data = self.data_dir / "nodes" / name
-                data.mkdir(parents=True, exist_ok=True)
-                log = self.data_dir / "nodes" / f"{name}.log"
-                argv = [*_tool("meshnode"), "run", "--insecure", "--node-id", name, "--listen", self.node_addr(name),
-                        "--data-dir", str(data), "--export-period", str(self.export_period), "--metrics", "off",
-                        "--sensor", self.sensor, "--cgroup", host.cgroup_rel, "--label", f"region={region}",
-                        "--label", f"site={site}", "--label", f"host={name}"]  # fmt: skip
-                if name != SEED:
-                    argv += ["--join", seed]
-                with open(log, "wb") as out:
-                    proc = host.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-                self.nodes[name] = _Node(name, proc, log, data)
+        for names in SITES.values():
+            for name in names[1]:
+                self._launch_node(name)
+        self._wait_nodes(set(self.nodes), timeout)
+
+    def _launch_node(self, name: str) -> None:
+        site = next(s for s, (_, names) in SITES.items() if name in names)
+        region = SITES[site][0]
+        host = self.host(name)
+        data = self.data_dir / "nodes" / name
+        data.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "nodes" / f"{name}.log"
+        argv = [*_tool("meshnode"), "run", "--insecure", "--node-id", name, "--listen", self.node_addr(name),
+                "--data-dir", str(data), "--export-period", str(self.export_period), "--metrics", "off",
+                "--sensor", self.sensor, "--cgroup", host.cgroup_rel, "--label", f"region={region}",
+                "--label", f"site={site}", "--label", f"host={name}"]  # fmt: skip
+        if name != SEED:
+            argv += ["--join", self.node_addr(SEED)]
+        with open(log, "ab") as out:
+            proc = host.popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self.nodes[name] = _Node(name, proc, log, data)
+
+    def _wait_nodes(self, waiting: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        waiting = set(self.nodes)
         while waiting:
             for name in sorted(waiting):
                 node = self.nodes[name]
@@ -463,6 +470,26 @@ class Fleet:
                                f"{_tail(self.nodes[name].log)}")
             if waiting:
                 time.sleep(0.3)
+
+    def restart_node(self, name: str, timeout: float = 60.0) -> None:
+        """Stop ``name``'s node (SIGTERM, as a service manager would) and start it again on the same data
+        directory; returns when it answers.
+
+        Raises:
+            LabUsageError: the fleet has no node on ``name``.
+            LabError: it did not stop within 10 s or did not answer within ``timeout``.
+        """
+        node = self.nodes.get(name)
+        if node is None:
+            raise LabUsageError(f"no node on {name!r}; nodes: {', '.join(sorted(self.nodes)) or 'none'}")
+        if node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+            try:
+                node.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired as exc:
+                raise LabError(f"the node on {name} did not stop within 10 s of SIGTERM") from exc
+        self._launch_node(name)
+        self._wait_nodes({name}, timeout)
 
     def _start_client(self, client: Client, *, workers: int = 1, timeout: float | None = None,
                       targets: list[dict[str, Any]] | None = None) -> _Proc:

@@ -67,3 +67,25 @@ def test_blame_flags() -> None:
     assert (args.since, args.threshold, args.max, args.target, args.json) == ("2m", 0.3, 3, "10.0.0.2:443", True)
     with pytest.raises(SystemExit):
         parse(["blame", "--threshold", "1.5"])
+
+
+def test_view_says_where_the_regime_begins_and_what_the_range_missed() -> None:
+    resp = blame_pb(blame(fleet(blackholed_db, 2)), 1_700_000_000 * S, 1_700_000_060 * S)
+    resp.regime_since_ns = 1_700_000_042 * S
+    resp.change = "destination host db-1 rose to 100% problems"
+    resp.coverage = ("asked from 2023-11-13 22:13:20 UTC, but this node holds periods from 2023-11-14 "
+                     "21:53:20 UTC only (it holds 1 hour, or since its store began)")
+    doc = blame_dict(resp)
+    assert doc["regime_since_ns"] == 1_700_000_042 * S and doc["change"] == resp.change
+    text = render_text(blame_view(doc, plain=True), width=200)
+    lines = text.splitlines()
+    assert lines[2] == ("analysed since 22:14:02 UTC, when destination host db-1 rose to 100% problems "
+                        "(--whole for the whole range)")
+    assert lines[3] == f"note: {resp.coverage}"
+    healthy = render_text(blame_view(blame_dict(blame_pb(blame([]), 0, 0)), plain=True), width=80)
+    assert "analysed since" not in healthy and "note:" not in healthy
+
+
+def test_blame_whole_flag() -> None:
+    assert parse(["blame", "--whole", "--since", "1h"]).whole is True
+    assert parse(["blame"]).whole is False

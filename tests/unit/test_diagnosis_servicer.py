@@ -98,13 +98,21 @@ def test_blame_ranks_the_blackholed_host_over_the_default_range() -> None:
 def test_blame_over_a_longer_range_with_a_target() -> None:
     async def body(stub: diagnosis_pb2_grpc.DiagnosisStub, _: grpc.aio.Channel) -> None:
         since = NOW - 30 * 60 * S
-        both = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=since), timeout=10)
+        # by default, the current regime only: db-1's failures began with the newer period
+        now = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=since), timeout=10)
+        assert [(s.kind, s.name) for s in now.suspects] == [(diagnosis_pb2.ENTITY_KIND_DST_HOST, "db-1")]
+        assert now.regime_since_ns == NOW - 20 * 60 * S
+        assert now.change == "destination host db-1 rose to 100% problems"
+        both = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=since, whole_range=True), timeout=10)
         assert {(s.kind, s.name) for s in both.suspects} >= {
             (diagnosis_pb2.ENTITY_KIND_DST_HOST, "db-1"), (diagnosis_pb2.ENTITY_KIND_PROCESS, "app-2/billing")}
-        only = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=since, target="10.0.9.9:5432"), timeout=10)
+        assert (both.regime_since_ns, both.change) == (since, "")
+        only = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=since, target="10.0.9.9:5432",
+                                                           whole_range=True), timeout=10)
         assert [s.name for s in only.suspects] == ["app-2/billing"]
         assert not only.suspects[0].shared
-        one = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=since, max_suspects=1), timeout=10)
+        one = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=since, max_suspects=1, whole_range=True),
+                               timeout=10)
         assert len(one.suspects) == 1
         older = await stub.Blame(diagnosis_pb2.BlameRequest(threshold=1.0, until_ns=NOW - 10 * 60 * S),
                                  timeout=10)
@@ -205,3 +213,26 @@ def test_every_entity_kind_has_a_wire_kind() -> None:
     assert set(_KINDS) == set(ENTITY_KINDS)
     assert len(set(_KINDS.values())) == len(ENTITY_KINDS)
     assert diagnosis_pb2.ENTITY_KIND_UNKNOWN not in _KINDS.values()
+
+
+def test_a_range_beyond_what_is_held_says_so() -> None:
+    async def body(stub: diagnosis_pb2_grpc.DiagnosisStub, _: grpc.aio.Channel) -> None:
+        far = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=NOW - 3 * 3600 * S), timeout=10)
+        assert far.held_since_ns == NOW - 20 * 60 * S
+        assert far.coverage == ("asked from 2023-11-14 19:13:20 UTC, but this node holds periods from "
+                                "2023-11-14 21:53:20 UTC only (it holds 1 hour, or since its store began)")
+        held = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=NOW - 20 * 60 * S), timeout=10)
+        assert held.coverage == "" and held.held_since_ns == NOW - 20 * 60 * S
+        default = await stub.Blame(diagnosis_pb2.BlameRequest(), timeout=10)  # 15 minutes, not asked for
+        assert default.coverage == ""
+
+    run(_source(), body)
+
+
+def test_coverage_of_an_empty_source() -> None:
+    async def body(stub: diagnosis_pb2_grpc.DiagnosisStub, _: grpc.aio.Channel) -> None:
+        resp = await stub.Blame(diagnosis_pb2.BlameRequest(since_ns=NOW - 60 * S), timeout=10)
+        assert resp.coverage == "asked from 2023-11-14 22:12:20 UTC, but this node holds no period yet"
+        assert resp.held_since_ns == 0 and resp.suspects == []
+
+    run(MemorySource(LABELS), body)
