@@ -19,7 +19,7 @@ lint:
 	$(VENV)/bin/mypy meshnode
 
 test: setup lint
-	@bash scripts/pytest.sh tests
+	@bash scripts/pytest.sh tests --durations=25
 
 unit: setup
 	@bash scripts/pytest.sh tests/unit
