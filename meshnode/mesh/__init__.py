@@ -17,6 +17,7 @@ Modules (internal, re-exported here):
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh); LocalHistory protocol
     _fleetflows  fleet flow queries (pure): limits, member_after cursors, page tokens, merge of answers
     _tasks       active tasks (seed 003): TaskPolicy, TokenBucket, measure_tcp
+    _sites       site aggregates (seed 000): elect, build/sign/verify_aggregate, aggregate_rows, SiteNode
     _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
 
 In the node::
@@ -93,6 +94,16 @@ from meshnode.mesh._identity import (
 )
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
 from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, LocalHistory, MeshService, MeshServicer
+from meshnode.mesh._sites import (
+    SiteConfig,
+    SiteNode,
+    aggregate_rows,
+    build_aggregate,
+    elect,
+    election_rank,
+    sign_aggregate,
+    verify_aggregate,
+)
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._suspicion import Suspicion, remaining_suspicion_time, suspicion_timeout
 from meshnode.mesh._tasks import MEMBER_CALLER, Measurement, TaskPolicy, TaskRefused, TokenBucket, measure_tcp
@@ -144,6 +155,8 @@ __all__ = [
     "RollupLike",
     "Scheduler",
     "SignatureCheck",
+    "SiteConfig",
+    "SiteNode",
     "State",
     "StreamHandler",
     "Suspicion",
@@ -155,15 +168,19 @@ __all__ = [
     "Transport",
     "TrustedAggregates",
     "aggregate",
+    "aggregate_rows",
     "alive_signed_by_member",
     "apply_delta",
     "audience_metadata",
     "bound_digest",
     "bound_node_ids",
+    "build_aggregate",
     "check_signature",
     "clamp_rollup",
     "decode_token",
     "digest_from_period",
+    "elect",
+    "election_rank",
     "encode_token",
     "endpoint_records",
     "group_of",
@@ -184,6 +201,7 @@ __all__ = [
     "rollups_from_flows",
     "saturating_sum",
     "scale_timeout",
+    "sign_aggregate",
     "sign_alive",
     "sign_digest",
     "suspicion_timeout",
@@ -191,6 +209,7 @@ __all__ = [
     "trimmed_count",
     "trimmed_mean",
     "trusted_aggregate",
+    "verify_aggregate",
     "verify_digest",
     "with_retries",
 ]

@@ -131,6 +131,8 @@ class Delegate(Protocol):
     def handle_request(self, source_addr: str, payload: bytes) -> bytes:
         """Answer a delegate request sent with ``Membership.request``."""
 
+    # Optional: ``pending_broadcasts() -> int``, how many broadcasts are queued (a gossip round with none
+    # here and none in membership's queue is skipped).
     # Optional: ``forget(node_ids)``, called with the members reaped (dead or left past ``dead_retention``),
     # to drop what is held for them.
 
@@ -629,6 +631,9 @@ class Membership:
         if not self._running:
             return
         self._timers["gossip"] = self._sched.call_later(self.config.gossip_interval, self._gossip_tick)
+        pending = getattr(self.delegate, "pending_broadcasts", None)
+        if pending is not None and not pending() and not len(self._broadcasts):
+            return  # nothing to send: no member draws, no packet built (hierarchical pools idle most of a period)
         now = self._sched.now()
         dead_horizon = self.config.gossip_to_the_dead_time
 
