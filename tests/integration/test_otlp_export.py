@@ -156,6 +156,10 @@ def test_receiver_down_is_bounded_counted_and_recovers() -> None:
         assert re.match(rf"Failed to export (logs|metrics) to 127\.0\.0\.1:{port}, error code: StatusCode\.",
                         c.last_error), c.last_error
         with Receiver(port) as receiver:
+            # the channel reconnects on its own within its reconnect backoff, which the exporter caps at 5 s
+            # (+20 % jitter); a request before that fails at once, and this test's exporter (timeout 1 s) does
+            # not wait for it
+            await asyncio.sleep(6.5)
             await feed(range(8, 9), 100)
             await asyncio.to_thread(_wait, lambda: exporter.counters.records_exported == 100, 30,
                                     "the flows after the receiver came back")
