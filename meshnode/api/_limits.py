@@ -29,7 +29,8 @@ class ApiLimits:
     Attributes:
         workers: threads that run queries and stream reads (``ApiExecutor``), apart from sensor polls.
         max_concurrent_rpcs: calls the server runs at once; more are refused with RESOURCE_EXHAUSTED.
-        streams_per_peer: concurrent streams (Flows, Events) one client address may hold.
+        streams_per_peer: concurrent streams (Flows, Events) one client may hold: one client certificate under
+            mutual TLS, one client address in plaintext.
         default_deadline_s: the deadline of a unary call whose client set none.
         stream_age_s: a Flows stream ends after this long with ABORTED and a resume token.
         snapshot_age_s: a Flows stream's store snapshot (its read transaction and files) is given back after

@@ -16,6 +16,7 @@ INTERNAL (logged with its traceback) rather than gRPC's UNKNOWN.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -48,11 +49,22 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-class ApiGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Streams per client address (every server-streaming method on the port) and, for the unary methods of
-    ``services`` (full names), a default deadline and INTERNAL for unexpected errors.
+def stream_holder(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who a stream counts against: under mutual TLS the client's certificate (``cert:`` and the start of the
+    SHA-256 of its PEM), so that one certificate cannot take more slots by calling from more addresses and
+    clients behind one NAT address do not share one cap; in plaintext the client's address."""
+    pem = next(iter(context.auth_context().get("x509_pem_cert") or ()), None)
+    if pem:
+        return "cert:" + hashlib.sha256(bytes(pem)).hexdigest()[:16]
+    return peer_host(context.peer())
 
-    ``streams`` holds the open streams per client address; ``counters`` the refusals by reason.
+
+class ApiGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Streams per client (``stream_holder``: certificate or address; every server-streaming method on the port)
+    and, for the unary methods of ``services`` (full names), a default deadline and INTERNAL for unexpected
+    errors.
+
+    ``streams`` holds the open streams per client; ``counters`` the refusals by reason.
     """
 
     def __init__(self, limits: ApiLimits, services: Iterable[str] = ()) -> None:
@@ -89,7 +101,7 @@ class ApiGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         guarded = self._guarded(method)
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            peer = peer_host(context.peer())
+            peer = stream_holder(context)
             cap = self.limits.streams_per_peer
             if self.streams[peer] >= cap:
                 self.counters["streams_per_peer"] += 1

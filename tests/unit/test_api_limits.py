@@ -148,3 +148,41 @@ def test_guard_gives_a_default_deadline_internal_for_bugs_and_caps_streams_per_p
                 await api.stop()
 
     asyncio.run(main())
+
+
+def test_streams_are_capped_per_client_certificate_under_mutual_tls(tmp_path: Path) -> None:
+    """Two meshctl certificates calling from one address (a NAT, a bastion) each get the cap; one certificate
+    gets it once, however many connections it opens."""
+    from meshnode.trust import server_credentials
+    from tests._support.tlsnode import Pki
+
+    pki = Pki(tmp_path / "pki")
+    server_dir, alice, bob = pki.node("node"), pki.client("alice"), pki.client("bob")
+
+    async def main() -> None:
+        with Store(tmp_path / "m.db") as store:
+            api = ApiServer("127.0.0.1:0", ObserverServicer(store, limits=ApiLimits(streams_per_peer=2)),
+                            credentials=server_credentials(server_dir, "node"))
+            await api.start()
+            follow = observer_pb2.FlowsRequest(follow=True)
+            channels = [pki.channel(api.address, d) for d in (alice, alice, bob)]
+            try:
+                a1, a2, b = (observer_pb2_grpc.ObserverStub(c) for c in channels)
+                held = [a1.Flows(follow), a2.Flows(follow)]  # alice's two, on two connections
+                await asyncio.sleep(0.3)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await a2.Flows(follow, timeout=5).read()
+                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "cert:" in (err.value.details() or "")
+                bobs = [b.Flows(follow) for _ in range(2)]  # same address, another certificate: its own cap
+                await asyncio.sleep(0.3)
+                assert not any(c.done() for c in (*held, *bobs))
+                assert api.guard.counters["streams_per_peer"] == 1 and len(api.guard.streams) == 2
+                for c in (*held, *bobs):
+                    c.cancel()
+            finally:
+                for c in channels:
+                    await c.close()
+                await api.stop()
+
+    asyncio.run(main())
