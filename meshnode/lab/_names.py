@@ -17,12 +17,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshnode.probes import CGROUP_ROOT as _CGROUP2_ROOT
+#: Where this host mounts the cgroup v2 hierarchy (labs make their hosts' cgroups under it): the sensor's.
+from meshnode.probes import CGROUP_ROOT as CGROUP_ROOT
 
 from ._errors import LabUsageError
 
-#: Where this host mounts the cgroup v2 hierarchy (labs make their hosts' cgroups under it).
-CGROUP_ROOT = _CGROUP2_ROOT
 #: Where ``ip netns add`` pins named network namespaces.
 NETNS_DIR = Path("/run/netns")
 #: First component of every lab id; ``sweep()`` defaults to it.
