@@ -110,6 +110,9 @@ def cgroup_scope(path: str, root: Path | None = None) -> str:
     """
     root = root or CGROUP_ROOT
     v = path.strip()
+    if "\0" in v or any(part in (".", "..") for part in v.split("/")):
+        raise ValueError(f"{path!r}: a cgroup path names no '.' or '..' component (nor NUL): it would lead out of "
+                         f"the cgroup v2 hierarchy at {root}")
     if not v.startswith("/"):
         raise ValueError(f"{path!r} is not an absolute cgroup v2 path (e.g. /system.slice, or "
                          f"{root}/system.slice)")

@@ -51,6 +51,10 @@ def test_cgroup_scope_takes_both_forms(value: str, root: str, scope: str) -> Non
     ("system.slice", "not an absolute cgroup v2 path"),
     ("/sys/fs/cgroup/system.slice", "mounted at /sys/fs/cgroup/unified"),  # v1's tmpfs on a hybrid host
     ("/sys/fs/cgroup/cpu,cpuacct/x", "mounted at /sys/fs/cgroup/unified"),
+    ("/../..", "out of the cgroup v2 hierarchy"),  # /sys/fs: the sensor would try to attach there
+    ("/sys/fs/cgroup/unified/../../..", "out of the cgroup v2 hierarchy"),
+    ("/a/./b", "no '.' or '..'"),
+    ("/a\0b", "nor NUL"),
 ])
 def test_cgroup_scope_refuses_what_is_not_under_the_v2_mount(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
