@@ -53,6 +53,9 @@ clickhouse_spool    256MiB                          disk the ClickHouse export m
                                                     is unreachable (oldest batches dropped beyond it)
 otlp                none                            OTLP/gRPC receiver for flow metrics and ended flows
                                                     as log records (``http://HOST:4317``; https: TLS)
+otlp_timeout        10s                             how long one OTLP request may take, the SDK's
+                                                    retries included (at most 60 s); a receiver that is
+                                                    down costs this per period, and stopping up to twice it
 ==================  ==============================  =====================================================
 
 Labels merge across sources (a flag label overrides the same key from the environment or file); every other
@@ -134,6 +137,7 @@ class NodeConfig:
     clickhouse: str | None = None
     clickhouse_spool: int = 256 << 20
     otlp: str = ""
+    otlp_timeout: float = 10.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -302,6 +306,8 @@ def _positive_size(value: Any) -> int:
     if v <= 0:
         raise ValueError(f"{value!r} must be more than 0 bytes")
     return v
+
+
 def _otlp(value: Any) -> str:
     if str(value).strip().lower() in {"", "off", "none"}:
         return ""
@@ -355,6 +361,7 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "clickhouse": _clickhouse,
     "clickhouse_spool": _positive_size,
     "otlp": _otlp,
+    "otlp_timeout": _positive(parse_duration, 60.0),
 }
 assert set(PARSERS) == {f.name for f in fields(NodeConfig)}
 

@@ -63,7 +63,7 @@ def exporters(node: Node) -> list[Service]:
         found.append(exporter)
     if cfg.otlp:
         otlp = OtlpExporter(cfg.otlp, node_id=node.mesh_node_id or cfg.node_id, host=cfg.node_id,
-                            labels=cfg.labels)
+                            labels=cfg.labels, timeout=cfg.otlp_timeout)
         node.record_listeners.append(otlp.on_period)
         node.exporters.append(otlp.status)
         otlp.register_metrics(node.metrics.registry)

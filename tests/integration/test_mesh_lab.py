@@ -132,16 +132,19 @@ def test_partition_two_three_and_heal_within_30s(fleet: Fleet) -> None:
 
 
 def test_lossy_host_is_never_declared_dead(fleet: Fleet) -> None:
-    """10 % random loss on all of d's traffic for 2 minutes: suspicions may come and go; death never."""
+    """10 % random loss on all of d's traffic for a minute: suspicions may come and go; death never.
+
+    Every other node probes d about 30 times in it (a probe each 0.5 s, round-robin over 4 peers): 120
+    occasions for a false suspicion to become a death."""
     lab = fleet.lab
     seen: dict[str, int] = {}
     with lab["d"].loss(10):
-        t_end = time.monotonic() + 120
+        t_end = time.monotonic() + 60
         while time.monotonic() < t_end:
             for o in "ace":
                 state = fleet.view(o).get("d", "?")
                 seen[state] = seen.get(state, 0) + 1
                 assert state != "dead", f"d declared dead on {o} under 10 % loss (states so far {seen})"
             time.sleep(1.0)
-    print(f"\nd's state as seen by a, c, e over 120 s of 10 % loss: {seen}")
+    print(f"\nd's state as seen by a, c, e over 60 s of 10 % loss: {seen}")
     assert seen.get("alive", 0) > 0

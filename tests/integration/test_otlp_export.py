@@ -339,7 +339,7 @@ def test_node_with_receiver_down_keeps_running_and_stops_in_bounded_time(tmp_pat
     proc, node, log = _start_node(
         ["--sensor", "fake", "--listen", "127.0.0.1:0", "--metrics", "off", "--export-period", "1",
          "--data-dir", str(tmp_path), "--otlp", dead],
-        {"MESHNODE_ALLOW_FAKE_SENSOR": "1", "MESHNODE_FAKE_FLOWS_PER_POLL": "5"})
+        {"MESHNODE_ALLOW_FAKE_SENSOR": "1", "MESHNODE_FAKE_FLOWS_PER_POLL": "5", "MESHNODE_OTLP_TIMEOUT": "2s"})
     try:
         export: dict[str, Any] = {}
 
@@ -348,7 +348,9 @@ def test_node_with_receiver_down_keeps_running_and_stops_in_bounded_time(tmp_pat
             [export] = json.loads(_meshctl(node, "status", "--json"))["exporters"]
             return bool(int(export["counters"].get("records_failed", 0)))
 
-        _wait(failed, 60, "a failed export (the SDK retries for 10 s first)")
+        t0 = time.monotonic()
+        _wait(failed, 30, "a failed export (the SDK retries for otlp_timeout, 2 s, first)")
+        first_failure = time.monotonic() - t0
         flows = json.loads(_meshctl(node, "health", "--json"))  # the node answers as usual
     finally:
         began = time.monotonic()
@@ -360,6 +362,7 @@ def test_node_with_receiver_down_keeps_running_and_stops_in_bounded_time(tmp_pat
     assert counts["records_failed"] > 0 and counts["requests_failed"] > 0 and counts.get("requests_ok", 0) == 0
     assert "Failed to export" in export["last_error"]
     assert counts.get("records_pending", 0) <= 50_000
-    assert stopped < 2 * 10 + 5 + 10  # two export timeouts, then the SDK's retries are cut short
+    assert first_failure < 2 + 1 + 5  # one timeout, one export period, start-up
+    assert stopped < 2 * 2 + 5 + 5  # two export timeouts, then the SDK's retries are cut short
     final = re.search(r"otlp: 0 ended flows exported, (\d+) failed, (\d+) dropped", "".join(log))
     assert final and int(final.group(1)) + int(final.group(2)) >= counts["records_failed"]

@@ -83,6 +83,14 @@ def test_otlp_from_flag_env_and_file(tmp_path: Path) -> None:
         load_config({}, {"MESHNODE_OTLP": "localhost:4317"})
 
 
+def test_otlp_timeout_is_a_bounded_duration() -> None:
+    assert load_config({}, {}).otlp_timeout == 10.0
+    assert load_config({}, {"MESHNODE_OTLP_TIMEOUT": "2s"}).otlp_timeout == 2.0
+    for bad in ("0", "61s", "soon"):
+        with pytest.raises(ConfigError, match=r"^otlp_timeout: .*\(from environment MESHNODE_OTLP_TIMEOUT\)$"):
+            load_config({}, {"MESHNODE_OTLP_TIMEOUT": bad})
+
+
 def test_attribute_names_are_opentelemetry_semantic_conventions() -> None:
     from opentelemetry.semconv._incubating.attributes import process_attributes as proc
     from opentelemetry.semconv.attributes import network_attributes as net
