@@ -428,23 +428,14 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     def _health(
         self, since: int, until: int, sel: Selector, deadline: float | None
     ) -> observer_pb2.HealthResponse:
-        """Fractions from SQL aggregates (no record decoded); patterns from candidate records only.
-
-        Only failed flows that can be part of a pattern are decoded: retries from (process, destination)
-        groups with at least MIN_RETRY_FAILURES failures, scans from sources failing on at least
-        MIN_SCAN_PORTS ports, address-change failures from the 60 s after each change. The pure health
-        functions then decide exactly as they would over every record.
+        """Fractions from the store's outcome counts (no record decoded); retry and scan patterns from the
+        columns of the failed flows (no record decoded either); address-change failures from the records of
+        the 60 s after each change. The pure health functions decide exactly as they would over records.
         """
         base = sel.query(FlowQuery(since, until))
         failed = {"outcome": sorted(FAILED_OUTCOMES)}
-        retry_q = dataclasses.replace(
-            base, equals={**failed, "direction": ["outbound"]},
-            min_group=(("comm", "pid", "dst", "dport"), "", health_mod.MIN_RETRY_FAILURES),
-        )
-        scan_q = dataclasses.replace(
-            base, equals={**failed, "direction": ["inbound"]},
-            min_group=(("dst",), "sport", health_mod.MIN_SCAN_PORTS),
-        )
+        # retry and scan patterns are computed on the columns of every failed flow (no record made)
+        failed_q = dataclasses.replace(base, equals=failed)
         changes = self.store.address_changes(max(0, since - health_mod.ADDRESS_CHANGE_WINDOW_NS), until)
         rows = 0
 
@@ -463,8 +454,10 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
             by_period = self.store.count_outcomes(base, ("period",), conn)
             _check_deadline(deadline)
-            retry_candidates = take(retry_q, conn)
-            scan_candidates = take(scan_q, conn)
+            failures = self.store.query_columns(
+                failed_q, sorted({*health_mod.RETRY_COLUMNS, *health_mod.SCAN_COLUMNS}), conn,
+                max_rows=MAX_HEALTH_ROWS)
+            _check_deadline(deadline)
             after_change: dict[tuple[int, int], FlowRecord] = {}
             for t in changes[-MAX_ADDRESS_CHANGES:]:
                 window = dataclasses.replace(
@@ -489,8 +482,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             by_destination=[health_row_pb(r) for r in health_mod.health_from_counts(
                 "destination",
                 ((format_destination(k[0], k[1]), o, n) for k, c in by_dst for o, n in c.items()))],
-            retries=[retry_pb(p) for p in health_mod.retry_patterns(retry_candidates)],
-            scans=[scan_pb(s) for s in health_mod.scan_patterns(scan_candidates)],
+            retries=[retry_pb(p) for p in health_mod.retry_patterns(failures)],
+            scans=[scan_pb(s) for s in health_mod.scan_patterns(failures)],
             failures_after_address_change=health_mod.failures_after_address_change(
                 list(after_change.values()), changes),
             since_ns=since, until_ns=until,

@@ -10,13 +10,15 @@ changed (the host has not yet noticed it moved).
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
+import numpy as np
+from numpy.typing import NDArray
+
+from meshnode._batch import FAILED, FlowBatch, as_batch, factorize
+from meshnode._model import ENUM_NUMBERS, FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
 
 ADDRESS_CHANGE_WINDOW_NS: Final = 60 * 1_000_000_000
 MIN_RETRY_FAILURES: Final = 3
@@ -104,13 +106,6 @@ def failures_by_outcome(records: Iterable[FlowRecord]) -> dict[str, int]:
     return out
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    mid = n // 2
-    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPattern:
     """One process failing to one destination again and again (``meshnode.v1.RetryPattern``)."""
@@ -126,27 +121,65 @@ class RetryPattern:
     last_ns: int
 
 
-def retry_patterns(
-    records: Iterable[FlowRecord], min_failures: int = MIN_RETRY_FAILURES
-) -> list[RetryPattern]:
+#: The columns ``retry_patterns`` and ``scan_patterns`` read (``Store.query_columns``).
+RETRY_COLUMNS: Final = ("comm", "pid", "dst", "dport", "start_ns", "outcome", "direction")
+SCAN_COLUMNS: Final = ("dst", "sport", "outcome", "direction")
+
+Flows = Iterable[FlowRecord] | FlowBatch | Mapping[str, NDArray[Any]]
+
+
+def _columns(flows: Flows, names: Sequence[str], direction: str) -> dict[str, NDArray[Any]]:
+    """The failed flows of one direction among ``flows`` (records, a batch, or columns by field name, enums
+    as their numbers), as the columns ``names``."""
+    cols: Mapping[str, NDArray[Any]]
+    if isinstance(flows, Mapping):
+        cols = flows
+    else:
+        batch = as_batch(flows)
+        cols = {n: batch[n] for n in {*names, "outcome", "direction"}}
+    keep = np.isin(cols["outcome"], FAILED) & (cols["direction"] == ENUM_NUMBERS["direction"][direction])
+    return {n: np.asarray(cols[n])[keep] for n in names}
+
+
+def retry_patterns(flows: Flows, min_failures: int = MIN_RETRY_FAILURES) -> list[RetryPattern]:
     """Persistent retries: outbound failures grouped by (comm, pid, destination), at least ``min_failures``.
 
-    Intervals are between the starts of consecutive failed attempts. Most failures first.
+    Intervals are between the starts of consecutive failed attempts. Most failures first. Grouped, sorted
+    and summarised in numpy: the Health RPC runs this over every failed flow of its range (hundreds of
+    thousands when a host fails a lot), where a record each cost seconds.
     """
-    groups: dict[tuple[str, int, str], list[int]] = defaultdict(list)
-    for rec in records:
-        if rec.failed and rec.direction == "outbound":
-            groups[(rec.comm, rec.pid, rec.destination)].append(rec.start_ns)
+    if min_failures < 2:
+        raise ValueError(f"min_failures: {min_failures} is below 2 (a retry interval needs two failures)")
+    c = _columns(flows, RETRY_COLUMNS, "outbound")
+    if not len(c["start_ns"]):
+        return []
+    codes, keys = factorize(c["comm"], c["pid"], c["dst"], c["dport"])
+    sizes = np.bincount(codes, minlength=len(keys))
+    rows = np.flatnonzero(sizes[codes] >= min_failures)
+    if not len(rows):
+        return []
+    group, starts = codes[rows], c["start_ns"][rows].astype(np.int64)
+    order = np.lexsort((starts, group))
+    group, starts = group[order], starts[order]
+    first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # each group's first row, in group order
+    last = np.r_[first[1:], len(group)] - 1
+    same = group[1:] == group[:-1]
+    gap_group = group[1:][same]
+    gaps = (starts[1:] - starts[:-1])[same] / 1e6
+    order = np.lexsort((gaps, gap_group))  # each group's gaps ascending, groups in order
+    gaps = gaps[order]
+    m = last - first  # gaps per group (>= 2 as min_failures >= 3; >= 1 always)
+    at = np.r_[0, np.cumsum(m)[:-1]]
+    lo, hi = gaps[at + (m - 1) // 2], gaps[at + m // 2]
     out = []
-    for (comm, pid, dest), starts in groups.items():
-        if len(starts) < min_failures:
-            continue
-        starts.sort()
-        gaps = [(b - a) / 1e6 for a, b in itertools.pairwise(starts)]
+    for g, f, la, n, a, median in zip(group[first].tolist(), first.tolist(), last.tolist(), m.tolist(),
+                                      at.tolist(), ((lo + hi) / 2).tolist(), strict=True):
+        comm, pid, dst, dport = keys[g]
+        host = f"[{dst}]" if ":" in dst else dst
         out.append(RetryPattern(
-            comm=comm, pid=pid, destination=dest, failures=len(starts),
-            interval_p50_ms=_median(gaps), interval_min_ms=min(gaps), interval_max_ms=max(gaps),
-            first_ns=starts[0], last_ns=starts[-1],
+            comm=comm, pid=int(pid), destination=f"{host}:{dport}", failures=n + 1,
+            interval_p50_ms=median, interval_min_ms=float(gaps[a]), interval_max_ms=float(gaps[a + n - 1]),
+            first_ns=int(starts[f]), last_ns=int(starts[la]),
         ))
     return sorted(out, key=lambda p: (-p.failures, p.comm, p.pid, p.destination))
 
@@ -160,19 +193,20 @@ class ScanPattern:
     failures: int
 
 
-def scan_patterns(records: Iterable[FlowRecord], min_ports: int = MIN_SCAN_PORTS) -> list[ScanPattern]:
+def scan_patterns(flows: Flows, min_ports: int = MIN_SCAN_PORTS) -> list[ScanPattern]:
     """Inbound scans: failed inbound flows grouped by remote address, at least ``min_ports`` local ports.
 
     Inbound records keep the local end in ``src``/``sport``, so the scanner is ``dst`` and the port tried
-    is ``sport``. Most ports first.
+    is ``sport``. Most ports first. In numpy, as ``retry_patterns``.
     """
-    ports: dict[str, set[int]] = defaultdict(set)
-    failures: dict[str, int] = defaultdict(int)
-    for rec in records:
-        if rec.failed and rec.direction == "inbound":
-            ports[rec.dst].add(rec.sport)
-            failures[rec.dst] += 1
-    out = [ScanPattern(src, len(p), failures[src]) for src, p in ports.items() if len(p) >= min_ports]
+    c = _columns(flows, SCAN_COLUMNS, "inbound")
+    if not len(c["dst"]):
+        return []
+    codes, sources = factorize(c["dst"])
+    failures = np.bincount(codes, minlength=len(sources))
+    pairs = np.unique(codes.astype(np.int64) * 65536 + c["sport"].astype(np.int64))
+    ports = np.bincount(pairs // 65536, minlength=len(sources))
+    out = [ScanPattern(sources[i], int(ports[i]), int(failures[i])) for i in np.flatnonzero(ports >= min_ports)]
     return sorted(out, key=lambda s: (-s.ports, -s.failures, s.src))
 
 

@@ -658,6 +658,32 @@ class Store:
                 raise StoreTimeout("the query ran past its deadline")
             yield row
 
+    def query_columns(
+        self, query: FlowQuery, columns: Sequence[str], conn: sqlite3.Connection, *, max_rows: int = 0
+    ) -> dict[str, NDArray[Any]]:
+        """Columns of the FINAL records ``query`` selects, in no particular order, no record decoded: what an
+        analysis over many flows reads (health's retry and scan patterns). ``min_group`` and ``after`` are
+        not applied here (an analysis groups on the columns itself).
+
+        Raises OverflowError when more than ``max_rows`` (if not 0) records are selected.
+        """
+        _check_fields(columns, "")
+        inner = dataclasses.replace(query, min_group=None, after=None)
+        parts: dict[str, list[NDArray[Any]]] = {c: [] for c in columns}
+        rows_seen = 0
+        for ref in self._chunk_refs(conn, inner):
+            chunk = self._chunk(conn, ref)
+            rows = np.flatnonzero(_chunk_mask(chunk, inner))
+            if not len(rows):
+                continue
+            rows_seen += len(rows)
+            if max_rows and rows_seen > max_rows:
+                raise OverflowError(f"more than {max_rows} records selected")
+            for c in columns:
+                parts[c].append(chunk.col(c)[rows])
+        empty = FlowBatch.empty()
+        return {c: np.concatenate(v) if v else empty[c] for c, v in parts.items()}
+
     # -- final flows, from chunks -------------------------------------------------------------------------
 
     def _chunk_refs(self, conn: sqlite3.Connection, q: FlowQuery) -> list[ChunkRef]:
@@ -855,7 +881,8 @@ class Store:
         width = _OUTCOME_SLOTS  # outcome numbers 0..7; anything else counts as unknown, in the last slot
         slots = key * width + np.minimum(np.concatenate(outcomes), width - 1)
         counts = np.bincount(slots, weights=np.concatenate(weights), minlength=len(uniq) * width)
-        counts = counts.reshape(len(uniq), width).round().astype(np.int64)
+        # weights are whole counts, so their float64 sums are exact below 2^53 flows: no rounding to do
+        counts = counts.reshape(len(uniq), width).astype(np.int64)
         totals = counts.sum(axis=1)
         chosen = np.arange(len(uniq))
         if top and len(uniq) > top:  # only groups that can be in the top (ties at its edge kept) become tuples

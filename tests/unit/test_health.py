@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import itertools
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshnode._batch import FlowBatch
 from meshnode.health import (
+    RETRY_COLUMNS,
     failures_after_address_change,
     failures_by_outcome,
     health_by,
@@ -131,3 +137,50 @@ def test_health_from_counts_matches_health_by() -> None:
     from_counts = health_from_counts("process", ((k, o, n) for (k, o), n in counts.items()))
     assert from_counts == health_by(recs, "process", process_key)
     assert [(r.key, r.attempts, r.useful) for r in from_counts] == [("curl/100", 12, 7), ("apt/2", 3, 0)]
+
+
+def _reference_retries(recs: list, min_failures: int) -> list[tuple]:
+    """The per-record algorithm the columnar one replaced: group, sort starts, gaps, median."""
+    groups: dict[tuple, list[int]] = {}
+    for r in recs:
+        if r.failed and r.direction == "outbound":
+            groups.setdefault((r.comm, r.pid, r.destination), []).append(r.start_ns)
+    out = []
+    for (comm, pid, dest), starts in groups.items():
+        if len(starts) < min_failures:
+            continue
+        starts.sort()
+        gaps = sorted((b - a) / 1e6 for a, b in itertools.pairwise(starts))
+        mid = len(gaps) // 2
+        median = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+        out.append((-len(starts), comm, pid, dest, median, gaps[0], gaps[-1], starts[0], starts[-1]))
+    return sorted(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["curl", "apt"]), st.integers(1, 2),
+                          st.sampled_from(["10.0.0.2", "fd00::2"]), st.sampled_from([443, 80]),
+                          st.integers(0, 50), st.sampled_from(["timeout", "refused", "established", "reset"]),
+                          st.sampled_from(["outbound", "inbound"])), max_size=60),
+       st.integers(2, 5))
+def test_columnar_retries_equal_the_per_record_algorithm(rows, min_failures) -> None:
+    recs = [flow(i + 1, comm=c, pid=p, dst=d, dport=port, start_ns=T0 + s * S // 7, outcome=o, direction=dr)
+            for i, (c, p, d, port, s, o, dr) in enumerate(rows)]
+    got = [(-p.failures, p.comm, p.pid, p.destination, p.interval_p50_ms, p.interval_min_ms, p.interval_max_ms,
+            p.first_ns, p.last_ns) for p in retry_patterns(recs, min_failures)]
+    assert got == _reference_retries(recs, min_failures)
+    # the same from columns (what the Health RPC passes) as from records
+    batch = FlowBatch.from_records(recs)
+    assert retry_patterns({n: batch[n] for n in RETRY_COLUMNS}, min_failures) == retry_patterns(recs, min_failures)
+    scans_ref: dict[str, tuple[set, int]] = {}
+    for r in recs:
+        if r.failed and r.direction == "inbound":
+            ports, n = scans_ref.get(r.dst, (set(), 0))
+            scans_ref[r.dst] = (ports | {r.sport}, n + 1)
+    assert [(s.src, s.ports, s.failures) for s in scan_patterns(recs, 2)] == sorted(
+        ((src, len(p), n) for src, (p, n) in scans_ref.items() if len(p) >= 2), key=lambda t: (-t[1], -t[2], t[0]))
+
+
+def test_retry_patterns_refuse_a_minimum_below_two() -> None:
+    with pytest.raises(ValueError, match="min_failures: 1 is below 2"):
+        retry_patterns([], 1)
