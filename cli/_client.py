@@ -282,6 +282,28 @@ class Node:
             raise self._fail(exc, "Mesh.Peers", self.timeout) from exc
         return resp
 
+    def measure(self, req: mesh_pb2.MeasureRequest, deadline: float) -> mesh_pb2.MeasureResponse:
+        """Mesh.Measure on this node (signed like fleet queries); ``deadline`` is how long the task may take."""
+        timeout = max(self.timeout, deadline + 2.0)
+        metadata = self._sign("/meshnode.v1.Mesh/Measure", req)
+        try:
+            resp: mesh_pb2.MeasureResponse = self._mesh.Measure(req, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            err = self._fail(exc, "Mesh.Measure", timeout)
+            if isinstance(err, PermissionDenied) and metadata is None and "unsigned" in err.message:
+                err.message += (f"; sign active tasks with an operator key the node lists: --sign-key FILE or "
+                                f"$MESHCTL_SIGN_KEY (NAME.sign.key from: {ISSUE_HINT})")
+            raise err from exc
+        return resp
+
+    def measurements(self, req: mesh_pb2.MeasurementsRequest) -> mesh_pb2.MeasurementsResponse:
+        """Mesh.Measurements: the active-task results this node stored, newest first."""
+        try:
+            resp: mesh_pb2.MeasurementsResponse = self._mesh.Measurements(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Mesh.Measurements", self.timeout) from exc
+        return resp
+
     def fleet_query(self, req: mesh_pb2.FleetQueryRequest) -> mesh_pb2.FleetQueryResponse:
         """Mesh.FleetQuery; the call's deadline leaves the node's fan-out deadline room to answer."""
         timeout = max(self.timeout, req.deadline_ms / 1000 + 2.0)

@@ -39,6 +39,10 @@ class MeshView:
     health_score: int = 0
     """The awareness score (0 is healthy; higher means this node's own probes are failing)."""
     digests_held: int = 0
+    accounts: Sequence[tuple[str, Mapping[str, int]]] = ()
+    """Seed 003's accounting: (requester, ``Account`` fields by name), busiest first (``Ledger.accounts``)."""
+    accounts_evicted: int = 0
+    """Accounts the ledger's bound dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +122,31 @@ def mesh_families(view: MeshView) -> list[Metric]:
                                "rises while its own probes fail, and stretches its timeouts).", value=view.health_score)
     held = GaugeMetricFamily("meshnode_mesh_digests_held", "Peer digests held (newest and history).",
                              value=view.digests_held)
-    return [members, accepted, published, refused, sent, events, health, held]
+    return [members, accepted, published, refused, sent, events, health, held, *account_families(view)]
+
+
+ACCOUNTS_LISTED = 50
+"""Requesters with series of their own; the rest are summed as ``other`` (the label's cardinality bound)."""
+
+
+def account_families(view: MeshView, listed: int = ACCOUNTS_LISTED) -> list[Metric]:
+    """Per requester: what this node served it and asked of it, and its requests refused over quota."""
+    fam = CounterMetricFamily("meshnode_mesh_account", "Seed 003's accounting per requester (a member's node id "
+                              "or a caller's address; beyond the busiest 50, 'other'): served_tasks, "
+                              "served_queries, served_bytes, asked_tasks, asked_queries, asked_bytes, refused "
+                              "(over its quota).", labels=["peer", "what"])
+    other: dict[str, int] = {}
+    for i, (peer, fields) in enumerate(view.accounts):
+        for what, n in fields.items():
+            if i < listed:
+                fam.add_metric([peer, what], n)
+            else:
+                other[what] = other.get(what, 0) + n
+    for what, n in other.items():
+        fam.add_metric(["other", what], n)
+    evicted = CounterMetricFamily("meshnode_mesh_accounts_evicted", "Accounts dropped to stay within the ledger's "
+                                  "bound (least recently used first).", value=view.accounts_evicted)
+    return [fam, evicted]
 
 
 def trust_families(view: TrustView, listed: int = TRUST_LISTED) -> list[Metric]:

@@ -377,8 +377,10 @@ class MeshTrust:
             finally:
                 MEMBER_CALLER.reset(token)
         stub = self.mesh.transport.stub(prober.addr)
+        self.mesh.ledger.asked(prober.node_id, tasks=1)
         resp: _mesh_pb2.MeasureResponse = await stub.Measure(req, timeout=timeout,
                                                              metadata=audience_metadata(prober.node_id))
+        self.mesh.ledger.asked(prober.node_id, nbytes=resp.ByteSize())
         return resp
 
     async def _poll(self, suspect: Member, watch: ChallengeWatch) -> None:
