@@ -110,9 +110,9 @@ def _on(args: argparse.Namespace, node: Node) -> int:
 
 # --- views ---------------------------------------------------------------------------------------------
 
-def _summary(r: Mapping[str, Any], errors: bool = True) -> str:
-    """One line: what was measured from where, and the headline numbers."""
-    who = f"{r['node_id'][:8]} -> {r['target']}"
+def _summary(r: Mapping[str, Any], errors: bool = True, node: bool = True) -> str:
+    """One line: what was measured (from which node), and the headline numbers."""
+    who = f"{r['node_id'][:8]} -> {r['target']}" if node else r["target"]
     failed = ", ".join(f"{k} {v}" for k, v in sorted(r.get("errors", {}).items()))
     if r["kind"] == "path":
         hops = r.get("hops", [])
@@ -164,11 +164,11 @@ def measurements_view(d: Mapping[str, Any], *, wide: bool = False, plain: bool =
     from meshnode.cli._views import table
 
     t = table(plain=plain)
-    t.add_column("ID", width=5, justify="right")
-    t.add_column("TIME", width=8, no_wrap=True)
-    t.add_column("RESULT", min_width=40, no_wrap=not wide, overflow="ellipsis")
+    t.add_column("ID", min_width=5, justify="right", no_wrap=True)
+    t.add_column("TIME", min_width=8, no_wrap=True)
+    t.add_column("RESULT", ratio=1, no_wrap=not wide, overflow="ellipsis")
     for r in d.get("measurements", []):
-        t.add_row(str(r["id"]), format_clock(r["time_ns"]), _summary(r))
+        t.add_row(str(r["id"]), format_clock(r["time_ns"]), _summary(r, node=False))
     parts: list[RenderableType] = [t]
     if not d.get("measurements"):
         parts = [Text("no stored results")]

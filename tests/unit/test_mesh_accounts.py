@@ -146,6 +146,31 @@ def test_measure_views() -> None:
         resolve_member(peers, "db-1")
 
 
+def test_measurements_list_fits_80_columns() -> None:
+    from meshnode.cli._measure import measurements_view
+
+    r = {"node_id": "9b5ca25f319b93f4", "target": "10.181.2.1:8080", "kind": "rtt", "attempts": 5, "reachable": 5,
+         "rtt_us": [66, 115, 123, 82, 78], "p50_us": 82, "errors": {}, "id": 12, "time_ns": 1_764_000_000 * 10**9}
+    lines = [ln.rstrip() for ln in _render(measurements_view({"measurements": [r], "evicted": 3}, plain=True))
+             .splitlines()]
+    assert lines[0].split() == ["ID", "TIME", "RESULT"]
+    assert lines[1].split() == ["12", "16:00:00", "rtt", "10.181.2.1:8080:", "5/5", "connected,", "min", "66us", "p50",
+                                "82us", "max", "123us"]
+    assert max(map(len, lines)) <= 80 and lines[-1] == "3 older result(s) evicted by the store's bound"
+
+
+def test_account_metrics_list_the_busiest_then_other() -> None:
+    from meshnode.metrics._state import MeshView, account_families
+
+    view = MeshView(members={}, counters={}, accounts=[(f"p{i}", {"served_tasks": i, "refused": 1}) for i in range(4)],
+                    accounts_evicted=2)
+    fam, evicted = account_families(view, listed=2)
+    got = {(s.labels["peer"], s.labels["what"]): s.value for s in fam.samples}
+    assert got == {("p0", "served_tasks"): 0, ("p0", "refused"): 1, ("p1", "served_tasks"): 1, ("p1", "refused"): 1,
+                   ("other", "served_tasks"): 5, ("other", "refused"): 2}
+    assert [s.value for s in evicted.samples] == [2]
+
+
 def test_peers_view_shows_the_accounts() -> None:
     from meshnode.cli._views import peers_view
 
