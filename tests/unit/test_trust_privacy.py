@@ -153,3 +153,20 @@ def test_filter_digest_rewrites_rollups_and_endpoints_and_merges_coarsened_rollu
     # endpoint records are hashed, not coarsened
     assert out.endpoints[0].dst == p.hash_address("192.0.2.10") and out.endpoints[0].src == "10.0.0.1"
     assert len(d.by_destination) == 4  # the input is untouched
+
+
+def test_path_probe_hops_leave_the_node_filtered_like_any_address():
+    from meshnode.trust._wiring import filter_published
+
+    p = PrivacyPolicy.from_config({"keep": ["10.0.0.0/8"], "coarsen": ["192.0.2.0/24"], "outside": "hash",
+                                   "secret": SECRET.decode()})
+    d = mesh_pb2.Digest(node_id="n", measurements=[mesh_pb2.MeasureResponse(
+        target="198.51.100.7:443", kind=mesh_pb2.MEASURE_PATH,
+        hops=[mesh_pb2.MeasureHop(ttl=1, addr="10.0.0.254", status="time_exceeded"),
+              mesh_pb2.MeasureHop(ttl=2, addr="192.0.2.1", status="time_exceeded"),
+              mesh_pb2.MeasureHop(ttl=3, addr="", status="timeout"),
+              mesh_pb2.MeasureHop(ttl=4, addr="198.51.100.7", status="open")])])
+    filter_published(p, d)
+    [m] = d.measurements
+    assert [h.addr for h in m.hops] == ["10.0.0.254", "192.0.2.0/24", "", p.hash_address("198.51.100.7")]
+    assert m.target == p.address("198.51.100.7") + ":443"
