@@ -10,6 +10,7 @@ import random
 import socket
 import subprocess
 import textwrap
+import time
 from typing import Any
 
 import grpc
@@ -142,7 +143,9 @@ _PATH_NODE = textwrap.dedent("""
 def test_path_probe_names_both_routers_in_a_lab(make_lab: Any) -> None:  # noqa: F811 (the imported fixture)
     lab = make_lab(sites={"east": 1, "west": 1})
     east, west = lab["east1"], lab["west1"]
-    server = west.python("import socket, time\ns = socket.create_server(('0.0.0.0', 8080))\ntime.sleep(60)")
+    server = west.python("import socket, time\n"
+                         "s = socket.create_server(('::', 8080), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+                         "time.sleep(60)")
     node = east.python(_PATH_NODE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         west.wait_listening(8080)
@@ -166,6 +169,19 @@ def test_path_probe_names_both_routers_in_a_lab(make_lab: Any) -> None:  # noqa:
         closed = east.run([MESHCTL, "--node", f"127.0.0.1:{port}", "measure", "--to", f"{dst}:9", "--kind", "path",
                            "--json"], check=False)
         assert [h["status"] for h in json.loads(closed.stdout)["hops"]] == ["time_exceeded", "time_exceeded", "closed"]
+        # IPv6 too; the routers' addresses on the core link answer once duplicate address detection let them
+        # (a tentative address sends no ICMPv6 for a second or two after the lab is built)
+        dst6 = next(a for a in west.addresses() if ":" in a)
+        for _ in range(20):
+            v6 = east.run([MESHCTL, "--node", f"127.0.0.1:{port}", "measure", "--to", f"[{dst6}]:8080", "--kind",
+                           "path", "--max-hops", "4", "--wait", "300ms", "--json"], check=False)
+            hops6 = [(h["ttl"], h["addr"], h["status"]) for h in json.loads(v6.stdout)["hops"]]
+            if hops6[1][1]:
+                break
+            time.sleep(0.25)
+        src6 = next(a for a in east.addresses() if ":" in a)
+        assert hops6[0] == (1, src6.rsplit(":", 2)[0] + "::fe", "time_exceeded")
+        assert hops6[1][2] == "time_exceeded" and hops6[1][1] not in ("", dst6) and hops6[2] == (3, dst6, "open")
     finally:
         if node.stdin is not None:
             node.stdin.close()
