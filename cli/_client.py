@@ -84,7 +84,9 @@ def translate(exc: grpc.RpcError, node: str, what: str, timeout: float | None) -
         return NodeError(f"the node rejected the request: {details or 'invalid argument'}; check the flags",
                          name)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return NodeError(f"the node refused: {details or 'resource exhausted'}; try a smaller --limit", name)
+        # a quota or a rate passes with time, whatever the request's size; a size limit wants a smaller one
+        hint = "retry later" if what == "Mesh.Measure" else "try a smaller --limit"
+        return NodeError(f"the node refused: {details or 'resource exhausted'}; {hint}", name)
     return NodeError(f"{what} failed on the node at {node}: {name} {details}".rstrip(), name)
 
 

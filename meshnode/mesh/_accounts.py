@@ -133,7 +133,7 @@ class Ledger:
             e.account.refused += 1
             what = "active tasks" if kind == "tasks" else "fleet queries"
             raise TaskRefused("RESOURCE_EXHAUSTED", f"{peer} is over its quota of {limit} {what} per hour on this "
-                                                    "node; retry later, or raise its quota (peer_quotas)")
+                                                    "node (its operator may raise it: peer_quotas)")
 
     def served(self, peer: str, *, tasks: int = 0, queries: int = 0, nbytes: int = 0) -> None:
         """This node did work for ``peer``."""

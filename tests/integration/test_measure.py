@@ -73,7 +73,9 @@ def test_connect_and_rtt_are_stored_accounted_and_shown(capsys: pytest.CaptureFi
             assert code == 0 and first.startswith(f"connect {mesh.node_id[:8]} -> {target}: 2/2 connected")
             # the fourth task of this requester is over its quota of 3 an hour
             code, _, err = await _cli(capsys, "--node", addr, "measure", "--to", target, "--count", "1")
-            assert code == 1 and "127.0.0.1 is over its quota of 3 active tasks per hour" in err
+            assert code == 1 and err == ("meshctl measure: the node refused: 127.0.0.1 is over its quota of 3 active "
+                                         "tasks per hour on this node (its operator may raise it: peer_quotas); "
+                                         "retry later\n")
             code, out, _ = await _cli(capsys, "--node", addr, "peers", "--json")
             [acct] = json.loads(out)["accounts"]
             assert (acct["peer"], acct["served_tasks"], acct["refused"], acct["quota_tasks"]) == ("127.0.0.1", 3, 1, 3)

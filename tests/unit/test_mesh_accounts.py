@@ -24,8 +24,8 @@ def test_quota_refuses_over_the_burst_refills_over_the_hour_and_counts() -> None
     with pytest.raises(TaskRefused) as err:
         ledger.charge("a", "tasks")
     assert err.value.code == "RESOURCE_EXHAUSTED"
-    assert str(err.value) == ("a is over its quota of 3 active tasks per hour on this node; retry later, or raise "
-                              "its quota (peer_quotas)")
+    assert str(err.value) == ("a is over its quota of 3 active tasks per hour on this node (its operator may "
+                              "raise it: peer_quotas)")
     now[0] += 1200.0  # a third of an hour: one task back
     ledger.charge("a", "tasks")
     with pytest.raises(TaskRefused):
