@@ -460,9 +460,15 @@ class MeshService:
                 log.exception("digest listener %r", listener)
 
     def _attach_measurements(self, d: mesh_pb2.Digest) -> None:
-        """Active-task results since the previous digest ride this one (gossiped), newest 16 at most."""
+        """Active-task results since the previous digest ride this one (gossiped), newest 16 at most.
+
+        Without a path's hops: up to 30 each would take a bounded digest's room from the rollups; they stay
+        in this node's store (``Measurements``)."""
         if self._measurements:
-            d.measurements.extend(self._measurements[-16:])
+            for m in self._measurements[-16:]:
+                x = d.measurements.add()
+                x.CopyFrom(m)
+                del x.hops[:]
             self._measurements.clear()
 
     async def measure(self, request: mesh_pb2.MeasureRequest, requester_addr: str) -> mesh_pb2.MeasureResponse:

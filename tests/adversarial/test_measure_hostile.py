@@ -27,7 +27,7 @@ def test_bad_requests_are_refused_naming_the_field_and_over_quota_runs_nothing()
         port = server.add_insecure_port("127.0.0.1:0")
         mesh = MeshService(advertise=f"127.0.0.1:{port}", key=NodeKey.from_seed(b"hostile"), config=FAST,
                            export_period=0, rng=random.Random(1), task_policy=TaskPolicy(path_probes=True),
-                           ledger=Ledger(Quota(tasks=2, queries=5)))
+                           ledger=Ledger(Quota(tasks=3, queries=5)))
         mesh.register(server)
         await server.start()
         await mesh.start()
@@ -47,6 +47,12 @@ def test_bad_requests_are_refused_naming_the_field_and_over_quota_runs_nothing()
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.Measurements(mesh_pb2.MeasurementsRequest(number=10_001))
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                path = await stub.Measure(mesh_pb2.MeasureRequest(target=target, kind=mesh_pb2.MEASURE_PATH))
+                assert [(h.ttl, h.addr, h.status) for h in path.hops] == [(1, "127.0.0.1", "open")]
+                signed = await mesh.publish(mesh_pb2.Digest(period_start_ns=1, period_end_ns=2))
+                assert signed is not None  # the result rides the digest without its hops (the store has them)
+                [gossiped] = mesh_pb2.Digest.FromString(signed.payload).measurements
+                assert (gossiped.kind, gossiped.reachable, len(gossiped.hops)) == (mesh_pb2.MEASURE_PATH, 1, 0)
                 for _ in range(2):
                     await stub.Measure(mesh_pb2.MeasureRequest(target=target, count=1))
                 before = mesh.task_bucket._tokens
@@ -56,9 +62,9 @@ def test_bad_requests_are_refused_naming_the_field_and_over_quota_runs_nothing()
                     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert mesh.task_bucket._tokens >= before  # refused before any connect was spent
                 listed = await stub.Measurements(mesh_pb2.MeasurementsRequest())
-                assert len(listed.measurements) == 2
+                assert len(listed.measurements) == 3 and len(listed.measurements[-1].hops) == 1
                 [acct] = (await stub.Peers(mesh_pb2.PeersRequest())).accounts
-                assert (acct.served_tasks, acct.refused) == (2, 5) and mesh.counters["tasks_over_quota"] == 5
+                assert (acct.served_tasks, acct.refused) == (3, 5) and mesh.counters["tasks_over_quota"] == 5
         finally:
             await mesh.stop(leave=False)
             await server.stop(0)
