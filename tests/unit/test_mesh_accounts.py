@@ -159,15 +159,20 @@ def test_measurements_list_fits_80_columns() -> None:
     assert max(map(len, lines)) <= 80 and lines[-1] == "3 older result(s) evicted by the store's bound"
 
 
-def test_account_metrics_list_the_busiest_then_other() -> None:
+def test_account_metrics_list_the_busiest_members_then_other_and_never_an_address() -> None:
     from meshnode.metrics._state import MeshView, account_families
 
-    view = MeshView(members={}, counters={}, accounts=[(f"p{i}", {"served_tasks": i, "refused": 1}) for i in range(4)],
-                    accounts_evicted=2)
+    ids = [f"{i:016x}" for i in range(4)]
+    view = MeshView(members={}, counters={}, accounts=[
+        (ids[0], {"served_tasks": 9, "refused": 1}), ("10.0.0.7", {"served_tasks": 5, "refused": 0}),
+        *[(ids[i], {"served_tasks": 4 - i, "refused": 1}) for i in (1, 2, 3)],
+        ("::1", {"served_tasks": 1, "refused": 2})],
+        accounts_evicted=2)
     fam, evicted = account_families(view, listed=2)
     got = {(s.labels["peer"], s.labels["what"]): s.value for s in fam.samples}
-    assert got == {("p0", "served_tasks"): 0, ("p0", "refused"): 1, ("p1", "served_tasks"): 1, ("p1", "refused"): 1,
-                   ("other", "served_tasks"): 5, ("other", "refused"): 2}
+    assert got == {(ids[0], "served_tasks"): 9, (ids[0], "refused"): 1, (ids[1], "served_tasks"): 3,
+                   (ids[1], "refused"): 1, ("other", "served_tasks"): 3, ("other", "refused"): 2,
+                   ("callers", "served_tasks"): 6, ("callers", "refused"): 2}
     assert [s.value for s in evicted.samples] == [2]
 
 
