@@ -19,6 +19,7 @@ DEFAULT_NODE = "127.0.0.1:7400"
 
 OUTCOMES = ("established", "refused", "timeout", "reset", "udp_answered", "udp_unanswered", "in_progress")
 PROTOS = ("tcp", "udp")
+MEASURE_KINDS = ("connect", "rtt", "path")
 DIRECTIONS = ("outbound", "inbound")
 EVENT_TYPES = (
     "retransmit_burst", "zero_window", "rtt_shift", "reset_sent", "reset_received", "drop",
@@ -347,6 +348,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --challenge: connects to make, 1..100 (default: 10)")
     p.add_argument("--port", type=_count, default=0, metavar="PORT",
                    help="with --challenge: the suspect's port to connect to (default: its mesh port)")
+
+    p = add("measure", "run an active task on a member: TCP connects, handshake RTTs, or the path (seed 003)",
+            """examples:
+  meshctl measure --to 10.0.0.2:443                      from the node asked (--node), 5 connects
+  meshctl measure --from web-2 --to 10.0.0.2:443 --kind rtt --count 20
+  meshctl measure --from 3f2a9c0d1e2b4a5f --to db-1 --port 5432 --kind path
+  meshctl measure --from web-2 --list --since 1h         the results web-2 stored
+  meshctl measure --to 10.0.0.2:443 --json
+
+--from names a member by node id (or its first digits) or host label, or is HOST:PORT of a node;
+the task runs there and is stored in its store. Path probes are off unless that node's config
+says active_tasks_path = true.""", [])
+    p.add_argument("--from", dest="source", metavar="NODE", default="",
+                   help="the member that measures (default: the node asked)")
+    p.add_argument("--to", dest="target", metavar="TARGET", default="",
+                   help="HOST:PORT, or a member's node id or host label (then --port, default its mesh port)")
+    p.add_argument("--kind", choices=MEASURE_KINDS, default="connect",
+                   help="what to measure (default: connect)")
+    p.add_argument("--count", type=_count, default=0, metavar="N",
+                   help="connects for connect and rtt, 1..100 (default: 5)")
+    p.add_argument("--port", type=_port, default=0, metavar="PORT", help="the port of a member named by --to")
+    p.add_argument("--max-hops", type=_count, default=0, metavar="N", help="path: highest TTL, 1..30 (default: 16)")
+    p.add_argument("--wait", type=_duration, default=0.0, metavar="DURATION",
+                   help="bound on each connect or hop (default: the node's, 2s; 1s a hop)")
+    p.add_argument("--list", action="store_true", help="show the results the member stored instead")
+    p.add_argument("--since", type=_time, metavar="WHEN", help="with --list: from this long ago (default: all)")
+    p.add_argument("-n", "--limit", type=_count, default=20, metavar="N", help="with --list: at most N (default: 20)")
 
     p = add("top", "live dashboard: processes, destinations and services (the node's rollups), events, mesh",
             """examples:

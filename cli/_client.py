@@ -84,7 +84,9 @@ def translate(exc: grpc.RpcError, node: str, what: str, timeout: float | None) -
         return NodeError(f"the node rejected the request: {details or 'invalid argument'}; check the flags",
                          name)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return NodeError(f"the node refused: {details or 'resource exhausted'}; try a smaller --limit", name)
+        # a quota or a rate passes with time, whatever the request's size; a size limit wants a smaller one
+        hint = "retry later" if what == "Mesh.Measure" else "try a smaller --limit"
+        return NodeError(f"the node refused: {details or 'resource exhausted'}; {hint}", name)
     return NodeError(f"{what} failed on the node at {node}: {name} {details}".rstrip(), name)
 
 
@@ -280,6 +282,28 @@ class Node:
             resp: mesh_pb2.PeersResponse = self._mesh.Peers(mesh_pb2.PeersRequest(), timeout=self.timeout)
         except grpc.RpcError as exc:
             raise self._fail(exc, "Mesh.Peers", self.timeout) from exc
+        return resp
+
+    def measure(self, req: mesh_pb2.MeasureRequest, deadline: float) -> mesh_pb2.MeasureResponse:
+        """Mesh.Measure on this node (signed like fleet queries); ``deadline`` is how long the task may take."""
+        timeout = max(self.timeout, deadline + 2.0)
+        metadata = self._sign("/meshnode.v1.Mesh/Measure", req)
+        try:
+            resp: mesh_pb2.MeasureResponse = self._mesh.Measure(req, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            err = self._fail(exc, "Mesh.Measure", timeout)
+            if isinstance(err, PermissionDenied) and metadata is None and "unsigned" in err.message:
+                err.message += (f"; sign active tasks with an operator key the node lists: --sign-key FILE or "
+                                f"$MESHCTL_SIGN_KEY (NAME.sign.key from: {ISSUE_HINT})")
+            raise err from exc
+        return resp
+
+    def measurements(self, req: mesh_pb2.MeasurementsRequest) -> mesh_pb2.MeasurementsResponse:
+        """Mesh.Measurements: the active-task results this node stored, newest first."""
+        try:
+            resp: mesh_pb2.MeasurementsResponse = self._mesh.Measurements(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Mesh.Measurements", self.timeout) from exc
         return resp
 
     def fleet_query(self, req: mesh_pb2.FleetQueryRequest) -> mesh_pb2.FleetQueryResponse:

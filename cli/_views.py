@@ -361,7 +361,12 @@ def peers_view(p: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
     foot.append(f"health score {p.get('health_score', 0)} (0 is healthy)")
     if counters:
         foot.append("  ·  " + " · ".join(f"{k} {v}" for k, v in sorted(counters.items())))
-    return Group(t, foot)
+    if not p.get("accounts"):
+        return Group(t, foot)
+    from meshnode.cli._measure import accounts_view
+
+    return Group(t, foot, Text("\naccounts (served and asked: active tasks/fleet queries; quotas per hour):"),
+                 accounts_view(p["accounts"], wide=wide, plain=plain))
 
 
 def query_view(q: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "blame": "meshnode.cli._blame",
     "validate": "meshnode.cli._trust",
     "top": "meshnode.cli._top",
+    "measure": "meshnode.cli._measure",
 }
 
 

@@ -28,6 +28,11 @@ node_id             the host name                   the node's id until the mesh
 watch_addresses     true                            record local address changes (seed 004)
 active_tasks        true                            run connect measurements other nodes ask for (seed 003)
 task_deny           []                              requester addresses, CIDRs or node ids to refuse
+active_tasks_path   false                           also run path probes (TCP SYNs with rising TTL)
+task_quota          600                             active tasks per requester per hour (0: unlimited)
+query_quota         3600                            fleet queries per requester per hour (0: unlimited)
+peer_quotas         []                              per-requester quotas: ``PEER=TASKS/QUERIES`` (node id
+                                                    or address; per hour, 0 unlimited)
 mesh_max_members    10000                           the most mesh members listed (this node included);
                                                     gossip about more is refused and counted
 privacy             none                            privacy filters on what leaves the node in digests
@@ -125,6 +130,10 @@ class NodeConfig:
     watch_addresses: bool = True
     active_tasks: bool = True
     task_deny: tuple[str, ...] = ()
+    active_tasks_path: bool = False
+    task_quota: int = 600
+    query_quota: int = 3600
+    peer_quotas: tuple[str, ...] = ()
     mesh_max_members: int = 10_000
     privacy: PrivacyPolicy | None = None
     insecure: bool = False
@@ -241,6 +250,15 @@ def _words(value: Any) -> tuple[str, ...]:
     return tuple(item.strip() for part in parts for item in str(part).split(",") if item.strip())
 
 
+def _peer_quotas(value: Any) -> tuple[str, ...]:
+    """``PEER=TASKS/QUERIES`` entries, checked now so that a typo fails at start."""
+    from meshnode.mesh._accounts import parse_quotas
+
+    entries = _words(value)
+    parse_quotas(entries)
+    return entries
+
+
 def _labels(value: Any) -> dict[str, str]:
     if isinstance(value, Mapping):
         return {str(k): str(v) for k, v in value.items()}
@@ -349,6 +367,10 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "watch_addresses": _bool,
     "active_tasks": _bool,
     "task_deny": _words,
+    "active_tasks_path": _bool,
+    "task_quota": _count(0, 1_000_000),
+    "query_quota": _count(0, 1_000_000),
+    "peer_quotas": _peer_quotas,
     "mesh_max_members": _count(2, 1_000_000),
     "privacy": _privacy,
     "insecure": _bool,

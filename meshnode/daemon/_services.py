@@ -14,6 +14,7 @@ and joins the ``--join`` seeds. Its address for peers is the node's listen addre
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -77,16 +78,28 @@ class MeshRunner:
     name = "mesh"
 
     def __init__(self, node: Node) -> None:
-        from meshnode.mesh import MESH_SERVICE, MeshConfig, MeshService, NodeKey, TaskPolicy
+        from meshnode.mesh import (
+            MESH_SERVICE,
+            Ledger,
+            MeshConfig,
+            MeshService,
+            NodeKey,
+            Quota,
+            StoredMeasurements,
+            TaskPolicy,
+            parse_quotas,
+        )
 
         cfg = node.config
         self._node = node
         key = NodeKey.load_or_create(node_key_path(cfg))
         labels = {"host": cfg.node_id, **cfg.labels}
-        policy = TaskPolicy(enabled=cfg.active_tasks, deny=frozenset(cfg.task_deny))
+        policy = TaskPolicy(enabled=cfg.active_tasks, deny=frozenset(cfg.task_deny), path_probes=cfg.active_tasks_path)
+        ledger = Ledger(Quota(cfg.task_quota, cfg.query_quota), parse_quotas(cfg.peer_quotas))
         self.mesh: MeshService = MeshService(advertise=cfg.listen, key=key, labels=labels, seeds=list(cfg.join),
-                                             export_period=cfg.export_period, task_policy=policy,
+                                             export_period=cfg.export_period, task_policy=policy, ledger=ledger,
                                              config=MeshConfig(max_members=cfg.mesh_max_members))
+        self.mesh.results = StoredMeasurements(node.store)
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.record_listeners.append(self.mesh.on_period)
         node.mesh_node_id = self.mesh.node_id
@@ -120,9 +133,12 @@ class MeshRunner:
 
         if not self.mesh.running:
             return None
+        ledger = self.mesh.ledger
         return MeshView(members=self.mesh.member_states(), counters=self.mesh.counter_totals(),
                         health_score=self.mesh.membership.awareness.score,
-                        digests_held=len(self.mesh.exchange.history))
+                        digests_held=len(self.mesh.exchange.history),
+                        accounts=[(p, dataclasses.asdict(a)) for p, a, _ in ledger.accounts()],
+                        accounts_evicted=ledger.evicted)
 
 
 class DiagnosisRunner:

@@ -272,16 +272,25 @@ def compare(
 
 def samples_from_flows(flows: Iterable[FlowRecord] | FlowBatch, *, host: str,
                        labels: Mapping[str, str]) -> list[PeerSample]:
-    """This host's samples per destination from its own outbound flows (final records), on columns.
+    """This host's samples per destination from its own outbound flows of one period, on columns.
 
-    Throughput is the median TCP delivery rate (``delivery_rate``, bytes per second) of the flows that have
-    one, in bits per second: what a flow could move, which unlike bytes per period does not depend on how
-    much the application had to send.
+    Attempts, failures and RTT come from the final records. Throughput is the median TCP delivery rate
+    (``delivery_rate``, bytes per second, in bits per second) of the finals and interims that have one, as
+    the period's destination rollup computes ``throughput_p50_bps`` for the digest (``meshnode.summary``):
+    a peer's figure, read from its digest, is the same measure, so the two compare like with like.
     """
     b = as_batch(flows)
-    b = b.take((b["direction"] == ENUM_NUMBERS["direction"]["outbound"]) & (b["kind"] == ENUM_NUMBERS["kind"]["final"]))
+    b = b.take(b["direction"] == ENUM_NUMBERS["direction"]["outbound"])
+    live = b.take((b["kind"] == ENUM_NUMBERS["kind"]["interim"]) & (b["delivery_rate"] > 0))
+    b = b.take(b["kind"] == ENUM_NUMBERS["kind"]["final"])
+    live_rates: dict[str, list[float]] = defaultdict(list)
+    for dst, port, rate in zip(live["dst"].tolist(), live["dport"].tolist(), live["delivery_rate"].tolist(),
+                               strict=True):
+        live_rates[format_destination(dst, port)].append(8.0 * rate)
     if not b.n:
-        return []
+        return [PeerSample(host=host, labels=dict(labels), destination=d,
+                           throughput_bps=float(statistics.median(rates)))
+                for d, rates in sorted(live_rates.items())]
     codes, keys = factorize(b["dst"], b["dport"])
     dests = [format_destination(dst, port) for dst, port in keys]
     order = np.argsort(codes, kind="stable")
@@ -294,11 +303,13 @@ def samples_from_flows(flows: Iterable[FlowRecord] | FlowBatch, *, host: str,
     for code in sorted(range(len(keys)), key=dests.__getitem__):
         lo, hi = bounds[code], bounds[code + 1]
         rtts = [float(x) for x in srtt[lo:hi].tolist() if x > 0]
-        rates = [8.0 * x for x in rate[lo:hi].tolist() if x > 0]
+        rates = [8.0 * x for x in rate[lo:hi].tolist() if x > 0] + live_rates.pop(dests[code], [])
         out.append(PeerSample(
             host=host, labels=dict(labels), destination=dests[code],
             attempts=int(tried[lo:hi].sum()), failures=int(failed[lo:hi].sum()),
             rtt_p50_us=percentile(rtts, 0.5), rtt_p95_us=percentile(rtts, 0.95),
             throughput_bps=float(statistics.median(rates)) if rates else 0.0,
         ))
+    out += [PeerSample(host=host, labels=dict(labels), destination=d, throughput_bps=float(statistics.median(rates)))
+            for d, rates in sorted(live_rates.items())]  # destinations with open flows only
     return out

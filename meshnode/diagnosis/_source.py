@@ -431,7 +431,7 @@ class NodeSource:
         finals = flows.take((flows["kind"] == ENUM_NUMBERS["kind"]["final"])
                             & (flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]))
         txns = self._collapsed(self.view.period(period_end_ns, flows))
-        samples = samples_from_flows(finals, host=self.host, labels=self._labels)
+        samples = samples_from_flows(flows, host=self.host, labels=self._labels)
         discovery = discovery_mask(finals)
         chatter = discovery_chatter(finals.take(discovery))
         tried = finals.take(np.isin(finals["outcome"], (*FAILED, *USEFUL)) & ~discovery)
@@ -505,7 +505,7 @@ class NodeSource:
         samples = [
             PeerSample(host=place.host, labels=labels, destination=r.key, attempts=r.useful + sum(r.failures.values()),
                        failures=sum(r.failures.values()), rtt_p50_us=float(r.rtt_p50_us),
-                       rtt_p95_us=float(r.rtt_p95_us))
+                       rtt_p95_us=float(r.rtt_p95_us), throughput_bps=float(r.throughput_p50_bps))
             for r in digest.by_destination
         ]
         with self._lock:

@@ -17,6 +17,9 @@ Modules (internal, re-exported here):
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh); LocalHistory protocol
     _fleetflows  fleet flow queries (pure): limits, member_after cursors, page tokens, merge of answers
     _tasks       active tasks (seed 003): TaskPolicy, TokenBucket, measure_tcp
+    _pathprobe   path probes (trace_path, Hop) and handshake RTTs without raw sockets
+    _measurements  where task results are kept: MeasurementStore, HeldMeasurements, StoredMeasurements
+    _accounts    accounting (seed 003): Ledger, Account, Quota, parse_quotas
     _sites       site aggregates (seed 000): elect, build/sign/verify_aggregate, aggregate_rows, SiteNode
     _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
 
@@ -30,6 +33,7 @@ In the node::
     await mesh.stop()
 """
 
+from meshnode.mesh._accounts import Account, Ledger, Quota, parse_quotas
 from meshnode.mesh._aggregate import (
     DEFAULT_LABEL_ORDER,
     FLEET,
@@ -92,7 +96,9 @@ from meshnode.mesh._identity import (
     sign_alive,
     tls_peer,
 )
+from meshnode.mesh._measurements import HeldMeasurements, MeasurementStore, StoredMeasurements
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
+from meshnode.mesh._pathprobe import Hop, trace_path
 from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, LocalHistory, MeshService, MeshServicer
 from meshnode.mesh._sites import (
     SiteConfig,
@@ -120,6 +126,7 @@ __all__ = [
     "MESH_SERVICE",
     "RETRYABLE_CODES",
     "U64_MAX",
+    "Account",
     "Aggregate",
     "Answer",
     "AsyncioScheduler",
@@ -132,13 +139,17 @@ __all__ = [
     "FlowLike",
     "GrpcTransport",
     "HeldDigest",
+    "HeldMeasurements",
+    "Hop",
     "HostLimits",
     "HostReport",
     "IdentityGuard",
+    "Ledger",
     "LocalDigestSource",
     "LocalHistory",
     "ManualScheduler",
     "Measurement",
+    "MeasurementStore",
     "Member",
     "Membership",
     "MemoryNetwork",
@@ -151,6 +162,7 @@ __all__ = [
     "Page",
     "PeerCertificate",
     "PeriodLike",
+    "Quota",
     "ReplyCallback",
     "RollupLike",
     "Scheduler",
@@ -158,6 +170,7 @@ __all__ = [
     "SiteConfig",
     "SiteNode",
     "State",
+    "StoredMeasurements",
     "StreamHandler",
     "Suspicion",
     "TaskPolicy",
@@ -195,6 +208,7 @@ __all__ = [
     "merge",
     "node_id_from_public_key",
     "over_tls",
+    "parse_quotas",
     "peer_certificate",
     "remaining_suspicion_time",
     "retransmit_limit",
@@ -206,6 +220,7 @@ __all__ = [
     "sign_digest",
     "suspicion_timeout",
     "tls_peer",
+    "trace_path",
     "trimmed_count",
     "trimmed_mean",
     "trusted_aggregate",

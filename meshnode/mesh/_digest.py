@@ -152,7 +152,8 @@ def _percentile(sorted_values: list[int], q: float) -> int:
 
 
 def rollups_from_flows(flows: Iterable[FlowLike]) -> list[flow_pb2.Rollup]:
-    """Per-destination rollups (``dst:dport``) of outbound flows: attempts, useful, failures, bytes, RTT.
+    """Per-destination rollups (``dst:dport``) of outbound flows: attempts, useful, failures, bytes, RTT,
+    throughput (delivery rate).
 
     For nodes that do not already have ``PeriodSummary.by_destination`` at hand; the field meanings are
     those of ``meshnode.v1.Rollup``.
@@ -166,6 +167,7 @@ def rollups_from_flows(flows: Iterable[FlowLike]) -> list[flow_pb2.Rollup]:
     for key in sorted(groups):
         fs = groups[key]
         rtts = sorted(f.srtt_us for f in fs if f.srtt_us > 0)
+        rates = sorted(8 * r for f in fs if (r := getattr(f, "delivery_rate", 0)) > 0)
         failures: Counter[str] = Counter(f.outcome for f in fs if f.outcome in _FAILED)
         out.append(flow_pb2.Rollup(
             key=key,
@@ -177,6 +179,8 @@ def rollups_from_flows(flows: Iterable[FlowLike]) -> list[flow_pb2.Rollup]:
             retransmits=sum(f.retransmits for f in fs),
             rtt_p50_us=_percentile(rtts, 0.5),
             rtt_p95_us=_percentile(rtts, 0.95),
+            throughput_p50_bps=_percentile(rates, 0.5),
+            throughput_p05_bps=_percentile(rates, 0.05),
             service=next((f.service for f in fs if f.service), ""),
         ))
     return out
@@ -247,6 +251,8 @@ def digest_from_period(period: PeriodLike, endpoints: Iterable[flow_pb2.Flow] = 
                 rtt_p95_us=r.rtt_p95_us, service=r.service,
                 flows_retransmitting=getattr(r, "flows_retransmitting", 0),
                 flows_slow_connect=getattr(r, "flows_slow_connect", 0),
+                throughput_p50_bps=getattr(r, "throughput_p50_bps", 0),
+                throughput_p05_bps=getattr(r, "throughput_p05_bps", 0),
             )
             for r in period.by_destination
         ],

@@ -27,6 +27,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import grpc
 
 from meshnode._exceptions import ConfigError, PeerError, StoreError
+from meshnode.mesh._accounts import Ledger
 from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, host_reports, matches, trusted_aggregate
 from meshnode.mesh._clock import AsyncioScheduler
 from meshnode.mesh._config import MeshConfig
@@ -64,6 +66,8 @@ from meshnode.mesh._fleetflows import (
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
 from meshnode.mesh._identity import PEER, IdentityGuard, PeerCertificate, audience_metadata, sign_alive, tls_peer
+from meshnode.mesh._measurements import MAX_MEASUREMENTS_LISTED, HeldMeasurements, MeasurementStore
+from meshnode.mesh._pathprobe import trace_path
 from meshnode.mesh._state import Member, Membership, State
 from meshnode.mesh._tasks import (
     MEMBER_CALLER,
@@ -71,10 +75,12 @@ from meshnode.mesh._tasks import (
     TaskRefused,
     TokenBucket,
     bounded,
+    bounded_hops,
     measure_tcp,
     split_target,
 )
 from meshnode.store import StoreTimeout
+from meshnode.summary import format_destination
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
 
 if TYPE_CHECKING:
@@ -169,6 +175,9 @@ class MeshService:
         label_order: the aggregation label order.
         rng: randomness (seed it in tests).
         rejoin_interval: while this node knows no other member, retry the seeds this often (0: never).
+        task_policy: whether this node runs active tasks (and path probes), and for whom.
+        task_bucket: the rate limit on active tasks' connects (all requesters together).
+        ledger: the accounts and per-requester quotas (``meshnode.mesh._accounts``).
     """
 
     name = "mesh"
@@ -190,6 +199,7 @@ class MeshService:
         rejoin_interval: float = 10.0,
         task_policy: TaskPolicy | None = None,
         task_bucket: TokenBucket | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.key = key
         self.node_id = key.node_id
@@ -208,6 +218,10 @@ class MeshService:
         self.task_bucket = task_bucket or TokenBucket(rate=5.0, burst=50.0)
         """Connect attempts for active tasks: 5 per second sustained, bursts of 50 (seed 003 accounting)."""
         self._measurements: list[mesh_pb2.MeasureResponse] = []
+        self.ledger = ledger or Ledger()
+        """What this node spent on each requester and asked of each peer, with quotas (seed 003)."""
+        self.results: MeasurementStore = HeldMeasurements()
+        """Where active-task results are kept (the daemon sets the node's store)."""
         self.transport = GrpcTransport(advertise, packet_timeout=max(0.05, self.config.probe_timeout))
         self.servicer = MeshServicer(self)
         self._server: grpc.aio.Server | None = None
@@ -446,18 +460,35 @@ class MeshService:
                 log.exception("digest listener %r", listener)
 
     def _attach_measurements(self, d: mesh_pb2.Digest) -> None:
-        """Active-task results since the previous digest ride this one (gossiped), newest 16 at most."""
+        """Active-task results since the previous digest ride this one (gossiped), newest 16 at most.
+
+        Without a path's hops: up to 30 each would take a bounded digest's room from the rollups; they stay
+        in this node's store (``Measurements``)."""
         if self._measurements:
-            d.measurements.extend(self._measurements[-16:])
+            for m in self._measurements[-16:]:
+                x = d.measurements.add()
+                x.CopyFrom(m)
+                del x.hops[:]
             self._measurements.clear()
 
     async def measure(self, request: mesh_pb2.MeasureRequest, requester_addr: str) -> mesh_pb2.MeasureResponse:
-        """Run one active task: count TCP connects to the target. Raises TaskRefused (policy, rate, bounds)."""
+        """Run one active task of the request's kind (connects, handshake RTTs, or a path probe), store and
+        account it. Raises TaskRefused (policy, quota, rate, bounds)."""
         caller = MEMBER_CALLER.get()  # the member whose node key signed the request (None: an operator)
         if caller is not None and request.requester_id not in ("", caller):
             raise TaskRefused("PERMISSION_DENIED", f"requester_id {request.requester_id} is not the signer {caller}")
         self.task_policy.check(requester_addr, caller or request.requester_id)
+        kind = request.kind or mesh_pb2.MEASURE_CONNECT
+        if kind not in (mesh_pb2.MEASURE_CONNECT, mesh_pb2.MEASURE_RTT, mesh_pb2.MEASURE_PATH):
+            raise TaskRefused("INVALID_ARGUMENT", f"kind: {kind} is not a MeasureKind")
+        if kind == mesh_pb2.MEASURE_PATH and not self.task_policy.path_probes:
+            raise TaskRefused("FAILED_PRECONDITION", "path probes are off on this node (they draw ICMP from every "
+                                                     "router on the way); its operator enables them with "
+                                                     "active_tasks_path = true")
         count, timeout = bounded(request.count, request.timeout_ms)
+        hops = bounded_hops(request.max_hops) if kind == mesh_pb2.MEASURE_PATH else 0
+        if hops and not request.timeout_ms:
+            timeout = 1.0  # a silent router costs each probe its whole timeout
         target = request.target
         member = self.membership.member(target) if self._membership is not None else None
         if member is not None:
@@ -468,16 +499,55 @@ class MeshService:
                 host, port = split_target(target)
             except ValueError as exc:
                 raise TaskRefused("INVALID_ARGUMENT", f"target: {exc} (nor is it a member's node id)") from exc
-        if not self.task_bucket.take(count):
+        requester = caller or requester_addr  # '' for this node's own task (a challenge it runs)
+        if requester:
+            try:
+                self.ledger.charge(requester, "tasks")
+            except TaskRefused:
+                self.counters["tasks_over_quota"] += 1
+                raise
+        if not self.task_bucket.take(hops or count):
             raise TaskRefused("RESOURCE_EXHAUSTED",
                               f"active tasks are rate-limited here ({self.task_bucket.rate:g} connects/s); retry later")
-        m = await measure_tcp(host, port, count, timeout)
-        resp = mesh_pb2.MeasureResponse(
-            node_id=self.node_id, target=m.target, attempts=m.attempts, reachable=m.reachable,
-            connect_us=list(m.connect_us), errors=m.errors, p50_us=m.p50_us, time_ns=m.time_ns)
+        if kind == mesh_pb2.MEASURE_PATH:
+            resp = await self._trace(host, port, hops, timeout)
+        else:  # connect and rtt make the same connects; rtt's headline (p50_us) is the kernel's RTT
+            m = await measure_tcp(host, port, count, timeout)
+            resp = mesh_pb2.MeasureResponse(
+                node_id=self.node_id, target=m.target, attempts=m.attempts, reachable=m.reachable,
+                connect_us=list(m.connect_us), rtt_us=list(m.rtt_us), errors=m.errors, time_ns=m.time_ns,
+                p50_us=m.p50_us if kind == mesh_pb2.MEASURE_CONNECT else m.rtt_p50_us)
+        resp.kind, resp.requester = kind, requester
+        try:
+            resp.id = self.results.record(resp)
+        except StoreError as exc:  # the answer still goes back; it is only not kept
+            self.counters["measurements_not_stored"] += 1
+            log.warning("active task result not stored: %s", exc)
+        if requester:
+            self.ledger.served(requester, tasks=1, nbytes=resp.ByteSize())
         self._measurements.append(resp)
         del self._measurements[:-64]
         return resp
+
+    async def _trace(self, host: str, port: int, hops: int, timeout: float) -> mesh_pb2.MeasureResponse:
+        try:
+            path = await trace_path(host, port, hops, timeout)
+        except OSError as exc:
+            raise TaskRefused("INVALID_ARGUMENT", f"target: {host} does not resolve here: {exc}") from exc
+        last = path[-1] if path else None
+        reached = last is not None and last.reached
+        return mesh_pb2.MeasureResponse(
+            node_id=self.node_id, target=format_destination(host, port), attempts=len(path), reachable=int(reached),
+            hops=[mesh_pb2.MeasureHop(ttl=h.ttl, addr=h.addr, rtt_us=h.rtt_us, status=h.status) for h in path],
+            p50_us=last.rtt_us if reached and last is not None else 0, time_ns=time.time_ns())
+
+    def measurements(self, request: mesh_pb2.MeasurementsRequest) -> mesh_pb2.MeasurementsResponse:
+        """The stored active-task results, newest first. Raises TaskRefused(INVALID_ARGUMENT) over the bound."""
+        number = request.number or 100
+        if number > MAX_MEASUREMENTS_LISTED:
+            raise TaskRefused("INVALID_ARGUMENT", f"number: {number} is over {MAX_MEASUREMENTS_LISTED}")
+        found, evicted = self.results.list(request.since_ns, number)
+        return mesh_pb2.MeasurementsResponse(measurements=found, evicted=evicted)
 
     def member_ips(self) -> set[str]:
         """Hosts of the members' mesh addresses (to pick the flows whose endpoint records go in a digest)."""
@@ -492,6 +562,11 @@ class MeshService:
         m = self.membership
         now_ns = m._sched.wall_ns()
         resp = mesh_pb2.PeersResponse(health_score=m.awareness.score)
+        for peer, a, q in self.ledger.accounts():
+            resp.accounts.add(peer=peer, served_tasks=a.served_tasks, served_queries=a.served_queries,
+                              served_bytes=a.served_bytes, asked_tasks=a.asked_tasks, asked_queries=a.asked_queries,
+                              asked_bytes=a.asked_bytes, refused=a.refused, quota_tasks=q.tasks,
+                              quota_queries=q.queries)
         members = sorted(m.members(), key=lambda x: (x.node_id != self.node_id, x.node_id))
         for x in members:
             held = self.exchange.latest(x.node_id)
@@ -519,6 +594,7 @@ class MeshService:
         counters["broadcasts_dropped"] = m._broadcasts.dropped
         counters["announces_dropped"] = self.exchange._announces.dropped
         counters["digest_history_evicted"] = self.exchange.history.evicted
+        counters["accounts_evicted"] = self.ledger.evicted
         return counters
 
     def member_states(self) -> dict[str, int]:
@@ -570,8 +646,10 @@ class MeshService:
                     lambda: stub.FleetQuery(local, timeout=timeout, metadata=audience_metadata(x.node_id)),
                     budget=timeout)
             except grpc.aio.AioRpcError as exc:
+                self.ledger.asked(x.node_id, queries=1)
                 statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=exc.code().name)
                 return
+            self.ledger.asked(x.node_id, queries=1, nbytes=resp.ByteSize())
             if not resp.digests:
                 err = resp.nodes[0].error if resp.nodes else "no digest"
                 statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, error=err)
@@ -700,8 +778,10 @@ class MeshService:
             if x.node_id == self.node_id:  # answered here, without a call
                 return await self.fleet_flows(sub)
             stub = self.transport.stub(x.addr)
+            self.ledger.asked(x.node_id, queries=1)
             resp: mesh_pb2.FleetFlowsResponse = await with_retries(
                 lambda: stub.FleetFlows(sub, timeout=left, metadata=audience_metadata(x.node_id)), budget=left)
+            self.ledger.asked(x.node_id, nbytes=resp.ByteSize())
             return resp
 
         async def bounded(x: Member, sub: mesh_pb2.FleetFlowsRequest, share: float
@@ -944,12 +1024,37 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         raise AssertionError("unreachable")  # abort raises
 
+    async def Measurements(
+        self, request: mesh_pb2.MeasurementsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> mesh_pb2.MeasurementsResponse:
+        try:
+            return self._svc.measurements(request)
+        except TaskRefused as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store cannot be read: {exc}")
+        raise AssertionError("unreachable")  # abort raises
+
     async def FleetQuery(
         self, request: mesh_pb2.FleetQueryRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> mesh_pb2.FleetQueryResponse:
         if not self._svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
-        return await self._svc.fleet_query(request)
+        requester = await self._charge_query(context)
+        resp = await self._svc.fleet_query(request)
+        self._svc.ledger.served(requester, queries=1, nbytes=resp.ByteSize())
+        return resp
+
+    async def _charge_query(self, context: grpc.aio.ServicerContext[object, object]) -> str:
+        """The fleet query's requester (a member's node id, else the caller's address), its quota charged."""
+        requester = MEMBER_CALLER.get() or _peer_host(context.peer()) or "unknown"
+        try:
+            self._svc.ledger.charge(requester, "queries")
+        except TaskRefused as exc:
+            self._svc.counters["queries_over_quota"] += 1
+            log.info("fleet query from %s refused: %s", requester, exc)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return requester
 
 
     async def FleetFlows(
@@ -957,8 +1062,11 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> mesh_pb2.FleetFlowsResponse:
         if not self._svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
+        requester = await self._charge_query(context)
         try:
-            return await self._svc.fleet_flows(request)
+            resp = await self._svc.fleet_flows(request)
+            self._svc.ledger.served(requester, queries=1, nbytes=resp.ByteSize())
+            return resp
         except FleetRefused as exc:
             log.info("fleet flows request from %s refused: %s", context.peer(), exc)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))

@@ -1,4 +1,5 @@
-"""Active tasks (seed 003): on request, this node measures TCP connect latency and reachability to a target.
+"""Active tasks (seed 003): on request, this node measures TCP connect latency, the handshake RTT and
+reachability to a target (and the path to it: ``_pathprobe``).
 
 A requester names a target (``host:port``, or a member's node id and a port) and a count; the node makes
 that many TCP connects, one after another, each bounded by a timeout, and answers with every connect time
@@ -12,13 +13,16 @@ injected clock), and hard bounds on count and timeout. Measuring is I/O; the res
 from __future__ import annotations
 
 import asyncio
-import errno as errno_mod
 import ipaddress
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+
+from meshnode.mesh._pathprobe import DEFAULT_HOPS, MAX_HOPS, error_name, handshake_rtt_us, resolve
+from meshnode.summary import format_destination
 
 MAX_COUNT = 100
 """Connects per request at most: a measurement, not a load test."""
@@ -47,6 +51,9 @@ class TaskPolicy:
     enabled: bool = True
     deny: frozenset[str] = field(default_factory=frozenset)
     """Requester addresses, CIDRs or node ids refused."""
+    path_probes: bool = False
+    """Whether this node sends path probes (SYNs with small TTLs draw ICMP from every router on the way,
+    which some networks alarm on): off unless its operator says so."""
 
     def check(self, requester_addr: str, requester_id: str = "") -> None:
         """Raise TaskRefused when the function is off or the requester is denied."""
@@ -96,6 +103,8 @@ class Measurement:
     connect_us: tuple[int, ...]
     errors: dict[str, int]
     time_ns: int
+    rtt_us: tuple[int, ...] = ()
+    """The kernel's handshake RTT of each successful connect, in order."""
 
     @property
     def reachable(self) -> int:
@@ -112,6 +121,11 @@ class Measurement:
     def p50_us(self) -> int:
         return int(statistics.median(self.connect_us)) if self.connect_us else 0
 
+    @property
+    def rtt_p50_us(self) -> int:
+        """The median handshake RTT (0 when none connected)."""
+        return int(statistics.median(self.rtt_us)) if self.rtt_us else 0
+
 
 def split_target(target: str) -> tuple[str, int]:
     """``host:port`` / ``[v6]:port`` → (host, port); raises ValueError naming what is wrong."""
@@ -123,27 +137,37 @@ def split_target(target: str) -> tuple[str, int]:
 
 async def measure_tcp(host: str, port: int, count: int, timeout_s: float,
                       pause_s: float = 0.05) -> Measurement:
-    """``count`` TCP connects to host:port, one at a time, each closed at once; times in microseconds."""
+    """``count`` TCP connects to host:port, one at a time, each closed at once: each connect time as this
+    process saw it and the kernel's handshake RTT, in microseconds, and the failures by error name."""
+    loop = asyncio.get_running_loop()
     times: list[int] = []
+    rtts: list[int] = []
     errors: dict[str, int] = {}
+    try:
+        family, addr = await resolve(host, port)
+    except OSError as exc:
+        return Measurement(target=format_destination(host, port), attempts=count, connect_us=(),
+                           errors={error_name(exc): count}, time_ns=time.time_ns())
     for i in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
         t0 = time.perf_counter()
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout_s)
         except TimeoutError:
             errors["timeout"] = errors.get("timeout", 0) + 1
         except OSError as exc:
-            name = errno_mod.errorcode.get(exc.errno or 0, type(exc).__name__).lower()
-            name = {"econnrefused": "refused", "ehostunreach": "unreachable", "enetunreach": "unreachable"}.get(
-                name, name)
+            name = error_name(exc)
             errors[name] = errors.get(name, 0) + 1
         else:
             times.append(int((time.perf_counter() - t0) * 1e6))
-            writer.close()
+            rtts.append(handshake_rtt_us(sock))
+        finally:
+            sock.close()
         if i + 1 < count:
             await asyncio.sleep(pause_s)
-    return Measurement(target=f"[{host}]:{port}" if ":" in host else f"{host}:{port}", attempts=count,
-                       connect_us=tuple(times), errors=errors, time_ns=time.time_ns())
+    return Measurement(target=format_destination(host, port), attempts=count,
+                       connect_us=tuple(times), errors=errors, time_ns=time.time_ns(), rtt_us=tuple(rtts))
 
 
 def bounded(count: int, timeout_ms: int) -> tuple[int, float]:
@@ -155,6 +179,14 @@ def bounded(count: int, timeout_ms: int) -> tuple[int, float]:
     if timeout > MAX_TIMEOUT_S:
         raise TaskRefused("INVALID_ARGUMENT", f"timeout_ms: {timeout_ms} is over {int(MAX_TIMEOUT_S * 1000)}")
     return count, timeout
+
+
+def bounded_hops(max_hops: int) -> int:
+    """Validated highest TTL of a path probe: default 16; raises TaskRefused(INVALID_ARGUMENT)."""
+    hops = max_hops or DEFAULT_HOPS
+    if not 1 <= hops <= MAX_HOPS:
+        raise TaskRefused("INVALID_ARGUMENT", f"max_hops: {max_hops} is outside 1..{MAX_HOPS}")
+    return hops
 
 
 def parse_deny(entries: Iterable[str]) -> frozenset[str]:

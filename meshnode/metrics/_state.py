@@ -8,6 +8,7 @@ are bounded: trust lists the ``TRUST_LISTED`` lowest scores, and counts the rest
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class MeshView:
     health_score: int = 0
     """The awareness score (0 is healthy; higher means this node's own probes are failing)."""
     digests_held: int = 0
+    accounts: Sequence[tuple[str, Mapping[str, int]]] = ()
+    """Seed 003's accounting: (requester, ``Account`` fields by name), busiest first (``Ledger.accounts``)."""
+    accounts_evicted: int = 0
+    """Accounts the ledger's bound dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +123,42 @@ def mesh_families(view: MeshView) -> list[Metric]:
                                "rises while its own probes fail, and stretches its timeouts).", value=view.health_score)
     held = GaugeMetricFamily("meshnode_mesh_digests_held", "Peer digests held (newest and history).",
                              value=view.digests_held)
-    return [members, accepted, published, refused, sent, events, health, held]
+    return [members, accepted, published, refused, sent, events, health, held, *account_families(view)]
+
+
+ACCOUNTS_LISTED = 50
+"""Members with series of their own; the rest are summed as ``other`` (the label's cardinality bound)."""
+_NODE_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def account_families(view: MeshView, listed: int = ACCOUNTS_LISTED) -> list[Metric]:
+    """Per requester: what this node served it and asked of it, and its requests refused over quota.
+
+    Labels never hold an address: members are labelled by node id (the busiest ``listed``; the rest summed
+    as ``other``), callers that are not members (operators' meshctl, by address in ``meshctl peers``) are
+    summed as ``callers``."""
+    fam = CounterMetricFamily("meshnode_mesh_account", "Seed 003's accounting per requester (a member's node id, "
+                              "the busiest 50, then 'other'; non-member callers summed as 'callers'): "
+                              "served_tasks, served_queries, served_bytes, asked_tasks, asked_queries, asked_bytes, "
+                              "refused (over its quota).", labels=["peer", "what"])
+    sums: dict[str, dict[str, int]] = {"other": {}, "callers": {}}
+    members = 0
+    for peer, fields in view.accounts:
+        group = "" if _NODE_ID.match(peer) else "callers"
+        if not group:
+            members += 1
+            group = "" if members <= listed else "other"
+        for what, n in fields.items():
+            if group:
+                sums[group][what] = sums[group].get(what, 0) + n
+            else:
+                fam.add_metric([peer, what], n)
+    for group, fields in sums.items():
+        for what, n in fields.items():
+            fam.add_metric([group, what], n)
+    evicted = CounterMetricFamily("meshnode_mesh_accounts_evicted", "Accounts dropped to stay within the ledger's "
+                                  "bound (least recently used first).", value=view.accounts_evicted)
+    return [fam, evicted]
 
 
 def trust_families(view: TrustView, listed: int = TRUST_LISTED) -> list[Metric]:

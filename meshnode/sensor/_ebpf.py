@@ -5,7 +5,7 @@ per ``poll``. UDP flows end when their socket is released or after ``idle_timeou
 (seed 002's 90 s rule); inbound handshakes that never complete end as ``timeout`` after
 ``halfopen_timeout_s``. Once per export period ``active`` also reads the full ``tcp_info`` of live TCP
 sockets through sock_diag (the sensor's own network namespace) to fill ``rttvar``, ``delivery_rate``,
-``lost``, ``reordering`` and ``limited_by``.
+``lost``, ``reordering`` and ``limited_by``; a flow's final record carries its last such sample.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ _IN_PROGRESS = ENUM_NUMBERS["outcome"]["in_progress"]
 # The kernel writes meshnode.v1's outcome numbers (meshnode.h); any other value is a flow in progress.
 _KERNEL_OUTCOMES = tuple(ENUM_NUMBERS["outcome"][name] for name in rec.OUTCOME_NAMES.values())
 _NO_REASONS: dict[str, int] = {}
+_SAMPLED = {"rttvar_us": "rttvar", "delivery_rate": "delivery_rate", "lost": "lost", "reordering": "reordering"}
+"""Final-record columns filled from the flow's last tcp_info sample, and the TcpInfo field of each."""
 _MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full",
              "proc_map_full")
 
@@ -240,9 +242,7 @@ class EbpfSensor:
         inet6 = (flags & rec.F_INET6) != 0
         inbound = (flags & rec.F_INBOUND) != 0
         cookies = arr["flow_cookie"]
-        if self._tcpinfo:
-            for c in arr["cookie"].tolist():
-                self._tcpinfo.pop(c, None)
+        samples = self._last_samples(arr["cookie"]) if self._tcpinfo else None
         src = self._addr_column(arr["saddr"], inet6)
         dst = self._addr_column(arr["daddr"], inet6)
         pids = arr["pid"]
@@ -277,6 +277,8 @@ class EbpfSensor:
             "connect_us": arr["connect_us"], "resets_tx": arr["resets_tx"], "resets_rx": arr["resets_rx"],
             "service": services[port_codes],
         }
+        if samples is not None:
+            cols.update(samples)
         if self._limits:
             limited = np.zeros(n, dtype=np.uint8)
             numbers = ENUM_NUMBERS["limited_by"]
@@ -302,6 +304,22 @@ class EbpfSensor:
             for t, flow in zip(ts, flows.take(failed).records(), strict=True):
                 batch.events.append(EventRecord("connect_failed", self._wall(t), flow, 1.0, flow.outcome))
         return flows
+
+    def _last_samples(self, cookies: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]] | None:
+        """The ended flows' last ``tcp_info`` sample (taken by ``active`` once a period), popped, as the
+        columns ``rttvar_us``, ``delivery_rate``, ``lost``, ``reordering``; None when none was sampled.
+
+        The kernel record has no such fields (they are not tracepoint arguments), so a final record carries
+        what sock_diag read at the last period end before the close: a flow shorter than a period has none."""
+        found = [(i, s[1]) for i, c in enumerate(cookies.tolist())
+                 if (s := self._tcpinfo.pop(c, None)) is not None and s[1] is not None]
+        if not found:
+            return None
+        cols = {name: np.zeros(len(cookies), dtype=np.int64) for name in _SAMPLED}
+        for i, info in found:
+            for name, attr in _SAMPLED.items():
+                cols[name][i] = getattr(info, attr) or 0
+        return cols
 
     def _addr_column(self, raw: np.ndarray[Any, Any], inet6: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Addresses' text from their raw 16 bytes, made once per distinct address."""
@@ -352,15 +370,14 @@ class EbpfSensor:
                  cwnd, cwnd_min, cwnd_max, pid, _burst_start,
                  resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
                  comm) = v
-                if kind != tcp_end or not cookie:
+                if kind != tcp_end or not cookie or (tcpinfo and ev_cookie in tcpinfo):
+                    # a flow with a tcp_info sample: its final record carries it, off the template's zeros
                     n = len(ended)
                     self._handle(rec.event_from_raw(v), batch)
                     for flow in ended[n:]:
                         append(flow.to_json_text().encode("ascii") + b"\n")
                     slow += len(ended) - n
                     continue
-                if tcpinfo:
-                    tcpinfo.pop(ev_cookie, None)
                 addrs = addr6 if flags & f_inet6 else addr4
                 src = addrs.get(saddr) or self._json_addr(flags, saddr)
                 dst = addrs.get(daddr) or self._json_addr(flags, daddr)
@@ -543,9 +560,9 @@ class EbpfSensor:
         if ev.kind == rec.EV_HALFOPEN_RESET and self._repeat_halfopen(ev):
             return
         if ev.kind in (rec.EV_TCP_END, rec.EV_HALFOPEN_RESET):
-            flow = self._tcp_record(ev.flow, final=True)
+            sample = self._tcpinfo.pop(ev.cookie, None)
+            flow = self._tcp_record(ev.flow, final=True, info=sample[1] if sample else None)
             batch.records.append(flow)
-            self._tcpinfo.pop(ev.cookie, None)
             if flow.failed:
                 batch.events.append(EventRecord("connect_failed", self._wall(ev.ts_ns), flow, 1.0, flow.outcome))
             return
@@ -734,7 +751,9 @@ class EbpfSensor:
         rttvar = delivery_rate = lost = reordering = 0
         if info is not None:
             rttvar, delivery_rate = info.rttvar or 0, info.delivery_rate or 0
-            lost, reordering, min_rtt = info.lost or 0, info.reordering or 0, info.min_rtt or min_rtt
+            lost, reordering = info.lost or 0, info.reordering or 0
+            if not final:  # a final keeps the kernel's minimum over the whole flow, not the sample's
+                min_rtt = info.min_rtt or min_rtt
         name, thread = self._owner(pid, comm)
         return FlowRecord.from_fields(
             cookie or _synthetic_id(netns, src, sport, dst, dport, start_ns),  # flow_id

@@ -102,6 +102,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX chunks_max_end ON chunks (max_end)",
         "CREATE INDEX chunks_period ON chunks (period)",
     ),
+    # 4 -> 5: active-task results (seed 003), a serialized meshnode.v1.MeasureResponse each.
+    (
+        "CREATE TABLE measurements (id INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL, target TEXT NOT NULL, "
+        "data BLOB NOT NULL)",
+        "CREATE INDEX measurements_time ON measurements (time_ns)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

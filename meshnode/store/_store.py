@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
 DEFAULT_MAX_BYTES: Final = 1 << 30
+MAX_MEASUREMENTS: Final = 10_000
+"""Active-task results kept at most (a few hundred bytes each)."""
 
 TABLE_FINAL: Final = 0
 TABLE_INTERIM: Final = 1
@@ -501,6 +503,29 @@ class Store:
         with self._transaction():
             self._db.execute("INSERT INTO addr_changes (time_ns, detail) VALUES (?, ?)", (time_ns, detail))
 
+    def record_measurement(self, time_ns: int, target: str, data: bytes) -> int:
+        """Keep one active-task result (opaque bytes: a serialized ``MeasureResponse``); its row id.
+
+        At most ``MAX_MEASUREMENTS`` are kept: the oldest go first, counted in ``measurements_evicted``.
+        Age retention removes them with the flows."""
+        with self._transaction():
+            cur = self._db.execute("INSERT INTO measurements (time_ns, target, data) VALUES (?, ?, ?)",
+                                   (time_ns, target, data))
+            row_id = int(cur.lastrowid or 0)
+            gone = self._db.execute("DELETE FROM measurements WHERE id <= ?", (row_id - MAX_MEASUREMENTS,)).rowcount
+            if gone:
+                self._bump("measurements_evicted", gone)
+            return row_id
+
+    def measurements(self, since_ns: int = 0, number: int = 100) -> tuple[list[tuple[int, bytes]], int]:
+        """Up to ``number`` stored results (row id, bytes) that ended at or after ``since_ns``, newest
+        first, and how many the bounds evicted since the store was made."""
+        with self.reader() as conn:
+            rows = conn.execute("SELECT id, data FROM measurements WHERE time_ns >= ? ORDER BY id DESC LIMIT ?",
+                                (since_ns, number)).fetchall()
+            evicted = self._meta(conn, "measurements_evicted")
+        return [(int(r[0]), bytes(r[1])) for r in rows], evicted
+
     def apply_retention(self, now_ns: int | None = None) -> int:
         """Run retention now (it also runs with every period); returns rows evicted."""
         with self._transaction():
@@ -521,6 +546,7 @@ class Store:
             evicted += self._db.execute("DELETE FROM interim WHERE end_ns < ?", (cutoff,)).rowcount
             self._db.execute("DELETE FROM periods WHERE end_ns < ?", (cutoff,))
             self._db.execute("DELETE FROM addr_changes WHERE time_ns < ?", (cutoff,))
+            self._db.execute("DELETE FROM measurements WHERE time_ns < ?", (cutoff,))
         if self.retention.max_bytes > 0:
             flows += self._retain_size()
         evicted += flows

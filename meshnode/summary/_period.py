@@ -87,6 +87,11 @@ class Rollup:
     flows_slow_connect: int = 0
     """Useful flows whose handshake took longer than ``SLOW_CONNECT_US`` (and did not retransmit enough to
     count above)."""
+    throughput_p50_bps: int = 0
+    """Median TCP delivery rate (``delivery_rate``, in bit/s) of the rows with one, finals and interims:
+    what the flows could move, which unlike bytes per period does not depend on how much they had to send."""
+    throughput_p05_bps: int = 0
+    """The 5th percentile of the same: the slow tail (throughput is bad when low)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +167,13 @@ def rollup(
             name = ENUM_NAMES["outcome"][number]
             for code, n in zip(*np.unique(codes[hit], return_counts=True), strict=True):
                 failures[code][name] = int(n)
-    p50, p95 = _rtt_percentiles(codes, b["srtt_us"], k)
+    p50, p95 = _percentiles(codes, b["srtt_us"], k, (0.5, 0.95))
+    t50, t05 = _percentiles(codes, b["delivery_rate"].astype(np.float64) * 8, k, (0.5, 0.05))
     services = _services(b, codes, k) if with_services else [""] * k
     out = [
         Rollup(key=keys[i], flows=f, useful=u, failures=failures[i], bytes_tx=btx, bytes_rx=brx,
                retransmits=r, rtt_p50_us=p50[i], rtt_p95_us=p95[i], service=services[i],
-               flows_retransmitting=d, flows_slow_connect=sl)
+               flows_retransmitting=d, flows_slow_connect=sl, throughput_p50_bps=t50[i], throughput_p05_bps=t05[i])
         for i, (f, u, btx, brx, r, d, sl) in enumerate(zip(
             counts.tolist(), n_useful, sums(tx), sums(rx), sums(re), n_degraded, n_slow, strict=True))
     ]
@@ -198,19 +204,20 @@ def _group(b: FlowBatch, key: str) -> tuple[NDArray[np.intp], list[str]]:
     return remap[codes], list(index)
 
 
-def _rtt_percentiles(codes: NDArray[np.intp], srtt: NDArray[np.int64], k: int) -> tuple[list[int], list[int]]:
-    """Per group, the median and 95th percentile of the non-zero srtt values (``percentile``'s rule)."""
-    has = srtt != 0
+def _percentiles(codes: NDArray[np.intp], values: NDArray[Any], k: int,
+                 qs: tuple[float, float]) -> tuple[list[int], list[int]]:
+    """Per group, the two ``qs`` quantiles of the non-zero values (``percentile``'s rule), rounded."""
+    has = values != 0
     p50 = np.zeros(k, dtype=np.float64)
     p95 = np.zeros(k, dtype=np.float64)
     if has.any():
-        c, v = codes[has], srtt[has].astype(np.float64)
+        c, v = codes[has], values[has].astype(np.float64)
         order = np.lexsort((v, c))
         c, v = c[order], v[order]
         n = np.bincount(c, minlength=k)
         start = np.concatenate(([0], np.cumsum(n)[:-1]))
         groups = np.flatnonzero(n)
-        for q, out in ((0.5, p50), (0.95, p95)):
+        for q, out in zip(qs, (p50, p95), strict=True):
             pos = (n[groups] - 1) * q
             lo = pos.astype(np.int64)
             hi = np.minimum(lo + 1, n[groups] - 1)

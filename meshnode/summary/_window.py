@@ -14,10 +14,13 @@ two rules that need nothing more:
 - ``rtt_p95_us`` is the largest of the periods' p95s. It is an upper bound of the window's p95: at most 5 %
   of each period's samples lie above that period's p95, hence above the largest, hence at most 5 % of
   the window's. A bound errs on the side a dashboard wants: a slow period is never averaged away.
+- ``throughput_p50_bps`` and ``throughput_p05_bps`` follow the same rules, mirrored: the weighted median of
+  the periods' medians, and the smallest of their 5th percentiles (a lower bound: throughput is bad when low).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -81,6 +84,7 @@ def merge_rollups(per_period: Sequence[Sequence[Rollup]]) -> list[WindowRollup]:
     n = len(per_period)
     rows: dict[str, WindowRollup] = {}
     rtts: dict[str, list[tuple[int, int, int]]] = {}  # key -> (p50, p95, flows) of the periods with RTTs
+    rates: dict[str, list[tuple[int, int, int]]] = defaultdict(list)  # key -> (p50, p05, flows), as rtts
     for i, rollups in enumerate(per_period):
         for r in rollups:
             w = rows.get(r.key)
@@ -104,10 +108,14 @@ def merge_rollups(per_period: Sequence[Sequence[Rollup]]) -> list[WindowRollup]:
             w.retransmits[i] += r.retransmits
             if r.rtt_p50_us or r.rtt_p95_us:
                 rtts[r.key].append((r.rtt_p50_us, r.rtt_p95_us, r.flows))
+            if r.throughput_p50_bps:
+                rates[r.key].append((r.throughput_p50_bps, r.throughput_p05_bps, r.flows))
     for key, w in rows.items():
         samples = rtts[key]
         w.totals.rtt_p50_us = round(weighted_median((p50, max(1, f)) for p50, _, f in samples))
         w.totals.rtt_p95_us = max((p95 for _, p95, _ in samples), default=0)
+        w.totals.throughput_p50_bps = round(weighted_median((p50, max(1, f)) for p50, _, f in rates[key]))
+        w.totals.throughput_p05_bps = min((p05 for _, p05, _ in rates[key]), default=0)
     return sorted(rows.values(), key=lambda w: (-w.totals.flows, w.totals.key))
 
 

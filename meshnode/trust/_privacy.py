@@ -195,7 +195,8 @@ class PrivacyPolicy:
 
         Rollups whose keys become equal (two hosts of one /24) are merged: counts add up, ``rtt_p50_us``
         becomes the flow-weighted mean and ``rtt_p95_us`` the maximum of the merged rollups (an upper bound:
-        the true percentiles of the merged flows are not recoverable from rollups).
+        the true percentiles of the merged flows are not recoverable from rollups); ``throughput_p50_bps``
+        the flow-weighted mean and ``throughput_p05_bps`` the minimum of those that have one.
         """
         from meshnode.v1 import flow_pb2, mesh_pb2
 
@@ -224,6 +225,11 @@ def _merge_rollup(cur: flow_pb2.Rollup, r: flow_pb2.Rollup) -> None:
     if total:
         cur.rtt_p50_us = (cur.rtt_p50_us * cur.flows + r.rtt_p50_us * r.flows) // total
     cur.rtt_p95_us = max(cur.rtt_p95_us, r.rtt_p95_us)
+    if r.throughput_p50_bps and cur.throughput_p50_bps:  # as RTT, mirrored: the slow tail is the lower bound
+        cur.throughput_p50_bps = (cur.throughput_p50_bps * cur.flows + r.throughput_p50_bps * r.flows) // max(1, total)
+        cur.throughput_p05_bps = min(cur.throughput_p05_bps, r.throughput_p05_bps)
+    elif r.throughput_p50_bps:
+        cur.throughput_p50_bps, cur.throughput_p05_bps = r.throughput_p50_bps, r.throughput_p05_bps
     cur.flows = total
     cur.useful += r.useful
     cur.bytes_tx += r.bytes_tx

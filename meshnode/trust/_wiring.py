@@ -377,8 +377,10 @@ class MeshTrust:
             finally:
                 MEMBER_CALLER.reset(token)
         stub = self.mesh.transport.stub(prober.addr)
+        self.mesh.ledger.asked(prober.node_id, tasks=1)
         resp: _mesh_pb2.MeasureResponse = await stub.Measure(req, timeout=timeout,
                                                              metadata=audience_metadata(prober.node_id))
+        self.mesh.ledger.asked(prober.node_id, nbytes=resp.ByteSize())
         return resp
 
     async def _poll(self, suspect: Member, watch: ChallengeWatch) -> None:
@@ -497,7 +499,7 @@ def filter_published(policy: PrivacyPolicy, digest: mesh_pb2.Digest) -> None:
 
     Rollup keys are coarsened or hashed (``PrivacyPolicy.filter_digest``); endpoint records and the node's
     own addresses are hashed or kept, never coarsened (peers must still tell members apart); active-task
-    targets are filtered like rollup keys.
+    targets are filtered like rollup keys, and a path probe's hop addresses like any address.
     """
     filtered = policy.filter_digest(digest)
     addrs = sorted({policy.endpoint_address(a) for a in filtered.addresses})
@@ -505,4 +507,7 @@ def filter_published(policy: PrivacyPolicy, digest: mesh_pb2.Digest) -> None:
     filtered.addresses.extend(addrs)
     for m in filtered.measurements:
         m.target = policy.destination_key(m.target)
+        for h in m.hops:  # a path probe's routers are addresses like any other
+            if h.addr:
+                h.addr = policy.address(h.addr)
     digest.CopyFrom(filtered)

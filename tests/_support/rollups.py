@@ -20,6 +20,7 @@ def reference_rollup(rows: list[tuple[FlowRecord, tuple[int, int, int]]], key: s
     ``meshnode.summary.rollup`` must on columns (its fields as a dict)."""
     out: dict[str, dict[str, Any]] = {}
     rtts: dict[str, list[int]] = {}
+    rates: dict[str, list[int]] = {}
     for rec, (tx, rx, re) in rows:
         k = rollup_key(rec, key)
         if k not in out:
@@ -27,6 +28,7 @@ def reference_rollup(rows: list[tuple[FlowRecord, tuple[int, int, int]]], key: s
                           service=with_service(rec).service if with_services else "", flows_retransmitting=0,
                           flows_slow_connect=0)
             rtts[k] = []
+            rates[k] = []
         r = out[k]
         r["flows"] += 1
         if rec.useful:
@@ -41,7 +43,11 @@ def reference_rollup(rows: list[tuple[FlowRecord, tuple[int, int, int]]], key: s
         r["retransmits"] += re
         if rec.srtt_us:
             rtts[k].append(rec.srtt_us)
+        if rec.delivery_rate:
+            rates[k].append(8 * rec.delivery_rate)
     for k, r in out.items():
         r["rtt_p50_us"] = round(percentile(rtts[k], 0.5))
         r["rtt_p95_us"] = round(percentile(rtts[k], 0.95))
+        r["throughput_p50_bps"] = round(percentile(rates[k], 0.5))
+        r["throughput_p05_bps"] = round(percentile(rates[k], 0.05))
     return sorted(out.values(), key=lambda r: (-r["flows"], r["key"]))

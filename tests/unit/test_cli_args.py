@@ -10,7 +10,7 @@ from meshnode.cli._args import DEFAULT_NODE, build_parser, parse
 from meshnode.cli._commands import flow_filter
 from meshnode.v1 import flow_pb2
 
-COMMANDS = ("status", "flows", "health", "events", "peers", "query", "blame", "validate", "top")
+COMMANDS = ("status", "flows", "health", "events", "peers", "query", "blame", "validate", "top", "measure")
 
 
 def _usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from meshnode._model import FlowRecord
 from meshnode.diagnosis import PeerSample, compare, samples_from_flows
+from meshnode.v1 import mesh_pb2
 
 DB = "10.0.2.3:5432"
 
@@ -127,3 +128,40 @@ def test_worst_fraction_is_the_share_at_least_as_bad(rtts: list[float], pick: in
         assert rtts[me] >= 2 * m.median and m.worst_fraction <= 0.5
     if rtts[me] == max(rtts) and rtts.count(max(rtts)) == 1:
         assert m.worst_fraction == 1 / len(rtts)
+
+
+def test_throughput_compared_with_two_peers_digests() -> None:
+    """Each peer's digest carries its destination rollup's throughput percentiles, made from its flows by the
+    same summary code as this node's period; compare places this host among them on throughput."""
+    from meshnode.diagnosis import NodeSource
+    from meshnode.mesh import digest_from_period
+    from meshnode.summary import PeriodBuilder
+    from tests.unit._flows import T0, S, flow
+
+    def period_flows(rate_bytes: int) -> tuple[list[FlowRecord], list[FlowRecord]]:
+        finals = [flow(i, dst="10.0.2.3", dport=5432, delivery_rate=rate_bytes * (i % 3 + 1) // 2)
+                  for i in range(1, 13)]
+        interims = [flow(100, dst="10.0.2.3", dport=5432, kind="interim", delivery_rate=rate_bytes)]
+        return finals, interims
+
+    labels = {"host": "me", "site": "s1", "region": "eu"}
+    src = NodeSource(labels)
+    mine = period_flows(1_000_000)  # 8 Mbit/s median
+    src.add_period(T0 + 20 * S, [*mine[0], *mine[1]])
+    for seq, (host, rate) in enumerate((("peer-1", 12_500_000), ("peer-2", 11_000_000)), 1):
+        finals, interims = period_flows(rate)
+        period = PeriodBuilder(f"id-{host}").build(seq, T0, T0 + 20 * S, finals, interims)
+        d = digest_from_period(period)
+        d.node_id, d.seq, d.labels["host"], d.labels["site"] = f"id-{host}", seq, host, "s1"
+        [r] = d.by_destination
+        assert (r.throughput_p50_bps, r.throughput_p05_bps) == (8 * rate, 8 * rate // 2)
+        src.add_digest(mesh_pb2.Digest.FromString(d.SerializeToString()))
+    samples = src.samples(T0, T0 + 60 * S)
+    assert sorted((s.host, s.throughput_bps) for s in samples) == [
+        ("me", 8e6), ("peer-1", 100e6), ("peer-2", 88e6)]
+    [c] = compare(samples, host="me", labels=labels)
+    by = {m.metric: m for m in c.metrics}
+    t = by["throughput"]
+    assert (t.peers, t.median, t.outlier, t.worst_fraction) == (3, 88e6, True, 1 / 3)
+    assert c.verdict == (f"this host is in the worst 34 % of site s1 for {DB} by throughput "
+                         "(8.0 Mbit/s vs site median 88.0 Mbit/s)")

@@ -135,9 +135,10 @@ def test_filter_digest_rewrites_rollups_and_endpoints_and_merges_coarsened_rollu
                                    "secret": SECRET.decode()})
     d = mesh_pb2.Digest(node_id="n", by_destination=[
         flow_pb2.Rollup(key="192.0.2.10:443", flows=2, useful=2, bytes_tx=10, rtt_p50_us=100, rtt_p95_us=300,
-                        failures={"timeout": 1}),
+                        failures={"timeout": 1}, throughput_p50_bps=8_000_000, throughput_p05_bps=1_000_000),
         flow_pb2.Rollup(key="192.0.2.11:443", flows=6, useful=5, bytes_tx=20, rtt_p50_us=200, rtt_p95_us=250,
-                        failures={"timeout": 2, "refused": 1}),
+                        failures={"timeout": 2, "refused": 1}, throughput_p50_bps=4_000_000,
+                        throughput_p05_bps=2_000_000),
         flow_pb2.Rollup(key="[2001:db8::1]:53", flows=1),
         flow_pb2.Rollup(key="10.0.0.2:5432", flows=1),
     ], endpoints=[flow_pb2.Flow(src="10.0.0.1", dst="192.0.2.10", sport=1, dport=443)])
@@ -148,6 +149,24 @@ def test_filter_digest_rewrites_rollups_and_endpoints_and_merges_coarsened_rollu
     assert (merged.flows, merged.useful, merged.bytes_tx, merged.rtt_p50_us, merged.rtt_p95_us) == (8, 7, 30, 175,
                                                                                                      300)
     assert dict(merged.failures) == {"timeout": 3, "refused": 1}
+    assert (merged.throughput_p50_bps, merged.throughput_p05_bps) == (5_000_000, 1_000_000)
     # endpoint records are hashed, not coarsened
     assert out.endpoints[0].dst == p.hash_address("192.0.2.10") and out.endpoints[0].src == "10.0.0.1"
     assert len(d.by_destination) == 4  # the input is untouched
+
+
+def test_path_probe_hops_leave_the_node_filtered_like_any_address():
+    from meshnode.trust._wiring import filter_published
+
+    p = PrivacyPolicy.from_config({"keep": ["10.0.0.0/8"], "coarsen": ["192.0.2.0/24"], "outside": "hash",
+                                   "secret": SECRET.decode()})
+    d = mesh_pb2.Digest(node_id="n", measurements=[mesh_pb2.MeasureResponse(
+        target="198.51.100.7:443", kind=mesh_pb2.MEASURE_PATH,
+        hops=[mesh_pb2.MeasureHop(ttl=1, addr="10.0.0.254", status="time_exceeded"),
+              mesh_pb2.MeasureHop(ttl=2, addr="192.0.2.1", status="time_exceeded"),
+              mesh_pb2.MeasureHop(ttl=3, addr="", status="timeout"),
+              mesh_pb2.MeasureHop(ttl=4, addr="198.51.100.7", status="open")])])
+    filter_published(p, d)
+    [m] = d.measurements
+    assert [h.addr for h in m.hops] == ["10.0.0.254", "192.0.2.0/24", "", p.hash_address("198.51.100.7")]
+    assert m.target == p.address("198.51.100.7") + ":443"
