@@ -65,8 +65,17 @@ def _check(path: Path, what: str, forbidden: int, fix: str, hint: str, error: ty
 
 def private_dir(path: Path) -> None:
     """Make ``path`` (and missing parents) a directory only its owner may enter: created 0700, an existing one
-    of ours tightened to 0700 (logged)."""
+    of ours tightened to 0700 (logged).
+
+    Raises:
+        PermissionError: ``path`` is a directory anyone may write in (``/tmp``, ``/var/tmp``): tightening it
+            would lock every other user out of it, so the node needs a directory of its own inside it.
+    """
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = path.stat().st_mode
+    if mode & stat.S_IWOTH:
+        raise PermissionError(f"{path} is a shared directory (mode {stat.S_IMODE(mode):04o}: anyone may write in it); "
+                              f"give the node a directory of its own, e.g. {path / 'meshnode'}")
     _tighten(path, 0o700)
 
 

@@ -292,7 +292,7 @@ class Store:
         try:  # private whoever started the node: flows name processes, peers and what they sent
             private_dir(self.path.parent)
         except OSError as exc:
-            raise StoreError(f"cannot create the data directory {self.path.parent} (mode 0700): {exc}") from exc
+            raise StoreError(f"cannot make the data directory {self.path.parent} private (mode 0700): {exc}") from exc
         try:  # SQLite gives the -wal and -shm files the database's mode; ones left by an older node are tightened
             private_file(self.path)
             for side in (self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meshnode._exceptions import ConfigError
+from meshnode._exceptions import ConfigError, StoreError
 from meshnode.cli._exceptions import UsageError
 from meshnode.cli._security import ClientSecurity, Signer
 from meshnode.daemon import load_config
@@ -149,6 +149,19 @@ def test_the_store_makes_its_directory_0700_and_its_database_0600(tmp_path: Path
         os.umask(old)
     assert _mode(tmp_path / "a" / "data") == 0o700
     assert _mode(tmp_path / "a" / "data" / "meshnode.db") == 0o600
+
+
+def test_a_shared_directory_is_refused_not_locked_down(tmp_path: Path) -> None:
+    """--data-dir /tmp (or a store file put straight in /var/tmp) made /tmp 0700: every other user lost it."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(StoreError, match=r"shared directory \(mode 1777: anyone may write in it\); give the node "
+                                         r"a directory of its own, e\.g\. .*/tmp/meshnode$"):
+        Store.in_dir(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777 and not list(shared.iterdir())
+    Store.in_dir(shared / "meshnode").close()  # a directory of its own inside it is fine
+    assert _mode(shared / "meshnode") == 0o700
 
 
 def test_the_store_tightens_what_an_older_node_left_open(tmp_path: Path) -> None:
