@@ -299,6 +299,8 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
     extra = f"failures: {fails}"
     if h.get("failures_after_address_change"):
         extra += f"; {h['failures_after_address_change']} within 60s of an address change"
+    if h.get("scan_flows"):
+        extra += f"; {format_count(h['scan_flows'])} scan flows left out"
     parts.append(Text(extra))
     parts.append(Text(""))
     parts.append(_health_rows("PROCESSES (least useful first)", "PROCESS", h.get("by_process", []),
@@ -326,6 +328,17 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
         t.add_column("FAILS", width=8, justify="right")
         for r in scans[:limit]:
             t.add_row(r["src"], str(r["ports"]), format_count(r["failures"]))
+        parts += [Text(""), t]
+    mtus = h.get("path_mtu") or []
+    if mtus:
+        t = table(plain=plain, title="PATH MTU (fragmentation needed)")
+        t.add_column("DESTINATION", width=39, no_wrap=True, overflow="ellipsis")
+        t.add_column("MTU", width=6, justify="right")
+        t.add_column("FLOWS", width=8, justify="right")
+        t.add_column("ERRORS", width=8, justify="right")
+        for r in mtus[:limit]:
+            t.add_row(r["destination"], str(r.get("mtu", 0)), format_count(r.get("flows", 0)),
+                      format_count(r.get("errors", 0)))
         parts += [Text(""), t]
     return Group(*parts)
 

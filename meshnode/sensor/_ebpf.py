@@ -170,6 +170,8 @@ class EbpfSensor:
         batch = SensorBatch()
         now = time.monotonic_ns()
         try:
+            # ICMP errors first: an error that ended a flow was counted before the flow's end record went out
+            self._drain_icmp(batch)
             arr = self._probes.poll_array()
             if len(arr):
                 batch.columns.extend(self._ring_in_order(arr, batch))
@@ -573,10 +575,9 @@ class EbpfSensor:
         return text
 
     def _poll_maps(self, now: int, batch: SensorBatch) -> None:
-        """The rest of a poll, after the ring buffer: drops, ICMP errors, UDP, half-open and refused scans,
-        kernel counters."""
+        """The rest of a poll, after the ring buffer: drops, UDP, half-open and refused scans, kernel
+        counters."""
         self._drain_drops(batch)
-        self._drain_icmp(batch)
         if self._released or now - self._last_udp_scan >= self._udp_scan_interval_ns:
             self._scan_udp(now, batch)
             self._scan_pending(now, batch)
@@ -588,7 +589,7 @@ class EbpfSensor:
         c = batch.completeness
         c.lost_events += moved["ringbuf_full"]
         c.ringbuf_overruns += 1 if moved["ringbuf_full"] else 0
-        c.map_evictions += sum(moved[k] for k in _MAP_FULL)
+        c.map_evictions += sum(moved.get(k, 0) for k in _MAP_FULL)
 
     def _handle(self, ev: rec.KernelEvent, batch: SensorBatch) -> None:
         if ev.kind == rec.EV_UDP_RELEASE:
