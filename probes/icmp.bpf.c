@@ -14,7 +14,8 @@
 #define ICMP_MAX_FLOWS 16384
 #endif
 
-BPF_HASH(icmp_flows, struct icmp_key, struct icmp_val, ICMP_MAX_FLOWS);
+/* not preallocated: entries are rare and drained every poll, so the kernel holds memory for those alone */
+BPF_F_TABLE("hash", struct icmp_key, struct icmp_val, icmp_flows, ICMP_MAX_FLOWS, BPF_F_NO_PREALLOC);
 
 static __always_inline void icmp_error(struct icmp_key *k, __u32 kind, __u32 code, __u32 mtu)
 {

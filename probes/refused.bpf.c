@@ -13,7 +13,8 @@
 #define REFUSED_MAX_SOURCES 4096
 #endif
 
-BPF_HASH(refused, struct refused_key, struct refused_val, REFUSED_MAX_SOURCES);
+/* not preallocated: memory for the sources seen, not for REFUSED_MAX_SOURCES */
+BPF_F_TABLE("hash", struct refused_key, struct refused_val, refused, REFUSED_MAX_SOURCES, BPF_F_NO_PREALLOC);
 
 static __always_inline void refused_attempt(struct refused_key *k, __u16 lport, __u16 rport)
 {
