@@ -72,11 +72,11 @@ _UDP = ENUM_NUMBERS["proto"]["udp"]
 _PROTO_NAME = {_TCP: "tcp", _UDP: "udp"}
 _ICMP_EVENTS = {rec.ICMP_K_UNREACH: "icmp_unreachable", rec.ICMP_K_FRAG: "frag_needed",
                 rec.ICMP_K_TTL: "ttl_exceeded"}
-#: Names of ICMPv4 destination-unreachable codes (ICMPv6's arrive renumbered to these: icmp.bpf.c).
-UNREACHABLE_CODES: Final = {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
-                            3: "port unreachable", 5: "source route failed", 6: "net unknown", 7: "host unknown",
-                            9: "net prohibited", 10: "host prohibited", 11: "net unreachable for TOS",
-                            12: "host unreachable for TOS", 13: "administratively prohibited"}
+#: What an ICMPv4 destination-unreachable code says is unreachable (ICMPv6's codes arrive renumbered to these:
+#: icmp.bpf.c); short, as an event's detail column is 15 characters.
+UNREACHABLE_CODES: Final = {0: "net", 1: "host", 2: "protocol", 3: "port", 5: "source route", 6: "net unknown",
+                            7: "host unknown", 9: "net prohibited", 10: "host prohibited", 11: "net for TOS",
+                            12: "host for TOS", 13: "prohibited"}
 _NO_ICMP = (0, 0, 0, 0, 0)
 _ICMP_HELD = 65536
 _REFUSED_QUIET_NS = 2 * 10**9
@@ -683,11 +683,11 @@ class EbpfSensor:
         proto, kind, code = ev.value >> 24, (ev.value >> 16) & 0xFF, ev.value & 0xFF
         name = _ICMP_EVENTS.get(kind, "icmp_unreachable")
         if kind == rec.ICMP_K_FRAG:
-            detail, value = f"path MTU {ev.value2} bytes", float(ev.value2)
+            detail, value = f"mtu {ev.value2}", float(ev.value2)
         elif kind == rec.ICMP_K_UNREACH:
             detail, value = UNREACHABLE_CODES.get(code, f"code {code}"), float(code)
         else:
-            detail, value = "TTL exceeded in transit", 0.0
+            detail, value = "in transit", 0.0
         pname = _PROTO_NAME.get(proto, "tcp")
         flow = FlowRecord(
             flow_id=_synthetic_id(proto, f.src, f.sport, f.dst, f.dport), src=f.src, sport=f.sport, dst=f.dst,
