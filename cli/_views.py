@@ -14,6 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from meshnode.cli._flowtext import outcome_label
 from meshnode.cli._units import (
     format_bytes,
     format_clock,
@@ -67,9 +68,9 @@ def fit_left(text: str, width: int) -> str:
     return text if width <= 0 or len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
-def outcome_text(outcome: str) -> Text:
-    """The outcome's short label, red when the flow failed."""
-    return Text(OUTCOME_LABEL.get(outcome, outcome), style=_OUTCOME_STYLE.get(outcome, ""))
+def outcome_text(outcome: str, icmp_unreachable: int = 0) -> Text:
+    """The outcome's short label (``cli._flowtext.outcome_label``), red when the flow failed."""
+    return Text(outcome_label(outcome, icmp_unreachable), style=_OUTCOME_STYLE.get(outcome, ""))
 
 
 # --- flows ---------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
                 r["direction"], "?"), r["proto"]]
         cells += [
             endpoint(r["dst"], r["dport"]),
-            outcome_text(r["outcome"]),
+            outcome_text(r["outcome"], r.get("icmp_unreachable", 0)),
             format_bytes(r["bytes_tx"]),
             format_bytes(r["bytes_rx"]),
             format_us(r["srtt_us"]),
