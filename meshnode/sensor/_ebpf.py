@@ -10,7 +10,6 @@ sockets through sock_diag (the sensor's own network namespace) to fill ``rttvar`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -36,6 +35,7 @@ from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
 from meshnode.sensor._limits import limited_by
 from meshnode.sensor._native import NativeJson
+from meshnode.sensor._netaddr import NamespaceAddresses
 from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, service_name
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class EbpfSensor:
         # time exceeded; joined to the flow's record (and popped) when it ends
         self._icmp: dict[tuple[int, str, int, str, int], tuple[int, int, int, int, int]] = {}
         self._own_addrs: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._netaddrs: NamespaceAddresses | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class EbpfSensor:
             raise BPFCompileError(str(exc)) from exc
         except ProbeError as exc:
             raise SensorError(str(exc)) from exc
+        self._netaddrs = NamespaceAddresses()  # this namespace's, however the sensor is polled later
         self._clock_offset = time.time_ns() - time.monotonic_ns()
         self._counters = self._probes.counters()
         self._reasons = drop_reason_names()
@@ -156,6 +158,9 @@ class EbpfSensor:
     def close(self) -> None:
         """Detach and free kernel resources; safe to call twice."""
         self._probes.close()
+        if self._netaddrs is not None:
+            self._netaddrs.close()
+            self._netaddrs = None
         self._started = False
 
     # ---- draining --------------------------------------------------------------------------------
@@ -722,7 +727,7 @@ class EbpfSensor:
         at, addrs = self._own_addrs
         if time.monotonic() - at < 5.0:
             return addrs
-        addrs = frozenset(a for a in local_addresses() if not _is_loopback(a))
+        addrs = frozenset(a for a in self._netaddrs.read() if not _is_loopback(a)) if self._netaddrs else frozenset()
         self._own_addrs = (time.monotonic(), addrs)
         return addrs
 
@@ -988,26 +993,6 @@ assert rec.EVENT_FIELDS == (
     "resets_rx", "resets_tx", "sport", "dport", "burst", "synack_retrans", "outcome", "flags", "saddr", "daddr",
     "comm",
 ), rec.EVENT_FIELDS
-
-
-def local_addresses(proc_net: Path = Path("/proc/self/net")) -> set[str]:
-    """The addresses assigned in this process's network namespace: IPv4 from the routing table's local
-    entries (``fib_trie``), IPv6 from ``if_inet6``."""
-    out: set[str] = set()
-    with contextlib.suppress(OSError):
-        last = ""
-        for line in (proc_net / "fib_trie").read_text().splitlines():
-            text = line.strip()
-            if text.startswith(("|--", "+--")):
-                last = text[3:].strip().split("/")[0]
-            elif text.startswith("/32 host LOCAL") and last:
-                out.add(last)
-    with contextlib.suppress(OSError):
-        for line in (proc_net / "if_inet6").read_text().splitlines():
-            raw = line.split()[0] if line.split() else ""
-            if len(raw) == 32:
-                out.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(raw)))
-    return out
 
 
 def _is_loopback(addr: str) -> bool:

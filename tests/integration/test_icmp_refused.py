@@ -194,3 +194,19 @@ def test_fragmentation_needed_on_a_narrow_uplink_shows_the_mtu(sites: tuple[Any,
     assert flows[0].icmp_frag_needed >= 1
     assert [p.mtu for p in health_mod.path_mtu_problems(flows)] == [1280]
     assert ("frag_needed", "mtu 1280") in [(e.type, e.detail) for e in col.events if e.flow.dst == b]
+
+
+def test_a_scoped_sensor_keeps_scans_of_its_own_address_only(sites: tuple[Any, Collector]) -> None:
+    lab, col = sites
+    a, b = lab["a"].addresses()[0], lab["b"].addresses()[0]
+    sweep = lab["b"].python(
+        "import contextlib, socket, sys\n"
+        "for p in range(3000, 3040):\n"
+        "    with socket.socket() as c, contextlib.suppress(OSError):\n"
+        "        c.settimeout(2)\n        c.connect((sys.argv[1], p))\n", a)
+    assert sweep.wait(timeout=20) == 0
+    with socket.socket() as c, contextlib.suppress(ConnectionRefusedError):  # this namespace's: not a's
+        c.connect(("127.77.0.1", 3000))
+    found = col.wait_for(lambda f: f.direction == "inbound" and f.outcome == "refused")
+    assert [(f.src, f.dst, f.attempts, f.ports_probed, f.sport) for f in found] == [(a, b, 40, 40, 3039)]
+    assert [(s.src, s.ports) for s in health_mod.scan_patterns(found)] == [(b, 40)]
