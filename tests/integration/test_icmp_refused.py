@@ -90,6 +90,24 @@ def test_closed_ports_on_loopback_are_inbound_refused_per_source(host_sensor: Co
     assert events == [("icmp_unreachable", "port")]
 
 
+def test_ipv6_closed_tcp_port_and_udp_port_unreachable(host_sensor: Collector) -> None:
+    c = socket.socket(socket.AF_INET6)
+    with pytest.raises(ConnectionRefusedError):
+        c.connect(("::1", 13))
+    tcp_port = c.getsockname()[1]
+    c.close()
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u.sendto(b"x", ("::1", 17))
+    udp_port = u.getsockname()[1]
+    time.sleep(0.1)
+    u.close()  # its flow ends now, with the ICMPv6 port unreachable it got (code 4, given as ICMPv4's 3)
+    refused = host_sensor.wait_for(lambda f: f.direction == "inbound" and f.dport == tcp_port and f.dst == "::1")
+    assert [(f.proto, f.sport, f.outcome, f.attempts) for f in refused] == [("tcp", 13, "refused", 1)]
+    sent = host_sensor.wait_for(lambda f: f.proto == "udp" and f.sport == udp_port and f.dst == "::1")
+    assert [(f.dport, f.outcome, f.icmp_unreachable, f.icmp_unreachable_code) for f in sent] == [
+        (17, "udp_unanswered", 1, 3)]
+
+
 def test_a_sweep_of_500_closed_ports_is_one_entry_and_names_the_scanner(host_sensor: Collector) -> None:
     for port in range(20000, 20500):
         c = socket.socket()
