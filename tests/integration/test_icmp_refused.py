@@ -21,7 +21,6 @@ import pytest
 
 from meshnode import health as health_mod
 from meshnode._model import FlowRecord
-from tests._support import traffic as t
 from tests._support.env import require_kernel
 
 CLOSED = "127.77.0.1"   # nothing listens on this loopback address
@@ -193,25 +192,33 @@ def test_fragmentation_needed_on_a_narrow_uplink_shows_the_mtu(sites: tuple[Any,
     from meshnode.lab._names import UPLINK_IFACE
 
     lab, col = sites
-    b = lab["b"].addresses()[0]
-    sink = t.start(lab["b"], t.TCP_SINK, 8082)
-    t.wait_ready(sink)
+    b4, b6 = lab["b"].addresses()
+    sink = lab["b"].python(  # one dual-stack listener: IPv4 (fragmentation needed), IPv6 (packet too big)
+        "import socket\ns = socket.socket(socket.AF_INET6)\ns.bind(('::', 8082))\ns.listen(8)\n"
+        "while True:\n    c, _ = s.accept()\n    while c.recv(1 << 20): pass\n    c.close()\n")
+    lab["b"].wait_listening(8082)
     router = lab.sites["east"].netns
     _ip(router, "link", "set", "dev", UPLINK_IFACE, "mtu", "1280")
     try:
         client = lab["a"].python(
-            "import socket, sys\ns = socket.create_connection((sys.argv[1], 8082), timeout=10)\n"
-            "s.sendall(b'x' * 200000)\ns.close()\n", b)
+            "import socket, sys\nfor dst in sys.argv[1:]:\n"
+            "    s = socket.create_connection((dst, 8082), timeout=10)\n    s.sendall(b'x' * 200000)\n"
+            "    s.close()\n", b4, b6)
         assert client.wait(timeout=20) == 0
     finally:
         _ip(router, "link", "set", "dev", UPLINK_IFACE, "mtu", "1500")
         sink.kill()
         sink.wait()
-    flows = col.wait_for(lambda f: f.dst == b and f.dport == 8082)
-    assert [(f.outcome, f.bytes_tx, f.path_mtu) for f in flows] == [("established", 200000, 1280)]
-    assert flows[0].icmp_frag_needed >= 1
-    assert [p.mtu for p in health_mod.path_mtu_problems(flows)] == [1280]
-    assert ("frag_needed", "mtu 1280") in [(e.type, e.detail) for e in col.events if e.flow.dst == b]
+    flows = col.wait_for(lambda f: f.dst == b6 and f.dport == 8082)
+    flows = sorted((f for f in col.flows if f.dport == 8082), key=lambda f: f.dst != b4)
+    # IPv4: the router's next-hop MTU; IPv6: packet too big with 1280, the IPv6 minimum
+    assert [(f.dst, f.outcome, f.bytes_tx, f.path_mtu) for f in flows] == [
+        (b4, "established", 200000, 1280), (b6, "established", 200000, 1280)]
+    assert all(f.icmp_frag_needed >= 1 for f in flows)
+    assert [(p.destination, p.mtu) for p in health_mod.path_mtu_problems(flows)] == [
+        (f"{b4}:8082", 1280), (f"[{b6}]:8082", 1280)]
+    assert {("frag_needed", "mtu 1280", dst) for dst in (b4, b6)} <= {
+        (e.type, e.detail, e.flow.dst) for e in col.events}
 
 
 def test_a_scoped_sensor_keeps_scans_of_its_own_address_only(sites: tuple[Any, Collector]) -> None:
