@@ -7,7 +7,9 @@
  * Aggregated per (source, local address, protocol) in the kernel: a sweep of every port from one source is
  * one entry, its attempts counted and its ports kept as a 1024-bit map (bit port % 1024). User space ends an
  * entry once its source has been quiet a moment (one inbound `refused` flow record per source and burst).
- * The tracepoints name no network namespace: user space keeps the entries of its own addresses. */
+ * The tracepoints name no network namespace: user space keeps the entries of its own addresses. icmp_send
+ * fires only for errors the kernel's ICMP rate limit lets out (a remote source gets 6 at once, then one a
+ * second): UDP attempts beyond that are only in kfree_skb's NO_SOCKET drops, which name no address. */
 
 #ifndef REFUSED_MAX_SOURCES
 #define REFUSED_MAX_SOURCES 4096
