@@ -688,6 +688,15 @@ class Probes:
                 out[tgid] = val.comm.decode(errors="replace")
         return out
 
+    def refusal_gaps(self) -> list[str]:
+        """What recording inbound attempts to closed ports lacks on this kernel (refused.bpf.c's tracepoints),
+        as 'tracepoint ... is missing: what is lost'; a node shows these at start."""
+        BPF = import_bcc().BPF
+        lost = {("tcp", "tcp_send_reset"): "TCP connection attempts to closed ports are not recorded",
+                ("icmp", "icmp_send"): "UDP datagrams to closed ports are not recorded"}
+        return [f"tracepoint {cat}:{ev} is missing: {what}" for (cat, ev), what in lost.items()
+                if not BPF.tracepoint_exists(cat, ev)]
+
     def process_name_gaps(self) -> list[str]:
         """What process naming lacks on this kernel, as 'tracepoint ... is missing: what is lost' (empty
         when all of procs.bpf.c's tracepoints are there); a node shows these at start."""

@@ -153,6 +153,9 @@ class EbpfSensor:
         gaps = self._probes.process_name_gaps()
         if gaps:
             log.warning("process names may be missing or stale: %s", "; ".join(gaps))
+        gaps = self._probes.refusal_gaps()
+        if gaps:
+            log.warning("inbound attempts to closed ports: %s", "; ".join(gaps))
         self._started = True
 
     def close(self) -> None:
