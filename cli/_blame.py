@@ -174,6 +174,11 @@ def blame_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = Fals
         parts.append(Text(""))
         parts.append(Text("discovery chatter, left out of blame: " + ", ".join(
             f"{d['comm'] or '?'} {d['protocol']} {d['flows']:,}" for d in chatter[:5])))
+    scans = doc.get("scans", [])
+    if scans:
+        parts.append(Text(""))
+        parts.append(Text("inbound scans, left out of blame: " + ", ".join(
+            f"{s['src']} ({s['ports']:,} ports, {s['failures']:,} attempts)" for s in scans[:5])))
     return Group(*parts)
 
 

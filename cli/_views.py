@@ -14,6 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from meshnode.cli._flowtext import outcome_label
 from meshnode.cli._units import (
     format_bytes,
     format_clock,
@@ -67,9 +68,9 @@ def fit_left(text: str, width: int) -> str:
     return text if width <= 0 or len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
-def outcome_text(outcome: str) -> Text:
-    """The outcome's short label, red when the flow failed."""
-    return Text(OUTCOME_LABEL.get(outcome, outcome), style=_OUTCOME_STYLE.get(outcome, ""))
+def outcome_text(outcome: str, icmp_unreachable: int = 0) -> Text:
+    """The outcome's short label (``cli._flowtext.outcome_label``), red when the flow failed."""
+    return Text(outcome_label(outcome, icmp_unreachable), style=_OUTCOME_STYLE.get(outcome, ""))
 
 
 # --- flows ---------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
                 r["direction"], "?"), r["proto"]]
         cells += [
             endpoint(r["dst"], r["dport"]),
-            outcome_text(r["outcome"]),
+            outcome_text(r["outcome"], r.get("icmp_unreachable", 0)),
             format_bytes(r["bytes_tx"]),
             format_bytes(r["bytes_rx"]),
             format_us(r["srtt_us"]),
@@ -299,6 +300,8 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
     extra = f"failures: {fails}"
     if h.get("failures_after_address_change"):
         extra += f"; {h['failures_after_address_change']} within 60s of an address change"
+    if h.get("scan_flows"):
+        extra += f"; {format_count(h['scan_flows'])} scan flows left out"
     parts.append(Text(extra))
     parts.append(Text(""))
     parts.append(_health_rows("PROCESSES (least useful first)", "PROCESS", h.get("by_process", []),
@@ -326,6 +329,17 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
         t.add_column("FAILS", width=8, justify="right")
         for r in scans[:limit]:
             t.add_row(r["src"], str(r["ports"]), format_count(r["failures"]))
+        parts += [Text(""), t]
+    mtus = h.get("path_mtu") or []
+    if mtus:
+        t = table(plain=plain, title="PATH MTU (fragmentation needed)")
+        t.add_column("DESTINATION", width=39, no_wrap=True, overflow="ellipsis")
+        t.add_column("MTU", width=6, justify="right")
+        t.add_column("FLOWS", width=8, justify="right")
+        t.add_column("ERRORS", width=8, justify="right")
+        for r in mtus[:limit]:
+            t.add_row(r["destination"], str(r.get("mtu", 0)), format_count(r.get("flows", 0)),
+                      format_count(r.get("errors", 0)))
         parts += [Text(""), t]
     return Group(*parts)
 

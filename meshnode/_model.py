@@ -99,6 +99,13 @@ class FlowRecord:
     reordering: int = 0
     service: str = ""
     node_id: str = ""
+    icmp_unreachable: int = 0
+    icmp_unreachable_code: int = 0
+    icmp_frag_needed: int = 0
+    path_mtu: int = 0
+    icmp_time_exceeded: int = 0
+    attempts: int = 0
+    ports_probed: int = 0
     drop_reasons: dict[str, int] = field(default_factory=dict, hash=False, compare=True)
 
     @property
@@ -267,5 +274,9 @@ def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:
         "drops": msg.drops, "kind": enum(flow_pb2.RecordKind, msg.kind, "final"),
         "fidelity": enum(flow_pb2.Fidelity, msg.fidelity, "exact"),
         "rttvar_us": msg.rttvar_us, "delivery_rate": msg.delivery_rate, "lost": msg.lost,
-        "reordering": msg.reordering, "service": msg.service, "drop_reasons": dict(msg.drop_reasons),
+        "reordering": msg.reordering, "service": msg.service,
+        "icmp_unreachable": msg.icmp_unreachable, "icmp_unreachable_code": msg.icmp_unreachable_code,
+        "icmp_frag_needed": msg.icmp_frag_needed, "path_mtu": msg.path_mtu,
+        "icmp_time_exceeded": msg.icmp_time_exceeded, "attempts": msg.attempts, "ports_probed": msg.ports_probed,
+        "drop_reasons": dict(msg.drop_reasons),
     }

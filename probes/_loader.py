@@ -14,6 +14,8 @@ import importlib
 import importlib.util
 import os
 import re
+import socket
+import struct
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -33,10 +35,14 @@ from meshnode.probes._records import (
     CPendingKey,
     CPendingVal,
     CProcName,
+    CRefusedKey,
+    CRefusedVal,
     CUdpFlow,
     CUdpKey,
+    IcmpRow,
     KernelEvent,
     PendingRow,
+    RefusedRow,
     TcpFlowRow,
     UdpFlowRow,
     UdpScan,
@@ -141,7 +147,19 @@ OPTIONAL_TRACEPOINTS = {
     ("sock", "sock_send_length"): "HAVE_SOCK_LENGTH",
     ("tcp", "tcp_probe"): "HAVE_TCP_PROBE",
     ("skb", "kfree_skb"): "HAVE_KFREE_SKB",
+    ("tcp", "tcp_send_reset"): "HAVE_TCP_SEND_RESET",
+    ("icmp", "icmp_send"): "HAVE_ICMP_SEND",
 }
+# ICMP errors are read by socket filters on raw sockets (icmp.bpf.c): (family, protocol, program, the
+# ICMP_FILTER / ICMP6_FILTER option and the types it lets through to the program).
+SOL_RAW = 255
+ICMP_FILTER = 1
+ICMP6_FILTER = 1
+SO_ATTACH_BPF = 50
+ICMP_SOCKETS = (
+    (socket.AF_INET, socket.IPPROTO_ICMP, "mn_icmp4", SOL_RAW, ICMP_FILTER, (3, 11)),
+    (socket.AF_INET6, socket.IPPROTO_ICMPV6, "mn_icmp6", socket.IPPROTO_ICMPV6, ICMP6_FILTER, (1, 2, 3)),
+)
 # procs.bpf.c's tracepoints: each with its -D flag, the arguments it reads (checked in the running kernel's
 # tracefs format, since a tracepoint's arguments change between releases) and what is lost without it.
 PROC_TRACEPOINTS = {
@@ -176,6 +194,12 @@ class ProbeConfig:
     proc_names_max: int = 16384
     """Process names kept (tgid -> leader comm, LRU; 1.4 MiB of kernel memory at 16,384): a process that
     exited before user space read its flows stays named until this many newer processes push it out."""
+    icmp_max_flows: int = 16384
+    """Flows with ICMP errors held between two polls (icmp_flows; 88 B a flow): more in one poll are counted
+    (icmp_map_full) and not joined."""
+    refused_max_sources: int = 4096
+    """Sources of inbound attempts to closed ports held until they end (refused; ~250 B a source): a source
+    beyond it is counted (refused_map_full), not recorded."""
     ringbuf_pages: int = 2048
     """Ring buffer size in 4 KiB pages: 8 MiB holds ~28,000 flow records (~1.4 s of 10,000 connections/s at
     both ends); 4 MiB overflowed once in the benchmark when the sensor was starved of CPU."""
@@ -302,6 +326,7 @@ class Probes:
     _lib: Any = None
     _ring: _ringbuf.RingReader | None = None
     _batch: dict[int, tuple[Any, Any, int, int]] = field(default_factory=dict)
+    _icmp_socks: list[socket.socket] = field(default_factory=list)
 
     def cflags(self) -> list[str]:
         """The -I/-D flags that configure the programs."""
@@ -318,7 +343,8 @@ class Probes:
             f"-DBURST_WINDOW_MS={c.burst_window_ms}", f"-DTCP_MAX_FLOWS={c.tcp_max_flows}",
             f"-DUDP_MAX_FLOWS={c.udp_max_flows}", f"-DRINGBUF_PAGES={c.ringbuf_pages}",
             f"-DTCP_FLOWS_FLAGS={0 if c.tcp_prealloc else 'BPF_F_NO_PREALLOC'}",
-            f"-DPROC_NAMES_MAX={c.proc_names_max}",
+            f"-DPROC_NAMES_MAX={c.proc_names_max}", f"-DICMP_MAX_FLOWS={c.icmp_max_flows}",
+            f"-DREFUSED_MAX_SOURCES={c.refused_max_sources}",
         ]
         for (cat, ev), define in OPTIONAL_TRACEPOINTS.items():
             if BPF.tracepoint_exists(cat, ev):
@@ -371,6 +397,7 @@ class Probes:
             if self.config.scoped:
                 self._bpf["scope_cg"][0] = self._cg_fd
             self._open_ring()
+            self._open_icmp()
             self._seed_process_names()
         except Exception:
             self.close()
@@ -396,6 +423,37 @@ class Probes:
             raise ProbeError(f"attaching {name} to cgroup {self.config.cgroup} failed: {os.strerror(-link)} "
                              "(needs root or CAP_BPF + CAP_NET_ADMIN, and a cgroup v2 directory)")
         self._links.append(link)
+
+    def _open_icmp(self) -> None:
+        """Raw ICMP and ICMPv6 sockets in this network namespace, each with its socket filter (icmp.bpf.c).
+
+        The kernel's ICMP_FILTER drops every other ICMP type before the socket sees it (no copy, no program
+        run: echo traffic costs nothing); the program returns 0 for the rest, so the sockets never queue.
+        """
+        BPF = import_bcc().BPF
+        for family, proto, name, level, option, types in ICMP_SOCKETS:
+            with _captured_stderr() as log:
+                try:
+                    fn = self._bpf.load_func(name, BPF.SOCKET_FILTER)
+                except Exception as exc:
+                    err: Exception | None = exc
+                else:
+                    err = None
+            if err is not None:
+                raise ProbeError(f"the kernel refused BPF program {name}: {err}; verifier said: "
+                                 + " | ".join([ln for ln in log[0].splitlines() if ln.strip()][-3:])) from err
+            try:
+                sock = socket.socket(family, socket.SOCK_RAW, proto)
+            except OSError as exc:
+                raise ProbeError(f"opening a raw {'ICMPv6' if family == socket.AF_INET6 else 'ICMP'} socket "
+                                 f"failed: {exc} (needs root or CAP_NET_RAW)") from exc
+            self._icmp_socks.append(sock)
+            blocked = [0xFFFFFFFF] * (8 if family == socket.AF_INET6 else 1)  # a set bit blocks that type
+            for t in types:
+                blocked[t >> 5] &= ~(1 << (t & 31))
+            sock.setsockopt(level, option, struct.pack(f"{len(blocked)}I", *blocked))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, struct.pack("i", fn.fd))
 
     def _open_ring(self) -> None:
         """Read the ring buffer in place (probes._ringbuf) where the CPU allows; else bcc's callback."""
@@ -574,6 +632,31 @@ class Probes:
             token_in.value = token_out.value
         return keys, vals, total
 
+    def drain_icmp(self) -> list[IcmpRow]:
+        """ICMP errors per flow since the last call, drained atomically."""
+        if not _has(self._bpf, "icmp_flows"):
+            return []
+        return [IcmpRow.from_c(k, v) for k, v in self._batch_rows(self._bpf["icmp_flows"], delete=True)]
+
+    def refused(self) -> list[RefusedRow]:
+        """Sources of inbound attempts to closed ports, totals so far."""
+        return [RefusedRow.from_c(k, v) for k, v in self._batch_rows(self._bpf["refused"])]
+
+    def take_refused(self, rows: Iterable[RefusedRow]) -> list[RefusedRow]:
+        """Remove these sources' entries, returning their final totals (attempts after the read included)."""
+        table = self._bpf["refused"]
+        out = []
+        for row in rows:
+            k = CRefusedKey()
+            k.proto, k.family = row.proto, row.family
+            n = 4 if row.family == socket.AF_INET else 16
+            ct.memmove(k.laddr, socket.inet_pton(row.family, row.src), n)
+            ct.memmove(k.raddr, socket.inet_pton(row.family, row.dst), n)
+            v = CRefusedVal()
+            if self._lib.bpf_lookup_and_delete(table.map_fd, ct.byref(k), ct.byref(v)) == 0:
+                out.append(RefusedRow.from_c(k, v))
+        return out
+
     def counters(self) -> dict[str, int]:
         """Kernel-side counters summed over CPUs, by name (cumulative since load)."""
         table = self._bpf["counters"]
@@ -604,6 +687,15 @@ class Probes:
             if lookup(fd, kp, vp) == 0:
                 out[tgid] = val.comm.decode(errors="replace")
         return out
+
+    def refusal_gaps(self) -> list[str]:
+        """What recording inbound attempts to closed ports lacks on this kernel (refused.bpf.c's tracepoints),
+        as 'tracepoint ... is missing: what is lost'; a node shows these at start."""
+        BPF = import_bcc().BPF
+        lost = {("tcp", "tcp_send_reset"): "TCP connection attempts to closed ports are not recorded",
+                ("icmp", "icmp_send"): "UDP datagrams to closed ports are not recorded"}
+        return [f"tracepoint {cat}:{ev} is missing: {what}" for (cat, ev), what in lost.items()
+                if not BPF.tracepoint_exists(cat, ev)]
 
     def process_name_gaps(self) -> list[str]:
         """What process naming lacks on this kernel, as 'tracepoint ... is missing: what is lost' (empty
@@ -653,7 +745,7 @@ class Probes:
         """Bytes of kernel memory each map holds (memlock from fdinfo), by map name."""
         out: dict[str, int] = {}
         for name in ("tcp_flows", "udp_flows", "pending", "listeners", "comms", "proc_names", "drops",
-                     "events"):
+                     "icmp_flows", "refused", "events"):
             with contextlib.suppress(Exception):
                 fd = self._bpf[name].map_fd
                 text = Path(f"/proc/self/fdinfo/{fd}").read_text()
@@ -668,6 +760,9 @@ class Probes:
             self._ring.close()
             self._ring = None
         self._batch.clear()
+        for sock in self._icmp_socks:
+            sock.close()
+        self._icmp_socks.clear()
         for link in self._links:
             os.close(link)
         self._links.clear()

@@ -29,11 +29,18 @@ EV_RESET_RX = 5
 EV_RESET_TX = 6
 EV_UDP_RELEASE = 7
 EV_ZERO_WINDOW = 8
+EV_ICMP = 9
+
+# EV_ICMP kinds (meshnode.h ICMP_K_*).
+ICMP_K_UNREACH = 1
+ICMP_K_FRAG = 2
+ICMP_K_TTL = 3
 
 # Per-CPU counters (meshnode.h C_*).
 COUNTER_NAMES = (
     "ringbuf_full", "tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full",
-    "drop_map_full", "events", "tcp_opened", "proc_map_full",
+    "drop_map_full", "events", "tcp_opened", "proc_map_full", "icmp_map_full", "refused_map_full",
+    "icmp_errors", "refused_attempts",
 )
 
 OUTCOME_NAMES = {1: "established", 2: "refused", 3: "timeout", 4: "reset", 7: "in_progress"}
@@ -114,6 +121,94 @@ class CEvent(ct.Structure):
         ("sk", ct.c_uint64), ("value", ct.c_uint64), ("value2", ct.c_uint64), ("flow", CTcpFlow),
         ("comm", ct.c_char * 16),
     ]
+
+
+class CIcmpKey(ct.Structure):
+    """struct icmp_key: a flow as this host sent it, quoted by an ICMP error (icmp_flows' key)."""
+
+    _fields_ = [("laddr", ct.c_uint8 * 16), ("raddr", ct.c_uint8 * 16), ("lport", ct.c_uint16),
+                ("rport", ct.c_uint16), ("proto", ct.c_uint8), ("family", ct.c_uint8), ("pad", ct.c_uint16)]
+
+
+class CIcmpVal(ct.Structure):
+    """struct icmp_val: the ICMP errors one flow received."""
+
+    _fields_ = [("first_ns", ct.c_uint64), ("last_ns", ct.c_uint64), ("unreach", ct.c_uint32),
+                ("frag", ct.c_uint32), ("ttl", ct.c_uint32), ("mtu", ct.c_uint32), ("code", ct.c_uint32),
+                ("pad", ct.c_uint32)]
+
+
+REFUSED_PORT_WORDS: Final = 16
+
+
+class CRefusedKey(ct.Structure):
+    """struct refused_key: one source refused on one local address (refused's key)."""
+
+    _fields_ = [("laddr", ct.c_uint8 * 16), ("raddr", ct.c_uint8 * 16), ("proto", ct.c_uint8),
+                ("family", ct.c_uint8), ("pad", ct.c_uint16)]
+
+
+class CRefusedVal(ct.Structure):
+    """struct refused_val: its attempts and the local ports they went to (bit port % 1024)."""
+
+    _fields_ = [("first_ns", ct.c_uint64), ("last_ns", ct.c_uint64), ("attempts", ct.c_uint32),
+                ("lport", ct.c_uint16), ("rport", ct.c_uint16), ("ports", ct.c_uint64 * REFUSED_PORT_WORDS)]
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpRow:
+    """The ICMP errors received for one flow (by its 5-tuple), totals since the row was drained last."""
+
+    proto: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    first_ns: int
+    last_ns: int
+    unreachable: int
+    frag_needed: int
+    time_exceeded: int
+    mtu: int
+    code: int
+
+    @classmethod
+    def from_c(cls, k: CIcmpKey, v: CIcmpVal) -> IcmpRow:
+        return cls(k.proto, addr_text(k.family, k.laddr), k.lport, addr_text(k.family, k.raddr), k.rport,
+                   v.first_ns, v.last_ns, v.unreach, v.frag, v.ttl, v.mtu, v.code)
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRow:
+    """Inbound attempts one source made to closed ports of one local address (monotonic times)."""
+
+    proto: int
+    family: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    first_ns: int
+    last_ns: int
+    attempts: int
+    ports: int
+    port_bits: int
+
+    @classmethod
+    def from_c(cls, k: CRefusedKey, v: CRefusedVal) -> RefusedRow:
+        bits = 0
+        for i, word in enumerate(v.ports):
+            bits |= int(word) << (64 * i)
+        return cls(k.proto, k.family, addr_text(k.family, k.laddr), v.lport, addr_text(k.family, k.raddr),
+                   v.rport, v.first_ns, v.last_ns, v.attempts, ports_from_bits(bits), bits)
+
+
+def ports_from_bits(bits: int) -> int:
+    """Distinct ports behind the kernel's port map (bit port % 1024): the bits set. Exact for a range of up to
+    1,024 consecutive ports (a sweep); a lower bound otherwise (ports 1024 apart share a bit). A
+    linear-counting estimate would be right for scattered ports but wrong, by a factor of up to ~4, for the
+    consecutive ranges sweeps use: the count never claims more ports than were tried."""
+    return bits.bit_count()
 
 
 def addr_text(family: int, raw: ct.Array[ct.c_uint8]) -> str:

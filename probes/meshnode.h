@@ -30,6 +30,7 @@
 #define EV_RESET_TX 6
 #define EV_UDP_RELEASE 7
 #define EV_ZERO_WINDOW 8
+#define EV_ICMP 9               /* value: proto << 24 | ICMP_K_* << 16 | ICMPv4-numbered code; value2: MTU */
 
 /* per-CPU counters: nothing is lost silently */
 #define C_RINGBUF_FULL 0
@@ -41,7 +42,11 @@
 #define C_EVENTS 6
 #define C_TCP_OPENED 7
 #define C_PROC_MAP_FULL 8        /* a process name the LRU map could not take (procs.bpf.c) */
-#define C_NCOUNTERS 9
+#define C_ICMP_MAP_FULL 9       /* an ICMP error for a flow the icmp_flows map could not take */
+#define C_REFUSED_MAP_FULL 10   /* a refused inbound attempt from a source the refused map could not take */
+#define C_ICMP_ERRORS 11        /* ICMP errors about TCP/UDP received (joined to a flow or not) */
+#define C_REFUSED 12            /* refused inbound attempts seen (before aggregation) */
+#define C_NCOUNTERS 13
 
 /* One TCP socket, keyed by its kernel address (created at connect or at passive establishment).
  *
@@ -161,6 +166,54 @@ struct event {
     __u64 value2;           /* previous RTT, ... */
     struct tcp_flow flow;
     char comm[16];
+};
+
+/* ICMP errors received (icmp.bpf.c): kinds in EV_ICMP's value */
+#define ICMP_K_UNREACH 1
+#define ICMP_K_FRAG 2
+#define ICMP_K_TTL 3
+
+/* A flow as this host sent it, from the header an ICMP error quotes: the join key to the flow record. */
+struct icmp_key {
+    __u8 laddr[16];
+    __u8 raddr[16];
+    __u16 lport;            /* host order */
+    __u16 rport;            /* host order */
+    __u8 proto;
+    __u8 family;
+    __u16 pad;
+};
+
+struct icmp_val {
+    __u64 first_ns;
+    __u64 last_ns;
+    __u32 unreach;          /* destination unreachable, other than fragmentation needed */
+    __u32 frag;             /* fragmentation needed / packet too big */
+    __u32 ttl;              /* time exceeded in transit */
+    __u32 mtu;              /* smallest next-hop MTU reported */
+    __u32 code;             /* last unreachable code, ICMPv4 numbering */
+    __u32 pad;
+};
+
+/* Inbound attempts to closed ports (refused.bpf.c), one entry per source and local address: a sweep of
+ * every port costs one entry. */
+struct refused_key {
+    __u8 laddr[16];
+    __u8 raddr[16];
+    __u8 proto;
+    __u8 family;
+    __u16 pad;
+};
+
+#define REFUSED_PORT_WORDS 16   /* 1024 bits: bit (port % 1024) of each local port tried */
+
+struct refused_val {
+    __u64 first_ns;
+    __u64 last_ns;
+    __u32 attempts;
+    __u16 lport;            /* last local port tried, host order */
+    __u16 rport;            /* its remote port */
+    __u64 ports[REFUSED_PORT_WORDS];
 };
 
 #endif

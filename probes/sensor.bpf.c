@@ -92,3 +92,5 @@ static __always_inline void emit(__u32 kind, __u64 cookie, __u64 sk, struct tcp_
 #include "owners.bpf.c"
 #include "procs.bpf.c"
 #include "drops.bpf.c"
+#include "icmp.bpf.c"
+#include "refused.bpf.c"

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from google.protobuf import wrappers_pb2
 
-from meshnode.health import HealthRow, RetryPattern, ScanPattern
+from meshnode.health import HealthRow, PathMtu, RetryPattern, ScanPattern
 from meshnode.sensor import EventRecord
 from meshnode.summary import PeriodSummary, Rollup, WindowRollup, WindowRollups
 from meshnode.v1 import flow_pb2, observer_pb2
@@ -84,6 +84,11 @@ def retry_pb(p: RetryPattern) -> flow_pb2.RetryPattern:
         interval_p50_ms=p.interval_p50_ms, interval_min_ms=p.interval_min_ms,
         interval_max_ms=p.interval_max_ms, first_ns=p.first_ns, last_ns=p.last_ns,
     )
+
+
+def path_mtu_pb(p: PathMtu) -> observer_pb2.PathMtu:
+    """A ``PathMtu`` message."""
+    return observer_pb2.PathMtu(destination=p.destination, mtu=p.mtu, flows=p.flows, errors=p.errors)
 
 
 def scan_pb(s: ScanPattern) -> flow_pb2.ScanPattern:

@@ -45,6 +45,7 @@ from meshnode.api._convert import (
     completeness_pb,
     event_pb,
     health_row_pb,
+    path_mtu_pb,
     period_pb,
     retry_pb,
     rollups_pb,
@@ -57,7 +58,7 @@ from meshnode.api._limits import MAX_TIME_NS, ApiLimits
 from meshnode.api._live import EventRing, FlowFeed
 from meshnode.api._status import StatusProvider
 from meshnode.sensor import EventRecord
-from meshnode.store import TABLE_FINAL, TABLE_INTERIM, FlowQuery, PeriodRow, Store, StoredFlow, StoreTimeout
+from meshnode.store import TABLE_FINAL, TABLE_INTERIM, FlowQuery, PeriodRow, RowFilter, Store, StoredFlow, StoreTimeout
 from meshnode.summary import PeriodSummary, format_destination, format_process, merge_window
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
@@ -436,6 +437,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         failed = {"outcome": sorted(FAILED_OUTCOMES)}
         # retry and scan patterns are computed on the columns of every failed flow (no record made)
         failed_q = dataclasses.replace(base, equals=failed)
+        # inbound attempts to closed ports come aggregated per source (failed flows, so among the columns above);
+        # fragmentation-needed errors are on flows of any outcome: those few are read as records
+        mtu_q = dataclasses.replace(base, deny=(*base.deny, RowFilter(equals={"icmp_frag_needed": [0]})))
         changes = self.store.address_changes(max(0, since - health_mod.ADDRESS_CHANGE_WINDOW_NS), until)
         rows = 0
 
@@ -458,6 +462,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                 failed_q, sorted({*health_mod.RETRY_COLUMNS, *health_mod.SCAN_COLUMNS}), conn,
                 max_rows=MAX_HEALTH_ROWS)
             _check_deadline(deadline)
+            mtu_flows = take(mtu_q, conn)
             after_change: dict[tuple[int, int], FlowRecord] = {}
             for t in changes[-MAX_ADDRESS_CHANGES:]:
                 window = dataclasses.replace(
@@ -471,6 +476,10 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         for _, counts in by_period:  # every record belongs to one period: the host is their sum
             for outcome, n in counts.items():
                 host.add_count(outcome, n)
+        scans = health_mod.scan_patterns(failures)
+        scanned = health_mod.scan_flow_outcomes(failures, scans)
+        for outcome, n in scanned.items():  # seed 004 leaves scans out of the host's fraction
+            host.remove_count(outcome, n)
         periods = health_mod.health_from_counts(
             "period", ((str(k[0]), o, n) for k, counts in by_period for o, n in counts.items())
         )
@@ -483,7 +492,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                 "destination",
                 ((format_destination(k[0], k[1]), o, n) for k, c in by_dst for o, n in c.items()))],
             retries=[retry_pb(p) for p in health_mod.retry_patterns(failures)],
-            scans=[scan_pb(s) for s in health_mod.scan_patterns(failures)],
+            scans=[scan_pb(s) for s in scans],
+            scan_flows=sum(scanned.values()),
+            path_mtu=[path_mtu_pb(p) for p in health_mod.path_mtu_problems(mtu_flows)],
             failures_after_address_change=health_mod.failures_after_address_change(
                 list(after_change.values()), changes),
             since_ns=since, until_ns=until,

@@ -354,6 +354,11 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
             resp.retry_advice.extend(retry_advice_pb(a) for a in advice[:MAX_ADVICE])
             chatter = await self._ask(context, taxonomy.discovery, since, until)
             resp.discovery.extend(discovery_pb(d) for d in chatter[:MAX_ADVICE])
+        scans_of = getattr(self._source, "scans", None)
+        if callable(scans_of):
+            scans = await self._ask(context, scans_of, since, until)
+            resp.scans.extend(flow_pb2.ScanPattern(src=s.src, ports=s.ports, failures=s.failures)
+                              for s in scans[:MAX_ADVICE])
         return resp
 
     async def Compare(

@@ -58,6 +58,7 @@ from meshnode.diagnosis._transaction import (
     split_destination,
     transactions_from_rollups,
 )
+from meshnode.health import ScanPattern, scan_patterns
 from meshnode.summary import format_destination
 from meshnode.summary._problems import (
     CONNECT_PENDING,
@@ -106,6 +107,7 @@ class _Period:
     transactions: tuple[Transaction, ...]
     samples: tuple[PeerSample, ...]
     chatter: tuple[DiscoveryChatter, ...]
+    scans: tuple[ScanPattern, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +429,7 @@ class NodeSource:
 
     def add_period(self, period_end_ns: int, records: Sequence[FlowRecord] | FlowBatch) -> None:
         """One of this node's periods (its finals and interims; only outbound finals count)."""
-        flows = as_batch(records)
+        flows, scans = _without_scans(as_batch(records))
         finals = flows.take((flows["kind"] == ENUM_NUMBERS["kind"]["final"])
                             & (flows["direction"] == ENUM_NUMBERS["direction"]["outbound"]))
         txns = self._collapsed(self.view.period(period_end_ns, flows))
@@ -439,7 +441,7 @@ class NodeSource:
             tried["start_ns"].tolist(), tried["comm"].tolist(), tried["pid"].tolist(), tried["dst"].tolist(),
             tried["dport"].tolist(), tried.names("proto").tolist(), tried.names("outcome").tolist(), strict=True))
         with self._lock:
-            self._periods.append(_Period(period_end_ns, tuple(txns), tuple(samples), tuple(chatter)))
+            self._periods.append(_Period(period_end_ns, tuple(txns), tuple(samples), tuple(chatter), scans))
             full = self._attempts.maxlen is not None and len(self._attempts) + len(attempts) > self._attempts.maxlen
             if full and self._attempts.maxlen is not None:
                 self.dropped["attempts"] += len(self._attempts) + len(attempts) - self._attempts.maxlen
@@ -629,8 +631,35 @@ class NodeSource:
         out = [DiscoveryChatter(c, p, n, dsts[(c, p)]) for (c, p), n in flows.items()]
         return sorted(out, key=lambda d: (-d.flows, d.comm, d.protocol))
 
+    def scans(self, since_ns: int, until_ns: int) -> list[ScanPattern]:
+        """Inbound scans of this node's ports in the range (their flows are not in the transactions), summed
+        per scanner over the periods; the most ports first."""
+        ports: Counter[str] = Counter()
+        failures: Counter[str] = Counter()
+        with self._lock:
+            groups = [p.scans for p in self._periods if since_ns <= p.end_ns <= until_ns]
+        for scans in groups:
+            for s in scans:
+                ports[s.src] += s.ports
+                failures[s.src] += s.failures
+        out = [ScanPattern(src, n, failures[src]) for src, n in ports.items()]
+        return sorted(out, key=lambda s: (-s.ports, -s.failures, s.src))
+
     def held(self) -> dict[str, int]:
         """What is held now (for status and tests): ``periods``, ``digests``, ``attempts``, ``members``."""
         with self._lock:
             return {"periods": len(self._periods), "digests": len(self._digests), "attempts": len(self._attempts),
                     "members": len(self._members)}
+
+
+def _without_scans(flows: FlowBatch) -> tuple[FlowBatch, tuple[ScanPattern, ...]]:
+    """A period's flows without the inbound scans among them (seed 004: one source failing across many local
+    ports), and those scans: a scanner's refusals say nothing about the host's services."""
+    inbound_failed = (flows["direction"] == ENUM_NUMBERS["direction"]["inbound"]) & np.isin(flows["outcome"], FAILED)
+    if not inbound_failed.any():
+        return flows, ()
+    scans = tuple(scan_patterns(flows.take(inbound_failed)))
+    if not scans:
+        return flows, ()
+    scanned = inbound_failed & np.isin(flows["dst"], [s.src for s in scans])
+    return flows.take(~scanned), scans

@@ -7,6 +7,7 @@ from meshnode.health._health import (
     RETRY_COLUMNS,
     SCAN_COLUMNS,
     HealthRow,
+    PathMtu,
     RetryPattern,
     ScanPattern,
     failures_after_address_change,
@@ -15,7 +16,9 @@ from meshnode.health._health import (
     health_by_period,
     health_from_counts,
     host_health,
+    path_mtu_problems,
     retry_patterns,
+    scan_flow_outcomes,
     scan_patterns,
 )
 
@@ -26,6 +29,7 @@ __all__ = [
     "RETRY_COLUMNS",
     "SCAN_COLUMNS",
     "HealthRow",
+    "PathMtu",
     "RetryPattern",
     "ScanPattern",
     "failures_after_address_change",
@@ -34,6 +38,8 @@ __all__ = [
     "health_by_period",
     "health_from_counts",
     "host_health",
+    "path_mtu_problems",
     "retry_patterns",
+    "scan_flow_outcomes",
     "scan_patterns",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from meshnode._batch import FAILED, FlowBatch, as_batch, factorize
-from meshnode._model import ENUM_NUMBERS, FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
+from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FAILED_OUTCOMES, USEFUL_OUTCOMES, FlowRecord
 
 ADDRESS_CHANGE_WINDOW_NS: Final = 60 * 1_000_000_000
 MIN_RETRY_FAILURES: Final = 3
@@ -53,6 +53,19 @@ class HealthRow:
             self.useful += n
         elif outcome in FAILED_OUTCOMES:
             self.failures[outcome] = self.failures.get(outcome, 0) + n
+
+    def remove_count(self, outcome: str, n: int) -> None:
+        """Take back ``n`` counted flows of one outcome (flows left out, such as a scan's)."""
+        if outcome == "in_progress" or n <= 0:
+            return
+        n = min(n, self.attempts)
+        self.attempts -= n
+        if outcome in USEFUL_OUTCOMES:
+            self.useful -= n
+        elif (left := self.failures.get(outcome, 0) - n) > 0:
+            self.failures[outcome] = left
+        else:
+            self.failures.pop(outcome, None)
 
 
 def host_health(records: Iterable[FlowRecord], key: str = "") -> HealthRow:
@@ -123,7 +136,7 @@ class RetryPattern:
 
 #: The columns ``retry_patterns`` and ``scan_patterns`` read (``Store.query_columns``).
 RETRY_COLUMNS: Final = ("comm", "pid", "dst", "dport", "start_ns", "outcome", "direction")
-SCAN_COLUMNS: Final = ("dst", "sport", "outcome", "direction")
+SCAN_COLUMNS: Final = ("dst", "sport", "outcome", "direction", "attempts", "ports_probed")
 
 Flows = Iterable[FlowRecord] | FlowBatch | Mapping[str, NDArray[Any]]
 
@@ -194,20 +207,68 @@ class ScanPattern:
 
 
 def scan_patterns(flows: Flows, min_ports: int = MIN_SCAN_PORTS) -> list[ScanPattern]:
-    """Inbound scans: failed inbound flows grouped by remote address, at least ``min_ports`` local ports.
+    """Inbound scans (seed 004): failed inbound flows grouped by remote address, at least ``min_ports`` local
+    ports.
 
     Inbound records keep the local end in ``src``/``sport``, so the scanner is ``dst`` and the port tried
-    is ``sport``. Most ports first. In numpy, as ``retry_patterns``.
+    is ``sport``. A record the kernel aggregated over a source's attempts to closed ports counts its
+    ``ports_probed`` ports and its ``attempts`` failures (aggregates of one source in two bursts may share
+    ports: then the sum over-counts them). Most ports first. In numpy, as ``retry_patterns``.
     """
     c = _columns(flows, SCAN_COLUMNS, "inbound")
     if not len(c["dst"]):
         return []
     codes, sources = factorize(c["dst"])
-    failures = np.bincount(codes, minlength=len(sources))
-    pairs = np.unique(codes.astype(np.int64) * 65536 + c["sport"].astype(np.int64))
-    ports = np.bincount(pairs // 65536, minlength=len(sources))
+    n = len(sources)
+    failures = np.bincount(codes, weights=np.maximum(c["attempts"].astype(np.int64), 1), minlength=n)
+    wide = c["ports_probed"] > 1
+    one = ~wide
+    pairs = np.unique(codes[one].astype(np.int64) * 65536 + c["sport"][one].astype(np.int64))
+    ports = (np.bincount(pairs // 65536, minlength=n)
+             + np.bincount(codes[wide], weights=c["ports_probed"][wide].astype(np.int64), minlength=n))
     out = [ScanPattern(sources[i], int(ports[i]), int(failures[i])) for i in np.flatnonzero(ports >= min_ports)]
     return sorted(out, key=lambda s: (-s.ports, -s.failures, s.src))
+
+
+def scan_flow_outcomes(flows: Flows, scans: Iterable[ScanPattern]) -> dict[str, int]:
+    """How many of ``flows`` belong to ``scans`` (failed inbound flows from a scanner), by outcome: they are
+    left out of a host's useful-flow fraction, as seed 004 leaves out scans (they fail by design, like
+    discovery chatter)."""
+    scanners = [s.src for s in scans]
+    if not scanners:
+        return {}
+    c = _columns(flows, SCAN_COLUMNS, "inbound")
+    outcomes = c["outcome"][np.isin(c["dst"], scanners)]
+    names = ENUM_NAMES["outcome"]
+    values, counts = np.unique(outcomes, return_counts=True)
+    return {names.get(int(v), "unknown"): int(k) for v, k in zip(values.tolist(), counts.tolist(), strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtu:
+    """A destination whose path is narrower than what the host sent (``meshnode.v1.PathMtu``)."""
+
+    destination: str
+    mtu: int
+    flows: int
+    errors: int
+
+
+def path_mtu_problems(records: Iterable[FlowRecord]) -> list[PathMtu]:
+    """Destinations whose flows received fragmentation-needed (packet too big) errors, with the smallest MTU
+    reported; smallest MTU first."""
+    mtu: dict[str, int] = {}
+    flows: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for rec in records:
+        if rec.icmp_frag_needed:
+            d = rec.destination
+            flows[d] = flows.get(d, 0) + 1
+            errors[d] = errors.get(d, 0) + rec.icmp_frag_needed
+            if rec.path_mtu:
+                mtu[d] = min(mtu.get(d, rec.path_mtu), rec.path_mtu)
+    out = [PathMtu(d, mtu.get(d, 0), n, errors[d]) for d, n in flows.items()]
+    return sorted(out, key=lambda p: (p.mtu, -p.errors, p.destination))
 
 
 def failures_after_address_change(

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
 from meshnode.sensor._limits import limited_by
 from meshnode.sensor._native import NativeJson
+from meshnode.sensor._netaddr import NamespaceAddresses
 from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, service_name
 
 if TYPE_CHECKING:
@@ -66,7 +67,22 @@ _NO_REASONS: dict[str, int] = {}
 _SAMPLED = {"rttvar_us": "rttvar", "delivery_rate": "delivery_rate", "lost": "lost", "reordering": "reordering"}
 """Final-record columns filled from the flow's last tcp_info sample, and the TcpInfo field of each."""
 _MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full",
-             "proc_map_full")
+             "proc_map_full", "icmp_map_full", "refused_map_full")
+_UDP = ENUM_NUMBERS["proto"]["udp"]
+_PROTO_NAME = {_TCP: "tcp", _UDP: "udp"}
+_ICMP_EVENTS = {rec.ICMP_K_UNREACH: "icmp_unreachable", rec.ICMP_K_FRAG: "frag_needed",
+                rec.ICMP_K_TTL: "ttl_exceeded"}
+#: What an ICMPv4 destination-unreachable code says is unreachable (ICMPv6's codes arrive renumbered to these:
+#: icmp.bpf.c); short, as an event's detail column is 15 characters.
+UNREACHABLE_CODES: Final = {0: "net", 1: "host", 2: "protocol", 3: "port", 5: "source route", 6: "net unknown",
+                            7: "host unknown", 9: "net prohibited", 10: "host prohibited", 11: "net for TOS",
+                            12: "host for TOS", 13: "prohibited"}
+_NO_ICMP = (0, 0, 0, 0, 0)
+_ICMP_HELD = 65536
+_REFUSED_QUIET_NS = 2 * 10**9
+"""An inbound refused flow (one source's attempts to closed ports) ends once the source has been quiet this
+long, or has lasted ``_REFUSED_MAX_NS``: one record per source and burst, bounded in time."""
+_REFUSED_MAX_NS = 60 * 10**9
 
 
 class EbpfSensor:
@@ -112,6 +128,11 @@ class EbpfSensor:
         self._json_addr6: dict[bytes, bytes] = {}
         self._json_service: dict[int, bytes] = {}
         self._native: NativeJson | bool | None = False  # False: not loaded yet; None: not available
+        # ICMP errors by flow 5-tuple (proto, src, sport, dst, dport): unreachable, code, frag needed, MTU,
+        # time exceeded; joined to the flow's record (and popped) when it ends
+        self._icmp: dict[tuple[int, str, int, str, int], tuple[int, int, int, int, int]] = {}
+        self._own_addrs: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._netaddrs: NamespaceAddresses | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -125,17 +146,24 @@ class EbpfSensor:
             raise BPFCompileError(str(exc)) from exc
         except ProbeError as exc:
             raise SensorError(str(exc)) from exc
+        self._netaddrs = NamespaceAddresses()  # this namespace's, however the sensor is polled later
         self._clock_offset = time.time_ns() - time.monotonic_ns()
         self._counters = self._probes.counters()
         self._reasons = drop_reason_names()
         gaps = self._probes.process_name_gaps()
         if gaps:
             log.warning("process names may be missing or stale: %s", "; ".join(gaps))
+        gaps = self._probes.refusal_gaps()
+        if gaps:
+            log.warning("inbound attempts to closed ports: %s", "; ".join(gaps))
         self._started = True
 
     def close(self) -> None:
         """Detach and free kernel resources; safe to call twice."""
         self._probes.close()
+        if self._netaddrs is not None:
+            self._netaddrs.close()
+            self._netaddrs = None
         self._started = False
 
     # ---- draining --------------------------------------------------------------------------------
@@ -150,6 +178,8 @@ class EbpfSensor:
         batch = SensorBatch()
         now = time.monotonic_ns()
         try:
+            # ICMP errors first: an error that ended a flow was counted before the flow's end record went out
+            self._drain_icmp(batch)
             arr = self._probes.poll_array()
             if len(arr):
                 batch.columns.extend(self._ring_in_order(arr, batch))
@@ -297,6 +327,8 @@ class EbpfSensor:
                     reasons[i] = dict(counts)
                     drops[i] = sum(counts.values())
             cols["drops"], cols["drop_reasons"] = drops, reasons
+        if self._icmp:
+            self._join_icmp(cols, n)
         flows = FlowBatch(cols, n)
         failed = flows.failed()
         if failed.any():
@@ -320,6 +352,19 @@ class EbpfSensor:
             for name, attr in _SAMPLED.items():
                 cols[name][i] = getattr(info, attr) or 0
         return cols
+
+    def _join_icmp(self, cols: dict[str, Any], n: int) -> None:
+        """Ended TCP flows' ICMP errors into their columns (only while some flow has any: rare)."""
+        names = ("icmp_unreachable", "icmp_unreachable_code", "icmp_frag_needed", "path_mtu", "icmp_time_exceeded")
+        out = np.zeros((len(names), n), dtype=np.int64)
+        held = self._icmp
+        for i, key in enumerate(zip(cols["src"].tolist(), cols["sport"].tolist(), cols["dst"].tolist(),
+                                    cols["dport"].tolist(), strict=True)):
+            got = held.pop((_TCP, *key), None)
+            if got is not None:
+                out[:, i] = got
+        for name, col in zip(names, out, strict=True):
+            cols[name] = col
 
     def _addr_column(self, raw: np.ndarray[Any, Any], inet6: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Addresses' text from their raw 16 bytes, made once per distinct address."""
@@ -538,11 +583,13 @@ class EbpfSensor:
         return text
 
     def _poll_maps(self, now: int, batch: SensorBatch) -> None:
-        """The rest of a poll, after the ring buffer: drops, UDP and half-open scans, kernel counters."""
+        """The rest of a poll, after the ring buffer: drops, UDP, half-open and refused scans, kernel
+        counters."""
         self._drain_drops(batch)
         if self._released or now - self._last_udp_scan >= self._udp_scan_interval_ns:
             self._scan_udp(now, batch)
             self._scan_pending(now, batch)
+            self._scan_refused(now, batch)
             self._last_udp_scan = now
         counters = self._probes.counters()
         moved = {k: counters[k] - self._counters.get(k, 0) for k in counters}
@@ -550,7 +597,7 @@ class EbpfSensor:
         c = batch.completeness
         c.lost_events += moved["ringbuf_full"]
         c.ringbuf_overruns += 1 if moved["ringbuf_full"] else 0
-        c.map_evictions += sum(moved[k] for k in _MAP_FULL)
+        c.map_evictions += sum(moved.get(k, 0) for k in _MAP_FULL)
 
     def _handle(self, ev: rec.KernelEvent, batch: SensorBatch) -> None:
         if ev.kind == rec.EV_UDP_RELEASE:
@@ -565,6 +612,9 @@ class EbpfSensor:
             batch.records.append(flow)
             if flow.failed:
                 batch.events.append(EventRecord("connect_failed", self._wall(ev.ts_ns), flow, 1.0, flow.outcome))
+            return
+        if ev.kind == rec.EV_ICMP:
+            batch.events.append(self._icmp_event(ev))
             return
         kind = _EVENT_TYPES.get(ev.kind)
         if kind is None:
@@ -607,6 +657,92 @@ class EbpfSensor:
         if len(self._halfopen_seen) > 4096:
             self._halfopen_seen.pop(next(iter(self._halfopen_seen)))
         return last is not None and ev.ts_ns - last < _HALFOPEN_REPEAT_NS
+
+    def _drain_icmp(self, batch: SensorBatch) -> None:
+        """ICMP errors since the last poll, added to their flows' counts until the flows end."""
+        rows = self._probes.drain_icmp()
+        if not rows:
+            return
+        batch.completeness.drained_rows += len(rows)
+        held = self._icmp
+        for r in rows:
+            key = (r.proto, r.src, r.sport, r.dst, r.dport)
+            unreach, code, frag, mtu, ttl = held.get(key, _NO_ICMP)
+            held[key] = (unreach + r.unreachable, r.code if r.unreachable else code, frag + r.frag_needed,
+                         min(mtu, r.mtu) if mtu and r.mtu else mtu or r.mtu, ttl + r.time_exceeded)
+        if len(held) > _ICMP_HELD:  # errors for flows never ending here (other scopes): forget the oldest half
+            drop = len(held) // 2
+            for key in list(held)[:drop]:
+                del held[key]
+            batch.completeness.map_evictions += drop
+
+    def _icmp_of(self, proto: str, src: str, sport: int, dst: str, dport: int,
+                 final: bool) -> tuple[int, int, int, int, int]:
+        """A flow's ICMP errors: (unreachable, code, frag needed, path MTU, time exceeded); popped when final."""
+        if not self._icmp:
+            return _NO_ICMP
+        key = (ENUM_NUMBERS["proto"][proto], src, sport, dst, dport)
+        return (self._icmp.pop(key, _NO_ICMP) if final else self._icmp.get(key, _NO_ICMP))
+
+    def _icmp_event(self, ev: rec.KernelEvent) -> EventRecord:
+        """An EV_ICMP ring record (the first error of a kind on a flow, or a smaller MTU) as an event."""
+        f = ev.flow
+        assert f is not None
+        proto, kind, code = ev.value >> 24, (ev.value >> 16) & 0xFF, ev.value & 0xFF
+        name = _ICMP_EVENTS.get(kind, "icmp_unreachable")
+        if kind == rec.ICMP_K_FRAG:
+            detail, value = f"mtu {ev.value2}", float(ev.value2)
+        elif kind == rec.ICMP_K_UNREACH:
+            detail, value = UNREACHABLE_CODES.get(code, f"code {code}"), float(code)
+        else:
+            detail, value = "in transit", 0.0
+        pname = _PROTO_NAME.get(proto, "tcp")
+        flow = FlowRecord(
+            flow_id=_synthetic_id(proto, f.src, f.sport, f.dst, f.dport), src=f.src, sport=f.sport, dst=f.dst,
+            dport=f.dport, proto=pname, direction="outbound", start_ns=self._wall(f.start_ns),
+            end_ns=self._wall(f.last_ns), kind="interim", service=service_name(f.dport, pname),
+            icmp_unreachable=int(kind == rec.ICMP_K_UNREACH), icmp_unreachable_code=code,
+            icmp_frag_needed=int(kind == rec.ICMP_K_FRAG), path_mtu=ev.value2,
+            icmp_time_exceeded=int(kind == rec.ICMP_K_TTL),
+        )
+        return EventRecord(name, self._wall(ev.ts_ns), flow, value, detail)
+
+    def _scan_refused(self, now: int, batch: SensorBatch) -> None:
+        """Inbound attempts to closed ports: each source's entry ends once it has been quiet
+        ``_REFUSED_QUIET_NS`` (or has lasted ``_REFUSED_MAX_NS``) and becomes one inbound refused flow."""
+        rows = self._probes.refused()
+        if not rows:
+            return
+        batch.completeness.drained_rows += len(rows)
+        done = [r for r in rows if now - r.last_ns >= _REFUSED_QUIET_NS or now - r.first_ns >= _REFUSED_MAX_NS]
+        if not done:
+            return
+        taken = self._probes.take_refused(done)
+        own = self._own_addresses() if self.scope != "/" else None
+        for r in taken:
+            if own is not None and r.src not in own:
+                continue  # another network namespace's address (the tracepoints name none)
+            batch.records.append(self._refused_record(r))
+
+    def _own_addresses(self) -> frozenset[str]:
+        """This network namespace's own addresses but loopback's (which every namespace has), re-read at most
+        every 5 s: a scoped sensor keeps the refused attempts made to these."""
+        at, addrs = self._own_addrs
+        if time.monotonic() - at < 5.0:
+            return addrs
+        addrs = frozenset(a for a in self._netaddrs.read() if not _is_loopback(a)) if self._netaddrs else frozenset()
+        self._own_addrs = (time.monotonic(), addrs)
+        return addrs
+
+    def _refused_record(self, r: rec.RefusedRow) -> FlowRecord:
+        proto = _PROTO_NAME.get(r.proto, "tcp")
+        return FlowRecord(
+            flow_id=_synthetic_id("refused", r.proto, r.src, r.dst, r.first_ns), src=r.src, sport=r.sport,
+            dst=r.dst, dport=r.dport, proto=proto, direction="inbound", start_ns=self._wall(r.first_ns),
+            end_ns=self._wall(r.last_ns), packets_rx=r.attempts, packets_tx=r.attempts, outcome="refused",
+            kind="final", fidelity="exact", service=service_name(r.sport, proto) if r.ports == 1 else "",
+            attempts=r.attempts, ports_probed=r.ports,
+        )
 
     def _drain_drops(self, batch: SensorBatch) -> None:
         drained = self._probes.drain_drops()
@@ -765,7 +901,9 @@ class EbpfSensor:
             limit, connect_us, resets_tx, resets_rx, sum(reasons.values()) if reasons else 0,
             "final" if final else "interim", "exact",  # kind, fidelity
             rttvar, delivery_rate, lost, reordering,
-            service_name(sport if direction == "inbound" else dport, "tcp"), "", reasons,  # .. drop_reasons
+            service_name(sport if direction == "inbound" else dport, "tcp"), "",  # service, node_id
+            *self._icmp_of("tcp", src, sport, dst, dport, final), 0, 0,  # icmp_* .. ports_probed
+            reasons,
         )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
@@ -775,6 +913,7 @@ class EbpfSensor:
         first_req, first_ans = ((r.first_tx_ns, r.first_rx_ns) if r.direction == "outbound"
                                 else (r.first_rx_ns, r.first_tx_ns))
         reasons = self._drops(r.sk, final)
+        unreach, code, frag, mtu, ttl = self._icmp_of("udp", r.src, r.sport, r.dst, r.dport, final)
         return FlowRecord(
             flow_id=_udp_flow_id(r), src=r.src, sport=r.sport, dst=r.dst, dport=r.dport, proto="udp",
             direction=r.direction, pid=r.pid, comm=comm, thread=thread, cgroup=self._cgroup(r.cgroup_id, r.pid),
@@ -786,6 +925,8 @@ class EbpfSensor:
             drops=sum(reasons.values()), drop_reasons=reasons, kind="final" if final else "interim",
             fidelity="exact",
             service=service_name(r.dport if r.direction == "outbound" else r.sport, "udp"),
+            icmp_unreachable=unreach, icmp_unreachable_code=code, icmp_frag_needed=frag, path_mtu=mtu,
+            icmp_time_exceeded=ttl,
         )
 
     def _halfopen_record(self, p: PendingRow) -> FlowRecord:
@@ -824,6 +965,9 @@ def _tcp_end_templates() -> tuple[bytes, bytes]:
     constant = {
         "proto": '"tcp"', "kind": '"final"', "fidelity": '"exact"', "rttvar_us": "0", "delivery_rate": "0",
         "lost": "0", "reordering": "0", "node_id": '""',
+        # ICMP errors are joined to flows by poll(); capture's fast path writes none
+        "icmp_unreachable": "0", "icmp_unreachable_code": "0", "icmp_frag_needed": "0", "path_mtu": "0",
+        "icmp_time_exceeded": "0", "attempts": "0", "ports_probed": "0",
     }
     text = ("src", "dst", "direction", "outcome", "limited_by", "service", "drop_reasons")
     owner = ("pid", "comm", "thread", "cgroup", "cgroup_id")

@@ -94,6 +94,15 @@ class FakeProbes:
     def take_pending(self, rows: list[rec.PendingRow]) -> list[rec.PendingRow]:
         return []
 
+    def drain_icmp(self) -> list[rec.IcmpRow]:
+        return []
+
+    def refused(self) -> list[rec.RefusedRow]:
+        return []
+
+    def take_refused(self, rows: list[rec.RefusedRow]) -> list[rec.RefusedRow]:
+        return []
+
     def counters(self) -> dict[str, int]:
         return dict(self.ctr)
 

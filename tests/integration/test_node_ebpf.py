@@ -17,10 +17,11 @@ from pathlib import Path
 import grpc
 
 from meshnode._model import FlowRecord
-from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
+from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, flow_pb2, observer_pb2, observer_pb2_grpc
 from tests._support.env import require_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
+SCANNER = "127.0.0.99"
 
 
 def _free_port() -> int:
@@ -76,6 +77,10 @@ def test_ebpf_node_records_exact_bytes_and_refusals(tmp_path: Path) -> None:
         for _ in range(3):
             with contextlib.suppress(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", refused_port), timeout=2).close()
+        for p in range(30000, 30500):  # a sweep of closed ports from one source: one kernel entry, one scan
+            with socket.socket() as c, contextlib.suppress(ConnectionRefusedError):
+                c.bind((SCANNER, 0))
+                c.connect(("127.0.0.1", p))
         time.sleep(3)  # > two export periods
 
         async def query() -> tuple[list[FlowRecord], observer_pb2.HealthResponse]:
@@ -95,6 +100,28 @@ def test_ebpf_node_records_exact_bytes_and_refusals(tmp_path: Path) -> None:
         assert not health.host.useful_fraction.value
         [retry] = health.retries
         assert retry.failures == 3 and retry.destination == f"127.0.0.1:{refused_port}"
+
+        async def scans() -> observer_pb2.HealthResponse:
+            async with grpc.aio.insecure_channel(addr) as ch:
+                stub = observer_pb2_grpc.ObserverStub(ch)
+                hreq = observer_pb2.HealthRequest(filter=flow_pb2.FlowFilter(dst=[SCANNER]))
+                for _ in range(20):  # the sweep's record ends 2 s after its last attempt, then a period closes
+                    h = await stub.Health(hreq, timeout=10)
+                    if h.scans:
+                        return h
+                    await asyncio.sleep(0.5)
+                return h
+
+        async def blamed() -> diagnosis_pb2.BlameResponse:
+            async with grpc.aio.insecure_channel(addr) as ch:
+                return await diagnosis_pb2_grpc.DiagnosisStub(ch).Blame(diagnosis_pb2.BlameRequest(), timeout=10)
+
+        h = asyncio.run(scans())
+        assert [(s.src, s.ports, s.failures) for s in h.scans] == [(SCANNER, 500, 500)]
+        assert (h.scan_flows, h.host.attempts) == (1, 0)  # the scan is left out of the host's fraction
+        blame = asyncio.run(blamed())
+        assert [(s.src, s.ports, s.failures) for s in blame.scans] == [(SCANNER, 500, 500)]
+        assert not any(SCANNER in ex.dst for s in blame.suspects for ex in s.examples)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         assert proc.returncode == 0

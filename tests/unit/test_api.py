@@ -172,7 +172,24 @@ def test_health_finds_scans_and_ignores_non_patterns(tmp_path: Path) -> None:
         resp = await h.stub.Health(observer_pb2.HealthRequest(since_ns=T0, until_ns=T0 + 400 * S), timeout=10)
         assert [(s.src, s.ports, s.failures) for s in resp.scans] == [("192.0.2.66", 6, 6)]
         assert list(resp.retries) == []
-        assert resp.host.attempts == 12 and resp.host.useful == 0
+        # seed 004: the scan's 6 flows are left out of the host (the 4 of the source below the threshold stay)
+        assert (resp.host.attempts, resp.host.useful, resp.scan_flows) == (6, 0, 6)
+        assert dict(resp.host.failures) == {"refused": 4, "timeout": 2}
+
+    run(tmp_path, body)
+
+
+def test_health_counts_a_kernel_aggregated_sweep_and_lists_path_mtu_problems(tmp_path: Path) -> None:
+    sweep = flow(300, direction="inbound", sport=1499, dst="192.0.2.88", outcome="refused", attempts=500,
+                 ports_probed=500)
+    narrow = [flow(310 + i, icmp_frag_needed=2, path_mtu=1400 - 120 * i) for i in range(2)]
+
+    async def body(h: Harness) -> None:
+        await h.period(sweep, *narrow, flow(320))
+        resp = await h.stub.Health(observer_pb2.HealthRequest(since_ns=T0, until_ns=T0 + 400 * S), timeout=10)
+        assert [(s.src, s.ports, s.failures) for s in resp.scans] == [("192.0.2.88", 500, 500)]
+        assert (resp.host.attempts, resp.host.useful, resp.scan_flows) == (3, 3, 1)
+        assert [(p.destination, p.mtu, p.flows, p.errors) for p in resp.path_mtu] == [("10.0.0.2:443", 1280, 2, 4)]
 
     run(tmp_path, body)
 

@@ -42,7 +42,7 @@ def varied(n: int, seed: int) -> list[flow_pb2.Flow]:
             bytes_tx=rng.choice([0, 999, 1000, 10**6, 1 << 50]), bytes_rx=rng.randrange(1 << 40),
             outcome=rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 42]), retransmits=rng.choice([0, 3, 123456]),
             srtt_us=rng.choice([0, 999, 1000, 99_999, 100_000, 5_000_000]), kind=rng.choice([0, 1, 2, 9]),
-            service=rng.choice(["", "https", "postgresql-extra"]),
+            service=rng.choice(["", "https", "postgresql-extra"]), icmp_unreachable=rng.choice([0, 0, 1]),
         ))
     return out
 
@@ -53,6 +53,17 @@ def rich_text(flows: list[flow_pb2.Flow], *, wide: bool, header: bool, plain: bo
 
 
 CASES = [(wide, header) for wide in (False, True) for header in (True, False)]
+
+
+def test_a_failed_flow_answered_by_icmp_unreachable_reads_unreachable() -> None:
+    f = flow_pb2.Flow(flow_id=1, dst="10.2.1.7", dport=8081, proto=6, direction=1, outcome=flow_pb2.TIMEOUT,
+                      end_ns=T0, icmp_unreachable=1, icmp_unreachable_code=1)
+    ok = flow_pb2.Flow(flow_id=2, dst="10.2.1.7", dport=8082, proto=6, direction=1, outcome=flow_pb2.ESTABLISHED,
+                       end_ns=T0, icmp_unreachable=1)
+    got = flows_text([f, ok], wide=False, header=False, width=80)
+    assert got is not None
+    assert [line.split()[3] for line in got[0]] == ["unreachable", "established"]
+    assert "\n".join(got[0]) + "\n" == rich_text([f, ok], wide=False, header=False, plain=True, width=80)
 
 
 def test_labels_and_styles_are_the_views() -> None:
