@@ -57,6 +57,11 @@ class FlowRecord:
     record (``kind="interim"``) is a flow still active when its export period closed. ``comm`` is the
     process's name as ``ps`` shows it (its main thread's); ``thread`` is the name of the thread that used the
     socket where it differs (a runtime's worker: ``isc-net-0000``, ``event_engine``), else empty.
+
+    Exchange timing (TCP, eBPF sensor): an exchange runs from the first byte this end sends first (a client's
+    request; a server reads first) to the first byte the other way. ``responses`` counts the flow's closed
+    exchanges, ``response_us_sum`` and ``response_us_max`` are their total and longest duration, and
+    ``first_byte_us`` is the first one's: a client's time to first byte, a server's time to answer.
     """
 
     flow_id: int
@@ -99,6 +104,10 @@ class FlowRecord:
     reordering: int = 0
     service: str = ""
     node_id: str = ""
+    first_byte_us: int = 0
+    responses: int = 0
+    response_us_sum: int = 0
+    response_us_max: int = 0
     drop_reasons: dict[str, int] = field(default_factory=dict, hash=False, compare=True)
 
     @property
@@ -267,5 +276,7 @@ def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:
         "drops": msg.drops, "kind": enum(flow_pb2.RecordKind, msg.kind, "final"),
         "fidelity": enum(flow_pb2.Fidelity, msg.fidelity, "exact"),
         "rttvar_us": msg.rttvar_us, "delivery_rate": msg.delivery_rate, "lost": msg.lost,
-        "reordering": msg.reordering, "service": msg.service, "drop_reasons": dict(msg.drop_reasons),
+        "reordering": msg.reordering, "service": msg.service, "first_byte_us": msg.first_byte_us,
+        "responses": msg.responses, "response_us_sum": msg.response_us_sum, "response_us_max": msg.response_us_max,
+        "drop_reasons": dict(msg.drop_reasons),
     }
