@@ -26,6 +26,9 @@ def rollup_pb(r: Rollup) -> flow_pb2.Rollup:
         key=r.key, flows=r.flows, useful=r.useful, failures=r.failures, bytes_tx=r.bytes_tx,
         bytes_rx=r.bytes_rx, retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us, rtt_p95_us=r.rtt_p95_us,
         service=r.service, flows_retransmitting=r.flows_retransmitting, flows_slow_connect=r.flows_slow_connect,
+        responses=r.responses, response_us_sum=r.response_us_sum, response_us_max=r.response_us_max,
+        response_hist=r.response_hist, first_byte_hist=r.first_byte_hist, connect_hist=r.connect_hist,
+        flows_slow_path=r.flows_slow_path, flows_slow_server=r.flows_slow_server,
     )
 
 

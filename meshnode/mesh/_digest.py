@@ -247,6 +247,11 @@ def digest_from_period(period: PeriodLike, endpoints: Iterable[flow_pb2.Flow] = 
                 rtt_p95_us=r.rtt_p95_us, service=r.service,
                 flows_retransmitting=getattr(r, "flows_retransmitting", 0),
                 flows_slow_connect=getattr(r, "flows_slow_connect", 0),
+                flows_slow_path=getattr(r, "flows_slow_path", 0),
+                flows_slow_server=getattr(r, "flows_slow_server", 0),
+                responses=getattr(r, "responses", 0), response_us_sum=getattr(r, "response_us_sum", 0),
+                response_us_max=getattr(r, "response_us_max", 0), response_hist=getattr(r, "response_hist", ()),
+                first_byte_hist=getattr(r, "first_byte_hist", ()), connect_hist=getattr(r, "connect_hist", ()),
             )
             for r in period.by_destination
         ],
