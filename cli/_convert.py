@@ -25,7 +25,8 @@ FLOW_FIELDS: Final = (
     "cgroup", "cgroup_id", "netns", "start_ns", "end_ns", "bytes_tx", "bytes_rx", "packets_tx", "packets_rx",
     "outcome", "retransmits", "srtt_us", "min_rtt_us", "max_rtt_us", "cwnd", "cwnd_min", "cwnd_max", "limited_by",
     "connect_us", "resets_tx", "resets_rx", "drops", "kind", "fidelity", "rttvar_us", "delivery_rate", "lost",
-    "reordering", "service", "first_byte_us", "responses", "response_us_sum", "response_us_max", "drop_reasons",
+    "reordering", "service", "first_byte_us", "responses", "response_us_sum", "response_us_max", "answer_us_sum",
+    "drop_reasons",
 )
 _STR_FIELDS: Final = ("node_id", "src", "dst", "comm", "thread", "cgroup", "service")
 _ENUM_FIELDS: Final = ("proto", "direction", "outcome", "limited_by", "kind", "fidelity")

@@ -62,6 +62,8 @@ class FlowRecord:
     request; a server reads first) to the first byte the other way. ``responses`` counts the flow's closed
     exchanges, ``response_us_sum`` and ``response_us_max`` are their total and longest duration, and
     ``first_byte_us`` is the first one's: a client's time to first byte, a server's time to answer.
+    ``answer_us_sum`` is the part of the exchanges after the last ACK of the request: the peer's time to
+    answer, without the time the path took to carry the request.
     """
 
     flow_id: int
@@ -108,6 +110,7 @@ class FlowRecord:
     responses: int = 0
     response_us_sum: int = 0
     response_us_max: int = 0
+    answer_us_sum: int = 0
     drop_reasons: dict[str, int] = field(default_factory=dict, hash=False, compare=True)
 
     @property
@@ -278,5 +281,6 @@ def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:
         "rttvar_us": msg.rttvar_us, "delivery_rate": msg.delivery_rate, "lost": msg.lost,
         "reordering": msg.reordering, "service": msg.service, "first_byte_us": msg.first_byte_us,
         "responses": msg.responses, "response_us_sum": msg.response_us_sum, "response_us_max": msg.response_us_max,
+        "answer_us_sum": msg.answer_us_sum,
         "drop_reasons": dict(msg.drop_reasons),
     }

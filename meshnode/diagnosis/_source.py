@@ -197,7 +197,7 @@ def problem_kinds(flows: FlowBatch, slow_connect_us: int = SLOW_CONNECT_US) -> N
     slow = flows["connect_us"] > slow_connect_us
     max_rtt = flows["max_rtt_us"]
     path = queueing(max_rtt, flows["min_rtt_us"])
-    server = slow_answers(flows["responses"], flows["response_us_sum"], max_rtt)
+    server = slow_answers(flows["responses"], flows["answer_us_sum"])
     out = np.empty(flows.n, dtype=object)
     out.fill(OK)  # one object in every row (np.full makes a str a row), so factorize groups by identity
     out[server] = SLOW_SERVER  # the network's kinds below overwrite it: they are the more basic fact

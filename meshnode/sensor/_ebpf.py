@@ -278,6 +278,7 @@ class EbpfSensor:
             "service": services[port_codes],
             "first_byte_us": arr["first_byte_us"], "responses": arr["resp_count"],
             "response_us_sum": arr["resp_sum_us"], "response_us_max": arr["resp_max_us"],
+            "answer_us_sum": arr["answer_sum_us"],
         }
         if self._limits:
             limited = np.zeros(n, dtype=np.uint8)
@@ -353,7 +354,7 @@ class EbpfSensor:
                  segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _rtt_ref,
                  cwnd, cwnd_min, cwnd_max, pid, _burst_start,
                  resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-                 _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _pad_timing, comm) = v
+                 _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, comm) = v
                 if kind != tcp_end or not cookie:
                     n = len(ended)
                     self._handle(rec.event_from_raw(v), batch)
@@ -387,7 +388,7 @@ class EbpfSensor:
                     cwnd, cwnd_min, cwnd_max,
                     _json_bytes(limits.pop(cookie, "unknown")) if limits else unknown,
                     connect_us, resets_tx, resets_rx, drops, service,
-                    first_byte_us, resp_count, resp_sum_us, resp_max_us, reasons_text,
+                    first_byte_us, resp_count, resp_sum_us, resp_max_us, answer_sum_us, reasons_text,
                 ))
         finally:
             if gc_was_enabled:
@@ -728,7 +729,7 @@ class EbpfSensor:
         (cookie, sk, netns, cgroup_id, _family, src, sport, dst, dport, direction, outcome, pid, comm,
          start_ns, last_ns, bytes_tx, bytes_rx, packets_tx, packets_rx, retransmits, connect_us, srtt_us,
          srtt_max_us, min_rtt, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx,
-         first_byte_us, responses, response_us_sum, response_us_max) = r
+         first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum) = r
         drops_by_sk = self._drops_by_sk
         counts = (drops_by_sk.pop(sk, None) if final else drops_by_sk.get(sk)) if drops_by_sk else None
         reasons = dict(counts) if counts else {}
@@ -751,7 +752,7 @@ class EbpfSensor:
             "final" if final else "interim", "exact",  # kind, fidelity
             rttvar, delivery_rate, lost, reordering,
             service_name(sport if direction == "inbound" else dport, "tcp"), "",  # service, node_id
-            first_byte_us, responses, response_us_sum, response_us_max, reasons,  # .. drop_reasons
+            first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum, reasons,  # .. drop_reasons
         )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
@@ -836,7 +837,7 @@ assert rec.EVENT_FIELDS == (
     "segs_out", "segs_in", "total_retrans", "connect_us", "srtt_us", "srtt_max_us", "rtt_min_us", "rtt_ref_us",
     "cwnd", "cwnd_min", "cwnd_max", "pid", "burst_start_ms",
     "resets_rx", "resets_tx", "sport", "dport", "burst", "synack_retrans", "outcome", "flags", "saddr", "daddr",
-    "xchg_ns", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "pad_timing", "comm",
+    "xchg_ns", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us", "answer_sum_us", "comm",
 ), rec.EVENT_FIELDS
 
 

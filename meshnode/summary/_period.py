@@ -103,8 +103,8 @@ class Rollup:
     flows_slow_path: int = 0
     """Useful flows whose RTT rose by ``PATH_QUEUE_US`` over their minimum (``slow_path``), not counted above."""
     flows_slow_server: int = 0
-    """Useful flows whose exchanges were slower than their RTT by ``SLOW_RESPONSE_US`` on average
-    (``slow_server``), not counted above."""
+    """Useful flows whose peer took ``SLOW_RESPONSE_US`` on average to answer requests it had (``slow_server``),
+    not counted above."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ def rollup(
     slow = useful & ~degraded & (b["connect_us"] > SLOW_CONNECT_US)
     max_rtt = b["max_rtt_us"]
     path = useful & ~degraded & ~slow & queueing(max_rtt, b["min_rtt_us"])
-    server = useful & ~degraded & ~slow & ~path & slow_answers(b["responses"], b["response_us_sum"], max_rtt)
+    server = useful & ~degraded & ~slow & ~path & slow_answers(b["responses"], b["answer_us_sum"])
     tx, rx, re = deltas if deltas is not None else (b["bytes_tx"], b["bytes_rx"], retrans)
     n_useful = np.bincount(codes[useful], minlength=k).tolist()
     n_degraded = np.bincount(codes[degraded], minlength=k).tolist()

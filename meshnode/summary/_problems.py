@@ -40,15 +40,16 @@ SLOW_PATH: Final = "slow_path"
 packets waited in a queue on the way (a rate limit, a congested link), so the path is slow to carry."""
 
 SLOW_SERVER: Final = "slow_server"
-"""The kind of an established TCP flow whose exchanges took ``SLOW_RESPONSE_US`` longer than the round trip
-on average while the path was not queueing: the answer was late, not its transport (seed 001)."""
+"""The kind of an established TCP flow whose peer took ``SLOW_RESPONSE_US`` on average to answer a request it
+had received (acknowledged), while the path was not queueing: the answer was late, not its transport
+(seed 001)."""
 
 PATH_QUEUE_US: Final = 50_000
 """A smoothed RTT that rose this much (50 ms) above the flow's minimum RTT is queueing on the path: more than
 a continent's propagation, and half of what a 100 ms tbf or a bufferbloated home router holds."""
 
 SLOW_RESPONSE_US: Final = 100_000
-"""Exchanges slower than the round trip by this much (100 ms) on average are a slow server: a request a
+"""A peer that takes this long (100 ms) on average to answer requests it has is a slow server: a request a
 service answers from memory takes a few ms; 100 ms is a lock, a disk, a cold cache or an overload."""
 
 PATH_KINDS: Final = frozenset({"retransmits", SLOW_PATH, SLOW_CONNECT})
@@ -75,10 +76,15 @@ def queueing(max_rtt_us: Any, min_rtt_us: Any) -> Any:
     return (min_rtt_us > 0) & (max_rtt_us - min_rtt_us >= PATH_QUEUE_US)
 
 
-def slow_answers(responses: Any, response_us_sum: Any, max_rtt_us: Any) -> Any:
-    """Whether a flow's exchanges took ``SLOW_RESPONSE_US`` longer than its largest round trip on average
-    (scalars or numpy columns alike): the far end, not the path, spent the time."""
-    return (responses > 0) & (response_us_sum - responses * max_rtt_us >= responses * SLOW_RESPONSE_US)
+def slow_answers(responses: Any, answer_us_sum: Any) -> Any:
+    """Whether a flow's peer took ``SLOW_RESPONSE_US`` on average to answer once it had the request
+    (scalars or numpy columns alike).
+
+    ``answer_us_sum`` is the part of each exchange after the last ACK of its request (the kernel splits
+    them): the time the path took to carry the request is before it, so an upload through a rate limit is
+    not read as a slow server; the answer's own trip back is after it, at most one round trip.
+    """
+    return (responses > 0) & (answer_us_sum >= responses * SLOW_RESPONSE_US)
 
 
 def problem_kind(rec: FlowRecord, slow_connect_us: int = SLOW_CONNECT_US) -> str:
@@ -98,6 +104,6 @@ def problem_kind(rec: FlowRecord, slow_connect_us: int = SLOW_CONNECT_US) -> str
         return SLOW_CONNECT
     if queueing(rec.max_rtt_us, rec.min_rtt_us):
         return SLOW_PATH
-    if slow_answers(rec.responses, rec.response_us_sum, rec.max_rtt_us):
+    if slow_answers(rec.responses, rec.answer_us_sum):
         return SLOW_SERVER
     return OK

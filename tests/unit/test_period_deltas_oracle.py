@@ -87,6 +87,7 @@ def _rec(rnd: random.Random, fid: int, kind: str, totals: dict[int, int]) -> Flo
                 srtt_us=rnd.choice((0, 7, 1001)), connect_us=rnd.choice((0, 250_000)),
                 responses=exchanges, response_us_sum=exchanges * rnd.choice((900, 150_000)),
                 response_us_max=rnd.choice((900, 150_000)), first_byte_us=rnd.choice((3, 900, 150_000)),
+                answer_us_sum=exchanges * rnd.choice((500, 120_000)),
                 min_rtt_us=rnd.choice((0, 100)), max_rtt_us=rnd.choice((100, 60_000)))
 
 

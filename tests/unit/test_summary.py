@@ -102,6 +102,7 @@ def _timing(rnd: Any) -> dict[str, int]:
     mean = rnd.choice([0, 1, 900, 150_000, 2**31])
     min_rtt = rnd.choice([0, 100, 20_000])
     return dict(responses=n, response_us_sum=n * mean + (n > 0) * rnd.randrange(n or 1),
+                answer_us_sum=n * rnd.choice([0, 99_999, 100_000, 150_000]),
                 response_us_max=mean + rnd.randrange(1000), first_byte_us=rnd.choice([0, 1, 2, 3, 150_000]),
                 min_rtt_us=min_rtt, max_rtt_us=min_rtt + rnd.choice([0, 49_999, 50_000, 200_000]))
 
