@@ -4,7 +4,6 @@ handshake stays fast."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests._support.env import CGROUP_ROOT, require_kernel
+from tests._support.env import require_kernel, scoped_cgroup
 
 EXCHANGES = 3
 DELAY_S = 0.2
@@ -61,20 +60,13 @@ def sensor() -> Iterator[tuple[Any, Path]]:
     require_kernel()
     from meshnode.sensor._ebpf import EbpfSensor
 
-    cg = CGROUP_ROOT / f"mn-test-timing-{os.getpid()}"
-    cg.mkdir()
-    s = EbpfSensor(scope="/" + cg.name)
-    try:
-        s.start()
-        yield s, cg
-    finally:
-        s.close()
-        for _ in range(50):
-            try:
-                cg.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with scoped_cgroup("timing") as cg:
+        s = EbpfSensor(scope="/" + cg.name)
+        try:
+            s.start()
+            yield s, cg
+        finally:
+            s.close()
 
 
 def test_a_server_that_sleeps_shows_as_response_time_on_both_ends(sensor: tuple[Any, Path]) -> None:
