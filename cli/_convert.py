@@ -26,7 +26,8 @@ FLOW_FIELDS: Final = (
     "outcome", "retransmits", "srtt_us", "min_rtt_us", "max_rtt_us", "cwnd", "cwnd_min", "cwnd_max", "limited_by",
     "connect_us", "resets_tx", "resets_rx", "drops", "kind", "fidelity", "rttvar_us", "delivery_rate", "lost",
     "reordering", "service", "icmp_unreachable", "icmp_unreachable_code", "icmp_frag_needed", "path_mtu",
-    "icmp_time_exceeded", "attempts", "ports_probed", "drop_reasons",
+    "icmp_time_exceeded", "attempts", "ports_probed", "first_byte_us", "responses", "response_us_sum",
+    "response_us_max", "answer_us_sum", "drop_reasons",
 )
 _STR_FIELDS: Final = ("node_id", "src", "dst", "comm", "thread", "cgroup", "service")
 _ENUM_FIELDS: Final = ("proto", "direction", "outcome", "limited_by", "kind", "fidelity")

@@ -17,7 +17,7 @@ from rich.text import Text
 from meshnode.cli._units import format_bytes, format_count, format_percent, format_seconds, format_us, process
 from meshnode.cli._views import event_detail, fit_left, table, useful_text
 
-SORT_KEYS: Final = ("flows", "failures", "bytes", "rtt", "retransmits")
+SORT_KEYS: Final = ("flows", "failures", "bytes", "rtt", "retransmits", "resp")
 BLOCKS: Final = "▁▂▃▄▅▆▇█"
 SECTIONS: Final = (("processes", "by_process", "PROCESS"), ("destinations", "by_destination", "DESTINATION"),
                    ("services", "by_service", "SERVICE"))
@@ -49,7 +49,7 @@ def sparkline(values: Sequence[int], width: int, span: int = 0) -> str:
 def rollup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Screen rows from ``WindowRollup`` dicts (``message_dict`` of the node's answer): the node's totals,
     with the failed outcomes counted together, ``useful`` as a fraction of the flows that settled (useful
-    or failed; None without any) and the three series."""
+    or failed; None without any), the mean exchange time (0 without exchanges) and the three series."""
     out = []
     for r in rows:
         t = r["totals"]
@@ -59,6 +59,8 @@ def rollup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "key": t["key"], "service": t.get("service", ""), "flows": int(t["flows"]), "failures": failures,
             "useful": int(t["useful"]) / settled if settled else None, "bytes": int(t["bytes_tx"]) + int(t["bytes_rx"]),
             "rtt_us": int(t["rtt_p50_us"]), "rtt_p95_us": int(t["rtt_p95_us"]), "retransmits": int(t["retransmits"]),
+            "resp_us": int(t.get("response_us_sum") or 0) // max(1, int(t.get("responses") or 0)),
+            "resp_p95_us": int(t.get("response_p95_us") or 0),
             "flows_series": list(r.get("flows") or []), "failures_series": list(r.get("failures") or []),
             "retransmits_series": list(r.get("retransmits") or []),
         })
@@ -68,7 +70,7 @@ def rollup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def sort_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
     """Rows sorted by ``key`` (one of SORT_KEYS), largest first; ties by flows, bytes, then key."""
     field = {"bytes": "bytes", "failures": "failures", "flows": "flows", "rtt": "rtt_us",
-             "retransmits": "retransmits"}[key]
+             "retransmits": "retransmits", "resp": "resp_us"}[key]
     return sorted(rows, key=lambda r: (-r[field], -r["flows"], -r["bytes"], str(r["key"])))
 
 
@@ -120,11 +122,13 @@ def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, serv
                   wide: bool, plain: bool) -> Table:
     """One section's table: the node's window totals, then the trends (sparklines over ``span`` periods)
     of flows, failures and retransmits. Exactly 80 columns (120 wide) with ``services``; processes have no
-    service column and give its room to the name."""
+    service column and give its room to the name. Wide, RESP is the exchanges' mean (request to the first
+    byte of the answer) and RESP95 the node's bound of their 95th percentile: a slow server shows there
+    while RTT stays low."""
     t = table(plain=plain, boxed=False)
     svc_w = 8 if wide else 6
-    name_w = (29 if wide else 16) + (0 if services else svc_w + 1)
-    spark_w = (10, 10, 10) if wide else (7, 6, 6)
+    name_w = (24 if wide else 16) + (0 if services else svc_w + 1)
+    spark_w = (7, 7, 7) if wide else (7, 6, 6)
     t.add_column(first, width=name_w, no_wrap=True, overflow="ellipsis")
     if services:
         t.add_column("SVC", width=svc_w, no_wrap=True, overflow="ellipsis")
@@ -135,6 +139,8 @@ def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, serv
     if wide:
         t.add_column("RTT95", width=6, justify="right")
         t.add_column("RETX", width=6, justify="right")
+        t.add_column("RESP", width=6, justify="right")
+        t.add_column("RESP95", width=6, justify="right")
     t.add_column("BYTES", width=7, justify="right")
     for header, w in zip(("FLOWS/S", "FAIL/S", "RETX/S"), spark_w, strict=True):
         t.add_column(header, width=w, no_wrap=True)
@@ -150,7 +156,8 @@ def _rollup_table(rows: Sequence[Mapping[str, Any]], n: int, first: str, *, serv
             format_us(r["rtt_us"]),
         ]
         if wide:
-            cells += [format_us(r["rtt_p95_us"]), format_count(r["retransmits"])]
+            cells += [format_us(r["rtt_p95_us"]), format_count(r["retransmits"]), format_us(r["resp_us"]),
+                      format_us(r["resp_p95_us"])]
         cells += [
             format_bytes(r["bytes"]),
             Text(sparkline(r["flows_series"], spark_w[0], span), style="" if plain else "cyan"),

@@ -57,6 +57,13 @@ class FlowRecord:
     record (``kind="interim"``) is a flow still active when its export period closed. ``comm`` is the
     process's name as ``ps`` shows it (its main thread's); ``thread`` is the name of the thread that used the
     socket where it differs (a runtime's worker: ``isc-net-0000``, ``event_engine``), else empty.
+
+    Exchange timing (TCP, eBPF sensor): an exchange runs from the first byte this end sends first (a client's
+    request; a server reads first) to the first byte the other way. ``responses`` counts the flow's closed
+    exchanges, ``response_us_sum`` and ``response_us_max`` are their total and longest duration, and
+    ``first_byte_us`` is the first one's: a client's time to first byte, a server's time to answer.
+    ``answer_us_sum`` is the part of the exchanges after the last ACK of the request: the peer's time to
+    answer, without the time the path took to carry the request.
     """
 
     flow_id: int
@@ -106,6 +113,11 @@ class FlowRecord:
     icmp_time_exceeded: int = 0
     attempts: int = 0
     ports_probed: int = 0
+    first_byte_us: int = 0
+    responses: int = 0
+    response_us_sum: int = 0
+    response_us_max: int = 0
+    answer_us_sum: int = 0
     drop_reasons: dict[str, int] = field(default_factory=dict, hash=False, compare=True)
 
     @property
@@ -278,5 +290,8 @@ def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:
         "icmp_unreachable": msg.icmp_unreachable, "icmp_unreachable_code": msg.icmp_unreachable_code,
         "icmp_frag_needed": msg.icmp_frag_needed, "path_mtu": msg.path_mtu,
         "icmp_time_exceeded": msg.icmp_time_exceeded, "attempts": msg.attempts, "ports_probed": msg.ports_probed,
+        "first_byte_us": msg.first_byte_us,
+        "responses": msg.responses, "response_us_sum": msg.response_us_sum, "response_us_max": msg.response_us_max,
+        "answer_us_sum": msg.answer_us_sum,
         "drop_reasons": dict(msg.drop_reasons),
     }

@@ -59,7 +59,15 @@
  * Kernel memory per flow is this value + 8 B key + 48 B hash element header + 16 B bucket, so every byte
  * here counts (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the
  * kernel logic does not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64
- * bytes), family and direction are flag bits. 152 B, no padding. */
+ * bytes), family and direction are flag bits. 192 B: with the element's 64 B it fills the 256 B kmalloc class.
+ *
+ * Timing of exchanges (owners.bpf.c, on the same sock_send_length/sock_recv_length calls that count bytes):
+ * an exchange opens at the first byte this end's role sends first (outbound: a write; inbound: a read)
+ * while none is open, and closes at the first byte the other way (outbound: a read; inbound: a write). A
+ * client's exchange is its request to the first byte of the answer as its application read it; a server's,
+ * the request read to the first byte of its answer written (its own service time, without the network).
+ * An exchange splits at the last ACK of new data while it is open: before, the path was carrying the
+ * request; after, the peer had it and was answering. */
 struct tcp_flow {
     __u64 cookie;           /* socket cookie: the flow's id */
     __u64 netns;            /* netns cookie */
@@ -91,6 +99,13 @@ struct tcp_flow {
     __u8 flags;             /* F_* above */
     __u8 saddr[16];         /* IPv4 in the first 4 bytes */
     __u8 daddr[16];
+    __u64 xchg_ns;          /* monotonic: when the open exchange began; 0 when none is open */
+    __u64 resp_sum_us;      /* closed exchanges: the sum of their durations */
+    __u32 resp_count;       /* closed exchanges */
+    __u32 resp_max_us;      /* the longest closed exchange */
+    __u32 first_byte_us;    /* the first exchange: first request byte to the first byte back */
+    __u32 acked_us;         /* the open exchange: its last ACK of new data (sock_ops RTT_CB), us after it began */
+    __u64 answer_sum_us;    /* closed exchanges: the part after their last ACK, the peer's time to answer */
 };
 
 /* One UDP flow: a socket and one remote endpoint. */

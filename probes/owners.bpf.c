@@ -17,6 +17,35 @@ static __always_inline int in_scope(void)
 }
 
 #ifdef HAVE_SOCK_LENGTH  /* sock_send_length and sock_recv_length came together (Linux 6.4) */
+/* One call's part in the flow's exchanges (meshnode.h): the clock is read only when an exchange opens or
+ * closes, twice an exchange, not on every call. Not atomic: two threads racing on one socket can lose one
+ * exchange's timing, never its bytes; an ACK (softirq) racing a close can leave one exchange unsplit. */
+static __always_inline void exchange(struct tcp_flow *f, int tx)
+{
+    int opens = tx == !(f->flags & F_INBOUND);
+    __u64 began = f->xchg_ns;
+    if (opens) {
+        if (!began) {
+            f->acked_us = 0;
+            f->xchg_ns = bpf_ktime_get_ns();
+        }
+        return;
+    }
+    if (!began)
+        return;
+    __u64 us = (bpf_ktime_get_ns() - began) / 1000;
+    __u32 d = us > 0xffffffff ? 0xffffffff : us;
+    __u32 acked = f->acked_us;
+    f->xchg_ns = 0;
+    f->answer_sum_us += acked < d ? d - acked : 0;  /* no ACK seen: all of it (a server's own exchanges) */
+    if (!f->resp_count)
+        f->first_byte_us = d;
+    f->resp_count++;
+    f->resp_sum_us += d;
+    if (d > f->resp_max_us)
+        f->resp_max_us = d;
+}
+
 static __always_inline void app_bytes(__u64 sk, __u16 protocol, int ret, int tx)
 {
     if (ret <= 0)
@@ -37,6 +66,7 @@ static __always_inline void app_bytes(__u64 sk, __u16 protocol, int ret, int tx)
         __sync_fetch_and_add(&f->bytes_tx, ret);
     else
         __sync_fetch_and_add(&f->bytes_rx, ret);
+    exchange(f, tx);
 #ifdef HAVE_SOCKOPS_COMM
     if (f->pid != tgid) {
         f->pid = tgid;  /* the owner is whoever last moved data: the accepting worker, not the listener */

@@ -251,6 +251,12 @@ int mn_sockops(struct bpf_sock_ops *skops)
             return 1;
         sample(skops, f, now);
         on_rtt(skops, f, sk);
+        /* an RTT sample is an ACK of new data: during an exchange, the peer has the request up to here */
+        __u64 began = f->xchg_ns;
+        if (began && now > began) {
+            __u64 us = (now - began) / 1000;
+            f->acked_us = us > 0xffffffff ? 0xffffffff : (us ? us : 1);
+        }
         return 1;
     }
     case BPF_SOCK_OPS_RETRANS_CB: {

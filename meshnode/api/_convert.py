@@ -8,7 +8,7 @@ from google.protobuf import wrappers_pb2
 
 from meshnode.health import HealthRow, PathMtu, RetryPattern, ScanPattern
 from meshnode.sensor import EventRecord
-from meshnode.summary import PeriodSummary, Rollup, WindowRollup, WindowRollups
+from meshnode.summary import PeriodSummary, Rollup, WindowRollup, WindowRollups, quantile_us
 from meshnode.v1 import flow_pb2, observer_pb2
 
 _EVENT_TYPE_NAMES = frozenset(flow_pb2.EventType.keys())
@@ -27,6 +27,10 @@ def rollup_pb(r: Rollup) -> flow_pb2.Rollup:
         bytes_rx=r.bytes_rx, retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us, rtt_p95_us=r.rtt_p95_us,
         service=r.service, flows_retransmitting=r.flows_retransmitting, flows_slow_connect=r.flows_slow_connect,
         throughput_p50_bps=r.throughput_p50_bps, throughput_p05_bps=r.throughput_p05_bps,
+        responses=r.responses, response_us_sum=r.response_us_sum, response_us_max=r.response_us_max,
+        response_hist=r.response_hist, first_byte_hist=r.first_byte_hist, connect_hist=r.connect_hist,
+        flows_slow_path=r.flows_slow_path, flows_slow_server=r.flows_slow_server,
+        response_p50_us=quantile_us(r.response_hist, 0.5), response_p95_us=quantile_us(r.response_hist, 0.95),
     )
 
 

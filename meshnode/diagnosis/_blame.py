@@ -65,7 +65,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from meshnode.diagnosis._change import hypotheses, llr
-from meshnode.diagnosis._transaction import FAILURE_KINDS, FiveTuple, Transaction
+from meshnode.diagnosis._taxonomy import slowness
+from meshnode.diagnosis._transaction import FiveTuple, Transaction
 
 PROBLEM_THRESHOLD: Final = 0.20
 """An entity with at least this problem fraction is flagged."""
@@ -523,9 +524,9 @@ def _pct(x: float) -> str:
 
 def verdict_of(stats: EntityStats) -> str:
     """One line: ``destination host db-1 (10.0.0.7) is failing: 100% of 240 transactions from 5 hosts in
-    2 sites (timeout)``."""
-    failures = sum(n for k, n in stats.problem_kinds.items() if k in FAILURE_KINDS)
-    state = "failing" if failures * 2 >= stats.problems else "degraded"
+    2 sites (timeout)``; a degraded entity is ``slow to carry`` or ``slow to answer`` when its problems
+    say which (``_taxonomy.slowness``)."""
+    state = slowness(stats.problem_kinds)
     hosts = len(stats.hosts)
     where = f"from {hosts} host{'s' if hosts != 1 else ''}"
     if stats.sites:

@@ -68,6 +68,10 @@ from meshnode.summary._problems import (
     RETRANSMITS,
     SLOW_CONNECT,
     SLOW_CONNECT_US,
+    SLOW_PATH,
+    SLOW_SERVER,
+    queueing,
+    slow_answers,
 )
 
 if TYPE_CHECKING:
@@ -193,8 +197,13 @@ def problem_kinds(flows: FlowBatch, slow_connect_us: int = SLOW_CONNECT_US) -> N
     failed = np.isin(outcome, FAILED)
     degraded = (retrans > 0) & (retrans >= RETRANSMIT_RATE * np.maximum(1, flows["packets_tx"]))
     slow = flows["connect_us"] > slow_connect_us
+    max_rtt = flows["max_rtt_us"]
+    path = queueing(max_rtt, flows["min_rtt_us"])
+    server = slow_answers(flows["responses"], flows["answer_us_sum"])
     out = np.empty(flows.n, dtype=object)
     out.fill(OK)  # one object in every row (np.full makes a str a row), so factorize groups by identity
+    out[server] = SLOW_SERVER  # the network's kinds below overwrite it: they are the more basic fact
+    out[path] = SLOW_PATH
     out[slow] = SLOW_CONNECT
     out[degraded] = RETRANSMITS
     out[failed] = flows.names("outcome")[failed]
@@ -499,8 +508,10 @@ class NodeSource:
             txns = _from_client_kinds(digest, labels)
         else:
             problem_flows = {
-                r.key: {"retransmits": r.flows_retransmitting, "slow_connect": r.flows_slow_connect}
-                for r in digest.by_destination if r.flows_retransmitting or r.flows_slow_connect
+                r.key: {RETRANSMITS: r.flows_retransmitting, SLOW_CONNECT: r.flows_slow_connect,
+                        SLOW_PATH: r.flows_slow_path, SLOW_SERVER: r.flows_slow_server}
+                for r in digest.by_destination
+                if r.flows_retransmitting or r.flows_slow_connect or r.flows_slow_path or r.flows_slow_server
             }
             txns = transactions_from_rollups(digest.by_destination, labels=labels, host=digest.node_id,
                                              problem_flows=problem_flows)

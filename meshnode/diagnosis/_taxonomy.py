@@ -1,4 +1,5 @@
-"""The failure taxonomy of seed 004: service-discovery chatter, and retries that ignore outage inertia.
+"""The failure taxonomy of seed 004: service-discovery chatter, retries that ignore outage inertia, and
+(seed 001) whether a slow transaction was slowed by its path or by its server.
 
 **Service-discovery chatter.** mDNS, SSDP, NetBIOS, LLMNR, DHCP and WS-Discovery ask a broadcast or
 multicast group (or a well-known port) "is anybody there?", and most questions get no answer on that flow:
@@ -14,6 +15,15 @@ is struggling. ``retry_advice`` finds, per process and destination, outages (fir
 success) and the retry interval during them; when a process makes more than ``MAX_ATTEMPTS_PER_OUTAGE``
 attempts per outage at a fixed interval, it suggests exponential backoff and says how many attempts
 doubling would have made instead.
+
+**Slow path or slow server.** Seed 001: end-to-end slowness is not easily attributed to its source unless
+the application's phases are related to what the network did meanwhile. The sensor times each flow's
+phases in the kernel (connect, first byte, each request to the first byte of its answer) beside its RTT and
+retransmissions, so a degraded transaction has a *cause* (``cause_of``): ``path`` when the network was slow
+to carry it (retransmitted segments, a round trip swollen by a queue, a SYN that had to be sent again),
+``server`` when the answers were late while the round trip stayed normal (``slow_server``), ``failure``
+when it did not happen at all. ``slowness`` names what a set of problems says about an entity: failing,
+slow to carry, slow to answer, or degraded when neither cause dominates.
 """
 
 from __future__ import annotations
@@ -22,11 +32,12 @@ import ipaddress
 import itertools
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from meshnode._model import FAILED_OUTCOMES, USEFUL_OUTCOMES
+from meshnode.summary._problems import CONNECT_PENDING, PATH_KINDS, SERVER_KINDS
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
@@ -59,6 +70,48 @@ MIN_OUTAGE_ATTEMPTS: Final = 3
 
 BACKOFF_CAP_S: Final = 300.0
 """The cap of the suggested exponential backoff, for the "attempts with backoff" estimate."""
+
+
+CAUSE_FAILURE: Final = "failure"
+CAUSE_PATH: Final = "path"
+CAUSE_SERVER: Final = "server"
+CAUSES: Final = (CAUSE_FAILURE, CAUSE_PATH, CAUSE_SERVER)
+
+FAILING: Final = "failing"
+SLOW_TO_CARRY: Final = "slow to carry"
+SLOW_TO_ANSWER: Final = "slow to answer"
+DEGRADED: Final = "degraded"
+SLOWNESS: Final = (FAILING, SLOW_TO_CARRY, SLOW_TO_ANSWER, DEGRADED)
+"""What ``slowness`` says of an entity's problems, worst first."""
+
+
+def cause_of(kind: str) -> str:
+    """The cause of one problem kind (``problem_kind``): ``failure``, ``path``, ``server``, "" for ``ok``."""
+    if kind in FAILED_OUTCOMES or kind == CONNECT_PENDING:
+        return CAUSE_FAILURE
+    if kind in PATH_KINDS:
+        return CAUSE_PATH
+    if kind in SERVER_KINDS:
+        return CAUSE_SERVER
+    return ""
+
+
+def slowness(problem_kinds: Mapping[str, int]) -> str:
+    """What an entity's problems (kind -> transactions) say: ``failing`` when at least half did not happen,
+    else ``slow to carry`` or ``slow to answer`` when at least two thirds of the degraded ones have that
+    cause, else ``degraded``."""
+    by_cause: Counter[str] = Counter()
+    for kind, n in problem_kinds.items():
+        by_cause[cause_of(kind)] += n
+    total = sum(problem_kinds.values())
+    if not total or 2 * by_cause[CAUSE_FAILURE] >= total:
+        return FAILING
+    slow = by_cause[CAUSE_PATH] + by_cause[CAUSE_SERVER]
+    if slow and 3 * by_cause[CAUSE_PATH] >= 2 * slow:
+        return SLOW_TO_CARRY
+    if slow and 3 * by_cause[CAUSE_SERVER] >= 2 * slow:
+        return SLOW_TO_ANSWER
+    return DEGRADED
 
 
 def _is_broadcast_or_multicast(addr: str) -> bool:

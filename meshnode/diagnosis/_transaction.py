@@ -22,15 +22,17 @@ from meshnode.summary._problems import (
     RETRANSMITS,
     SLOW_CONNECT,
     SLOW_CONNECT_US,
+    SLOW_PATH,
+    SLOW_SERVER,
     problem_kind,
 )
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
 
-PROBLEM_KINDS: Final = (*sorted(FAILED_OUTCOMES), CONNECT_PENDING, RETRANSMITS, SLOW_CONNECT)
+PROBLEM_KINDS: Final = (*sorted(FAILED_OUTCOMES), CONNECT_PENDING, RETRANSMITS, SLOW_CONNECT, SLOW_PATH, SLOW_SERVER)
 """Every ``kind`` of a problem transaction: the failed outcomes, a connect still unanswered at a period's
-end, then the two kinds of degradation."""
+end, then the kinds of degradation: three of the path (``_problems.PATH_KINDS``), one of the server."""
 
 FAILURE_KINDS: Final = frozenset({*FAILED_OUTCOMES, CONNECT_PENDING})
 """Problem kinds that mean the transaction did not happen (as opposed to happening badly); a connect

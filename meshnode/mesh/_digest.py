@@ -253,6 +253,11 @@ def digest_from_period(period: PeriodLike, endpoints: Iterable[flow_pb2.Flow] = 
                 flows_slow_connect=getattr(r, "flows_slow_connect", 0),
                 throughput_p50_bps=getattr(r, "throughput_p50_bps", 0),
                 throughput_p05_bps=getattr(r, "throughput_p05_bps", 0),
+                flows_slow_path=getattr(r, "flows_slow_path", 0),
+                flows_slow_server=getattr(r, "flows_slow_server", 0),
+                responses=getattr(r, "responses", 0), response_us_sum=getattr(r, "response_us_sum", 0),
+                response_us_max=getattr(r, "response_us_max", 0), response_hist=getattr(r, "response_hist", ()),
+                first_byte_hist=getattr(r, "first_byte_hist", ()), connect_hist=getattr(r, "connect_hist", ()),
             )
             for r in period.by_destination
         ],

@@ -306,6 +306,9 @@ class EbpfSensor:
             "cwnd": arr["cwnd"], "cwnd_min": arr["cwnd_min"], "cwnd_max": arr["cwnd_max"],
             "connect_us": arr["connect_us"], "resets_tx": arr["resets_tx"], "resets_rx": arr["resets_rx"],
             "service": services[port_codes],
+            "first_byte_us": arr["first_byte_us"], "responses": arr["resp_count"],
+            "response_us_sum": arr["resp_sum_us"], "response_us_max": arr["resp_max_us"],
+            "answer_us_sum": arr["answer_sum_us"],
         }
         if samples is not None:
             cols.update(samples)
@@ -414,7 +417,7 @@ class EbpfSensor:
                  segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _rtt_ref,
                  cwnd, cwnd_min, cwnd_max, pid, _burst_start,
                  resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-                 comm) = v
+                 _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, comm) = v
                 if kind != tcp_end or not cookie or (tcpinfo and ev_cookie in tcpinfo):
                     # a flow with a tcp_info sample: its final record carries it, off the template's zeros
                     n = len(ended)
@@ -446,7 +449,8 @@ class EbpfSensor:
                     outcomes.get(outcome, in_progress), total_retrans, srtt_us, rtt_min_us, srtt_max_us,
                     cwnd, cwnd_min, cwnd_max,
                     _json_bytes(limits.pop(cookie, "unknown")) if limits else unknown,
-                    connect_us, resets_tx, resets_rx, drops, service, reasons_text,
+                    connect_us, resets_tx, resets_rx, drops, service,
+                    first_byte_us, resp_count, resp_sum_us, resp_max_us, answer_sum_us, reasons_text,
                 ))
         finally:
             if gc_was_enabled:
@@ -546,7 +550,7 @@ class EbpfSensor:
 
     def _native_owner(self, native: NativeJson, v: tuple[Any, ...]) -> bool:
         """Give C a raw TCP end record's owner text, made as poll_json makes it; False if its table is full."""
-        pid, comm, cgroup_id = v[25], v[37], v[9]
+        pid, comm, cgroup_id = v[25], v[-1], v[9]
         return native.set_owner(pid, comm, cgroup_id, self._owner_text(pid, comm, cgroup_id))
 
     def _owner_text(self, pid: int, raw_comm: bytes, cgroup_id: int) -> bytes:
@@ -877,7 +881,8 @@ class EbpfSensor:
         # (declaration order), a few us cheaper than keyword construction of the frozen dataclass.
         (cookie, sk, netns, cgroup_id, _family, src, sport, dst, dport, direction, outcome, pid, comm,
          start_ns, last_ns, bytes_tx, bytes_rx, packets_tx, packets_rx, retransmits, connect_us, srtt_us,
-         srtt_max_us, min_rtt, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx) = r
+         srtt_max_us, min_rtt, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx,
+         first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum) = r
         drops_by_sk = self._drops_by_sk
         counts = (drops_by_sk.pop(sk, None) if final else drops_by_sk.get(sk)) if drops_by_sk else None
         reasons = dict(counts) if counts else {}
@@ -903,7 +908,7 @@ class EbpfSensor:
             rttvar, delivery_rate, lost, reordering,
             service_name(sport if direction == "inbound" else dport, "tcp"), "",  # service, node_id
             *self._icmp_of("tcp", src, sport, dst, dport, final), 0, 0,  # icmp_* .. ports_probed
-            reasons,
+            first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum, reasons,  # .. drop_reasons
         )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
@@ -994,7 +999,7 @@ assert rec.EVENT_FIELDS == (
     "segs_out", "segs_in", "total_retrans", "connect_us", "srtt_us", "srtt_max_us", "rtt_min_us", "rtt_ref_us",
     "cwnd", "cwnd_min", "cwnd_max", "pid", "burst_start_ms",
     "resets_rx", "resets_tx", "sport", "dport", "burst", "synack_retrans", "outcome", "flags", "saddr", "daddr",
-    "comm",
+    "xchg_ns", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us", "answer_sum_us", "comm",
 ), rec.EVENT_FIELDS
 
 

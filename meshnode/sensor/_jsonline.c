@@ -8,7 +8,7 @@
  *
  * It knows no JSON keys: Python hands it the template (the model's keys and separators, `_TCP_END_LINE`)
  * and every text (owner, service, outcome names, drop reasons), already escaped as json.dumps escapes them.
- * It fills the template's 29 slots in poll_json's order, from struct event as probes/meshnode.h lays it out
+ * It fills the template's 34 slots in poll_json's order, from struct event as probes/meshnode.h lays it out
  * (the kernel side's own header). What it cannot resolve itself (an owner or a service it has not been
  * given, a record that is not a TCP end) it leaves to Python: the call returns where it stopped and why.
  * tests/unit/test_sensor_json_native.py checks it byte for byte against the Python path.
@@ -24,9 +24,9 @@ typedef uint32_t __u32;
 typedef uint64_t __u64;
 #include "meshnode.h"
 
-#define NSLOTS 29
+#define NSLOTS 34
 /* slot kinds in poll_json's tuple order: d = integer, s = text */
-static const char SLOT_KINDS[NSLOTS + 1] = "dsdsdssdddddddsdddddddsddddss";
+static const char SLOT_KINDS[NSLOTS + 1] = "dsdsdssdddddddsdddddddsddddsddddds";
 
 enum { NEED_NONE = 0, NEED_SLOW = 1, NEED_OWNER = 2, NEED_SERVICE = 3, NEED_ROOM = 4 };
 enum { T_OUTCOME = 1, T_INBOUND = 2, T_OUTBOUND = 3, T_UNKNOWN_LIMIT = 4, T_NO_REASONS = 5, T_SERVICE = 6 };
@@ -104,7 +104,7 @@ void mn_json_free(fmt *f)
     free(f);
 }
 
-/* The template: literal text around exactly 29 %d/%s slots of SLOT_KINDS, no other '%'. NULL otherwise. */
+/* The template: literal text around exactly 34 %d/%s slots of SLOT_KINDS, no other '%'. NULL otherwise. */
 fmt *mn_json_new(const char *tmpl, size_t n, size_t event_size)
 {
     if (event_size != sizeof(struct event))
@@ -495,8 +495,8 @@ size_t mn_json_render(fmt *f, const char *buf, size_t n, size_t stride, size_t s
         const text *reasons = d ? &d->t : &f->no_reasons;
         const text *oc = f->outcome[fl->outcome].p ? &f->outcome[fl->outcome] : &f->outcome[OC_IN_PROGRESS];
         const text *dir = inbound ? &f->inbound : &f->outbound;
-        /* 2 addresses <= 41 + 2 chars each; 20 integers <= 20 digits; 2 times <= 41 chars */
-        size_t room = f->lit_total + 2 * 43 + 20 * 20 + 2 * 41 + dir->n + ow->t.n + oc->n + f->unknown_limit.n +
+        /* 2 addresses <= 41 + 2 chars each; 24 integers <= 20 digits; 2 times <= 41 chars */
+        size_t room = f->lit_total + 2 * 43 + 25 * 20 + 2 * 41 + dir->n + ow->t.n + oc->n + f->unknown_limit.n +
                       svc->n + reasons->n;
         if ((size_t)(out + cap - o) < room) {
             *need = NEED_ROOM;
@@ -537,8 +537,13 @@ size_t mn_json_render(fmt *f, const char *buf, size_t n, size_t stride, size_t s
         o = put(o, &L[25]); o = put_u64(o, fl->resets_rx);
         o = put(o, &L[26]); o = put_u64(o, d ? d->count : 0);
         o = put(o, &L[27]); o = put(o, svc);
-        o = put(o, &L[28]); o = put(o, reasons);
-        o = put(o, &L[29]);
+        o = put(o, &L[28]); o = put_u64(o, fl->first_byte_us);
+        o = put(o, &L[29]); o = put_u64(o, fl->resp_count);
+        o = put(o, &L[30]); o = put_u64(o, fl->resp_sum_us);
+        o = put(o, &L[31]); o = put_u64(o, fl->resp_max_us);
+        o = put(o, &L[32]); o = put_u64(o, fl->answer_sum_us);
+        o = put(o, &L[33]); o = put(o, reasons);
+        o = put(o, &L[34]);
         count++;
     }
     *next = i;

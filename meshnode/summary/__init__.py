@@ -17,6 +17,9 @@ from meshnode.summary._period import (
     with_service,
     with_services,
 )
+from meshnode.summary._timing import BUCKETS as HIST_BUCKETS
+from meshnode.summary._timing import merge as merge_hist
+from meshnode.summary._timing import quantile_us
 from meshnode.summary._window import (
     PeriodSpan,
     WindowRollup,
@@ -27,6 +30,7 @@ from meshnode.summary._window import (
 )
 
 __all__ = [
+    "HIST_BUCKETS",
     "ROLLUP_KEYS",
     "Delta",
     "PeriodBuilder",
@@ -39,10 +43,12 @@ __all__ = [
     "destination_key",
     "format_destination",
     "format_process",
+    "merge_hist",
     "merge_rollups",
     "merge_window",
     "percentile",
     "process_key",
+    "quantile_us",
     "rollup",
     "service_name",
     "weighted_median",

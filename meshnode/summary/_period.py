@@ -20,7 +20,8 @@ import numpy as np
 from meshnode._batch import FAILED, USEFUL, FlowBatch, as_batch, factorize
 from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
 from meshnode.sensor._resolve import service_name
-from meshnode.summary._problems import RETRANSMIT_RATE, SLOW_CONNECT_US
+from meshnode.summary._problems import RETRANSMIT_RATE, SLOW_CONNECT_US, queueing, slow_answers
+from meshnode.summary._timing import histograms
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -92,6 +93,23 @@ class Rollup:
     what the flows could move, which unlike bytes per period does not depend on how much they had to send."""
     throughput_p05_bps: int = 0
     """The 5th percentile of the same: the slow tail (throughput is bad when low)."""
+    responses: int = 0
+    """Exchanges (request, then the first byte of the answer) the flows completed in the period."""
+    response_us_sum: int = 0
+    """Their total duration in microseconds."""
+    response_us_max: int = 0
+    """The longest exchange of the flows that completed one in the period (a flow's longest in its life)."""
+    response_hist: list[int] = field(default_factory=list)
+    """Exchanges of the period by log2 bucket of their duration (``_timing``), each flow's at its mean."""
+    first_byte_hist: list[int] = field(default_factory=list)
+    """Flows whose first exchange completed in the period, by log2 bucket of its duration (time to first byte)."""
+    connect_hist: list[int] = field(default_factory=list)
+    """TCP flows whose handshake completed in the period, by log2 bucket of its duration."""
+    flows_slow_path: int = 0
+    """Useful flows whose RTT rose by ``PATH_QUEUE_US`` over their minimum (``slow_path``), not counted above."""
+    flows_slow_server: int = 0
+    """Useful flows whose peer took ``SLOW_RESPONSE_US`` on average to answer requests it had (``slow_server``),
+    not counted above."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +121,40 @@ class Delta:
     retransmits: int
     counted: bool = False
     """The flow's connection was counted already (``PeriodFlows.opened``): its outcome was known."""
+    responses: int = 0
+    response_us_sum: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TimingDeltas:
+    """What each flow of a batch timed in one period, aligned with it (``rollup``'s ``timing``)."""
+
+    responses: NDArray[np.int64]
+    """Exchanges completed in the period."""
+    response_us_sum: NDArray[np.int64]
+    """Their total duration."""
+    first_byte: NDArray[np.bool_]
+    """The flow's first exchange completed in the period: its ``first_byte_us`` counts here."""
+    connected: NDArray[np.bool_]
+    """The flow's handshake completed in the period: its ``connect_us`` counts here."""
+
+    def take(self, rows: NDArray[Any]) -> TimingDeltas:
+        """The flows at ``rows`` (indices or a mask)."""
+        return TimingDeltas(self.responses[rows], self.response_us_sum[rows], self.first_byte[rows],
+                            self.connected[rows])
+
+    @staticmethod
+    def totals(b: FlowBatch) -> TimingDeltas:
+        """Each flow's totals as if all of it happened in one period."""
+        responses = b["responses"].astype(np.int64)
+        return TimingDeltas(responses, b["response_us_sum"].astype(np.int64), responses > 0, _handshake_done(b))
+
+
+def _handshake_done(b: FlowBatch) -> NDArray[np.bool_]:
+    """TCP flows whose handshake completed (their ``connect_us`` is a duration)."""
+    done: NDArray[np.bool_] = ((b["proto"] == ENUM_NUMBERS["proto"]["tcp"])
+                               & (b["outcome"] == ENUM_NUMBERS["outcome"]["established"]))
+    return done
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +183,13 @@ def rollup(
     deltas: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]] | None = None,
     *,
     with_services: bool = False,
+    timing: TimingDeltas | None = None,
 ) -> list[Rollup]:
     """Roll flows up by ``key`` (one of ``ROLLUP_KEYS``), on the batch's columns.
 
     Byte and retransmit counts are ``deltas`` (bytes_tx, bytes_rx, retransmits: what each flow did in the
-    period, aligned with the batch) when given, else the flows' totals. With ``with_services`` each row
+    period, aligned with the batch) when given, else the flows' totals; exchanges and the connect and
+    first-byte histograms likewise count ``timing`` when given. With ``with_services`` each row
     names the service of its first flow (its ``service``, else the name of the port the key holds).
     Sorted by flows (descending), then key, so the busiest come first and output is deterministic.
     """
@@ -156,10 +210,25 @@ def rollup(
     retrans = b["retransmits"]
     degraded = useful & (retrans > 0) & (retrans >= RETRANSMIT_RATE * np.maximum(1, b["packets_tx"]))
     slow = useful & ~degraded & (b["connect_us"] > SLOW_CONNECT_US)
+    max_rtt = b["max_rtt_us"]
+    path = useful & ~degraded & ~slow & queueing(max_rtt, b["min_rtt_us"])
+    server = useful & ~degraded & ~slow & ~path & slow_answers(b["responses"], b["answer_us_sum"])
     tx, rx, re = deltas if deltas is not None else (b["bytes_tx"], b["bytes_rx"], retrans)
     n_useful = np.bincount(codes[useful], minlength=k).tolist()
     n_degraded = np.bincount(codes[degraded], minlength=k).tolist()
     n_slow = np.bincount(codes[slow], minlength=k).tolist()
+    n_path = np.bincount(codes[path], minlength=k).tolist()
+    n_server = np.bincount(codes[server], minlength=k).tolist()
+    tm = timing if timing is not None else TimingDeltas.totals(b)
+    timed = tm.responses > 0
+    n_resp = np.bincount(codes[timed], weights=tm.responses[timed], minlength=k)
+    resp_sum = np.bincount(codes[timed], weights=tm.response_us_sum[timed], minlength=k)
+    resp_max = np.zeros(k, dtype=np.int64)
+    np.maximum.at(resp_max, codes[timed], b["response_us_max"][timed].astype(np.int64))
+    resp_hist = histograms(codes[timed], tm.response_us_sum[timed] // tm.responses[timed], k,
+                           tm.responses[timed])
+    first_hist = histograms(codes[tm.first_byte], b["first_byte_us"][tm.first_byte], k)
+    connect_hist = histograms(codes[tm.connected], b["connect_us"][tm.connected], k)
     failures: list[dict[str, int]] = [{} for _ in range(k)]
     for number in FAILED:
         hit = outcome == number
@@ -173,7 +242,11 @@ def rollup(
     out = [
         Rollup(key=keys[i], flows=f, useful=u, failures=failures[i], bytes_tx=btx, bytes_rx=brx,
                retransmits=r, rtt_p50_us=p50[i], rtt_p95_us=p95[i], service=services[i],
-               flows_retransmitting=d, flows_slow_connect=sl, throughput_p50_bps=t50[i], throughput_p05_bps=t05[i])
+               flows_retransmitting=d, flows_slow_connect=sl, throughput_p50_bps=t50[i], throughput_p05_bps=t05[i],
+               responses=round(n_resp[i]),
+               response_us_sum=round(resp_sum[i]), response_us_max=int(resp_max[i]), response_hist=resp_hist[i],
+               first_byte_hist=first_hist[i], connect_hist=connect_hist[i], flows_slow_path=n_path[i],
+               flows_slow_server=n_server[i])
         for i, (f, u, btx, brx, r, d, sl) in enumerate(zip(
             counts.tolist(), n_useful, sums(tx), sums(rx), sums(re), n_degraded, n_slow, strict=True))
     ]
@@ -329,25 +402,28 @@ class PeriodBuilder:
         fin, inter = as_batch(finals), as_batch(interims)
         flows = FlowBatch.concat([fin, inter])
         ids = flows["flow_id"]
-        tx, rx, re = (flows[name].astype(np.int64) for name in ("bytes_tx", "bytes_rx", "retransmits"))
+        names = ("bytes_tx", "bytes_rx", "retransmits", "responses", "response_us_sum")
+        tx, rx, re, rc, rs = (flows[name].astype(np.int64) for name in names)
         counted = np.zeros(flows.n, dtype=np.bool_)
         last = self._last
         if last:
             hit = [i for i, fid in enumerate(ids.tolist()) if fid in last]
             if hit:
-                tx, rx, re = tx.copy(), rx.copy(), re.copy()
+                tx, rx, re, rc, rs = tx.copy(), rx.copy(), re.copy(), rc.copy(), rs.copy()
                 prev = [last[fid] for fid in ids[hit].tolist()]
-                for col, attr in ((tx, "bytes_tx"), (rx, "bytes_rx"), (re, "retransmits")):
+                for col, attr in zip((tx, rx, re, rc, rs), names, strict=True):
                     before = np.fromiter((getattr(d, attr) for d in prev), dtype=np.int64, count=len(prev))
                     col[hit] = np.maximum(0, col[hit] - before)
                 counted[hit] = np.fromiter((d.counted for d in prev), dtype=np.bool_, count=len(prev))
         decided = np.isin(flows["outcome"], _HANDSHAKE_ENDED)
         decided[:fin.n] = True
         opened = decided & ~counted
+        timing = TimingDeltas(rc, rs, (rc > 0) & (rc == flows["responses"]), opened & _handshake_done(flows))
         self._last = {
-            fid: Delta(t, r, x, c) for fid, t, r, x, c in zip(
+            fid: Delta(t, r, x, c, n, us) for fid, t, r, x, c, n, us in zip(
                 inter["flow_id"].tolist(), inter["bytes_tx"].tolist(), inter["bytes_rx"].tolist(),
-                inter["retransmits"].tolist(), (counted | decided)[fin.n:].tolist(), strict=True)
+                inter["retransmits"].tolist(), (counted | decided)[fin.n:].tolist(),
+                inter["responses"].tolist(), inter["response_us_sum"].tolist(), strict=True)
         }
         self.last_flows = PeriodFlows(flows, tx, rx, re, opened)
         self.last_bytes = {}
@@ -361,14 +437,14 @@ class PeriodBuilder:
         outbound = ~inbound
         return PeriodSummary(
             node_id=self.node_id, seq=seq, period_start_ns=start_ns, period_end_ns=end_ns,
-            by_process=rollup(flows, "process", deltas),
+            by_process=rollup(flows, "process", deltas, timing=timing),
             by_destination=rollup(flows.take(outbound), "destination",
                                   (tx[outbound], rx[outbound], re[outbound]),
-                                  with_services=True),
-            by_cgroup=rollup(flows, "cgroup", deltas),
+                                  with_services=True, timing=timing.take(outbound)),
+            by_cgroup=rollup(flows, "cgroup", deltas, timing=timing),
             by_service=rollup(flows.take(inbound), "service",
                               (tx[inbound], rx[inbound], re[inbound]),
-                              with_services=True),
+                              with_services=True, timing=timing.take(inbound)),
             completeness=dict(completeness or {}),
             final_flows=fin.n, interim_flows=inter.n,
         )

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from meshnode.summary._period import PeriodSummary, Rollup
+from meshnode.summary._timing import merge as merge_hist
 
 ROLLUP_FIELDS = ("by_process", "by_destination", "by_service", "by_cgroup")
 """The rollups of a period, and of a window, in this order."""
@@ -101,6 +102,14 @@ def merge_rollups(per_period: Sequence[Sequence[Rollup]]) -> list[WindowRollup]:
             t.retransmits += r.retransmits
             t.flows_retransmitting += r.flows_retransmitting
             t.flows_slow_connect += r.flows_slow_connect
+            t.flows_slow_path += r.flows_slow_path
+            t.flows_slow_server += r.flows_slow_server
+            t.responses += r.responses
+            t.response_us_sum += r.response_us_sum
+            t.response_us_max = max(t.response_us_max, r.response_us_max)
+            t.response_hist = merge_hist(t.response_hist, r.response_hist)
+            t.first_byte_hist = merge_hist(t.first_byte_hist, r.first_byte_hist)
+            t.connect_hist = merge_hist(t.connect_hist, r.connect_hist)
             if not t.service:
                 t.service = r.service
             w.flows[i] += r.flows

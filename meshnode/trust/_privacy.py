@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from meshnode._exceptions import ConfigError
+from meshnode.summary._timing import merge as merge_hist
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
@@ -237,6 +238,15 @@ def _merge_rollup(cur: flow_pb2.Rollup, r: flow_pb2.Rollup) -> None:
     cur.retransmits += r.retransmits
     cur.flows_retransmitting += r.flows_retransmitting
     cur.flows_slow_connect += r.flows_slow_connect
+    cur.flows_slow_path += r.flows_slow_path
+    cur.flows_slow_server += r.flows_slow_server
+    cur.responses += r.responses
+    cur.response_us_sum += r.response_us_sum
+    cur.response_us_max = max(cur.response_us_max, r.response_us_max)
+    for name in ("response_hist", "first_byte_hist", "connect_hist"):
+        merged = merge_hist(getattr(cur, name), getattr(r, name))
+        del getattr(cur, name)[:]
+        getattr(cur, name).extend(merged)
     for k, v in r.failures.items():
         cur.failures[k] = cur.failures.get(k, 0) + v
     if not cur.service:

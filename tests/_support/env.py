@@ -6,8 +6,11 @@ without them it skips; under ``CI=true`` it fails, because the sensor is the pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,20 @@ def require_kernel() -> None:
     if in_ci():
         pytest.fail("CI=true: " + msg, pytrace=False)
     pytest.skip(msg)
+
+
+@contextlib.contextmanager
+def scoped_cgroup(tag: str) -> Iterator[Path]:
+    """A fresh cgroup directory under the cgroup v2 root for one test's processes (``mn-test-<tag>-<pid>``),
+    removed afterwards (retried while its last processes are still being reaped)."""
+    cg = CGROUP_ROOT / f"mn-test-{tag}-{os.getpid()}"
+    cg.mkdir()
+    try:
+        yield cg
+    finally:
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)

@@ -109,7 +109,9 @@ def sample_rollups(now_ns: int = NOW_NS) -> observer_pb2.RollupsResponse:
         return W(totals=totals, flows=flows, failures=failures or [0] * 4, retransmits=retransmits or [0] * 4)
 
     curl = w(R(key="curl/4242", flows=1, useful=1, bytes_tx=1_300, bytes_rx=1_258_291, retransmits=2,
-               rtt_p50_us=1_200, rtt_p95_us=1_200), [0, 0, 0, 1], retransmits=[0, 0, 0, 2])
+               rtt_p50_us=1_200, rtt_p95_us=1_200, responses=1, response_us_sum=210_000, response_us_max=210_000,
+               response_hist=[0] * 17 + [1], response_p50_us=262_144, response_p95_us=262_144, flows_slow_server=1),
+             [0, 0, 0, 1], retransmits=[0, 0, 0, 2])
     fake = w(R(key="fakeclient/777", flows=2, failures={"refused": 1, "timeout": 1}), [0, 0, 1, 1], [0, 0, 1, 1])
     dig = w(R(key="dig/99", flows=1, useful=1, bytes_tx=40, bytes_rx=120), [0, 0, 0, 1])
     nginx = w(R(key="nginx/1", flows=4, useful=4, bytes_tx=52_428_800, bytes_rx=2_048, retransmits=31,

@@ -39,6 +39,8 @@ def raw_event(kind: int = rec.EV_TCP_END, *, cookie: int = 1001, src: str = "10.
     f.cookie, f.netns, f.cgroup_id, f.start_ns, f.last_ns = cookie, 4026531840, 0, 1_000_000, 9_000_000
     f.sport, f.dport, f.pid, f.outcome, f.segs_out, f.segs_in = 51000, 443, NO_PID, 1, 7, 6
     f.bytes_tx, f.bytes_rx, f.srtt_us, f.rtt_min_us, f.cwnd = 100, 5000, 40, 30, 10
+    f.first_byte_us, f.resp_count, f.resp_sum_us, f.resp_max_us = 200_500, 2, 401_000, 200_500
+    f.acked_us, f.answer_sum_us = 70, 400_800
     f.flags = flags | (rec.F_INET6 if ":" in src else 0)
     for name, value in flow.items():
         setattr(f, name, value)

@@ -5,7 +5,6 @@ by ``poll`` + ``json_line`` (the path the fast one replaced for capture) give th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests._support.env import CGROUP_ROOT, require_kernel
+from tests._support.env import require_kernel, scoped_cgroup
 
 CONNS = 6  # per address family
 
@@ -64,20 +63,13 @@ def sensor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     elif not _loader.sockops_has_comm():
         pytest.skip("this kernel's sock_ops cannot call bpf_get_current_comm (before 6.16)")
 
-    cg = CGROUP_ROOT / f"mn-test-json-{os.getpid()}"
-    cg.mkdir()
-    s = EbpfSensor(scope="/" + cg.name)
-    try:
-        s.start()
-        yield s, cg
-    finally:
-        s.close()
-        for _ in range(50):
-            try:
-                cg.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with scoped_cgroup("json") as cg:
+        s = EbpfSensor(scope="/" + cg.name)
+        try:
+            s.start()
+            yield s, cg
+        finally:
+            s.close()
 
 
 def test_fast_path_equals_poll_on_real_records(sensor: tuple[Any, Path]) -> None:

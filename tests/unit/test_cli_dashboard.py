@@ -132,6 +132,7 @@ def test_sort_rows_by_every_key() -> None:
     assert [r["key"] for r in sort_rows(procs, "bytes")][:2] == ["nginx/1", "curl/4242"]
     assert sort_rows(procs, "failures")[0]["key"] == "fakeclient/777"
     assert sort_rows(procs, "rtt")[0]["key"] == "nginx/1"
+    assert sort_rows(procs, "resp")[0]["key"] == "curl/4242" and procs[2]["resp_us"] == 210_000
     for key in SORT_KEYS:
         assert len(sort_rows(procs, key)) == len(procs)
 
@@ -202,9 +203,11 @@ def test_wide_frame_keeps_every_column_whole_at_120() -> None:
     assert "…" not in out
     assert "11:06:40 rtt_shift        nginx/1              10.0.0.7:51234" in out
     assert "rtt 1.2ms -> 45ms" in out
-    assert ("nginx/1                                     4     0   100% 45.0ms 52.0ms     31  50 MiB       ████"
-            "                  ▄▅██") in out
-    assert "10.0.0.53:53                  domain        1     0   100%      -      -      0   160 B" in out
+    assert ("nginx/1                                4     0   100% 45.0ms 52.0ms     31      -      -  50 MiB    ████"
+            "            ▄▅██") in out
+    assert "10.0.0.53:53             domain        1     0   100%      -      -      0      -      -   160 B" in out
+    # a slow server: the exchanges' mean and the node's bound of their p95, beside a low RTT
+    assert "10.0.0.2:443             https         1     0   100%  1.2ms  1.2ms      2  210ms  262ms 1.2 MiB" in out
     assert max(len(line) for line in out.splitlines()) <= 120
 
 

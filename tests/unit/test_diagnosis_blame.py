@@ -98,9 +98,9 @@ def test_blackholed_host_verdict_and_evidence() -> None:
     assert report.verdict == top.verdict
 
 
-def test_uplink_loss_verdict_says_degraded() -> None:
+def test_uplink_loss_verdict_says_slow_to_carry() -> None:
     top = blame(fleet(lossy_uplink, 2)).suspects[0]
-    assert top.verdict.startswith("path eu/s1 <-> eu/s2 is degraded: ")
+    assert top.verdict.startswith("path eu/s1 <-> eu/s2 is slow to carry: ")
     assert "from 6 hosts in 2 sites (retransmits" in top.verdict
     assert top.problem_fraction > 0.6
 
@@ -132,7 +132,7 @@ def test_three_sites_one_lossy_uplink_blames_that_uplink() -> None:
     assert [(s.kind, s.name) for s in report.suspects] == [("uplink", "eu/s1")]
     top = report.suspects[0]
     assert top.shared and 0.7 < top.problem_fraction < 0.9
-    assert top.verdict.startswith("uplink of site eu/s1 is degraded: ")
+    assert top.verdict.startswith("uplink of site eu/s1 is slow to carry: ")
     assert "from 9 hosts in 3 sites (retransmits)" in top.verdict
     table = {(e.kind, e.name): e for e in entities(txns)}
     assert ("uplink", "eu/s2") in table and ("uplink", "eu/s3") in table  # formed, but not shared causes

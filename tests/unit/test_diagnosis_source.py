@@ -359,7 +359,10 @@ def test_client_transactions_on_columns_follow_the_per_record_rules() -> None:
                  dst=rnd.choice(["10.0.0.2", "224.0.0.251", "255.255.255.255", "ff02::1", "fd00::1"]),
                  dport=rnd.choice([443, 5353, 1900, 137, 9999]), retransmits=rnd.choice([0, 1, 50]),
                  packets_tx=rnd.choice([0, 10, 1000]), connect_us=rnd.choice([0, 300_000]),
-                 start_ns=end - rnd.choice([S // 10, 5 * S])) for i in range(600)]
+                 start_ns=end - rnd.choice([S // 10, 5 * S]), min_rtt_us=rnd.choice([0, 500]),
+                 max_rtt_us=rnd.choice([600, 50_499, 50_500, 90_000]), responses=rnd.choice([0, 1, 4]),
+                 response_us_sum=rnd.choice([0, 100_600, 150_000, 900_000]),
+                 answer_us_sum=rnd.choice([0, 99_999, 100_000, 400_000])) for i in range(600)]
     want = []
     for r in recs:
         if r.direction != "outbound" or is_discovery(r):

@@ -20,29 +20,46 @@ from meshnode.summary import PeriodBuilder, with_service
 from tests._support.rollups import reference_rollup
 from tests.unit._flows import T0, S, flow
 
+HANDSHAKE_ENDED = ("established", "refused", "timeout", "reset")
+
 
 class ReferenceBuilder:
     def __init__(self) -> None:
-        self.last: dict[int, tuple[int, int, int]] = {}
+        # flow id -> its last interim's totals (bytes_tx, bytes_rx, retransmits, responses, response_us_sum)
+        # and whether its handshake's outcome was known (counted) by then
+        self.last: dict[int, tuple[tuple[int, ...], bool]] = {}
 
     def build(self, finals: list[FlowRecord], interims: list[FlowRecord]) -> dict[str, Any]:
         rows = []
-        for rec in (*finals, *interims):
+        timing = []
+        counted = []
+        for i, rec in enumerate((*finals, *interims)):
             prev = self.last.get(rec.flow_id)
-            totals = (rec.bytes_tx, rec.bytes_rx, rec.retransmits)
-            delta = totals if prev is None else tuple(max(0, t - p) for t, p in zip(totals, prev, strict=True))
-            rows.append((rec, delta))
-        self.last = {r.flow_id: (r.bytes_tx, r.bytes_rx, r.retransmits) for r in interims}
+            totals = (rec.bytes_tx, rec.bytes_rx, rec.retransmits, rec.responses, rec.response_us_sum)
+            delta = totals if prev is None else tuple(max(0, t - p) for t, p in zip(totals, prev[0], strict=True))
+            rows.append((rec, delta[:3]))
+            # a handshake counts in the period its outcome became known, once; a first byte in the period
+            # the flow's first exchange completed
+            decided = i < len(finals) or rec.outcome in HANDSHAKE_ENDED
+            before = prev is not None and prev[1]
+            connected = decided and not before and rec.proto == "tcp" and rec.outcome == "established"
+            timing.append((delta[3], delta[4], 0 < delta[3] == rec.responses, connected))
+            counted.append(before or decided)
+        self.last = {r.flow_id: ((r.bytes_tx, r.bytes_rx, r.retransmits, r.responses, r.response_us_sum), c)
+                     for r, c in zip(interims, counted[len(finals):], strict=True)}
         outbound = [(r, d) for r, d in rows if r.direction != "inbound"]
         inbound = [(r, d) for r, d in rows if r.direction == "inbound"]
+        t_out = [t for (r, _), t in zip(rows, timing, strict=True) if r.direction != "inbound"]
+        t_in = [t for (r, _), t in zip(rows, timing, strict=True) if r.direction == "inbound"]
         last_bytes = {}
         for proto in ("tcp", "udp"):
             mine = [d for r, d in rows if r.proto == proto]
             if mine:
                 last_bytes[proto] = (sum(d[0] for d in mine), sum(d[1] for d in mine))
         ref = reference_rollup
-        return {"by_process": ref(rows, "process", False), "by_destination": ref(outbound, "destination", True),
-                "by_service": ref(inbound, "service", True), "by_cgroup": ref(rows, "cgroup", False),
+        return {"by_process": ref(rows, "process", False, timing),
+                "by_destination": ref(outbound, "destination", True, t_out),
+                "by_service": ref(inbound, "service", True, t_in), "by_cgroup": ref(rows, "cgroup", False, timing),
                 "final_flows": len(finals), "interim_flows": len(interims), "last_bytes": last_bytes}
 
 
@@ -58,6 +75,7 @@ def _rec(rnd: random.Random, fid: int, kind: str, totals: dict[int, int]) -> Flo
     # totals mostly grow; sometimes a counter goes back (a reused id, a reset): the delta is then 0
     grow = rnd.choice((0, 100, 5000, -700))
     totals[fid] = max(0, totals.get(fid, 0) + grow)
+    exchanges = totals[fid] // 2000  # grows with the bytes: 0 for a while, then more
     return flow(fid, kind=kind, comm=rnd.choice(("curl", "", "?", "dig")), pid=rnd.choice((1, 2)),
                 dst=rnd.choice(("10.0.0.2", "fd00::5")), dport=rnd.choice((443, 53)),
                 src=rnd.choice(("10.0.0.1", "fd00::1")), sport=rnd.choice((22, 40000)),
@@ -66,7 +84,11 @@ def _rec(rnd: random.Random, fid: int, kind: str, totals: dict[int, int]) -> Flo
                 outcome=rnd.choice(("established", "refused", "in_progress", "udp_answered", "unknown")),
                 cgroup=rnd.choice(("", "/", "/a.service")), bytes_tx=totals[fid], bytes_rx=totals[fid] // 3,
                 retransmits=rnd.choice((0, 1, 5, 300)) if grow >= 0 else 0, packets_tx=rnd.choice((0, 10, 1000)),
-                srtt_us=rnd.choice((0, 7, 1001)), connect_us=rnd.choice((0, 250_000)))
+                srtt_us=rnd.choice((0, 7, 1001)), connect_us=rnd.choice((0, 250_000)),
+                responses=exchanges, response_us_sum=exchanges * rnd.choice((900, 150_000)),
+                response_us_max=rnd.choice((900, 150_000)), first_byte_us=rnd.choice((3, 900, 150_000)),
+                answer_us_sum=exchanges * rnd.choice((500, 120_000)),
+                min_rtt_us=rnd.choice((0, 100)), max_rtt_us=rnd.choice((100, 60_000)))
 
 
 @pytest.mark.parametrize("seed", range(30))

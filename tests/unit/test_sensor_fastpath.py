@@ -124,6 +124,8 @@ def _row(**changes: Any) -> rec.TcpFlowRow:
         comm="kernel-comm", start_ns=1_000, last_ns=5_000_000, bytes_tx=10, bytes_rx=20, packets_tx=5,
         packets_rx=6, retransmits=2, connect_us=30, srtt_us=250, srtt_max_us=300,
         min_rtt_us=0, cwnd=10, cwnd_min=8, cwnd_max=12, resets_rx=1, resets_tx=0,
+        first_byte_us=210_000, responses=3, response_us_sum=630_500, response_us_max=220_100,
+        answer_us_sum=630_100,
     )
     base.update(changes)
     return rec.TcpFlowRow(**base)  # type: ignore[arg-type]
@@ -144,6 +146,8 @@ def _expected(sensor: Any, r: rec.TcpFlowRow, final: bool, reasons: dict[str, in
         resets_rx=r.resets_rx, drops=sum(reasons.values()), drop_reasons=reasons,
         kind="final" if final else "interim", fidelity="exact", limited_by=limit,
         service=service_name(r.sport if r.direction == "inbound" else r.dport, "tcp"),
+        first_byte_us=r.first_byte_us, responses=r.responses, response_us_sum=r.response_us_sum,
+        response_us_max=r.response_us_max, answer_us_sum=r.answer_us_sum,
     )
     if info is not None:
         out = out.replace(rttvar_us=info.rttvar, delivery_rate=info.delivery_rate, lost=info.lost,

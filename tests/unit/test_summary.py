@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from meshnode.summary import (
@@ -86,12 +88,24 @@ def test_columnar_rollups_equal_the_per_record_rule(seed) -> None:
                  retransmits=rnd.choice([0, 0, 1, 5, 300]), packets_tx=rnd.choice([0, 1, 100, 10_000]),
                  connect_us=rnd.choice([0, 150_000, 250_000]), srtt_us=rnd.choice([0, 7, 100, 1001, 50_000]),
                  bytes_tx=rnd.randrange(1 << 40), bytes_rx=rnd.randrange(1 << 20),
-                 service=rnd.choice(["", "", "custom"]), delivery_rate=rnd.choice([0, 0, 1, 125_000, 10**9]))
+                 service=rnd.choice(["", "", "custom"]), delivery_rate=rnd.choice([0, 0, 1, 125_000, 10**9]),
+                 **_timing(rnd))
             for i in range(rnd.randrange(1, 300))]
     for key in ("process", "destination", "service", "cgroup"):
         got = [dataclasses.asdict(r) for r in rollup(recs, key, with_services=True)]
         totals = [(r, (r.bytes_tx, r.bytes_rx, r.retransmits)) for r in recs]
         assert got == reference_rollup(totals, key, with_services=True), key
+
+
+def _timing(rnd: Any) -> dict[str, int]:
+    """Random exchange timing and RTTs, around the slow-path and slow-server thresholds."""
+    n = rnd.choice([0, 0, 1, 3, 1000])
+    mean = rnd.choice([0, 1, 900, 150_000, 2**31])
+    min_rtt = rnd.choice([0, 100, 20_000])
+    return dict(responses=n, response_us_sum=n * mean + (n > 0) * rnd.randrange(n or 1),
+                answer_us_sum=n * rnd.choice([0, 99_999, 100_000, 150_000]),
+                response_us_max=mean + rnd.randrange(1000), first_byte_us=rnd.choice([0, 1, 2, 3, 150_000]),
+                min_rtt_us=min_rtt, max_rtt_us=min_rtt + rnd.choice([0, 49_999, 50_000, 200_000]))
 
 
 def test_with_services_on_columns_equals_with_service_per_record() -> None:
