@@ -25,9 +25,9 @@ FLOW_FIELDS: Final = (
     "cgroup", "cgroup_id", "netns", "start_ns", "end_ns", "bytes_tx", "bytes_rx", "packets_tx", "packets_rx",
     "outcome", "retransmits", "srtt_us", "min_rtt_us", "max_rtt_us", "cwnd", "cwnd_min", "cwnd_max", "limited_by",
     "connect_us", "resets_tx", "resets_rx", "drops", "kind", "fidelity", "rttvar_us", "delivery_rate", "lost",
-    "reordering", "service", "drop_reasons",
+    "reordering", "service", "remote_name", "drop_reasons",
 )
-_STR_FIELDS: Final = ("node_id", "src", "dst", "comm", "thread", "cgroup", "service")
+_STR_FIELDS: Final = ("node_id", "src", "dst", "comm", "thread", "cgroup", "service", "remote_name")
 _ENUM_FIELDS: Final = ("proto", "direction", "outcome", "limited_by", "kind", "fidelity")
 _INT_FIELDS: Final = tuple(f for f in FLOW_FIELDS if f not in (*_STR_FIELDS, *_ENUM_FIELDS, "drop_reasons"))
 

@@ -57,6 +57,8 @@ class FlowRecord:
     record (``kind="interim"``) is a flow still active when its export period closed. ``comm`` is the
     process's name as ``ps`` shows it (its main thread's); ``thread`` is the name of the thread that used the
     socket where it differs (a runtime's worker: ``isc-net-0000``, ``event_engine``), else empty.
+    ``remote_name`` is the DNS name the host last resolved to ``dst`` before the flow began (the question's
+    name, before any CNAME), empty when none.
     """
 
     flow_id: int
@@ -99,6 +101,7 @@ class FlowRecord:
     reordering: int = 0
     service: str = ""
     node_id: str = ""
+    remote_name: str = ""
     drop_reasons: dict[str, int] = field(default_factory=dict, hash=False, compare=True)
 
     @property
@@ -267,5 +270,6 @@ def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:
         "drops": msg.drops, "kind": enum(flow_pb2.RecordKind, msg.kind, "final"),
         "fidelity": enum(flow_pb2.Fidelity, msg.fidelity, "exact"),
         "rttvar_us": msg.rttvar_us, "delivery_rate": msg.delivery_rate, "lost": msg.lost,
-        "reordering": msg.reordering, "service": msg.service, "drop_reasons": dict(msg.drop_reasons),
+        "reordering": msg.reordering, "service": msg.service, "remote_name": msg.remote_name,
+        "drop_reasons": dict(msg.drop_reasons),
     }

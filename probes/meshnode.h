@@ -41,7 +41,12 @@
 #define C_EVENTS 6
 #define C_TCP_OPENED 7
 #define C_PROC_MAP_FULL 8        /* a process name the LRU map could not take (procs.bpf.c) */
-#define C_NCOUNTERS 9
+#define C_DNS_ANSWERS 9          /* DNS answers parsed (dns.bpf.c) */
+#define C_DNS_MALFORMED 10       /* DNS answers refused part-way: a compression loop, an overlong name, a bad label */
+#define C_DNS_TRUNCATED 11       /* DNS answers parsed only in part: cut short, or past the parse buffer or budget */
+#define C_DNS_TXN_MAP_FULL 12    /* DNS transactions the dns_txns map could not take until the next drain */
+#define C_DNS_ADDRS 13           /* addresses written to dns_addrs (LRU: the oldest give way past its bound) */
+#define C_NCOUNTERS 14
 
 /* One TCP socket, keyed by its kernel address (created at connect or at passive establishment).
  *
@@ -54,7 +59,7 @@
  * Kernel memory per flow is this value + 8 B key + 48 B hash element header + 16 B bucket, so every byte
  * here counts (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the
  * kernel logic does not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64
- * bytes), family and direction are flag bits. 152 B, no padding. */
+ * bytes), family and direction are flag bits. 160 B, no padding. */
 struct tcp_flow {
     __u64 cookie;           /* socket cookie: the flow's id */
     __u64 netns;            /* netns cookie */
@@ -86,6 +91,7 @@ struct tcp_flow {
     __u8 flags;             /* F_* above */
     __u8 saddr[16];         /* IPv4 in the first 4 bytes */
     __u8 daddr[16];
+    __u64 name_id;          /* dns_names key of the name the host resolved to daddr before the flow began, or 0 */
 };
 
 /* One UDP flow: a socket and one remote endpoint. */
@@ -114,6 +120,7 @@ struct udp_flow {
     __u8 direction;
     __u8 pad;
     __u8 laddr[16];
+    __u64 name_id;          /* as tcp_flow.name_id, for the remote address */
 };
 
 /* An inbound SYN seen on a listener, waiting for the handshake to complete. */
@@ -161,6 +168,64 @@ struct event {
     __u64 value2;           /* previous RTT, ... */
     struct tcp_flow flow;
     char comm[16];
+};
+
+/* DNS (dns.bpf.c). A name's id is the FNV-1a hash of its wire labels, lower-cased, joined by '.'. */
+#define DNS_NAME_LEN 256
+
+/* An address a DNS answer gave, in one network namespace. */
+struct dns_addr_key {
+    __u64 netns;
+    __u8 addr[16];          /* IPv4 in the first 4 bytes */
+    __u16 family;
+    __u16 pad[3];
+};
+
+struct dns_addr_val {
+    __u64 name_id;          /* the question's name (the name the application asked for, before any CNAME) */
+    __u64 resolved_ns;      /* monotonic: when the answer arrived */
+    __u32 ttl;              /* the address record's TTL, seconds */
+    __u32 pad;
+};
+
+/* A name's text: lower-case, dotted, NUL-terminated (at most 253 characters). */
+struct dns_name {
+    char name[DNS_NAME_LEN];
+};
+
+/* A query waiting for its answer: the socket that sent it and the DNS id. */
+struct dns_query_key {
+    __u64 cookie;
+    __u16 id;
+    __u16 pad[3];
+};
+
+struct dns_query_val {
+    __u64 sent_ns;
+    __u32 pid;              /* the sender (egress runs in the sending syscall) */
+    __u32 pad;
+};
+
+/* DNS transactions summed between two drains: one row per question, resolver and answer code. */
+struct dns_txn_key {
+    __u64 netns;
+    __u64 name_id;
+    __u8 server[16];
+    __u16 family;
+    __u16 qtype;
+    __u16 rcode;
+    __u16 tcp;              /* 1: DNS over TCP */
+};
+
+struct dns_txn_val {
+    __u64 first_ns;         /* monotonic, first answer */
+    __u64 last_ns;
+    __u64 latency_sum_ns;   /* over the answers whose query was seen */
+    __u64 latency_max_ns;
+    __u32 answers;
+    __u32 timed;            /* answers whose query was seen (the latency's count) */
+    __u32 pid;              /* the last query's sender */
+    __u32 addrs;            /* address records of the question's CNAME chain, over the answers */
 };
 
 #endif

@@ -14,6 +14,7 @@ from meshnode._batch import FlowBatch
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
+    from meshnode.sensor._dns import DnsRecord
 
 EVENT_TYPES = (
     "retransmit_burst", "zero_window", "rtt_shift", "reset_sent", "reset_received", "drop",
@@ -60,6 +61,9 @@ class SensorBatch:
     completeness: Completeness = field(default_factory=Completeness)
     columns: list[FlowBatch] = field(default_factory=list)
     """Ended flows as columnar batches (the eBPF sensor's TCP end records)."""
+    dns: list[DnsRecord] = field(default_factory=list)
+    """DNS transactions answered since the last poll (the eBPF sensor; one per question, resolver and
+    answer code)."""
 
     @property
     def ended(self) -> FlowBatch:
@@ -75,6 +79,8 @@ class JsonBatch:
     text: str = ""
     """The flows that ended, as JSON Lines: per flow ``FlowRecord.to_json_text()`` and a newline."""
     completeness: Completeness = field(default_factory=Completeness)
+    dns: list[DnsRecord] = field(default_factory=list)
+    """DNS transactions answered since the last poll, as ``SensorBatch.dns``."""
 
 
 class Sensor(Protocol):

@@ -33,6 +33,7 @@ from meshnode.probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reaso
 from meshnode.probes._records import UdpScan
 from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
+from meshnode.sensor._dns import NameCache, dns_record
 from meshnode.sensor._limits import limited_by
 from meshnode.sensor._native import NativeJson
 from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, service_name
@@ -109,6 +110,7 @@ class EbpfSensor:
         self._json_addr4: dict[bytes, bytes] = {}
         self._json_addr6: dict[bytes, bytes] = {}
         self._json_service: dict[int, bytes] = {}
+        self._names = NameCache(lambda ids: self._probes.dns_names(ids))
         self._native: NativeJson | bool | None = False  # False: not loaded yet; None: not available
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -277,6 +279,9 @@ class EbpfSensor:
             "connect_us": arr["connect_us"], "resets_tx": arr["resets_tx"], "resets_rx": arr["resets_rx"],
             "service": services[port_codes],
         }
+        name_ids = arr["name_id"]
+        if name_ids.any():
+            cols["remote_name"] = self._name_column(name_ids)
         if self._limits:
             limited = np.zeros(n, dtype=np.uint8)
             numbers = ENUM_NUMBERS["limited_by"]
@@ -302,6 +307,30 @@ class EbpfSensor:
             for t, flow in zip(ts, flows.take(failed).records(), strict=True):
                 batch.events.append(EventRecord("connect_failed", self._wall(t), flow, 1.0, flow.outcome))
         return flows
+
+    def _remote_names(self, ids: Iterable[int]) -> dict[int, str]:
+        """Names by id for flows' remote addresses (probes/dns.bpf.c), cached (``NameCache``)."""
+        return self._names.names(ids) if self._started else {}
+
+    def _name_column(self, ids: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """``remote_name`` for a column of name ids: each distinct id's text looked up once."""
+        uniq, codes = np.unique(ids, return_inverse=True)
+        known = self._remote_names(uniq.tolist())
+        texts = np.array([known.get(i, "") for i in uniq.tolist()], dtype=object)
+        out: np.ndarray[Any, Any] = texts[codes.reshape(len(ids))]
+        return out
+
+    def _drain_dns(self, batch: SensorBatch) -> None:
+        """The DNS transactions the kernel summed since the last poll, as records."""
+        rows = self._probes.drain_dns()
+        if not rows:
+            return
+        batch.completeness.drained_rows += len(rows)
+        names = self._remote_names(r.name_id for r in rows)
+        self._process_names(r.pid for r in rows if r.pid)
+        for r in rows:
+            comm = self._owner(r.pid, "")[0] if r.pid else ""
+            batch.dns.append(dns_record(r, names.get(r.name_id, ""), self._clock_offset, comm))
 
     def _addr_column(self, raw: np.ndarray[Any, Any], inet6: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Addresses' text from their raw 16 bytes, made once per distinct address."""
@@ -351,8 +380,8 @@ class EbpfSensor:
                  segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _rtt_ref,
                  cwnd, cwnd_min, cwnd_max, pid, _burst_start,
                  resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-                 comm) = v
-                if kind != tcp_end or not cookie:
+                 name_id, comm) = v
+                if kind != tcp_end or not cookie or name_id:  # a named flow: its name takes poll's path
                     n = len(ended)
                     self._handle(rec.event_from_raw(v), batch)
                     for flow in ended[n:]:
@@ -394,7 +423,7 @@ class EbpfSensor:
         self._poll_maps(now, batch)
         lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
         batch.completeness.flows_recorded += len(ended) + fast
-        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness)
+        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness, batch.dns)
 
     def _native_json(self) -> NativeJson | None:
         """The C renderer (``_jsonline.c``) for this sensor, made on first use; None where it is not built."""
@@ -480,11 +509,11 @@ class EbpfSensor:
         self._poll_maps(now, batch)
         lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
         batch.completeness.flows_recorded += len(ended) + fast
-        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness)
+        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness, batch.dns)
 
     def _native_owner(self, native: NativeJson, v: tuple[Any, ...]) -> bool:
         """Give C a raw TCP end record's owner text, made as poll_json makes it; False if its table is full."""
-        pid, comm, cgroup_id = v[25], v[37], v[9]
+        pid, comm, cgroup_id = v[25], v[38], v[9]
         return native.set_owner(pid, comm, cgroup_id, self._owner_text(pid, comm, cgroup_id))
 
     def _owner_text(self, pid: int, raw_comm: bytes, cgroup_id: int) -> bytes:
@@ -521,8 +550,9 @@ class EbpfSensor:
         return text
 
     def _poll_maps(self, now: int, batch: SensorBatch) -> None:
-        """The rest of a poll, after the ring buffer: drops, UDP and half-open scans, kernel counters."""
+        """The rest of a poll, after the ring buffer: drops, DNS, UDP and half-open scans, kernel counters."""
         self._drain_drops(batch)
+        self._drain_dns(batch)
         if self._released or now - self._last_udp_scan >= self._udp_scan_interval_ns:
             self._scan_udp(now, batch)
             self._scan_pending(now, batch)
@@ -724,7 +754,7 @@ class EbpfSensor:
         # (declaration order), a few us cheaper than keyword construction of the frozen dataclass.
         (cookie, sk, netns, cgroup_id, _family, src, sport, dst, dport, direction, outcome, pid, comm,
          start_ns, last_ns, bytes_tx, bytes_rx, packets_tx, packets_rx, retransmits, connect_us, srtt_us,
-         srtt_max_us, min_rtt, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx) = r
+         srtt_max_us, min_rtt, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx, name_id) = r
         drops_by_sk = self._drops_by_sk
         counts = (drops_by_sk.pop(sk, None) if final else drops_by_sk.get(sk)) if drops_by_sk else None
         reasons = dict(counts) if counts else {}
@@ -736,6 +766,7 @@ class EbpfSensor:
             rttvar, delivery_rate = info.rttvar or 0, info.delivery_rate or 0
             lost, reordering, min_rtt = info.lost or 0, info.reordering or 0, info.min_rtt or min_rtt
         name, thread = self._owner(pid, comm)
+        remote_name = self._remote_names((name_id,)).get(name_id, "") if name_id else ""
         return FlowRecord.from_fields(
             cookie or _synthetic_id(netns, src, sport, dst, dport, start_ns),  # flow_id
             src, sport, dst, dport, "tcp", direction, pid, name, thread,  # .. comm, thread
@@ -746,7 +777,8 @@ class EbpfSensor:
             limit, connect_us, resets_tx, resets_rx, sum(reasons.values()) if reasons else 0,
             "final" if final else "interim", "exact",  # kind, fidelity
             rttvar, delivery_rate, lost, reordering,
-            service_name(sport if direction == "inbound" else dport, "tcp"), "", reasons,  # .. drop_reasons
+            service_name(sport if direction == "inbound" else dport, "tcp"), "",  # service, node_id
+            remote_name, reasons,
         )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
@@ -767,6 +799,7 @@ class EbpfSensor:
             drops=sum(reasons.values()), drop_reasons=reasons, kind="final" if final else "interim",
             fidelity="exact",
             service=service_name(r.dport if r.direction == "outbound" else r.sport, "udp"),
+            remote_name=self._remote_names((r.name_id,)).get(r.name_id, "") if r.name_id else "",
         )
 
     def _halfopen_record(self, p: PendingRow) -> FlowRecord:
@@ -804,7 +837,7 @@ def _tcp_end_templates() -> tuple[bytes, bytes]:
     """
     constant = {
         "proto": '"tcp"', "kind": '"final"', "fidelity": '"exact"', "rttvar_us": "0", "delivery_rate": "0",
-        "lost": "0", "reordering": "0", "node_id": '""',
+        "lost": "0", "reordering": "0", "node_id": '""', "remote_name": '""',
     }
     text = ("src", "dst", "direction", "outcome", "limited_by", "service", "drop_reasons")
     owner = ("pid", "comm", "thread", "cgroup", "cgroup_id")
@@ -831,7 +864,7 @@ assert rec.EVENT_FIELDS == (
     "segs_out", "segs_in", "total_retrans", "connect_us", "srtt_us", "srtt_max_us", "rtt_min_us", "rtt_ref_us",
     "cwnd", "cwnd_min", "cwnd_max", "pid", "burst_start_ms",
     "resets_rx", "resets_tx", "sport", "dport", "burst", "synack_retrans", "outcome", "flags", "saddr", "daddr",
-    "comm",
+    "name_id", "comm",
 ), rec.EVENT_FIELDS
 
 

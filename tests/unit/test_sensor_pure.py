@@ -56,8 +56,8 @@ def test_release_event_has_no_flow() -> None:
 
 
 def test_struct_layout_matches_ctypes() -> None:
-    assert struct.calcsize("=2I 5Q 7Q 13I 4H 4B 16s 16s 16s") == ct.sizeof(rec.CEvent)
-    assert ct.sizeof(rec.CTcpFlow) == 152  # the value of tcp_flows: every byte is kernel memory per flow
+    assert struct.calcsize("=2I 5Q 7Q 13I 4H 4B 16s 16s Q 16s") == ct.sizeof(rec.CEvent)
+    assert ct.sizeof(rec.CTcpFlow) == 160  # the value of tcp_flows: every byte is kernel memory per flow
 
 
 def test_event_flags_family_direction_and_synacks() -> None:
