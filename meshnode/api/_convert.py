@@ -26,6 +26,7 @@ def rollup_pb(r: Rollup) -> flow_pb2.Rollup:
         key=r.key, flows=r.flows, useful=r.useful, failures=r.failures, bytes_tx=r.bytes_tx,
         bytes_rx=r.bytes_rx, retransmits=r.retransmits, rtt_p50_us=r.rtt_p50_us, rtt_p95_us=r.rtt_p95_us,
         service=r.service, flows_retransmitting=r.flows_retransmitting, flows_slow_connect=r.flows_slow_connect,
+        remote_name=r.remote_name,
     )
 
 

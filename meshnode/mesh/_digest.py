@@ -178,6 +178,7 @@ def rollups_from_flows(flows: Iterable[FlowLike]) -> list[flow_pb2.Rollup]:
             rtt_p50_us=_percentile(rtts, 0.5),
             rtt_p95_us=_percentile(rtts, 0.95),
             service=next((f.service for f in fs if f.service), ""),
+            remote_name=next((n for f in fs if (n := getattr(f, "remote_name", ""))), ""),
         ))
     return out
 
@@ -247,6 +248,7 @@ def digest_from_period(period: PeriodLike, endpoints: Iterable[flow_pb2.Flow] = 
                 rtt_p95_us=r.rtt_p95_us, service=r.service,
                 flows_retransmitting=getattr(r, "flows_retransmitting", 0),
                 flows_slow_connect=getattr(r, "flows_slow_connect", 0),
+                remote_name=getattr(r, "remote_name", ""),
             )
             for r in period.by_destination
         ],

@@ -87,6 +87,8 @@ class Rollup:
     flows_slow_connect: int = 0
     """Useful flows whose handshake took longer than ``SLOW_CONNECT_US`` (and did not retransmit enough to
     count above)."""
+    remote_name: str = ""
+    """By destination: the DNS name of its first flow that has one (``FlowRecord.remote_name``), else ''."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +166,11 @@ def rollup(
                 failures[code][name] = int(n)
     p50, p95 = _rtt_percentiles(codes, b["srtt_us"], k)
     services = _services(b, codes, k) if with_services else [""] * k
+    names = _names(b, codes, k) if key == "destination" else [""] * k
     out = [
         Rollup(key=keys[i], flows=f, useful=u, failures=failures[i], bytes_tx=btx, bytes_rx=brx,
                retransmits=r, rtt_p50_us=p50[i], rtt_p95_us=p95[i], service=services[i],
-               flows_retransmitting=d, flows_slow_connect=sl)
+               flows_retransmitting=d, flows_slow_connect=sl, remote_name=names[i])
         for i, (f, u, btx, brx, r, d, sl) in enumerate(zip(
             counts.tolist(), n_useful, sums(tx), sums(rx), sums(re), n_degraded, n_slow, strict=True))
     ]
@@ -224,6 +227,18 @@ def _services(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
     first = np.full(k, len(codes), dtype=np.intp)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.intp))
     return with_services(b, first).tolist()  # type: ignore[no-any-return]
+
+
+def _names(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
+    """Each group's DNS name: that of its first flow with one, else ''."""
+    named = np.flatnonzero(b["remote_name"] != "")
+    out = [""] * k
+    if len(named):
+        first = np.full(k, len(codes), dtype=np.intp)
+        np.minimum.at(first, codes[named], named)
+        for group in np.flatnonzero(first < len(codes)).tolist():
+            out[group] = b["remote_name"][first[group]]
+    return out
 
 
 def with_services(flows: FlowBatch, rows: NDArray[np.intp]) -> NDArray[Any]:

@@ -156,13 +156,16 @@ class PrivacyPolicy:
     # ------------------------------------------------------------------ records
 
     def filter_flow(self, rec: FlowRecord) -> FlowRecord:
-        """A flow record as it may leave the node: addresses rewritten, ``comm`` dropped where listed."""
+        """A flow record as it may leave the node: addresses rewritten (and ``remote_name`` dropped with a
+        rewritten destination), ``comm`` dropped where listed."""
         changes: dict[str, object] = {}
         src, dst = self.address(rec.src), self.address(rec.dst)
         if src != rec.src:
             changes["src"] = src
         if dst != rec.dst:
             changes["dst"] = dst
+            if rec.remote_name:  # the name would tell what the rewritten address hides
+                changes["remote_name"] = ""
         if rec.comm and any(rec.cgroup.startswith(p) for p in self.drop_comm_cgroups):
             changes["comm"] = ""
         return rec.replace(**changes) if changes else rec
@@ -209,6 +212,8 @@ class PrivacyPolicy:
             if cur is None:
                 cur = merged[key] = flow_pb2.Rollup()
                 cur.CopyFrom(r)
+                if key != r.key:  # the address was rewritten: its name would tell what the rewrite hides
+                    cur.remote_name = ""
                 cur.key = key
                 continue
             _merge_rollup(cur, r)
