@@ -99,6 +99,8 @@ def merge_rollups(per_period: Sequence[Sequence[Rollup]]) -> list[WindowRollup]:
             t.flows_slow_connect += r.flows_slow_connect
             if not t.service:
                 t.service = r.service
+            if r.remote_name:  # the latest period's name
+                t.remote_name = r.remote_name
             w.flows[i] += r.flows
             w.failures[i] += sum(r.failures.values())
             w.retransmits[i] += r.retransmits

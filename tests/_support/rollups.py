@@ -25,9 +25,11 @@ def reference_rollup(rows: list[tuple[FlowRecord, tuple[int, int, int]]], key: s
         if k not in out:
             out[k] = dict(key=k, flows=0, useful=0, failures={}, bytes_tx=0, bytes_rx=0, retransmits=0,
                           service=with_service(rec).service if with_services else "", flows_retransmitting=0,
-                          flows_slow_connect=0)
+                          flows_slow_connect=0, remote_name="")
             rtts[k] = []
         r = out[k]
+        if key == "destination" and not r["remote_name"]:  # the first flow with a name names it
+            r["remote_name"] = rec.remote_name
         r["flows"] += 1
         if rec.useful:
             r["useful"] += 1

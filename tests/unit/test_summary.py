@@ -86,7 +86,7 @@ def test_columnar_rollups_equal_the_per_record_rule(seed) -> None:
                  retransmits=rnd.choice([0, 0, 1, 5, 300]), packets_tx=rnd.choice([0, 1, 100, 10_000]),
                  connect_us=rnd.choice([0, 150_000, 250_000]), srtt_us=rnd.choice([0, 7, 100, 1001, 50_000]),
                  bytes_tx=rnd.randrange(1 << 40), bytes_rx=rnd.randrange(1 << 20),
-                 service=rnd.choice(["", "", "custom"]))
+                 service=rnd.choice(["", "", "custom"]), remote_name=rnd.choice(["", "", "db.example", "web.test"]))
             for i in range(rnd.randrange(1, 300))]
     for key in ("process", "destination", "service", "cgroup"):
         got = [dataclasses.asdict(r) for r in rollup(recs, key, with_services=True)]
