@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 EVENT_TYPES = (
     "retransmit_burst", "zero_window", "rtt_shift", "reset_sent", "reset_received", "drop",
-    "connect_failed", "anomaly",
+    "connect_failed", "anomaly", "dns_failed",
 )
 
 

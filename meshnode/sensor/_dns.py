@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from meshnode._model import FlowRecord
+from meshnode.sensor._base import EventRecord
+
 if TYPE_CHECKING:
     from meshnode.probes._records import DnsTxnRow
 
@@ -76,6 +79,16 @@ class DnsRecord:
                 "latency_us": self.latency_us, "latency_max_us": self.latency_max_us,
                 "addresses": self.addresses, "pid": self.pid, "comm": self.comm, "netns": self.netns,
                 "transport": "tcp" if self.tcp else "udp"}
+
+
+def failure_event(d: DnsRecord) -> EventRecord:
+    """A failed answer as an event of the resolver (``dns_failed``): its flow is the asker's datagrams to
+    the resolver as far as the record knows them (no socket, ports or byte counts)."""
+    flow = FlowRecord(flow_id=0, src="", sport=0, dst=d.server, dport=53, proto="tcp" if d.tcp else "udp",
+                      direction="outbound", pid=d.pid, comm=d.comm, netns=d.netns, end_ns=d.time_ns,
+                      outcome="udp_answered" if not d.tcp else "established", service="domain",
+                      remote_name="")
+    return EventRecord("dns_failed", d.time_ns, flow, float(d.answers), f"{d.rcode} {d.query or '?'} {d.qtype}")
 
 
 def dns_record(row: DnsTxnRow, query: str, clock_offset_ns: int, comm: str = "") -> DnsRecord:

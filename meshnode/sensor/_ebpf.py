@@ -33,7 +33,7 @@ from meshnode.probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reaso
 from meshnode.probes._records import UdpScan
 from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
-from meshnode.sensor._dns import NameCache, dns_record
+from meshnode.sensor._dns import NameCache, dns_record, failure_event
 from meshnode.sensor._limits import limited_by
 from meshnode.sensor._native import NativeJson
 from meshnode.sensor._resolve import CgroupNames, proc_cgroup, proc_comm, service_name
@@ -330,7 +330,10 @@ class EbpfSensor:
         self._process_names(r.pid for r in rows if r.pid)
         for r in rows:
             comm = self._owner(r.pid, "")[0] if r.pid else ""
-            batch.dns.append(dns_record(r, names.get(r.name_id, ""), self._clock_offset, comm))
+            d = dns_record(r, names.get(r.name_id, ""), self._clock_offset, comm)
+            batch.dns.append(d)
+            if d.failed:  # a failure of the resolver it came from: an event of its own
+                batch.events.append(failure_event(d))
 
     def _addr_column(self, raw: np.ndarray[Any, Any], inet6: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Addresses' text from their raw 16 bytes, made once per distinct address."""

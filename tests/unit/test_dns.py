@@ -23,6 +23,7 @@ from meshnode.sensor._capture_cmd import _emit_dns, dns_line, human_line
 from meshnode.sensor._dns import DnsRecord, NameCache, dns_record, qtype_name, rcode_name
 from meshnode.summary import PeriodBuilder
 from meshnode.trust import PrivacyPolicy
+from meshnode.v1 import flow_pb2
 from tests._support.sensor import NAME, NAME_ID, NAMED, NAMED_PID, fake_sensor, poll_both_ways, raw_event
 from tests.unit._flows import T0, flow
 
@@ -80,6 +81,12 @@ def test_the_sensor_names_flows_and_makes_dns_records_from_the_kernel_rows(tmp_p
                                    rcode="NXDOMAIN", answers=3, timed=2, latency_us=1500, latency_max_us=2500,
                                    addresses=0, pid=NAMED_PID, comm=NAMED, netns=4026531840)]
     assert batch.completeness.drained_rows >= 1
+    failed = [e for e in batch.events if e.type == "dns_failed"]
+    assert [(e.flow.dst, e.flow.dport, e.flow.proto, e.flow.comm, e.value, e.detail) for e in failed] == [
+        ("10.0.0.53", 53, "udp", NAMED, 3.0, f"NXDOMAIN {NAME} AAAA")]
+    from meshnode.api._convert import event_pb
+
+    assert event_pb(failed[0]).type == flow_pb2.DNS_FAILED
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["python", "c"])
