@@ -158,8 +158,9 @@ def main() -> int:
         so_t, so_n = delta.get("mn_sockops", (0, 0))
         if case == "udp":
             base_in = ing_t / max(1, ing_n)
-        line = (f"{case:10} ingress {ing_t / max(1, ing_n):7.0f} ns x {ing_n:6}  egress {eg_t / max(1, eg_n):6.0f} ns x "
-                f"{eg_n:6}  sockops/request {so_t / args.n:6.0f} ns ({so_n} runs)  wall {wall:5.2f} s")
+        line = (f"{case:10} ingress {ing_t / max(1, ing_n):7.0f} ns x {ing_n:6}  "
+                f"egress {eg_t / max(1, eg_n):6.0f} ns x {eg_n:6}  "
+                f"sockops/request {so_t / args.n:6.0f} ns ({so_n} runs)  wall {wall:5.2f} s")
         if case.startswith("dns"):
             line += f"  parser: +{ing_t / max(1, ing_n) - base_in:.0f} ns an answer over udp"
         print(line)
