@@ -43,6 +43,10 @@ class Completeness:
     ringbuf_overruns: int = 0
     drained_rows: int = 0
     unattributed_drops: int = 0
+    dns_malformed: int = 0
+    """DNS answers the kernel refused part-way (a compression loop, an overlong name, a bad label)."""
+    dns_truncated: int = 0
+    """DNS answers the kernel parsed only in part (cut short, or past its buffer or step budget)."""
 
     def add(self, other: Completeness) -> None:
         """Accumulate another set of counters into this one."""

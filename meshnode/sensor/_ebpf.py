@@ -65,7 +65,7 @@ _IN_PROGRESS = ENUM_NUMBERS["outcome"]["in_progress"]
 _KERNEL_OUTCOMES = tuple(ENUM_NUMBERS["outcome"][name] for name in rec.OUTCOME_NAMES.values())
 _NO_REASONS: dict[str, int] = {}
 _MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full",
-             "proc_map_full")
+             "proc_map_full", "dns_txn_map_full")
 
 
 class EbpfSensor:
@@ -567,6 +567,8 @@ class EbpfSensor:
         c.lost_events += moved["ringbuf_full"]
         c.ringbuf_overruns += 1 if moved["ringbuf_full"] else 0
         c.map_evictions += sum(moved[k] for k in _MAP_FULL)
+        c.dns_malformed += moved["dns_malformed"]
+        c.dns_truncated += moved["dns_truncated"]
 
     def _handle(self, ev: rec.KernelEvent, batch: SensorBatch) -> None:
         if ev.kind == rec.EV_UDP_RELEASE:

@@ -75,7 +75,10 @@ def test_the_sensor_names_flows_and_makes_dns_records_from_the_kernel_rows(tmp_p
     sensor = fake_sensor(tmp_path, [raw_event(cookie=7, name_id=NAME_ID), raw_event(cookie=8),
                                     raw_event(cookie=9, name_id=12345)])  # an id the kernel no longer holds
     sensor._probes.dns_rows = [txn()]  # type: ignore[attr-defined]
+    sensor._probes.ctr.update(dns_malformed=2, dns_truncated=1, dns_txn_map_full=4)  # type: ignore[attr-defined]
     batch = sensor.poll()
+    c = batch.completeness
+    assert (c.dns_malformed, c.dns_truncated, c.map_evictions) == (2, 1, 5 + 4)  # udp_map_full 5, dns_txn 4
     assert [(f.flow_id, f.remote_name) for f in batch.ended] == [(7, NAME), (8, ""), (9, "")]
     assert batch.dns == [DnsRecord(time_ns=OFFSET + 9_000_000, server="10.0.0.53", query=NAME, qtype="AAAA",
                                    rcode="NXDOMAIN", answers=3, timed=2, latency_us=1500, latency_max_us=2500,
