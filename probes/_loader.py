@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -561,16 +561,8 @@ class Probes:
         One map lookup an id, as ``process_names``: callers cache what they read (a name is the same
         text for as long as its id exists).
         """
-        fd = self._bpf["dns_names"].map_fd
-        lookup = self._lib.bpf_lookup_elem
-        key, val = ct.c_uint64(), CDnsName()
-        kp, vp = ct.byref(key), ct.byref(val)
-        out: dict[int, str] = {}
-        for i in set(ids):
-            key.value = i
-            if i and lookup(fd, kp, vp) == 0:
-                out[i] = dns_name_text(val.name)
-        return out
+        return self._lookup_each("dns_names", ct.c_uint64(), CDnsName(), (i for i in ids if i),
+                                 lambda v: dns_name_text(v.name))
 
     def _batch_rows(self, table: Any, delete: bool = False) -> list[tuple[Any, Any]]:
         """Every row of a hash map through BPF_MAP_LOOKUP(_AND_DELETE)_BATCH, copied out.
@@ -642,15 +634,21 @@ class Probes:
         16,384-entry map, Linux 6.18). BPF has no batch lookup by a set of keys; a batch walk reads the
         whole map (6 ms at 16,384 entries, as much as ~2,000 lookups), more than a poll's tens of tgids.
         """
-        fd = self._bpf["proc_names"].map_fd
+        return self._lookup_each("proc_names", ct.c_uint32(), CProcName(), tgids,
+                                 lambda v: v.comm.decode(errors="replace"))
+
+    def _lookup_each(self, name: str, key: Any, val: Any, keys: Iterable[int],
+                     text: Callable[[Any], str]) -> dict[int, str]:
+        """``text`` of the value of each distinct key of map ``name`` that holds it, by key: one lookup a
+        key into the same ctypes key and value (``key`` a ctypes integer, ``val`` the value's structure)."""
+        fd = self._bpf[name].map_fd
         lookup = self._lib.bpf_lookup_elem
-        key, val = ct.c_uint32(), CProcName()
         kp, vp = ct.byref(key), ct.byref(val)
         out: dict[int, str] = {}
-        for tgid in set(tgids):
-            key.value = tgid
+        for k in set(keys):
+            key.value = k
             if lookup(fd, kp, vp) == 0:
-                out[tgid] = val.comm.decode(errors="replace")
+                out[k] = text(val)
         return out
 
     def process_name_gaps(self) -> list[str]:
