@@ -10,6 +10,7 @@ the sensor goes on naming flows; a CNAME chain names its final address with the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -62,6 +63,8 @@ def hostile_answer(query: bytes) -> bytes:
         edge_at = 12 + len(question) + 12  # the CNAME's rdata: its owner pointer (2) + fixed (10)
         return (head + question + cname + _rr(struct.pack("!H", 0xC000 | edge_at), 1, socket.inet_aton(CHAIN))
                 + _rr(_name("evil.test"), 1, socket.inet_aton(EVIL)))
+    if label == "six":  # AAAA ::1
+        return head + question + _rr(b"\xc0\x0c", 28, socket.inet_pton(socket.AF_INET6, "::1"))
     if label == "loop":  # the answer's owner points at itself
         at = 12 + len(question)
         return head + question + _rr(struct.pack("!H", 0xC000 | at), 1, socket.inet_aton(EVIL))
@@ -89,6 +92,8 @@ class HostileResolver:
         while True:
             try:
                 query, peer = self.sock.recvfrom(4096)
+                if not query:  # shut down
+                    return
                 self.sock.sendto(hostile_answer(query), peer)
             except OSError:
                 return
@@ -102,6 +107,9 @@ class HostileResolver:
             return s.recvfrom(4096)[0]
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the serving thread, which holds the port until then
+        self.thread.join(5)
         self.sock.close()
 
 
@@ -275,3 +283,22 @@ def test_hostile_answers_are_counted_and_break_nothing(sensor: Any, dnsmasq: Non
     assert dig("web.meshtest") == WEB  # and the sensor goes on
     connect(WEB).close()
     assert [f["remote_name"] for f in flows_to(sensor, WEB, 1)] == ["web.meshtest"]
+
+
+@pytest.mark.kernel
+def test_aaaa_answers_name_ipv6_flows_and_a_records_name_v4_mapped_ones(sensor: Any, servers: Any) -> None:
+    resolver = HostileResolver()
+    six = socket.create_server(("::1", 8053), family=socket.AF_INET6)
+    threading.Thread(target=_accept_all, args=(six,), daemon=True).start()
+    try:
+        resolver.ask("six.test")  # AAAA ::1 (this sensor's map only: other sensors' flows to ::1 are not named)
+        resolver.ask("chain.test")  # A CHAIN, as above
+        socket.create_connection(("::1", 8053), timeout=5).close()
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as mapped:  # IPv4 through an IPv6 socket
+            mapped.settimeout(5)
+            mapped.connect((f"::ffff:{CHAIN}", 8053))
+    finally:
+        resolver.close()
+        six.close()
+    assert [f["remote_name"] for f in flows_to(sensor, "::1", 1)] == ["six.test"]
+    assert [f["remote_name"] for f in flows_to(sensor, CHAIN, 1)] == ["chain.test"]
