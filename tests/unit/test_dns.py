@@ -25,7 +25,7 @@ from meshnode.summary import PeriodBuilder
 from meshnode.trust import PrivacyPolicy
 from meshnode.v1 import flow_pb2
 from tests._support.sensor import NAME, NAME_ID, NAMED, NAMED_PID, fake_sensor, poll_both_ways, raw_event
-from tests.unit._flows import T0, flow
+from tests.unit._flows import T0, S, flow
 
 OFFSET = 1_764_000_000_000_000_000
 
@@ -152,3 +152,34 @@ def test_capture_prints_dns_transactions() -> None:
     doc = json.loads(out.getvalue())["dns"]
     assert (doc["query"], doc["rcode"], doc["failed"], doc["transport"], doc["latency_us"]) == (
         NAME, "NXDOMAIN", True, "tcp", 1500)
+
+
+def test_the_store_keeps_remote_name_and_an_older_store_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from meshnode.store import FlowQuery, Store
+
+    def stored(store: Store) -> list[FlowRecord]:
+        with store.reader() as conn:
+            return sorted((s.record for s in store.query_flows(FlowQuery(include_interim=True), conn)),
+                          key=lambda r: r.flow_id)
+
+    path = tmp_path / "m.db"
+    old = flow(1, kind="interim")
+    with Store(path) as store:
+        seq = store.open_period(T0)
+        store.close_period(seq, T0 + S, [], [old], "{}", next_start_ns=T0 + S)
+    conn = sqlite3.connect(path, isolation_level=None)
+    tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+              if any(c[1] == "remote_name" for c in conn.execute(f"PRAGMA table_info({t})"))]
+    assert "interim" in tables
+    for t in tables:  # as a meshnode before remote_name wrote it
+        conn.execute(f"ALTER TABLE {t} DROP COLUMN remote_name")
+    conn.close()
+    with Store(path) as store:
+        assert stored(store) == [old]
+        seq = store.open_period(T0 + 2 * S)
+        final, interim = flow(3, remote_name="db.example"), flow(4, kind="interim", remote_name="api.example")
+        store.close_period(seq, T0 + 3 * S, [final], [interim], "{}")
+        got = stored(store)
+        assert final in got and interim in got and [r.remote_name for r in got if r.flow_id == 1] == [""]
