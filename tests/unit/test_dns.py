@@ -183,3 +183,15 @@ def test_the_store_keeps_remote_name_and_an_older_store_gains_the_column(tmp_pat
         store.close_period(seq, T0 + 3 * S, [final], [interim], "{}")
         got = stored(store)
         assert final in got and interim in got and [r.remote_name for r in got if r.flow_id == 1] == [""]
+
+
+def test_otlp_flow_logs_carry_remote_name_as_an_attribute() -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    from meshnode.export import encode_flow_logs
+
+    request = encode_flow_logs(FlowBatch.from_records([flow(1, remote_name="db.example"), flow(2)]), node_id="n",
+                               host="h", resource=Resource.create({}), observed_ns=1)
+    got = [{kv.key: kv.value.string_value for kv in r.attributes if kv.key == "remote_name"}
+           for r in request.resource_logs[0].scope_logs[0].log_records]
+    assert got == [{"remote_name": "db.example"}, {"remote_name": ""}]
