@@ -180,16 +180,17 @@ class ProbeConfig:
     """Process names kept (tgid -> leader comm, LRU; 1.4 MiB of kernel memory at 16,384): a process that
     exited before user space read its flows stays named until this many newer processes push it out."""
     dns_addrs_max: int = 16384
-    """Addresses a DNS answer named, kept per network namespace (LRU, 1.9 MiB of kernel memory at 16,384
-    with the hash table's own element headers): past this many the least recently resolved give way, and
-    a flow to such an address gets no name. ``dns_addrs`` in the counters counts what was written."""
+    """Addresses a DNS answer named, kept per network namespace (LRU, preallocated: 1.9 MiB of kernel memory
+    at 16,384, measured with ``map_memory``): past this many the least recently resolved give way, and a
+    flow to such an address gets no name. ``dns_addrs`` in the counters counts what was written."""
     dns_names_max: int = 8192
-    """Names kept by id (LRU, 256 B each: 2.5 MiB at 8,192); user space caches those it has read."""
+    """Names kept by id (LRU, 256 B each: 2.6 MiB at 8,192); user space caches those it has read."""
     dns_queries_max: int = 4096
-    """Queries waiting for their answer, for its latency (LRU: unanswered ones give way to newer ones)."""
+    """Queries waiting for their answer, for its latency (LRU: unanswered ones give way to newer ones;
+    0.4 MiB at 4,096)."""
     dns_txns_max: int = 4096
     """DNS transactions summed between two drains (questions x resolvers x answer codes); past it the
-    rest are counted (``dns_txn_map_full``) until the next poll drains it."""
+    rest are counted (``dns_txn_map_full``) until the next poll drains it (0.6 MiB at 4,096)."""
     ringbuf_pages: int = 2048
     """Ring buffer size in 4 KiB pages: 8 MiB holds ~28,000 flow records (~1.4 s of 10,000 connections/s at
     both ends); 4 MiB overflowed once in the benchmark when the sensor was starved of CPU."""
