@@ -96,16 +96,13 @@ static __always_inline void tcp_dns(struct __sk_buff *skb, struct l4 *p, int egr
 
 static __always_inline void tcp_packet(struct __sk_buff *skb, struct l4 *p, int egress)
 {
-    __u8 flags;
-    __u32 off = (p->l4off & 0x3c) + 13;
-    __u16 ports[2];
-    __u32 l4 = p->l4off & 0x3c;
-    if (HDR(skb, l4, ports, 4))
+    __u8 th[14];  /* ports .. flags: one copy for both */
+    if (HDR(skb, p->l4off & 0x3c, th, 14))
         return;
-    if (HDR(skb, off, &flags, 1))
-        return;
+    __u8 flags = th[13];
     int syn = flags & 0x02, rst = flags & 0x04, ack = flags & 0x10;
-    if (!syn && !rst && ports[egress ? 1 : 0] == bpf_htons(DNS_PORT)) {
+    __u8 *port = egress ? &th[2] : &th[0];  /* the peer's port: the resolver's is 53 */
+    if (!syn && !rst && port[0] == 0 && port[1] == DNS_PORT) {
         tcp_dns(skb, p, egress);  /* may end in a tail call: nothing may follow it */
         return;
     }
