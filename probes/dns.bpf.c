@@ -8,12 +8,16 @@
  * name byte or fixed-size field. Its state lives in the per-CPU map, not in registers: the verifier then
  * sees every iteration start from the same state and checks the loop body once per iteration, whatever
  * the branches (a loop per name inside a loop per record was exponential for it). bcc cannot pass
- * callbacks, so bpf_loop is not an option here.
+ * callbacks, so bpf_loop is not an option here. The parser is a program of its own (mn_dns_answer),
+ * entered by tail call from the ingress program, DNS_STEPS steps a run and up to DNS_RUNS runs (it
+ * tail-calls itself): each run is verified once. The scratch map is only used on ingress, which runs in
+ * softirq with migration disabled, so two parses never share it.
  *
  * Hostile input: compression pointers must point below every position the name has visited (so a name
- * cannot loop) and at most DNS_MAX_JUMPS times; a name longer than 255 wire bytes, a reserved label type
- * or a record past the message's end stops the parse (C_DNS_MALFORMED). A message longer than the buffer,
- * or one needing more than DNS_STEPS steps, is parsed as far as it goes (C_DNS_TRUNCATED). */
+ * cannot loop) and at most DNS_MAX_JUMPS times; a name longer than 255 wire bytes or a reserved label type
+ * stops the parse (C_DNS_MALFORMED). A message longer than the buffer, a record past its end, or one needing
+ * more than DNS_STEPS x DNS_RUNS steps is parsed as far as it goes (C_DNS_TRUNCATED); records before the
+ * stop stand. */
 
 #ifndef DNS_ADDRS_MAX
 #define DNS_ADDRS_MAX 16384
