@@ -14,8 +14,8 @@ rewrites every address of what leaves the node (flow records, digest rollups and
 
 A flow's ``remote_name`` (and a destination rollup's) is dropped wherever its address is rewritten: the name
 would tell what the rewrite hides. ``comm`` is dropped for flows in the listed cgroups (path prefixes).
-Coarsened and hashed values are not addresses, so applying a policy twice changes nothing; the cross-
-validator uses ``address`` to normalize records from nodes that published raw addresses. Endpoint records
+Coarsened and hashed values are not addresses, so applying a policy twice changes nothing; the
+cross-validator uses ``address`` to normalize records from nodes that published raw addresses. Endpoint records
 are hashed but never coarsened: a /24 cannot name the other end of a flow, and cross-validation needs that.
 """
 
