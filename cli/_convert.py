@@ -27,9 +27,9 @@ FLOW_FIELDS: Final = (
     "connect_us", "resets_tx", "resets_rx", "drops", "kind", "fidelity", "rttvar_us", "delivery_rate", "lost",
     "reordering", "service", "icmp_unreachable", "icmp_unreachable_code", "icmp_frag_needed", "path_mtu",
     "icmp_time_exceeded", "attempts", "ports_probed", "first_byte_us", "responses", "response_us_sum",
-    "response_us_max", "answer_us_sum", "drop_reasons",
+    "response_us_max", "answer_us_sum", "remote_name", "drop_reasons",
 )
-_STR_FIELDS: Final = ("node_id", "src", "dst", "comm", "thread", "cgroup", "service")
+_STR_FIELDS: Final = ("node_id", "src", "dst", "comm", "thread", "cgroup", "service", "remote_name")
 _ENUM_FIELDS: Final = ("proto", "direction", "outcome", "limited_by", "kind", "fidelity")
 _INT_FIELDS: Final = tuple(f for f in FLOW_FIELDS if f not in (*_STR_FIELDS, *_ENUM_FIELDS, "drop_reasons"))
 

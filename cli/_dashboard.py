@@ -56,7 +56,8 @@ def rollup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         failures = sum(int(v) for v in (t.get("failures") or {}).values())
         settled = int(t["useful"]) + failures
         out.append({
-            "key": t["key"], "service": t.get("service", ""), "flows": int(t["flows"]), "failures": failures,
+            "key": named_key(t["key"], t.get("remote_name", "")), "address": t["key"],
+            "service": t.get("service", ""), "flows": int(t["flows"]), "failures": failures,
             "useful": int(t["useful"]) / settled if settled else None, "bytes": int(t["bytes_tx"]) + int(t["bytes_rx"]),
             "rtt_us": int(t["rtt_p50_us"]), "rtt_p95_us": int(t["rtt_p95_us"]), "retransmits": int(t["retransmits"]),
             "resp_us": int(t.get("response_us_sum") or 0) // max(1, int(t.get("responses") or 0)),
@@ -65,6 +66,12 @@ def rollup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "retransmits_series": list(r.get("retransmits") or []),
         })
     return out
+
+
+def named_key(key: str, name: str) -> str:
+    """A destination key as ``top`` shows it: ``name:port`` when the host resolved a DNS name to it."""
+    _host, sep, port = key.rpartition(":")
+    return f"{name}:{port}" if name and sep and port.isdigit() else key
 
 
 def sort_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
@@ -295,7 +302,7 @@ def dashboard(v: Mapping[str, Any], *, height: int = 24, wide: bool = False, pla
         rows = rollup_rows(rollups.get(field) or [])
         omitted = int(rollups.get(f"{field}_omitted") or 0)
         if name == "processes" and needle:
-            rows = [r for r in rows if needle in str(r["key"]).lower()]
+            rows = [r for r in rows if needle in str(r["key"]).lower() or needle in str(r.get("address", "")).lower()]
         shown = sort_rows(rows, by)
         total = f"{len(shown)}" if not omitted else f"{len(shown)} of {len(shown) + omitted}"
         parts += [_title(f" {name.upper()} by {by} ({total}) ", plain),

@@ -51,7 +51,7 @@ _OUTCOME_COL: Final = 3
 
 _get: Final = attrgetter("end_ns", "start_ns", "comm", "thread", "pid", "dst", "dport", "outcome", "bytes_tx",
                          "bytes_rx", "srtt_us", "src", "sport", "direction", "proto", "retransmits", "kind",
-                         "service", "cgroup", "icmp_unreachable")
+                         "service", "cgroup", "icmp_unreachable", "remote_name")
 _FAILED: Final = frozenset({"refused", "timeout", "reset", "udp_unanswered"})
 
 
@@ -80,8 +80,8 @@ def endpoint(addr: str, port: int, width: int = 21) -> str:
 
 def _cells(f: flow_pb2.Flow, wide: bool, pw: int) -> tuple[list[str], str] | None:
     (end, start, comm, thread, pid, dst, dport, outcome, tx, rx, srtt, src, sport, direction, proto, retx, kind,
-     service, cgroup, unreachable) = _get(f)
-    names = comm + thread + service + cgroup
+     service, cgroup, unreachable, remote_name) = _get(f)
+    names = comm + thread + service + cgroup + remote_name
     if not (names + dst + src).isascii() or not names.isprintable():
         return None
     outcome_name = _OUTCOME.get(outcome, str(outcome))
@@ -89,7 +89,7 @@ def _cells(f: flow_pb2.Flow, wide: bool, pw: int) -> tuple[list[str], str] | Non
     if wide:
         cells += [endpoint(src, sport, 21), _DIR_SHORT.get(_DIRECTION.get(direction, ""), "?"),
                   _PROTO.get(proto, str(proto))]
-    cells += [endpoint(dst, dport), outcome_label(outcome_name, unreachable), format_bytes(tx),
+    cells += [endpoint(remote_name or dst, dport), outcome_label(outcome_name, unreachable), format_bytes(tx),
               format_bytes(rx), format_us(srtt)]
     if wide:
         dur_ns = end - start if end and start else 0

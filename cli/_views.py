@@ -106,7 +106,7 @@ def flows_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain:
             cells += [endpoint(r["src"], r["sport"], 21), {"outbound": "out", "inbound": "in"}.get(
                 r["direction"], "?"), r["proto"]]
         cells += [
-            endpoint(r["dst"], r["dport"]),
+            endpoint(r.get("remote_name") or r["dst"], r["dport"]),  # the name the host resolved, if any
             outcome_text(r["outcome"], r.get("icmp_unreachable", 0)),
             format_bytes(r["bytes_tx"]),
             format_bytes(r["bytes_rx"]),

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 FIELDS: Final = tuple(f.name for f in dataclasses.fields(FlowRecord))
 ENUM_FIELDS: Final = tuple(ENUM_NUMBERS)
-TEXT_FIELDS: Final = ("src", "dst", "comm", "thread", "cgroup", "service", "node_id")
+TEXT_FIELDS: Final = ("src", "dst", "comm", "thread", "cgroup", "service", "node_id", "remote_name")
 U64_FIELDS: Final = ("flow_id", "cgroup_id", "netns")
 """Identifiers that use all 64 bits (kernel cookies and ids); the store keeps them as signed 64-bit."""
 _UNSIGNED: Final = (*U64_FIELDS, "bytes_tx", "bytes_rx", "delivery_rate")

@@ -64,6 +64,9 @@ class FlowRecord:
     ``first_byte_us`` is the first one's: a client's time to first byte, a server's time to answer.
     ``answer_us_sum`` is the part of the exchanges after the last ACK of the request: the peer's time to
     answer, without the time the path took to carry the request.
+
+    ``remote_name`` is the DNS name the host last resolved to ``dst`` before the flow began (the question's
+    name, before any CNAME), empty when none.
     """
 
     flow_id: int
@@ -118,6 +121,7 @@ class FlowRecord:
     response_us_sum: int = 0
     response_us_max: int = 0
     answer_us_sum: int = 0
+    remote_name: str = ""
     drop_reasons: dict[str, int] = field(default_factory=dict, hash=False, compare=True)
 
     @property
@@ -292,6 +296,6 @@ def flow_proto_to_json(msg: flow_pb2.Flow) -> dict[str, Any]:
         "icmp_time_exceeded": msg.icmp_time_exceeded, "attempts": msg.attempts, "ports_probed": msg.ports_probed,
         "first_byte_us": msg.first_byte_us,
         "responses": msg.responses, "response_us_sum": msg.response_us_sum, "response_us_max": msg.response_us_max,
-        "answer_us_sum": msg.answer_us_sum,
+        "answer_us_sum": msg.answer_us_sum, "remote_name": msg.remote_name,
         "drop_reasons": dict(msg.drop_reasons),
     }

@@ -18,7 +18,7 @@ import socket
 import struct
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +31,7 @@ from meshnode.probes._errors import ProbeCompileError, ProbeError
 from meshnode.probes._records import (
     COUNTER_NAMES,
     EVENT_STRUCT,
+    CDnsName,
     CEvent,
     CPendingKey,
     CPendingVal,
@@ -39,6 +40,7 @@ from meshnode.probes._records import (
     CRefusedVal,
     CUdpFlow,
     CUdpKey,
+    DnsTxnRow,
     IcmpRow,
     KernelEvent,
     PendingRow,
@@ -47,6 +49,7 @@ from meshnode.probes._records import (
     UdpFlowRow,
     UdpScan,
     addr_text,
+    dns_name_text,
     event_array,
     event_from_raw,
     tcp_row_from_c,
@@ -200,6 +203,18 @@ class ProbeConfig:
     refused_max_sources: int = 4096
     """Sources of inbound attempts to closed ports held until they end (refused; ~250 B a source): a source
     beyond it is counted (refused_map_full), not recorded."""
+    dns_addrs_max: int = 16384
+    """Addresses a DNS answer named, kept per network namespace (LRU, preallocated: 1.9 MiB of kernel memory
+    at 16,384, measured with ``map_memory``): past this many the least recently resolved give way, and a
+    flow to such an address gets no name. ``dns_addrs`` in the counters counts what was written."""
+    dns_names_max: int = 8192
+    """Names kept by id (LRU, 256 B each: 2.6 MiB at 8,192); user space caches those it has read."""
+    dns_queries_max: int = 4096
+    """Queries waiting for their answer, for its latency (LRU: unanswered ones give way to newer ones;
+    0.4 MiB at 4,096)."""
+    dns_txns_max: int = 4096
+    """DNS transactions summed between two drains (questions x resolvers x answer codes); past it the
+    rest are counted (``dns_txn_map_full``) until the next poll drains it (0.6 MiB at 4,096)."""
     ringbuf_pages: int = 2048
     """Ring buffer size in 4 KiB pages: 8 MiB holds ~28,000 flow records (~1.4 s of 10,000 connections/s at
     both ends); 4 MiB overflowed once in the benchmark when the sensor was starved of CPU."""
@@ -337,6 +352,9 @@ class Probes:
             raise ProbeError(f"burst_threshold {c.burst_threshold} is out of range: 1..255 retransmits")
         if c.proc_names_max < 1:
             raise ProbeError(f"proc_names_max {c.proc_names_max} is out of range: at least 1 process name")
+        for knob in ("dns_addrs_max", "dns_names_max", "dns_queries_max", "dns_txns_max"):
+            if getattr(c, knob) < 1:
+                raise ProbeError(f"{knob} {getattr(c, knob)} is out of range: at least 1 entry")
         flags = [
             f"-I{PROBES_DIR}", "-Wno-unused-function", "-Wno-macro-redefined",
             f"-DRTT_SHIFT_MIN_US={c.rtt_shift_min_us}", f"-DBURST_THRESHOLD={c.burst_threshold}",
@@ -344,7 +362,9 @@ class Probes:
             f"-DUDP_MAX_FLOWS={c.udp_max_flows}", f"-DRINGBUF_PAGES={c.ringbuf_pages}",
             f"-DTCP_FLOWS_FLAGS={0 if c.tcp_prealloc else 'BPF_F_NO_PREALLOC'}",
             f"-DPROC_NAMES_MAX={c.proc_names_max}", f"-DICMP_MAX_FLOWS={c.icmp_max_flows}",
-            f"-DREFUSED_MAX_SOURCES={c.refused_max_sources}",
+            f"-DREFUSED_MAX_SOURCES={c.refused_max_sources}", f"-DDNS_ADDRS_MAX={c.dns_addrs_max}",
+            f"-DDNS_NAMES_MAX={c.dns_names_max}", f"-DDNS_QUERIES_MAX={c.dns_queries_max}",
+            f"-DDNS_TXNS_MAX={c.dns_txns_max}",
         ]
         for (cat, ev), define in OPTIONAL_TRACEPOINTS.items():
             if BPF.tracepoint_exists(cat, ev):
@@ -389,6 +409,9 @@ class Probes:
             raise _compile_error(log[0]) from compile_exc
         self._cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            # the DNS parser first: the packet programs tail-call it from their first packet on
+            dns = self._load("mn_dns_answer", BPF.CGROUP_SKB)
+            self._bpf["dns_progs"][ct.c_int(0)] = ct.c_int(dns.fd)
             self._attach_cgroup("mn_sockops", BPF.SOCK_OPS, BPF_CGROUP_SOCK_OPS)
             self._attach_cgroup("mn_skb_ingress", BPF.CGROUP_SKB, BPF_CGROUP_INET_INGRESS)
             self._attach_cgroup("mn_skb_egress", BPF.CGROUP_SKB, BPF_CGROUP_INET_EGRESS)
@@ -405,6 +428,17 @@ class Probes:
         release_compiler_memory()
 
     def _attach_cgroup(self, name: str, prog_type: int, attach_type: int, expected: int = -1) -> None:
+        fn = self._load(name, prog_type, expected)
+        # A BPF link, not bpf_prog_attach: the attachment lives exactly as long as this process holds the
+        # link's fd, so a SIGKILLed sensor leaves nothing running in the kernel.
+        link = self._lib.bpf_link_create(fn.fd, self._cg_fd, attach_type, None)
+        if link < 0:
+            raise ProbeError(f"attaching {name} to cgroup {self.config.cgroup} failed: {os.strerror(-link)} "
+                             "(needs root or CAP_BPF + CAP_NET_ADMIN, and a cgroup v2 directory)")
+        self._links.append(link)
+
+    def _load(self, name: str, prog_type: int, expected: int = -1) -> Any:
+        """Load one program; ProbeError with the verifier's last words when the kernel refuses it."""
         with _captured_stderr() as log:
             try:
                 fn = self._bpf.load_func(name, prog_type, attach_type=expected)
@@ -416,13 +450,7 @@ class Probes:
             verifier = [ln for ln in log[0].splitlines() if ln.strip()]
             raise ProbeError(f"the kernel refused BPF program {name}: {err}; verifier said: "
                              + " | ".join(verifier[-3:])) from err
-        # A BPF link, not bpf_prog_attach: the attachment lives exactly as long as this process holds the
-        # link's fd, so a SIGKILLed sensor leaves nothing running in the kernel.
-        link = self._lib.bpf_link_create(fn.fd, self._cg_fd, attach_type, None)
-        if link < 0:
-            raise ProbeError(f"attaching {name} to cgroup {self.config.cgroup} failed: {os.strerror(-link)} "
-                             "(needs root or CAP_BPF + CAP_NET_ADMIN, and a cgroup v2 directory)")
-        self._links.append(link)
+        return fn
 
     def _open_icmp(self) -> None:
         """Raw ICMP and ICMPv6 sockets in this network namespace, each with its socket filter (icmp.bpf.c).
@@ -582,6 +610,19 @@ class Probes:
             out[(k.sk, k.reason)] = out.get((k.sk, k.reason), 0) + v.value
         return out
 
+    def drain_dns(self) -> list[DnsTxnRow]:
+        """DNS transactions the kernel summed since the last call, drained atomically."""
+        return [DnsTxnRow.from_c(k, v) for k, v in self._batch_rows(self._bpf["dns_txns"], delete=True)]
+
+    def dns_names(self, ids: Iterable[int]) -> dict[int, str]:
+        """Names by id (the ``name_id`` of flows and DNS transactions), for those the kernel still holds.
+
+        One map lookup an id, as ``process_names``: callers cache what they read (a name is the same
+        text for as long as its id exists).
+        """
+        return self._lookup_each("dns_names", ct.c_uint64(), CDnsName(), (i for i in ids if i),
+                                 lambda v: dns_name_text(v.name))
+
     def _batch_rows(self, table: Any, delete: bool = False) -> list[tuple[Any, Any]]:
         """Every row of a hash map through BPF_MAP_LOOKUP(_AND_DELETE)_BATCH, copied out.
 
@@ -677,15 +718,21 @@ class Probes:
         16,384-entry map, Linux 6.18). BPF has no batch lookup by a set of keys; a batch walk reads the
         whole map (6 ms at 16,384 entries, as much as ~2,000 lookups), more than a poll's tens of tgids.
         """
-        fd = self._bpf["proc_names"].map_fd
+        return self._lookup_each("proc_names", ct.c_uint32(), CProcName(), tgids,
+                                 lambda v: v.comm.decode(errors="replace"))
+
+    def _lookup_each(self, name: str, key: Any, val: Any, keys: Iterable[int],
+                     text: Callable[[Any], str]) -> dict[int, str]:
+        """``text`` of the value of each distinct key of map ``name`` that holds it, by key: one lookup a
+        key into the same ctypes key and value (``key`` a ctypes integer, ``val`` the value's structure)."""
+        fd = self._bpf[name].map_fd
         lookup = self._lib.bpf_lookup_elem
-        key, val = ct.c_uint32(), CProcName()
         kp, vp = ct.byref(key), ct.byref(val)
         out: dict[int, str] = {}
-        for tgid in set(tgids):
-            key.value = tgid
+        for k in set(keys):
+            key.value = k
             if lookup(fd, kp, vp) == 0:
-                out[tgid] = val.comm.decode(errors="replace")
+                out[k] = text(val)
         return out
 
     def refusal_gaps(self) -> list[str]:
@@ -745,7 +792,7 @@ class Probes:
         """Bytes of kernel memory each map holds (memlock from fdinfo), by map name."""
         out: dict[str, int] = {}
         for name in ("tcp_flows", "udp_flows", "pending", "listeners", "comms", "proc_names", "drops",
-                     "icmp_flows", "refused", "events"):
+                     "icmp_flows", "refused", "dns_addrs", "dns_names", "dns_queries", "dns_txns", "events"):
             with contextlib.suppress(Exception):
                 fd = self._bpf[name].map_fd
                 text = Path(f"/proc/self/fdinfo/{fd}").read_text()

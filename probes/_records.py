@@ -41,6 +41,7 @@ COUNTER_NAMES = (
     "ringbuf_full", "tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full",
     "drop_map_full", "events", "tcp_opened", "proc_map_full", "icmp_map_full", "refused_map_full",
     "icmp_errors", "refused_attempts",
+    "dns_answers", "dns_malformed", "dns_truncated", "dns_txn_map_full", "dns_addrs",
 )
 
 OUTCOME_NAMES = {1: "established", 2: "refused", 3: "timeout", 4: "reset", 7: "in_progress"}
@@ -55,7 +56,7 @@ F_SYNACK = 16
 
 
 class CTcpFlow(ct.Structure):
-    """struct tcp_flow: the value of tcp_flows (keyed by socket address), 192 bytes."""
+    """struct tcp_flow: the value of tcp_flows (keyed by socket address), 200 bytes."""
 
     _fields_ = [
         ("cookie", ct.c_uint64), ("netns", ct.c_uint64), ("cgroup_id", ct.c_uint64),
@@ -71,7 +72,7 @@ class CTcpFlow(ct.Structure):
         ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16),
         ("xchg_ns", ct.c_uint64), ("resp_sum_us", ct.c_uint64), ("resp_count", ct.c_uint32),
         ("resp_max_us", ct.c_uint32), ("first_byte_us", ct.c_uint32), ("acked_us", ct.c_uint32),
-        ("answer_sum_us", ct.c_uint64),
+        ("answer_sum_us", ct.c_uint64), ("name_id", ct.c_uint64),
     ]
 
 
@@ -89,7 +90,7 @@ class CUdpFlow(ct.Structure):
         ("first_rx_ns", ct.c_uint64), ("bytes_tx", ct.c_uint64), ("bytes_rx", ct.c_uint64),
         ("packets_tx", ct.c_uint32), ("packets_rx", ct.c_uint32), ("pid", ct.c_uint32),
         ("lport", ct.c_uint16), ("direction", ct.c_uint8), ("pad", ct.c_uint8),
-        ("laddr", ct.c_uint8 * 16),
+        ("laddr", ct.c_uint8 * 16), ("name_id", ct.c_uint64),
     ]
 
 
@@ -260,11 +261,13 @@ class TcpFlowRow(NamedTuple):
     response_us_sum: int
     response_us_max: int
     answer_us_sum: int
+    name_id: int = 0
+    """dns_names key of the name the host resolved to the remote address before the flow began (0: none)."""
 
 
 # struct tcp_flow and struct event as one unpack each: several times cheaper per record than ctypes
 # attribute reads, which dominated the sensor's user-space CPU per flow. Checked against ctypes at import.
-_TCP_FLOW = "7Q 13I 4H 4B 16s 16s 2Q 4I Q"
+_TCP_FLOW = "7Q 13I 4H 4B 16s 16s 2Q 4I Q Q"
 _EVENT = struct.Struct("=2I 5Q " + _TCP_FLOW + " 16s")
 _TCP_FLOW_ONLY = struct.Struct("=" + _TCP_FLOW)
 _U64 = struct.Struct("=Q")
@@ -293,7 +296,7 @@ def _tcp_row(sk: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
      segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _ref,
      cwnd, cwnd_min, cwnd_max, pid, _burst_start,
      resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-     _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us) = v
+     _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, name_id) = v
     family = socket.AF_INET6 if flags & F_INET6 else socket.AF_INET
     if flags & F_SYNACK:  # the SYN-ACKs of a passive child, which its segs_out does not count
         segs_out += 1 + synack_retrans
@@ -308,7 +311,7 @@ def _tcp_row(sk: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
         pid, comm_text, start_ns, last_ns, bytes_tx, bytes_rx, segs_out, segs_in,
         total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us,
         cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx, first_byte_us, resp_count, resp_sum_us, resp_max_us,
-        answer_sum_us,
+        answer_sum_us, name_id,
     )
 
 
@@ -430,6 +433,7 @@ class UdpFlowRow:
     bytes_rx: int
     packets_tx: int
     packets_rx: int
+    name_id: int = 0
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -443,7 +447,7 @@ class UdpFlowRow:
             src=addr_text(k.family, v.laddr), sport=v.lport, dst=addr_text(k.family, k.raddr), dport=k.rport,
             direction=DIRECTION_NAMES.get(v.direction, "outbound"), pid=v.pid, first_ns=v.first_ns,
             last_ns=v.last_ns, first_tx_ns=v.first_tx_ns, first_rx_ns=v.first_rx_ns, bytes_tx=v.bytes_tx,
-            bytes_rx=v.bytes_rx, packets_tx=v.packets_tx, packets_rx=v.packets_rx,
+            bytes_rx=v.bytes_rx, packets_tx=v.packets_tx, packets_rx=v.packets_rx, name_id=v.name_id,
         )
 
 
@@ -488,6 +492,67 @@ class UdpScan:
 
         return cls(field(keys, CUdpKey, "cookie", ksize), field(vals, CUdpFlow, "sk", vsize),
                    field(vals, CUdpFlow, "last_ns", vsize), make)
+
+class CDnsName(ct.Structure):
+    """struct dns_name: the value of dns_names (keyed by name id)."""
+
+    _fields_ = [("name", ct.c_char * 256)]
+
+
+class CDnsTxnKey(ct.Structure):
+    """struct dns_txn_key."""
+
+    _fields_ = [
+        ("netns", ct.c_uint64), ("name_id", ct.c_uint64), ("server", ct.c_uint8 * 16), ("family", ct.c_uint16),
+        ("qtype", ct.c_uint16), ("rcode", ct.c_uint16), ("tcp", ct.c_uint16),
+    ]
+
+
+class CDnsTxnVal(ct.Structure):
+    """struct dns_txn_val."""
+
+    _fields_ = [
+        ("first_ns", ct.c_uint64), ("last_ns", ct.c_uint64), ("latency_sum_ns", ct.c_uint64),
+        ("latency_max_ns", ct.c_uint64), ("answers", ct.c_uint32), ("timed", ct.c_uint32), ("pid", ct.c_uint32),
+        ("addrs", ct.c_uint32),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTxnRow:
+    """DNS answers of one question from one resolver with one answer code, summed in the kernel between two
+    drains (monotonic times)."""
+
+    netns: int
+    name_id: int
+    server: str
+    family: int
+    qtype: int
+    rcode: int
+    tcp: bool
+    first_ns: int
+    last_ns: int
+    answers: int
+    timed: int
+    latency_sum_ns: int
+    latency_max_ns: int
+    pid: int
+    addrs: int
+
+    @classmethod
+    def from_c(cls, k: CDnsTxnKey, v: CDnsTxnVal) -> DnsTxnRow:
+        return cls(
+            netns=k.netns, name_id=k.name_id, server=addr_text(k.family, k.server), family=k.family,
+            qtype=k.qtype, rcode=k.rcode, tcp=bool(k.tcp), first_ns=v.first_ns, last_ns=v.last_ns,
+            answers=v.answers, timed=v.timed, latency_sum_ns=v.latency_sum_ns, latency_max_ns=v.latency_max_ns,
+            pid=v.pid, addrs=v.addrs,
+        )
+
+
+def dns_name_text(raw: bytes) -> str:
+    """A dns_names value's text (up to its first NUL; the kernel writes lower-case printable ASCII)."""
+    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+
 
 @dataclass(frozen=True, slots=True)
 class PendingRow:

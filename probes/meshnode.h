@@ -46,7 +46,12 @@
 #define C_REFUSED_MAP_FULL 10   /* a refused inbound attempt from a source the refused map could not take */
 #define C_ICMP_ERRORS 11        /* ICMP errors about TCP/UDP received (joined to a flow or not) */
 #define C_REFUSED 12            /* refused inbound attempts seen (before aggregation) */
-#define C_NCOUNTERS 13
+#define C_DNS_ANSWERS 13         /* DNS answers parsed (dns.bpf.c) */
+#define C_DNS_MALFORMED 14       /* DNS answers refused part-way: a compression loop, an overlong name, a bad label */
+#define C_DNS_TRUNCATED 15       /* DNS answers parsed only in part: cut short, or past the parse buffer or budget */
+#define C_DNS_TXN_MAP_FULL 16    /* DNS transactions the dns_txns map could not take until the next drain */
+#define C_DNS_ADDRS 17           /* addresses written to dns_addrs (LRU: the oldest give way past its bound) */
+#define C_NCOUNTERS 18
 
 /* One TCP socket, keyed by its kernel address (created at connect or at passive establishment).
  *
@@ -59,7 +64,8 @@
  * Kernel memory per flow is this value + 8 B key + 48 B hash element header + 16 B bucket, so every byte
  * here counts (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the
  * kernel logic does not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64
- * bytes), family and direction are flag bits. 192 B: with the element's 64 B it fills the 256 B kmalloc class.
+ * bytes), family and direction are flag bits. 200 B: exchange timing took it from 152 to 192 B and the DNS
+ * name id to 200; with the 8 B key and 48 B element header that is 256 B, the top of the 256 B kmalloc class.
  *
  * Timing of exchanges (owners.bpf.c, on the same sock_send_length/sock_recv_length calls that count bytes):
  * an exchange opens at the first byte this end's role sends first (outbound: a write; inbound: a read)
@@ -106,6 +112,7 @@ struct tcp_flow {
     __u32 first_byte_us;    /* the first exchange: first request byte to the first byte back */
     __u32 acked_us;         /* the open exchange: its last ACK of new data (sock_ops RTT_CB), us after it began */
     __u64 answer_sum_us;    /* closed exchanges: the part after their last ACK, the peer's time to answer */
+    __u64 name_id;          /* dns_names key of the name the host resolved to daddr before the flow began, or 0 */
 };
 
 /* One UDP flow: a socket and one remote endpoint. */
@@ -134,6 +141,7 @@ struct udp_flow {
     __u8 direction;
     __u8 pad;
     __u8 laddr[16];
+    __u64 name_id;          /* as tcp_flow.name_id, for the remote address */
 };
 
 /* An inbound SYN seen on a listener, waiting for the handshake to complete. */
@@ -229,6 +237,64 @@ struct refused_val {
     __u16 lport;            /* last local port tried, host order */
     __u16 rport;            /* its remote port */
     __u64 ports[REFUSED_PORT_WORDS];
+};
+
+/* DNS (dns.bpf.c). A name's id is the FNV-1a hash of its wire labels, lower-cased, joined by '.'. */
+#define DNS_NAME_LEN 256
+
+/* An address a DNS answer gave, in one network namespace. */
+struct dns_addr_key {
+    __u64 netns;
+    __u8 addr[16];          /* IPv4 in the first 4 bytes */
+    __u16 family;
+    __u16 pad[3];
+};
+
+struct dns_addr_val {
+    __u64 name_id;          /* the question's name (the name the application asked for, before any CNAME) */
+    __u64 resolved_ns;      /* monotonic: when the answer arrived */
+    __u32 ttl;              /* the address record's TTL, seconds */
+    __u32 pad;
+};
+
+/* A name's text: lower-case, dotted, NUL-terminated (at most 253 characters). */
+struct dns_name {
+    char name[DNS_NAME_LEN];
+};
+
+/* A query waiting for its answer: the socket that sent it and the DNS id. */
+struct dns_query_key {
+    __u64 cookie;
+    __u16 id;
+    __u16 pad[3];
+};
+
+struct dns_query_val {
+    __u64 sent_ns;
+    __u32 pid;              /* the sender (egress runs in the sending syscall) */
+    __u32 pad;
+};
+
+/* DNS transactions summed between two drains: one row per question, resolver and answer code. */
+struct dns_txn_key {
+    __u64 netns;
+    __u64 name_id;
+    __u8 server[16];
+    __u16 family;
+    __u16 qtype;
+    __u16 rcode;
+    __u16 tcp;              /* 1: DNS over TCP */
+};
+
+struct dns_txn_val {
+    __u64 first_ns;         /* monotonic, first answer */
+    __u64 last_ns;
+    __u64 latency_sum_ns;   /* over the answers whose query was seen */
+    __u64 latency_max_ns;
+    __u32 answers;
+    __u32 timed;            /* answers whose query was seen (the latency's count) */
+    __u32 pid;              /* the last query's sender */
+    __u32 addrs;            /* address records of the question's CNAME chain, over the answers */
 };
 
 #endif

@@ -87,6 +87,7 @@ static __always_inline void emit(__u32 kind, __u64 cookie, __u64 sk, struct tcp_
     count(C_EVENTS);
 }
 
+#include "dns.bpf.c"
 #include "tcp_flows.bpf.c"
 #include "udp_flows.bpf.c"
 #include "owners.bpf.c"

@@ -187,9 +187,11 @@ int mn_sockops(struct bpf_sock_ops *skops)
         /* process context (connect(2)): the caller owns the flow, and its comm is noted here where sock_ops
          * may call bpf_get_current_comm (Linux 6.16), else by the inet_sock_set_state tracepoint */
         struct tcp_flow f = {};
-        fill_tuple(skops, &f);
+        __u32 family = fill_tuple(skops, &f);
         f.cookie = mn_socket_cookie(skops);
         f.netns = bpf_get_netns_cookie(skops);
+        /* the name resolved to the peer before the flow began: one map lookup a connect, no join later */
+        f.name_id = dns_name_of(f.netns, family, f.daddr);
         f.cgroup_id = bpf_get_current_cgroup_id();
         f.start_ns = now;
         f.last_ns = now;
@@ -221,6 +223,7 @@ int mn_sockops(struct bpf_sock_ops *skops)
         f.netns = k.netns = bpf_get_netns_cookie(skops);
         f.flags |= F_INBOUND | F_SYNACK;
         f.outcome = OC_ESTABLISHED;
+        f.name_id = dns_name_of(f.netns, k.family, f.daddr);
         f.start_ns = now;
         __builtin_memcpy(k.laddr, f.saddr, 16);
         __builtin_memcpy(k.raddr, f.daddr, 16);

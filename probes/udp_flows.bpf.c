@@ -72,13 +72,40 @@ static __always_inline int parse_tuple(struct __sk_buff *skb, struct l4 *p)
     return 0;
 }
 
+/* DNS over TCP: a segment from port 53 that starts a message (its 2-byte length prefix, then the
+ * header) is parsed within the segment; a query to port 53 notes its send time. Messages spread over
+ * several segments are parsed as far as the first goes (C_DNS_TRUNCATED). */
+static __always_inline void tcp_dns(struct __sk_buff *skb, struct l4 *p, int egress)
+{
+    __u8 doff;
+    __u32 l4 = p->l4off & 0x3c;
+    if (bpf_skb_load_bytes(skb, l4 + 12, &doff, 1) || parse_tuple(skb, p))
+        return;
+    __u32 off = l4 + ((doff >> 4) & 0xf) * 4;
+    if (skb->len < off + 2 + 12)
+        return;  /* no message start in this segment (an ACK, a FIN) */
+    __u8 pre[2];
+    if (bpf_skb_load_bytes(skb, off, pre, 2))
+        return;
+    __u32 msg_len = ((__u32)pre[0] << 8) | pre[1];
+    if (egress)
+        dns_query(skb, off + 2);
+    else
+        dns_answer(skb, p->saddr, p->family, off + 2, skb->len - off - 2, msg_len, 1);
+}
+
 static __always_inline void tcp_packet(struct __sk_buff *skb, struct l4 *p, int egress)
 {
-    __u8 flags;
-    __u32 off = (p->l4off & 0x3c) + 13;
-    if (HDR(skb, off, &flags, 1))
+    __u8 th[14];  /* ports .. flags: one copy for both */
+    if (HDR(skb, p->l4off & 0x3c, th, 14))
         return;
+    __u8 flags = th[13];
     int syn = flags & 0x02, rst = flags & 0x04, ack = flags & 0x10;
+    __u8 *port = egress ? &th[2] : &th[0];  /* the peer's port: the resolver's is 53 */
+    if (!syn && !rst && port[0] == 0 && port[1] == DNS_PORT) {
+        tcp_dns(skb, p, egress);  /* may end in a tail call: nothing may follow it */
+        return;
+    }
     if (!syn && !rst)
         return;  /* nearly every segment: sock_ops and the tracepoints count those */
     if (egress ? !rst : ack && !rst)
@@ -162,12 +189,14 @@ static __always_inline void udp_packet(struct __sk_buff *skb, struct l4 *p, int 
     __builtin_memcpy(k.raddr, egress ? p->daddr : p->saddr, 16);
     k.rport = egress ? p->dport : p->sport;
 
+    __u64 netns = bpf_get_netns_cookie(skb);
     struct udp_flow *f = udp_flows.lookup(&k);
     if (!f) {
         struct udp_flow n = {};
         struct bpf_sock *sk = skb->sk;
         n.sk = (__u64)sk;
-        n.netns = bpf_get_netns_cookie(skb);
+        n.netns = netns;
+        n.name_id = dns_name_of(netns, p->family, k.raddr);
         n.cgroup_id = bpf_skb_cgroup_id(skb);
         n.first_ns = now;
         n.direction = egress ? MN_OUT : MN_IN;
@@ -195,6 +224,13 @@ static __always_inline void udp_packet(struct __sk_buff *skb, struct l4 *p, int 
         __sync_fetch_and_add(&f->packets_rx, segs);
         if (!f->first_rx_ns)
             f->first_rx_ns = now;
+    }
+    if (k.rport == DNS_PORT) {  /* a query to a resolver (egress), or its answer (ingress): last, a tail call */
+        __u32 dns_off = (p->l4off & 0x3c) + 8;
+        if (egress)
+            dns_query(skb, dns_off);
+        else if (skb->len > dns_off)
+            dns_answer(skb, p->saddr, p->family, dns_off, skb->len - dns_off, payload, 0);
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian host for meshnode: Debian packages (bcc, headers, nftables, iproute2, tmux, bpftool for bench/,
 # gcc for capture's C line renderer, promtool for the metrics tests, clickhouse-server and -client for the
-# ClickHouse export's tests, which start their own server on loopback ports),
+# ClickHouse export's tests, which start their own server on loopback ports), dnsmasq-base and dig
+# (bind9-dnsutils) for the DNS tests (a resolver on a loopback address; dnsmasq-base starts no service),
 # kernel headers linked for bcc, tracefs mounted, a virtual environment with the project and its dev tools,
 # and the generated protobuf package. Idempotent: a second run touches nothing that is already right.
 set -euo pipefail
@@ -17,7 +18,8 @@ command -v apt-get >/dev/null || die "apt-get not found: meshnode's setup suppor
   Fix: boot a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's stock kernels since 5.10 have it)"
 
 need_pkgs=()
-for p in python3-bpfcc bpfcc-tools bpftool nftables iproute2 tmux python3-venv gcc clickhouse-server clickhouse-client; do
+for p in python3-bpfcc bpfcc-tools bpftool nftables iproute2 tmux python3-venv gcc clickhouse-server clickhouse-client \
+    dnsmasq-base bind9-dnsutils; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 kernel=$(uname -r)

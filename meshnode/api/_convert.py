@@ -31,6 +31,7 @@ def rollup_pb(r: Rollup) -> flow_pb2.Rollup:
         response_hist=r.response_hist, first_byte_hist=r.first_byte_hist, connect_hist=r.connect_hist,
         flows_slow_path=r.flows_slow_path, flows_slow_server=r.flows_slow_server,
         response_p50_us=quantile_us(r.response_hist, 0.5), response_p95_us=quantile_us(r.response_hist, 0.95),
+        remote_name=r.remote_name,
     )
 
 

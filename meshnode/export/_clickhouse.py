@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -97,6 +97,7 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("limited_by", _enum("limited_by")),
     ("service", "String"),
     ("connect_us", "UInt32"),
+    ("remote_name", "String"),
 )
 FLOW_COLUMNS: Final = tuple(name for name, _type in COLUMNS[4:])
 _UINT_MAX: Final = {"UInt16": 0xFFFF, "UInt32": 0xFFFF_FFFF, "UInt64": 0xFFFF_FFFF_FFFF_FFFF}
@@ -207,9 +208,19 @@ def insert_columns(doc: dict[str, Any], keep: Sequence[int] | None = None) -> li
     k = len(rows)
     out: list[list[Any]] = [[doc["node_id"]] * k, [doc["host"]] * k, [int(doc["batch"])] * k, rows]
     for name in FLOW_COLUMNS:
-        col = doc["columns"][name]
+        col = doc["columns"].get(name)
+        if col is None:  # a batch spooled by an older meshnode, before this column: its default
+            col = [""] * n if dict(COLUMNS)[name] == "String" else [0] * n
         out.append(col if keep is None else [col[i] for i in index])
     return out
+
+
+def add_columns_sql(database: str, existing: Iterable[str]) -> list[str]:
+    """``ALTER TABLE`` statements adding the columns a table made by an older meshnode lacks (appended
+    in ``COLUMNS`` order; ClickHouse 18.16 has no ``ADD COLUMN IF NOT EXISTS``)."""
+    have = set(existing)
+    return [f"ALTER TABLE `{database}`.`{TABLE}` ADD COLUMN `{name}` {typ}"
+            for name, typ in COLUMNS if name not in have]
 
 
 # -- the exporter ----------------------------------------------------------------------------------------
@@ -390,6 +401,11 @@ class ClickHouseExporter:
             db = self.target.database
             self._client.execute(f"CREATE DATABASE IF NOT EXISTS `{db}`")
             self._client.execute(create_table_sql(db))
+            have = [name for (name,) in self._client.execute(
+                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(table)s",
+                {"db": db, "table": TABLE})]
+            for sql in add_columns_sql(db, have):
+                self._client.execute(sql)
             self._ready = True
         return self._client
 

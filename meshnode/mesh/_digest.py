@@ -182,6 +182,7 @@ def rollups_from_flows(flows: Iterable[FlowLike]) -> list[flow_pb2.Rollup]:
             throughput_p50_bps=_percentile(rates, 0.5),
             throughput_p05_bps=_percentile(rates, 0.05),
             service=next((f.service for f in fs if f.service), ""),
+            remote_name=next((n for f in fs if (n := getattr(f, "remote_name", ""))), ""),
         ))
     return out
 
@@ -258,6 +259,7 @@ def digest_from_period(period: PeriodLike, endpoints: Iterable[flow_pb2.Flow] = 
                 responses=getattr(r, "responses", 0), response_us_sum=getattr(r, "response_us_sum", 0),
                 response_us_max=getattr(r, "response_us_max", 0), response_hist=getattr(r, "response_hist", ()),
                 first_byte_hist=getattr(r, "first_byte_hist", ()), connect_hist=getattr(r, "connect_hist", ()),
+                remote_name=getattr(r, "remote_name", ""),
             )
             for r in period.by_destination
         ],

@@ -12,6 +12,7 @@ import sys
 
 from meshnode._exceptions import ConfigError, SensorError
 from meshnode.sensor._base import EVENT_TYPES, Completeness, EventRecord, JsonBatch, Sensor, SensorBatch
+from meshnode.sensor._dns import DnsRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,6 @@ def _start_diag(cgroup: str, idle_timeout_s: float, reason: str) -> Sensor:
 
 
 __all__ = [
-    "EVENT_TYPES", "SENSOR_MODES", "Completeness", "EventRecord", "JsonBatch", "Sensor", "SensorBatch",
+    "EVENT_TYPES", "SENSOR_MODES", "Completeness", "DnsRecord", "EventRecord", "JsonBatch", "Sensor", "SensorBatch",
     "create_sensor",
 ]

@@ -14,10 +14,11 @@ from meshnode._batch import FlowBatch
 
 if TYPE_CHECKING:
     from meshnode._model import FlowRecord
+    from meshnode.sensor._dns import DnsRecord
 
 EVENT_TYPES = (
     "retransmit_burst", "zero_window", "rtt_shift", "reset_sent", "reset_received", "drop",
-    "connect_failed", "anomaly", "icmp_unreachable", "frag_needed", "ttl_exceeded",
+    "connect_failed", "anomaly", "icmp_unreachable", "frag_needed", "ttl_exceeded", "dns_failed",
 )
 
 
@@ -42,6 +43,10 @@ class Completeness:
     ringbuf_overruns: int = 0
     drained_rows: int = 0
     unattributed_drops: int = 0
+    dns_malformed: int = 0
+    """DNS answers the kernel refused part-way (a compression loop, an overlong name, a bad label)."""
+    dns_truncated: int = 0
+    """DNS answers the kernel parsed only in part (cut short, or past its buffer or step budget)."""
 
     def add(self, other: Completeness) -> None:
         """Accumulate another set of counters into this one."""
@@ -60,6 +65,9 @@ class SensorBatch:
     completeness: Completeness = field(default_factory=Completeness)
     columns: list[FlowBatch] = field(default_factory=list)
     """Ended flows as columnar batches (the eBPF sensor's TCP end records)."""
+    dns: list[DnsRecord] = field(default_factory=list)
+    """DNS transactions answered since the last poll (the eBPF sensor; one per question, resolver and
+    answer code)."""
 
     @property
     def ended(self) -> FlowBatch:
@@ -75,6 +83,8 @@ class JsonBatch:
     text: str = ""
     """The flows that ended, as JSON Lines: per flow ``FlowRecord.to_json_text()`` and a newline."""
     completeness: Completeness = field(default_factory=Completeness)
+    dns: list[DnsRecord] = field(default_factory=list)
+    """DNS transactions answered since the last poll, as ``SensorBatch.dns``."""
 
 
 class Sensor(Protocol):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from meshnode._model import FlowRecord
-    from meshnode.sensor import Completeness, JsonBatch, Sensor
+    from meshnode.sensor import Completeness, DnsRecord, JsonBatch, Sensor
 
 EPILOG = """examples:
   meshnode capture                           every flow on this host until Ctrl-C
@@ -70,7 +70,16 @@ def human_line(f: FlowRecord) -> str:
     line = (f"{f.pid:>7} {f.comm[:10]:<10} {'T' if f.proto == 'tcp' else 'U'} {endpoint(f.src, f.sport, 17):<17} "
             f"{endpoint(f.dst, f.dport):<21} {_short_outcome(f.outcome):<7} {human_size(f.bytes_tx):>5} "
             f"{human_size(f.bytes_rx):>5}")
-    return f"{line} [{f.thread}]" if f.thread else line
+    line = f"{line} [{f.thread}]" if f.thread else line
+    return f"{line} ({f.remote_name})" if f.remote_name else line
+
+
+def dns_line(d: DnsRecord) -> str:
+    """One DNS transaction record: the question, the answer code, the resolver and the latency."""
+    latency = f"{d.latency_us / 1000:.1f}ms" if d.timed else "-"
+    who = f"{d.comm}/{d.pid}" if d.pid else "-"
+    return (f"{'DNS':>7} {d.query or '?'} {d.qtype} {d.rcode}{' (failed)' if d.failed else ''} from "
+            f"{endpoint(d.server, 53)}{'/tcp' if d.tcp else ''} x{d.answers} {latency} {who}")
 
 
 def _short_outcome(outcome: str) -> str:
@@ -141,10 +150,18 @@ def _poll_and_emit(sensor: Sensor, poll_json: Callable[[], JsonBatch] | None, to
         total.add(jb.completeness)
         if jb.text:
             out.write(jb.text)
+        _emit_dns(jb.dns, True, out)
         return
     batch = sensor.poll()
     total.add(batch.completeness)
     _emit_all(batch.ended, as_json, out)
+    _emit_dns(batch.dns, as_json, out)
+
+
+def _emit_dns(records: Iterable[DnsRecord], as_json: bool, out: TextIO) -> None:
+    """A poll's DNS transactions: ``{"dns": {...}}`` lines, or ``dns_line``s."""
+    for d in records:
+        out.write(json.dumps({"dns": d.to_json()}) + "\n" if as_json else dns_line(d) + "\n")
 
 
 def json_line(flow: FlowRecord) -> str:

@@ -33,6 +33,7 @@ from meshnode.probes._loader import CGROUP_ROOT, ProbeConfig, Probes, drop_reaso
 from meshnode.probes._records import UdpScan
 from meshnode.sensor import _native
 from meshnode.sensor._base import EventRecord, JsonBatch, SensorBatch
+from meshnode.sensor._dns import NameCache, dns_record, failure_event
 from meshnode.sensor._limits import limited_by
 from meshnode.sensor._native import NativeJson
 from meshnode.sensor._netaddr import NamespaceAddresses
@@ -67,7 +68,7 @@ _NO_REASONS: dict[str, int] = {}
 _SAMPLED = {"rttvar_us": "rttvar", "delivery_rate": "delivery_rate", "lost": "lost", "reordering": "reordering"}
 """Final-record columns filled from the flow's last tcp_info sample, and the TcpInfo field of each."""
 _MAP_FULL = ("tcp_map_full", "udp_map_full", "pending_map_full", "tracked_map_full", "drop_map_full",
-             "proc_map_full", "icmp_map_full", "refused_map_full")
+             "proc_map_full", "icmp_map_full", "refused_map_full", "dns_txn_map_full")
 _UDP = ENUM_NUMBERS["proto"]["udp"]
 _PROTO_NAME = {_TCP: "tcp", _UDP: "udp"}
 _ICMP_EVENTS = {rec.ICMP_K_UNREACH: "icmp_unreachable", rec.ICMP_K_FRAG: "frag_needed",
@@ -127,6 +128,7 @@ class EbpfSensor:
         self._json_addr4: dict[bytes, bytes] = {}
         self._json_addr6: dict[bytes, bytes] = {}
         self._json_service: dict[int, bytes] = {}
+        self._names = NameCache(lambda ids: self._probes.dns_names(ids))
         self._native: NativeJson | bool | None = False  # False: not loaded yet; None: not available
         # ICMP errors by flow 5-tuple (proto, src, sport, dst, dport): unreachable, code, frag needed, MTU,
         # time exceeded; joined to the flow's record (and popped) when it ends
@@ -312,6 +314,9 @@ class EbpfSensor:
         }
         if samples is not None:
             cols.update(samples)
+        name_ids = arr["name_id"]
+        if name_ids.any():
+            cols["remote_name"] = self._name_column(name_ids)
         if self._limits:
             limited = np.zeros(n, dtype=np.uint8)
             numbers = ENUM_NUMBERS["limited_by"]
@@ -369,6 +374,33 @@ class EbpfSensor:
         for name, col in zip(names, out, strict=True):
             cols[name] = col
 
+    def _remote_names(self, ids: Iterable[int]) -> dict[int, str]:
+        """Names by id for flows' remote addresses (probes/dns.bpf.c), cached (``NameCache``)."""
+        return self._names.names(ids) if self._started else {}
+
+    def _name_column(self, ids: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """``remote_name`` for a column of name ids: each distinct id's text looked up once."""
+        uniq, codes = np.unique(ids, return_inverse=True)
+        known = self._remote_names(uniq.tolist())
+        texts = np.array([known.get(i, "") for i in uniq.tolist()], dtype=object)
+        out: np.ndarray[Any, Any] = texts[codes.reshape(len(ids))]
+        return out
+
+    def _drain_dns(self, batch: SensorBatch) -> None:
+        """The DNS transactions the kernel summed since the last poll, as records."""
+        rows = self._probes.drain_dns()
+        if not rows:
+            return
+        batch.completeness.drained_rows += len(rows)
+        names = self._remote_names(r.name_id for r in rows)
+        self._process_names(r.pid for r in rows if r.pid)
+        for r in rows:
+            comm = self._owner(r.pid, "")[0] if r.pid else ""
+            d = dns_record(r, names.get(r.name_id, ""), self._clock_offset, comm)
+            batch.dns.append(d)
+            if d.failed:  # a failure of the resolver it came from: an event of its own
+                batch.events.append(failure_event(d))
+
     def _addr_column(self, raw: np.ndarray[Any, Any], inet6: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Addresses' text from their raw 16 bytes, made once per distinct address."""
         codes, values = factorize(inet6, raw)
@@ -417,9 +449,9 @@ class EbpfSensor:
                  segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _rtt_ref,
                  cwnd, cwnd_min, cwnd_max, pid, _burst_start,
                  resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-                 _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, comm) = v
-                if kind != tcp_end or not cookie or (tcpinfo and ev_cookie in tcpinfo):
-                    # a flow with a tcp_info sample: its final record carries it, off the template's zeros
+                 _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, name_id, comm) = v
+                if kind != tcp_end or not cookie or name_id or (tcpinfo and ev_cookie in tcpinfo):
+                    # a flow with a tcp_info sample or a name: its final record carries them, off the template
                     n = len(ended)
                     self._handle(rec.event_from_raw(v), batch)
                     for flow in ended[n:]:
@@ -460,7 +492,7 @@ class EbpfSensor:
         self._poll_maps(now, batch)
         lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
         batch.completeness.flows_recorded += len(ended) + fast
-        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness)
+        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness, batch.dns)
 
     def _native_json(self) -> NativeJson | None:
         """The C renderer (``_jsonline.c``) for this sensor, made on first use; None where it is not built."""
@@ -546,7 +578,7 @@ class EbpfSensor:
         self._poll_maps(now, batch)
         lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
         batch.completeness.flows_recorded += len(ended) + fast
-        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness)
+        return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness, batch.dns)
 
     def _native_owner(self, native: NativeJson, v: tuple[Any, ...]) -> bool:
         """Give C a raw TCP end record's owner text, made as poll_json makes it; False if its table is full."""
@@ -587,9 +619,10 @@ class EbpfSensor:
         return text
 
     def _poll_maps(self, now: int, batch: SensorBatch) -> None:
-        """The rest of a poll, after the ring buffer: drops, UDP, half-open and refused scans, kernel
+        """The rest of a poll, after the ring buffer: drops, DNS, UDP, half-open and refused scans, kernel
         counters."""
         self._drain_drops(batch)
+        self._drain_dns(batch)
         if self._released or now - self._last_udp_scan >= self._udp_scan_interval_ns:
             self._scan_udp(now, batch)
             self._scan_pending(now, batch)
@@ -602,6 +635,8 @@ class EbpfSensor:
         c.lost_events += moved["ringbuf_full"]
         c.ringbuf_overruns += 1 if moved["ringbuf_full"] else 0
         c.map_evictions += sum(moved.get(k, 0) for k in _MAP_FULL)
+        c.dns_malformed += moved.get("dns_malformed", 0)
+        c.dns_truncated += moved.get("dns_truncated", 0)
 
     def _handle(self, ev: rec.KernelEvent, batch: SensorBatch) -> None:
         if ev.kind == rec.EV_UDP_RELEASE:
@@ -882,7 +917,7 @@ class EbpfSensor:
         (cookie, sk, netns, cgroup_id, _family, src, sport, dst, dport, direction, outcome, pid, comm,
          start_ns, last_ns, bytes_tx, bytes_rx, packets_tx, packets_rx, retransmits, connect_us, srtt_us,
          srtt_max_us, min_rtt, cwnd, cwnd_min, cwnd_max, resets_rx, resets_tx,
-         first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum) = r
+         first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum, name_id) = r
         drops_by_sk = self._drops_by_sk
         counts = (drops_by_sk.pop(sk, None) if final else drops_by_sk.get(sk)) if drops_by_sk else None
         reasons = dict(counts) if counts else {}
@@ -896,6 +931,7 @@ class EbpfSensor:
             if not final:  # a final keeps the kernel's minimum over the whole flow, not the sample's
                 min_rtt = info.min_rtt or min_rtt
         name, thread = self._owner(pid, comm)
+        remote_name = self._remote_names((name_id,)).get(name_id, "") if name_id else ""
         return FlowRecord.from_fields(
             cookie or _synthetic_id(netns, src, sport, dst, dport, start_ns),  # flow_id
             src, sport, dst, dport, "tcp", direction, pid, name, thread,  # .. comm, thread
@@ -908,7 +944,8 @@ class EbpfSensor:
             rttvar, delivery_rate, lost, reordering,
             service_name(sport if direction == "inbound" else dport, "tcp"), "",  # service, node_id
             *self._icmp_of("tcp", src, sport, dst, dport, final), 0, 0,  # icmp_* .. ports_probed
-            first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum, reasons,  # .. drop_reasons
+            first_byte_us, responses, response_us_sum, response_us_max, answer_us_sum,  # .. answer_us_sum
+            remote_name, reasons,
         )
 
     def _udp_record(self, r: UdpFlowRow, final: bool) -> FlowRecord:
@@ -932,6 +969,7 @@ class EbpfSensor:
             service=service_name(r.dport if r.direction == "outbound" else r.sport, "udp"),
             icmp_unreachable=unreach, icmp_unreachable_code=code, icmp_frag_needed=frag, path_mtu=mtu,
             icmp_time_exceeded=ttl,
+            remote_name=self._remote_names((r.name_id,)).get(r.name_id, "") if r.name_id else "",
         )
 
     def _halfopen_record(self, p: PendingRow) -> FlowRecord:
@@ -969,7 +1007,7 @@ def _tcp_end_templates() -> tuple[bytes, bytes]:
     """
     constant = {
         "proto": '"tcp"', "kind": '"final"', "fidelity": '"exact"', "rttvar_us": "0", "delivery_rate": "0",
-        "lost": "0", "reordering": "0", "node_id": '""',
+        "lost": "0", "reordering": "0", "node_id": '""', "remote_name": '""',
         # ICMP errors are joined to flows by poll(); capture's fast path writes none
         "icmp_unreachable": "0", "icmp_unreachable_code": "0", "icmp_frag_needed": "0", "path_mtu": "0",
         "icmp_time_exceeded": "0", "attempts": "0", "ports_probed": "0",
@@ -999,7 +1037,8 @@ assert rec.EVENT_FIELDS == (
     "segs_out", "segs_in", "total_retrans", "connect_us", "srtt_us", "srtt_max_us", "rtt_min_us", "rtt_ref_us",
     "cwnd", "cwnd_min", "cwnd_max", "pid", "burst_start_ms",
     "resets_rx", "resets_tx", "sport", "dport", "burst", "synack_retrans", "outcome", "flags", "saddr", "daddr",
-    "xchg_ns", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us", "answer_sum_us", "comm",
+    "xchg_ns", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us", "answer_sum_us",
+    "name_id", "comm",
 ), rec.EVENT_FIELDS
 
 

@@ -474,8 +474,8 @@ size_t mn_json_render(fmt *f, const char *buf, size_t n, size_t stride, size_t s
         const struct tcp_flow *fl = &e.flow;
         if (is_event(e.kind))
             continue;  /* no line: Python handles these after the lines (mn_json_events) */
-        if (e.kind != EV_TCP_END || !fl->cookie) {
-            *need = NEED_SLOW;
+        if (e.kind != EV_TCP_END || !fl->cookie || fl->name_id) {
+            *need = NEED_SLOW;  /* a named flow too: Python knows the names */
             break;
         }
         owner *ow = owner_find(f, fl->pid, e.comm, fl->cgroup_id, 0);

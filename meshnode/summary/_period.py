@@ -110,6 +110,8 @@ class Rollup:
     flows_slow_server: int = 0
     """Useful flows whose peer took ``SLOW_RESPONSE_US`` on average to answer requests it had (``slow_server``),
     not counted above."""
+    remote_name: str = ""
+    """By destination: the DNS name of its first flow that has one (``FlowRecord.remote_name``), else ''."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,7 @@ def rollup(
     p50, p95 = _percentiles(codes, b["srtt_us"], k, (0.5, 0.95))
     t50, t05 = _percentiles(codes, b["delivery_rate"].astype(np.float64) * 8, k, (0.5, 0.05))
     services = _services(b, codes, k) if with_services else [""] * k
+    names = _names(b, codes, k) if key == "destination" else [""] * k
     out = [
         Rollup(key=keys[i], flows=f, useful=u, failures=failures[i], bytes_tx=btx, bytes_rx=brx,
                retransmits=r, rtt_p50_us=p50[i], rtt_p95_us=p95[i], service=services[i],
@@ -246,7 +249,7 @@ def rollup(
                responses=round(n_resp[i]),
                response_us_sum=round(resp_sum[i]), response_us_max=int(resp_max[i]), response_hist=resp_hist[i],
                first_byte_hist=first_hist[i], connect_hist=connect_hist[i], flows_slow_path=n_path[i],
-               flows_slow_server=n_server[i])
+               flows_slow_server=n_server[i], remote_name=names[i])
         for i, (f, u, btx, brx, r, d, sl) in enumerate(zip(
             counts.tolist(), n_useful, sums(tx), sums(rx), sums(re), n_degraded, n_slow, strict=True))
     ]
@@ -304,6 +307,18 @@ def _services(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
     first = np.full(k, len(codes), dtype=np.intp)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.intp))
     return with_services(b, first).tolist()  # type: ignore[no-any-return]
+
+
+def _names(b: FlowBatch, codes: NDArray[np.intp], k: int) -> list[str]:
+    """Each group's DNS name: that of its first flow with one, else ''."""
+    named = np.flatnonzero(b["remote_name"] != "")
+    out = [""] * k
+    if len(named):
+        first = np.full(k, len(codes), dtype=np.intp)
+        np.minimum.at(first, codes[named], named)
+        for group in np.flatnonzero(first < len(codes)).tolist():
+            out[group] = b["remote_name"][first[group]]
+    return out
 
 
 def with_services(flows: FlowBatch, rows: NDArray[np.intp]) -> NDArray[Any]:

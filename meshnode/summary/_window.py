@@ -112,6 +112,8 @@ def merge_rollups(per_period: Sequence[Sequence[Rollup]]) -> list[WindowRollup]:
             t.connect_hist = merge_hist(t.connect_hist, r.connect_hist)
             if not t.service:
                 t.service = r.service
+            if r.remote_name:  # the latest period's name
+                t.remote_name = r.remote_name
             w.flows[i] += r.flows
             w.failures[i] += sum(r.failures.values())
             w.retransmits[i] += r.retransmits

@@ -12,10 +12,11 @@ rewrites every address of what leaves the node (flow records, digest rollups and
   destination still add up across hosts, while a reader without the secret cannot reverse it (no
   dictionary over the address space without the key).
 
-``comm`` is dropped for flows in the listed cgroups (path prefixes). Coarsened and hashed values are not
-addresses, so applying a policy twice changes nothing; the cross-validator uses ``address`` to normalize
-records from nodes that published raw addresses. Endpoint records are hashed but never coarsened: a /24
-cannot name the other end of a flow, and cross-validation needs that.
+A flow's ``remote_name`` (and a destination rollup's) is dropped wherever its address is rewritten: the name
+would tell what the rewrite hides. ``comm`` is dropped for flows in the listed cgroups (path prefixes).
+Coarsened and hashed values are not addresses, so applying a policy twice changes nothing; the
+cross-validator uses ``address`` to normalize records from nodes that published raw addresses. Endpoint records
+are hashed but never coarsened: a /24 cannot name the other end of a flow, and cross-validation needs that.
 """
 
 from __future__ import annotations
@@ -157,13 +158,16 @@ class PrivacyPolicy:
     # ------------------------------------------------------------------ records
 
     def filter_flow(self, rec: FlowRecord) -> FlowRecord:
-        """A flow record as it may leave the node: addresses rewritten, ``comm`` dropped where listed."""
+        """A flow record as it may leave the node: addresses rewritten (and ``remote_name`` dropped with a
+        rewritten destination), ``comm`` dropped where listed."""
         changes: dict[str, object] = {}
         src, dst = self.address(rec.src), self.address(rec.dst)
         if src != rec.src:
             changes["src"] = src
         if dst != rec.dst:
             changes["dst"] = dst
+            if rec.remote_name:  # the name would tell what the rewritten address hides
+                changes["remote_name"] = ""
         if rec.comm and any(rec.cgroup.startswith(p) for p in self.drop_comm_cgroups):
             changes["comm"] = ""
         return rec.replace(**changes) if changes else rec
@@ -211,6 +215,8 @@ class PrivacyPolicy:
             if cur is None:
                 cur = merged[key] = flow_pb2.Rollup()
                 cur.CopyFrom(r)
+                if key != r.key:  # the address was rewritten: its name would tell what the rewrite hides
+                    cur.remote_name = ""
                 cur.key = key
                 continue
             _merge_rollup(cur, r)

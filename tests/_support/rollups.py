@@ -50,10 +50,12 @@ def reference_rollup(rows: list[tuple[FlowRecord, tuple[int, int, int]]], key: s
                           service=with_service(rec).service if with_services else "", flows_retransmitting=0,
                           flows_slow_connect=0, responses=0, response_us_sum=0, response_us_max=0,
                           response_hist=[], first_byte_hist=[], connect_hist=[], flows_slow_path=0,
-                          flows_slow_server=0)
+                          flows_slow_server=0, remote_name="")
             rtts[k] = []
             rates[k] = []
         r = out[k]
+        if key == "destination" and not r["remote_name"]:  # the first flow with a name names it
+            r["remote_name"] = rec.remote_name
         r["flows"] += 1
         if rc > 0:
             r["responses"] += rc

@@ -21,6 +21,8 @@ from meshnode.sensor._native import library_state
 NO_PID = 4_000_000_000  # no such process: the kernel's comm is what is reported
 NAMED_PID = 4_000_000_001  # no such process, but the kernel side names it (FakeProbes.process_names)
 NAMED = "leader-proc"
+NAME_ID = 0x5EED_D0D0_0000_0001  # a name id the kernel side holds (FakeProbes.dns_names)
+NAME = "web.example.test"
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
 
@@ -113,6 +115,15 @@ class FakeProbes:
 
     def process_names(self, tgids: Iterable[int]) -> dict[int, str]:
         return {NAMED_PID: NAMED} if NAMED_PID in set(tgids) else {}
+
+    dns_rows: list[rec.DnsTxnRow] = []
+
+    def drain_dns(self) -> list[rec.DnsTxnRow]:
+        out, self.dns_rows = self.dns_rows, []
+        return out
+
+    def dns_names(self, ids: Iterable[int]) -> dict[int, str]:
+        return {NAME_ID: NAME} if NAME_ID in set(ids) else {}
 
 
 def fake_sensor(tmp_path: Path, raws: list[tuple[Any, ...]], *, udp: list[UdpFlowRow] | None = None,

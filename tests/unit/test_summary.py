@@ -89,7 +89,7 @@ def test_columnar_rollups_equal_the_per_record_rule(seed) -> None:
                  connect_us=rnd.choice([0, 150_000, 250_000]), srtt_us=rnd.choice([0, 7, 100, 1001, 50_000]),
                  bytes_tx=rnd.randrange(1 << 40), bytes_rx=rnd.randrange(1 << 20),
                  service=rnd.choice(["", "", "custom"]), delivery_rate=rnd.choice([0, 0, 1, 125_000, 10**9]),
-                 **_timing(rnd))
+                 remote_name=rnd.choice(["", "", "db.example", "web.test"]), **_timing(rnd))
             for i in range(rnd.randrange(1, 300))]
     for key in ("process", "destination", "service", "cgroup"):
         got = [dataclasses.asdict(r) for r in rollup(recs, key, with_services=True)]
