@@ -23,7 +23,7 @@ MEASURE_KINDS = ("connect", "rtt", "path")
 DIRECTIONS = ("outbound", "inbound")
 EVENT_TYPES = (
     "retransmit_burst", "zero_window", "rtt_shift", "reset_sent", "reset_received", "drop",
-    "connect_failed", "anomaly", "icmp_unreachable", "frag_needed", "ttl_exceeded",
+    "connect_failed", "anomaly", "icmp_unreachable", "frag_needed", "ttl_exceeded", "dns_failed",
 )
 
 EXIT_CODES_HELP = """\

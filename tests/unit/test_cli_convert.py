@@ -7,6 +7,7 @@ import json
 from meshnode._model import flow_proto_to_json
 from meshnode.cli._convert import FLOW_FIELDS, flow_dict, flow_json_line, message_dict, write_json_lines
 from meshnode.v1 import flow_pb2, observer_pb2
+from tests.unit._flows import flow
 
 # The flow record of shared/DESIGN.md ("Fields every layer keeps").
 DESIGN_FIELDS = [
@@ -67,3 +68,16 @@ def test_write_json_lines_batches() -> None:
     chunks: list[str] = []
     n = write_json_lines(chunks.append, (f"{i}\n" for i in range(5)), batch=2)
     assert n == 5 and chunks == ["0\n1\n", "2\n3\n", "4\n"]
+
+
+def test_every_event_the_sensor_makes_crosses_the_wire_by_name_and_meshctl_can_ask_for_it() -> None:
+    """ICMP events went out as EVENT_TYPE_UNKNOWN, and `meshctl events --type frag_needed` could not be sent:
+    the sensor had the names, the wire and meshctl did not."""
+    from meshnode.api._convert import event_pb
+    from meshnode.cli._args import EVENT_TYPES as CLI_EVENT_TYPES
+    from meshnode.sensor import EVENT_TYPES, EventRecord
+
+    for name in EVENT_TYPES:
+        ev = event_pb(EventRecord(name, 1, flow(1), 1.0, ""))
+        assert flow_pb2.EventType.Name(ev.type) == name.upper()
+    assert set(CLI_EVENT_TYPES) == set(EVENT_TYPES)
