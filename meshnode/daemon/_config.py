@@ -30,6 +30,9 @@ active_tasks        true                            run connect measurements oth
 task_deny           []                              requester addresses, CIDRs or node ids to refuse
 mesh_max_members    10000                           the most mesh members listed (this node included);
                                                     gossip about more is refused and counted
+site_aggregators    0                               site aggregates: K aggregators elected per site
+                                                    (2 or 3); membership and digests stay within the
+                                                    site (labels region, site); 0: one flat mesh
 privacy             none                            privacy filters on what leaves the node in digests
                                                     (TOML table ``[privacy]``: ``keep``, ``coarsen``
                                                     CIDR lists, ``outside`` keep|coarsen|hash,
@@ -123,6 +126,7 @@ class NodeConfig:
     active_tasks: bool = True
     task_deny: tuple[str, ...] = ()
     mesh_max_members: int = 10_000
+    site_aggregators: int = 0
     privacy: PrivacyPolicy | None = None
     insecure: bool = False
     tls_dir: Path | None = None
@@ -344,6 +348,7 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "active_tasks": _bool,
     "task_deny": _words,
     "mesh_max_members": _count(2, 1_000_000),
+    "site_aggregators": _count(0, 5),
     "privacy": _privacy,
     "insecure": _bool,
     "tls_dir": _path,

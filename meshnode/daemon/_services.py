@@ -77,7 +77,7 @@ class MeshRunner:
     name = "mesh"
 
     def __init__(self, node: Node) -> None:
-        from meshnode.mesh import MESH_SERVICE, MeshConfig, MeshService, NodeKey, TaskPolicy
+        from meshnode.mesh import MESH_SERVICE, MeshConfig, MeshService, NodeKey, SiteConfig, TaskPolicy
 
         cfg = node.config
         self._node = node
@@ -86,7 +86,10 @@ class MeshRunner:
         policy = TaskPolicy(enabled=cfg.active_tasks, deny=frozenset(cfg.task_deny))
         self.mesh: MeshService = MeshService(advertise=cfg.listen, key=key, labels=labels, seeds=list(cfg.join),
                                              export_period=cfg.export_period, task_policy=policy,
-                                             config=MeshConfig(max_members=cfg.mesh_max_members))
+                                             config=MeshConfig(max_members=cfg.mesh_max_members),
+                                             site_config=SiteConfig(aggregators=cfg.site_aggregators,
+                                                                    period=cfg.export_period)
+                                             if cfg.site_aggregators else None)
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.record_listeners.append(self.mesh.on_period)
         node.mesh_node_id = self.mesh.node_id

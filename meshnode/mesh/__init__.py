@@ -12,12 +12,13 @@ Modules (internal, re-exported here):
     _state       Membership: the SWIM + Lifeguard state machine; Delegate protocol; Member, State
     _digest      NodeKey, Digest building/bounding/signing/verifying, DigestExchange (the delegate)
     _aggregate   label aggregation (pure): aggregate, trusted_aggregate, health_of, hierarchy; HostLimits, centres
-    _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
+    _grpc_transport  GrpcTransport, PoolTransport (pools on one port), RETRYABLE_CODES, with_retries
     _identity    identities bound to certificates (mTLS): PeerCertificate, IdentityGuard, signed Alives, audiences
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh); LocalHistory protocol
     _fleetflows  fleet flow queries (pure): limits, member_after cursors, page tokens, merge of answers
     _tasks       active tasks (seed 003): TaskPolicy, TokenBucket, measure_tcp
     _sites       site aggregates (seed 000): elect, build/sign/verify_aggregate, aggregate_rows, SiteNode
+    _mux         DelegateMux: the digest exchange and the site hierarchy on one site pool
     _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
 
 In the node::

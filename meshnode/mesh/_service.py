@@ -32,9 +32,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from meshnode._exceptions import ConfigError, PeerError, StoreError
-from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, host_reports, matches, trusted_aggregate
+from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, group_of, host_reports, matches, trusted_aggregate
 from meshnode.mesh._clock import AsyncioScheduler
 from meshnode.mesh._config import MeshConfig
 from meshnode.mesh._digest import (
@@ -62,9 +63,19 @@ from meshnode.mesh._fleetflows import (
     merge,
     share,
 )
-from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
-from meshnode.mesh._identity import PEER, IdentityGuard, PeerCertificate, audience_metadata, sign_alive, tls_peer
-from meshnode.mesh._state import Member, Membership, State
+from meshnode.mesh._grpc_transport import MAX_POOL, GrpcTransport, with_retries
+from meshnode.mesh._identity import (
+    PEER,
+    IdentityGuard,
+    PeerCertificate,
+    alive_signed_by_member,
+    audience_metadata,
+    sign_alive,
+    tls_peer,
+)
+from meshnode.mesh._mux import SITE_TAG, DelegateMux
+from meshnode.mesh._sites import REGION, SITE, SiteConfig, SiteNode, site_group
+from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._tasks import (
     MEMBER_CALLER,
     TaskPolicy,
@@ -190,6 +201,7 @@ class MeshService:
         rejoin_interval: float = 10.0,
         task_policy: TaskPolicy | None = None,
         task_bucket: TokenBucket | None = None,
+        site_config: SiteConfig | None = None,
     ) -> None:
         self.key = key
         self.node_id = key.node_id
@@ -251,6 +263,16 @@ class MeshService:
         """Members' fleet flow requests this node answers from its store at once (more: RESOURCE_EXHAUSTED)."""
         self._fan_outs = 0
         self._local_answers = 0
+        self.site_config = site_config
+        """Site aggregates (``meshnode.mesh._sites``): membership and digests stay within this node's site
+        (its ``region``/``site`` labels), elected aggregators sum the site each period and carry it across
+        regions and the fleet. None: one flat mesh, every digest to every node."""
+        self._sites: SiteNode | None = None
+        self._site_closed = 0
+        self.upper_hints: dict[str, dict[str, str]] = {}
+        """Addresses of fleet-pool members (other sites' aggregators) learnt from locate answers, with their
+        labels, bounded by ``SiteConfig.max_sources``: where this node joins the region and fleet pools when
+        it is elected."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -317,15 +339,29 @@ class MeshService:
         self._exchange.admit = members_only(lambda: self._membership, lambda: self.denied,
                                             guard.certified if guard is not None else None)
         self._exchange.on_forget = self._forgotten
+        delegate: Delegate = self._exchange
+        admit_labels: Callable[[Mapping[str, str]], bool] | None = None
+        if self.site_config is not None:
+            self._sites = SiteNode(self.key, self.labels, sched, self.site_config)
+            self._sites.pools[SITE].tag = SITE_TAG
+            self._sites.make_upper = functools.partial(self._upper_membership, sched, guard)
+            self._sites.upper_seeds = self._upper_seeds
+            delegate = DelegateMux(self._exchange, self._sites.pools[SITE])
+            admit_labels = functools.partial(_same_group, SITE, self.labels)
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
-            delegate=self._exchange, sign_alive=functools.partial(sign_alive, self.key), identity=guard,
+            delegate=delegate, sign_alive=functools.partial(sign_alive, self.key), identity=guard,
+            admit_labels=admit_labels,
         )
         self._exchange.attach(self._membership)
+        if self._sites is not None:
+            self._sites.attach(SITE, self._membership)
         self._membership.start()
         if self.seeds:
             self.joined = await self._join(self._membership)
             log.info("mesh %s joined through %d of %d seeds", self.node_id, self.joined, len(self.seeds))
+            if self._sites is not None:
+                await self._locate()
         loop = asyncio.get_running_loop()
         if self.source is not None and self.export_period > 0:
             self._tasks.append(loop.create_task(self._publish_loop()))
@@ -333,7 +369,9 @@ class MeshService:
             self._tasks.append(loop.create_task(self._rejoin_loop()))
 
     async def _rejoin_loop(self) -> None:
-        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them."""
+        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them. With
+        sites, also ask where the rest of the fleet is again: a site aggregator whose fleet pool does not
+        list every aggregator the seeds know joins them (two sites started at once find each other)."""
         while True:
             await asyncio.sleep(self.rejoin_interval)
             m = self._membership
@@ -342,6 +380,154 @@ class MeshService:
             if m.num_members() <= 1:
                 self.joined = await self._join(m)
                 self.counters["rejoins"] += 1
+            if self._sites is not None:
+                await self._locate()
+                self._heal_upper()
+
+    # ------------------------------------------------------------------ sites
+
+    @property
+    def sites(self) -> SiteNode | None:
+        """This node's part of the site hierarchy (after ``start``; None without ``site_config``)."""
+        return self._sites
+
+    def _upper_membership(self, sched: AsyncioScheduler, guard: IdentityGuard | None, role: str) -> Membership:
+        """This node's membership of the region or fleet pool (elected in its site): same port, own pool."""
+        assert self._sites is not None
+        admit = functools.partial(_same_group, REGION, self.labels) if role == REGION else None
+        return Membership(self.node_id, self.transport.pool(role), sched, labels=self.labels, config=self.config,
+                          rng=random.Random(self._rng.getrandbits(64)), delegate=self._sites.pools[role],
+                          sign_alive=functools.partial(sign_alive, self.key), identity=guard, admit_labels=admit)
+
+    def _upper_seeds(self, role: str) -> list[str]:
+        """Where to join an upper pool: the other aggregators of this site (elected before, so in it), then
+        the fleet's aggregators learnt from locate answers (of this region, for the region pool)."""
+        assert self._sites is not None
+        out = [a for a in (self._sites._addr_of(SITE, x) for x in self._sites.site_aggregators()
+                           if x != self.node_id) if a]
+        for addr, labels in self.upper_hints.items():
+            if role == "fleet" or group_of(labels, REGION) == group_of(self.labels, REGION):
+                out.append(addr)
+        return list(dict.fromkeys(a for a in out if a != self.advertise))
+
+    def _heal_upper(self) -> None:
+        """Join the aggregators the locate answers named that this node's upper pools do not list."""
+        assert self._sites is not None
+        for role in (REGION, "fleet"):
+            m = self._sites.pools[role].membership
+            if m is None or not m._running:
+                continue
+            listed = {x.addr for x in m.members()}
+            missing = [a for a in self._upper_seeds(role) if a not in listed]
+            if missing:
+                self.counters[f"{role}_pool_heals"] += 1
+                m.join(missing)
+
+    async def _ask_locate(self, addr: str) -> mesh_pb2.SiteItems | None:
+        m = self._membership
+        assert m is not None and self._sites is not None
+        done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def reply(raw: bytes | None, err: str) -> None:
+            if not done.done():
+                done.set_result(raw)
+
+        me = m.member(self.node_id)
+        assert me is not None
+        asker = mesh_pb2.PushPullMember(node=me.node_id, addr=me.addr, incarnation=me.incarnation,
+                                        labels=me.labels, public_key=me.public_key, signature=me.signature)
+        req = mesh_pb2.SiteRequest(locate=self._sites.site, asker=asker)
+        m.request(addr, SITE_TAG + req.SerializeToString(), reply)
+        raw = await done
+        if raw is None:
+            self.counters["locates_failed"] += 1
+            return None
+        try:
+            return mesh_pb2.SiteItems.FromString(raw)
+        except DecodeError:
+            self.counters["locate_answers_malformed"] += 1
+            return None
+
+    def _dialable_entry(self, e: mesh_pb2.PushPullMember) -> bool:
+        """A located member's address is dialled only when its entry is well formed and, under mTLS, its
+        Alive is signed by the member's own key (nobody else names where a member is)."""
+        cfg = self.config
+        if (not e.node or len(e.node) > 64 or not e.addr or len(e.addr) > MAX_FROM_ADDR
+                or len(e.labels) > cfg.max_labels
+                or any(len(k) > cfg.max_label_bytes or len(v) > cfg.max_label_bytes for k, v in e.labels.items())):
+            self.counters["located_malformed"] += 1
+            return False
+        if self.node_certificates_only and not alive_signed_by_member(mesh_pb2.Alive(
+                node=e.node, incarnation=e.incarnation, addr=e.addr, labels=e.labels, public_key=e.public_key,
+                signature=e.signature)):
+            self.counters["located_unsigned"] += 1
+            return False
+        return e.node != self.node_id
+
+    async def _locate(self) -> None:
+        """Find this node's site through the seeds (any site's nodes answer), and the fleet's aggregators.
+
+        A seed of another site answers with the members of this node's site it lists (as an aggregator) and
+        the aggregators it knows; when it lists none of the site, those aggregators are asked in turn (one
+        more round): every site's aggregators are in the fleet pool, so they know where each site is.
+        """
+        m = self._membership
+        sites = self._sites
+        if m is None or sites is None:
+            return
+        asked: set[str] = set()
+        ask = [s for s in self.seeds if s != self.advertise]
+        found: dict[str, str] = {}
+        for _round in range(2):
+            ask = [a for a in dict.fromkeys(ask) if a not in asked][: sites.config.max_pull]
+            if not ask:
+                break
+            asked.update(ask)
+            answers = await asyncio.gather(*(self._ask_locate(a) for a in ask))
+            ask = []
+            for items in answers:
+                if items is None:
+                    continue
+                for e in items.members[: sites.config.max_pull]:
+                    if self._dialable_entry(e) and site_group(e.labels) == sites.site:
+                        found[e.node] = e.addr
+                for e in items.aggregators[: sites.config.max_pull]:
+                    if not self._dialable_entry(e):
+                        continue
+                    if e.addr not in self.upper_hints and len(self.upper_hints) >= sites.config.max_sources:
+                        self.counters["upper_hints_dropped"] += 1
+                        continue
+                    self.upper_hints[e.addr] = dict(e.labels)
+                    ask.append(e.addr)
+            if found:
+                break
+        new = [addr for nid, addr in found.items() if m.member(nid) is None]
+        if new:
+            self.counters["site_joins_located"] += 1
+            await self._join_addrs(m, new)
+
+    async def _join_addrs(self, m: Membership, addrs: list[str]) -> int:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def joined(n: int) -> None:
+            if not done.done():
+                done.set_result(n)
+
+        m.join(addrs, on_done=joined)
+        return await done
+
+    def _site_publish(self, signed: mesh_pb2.SignedDigest) -> None:
+        """Hand this node's signed digest to its site's aggregators and close its period in the hierarchy
+        (builds, validation pulls and region work are timed from the period's end)."""
+        sites = self._sites
+        held = self.exchange.latest(self.node_id)
+        if sites is None or held is None or held.signed is not signed:
+            return
+        d = held.digest
+        sites.offer(signed, d)
+        if d.period_end_ns > self._site_closed:
+            self._site_closed = d.period_end_ns
+            sites.period_closed(d.period_end_ns)
 
     async def _join(self, m: Membership) -> int:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -372,7 +558,9 @@ class MeshService:
         if not d.labels:
             d.labels.update(self.membership.labels)
         self._attach_measurements(d)
-        return self.exchange.publish(d)
+        signed = self.exchange.publish(d)
+        self._site_publish(signed)
+        return signed
 
     async def stop(self, leave_timeout: float = 2.0, leave: bool = True) -> None:
         """Leave gracefully (wait up to ``leave_timeout`` for the broadcast to go out), then shut down.
@@ -386,6 +574,11 @@ class MeshService:
         m = self._membership
         if m is None:
             return
+        if self._sites is not None:
+            for role in (REGION, "fleet"):
+                um = self._sites.pools[role].membership
+                if um is not None and um._running:
+                    um.shutdown()
         if leave:
             done = asyncio.Event()
             m.leave(on_done=done.set)
@@ -427,6 +620,7 @@ class MeshService:
                     d.ClearField(name)
                 break
         signed = self.exchange.publish(d)
+        self._site_publish(signed)
         held = self.exchange.latest(self.node_id)
         self._notify(held.digest if held is not None else d, signed, own=True)
 
@@ -874,14 +1068,19 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> mesh_pb2.PacketResponse:
         svc = self._svc
         peer = await self._gossip_peer(context)
-        if len(request.payload) > 2 * svc.config.packet_budget or len(request.from_addr) > MAX_FROM_ADDR:
+        if (len(request.payload) > 2 * svc.config.packet_budget or len(request.from_addr) > MAX_FROM_ADDR
+                or len(request.pool) > MAX_POOL):
             svc.counters["packets_oversize"] += 1
             log.warning("oversize mesh packet (%d bytes) from %s (%s) dropped", len(request.payload),
                         request.from_addr[:MAX_FROM_ADDR], context.peer())
         elif svc.running:
+            handlers = svc.transport.handlers(request.pool)
+            if handlers is None:
+                svc.counters["packets_no_pool"] += 1
+                return mesh_pb2.PacketResponse()
             token = PEER.set(peer)
             try:
-                svc.transport.on_packet(request.from_addr, request.payload)
+                handlers[0](request.from_addr, request.payload)
             finally:
                 PEER.reset(token)
         return mesh_pb2.PacketResponse()
@@ -893,16 +1092,23 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         if not svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
         peer = await self._gossip_peer(context)
-        if len(request.payload) > svc.config.max_stream_bytes or len(request.from_addr) > MAX_FROM_ADDR:
+        if (len(request.payload) > svc.config.max_stream_bytes or len(request.from_addr) > MAX_FROM_ADDR
+                or len(request.pool) > MAX_POOL):
             svc.counters["streams_oversize"] += 1
             log.warning("oversize mesh stream request (%d bytes) from %s refused", len(request.payload),
                         context.peer())
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"stream request over {svc.config.max_stream_bytes} bytes "
-                                f"(or from_addr over {MAX_FROM_ADDR})")
+                                f"(or from_addr over {MAX_FROM_ADDR}, or pool over {MAX_POOL})")
+        handlers = svc.transport.handlers(request.pool)
+        if handlers is None:
+            svc.counters["streams_no_pool"] += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"this node runs no {request.pool!r} pool (it is "
+                                "not one of its site's aggregators now)")
+        assert handlers is not None
         token = PEER.set(peer)
         try:
-            answer = svc.transport.on_stream(request.from_addr, request.payload)
+            answer = handlers[1](request.from_addr, request.payload)
         except PeerError as exc:
             log.warning("bad mesh stream request from %s (%s) refused: %s", request.from_addr, context.peer(), exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -913,6 +1119,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "the node failed to handle this stream request")
         finally:
             PEER.reset(token)
+        svc.counters["stream_bytes_answered"] += len(answer)
         return mesh_pb2.StreamResponse(payload=answer)
 
     async def Peers(
@@ -963,6 +1170,12 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             log.info("fleet flows request from %s refused: %s", context.peer(), exc)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         raise AssertionError("unreachable")  # abort raises
+
+
+def _same_group(level: str, mine: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a member with ``labels`` is in this node's group at ``level`` (its site pool's, its region
+    pool's admission rule). Nodes without those labels are all in the one default group."""
+    return group_of(labels, level) == group_of(mine, level)
 
 
 def _peer_host(peer: str) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -60,7 +60,7 @@ from meshnode.v1 import flow_pb2, mesh_pb2
 
 if TYPE_CHECKING:
     from meshnode.mesh._clock import Scheduler
-    from meshnode.mesh._state import Membership
+    from meshnode.mesh._state import Member, Membership
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +368,9 @@ class _Pool:
         self.role = role
         self.membership: Membership | None = None
         self.queue = TransmitLimitedQueue(self._n, node.config.retransmit_mult)
+        self.tag = b""
+        """Prefixed to this pool's requests: ``meshnode.mesh._mux.SITE_TAG`` when the pool's membership is
+        shared with the digest exchange (the node's site pool), else nothing."""
 
     def _n(self) -> int:
         return self.membership.num_members() if self.membership is not None else 1
@@ -433,6 +436,8 @@ class SiteNode:
         self._deciding: set[GroupKey] = set()
         self._pulling: set[tuple[str, bytes]] = set()
         self._decide_timers: set[GroupKey] = set()
+        self.located: OrderedDict[str, mesh_pb2.PushPullMember] = OrderedDict()
+        """The latest askers of locates, by node id (``_remember``)."""
         self.on_decide: Callable[[mesh_pb2.GroupAggregate], None] | None = None
         self.upper_seeds: Callable[[str], list[str]] | None = None
         """Addresses to join the region (``"region"``) or fleet (``"fleet"``) pool through, once elected."""
@@ -476,7 +481,8 @@ class SiteNode:
 
     def _request(self, role: str, addr: str, req: mesh_pb2.SiteRequest,
                  on_reply: Callable[[mesh_pb2.SiteItems | None], None]) -> None:
-        m = self.pools[role].membership or self.site_pool
+        pool = self.pools[role] if self.pools[role].membership is not None else self.pools[SITE]
+        m = pool.membership or self.site_pool
 
         def reply(raw: bytes | None, err: str) -> None:
             if raw is None:
@@ -489,7 +495,7 @@ class SiteNode:
                 self.counters["answers_malformed"] += 1
                 on_reply(None)
 
-        m.request(addr, req.SerializeToString(), reply)
+        m.request(addr, pool.tag + req.SerializeToString(), reply)
 
     # ------------------------------------------------------------------ periods
 
@@ -510,6 +516,12 @@ class SiteNode:
         d.seq = self._seq
         d = bound_digest(d, max_bytes)
         signed = sign_digest(self.key, d)
+        self.offer(signed, d)
+        return signed
+
+    def offer(self, signed: mesh_pb2.SignedDigest, d: mesh_pb2.Digest) -> None:
+        """Hold this node's signed digest of a period (signed by whoever publishes it, e.g. the node's digest
+        exchange) and push it to the site's aggregators."""
         self.digests.setdefault(d.period_end_ns, {})[self.node_id] = (signed, d)
         self.counters["digests_published"] += 1
         for agg in self.site_aggregators():
@@ -519,7 +531,6 @@ class SiteNode:
             if addr is not None:
                 self.counters["digests_pushed"] += 1
                 self._request(SITE, addr, mesh_pb2.SiteRequest(push=signed), lambda _a: None)
-        return signed
 
     def period_closed(self, period_end_ns: int) -> None:
         """Schedule this period's work: site build, validation pulls, region build. Called at the period end
@@ -998,6 +1009,14 @@ class SiteNode:
                 d = self.decided.get(key)
                 c = d if d is not None and d.agg.aggregator == r.signer else self.evidence.get((*key, r.signer))
             return mesh_pb2.SiteItems(refs=c.sources if c is not None and c.sources else []).SerializeToString()
+        if body == "locate":
+            if len(req.locate) > _MAX_GROUP:
+                self.counters["requests_malformed"] += 1
+                raise PeerError(f"locate from {source_addr} names a site of {len(req.locate)} bytes")
+            self.counters["locates_answered"] += 1
+            answer = self.locate_answer(req.locate)
+            self._remember(req.asker)
+            return answer.SerializeToString()
         if body == "pull":
             if len(req.pull.refs) > self.config.max_pull:
                 self.counters["pulls_oversize"] += 1
@@ -1037,3 +1056,58 @@ class SiteNode:
             if c is not None:
                 out.aggregates.append(c.signed)
         return out
+
+    # ------------------------------------------------------------------ finding sites
+
+    def locate_answer(self, site: str) -> mesh_pb2.SiteItems:
+        """Where the members of ``site`` are, as far as this node knows: the ones it lists (its own site's
+        members, or the aggregators of ``site`` in its upper pools), and the fleet pool's members (every
+        site's aggregators; its own site's aggregators when it is not in the fleet pool), each bounded."""
+        out = mesh_pb2.SiteItems()
+        seen: set[str] = set()
+        for role in POOLS:
+            for x in self._listed(role):
+                if len(out.members) >= self.config.max_pull:
+                    break
+                if x.node_id not in seen and site_group(x.labels) == site:
+                    seen.add(x.node_id)
+                    out.members.append(_entry(x))
+        for e in reversed(self.located.values()):
+            if len(out.members) >= self.config.max_pull:
+                break
+            if e.node not in seen and site_group(e.labels) == site:
+                seen.add(e.node)
+                out.members.append(e)
+        fleet = self._listed("fleet")
+        if not fleet:
+            aggs = set(self.site_aggregators())
+            fleet = [x for x in self._listed(SITE) if x.node_id in aggs]
+        out.aggregators.extend(_entry(x) for x in fleet[: self.config.max_pull])
+        return out
+
+    def _remember(self, e: mesh_pb2.PushPullMember) -> None:
+        """Keep a locate's asker (bounded, least recently asked dropped) for later askers of its site."""
+        if not e.node or len(e.node) > 64 or not e.addr or len(e.addr) > 256 or len(e.labels) > 32:
+            return
+        if any(len(k) > 256 or len(v) > 256 for k, v in e.labels.items()):
+            return
+        self.located.pop(e.node, None)
+        self.located[e.node] = e
+        while len(self.located) > self.config.max_sources:
+            self.located.popitem(last=False)
+            self.counters["located_evicted"] += 1
+
+    def _listed(self, role: str) -> list[Member]:
+        """The alive (or suspect) members of pool ``role``, this node included, lowest election rank first."""
+        m = self.pools[role].membership
+        if m is None or not m._running:
+            return []
+        live = [x for x in m._members.values() if x.state in (State.ALIVE, State.SUSPECT)]
+        return sorted(live, key=lambda x: election_rank(x.node_id))
+
+
+def _entry(x: Member) -> mesh_pb2.PushPullMember:
+    e = mesh_pb2.PushPullMember(node=x.node_id, addr=x.addr, incarnation=x.incarnation, labels=x.labels,
+                                public_key=x.public_key, signature=x.signature)
+    e.state = x.state.value  # type: ignore[assignment]
+    return e

@@ -1,0 +1,155 @@
+"""Site aggregates in real nodes: 2 sites x 3 ``MeshService`` nodes on 127.0.0.1, one gRPC port each.
+
+Membership stays in the site, the elected aggregators build and sign each site's aggregate each period and
+carry it across the region, every member cross-checks, and a lying aggregator is flagged by its site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from meshnode.mesh import MeshService, SiteConfig
+from meshnode.mesh._sites import REGION, SITE
+from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
+from tests._support.meshfleet import FAST, Fleet, run, until
+
+PERIOD = 3.0
+DEST = "10.9.0.1:443"
+
+
+def _labels(i: int) -> dict[str, str]:
+    return {"region": "eu", "site": "a" if i < 3 else "b", "host": f"h{i}"}
+
+
+def _flows(i: int) -> int:
+    return 10 + i
+
+
+def _period_end() -> int:
+    p = int(PERIOD * 1e9)
+    return time.time_ns() // p * p
+
+
+class _Source:
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def local_digest(self) -> mesh_pb2.Digest:
+        end = _period_end()
+        f = _flows(self.i)
+        return mesh_pb2.Digest(period_start_ns=end - int(PERIOD * 1e9), period_end_ns=end, by_destination=[
+            flow_pb2.Rollup(key=DEST, flows=f, useful=f - 1, bytes_tx=1000 * f, bytes_rx=10 * f, service="https")])
+
+
+def _sum(hosts: range) -> tuple[int, int, int]:
+    return len(hosts), sum(_flows(i) for i in hosts), sum(1000 * _flows(i) for i in hosts)
+
+
+WANT = {"eu/a": _sum(range(0, 3)), "eu/b": _sum(range(3, 6)), "eu": _sum(range(0, 6))}
+
+
+async def _publish_round(fleet: Fleet) -> int:
+    """Wait for the next period boundary and publish every node's digest of the period that closed."""
+    p = int(PERIOD * 1e9)
+    await asyncio.sleep((p - time.time_ns() % p) / 1e9 + 0.05)
+    for mesh in fleet.meshes:
+        await mesh.publish()
+    return _period_end()
+
+
+def _decided(mesh: MeshService, level: str, group: str, end: int) -> tuple[int, int, int] | None:
+    assert mesh.sites is not None
+    c = mesh.sites.decided.get((level, group, end))
+    if c is None:
+        return None
+    row = next(r for r in c.agg.by_destination if r.key == DEST)
+    return c.agg.hosts, row.flows, row.bytes_tx
+
+
+def _agreed(fleet: Fleet, end: int) -> bool:
+    """Every node decided its site's and the region's aggregates of period ``end``, equal to the sums; every
+    site aggregator also the other site's (its region pool carries it)."""
+    for mesh in fleet.meshes:
+        assert mesh.sites is not None
+        mine = mesh.sites.site
+        if _decided(mesh, SITE, mine, end) != WANT[mine] or _decided(mesh, REGION, "eu", end) != WANT["eu"]:
+            return False
+        other = "eu/b" if mine == "eu/a" else "eu/a"
+        if mesh.sites.is_site_aggregator() and _decided(mesh, SITE, other, end) != WANT[other]:
+            return False
+    return True
+
+
+async def _converge(fleet: Fleet, rounds: int = 4) -> int:
+    for _ in range(rounds):
+        end = await _publish_round(fleet)
+        try:
+            await until(lambda end=end: _agreed(fleet, end), PERIOD - 0.3)
+            return end
+        except AssertionError:
+            continue
+    raise AssertionError("site aggregates not agreed on in time")
+
+
+def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregates() -> None:
+    async def scenario(fleet: Fleet) -> None:
+        # membership per site only (Fleet.start waited for it): a node lists its own site's 3 nodes
+        for mesh in fleet.meshes:
+            assert sorted(x.labels["host"] for x in mesh.membership.members()) == (
+                ["h0", "h1", "h2"] if mesh.labels["site"] == "a" else ["h3", "h4", "h5"])
+        await _converge(fleet)
+        aggs = [m for m in fleet.meshes if m.sites is not None and m.sites.is_site_aggregator()]
+        assert len(aggs) == 4  # k = 2 a site
+        for mesh in aggs:  # the fleet pool: every site aggregator, on the same port as the site pool
+            assert mesh.sites is not None
+            fleet_pool = mesh.sites.pools["fleet"].membership
+            assert fleet_pool is not None and fleet_pool.address == mesh.advertise
+            assert {x.node_id for x in fleet_pool.members()} == {m.node_id for m in aggs}
+        # a pool a node does not run: packets dropped and counted, streams refused UNAVAILABLE
+        plain = next(m for m in fleet.meshes if m.sites is not None and not m.sites.is_site_aggregator())
+        async with grpc.aio.insecure_channel(plain.advertise) as ch:
+            stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
+            await stub.Packet(mesh_pb2.PacketRequest(from_addr="127.0.0.1:1", payload=b"", pool="fleet"))
+            try:
+                await stub.Stream(mesh_pb2.StreamRequest(from_addr="127.0.0.1:1", payload=b"", pool="fleet"))
+                raise AssertionError("a stream to a pool not run here was answered")
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        assert (plain.counters["packets_no_pool"], plain.counters["streams_no_pool"]) == (1, 1)
+
+        # a site b aggregator lies: its site aggregate claims ten times the flows
+        liar = next(m for m in aggs if m.labels["site"] == "b")
+        assert liar.sites is not None
+        honest_build = liar.sites._own_candidate
+
+        def inflate(a: mesh_pb2.GroupAggregate) -> None:
+            if a.level == SITE:
+                a.by_destination[0].flows *= 10
+            honest_build(a)
+
+        liar.sites._own_candidate = inflate  # type: ignore[method-assign]
+        site_b = [m for m in fleet.meshes if m.labels["site"] == "b" and m is not liar]
+
+        def caught() -> bool:
+            return all(m.sites is not None and liar.node_id in m.sites.flagged for m in site_b)
+
+        for _ in range(3):
+            end = await _publish_round(fleet)
+            try:
+                await until(caught, PERIOD - 0.3)
+                break
+            except AssertionError:
+                continue
+        assert caught()
+        for m in site_b:
+            assert m.sites is not None
+            assert m.sites.flagged[liar.node_id].endswith("does not equal the sum of its sources")
+            await until(lambda m=m, end=end: _decided(m, SITE, "eu/b", end) is not None, PERIOD)
+            c = m.sites.decided[(SITE, "eu/b", end)]
+            assert (c.agg.aggregator != liar.node_id, _decided(m, SITE, "eu/b", end)) == (True, WANT["eu/b"])
+
+    run([_Source(i) for i in range(6)], scenario, name="sites", labels=_labels,
+        site_config=SiteConfig(aggregators=2, period=PERIOD), config=FAST, timeout=60)
