@@ -35,7 +35,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from meshnode._exceptions import ConfigError, PeerError, StoreError
-from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, group_of, host_reports, matches, trusted_aggregate
+from meshnode.mesh._aggregate import (
+    DEFAULT_LABEL_ORDER,
+    FLEET,
+    MISSING_LABEL,
+    group_of,
+    host_reports,
+    matches,
+    trusted_aggregate,
+)
 from meshnode.mesh._clock import AsyncioScheduler
 from meshnode.mesh._config import MeshConfig
 from meshnode.mesh._digest import (
@@ -74,7 +82,18 @@ from meshnode.mesh._identity import (
     tls_peer,
 )
 from meshnode.mesh._mux import SITE_TAG, DelegateMux
-from meshnode.mesh._sites import REGION, SITE, SiteConfig, SiteNode, site_group
+from meshnode.mesh._sites import (
+    REGION,
+    SITE,
+    SiteConfig,
+    SiteNode,
+    aggregate_rows,
+    aggregate_source,
+    build_aggregate,
+    digest_source,
+    site_group,
+    verify_aggregate,
+)
 from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._tasks import (
     MEMBER_CALLER,
@@ -423,7 +442,7 @@ class MeshService:
                 self.counters[f"{role}_pool_heals"] += 1
                 m.join(missing)
 
-    async def _ask_locate(self, addr: str) -> mesh_pb2.SiteItems | None:
+    async def _ask_locate(self, addr: str, group: str | None = None) -> mesh_pb2.SiteItems | None:
         m = self._membership
         assert m is not None and self._sites is not None
         done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -436,7 +455,9 @@ class MeshService:
         assert me is not None
         asker = mesh_pb2.PushPullMember(node=me.node_id, addr=me.addr, incarnation=me.incarnation,
                                         labels=me.labels, public_key=me.public_key, signature=me.signature)
-        req = mesh_pb2.SiteRequest(locate=self._sites.site, asker=asker)
+        req = mesh_pb2.SiteRequest(locate=self._sites.site if group is None else group)
+        if group is None:  # asking for its own site: remembered, so that its site's next members find it
+            req.asker.CopyFrom(asker)
         m.request(addr, SITE_TAG + req.SerializeToString(), reply)
         raw = await done
         if raw is None:
@@ -713,6 +734,13 @@ class MeshService:
         counters["broadcasts_dropped"] = m._broadcasts.dropped
         counters["announces_dropped"] = self.exchange._announces.dropped
         counters["digest_history_evicted"] = self.exchange.history.evicted
+        if self._sites is not None:
+            counters.update({f"sites_{k}": v for k, v in self._sites.counters.items()})
+            for role in (REGION, "fleet"):
+                um = self._sites.pools[role].membership
+                if um is not None:
+                    counters.update({f"{role}_pool_{k}": v for k, v in um.counters.items()})
+                    counters[f"{role}_pool_broadcasts_dropped"] = um._broadcasts.dropped
         return counters
 
     def member_states(self) -> dict[str, int]:
@@ -735,11 +763,25 @@ class MeshService:
                 resp.nodes.add(node_id=self.node_id, answered=True)
                 resp.digests.append(held.signed)
             return resp
+        if req.aggregates_only:
+            return mesh_pb2.FleetQueryResponse(group_aggregates=self._sites.newest_signed()
+                                               if self._sites is not None else [])
         deadline = (req.deadline_ms or DEFAULT_QUERY_DEADLINE_MS) / 1000.0
         selector = dict(req.selector)
+        if self._sites is not None:
+            return await self._site_fleet_query(req, selector, deadline)
         targets: list[Member] = [
             x for x in self.membership.members() if matches(x.labels, selector)
         ]
+        resp, digests, now_ns = await self._collect_digests(targets, deadline)
+        self._digest_rows(req, resp, digests, now_ns)
+        return resp
+
+    async def _collect_digests(self, targets: list[Member], deadline: float
+                               ) -> tuple[mesh_pb2.FleetQueryResponse, dict[str, tuple[mesh_pb2.SignedDigest,
+                                                                                        mesh_pb2.Digest]], int]:
+        """Ask each of ``targets`` for its newest digest (within ``deadline``) and verify it: the answer's
+        node statuses and digests, the verified digests by node id, and the wall clock when asked."""
         statuses: dict[str, mesh_pb2.NodeStatus] = {}
         digests: dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]] = {}
         now_ns = self.membership._sched.wall_ns()
@@ -814,6 +856,11 @@ class MeshService:
             else:
                 resp.nodes.add().CopyFrom(statuses[x.node_id])
         resp.partial = any(not n.answered for n in resp.nodes)
+        return resp, digests, now_ns
+
+    def _digest_rows(self, req: mesh_pb2.FleetQueryRequest, resp: mesh_pb2.FleetQueryResponse,
+                     digests: Mapping[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]], now_ns: int) -> None:
+        """The rows of ``req`` from verified member digests (trust's flagged hosts left out), into ``resp``."""
         out = self.exclude(digests) if self.exclude is not None else set()
         reports = host_reports(d for _, d in digests.values())
         clamped = sum(1 for r in reports if r.clamped)
@@ -828,7 +875,157 @@ class MeshService:
             resp.aggregates.add(group=group, destination=dest, hosts_excluded=n)
         resp.hosts_excluded = len(out)
         resp.excluded.extend(sorted(out))
+
+    # ------------------------------------------------------------------ fleet queries over sites
+
+    async def _site_fleet_query(self, req: mesh_pb2.FleetQueryRequest, selector: dict[str, str],
+                                deadline: float) -> mesh_pb2.FleetQueryResponse:
+        """A fleet query with site aggregates: this node's site from its members' digests, the rest of the
+        fleet from the signed aggregates its site's aggregators decided (a site of this region each, a
+        region each beyond). A selector naming another site descends into it: that site answers with its
+        members' digests, verified here."""
+        sites = self._sites
+        assert sites is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        mine = site_group(self.labels)
+        wanted = _selected_group(selector, self.labels)
+        if wanted is not None and wanted != mine:
+            return await self._descend(req, wanted, deadline)
+        targets = [x for x in self.membership.members() if matches(x.labels, selector)]
+        resp, digests, now_ns = await self._collect_digests(targets, deadline)
+        others: list[tuple[mesh_pb2.SignedDigest, mesh_pb2.GroupAggregate]] = []
+        if wanted is None and set(selector) <= {REGION, SITE}:
+            others = [(sd, a) for sd, a in await self._group_aggregates(max(0.05, end - loop.time()))
+                      if _aggregate_selected(a, selector, self.labels)]
+        if req.group_by in ("", FLEET, REGION, SITE):
+            # sums all the way: this site's own aggregate from its (trusted) digests beside the others'
+            out = self.exclude(digests) if self.exclude is not None else set()
+            own = build_aggregate(SITE, mine, self.node_id, now_ns, [
+                digest_source(d) for nid, (_s, d) in sorted(digests.items()) if nid not in out], max_bytes=1 << 20)
+            groups = _group_sums(req.group_by or FLEET, own if digests else None, [a for _, a in others],
+                                 self.node_id, group_of(self.labels, REGION))
+            rows = aggregate_rows(_only_service(groups, req.service), now_ns=now_ns,
+                                  destination=req.destination or None)
+            resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
+            resp.hosts_excluded = len(out)
+            resp.excluded.extend(sorted(out))
+        else:  # per host (or another label): this site's detail, the others at the finest level held
+            self._digest_rows(req, resp, digests, now_ns)
+            rows = aggregate_rows(_only_service([a for _, a in others], req.service), now_ns=now_ns,
+                                  destination=req.destination or None)
+            resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
+        resp.group_aggregates.extend(sd for sd, _ in others)
+        self.counters["fleet_queries_from_aggregates"] += 1
         return resp
+
+    async def _group_aggregates(self, timeout: float) -> list[tuple[mesh_pb2.SignedDigest, mesh_pb2.GroupAggregate]]:
+        """The other groups' signed aggregates of the newest period decided: held here when this node is a
+        site aggregator, else asked of its site's aggregators (first that answers) and verified."""
+        sites = self._sites
+        assert sites is not None
+        mine = sites.site
+        if sites.is_site_aggregator():
+            signed = sites.newest_signed()
+        else:
+            signed = []
+            for nid in sites.site_aggregators():
+                addr = sites._addr_of(SITE, nid)
+                if addr is None:
+                    continue
+                stub = self.transport.stub(addr)
+                try:
+                    got = await with_retries(lambda stub=stub, nid=nid: stub.FleetQuery(  # type: ignore[misc]
+                        mesh_pb2.FleetQueryRequest(aggregates_only=True), timeout=timeout,
+                        metadata=audience_metadata(nid)), budget=timeout)
+                except grpc.aio.AioRpcError as exc:
+                    self.counters[f"group_aggregates_failed_{exc.code().name}"] += 1
+                    continue
+                signed = list(got.group_aggregates[:MAX_GROUP_AGGREGATES])
+                break
+        out = []
+        now_ns = self.membership._sched.wall_ns()
+        for sd in signed:
+            try:
+                a = verify_aggregate(sd, sites.config, now_ns)
+            except DigestRejected as exc:
+                self.counters[f"query_aggregates_{exc.reason}"] += 1
+                continue
+            if a.aggregator in sites.flagged or (a.level == SITE and a.group == mine):
+                continue
+            out.append((sd, a))
+        return out
+
+    async def _descend(self, req: mesh_pb2.FleetQueryRequest, group: str, deadline: float
+                       ) -> mesh_pb2.FleetQueryResponse:
+        """Ask site ``group`` itself (one of its members, its aggregators first, found by locate) for its
+        detail, and build the rows here from the digests it returns, each verified and of that site."""
+        self.counters["fleet_queries_descended"] += 1
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        located = await self._locate_group(group)
+        resp = mesh_pb2.FleetQueryResponse()
+        if not located:
+            resp.partial = True
+            resp.nodes.add(node_id="", error=f"no member of site {group} found")
+            return resp
+        now_ns = self.membership._sched.wall_ns()
+        for nid, addr in located[:3]:
+            left = end - loop.time()
+            if left <= 0:
+                break
+            sub = mesh_pb2.FleetQueryRequest()
+            sub.CopyFrom(req)
+            sub.deadline_ms = max(1, int(left * RELAY_DEADLINE_SHARE * 1000))
+            stub = self.transport.stub(addr)
+            try:
+                got = await asyncio.wait_for(stub.FleetQuery(sub, timeout=left, metadata=audience_metadata(nid)),
+                                             left)
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                self.counters["fleet_queries_descend_failed"] += 1
+                log.info("site %s member %s did not answer a fleet query: %s", group, addr, exc)
+                continue
+            digests: dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]] = {}
+            for signed in got.digests[: self.config.max_members]:
+                try:
+                    d = verify_digest(signed, self.digest_config.max_bytes, now_ns)
+                except DigestRejected as exc:
+                    self.counters[f"query_digests_{exc.reason}"] += 1
+                    continue
+                if site_group(d.labels) == group and matches(d.labels, dict(req.selector)):
+                    digests[d.node_id] = (signed, d)
+            for n in got.nodes[: self.config.max_members]:
+                st = resp.nodes.add()
+                st.CopyFrom(n)
+                st.answered = n.node_id in digests
+                st.via = nid
+            resp.digests.extend(sd for sd, _ in digests.values())
+            resp.partial = any(not n.answered for n in resp.nodes)
+            self._digest_rows(req, resp, digests, now_ns)
+            return resp
+        resp.partial = True
+        resp.nodes.add(node_id="", error=f"no member of site {group} answered")
+        return resp
+
+    async def _locate_group(self, group: str) -> list[tuple[str, str]]:
+        """``(node_id, addr)`` of members of site ``group``, its aggregators first: asked of this node's site
+        aggregators (in the fleet pool, they know every site's), then of the fleet's aggregators known."""
+        sites = self._sites
+        assert sites is not None
+        held = sites.locate_answer(group)
+        if held.members:
+            return [(e.node, e.addr) for e in held.members if self._dialable_entry(e)]
+        ask = [e.addr for e in held.aggregators if e.node != self.node_id] + list(self.upper_hints)
+        for addr in list(dict.fromkeys(ask))[:4]:
+            items = await self._ask_locate(addr, group)
+            if items is None:
+                continue
+            found = [(e.node, e.addr) for e in items.members[: sites.config.max_pull]
+                     if self._dialable_entry(e) and site_group(e.labels) == group]
+            if found:
+                aggs = {e.node for e in items.aggregators}
+                return sorted(found, key=lambda x: x[0] not in aggs)
+        return []
 
     # ------------------------------------------------------------------ fleet history
 
@@ -1170,6 +1367,60 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             log.info("fleet flows request from %s refused: %s", context.peer(), exc)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         raise AssertionError("unreachable")  # abort raises
+
+
+MAX_GROUP_AGGREGATES = 64
+"""Signed group aggregates one fleet query answer carries (``FleetQueryResponse.group_aggregates``)."""
+
+
+def _selected_group(selector: Mapping[str, str], mine: Mapping[str, str]) -> str | None:
+    """The site a selector pins (its ``site``, in its ``region`` or else this node's), or None."""
+    if SITE not in selector:
+        return None
+    return f"{selector.get(REGION, mine.get(REGION, MISSING_LABEL))}/{selector[SITE]}"
+
+
+def _aggregate_selected(a: mesh_pb2.GroupAggregate, selector: Mapping[str, str], mine: Mapping[str, str]) -> bool:
+    """Whether group aggregate ``a`` answers for hosts ``selector`` (region and site keys only) selects."""
+    region = a.group.split("/")[0]
+    if REGION in selector and selector[REGION] != region:
+        return False
+    if a.level == REGION:
+        return region != mine.get(REGION, MISSING_LABEL)  # this node's region is summed from its sites
+    return region == mine.get(REGION, MISSING_LABEL)
+
+
+def _group_sums(level: str, own: mesh_pb2.GroupAggregate | None, others: Sequence[mesh_pb2.GroupAggregate],
+                node_id: str, my_region: str) -> list[mesh_pb2.GroupAggregate]:
+    """The groups of a fleet query grouped by ``level`` (site, region, fleet) from site and region sums:
+    this node's region is summed from its sites, the other regions are their aggregates."""
+    sites = ([own] if own is not None else []) + [a for a in others if a.level == SITE]
+    if level == SITE:
+        return sites + [a for a in others if a.level == REGION]
+    end = max([a.period_end_ns for a in [*sites, *others]], default=0)
+    regions = [a for a in others if a.level == REGION]
+    if sites:
+        regions.append(build_aggregate(REGION, my_region, node_id, end, [aggregate_source(a) for a in sites],
+                                       max_bytes=1 << 20))
+    if level == REGION:
+        return regions
+    if not regions:
+        return []
+    return [build_aggregate(FLEET, FLEET, node_id, end, [aggregate_source(a) for a in regions], max_bytes=1 << 20)]
+
+
+def _only_service(aggs: Sequence[mesh_pb2.GroupAggregate], service: str) -> list[mesh_pb2.GroupAggregate]:
+    """``aggs`` with only the destinations of ``service`` (all of them when empty)."""
+    if not service:
+        return list(aggs)
+    out = []
+    for a in aggs:
+        c = mesh_pb2.GroupAggregate()
+        c.CopyFrom(a)
+        del c.by_destination[:]
+        c.by_destination.extend(r for r in a.by_destination if r.service == service)
+        out.append(c)
+    return out
 
 
 def _same_group(level: str, mine: Mapping[str, str], labels: Mapping[str, str]) -> bool:

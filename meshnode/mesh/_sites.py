@@ -921,6 +921,18 @@ class SiteNode:
         last = max(ends)
         return [c.agg for (lvl, _g, end), c in sorted(self.decided.items()) if lvl == level and end == last]
 
+    def newest_signed(self) -> list[mesh_pb2.SignedDigest]:
+        """The signed site and region aggregates of the newest period decided here (what a member of this
+        site asks of its aggregator to answer a fleet query without the other sites' digests), at most 64."""
+        out: list[mesh_pb2.SignedDigest] = []
+        for level in (SITE, REGION):
+            ends = [end for (lvl, _g, end) in self.decided if lvl == level]
+            if ends:
+                last = max(ends)
+                out.extend(c.signed for (lvl, _g, end), c in sorted(self.decided.items())
+                           if lvl == level and end == last)
+        return out[:64]
+
     def query(self, group_by: str | None = None, destination: str | None = None) -> list[Aggregate]:
         """A fleet question answered from aggregates: ``"region"`` rows from the region aggregates, ``None``
         (the fleet) their sum, ``"site"`` the site aggregates held here (this node's site; a site aggregator

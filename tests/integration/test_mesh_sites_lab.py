@@ -51,6 +51,12 @@ def _sum(hosts: range) -> tuple[int, int, int]:
 WANT = {"eu/a": _sum(range(0, 3)), "eu/b": _sum(range(3, 6)), "eu": _sum(range(0, 6))}
 
 
+def _row(group: str) -> tuple[int, int, int]:
+    """(hosts, attempts, useful) of a fleet query's row for ``group``: each host has one useless flow."""
+    hosts, flows, _ = WANT[group]
+    return hosts, flows, flows - hosts
+
+
 async def _publish_round(fleet: Fleet) -> int:
     """Wait for the next period boundary and publish every node's digest of the period that closed."""
     p = int(PERIOD * 1e9)
@@ -94,6 +100,14 @@ async def _converge(fleet: Fleet, rounds: int = 4) -> int:
     raise AssertionError("site aggregates not agreed on in time")
 
 
+def _digest_ids(resp: mesh_pb2.FleetQueryResponse) -> list[mesh_pb2.Digest]:
+    return sorted((mesh_pb2.Digest.FromString(sd.payload) for sd in resp.digests), key=lambda d: d.node_id)
+
+
+def _aggregates(resp: mesh_pb2.FleetQueryResponse) -> list[mesh_pb2.GroupAggregate]:
+    return [mesh_pb2.GroupAggregate.FromString(sd.payload) for sd in resp.group_aggregates]
+
+
 def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregates() -> None:
     async def scenario(fleet: Fleet) -> None:
         # membership per site only (Fleet.start waited for it): a node lists its own site's 3 nodes
@@ -108,6 +122,28 @@ def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregate
             fleet_pool = mesh.sites.pools["fleet"].membership
             assert fleet_pool is not None and fleet_pool.address == mesh.advertise
             assert {x.node_id for x in fleet_pool.members()} == {m.node_id for m in aggs}
+        # every node answers for the other site (and its own) with the sums of that site's digests, from
+        # the signed aggregates (the other site's digests never reach it)
+        for mesh in fleet.meshes:
+            got = await mesh.fleet_query(mesh_pb2.FleetQueryRequest(group_by="site", destination=DEST))
+            rows = {r.group: (r.hosts, r.attempts, r.useful) for r in got.aggregates}
+            assert rows == {"eu/a": _row("eu/a"), "eu/b": _row("eu/b")}, mesh.labels
+            other = "eu/b" if mesh.labels["site"] == "a" else "eu/a"
+            assert [d.node_id for d in _digest_ids(got)] == sorted(
+                m.node_id for m in fleet.meshes if m.labels["site"] == mesh.labels["site"])
+            assert [a.group for a in _aggregates(got)] == [other]
+            whole = await mesh.fleet_query(mesh_pb2.FleetQueryRequest(destination=DEST))
+            assert [(r.group, r.hosts, r.attempts, r.useful) for r in whole.aggregates] == [("fleet", *_row("eu"))]
+        # descending into the other site, only when asked: its members' digests, verified here, per host
+        asker = next(m for m in fleet.meshes if m.labels["site"] == "a")
+        async with grpc.aio.insecure_channel(asker.advertise) as ch:
+            stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
+            got = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(selector={"site": "b"}, group_by="host"))
+        assert {r.group: r.attempts for r in got.aggregates} == {f"eu/b/h{i}": _flows(i) for i in range(3, 6)}
+        assert (sorted(n.node_id for n in got.nodes if n.answered), got.partial) == (
+            sorted(m.node_id for m in fleet.meshes if m.labels["site"] == "b"), False)
+        assert asker.counters["fleet_queries_descended"] == 1
+
         # a pool a node does not run: packets dropped and counted, streams refused UNAVAILABLE
         plain = next(m for m in fleet.meshes if m.sites is not None and not m.sites.is_site_aggregator())
         async with grpc.aio.insecure_channel(plain.advertise) as ch:
