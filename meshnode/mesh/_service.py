@@ -389,8 +389,8 @@ class MeshService:
 
     async def _rejoin_loop(self) -> None:
         """While this node knows nobody else (its seeds were down, or it was partitioned), retry them. With
-        sites, also ask where the rest of the fleet is again: a site aggregator whose fleet pool does not
-        list every aggregator the seeds know joins them (two sites started at once find each other)."""
+        sites, also ask where the rest of the fleet is again while it is alone in its site or, as a site
+        aggregator, alone with its site in the fleet pool (two sites started at once find each other)."""
         while True:
             await asyncio.sleep(self.rejoin_interval)
             m = self._membership
@@ -399,7 +399,7 @@ class MeshService:
             if m.num_members() <= 1:
                 self.joined = await self._join(m)
                 self.counters["rejoins"] += 1
-            if self._sites is not None:
+            if self._sites is not None and self._lonely():
                 await self._locate()
                 self._heal_upper()
 
@@ -409,6 +409,18 @@ class MeshService:
     def sites(self) -> SiteNode | None:
         """This node's part of the site hierarchy (after ``start``; None without ``site_config``)."""
         return self._sites
+
+    def _lonely(self) -> bool:
+        """Whether this node should ask where the rest of the fleet is again: it lists nobody in its site,
+        or it is a site aggregator whose fleet pool lists no other site (two sites that started at once)."""
+        sites = self._sites
+        assert sites is not None
+        if self.membership.num_members() <= 1:
+            return True
+        m = sites.pools["fleet"].membership
+        if m is None or not m._running:
+            return False
+        return all(site_group(x.labels) == sites.site for x in m.members())
 
     def _upper_membership(self, sched: AsyncioScheduler, guard: IdentityGuard | None, role: str) -> Membership:
         """This node's membership of the region or fleet pool (elected in its site): same port, own pool."""

@@ -140,3 +140,15 @@ def test_locate_names_the_site_members_held_and_remembers_askers_bounded() -> No
     assert node.counters["located_evicted"] == 1
     with pytest.raises(PeerError):
         node._on_request(node.pools[SITE], "x", mesh_pb2.SiteRequest(locate="s" * 300).SerializeToString())
+
+
+def test_site_aggregators_setting_parses_and_refuses_out_of_range(tmp_path: object) -> None:
+    from meshnode._exceptions import ConfigError
+    from meshnode.daemon._config import load_config
+
+    env = {"HOME": str(tmp_path), "MESHNODE_SITE_AGGREGATORS": "3"}
+    assert load_config({}, env).site_aggregators == 3
+    assert load_config({"site_aggregators": "2"}, env).site_aggregators == 2  # the flag wins
+    assert load_config({}, {"HOME": str(tmp_path)}).site_aggregators == 0  # flat mesh by default
+    with pytest.raises(ConfigError, match="site_aggregators"):
+        load_config({"site_aggregators": "9"}, env)
