@@ -79,7 +79,7 @@ from meshnode.mesh._digest import (
     verify_digest,
 )
 from meshnode.mesh._fleetflows import Answer, FleetRefused, Page, decode_token, encode_token, member_after, merge
-from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, with_retries
+from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, PoolTransport, with_retries
 from meshnode.mesh._identity import (
     AUDIENCE_METADATA_KEY,
     KEY_URI_PREFIX,
@@ -94,6 +94,7 @@ from meshnode.mesh._identity import (
     tls_peer,
 )
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
+from meshnode.mesh._mux import DelegateMux
 from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, LocalHistory, MeshService, MeshServicer
 from meshnode.mesh._sites import (
     SiteConfig,
@@ -126,6 +127,7 @@ __all__ = [
     "AsyncioScheduler",
     "Awareness",
     "Delegate",
+    "DelegateMux",
     "DigestConfig",
     "DigestExchange",
     "DigestRejected",
@@ -152,6 +154,7 @@ __all__ = [
     "Page",
     "PeerCertificate",
     "PeriodLike",
+    "PoolTransport",
     "ReplyCallback",
     "RollupLike",
     "Scheduler",

@@ -149,12 +149,14 @@ def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregate
         async with grpc.aio.insecure_channel(plain.advertise) as ch:
             stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
             await stub.Packet(mesh_pb2.PacketRequest(from_addr="127.0.0.1:1", payload=b"", pool="fleet"))
+            await stub.Packet(mesh_pb2.PacketRequest(from_addr="127.0.0.1:1", payload=b"", pool="p" * 17))
             try:
                 await stub.Stream(mesh_pb2.StreamRequest(from_addr="127.0.0.1:1", payload=b"", pool="fleet"))
                 raise AssertionError("a stream to a pool not run here was answered")
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.UNAVAILABLE
-        assert (plain.counters["packets_no_pool"], plain.counters["streams_no_pool"]) == (1, 1)
+        assert (plain.counters["packets_no_pool"], plain.counters["streams_no_pool"],
+                plain.counters["packets_oversize"]) == (1, 1, 1)
 
         # a site b aggregator lies: its site aggregate claims ten times the flows
         liar = next(m for m in aggs if m.labels["site"] == "b")

@@ -152,3 +152,40 @@ def test_site_aggregators_setting_parses_and_refuses_out_of_range(tmp_path: obje
     assert load_config({}, {"HOME": str(tmp_path)}).site_aggregators == 0  # flat mesh by default
     with pytest.raises(ConfigError, match="site_aggregators"):
         load_config({"site_aggregators": "9"}, env)
+
+
+def test_located_entries_are_dialled_only_when_well_formed_and_under_mtls_signed_by_their_member() -> None:
+    from meshnode.mesh import MeshService, sign_alive
+
+    svc = MeshService(advertise="127.0.0.1:1", key=NodeKey.from_seed(b"me"), site_config=SiteConfig())
+    other = NodeKey.from_seed(b"other")
+    alive = mesh_pb2.Alive(node=other.node_id, incarnation=3, addr="127.0.0.1:2", labels={"site": "a"})
+    sign_alive(other, alive)
+    signed = mesh_pb2.PushPullMember(node=alive.node, incarnation=3, addr=alive.addr, labels=alive.labels,
+                                     public_key=alive.public_key, signature=alive.signature)
+    moved = mesh_pb2.PushPullMember()
+    moved.CopyFrom(signed)
+    moved.addr = "10.6.6.6:7400"  # someone else says where the member is: its signature no longer covers it
+    assert svc._dialable_entry(signed) and svc._dialable_entry(moved)  # without mTLS, as seeds are
+    svc.node_certificates_only = True
+    assert svc._dialable_entry(signed) and not svc._dialable_entry(moved)
+    assert not svc._dialable_entry(mesh_pb2.PushPullMember(node="x" * 65, addr="127.0.0.1:3"))
+    assert not svc._dialable_entry(mesh_pb2.PushPullMember(node="n", addr="a" * 300))
+    assert not svc._dialable_entry(mesh_pb2.PushPullMember(node="n", addr="h:1", labels={"k": "v" * 300}))
+    assert (svc.counters["located_unsigned"], svc.counters["located_malformed"]) == (1, 3)
+
+
+def test_pool_transports_share_the_port_and_tag_their_calls() -> None:
+    from meshnode.mesh import GrpcTransport
+
+    base = GrpcTransport("127.0.0.1:1")
+    region = base.pool("region")
+    assert region.address == base.address and base.pool("region") is region
+    region.set_handlers(lambda a, p: None, lambda a, p: b"r")
+    handlers = base.handlers("region")
+    assert handlers is not None and handlers[1]("x", b"") == b"r"
+    assert base.handlers("fleet") is None and base.handlers("") == (base.on_packet, base.on_stream)
+    region.close()
+    assert base.handlers("region") is None and base.pool("region") is not region  # re-elected: a new pool
+    with pytest.raises(ValueError, match="pool name"):
+        base.pool("p" * 17)
