@@ -558,9 +558,10 @@ class MeshService:
             return
         d = held.digest
         sites.offer(signed, d)
-        if d.period_end_ns > self._site_closed:
-            self._site_closed = d.period_end_ns
-            sites.period_closed(d.period_end_ns)
+        end = sites.period_of(d.period_end_ns)
+        if end > self._site_closed:
+            self._site_closed = end
+            sites.period_closed(end)
 
     async def _join(self, m: Membership) -> int:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -423,7 +423,8 @@ class SiteNode:
         self.counters: Counter[str] = Counter()
         self._seq = 0
         self.digests: dict[int, dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]]] = {}
-        """By period end: the digests held (own, pushed to this node as aggregator, pulled to validate)."""
+        """By period (``period_of`` their end): the digests held (own, pushed to this node as aggregator,
+        pulled to validate)."""
         self.candidates: dict[GroupKey, dict[str, _Candidate]] = {}
         self.decided: dict[GroupKey, _Candidate] = {}
         self.flagged: dict[str, str] = {}
@@ -505,6 +506,13 @@ class SiteNode:
         t = self._sched.wall_ns() if now_ns is None else now_ns
         return t // p * p
 
+    def period_of(self, end_ns: int) -> int:
+        """The period a digest ending at ``end_ns`` belongs to: the nearest multiple of ``period``. A node
+        closes its period at the first tick after the boundary, so its digest ends a little after it; the
+        digests of one period are summed together all the same (``digests`` is keyed by this)."""
+        p = int(self.config.period * 1e9)
+        return (end_ns + p // 2) // p * p
+
     def publish(self, digest: mesh_pb2.Digest, max_bytes: int = 8192) -> mesh_pb2.SignedDigest:
         """Stamp, bound and sign this node's digest of a period, hold it and push it to the site's aggregators."""
         d = mesh_pb2.Digest()
@@ -522,7 +530,7 @@ class SiteNode:
     def offer(self, signed: mesh_pb2.SignedDigest, d: mesh_pb2.Digest) -> None:
         """Hold this node's signed digest of a period (signed by whoever publishes it, e.g. the node's digest
         exchange) and push it to the site's aggregators."""
-        self.digests.setdefault(d.period_end_ns, {})[self.node_id] = (signed, d)
+        self.digests.setdefault(self.period_of(d.period_end_ns), {})[self.node_id] = (signed, d)
         self.counters["digests_published"] += 1
         for agg in self.site_aggregators():
             if agg == self.node_id:
@@ -684,7 +692,7 @@ class SiteNode:
         if self._stale(d.period_end_ns):
             self.counters["digests_stale"] += 1
             return False
-        per = self.digests.setdefault(d.period_end_ns, {})
+        per = self.digests.setdefault(self.period_of(d.period_end_ns), {})
         have = per.get(d.node_id)
         if have is not None:
             if have[1].seq != d.seq:  # two digests of one period: keep the first, count the equivocation
@@ -864,7 +872,7 @@ class SiteNode:
 
     def _source(self, r: mesh_pb2.AggregateRef) -> Source | None:
         if r.level == HOST:
-            held = self.digests.get(r.period_end_ns, {}).get(r.signer)
+            held = self.digests.get(self.period_of(r.period_end_ns), {}).get(r.signer)
             return digest_source(held[1]) if held is not None and held[1].seq == r.seq else None
         c = self.candidates.get((r.level, r.group, r.period_end_ns), {}).get(r.signer)
         if c is None:
@@ -922,16 +930,14 @@ class SiteNode:
         return [c.agg for (lvl, _g, end), c in sorted(self.decided.items()) if lvl == level and end == last]
 
     def newest_signed(self) -> list[mesh_pb2.SignedDigest]:
-        """The signed site and region aggregates of the newest period decided here (what a member of this
-        site asks of its aggregator to answer a fleet query without the other sites' digests), at most 64."""
-        out: list[mesh_pb2.SignedDigest] = []
-        for level in (SITE, REGION):
-            ends = [end for (lvl, _g, end) in self.decided if lvl == level]
-            if ends:
-                last = max(ends)
-                out.extend(c.signed for (lvl, _g, end), c in sorted(self.decided.items())
-                           if lvl == level and end == last)
-        return out[:64]
+        """The signed site and region aggregates decided here, the newest of each group (what a member of
+        this site asks of its aggregator to answer a fleet query without the other sites' digests), at most
+        64."""
+        newest: dict[tuple[str, str], tuple[int, _Candidate]] = {}
+        for (lvl, group, end), c in self.decided.items():  # per group: groups decide at different moments
+            if newest.get((lvl, group), (-1, c))[0] < end:
+                newest[(lvl, group)] = (end, c)
+        return [c.signed for _k, (_e, c) in sorted(newest.items())][:64]
 
     def query(self, group_by: str | None = None, destination: str | None = None) -> list[Aggregate]:
         """A fleet question answered from aggregates: ``"region"`` rows from the region aggregates, ``None``
@@ -1056,7 +1062,7 @@ class SiteNode:
         out = mesh_pb2.SiteItems()
         for r in refs:
             if r.level == HOST:
-                held = self.digests.get(r.period_end_ns, {}).get(r.signer)
+                held = self.digests.get(self.period_of(r.period_end_ns), {}).get(r.signer)
                 if held is not None and (not r.seq or held[1].seq == r.seq):
                     out.digests.append(held[0])
                 continue
