@@ -88,9 +88,11 @@ from meshnode.mesh._sites import (
     SiteConfig,
     SiteNode,
     aggregate_rows,
-    aggregate_source,
+    aggregate_selected,
     build_aggregate,
     digest_source,
+    group_sums,
+    only_service,
     site_group,
     verify_aggregate,
 )
@@ -910,22 +912,22 @@ class MeshService:
         others: list[tuple[mesh_pb2.SignedDigest, mesh_pb2.GroupAggregate]] = []
         if wanted is None and set(selector) <= {REGION, SITE}:
             others = [(sd, a) for sd, a in await self._group_aggregates(max(0.05, end - loop.time()))
-                      if _aggregate_selected(a, selector, self.labels)]
+                      if aggregate_selected(a, selector, self.labels)]
         if req.group_by in ("", FLEET, REGION, SITE):
             # sums all the way: this site's own aggregate from its (trusted) digests beside the others'
             out = self.exclude(digests) if self.exclude is not None else set()
             own = build_aggregate(SITE, mine, self.node_id, now_ns, [
                 digest_source(d) for nid, (_s, d) in sorted(digests.items()) if nid not in out], max_bytes=1 << 20)
-            groups = _group_sums(req.group_by or FLEET, own if digests else None, [a for _, a in others],
+            groups = group_sums(req.group_by or FLEET, own if digests else None, [a for _, a in others],
                                  self.node_id, group_of(self.labels, REGION))
-            rows = aggregate_rows(_only_service(groups, req.service), now_ns=now_ns,
+            rows = aggregate_rows(only_service(groups, req.service), now_ns=now_ns,
                                   destination=req.destination or None)
             resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
             resp.hosts_excluded = len(out)
             resp.excluded.extend(sorted(out))
         else:  # per host (or another label): this site's detail, the others at the finest level held
             self._digest_rows(req, resp, digests, now_ns)
-            rows = aggregate_rows(_only_service([a for _, a in others], req.service), now_ns=now_ns,
+            rows = aggregate_rows(only_service([a for _, a in others], req.service), now_ns=now_ns,
                                   destination=req.destination or None)
             resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
         resp.group_aggregates.extend(sd for sd, _ in others)
@@ -1391,49 +1393,6 @@ def _selected_group(selector: Mapping[str, str], mine: Mapping[str, str]) -> str
     if SITE not in selector:
         return None
     return f"{selector.get(REGION, mine.get(REGION, MISSING_LABEL))}/{selector[SITE]}"
-
-
-def _aggregate_selected(a: mesh_pb2.GroupAggregate, selector: Mapping[str, str], mine: Mapping[str, str]) -> bool:
-    """Whether group aggregate ``a`` answers for hosts ``selector`` (region and site keys only) selects."""
-    region = a.group.split("/")[0]
-    if REGION in selector and selector[REGION] != region:
-        return False
-    if a.level == REGION:
-        return region != mine.get(REGION, MISSING_LABEL)  # this node's region is summed from its sites
-    return region == mine.get(REGION, MISSING_LABEL)
-
-
-def _group_sums(level: str, own: mesh_pb2.GroupAggregate | None, others: Sequence[mesh_pb2.GroupAggregate],
-                node_id: str, my_region: str) -> list[mesh_pb2.GroupAggregate]:
-    """The groups of a fleet query grouped by ``level`` (site, region, fleet) from site and region sums:
-    this node's region is summed from its sites, the other regions are their aggregates."""
-    sites = ([own] if own is not None else []) + [a for a in others if a.level == SITE]
-    if level == SITE:
-        return sites + [a for a in others if a.level == REGION]
-    end = max([a.period_end_ns for a in [*sites, *others]], default=0)
-    regions = [a for a in others if a.level == REGION]
-    if sites:
-        regions.append(build_aggregate(REGION, my_region, node_id, end, [aggregate_source(a) for a in sites],
-                                       max_bytes=1 << 20))
-    if level == REGION:
-        return regions
-    if not regions:
-        return []
-    return [build_aggregate(FLEET, FLEET, node_id, end, [aggregate_source(a) for a in regions], max_bytes=1 << 20)]
-
-
-def _only_service(aggs: Sequence[mesh_pb2.GroupAggregate], service: str) -> list[mesh_pb2.GroupAggregate]:
-    """``aggs`` with only the destinations of ``service`` (all of them when empty)."""
-    if not service:
-        return list(aggs)
-    out = []
-    for a in aggs:
-        c = mesh_pb2.GroupAggregate()
-        c.CopyFrom(a)
-        del c.by_destination[:]
-        c.by_destination.extend(r for r in a.by_destination if r.service == service)
-        out.append(c)
-    return out
 
 
 def _same_group(level: str, mine: Mapping[str, str], labels: Mapping[str, str]) -> bool:

@@ -42,7 +42,16 @@ from typing import TYPE_CHECKING, Final
 from google.protobuf.message import DecodeError
 
 from meshnode._exceptions import PeerError
-from meshnode.mesh._aggregate import FLEET, HOST_LIMITS, U64_MAX, Aggregate, HostLimits, clamp_rollup, group_of
+from meshnode.mesh._aggregate import (
+    FLEET,
+    HOST_LIMITS,
+    MISSING_LABEL,
+    U64_MAX,
+    Aggregate,
+    HostLimits,
+    clamp_rollup,
+    group_of,
+)
 from meshnode.mesh._broadcast import TransmitLimitedQueue
 from meshnode.mesh._digest import (
     DIGEST_VERSION,
@@ -341,6 +350,49 @@ def aggregate_rows(aggs: Iterable[mesh_pb2.GroupAggregate], *, now_ns: int,
                 rtt_p50_us=float(r.rtt_p50_us) if r.rtt_p50_us else None,
                 rtt_p95_us=float(r.rtt_p95_us) if r.rtt_p95_us else None, newest_age_s=age, oldest_age_s=age,
             ))
+    return out
+
+
+def aggregate_selected(a: mesh_pb2.GroupAggregate, selector: Mapping[str, str], mine: Mapping[str, str]) -> bool:
+    """Whether group aggregate ``a`` answers for hosts ``selector`` (region and site keys only) selects."""
+    region = a.group.split("/")[0]
+    if REGION in selector and selector[REGION] != region:
+        return False
+    if a.level == REGION:
+        return region != mine.get(REGION, MISSING_LABEL)  # this node's region is summed from its sites
+    return region == mine.get(REGION, MISSING_LABEL)
+
+
+def group_sums(level: str, own: mesh_pb2.GroupAggregate | None, others: Sequence[mesh_pb2.GroupAggregate],
+                node_id: str, my_region: str) -> list[mesh_pb2.GroupAggregate]:
+    """The groups of a fleet query grouped by ``level`` (site, region, fleet) from site and region sums:
+    this node's region is summed from its sites, the other regions are their aggregates."""
+    sites = ([own] if own is not None else []) + [a for a in others if a.level == SITE]
+    if level == SITE:
+        return sites + [a for a in others if a.level == REGION]
+    end = max([a.period_end_ns for a in [*sites, *others]], default=0)
+    regions = [a for a in others if a.level == REGION]
+    if sites:
+        regions.append(build_aggregate(REGION, my_region, node_id, end, [aggregate_source(a) for a in sites],
+                                       max_bytes=1 << 20))
+    if level == REGION:
+        return regions
+    if not regions:
+        return []
+    return [build_aggregate(FLEET, FLEET, node_id, end, [aggregate_source(a) for a in regions], max_bytes=1 << 20)]
+
+
+def only_service(aggs: Sequence[mesh_pb2.GroupAggregate], service: str) -> list[mesh_pb2.GroupAggregate]:
+    """``aggs`` with only the destinations of ``service`` (all of them when empty)."""
+    if not service:
+        return list(aggs)
+    out = []
+    for a in aggs:
+        c = mesh_pb2.GroupAggregate()
+        c.CopyFrom(a)
+        del c.by_destination[:]
+        c.by_destination.extend(r for r in a.by_destination if r.service == service)
+        out.append(c)
     return out
 
 
@@ -921,14 +973,6 @@ class SiteNode:
 
     # ------------------------------------------------------------------ fleet queries
 
-    def newest(self, level: str) -> list[mesh_pb2.GroupAggregate]:
-        """The decided aggregates of ``level`` of the newest period for which this node decided any."""
-        ends = [end for (lvl, _g, end) in self.decided if lvl == level]
-        if not ends:
-            return []
-        last = max(ends)
-        return [c.agg for (lvl, _g, end), c in sorted(self.decided.items()) if lvl == level and end == last]
-
     def newest_signed(self) -> list[mesh_pb2.SignedDigest]:
         """The signed site and region aggregates decided here, the newest of each group (what a member of
         this site asks of its aggregator to answer a fleet query without the other sites' digests), at most
@@ -938,22 +982,6 @@ class SiteNode:
             if newest.get((lvl, group), (-1, c))[0] < end:
                 newest[(lvl, group)] = (end, c)
         return [c.signed for _k, (_e, c) in sorted(newest.items())][:64]
-
-    def query(self, group_by: str | None = None, destination: str | None = None) -> list[Aggregate]:
-        """A fleet question answered from aggregates: ``"region"`` rows from the region aggregates, ``None``
-        (the fleet) their sum, ``"site"`` the site aggregates held here (this node's site; a site aggregator
-        holds its region's). Other sites' details are asked of their aggregators, which hold the digests."""
-        now = self._sched.wall_ns()
-        if group_by == SITE:
-            return aggregate_rows(self.newest(SITE), now_ns=now, destination=destination)
-        regions = self.newest(REGION)
-        if group_by == REGION:
-            return aggregate_rows(regions, now_ns=now, destination=destination)
-        if not regions:
-            return []
-        fleet = build_aggregate(FLEET, FLEET, self.node_id, regions[0].period_end_ns,
-                                [aggregate_source(a) for a in regions], max_bytes=1 << 20)
-        return aggregate_rows([fleet], now_ns=now, destination=destination)
 
     # ------------------------------------------------------------------ anti-entropy
 
