@@ -412,6 +412,17 @@ class MeshService:
         """This node's part of the site hierarchy (after ``start``; None without ``site_config``)."""
         return self._sites
 
+    def is_member(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a live member of a pool this node runs (its site; with sites, also the
+        region and fleet pools while it is an aggregator): whose signed requests it answers as a member's."""
+        pools = [self._membership] if self._sites is None else [
+            p.membership for p in self._sites.pools.values() if p.membership is not None and p.membership._running]
+        for m in pools:
+            x = m.member(node_id) if m is not None else None
+            if x is not None and x.state in (State.ALIVE, State.SUSPECT):
+                return True
+        return False
+
     def _lonely(self) -> bool:
         """Whether this node should ask where the rest of the fleet is again: it lists nobody in its site,
         or it is a site aggregator whose fleet pool lists no other site (two sites that started at once)."""
@@ -973,12 +984,20 @@ class MeshService:
 
     async def _descend(self, req: mesh_pb2.FleetQueryRequest, group: str, deadline: float
                        ) -> mesh_pb2.FleetQueryResponse:
-        """Ask site ``group`` itself (one of its members, its aggregators first, found by locate) for its
-        detail, and build the rows here from the digests it returns, each verified and of that site."""
+        """Ask site ``group`` itself for its detail, and build the rows here from the digests it returns,
+        each verified and of that site. A site aggregator asks that site's aggregators (its fleet pool
+        knows them, and they answer a fleet-pool member's signed request); a member asks through its own
+        site's aggregators, who do so."""
         self.counters["fleet_queries_descended"] += 1
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
-        located = await self._locate_group(group)
+        sites = self._sites
+        assert sites is not None
+        if sites.is_site_aggregator():
+            located = await self._locate_group(group)
+        else:
+            located = [(nid, addr) for nid in sites.site_aggregators()
+                       if (addr := sites._addr_of(SITE, nid)) is not None]
         resp = mesh_pb2.FleetQueryResponse()
         if not located:
             resp.partial = True

@@ -7,16 +7,20 @@ carry it across the region, every member cross-checks, and a lying aggregator is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
 import grpc
 
+from meshnode.daemon import NodeConfig
 from meshnode.mesh import MeshService, SiteConfig
 from meshnode.mesh._sites import REGION, SITE
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
+from tests._support import tlsnode
 from tests._support.meshfleet import FAST, Fleet, run, until
 from tests._support.nodeproc import NodeProcess
+from tests._support.tlsnode import Pki
 
 PERIOD = 3.0
 DEST = "10.9.0.1:443"
@@ -137,7 +141,8 @@ def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregate
             whole = await mesh.fleet_query(mesh_pb2.FleetQueryRequest(destination=DEST))
             assert [(r.group, r.hosts, r.attempts, r.useful) for r in whole.aggregates] == [("fleet", *_row("eu"))]
         # descending into the other site, only when asked: its members' digests, verified here, per host
-        asker = next(m for m in fleet.meshes if m.labels["site"] == "a")
+        # (asked of a member that is not an aggregator: it asks through its site's aggregators)
+        asker = next(m for m in fleet.meshes if m.labels["site"] == "a" and m not in aggs)
         async with grpc.aio.insecure_channel(asker.advertise) as ch:
             stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
             got = await stub.FleetQuery(mesh_pb2.FleetQueryRequest(selector={"site": "b"}, group_by="host"))
@@ -238,3 +243,46 @@ def test_meshnode_run_with_site_aggregators_sums_the_other_site_from_its_members
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_sites_under_mutual_tls_answer_and_descend_across_sites(tmp_path: Path) -> None:
+    """The same 2 x 3 fleet with node certificates (``meshnode run``'s security): pools, locate and the
+    signed fleet queries of a member to its aggregator and of an aggregator to another site's work."""
+
+    async def main() -> None:
+        pki = Pki(tmp_path / "pki")
+        async with contextlib.AsyncExitStack() as stack:
+            fleet = Fleet("tls", _labels, SiteConfig(aggregators=2, period=PERIOD), FAST)
+            for i in range(6):
+                cfg = NodeConfig(tls_dir=pki.node(f"n{i}"), data_dir=tmp_path / f"d{i}")
+                cfg.data_dir.mkdir()
+
+                def setup(mesh: MeshService, i: int = i) -> None:
+                    mesh.labels = _labels(i)
+                    mesh.site_config = fleet.site_config
+                    mesh.config = FAST
+                    mesh.source = _Source(i)
+                    mesh.rejoin_interval = 1.0
+
+                seeds = (fleet.meshes[0].advertise,) if fleet.meshes else ()
+                _addr, mesh = await stack.enter_async_context(tlsnode.node(cfg, seeds=seeds, before_start=setup))
+                fleet.meshes.append(mesh)
+            await until(fleet.sites_formed, 15)
+            assert all(m.node_certificates_only for m in fleet.meshes)
+            await _converge(fleet)
+            aggs = [m for m in fleet.meshes if m.sites is not None and m.sites.is_site_aggregator()]
+            member = next(m for m in fleet.meshes if m.labels["site"] == "a" and m not in aggs)
+            got = await member.fleet_query(mesh_pb2.FleetQueryRequest(group_by="site", destination=DEST))
+            assert {r.group: (r.hosts, r.attempts, r.useful) for r in got.aggregates} == {
+                "eu/a": _row("eu/a"), "eu/b": _row("eu/b")}
+            down = await member.fleet_query(mesh_pb2.FleetQueryRequest(selector={"site": "b"}, group_by="host"))
+            assert {r.group: r.attempts for r in down.aggregates} == {f"eu/b/h{i}": _flows(i) for i in range(3, 6)}
+            assert not down.partial
+            # every fleet query between nodes was signed and authorized: a member by its site's aggregator,
+            # an aggregator by the other site's as a fleet-pool member; none refused
+            refused = {k: v for m in fleet.meshes for k, v in m.counters.items()
+                       if k.startswith("requests_") and k not in ("requests_authorized", "requests_unsigned_allowed")}
+            assert refused == {}
+            assert sum(m.counters["requests_authorized"] for m in fleet.meshes) >= 3
+
+    asyncio.run(asyncio.wait_for(main(), 60))
