@@ -367,6 +367,8 @@ class MeshService:
             self._sites.pools[SITE].tag = SITE_TAG
             self._sites.make_upper = functools.partial(self._upper_membership, sched, guard)
             self._sites.upper_seeds = self._upper_seeds
+            self._sites.on_digest = self._exchange.ingest
+            self._exchange.gossip = False  # digests go to the site's aggregators and to who validates them
             delegate = DelegateMux(self._exchange, self._sites.pools[SITE])
             admit_labels = functools.partial(_same_group, SITE, self.labels)
         self._membership = Membership(
@@ -570,6 +572,7 @@ class MeshService:
         if sites is None or held is None or held.signed is not signed:
             return
         d = held.digest
+        sites.validate = self._validated(d)
         sites.offer(signed, d)
         end = sites.period_of(d.period_end_ns)
         if end > self._site_closed:
@@ -670,6 +673,15 @@ class MeshService:
         self._site_publish(signed)
         held = self.exchange.latest(self.node_id)
         self._notify(held.digest if held is not None else d, signed, own=True)
+
+    def _validated(self, d: mesh_pb2.Digest) -> dict[str, str]:
+        """The members this node validates this period, by node id with their address: the site members at
+        the other end of the flows its digest has endpoint records of (their digests are pulled each period
+        to cross-check them; the aggregators get the whole site's anyway)."""
+        hosts = {ep.dst for ep in d.endpoints}
+        return {x.node_id: x.addr for x in self.membership.members()
+                if x.node_id != self.node_id and x.state in (State.ALIVE, State.SUSPECT)
+                and x.addr.rpartition(":")[0].strip("[]") in hosts}
 
     def _forgotten(self, node_ids: list[str]) -> None:
         self.identity.forget(node_ids)

@@ -492,6 +492,9 @@ class SiteNode:
         self.located: OrderedDict[str, mesh_pb2.PushPullMember] = OrderedDict()
         """The latest askers of locates, by node id (``_remember``)."""
         self.on_decide: Callable[[mesh_pb2.GroupAggregate], None] | None = None
+        self.on_digest: Callable[[mesh_pb2.SignedDigest, str], object] | None = None
+        """Called with each peer digest newly held (pushed to this aggregator, pulled to validate) and where
+        it came from: the node hands it to its digest exchange (trust, diagnosis, queries)."""
         self.upper_seeds: Callable[[str], list[str]] | None = None
         """Addresses to join the region (``"region"``) or fleet (``"fleet"``) pool through, once elected."""
         self.make_upper: Callable[[str], Membership] | None = None
@@ -738,9 +741,9 @@ class SiteNode:
             except DigestRejected as exc:
                 self.counters[f"digests_{exc.reason}"] += 1
                 continue
-            self._hold_digest(signed, d)
+            self._hold_digest(signed, d, addr)
 
-    def _hold_digest(self, signed: mesh_pb2.SignedDigest, d: mesh_pb2.Digest) -> bool:
+    def _hold_digest(self, signed: mesh_pb2.SignedDigest, d: mesh_pb2.Digest, source: str = "") -> bool:
         if self._stale(d.period_end_ns):
             self.counters["digests_stale"] += 1
             return False
@@ -754,6 +757,11 @@ class SiteNode:
             self.counters["digests_refused_full"] += 1
             return False
         per[d.node_id] = (signed, d)
+        if self.on_digest is not None and d.node_id != self.node_id:
+            try:
+                self.on_digest(signed, source)
+            except Exception:
+                log.exception("on_digest callback failed")
         return True
 
     def _hold(self, signed: mesh_pb2.SignedDigest, a: mesh_pb2.GroupAggregate, addr: str,
@@ -1083,7 +1091,7 @@ class SiteNode:
         if pool.role != SITE or m is None or m.member(d.node_id) is None:
             self.counters["digests_not_site_member"] += 1
             return
-        if self._hold_digest(signed, d):
+        if self._hold_digest(signed, d, source_addr):
             self.counters["digests_received"] += 1
 
     def _answer(self, refs: Iterable[mesh_pb2.AggregateRef]) -> mesh_pb2.SiteItems:

@@ -46,8 +46,11 @@ class _Source:
     def local_digest(self) -> mesh_pb2.Digest:
         end = _period_end()
         f = _flows(self.i)
-        return mesh_pb2.Digest(period_start_ns=end - int(PERIOD * 1e9), period_end_ns=end, by_destination=[
+        d = mesh_pb2.Digest(period_start_ns=end - int(PERIOD * 1e9), period_end_ns=end, by_destination=[
             flow_pb2.Rollup(key=DEST, flows=f, useful=f - 1, bytes_tx=1000 * f, bytes_rx=10 * f, service="https")])
+        if self.i % 2 == 0:  # a flow with the members at 127.0.0.1 (all of them, here): it validates its site
+            d.endpoints.add(src="127.0.0.1", sport=40000 + self.i, dst="127.0.0.1", dport=443)
+        return d
 
 
 def _sum(hosts: range) -> tuple[int, int, int]:
@@ -128,6 +131,22 @@ def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregate
             fleet_pool = mesh.sites.pools["fleet"].membership
             assert fleet_pool is not None and fleet_pool.address == mesh.advertise
             assert {x.node_id for x in fleet_pool.members()} == {m.node_id for m in aggs}
+        # digests are not gossiped: an aggregator holds its site's (pushed to it), a member those of the
+        # members it validates (pulled each period: the other ends of its flows) and its own
+        site_ids = {m.node_id: {x.node_id for x in fleet.meshes if x.labels["site"] == m.labels["site"]}
+                    for m in fleet.meshes}
+
+        def held_as_designed() -> bool:
+            for i, m in enumerate(fleet.meshes):
+                want = site_ids[m.node_id] if m in aggs or i % 2 == 0 else {m.node_id}
+                if set(m.exchange.held()) != want:
+                    return False
+            return True
+
+        await until(held_as_designed, PERIOD)
+        assert all(len(m.exchange._announces) == 0 and m.exchange.counters["digests_accepted"] > 0
+                   for m in fleet.meshes if m in aggs)
+        assert any(m.sites is not None and m.sites.counters["validation_pulls"] > 0 for m in fleet.meshes)
         # every node answers for the other site (and its own) with the sums of that site's digests, from
         # the signed aggregates (the other site's digests never reach it)
         for mesh in fleet.meshes:

@@ -189,3 +189,23 @@ def test_pool_transports_share_the_port_and_tag_their_calls() -> None:
     assert base.handlers("region") is None and base.pool("region") is not region  # re-elected: a new pool
     with pytest.raises(ValueError, match="pool name"):
         base.pool("p" * 17)
+
+
+def test_a_quiet_exchange_spreads_no_digest_but_answers_pulls() -> None:
+    """With sites the digest exchange holds and verifies, but digests travel by push and validation pull."""
+    from meshnode.mesh import DigestExchange
+
+    sched = ManualScheduler()
+    ex = DigestExchange(NodeKey.from_seed(b"quiet"), sched)
+    ex.gossip = False
+    signed = ex.publish(mesh_pb2.Digest(period_start_ns=1, period_end_ns=2))
+    assert (ex.get_broadcasts(0, 10_000), ex.local_state(False, None)) == ([], b"")
+    ex.notify_msg("x", "a", mesh_pb2.DigestAnnounce(node_id="n1", seq=5).SerializeToString())
+    assert ex.counters["announces_not_gossiped"] == 1
+    ex.merge_remote_state(mesh_pb2.DigestState(digests=[signed]).SerializeToString(), False, "a")
+    answer = mesh_pb2.DigestState.FromString(
+        ex.handle_request("a", mesh_pb2.DigestPull(node_ids=[ex.node_id]).SerializeToString()))
+    assert list(answer.digests) == [signed]
+    peer = DigestExchange(NodeKey.from_seed(b"peer"), sched)
+    peer.gossip = False
+    assert peer.ingest(signed, "a") and peer.latest(ex.node_id) is not None  # a pulled digest is taken
