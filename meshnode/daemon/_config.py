@@ -35,6 +35,9 @@ peer_quotas         []                              per-requester quotas: ``PEER
                                                     or address; per hour, 0 unlimited)
 mesh_max_members    10000                           the most mesh members listed (this node included);
                                                     gossip about more is refused and counted
+site_aggregators    0                               site aggregates: K aggregators elected per site
+                                                    (2 or 3); membership and digests stay within the
+                                                    site (labels region, site); 0: one flat mesh
 privacy             none                            privacy filters on what leaves the node in digests
                                                     (TOML table ``[privacy]``: ``keep``, ``coarsen``
                                                     CIDR lists, ``outside`` keep|coarsen|hash,
@@ -135,6 +138,7 @@ class NodeConfig:
     query_quota: int = 3600
     peer_quotas: tuple[str, ...] = ()
     mesh_max_members: int = 10_000
+    site_aggregators: int = 0
     privacy: PrivacyPolicy | None = None
     insecure: bool = False
     tls_dir: Path | None = None
@@ -372,6 +376,7 @@ PARSERS: Final[dict[str, Callable[[Any], Any]]] = {
     "query_quota": _count(0, 1_000_000),
     "peer_quotas": _peer_quotas,
     "mesh_max_members": _count(2, 1_000_000),
+    "site_aggregators": _count(0, 5),
     "privacy": _privacy,
     "insecure": _bool,
     "tls_dir": _path,

@@ -56,6 +56,8 @@ def configure(subparsers: Any) -> None:
                    "(default 30)")
     p.add_argument("--metrics-processes", metavar="K",
                    help="process names with metric series of their own, the rest as other (default 20)")
+    p.add_argument("--site-aggregators", metavar="K",
+                   help="site aggregates: K aggregators per site (labels region, site); 0 (default): flat mesh")
     p.add_argument("--tls-dir", metavar="DIR",
                    help="mutual TLS: ca.crt and this node's NAME.crt/NAME.key (meshnode ca issue NAME --out DIR)")
     p.add_argument("--insecure", action="store_const", const=True,

@@ -169,14 +169,10 @@ class NodeSecurity:
 
         Returns the signed-request interceptor (its ``counters`` are the mesh's, when there is a mesh).
         """
-        from meshnode.mesh import State
         from meshnode.trust import Authorizer, SignedRequestInterceptor
 
         def member(node_id: str) -> bool:
-            if mesh is None or not mesh.running:
-                return False
-            m = mesh.membership.member(node_id)
-            return m is not None and m.state in (State.ALIVE, State.SUSPECT)
+            return mesh is not None and mesh.running and mesh.is_member(node_id)
 
         authz = Authorizer(self.operators, self.denied, member=member, audience=mesh.node_id if mesh else None)
         check = SignedRequestInterceptor(authz, SIGNED_METHODS, allow_unsigned=self.allow_unsigned)

@@ -85,6 +85,7 @@ class MeshRunner:
             MeshService,
             NodeKey,
             Quota,
+            SiteConfig,
             StoredMeasurements,
             TaskPolicy,
             parse_quotas,
@@ -98,7 +99,10 @@ class MeshRunner:
         ledger = Ledger(Quota(cfg.task_quota, cfg.query_quota), parse_quotas(cfg.peer_quotas))
         self.mesh: MeshService = MeshService(advertise=cfg.listen, key=key, labels=labels, seeds=list(cfg.join),
                                              export_period=cfg.export_period, task_policy=policy, ledger=ledger,
-                                             config=MeshConfig(max_members=cfg.mesh_max_members))
+                                             config=MeshConfig(max_members=cfg.mesh_max_members),
+                                             site_config=SiteConfig(aggregators=cfg.site_aggregators,
+                                                                    period=cfg.export_period)
+                                             if cfg.site_aggregators else None)
         self.mesh.results = StoredMeasurements(node.store)
         node.api.add_servicer(self.mesh.register, MESH_SERVICE)
         node.record_listeners.append(self.mesh.on_period)

@@ -12,7 +12,7 @@ Modules (internal, re-exported here):
     _state       Membership: the SWIM + Lifeguard state machine; Delegate protocol; Member, State
     _digest      NodeKey, Digest building/bounding/signing/verifying, DigestExchange (the delegate)
     _aggregate   label aggregation (pure): aggregate, trusted_aggregate, health_of, hierarchy; HostLimits, centres
-    _grpc_transport  GrpcTransport, RETRYABLE_CODES, with_retries (the one retry policy)
+    _grpc_transport  GrpcTransport, PoolTransport (pools on one port), RETRYABLE_CODES, with_retries
     _identity    identities bound to certificates (mTLS): PeerCertificate, IdentityGuard, signed Alives, audiences
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh); LocalHistory protocol
     _fleetflows  fleet flow queries (pure): limits, member_after cursors, page tokens, merge of answers
@@ -21,6 +21,7 @@ Modules (internal, re-exported here):
     _measurements  where task results are kept: MeasurementStore, HeldMeasurements, StoredMeasurements
     _accounts    accounting (seed 003): Ledger, Account, Quota, parse_quotas
     _sites       site aggregates (seed 000): elect, build/sign/verify_aggregate, aggregate_rows, SiteNode
+    _mux         DelegateMux: the digest exchange and the site hierarchy on one site pool
     _sim         SimCluster: many nodes on a MemoryNetwork (tests, bench/bench_mesh.py)
 
 In the node::
@@ -82,7 +83,7 @@ from meshnode.mesh._digest import (
     verify_digest,
 )
 from meshnode.mesh._fleetflows import Answer, FleetRefused, Page, decode_token, encode_token, member_after, merge
-from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, with_retries
+from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, PoolTransport, with_retries
 from meshnode.mesh._identity import (
     AUDIENCE_METADATA_KEY,
     KEY_URI_PREFIX,
@@ -98,6 +99,7 @@ from meshnode.mesh._identity import (
 )
 from meshnode.mesh._measurements import HeldMeasurements, MeasurementStore, StoredMeasurements
 from meshnode.mesh._memnet import MemoryNetwork, MemoryTransport
+from meshnode.mesh._mux import DelegateMux
 from meshnode.mesh._pathprobe import Hop, trace_path
 from meshnode.mesh._service import MESH_SERVICE, LocalDigestSource, LocalHistory, MeshService, MeshServicer
 from meshnode.mesh._sites import (
@@ -132,6 +134,7 @@ __all__ = [
     "AsyncioScheduler",
     "Awareness",
     "Delegate",
+    "DelegateMux",
     "DigestConfig",
     "DigestExchange",
     "DigestRejected",
@@ -162,6 +165,7 @@ __all__ = [
     "Page",
     "PeerCertificate",
     "PeriodLike",
+    "PoolTransport",
     "Quota",
     "ReplyCallback",
     "RollupLike",

@@ -500,6 +500,11 @@ class DigestExchange:
         """Called with every newly accepted peer digest (to store it, or to measure dissemination)."""
         self.on_forget: Callable[[list[str]], None] | None = None
         """Called with the node ids forgotten (members reaped): what is kept about them elsewhere can go."""
+        self.gossip = True
+        """Whether digests spread by gossip (announcements, push-pull state). With site aggregates they do not:
+        a node hands its digest to its site's aggregators and pulls those of the members it validates
+        (``meshnode.mesh._sites``), which then reach this exchange through ``ingest``; pulls of held digests
+        (``handle_request``) are still answered."""
         self.admit: Callable[[str], str | None] | None = None
         """Who may publish: called with a correctly signed peer digest's node id, None to accept it, else the
         reason it is dropped (counted as ``digests_<reason>``). The node sets ``members_only``; unset, any
@@ -615,6 +620,8 @@ class DigestExchange:
         return self.admit is None or node_id == self.node_id or self.admit(node_id) is None
 
     def _announce(self, node_id: str, seq: int) -> None:
+        if not self.gossip:
+            return
         msg = mesh_pb2.DigestAnnounce(node_id=node_id, seq=seq).SerializeToString()
         self._announces.queue(node_id, msg)
 
@@ -669,6 +676,9 @@ class DigestExchange:
     # ------------------------------------------------------------------ Delegate
 
     def notify_msg(self, source: str, source_addr: str, payload: bytes) -> None:
+        if not self.gossip:
+            self.counters["announces_not_gossiped"] += 1
+            return
         try:
             ann = mesh_pb2.DigestAnnounce.FromString(payload)
         except DecodeError as exc:
@@ -691,6 +701,8 @@ class DigestExchange:
         return self._announces.get_broadcasts(overhead, limit)
 
     def local_state(self, join: bool, remote: bytes | None) -> bytes:
+        if not self.gossip:
+            return b""
         state = mesh_pb2.DigestState(seqs=self.seqs())
         if remote is not None:
             try:
@@ -707,6 +719,8 @@ class DigestExchange:
         return state.SerializeToString()
 
     def merge_remote_state(self, payload: bytes, join: bool, source_addr: str) -> None:
+        if not self.gossip:
+            return
         try:
             state = mesh_pb2.DigestState.FromString(payload)
         except DecodeError as exc:

@@ -52,6 +52,10 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3, b
     raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
 
+MAX_POOL: Final = 16
+"""The longest pool name on the wire (``PacketRequest.pool``, ``StreamRequest.pool``)."""
+
+
 def _drop_packet(src: str, payload: bytes) -> None:
     pass
 
@@ -100,6 +104,8 @@ class GrpcTransport:
         self._closed = False
         self.on_packet: PacketHandler = _drop_packet
         self.on_stream: StreamHandler = _refuse_stream
+        self.pools: dict[str, PoolTransport] = {}
+        """The other pools on this port (``pool``), by name; the default pool ("") is this transport."""
         self.counters: Counter[str] = Counter()
 
     @property
@@ -142,7 +148,24 @@ class GrpcTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def send_packet(self, addr: str, payload: bytes) -> None:
+    def pool(self, name: str) -> PoolTransport:
+        """The transport of pool ``name`` on this port (created on first use): same channels and bounds,
+        its calls tagged with the pool's name so that the receiver hands them to that pool's handlers."""
+        if not name or len(name) > MAX_POOL:
+            raise ValueError(f"pool name {name!r}: 1 to {MAX_POOL} characters")
+        p = self.pools.get(name)
+        if p is None or p.closed:
+            p = self.pools[name] = PoolTransport(self, name)
+        return p
+
+    def handlers(self, pool: str) -> tuple[PacketHandler, StreamHandler] | None:
+        """The receivers of pool ``pool`` on this node (None: it runs no such pool)."""
+        if not pool:
+            return self.on_packet, self.on_stream
+        p = self.pools.get(pool)
+        return None if p is None or p.closed else (p.on_packet, p.on_stream)
+
+    def send_packet(self, addr: str, payload: bytes, pool: str = "") -> None:
         if self._closed:
             return
         if len(self._tasks) >= self._max_inflight:
@@ -150,7 +173,9 @@ class GrpcTransport:
             return
         self.counters["packets_sent"] += 1
         self.counters["packet_bytes_sent"] += len(payload)
-        req = mesh_pb2.PacketRequest(from_addr=self._address, payload=payload)
+        if pool:
+            self.counters[f"pool_{pool}_bytes_sent"] += len(payload)
+        req = mesh_pb2.PacketRequest(from_addr=self._address, payload=payload, pool=pool)
         stub = self.stub(addr)
 
         async def send() -> None:
@@ -169,7 +194,7 @@ class GrpcTransport:
 
         self._spawn(send())
 
-    def request(self, addr: str, payload: bytes, timeout: float, on_reply: ReplyCallback) -> None:
+    def request(self, addr: str, payload: bytes, timeout: float, on_reply: ReplyCallback, pool: str = "") -> None:
         if self._closed:
             asyncio.get_running_loop().call_soon(on_reply, None, "CLOSED")
             return
@@ -180,7 +205,9 @@ class GrpcTransport:
         self._streams += 1
         self.counters["streams_sent"] += 1
         self.counters["stream_bytes_sent"] += len(payload)
-        req = mesh_pb2.StreamRequest(from_addr=self._address, payload=payload)
+        if pool:
+            self.counters[f"pool_{pool}_bytes_sent"] += len(payload)
+        req = mesh_pb2.StreamRequest(from_addr=self._address, payload=payload, pool=pool)
         stub = self.stub(addr)
 
         async def call() -> mesh_pb2.StreamResponse:
@@ -200,6 +227,7 @@ class GrpcTransport:
                 return
             finally:
                 self._streams -= 1
+            self.counters["stream_bytes_received"] += len(resp.payload)
             on_reply(resp.payload, "")
 
         self._spawn(run())
@@ -216,3 +244,39 @@ class GrpcTransport:
         self._channels.clear()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class PoolTransport:
+    """One more membership pool on a node's port (``GrpcTransport.pool``): a ``Transport`` whose calls carry
+    the pool's name. A node runs its site pool on the port's default pool and, while it is a site
+    aggregator, its region and fleet pools beside it; one port, one set of channels, one identity."""
+
+    def __init__(self, base: GrpcTransport, name: str) -> None:
+        self._base = base
+        self.name = name
+        self.closed = False
+        self.on_packet: PacketHandler = _drop_packet
+        self.on_stream: StreamHandler = _refuse_stream
+
+    @property
+    def address(self) -> str:
+        return self._base.address
+
+    def set_handlers(self, on_packet: PacketHandler, on_stream: StreamHandler) -> None:
+        self.on_packet = on_packet
+        self.on_stream = on_stream
+
+    def send_packet(self, addr: str, payload: bytes) -> None:
+        if not self.closed:
+            self._base.send_packet(addr, payload, pool=self.name)
+
+    def request(self, addr: str, payload: bytes, timeout: float, on_reply: ReplyCallback) -> None:
+        if self.closed:
+            asyncio.get_running_loop().call_soon(on_reply, None, "CLOSED")
+            return
+        self._base.request(addr, payload, timeout, on_reply, pool=self.name)
+
+    def close(self) -> None:
+        """Stop this pool only (the node is no longer an aggregator); the port and other pools go on."""
+        self.closed = True
+        self.on_packet, self.on_stream = _drop_packet, _refuse_stream

@@ -33,10 +33,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from meshnode._exceptions import ConfigError, PeerError, StoreError
 from meshnode.mesh._accounts import Ledger
-from meshnode.mesh._aggregate import DEFAULT_LABEL_ORDER, host_reports, matches, trusted_aggregate
+from meshnode.mesh._aggregate import (
+    DEFAULT_LABEL_ORDER,
+    FLEET,
+    MISSING_LABEL,
+    group_of,
+    host_reports,
+    matches,
+    trusted_aggregate,
+)
 from meshnode.mesh._clock import AsyncioScheduler
 from meshnode.mesh._config import MeshConfig
 from meshnode.mesh._digest import (
@@ -64,11 +73,34 @@ from meshnode.mesh._fleetflows import (
     merge,
     share,
 )
-from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
-from meshnode.mesh._identity import PEER, IdentityGuard, PeerCertificate, audience_metadata, sign_alive, tls_peer
+from meshnode.mesh._grpc_transport import MAX_POOL, GrpcTransport, with_retries
+from meshnode.mesh._identity import (
+    PEER,
+    IdentityGuard,
+    PeerCertificate,
+    alive_signed_by_member,
+    audience_metadata,
+    sign_alive,
+    tls_peer,
+)
 from meshnode.mesh._measurements import MAX_MEASUREMENTS_LISTED, HeldMeasurements, MeasurementStore
+from meshnode.mesh._mux import SITE_TAG, DelegateMux
 from meshnode.mesh._pathprobe import trace_path
-from meshnode.mesh._state import Member, Membership, State
+from meshnode.mesh._sites import (
+    REGION,
+    SITE,
+    SiteConfig,
+    SiteNode,
+    aggregate_rows,
+    aggregate_selected,
+    build_aggregate,
+    digest_source,
+    group_sums,
+    only_service,
+    site_group,
+    verify_aggregate,
+)
+from meshnode.mesh._state import Delegate, Member, Membership, State
 from meshnode.mesh._tasks import (
     MEMBER_CALLER,
     TaskPolicy,
@@ -200,6 +232,7 @@ class MeshService:
         task_policy: TaskPolicy | None = None,
         task_bucket: TokenBucket | None = None,
         ledger: Ledger | None = None,
+        site_config: SiteConfig | None = None,
     ) -> None:
         self.key = key
         self.node_id = key.node_id
@@ -265,6 +298,16 @@ class MeshService:
         """Members' fleet flow requests this node answers from its store at once (more: RESOURCE_EXHAUSTED)."""
         self._fan_outs = 0
         self._local_answers = 0
+        self.site_config = site_config
+        """Site aggregates (``meshnode.mesh._sites``): membership and digests stay within this node's site
+        (its ``region``/``site`` labels), elected aggregators sum the site each period and carry it across
+        regions and the fleet. None: one flat mesh, every digest to every node."""
+        self._sites: SiteNode | None = None
+        self._site_closed = 0
+        self.upper_hints: dict[str, dict[str, str]] = {}
+        """Addresses of fleet-pool members (other sites' aggregators) learnt from locate answers, with their
+        labels, bounded by ``SiteConfig.max_sources``: where this node joins the region and fleet pools when
+        it is elected."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -331,15 +374,31 @@ class MeshService:
         self._exchange.admit = members_only(lambda: self._membership, lambda: self.denied,
                                             guard.certified if guard is not None else None)
         self._exchange.on_forget = self._forgotten
+        delegate: Delegate = self._exchange
+        admit_labels: Callable[[Mapping[str, str]], bool] | None = None
+        if self.site_config is not None:
+            self._sites = SiteNode(self.key, self.labels, sched, self.site_config)
+            self._sites.pools[SITE].tag = SITE_TAG
+            self._sites.make_upper = functools.partial(self._upper_membership, sched, guard)
+            self._sites.upper_seeds = self._upper_seeds
+            self._sites.on_digest = self._exchange.ingest
+            self._exchange.gossip = False  # digests go to the site's aggregators and to who validates them
+            delegate = DelegateMux(self._exchange, self._sites.pools[SITE])
+            admit_labels = functools.partial(_same_group, SITE, self.labels)
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
-            delegate=self._exchange, sign_alive=functools.partial(sign_alive, self.key), identity=guard,
+            delegate=delegate, sign_alive=functools.partial(sign_alive, self.key), identity=guard,
+            admit_labels=admit_labels,
         )
         self._exchange.attach(self._membership)
+        if self._sites is not None:
+            self._sites.attach(SITE, self._membership)
         self._membership.start()
         if self.seeds:
             self.joined = await self._join(self._membership)
             log.info("mesh %s joined through %d of %d seeds", self.node_id, self.joined, len(self.seeds))
+            if self._sites is not None:
+                await self._locate()
         loop = asyncio.get_running_loop()
         if self.source is not None and self.export_period > 0:
             self._tasks.append(loop.create_task(self._publish_loop()))
@@ -347,7 +406,9 @@ class MeshService:
             self._tasks.append(loop.create_task(self._rejoin_loop()))
 
     async def _rejoin_loop(self) -> None:
-        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them."""
+        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them. With
+        sites, also ask where the rest of the fleet is again while it is alone in its site or, as a site
+        aggregator, alone with its site in the fleet pool (two sites started at once find each other)."""
         while True:
             await asyncio.sleep(self.rejoin_interval)
             m = self._membership
@@ -356,6 +417,181 @@ class MeshService:
             if m.num_members() <= 1:
                 self.joined = await self._join(m)
                 self.counters["rejoins"] += 1
+            if self._sites is not None and self._lonely():
+                await self._locate()
+                self._heal_upper()
+
+    # ------------------------------------------------------------------ sites
+
+    @property
+    def sites(self) -> SiteNode | None:
+        """This node's part of the site hierarchy (after ``start``; None without ``site_config``)."""
+        return self._sites
+
+    def is_member(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a live member of a pool this node runs (its site; with sites, also the
+        region and fleet pools while it is an aggregator): whose signed requests it answers as a member's."""
+        pools = [self._membership] if self._sites is None else [
+            p.membership for p in self._sites.pools.values() if p.membership is not None and p.membership._running]
+        for m in pools:
+            x = m.member(node_id) if m is not None else None
+            if x is not None and x.state in (State.ALIVE, State.SUSPECT):
+                return True
+        return False
+
+    def _lonely(self) -> bool:
+        """Whether this node should ask where the rest of the fleet is again: it lists nobody in its site,
+        or it is a site aggregator whose fleet pool lists no other site (two sites that started at once)."""
+        sites = self._sites
+        assert sites is not None
+        if self.membership.num_members() <= 1:
+            return True
+        m = sites.pools["fleet"].membership
+        if m is None or not m._running:
+            return False
+        return all(site_group(x.labels) == sites.site for x in m.members())
+
+    def _upper_membership(self, sched: AsyncioScheduler, guard: IdentityGuard | None, role: str) -> Membership:
+        """This node's membership of the region or fleet pool (elected in its site): same port, own pool."""
+        assert self._sites is not None
+        admit = functools.partial(_same_group, REGION, self.labels) if role == REGION else None
+        return Membership(self.node_id, self.transport.pool(role), sched, labels=self.labels, config=self.config,
+                          rng=random.Random(self._rng.getrandbits(64)), delegate=self._sites.pools[role],
+                          sign_alive=functools.partial(sign_alive, self.key), identity=guard, admit_labels=admit)
+
+    def _upper_seeds(self, role: str) -> list[str]:
+        """Where to join an upper pool: the other aggregators of this site (elected before, so in it), then
+        the fleet's aggregators learnt from locate answers (of this region, for the region pool)."""
+        assert self._sites is not None
+        out = [a for a in (self._sites._addr_of(SITE, x) for x in self._sites.site_aggregators()
+                           if x != self.node_id) if a]
+        for addr, labels in self.upper_hints.items():
+            if role == "fleet" or group_of(labels, REGION) == group_of(self.labels, REGION):
+                out.append(addr)
+        return list(dict.fromkeys(a for a in out if a != self.advertise))
+
+    def _heal_upper(self) -> None:
+        """Join the aggregators the locate answers named that this node's upper pools do not list."""
+        assert self._sites is not None
+        for role in (REGION, "fleet"):
+            m = self._sites.pools[role].membership
+            if m is None or not m._running:
+                continue
+            listed = {x.addr for x in m.members()}
+            missing = [a for a in self._upper_seeds(role) if a not in listed]
+            if missing:
+                self.counters[f"{role}_pool_heals"] += 1
+                m.join(missing)
+
+    async def _ask_locate(self, addr: str, group: str | None = None) -> mesh_pb2.SiteItems | None:
+        m = self._membership
+        assert m is not None and self._sites is not None
+        done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def reply(raw: bytes | None, err: str) -> None:
+            if not done.done():
+                done.set_result(raw)
+
+        me = m.member(self.node_id)
+        assert me is not None
+        asker = mesh_pb2.PushPullMember(node=me.node_id, addr=me.addr, incarnation=me.incarnation,
+                                        labels=me.labels, public_key=me.public_key, signature=me.signature)
+        req = mesh_pb2.SiteRequest(locate=self._sites.site if group is None else group)
+        if group is None:  # asking for its own site: remembered, so that its site's next members find it
+            req.asker.CopyFrom(asker)
+        m.request(addr, SITE_TAG + req.SerializeToString(), reply)
+        raw = await done
+        if raw is None:
+            self.counters["locates_failed"] += 1
+            return None
+        try:
+            return mesh_pb2.SiteItems.FromString(raw)
+        except DecodeError:
+            self.counters["locate_answers_malformed"] += 1
+            return None
+
+    def _dialable_entry(self, e: mesh_pb2.PushPullMember) -> bool:
+        """A located member's address is dialled only when its entry is well formed and, under mTLS, its
+        Alive is signed by the member's own key (nobody else names where a member is)."""
+        cfg = self.config
+        if (not e.node or len(e.node) > 64 or not e.addr or len(e.addr) > MAX_FROM_ADDR
+                or len(e.labels) > cfg.max_labels
+                or any(len(k) > cfg.max_label_bytes or len(v) > cfg.max_label_bytes for k, v in e.labels.items())):
+            self.counters["located_malformed"] += 1
+            return False
+        if self.node_certificates_only and not alive_signed_by_member(mesh_pb2.Alive(
+                node=e.node, incarnation=e.incarnation, addr=e.addr, labels=e.labels, public_key=e.public_key,
+                signature=e.signature)):
+            self.counters["located_unsigned"] += 1
+            return False
+        return e.node != self.node_id
+
+    async def _locate(self) -> None:
+        """Find this node's site through the seeds (any site's nodes answer), and the fleet's aggregators.
+
+        A seed of another site answers with the members of this node's site it lists (as an aggregator) and
+        the aggregators it knows; when it lists none of the site, those aggregators are asked in turn (one
+        more round): every site's aggregators are in the fleet pool, so they know where each site is.
+        """
+        m = self._membership
+        sites = self._sites
+        if m is None or sites is None:
+            return
+        asked: set[str] = set()
+        ask = [s for s in self.seeds if s != self.advertise]
+        found: dict[str, str] = {}
+        for _round in range(2):
+            ask = [a for a in dict.fromkeys(ask) if a not in asked][: sites.config.max_pull]
+            if not ask:
+                break
+            asked.update(ask)
+            answers = await asyncio.gather(*(self._ask_locate(a) for a in ask))
+            ask = []
+            for items in answers:
+                if items is None:
+                    continue
+                for e in items.members[: sites.config.max_pull]:
+                    if self._dialable_entry(e) and site_group(e.labels) == sites.site:
+                        found[e.node] = e.addr
+                for e in items.aggregators[: sites.config.max_pull]:
+                    if not self._dialable_entry(e):
+                        continue
+                    if e.addr not in self.upper_hints and len(self.upper_hints) >= sites.config.max_sources:
+                        self.counters["upper_hints_dropped"] += 1
+                        continue
+                    self.upper_hints[e.addr] = dict(e.labels)
+                    ask.append(e.addr)
+            if found:
+                break
+        new = [addr for nid, addr in found.items() if m.member(nid) is None]
+        if new:
+            self.counters["site_joins_located"] += 1
+            await self._join_addrs(m, new)
+
+    async def _join_addrs(self, m: Membership, addrs: list[str]) -> int:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def joined(n: int) -> None:
+            if not done.done():
+                done.set_result(n)
+
+        m.join(addrs, on_done=joined)
+        return await done
+
+    def _site_publish(self, signed: mesh_pb2.SignedDigest) -> None:
+        """Hand this node's signed digest to its site's aggregators and close its period in the hierarchy
+        (builds, validation pulls and region work are timed from the period's end)."""
+        sites = self._sites
+        held = self.exchange.latest(self.node_id)
+        if sites is None or held is None or held.signed is not signed:
+            return
+        d = held.digest
+        sites.validate = self._validated(d)
+        sites.offer(signed, d)
+        end = sites.period_of(d.period_end_ns)
+        if end > self._site_closed:
+            self._site_closed = end
+            sites.period_closed(end)
 
     async def _join(self, m: Membership) -> int:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -386,7 +622,9 @@ class MeshService:
         if not d.labels:
             d.labels.update(self.membership.labels)
         self._attach_measurements(d)
-        return self.exchange.publish(d)
+        signed = self.exchange.publish(d)
+        self._site_publish(signed)
+        return signed
 
     async def stop(self, leave_timeout: float = 2.0, leave: bool = True) -> None:
         """Leave gracefully (wait up to ``leave_timeout`` for the broadcast to go out), then shut down.
@@ -400,6 +638,11 @@ class MeshService:
         m = self._membership
         if m is None:
             return
+        if self._sites is not None:
+            for role in (REGION, "fleet"):
+                um = self._sites.pools[role].membership
+                if um is not None and um._running:
+                    um.shutdown()
         if leave:
             done = asyncio.Event()
             m.leave(on_done=done.set)
@@ -441,8 +684,18 @@ class MeshService:
                     d.ClearField(name)
                 break
         signed = self.exchange.publish(d)
+        self._site_publish(signed)
         held = self.exchange.latest(self.node_id)
         self._notify(held.digest if held is not None else d, signed, own=True)
+
+    def _validated(self, d: mesh_pb2.Digest) -> dict[str, str]:
+        """The members this node validates this period, by node id with their address: the site members at
+        the other end of the flows its digest has endpoint records of (their digests are pulled each period
+        to cross-check them; the aggregators get the whole site's anyway)."""
+        hosts = {ep.dst for ep in d.endpoints}
+        return {x.node_id: x.addr for x in self.membership.members()
+                if x.node_id != self.node_id and x.state in (State.ALIVE, State.SUSPECT)
+                and x.addr.rpartition(":")[0].strip("[]") in hosts}
 
     def _forgotten(self, node_ids: list[str]) -> None:
         self.identity.forget(node_ids)
@@ -595,6 +848,13 @@ class MeshService:
         counters["announces_dropped"] = self.exchange._announces.dropped
         counters["digest_history_evicted"] = self.exchange.history.evicted
         counters["accounts_evicted"] = self.ledger.evicted
+        if self._sites is not None:
+            counters.update({f"sites_{k}": v for k, v in self._sites.counters.items()})
+            for role in (REGION, "fleet"):
+                um = self._sites.pools[role].membership
+                if um is not None:
+                    counters.update({f"{role}_pool_{k}": v for k, v in um.counters.items()})
+                    counters[f"{role}_pool_broadcasts_dropped"] = um._broadcasts.dropped
         return counters
 
     def member_states(self) -> dict[str, int]:
@@ -617,11 +877,25 @@ class MeshService:
                 resp.nodes.add(node_id=self.node_id, answered=True)
                 resp.digests.append(held.signed)
             return resp
+        if req.aggregates_only:
+            return mesh_pb2.FleetQueryResponse(group_aggregates=self._sites.newest_signed()
+                                               if self._sites is not None else [])
         deadline = (req.deadline_ms or DEFAULT_QUERY_DEADLINE_MS) / 1000.0
         selector = dict(req.selector)
+        if self._sites is not None:
+            return await self._site_fleet_query(req, selector, deadline)
         targets: list[Member] = [
             x for x in self.membership.members() if matches(x.labels, selector)
         ]
+        resp, digests, now_ns = await self._collect_digests(targets, deadline)
+        self._digest_rows(req, resp, digests, now_ns)
+        return resp
+
+    async def _collect_digests(self, targets: list[Member], deadline: float
+                               ) -> tuple[mesh_pb2.FleetQueryResponse, dict[str, tuple[mesh_pb2.SignedDigest,
+                                                                                        mesh_pb2.Digest]], int]:
+        """Ask each of ``targets`` for its newest digest (within ``deadline``) and verify it: the answer's
+        node statuses and digests, the verified digests by node id, and the wall clock when asked."""
         statuses: dict[str, mesh_pb2.NodeStatus] = {}
         digests: dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]] = {}
         now_ns = self.membership._sched.wall_ns()
@@ -698,6 +972,11 @@ class MeshService:
             else:
                 resp.nodes.add().CopyFrom(statuses[x.node_id])
         resp.partial = any(not n.answered for n in resp.nodes)
+        return resp, digests, now_ns
+
+    def _digest_rows(self, req: mesh_pb2.FleetQueryRequest, resp: mesh_pb2.FleetQueryResponse,
+                     digests: Mapping[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]], now_ns: int) -> None:
+        """The rows of ``req`` from verified member digests (trust's flagged hosts left out), into ``resp``."""
         out = self.exclude(digests) if self.exclude is not None else set()
         reports = host_reports(d for _, d in digests.values())
         clamped = sum(1 for r in reports if r.clamped)
@@ -712,7 +991,165 @@ class MeshService:
             resp.aggregates.add(group=group, destination=dest, hosts_excluded=n)
         resp.hosts_excluded = len(out)
         resp.excluded.extend(sorted(out))
+
+    # ------------------------------------------------------------------ fleet queries over sites
+
+    async def _site_fleet_query(self, req: mesh_pb2.FleetQueryRequest, selector: dict[str, str],
+                                deadline: float) -> mesh_pb2.FleetQueryResponse:
+        """A fleet query with site aggregates: this node's site from its members' digests, the rest of the
+        fleet from the signed aggregates its site's aggregators decided (a site of this region each, a
+        region each beyond). A selector naming another site descends into it: that site answers with its
+        members' digests, verified here."""
+        sites = self._sites
+        assert sites is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        mine = site_group(self.labels)
+        wanted = _selected_group(selector, self.labels)
+        if wanted is not None and wanted != mine:
+            return await self._descend(req, wanted, deadline)
+        targets = [x for x in self.membership.members() if matches(x.labels, selector)]
+        resp, digests, now_ns = await self._collect_digests(targets, deadline)
+        others: list[tuple[mesh_pb2.SignedDigest, mesh_pb2.GroupAggregate]] = []
+        if wanted is None and set(selector) <= {REGION, SITE}:
+            others = [(sd, a) for sd, a in await self._group_aggregates(max(0.05, end - loop.time()))
+                      if aggregate_selected(a, selector, self.labels)]
+        if req.group_by in ("", FLEET, REGION, SITE):
+            # sums all the way: this site's own aggregate from its (trusted) digests beside the others'
+            out = self.exclude(digests) if self.exclude is not None else set()
+            own = build_aggregate(SITE, mine, self.node_id, now_ns, [
+                digest_source(d) for nid, (_s, d) in sorted(digests.items()) if nid not in out], max_bytes=1 << 20)
+            groups = group_sums(req.group_by or FLEET, own if digests else None, [a for _, a in others],
+                                 self.node_id, group_of(self.labels, REGION))
+            rows = aggregate_rows(only_service(groups, req.service), now_ns=now_ns,
+                                  destination=req.destination or None)
+            resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
+            resp.hosts_excluded = len(out)
+            resp.excluded.extend(sorted(out))
+        else:  # per host (or another label): this site's detail, the others at the finest level held
+            self._digest_rows(req, resp, digests, now_ns)
+            rows = aggregate_rows(only_service([a for _, a in others], req.service), now_ns=now_ns,
+                                  destination=req.destination or None)
+            resp.aggregates.extend(_aggregate_to_proto(a) for a in rows)
+        resp.group_aggregates.extend(sd for sd, _ in others)
+        self.counters["fleet_queries_from_aggregates"] += 1
         return resp
+
+    async def _group_aggregates(self, timeout: float) -> list[tuple[mesh_pb2.SignedDigest, mesh_pb2.GroupAggregate]]:
+        """The other groups' signed aggregates of the newest period decided: held here when this node is a
+        site aggregator, else asked of its site's aggregators (first that answers) and verified."""
+        sites = self._sites
+        assert sites is not None
+        mine = sites.site
+        if sites.is_site_aggregator():
+            signed = sites.newest_signed()
+        else:
+            signed = []
+            for nid in sites.site_aggregators():
+                addr = sites._addr_of(SITE, nid)
+                if addr is None:
+                    continue
+                stub = self.transport.stub(addr)
+                try:
+                    got = await with_retries(lambda stub=stub, nid=nid: stub.FleetQuery(  # type: ignore[misc]
+                        mesh_pb2.FleetQueryRequest(aggregates_only=True), timeout=timeout,
+                        metadata=audience_metadata(nid)), budget=timeout)
+                except grpc.aio.AioRpcError as exc:
+                    self.counters[f"group_aggregates_failed_{exc.code().name}"] += 1
+                    continue
+                signed = list(got.group_aggregates[:MAX_GROUP_AGGREGATES])
+                break
+        out = []
+        now_ns = self.membership._sched.wall_ns()
+        for sd in signed:
+            try:
+                a = verify_aggregate(sd, sites.config, now_ns)
+            except DigestRejected as exc:
+                self.counters[f"query_aggregates_{exc.reason}"] += 1
+                continue
+            if a.aggregator in sites.flagged or (a.level == SITE and a.group == mine):
+                continue
+            out.append((sd, a))
+        return out
+
+    async def _descend(self, req: mesh_pb2.FleetQueryRequest, group: str, deadline: float
+                       ) -> mesh_pb2.FleetQueryResponse:
+        """Ask site ``group`` itself for its detail, and build the rows here from the digests it returns,
+        each verified and of that site. A site aggregator asks that site's aggregators (its fleet pool
+        knows them, and they answer a fleet-pool member's signed request); a member asks through its own
+        site's aggregators, who do so."""
+        self.counters["fleet_queries_descended"] += 1
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        sites = self._sites
+        assert sites is not None
+        if sites.is_site_aggregator():
+            located = await self._locate_group(group)
+        else:
+            located = [(nid, addr) for nid in sites.site_aggregators()
+                       if (addr := sites._addr_of(SITE, nid)) is not None]
+        resp = mesh_pb2.FleetQueryResponse()
+        if not located:
+            resp.partial = True
+            resp.nodes.add(node_id="", error=f"no member of site {group} found")
+            return resp
+        now_ns = self.membership._sched.wall_ns()
+        for nid, addr in located[:3]:
+            left = end - loop.time()
+            if left <= 0:
+                break
+            sub = mesh_pb2.FleetQueryRequest()
+            sub.CopyFrom(req)
+            sub.deadline_ms = max(1, int(left * RELAY_DEADLINE_SHARE * 1000))
+            stub = self.transport.stub(addr)
+            try:
+                got = await asyncio.wait_for(stub.FleetQuery(sub, timeout=left, metadata=audience_metadata(nid)),
+                                             left)
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                self.counters["fleet_queries_descend_failed"] += 1
+                log.info("site %s member %s did not answer a fleet query: %s", group, addr, exc)
+                continue
+            digests: dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]] = {}
+            for signed in got.digests[: self.config.max_members]:
+                try:
+                    d = verify_digest(signed, self.digest_config.max_bytes, now_ns)
+                except DigestRejected as exc:
+                    self.counters[f"query_digests_{exc.reason}"] += 1
+                    continue
+                if site_group(d.labels) == group and matches(d.labels, dict(req.selector)):
+                    digests[d.node_id] = (signed, d)
+            for n in got.nodes[: self.config.max_members]:
+                st = resp.nodes.add()
+                st.CopyFrom(n)
+                st.answered = n.node_id in digests
+                st.via = nid
+            resp.digests.extend(sd for sd, _ in digests.values())
+            resp.partial = any(not n.answered for n in resp.nodes)
+            self._digest_rows(req, resp, digests, now_ns)
+            return resp
+        resp.partial = True
+        resp.nodes.add(node_id="", error=f"no member of site {group} answered")
+        return resp
+
+    async def _locate_group(self, group: str) -> list[tuple[str, str]]:
+        """``(node_id, addr)`` of members of site ``group``, its aggregators first: asked of this node's site
+        aggregators (in the fleet pool, they know every site's), then of the fleet's aggregators known."""
+        sites = self._sites
+        assert sites is not None
+        held = sites.locate_answer(group)
+        if held.members:
+            return [(e.node, e.addr) for e in held.members if self._dialable_entry(e)]
+        ask = [e.addr for e in held.aggregators if e.node != self.node_id] + list(self.upper_hints)
+        for addr in list(dict.fromkeys(ask))[:4]:
+            items = await self._ask_locate(addr, group)
+            if items is None:
+                continue
+            found = [(e.node, e.addr) for e in items.members[: sites.config.max_pull]
+                     if self._dialable_entry(e) and site_group(e.labels) == group]
+            if found:
+                aggs = {e.node for e in items.aggregators}
+                return sorted(found, key=lambda x: x[0] not in aggs)
+        return []
 
     # ------------------------------------------------------------------ fleet history
 
@@ -954,14 +1391,19 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> mesh_pb2.PacketResponse:
         svc = self._svc
         peer = await self._gossip_peer(context)
-        if len(request.payload) > 2 * svc.config.packet_budget or len(request.from_addr) > MAX_FROM_ADDR:
+        if (len(request.payload) > 2 * svc.config.packet_budget or len(request.from_addr) > MAX_FROM_ADDR
+                or len(request.pool) > MAX_POOL):
             svc.counters["packets_oversize"] += 1
             log.warning("oversize mesh packet (%d bytes) from %s (%s) dropped", len(request.payload),
                         request.from_addr[:MAX_FROM_ADDR], context.peer())
         elif svc.running:
+            handlers = svc.transport.handlers(request.pool)
+            if handlers is None:
+                svc.counters["packets_no_pool"] += 1
+                return mesh_pb2.PacketResponse()
             token = PEER.set(peer)
             try:
-                svc.transport.on_packet(request.from_addr, request.payload)
+                handlers[0](request.from_addr, request.payload)
             finally:
                 PEER.reset(token)
         return mesh_pb2.PacketResponse()
@@ -973,16 +1415,23 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         if not svc.running:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mesh not running")
         peer = await self._gossip_peer(context)
-        if len(request.payload) > svc.config.max_stream_bytes or len(request.from_addr) > MAX_FROM_ADDR:
+        if (len(request.payload) > svc.config.max_stream_bytes or len(request.from_addr) > MAX_FROM_ADDR
+                or len(request.pool) > MAX_POOL):
             svc.counters["streams_oversize"] += 1
             log.warning("oversize mesh stream request (%d bytes) from %s refused", len(request.payload),
                         context.peer())
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"stream request over {svc.config.max_stream_bytes} bytes "
-                                f"(or from_addr over {MAX_FROM_ADDR})")
+                                f"(or from_addr over {MAX_FROM_ADDR}, or pool over {MAX_POOL})")
+        handlers = svc.transport.handlers(request.pool)
+        if handlers is None:
+            svc.counters["streams_no_pool"] += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"this node runs no {request.pool!r} pool (it is "
+                                "not one of its site's aggregators now)")
+        assert handlers is not None
         token = PEER.set(peer)
         try:
-            answer = svc.transport.on_stream(request.from_addr, request.payload)
+            answer = handlers[1](request.from_addr, request.payload)
         except PeerError as exc:
             log.warning("bad mesh stream request from %s (%s) refused: %s", request.from_addr, context.peer(), exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -993,6 +1442,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "the node failed to handle this stream request")
         finally:
             PEER.reset(token)
+        svc.counters["stream_bytes_answered"] += len(answer)
         return mesh_pb2.StreamResponse(payload=answer)
 
     async def Peers(
@@ -1071,6 +1521,23 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             log.info("fleet flows request from %s refused: %s", context.peer(), exc)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
         raise AssertionError("unreachable")  # abort raises
+
+
+MAX_GROUP_AGGREGATES = 64
+"""Signed group aggregates one fleet query answer carries (``FleetQueryResponse.group_aggregates``)."""
+
+
+def _selected_group(selector: Mapping[str, str], mine: Mapping[str, str]) -> str | None:
+    """The site a selector pins (its ``site``, in its ``region`` or else this node's), or None."""
+    if SITE not in selector:
+        return None
+    return f"{selector.get(REGION, mine.get(REGION, MISSING_LABEL))}/{selector[SITE]}"
+
+
+def _same_group(level: str, mine: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Whether a member with ``labels`` is in this node's group at ``level`` (its site pool's, its region
+    pool's admission rule). Nodes without those labels are all in the one default group."""
+    return group_of(labels, level) == group_of(mine, level)
 
 
 def _peer_host(peer: str) -> str:

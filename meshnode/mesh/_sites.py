@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -42,7 +42,16 @@ from typing import TYPE_CHECKING, Final
 from google.protobuf.message import DecodeError
 
 from meshnode._exceptions import PeerError
-from meshnode.mesh._aggregate import FLEET, HOST_LIMITS, U64_MAX, Aggregate, HostLimits, clamp_rollup, group_of
+from meshnode.mesh._aggregate import (
+    FLEET,
+    HOST_LIMITS,
+    MISSING_LABEL,
+    U64_MAX,
+    Aggregate,
+    HostLimits,
+    clamp_rollup,
+    group_of,
+)
 from meshnode.mesh._broadcast import TransmitLimitedQueue
 from meshnode.mesh._digest import (
     DIGEST_VERSION,
@@ -60,7 +69,7 @@ from meshnode.v1 import flow_pb2, mesh_pb2
 
 if TYPE_CHECKING:
     from meshnode.mesh._clock import Scheduler
-    from meshnode.mesh._state import Membership
+    from meshnode.mesh._state import Member, Membership
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +353,49 @@ def aggregate_rows(aggs: Iterable[mesh_pb2.GroupAggregate], *, now_ns: int,
     return out
 
 
+def aggregate_selected(a: mesh_pb2.GroupAggregate, selector: Mapping[str, str], mine: Mapping[str, str]) -> bool:
+    """Whether group aggregate ``a`` answers for hosts ``selector`` (region and site keys only) selects."""
+    region = a.group.split("/")[0]
+    if REGION in selector and selector[REGION] != region:
+        return False
+    if a.level == REGION:
+        return region != mine.get(REGION, MISSING_LABEL)  # this node's region is summed from its sites
+    return region == mine.get(REGION, MISSING_LABEL)
+
+
+def group_sums(level: str, own: mesh_pb2.GroupAggregate | None, others: Sequence[mesh_pb2.GroupAggregate],
+                node_id: str, my_region: str) -> list[mesh_pb2.GroupAggregate]:
+    """The groups of a fleet query grouped by ``level`` (site, region, fleet) from site and region sums:
+    this node's region is summed from its sites, the other regions are their aggregates."""
+    sites = ([own] if own is not None else []) + [a for a in others if a.level == SITE]
+    if level == SITE:
+        return sites + [a for a in others if a.level == REGION]
+    end = max([a.period_end_ns for a in [*sites, *others]], default=0)
+    regions = [a for a in others if a.level == REGION]
+    if sites:
+        regions.append(build_aggregate(REGION, my_region, node_id, end, [aggregate_source(a) for a in sites],
+                                       max_bytes=1 << 20))
+    if level == REGION:
+        return regions
+    if not regions:
+        return []
+    return [build_aggregate(FLEET, FLEET, node_id, end, [aggregate_source(a) for a in regions], max_bytes=1 << 20)]
+
+
+def only_service(aggs: Sequence[mesh_pb2.GroupAggregate], service: str) -> list[mesh_pb2.GroupAggregate]:
+    """``aggs`` with only the destinations of ``service`` (all of them when empty)."""
+    if not service:
+        return list(aggs)
+    out = []
+    for a in aggs:
+        c = mesh_pb2.GroupAggregate()
+        c.CopyFrom(a)
+        del c.by_destination[:]
+        c.by_destination.extend(r for r in a.by_destination if r.service == service)
+        out.append(c)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the node
 
 
@@ -368,6 +420,9 @@ class _Pool:
         self.role = role
         self.membership: Membership | None = None
         self.queue = TransmitLimitedQueue(self._n, node.config.retransmit_mult)
+        self.tag = b""
+        """Prefixed to this pool's requests: ``meshnode.mesh._mux.SITE_TAG`` when the pool's membership is
+        shared with the digest exchange (the node's site pool), else nothing."""
 
     def _n(self) -> int:
         return self.membership.num_members() if self.membership is not None else 1
@@ -420,7 +475,8 @@ class SiteNode:
         self.counters: Counter[str] = Counter()
         self._seq = 0
         self.digests: dict[int, dict[str, tuple[mesh_pb2.SignedDigest, mesh_pb2.Digest]]] = {}
-        """By period end: the digests held (own, pushed to this node as aggregator, pulled to validate)."""
+        """By period (``period_of`` their end): the digests held (own, pushed to this node as aggregator,
+        pulled to validate)."""
         self.candidates: dict[GroupKey, dict[str, _Candidate]] = {}
         self.decided: dict[GroupKey, _Candidate] = {}
         self.flagged: dict[str, str] = {}
@@ -433,7 +489,12 @@ class SiteNode:
         self._deciding: set[GroupKey] = set()
         self._pulling: set[tuple[str, bytes]] = set()
         self._decide_timers: set[GroupKey] = set()
+        self.located: OrderedDict[str, mesh_pb2.PushPullMember] = OrderedDict()
+        """The latest askers of locates, by node id (``_remember``)."""
         self.on_decide: Callable[[mesh_pb2.GroupAggregate], None] | None = None
+        self.on_digest: Callable[[mesh_pb2.SignedDigest, str], object] | None = None
+        """Called with each peer digest newly held (pushed to this aggregator, pulled to validate) and where
+        it came from: the node hands it to its digest exchange (trust, diagnosis, queries)."""
         self.upper_seeds: Callable[[str], list[str]] | None = None
         """Addresses to join the region (``"region"``) or fleet (``"fleet"``) pool through, once elected."""
         self.make_upper: Callable[[str], Membership] | None = None
@@ -476,7 +537,8 @@ class SiteNode:
 
     def _request(self, role: str, addr: str, req: mesh_pb2.SiteRequest,
                  on_reply: Callable[[mesh_pb2.SiteItems | None], None]) -> None:
-        m = self.pools[role].membership or self.site_pool
+        pool = self.pools[role] if self.pools[role].membership is not None else self.pools[SITE]
+        m = pool.membership or self.site_pool
 
         def reply(raw: bytes | None, err: str) -> None:
             if raw is None:
@@ -489,7 +551,7 @@ class SiteNode:
                 self.counters["answers_malformed"] += 1
                 on_reply(None)
 
-        m.request(addr, req.SerializeToString(), reply)
+        m.request(addr, pool.tag + req.SerializeToString(), reply)
 
     # ------------------------------------------------------------------ periods
 
@@ -498,6 +560,13 @@ class SiteNode:
         p = int(self.config.period * 1e9)
         t = self._sched.wall_ns() if now_ns is None else now_ns
         return t // p * p
+
+    def period_of(self, end_ns: int) -> int:
+        """The period a digest ending at ``end_ns`` belongs to: the nearest multiple of ``period``. A node
+        closes its period at the first tick after the boundary, so its digest ends a little after it; the
+        digests of one period are summed together all the same (``digests`` is keyed by this)."""
+        p = int(self.config.period * 1e9)
+        return (end_ns + p // 2) // p * p
 
     def publish(self, digest: mesh_pb2.Digest, max_bytes: int = 8192) -> mesh_pb2.SignedDigest:
         """Stamp, bound and sign this node's digest of a period, hold it and push it to the site's aggregators."""
@@ -510,7 +579,13 @@ class SiteNode:
         d.seq = self._seq
         d = bound_digest(d, max_bytes)
         signed = sign_digest(self.key, d)
-        self.digests.setdefault(d.period_end_ns, {})[self.node_id] = (signed, d)
+        self.offer(signed, d)
+        return signed
+
+    def offer(self, signed: mesh_pb2.SignedDigest, d: mesh_pb2.Digest) -> None:
+        """Hold this node's signed digest of a period (signed by whoever publishes it, e.g. the node's digest
+        exchange) and push it to the site's aggregators."""
+        self.digests.setdefault(self.period_of(d.period_end_ns), {})[self.node_id] = (signed, d)
         self.counters["digests_published"] += 1
         for agg in self.site_aggregators():
             if agg == self.node_id:
@@ -519,7 +594,6 @@ class SiteNode:
             if addr is not None:
                 self.counters["digests_pushed"] += 1
                 self._request(SITE, addr, mesh_pb2.SiteRequest(push=signed), lambda _a: None)
-        return signed
 
     def period_closed(self, period_end_ns: int) -> None:
         """Schedule this period's work: site build, validation pulls, region build. Called at the period end
@@ -667,13 +741,13 @@ class SiteNode:
             except DigestRejected as exc:
                 self.counters[f"digests_{exc.reason}"] += 1
                 continue
-            self._hold_digest(signed, d)
+            self._hold_digest(signed, d, addr)
 
-    def _hold_digest(self, signed: mesh_pb2.SignedDigest, d: mesh_pb2.Digest) -> bool:
+    def _hold_digest(self, signed: mesh_pb2.SignedDigest, d: mesh_pb2.Digest, source: str = "") -> bool:
         if self._stale(d.period_end_ns):
             self.counters["digests_stale"] += 1
             return False
-        per = self.digests.setdefault(d.period_end_ns, {})
+        per = self.digests.setdefault(self.period_of(d.period_end_ns), {})
         have = per.get(d.node_id)
         if have is not None:
             if have[1].seq != d.seq:  # two digests of one period: keep the first, count the equivocation
@@ -683,6 +757,11 @@ class SiteNode:
             self.counters["digests_refused_full"] += 1
             return False
         per[d.node_id] = (signed, d)
+        if self.on_digest is not None and d.node_id != self.node_id:
+            try:
+                self.on_digest(signed, source)
+            except Exception:
+                log.exception("on_digest callback failed")
         return True
 
     def _hold(self, signed: mesh_pb2.SignedDigest, a: mesh_pb2.GroupAggregate, addr: str,
@@ -853,7 +932,7 @@ class SiteNode:
 
     def _source(self, r: mesh_pb2.AggregateRef) -> Source | None:
         if r.level == HOST:
-            held = self.digests.get(r.period_end_ns, {}).get(r.signer)
+            held = self.digests.get(self.period_of(r.period_end_ns), {}).get(r.signer)
             return digest_source(held[1]) if held is not None and held[1].seq == r.seq else None
         c = self.candidates.get((r.level, r.group, r.period_end_ns), {}).get(r.signer)
         if c is None:
@@ -902,29 +981,15 @@ class SiteNode:
 
     # ------------------------------------------------------------------ fleet queries
 
-    def newest(self, level: str) -> list[mesh_pb2.GroupAggregate]:
-        """The decided aggregates of ``level`` of the newest period for which this node decided any."""
-        ends = [end for (lvl, _g, end) in self.decided if lvl == level]
-        if not ends:
-            return []
-        last = max(ends)
-        return [c.agg for (lvl, _g, end), c in sorted(self.decided.items()) if lvl == level and end == last]
-
-    def query(self, group_by: str | None = None, destination: str | None = None) -> list[Aggregate]:
-        """A fleet question answered from aggregates: ``"region"`` rows from the region aggregates, ``None``
-        (the fleet) their sum, ``"site"`` the site aggregates held here (this node's site; a site aggregator
-        holds its region's). Other sites' details are asked of their aggregators, which hold the digests."""
-        now = self._sched.wall_ns()
-        if group_by == SITE:
-            return aggregate_rows(self.newest(SITE), now_ns=now, destination=destination)
-        regions = self.newest(REGION)
-        if group_by == REGION:
-            return aggregate_rows(regions, now_ns=now, destination=destination)
-        if not regions:
-            return []
-        fleet = build_aggregate(FLEET, FLEET, self.node_id, regions[0].period_end_ns,
-                                [aggregate_source(a) for a in regions], max_bytes=1 << 20)
-        return aggregate_rows([fleet], now_ns=now, destination=destination)
+    def newest_signed(self) -> list[mesh_pb2.SignedDigest]:
+        """The signed site and region aggregates decided here, the newest of each group (what a member of
+        this site asks of its aggregator to answer a fleet query without the other sites' digests), at most
+        64."""
+        newest: dict[tuple[str, str], tuple[int, _Candidate]] = {}
+        for (lvl, group, end), c in self.decided.items():  # per group: groups decide at different moments
+            if newest.get((lvl, group), (-1, c))[0] < end:
+                newest[(lvl, group)] = (end, c)
+        return [c.signed for _k, (_e, c) in sorted(newest.items())][:64]
 
     # ------------------------------------------------------------------ anti-entropy
 
@@ -998,6 +1063,14 @@ class SiteNode:
                 d = self.decided.get(key)
                 c = d if d is not None and d.agg.aggregator == r.signer else self.evidence.get((*key, r.signer))
             return mesh_pb2.SiteItems(refs=c.sources if c is not None and c.sources else []).SerializeToString()
+        if body == "locate":
+            if len(req.locate) > _MAX_GROUP:
+                self.counters["requests_malformed"] += 1
+                raise PeerError(f"locate from {source_addr} names a site of {len(req.locate)} bytes")
+            self.counters["locates_answered"] += 1
+            answer = self.locate_answer(req.locate)
+            self._remember(req.asker)
+            return answer.SerializeToString()
         if body == "pull":
             if len(req.pull.refs) > self.config.max_pull:
                 self.counters["pulls_oversize"] += 1
@@ -1018,14 +1091,14 @@ class SiteNode:
         if pool.role != SITE or m is None or m.member(d.node_id) is None:
             self.counters["digests_not_site_member"] += 1
             return
-        if self._hold_digest(signed, d):
+        if self._hold_digest(signed, d, source_addr):
             self.counters["digests_received"] += 1
 
     def _answer(self, refs: Iterable[mesh_pb2.AggregateRef]) -> mesh_pb2.SiteItems:
         out = mesh_pb2.SiteItems()
         for r in refs:
             if r.level == HOST:
-                held = self.digests.get(r.period_end_ns, {}).get(r.signer)
+                held = self.digests.get(self.period_of(r.period_end_ns), {}).get(r.signer)
                 if held is not None and (not r.seq or held[1].seq == r.seq):
                     out.digests.append(held[0])
                 continue
@@ -1037,3 +1110,58 @@ class SiteNode:
             if c is not None:
                 out.aggregates.append(c.signed)
         return out
+
+    # ------------------------------------------------------------------ finding sites
+
+    def locate_answer(self, site: str) -> mesh_pb2.SiteItems:
+        """Where the members of ``site`` are, as far as this node knows: the ones it lists (its own site's
+        members, or the aggregators of ``site`` in its upper pools), and the fleet pool's members (every
+        site's aggregators; its own site's aggregators when it is not in the fleet pool), each bounded."""
+        out = mesh_pb2.SiteItems()
+        seen: set[str] = set()
+        for role in POOLS:
+            for x in self._listed(role):
+                if len(out.members) >= self.config.max_pull:
+                    break
+                if x.node_id not in seen and site_group(x.labels) == site:
+                    seen.add(x.node_id)
+                    out.members.append(_entry(x))
+        for e in reversed(self.located.values()):
+            if len(out.members) >= self.config.max_pull:
+                break
+            if e.node not in seen and site_group(e.labels) == site:
+                seen.add(e.node)
+                out.members.append(e)
+        fleet = self._listed("fleet")
+        if not fleet:
+            aggs = set(self.site_aggregators())
+            fleet = [x for x in self._listed(SITE) if x.node_id in aggs]
+        out.aggregators.extend(_entry(x) for x in fleet[: self.config.max_pull])
+        return out
+
+    def _remember(self, e: mesh_pb2.PushPullMember) -> None:
+        """Keep a locate's asker (bounded, least recently asked dropped) for later askers of its site."""
+        if not e.node or len(e.node) > 64 or not e.addr or len(e.addr) > 256 or len(e.labels) > 32:
+            return
+        if any(len(k) > 256 or len(v) > 256 for k, v in e.labels.items()):
+            return
+        self.located.pop(e.node, None)
+        self.located[e.node] = e
+        while len(self.located) > self.config.max_sources:
+            self.located.popitem(last=False)
+            self.counters["located_evicted"] += 1
+
+    def _listed(self, role: str) -> list[Member]:
+        """The alive (or suspect) members of pool ``role``, this node included, lowest election rank first."""
+        m = self.pools[role].membership
+        if m is None or not m._running:
+            return []
+        live = [x for x in m._members.values() if x.state in (State.ALIVE, State.SUSPECT)]
+        return sorted(live, key=lambda x: election_rank(x.node_id))
+
+
+def _entry(x: Member) -> mesh_pb2.PushPullMember:
+    e = mesh_pb2.PushPullMember(node=x.node_id, addr=x.addr, incarnation=x.incarnation, labels=x.labels,
+                                public_key=x.public_key, signature=x.signature)
+    e.state = x.state.value  # type: ignore[assignment]
+    return e

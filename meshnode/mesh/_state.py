@@ -205,6 +205,8 @@ class Membership:
         on_event: called on joins, leaves and updates of other members.
         sign_alive: signs this node's own Alive in place (``meshnode.mesh._identity.sign_alive``).
         identity: the mTLS identity rules (``IdentityGuard``); None believes every well-formed claim.
+        admit_labels: which members this pool lists, by their labels (a site pool: its site's members
+            only); a member refused is counted ``members_refused_other_pool``. None lists everyone.
     """
 
     def __init__(
@@ -220,8 +222,10 @@ class Membership:
         on_event: EventCallback | None = None,
         sign_alive: Callable[[mesh_pb2.Alive], None] | None = None,
         identity: IdentityGuard | None = None,
+        admit_labels: Callable[[Mapping[str, str]], bool] | None = None,
     ) -> None:
         self.node_id = node_id
+        self.admit_labels = admit_labels
         self._sign_alive = sign_alive
         self.identity = identity
         self.config = config or MeshConfig()
@@ -921,6 +925,9 @@ class Membership:
     def _alive(self, a: mesh_pb2.Alive) -> None:
         self._check_alive(a)
         if not self._alive_authentic(a):
+            return
+        if a.node != self.node_id and self.admit_labels is not None and not self.admit_labels(a.labels):
+            self.counters["members_refused_other_pool"] += 1
             return
         m = self._members.get(a.node)
         if a.node == self.node_id:

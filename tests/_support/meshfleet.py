@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
-from meshnode.mesh import LocalDigestSource, MeshConfig, MeshService, NodeKey, State
+from meshnode.mesh import LocalDigestSource, MeshConfig, MeshService, NodeKey, SiteConfig, State
 
 CALM = MeshConfig(probe_interval=1.0, probe_timeout=0.5, suspicion_mult=6, gossip_interval=0.2,
                   push_pull_interval=30.0, reconnect_interval=0)
@@ -27,11 +27,21 @@ async def until(pred: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-class Fleet:
-    """Nodes ``fq-0``... with labels ``region=eu, site=s{i % 3}, host=h{i}``, the first one the seed."""
+def three_sites(i: int) -> dict[str, str]:
+    return {"region": "eu", "site": f"s{i % 3}", "host": f"h{i}"}
 
-    def __init__(self, name: str = "fq") -> None:
+
+class Fleet:
+    """Nodes ``fq-0``... with labels ``labels(i)`` (default ``region=eu, site=s{i % 3}, host=h{i}``), the first
+    one the seed. With ``site_config``, site aggregates: membership per site (``start`` waits for every
+    node to list its site's members)."""
+
+    def __init__(self, name: str = "fq", labels: Callable[[int], dict[str, str]] = three_sites,
+                 site_config: SiteConfig | None = None, config: MeshConfig = CALM) -> None:
         self.name = name
+        self.labels = labels
+        self.site_config = site_config
+        self.config = config
         self.servers: list[grpc.aio.Server] = []
         self.meshes: list[MeshService] = []
 
@@ -41,18 +51,33 @@ class Fleet:
             server = grpc.aio.server()
             port = server.add_insecure_port("127.0.0.1:0")
             mesh = MeshService(advertise=f"127.0.0.1:{port}", key=NodeKey.from_seed(f"{self.name}-{i}".encode()),
-                               labels={"region": "eu", "site": f"s{i % 3}", "host": f"h{i}"},
-                               seeds=[self.meshes[0].advertise] if self.meshes else [], source=source,
-                               config=CALM, export_period=0, rng=random.Random(i))
+                               labels=self.labels(i), seeds=[self.meshes[0].advertise] if self.meshes else [],
+                               source=source, config=self.config, export_period=0, rng=random.Random(i),
+                               site_config=self.site_config, rejoin_interval=1.0 if self.site_config else 10.0)
             mesh.register(server)
             self.servers.append(server)
             await server.start()
             await mesh.start()
             self.meshes.append(mesh)
-        first = self.meshes[0]
-        await until(lambda: sum(m.state == State.ALIVE for m in first.membership.members()) == len(sources), 15)
+        if self.site_config is not None:
+            await until(self.sites_formed, 15)
+        else:
+            first = self.meshes[0]
+            await until(lambda: sum(m.state == State.ALIVE for m in first.membership.members()) == len(sources), 15)
         for mesh in self.meshes:
             await mesh.publish()
+
+    def site_of(self, mesh: MeshService) -> tuple[str, str]:
+        return mesh.labels.get("region", ""), mesh.labels.get("site", "")
+
+    def sites_formed(self) -> bool:
+        """Every node lists exactly the members of its own site, all alive."""
+        for mesh in self.meshes:
+            want = {m.node_id for m in self.meshes if self.site_of(m) == self.site_of(mesh)}
+            listed = {x.node_id for x in mesh.membership.members() if x.state == State.ALIVE}
+            if listed != want:
+                return False
+        return True
 
     async def stop(self) -> None:
         for mesh in self.meshes:
@@ -62,11 +87,12 @@ class Fleet:
 
 
 def run(sources: Sequence[LocalDigestSource], scenario: Callable[[Fleet], Awaitable[None]], *,
-        name: str = "fq", timeout: float = 60) -> None:
+        name: str = "fq", timeout: float = 60, labels: Callable[[int], dict[str, str]] = three_sites,
+        site_config: SiteConfig | None = None, config: MeshConfig = CALM) -> None:
     """Start a fleet of ``sources``, run ``scenario`` on it, and stop it all whatever happens."""
 
     async def main() -> None:
-        fleet = Fleet(name)
+        fleet = Fleet(name, labels, site_config, config)
         try:
             await fleet.start(sources)
             await scenario(fleet)

@@ -18,11 +18,15 @@ from meshnode.mesh._sites import (
     SiteConfig,
     SiteNode,
     Source,
+    aggregate_rows,
+    aggregate_selected,
     build_aggregate,
     check_sources,
     content,
     elect,
     election_rank,
+    group_sums,
+    only_service,
     sign_aggregate,
     sources_sha256,
     stripped,
@@ -238,20 +242,31 @@ def test_site_and_region_aggregates_reach_everyone_exactly() -> None:
 
 
 def test_fleet_questions_answered_from_aggregates() -> None:
+    """What a node's fleet query sums from: its site's aggregate and those its site aggregator decided."""
     c, _ = _cluster()
     c.run(15.0)
-    node = next(n for n in c.nodes.values() if not n.is_site_aggregator())
-    fleet = node.query(destination="svc:443")
+    agg = next(n for n in c.nodes.values() if n.is_site_aggregator())
+    held = [verify_aggregate(sd, CFG) for sd in agg.newest_signed()]
+    own = next(a for a in held if (a.level, a.group) == (SITE, agg.site))
+    others = [a for a in held if a is not own and aggregate_selected(a, {}, agg.labels)]
+    assert {(a.level, a.group) for a in others} == {(SITE, f"{r}/{s}") for s, r in SITES.items()
+                                                    if r == agg.region and f"{r}/{s}" != agg.site} | {
+        (REGION, r) for r in ("r0", "r1") if r != agg.region}
+    end = own.period_end_ns
+    fleet = aggregate_rows(group_sums("fleet", own, others, agg.node_id, agg.region), now_ns=end,
+                           destination="svc:443")
     assert [(r.level, r.group, r.hosts, r.attempts) for r in fleet] == [
         ("fleet", "fleet", N, sum(_flows(n) for n in c.nodes.values()))]
     assert fleet[0].useful == fleet[0].attempts - N
-    assert 0.0 <= fleet[0].newest_age_s <= 5.0
-    regions = node.query(group_by=REGION)
+    regions = aggregate_rows(group_sums(REGION, own, others, agg.node_id, agg.region), now_ns=end)
     assert [(r.group, r.hosts, r.attempts) for r in regions] == [
         (g, *_expected(c, g, REGION)) for g in ("r0", "r1")]
-    assert [(r.group, r.hosts, r.attempts) for r in node.query(group_by=SITE)] == [
-        (node.site, *_expected(c, node.site))]
-    assert node.query(destination="other:1") == []
+    sites = aggregate_rows(group_sums(SITE, own, others, agg.node_id, agg.region), now_ns=end)
+    assert {(r.group, r.hosts, r.attempts) for r in sites if r.group.startswith(agg.region + "/")} == {
+        (g, *_expected(c, g)) for g in {f"{r}/{s}" for s, r in SITES.items() if r == agg.region}}
+    assert aggregate_rows(group_sums("fleet", own, others, agg.node_id, agg.region), now_ns=end,
+                          destination="other:1") == []
+    assert [r.destination for r in aggregate_rows(only_service([own], "nope"), now_ns=end)] == []
 
 
 def test_liar_aggregator_is_caught_and_not_used() -> None:
