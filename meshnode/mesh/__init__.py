@@ -91,9 +91,11 @@ from meshnode.mesh._identity import (
     alive_signed_by_member,
     audience_metadata,
     bound_node_ids,
+    leave_signed_by_member,
     over_tls,
     peer_certificate,
     sign_alive,
+    sign_leave,
     tls_peer,
 )
 from meshnode.mesh._measurements import HeldMeasurements, MeasurementStore, StoredMeasurements
@@ -200,6 +202,7 @@ __all__ = [
     "health_of",
     "hierarchy",
     "host_reports",
+    "leave_signed_by_member",
     "matches",
     "measure_tcp",
     "median",
@@ -218,6 +221,7 @@ __all__ = [
     "sign_aggregate",
     "sign_alive",
     "sign_digest",
+    "sign_leave",
     "suspicion_timeout",
     "tls_peer",
     "trace_path",

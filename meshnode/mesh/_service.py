@@ -65,7 +65,15 @@ from meshnode.mesh._fleetflows import (
     share,
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
-from meshnode.mesh._identity import PEER, IdentityGuard, PeerCertificate, audience_metadata, sign_alive, tls_peer
+from meshnode.mesh._identity import (
+    PEER,
+    IdentityGuard,
+    PeerCertificate,
+    audience_metadata,
+    sign_alive,
+    sign_leave,
+    tls_peer,
+)
 from meshnode.mesh._measurements import MAX_MEASUREMENTS_LISTED, HeldMeasurements, MeasurementStore
 from meshnode.mesh._pathprobe import trace_path
 from meshnode.mesh._state import Member, Membership, State
@@ -333,7 +341,8 @@ class MeshService:
         self._exchange.on_forget = self._forgotten
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
-            delegate=self._exchange, sign_alive=functools.partial(sign_alive, self.key), identity=guard,
+            delegate=self._exchange, sign_alive=functools.partial(sign_alive, self.key),
+            sign_leave=functools.partial(sign_leave, self.key), identity=guard,
         )
         self._exchange.attach(self._membership)
         self._membership.start()

@@ -71,6 +71,14 @@ def incarnation_admissible(claimed: int, held: int | None) -> bool:
     return claimed <= MAX_INCARNATION or (held is not None and claimed <= held + 1)
 
 
+def dead_message(node: str, incarnation: int, declared_by: str) -> mesh_pb2.Dead:
+    """A Dead about ``node`` declared by ``declared_by`` (``from``, a Python keyword); a leave when they are
+    equal."""
+    d = mesh_pb2.Dead(node=node, incarnation=incarnation)
+    setattr(d, "from", declared_by)
+    return d
+
+
 def next_incarnation(own: int, accused: int = 0) -> int:
     """This node's next incarnation, above its own and above the one it is accused at; saturates at the
     field's largest value instead of overflowing it (peers refuse that far up anyway)."""
@@ -98,8 +106,9 @@ class Member:
         labels: its labels.
         state_change: monotonic time of the last state change.
         rtt: the last direct probe round trip in seconds, None before the first.
-        public_key: the key that signed its current Alive (empty when it came unsigned).
+        public_key: the key that signed its current Alive or its leave (empty when both came unsigned).
         signature: that Alive's signature, relayed with it in push-pull.
+        leave_signature: while it is LEFT, its signature of its leave, relayed with it in push-pull.
     """
 
     node_id: str
@@ -111,6 +120,7 @@ class Member:
     rtt: float | None = None
     public_key: bytes = b""
     signature: bytes = b""
+    leave_signature: bytes = b""
 
 
 class Delegate(Protocol):
@@ -204,6 +214,7 @@ class Membership:
         delegate: application data riding on membership (the digest layer).
         on_event: called on joins, leaves and updates of other members.
         sign_alive: signs this node's own Alive in place (``meshnode.mesh._identity.sign_alive``).
+        sign_leave: signs this node's own leave in place (``meshnode.mesh._identity.sign_leave``).
         identity: the mTLS identity rules (``IdentityGuard``); None believes every well-formed claim.
     """
 
@@ -219,10 +230,12 @@ class Membership:
         delegate: Delegate | None = None,
         on_event: EventCallback | None = None,
         sign_alive: Callable[[mesh_pb2.Alive], None] | None = None,
+        sign_leave: Callable[[mesh_pb2.Dead], None] | None = None,
         identity: IdentityGuard | None = None,
     ) -> None:
         self.node_id = node_id
         self._sign_alive = sign_alive
+        self._sign_leave = sign_leave
         self.identity = identity
         self.config = config or MeshConfig()
         self._transport = transport
@@ -311,7 +324,10 @@ class Membership:
         """
         me = self._members[self.node_id]
         self._leaving = True
-        msg = mesh_pb2.Dead(node=self.node_id, incarnation=me.incarnation, **{"from": self.node_id})
+        msg = dead_message(self.node_id, me.incarnation, self.node_id)
+        if self._sign_leave is not None:
+            self._sign_leave(msg)
+            me.leave_signature = msg.signature
         self._set_state(me, State.LEFT)
         payload = mesh_pb2.Gossip(dead=msg).SerializeToString()
         self._broadcasts.queue(self.node_id, payload, on_done)
@@ -685,7 +701,8 @@ class Membership:
         pp = mesh_pb2.PushPull(source=self.node_id, source_addr=self.address, join=join)
         for m in self._members.values():
             pp.members.add(node=m.node_id, addr=m.addr, incarnation=m.incarnation, state=int(m.state),
-                           labels=m.labels, public_key=m.public_key, signature=m.signature)
+                           labels=m.labels, public_key=m.public_key, signature=m.signature,
+                           leave_signature=m.leave_signature if m.state == State.LEFT else b"")
         if self.delegate is not None:
             try:
                 pp.user_state = self.delegate.local_state(join, remote_user)
@@ -749,7 +766,9 @@ class Membership:
                                                labels=pm.labels, public_key=pm.public_key,
                                                signature=pm.signature))
                 elif st == State.LEFT:
-                    self._dead(mesh_pb2.Dead(node=pm.node, incarnation=pm.incarnation, **{"from": pm.node}))
+                    d = dead_message(pm.node, pm.incarnation, pm.node)
+                    d.public_key, d.signature = pm.public_key, pm.leave_signature
+                    self._dead(d)
                 else:
                     # memberlist mergeState: a dead member is only suspected, so that it gets a chance to refute.
                     self._suspect(mesh_pb2.Suspect(node=pm.node, incarnation=pm.incarnation,
@@ -918,6 +937,10 @@ class Membership:
         """Identity check (mTLS): an Alive comes from its member's own connection or carries its signature."""
         return self.identity is None or self.identity.alive_ok(a)
 
+    def _leave_authentic(self, d: mesh_pb2.Dead) -> bool:
+        """Identity check (mTLS): a leave comes from its member's own connection or carries its signature."""
+        return self.identity is None or self.identity.leave_ok(d)
+
     def _alive(self, a: mesh_pb2.Alive) -> None:
         self._check_alive(a)
         if not self._alive_authentic(a):
@@ -950,6 +973,7 @@ class Membership:
         m.addr = a.addr
         m.labels = dict(a.labels)
         m.public_key, m.signature = a.public_key, a.signature
+        m.leave_signature = b""
         self._set_state(m, State.ALIVE)
         self._broadcasts.queue(a.node, mesh_pb2.Gossip(alive=a).SerializeToString())
         self._emit("join" if was in (State.DEAD, State.LEFT) else "update", m)
@@ -991,7 +1015,7 @@ class Membership:
             if cur is not None and cur.state == State.SUSPECT and cur.incarnation == incarnation:
                 log.info("suspect %s timed out after %d confirmations: dead", node, confirmations)
                 self.counters["declared_dead"] += 1
-                self._dead(mesh_pb2.Dead(node=node, incarnation=incarnation, **{"from": self.node_id}))
+                self._dead(dead_message(node, incarnation, self.node_id))
 
         self._suspicions[node] = Suspicion(self._sched, suspecter, k, min_t, max_t, timeout)
 
@@ -999,6 +1023,9 @@ class Membership:
         self._check_node(d.node)
         m = self._members.get(d.node)
         if m is None or d.incarnation < m.incarnation or m.state in (State.DEAD, State.LEFT):
+            return
+        left = getattr(d, "from") == d.node
+        if left and not self._leave_authentic(d):
             return
         if d.node == self.node_id and not self._leaving:
             self._refute(m, d.incarnation)
@@ -1008,7 +1035,9 @@ class Membership:
             s.cancel()
         self._broadcasts.queue(d.node, mesh_pb2.Gossip(dead=d).SerializeToString())
         m.incarnation = d.incarnation
-        left = getattr(d, "from") == d.node
+        if left and d.signature:
+            # relayed in push-pull, so that members who missed the broadcast can check the leave too
+            m.public_key, m.leave_signature = d.public_key, d.signature
         self._set_state(m, State.LEFT if left else State.DEAD)
         self.counters["left" if left else "dead"] += 1
         self._emit("leave", m)
