@@ -81,7 +81,17 @@ from meshnode.mesh._digest import (
     sign_digest,
     verify_digest,
 )
-from meshnode.mesh._fleetflows import Answer, FleetRefused, Page, decode_token, encode_token, member_after, merge
+from meshnode.mesh._fleetflows import (
+    Answer,
+    FleetRefused,
+    Page,
+    answer_signed_by,
+    decode_token,
+    encode_token,
+    member_after,
+    merge,
+    sign_answer,
+)
 from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, with_retries
 from meshnode.mesh._identity import (
     AUDIENCE_METADATA_KEY,
@@ -185,6 +195,7 @@ __all__ = [
     "aggregate",
     "aggregate_rows",
     "alive_signed_by_member",
+    "answer_signed_by",
     "apply_delta",
     "audience_metadata",
     "bound_digest",
@@ -220,6 +231,7 @@ __all__ = [
     "scale_timeout",
     "sign_aggregate",
     "sign_alive",
+    "sign_answer",
     "sign_digest",
     "sign_leave",
     "suspicion_timeout",

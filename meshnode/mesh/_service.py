@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -50,6 +51,7 @@ from meshnode.mesh._digest import (
     verify_digest,
 )
 from meshnode.mesh._fleetflows import (
+    CHALLENGE_BYTES,
     MAX_FAN_OUTS,
     MAX_LOCAL_ANSWERS,
     MAX_MEMBERS,
@@ -57,12 +59,14 @@ from meshnode.mesh._fleetflows import (
     Answer,
     FleetRefused,
     Key,
+    answer_signed_by,
     check_request,
     decode_token,
     encode_token,
     member_after,
     merge,
     share,
+    sign_answer,
 )
 from meshnode.mesh._grpc_transport import GrpcTransport, with_retries
 from meshnode.mesh._identity import (
@@ -104,6 +108,10 @@ DEAD_MEMBER_BUDGET = 0.5
 """Seconds a fleet query gives a member it holds dead (not left): a node overloaded for a while is declared
 dead while it still serves, and its answer is as good as any (signed, verified); a truly dead one costs the
 query at most this long, in parallel with the rest (bench/RESULTS.md, "Fleet query latency")."""
+
+UNTRUSTED_ANSWER: Final = "UNTRUSTED_ANSWER"
+"""A fleet flow query's error for a member whose answer its key did not sign (another node answered at its
+address): its records are not shown."""
 
 RELAY_DEADLINE_SHARE = 0.8
 """The part of what is left of a fleet flow query's deadline a site relay gets for its own fan-out: the rest
@@ -783,19 +791,25 @@ class MeshService:
             statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, host=hosts.get(x.node_id, ""),
                                                       error=error, via=via)
 
-        async def call(x: Member, sub: mesh_pb2.FleetFlowsRequest, left: float) -> mesh_pb2.FleetFlowsResponse:
+        async def call(x: Member, sub: mesh_pb2.FleetFlowsRequest, left: float) -> mesh_pb2.FleetFlowsResponse | str:
             if x.node_id == self.node_id:  # answered here, without a call
                 return await self.fleet_flows(sub)
+            sub.challenge = os.urandom(CHALLENGE_BYTES)
             stub = self.transport.stub(x.addr)
             self.ledger.asked(x.node_id, queries=1)
             resp: mesh_pb2.FleetFlowsResponse = await with_retries(
                 lambda: stub.FleetFlows(sub, timeout=left, metadata=audience_metadata(x.node_id)), budget=left)
             self.ledger.asked(x.node_id, nbytes=resp.ByteSize())
+            if not answer_signed_by(x.node_id, sub, resp):
+                self.counters["fleet_flows_answers_untrusted"] += 1
+                log.warning("fleet flows answer from %s refused: not signed by the key of %s, the member asked "
+                            "there", x.addr, x.node_id)
+                return UNTRUSTED_ANSWER
             return resp
 
         async def bounded(x: Member, sub: mesh_pb2.FleetFlowsRequest, share: float
                           ) -> mesh_pb2.FleetFlowsResponse | str:
-            """The answer of ``x``, or why there is none (a status name, or the refusal)."""
+            """The answer of ``x``, signed by it, or why there is none (a status name, or the refusal)."""
             if x.state not in (State.ALIVE, State.SUSPECT, State.DEAD):
                 return f"not alive: {x.state.name}"
             async with slots:  # the deadline runs from the query's start, waiting for a slot included
@@ -1074,12 +1088,14 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         requester = await self._charge_query(context)
         try:
             resp = await self._svc.fleet_flows(request)
-            self._svc.ledger.served(requester, queries=1, nbytes=resp.ByteSize())
-            return resp
         except FleetRefused as exc:
             log.info("fleet flows request from %s refused: %s", context.peer(), exc)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
-        raise AssertionError("unreachable")  # abort raises
+            raise AssertionError("unreachable") from exc  # abort raises
+        if request.challenge:  # a fan-out takes the answer only signed by the member it asked
+            sign_answer(self._svc.key, request, resp)
+        self._svc.ledger.served(requester, queries=1, nbytes=resp.ByteSize())
+        return resp
 
 
 def _peer_host(peer: str) -> str:
