@@ -27,7 +27,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -489,17 +489,17 @@ class Membership:
         return self._seq
 
     def _send(
-        self, addr: str, header: mesh_pb2.MeshPacket, gossip_only: bool = False, first: bytes = b""
+        self, addr: str, header: mesh_pb2.MeshPacket, gossip_only: bool = False, first: Sequence[bytes] = ()
     ) -> bool:
         """Send ``header`` with as many piggybacked broadcasts as fit; False when gossip_only had none.
 
-        ``first`` is a serialized Gossip that goes before the queued ones.
+        ``first`` are serialized Gossips that go before the queued ones.
         """
         header.source = self.node_id
         header.source_addr = self.address
         base = header.SerializeToString()
         budget = self.config.packet_budget - len(base)
-        parts = [first] if first else []
+        parts = list(first)
         used = sum(len(p) + _GOSSIP_OVERHEAD for p in parts)
         parts.extend(self._broadcasts.get_broadcasts(_GOSSIP_OVERHEAD, budget - used))
         used = sum(len(p) + _GOSSIP_OVERHEAD for p in parts)
@@ -515,6 +515,13 @@ class Membership:
         data = base + b"".join(_field(_GOSSIP_FIELD, p) for p in parts)
         self._transport.send_packet(addr, data)
         return True
+
+    def _own_alive(self) -> bytes:
+        """This node's current Alive (as last signed) as a serialized Gossip."""
+        me = self._members[self.node_id]
+        a = mesh_pb2.Alive(node=me.node_id, incarnation=me.incarnation, addr=me.addr, labels=me.labels,
+                           public_key=me.public_key, signature=me.signature)
+        return mesh_pb2.Gossip(alive=a).SerializeToString()
 
     def _queue_alive(self, m: Member) -> None:
         msg = mesh_pb2.Alive(node=m.node_id, incarnation=m.incarnation, addr=m.addr, labels=m.labels)
@@ -555,14 +562,20 @@ class Membership:
         seq = self._next_seq()
         probe = _Probe(target.node_id, target.incarnation, self._sched.now())
         self._acks[seq] = probe
-        buddy = b""
+        first: list[bytes] = []
         if target.state == State.SUSPECT:
             # Lifeguard's buddy system: tell a suspect it is suspected, so that it can refute at once
             # instead of waiting for the gossip to reach it.
             sus = mesh_pb2.Suspect(node=target.node_id, incarnation=target.incarnation, **{"from": self.node_id})
-            buddy = mesh_pb2.Gossip(suspect=sus).SerializeToString()
+            first.append(mesh_pb2.Gossip(suspect=sus).SerializeToString())
+        if target.rtt is None:
+            # it may not list this node: an Alive is sent a bounded number of times to random members, so a
+            # member can miss every one (and would learn of this node at its next push-pull only), and a
+            # node answers no ping from a node it does not list. Until the target answers a probe directly,
+            # this node's Alive rides the ping.
+            first.append(self._own_alive())
         ping = mesh_pb2.MeshPacket(ping=mesh_pb2.Ping(seq_no=seq, target=target.node_id))
-        self._send(target.addr, ping, first=buddy)
+        self._send(target.addr, ping, first=first)
         later = self._sched.call_later
         probe.timers.append(later(self.config.probe_timeout, lambda: self._probe_indirect(seq)))
         probe.timers.append(later(interval, lambda: self._probe_failed(seq)))
