@@ -113,6 +113,10 @@ UNTRUSTED_ANSWER: Final = "UNTRUSTED_ANSWER"
 """A fleet flow query's error for a member whose answer its key did not sign (another node answered at its
 address): its records are not shown."""
 
+REJOIN_FIRST = 0.5
+"""Seconds before the first retry of seeds that did not answer; each further retry waits twice as long, up to
+``MeshService.rejoin_interval``."""
+
 RELAY_DEADLINE_SHARE = 0.8
 """The part of what is left of a fleet flow query's deadline a site relay gets for its own fan-out: the rest
 carries its answer back (a relay that used it all would answer just after the asking node stopped waiting)."""
@@ -364,15 +368,23 @@ class MeshService:
             self._tasks.append(loop.create_task(self._rejoin_loop()))
 
     async def _rejoin_loop(self) -> None:
-        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them."""
+        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them: soon at
+        first, then less often, up to every ``rejoin_interval``. Nodes of a fleet started together come up
+        within seconds of each other; a node that found its seed not listening yet stayed alone, and unknown
+        to the fleet, for the whole interval (10 s of the 11-15 s a lab node took to be listed everywhere)."""
+        backoff = REJOIN_FIRST
+        wait = backoff
         while True:
-            await asyncio.sleep(self.rejoin_interval)
+            await asyncio.sleep(min(wait, self.rejoin_interval))
             m = self._membership
             if m is None:
                 return
-            if m.num_members() <= 1:
-                self.joined = await self._join(m)
-                self.counters["rejoins"] += 1
+            if m.num_members() > 1:  # joined: looked at again after the full interval
+                backoff, wait = REJOIN_FIRST, self.rejoin_interval
+                continue
+            self.joined = await self._join(m)
+            self.counters["rejoins"] += 1
+            wait, backoff = backoff, min(2 * backoff, self.rejoin_interval)
 
     async def _join(self, m: Membership) -> int:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
