@@ -232,6 +232,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         """How to end each open Flows stream now (its ``expire``): ``close`` ends them all."""
         self.pacer = StreamPacer(self.limits.stream_responses_per_s, self.limits.stream_burst)
         """Stream responses a second, all streams together: the loop keeps room for Status and the mesh."""
+        self.sending = 0
+        """Flows and Events streams open now."""
 
     def close(self) -> None:
         """At shutdown, after the server stopped: end every stream and every store read still running, so
@@ -241,9 +243,11 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             expire()
 
     async def _paced(self) -> None:
-        """Wait for the next stream response's turn (``StreamPacer``): at once unless the streams together
-        send faster than the limit."""
-        if wait := self.pacer.delay():
+        """Wait for the next stream response's turn (``StreamPacer``) while several streams are open: at once
+        unless they together send faster than the limit. A lone stream is not paced: it has one response in
+        flight at a time, so calls queued behind it wait for one send at most (and a client reading one record
+        a response, as grpcurl does, gets its answer at full speed)."""
+        if self.sending > 1 and (wait := self.pacer.delay()):
             await asyncio.sleep(wait)
 
     def _deadline(self, context: Context) -> float:
@@ -329,6 +333,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
 
         timer = loop.call_later(self.limits.stream_age_s, expire)
         self._streams.add(expire)
+        self.sending += 1
         sent = after  # the key after which a resumed stream goes on
 
         async def resume(why: str, due: int) -> NoReturn:
@@ -378,6 +383,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         finally:
             timer.cancel()
             self._streams.discard(expire)
+            self.sending -= 1
             if sub is not None:
                 sub.close()
 
@@ -548,6 +554,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"number: {request.number} is over the server maximum of {MAX_EVENTS}")
         sub = self.events.subscribe() if request.follow else None
+        self.sending += 1
         try:
             if request.number:
                 ring = list(self.events.ring)  # the loop appends to the ring: copy it here, match in a worker
@@ -568,6 +575,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     await self._paced()
                     yield observer_pb2.EventsResponse(event=event_pb(ev))
         finally:
+            self.sending -= 1
             if sub is not None:
                 sub.close()
 

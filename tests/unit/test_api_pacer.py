@@ -64,3 +64,31 @@ def test_status_is_answered_from_the_nodes_snapshot_without_a_worker(tmp_path: P
     before, after = asyncio.run(run())
     assert (before.store_rows, before.periods) == (0, 0)
     assert (after.store_rows, after.periods) == (2, 1) and after.store_bytes > 0
+
+
+def test_a_lone_stream_is_not_paced_and_several_share_the_rate(tmp_path: Path) -> None:
+    from meshnode.api import ObserverServicer
+    from meshnode.api._limits import ApiLimits
+    from meshnode.store import Retention, Store
+
+    store = Store.in_dir(tmp_path, Retention(3600.0, 1 << 30))
+    servicer = ObserverServicer(store, limits=ApiLimits(stream_responses_per_s=20.0, stream_burst=1))
+
+    async def took(responses: int) -> float:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for _ in range(responses):
+            await servicer._paced()
+        return loop.time() - began
+
+    try:
+        servicer.sending = 1
+        alone = asyncio.run(took(50))
+        servicer.sending = 2
+        shared = asyncio.run(took(5))  # one at once, then one each 1/20 s
+    finally:
+        servicer.executor.close()
+        servicer.status_executor.close()
+        store.close()
+    assert alone < 0.05 and servicer.pacer.waits == 4
+    assert 0.18 <= shared < 0.5
