@@ -1,7 +1,9 @@
 """Loop latency of a ``meshnode run`` node (fake sensor, mesh on) while hostile API clients attack it.
 
-Run: ``.venv/bin/python -m bench.bench_api_hostile [--seconds 8] [--root DIR]``; ``--root`` runs the node of
-another source tree (e.g. an export of an older commit, with its generated ``meshnode/v1``) side by side.
+Run: ``.venv/bin/python -m bench.bench_api_hostile [--seconds 8] [--root DIR ...] [--rounds N]``; ``--root``
+(repeatable) runs the node of each source tree given (e.g. an export of an older commit, with its generated
+``meshnode/v1``) side by side: each attack on each tree in turn, ``--rounds`` times, then the latencies of
+every round pooled per tree.
 
 For each attack a fresh node (1 s export periods, 50 fake flows a poll unless said) is attacked for
 ``--seconds`` while a probe thread calls ``Status`` (a hop to a worker thread and back) and ``Mesh.Peers``
@@ -109,33 +111,51 @@ def attacking(address: str, attack: Attack | None) -> Iterator[None]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--root", type=Path, default=ROOT, help="the source tree whose node runs")
+    ap.add_argument("--root", type=Path, action="append", help="a source tree whose node runs (repeatable; "
+                                                                 "default this one)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of every attack on every tree")
     ap.add_argument("--only", action="append", choices=list(ATTACKS), help="run only these attacks")
     args = ap.parse_args()
-    print(f"node from {args.root}; {args.seconds:g} s per attack; latencies in ms (p50 / p99 / max)")
-    print(f"{'attack':<22}{'Status':>24}{'Peers (loop)':>24}{'samples':>9}{'SIGTERM s':>11}")
-    for name, (attack, per_poll, stored) in ATTACKS.items():
-        if args.only and name not in args.only:
-            continue
-        data = Path(tempfile.mkdtemp(prefix="bench-api-"))
-        if stored:
-            prefill(data, stored)
-        with NodeProcess(data, flows_per_poll=per_poll, root=args.root) as node:
-            time.sleep(1.5)
-            with attacking(node.address, attack):
-                time.sleep(0.5)
-                with LatencyProbe(node.address) as probe:
-                    time.sleep(args.seconds)
-                try:
-                    stopped = f"{node.terminate(30):.1f}"
-                except Exception:  # still running after 30 s
-                    stopped = ">30"
+    roots: list[Path] = args.root or [ROOT]
+    tags = {root: f"[{i}]" if len(roots) > 1 else "" for i, root in enumerate(roots)}
+    for root, tag in tags.items():
+        print(f"node {tag} from {root}".replace("  ", " "))
+    print(f"{args.seconds:g} s per attack; latencies in ms (p50 / p99 / max)")
+    print(f"{'attack':<26}{'Status':>24}{'Peers (loop)':>24}{'samples':>9}{'SIGTERM s':>11}")
 
-        def ms(v: list[float]) -> str:
-            return f"{percentile(v, 0.5) * 1000:.1f} / {percentile(v, 0.99) * 1000:.0f} / {max(v) * 1000:.0f}"
+    def ms(v: list[float]) -> str:
+        return f"{percentile(v, 0.5) * 1000:.1f} / {percentile(v, 0.99) * 1000:.0f} / {max(v) * 1000:.0f}"
 
-        print(f"{name:<22}{ms(probe.status):>24}{ms(probe.peers):>24}{len(probe.status):>9}{stopped:>11}",
-              flush=True)
+    pooled: dict[tuple[str, Path], tuple[list[float], list[float]]] = {}
+    for _ in range(args.rounds):
+        for name, (attack, per_poll, stored) in ATTACKS.items():
+            if args.only and name not in args.only:
+                continue
+            for root in roots:
+                data = Path(tempfile.mkdtemp(prefix="bench-api-"))
+                if stored:
+                    prefill(data, stored)
+                with NodeProcess(data, flows_per_poll=per_poll, root=root) as node:
+                    time.sleep(1.5)
+                    with attacking(node.address, attack):
+                        time.sleep(0.5)
+                        with LatencyProbe(node.address) as probe:
+                            time.sleep(args.seconds)
+                        try:
+                            stopped = f"{node.terminate(30):.1f}"
+                        except Exception:  # still running after 30 s
+                            stopped = ">30"
+                status, peers = pooled.setdefault((name, root), ([], []))
+                status += probe.status
+                peers += probe.peers
+                label = f"{name} {tags[root]}".strip()
+                print(f"{label:<26}{ms(probe.status):>24}{ms(probe.peers):>24}{len(probe.status):>9}"
+                      f"{stopped:>11}", flush=True)
+    if args.rounds > 1:
+        print(f"pooled over {args.rounds} rounds")
+        for (name, root), (status, peers) in pooled.items():
+            label = f"{name} {tags[root]}".strip()
+            print(f"{label:<26}{ms(status):>24}{ms(peers):>24}{len(status):>9}")
     return 0
 
 

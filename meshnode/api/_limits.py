@@ -39,6 +39,10 @@ class ApiLimits:
             closes it when the ping is not answered within ``keepalive_timeout_s`` (a client that vanished).
         min_client_ping_s: clients pinging more often than this are sent GOAWAY (ping floods).
         max_idle_s: a connection without calls for this long is closed (clients reconnect on their own).
+        stream_responses_per_s: responses all streams together send a second (``StreamPacer``) while more
+            than one is open; more wait. One record a response, that is 5,000 records a second; batched
+            responses carry up to 5,000 each.
+        stream_burst: responses sent at once before the rate applies.
     """
 
     workers: int = 4
@@ -51,6 +55,8 @@ class ApiLimits:
     keepalive_timeout_s: float = 20.0
     min_client_ping_s: float = 10.0
     max_idle_s: float = 600.0
+    stream_responses_per_s: float = 5_000.0
+    stream_burst: int = 1_000
 
     def server_options(self) -> list[tuple[str, int]]:
         """gRPC core channel arguments for the server."""

@@ -56,6 +56,7 @@ from meshnode.api._filters import FilterError, Selector
 from meshnode.api._flowstream import HistoryReader, ReadAhead, SnapshotExpired
 from meshnode.api._limits import MAX_TIME_NS, ApiLimits
 from meshnode.api._live import EventRing, FlowFeed
+from meshnode.api._pacer import StreamPacer
 from meshnode.api._status import StatusProvider
 from meshnode.sensor import EventRecord
 from meshnode.store import TABLE_FINAL, TABLE_INTERIM, FlowQuery, PeriodRow, RowFilter, Store, StoredFlow, StoreTimeout
@@ -229,6 +230,10 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         """``Status`` alone."""
         self._streams: set[Callable[[], None]] = set()
         """How to end each open Flows stream now (its ``expire``): ``close`` ends them all."""
+        self.pacer = StreamPacer(self.limits.stream_responses_per_s, self.limits.stream_burst)
+        """Stream responses a second, all streams together: the loop keeps room for Status and the mesh."""
+        self.sending = 0
+        """Flows and Events streams open now."""
 
     def close(self) -> None:
         """At shutdown, after the server stopped: end every stream and every store read still running, so
@@ -236,6 +241,14 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         self.store.expire_readers()  # first: a read in progress stops at its next check and lets go of its stream
         for expire in list(self._streams):
             expire()
+
+    async def _paced(self) -> None:
+        """Wait for the next stream response's turn (``StreamPacer``) while several streams are open: at once
+        unless they together send faster than the limit. A lone stream is not paced: it has one response in
+        flight at a time, so calls queued behind it wait for one send at most (and a client reading one record
+        a response, as grpcurl does, gets its answer at full speed)."""
+        if self.sending > 1 and (wait := self.pacer.delay()):
+            await asyncio.sleep(wait)
 
     def _deadline(self, context: Context) -> float:
         """The call's deadline (``time.monotonic()``), or the server's default when the client set none."""
@@ -320,6 +333,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
 
         timer = loop.call_later(self.limits.stream_age_s, expire)
         self._streams.add(expire)
+        self.sending += 1
         sent = after  # the key after which a resumed stream goes on
 
         async def resume(why: str, due: int) -> NoReturn:
@@ -331,6 +345,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         try:
             try:
                 async for resp, key in reader:
+                    await self._paced()
                     yield resp
                     sent = key
                     limit -= _records_in(resp)
@@ -362,11 +377,13 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     continue
                 responses, last = await self.executor.run(_live_responses, batch, sel, request)
                 for resp in responses:
+                    await self._paced()
                     yield resp
                 sent = last or sent
         finally:
             timer.cancel()
             self._streams.discard(expire)
+            self.sending -= 1
             if sub is not None:
                 sub.close()
 
@@ -537,6 +554,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"number: {request.number} is over the server maximum of {MAX_EVENTS}")
         sub = self.events.subscribe() if request.follow else None
+        self.sending += 1
         try:
             if request.number:
                 ring = list(self.events.ring)  # the loop appends to the ring: copy it here, match in a worker
@@ -545,6 +563,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     return [e for e in ring if e.time_ns >= request.since_ns and sel.matches_event(e)]
 
                 for ev in (await self.executor.run(past))[-int(request.number):]:
+                    await self._paced()
                     yield observer_pb2.EventsResponse(event=event_pb(ev))
             if sub is None:
                 return
@@ -553,8 +572,10 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                     await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                  f"follow: the client fell behind and {sub.lagged} events were dropped")
                 if ev.time_ns >= request.since_ns and sel.matches_event(ev):
+                    await self._paced()
                     yield observer_pb2.EventsResponse(event=event_pb(ev))
         finally:
+            self.sending -= 1
             if sub is not None:
                 sub.close()
 
@@ -570,7 +591,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                 completeness=completeness_pb({"store_evictions": stats.evictions,
                                               "incomplete_periods": stats.incomplete_periods}),
             )
-        st = await self.status_executor.run(self.status_provider)
+        # on the loop: under load every hop to a thread waits for the GIL (and the status thread's SQLite
+        # reads wait for it once per statement), which is where most of Status's time went
+        st = self.status_provider()
         fidelity = st.fidelity.upper()
         if fidelity not in _FIDELITY_NAMES:
             fidelity = "FIDELITY_UNKNOWN"

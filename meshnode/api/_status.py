@@ -45,6 +45,7 @@ class NodeStatus:
 
 
 class StatusProvider(Protocol):
-    """Returns the node's current status; may block briefly (it reads the store's size)."""
+    """Returns the node's current status without blocking: the servicer calls it on the event loop, so it
+    answers from what the node already holds (the store's counts as of the last period close)."""
 
     def __call__(self) -> NodeStatus: ...

@@ -108,10 +108,13 @@ class Node:
         """Called after the period listeners with the period's flows (finals, then interims) as one batch,
         e.g. to put endpoint records in the digest or transactions in the diagnosis source. Must not block."""
         self.exporters: list[Callable[[], ExporterStatus]] = []
-        """The exporters' status snapshots (ClickHouse), for Status; each is called from a worker thread."""
+        """The exporters' status snapshots (ClickHouse, OTLP), for Status; each is called on the event loop
+        and must not block."""
         self.totals = Completeness()
         self.periods_closed = 0
         self.active_flows = 0
+        self._store_stats: StoreStats | None = None
+        """The store's counts as of the last period close (or the start), which Status reports."""
         self.mesh_node_id = ""
         """The mesh's node id (key fingerprint), set by the mesh service; Status reports it as ``node_id``."""
         self._ended: list[FlowBatch] = []
@@ -139,8 +142,9 @@ class Node:
         return self.events.evicted + self.events.dropped
 
     def status(self) -> NodeStatus:
-        """A snapshot for the Status RPC (reads the store's size; call from a worker thread)."""
-        stats = self.store.stats()
+        """A snapshot for the Status RPC, cheap enough for the event loop once the node started: the store's
+        rows and counters as of the last period close (the only time they change), its size on disk now."""
+        stats = self._store_stats or self.store.stats()
         completeness = dataclasses.asdict(self.totals)
         completeness.update(
             store_evictions=stats.evictions, incomplete_periods=stats.incomplete_periods,
@@ -151,7 +155,7 @@ class Node:
             uptime_s=time.monotonic() - self._started_mono, sensor_mode=self.sensor.mode,
             sensor_reason=self.sensor.reason, fidelity=self.sensor.fidelity, scope=self.sensor.scope,
             export_period_s=self.config.export_period, completeness=completeness,
-            store_bytes=stats.bytes, store_rows=stats.rows, data_dir=str(self.config.data_dir),
+            store_bytes=self.store.size_on_disk(), store_rows=stats.rows, data_dir=str(self.config.data_dir),
             labels=dict(self.config.labels), listen=self.api.address if self.api.port else self.config.listen,
             periods=self.periods_closed, insecure=not self.api.secure, active_flows=self.active_flows,
             exporters=[exporter() for exporter in self.exporters],
@@ -173,6 +177,7 @@ class Node:
                         self.store.recovered_incomplete)
         self._period_start = self.clock()
         self._seq = await asyncio.to_thread(self.store.open_period, self._period_start)
+        self._store_stats = await asyncio.to_thread(self.store.stats)
         try:
             for svc in self.services:
                 await svc.start()
@@ -362,6 +367,7 @@ class Node:
             self.feed.publish(seq, stored)
             try:
                 stats = await asyncio.to_thread(self.store.stats)  # SQLite reads: not on the event loop
+                self._store_stats = stats
             except Exception:  # metrics must not stop the node
                 log.exception("store stats")
                 stats = None

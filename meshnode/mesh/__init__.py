@@ -82,7 +82,17 @@ from meshnode.mesh._digest import (
     sign_digest,
     verify_digest,
 )
-from meshnode.mesh._fleetflows import Answer, FleetRefused, Page, decode_token, encode_token, member_after, merge
+from meshnode.mesh._fleetflows import (
+    Answer,
+    FleetRefused,
+    Page,
+    answer_signed_by,
+    decode_token,
+    encode_token,
+    member_after,
+    merge,
+    sign_answer,
+)
 from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, PoolTransport, with_retries
 from meshnode.mesh._identity import (
     AUDIENCE_METADATA_KEY,
@@ -92,9 +102,11 @@ from meshnode.mesh._identity import (
     alive_signed_by_member,
     audience_metadata,
     bound_node_ids,
+    leave_signed_by_member,
     over_tls,
     peer_certificate,
     sign_alive,
+    sign_leave,
     tls_peer,
 )
 from meshnode.mesh._measurements import HeldMeasurements, MeasurementStore, StoredMeasurements
@@ -187,6 +199,7 @@ __all__ = [
     "aggregate",
     "aggregate_rows",
     "alive_signed_by_member",
+    "answer_signed_by",
     "apply_delta",
     "audience_metadata",
     "bound_digest",
@@ -204,6 +217,7 @@ __all__ = [
     "health_of",
     "hierarchy",
     "host_reports",
+    "leave_signed_by_member",
     "matches",
     "measure_tcp",
     "median",
@@ -221,7 +235,9 @@ __all__ = [
     "scale_timeout",
     "sign_aggregate",
     "sign_alive",
+    "sign_answer",
     "sign_digest",
+    "sign_leave",
     "suspicion_timeout",
     "tls_peer",
     "trace_path",

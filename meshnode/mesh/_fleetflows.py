@@ -12,6 +12,13 @@ is cut at the earliest such "last sent" record among the members that have more:
 before the page's end is ever skipped.
 Records merged but not on the page (cut, or past ``number``) are counted as ``rows_dropped``; they come
 again on the next page.
+
+An answer is bound to the member that made it: the fan-out sends a random ``challenge``, and the member signs
+its answer with its node key over the request and the answer (``sign_answer``). The asking node takes it
+only when that member's key signed it (``answer_signed_by``): whoever else answers at the member's address
+(a certificate of the same CA on a reused address or port, a relay that rewrites it) cannot make its
+records pass for the member's. gRPC's Python client does not show the server's certificate to the caller,
+so the check is the signature rather than the TLS peer; it holds in plaintext too.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ import heapq
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from meshnode.mesh._identity import signed_by_node
 from meshnode.v1 import flow_pb2, mesh_pb2
+
+if TYPE_CHECKING:
+    from meshnode.mesh._digest import NodeKey
 
 DEFAULT_NUMBER: Final = 1_000
 """Records in a merged page when the request says 0 (as ``Observer.Flows``)."""
@@ -43,6 +54,12 @@ MAX_LOCAL_ANSWERS: Final = 8
 """Members' requests (``local_only``) one node answers at once from its store."""
 DEFAULT_DEADLINE_MS: Final = 2_000
 MAX_DEADLINE_MS: Final = 30_000
+
+CHALLENGE_BYTES: Final = 16
+"""The random challenge a fan-out sends with each member's request."""
+MAX_CHALLENGE_BYTES: Final = 64
+
+_ANSWER_DOMAIN: Final = b"meshnode-fleet-flows-v1\x00"
 
 TABLE_FINAL: Final = 0
 TABLE_INTERIM: Final = 1
@@ -134,6 +151,31 @@ def merge(answers: Sequence[Answer], number: int) -> Page:
     return page
 
 
+def answer_bytes(req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse) -> bytes:
+    """The bytes an answer's signature covers; ``resp`` without its ``public_key`` and ``signature``."""
+    return (_ANSWER_DOMAIN + hashlib.sha256(req.SerializeToString(deterministic=True)).digest()
+            + hashlib.sha256(resp.SerializeToString(deterministic=True)).digest())
+
+
+def sign_answer(key: NodeKey, req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse) -> None:
+    """Sign ``resp``, the answer of ``key``'s node to ``req``, in place."""
+    resp.ClearField("public_key")
+    resp.ClearField("signature")
+    signature = key.sign(answer_bytes(req, resp))
+    resp.public_key, resp.signature = key.public_raw, signature
+
+
+def answer_signed_by(node_id: str, req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse) -> bool:
+    """True when ``resp`` is signed, as the answer to ``req``, by the key whose fingerprint is ``node_id``.
+
+    Takes the proof off ``resp``, which is then the answer as the member made it.
+    """
+    public_key, signature = resp.public_key, resp.signature
+    resp.ClearField("public_key")
+    resp.ClearField("signature")
+    return signed_by_node(node_id, public_key, signature, answer_bytes(req, resp))
+
+
 def share(number: int, asked: int, most: int = MAX_ROWS_PER_MEMBER) -> int:
     """Records to ask of each of ``asked`` members for a page of ``number``: twice an even share (at least
     ``MIN_SHARE``, at most ``number`` and ``most``). Asking each member for the whole page would move
@@ -144,13 +186,14 @@ def share(number: int, asked: int, most: int = MAX_ROWS_PER_MEMBER) -> int:
 
 
 def _fingerprint(req: mesh_pb2.FleetFlowsRequest) -> str:
-    """What a token is bound to: the query, its selector and fan-out shape, not its deadline."""
+    """What a token is bound to: the query, its selector and fan-out shape, not its deadline or challenge."""
     bare = mesh_pb2.FleetFlowsRequest()
     bare.CopyFrom(req)
     bare.flows.page_token = ""
     bare.deadline_ms = 0
     bare.ClearField("after")
     bare.rows_per_member = 0
+    bare.challenge = b""
     return hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
@@ -202,6 +245,9 @@ def check_request(req: mesh_pb2.FleetFlowsRequest) -> tuple[int, float]:
     if f.number > MAX_NUMBER:
         raise FleetRefused("RESOURCE_EXHAUSTED", f"flows.number: {f.number} is over the fleet maximum of "
                                                  f"{MAX_NUMBER:,} a page; follow next_page_token for more")
+    if len(req.challenge) > MAX_CHALLENGE_BYTES:
+        raise FleetRefused("INVALID_ARGUMENT", f"challenge: {len(req.challenge)} bytes, at most "
+                                               f"{MAX_CHALLENGE_BYTES}")
     if req.deadline_ms > MAX_DEADLINE_MS:
         raise FleetRefused("INVALID_ARGUMENT", f"deadline_ms: {req.deadline_ms} is over {MAX_DEADLINE_MS:,}")
     if f.until_ns and f.until_ns < f.since_ns:

@@ -7,6 +7,9 @@ proves the peer holds the certificate, so a call's peer *is* that node id, and n
 * a packet or push-pull must name that node id as its source;
 * an ``Alive`` about node X is accepted only from X's own connection, or signed by X's key (``sign_alive``),
   so that a member cannot move another member's address nor gossip keys of its own making into the table;
+* so is a leave of node X (a ``Dead`` with ``from`` X, or X listed LEFT in push-pull state; ``sign_leave``):
+  a member cannot make the fleet stop probing another one by saying it left. A Dead declared by another
+  node after a suspicion needs no signature: that is SWIM's own accusation, which X refutes;
 * a node id is *certified* once it has called this node with its certificate; only certified members'
   digests are admitted, and trust's quorum counts certificates. A key minted by the holder of one
   certificate is never certified, so one certificate is one identity.
@@ -25,9 +28,9 @@ import functools
 import hashlib
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from meshnode.mesh._digest import DigestRejected, check_signature, node_id_from_public_key
 from meshnode.v1 import mesh_pb2
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+M = TypeVar("M", mesh_pb2.Alive, mesh_pb2.Dead)
+
 KEY_URI_PREFIX: Final = "meshnode:key:"
 """A node certificate's URI SAN ``meshnode:key:<node id>`` binds the node's Ed25519 key to it."""
 
@@ -44,6 +49,7 @@ AUDIENCE_METADATA_KEY: Final = "meshnode-audience"
 """Call metadata naming the node id a signed call is for; the node's ``RequestSigner`` signs it as the audience."""
 
 _ALIVE_DOMAIN: Final = b"meshnode-alive-v1\x00"
+_LEAVE_DOMAIN: Final = b"meshnode-leave-v1\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +133,38 @@ def sign_alive(key: NodeKey, a: mesh_pb2.Alive) -> None:
     a.signature = key.sign(alive_bytes(a))
 
 
-def alive_signed_by_member(a: mesh_pb2.Alive) -> bool:
-    """True when ``a`` carries a valid signature by the key whose fingerprint is ``a.node``."""
-    if len(a.public_key) != 32 or not a.signature or node_id_from_public_key(a.public_key) != a.node:
+def signed_by_node(node: str, public_key: bytes, signature: bytes, payload: bytes) -> bool:
+    """True when ``signature`` over ``payload`` is valid by ``public_key`` and that key's fingerprint is ``node``."""
+    if len(public_key) != 32 or not signature or node_id_from_public_key(public_key) != node:
         return False
     try:
-        check_signature(a.public_key, a.signature, alive_bytes(a))
+        check_signature(public_key, signature, payload)
     except DigestRejected:
         return False
     return True
+
+
+def alive_signed_by_member(a: mesh_pb2.Alive) -> bool:
+    """True when ``a`` carries a valid signature by the key whose fingerprint is ``a.node``."""
+    return signed_by_node(a.node, a.public_key, a.signature, alive_bytes(a))
+
+
+def leave_bytes(d: mesh_pb2.Dead) -> bytes:
+    """The bytes a leave's signature covers: the domain tag and the Dead without its proof."""
+    bare = mesh_pb2.Dead(node=d.node, incarnation=d.incarnation)
+    setattr(bare, "from", getattr(d, "from"))
+    return _LEAVE_DOMAIN + bare.SerializeToString(deterministic=True)
+
+
+def sign_leave(key: NodeKey, d: mesh_pb2.Dead) -> None:
+    """Sign ``d`` (``key``'s own node leaving) in place."""
+    d.public_key = key.public_raw
+    d.signature = key.sign(leave_bytes(d))
+
+
+def leave_signed_by_member(d: mesh_pb2.Dead) -> bool:
+    """True when ``d`` is a leave (``from`` equals ``node``) signed by the key whose fingerprint is ``d.node``."""
+    return getattr(d, "from") == d.node and signed_by_node(d.node, d.public_key, d.signature, leave_bytes(d))
 
 
 class IdentityGuard:
@@ -185,11 +214,18 @@ class IdentityGuard:
 
     def alive_ok(self, a: mesh_pb2.Alive) -> bool:
         """Whether an Alive may be believed: from its member's own connection, or signed by its member."""
+        return self._own_or_signed(a.node, alive_signed_by_member, a, "alives_unsigned", "alive")
+
+    def leave_ok(self, d: mesh_pb2.Dead) -> bool:
+        """Whether a leave (``from`` equal to ``node``) may be believed: from its member's own connection, or
+        signed by its member (counted ``leaves_unsigned`` if not)."""
+        return self._own_or_signed(d.node, leave_signed_by_member, d, "leaves_unsigned", "leave")
+
+    def _own_or_signed(self, node: str, signed: Callable[[M], bool], msg: M, refused: str, what: str) -> bool:
+        """A claim about ``node`` is its own when its connection is ``node``'s, or ``node``'s key signed it."""
         peer = PEER.get()
-        if peer is not None and peer.node_id == a.node:
+        if (peer is not None and peer.node_id == node) or signed(msg):
             return True
-        if alive_signed_by_member(a):
-            return True
-        self.counters["alives_unsigned"] += 1
-        log.debug("alive of %s neither from its own connection nor signed by it: dropped", a.node[:32])
+        self.counters[refused] += 1
+        log.debug("%s of %s neither from its own connection nor signed by it: dropped", what, node[:32])
         return False

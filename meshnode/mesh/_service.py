@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -59,6 +60,7 @@ from meshnode.mesh._digest import (
     verify_digest,
 )
 from meshnode.mesh._fleetflows import (
+    CHALLENGE_BYTES,
     MAX_FAN_OUTS,
     MAX_LOCAL_ANSWERS,
     MAX_MEMBERS,
@@ -66,12 +68,14 @@ from meshnode.mesh._fleetflows import (
     Answer,
     FleetRefused,
     Key,
+    answer_signed_by,
     check_request,
     decode_token,
     encode_token,
     member_after,
     merge,
     share,
+    sign_answer,
 )
 from meshnode.mesh._grpc_transport import MAX_POOL, GrpcTransport, with_retries
 from meshnode.mesh._identity import (
@@ -81,6 +85,7 @@ from meshnode.mesh._identity import (
     alive_signed_by_member,
     audience_metadata,
     sign_alive,
+    sign_leave,
     tls_peer,
 )
 from meshnode.mesh._measurements import MAX_MEASUREMENTS_LISTED, HeldMeasurements, MeasurementStore
@@ -128,6 +133,14 @@ DEAD_MEMBER_BUDGET = 0.5
 """Seconds a fleet query gives a member it holds dead (not left): a node overloaded for a while is declared
 dead while it still serves, and its answer is as good as any (signed, verified); a truly dead one costs the
 query at most this long, in parallel with the rest (bench/RESULTS.md, "Fleet query latency")."""
+
+UNTRUSTED_ANSWER: Final = "UNTRUSTED_ANSWER"
+"""A fleet flow query's error for a member whose answer its key did not sign (another node answered at its
+address): its records are not shown."""
+
+REJOIN_FIRST = 0.5
+"""Seconds before the first retry of seeds that did not answer; each further retry waits twice as long, up to
+``MeshService.rejoin_interval``."""
 
 RELAY_DEADLINE_SHARE = 0.8
 """The part of what is left of a fleet flow query's deadline a site relay gets for its own fan-out: the rest
@@ -387,8 +400,8 @@ class MeshService:
             admit_labels = functools.partial(_same_group, SITE, self.labels)
         self._membership = Membership(
             self.node_id, self.transport, sched, labels=self.labels, config=self.config, rng=self._rng,
-            delegate=delegate, sign_alive=functools.partial(sign_alive, self.key), identity=guard,
-            admit_labels=admit_labels,
+            delegate=delegate, sign_alive=functools.partial(sign_alive, self.key),
+            sign_leave=functools.partial(sign_leave, self.key), identity=guard, admit_labels=admit_labels,
         )
         self._exchange.attach(self._membership)
         if self._sites is not None:
@@ -406,17 +419,25 @@ class MeshService:
             self._tasks.append(loop.create_task(self._rejoin_loop()))
 
     async def _rejoin_loop(self) -> None:
-        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them. With
-        sites, also ask where the rest of the fleet is again while it is alone in its site or, as a site
+        """While this node knows nobody else (its seeds were down, or it was partitioned), retry them: soon at
+        first, then less often, up to every ``rejoin_interval``. Nodes of a fleet started together come up
+        within seconds of each other; a node that found its seed not listening yet stayed alone, and unknown
+        to the fleet, for the whole interval (10 s of the 11-15 s a lab node took to be listed everywhere).
+        With sites, also ask where the rest of the fleet is again while it is alone in its site or, as a site
         aggregator, alone with its site in the fleet pool (two sites started at once find each other)."""
+        backoff = REJOIN_FIRST
+        wait = backoff
         while True:
-            await asyncio.sleep(self.rejoin_interval)
+            await asyncio.sleep(min(wait, self.rejoin_interval))
             m = self._membership
             if m is None:
                 return
-            if m.num_members() <= 1:
+            if m.num_members() > 1:  # joined: looked at again after the full interval
+                backoff, wait = REJOIN_FIRST, self.rejoin_interval
+            else:
                 self.joined = await self._join(m)
                 self.counters["rejoins"] += 1
+                wait, backoff = backoff, min(2 * backoff, self.rejoin_interval)
             if self._sites is not None and self._lonely():
                 await self._locate()
                 self._heal_upper()
@@ -457,7 +478,8 @@ class MeshService:
         admit = functools.partial(_same_group, REGION, self.labels) if role == REGION else None
         return Membership(self.node_id, self.transport.pool(role), sched, labels=self.labels, config=self.config,
                           rng=random.Random(self._rng.getrandbits(64)), delegate=self._sites.pools[role],
-                          sign_alive=functools.partial(sign_alive, self.key), identity=guard, admit_labels=admit)
+                          sign_alive=functools.partial(sign_alive, self.key),
+                          sign_leave=functools.partial(sign_leave, self.key), identity=guard, admit_labels=admit)
 
     def _upper_seeds(self, role: str) -> list[str]:
         """Where to join an upper pool: the other aggregators of this site (elected before, so in it), then
@@ -1211,19 +1233,25 @@ class MeshService:
             statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, host=hosts.get(x.node_id, ""),
                                                       error=error, via=via)
 
-        async def call(x: Member, sub: mesh_pb2.FleetFlowsRequest, left: float) -> mesh_pb2.FleetFlowsResponse:
+        async def call(x: Member, sub: mesh_pb2.FleetFlowsRequest, left: float) -> mesh_pb2.FleetFlowsResponse | str:
             if x.node_id == self.node_id:  # answered here, without a call
                 return await self.fleet_flows(sub)
+            sub.challenge = os.urandom(CHALLENGE_BYTES)
             stub = self.transport.stub(x.addr)
             self.ledger.asked(x.node_id, queries=1)
             resp: mesh_pb2.FleetFlowsResponse = await with_retries(
                 lambda: stub.FleetFlows(sub, timeout=left, metadata=audience_metadata(x.node_id)), budget=left)
             self.ledger.asked(x.node_id, nbytes=resp.ByteSize())
+            if not answer_signed_by(x.node_id, sub, resp):
+                self.counters["fleet_flows_answers_untrusted"] += 1
+                log.warning("fleet flows answer from %s refused: not signed by the key of %s, the member asked "
+                            "there", x.addr, x.node_id)
+                return UNTRUSTED_ANSWER
             return resp
 
         async def bounded(x: Member, sub: mesh_pb2.FleetFlowsRequest, share: float
                           ) -> mesh_pb2.FleetFlowsResponse | str:
-            """The answer of ``x``, or why there is none (a status name, or the refusal)."""
+            """The answer of ``x``, signed by it, or why there is none (a status name, or the refusal)."""
             if x.state not in (State.ALIVE, State.SUSPECT, State.DEAD):
                 return f"not alive: {x.state.name}"
             async with slots:  # the deadline runs from the query's start, waiting for a slot included
@@ -1515,12 +1543,14 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         requester = await self._charge_query(context)
         try:
             resp = await self._svc.fleet_flows(request)
-            self._svc.ledger.served(requester, queries=1, nbytes=resp.ByteSize())
-            return resp
         except FleetRefused as exc:
             log.info("fleet flows request from %s refused: %s", context.peer(), exc)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
-        raise AssertionError("unreachable")  # abort raises
+            raise AssertionError("unreachable") from exc  # abort raises
+        if request.challenge:  # a fan-out takes the answer only signed by the member it asked
+            sign_answer(self._svc.key, request, resp)
+        self._svc.ledger.served(requester, queries=1, nbytes=resp.ByteSize())
+        return resp
 
 
 MAX_GROUP_AGGREGATES = 64

@@ -27,7 +27,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -71,6 +71,14 @@ def incarnation_admissible(claimed: int, held: int | None) -> bool:
     return claimed <= MAX_INCARNATION or (held is not None and claimed <= held + 1)
 
 
+def dead_message(node: str, incarnation: int, declared_by: str) -> mesh_pb2.Dead:
+    """A Dead about ``node`` declared by ``declared_by`` (``from``, a Python keyword); a leave when they are
+    equal."""
+    d = mesh_pb2.Dead(node=node, incarnation=incarnation)
+    setattr(d, "from", declared_by)
+    return d
+
+
 def next_incarnation(own: int, accused: int = 0) -> int:
     """This node's next incarnation, above its own and above the one it is accused at; saturates at the
     field's largest value instead of overflowing it (peers refuse that far up anyway)."""
@@ -98,8 +106,9 @@ class Member:
         labels: its labels.
         state_change: monotonic time of the last state change.
         rtt: the last direct probe round trip in seconds, None before the first.
-        public_key: the key that signed its current Alive (empty when it came unsigned).
+        public_key: the key that signed its current Alive or its leave (empty when both came unsigned).
         signature: that Alive's signature, relayed with it in push-pull.
+        leave_signature: while it is LEFT, its signature of its leave, relayed with it in push-pull.
     """
 
     node_id: str
@@ -111,6 +120,7 @@ class Member:
     rtt: float | None = None
     public_key: bytes = b""
     signature: bytes = b""
+    leave_signature: bytes = b""
 
 
 class Delegate(Protocol):
@@ -204,6 +214,7 @@ class Membership:
         delegate: application data riding on membership (the digest layer).
         on_event: called on joins, leaves and updates of other members.
         sign_alive: signs this node's own Alive in place (``meshnode.mesh._identity.sign_alive``).
+        sign_leave: signs this node's own leave in place (``meshnode.mesh._identity.sign_leave``).
         identity: the mTLS identity rules (``IdentityGuard``); None believes every well-formed claim.
         admit_labels: which members this pool lists, by their labels (a site pool: its site's members
             only); a member refused is counted ``members_refused_other_pool``. None lists everyone.
@@ -221,12 +232,14 @@ class Membership:
         delegate: Delegate | None = None,
         on_event: EventCallback | None = None,
         sign_alive: Callable[[mesh_pb2.Alive], None] | None = None,
+        sign_leave: Callable[[mesh_pb2.Dead], None] | None = None,
         identity: IdentityGuard | None = None,
         admit_labels: Callable[[Mapping[str, str]], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.admit_labels = admit_labels
         self._sign_alive = sign_alive
+        self._sign_leave = sign_leave
         self.identity = identity
         self.config = config or MeshConfig()
         self._transport = transport
@@ -315,7 +328,10 @@ class Membership:
         """
         me = self._members[self.node_id]
         self._leaving = True
-        msg = mesh_pb2.Dead(node=self.node_id, incarnation=me.incarnation, **{"from": self.node_id})
+        msg = dead_message(self.node_id, me.incarnation, self.node_id)
+        if self._sign_leave is not None:
+            self._sign_leave(msg)
+            me.leave_signature = msg.signature
         self._set_state(me, State.LEFT)
         payload = mesh_pb2.Gossip(dead=msg).SerializeToString()
         self._broadcasts.queue(self.node_id, payload, on_done)
@@ -477,17 +493,17 @@ class Membership:
         return self._seq
 
     def _send(
-        self, addr: str, header: mesh_pb2.MeshPacket, gossip_only: bool = False, first: bytes = b""
+        self, addr: str, header: mesh_pb2.MeshPacket, gossip_only: bool = False, first: Sequence[bytes] = ()
     ) -> bool:
         """Send ``header`` with as many piggybacked broadcasts as fit; False when gossip_only had none.
 
-        ``first`` is a serialized Gossip that goes before the queued ones.
+        ``first`` are serialized Gossips that go before the queued ones.
         """
         header.source = self.node_id
         header.source_addr = self.address
         base = header.SerializeToString()
         budget = self.config.packet_budget - len(base)
-        parts = [first] if first else []
+        parts = list(first)
         used = sum(len(p) + _GOSSIP_OVERHEAD for p in parts)
         parts.extend(self._broadcasts.get_broadcasts(_GOSSIP_OVERHEAD, budget - used))
         used = sum(len(p) + _GOSSIP_OVERHEAD for p in parts)
@@ -503,6 +519,13 @@ class Membership:
         data = base + b"".join(_field(_GOSSIP_FIELD, p) for p in parts)
         self._transport.send_packet(addr, data)
         return True
+
+    def _own_alive(self) -> bytes:
+        """This node's current Alive (as last signed) as a serialized Gossip."""
+        me = self._members[self.node_id]
+        a = mesh_pb2.Alive(node=me.node_id, incarnation=me.incarnation, addr=me.addr, labels=me.labels,
+                           public_key=me.public_key, signature=me.signature)
+        return mesh_pb2.Gossip(alive=a).SerializeToString()
 
     def _queue_alive(self, m: Member) -> None:
         msg = mesh_pb2.Alive(node=m.node_id, incarnation=m.incarnation, addr=m.addr, labels=m.labels)
@@ -543,14 +566,20 @@ class Membership:
         seq = self._next_seq()
         probe = _Probe(target.node_id, target.incarnation, self._sched.now())
         self._acks[seq] = probe
-        buddy = b""
+        first: list[bytes] = []
         if target.state == State.SUSPECT:
             # Lifeguard's buddy system: tell a suspect it is suspected, so that it can refute at once
             # instead of waiting for the gossip to reach it.
             sus = mesh_pb2.Suspect(node=target.node_id, incarnation=target.incarnation, **{"from": self.node_id})
-            buddy = mesh_pb2.Gossip(suspect=sus).SerializeToString()
+            first.append(mesh_pb2.Gossip(suspect=sus).SerializeToString())
+        if target.rtt is None:
+            # it may not list this node: an Alive is sent a bounded number of times to random members, so a
+            # member can miss every one (and would learn of this node at its next push-pull only), and a
+            # node answers no ping from a node it does not list. Until the target answers a probe directly,
+            # this node's Alive rides the ping.
+            first.append(self._own_alive())
         ping = mesh_pb2.MeshPacket(ping=mesh_pb2.Ping(seq_no=seq, target=target.node_id))
-        self._send(target.addr, ping, first=buddy)
+        self._send(target.addr, ping, first=first)
         later = self._sched.call_later
         probe.timers.append(later(self.config.probe_timeout, lambda: self._probe_indirect(seq)))
         probe.timers.append(later(interval, lambda: self._probe_failed(seq)))
@@ -689,7 +718,8 @@ class Membership:
         pp = mesh_pb2.PushPull(source=self.node_id, source_addr=self.address, join=join)
         for m in self._members.values():
             pp.members.add(node=m.node_id, addr=m.addr, incarnation=m.incarnation, state=int(m.state),
-                           labels=m.labels, public_key=m.public_key, signature=m.signature)
+                           labels=m.labels, public_key=m.public_key, signature=m.signature,
+                           leave_signature=m.leave_signature if m.state == State.LEFT else b"")
         if self.delegate is not None:
             try:
                 pp.user_state = self.delegate.local_state(join, remote_user)
@@ -753,7 +783,9 @@ class Membership:
                                                labels=pm.labels, public_key=pm.public_key,
                                                signature=pm.signature))
                 elif st == State.LEFT:
-                    self._dead(mesh_pb2.Dead(node=pm.node, incarnation=pm.incarnation, **{"from": pm.node}))
+                    d = dead_message(pm.node, pm.incarnation, pm.node)
+                    d.public_key, d.signature = pm.public_key, pm.leave_signature
+                    self._dead(d)
                 else:
                     # memberlist mergeState: a dead member is only suspected, so that it gets a chance to refute.
                     self._suspect(mesh_pb2.Suspect(node=pm.node, incarnation=pm.incarnation,
@@ -922,6 +954,10 @@ class Membership:
         """Identity check (mTLS): an Alive comes from its member's own connection or carries its signature."""
         return self.identity is None or self.identity.alive_ok(a)
 
+    def _leave_authentic(self, d: mesh_pb2.Dead) -> bool:
+        """Identity check (mTLS): a leave comes from its member's own connection or carries its signature."""
+        return self.identity is None or self.identity.leave_ok(d)
+
     def _alive(self, a: mesh_pb2.Alive) -> None:
         self._check_alive(a)
         if not self._alive_authentic(a):
@@ -957,6 +993,7 @@ class Membership:
         m.addr = a.addr
         m.labels = dict(a.labels)
         m.public_key, m.signature = a.public_key, a.signature
+        m.leave_signature = b""
         self._set_state(m, State.ALIVE)
         self._broadcasts.queue(a.node, mesh_pb2.Gossip(alive=a).SerializeToString())
         self._emit("join" if was in (State.DEAD, State.LEFT) else "update", m)
@@ -998,7 +1035,7 @@ class Membership:
             if cur is not None and cur.state == State.SUSPECT and cur.incarnation == incarnation:
                 log.info("suspect %s timed out after %d confirmations: dead", node, confirmations)
                 self.counters["declared_dead"] += 1
-                self._dead(mesh_pb2.Dead(node=node, incarnation=incarnation, **{"from": self.node_id}))
+                self._dead(dead_message(node, incarnation, self.node_id))
 
         self._suspicions[node] = Suspicion(self._sched, suspecter, k, min_t, max_t, timeout)
 
@@ -1006,6 +1043,9 @@ class Membership:
         self._check_node(d.node)
         m = self._members.get(d.node)
         if m is None or d.incarnation < m.incarnation or m.state in (State.DEAD, State.LEFT):
+            return
+        left = getattr(d, "from") == d.node
+        if left and not self._leave_authentic(d):
             return
         if d.node == self.node_id and not self._leaving:
             self._refute(m, d.incarnation)
@@ -1015,7 +1055,9 @@ class Membership:
             s.cancel()
         self._broadcasts.queue(d.node, mesh_pb2.Gossip(dead=d).SerializeToString())
         m.incarnation = d.incarnation
-        left = getattr(d, "from") == d.node
+        if left and d.signature:
+            # relayed in push-pull, so that members who missed the broadcast can check the leave too
+            m.public_key, m.leave_signature = d.public_key, d.signature
         self._set_state(m, State.LEFT if left else State.DEAD)
         self.counters["left" if left else "dead"] += 1
         self._emit("leave", m)

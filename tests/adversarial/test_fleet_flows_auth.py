@@ -25,9 +25,9 @@ import grpc
 from meshnode._model import FlowRecord
 from meshnode.api import ApiExecutor, StoreHistory
 from meshnode.daemon import NodeConfig
-from meshnode.mesh import MeshService, NodeKey, State
+from meshnode.mesh import MeshService, NodeKey, State, sign_answer
 from meshnode.store import Retention, Store
-from meshnode.trust import auth_metadata
+from meshnode.trust import auth_metadata, server_credentials
 from meshnode.v1 import mesh_pb2, mesh_pb2_grpc
 from tests._support import tlsnode
 from tests._support.tlsnode import Pki
@@ -137,5 +137,84 @@ def test_only_operators_and_members_read_the_fleet_history(tmp_path: Path) -> No
             assert code == grpc.StatusCode.INVALID_ARGUMENT and "whitelist[1].dst" in details, (code, details)
         assert two.counters["fleet_flows_local_answers"] == 1  # the operator's query only
         assert one.counters["requests_unsigned"] == 1 and two.counters["requests_unsigned"] == 1
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+
+
+class _Impostor(mesh_pb2_grpc.MeshServicer):
+    """Mallory's node at a member's old address: answers fleet flow queries with records of her making, signed
+    with her own key (the one her certificate binds), or not at all."""
+
+    def __init__(self, key: NodeKey, victim_id: str) -> None:
+        self.key, self.victim_id = key, victim_id
+        self.asked = 0
+
+    async def FleetFlows(self, request: Any, context: Any) -> mesh_pb2.FleetFlowsResponse:
+        self.asked += 1
+        resp = mesh_pb2.FleetFlowsResponse(more=False)
+        for j in range(2):
+            resp.flows.add(node_id=self.victim_id, flow_id=900 + j, end_ns=NOW - 50 * S + j, dst="10.2.0.1",
+                           dport=5432)
+            resp.keys.add(table=0, row_id=j + 1)
+        if self.asked == 1:
+            sign_answer(self.key, request, resp)  # a valid signature, but by her key
+        return resp
+
+
+def test_a_member_certificate_answering_at_another_members_address_is_refused(tmp_path: Path) -> None:
+    """Attack: member two stops; Mallory, holding a node certificate of the same CA (its address, 127.0.0.1 here,
+    passes the TLS check), takes over two's address and answers the fleet flow query meant for two with
+    records of her making. Before: the asking node took them as two's records. Now the answer must be signed
+    by two's key over the request's challenge: signed by Mallory, or unsigned, it is refused, two is reported
+    as not answered (UNTRUSTED_ANSWER) and none of Mallory's records is shown."""
+    async def main() -> None:
+        pki = Pki(tmp_path / "pki")
+        operator = NodeKey.from_seed(b"operator")
+        op = (base64.b64encode(operator.public_raw).decode(),)
+        executor = ApiExecutor(2)
+        store = _store(tmp_path / "s1", 3, 1)
+
+        def with_history(mesh: MeshService) -> None:
+            mesh.history = StoreHistory(store, executor)
+
+        cfg1 = NodeConfig(tls_dir=pki.node("one"), data_dir=tmp_path / "d1", operator_keys=op)
+        cfg2 = NodeConfig(tls_dir=pki.node("two"), data_dir=tmp_path / "d2", operator_keys=op)
+        for c in (cfg1, cfg2):
+            c.data_dir.mkdir()
+        mallory = pki.node("mallory")
+        impostor = _Impostor(NodeKey.load_or_create(mallory / "mallory.node.key"), "")
+        server = grpc.aio.server()
+        try:
+            async with tlsnode.node(cfg1, before_start=with_history) as (a1, one):
+                async with tlsnode.node(cfg2, seeds=(a1,)) as (a2, two):
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline and one.membership.state_of(two.node_id) != State.ALIVE:
+                        await asyncio.sleep(0.05)
+                    assert one.membership.state_of(two.node_id) == State.ALIVE
+                    impostor.victim_id = two.node_id
+                # two is gone (stopped without leaving: still listed, so still asked); Mallory takes its port
+                mesh_pb2_grpc.add_MeshServicer_to_server(impostor, server)  # type: ignore[no-untyped-call]
+                assert server.add_secure_port(a2, server_credentials(mallory, "mallory")) > 0
+                await server.start()
+                alice = pki.client("alice")
+                async with pki.channel(a1, alice) as ch:
+                    stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
+                    answers = []
+                    for _ in range(2):  # signed by Mallory's key, then unsigned
+                        req = _req()
+                        answers.append(await stub.FleetFlows(
+                            req, timeout=10, metadata=auth_metadata(operator, FF, req, one.node_id)))
+                untrusted = one.counters["fleet_flows_answers_untrusted"]
+        finally:
+            await server.stop(0)
+            executor.close()
+            store.close()
+        assert impostor.asked == 2
+        for resp in answers:
+            assert sorted((f.node_id, f.flow_id) for f in resp.flows) == [(one.node_id, 100 + j) for j in range(3)]
+            by_node = {n.node_id: (n.answered, n.error) for n in resp.nodes}
+            assert by_node == {one.node_id: (True, ""), two.node_id: (False, "UNTRUSTED_ANSWER")}, by_node
+            assert resp.partial
+        assert untrusted == 2
 
     asyncio.run(asyncio.wait_for(main(), 90))

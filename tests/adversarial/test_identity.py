@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from meshnode.daemon import NodeConfig
-from meshnode.mesh import MeshService, NodeKey, sign_alive, sign_digest
+from meshnode.mesh import MeshService, NodeKey, State, sign_alive, sign_digest, sign_leave
 from meshnode.trust import Evidence, MeshTrust, auth_metadata
 from meshnode.v1 import mesh_pb2, mesh_pb2_grpc, observer_pb2, observer_pb2_grpc
 from tests._support import tlsnode
@@ -75,10 +75,11 @@ class Mallory:
         await self.stub.Packet(mesh_pb2.PacketRequest(from_addr="127.0.0.1:9", payload=pkt.SerializeToString()),
                                timeout=5)
 
-    async def push(self, *digests: mesh_pb2.SignedDigest) -> None:
-        """A push-pull from Mallory's own node carrying ``digests`` (as anti-entropy does)."""
+    async def push(self, *digests: mesh_pb2.SignedDigest,
+                   members: tuple[mesh_pb2.PushPullMember, ...] = ()) -> None:
+        """A push-pull from Mallory's own node carrying ``digests`` (as anti-entropy does) and ``members``."""
         state = mesh_pb2.DigestState(digests=digests)
-        pp = mesh_pb2.PushPull(source=self.key.node_id, source_addr="127.0.0.1:9",
+        pp = mesh_pb2.PushPull(source=self.key.node_id, source_addr="127.0.0.1:9", members=members,
                                user_state=state.SerializeToString())
         msg = mesh_pb2.StreamMessage(push_pull=pp)
         await self.stub.Stream(mesh_pb2.StreamRequest(from_addr="127.0.0.1:9", payload=msg.SerializeToString()),
@@ -195,6 +196,56 @@ def test_minted_identities_publish_nothing_and_do_not_make_a_quorum(tmp_path: Pa
                     blames = trust.update(now + i * S, evidence)
                     assert not [b for b in blames if b.node_id == honest.node_id and b.attribution == "majority"]
                 assert not trust.is_flagged(honest.node_id)
+
+    run(main())
+
+
+def test_a_member_cannot_announce_that_another_member_left(tmp_path: Path) -> None:
+    """Attack: Mallory says an honest member left: a Dead whose ``from`` is the honest node, in a packet, and the
+    honest node listed LEFT in her push-pull state. Before: the victim marked it left (it stops probing and
+    gossiping to a member that left, and asks it nothing), until the honest node's refutation came round. Now a
+    leave is believed only from its member's own connection or signed by its key: both are refused and counted
+    (``leaves_unsigned``), and the honest node's own leave, when it does leave, is believed, and is relayed
+    with its signature."""
+    async def main() -> None:
+        pki = Pki(tmp_path / "pki")
+        async with tlsnode.node(tls_config(pki.node("victim"), tmp_path / "v")) as (addr, victim):
+            witness_cfg = tls_config(pki.node("witness"), tmp_path / "w")
+            async with tlsnode.node(witness_cfg, seeds=(addr,)) as (_, witness):
+                honest_cfg = tls_config(pki.node("honest"), tmp_path / "h")
+                async with tlsnode.node(honest_cfg, seeds=(addr,)) as (_, honest):
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline and (
+                            witness.membership.member(honest.node_id) is None
+                            or victim.membership.member(honest.node_id) is None):
+                        await asyncio.sleep(0.05)
+                    held = victim.membership.member(honest.node_id)
+                    assert held is not None and witness.membership.member(honest.node_id) is not None
+                    mallory = Mallory(pki, addr)
+                    forged = mesh_pb2.Dead(node=honest.node_id, incarnation=held.incarnation,
+                                           **{"from": honest.node_id})
+                    await mallory.packet(alive(mallory.key), mesh_pb2.Gossip(dead=forged))
+                    signed_by_her = mesh_pb2.Dead()
+                    signed_by_her.CopyFrom(forged)
+                    sign_leave(mallory.key, signed_by_her)  # a signature, but not the honest node's
+                    await mallory.packet(mesh_pb2.Gossip(dead=signed_by_her))
+                    await mallory.push(members=(mesh_pb2.PushPullMember(
+                        node=honest.node_id, addr=held.addr, incarnation=held.incarnation + 1,
+                        state=mesh_pb2.LEFT, public_key=mallory.key.public_raw,
+                        leave_signature=signed_by_her.signature),))
+                    await mallory.close()
+                    assert victim.membership.state_of(honest.node_id) == State.ALIVE
+                    assert victim.peers().counters["leaves_unsigned"] == 3
+                    await honest.stop()  # leaves gracefully: its own, signed, leave
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and (
+                        victim.membership.state_of(honest.node_id) != State.LEFT
+                        or witness.membership.state_of(honest.node_id) != State.LEFT):
+                    await asyncio.sleep(0.05)
+                assert victim.membership.state_of(honest.node_id) == State.LEFT
+                assert witness.membership.state_of(honest.node_id) == State.LEFT
+                assert victim.peers().counters["leaves_unsigned"] == 3
+                assert witness.peers().counters["leaves_unsigned"] == 0
 
     run(main())
 

@@ -7,7 +7,17 @@ import random
 
 import pytest
 
-from meshnode.mesh import Answer, FleetRefused, decode_token, encode_token, member_after, merge
+from meshnode.mesh import (
+    Answer,
+    FleetRefused,
+    NodeKey,
+    answer_signed_by,
+    decode_token,
+    encode_token,
+    member_after,
+    merge,
+    sign_answer,
+)
 from meshnode.mesh._fleetflows import TABLE_FINAL, TABLE_INTERIM, check_request, share
 from meshnode.v1 import flow_pb2, mesh_pb2
 
@@ -151,3 +161,27 @@ def test_requests_refused(change: dict[str, object], code: str, field: str) -> N
 ])
 def test_share(number: int, asked: int, most: int, want: int) -> None:
     assert share(number, asked, most) == want
+
+
+def test_an_answer_holds_only_signed_by_the_member_asked_for_the_request_asked() -> None:
+    b, c = NodeKey.from_seed(b"b"), NodeKey.from_seed(b"c")
+
+    def signed(key: NodeKey, req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
+        resp = mesh_pb2.FleetFlowsResponse(more=True)
+        resp.flows.add(node_id=b.node_id, flow_id=1, end_ns=10, bytes_tx=512)
+        resp.keys.add(table=TABLE_FINAL, row_id=1)
+        sign_answer(key, req, resp)
+        return resp
+
+    req = mesh_pb2.FleetFlowsRequest(local_only=True, challenge=b"\x01" * 16)
+    good = signed(b, req)
+    assert answer_signed_by(b.node_id, req, good) and not good.signature  # the proof is taken off
+    other_challenge = mesh_pb2.FleetFlowsRequest(local_only=True, challenge=b"\x02" * 16)
+    assert not answer_signed_by(b.node_id, other_challenge, signed(b, req))
+    assert not answer_signed_by(b.node_id, req, signed(c, req))  # C's valid signature, but B was asked
+    tampered = signed(b, req)
+    tampered.flows[0].bytes_tx = 1 << 40
+    unsigned = mesh_pb2.FleetFlowsResponse()
+    assert not answer_signed_by(b.node_id, req, tampered) and not answer_signed_by(b.node_id, req, unsigned)
+    with pytest.raises(FleetRefused, match="challenge: 65 bytes"):
+        check_request(mesh_pb2.FleetFlowsRequest(challenge=bytes(65)))

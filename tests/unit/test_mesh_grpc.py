@@ -267,3 +267,33 @@ def test_own_server_mode_and_period_listener():
                 await m.stop(leave_timeout=0.2)
 
     asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_a_node_whose_seed_was_not_up_yet_joins_within_seconds_of_it():
+    """Nodes started together: b's seed a is not listening yet when b starts, so b's join fails. b retries
+    soon, then less often (up to every rejoin_interval, 10 s): it joins within about a second of a."""
+    import socket
+
+    async def run() -> float:
+        with socket.socket() as s:  # a free port for a, taken only later
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        seed = f"127.0.0.1:{port}"
+        b = MeshService(advertise="127.0.0.1:0", listen="127.0.0.1:0", key=NodeKey.from_seed(b"late-b"),
+                        seeds=[seed], config=FAST, rng=random.Random(1))
+        a = MeshService(advertise=seed, listen=seed, key=NodeKey.from_seed(b"late-a"), config=FAST,
+                        rng=random.Random(2))
+        try:
+            await b.start()
+            assert b.joined == 0
+            await asyncio.sleep(0.3)
+            await a.start()
+            took = await _until(lambda: _alive(a) == _alive(b) == {a.node_id, b.node_id}, timeout=9.0)
+            assert b.counters["rejoins"] >= 1 and b.joined == 1
+            return took
+        finally:
+            await b.stop(leave=False)
+            await a.stop(leave=False)
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) < 3.0
+

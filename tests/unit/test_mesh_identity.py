@@ -12,10 +12,13 @@ from meshnode.mesh import (
     MemoryTransport,
     NodeKey,
     PeerCertificate,
+    State,
     alive_signed_by_member,
+    leave_signed_by_member,
     members_only,
     sign_alive,
     sign_digest,
+    sign_leave,
 )
 from meshnode.mesh._identity import PEER
 from meshnode.trust import Evidence, TrustState
@@ -94,6 +97,64 @@ def test_own_alive_is_signed_and_push_pull_relays_the_signatures():
         assert alive_signed_by_member(mesh_pb2.Alive(node=x.node, incarnation=x.incarnation, addr=x.addr,
                                                      labels=x.labels, public_key=x.public_key,
                                                      signature=x.signature))
+
+
+def leave(key: NodeKey, incarnation: int = 1, sign: bool = True) -> mesh_pb2.Dead:
+    d = mesh_pb2.Dead(node=key.node_id, incarnation=incarnation, **{"from": key.node_id})
+    if sign:
+        sign_leave(key, d)
+    return d
+
+
+def test_a_leave_is_signed_by_its_member_and_any_change_breaks_the_signature():
+    d = leave(B)
+    assert leave_signed_by_member(d)
+    later = mesh_pb2.Dead()
+    later.CopyFrom(d)
+    later.incarnation = 2
+    by_c = leave(B, sign=False)
+    sign_leave(C, by_c)  # C's signature of B's leave: the key is not B's
+    accusation = mesh_pb2.Dead(node=B.node_id, incarnation=1, **{"from": C.node_id})
+    sign_leave(B, accusation)  # not a leave (from is another node), whoever signed it
+    assert not leave_signed_by_member(later) and not leave_signed_by_member(by_c)
+    assert not leave_signed_by_member(accusation) and not leave_signed_by_member(leave(B, sign=False))
+
+
+def test_under_mtls_a_leave_counts_from_its_own_connection_or_signed_by_it():
+    guard = IdentityGuard()
+    m = membership(guard)
+    m.start()
+    joined = [mesh_pb2.Gossip(alive=signed_alive(k, addr=f"{k.node_id}:1")) for k in (B, C)]
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=joined), peer(B))
+    handle(m, mesh_pb2.MeshPacket(source=C.node_id, gossip=[mesh_pb2.Gossip(dead=leave(B, sign=False))]), peer(C))
+    assert m.state_of(B.node_id) == State.ALIVE and guard.counters["leaves_unsigned"] == 1
+    # an accusation (from another node) is SWIM's, not a leave: believed unsigned (the accused refutes it)
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=[mesh_pb2.Gossip(
+        dead=mesh_pb2.Dead(node=C.node_id, incarnation=1, **{"from": B.node_id}))]), peer(B))
+    assert m.state_of(C.node_id) == State.DEAD
+    handle(m, mesh_pb2.MeshPacket(source=B.node_id, gossip=[mesh_pb2.Gossip(dead=leave(B, sign=False))]), peer(B))
+    assert m.state_of(B.node_id) == State.LEFT and guard.counters["leaves_unsigned"] == 1
+
+
+def test_a_signed_leave_is_relayed_in_push_pull_and_believed_from_there():
+    a = membership(IdentityGuard())
+    a.start()
+    handle(a, mesh_pb2.MeshPacket(source=B.node_id, gossip=[mesh_pb2.Gossip(alive=signed_alive(B))]), peer(B))
+    handle(a, mesh_pb2.MeshPacket(source=C.node_id, gossip=[mesh_pb2.Gossip(dead=leave(B))]), peer(C))
+    assert a.state_of(B.node_id) == State.LEFT
+    relayed = {x.node: x for x in a._local_push_pull(False, None).members}[B.node_id]
+    assert relayed.state == mesh_pb2.LEFT and relayed.leave_signature and relayed.public_key == B.public_raw
+    net = MemoryNetwork(ManualScheduler())
+    guard = IdentityGuard()
+    d = Membership(C.node_id, MemoryTransport(net, "c:1"), net.scheduler, identity=guard)
+    d.start()
+    handle(d, mesh_pb2.MeshPacket(source=B.node_id, gossip=[mesh_pb2.Gossip(alive=signed_alive(B))]), peer(B))
+    forged = mesh_pb2.PushPull(source=A.node_id, members=[relayed])
+    forged.members[0].leave_signature = bytes(64)
+    d._merge_push_pull(forged, "a:1", asked=True)  # an answer: no peer certificate, only the signature counts
+    assert d.state_of(B.node_id) == State.ALIVE and guard.counters["leaves_unsigned"] == 1
+    d._merge_push_pull(a._local_push_pull(False, None), "a:1", asked=True)
+    assert d.state_of(B.node_id) == State.LEFT and guard.counters["leaves_unsigned"] == 1
 
 
 def test_without_a_guard_every_well_formed_alive_is_believed():

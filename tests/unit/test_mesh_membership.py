@@ -364,6 +364,26 @@ def test_buddy_system_tells_a_suspect_on_the_probe_itself():
     assert n0.state_of("n1") == State.ALIVE
 
 
+def test_a_member_that_missed_a_joiners_alive_learns_it_from_the_joiners_first_probe():
+    """A joiner's Alive spreads by a bounded number of transmissions to random members; a member they all
+    missed would list the joiner only at its next push-pull (up to 30 s; 11-15 s seen in the trust lab), and
+    would not answer its probes meanwhile (a ping from a node it does not list is not answered). The joiner's
+    ping carries its own Alive until the member answers it directly."""
+    c = SimCluster(seed=5, config=MeshConfig(gossip_nodes=0, push_pull_interval=0, reconnect_interval=0))
+    c.build(3)
+    assert c.run(10.0, c.converged) < 10.0
+    joiner = c.add(node_id="joiner")
+    joiner.join([c.addr["n0"]])
+    c.run(0.01)  # the join's push-pull: n0 and the joiner list each other
+    for nid in ("n0", "joiner"):  # no broadcast left: only the joiner's own pings can tell n1 and n2
+        c.nodes[nid]._broadcasts.reset()
+    assert [c.nodes[n].member("joiner") is None for n in ("n1", "n2")] == [True, True]
+    took = c.run(10.0, lambda: all(c.nodes[n].member("joiner") is not None for n in ("n1", "n2")))
+    assert took <= 4 * CFG.probe_interval
+    c.run(2.0)
+    assert joiner.counters["probes_failed"] == 0 and c.converged()
+
+
 def test_transmit_limited_queue_evicts_the_most_sent_oldest_item_through_bursts_and_sends():
     """The queue sorts its eviction order once per burst: it must still drop exactly what a scan would."""
     rng = random.Random(5)
