@@ -98,6 +98,20 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("service", "String"),
     ("connect_us", "UInt32"),
     ("remote_name", "String"),
+    ("delivery_rate", "UInt64"),
+    ("lost", "UInt32"),
+    ("first_byte_us", "UInt32"),
+    ("responses", "UInt32"),
+    ("response_us_sum", "UInt64"),
+    ("response_us_max", "UInt32"),
+    ("answer_us_sum", "UInt64"),
+    ("icmp_unreachable", "UInt32"),
+    ("icmp_unreachable_code", "UInt32"),
+    ("icmp_frag_needed", "UInt32"),
+    ("path_mtu", "UInt32"),
+    ("icmp_time_exceeded", "UInt32"),
+    ("attempts", "UInt32"),
+    ("ports_probed", "UInt32"),
 )
 FLOW_COLUMNS: Final = tuple(name for name, _type in COLUMNS[4:])
 _UINT_MAX: Final = {"UInt16": 0xFFFF, "UInt32": 0xFFFF_FFFF, "UInt64": 0xFFFF_FFFF_FFFF_FFFF}

@@ -56,7 +56,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHous
         flows = {
             ("node-a", "host-a"): [
                 f(1, "curl", "10.1.2.3", 5432, "established", recent, bytes_tx=1000, bytes_rx=5000, retransmits=2,
-                  packets_tx=10, service="postgresql", connect_us=400, srtt_us=900, remote_name="db.example"),
+                  packets_tx=10, service="postgresql", connect_us=400, srtt_us=900, remote_name="db.example",
+                  responses=4, response_us_sum=8000, answer_us_sum=6000, response_us_max=3000),
                 f(2, "curl", "10.1.2.3", 5432, "refused", recent, packets_tx=1, service="postgresql",
                   remote_name="db.example"),
                 f(3, "nginx", "10.9.9.9", 443, "timeout", recent, packets_tx=3, retransmits=3, service="https",
@@ -64,12 +65,13 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHous
             ],
             ("node-b", "host-b"): [
                 f(4, "java", "10.9.9.9", 443, "established", recent, bytes_tx=100, bytes_rx=100, packets_tx=4,
-                  service="https", connect_us=200, srtt_us=500, remote_name="web.example"),
+                  service="https", connect_us=200, srtt_us=500, remote_name="web.example",
+                  responses=2, response_us_sum=100_000, answer_us_sum=20_000, response_us_max=60_000),
                 f(5, "java", "10.1.2.3", 5432, "refused", recent, packets_tx=1, service="postgresql"),
                 f(6, "dig", "10.0.0.53", 53, "udp_unanswered", recent, proto="udp", bytes_tx=40, packets_tx=1,
                   service="dns"),
                 f(7, "java", "10.7.7.7", 80, "established", old, bytes_tx=10**9, retransmits=50, packets_tx=10**6,
-                  connect_us=99999, service="http"),
+                  connect_us=99999, service="http", responses=1, response_us_sum=9 * 10**6, response_us_max=9 * 10**6),
             ],
         }
 
@@ -89,7 +91,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHous
 
 
 def test_the_readme_has_the_queries() -> None:
-    assert len(readme_queries()) == 7
+    assert len(readme_queries()) == 8
 
 
 def run(loaded: tuple[ClickHouseServer, int], n: int) -> list[tuple[Any, ...]]:
@@ -132,8 +134,12 @@ def test_connect_time_percentiles(loaded: tuple[ClickHouseServer, int]) -> None:
 def test_every_node_still_exporting(loaded: tuple[ClickHouseServer, int]) -> None:
     _srv, recent = loaded
     last = recent // S
-    assert sorted(run(loaded, 6)) == [("host-a", "node-a", last, 3), ("host-b", "node-b", last, 3)]
+    assert sorted(run(loaded, 7)) == [("host-a", "node-a", last, 3), ("host-b", "node-b", last, 3)]
 
 
 def test_failures_by_dns_name(loaded: tuple[ClickHouseServer, int]) -> None:
     assert run(loaded, 5) == [("db.example", "10.1.2.3", 2, 1), ("web.example", "10.9.9.9", 2, 1)]
+
+
+def test_slow_to_answer_or_slow_to_carry(loaded: tuple[ClickHouseServer, int]) -> None:
+    assert run(loaded, 6) == [("10.9.9.9", 443, 2, 50.0, 10.0, 60.0), ("10.1.2.3", 5432, 4, 2.0, 1.5, 3.0)]

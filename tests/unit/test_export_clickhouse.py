@@ -162,3 +162,22 @@ def test_a_table_made_before_remote_name_gains_the_column_and_old_spooled_batche
     assert insert_columns(doc)[at] == ["db.example", ""]
     del doc["columns"]["remote_name"]  # as an older meshnode spooled it
     assert insert_columns(doc)[at] == ["", ""]
+
+
+def test_timing_and_icmp_fields_are_columns_and_a_table_from_before_them_gains_them_in_order() -> None:
+    before = [name for name, _type in COLUMNS][:[name for name, _type in COLUMNS].index("delivery_rate")]
+    added = add_columns_sql("net", before)
+    assert [sql.split("`")[5] for sql in added] == [
+        "delivery_rate", "lost", "first_byte_us", "responses", "response_us_sum", "response_us_max", "answer_us_sum",
+        "icmp_unreachable", "icmp_unreachable_code", "icmp_frag_needed", "path_mtu", "icmp_time_exceeded",
+        "attempts", "ports_probed"]
+    rec = flow(1, responses=3, response_us_sum=600_000, response_us_max=250_000, answer_us_sum=590_000,
+               first_byte_us=210_000, icmp_frag_needed=2, path_mtu=1280, delivery_rate=125_000, lost=1)
+    doc = decode_batch(encode_batch(FlowBatch.from_records([rec]), "n1", "h1", T0))
+    names = [name for name, _type in COLUMNS]
+    got = {n: insert_columns(doc)[names.index(n)][0] for n in (
+        "responses", "response_us_sum", "response_us_max", "answer_us_sum", "first_byte_us", "icmp_frag_needed",
+        "path_mtu", "delivery_rate", "lost", "attempts")}
+    assert got == {"responses": 3, "response_us_sum": 600_000, "response_us_max": 250_000, "answer_us_sum": 590_000,
+                   "first_byte_us": 210_000, "icmp_frag_needed": 2, "path_mtu": 1280, "delivery_rate": 125_000,
+                   "lost": 1, "attempts": 0}
