@@ -795,10 +795,17 @@ class Store:
 
     def _final_rows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[Any, ...]]:
         for end, row_id, chunk, row in self._selected(conn, q):
+            # rows are made into Python values a slice at a time, when the merge first reaches the slice: a
+            # whole 20,000-row chunk at once was ~800,000 objects in one go, a GC pause and a long hold of the
+            # GIL that every other request on the node (Status) waited behind
             if chunk.cache is None:
-                chunk.cache = _wire_lists(chunk)
-            cols, drops, fixed = chunk.cache
-            yield (*[c[row] for c in cols], drops[row], fixed[row], end, TABLE_FINAL, row_id)
+                chunk.cache = {}
+            at, i = divmod(row, _WIRE_SLICE)
+            got = chunk.cache.get(at)
+            if got is None:
+                got = chunk.cache[at] = _wire_lists(chunk, at * _WIRE_SLICE, (at + 1) * _WIRE_SLICE)
+            cols, drops, fixed = got
+            yield (*[c[i] for c in cols], drops[i], fixed[i], end, TABLE_FINAL, row_id)
 
     # -- interim flows, from rows ---------------------------------------------------------------------------
 
@@ -1062,14 +1069,18 @@ def _is_int(value: object) -> bool:
     return isinstance(value, str) and value.strip().lstrip("+-").isdigit()
 
 
-def _wire_lists(chunk: Chunk) -> tuple[list[list[Any]], list[Any], list[bool]]:
-    """A chunk's columns as lists of ``query_rows`` values (enums as wire numbers, u64 unsigned), its drop
-    reasons (None when empty) and each row's ``fixed`` flag."""
-    cols = [chunk.col(name).tolist() for name in FLOW_FIELDS]
-    drops = [d or None for d in chunk.col("drop_reasons").tolist()]
-    big = np.zeros(chunk.n, dtype=bool)
+_WIRE_SLICE: Final = 1024
+"""Rows of a chunk made into ``query_rows`` values at a time."""
+
+
+def _wire_lists(chunk: Chunk, start: int, stop: int) -> tuple[list[list[Any]], list[Any], list[bool]]:
+    """Rows ``start:stop`` of a chunk as lists of ``query_rows`` values (enums as wire numbers, u64 unsigned),
+    their drop reasons (None when empty) and each row's ``fixed`` flag."""
+    cols = [chunk.col(name)[start:stop].tolist() for name in FLOW_FIELDS]
+    drops = [d or None for d in chunk.col("drop_reasons")[start:stop].tolist()]
+    big = np.zeros(len(drops), dtype=bool)
     for name in _STORED_SIGNED:
-        big |= chunk.col(name) >= np.uint64(1 << 63)
+        big |= chunk.col(name)[start:stop] >= np.uint64(1 << 63)
     fixed = (big | np.array([d is not None for d in drops], dtype=bool)).tolist()
     return cols, drops, fixed
 

@@ -13,6 +13,7 @@ import asyncio
 import random
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -164,6 +165,26 @@ def test_rows_carry_wire_numbers_and_unsigned_ids(store: Store) -> None:
         assert values["flow_id"] == rec.flow_id and values["netns"] == rec.netns
         assert values["outcome"] == flow_pb2.Outcome.Value(rec.outcome.upper())
         assert values["drop_reasons"] == (rec.drop_reasons or None)
+
+
+def test_rows_across_a_chunks_slices_are_its_records(tmp_path: Path) -> None:
+    """query_rows makes a chunk's rows into values a slice (1,024 rows) at a time: every row of a chunk of
+    2,600, on both sides of each slice's edge, equals its record."""
+    recs = varied(2600, random.Random(5))
+    with Store(tmp_path / "m.db") as st:
+        seq = st.open_period(T0)
+        st.close_period(seq, T0 + 400 * S, recs, [], "")
+        with st.reader() as conn:
+            rows = list(st.query_rows(FlowQuery(), conn))
+            stored = [s.record for s in st.query_flows(FlowQuery(), conn)]
+    assert len(rows) == len(stored) == 2600
+    for row, rec in zip(rows, stored, strict=True):
+        values = dict(zip(ROW_FIELDS, row, strict=False))
+        assert (values["flow_id"], values["netns"], values["bytes_rx"], values["comm"], values["dst"]) == (
+            rec.flow_id, rec.netns, rec.bytes_rx, rec.comm, rec.dst)
+        assert values["drop_reasons"] == (rec.drop_reasons or None)
+        assert row[len(ROW_FIELDS)] == (rec.flow_id >= 1 << 63 or rec.netns >= 1 << 63 or rec.cgroup_id >= 1 << 63
+                                        or bool(rec.drop_reasons))
 
 
 def test_read_ahead_stops_and_closes_the_producer_when_the_consumer_leaves() -> None:
