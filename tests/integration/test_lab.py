@@ -379,12 +379,15 @@ def test_random_loss_causes_retransmissions_but_transfer_completes(make_lab: Lab
     fault.remove()
     a.run(["ip", "route", "del", *route[3:]])
 
-    after = transfer()
+    after = [transfer()]
     assert lossy >= 50, f"only {lossy} retransmissions under 30 % loss"
     # Without loss: none, bar tail-loss probes when this machine is so busy that ACKs come late, or the odd
-    # burst a loaded CPU's backlog queue drops (CI once saw 45 in one clean run, 0 in the other). One of the
-    # two clean runs must be clean, and loss must stand far above that baseline.
-    baseline = min(clean, after)
+    # burst a loaded CPU's backlog queue drops (CI saw 45 in one clean run and 0 in the other, and once 90
+    # and 45 while other work ran beside it). One of up to four clean runs must be clean, and loss must
+    # stand far above that baseline.
+    while min(clean, *after) > 10 and len(after) < 3:
+        after.append(transfer())
+    baseline = min(clean, *after)
     assert baseline <= 10, (clean, after)
     assert lossy > 5 * max(baseline, 1), (clean, lossy, after)
 
