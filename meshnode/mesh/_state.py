@@ -334,6 +334,13 @@ class Membership:
             me.leave_signature = msg.signature
         self._set_state(me, State.LEFT)
         payload = mesh_pb2.Gossip(dead=msg).SerializeToString()
+        if not any(x.state in (State.ALIVE, State.SUSPECT) for x in self._members.values()
+                   if x.node_id != self.node_id):
+            # nobody to tell (as memberlist's Leave): a lone node's stop waited out the whole leave timeout
+            self._broadcasts.queue(self.node_id, payload, None)
+            if on_done is not None:
+                on_done()
+            return
         self._broadcasts.queue(self.node_id, payload, on_done)
 
     def shutdown(self) -> None:

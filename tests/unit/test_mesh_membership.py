@@ -237,6 +237,21 @@ def test_graceful_leave_is_left_not_dead():
     assert all(m.num_members() == 7 for m in others)
 
 
+def test_a_lone_nodes_leave_is_done_at_once_and_a_node_with_peers_waits_for_its_broadcast():
+    """A node alone in its mesh has nobody to tell: its stop waited out the whole 2 s leave timeout."""
+    c = SimCluster(seed=3)
+    c.build(1)
+    done: list[float] = []
+    c.nodes["n0"].leave(on_done=lambda: done.append(c.sched.now()))
+    assert done == [c.sched.now()]
+    c = _converged_cluster(3)
+    done.clear()
+    c.nodes["n1"].leave(on_done=lambda: done.append(c.sched.now()))
+    assert done == []  # told nobody yet
+    c.run(5.0, lambda: bool(done))
+    assert done
+
+
 def test_label_update_spreads_with_a_new_incarnation():
     c = SimCluster(seed=2)
     c.build(6, labels=lambda i: {"region": "eu", "site": f"s{i % 2}", "host": f"h{i}"})
