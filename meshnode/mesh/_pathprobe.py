@@ -153,13 +153,20 @@ def _read_errqueue(sock: socket.socket) -> tuple[str, str] | None:
     return None
 
 
-async def trace_path(host: str, port: int, max_hops: int = DEFAULT_HOPS, timeout_s: float = 1.0) -> list[Hop]:
+async def trace_path(host: str, port: int, max_hops: int = DEFAULT_HOPS, timeout_s: float = 1.0,
+                     tries: int = 2) -> list[Hop]:
     """Probe TTL 1, 2, ... up to ``max_hops``; stop at the first hop the target answered (or that said
-    unreachable). Raises OSError when ``host`` does not resolve."""
+    unreachable). A hop that stays silent is probed up to ``tries`` times, as traceroute sends several
+    queries a hop: one lost ICMP error (a router resolving its way back, or rate-limiting its errors) is
+    not a silent hop. Raises OSError when ``host`` does not resolve."""
     family, addr = await resolve(host, port)
     hops: list[Hop] = []
     for ttl in range(1, max_hops + 1):
         hop = await probe_hop(family, addr, ttl, timeout_s)
+        for _ in range(tries - 1):
+            if hop.status != "timeout":
+                break
+            hop = await probe_hop(family, addr, ttl, timeout_s)
         hops.append(hop)
         if hop.reached or hop.status == "unreachable":
             break

@@ -186,3 +186,29 @@ def test_peers_view_shows_the_accounts() -> None:
     lines = [ln.rstrip() for ln in _render(peers_view(doc, plain=True)).splitlines()]
     at = lines.index("accounts (served and asked: active tasks/fleet queries; quotas per hour):")
     assert lines[at + 2].split() == ["3f2a9c1d0b7e6a55", "4/12", "4.9", "KiB", "1/9", "2.0", "KiB", "2", "600/-"]
+
+
+def test_a_silent_hop_is_probed_again_before_it_is_called_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lab router's first time-exceeded was lost while it resolved its way back (CI): one lost ICMP error
+    made the hop 'timeout' where a second query answers, as traceroute's several queries a hop would."""
+    import asyncio
+
+    from meshnode.mesh import _pathprobe
+    from meshnode.mesh._pathprobe import Hop
+
+    calls: list[int] = []
+    answers = {1: ["timeout", "time_exceeded"], 2: ["timeout", "timeout"], 3: ["open"]}
+
+    async def resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
+        return 2, (host, port)
+
+    async def probe_hop(family: int, addr: object, ttl: int, timeout_s: float) -> Hop:
+        calls.append(ttl)
+        status = answers[ttl].pop(0)
+        return Hop(ttl, "" if status == "timeout" else f"10.0.{ttl}.1", 0 if status == "timeout" else 5, status)
+
+    monkeypatch.setattr(_pathprobe, "resolve", resolve)
+    monkeypatch.setattr(_pathprobe, "probe_hop", probe_hop)
+    hops = asyncio.run(_pathprobe.trace_path("10.0.3.1", 80, max_hops=5, timeout_s=0.01))
+    assert [(h.ttl, h.status) for h in hops] == [(1, "time_exceeded"), (2, "timeout"), (3, "open")]
+    assert calls == [1, 1, 2, 2, 3]
