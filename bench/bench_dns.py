@@ -21,7 +21,6 @@ packet (or per connect) for each case and the DNS cases' excess over ``udp``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import socket
@@ -29,12 +28,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from bench.bench_sensor import bpf_prog_stats
 from meshnode.probes import CGROUP_ROOT
 from meshnode.probes._loader import ProbeConfig, Probes
+from tests._support.env import scoped_cgroup
 
 RESOLVER, ECHO, NAMED, PLAIN = "127.0.79.53", "127.0.79.54", "127.0.79.80", "127.0.79.81"
 
@@ -59,21 +58,6 @@ else:
         u.recvfrom(4096)
 print("done", flush=True)
 """
-
-
-@contextlib.contextmanager
-def bench_cgroup() -> Iterator[Path]:
-    cg = CGROUP_ROOT / f"meshnode-bench-dns-{os.getpid()}"
-    cg.mkdir()
-    try:
-        yield cg
-    finally:
-        for _ in range(50):
-            try:
-                cg.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
 
 
 def serve_forever(sock: socket.socket, handle: str) -> None:
@@ -123,7 +107,7 @@ def main() -> int:
     time.sleep(0.5)
     try:
         stats_file.write_text("1")
-        with bench_cgroup() as cg:
+        with scoped_cgroup("bench-dns") as cg:
             probes = Probes(ProbeConfig(cgroup="/" + cg.name, cgroup_root=CGROUP_ROOT))
             probes.open()
             try:
