@@ -449,7 +449,7 @@ class EbpfSensor:
                  segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _rtt_ref,
                  cwnd, cwnd_min, cwnd_max, pid, _burst_start,
                  resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-                 _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, name_id, comm) = v
+                 _xchg, name_id, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, comm) = v
                 if kind != tcp_end or not cookie or name_id or (tcpinfo and ev_cookie in tcpinfo):
                     # a flow with a tcp_info sample or a name: its final record carries them, off the template
                     n = len(ended)
@@ -1037,8 +1037,8 @@ assert rec.EVENT_FIELDS == (
     "segs_out", "segs_in", "total_retrans", "connect_us", "srtt_us", "srtt_max_us", "rtt_min_us", "rtt_ref_us",
     "cwnd", "cwnd_min", "cwnd_max", "pid", "burst_start_ms",
     "resets_rx", "resets_tx", "sport", "dport", "burst", "synack_retrans", "outcome", "flags", "saddr", "daddr",
-    "xchg_ns", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us", "answer_sum_us",
-    "name_id", "comm",
+    "xchg_us", "name_id", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us",
+    "answer_sum_us", "comm",
 ), rec.EVENT_FIELDS
 
 
