@@ -98,8 +98,11 @@ class FakeProbes:
     def take_pending(self, rows: list[rec.PendingRow]) -> list[rec.PendingRow]:
         return []
 
+    icmp_rows: list[rec.IcmpRow] = []
+
     def drain_icmp(self) -> list[rec.IcmpRow]:
-        return []
+        out, self.icmp_rows = self.icmp_rows, []
+        return out
 
     def refused(self) -> list[rec.RefusedRow]:
         return []
