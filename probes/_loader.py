@@ -204,11 +204,12 @@ class ProbeConfig:
     """Sources of inbound attempts to closed ports held until they end (refused; ~250 B a source): a source
     beyond it is counted (refused_map_full), not recorded."""
     dns_addrs_max: int = 16384
-    """Addresses a DNS answer named, kept per network namespace (LRU, preallocated: 1.9 MiB of kernel memory
+    """Addresses a DNS answer named, kept per network namespace (LRU, preallocated: 1.8 MiB of kernel memory
     at 16,384, measured with ``map_memory``): past this many the least recently resolved give way, and a
     flow to such an address gets no name. ``dns_addrs`` in the counters counts what was written."""
     dns_names_max: int = 8192
-    """Names kept by id (LRU, 256 B each: 2.6 MiB at 8,192); user space caches those it has read."""
+    """Names kept by id (LRU, 256 B each: 2.6 MiB at 8,192), and as many name hashes -> ids (dns_ids, 0.6 MiB);
+    user space caches the names it has read."""
     dns_queries_max: int = 4096
     """Queries waiting for their answer, for its latency (LRU: unanswered ones give way to newer ones;
     0.4 MiB at 4,096)."""
@@ -620,7 +621,7 @@ class Probes:
         One map lookup an id, as ``process_names``: callers cache what they read (a name is the same
         text for as long as its id exists).
         """
-        return self._lookup_each("dns_names", ct.c_uint64(), CDnsName(), (i for i in ids if i),
+        return self._lookup_each("dns_names", ct.c_uint32(), CDnsName(), (i for i in ids if i),
                                  lambda v: dns_name_text(v.name))
 
     def _batch_rows(self, table: Any, delete: bool = False) -> list[tuple[Any, Any]]:
@@ -792,7 +793,7 @@ class Probes:
         """Bytes of kernel memory each map holds (memlock from fdinfo), by map name."""
         out: dict[str, int] = {}
         for name in ("tcp_flows", "udp_flows", "pending", "listeners", "comms", "proc_names", "drops",
-                     "icmp_flows", "refused", "dns_addrs", "dns_names", "dns_queries", "dns_txns", "events"):
+                     "icmp_flows", "refused", "dns_addrs", "dns_names", "dns_ids", "dns_queries", "dns_txns", "events"):
             with contextlib.suppress(Exception):
                 fd = self._bpf[name].map_fd
                 text = Path(f"/proc/self/fdinfo/{fd}").read_text()

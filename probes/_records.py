@@ -42,6 +42,7 @@ COUNTER_NAMES = (
     "drop_map_full", "events", "tcp_opened", "proc_map_full", "icmp_map_full", "refused_map_full",
     "icmp_errors", "refused_attempts",
     "dns_answers", "dns_malformed", "dns_truncated", "dns_txn_map_full", "dns_addrs",
+    "dns_name_collisions", "dns_ids_spent",
 )
 
 OUTCOME_NAMES = {1: "established", 2: "refused", 3: "timeout", 4: "reset", 7: "in_progress"}
@@ -56,7 +57,7 @@ F_SYNACK = 16
 
 
 class CTcpFlow(ct.Structure):
-    """struct tcp_flow: the value of tcp_flows (keyed by socket address), 200 bytes."""
+    """struct tcp_flow: the value of tcp_flows (keyed by socket address), 192 bytes."""
 
     _fields_ = [
         ("cookie", ct.c_uint64), ("netns", ct.c_uint64), ("cgroup_id", ct.c_uint64),
@@ -70,9 +71,9 @@ class CTcpFlow(ct.Structure):
         ("resets_rx", ct.c_uint16), ("resets_tx", ct.c_uint16), ("sport", ct.c_uint16), ("dport", ct.c_uint16),
         ("burst", ct.c_uint8), ("synack_retrans", ct.c_uint8), ("outcome", ct.c_uint8), ("flags", ct.c_uint8),
         ("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16),
-        ("xchg_ns", ct.c_uint64), ("resp_sum_us", ct.c_uint64), ("resp_count", ct.c_uint32),
-        ("resp_max_us", ct.c_uint32), ("first_byte_us", ct.c_uint32), ("acked_us", ct.c_uint32),
-        ("answer_sum_us", ct.c_uint64), ("name_id", ct.c_uint64),
+        ("xchg_us", ct.c_uint32), ("name_id", ct.c_uint32), ("resp_sum_us", ct.c_uint64),
+        ("resp_count", ct.c_uint32), ("resp_max_us", ct.c_uint32), ("first_byte_us", ct.c_uint32),
+        ("acked_us", ct.c_uint32), ("answer_sum_us", ct.c_uint64),
     ]
 
 
@@ -90,7 +91,7 @@ class CUdpFlow(ct.Structure):
         ("first_rx_ns", ct.c_uint64), ("bytes_tx", ct.c_uint64), ("bytes_rx", ct.c_uint64),
         ("packets_tx", ct.c_uint32), ("packets_rx", ct.c_uint32), ("pid", ct.c_uint32),
         ("lport", ct.c_uint16), ("direction", ct.c_uint8), ("pad", ct.c_uint8),
-        ("laddr", ct.c_uint8 * 16), ("name_id", ct.c_uint64),
+        ("laddr", ct.c_uint8 * 16), ("name_id", ct.c_uint32), ("pad2", ct.c_uint32),
     ]
 
 
@@ -267,7 +268,7 @@ class TcpFlowRow(NamedTuple):
 
 # struct tcp_flow and struct event as one unpack each: several times cheaper per record than ctypes
 # attribute reads, which dominated the sensor's user-space CPU per flow. Checked against ctypes at import.
-_TCP_FLOW = "7Q 13I 4H 4B 16s 16s 2Q 4I Q Q"
+_TCP_FLOW = "7Q 13I 4H 4B 16s 16s 2I Q 4I Q"
 _EVENT = struct.Struct("=2I 5Q " + _TCP_FLOW + " 16s")
 _TCP_FLOW_ONLY = struct.Struct("=" + _TCP_FLOW)
 _U64 = struct.Struct("=Q")
@@ -296,7 +297,7 @@ def _tcp_row(sk: int, v: tuple[Any, ...], comm: bytes) -> TcpFlowRow:
      segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _ref,
      cwnd, cwnd_min, cwnd_max, pid, _burst_start,
      resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-     _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, name_id) = v
+     _xchg, name_id, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us) = v
     family = socket.AF_INET6 if flags & F_INET6 else socket.AF_INET
     if flags & F_SYNACK:  # the SYN-ACKs of a passive child, which its segs_out does not count
         segs_out += 1 + synack_retrans
@@ -503,7 +504,8 @@ class CDnsTxnKey(ct.Structure):
     """struct dns_txn_key."""
 
     _fields_ = [
-        ("netns", ct.c_uint64), ("name_id", ct.c_uint64), ("server", ct.c_uint8 * 16), ("family", ct.c_uint16),
+        ("netns", ct.c_uint64), ("name_id", ct.c_uint32), ("pad", ct.c_uint32), ("server", ct.c_uint8 * 16),
+        ("family", ct.c_uint16),
         ("qtype", ct.c_uint16), ("rcode", ct.c_uint16), ("tcp", ct.c_uint16),
     ]
 

@@ -4,6 +4,15 @@
  * they begin (tcp_flows.bpf.c, udp_flows.bpf.c), user space drains dns_txns once per poll and reads
  * names by id from dns_names.
  *
+ * A name's id is 32 bits (it is in every flow's row, where 4 bytes more cost a kmalloc class: meshnode.h)
+ * and handed out counting up at the name's first answer (dns_ids: 64-bit hash -> id), not a hash folded to
+ * 32 bits: with 8,192 names held, a 32-bit hash would give two of them one id about once in a hundred
+ * hosts, and a flow the other name. An id is never handed out twice, so a flow's id names its name for as
+ * long as the text is held, here and in user space's cache. A question whose hash is held for another
+ * text (a 64-bit collision, which hostile names can make) takes a new id and is counted
+ * (C_DNS_NAME_COLLISIONS); past 2^32 - 1 ids, questions take none (C_DNS_IDS_SPENT) until the probes
+ * are loaded again.
+ *
  * The message is copied once into a per-CPU buffer and parsed there by one bounded loop, one step per
  * name byte or fixed-size field. Its state lives in the per-CPU map, not in registers: the verifier then
  * sees every iteration start from the same state and checks the loop body once per iteration, whatever
@@ -49,7 +58,11 @@ enum { D_QNAME = 1, D_QFIXED, D_OWNER, D_FIXED, D_CNAME, D_DONE };
 /* address -> the name resolved to it; LRU: past DNS_ADDRS_MAX the least recently resolved give way */
 BPF_TABLE("lru_hash", struct dns_addr_key, struct dns_addr_val, dns_addrs, DNS_ADDRS_MAX);
 /* name id -> text; LRU; user space keeps the names it has read */
-BPF_TABLE("lru_hash", __u64, struct dns_name, dns_names, DNS_NAMES_MAX);
+BPF_TABLE("lru_hash", __u32, struct dns_name, dns_names, DNS_NAMES_MAX);
+/* a name's hash -> its id; LRU, as dns_names: a name that left it takes a new id at its next answer */
+BPF_TABLE("lru_hash", __u64, __u32, dns_ids, DNS_NAMES_MAX);
+/* the last id handed out (u64: it stops at 2^32 - 1, never wraps to an id in use) */
+BPF_ARRAY(dns_last_id, __u64, 1);
 /* (socket, DNS id) -> when the query left; LRU: a query never answered gives way to newer ones */
 BPF_TABLE("lru_hash", struct dns_query_key, struct dns_query_val, dns_queries, DNS_QUERIES_MAX);
 /* transactions since the last drain; a full map is counted (C_DNS_TXN_MAP_FULL) */
@@ -60,7 +73,7 @@ struct dns_scratch {
     struct dns_name text;       /* the question's name */
     __u64 chain[DNS_CHAIN];
     __u64 hash;                 /* of the name being walked */
-    __u64 qname;                /* the question's name id */
+    __u64 qname;                /* the question's name id (0: none could be given) */
     __u64 owner;                /* the current record's owner name */
     __u64 netns;
     __u64 now;
@@ -186,6 +199,46 @@ static __always_inline int dns_name_step(dscratch *s)
     return 0;
 }
 
+/* The question's text (m->text) is the text dns_names holds for an id. */
+static __always_inline int dns_same_text(struct dns_scratch *m, const struct dns_name *held)
+{
+    const __u64 *a = (const __u64 *)m->text.name, *b = (const __u64 *)held->name;
+    __u64 diff = 0;
+#pragma unroll
+    for (int i = 0; i < DNS_NAME_LEN / 8; i++)
+        diff |= a[i] ^ b[i];
+    return !diff;
+}
+
+/* The id of the question's name (hash h, text in m->text): the one it was given, else a new one. A held
+ * hash whose text left dns_names takes a new id too: the old one may have been a colliding name's. */
+static __always_inline __u32 dns_name_id(struct dns_scratch *m, __u64 h)
+{
+    __u32 *known = dns_ids.lookup(&h);
+    if (known) {
+        __u32 id = *known;
+        struct dns_name *held = dns_names.lookup(&id);
+        if (held) {
+            if (dns_same_text(m, held))
+                return id;
+            count(C_DNS_NAME_COLLISIONS);
+        }
+    }
+    int zero = 0;
+    __u64 *last = dns_last_id.lookup(&zero);
+    if (!last)
+        return 0;
+    __u64 next = __sync_fetch_and_add(last, 1) + 1;
+    if (next > 0xffffffffULL) {
+        count(C_DNS_IDS_SPENT);
+        return 0;
+    }
+    __u32 id = next;
+    dns_names.update(&id, &m->text);
+    dns_ids.update(&h, &id);
+    return id;
+}
+
 static __always_inline int dns_in_chain(dscratch *s, __u64 h)
 {
     /* unused slots hold 0, which no FNV-1a hash of a name is in practice */
@@ -244,7 +297,7 @@ static __always_inline int dns_step(struct dns_scratch *m)
             return 0;
         __u64 h = s->hash;
         if (state == D_QNAME) {
-            s->qname = h ? h : 1;
+            s->qname = dns_name_id(m, h);  /* the text is complete: D_QNAME wrote it on the way */
             s->chain[0] = h;
             s->nchain = 1;
             s->state = D_QFIXED;
@@ -269,8 +322,6 @@ static __always_inline int dns_step(struct dns_scratch *m)
         }
         s->qtype = dns_u16(s, at);
         s->rdata_end = at + 4;
-        /* the question's name, for the transaction and for the addresses below */
-        dns_names.update(&m->qname, &m->text);
         dns_next_rr(s);
         return 0;
     }
@@ -410,8 +461,8 @@ static __always_inline void dns_end(struct __sk_buff *skb, struct dns_scratch *s
         count(C_DNS_MALFORMED);
     else if (s->bad || s->cut || s->state != D_DONE)
         count(C_DNS_TRUNCATED);
-    if (!s->qname)
-        return;  /* the question itself did not parse: no transaction to name */
+    if (!s->nchain)
+        return;  /* the question itself did not parse: no transaction to sum */
     /* its query's send time by (socket, id), taken once */
     struct dns_query_key qk = {.cookie = mn_socket_cookie(skb), .id = s->id};
     struct dns_query_val *q = dns_queries.lookup(&qk);
@@ -461,7 +512,7 @@ end:
 
 /* The name last resolved to an address in a network namespace (0: none). IPv4-mapped IPv6 addresses
  * are looked up as IPv4: an A record's address reached through an AF_INET6 socket. */
-static __always_inline __u64 dns_name_of(__u64 netns, __u16 family, const __u8 *addr)
+static __always_inline __u32 dns_name_of(__u64 netns, __u16 family, const __u8 *addr)
 {
     struct dns_addr_key k = {};
     k.netns = netns;

@@ -51,7 +51,9 @@
 #define C_DNS_TRUNCATED 15       /* DNS answers parsed only in part: cut short, or past the parse buffer or budget */
 #define C_DNS_TXN_MAP_FULL 16    /* DNS transactions the dns_txns map could not take until the next drain */
 #define C_DNS_ADDRS 17           /* addresses written to dns_addrs (LRU: the oldest give way past its bound) */
-#define C_NCOUNTERS 18
+#define C_DNS_NAME_COLLISIONS 18 /* a question whose 64-bit name hash was another name's: it took a new id */
+#define C_DNS_IDS_SPENT 19       /* questions left without a name id: all 2^32 - 1 were handed out since load */
+#define C_NCOUNTERS 20
 
 /* One TCP socket, keyed by its kernel address (created at connect or at passive establishment).
  *
@@ -61,11 +63,16 @@
  * cookie checks it, so a row left by a socket whose destroy was not seen is never taken for a new socket
  * at the same address (track() ends such a row when the address is reused).
  *
- * Kernel memory per flow is this value + 8 B key + 48 B hash element header + 16 B bucket, so every byte
- * here counts (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the
- * kernel logic does not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64
- * bytes), family and direction are flag bits. 200 B: exchange timing took it from 152 to 192 B and the DNS
- * name id to 200; with the 8 B key and 48 B element header that is 256 B, the top of the 256 B kmalloc class.
+ * Kernel memory per flow is one kmalloc object of this value + 8 B key + 48 B hash element header + 8 B
+ * allocator list node (the map is not preallocated), + 16 B of bucket per slot, so every byte here counts
+ * (bench/RESULTS.md, Sensor): no field is stored that a record does not need or that the kernel logic does
+ * not read, counters are as wide as the kernel's own (u32 segs/retrans/cwnd/rtt, u64 bytes), family and
+ * direction are flag bits. 192 B fills the 256 B kmalloc class exactly: one byte more and each live flow
+ * takes a 512 B object. So the DNS name id is 32 bits (ids are handed out counting up, never reused:
+ * dns.bpf.c), and the open exchange's start is the monotonic clock in microseconds modulo 2^32: the
+ * difference of two such readings is exact for any exchange shorter than 2^32 us (71.6 minutes, the range
+ * of the u32 durations it ends up in), whatever the flow's age. An exchange open longer than that on a
+ * flow older than that would be timed modulo 71.6 minutes (a 64-bit start saturated it at 71.6).
  *
  * Timing of exchanges (owners.bpf.c, on the same sock_send_length/sock_recv_length calls that count bytes):
  * an exchange opens at the first byte this end's role sends first (outbound: a write; inbound: a read)
@@ -105,14 +112,14 @@ struct tcp_flow {
     __u8 flags;             /* F_* above */
     __u8 saddr[16];         /* IPv4 in the first 4 bytes */
     __u8 daddr[16];
-    __u64 xchg_ns;          /* monotonic: when the open exchange began; 0 when none is open */
+    __u32 xchg_us;          /* the open exchange's start: monotonic us modulo 2^32 (never 0); 0 when none is open */
+    __u32 name_id;          /* dns_names key of the name the host resolved to daddr before the flow began, or 0 */
     __u64 resp_sum_us;      /* closed exchanges: the sum of their durations */
     __u32 resp_count;       /* closed exchanges */
     __u32 resp_max_us;      /* the longest closed exchange */
     __u32 first_byte_us;    /* the first exchange: first request byte to the first byte back */
     __u32 acked_us;         /* the open exchange: its last ACK of new data (sock_ops RTT_CB), us after it began */
     __u64 answer_sum_us;    /* closed exchanges: the part after their last ACK, the peer's time to answer */
-    __u64 name_id;          /* dns_names key of the name the host resolved to daddr before the flow began, or 0 */
 };
 
 /* One UDP flow: a socket and one remote endpoint. */
@@ -141,7 +148,8 @@ struct udp_flow {
     __u8 direction;
     __u8 pad;
     __u8 laddr[16];
-    __u64 name_id;          /* as tcp_flow.name_id, for the remote address */
+    __u32 name_id;          /* as tcp_flow.name_id, for the remote address */
+    __u32 pad2;
 };
 
 /* An inbound SYN seen on a listener, waiting for the handshake to complete. */
@@ -239,7 +247,9 @@ struct refused_val {
     __u64 ports[REFUSED_PORT_WORDS];
 };
 
-/* DNS (dns.bpf.c). A name's id is the FNV-1a hash of its wire labels, lower-cased, joined by '.'. */
+/* DNS (dns.bpf.c). A name's id is a number handed out at its first answer (counting up from 1, never
+ * reused while the probes are loaded); names are found by the FNV-1a hash of their wire labels,
+ * lower-cased, joined by '.'. */
 #define DNS_NAME_LEN 256
 
 /* An address a DNS answer gave, in one network namespace. */
@@ -251,10 +261,9 @@ struct dns_addr_key {
 };
 
 struct dns_addr_val {
-    __u64 name_id;          /* the question's name (the name the application asked for, before any CNAME) */
     __u64 resolved_ns;      /* monotonic: when the answer arrived */
+    __u32 name_id;          /* the question's name (the name the application asked for, before any CNAME) */
     __u32 ttl;              /* the address record's TTL, seconds */
-    __u32 pad;
 };
 
 /* A name's text: lower-case, dotted, NUL-terminated (at most 253 characters). */
@@ -278,7 +287,8 @@ struct dns_query_val {
 /* DNS transactions summed between two drains: one row per question, resolver and answer code. */
 struct dns_txn_key {
     __u64 netns;
-    __u64 name_id;
+    __u32 name_id;          /* 0: the question took no id (C_DNS_IDS_SPENT) */
+    __u32 pad;
     __u8 server[16];
     __u16 family;
     __u16 qtype;

@@ -18,25 +18,27 @@ static __always_inline int in_scope(void)
 
 #ifdef HAVE_SOCK_LENGTH  /* sock_send_length and sock_recv_length came together (Linux 6.4) */
 /* One call's part in the flow's exchanges (meshnode.h): the clock is read only when an exchange opens or
- * closes, twice an exchange, not on every call. Not atomic: two threads racing on one socket can lose one
- * exchange's timing, never its bytes; an ACK (softirq) racing a close can leave one exchange unsplit. */
+ * closes, twice an exchange, not on every call. Times are microseconds modulo 2^32 (xchg_us): a duration
+ * is the difference of two, exact below 71.6 minutes. Not atomic: two threads racing on one socket can
+ * lose one exchange's timing, never its bytes; an ACK (softirq) racing a close can leave one exchange
+ * unsplit. */
 static __always_inline void exchange(struct tcp_flow *f, int tx)
 {
     int opens = tx == !(f->flags & F_INBOUND);
-    __u64 began = f->xchg_ns;
+    __u32 began = f->xchg_us;
     if (opens) {
         if (!began) {
+            __u32 now_us = bpf_ktime_get_ns() / 1000;
             f->acked_us = 0;
-            f->xchg_ns = bpf_ktime_get_ns();
+            f->xchg_us = now_us ? now_us : 1;  /* 0 means none open: one reading in 2^32 is 1 us late */
         }
         return;
     }
     if (!began)
         return;
-    __u64 us = (bpf_ktime_get_ns() - began) / 1000;
-    __u32 d = us > 0xffffffff ? 0xffffffff : us;
+    __u32 d = (__u32)(bpf_ktime_get_ns() / 1000) - began;
     __u32 acked = f->acked_us;
-    f->xchg_ns = 0;
+    f->xchg_us = 0;
     f->answer_sum_us += acked < d ? d - acked : 0;  /* no ACK seen: all of it (a server's own exchanges) */
     if (!f->resp_count)
         f->first_byte_us = d;

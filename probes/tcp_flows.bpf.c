@@ -18,6 +18,10 @@
 #define CTX_U32(dst, ctx, field) \
     asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(dst) : "r"(ctx), "i"(__builtin_offsetof(struct bpf_sock_ops, field)))
 
+/* exchange times are us modulo 2^32 (meshnode.h): a difference this large is a reading taken just before
+ * the exchange began (a race with the opener), not 71 minutes after */
+#define XCHG_BEFORE 0xfff00000u
+
 #define MN_TCP_SYN_SENT 2
 #define MN_TCP_CLOSE 7
 
@@ -255,10 +259,12 @@ int mn_sockops(struct bpf_sock_ops *skops)
         sample(skops, f, now);
         on_rtt(skops, f, sk);
         /* an RTT sample is an ACK of new data: during an exchange, the peer has the request up to here */
-        __u64 began = f->xchg_ns;
-        if (began && now > began) {
-            __u64 us = (now - began) / 1000;
-            f->acked_us = us > 0xffffffff ? 0xffffffff : (us ? us : 1);
+        __u32 began = f->xchg_us;
+        if (began) {
+            /* `now` was read before an exchange that opened since on another CPU: a few us "before" it */
+            __u32 us = (__u32)(now / 1000) - began;
+            if (us < XCHG_BEFORE)
+                f->acked_us = us ? us : 1;
         }
         return 1;
     }

@@ -422,6 +422,7 @@ class EbpfSensor:
         """
         batch = SensorBatch()
         now = time.monotonic_ns()
+        self._drain_icmp(batch)  # as poll: an error that ended a flow was counted before its end record
         native = self._native_json()
         if native is not None and not self._limits and not self._tcpinfo:
             return self._poll_json_native(native, batch, now)
@@ -433,7 +434,7 @@ class EbpfSensor:
         inbound, outbound, unknown, no_reasons = b'"inbound"', b'"outbound"', b'"unknown"', b"{}"
         f_inet6, f_inbound, f_synack, tcp_end = rec.F_INET6, rec.F_INBOUND, rec.F_SYNACK, rec.EV_TCP_END
         offset = self._clock_offset
-        drops_by_sk, limits, tcpinfo = self._drops_by_sk, self._limits, self._tcpinfo
+        drops_by_sk, limits, tcpinfo, icmp = self._drops_by_sk, self._limits, self._tcpinfo, self._icmp
         addr4, addr6, services = self._json_addr4, self._json_addr6, self._json_service
         owners: dict[tuple[int, bytes, int], bytes] = {}  # per poll: proc comm and cgroup path change rarely
         slow = 0
@@ -449,9 +450,11 @@ class EbpfSensor:
                  segs_out, segs_in, total_retrans, connect_us, srtt_us, srtt_max_us, rtt_min_us, _rtt_ref,
                  cwnd, cwnd_min, cwnd_max, pid, _burst_start,
                  resets_rx, resets_tx, sport, dport, _burst, synack_retrans, outcome, flags, saddr, daddr,
-                 _xchg, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, name_id, comm) = v
-                if kind != tcp_end or not cookie or name_id or (tcpinfo and ev_cookie in tcpinfo):
-                    # a flow with a tcp_info sample or a name: its final record carries them, off the template
+                 _xchg, name_id, resp_sum_us, resp_count, resp_max_us, first_byte_us, _acked, answer_sum_us, comm) = v
+                if (kind != tcp_end or not cookie or name_id or (tcpinfo and ev_cookie in tcpinfo)
+                        or (icmp and _icmp_key(flags, saddr, sport, daddr, dport) in icmp)):
+                    # a flow with a tcp_info sample, a name or ICMP errors: its final record carries them,
+                    # off the template
                     n = len(ended)
                     self._handle(rec.event_from_raw(v), batch)
                     for flow in ended[n:]:
@@ -527,6 +530,8 @@ class EbpfSensor:
         native.set_offset(self._clock_offset)
         native.new_poll()
         native.begin(data, count, stride, skip)
+        if self._icmp:
+            native.slow(self._held_icmp(data, count, stride, skip))
         python_drops = not self._give_drops(native, data, count, stride, skip)
         fast = slow = i = 0
         gc_was_enabled = gc.isenabled()
@@ -579,6 +584,22 @@ class EbpfSensor:
         lines.extend(flow.to_json_text().encode("ascii") + b"\n" for flow in ended[n:])
         batch.completeness.flows_recorded += len(ended) + fast
         return JsonBatch(b"".join(lines).decode("ascii"), batch.completeness, batch.dns)
+
+    def _held_icmp(self, data: bytes, count: int, stride: int, skip: int) -> list[int]:
+        """Indices of a poll's TCP end records whose flow has ICMP errors held (``_icmp``), ascending: their
+        lines carry the counts, so they take poll's own path. Rare: looked at only while errors are held."""
+        held = self._icmp
+        ports = {(k[2], k[4]) for k in held if k[0] == _TCP}
+        if not ports:
+            return []
+        arr = rec.event_array(data, count, stride, skip)
+        sport, dport = arr["sport"], arr["dport"]
+        maybe = (arr["kind"] == rec.EV_TCP_END) & np.isin(sport, [p[0] for p in ports]) & np.isin(
+            dport, [p[1] for p in ports])
+        saddr, daddr, flags = arr["saddr"], arr["daddr"], arr["flags"]
+        return [i for i in np.flatnonzero(maybe).tolist()
+                if _icmp_key(int(flags[i]), saddr[i].tobytes(), int(sport[i]), daddr[i].tobytes(),
+                             int(dport[i])) in held]
 
     def _native_owner(self, native: NativeJson, v: tuple[Any, ...]) -> bool:
         """Give C a raw TCP end record's owner text, made as poll_json makes it; False if its table is full."""
@@ -1037,9 +1058,15 @@ assert rec.EVENT_FIELDS == (
     "segs_out", "segs_in", "total_retrans", "connect_us", "srtt_us", "srtt_max_us", "rtt_min_us", "rtt_ref_us",
     "cwnd", "cwnd_min", "cwnd_max", "pid", "burst_start_ms",
     "resets_rx", "resets_tx", "sport", "dport", "burst", "synack_retrans", "outcome", "flags", "saddr", "daddr",
-    "xchg_ns", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us", "answer_sum_us",
-    "name_id", "comm",
+    "xchg_us", "name_id", "resp_sum_us", "resp_count", "resp_max_us", "first_byte_us", "acked_us",
+    "answer_sum_us", "comm",
 ), rec.EVENT_FIELDS
+
+
+def _icmp_key(flags: int, saddr: bytes, sport: int, daddr: bytes, dport: int) -> tuple[int, str, int, str, int]:
+    """A raw TCP record's key in the sensor's held ICMP errors (``_drain_icmp``)."""
+    family = socket.AF_INET6 if flags & rec.F_INET6 else socket.AF_INET
+    return (_TCP, rec.addr_of(family, saddr), sport, rec.addr_of(family, daddr), dport)
 
 
 def _is_loopback(addr: str) -> bool:

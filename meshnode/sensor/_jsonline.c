@@ -66,6 +66,9 @@ typedef struct {
     size_t n, stride, skip, cap;
     char *out;
     size_t *res;
+    /* records of that batch that Python renders (ascending indices; mn_json_slow), and the next to meet */
+    const size_t *slow;
+    size_t nslow, slow_at;
 } fmt;
 
 /* A text is copied; where memory runs out the slot is left empty (unresolved), never with an older text. */
@@ -478,6 +481,12 @@ size_t mn_json_render(fmt *f, const char *buf, size_t n, size_t stride, size_t s
             *need = NEED_SLOW;  /* a named flow too: Python knows the names */
             break;
         }
+        while (f->slow_at < f->nslow && f->slow[f->slow_at] < i)
+            f->slow_at++;
+        if (f->slow_at < f->nslow && f->slow[f->slow_at] == i) {
+            *need = NEED_SLOW;  /* Python holds something of this flow's (its ICMP errors) */
+            break;
+        }
         owner *ow = owner_find(f, fl->pid, e.comm, fl->cgroup_id, 0);
         if (!ow || !ow->t.p) {
             *need = NEED_OWNER;
@@ -579,6 +588,16 @@ void mn_json_begin(fmt *f, const char *buf, size_t n, size_t stride, size_t skip
     f->stride = stride;
     f->skip = skip;
     f->res = res;
+    f->nslow = f->slow_at = 0;
+}
+
+/* Records of the batch of mn_json_begin that mn_json_next must leave to Python (NEED_SLOW), by ascending
+ * index; the caller keeps idx alive until the next begin. */
+void mn_json_slow(fmt *f, const size_t *idx, size_t n)
+{
+    f->slow = idx;
+    f->nslow = n;
+    f->slow_at = 0;
 }
 
 void mn_json_output(fmt *f, char *out, size_t cap)

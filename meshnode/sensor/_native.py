@@ -49,6 +49,7 @@ def _bind(lib: ct.CDLL) -> None:
                                    ct.POINTER(ct.c_int), ct.POINTER(_SZ)]
     lib.mn_json_begin.argtypes = [_P, ct.c_char_p, _SZ, _SZ, _SZ, ct.POINTER(_SZ)]
     lib.mn_json_output.argtypes = [_P, _P, _SZ]
+    lib.mn_json_slow.argtypes = [_P, ct.POINTER(_SZ), _SZ]
     lib.mn_json_next.restype = _SZ
     lib.mn_json_next.argtypes = [_P, _SZ]
     lib.mn_json_events.restype = _SZ
@@ -79,6 +80,7 @@ class NativeJson:
         self._output(ct.create_string_buffer(1 << 20))
         self._services: set[int] = set()
         self._drops_given = 0
+        self._slow = (_SZ * 0)()
 
     def _text(self, kind: int, index: int, text: bytes) -> None:
         if self._lib.mn_json_set_text(self._h, kind, index, text, len(text)):
@@ -143,6 +145,11 @@ class NativeJson:
         """A poll's records: record i's struct event at ``i * stride + skip`` of ``data``."""
         self._data = data  # kept alive: C reads it until the next begin
         self._lib.mn_json_begin(self._h, data, count, stride, skip, self._res)
+
+    def slow(self, indices: list[int]) -> None:
+        """Records of the batch of ``begin`` that ``render`` stops at (NEED_SLOW): ascending indices."""
+        self._slow = (_SZ * len(indices))(*indices)  # kept alive: C reads it until the next begin
+        self._lib.mn_json_slow(self._h, self._slow, len(indices))
 
     def render(self, start: int) -> tuple[bytes, int, int, int]:
         """Lines for the records from ``start`` until one it cannot render: (text, index it stopped at,

@@ -21,7 +21,7 @@ from meshnode.sensor._native import library_state
 NO_PID = 4_000_000_000  # no such process: the kernel's comm is what is reported
 NAMED_PID = 4_000_000_001  # no such process, but the kernel side names it (FakeProbes.process_names)
 NAMED = "leader-proc"
-NAME_ID = 0x5EED_D0D0_0000_0001  # a name id the kernel side holds (FakeProbes.dns_names)
+NAME_ID = 0x5EED_0001  # a name id the kernel side holds (FakeProbes.dns_names)
 NAME = "web.example.test"
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
@@ -98,8 +98,11 @@ class FakeProbes:
     def take_pending(self, rows: list[rec.PendingRow]) -> list[rec.PendingRow]:
         return []
 
+    icmp_rows: list[rec.IcmpRow] = []
+
     def drain_icmp(self) -> list[rec.IcmpRow]:
-        return []
+        out, self.icmp_rows = self.icmp_rows, []
+        return out
 
     def refused(self) -> list[rec.RefusedRow]:
         return []

@@ -221,6 +221,42 @@ def test_fragmentation_needed_on_a_narrow_uplink_shows_the_mtu(sites: tuple[Any,
         (e.type, e.detail, e.flow.dst) for e in col.events}
 
 
+def test_capture_json_lines_carry_a_flows_icmp_errors(sites: tuple[Any, Collector]) -> None:
+    """``meshnode capture --json``'s poll (``poll_json``): an established flow that met fragmentation-needed
+    errors shows them and the MTU in its line (its C fast path writes zeros there; such a flow leaves it)."""
+    import json
+
+    from meshnode.lab._names import UPLINK_IFACE
+
+    lab, col = sites
+    b4 = lab["b"].addresses()[0]
+    sink = lab["b"].python(
+        "import socket\ns = socket.create_server(('0.0.0.0', 8083))\n"
+        "while True:\n    c, _ = s.accept()\n    while c.recv(1 << 20): pass\n    c.close()\n")
+    lab["b"].wait_listening(8083)
+    router = lab.sites["east"].netns
+    _ip(lab["a"].netns, "route", "flush", "cache")  # a path MTU learnt before would spare the router's errors
+    _ip(router, "link", "set", "dev", UPLINK_IFACE, "mtu", "1280")
+    try:
+        client = lab["a"].python(
+            "import socket, sys\ns = socket.create_connection((sys.argv[1], 8083), timeout=10)\n"
+            "s.sendall(b'x' * 200000)\ns.close()\n", b4)
+        assert client.wait(timeout=20) == 0
+    finally:
+        _ip(router, "link", "set", "dev", UPLINK_IFACE, "mtu", "1500")
+        sink.kill()
+        sink.wait()
+    lines: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 8
+    while not [ln for ln in lines if ln["dport"] == 8083] and time.monotonic() < deadline:
+        lines += [json.loads(ln) for ln in col.sensor.poll_json().text.splitlines()]
+        time.sleep(0.1)
+    flows = [ln for ln in lines if ln["dport"] == 8083]
+    assert [(f["dst"], f["outcome"], f["bytes_tx"], f["path_mtu"]) for f in flows] == [
+        (b4, "established", 200000, 1280)]
+    assert flows[0]["icmp_frag_needed"] >= 1
+
+
 def test_a_scoped_sensor_keeps_scans_of_its_own_address_only(sites: tuple[Any, Collector]) -> None:
     lab, col = sites
     a, b = lab["a"].addresses()[0], lab["b"].addresses()[0]

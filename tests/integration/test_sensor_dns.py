@@ -302,3 +302,54 @@ def test_aaaa_answers_name_ipv6_flows_and_a_records_name_v4_mapped_ones(sensor: 
         six.close()
     assert [f["remote_name"] for f in flows_to(sensor, "::1", 1)] == ["six.test"]
     assert [f["remote_name"] for f in flows_to(sensor, CHAIN, 1)] == ["chain.test"]
+
+
+def fnv1a(name: str) -> int:
+    """The kernel's hash of a name (dns.bpf.c): FNV-1a 64 over its lower-cased labels joined by '.'."""
+    h = 0xCBF29CE484222325
+    for b in name.lower().encode():
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFF_FFFF_FFFF_FFFF
+    return h
+
+
+@pytest.mark.kernel
+def test_a_name_colliding_with_another_takes_its_own_id_and_ids_are_never_reused(
+        sensor: Any, dnsmasq: None, servers: Any) -> None:
+    """Name ids are 32 bits a flow; a 64-bit hash collision and the end of the id space are counted, and
+    neither gives a flow another name. The collision is made by pointing plain.meshtest's hash at
+    web.meshtest's id in the kernel's map (a real one needs crafted names); the id space's end by moving
+    the kernel's last id to 2^32 - 2."""
+    bpf = sensor._probes._bpf  # the kernel maps themselves: what no DNS traffic can set up on demand
+    ids, last = bpf["dns_ids"], bpf["dns_last_id"]
+    assert dig("web.meshtest") == WEB
+    web_id = ids[ids.Key(fnv1a("web.meshtest"))].value
+    ids[ids.Key(fnv1a("plain.meshtest"))] = ids.Leaf(web_id)
+    before = sensor.counters()
+    assert dig("plain.meshtest") == PLAIN
+    connect(PLAIN).close()
+    connect(WEB).close()
+    assert [f["remote_name"] for f in flows_to(sensor, PLAIN, 1)] == ["plain.meshtest"]
+    assert [f["remote_name"] for f in flows_to(sensor, WEB, 1)] == ["web.meshtest"]
+    plain_id = ids[ids.Key(fnv1a("plain.meshtest"))].value
+    assert plain_id != web_id
+    assert sensor.counters()["dns_name_collisions"] - before["dns_name_collisions"] == 1
+
+    saved = last[last.Key(0)].value
+    try:
+        last[last.Key(0)] = last.Leaf(0xFFFF_FFFE)
+        for name in ("other.meshtest", "web.meshtest"):  # both take a new id at their next answer
+            del ids[ids.Key(fnv1a(name))]
+        assert dig("other.meshtest") == WEB  # the last id there is
+        connect(WEB).close()
+        assert [f["remote_name"] for f in flows_to(sensor, WEB, 1)] == ["other.meshtest"]
+        assert ids[ids.Key(fnv1a("other.meshtest"))].value == 0xFFFF_FFFF
+        assert dig("web.meshtest") == WEB  # none left: WEB is now an address of an unnamed question
+        connect(WEB).close()
+        assert [f["remote_name"] for f in flows_to(sensor, WEB, 1)] == [""]
+        assert sensor.counters()["dns_ids_spent"] - before["dns_ids_spent"] == 1
+        assert dns_records(sensor, lambda d: d.query == "" and d.server == RESOLVER and d.addresses == 1)
+    finally:
+        last[last.Key(0)] = last.Leaf(saved)  # ids above it were never handed out
+    assert dig("web.meshtest") == WEB
+    connect(WEB).close()
+    assert [f["remote_name"] for f in flows_to(sensor, WEB, 1)] == ["web.meshtest"]

@@ -93,6 +93,28 @@ def test_json_fast_path_equals_poll_and_json_line(tmp_path: Path, native: bool) 
                                                      "in_progress", "in_progress", "in_progress"]
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["python", "c"])
+def test_json_fast_path_lines_carry_icmp_errors(tmp_path: Path, native: bool) -> None:
+    """A flow with ICMP errors leaves the template (whose ICMP fields are zeros), as a named flow does; the
+    flows around it stay on it, in ring order."""
+    raws = [raw_event(cookie=c, sport=51000 + c, src=src, dst=dst) for c, src, dst in
+            ((1, "10.0.0.1", "10.0.0.2"), (2, "10.0.0.1", "10.0.0.2"), (3, "10.0.0.1", "10.0.0.3"),
+             (4, "fd00::1", "fd00::2"))]
+    errors = [rec.IcmpRow(6, "10.0.0.1", 51002, "10.0.0.2", 443, 1, 2, 0, 2, 0, 1280, 0),
+              rec.IcmpRow(6, "10.0.0.1", 51003, "10.0.0.2", 443, 1, 2, 1, 0, 0, 0, 1),  # not flow 3's: its dst
+              rec.IcmpRow(17, "fd00::1", 51004, "fd00::2", 443, 1, 2, 1, 0, 0, 0, 3),  # UDP: not flow 4's
+              rec.IcmpRow(6, "fd00::1", 51004, "fd00::2", 443, 1, 2, 0, 0, 3, 0, 0)]
+
+    def held(sensor: EbpfSensor) -> None:
+        sensor._probes.icmp_rows = list(errors)  # type: ignore[attr-defined]
+
+    old, new, c_old, c_new = poll_both_ways(tmp_path, raws, native, state=held)
+    assert new == old and c_new == c_old
+    assert [(ln["flow_id"], ln["icmp_frag_needed"], ln["path_mtu"], ln["icmp_unreachable"], ln["icmp_time_exceeded"])
+            for ln in map(json.loads, new.splitlines())] == [(1, 0, 0, 0, 0), (2, 2, 1280, 0, 0), (3, 0, 0, 0, 0),
+                                                            (4, 0, 0, 0, 3)]
+
+
 def test_json_fast_path_with_drops_limits_tcp_info_and_other_records(tmp_path: Path) -> None:
     """Drop reasons and limits the sensor holds for flows, tcp_info to forget, events, UDP releases and
     scans, half-open resets (no cookie: the general path), in one poll, in ring order."""
