@@ -38,6 +38,7 @@ from meshnode.diagnosis._blame import (
 )
 from meshnode.diagnosis._change import DEFAULT_H, PART_H, UP, Change, latest_changes
 from meshnode.diagnosis._compare import DEFAULT_GROUP_BY, Comparison, PeerSample, compare, group_name
+from meshnode.diagnosis._resolvers import resolver_suspects, with_resolvers
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice
 from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, flow_pb2
 
@@ -63,7 +64,7 @@ _KINDS: Final = {
     "site": diagnosis_pb2.ENTITY_KIND_SITE, "dst_site": diagnosis_pb2.ENTITY_KIND_DST_SITE,
     "path": diagnosis_pb2.ENTITY_KIND_PATH, "region": diagnosis_pb2.ENTITY_KIND_REGION,
     "dst_region": diagnosis_pb2.ENTITY_KIND_DST_REGION, "region_path": diagnosis_pb2.ENTITY_KIND_REGION_PATH,
-    "uplink": diagnosis_pb2.ENTITY_KIND_UPLINK,
+    "uplink": diagnosis_pb2.ENTITY_KIND_UPLINK, "resolver": diagnosis_pb2.ENTITY_KIND_RESOLVER,
 }
 MAX_GROUP_BY: Final = 16
 """Labels a Compare request may group peers by."""
@@ -344,6 +345,12 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
         else:
             txns, held = await self._ask(context, self._source.transactions, since, until), 0
         report = await self._executor.run(lambda: blame(txns, config, target=request.target))
+        resolvers_of = getattr(self._source, "resolvers", None)
+        if callable(resolvers_of):  # the node's own DNS answers, over the same regime
+            resolvers = await self._ask(context, resolvers_of, regime_since, until)
+            labels = await self._ask(context, self._source.labels)
+            found = resolver_suspects(resolvers, config, host=labels.get("host", ""), target=request.target)
+            report = with_resolvers(report, found, config.max_suspects)
         resp = blame_pb(report, since, until)
         resp.regime_since_ns, resp.change, resp.held_since_ns, resp.coverage = regime_since, change, held, coverage
         if hasattr(self._source, "retry_advice") and hasattr(self._source, "discovery"):

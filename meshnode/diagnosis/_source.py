@@ -58,7 +58,8 @@ from meshnode.diagnosis._transaction import (
     split_destination,
     transactions_from_rollups,
 )
-from meshnode.health import ScanPattern, scan_patterns
+from meshnode.health import ResolverHealth, ScanPattern, resolver_health, scan_patterns
+from meshnode.store import DnsQuery, Store
 from meshnode.summary import format_destination
 from meshnode.summary._problems import (
     CONNECT_PENDING,
@@ -399,6 +400,8 @@ class NodeSource:
         horizon_ns, max_periods, max_digests, max_attempts: the bounds.
         period_ns: the export period (the grid blame's change detection steps on); 0 infers it from the
             own periods' spacing.
+        resolvers: this host's DNS resolvers' health over a range (``store_resolvers``, from the node's
+            store); None: blame names no resolver.
     """
 
     def __init__(
@@ -411,8 +414,10 @@ class NodeSource:
         max_digests: int = MAX_DIGESTS,
         max_attempts: int = MAX_ATTEMPTS,
         period_ns: int = 0,
+        resolvers: Callable[[int, int], list[ResolverHealth]] | None = None,
     ) -> None:
         self._labels = dict(labels)
+        self._resolvers = resolvers
         self._period_ns = period_ns
         self._addresses = addresses
         self._horizon = horizon_ns
@@ -656,6 +661,10 @@ class NodeSource:
         out = [ScanPattern(src, n, failures[src]) for src, n in ports.items()]
         return sorted(out, key=lambda s: (-s.ports, -s.failures, s.src))
 
+    def resolvers(self, since_ns: int, until_ns: int) -> list[ResolverHealth]:
+        """This host's DNS resolvers' answers in the range (none when no store backs the source)."""
+        return self._resolvers(since_ns, until_ns) if self._resolvers is not None else []
+
     def held(self) -> dict[str, int]:
         """What is held now (for status and tests): ``periods``, ``digests``, ``attempts``, ``members``."""
         with self._lock:
@@ -674,3 +683,18 @@ def _without_scans(flows: FlowBatch) -> tuple[FlowBatch, tuple[ScanPattern, ...]
         return flows, ()
     scanned = inbound_failed & np.isin(flows["dst"], [s.src for s in scans])
     return flows.take(~scanned), scans
+
+
+MAX_BLAME_DNS: Final = 1_000_000
+"""DNS transactions one blame reads from the store at most (the newest in its range)."""
+
+
+def store_resolvers(store: Store) -> Callable[[int, int], list[ResolverHealth]]:
+    """The resolvers' health of ``store``'s DNS transactions over a range (``NodeSource(resolvers=...)``)."""
+
+    def resolvers(since_ns: int, until_ns: int) -> list[ResolverHealth]:
+        with store.reader() as conn:
+            dns, _ = store.query_dns(DnsQuery(since_ns, until_ns), conn, limit=MAX_BLAME_DNS)
+        return resolver_health(dns)
+
+    return resolvers

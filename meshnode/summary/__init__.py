@@ -27,6 +27,7 @@ from meshnode.summary._window import (
     merge_rollups,
     merge_window,
     weighted_median,
+    weighted_quantile,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "rollup",
     "service_name",
     "weighted_median",
+    "weighted_quantile",
     "with_service",
     "with_services",
 ]

@@ -67,6 +67,12 @@ class WindowRollups:
 def weighted_median(pairs: Iterable[tuple[float, int]]) -> float:
     """The weighted median of ``(value, weight)`` pairs: the smallest value at which the cumulative weight
     reaches half the total (the lower one on an exact tie). 0 without positive weights."""
+    return weighted_quantile(pairs, 0.5)
+
+
+def weighted_quantile(pairs: Iterable[tuple[float, int]], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``(value, weight)`` pairs: the smallest value at which the cumulative
+    weight reaches ``q`` of the total. 0 without positive weights."""
     items = sorted((v, w) for v, w in pairs if w > 0)
     total = sum(w for _, w in items)
     if not total:
@@ -74,9 +80,9 @@ def weighted_median(pairs: Iterable[tuple[float, int]]) -> float:
     seen = 0
     for v, w in items:
         seen += w
-        if 2 * seen >= total:
+        if seen >= q * total:
             return v
-    raise AssertionError("unreachable")  # pragma: no cover
+    return items[-1][0]
 
 
 def merge_rollups(per_period: Sequence[Sequence[Rollup]]) -> list[WindowRollup]:
