@@ -60,8 +60,9 @@ def dns_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
         t.add_column("PROTO", width=5)
     for r in rows:
         rcode = Text(r["rcode"], style="" if plain or not r["failed"] else "bold red")
-        cells: list[Any] = [format_clock(r["time_ns"]), process(r["comm"], r["pid"]), resolver(r),
-                            r["query"] or "?", r["qtype"], rcode, format_us(r["latency_us"])]
+        # names and addresses as Text: "[fd00::53]:53" is not rich markup
+        cells: list[Any] = [format_clock(r["time_ns"]), Text(process(r["comm"], r["pid"])), Text(resolver(r)),
+                            Text(r["query"] or "?"), Text(r["qtype"]), rcode, format_us(r["latency_us"])]
         if wide:
             cells += [str(r["answers"]), str(r["addresses"]), "tcp" if r["tcp"] else "udp"]
         t.add_row(*cells)

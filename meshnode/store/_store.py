@@ -1058,6 +1058,9 @@ class Store:
         """The ``limit`` newest DNS transactions ``query`` selects, in time order, and how many it selects
         in all (within ``conn``'s snapshot). ``deadline`` is a ``time.monotonic()`` value; past it the read
         raises ``StoreTimeout``."""
+        # times past what the store holds (signed 64-bit nanoseconds) select as its largest
+        query = dataclasses.replace(query, since_ns=min(query.since_ns, _I64 - 1),
+                                    until_ns=min(query.until_ns, _I64 - 1))
         where, args = ["1"], []
         if query.since_ns:
             where.append("max_time >= ?")
