@@ -48,9 +48,12 @@ def dns_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
     rows: Sequence[Mapping[str, Any]] = doc.get("transactions") or []
     t = table(plain=plain)
     t.add_column("TIME", width=8, no_wrap=True)
-    t.add_column("PROCESS", width=14 if not wide else 24, no_wrap=True, overflow="ellipsis")
-    t.add_column("RESOLVER", width=17 if not wide else 45, no_wrap=True, overflow="ellipsis")
-    t.add_column("QUERY", min_width=12, no_wrap=not wide, overflow="ellipsis" if not wide else "fold")
+    t.add_column("PROCESS", width=12 if not wide else 20, no_wrap=True, overflow="ellipsis")
+    t.add_column("RESOLVER", width=16 if not wide else 24, no_wrap=True, overflow="ellipsis")
+    if wide:
+        t.add_column("QUERY", min_width=24, overflow="fold")
+    else:
+        t.add_column("QUERY", width=18, no_wrap=True, overflow="ellipsis")
     t.add_column("TYPE", width=5, no_wrap=True)
     t.add_column("RCODE", width=8, no_wrap=True)
     t.add_column("LATENCY", width=7, justify="right", no_wrap=True)
@@ -67,8 +70,9 @@ def dns_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
             cells += [str(r["answers"]), str(r["addresses"]), "tcp" if r["tcp"] else "udp"]
         t.add_row(*cells)
     failed = sum(1 for r in rows if r["failed"])
-    note = (f"{format_count(len(rows))} transactions ({failed} failed) from {format_clock(doc['since_ns'])} to "
-            f"{format_clock(doc['until_ns'])} UTC")
+    plural = "s" if len(rows) != 1 else ""
+    note = (f"{format_count(len(rows))} transaction{plural} ({failed} failed) from {format_clock(doc['since_ns'])} "
+            f"to {format_clock(doc['until_ns'])} UTC")
     if doc.get("matched", 0) > len(rows):
         note += f"; the newest of {format_count(doc['matched'])} that matched (--limit for more)"
     if not rows:

@@ -61,7 +61,8 @@ def resolver_suspects(resolvers: Iterable[ResolverHealth], config: BlameConfig |
         stats = EntityStats(kind=RESOLVER, name=r.resolver, display=f"resolver {r.resolver}", level=LEVELS[RESOLVER],
                             transactions=r.queries, problems=r.failed, problem_kinds=dict(r.failures),
                             hosts=(host,) if host else (), problem_destinations={r.resolver: r.failed})
-        out.append(Suspect(len(out) + 1, stats, False, resolver_verdict(r)))
+        # shared: the failed answer is the resolver's own word, so there is no other end to tell it from
+        out.append(Suspect(len(out) + 1, stats, True, resolver_verdict(r)))
     return out
 
 

@@ -85,7 +85,7 @@ def test_a_resolver_is_flagged_by_the_entity_rule_with_its_evidence() -> None:
     assert [s.verdict for s in found] == [
         "resolver 10.0.0.53:53 is failing: 20 of 25 queries failed (SERVFAIL)",
         "resolver 10.0.0.54:53 is failing: 10 of 40 queries failed (NXDOMAIN 6, REFUSED 4)"]
-    assert found[0].stats.problem_kinds == {"SERVFAIL": 20}
+    assert found[0].stats.problem_kinds == {"SERVFAIL": 20} and found[0].shared
     assert [s.name for s in resolver_suspects([failing, mixed], target="10.0.0.54")] == ["10.0.0.54:53"]
     assert resolver_suspects([failing], target="10.0.9.9:443") == []
     # over a short regime sequential evidence stands in for the counts, as for any entity
@@ -249,9 +249,9 @@ def test_meshctl_dns_and_the_health_resolvers_table_fit_80_columns() -> None:
              "rcode": "NXDOMAIN", "failed": True, "latency_us": 2500, "pid": 702, "comm": "curl", "answers": 1}],
         matched=7, since_ns=1_699_999_000 * 10**9, until_ns=1_700_000_100 * 10**9)
     assert _render(dns_view(message_dict(resp), plain=True)).splitlines() == [
-        "TIME     PROCESS        RESOLVER          QUERY        TYPE  RCODE    LATENCY",
-        "22:13:20 dig/701        10.0.0.53:53      web.test     A     NOERROR    850us",
-        "22:13:21 curl/702       [fd00::53]:53     gone.test    AAAA  NXDOMAIN   2.5ms",
+        "TIME     PROCESS      RESOLVER         QUERY              TYPE  RCODE    LATENCY",
+        "22:13:20 dig/701      10.0.0.53:53     web.test           A     NOERROR    850us",
+        "22:13:21 curl/702     [fd00::53]:53    gone.test          AAAA  NXDOMAIN   2.5ms",
         "2 transactions (1 failed) from 21:56:40 to 22:15:00 UTC; the newest of 7 that ",
         "matched (--limit for more)"]
     rows = message_dict(observer_pb2.HealthResponse(resolvers=[
