@@ -1,4 +1,5 @@
-"""``meshnode.v1.Observer``: flows, summaries, window rollups, health, events and status of this node.
+"""``meshnode.v1.Observer``: flows, summaries, window rollups, health, events, status and DNS transactions of
+this node.
 
 Queries run in the API's worker threads (``ApiExecutor``, apart from the loop's default executor that runs
 sensor polls) on their own read-only SQLite connection, so a long query never stalls the node loop or other

@@ -166,7 +166,7 @@ class DiagnosisRunner:
             NodeSource,
             add_to_server,
             rebuild,
-            store_resolvers,
+            store_dns,
         )
 
         self._node = node
@@ -174,7 +174,7 @@ class DiagnosisRunner:
         self.source = NodeSource({"host": node.config.node_id, **node.config.labels},
                                  addresses=published_addresses,
                                  period_ns=int(node.config.export_period * 1_000_000_000),
-                                 resolvers=store_resolvers(node.store))
+                                 dns=store_dns(node.store))
         self.detector = AnomalyDetector()
         self.anomalies = 0
         self.digest_log = DigestLog.in_dir(node.config.data_dir)

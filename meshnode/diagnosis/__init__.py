@@ -16,7 +16,7 @@ Modules (internal, re-exported here):
 In the node (``meshnode.daemon._services.DiagnosisRunner``)::
 
     source = NodeSource(labels, addresses=published_addresses, period_ns=export_period_ns,
-                        resolvers=store_resolvers(store))
+                        dns=store_dns(store))
     detector = AnomalyDetector()
     rebuild(store, source, detector, now_ns=now, digests=DigestLog.in_dir(data_dir))  # before listeners
     service_name = add_to_server(DiagnosisServicer(source), server)   # list it in server reflection
@@ -91,7 +91,7 @@ from meshnode.diagnosis._source import (
     client_transactions,
     decorate_digest,
     digest_processes,
-    store_resolvers,
+    store_dns,
 )
 from meshnode.diagnosis._taxonomy import (
     DISCOVERY_PORTS,
@@ -217,7 +217,7 @@ __all__ = [
     "samples_from_flows",
     "split_destination",
     "split_discovery",
-    "store_resolvers",
+    "store_dns",
     "transactions_from_flows",
     "transactions_from_rollups",
     "verdict_of",

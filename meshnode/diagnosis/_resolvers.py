@@ -8,7 +8,9 @@ entity (``_blame._flagged``: enough answers and problems, or enough sequential e
 at the threshold's fraction). Its evidence reads "N of M queries failed (SERVFAIL)".
 
 Flow suspects and resolver suspects explain different problems, so neither explains the other away: the
-two ranked lists are merged by the problems each suspect explains (the flow rule's own order kept).
+two ranked lists are merged by the problems each suspect explains (the flow rule's own order kept). A
+resolver's answers per period (``resolver_counts`` of ``by_period``) join change detection beside the flow
+entities, so a resolver that begins to fail begins a regime of its own, as a service would.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
+from meshnode._dns import DnsBatch
 from meshnode.diagnosis._blame import (
     LEVELS,
     RESOLVER,
@@ -26,9 +31,24 @@ from meshnode.diagnosis._blame import (
     _flagged,
     _is_address,
 )
-from meshnode.health import ResolverHealth
+from meshnode.health import ResolverHealth, resolver_health
 
-__all__ = ["RESOLVER", "resolver_suspects", "resolver_verdict", "with_resolvers"]
+__all__ = ["RESOLVER", "by_period", "resolver_counts", "resolver_suspects", "resolver_verdict", "with_resolvers"]
+
+Entity = tuple[str, str]
+
+
+def resolver_counts(dns: DnsBatch) -> dict[Entity, tuple[int, int]]:
+    """``(resolver, address:port)`` -> ``(answers, failed answers)``: what change detection follows."""
+    return {(RESOLVER, r.resolver): (r.queries, r.failed) for r in resolver_health(dns, top=dns.n)}
+
+
+def by_period(dns: DnsBatch, ends: Sequence[int]) -> list[DnsBatch]:
+    """The transactions of each period that ends at ``ends`` (oldest first): those answered after the previous
+    end, up to its own (the first period takes everything before its end; answers after the last end are in
+    none)."""
+    slot = np.searchsorted(np.asarray(ends, dtype=np.int64), dns["time_ns"], side="left")
+    return [dns.take(slot == i) for i in range(len(ends))]
 
 
 def _kinds(failures: dict[str, int]) -> str:

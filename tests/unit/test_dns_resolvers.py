@@ -29,7 +29,7 @@ from meshnode.diagnosis._transaction import Transaction
 from meshnode.health import ResolverHealth, resolver_health
 from meshnode.sensor import DnsRecord
 from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, observer_pb2
-from tests.unit._flows import T0
+from tests.unit._flows import T0, S
 from tests.unit._node import Harness, running_node
 
 R1, R2 = "10.0.0.53", "fd00::53"
@@ -107,39 +107,54 @@ def test_resolver_suspects_merge_with_flow_suspects_by_the_problems_they_explain
     assert with_resolvers(report, [], 10) is report
 
 
-class _ResolverSource(MemorySource):
-    def __init__(self, rows: list[ResolverHealth]) -> None:
+class _DnsSource(MemorySource):
+    """Periods of healthy flows, and DNS answers, as the node's source holds them."""
+
+    def __init__(self, answers: list[DnsRecord]) -> None:
         super().__init__({"host": "h1", "site": "s1"})
-        self.rows = rows
+        self.answers = DnsBatch.from_records(answers)
         self.asked: list[tuple[int, int]] = []
 
-    def resolvers(self, since_ns: int, until_ns: int) -> list[ResolverHealth]:
+    def dns(self, since_ns: int, until_ns: int) -> DnsBatch:
         self.asked.append((since_ns, until_ns))
-        return self.rows
+        times = self.answers["time_ns"]
+        return self.answers.take((times >= since_ns) & (times <= until_ns))
 
 
-def test_blame_over_grpc_names_the_failing_resolver_on_the_wire() -> None:
-    source = _ResolverSource([ResolverHealth("10.0.0.53:53", 25, 20, {"SERVFAIL": 20})])
-    source.add(T0, _flow_txns(30, 0))
-
+def _blame_over_grpc(source: _DnsSource, **request: Any) -> diagnosis_pb2.BlameResponse:
     async def main() -> diagnosis_pb2.BlameResponse:
         server = grpc.aio.server()
-        diagnosis_pb2_grpc.add_DiagnosisServicer_to_server(DiagnosisServicer(source, clock=lambda: T0 + 10), server)
+        servicer = DiagnosisServicer(source, clock=lambda: T0 + 40 * S)
+        diagnosis_pb2_grpc.add_DiagnosisServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 resp: diagnosis_pb2.BlameResponse = await diagnosis_pb2_grpc.DiagnosisStub(ch).Blame(
-                    diagnosis_pb2.BlameRequest(since_ns=T0 - 100), timeout=10)
+                    diagnosis_pb2.BlameRequest(since_ns=T0, **request), timeout=10)
                 return resp
         finally:
             await server.stop(0)
 
-    resp = asyncio.run(main())
-    assert [(s.rank, s.kind, s.name, s.problems, s.transactions, dict(s.problem_kinds)) for s in resp.suspects] == [
-        (1, diagnosis_pb2.ENTITY_KIND_RESOLVER, "10.0.0.53:53", 20, 25, {"SERVFAIL": 20})]
-    assert resp.verdict == "resolver 10.0.0.53:53 is failing: 20 of 25 queries failed (SERVFAIL)"
-    assert source.asked == [(T0 - 100, T0 + 10)]
+    return asyncio.run(main())
+
+
+def test_a_resolver_that_begins_to_fail_begins_a_regime_and_is_named_on_the_wire() -> None:
+    # 30 periods of 10 good answers, then 2 periods of 10 SERVFAILs: 20 of 320 (6 %) over the whole range
+    answers = [answer(p * 100 + i, f"n{i}.test", "NOERROR" if p < 30 else "SERVFAIL", time_ns=T0 + p * S + S // 2)
+               for p in range(32) for i in range(10)]
+    source = _DnsSource(answers)
+    for p in range(32):
+        source.add(T0 + (p + 1) * S, _flow_txns(30, 0))
+    whole = _blame_over_grpc(source, whole_range=True)
+    assert [s.kind for s in whole.suspects] == [] and whole.change == ""
+    resp = _blame_over_grpc(source)
+    assert [(s.rank, s.kind, s.name, s.problems, s.transactions, dict(s.problem_kinds), s.shared)
+            for s in resp.suspects] == [
+        (1, diagnosis_pb2.ENTITY_KIND_RESOLVER, "10.0.0.53:53", 20, 20, {"SERVFAIL": 20}, True)]
+    assert resp.verdict == "resolver 10.0.0.53:53 is failing: 20 of 20 queries failed (SERVFAIL)"
+    assert (resp.change, resp.regime_since_ns) == ("resolver 10.0.0.53:53 rose to 100% problems", T0 + 30 * S)
+    assert source.asked == [(T0, T0 + 40 * S)] * 2
 
 
 # -- the node and its API ---------------------------------------------------------------------------------------
