@@ -87,6 +87,8 @@ class DnsBatch:
             col = cols.get(name)
             if col is None:
                 out[name] = zero_column(name, n)
+            elif isinstance(col, np.ndarray) and col.dtype == (np.dtype(object) if dtype is object else dtype):
+                out[name] = col
             elif dtype is object:
                 arr = np.empty(n, dtype=object)
                 arr[:] = list(col) if not isinstance(col, np.ndarray) else col

@@ -15,7 +15,7 @@ import numpy as np
 
 from meshnode._batch import factorize
 from meshnode._dns import DnsBatch
-from meshnode.summary import format_destination, weighted_quantile
+from meshnode.summary import format_destination, weighted_quantiles
 
 MAX_RESOLVERS: Final = 1_000
 """Resolver rows a report keeps at most (the most failures first)."""
@@ -57,12 +57,11 @@ def resolver_health(dns: DnsBatch, top: int = MAX_RESOLVERS) -> list[ResolverHea
         failures: dict[str, int] = {}
         for rcode, n in zip(dns["rcode"][bad].tolist(), answers[bad].tolist(), strict=True):
             failures[rcode] = failures.get(rcode, 0) + n
-        timed = list(zip(dns["latency_us"][rows].tolist(), dns["timed"][rows].tolist(), strict=True))
+        p50, p95 = weighted_quantiles(dns["latency_us"][rows], dns["timed"][rows], (0.5, 0.95))
         out.append(ResolverHealth(
             resolver=format_destination(server, port), queries=int(answers[rows].sum()),
             failed=sum(failures.values()), failures=dict(sorted(failures.items())),
-            latency_p50_us=int(weighted_quantile(timed, 0.5)), latency_p95_us=int(weighted_quantile(timed, 0.95)),
-            names=len(set(dns["query"][rows].tolist())),
+            latency_p50_us=int(p50), latency_p95_us=int(p95), names=len(set(dns["query"][rows].tolist())),
         ))
     out.sort(key=lambda r: (-r.failed, -r.queries, r.resolver))
     return out[:top]

@@ -28,6 +28,7 @@ from meshnode.summary._window import (
     merge_window,
     weighted_median,
     weighted_quantile,
+    weighted_quantiles,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "service_name",
     "weighted_median",
     "weighted_quantile",
+    "weighted_quantiles",
     "with_service",
     "with_services",
 ]
