@@ -620,43 +620,30 @@ class Store:
         return int(evicted)
 
     def _retain_size(self) -> tuple[int, int]:
-        """Evict the oldest chunks while the live pages exceed ``max_bytes`` (the excess share of rows
-        plus 5 % headroom at a time, so this runs rarely): flows, then the DNS transactions of the periods
-        whose flows went (DNS alone, oldest first, once no flow is left). Returns flows and DNS evicted."""
-        evicted = dns = 0
+        """Evict the oldest periods' flows and DNS transactions while the live pages exceed ``max_bytes`` (the
+        excess share of rows plus 5 % headroom at a time, so this runs rarely). Returns flows and DNS evicted."""
+        flows = dns = 0
         limit = self.retention.max_bytes
+        held = "SELECT period FROM chunks UNION SELECT period FROM dns_chunks"
         while (live := self._live_bytes()) > limit:
-            rows = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM chunks").fetchone()[0]
-            share = (live - limit) / live + 0.05
-            if rows == 0:
-                gone = self._evict_dns_oldest(share)
-                if not gone:
+            total = sum(self._db.execute(f"SELECT COALESCE(SUM(n), 0) FROM {table}").fetchone()[0]
+                        for table in ("chunks", "dns_chunks"))
+            if total == 0:
+                break
+            want = max(1, int(total * ((live - limit) / live + 0.05)))
+            gone = 0
+            for (period,) in self._db.execute(f"{held} ORDER BY period").fetchall():
+                if gone >= want:
                     break
-                dns += gone
-                continue
-            evicted += self._evict_oldest("chunks", "first_id", max(1, int(rows * share)))
-            oldest = self._db.execute("SELECT MIN(period) FROM chunks").fetchone()
+                got = [self._db.execute(f"SELECT COALESCE(SUM(n), 0) FROM {table} WHERE period = ?",
+                                        (period,)).fetchone()[0] for table in ("chunks", "dns_chunks")]
+                self._db.execute("DELETE FROM chunks WHERE period = ?", (period,))
+                self._db.execute("DELETE FROM dns_chunks WHERE period = ?", (period,))
+                flows, dns, gone = flows + got[0], dns + got[1], gone + got[0] + got[1]
+            oldest = self._db.execute(f"SELECT MIN(period) FROM ({held})").fetchone()
             if oldest is not None and oldest[0] is not None:
                 self._db.execute("DELETE FROM periods WHERE seq < ? AND state != 'open'", (oldest[0],))
-                dns += self._db.execute("SELECT COALESCE(SUM(n), 0) FROM dns_chunks WHERE period < ?",
-                                        (oldest[0],)).fetchone()[0]
-                self._db.execute("DELETE FROM dns_chunks WHERE period < ?", (oldest[0],))
-        return evicted, int(dns)
-
-    def _evict_dns_oldest(self, share: float) -> int:
-        """Evict the oldest DNS chunks holding ``share`` of the DNS rows (at least one chunk)."""
-        rows = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM dns_chunks").fetchone()[0]
-        return self._evict_oldest("dns_chunks", "period, id", max(1, int(rows * share))) if rows else 0
-
-    def _evict_oldest(self, table: str, order: str, want: int) -> int:
-        """Delete the first chunks of ``table`` in ``order`` until ``want`` rows went; the rows that went."""
-        gone = 0
-        for chunk_id, n in self._db.execute(f"SELECT id, n FROM {table} ORDER BY {order}").fetchall():
-            if gone >= want:
-                break
-            self._db.execute(f"DELETE FROM {table} WHERE id = ?", (chunk_id,))
-            gone += n
-        return int(gone)
+        return int(flows), int(dns)
 
     # -- reading -----------------------------------------------------------------------------------------
 
