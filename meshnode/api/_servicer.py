@@ -101,6 +101,8 @@ MAX_ADDRESS_CHANGES: Final = 1_000
 HEALTH_TOP: Final = 1_000
 """Health rows per process and per destination: the busiest this many."""
 HEALTH_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
+MAX_HEALTH_DNS: Final = 1_000_000
+"""DNS transactions one Health call rolls up per resolver (~130 B each in memory)."""
 MAX_DNS: Final = 10_000
 """DNS transactions one DnsTransactions answer holds at most (~100 B each on the wire)."""
 DNS_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
@@ -108,6 +110,10 @@ RESUME_METADATA: Final = "meshnode-page-token"
 """Trailing metadata of a Flows stream that ended early (ABORTED): the page token that resumes it."""
 
 Key = tuple[int, int, int]
+
+
+class _RangeTooLarge(OverflowError):
+    """A range holds more than a call may read; the message says what and how to narrow it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,10 +494,11 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             return out
 
         with self.store.reader(deadline) as conn:
-            dns, dns_rows = self.store.query_dns(DnsQuery(since, until), conn, limit=MAX_HEALTH_ROWS,
+            dns, dns_rows = self.store.query_dns(DnsQuery(since, until), conn, limit=MAX_HEALTH_DNS,
                                                  deadline=deadline)
-            if dns_rows > MAX_HEALTH_ROWS:
-                raise OverflowError
+            if dns_rows > MAX_HEALTH_DNS:
+                raise _RangeTooLarge(f"since_ns: the range holds more than {MAX_HEALTH_DNS:,} DNS transactions; "
+                                     "narrow it")
             by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn, top=HEALTH_TOP)
             by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
             by_period = self.store.count_outcomes(base, ("period",), conn)
@@ -558,9 +565,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, msg)
         try:
             return await self._work(context, self._health, since, until, sel, self._deadline(context))
-        except OverflowError:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"since_ns: the range holds more than {MAX_HEALTH_ROWS} flows; narrow it or filter")
+        except OverflowError as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc) if isinstance(exc, _RangeTooLarge)
+                         else f"since_ns: the range holds more than {MAX_HEALTH_ROWS} flows; narrow it or filter")
 
     # -- DnsTransactions ---------------------------------------------------------------------------------
 

@@ -1070,7 +1070,7 @@ class Store:
                 matched += len(rows)
                 kept.append(chunk.dns(rows))
                 held += len(rows)
-                if held > 2 * limit + 1024:  # keep memory to the newest few: older rows cannot come back
+                if held > limit + max(1024, limit // 4):  # memory for the newest: older rows cannot come back
                     kept = [newest(DnsBatch.concat(kept), limit)]
                     held = kept[0].n
         except sqlite3.Error as exc:

@@ -217,6 +217,22 @@ def test_the_node_stores_each_periods_transactions_and_serves_them(tmp_path: Pat
     run(tmp_path, body)
 
 
+def test_health_refuses_a_range_of_more_dns_transactions_than_it_rolls_up(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("meshnode.api._servicer.MAX_HEALTH_DNS", 2)
+
+    async def body(h: Harness) -> None:
+        await period(h, [answer(i, f"n{i}.test") for i in range(3)])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await h.stub.Health(observer_pb2.HealthRequest(since_ns=T0, until_ns=T0 + 100), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.value.details() == "since_ns: the range holds more than 2 DNS transactions; narrow it"
+        health = await h.stub.Health(observer_pb2.HealthRequest(since_ns=T0 + 1, until_ns=T0 + 100), timeout=10)
+        assert [(r.resolver, r.queries) for r in health.resolvers] == [("10.0.0.53:53", 2)]
+
+    run(tmp_path, body)
+
+
 BAD = grpc.StatusCode.INVALID_ARGUMENT
 
 
