@@ -26,6 +26,9 @@ EVENT_TYPES = (
     "connect_failed", "anomaly", "icmp_unreachable", "frag_needed", "ttl_exceeded", "dns_failed",
 )
 
+RCODE_NAMES = ("noerror", "formerr", "servfail", "nxdomain", "notimp", "refused")
+"""DNS answer codes by name (``rcode<n>`` names any other)."""
+
 EXIT_CODES_HELP = """\
 exit codes:
   0    ok
@@ -99,6 +102,33 @@ def _address(text: str) -> str:
             f"'{text}' is not an IP address or CIDR (examples: 10.0.0.2, 10.0.0.0/8, fd00::/64)"
         ) from None
     return text
+
+
+def _list(text: str) -> list[str]:
+    """``a,b`` as a list of non-empty texts."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"'{text}' names nothing")
+    return items
+
+
+def _servers(text: str) -> list[str]:
+    items = _list(text)
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{item}' is not an IP address (examples: 10.0.0.53, fd00::53)") from None
+    return items
+
+
+def _rcodes(text: str) -> list[str]:
+    items = [t.lower() for t in _list(text)]
+    for item in items:
+        if item not in RCODE_NAMES and not (item.startswith("rcode") and item[5:].isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"'{item}' is not an answer code (one or more of: {', '.join(RCODE_NAMES)}, or rcode<n>)")
+    return items
 
 
 def _port(text: str) -> int:
@@ -272,6 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
   meshctl health --json | jq '.by_destination[] | select(.useful_fraction < 0.9)'""", [_filters()])
     p.add_argument("--since", type=_time, metavar="WHEN", help="start of the range (default: 15m)")
     p.add_argument("--until", type=_time, metavar="WHEN", help="end of the range (default: now)")
+
+    p = add("dns", "the host's DNS transactions: question, resolver, answer code, latency, asking process",
+            """examples:
+  meshctl dns                                 the last 15 minutes' newest 100
+  meshctl dns --failed --since 1h             SERVFAIL, NXDOMAIN and REFUSED answers of the last hour
+  meshctl dns --name '*.example.com' --rcode nxdomain,servfail
+  meshctl dns --server 10.0.0.53 --limit 1000 --json | jq '.transactions[] | select(.latency_us > 100000)'
+
+One row is one question (name and type) answered by one resolver with one answer code between two
+sensor polls (usually one answer). SERVFAIL, NXDOMAIN and REFUSED are failures of the resolver they
+came from: meshctl health counts them per resolver and meshctl blame names a failing one. The node
+keeps them with its flows (same retention) and shows the newest that match, oldest first.""", [])
+    p.add_argument("--since", type=_time, metavar="WHEN",
+                   help="from this long ago (5m, 1h30m) or an RFC3339 time (default: 15m; 'all': the whole history)")
+    p.add_argument("--until", type=_time, metavar="WHEN", help="up to this long ago or an RFC3339 time")
+    p.add_argument("--name", action="append", type=_list, metavar="NAME[,..]",
+                   help="question name, exact or '*.example.com' for a domain's names")
+    p.add_argument("--rcode", action="append", type=_rcodes, metavar="RCODE[,..]",
+                   help="|".join(RCODE_NAMES) + "|rcode<n>")
+    p.add_argument("--server", action="append", type=_servers, metavar="ADDR[,..]", help="resolver address")
+    p.add_argument("--failed", action="store_true", help="only SERVFAIL, NXDOMAIN and REFUSED answers")
+    p.add_argument("-n", "--limit", type=_count, default=0, metavar="N",
+                   help="at most N, the newest (default: the node's, 100; at most 10,000)")
 
     p = add("events", "low-level events: retransmit bursts, zero windows, RTT shifts, resets, drops",
             """examples:

@@ -196,6 +196,14 @@ class Node:
             raise self._fail(exc, "Observer.Health", self.timeout) from exc
         return resp
 
+    def dns(self, req: observer_pb2.DnsTransactionsRequest) -> observer_pb2.DnsTransactionsResponse:
+        """Observer.DnsTransactions."""
+        try:
+            resp: observer_pb2.DnsTransactionsResponse = self._observer.DnsTransactions(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc, "Observer.DnsTransactions", self.timeout) from exc
+        return resp
+
     def rollups(self, req: observer_pb2.RollupsRequest) -> observer_pb2.RollupsResponse:
         """Observer.Rollups."""
         try:

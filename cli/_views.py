@@ -330,6 +330,9 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
         for r in scans[:limit]:
             t.add_row(r["src"], str(r["ports"]), format_count(r["failures"]))
         parts += [Text(""), t]
+    resolvers = h.get("resolvers") or []
+    if resolvers:
+        parts += [Text(""), resolvers_table(resolvers, plain=plain, wide=wide, limit=limit)]
     mtus = h.get("path_mtu") or []
     if mtus:
         t = table(plain=plain, title="PATH MTU (fragmentation needed)")
@@ -342,6 +345,27 @@ def health_view(h: Mapping[str, Any], *, wide: bool = False, plain: bool = False
                       format_count(r.get("errors", 0)))
         parts += [Text(""), t]
     return Group(*parts)
+
+
+def resolvers_table(rows: Sequence[Mapping[str, Any]], *, plain: bool, wide: bool = False,
+                    limit: int = 20) -> Table:
+    """DNS resolvers, the most failed answers first (as the node sorts them): SERVFAIL, NXDOMAIN and
+    REFUSED are failures of the resolver that sent them."""
+    t = table(plain=plain, title="DNS RESOLVERS (most failed first)")
+    t.add_column("RESOLVER", width=21 if not wide else 47, no_wrap=True, overflow="ellipsis")
+    t.add_column("QUERIES", width=7, justify="right")
+    t.add_column("FAILED", width=6, justify="right")
+    t.add_column("FAILURES", min_width=14, overflow="fold")
+    t.add_column("P50", width=6, justify="right")
+    t.add_column("P95", width=6, justify="right")
+    for r in rows[:limit]:
+        failed = Text(format_percent(r["failed"] / r["queries"] if r["queries"] else None),
+                      style="bold red" if r["failed"] and not plain else "")
+        t.add_row(Text(r["resolver"]), format_count(r["queries"]), failed, failures_text(r["failures"]),
+                  format_us(r["latency_p50_us"]), format_us(r["latency_p95_us"]))
+    if len(rows) > limit:
+        t.add_row(f"... {len(rows) - limit} more (--json for all)", "", "", "", "", "")
+    return t
 
 
 # --- mesh ----------------------------------------------------------------------------------------------

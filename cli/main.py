@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "validate": "meshnode.cli._trust",
     "top": "meshnode.cli._top",
     "measure": "meshnode.cli._measure",
+    "dns": "meshnode.cli._dns",
 }
 
 

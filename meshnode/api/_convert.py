@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 from google.protobuf import wrappers_pb2
 
-from meshnode.health import HealthRow, PathMtu, RetryPattern, ScanPattern
+from meshnode._dns import DnsBatch
+from meshnode.health import HealthRow, PathMtu, ResolverHealth, RetryPattern, ScanPattern
 from meshnode.sensor import EventRecord
 from meshnode.summary import PeriodSummary, Rollup, WindowRollup, WindowRollups, quantile_us
 from meshnode.v1 import flow_pb2, observer_pb2
@@ -108,3 +109,15 @@ def event_pb(ev: EventRecord) -> flow_pb2.Event:
         etype = "EVENT_TYPE_UNKNOWN"
     return flow_pb2.Event(type=etype, time_ns=ev.time_ns, flow=ev.flow.to_proto(), value=ev.value,
                           detail=ev.detail)
+
+
+def dns_pbs(dns: DnsBatch) -> list[flow_pb2.DnsTransaction]:
+    """``DnsTransaction`` messages of a batch, in its order."""
+    return [flow_pb2.DnsTransaction(**row) for row in dns.rows()]
+
+
+def resolver_pb(r: ResolverHealth) -> flow_pb2.ResolverHealth:
+    """A ``ResolverHealth`` message."""
+    return flow_pb2.ResolverHealth(resolver=r.resolver, queries=r.queries, failed=r.failed, failures=r.failures,
+                                   latency_p50_us=r.latency_p50_us, latency_p95_us=r.latency_p95_us,
+                                   names=r.names)

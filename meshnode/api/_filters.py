@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
+from meshnode._dns import RCODES, is_rcode
 from meshnode._model import FlowRecord
 from meshnode.api._limits import MAX_FILTER_VALUES, MAX_FILTERS, MAX_REQUEST_VALUES, MAX_TEXT
 from meshnode.sensor import EventRecord
-from meshnode.store import FlowQuery, RowFilter
-from meshnode.v1 import flow_pb2
+from meshnode.store import DnsQuery, FlowQuery, RowFilter
+from meshnode.v1 import flow_pb2, observer_pb2
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -265,3 +266,32 @@ class Selector:
         return dataclasses.replace(
             base, allow=[f.row_filter() for f in self.whitelist], deny=[f.row_filter() for f in self.blacklist]
         )
+
+
+def dns_query(request: observer_pb2.DnsTransactionsRequest, since_ns: int, until_ns: int) -> DnsQuery:
+    """A ``DnsTransactionsRequest``'s filters, validated as flow filters are (sizes first, then values);
+    raises ``FilterError`` naming the field."""
+    budget = MAX_REQUEST_VALUES
+    for name in ("names", "rcodes", "servers"):
+        values = getattr(request, name)
+        if len(values) > MAX_FILTER_VALUES:
+            raise FilterError(name, f"{len(values):,} values; at most {MAX_FILTER_VALUES:,} are allowed in one field")
+        budget -= len(values)
+        if budget < 0:
+            raise FilterError(name, f"the request holds more than {MAX_REQUEST_VALUES:,} values")
+        for j, v in enumerate(values):
+            if len(v) > MAX_TEXT:
+                raise FilterError(f"{name}[{j}]", f"{len(v):,} characters; at most {MAX_TEXT:,} are allowed")
+    for j, name in enumerate(request.names):
+        if not name.strip("*."):
+            raise FilterError(f"names[{j}]", f"{name!r} is not a name (example: api.example.com or *.example.com)")
+    rcodes = [r.upper() for r in request.rcodes]
+    for j, rcode in enumerate(rcodes):
+        if not is_rcode(rcode):
+            raise FilterError(f"rcodes[{j}]", f"{request.rcodes[j]!r} is not an answer code "
+                              f"({', '.join(RCODES.values())} or RCODE<n>)")
+    for j, server in enumerate(request.servers):
+        if _addr(server) is None:
+            raise FilterError(f"servers[{j}]", f"{server!r} is not an IP address")
+    return DnsQuery(since_ns=since_ns, until_ns=until_ns, names=tuple(request.names), rcodes=tuple(rcodes),
+                    servers=tuple(str(_addr(s)) for s in request.servers), failed_only=request.failed_only)

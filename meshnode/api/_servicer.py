@@ -1,4 +1,5 @@
-"""``meshnode.v1.Observer``: flows, summaries, window rollups, health, events and status of this node.
+"""``meshnode.v1.Observer``: flows, summaries, window rollups, health, events, status and DNS transactions of
+this node.
 
 Queries run in the API's worker threads (``ApiExecutor``, apart from the loop's default executor that runs
 sensor polls) on their own read-only SQLite connection, so a long query never stalls the node loop or other
@@ -43,23 +44,36 @@ from meshnode._exceptions import StoreError
 from meshnode._model import FAILED_OUTCOMES, FlowRecord
 from meshnode.api._convert import (
     completeness_pb,
+    dns_pbs,
     event_pb,
     health_row_pb,
     path_mtu_pb,
     period_pb,
+    resolver_pb,
     retry_pb,
     rollups_pb,
     scan_pb,
 )
 from meshnode.api._executor import ApiExecutor
-from meshnode.api._filters import FilterError, Selector
+from meshnode.api._filters import FilterError, Selector, dns_query
 from meshnode.api._flowstream import HistoryReader, ReadAhead, SnapshotExpired
 from meshnode.api._limits import MAX_TIME_NS, ApiLimits
 from meshnode.api._live import EventRing, FlowFeed
 from meshnode.api._pacer import StreamPacer
 from meshnode.api._status import StatusProvider
 from meshnode.sensor import EventRecord
-from meshnode.store import TABLE_FINAL, TABLE_INTERIM, FlowQuery, PeriodRow, RowFilter, Store, StoredFlow, StoreTimeout
+from meshnode.store import (
+    DEFAULT_DNS_LIMIT,
+    TABLE_FINAL,
+    TABLE_INTERIM,
+    DnsQuery,
+    FlowQuery,
+    PeriodRow,
+    RowFilter,
+    Store,
+    StoredFlow,
+    StoreTimeout,
+)
 from meshnode.summary import PeriodSummary, format_destination, format_process, merge_window
 from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
@@ -87,10 +101,19 @@ MAX_ADDRESS_CHANGES: Final = 1_000
 HEALTH_TOP: Final = 1_000
 """Health rows per process and per destination: the busiest this many."""
 HEALTH_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
+MAX_HEALTH_DNS: Final = 1_000_000
+"""DNS transactions one Health call rolls up per resolver (~130 B each in memory)."""
+MAX_DNS: Final = 10_000
+"""DNS transactions one DnsTransactions answer holds at most (~100 B each on the wire)."""
+DNS_DEFAULT_RANGE_NS: Final = 15 * 60 * 1_000_000_000
 RESUME_METADATA: Final = "meshnode-page-token"
 """Trailing metadata of a Flows stream that ended early (ABORTED): the page token that resumes it."""
 
 Key = tuple[int, int, int]
+
+
+class _RangeTooLarge(OverflowError):
+    """A range holds more than a call may read; the message says what and how to narrow it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +494,11 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             return out
 
         with self.store.reader(deadline) as conn:
+            dns, dns_rows = self.store.query_dns(DnsQuery(since, until), conn, limit=MAX_HEALTH_DNS,
+                                                 deadline=deadline)
+            if dns_rows > MAX_HEALTH_DNS:
+                raise _RangeTooLarge(f"since_ns: the range holds more than {MAX_HEALTH_DNS:,} DNS transactions; "
+                                     "narrow it")
             by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn, top=HEALTH_TOP)
             by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
             by_period = self.store.count_outcomes(base, ("period",), conn)
@@ -517,6 +545,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             since_ns=since, until_ns=until,
             by_period=[health_row_pb(r) for r in periods],
             address_changes=sum(1 for t in changes if t >= since),
+            resolvers=[resolver_pb(r) for r in health_mod.resolver_health(dns)],
         )
 
     async def Health(
@@ -536,9 +565,38 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, msg)
         try:
             return await self._work(context, self._health, since, until, sel, self._deadline(context))
-        except OverflowError:
+        except OverflowError as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc) if isinstance(exc, _RangeTooLarge)
+                         else f"since_ns: the range holds more than {MAX_HEALTH_ROWS} flows; narrow it or filter")
+
+    # -- DnsTransactions ---------------------------------------------------------------------------------
+
+    async def DnsTransactions(
+        self, request: observer_pb2.DnsTransactionsRequest, context: Context
+    ) -> observer_pb2.DnsTransactionsResponse:
+        await self._check_times(context, since_ns=request.since_ns, until_ns=request.until_ns)
+        until = request.until_ns or self.clock()
+        since = request.since_ns or max(0, until - DNS_DEFAULT_RANGE_NS)
+        if until < since:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"until_ns: {until} is before since_ns {since}")
+        if request.limit > MAX_DNS:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"since_ns: the range holds more than {MAX_HEALTH_ROWS} flows; narrow it or filter")
+                         f"limit: {request.limit} is over the server maximum of {MAX_DNS}")
+        try:
+            query = dns_query(request, since, until)
+        except FilterError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        deadline = self._deadline(context)
+
+        def read() -> observer_pb2.DnsTransactionsResponse:
+            with self.store.reader(deadline) as conn:
+                found, matched = self.store.query_dns(query, conn, limit=request.limit or DEFAULT_DNS_LIMIT,
+                                                      deadline=deadline)
+            return observer_pb2.DnsTransactionsResponse(transactions=dns_pbs(found), matched=matched,
+                                                        since_ns=since, until_ns=until)
+
+        return await self._work(context, read)
 
     # -- Events ------------------------------------------------------------------------------------------
 

@@ -41,13 +41,14 @@ import numpy as np
 
 from meshnode import __version__
 from meshnode._batch import FlowBatch
+from meshnode._dns import DnsBatch
 from meshnode._exceptions import MeshnodeError, StoreError
 from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.api import ApiLimits, ApiServer, EventRing, ExporterStatus, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
 from meshnode.metrics import MetricsServer, NodeMetrics
-from meshnode.sensor import Completeness, Sensor, SensorBatch
+from meshnode.sensor import Completeness, DnsRecord, Sensor, SensorBatch
 from meshnode.store import Retention, Store, StoreStats
 from meshnode.summary import Delta, PeriodBuilder, PeriodSummary, with_services
 
@@ -118,6 +119,8 @@ class Node:
         self.mesh_node_id = ""
         """The mesh's node id (key fingerprint), set by the mesh service; Status reports it as ``node_id``."""
         self._ended: list[FlowBatch] = []
+        self._dns: list[DnsRecord] = []
+        """DNS transactions of the period, stored with its flows."""
         self._period_completeness = Completeness()
         self._events_dropped_seen = 0
         self._seq = 0
@@ -307,6 +310,7 @@ class Node:
         batch, ended = await asyncio.to_thread(self._poll_sensor)
         if ended:
             self._ended.append(ended)
+        self._dns.extend(batch.dns)
         self._period_completeness.add(batch.completeness)
         self.totals.add(batch.completeness)
         if batch.events:
@@ -319,6 +323,7 @@ class Node:
             active = await asyncio.to_thread(self._active_flows)
             self.active_flows = len(active)
             ended, self._ended = self._ended, []
+            dns_records, self._dns = self._dns, []
             counters = dataclasses.asdict(self._period_completeness)
             self._period_completeness = Completeness()
             dropped = self._events_dropped()
@@ -326,19 +331,21 @@ class Node:
             self._events_dropped_seen = dropped
             start = self._period_start
 
-            def build() -> tuple[FlowBatch, FlowBatch, dict[int, Delta], PeriodSummary]:
+            def build() -> tuple[FlowBatch, FlowBatch, dict[int, Delta], PeriodSummary, DnsBatch]:
                 # in a worker thread, so that a period of many flows does not stall the loop (and the
                 # mesh's probe answers); only close_period, under its lock, touches the builder
                 fin = _as_kind(FlowBatch.concat(ended), "final")
                 inter = _as_kind(FlowBatch.from_records(active), "interim")
                 kept = self.builder.remembered()
-                return fin, inter, kept, self.builder.build(self._seq, start, end, fin, inter, counters)
+                built = self.builder.build(self._seq, start, end, fin, inter, counters)
+                return fin, inter, kept, built, DnsBatch.from_records(dns_records)
 
             began = time.monotonic()
             try:
-                finals, interims, remembered, summary = await asyncio.to_thread(build)
+                finals, interims, remembered, summary, dns = await asyncio.to_thread(build)
             except BaseException:
                 self._ended = ended + self._ended
+                self._dns = dns_records + self._dns
                 raise
 
             def render(evicted: int) -> str:
@@ -349,12 +356,13 @@ class Node:
             try:
                 stored, next_seq, evicted = await asyncio.to_thread(
                     self.store.close_period, seq, end, finals, interims, render,
-                    next_start_ns=None if last else end,
+                    next_start_ns=None if last else end, dns=dns,
                 )
             except StoreError:
                 # Nothing was written (the transaction rolled back): keep the records and counters for
                 # the next attempt, which closes the same period later.
                 self._ended = [finals, *self._ended]
+                self._dns = dns_records + self._dns
                 restore = Completeness(**{k: v for k, v in counters.items() if k in Completeness.__slots__})
                 restore.add(self._period_completeness)
                 self._period_completeness = restore

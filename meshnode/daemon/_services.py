@@ -166,13 +166,15 @@ class DiagnosisRunner:
             NodeSource,
             add_to_server,
             rebuild,
+            store_dns,
         )
 
         self._node = node
         self._privacy = privacy
         self.source = NodeSource({"host": node.config.node_id, **node.config.labels},
                                  addresses=published_addresses,
-                                 period_ns=int(node.config.export_period * 1_000_000_000))
+                                 period_ns=int(node.config.export_period * 1_000_000_000),
+                                 dns=store_dns(node.store))
         self.detector = AnomalyDetector()
         self.anomalies = 0
         self.digest_log = DigestLog.in_dir(node.config.data_dir)

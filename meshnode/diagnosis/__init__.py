@@ -11,10 +11,12 @@ Modules (internal, re-exported here):
     _servicer     meshnode.v1.Diagnosis: DiagnosisServicer over a DiagnosisSource; MemorySource
     _source       NodeSource: the running node's source (its periods, held peer digests; bounded)
     _history      rebuild at start: own periods and anomalies from the store, digests from DigestLog
+    _resolvers    failing DNS resolvers as suspects, from the node's stored DNS transactions (pure)
 
 In the node (``meshnode.daemon._services.DiagnosisRunner``)::
 
-    source = NodeSource(labels, addresses=published_addresses, period_ns=export_period_ns)
+    source = NodeSource(labels, addresses=published_addresses, period_ns=export_period_ns,
+                        dns=store_dns(store))
     detector = AnomalyDetector()
     rebuild(store, source, detector, now_ns=now, digests=DigestLog.in_dir(data_dir))  # before listeners
     service_name = add_to_server(DiagnosisServicer(source), server)   # list it in server reflection
@@ -66,6 +68,7 @@ from meshnode.diagnosis._compare import (
     samples_from_flows,
 )
 from meshnode.diagnosis._history import DigestLog, Rebuilt, rebuild
+from meshnode.diagnosis._resolvers import RESOLVER, resolver_suspects, resolver_verdict, with_resolvers
 from meshnode.diagnosis._servicer import (
     DEFAULT_RANGE_NS,
     DIAGNOSIS_SERVICE,
@@ -88,6 +91,7 @@ from meshnode.diagnosis._source import (
     client_transactions,
     decorate_digest,
     digest_processes,
+    store_dns,
 )
 from meshnode.diagnosis._taxonomy import (
     DISCOVERY_PORTS,
@@ -144,6 +148,7 @@ __all__ = [
     "PENDING_CONNECT_US",
     "PROBLEM_KINDS",
     "PROBLEM_THRESHOLD",
+    "RESOLVER",
     "RETRANSMIT_RATE",
     "SLOW_CONNECT_US",
     "SPREAD_FRACTION",
@@ -206,11 +211,15 @@ __all__ = [
     "problem_kind",
     "rebuild",
     "regime_start",
+    "resolver_suspects",
+    "resolver_verdict",
     "retry_advice",
     "samples_from_flows",
     "split_destination",
     "split_discovery",
+    "store_dns",
     "transactions_from_flows",
     "transactions_from_rollups",
     "verdict_of",
+    "with_resolvers",
 ]

@@ -106,10 +106,12 @@ UPLINK: Final = "uplink"
 REGION: Final = "region"
 DST_REGION: Final = "dst_region"
 REGION_PATH: Final = "region_path"
+RESOLVER: Final = "resolver"
+"""A DNS resolver the node's host asked (``_resolvers``: from the node's DNS transactions, not flows)."""
 
 LEVELS: Final = {
     PROCESS: 0, SERVICE: 1, HOST: 2, DST_HOST: 2, SITE: 3, DST_SITE: 3, PATH: 3, UPLINK: 4, REGION: 5,
-    DST_REGION: 5, REGION_PATH: 5,
+    DST_REGION: 5, REGION_PATH: 5, RESOLVER: 1,
 }
 """Entity kind -> level in the hierarchy (higher is more shared)."""
 
@@ -121,7 +123,7 @@ DIMENSIONS: Final = ("client host", "process", "service", "destination host", "r
 _WORDS: Final = {
     PROCESS: "process", SERVICE: "service", HOST: "host", DST_HOST: "destination host", SITE: "site",
     DST_SITE: "destination site", PATH: "path", UPLINK: "uplink of site", REGION: "region",
-    DST_REGION: "destination region", REGION_PATH: "path",
+    DST_REGION: "destination region", REGION_PATH: "path", RESOLVER: "resolver",
 }
 
 

@@ -38,10 +38,14 @@ from meshnode.diagnosis._blame import (
 )
 from meshnode.diagnosis._change import DEFAULT_H, PART_H, UP, Change, latest_changes
 from meshnode.diagnosis._compare import DEFAULT_GROUP_BY, Comparison, PeerSample, compare, group_name
+from meshnode.diagnosis._resolvers import by_period as dns_by_period
+from meshnode.diagnosis._resolvers import resolver_counts, resolver_suspects, with_resolvers
 from meshnode.diagnosis._taxonomy import DiscoveryChatter, RetryAdvice
+from meshnode.health import resolver_health
 from meshnode.v1 import diagnosis_pb2, diagnosis_pb2_grpc, flow_pb2
 
 if TYPE_CHECKING:
+    from meshnode._dns import DnsBatch
     from meshnode.diagnosis._transaction import Transaction
 
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -63,7 +67,7 @@ _KINDS: Final = {
     "site": diagnosis_pb2.ENTITY_KIND_SITE, "dst_site": diagnosis_pb2.ENTITY_KIND_DST_SITE,
     "path": diagnosis_pb2.ENTITY_KIND_PATH, "region": diagnosis_pb2.ENTITY_KIND_REGION,
     "dst_region": diagnosis_pb2.ENTITY_KIND_DST_REGION, "region_path": diagnosis_pb2.ENTITY_KIND_REGION_PATH,
-    "uplink": diagnosis_pb2.ENTITY_KIND_UPLINK,
+    "uplink": diagnosis_pb2.ENTITY_KIND_UPLINK, "resolver": diagnosis_pb2.ENTITY_KIND_RESOLVER,
 }
 MAX_GROUP_BY: Final = 16
 """Labels a Compare request may group peers by."""
@@ -104,10 +108,15 @@ Regime = tuple[list["Transaction"], int, str]
 
 
 def current_regime(periods: Sequence[tuple[int, list[Transaction]]], since_ns: int, threshold: float,
-                   *, whole: bool = False) -> Regime:
+                   *, whole: bool = False,
+                   extra: Sequence[Mapping[tuple[str, str], tuple[int, int]]] | None = None) -> Regime:
     """The transactions of the current regime (``_change``) of ``periods``, where it begins (the end of the
-    period before it, or ``since_ns``), and one line on the change that began it."""
-    found = [] if whole else latest_changes([entity_counts(t) for _, t in periods], threshold)
+    period before it, or ``since_ns``), and one line on the change that began it. ``extra`` are more
+    entities' ``(transactions, problems)`` per period (a resolver's answers), followed beside the flows'."""
+    per_period = [entity_counts(t) for _, t in periods]
+    if extra is not None:
+        per_period = [{**counts, **more} for counts, more in zip(per_period, extra, strict=True)]
+    found = [] if whole else latest_changes(per_period, threshold)
     start = max((c.onset for c in found), default=0)
     txns = [t for _, ts in periods[start:] for t in ts]
     if not found:
@@ -115,6 +124,10 @@ def current_regime(periods: Sequence[tuple[int, list[Transaction]]], since_ns: i
     # of the entities that changed at the start, say the one that changed most: the worst that rose, else
     # the one that had been worst and fell
     counts = entity_counts(txns)
+    for more in (extra or [])[start:]:
+        for ent, (n, x) in more.items():
+            had = counts.get(ent, (0, 0))
+            counts[ent] = (had[0] + n, had[1] + x)
     at_start = [c for c in found if c.onset == start]
 
     def fraction(c: Change) -> float:
@@ -330,13 +343,20 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
                          f"max_suspects must be at most {MAX_SUSPECTS_LIMIT}, not {request.max_suspects}")
         config = BlameConfig(threshold=threshold, max_suspects=request.max_suspects or MAX_SUSPECTS)
         regime_since, change, coverage = since, "", ""
+        dns_of = getattr(self._source, "dns", None)  # the node's own DNS answers: resolvers
+        dns: DnsBatch | None = await self._ask(context, dns_of, since, until) if callable(dns_of) else None
         if hasattr(self._source, "periods") and hasattr(self._source, "held_since_ns"):
             if not request.whole_range:  # a regime may be a period or two: sequential evidence counts
                 config = replace(config, evidence=DEFAULT_H, part_evidence=PART_H)
             by_period = cast("PeriodSource", self._source)
             periods = await self._ask(context, by_period.periods, since, until)
-            txns, regime_since, change = await self._executor.run(
-                lambda: current_regime(periods, since, threshold, whole=request.whole_range))
+
+            def regime() -> Regime:
+                extra = None if dns is None else [resolver_counts(b)
+                                                  for b in dns_by_period(dns, [end for end, _ in periods])]
+                return current_regime(periods, since, threshold, whole=request.whole_range, extra=extra)
+
+            txns, regime_since, change = await self._executor.run(regime)
             held = await self._ask(context, by_period.held_since_ns)
             if request.since_ns:
                 grid = getattr(self._source, "period_ns", None)
@@ -344,6 +364,16 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
         else:
             txns, held = await self._ask(context, self._source.transactions, since, until), 0
         report = await self._executor.run(lambda: blame(txns, config, target=request.target))
+        if dns is not None:  # the resolvers over the same regime
+            labels = await self._ask(context, self._source.labels)
+
+            def resolvers(got: DnsBatch, start: int) -> BlameReport:
+                recent = got.take(got["time_ns"] > start) if start > since else got
+                found = resolver_suspects(resolver_health(recent), config, host=labels.get("host", ""),
+                                          target=request.target)
+                return with_resolvers(report, found, config.max_suspects)
+
+            report = await self._executor.run(resolvers, dns, regime_since)
         resp = blame_pb(report, since, until)
         resp.regime_since_ns, resp.change, resp.held_since_ns, resp.coverage = regime_since, change, held, coverage
         if hasattr(self._source, "retry_advice") and hasattr(self._source, "discovery"):

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 import numpy as np
 
 from meshnode._batch import FAILED, USEFUL, FlowBatch, as_batch, factorize
+from meshnode._dns import DnsBatch
 from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.diagnosis._compare import PeerSample, samples_from_flows
 from meshnode.diagnosis._taxonomy import (
@@ -59,6 +60,7 @@ from meshnode.diagnosis._transaction import (
     transactions_from_rollups,
 )
 from meshnode.health import ScanPattern, scan_patterns
+from meshnode.store import DnsQuery, Store
 from meshnode.summary import format_destination
 from meshnode.summary._problems import (
     CONNECT_PENDING,
@@ -399,6 +401,8 @@ class NodeSource:
         horizon_ns, max_periods, max_digests, max_attempts: the bounds.
         period_ns: the export period (the grid blame's change detection steps on); 0 infers it from the
             own periods' spacing.
+        dns: this host's DNS transactions over a range (``store_dns``: from the node's store), from which
+            blame judges resolvers; None: blame names no resolver.
     """
 
     def __init__(
@@ -411,8 +415,10 @@ class NodeSource:
         max_digests: int = MAX_DIGESTS,
         max_attempts: int = MAX_ATTEMPTS,
         period_ns: int = 0,
+        dns: Callable[[int, int], DnsBatch] | None = None,
     ) -> None:
         self._labels = dict(labels)
+        self._dns = dns
         self._period_ns = period_ns
         self._addresses = addresses
         self._horizon = horizon_ns
@@ -656,6 +662,10 @@ class NodeSource:
         out = [ScanPattern(src, n, failures[src]) for src, n in ports.items()]
         return sorted(out, key=lambda s: (-s.ports, -s.failures, s.src))
 
+    def dns(self, since_ns: int, until_ns: int) -> DnsBatch:
+        """This host's DNS transactions answered in the range (none when no store backs the source)."""
+        return self._dns(since_ns, until_ns) if self._dns is not None else DnsBatch({}, 0)
+
     def held(self) -> dict[str, int]:
         """What is held now (for status and tests): ``periods``, ``digests``, ``attempts``, ``members``."""
         with self._lock:
@@ -674,3 +684,18 @@ def _without_scans(flows: FlowBatch) -> tuple[FlowBatch, tuple[ScanPattern, ...]
         return flows, ()
     scanned = inbound_failed & np.isin(flows["dst"], [s.src for s in scans])
     return flows.take(~scanned), scans
+
+
+MAX_BLAME_DNS: Final = 1_000_000
+"""DNS transactions one blame reads from the store at most (the newest in its range)."""
+
+
+def store_dns(store: Store) -> Callable[[int, int], DnsBatch]:
+    """``store``'s DNS transactions answered in a range, the newest ``MAX_BLAME_DNS`` (``NodeSource(dns=...)``)."""
+
+    def dns(since_ns: int, until_ns: int) -> DnsBatch:
+        with store.reader() as conn:
+            got, _ = store.query_dns(DnsQuery(since_ns, until_ns), conn, limit=MAX_BLAME_DNS)
+        return got
+
+    return dns

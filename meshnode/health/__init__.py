@@ -1,4 +1,5 @@
-"""Health (seed 004): useful-flow fractions and failure patterns, pure functions over FlowRecords."""
+"""Health (seed 004): useful-flow fractions and failure patterns, pure functions over FlowRecords; resolvers' health
+over the host's DNS transactions."""
 
 from meshnode.health._health import (
     ADDRESS_CHANGE_WINDOW_NS,
@@ -21,15 +22,18 @@ from meshnode.health._health import (
     scan_flow_outcomes,
     scan_patterns,
 )
+from meshnode.health._resolvers import MAX_RESOLVERS, ResolverHealth, resolver_health
 
 __all__ = [
     "ADDRESS_CHANGE_WINDOW_NS",
+    "MAX_RESOLVERS",
     "MIN_RETRY_FAILURES",
     "MIN_SCAN_PORTS",
     "RETRY_COLUMNS",
     "SCAN_COLUMNS",
     "HealthRow",
     "PathMtu",
+    "ResolverHealth",
     "RetryPattern",
     "ScanPattern",
     "failures_after_address_change",
@@ -39,6 +43,7 @@ __all__ = [
     "health_from_counts",
     "host_health",
     "path_mtu_problems",
+    "resolver_health",
     "retry_patterns",
     "scan_flow_outcomes",
     "scan_patterns",

@@ -18,31 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
+from meshnode._dns import FAILED_RCODES, QTYPES, RCODES, qtype_name, rcode_name
 from meshnode._model import FlowRecord
 from meshnode.sensor._base import EventRecord
 
 if TYPE_CHECKING:
     from meshnode.probes._records import DnsTxnRow
 
-QTYPES: Final = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
-                 64: "SVCB", 65: "HTTPS", 255: "ANY"}
-RCODES: Final = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
-FAILED_RCODES: Final = frozenset({"SERVFAIL", "NXDOMAIN", "REFUSED"})
-"""Answers that are failures of the resolver they came from: it could not resolve (SERVFAIL), said the name
-does not exist (NXDOMAIN), or would not answer (REFUSED)."""
 
-
-def qtype_name(number: int) -> str:
-    """``A``, ``AAAA``..., or ``TYPE<n>`` (RFC 3597's form) for a type without a mnemonic here."""
-    return QTYPES.get(number, f"TYPE{number}")
-
-
-def rcode_name(number: int) -> str:
-    """``NOERROR``, ``NXDOMAIN``..., or ``RCODE<n>``."""
-    return RCODES.get(number, f"RCODE{number}")
-
+__all__ = ["FAILED_RCODES", "QTYPES", "RCODES", "DnsRecord", "NameCache", "dns_record", "failure_event",
+           "qtype_name", "rcode_name"]
 
 @dataclass(frozen=True, slots=True)
 class DnsRecord:
@@ -68,6 +55,8 @@ class DnsRecord:
     comm: str = ""
     netns: int = 0
     tcp: bool = False
+    port: int = 53
+    """The resolver's port (the kernel parses answers from port 53 only)."""
 
     @property
     def failed(self) -> bool:
@@ -86,7 +75,7 @@ class DnsRecord:
 def failure_event(d: DnsRecord) -> EventRecord:
     """A failed answer as an event of the resolver (``dns_failed``): its flow is the asker's datagrams to
     the resolver as far as the record knows them (no socket, ports or byte counts)."""
-    flow = FlowRecord(flow_id=0, src="", sport=0, dst=d.server, dport=53, proto="tcp" if d.tcp else "udp",
+    flow = FlowRecord(flow_id=0, src="", sport=0, dst=d.server, dport=d.port, proto="tcp" if d.tcp else "udp",
                       direction="outbound", pid=d.pid, comm=d.comm, netns=d.netns, end_ns=d.time_ns,
                       outcome="udp_answered" if not d.tcp else "established", service="domain",
                       remote_name="")

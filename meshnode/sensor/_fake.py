@@ -1,8 +1,8 @@
 """A scripted sensor for tests and demos: no kernel, no root.
 
-Tests push records and events into it (``feed``, ``set_active``, ``push_event``); with ``per_poll`` it also
-makes up that many established loopback flows per poll, which is what ``meshnode run --sensor fake`` uses
-(allowed only with ``MESHNODE_ALLOW_FAKE_SENSOR=1``).
+Tests push records, DNS transactions and events into it (``feed``, ``feed_dns``, ``set_active``,
+``push_event``); with ``per_poll`` it also makes up that many established loopback flows per poll, which
+is what ``meshnode run --sensor fake`` uses (allowed only with ``MESHNODE_ALLOW_FAKE_SENSOR=1``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from meshnode._model import FlowRecord
 from meshnode.sensor._base import Completeness, EventRecord, SensorBatch
+from meshnode.sensor._dns import DnsRecord
 
 
 class FakeSensor:
@@ -33,6 +34,7 @@ class FakeSensor:
         self._lock = threading.Lock()
         self._ended: list[FlowRecord] = []
         self._events: list[EventRecord] = []
+        self._dns: list[DnsRecord] = []
         self._active: list[FlowRecord] = []
         self._completeness = Completeness()
         self._next_id = 1 << 40
@@ -44,6 +46,11 @@ class FakeSensor:
         """Queue ended flows for the next poll."""
         with self._lock:
             self._ended.extend(records)
+
+    def feed_dns(self, records: Iterable[DnsRecord]) -> None:
+        """Queue DNS transactions for the next poll."""
+        with self._lock:
+            self._dns.extend(records)
 
     def push_event(self, event: EventRecord) -> None:
         """Queue a low-level event for the next poll."""
@@ -64,6 +71,7 @@ class FakeSensor:
         with self._lock:
             ended, self._ended = self._ended, []
             events, self._events = self._events, []
+            dns, self._dns = self._dns, []
             comp, self._completeness = self._completeness, Completeness()
         now = self.clock()
         for _ in range(self.per_poll):
@@ -75,7 +83,7 @@ class FakeSensor:
                 outcome="established", srtt_us=50, min_rtt_us=40,
             ))
         comp.flows_recorded += len(ended)
-        return SensorBatch(records=ended, events=events, completeness=comp)
+        return SensorBatch(records=ended, events=events, completeness=comp, dns=dns)
 
     def active(self) -> list[FlowRecord]:
         with self._lock:

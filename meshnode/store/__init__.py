@@ -3,6 +3,7 @@
 Imports nothing of meshnode above the model.
 """
 
+from meshnode.store._dns import DEFAULT_DNS_LIMIT, DnsQuery
 from meshnode.store._schema import SCHEMA_VERSION
 from meshnode.store._store import (
     DEFAULT_MAX_AGE_S,
@@ -21,12 +22,14 @@ from meshnode.store._store import (
 )
 
 __all__ = [
+    "DEFAULT_DNS_LIMIT",
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MAX_BYTES",
     "ROW_FIELDS",
     "SCHEMA_VERSION",
     "TABLE_FINAL",
     "TABLE_INTERIM",
+    "DnsQuery",
     "FlowQuery",
     "PeriodRow",
     "Retention",

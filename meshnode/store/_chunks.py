@@ -18,9 +18,9 @@ from __future__ import annotations
 import heapq
 import json
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import numpy as np
 
@@ -29,16 +29,20 @@ from meshnode._batch import DTYPES, FIELDS, OBJECT_FIELDS, FlowBatch, factorize,
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from meshnode._dns import DnsBatch
+
 _MAGIC: Final = b"MNC1"
 _HEAD: Final = struct.Struct("<4sI")  # magic, header length
 _U64_MASK: Final = (1 << 64) - 1
 _WIDTHS: Final = ((0xFF, np.uint8), (0xFFFF, np.uint16), (0xFFFF_FFFF, np.uint32), (_U64_MASK, np.uint64))
 
 
-def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> bytes:
+def encode_chunk(flows: FlowBatch | DnsBatch, ids: NDArray[np.int64] | None = None,
+                 fields: Sequence[str] = FIELDS, objects: Collection[str] = OBJECT_FIELDS) -> bytes:
     """A batch as one chunk: a JSON header (per column: kind, offset, length, and the dictionary of a text
     column), then the columns' bytes. ``ids`` are the rows' ids when they are not consecutive from the
-    chunk's ``first_id`` (a chunk that retention cut)."""
+    chunk's ``first_id`` (a chunk that retention cut). ``fields`` and ``objects`` name the columns and the
+    text ones among them (a flow batch's by default; ``DnsChunk`` passes the DNS transactions')."""
     parts: list[bytes] = []
     header: dict[str, Any] = {"n": flows.n, "cols": {}}
     offset = 0
@@ -47,9 +51,9 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
         header["ids"] = {"at": offset, "len": len(data)}
         parts.append(data)
         offset += len(data)
-    for name in FIELDS:
+    for name in fields:
         col = flows.cols[name]
-        if name in OBJECT_FIELDS:
+        if name in objects:
             if name == "drop_reasons":  # dicts: the distinct objects' JSON, then by text
                 ident = identities(col)
                 _, first, inverse = np.unique(ident, return_index=True, return_inverse=True)
@@ -156,6 +160,15 @@ class Chunk:
 
     __slots__ = ("_body", "_cols", "_dicts", "_head", "cache", "first_id", "n", "period", "selected")
 
+    DTYPES: ClassVar[dict[str, Any]] = DTYPES
+    """The columns' dtypes (a subclass holds other rows: ``DnsChunk``)."""
+    OBJECTS: ClassVar[Collection[str]] = OBJECT_FIELDS
+
+    def zero(self, name: str) -> NDArray[Any]:
+        """The column of a field newer than the chunk: its zero value."""
+        zero: NDArray[Any] = FlowBatch({}, self.n).cols[name]
+        return zero
+
     def __init__(self, period: int, first_id: int, blob: bytes) -> None:
         magic, size = _HEAD.unpack_from(blob)
         if magic != _MAGIC:
@@ -193,10 +206,9 @@ class Chunk:
 
     def _decode(self, name: str) -> NDArray[Any]:
         spec = self._head["cols"].get(name)
-        dtype = DTYPES[name]
+        dtype = self.DTYPES[name]
         if spec is None:  # a field newer than the chunk: its zero value
-            zero: NDArray[Any] = FlowBatch({}, self.n).cols[name]
-            return zero
+            return self.zero(name)
         if "const" in spec:
             value = spec["const"]
             if name == "drop_reasons":
@@ -205,7 +217,7 @@ class Chunk:
             arr[:] = [value] * self.n if dtype is object else value
             return arr
         raw = self._body[spec["at"]:spec["at"] + spec["len"]]
-        if name not in OBJECT_FIELDS:
+        if name not in self.OBJECTS:
             if "base" in spec:
                 narrow = np.frombuffer(raw, dtype=np.dtype(f"<u{spec['w']}"))
                 wide = narrow.astype(np.uint64) + np.uint64(spec["base"] & _U64_MASK)
@@ -224,7 +236,7 @@ class Chunk:
         """A column as small integer codes and the value of each code: a text column's dictionary codes
         as stored (no string made a row), a numeric column's distinct values."""
         spec = self._head["cols"].get(name)
-        if name in OBJECT_FIELDS and spec is not None and "const" not in spec:
+        if name in self.OBJECTS and spec is not None and "const" not in spec:
             raw = self._body[spec["at"]:spec["at"] + spec["len"]]
             return np.frombuffer(raw, dtype=np.uint32), self.dictionary(name)
         if spec is None or "const" in spec:

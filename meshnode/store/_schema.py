@@ -108,6 +108,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "data BLOB NOT NULL)",
         "CREATE INDEX measurements_time ON measurements (time_ns)",
     ),
+    # 5 -> 6: DNS transactions by column, a chunk per period (``_dns``); times are the last answer's.
+    (
+        "CREATE TABLE dns_chunks (id INTEGER PRIMARY KEY, period INTEGER NOT NULL, n INTEGER NOT NULL, "
+        "min_time INTEGER NOT NULL, max_time INTEGER NOT NULL, data BLOB NOT NULL)",
+        "CREATE INDEX dns_chunks_max_time ON dns_chunks (max_time)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -2,7 +2,8 @@
 
 Layout (see ``_schema``): ``flows`` holds FINAL records, appended once; ``interim`` holds the latest INTERIM
 record of each still-active flow, keyed by ``flow_id`` and replaced every period (the row is deleted when the
-flow's FINAL record arrives), so nothing is ever stored twice; ``periods`` holds one row per export period.
+flow's FINAL record arrives), so nothing is ever stored twice; ``periods`` holds one row per export period;
+``dns_chunks`` holds each period's DNS transactions (``_dns``), written in the period's transaction.
 
 Crash safety: a period is opened with a marker row (``state='open'``) and closed, together with all its
 records and the next period's marker, in one transaction. After a SIGKILL the last open marker has no close;
@@ -11,7 +12,8 @@ records and the next period's marker, in one transaction. After a SIGKILL the la
 periods but never corrupts the file).
 
 Retention runs inside the period transaction: rows older than ``max_age_s`` and, when the live pages exceed
-``max_bytes``, the oldest rows go; the count is kept in ``meta`` (``store_evictions``). Freed pages are
+``max_bytes``, the oldest rows go (DNS transactions with their period's flows); the count is kept in ``meta``
+(``store_evictions``, DNS transactions also in ``dns_evictions``). Freed pages are
 reused by later periods, so the file stays at its high-water mark instead of shrinking and regrowing.
 """
 
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 import numpy as np
 
 from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch
+from meshnode._dns import DnsBatch
 from meshnode._exceptions import StoreError
 from meshnode._files import private_dir, private_file
 from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
@@ -49,6 +52,7 @@ from meshnode.store._chunks import (
     encode_counts,
     merge_in_key_order,
 )
+from meshnode.store._dns import DnsChunk, DnsQuery, dns_mask, encode_dns, newest
 from meshnode.store._schema import ENUM_FIELDS, FLOW_FIELDS, MIGRATIONS, SCHEMA_VERSION, missing_columns
 
 if TYPE_CHECKING:
@@ -128,6 +132,10 @@ class StoreStats:
     evictions: int
     incomplete_periods: int
     schema_version: int
+    dns_rows: int = 0
+    """DNS transactions held."""
+    dns_evictions: int = 0
+    """DNS transactions retention evicted (also in ``evictions``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,8 +453,10 @@ class Store:
         *,
         next_start_ns: int | None = None,
         now_ns: int | None = None,
+        dns: DnsBatch | None = None,
     ) -> tuple[StoredFlows, int | None, int]:
-        """Close period ``seq`` in one transaction: its records, its summary, retention and the next marker.
+        """Close period ``seq`` in one transaction: its records, its DNS transactions (``dns``), its summary,
+        retention and the next marker.
 
         ``summary`` is the period's summary text, or a function of the number of rows retention evicted
         in this transaction that returns it. Returns the stored records (with their keys, in key order),
@@ -473,6 +483,11 @@ class Store:
                         f"INSERT OR REPLACE INTO interim ({_ROW_COLS}) VALUES ({_INSERT_PLACEHOLDERS})",
                         interim_rows,
                     )
+                if dns is not None and dns.n:
+                    times = dns["time_ns"]
+                    self._db.execute(
+                        "INSERT INTO dns_chunks (period, n, min_time, max_time, data) VALUES (?, ?, ?, ?, ?)",
+                        (seq, dns.n, int(times.min()), int(times.max()), encode_dns(dns)))
                 if fin.n:
                     self._bump("flow_rows", fin.n)
                     self._db.execute(
@@ -539,7 +554,7 @@ class Store:
         )
 
     def _retain(self, now_ns: int) -> int:
-        evicted = flows = 0
+        evicted = flows = dns = 0
         cutoff = now_ns - int(self.retention.max_age_s * 1e9)
         if self.retention.max_age_s > 0:
             flows += self._retain_age(cutoff)
@@ -547,9 +562,14 @@ class Store:
             self._db.execute("DELETE FROM periods WHERE end_ns < ?", (cutoff,))
             self._db.execute("DELETE FROM addr_changes WHERE time_ns < ?", (cutoff,))
             self._db.execute("DELETE FROM measurements WHERE time_ns < ?", (cutoff,))
+            dns += self._retain_dns_age(cutoff)
         if self.retention.max_bytes > 0:
-            flows += self._retain_size()
-        evicted += flows
+            got, dns_got = self._retain_size()
+            flows += got
+            dns += dns_got
+        if dns:
+            self._bump("dns_evictions", dns)
+        evicted += flows + dns
         if flows:
             self._bump("flow_rows", -flows)
         if evicted:
@@ -583,27 +603,47 @@ class Store:
             )
         return int(evicted)
 
-    def _retain_size(self) -> int:
-        """Evict the oldest chunks while the live pages exceed ``max_bytes`` (the excess share of rows
-        plus 5 % headroom at a time, so this runs rarely)."""
-        evicted = 0
+    def _retain_dns_age(self, cutoff: int) -> int:
+        """Evict DNS transactions older than ``cutoff``: whole chunks, and the old rows of a chunk that
+        straddles it (rewritten with the rest)."""
+        evicted = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM dns_chunks WHERE max_time < ?",
+                                   (cutoff,)).fetchone()[0]
+        self._db.execute("DELETE FROM dns_chunks WHERE max_time < ?", (cutoff,))
+        for chunk_id, period, data in self._db.execute(
+                "SELECT id, period, data FROM dns_chunks WHERE min_time < ?", (cutoff,)).fetchall():
+            chunk = DnsChunk(period, 0, data)
+            kept = chunk.dns(np.flatnonzero(chunk.col("time_ns") >= cutoff))
+            evicted += chunk.n - kept.n
+            self._db.execute("UPDATE dns_chunks SET n = ?, min_time = ?, max_time = ?, data = ? WHERE id = ?",
+                             (kept.n, int(kept["time_ns"].min()), int(kept["time_ns"].max()), encode_dns(kept),
+                              chunk_id))
+        return int(evicted)
+
+    def _retain_size(self) -> tuple[int, int]:
+        """Evict the oldest periods' flows and DNS transactions while the live pages exceed ``max_bytes`` (the
+        excess share of rows plus 5 % headroom at a time, so this runs rarely). Returns flows and DNS evicted."""
+        flows = dns = 0
         limit = self.retention.max_bytes
+        held = "SELECT period FROM chunks UNION SELECT period FROM dns_chunks"
         while (live := self._live_bytes()) > limit:
-            rows = self._db.execute("SELECT COALESCE(SUM(n), 0) FROM chunks").fetchone()[0]
-            if rows == 0:
+            total = sum(self._db.execute(f"SELECT COALESCE(SUM(n), 0) FROM {table}").fetchone()[0]
+                        for table in ("chunks", "dns_chunks"))
+            if total == 0:
                 break
-            want = max(1, int(rows * ((live - limit) / live + 0.05)))
+            want = max(1, int(total * ((live - limit) / live + 0.05)))
             gone = 0
-            for chunk_id, n in self._db.execute("SELECT id, n FROM chunks ORDER BY first_id").fetchall():
+            for (period,) in self._db.execute(f"{held} ORDER BY period").fetchall():
                 if gone >= want:
                     break
-                self._db.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
-                gone += n
-            evicted += gone
-            oldest = self._db.execute("SELECT MIN(period) FROM chunks").fetchone()
+                got = [self._db.execute(f"SELECT COALESCE(SUM(n), 0) FROM {table} WHERE period = ?",
+                                        (period,)).fetchone()[0] for table in ("chunks", "dns_chunks")]
+                self._db.execute("DELETE FROM chunks WHERE period = ?", (period,))
+                self._db.execute("DELETE FROM dns_chunks WHERE period = ?", (period,))
+                flows, dns, gone = flows + got[0], dns + got[1], gone + got[0] + got[1]
+            oldest = self._db.execute(f"SELECT MIN(period) FROM ({held})").fetchone()
             if oldest is not None and oldest[0] is not None:
                 self._db.execute("DELETE FROM periods WHERE seq < ? AND state != 'open'", (oldest[0],))
-        return evicted
+        return int(flows), int(dns)
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -992,10 +1032,50 @@ class Store:
             incomplete = conn.execute("SELECT COUNT(*) FROM periods WHERE state = 'incomplete'").fetchone()[0]
             evictions = self._meta(conn, "store_evictions")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            dns_rows = conn.execute("SELECT COALESCE(SUM(n), 0) FROM dns_chunks").fetchone()[0]
+            dns_evictions = self._meta(conn, "dns_evictions")
         return StoreStats(
             path=str(self.path), bytes=self.size_on_disk(), rows=int(rows), interim_rows=int(interim),
             periods=int(periods), evictions=evictions, incomplete_periods=int(incomplete), schema_version=version,
+            dns_rows=int(dns_rows), dns_evictions=dns_evictions,
         )
+
+    def query_dns(self, query: DnsQuery, conn: sqlite3.Connection, *, limit: int,
+                  deadline: float | None = None) -> tuple[DnsBatch, int]:
+        """The ``limit`` newest DNS transactions ``query`` selects, in time order, and how many it selects
+        in all (within ``conn``'s snapshot). ``deadline`` is a ``time.monotonic()`` value; past it the read
+        raises ``StoreTimeout``."""
+        # times past what the store holds (signed 64-bit nanoseconds) select as its largest
+        query = dataclasses.replace(query, since_ns=min(query.since_ns, _I64 - 1),
+                                    until_ns=min(query.until_ns, _I64 - 1))
+        where, args = ["1"], []
+        if query.since_ns:
+            where.append("max_time >= ?")
+            args.append(query.since_ns)
+        if query.until_ns:
+            where.append("min_time <= ?")
+            args.append(query.until_ns)
+        kept: list[DnsBatch] = []
+        held = matched = 0
+        try:
+            cur = conn.execute(f"SELECT period, data FROM dns_chunks WHERE {' AND '.join(where)} ORDER BY id",
+                               args)
+            for period, data in cur:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise StoreTimeout("the query ran past its deadline")
+                chunk = DnsChunk(period, 0, data)
+                rows = np.flatnonzero(dns_mask(chunk, query))
+                if not len(rows):
+                    continue
+                matched += len(rows)
+                kept.append(chunk.dns(rows))
+                held += len(rows)
+                if held > limit + max(1024, limit // 4):  # memory for the newest: older rows cannot come back
+                    kept = [newest(DnsBatch.concat(kept), limit)]
+                    held = kept[0].n
+        except sqlite3.Error as exc:
+            raise _read_error(self.path, exc) from exc
+        return newest(DnsBatch.concat(kept), limit), matched
 
 
 def _chunk_mask(chunk: Chunk, q: FlowQuery) -> NDArray[np.bool_]:

@@ -27,6 +27,8 @@ from meshnode.summary._window import (
     merge_rollups,
     merge_window,
     weighted_median,
+    weighted_quantile,
+    weighted_quantiles,
 )
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     "rollup",
     "service_name",
     "weighted_median",
+    "weighted_quantile",
+    "weighted_quantiles",
     "with_service",
     "with_services",
 ]

@@ -23,9 +23,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from meshnode.summary._period import PeriodSummary, Rollup
 from meshnode.summary._timing import merge as merge_hist
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 ROLLUP_FIELDS = ("by_process", "by_destination", "by_service", "by_cgroup")
 """The rollups of a period, and of a window, in this order."""
@@ -67,16 +73,30 @@ class WindowRollups:
 def weighted_median(pairs: Iterable[tuple[float, int]]) -> float:
     """The weighted median of ``(value, weight)`` pairs: the smallest value at which the cumulative weight
     reaches half the total (the lower one on an exact tie). 0 without positive weights."""
-    items = sorted((v, w) for v, w in pairs if w > 0)
-    total = sum(w for _, w in items)
-    if not total:
-        return 0.0
-    seen = 0
-    for v, w in items:
-        seen += w
-        if 2 * seen >= total:
-            return v
-    raise AssertionError("unreachable")  # pragma: no cover
+    return weighted_quantile(pairs, 0.5)
+
+
+def weighted_quantile(pairs: Iterable[tuple[float, int]], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``(value, weight)`` pairs: the smallest value at which the cumulative
+    weight reaches ``q`` of the total. 0 without positive weights."""
+    items = list(pairs)
+    return weighted_quantiles([v for v, _ in items], [w for _, w in items], (q,))[0]
+
+
+def weighted_quantiles(values: Sequence[float] | NDArray[Any], weights: Sequence[float] | NDArray[Any],
+                       qs: Sequence[float]) -> list[float]:
+    """``weighted_quantile`` of ``values`` weighted by ``weights`` (whole counts: their sums are exact), for each
+    of ``qs``, in one sort."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    keep = w > 0
+    v, w = v[keep], w[keep]
+    if not len(v):
+        return [0.0 for _ in qs]
+    order = np.argsort(v, kind="stable")
+    v, cum = v[order], np.cumsum(w[order])
+    at = np.searchsorted(cum, np.asarray(qs, dtype=np.float64) * cum[-1], side="left")
+    return [float(v[min(int(i), len(v) - 1)]) for i in at]
 
 
 def merge_rollups(per_period: Sequence[Sequence[Rollup]]) -> list[WindowRollup]:

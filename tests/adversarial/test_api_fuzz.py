@@ -1,4 +1,5 @@
-"""Property-based fuzzing of every Observer, Diagnosis and Trust request message, over real gRPC.
+"""Property-based fuzzing of every Observer, Diagnosis and Trust request message, over real gRPC (the store
+holds flows and DNS transactions).
 
 One node runs in this process (store with history, the mesh, trust and diagnosis, as ``meshnode run``
 wires them) on an event loop in a thread of its own; hypothesis sends it arbitrary requests through a
@@ -30,10 +31,12 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshnode._dns import DnsBatch
 from meshnode._model import FlowRecord
 from meshnode.daemon import Node, NodeConfig
 from meshnode.daemon._security import NodeSecurity
 from meshnode.daemon._services import MeshRunner, extra_services
+from meshnode.sensor import DnsRecord
 from meshnode.sensor._fake import FakeSensor
 from meshnode.v1 import (
     diagnosis_pb2,
@@ -78,7 +81,13 @@ def _history(node: Node) -> None:
                            start_ns=now - (3 - p) * 60 * S + i * S // 10, end_ns=now - (2 - p) * 60 * S + i,
                            outcome=outcomes[i % 6], bytes_tx=i, bytes_rx=2 * i, srtt_us=100 + i, kind="final")
                 for i in range(100)]
-        node.store.close_period(seq, now - (2 - p) * 60 * S, recs, recs[:20], "", next_start_ns=None)
+        rcodes = ["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "RCODE11"]
+        dns = [DnsRecord(time_ns=now - (2 - p) * 60 * S - i, server="fd00::53" if i % 3 else "10.0.0.53",
+                         query=["a.example.com", "名前.test", "", "x" * 253][i % 4], qtype="A", rcode=rcodes[i % 5],
+                         answers=1 + i % 2, timed=i % 2, latency_us=i * 100, latency_max_us=i * 150, addresses=i % 3,
+                         pid=100 + i % 3, comm="dig", netns=2**64 - 1, tcp=bool(i % 2)) for i in range(50)]
+        node.store.close_period(seq, now - (2 - p) * 60 * S, recs, recs[:20], "", next_start_ns=None,
+                                dns=DnsBatch.from_records(dns))
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +214,8 @@ RPCS: list[tuple[str, type[Message], Call, bool]] = [
     ("Health", observer_pb2.HealthRequest, lambda ch: observer_pb2_grpc.ObserverStub(ch).Health, False),
     ("Events", observer_pb2.EventsRequest, lambda ch: observer_pb2_grpc.ObserverStub(ch).Events, True),
     ("Status", observer_pb2.StatusRequest, lambda ch: observer_pb2_grpc.ObserverStub(ch).Status, False),
+    ("DnsTransactions", observer_pb2.DnsTransactionsRequest,
+     lambda ch: observer_pb2_grpc.ObserverStub(ch).DnsTransactions, False),
     ("Blame", diagnosis_pb2.BlameRequest, lambda ch: diagnosis_pb2_grpc.DiagnosisStub(ch).Blame, False),
     ("Compare", diagnosis_pb2.CompareRequest, lambda ch: diagnosis_pb2_grpc.DiagnosisStub(ch).Compare, False),
     ("Validate", trust_pb2.ValidateRequest, lambda ch: trust_pb2_grpc.TrustStub(ch).Validate, False),

@@ -10,7 +10,8 @@ from meshnode.cli._args import DEFAULT_NODE, build_parser, parse
 from meshnode.cli._commands import flow_filter
 from meshnode.v1 import flow_pb2
 
-COMMANDS = ("status", "flows", "health", "events", "peers", "query", "blame", "validate", "top", "measure")
+COMMANDS = ("status", "flows", "health", "events", "peers", "query", "blame", "validate", "top", "measure",
+            "dns")
 
 
 def _usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
