@@ -14,6 +14,7 @@ and joins the ``--join`` seeds. Its address for peers is the node's listen addre
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import ipaddress
@@ -175,15 +176,22 @@ class DiagnosisRunner:
                                  period_ns=int(node.config.export_period * 1_000_000_000))
         self.detector = AnomalyDetector()
         self.anomalies = 0
+        self.baselines_failed = 0
+        """Hourly baselines the store could not take (a restart would not have them)."""
+        self._writes: set[asyncio.Task[None]] = set()
         self.digest_log = DigestLog.in_dir(node.config.data_dir)
         # before any listener is attached: what the node held before a restart comes first, in order
         rebuilt = rebuild(node.store, self.source, self.detector, now_ns=node.clock(), digests=self.digest_log)
         if rebuilt.anomalies:
+            # the store holds the anomaly events of every period but the last before a stop (they are found
+            # after its write) and those of a store older than its events table: only those are pushed again
             self.anomalies += len(rebuilt.anomalies)
-            node.events.push([a.to_event() for a in rebuilt.anomalies])
-        log.info("diagnosis: rebuilt %d own periods, %d digests and %d anomalies from the store "
-                 "(%d older periods' flows over the budget left out)",
-                 rebuilt.periods, rebuilt.digests, len(rebuilt.anomalies), rebuilt.skipped)
+            held = {(e.time_ns, e.detail) for e in node.store.events(
+                min(a.time_ns for a in rebuilt.anomalies), match=lambda e: e.type == "anomaly")}
+            node.events.push([a.to_event() for a in rebuilt.anomalies if (a.time_ns, a.detail) not in held])
+        log.info("diagnosis: rebuilt %d own periods, %d digests, %d anomalies and %d hourly baselines from the "
+                 "store (%d older periods' flows over the budget left out)", rebuilt.periods, rebuilt.digests,
+                 len(rebuilt.anomalies), rebuilt.hours, rebuilt.skipped)
         servicer = DiagnosisServicer(self.source, clock=node.clock, executor=node.api.executor)
 
         def register(server: grpc.aio.Server) -> None:
@@ -216,11 +224,25 @@ class DiagnosisRunner:
             self._node.events.push([a.to_event() for a in found])
             for a in found[:3]:
                 log.info("anomaly: %s", a.detail)
+        rolled = [h.to_row() for h in self.detector.take_rolled()]
+        if rolled:  # once an hour: the hour's medians, for the next start (off the loop)
+            task = asyncio.get_running_loop().create_task(self._keep_baselines(rolled))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _keep_baselines(self, rows: list[tuple[int, str, str, str]]) -> None:
+        try:
+            await asyncio.to_thread(self._node.store.record_hour_baselines, rows)
+        except Exception as exc:  # a full disk must not stop diagnosis; the next start misses these hours
+            self.baselines_failed += len(rows)
+            log.warning("diagnosis: cannot keep %d hourly baselines in the store: %s", len(rows), exc)
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
+        if self._writes:
+            await asyncio.wait(set(self._writes))
         self.digest_log.close()
 
 

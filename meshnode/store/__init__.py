@@ -7,6 +7,8 @@ from meshnode.store._schema import SCHEMA_VERSION
 from meshnode.store._store import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_BYTES,
+    MAX_EVENTS,
+    MAX_HOUR_BASELINES,
     ROW_FIELDS,
     TABLE_FINAL,
     TABLE_INTERIM,
@@ -15,6 +17,7 @@ from meshnode.store._store import (
     Retention,
     RowFilter,
     Store,
+    StoredEvent,
     StoredFlow,
     StoreStats,
     StoreTimeout,
@@ -23,6 +26,8 @@ from meshnode.store._store import (
 __all__ = [
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MAX_BYTES",
+    "MAX_EVENTS",
+    "MAX_HOUR_BASELINES",
     "ROW_FIELDS",
     "SCHEMA_VERSION",
     "TABLE_FINAL",
@@ -34,5 +39,6 @@ __all__ = [
     "Store",
     "StoreStats",
     "StoreTimeout",
+    "StoredEvent",
     "StoredFlow",
 ]

@@ -154,3 +154,54 @@ def test_a_rebuild_reads_the_newest_periods_that_fit_its_budget(tmp_path: Path) 
     assert [end for end, _ in src.periods(0, T0 + 60 * S)] == [T0 + 4 * PERIOD * S, T0 + 5 * PERIOD * S]
     assert sum(t.count for t in src.transactions(0, T0 + 60 * S)) == 20
     store.close()
+
+
+def test_hour_of_day_baselines_rebuilt_from_the_store_give_the_verdicts_of_a_node_never_restarted(
+        tmp_path: Path) -> None:
+    """Four days of 10-minute periods, a nightly backup at 02:00 and, on the last day, the same spike at
+    14:00. One detector runs through; another starts at 01:30 on the last day from what the store holds."""
+    from meshnode.diagnosis import AnomalyDetector, NodeSource, rebuild
+    from meshnode.store import Store
+    from meshnode.summary import PeriodSummary, Rollup
+    from tests.unit.test_diagnosis_anomaly import DAY0, HOUR, backup_days
+
+    period = 600 * S
+
+    store = Store.in_dir(tmp_path)
+    series = backup_days(4, spike_at=14, period=period)
+    restart = DAY0 + 3 * 24 * HOUR + HOUR + 30 * 60 * S  # day 3, 01:30
+    never = AnomalyDetector()
+    restarted: AnomalyDetector | None = None
+    fresh = AnomalyDetector()  # what a node that rebuilt nothing would say
+    got: dict[str, list[list[str]]] = {"never": [], "restarted": [], "fresh": []}
+    seq = store.open_period(DAY0)
+    for end, r in series:
+        if end > restart and restarted is None:
+            restarted = AnomalyDetector()
+            rebuilt = rebuild(store, NodeSource({"host": "app-1"}, period_ns=period), restarted, now_ns=restart)
+            assert rebuilt.hours == 2 * 24 + 17  # up to 17:00 on day 2: the replay takes the last 48 periods
+        summary = PeriodSummary("app-1", seq, end - period, end, by_destination=[
+            Rollup(key=r.key, flows=r.flows, failures=r.failures, retransmits=r.retransmits, rtt_p95_us=r.rtt_p95_us)])
+        _, nxt, _ = store.close_period(seq, end, [], [], summary.to_json(), next_start_ns=end, now_ns=end)
+        assert nxt is not None
+        seq = nxt
+        for name, det in (("never", never), ("restarted", restarted), ("fresh", fresh)):
+            if det is None or (name == "fresh" and end <= restart - 8 * HOUR):
+                continue
+            found = det.observe(end, summary.by_destination)
+            if name != "fresh":  # as DiagnosisRunner does each period
+                store.record_hour_baselines(h.to_row() for h in det.take_rolled())
+            if end > restart:
+                got[name].append([a.detail for a in found])
+    assert restarted is not None
+    assert got["restarted"] == got["never"]
+    after = [end for end, _ in series if end > restart]
+    flagged = {after[i]: d for i, d in enumerate(got["never"]) if d}
+    spike = DAY0 + 3 * 24 * HOUR + 14 * HOUR
+    # not the backup at 02:00; the 14:00 spike, from its first period, all its hour (4 h of window to learn it)
+    assert list(flagged) == [spike + i * period for i in range(1, 7)]
+    assert flagged[spike + period] == ["destination 10.0.2.3:5432: flows 1991 vs this hour's baseline 198.5 "
+                                       "(MAD 6.5, 186.0 sigma, 1991 flows)"]
+    # the hours are what tells the backup from news: without them the backup is flagged at 02:10
+    assert got["fresh"][after.index(DAY0 + 3 * 24 * HOUR + 2 * HOUR + period)] != []
+    store.close()
