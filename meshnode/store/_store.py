@@ -585,15 +585,18 @@ class Store:
         with self.reader() as conn:
             return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
 
-    def events(self, since_ns: int = 0, *, before_id: int = 0, number: int = 0,
+    def events(self, since_ns: int = 0, *, before_id: int = 0, number: int = 0, types: Sequence[str] = (),
                match: Callable[[StoredEvent], bool] | None = None,
                deadline: float | None = None) -> list[StoredEvent]:
-        """Stored events at or after ``since_ns`` (with an id below ``before_id`` when not 0) that ``match``
-        accepts, in the order the node saw them; only the newest ``number`` when not 0."""
+        """Stored events at or after ``since_ns`` (with an id below ``before_id`` when not 0, of ``types`` when
+        given) that ``match`` accepts, in the order the node saw them; only the newest ``number`` when not 0."""
         where, args = ["time_ns >= ?"], [since_ns]
         if before_id:
             where.append("id < ?")
             args.append(before_id)
+        if types:
+            where.append(_in("type", types))
+            args += [EVENT_TYPE_NUMBERS.get(t, -1) for t in types]
         out: list[StoredEvent] = []
         with self.reader(deadline) as conn:
             cur = conn.execute("SELECT id, period, time_ns, type, value, detail, flow FROM events "
@@ -621,10 +624,11 @@ class Store:
     def record_hour_baselines(self, rows: Iterable[tuple[int, str, str, str]]) -> int:
         """Keep hourly baselines, ``(hour_ns, scope, key, data)`` each (a row for the same hour and entity is
         replaced); at most ``MAX_HOUR_BASELINES`` are kept, the oldest hours go first, counted in
-        ``hour_baselines_evicted``. Returns how many were written."""
+        ``hour_baselines_evicted``. Returns how many rows that bound evicted now."""
         rows = list(rows)
         if not rows:
             return 0
+        gone = 0
         with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO hour_baselines (hour_ns, scope, key, data) "
                                  "VALUES (?, ?, ?, ?)", rows)
@@ -633,7 +637,7 @@ class Store:
             if row is not None:
                 gone = self._db.execute("DELETE FROM hour_baselines WHERE hour_ns <= ?", (row[0],)).rowcount
                 self._bump("hour_baselines_evicted", gone)
-        return len(rows)
+        return int(gone)
 
     def hour_baselines(self, since_ns: int = 0, until_ns: int = 0) -> list[tuple[int, str, str, str]]:
         """Hourly baselines with ``since_ns <= hour_ns < until_ns`` (no upper bound when 0), oldest first."""

@@ -4,6 +4,7 @@ start from the node's store and the digest log, so that blame after a restart is
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,46 @@ def test_hour_of_day_baselines_rebuilt_from_the_store_give_the_verdicts_of_a_nod
     # the hours are what tells the backup from news: without them the backup is flagged at 02:10
     assert got["fresh"][after.index(DAY0 + 3 * 24 * HOUR + 2 * HOUR + period)] != []
     store.close()
+
+
+def test_the_node_keeps_each_closed_hour_in_its_store_and_counts_what_diagnosis_dropped(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    hour = 3600 * S
+
+    async def main() -> tuple[list[tuple[int, str, str, str]], str, int]:
+        clock = Clock()
+        clock.now = (T0 // hour + 1) * hour - 3 * PERIOD * S  # three periods before a clock hour ends
+        sensor = FakeSensor("/")
+        node = Node(_config(tmp_path), sensor, clock=clock)
+        runner = DiagnosisRunner(node)
+        node.add_service(runner)
+        await node.start()
+        try:
+            for i in range(5):
+                clock.now += PERIOD * S
+                sensor.feed([flow(100 * i + j, start_ns=clock.now - S, end_ns=clock.now - S // 2)
+                             for j in range(20 + 10 * i)])
+                await node.tick()
+                await node.close_period()
+            scraped = generate_latest(node.metrics.registry).decode()
+        finally:
+            await node.shutdown()  # waits for the runner's store writes
+        again = Node(_config(tmp_path), FakeSensor("/"), clock=clock)
+        runner2 = DiagnosisRunner(again)
+        try:
+            return again.store.hour_baselines(), scraped, runner2.detector.seasonal_keys()
+        finally:
+            runner2.digest_log.close()
+            again.store.close()
+
+    rows, scraped, held = asyncio.run(asyncio.wait_for(main(), 60))
+    start = (T0 // hour) * hour
+    # the hour that ended: the median of its three periods' flows to 10.0.0.2:443 (20, 30, 40) and by curl
+    assert [(h, scope, key) for h, scope, key, _ in rows] == [(start, "destination", "10.0.0.2:443"),
+                                                              (start, "process", "curl/100")]
+    assert json.loads(rows[0][3])["flows"] == 30.0 and json.loads(rows[0][3])["failure_rate"] == 0.0
+    assert 'meshnode_anomaly_keys{baseline="hourly"} 2.0' in scraped
+    assert 'meshnode_anomaly_keys{baseline="recent"} 2.0' in scraped
+    assert 'meshnode_diagnosis_dropped_total{what="hours_unstored"} 0.0' in scraped
+    assert held == 2  # the next start has it again

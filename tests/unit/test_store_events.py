@@ -45,6 +45,7 @@ def test_events_are_written_with_their_period_and_read_back_as_they_were(tmp_pat
         assert [e.id for e in store.events(before_id=9)] == [7, 8]
         assert [e.id for e in store.events(number=2, match=lambda e: e.type == "connect_failed")] == [7, 8]
         assert [e.id for e in store.events(number=1, match=lambda e: e.flow.outcome == "refused")] == [7]
+        assert [e.id for e in store.events(types=("anomaly", "dns_failed"))] == [9, 10]
         # a failed period write keeps nothing of it
         assert nxt is not None
         with pytest.raises(Exception, match="not open"):
@@ -93,8 +94,8 @@ def test_hour_baselines_are_kept_replaced_and_bounded(tmp_path: Path, monkeypatc
         store.record_hour_baselines([(T0, "destination", "10.0.0.2:443", '{"flows":210.0}')])  # replaced
         assert store.hour_baselines() == [(T0, "destination", "10.0.0.2:443", '{"flows":210.0}'),
                                           (T0, "process", "curl/7", '{"flows":20.0}')]
-        store.record_hour_baselines([(T0 + hour, "destination", "10.0.0.2:443", "{}"),
-                                     (T0 + 2 * hour, "destination", "10.0.0.2:443", "{}")])
+        assert store.record_hour_baselines([(T0 + hour, "destination", "10.0.0.2:443", "{}"),
+                                            (T0 + 2 * hour, "destination", "10.0.0.2:443", "{}")]) == 2
         # four rows: the oldest hour's go first (both of them)
         assert [r[0] for r in store.hour_baselines()] == [T0 + hour, T0 + 2 * hour]
         assert [r[0] for r in store.hour_baselines(T0 + hour, T0 + 2 * hour)] == [T0 + hour]
