@@ -34,6 +34,15 @@ class Clock:
         return self.now
 
 
+async def _started(tmp_path: Path, clock: Clock, sensor: FakeSensor) -> tuple[Node, DiagnosisRunner]:
+    """A started node with diagnosis, as ``meshnode run`` has it (no mesh)."""
+    node = Node(_config(tmp_path), sensor, clock=clock)
+    runner = DiagnosisRunner(node)
+    node.add_service(runner)
+    await node.start()
+    return node, runner
+
+
 def _peer_digest(seq: int, end_ns: int, failing: bool) -> mesh_pb2.Digest:
     """app-2's period: 40 calls to 10.0.0.2:443 (all refused when ``failing``) and 40 good ones elsewhere."""
     kinds = {"refused": 40, "ok": 0} if failing else {"ok": 40}
@@ -78,10 +87,7 @@ def test_blame_anomalies_and_digests_survive_a_restart(tmp_path: Path) -> None:
     async def main() -> None:
         clock = Clock()
         sensor = FakeSensor("/")
-        node = Node(_config(tmp_path), sensor, clock=clock)
-        runner = DiagnosisRunner(node)
-        node.add_service(runner)
-        await node.start()
+        node, runner = await _started(tmp_path, clock, sensor)
         try:
             await _run_periods(node, runner, sensor, clock)
             before = await _answers(node)
@@ -217,10 +223,7 @@ def test_the_node_keeps_each_closed_hour_in_its_store_and_counts_what_diagnosis_
         clock = Clock()
         clock.now = (T0 // hour + 1) * hour - 3 * PERIOD * S  # three periods before a clock hour ends
         sensor = FakeSensor("/")
-        node = Node(_config(tmp_path), sensor, clock=clock)
-        runner = DiagnosisRunner(node)
-        node.add_service(runner)
-        await node.start()
+        node, _ = await _started(tmp_path, clock, sensor)
         try:
             for i in range(5):
                 clock.now += PERIOD * S
