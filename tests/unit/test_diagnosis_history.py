@@ -94,10 +94,7 @@ def test_blame_anomalies_and_digests_survive_a_restart(tmp_path: Path) -> None:
         finally:
             await node.shutdown()
 
-        again = Node(_config(tmp_path), FakeSensor("/"), clock=clock)
-        runner2 = DiagnosisRunner(again)
-        again.add_service(runner2)
-        await again.start()
+        again, runner2 = await _started(tmp_path, clock, FakeSensor("/"))
         try:
             after = await _answers(again)
             assert runner2.source.held()["digests"] == 14
