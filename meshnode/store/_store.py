@@ -294,15 +294,19 @@ def _fix_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(values)
 
 
-_FLOW_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(FlowRecord)
-                         if f.default is not dataclasses.MISSING}
+_REQUIRED: Final = object()
+_FLOW_DEFAULTS: Final = tuple(
+    (f.name, f.default if f.default is not dataclasses.MISSING
+     else f.default_factory() if f.default_factory is not dataclasses.MISSING else _REQUIRED)
+    for f in dataclasses.fields(FlowRecord))
+_FLOW_VALUES: Final = attrgetter(*(name for name, _ in _FLOW_DEFAULTS))
 
 
 def _sparse_json(flow: FlowRecord) -> str:
     """An event's flow as the model's JSON without the fields at their default (``FlowRecord.from_json``
     gives them back): an event's flow names the socket and carries a few counters, a third of the full text."""
-    return json.dumps({k: v for k, v in flow.to_json().items() if k not in _FLOW_DEFAULTS or v != _FLOW_DEFAULTS[k]},
-                      separators=(",", ":"))
+    return json.dumps({name: v for (name, default), v in zip(_FLOW_DEFAULTS, _FLOW_VALUES(flow), strict=True)
+                       if v != default}, separators=(",", ":"))
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
