@@ -330,11 +330,16 @@ keeps them with its flows (same retention) and shows the newest that match, olde
             """examples:
   meshctl events --follow
   meshctl events --type retransmit_burst,rtt_shift --proc nginx -f
-  meshctl events --last 500 --json""", [_filters(events=True)])
+  meshctl events --last 500 --json
+  meshctl events --since 10m --type connect_failed        refusals and timeouts, from before a restart too""",
+            [_filters(events=True)])
     p.add_argument("-f", "--follow", action="store_true", help="keep the stream open")
-    p.add_argument("--last", type=_count, default=20, metavar="N",
-                   help="past events to show first (default: 20)")
-    p.add_argument("--since", type=_time, metavar="WHEN", help="earliest event time (5m or RFC3339)")
+    p.add_argument("--last", type=_count, default=None, metavar="N",
+                   help="past events to show first, the newest that match (default: 20; with --since, every "
+                   "one since then)")
+    p.add_argument("--since", type=_time, metavar="WHEN",
+                   help="earliest event time (5m or RFC3339); events come from the node's store, so they "
+                   "outlive a restart, and a --since before what it holds says so")
 
     add("peers", "mesh members as this node sees them: state, digest age, RTT",
         """examples:

@@ -11,7 +11,7 @@ node that is down, and the message says which flag to pass. Fleet queries carry 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -264,11 +264,17 @@ class Node:
                 return
             req.page_token = token
 
-    def events(self, req: observer_pb2.EventsRequest) -> Iterator[flow_pb2.Event]:
-        """Observer.Events, one event at a time."""
+    def events(self, req: observer_pb2.EventsRequest,
+               coverage: Callable[[str], None] | None = None) -> Iterator[flow_pb2.Event]:
+        """Observer.Events, one event at a time; what the node says about the range it holds (a response
+        without an event) goes to ``coverage``."""
         timeout = None if req.follow else self.timeout
         try:
             for resp in self._observer.Events(req, timeout=timeout):
+                if not resp.HasField("event"):
+                    if resp.coverage and coverage is not None:
+                        coverage(resp.coverage)
+                    continue
                 yield resp.event
         except grpc.RpcError as exc:
             raise self._fail(exc, "Observer.Events", timeout) from exc

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from meshnode.cli._client import Node
 from meshnode.cli._convert import flow_json_line, message_dict
@@ -130,28 +130,43 @@ def cmd_health(args: argparse.Namespace, node: Node) -> int:
     return EXIT_OK
 
 
+EVENTS_SINCE_MAX: Final = 100_000
+"""Past events ``events --since`` asks for without ``--last``: every one the node holds (its store keeps
+at most this many)."""
+
+
 def cmd_events(args: argparse.Namespace, node: Node) -> int:
     since, _ = _time_range(args, time.time_ns())
-    req = observer_pb2.EventsRequest(number=args.last, follow=args.follow, since_ns=since)
+    last = args.last if args.last is not None else (EVENTS_SINCE_MAX if since else 20)
+    req = observer_pb2.EventsRequest(number=last, follow=args.follow, since_ns=since)
     f = flow_filter(args)
     if f is not None:
         req.whitelist.append(f)
     if args.json:
-        for ev in node.events(req):
+        def note_err(text: str) -> None:
+            sys.stderr.write(f"meshctl events: note: {text}\n")
+
+        for ev in node.events(req, note_err):
             print_json_line(message_dict(ev))
         return EXIT_OK
+    from rich.text import Text
+
     from meshnode.cli._views import events_table
 
     c = console(wide=args.wide)
     plain = is_plain(c)
+
+    def note(text: str) -> None:
+        emit(c, Text(f"note: {text}", style="" if plain else "yellow"))
+
     if args.follow:
         header = True
-        for ev in node.events(req):
+        for ev in node.events(req, note):
             emit(c, events_table([message_dict(ev)], wide=args.wide, plain=plain, header=header))
             header = False
             sys.stdout.flush()
         return EXIT_OK
-    rows = [message_dict(ev) for ev in node.events(req)]
+    rows = [message_dict(ev) for ev in node.events(req, note)]
     if not rows:
         emit(c, "no events")
         return EXIT_OK

@@ -45,6 +45,13 @@ ENUM_NAMES: Final[dict[str, dict[int, str]]] = {
                 "kind": "final", "fidelity": "exact"}[field], **{v: k for k, v in table.items()}}
     for field, table in ENUM_NUMBERS.items()
 }
+#: Event types (``meshnode.v1.EventType``) -> wire numbers, as the store keeps them; 0 is unknown.
+EVENT_TYPE_NUMBERS: Final[dict[str, int]] = {
+    "retransmit_burst": 1, "zero_window": 2, "rtt_shift": 3, "reset_sent": 4, "reset_received": 5, "drop": 6,
+    "connect_failed": 7, "anomaly": 8, "dns_failed": 9, "icmp_unreachable": 10, "frag_needed": 11,
+    "ttl_exceeded": 12,
+}
+EVENT_TYPE_NAMES: Final[dict[int, str]] = {v: k for k, v in EVENT_TYPE_NUMBERS.items()}
 _PROTO_NUM: Final = ENUM_NUMBERS["proto"]
 _NUM_PROTO: Final = {v: k for k, v in _PROTO_NUM.items()}
 

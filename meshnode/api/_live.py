@@ -84,23 +84,60 @@ class FlowFeed(_Hub[tuple[int, Sequence[StoredFlow]]]):
 
 
 class EventRing(_Hub[EventRecord]):
-    """The newest low-level events, bounded, plus live subscribers."""
+    """The newest low-level events, bounded, plus live subscribers; and the events not yet in the store.
 
-    def __init__(self, capacity: int = 10_000, queue_size: int = 1_000) -> None:
+    Every event gets the next id (``first_id`` on: the node starts past the ids its store holds), so the ring
+    holds a run of consecutive ids and the store the ids below it: a reader of history takes the ring and
+    the stored events below ``floor_id``. ``take_pending`` hands the events pushed since the last take to the
+    node, which writes them with the period (``restore_pending`` when that write failed); at most
+    ``max_pending`` wait, the oldest beyond are counted in ``unstored``.
+    """
+
+    def __init__(self, capacity: int = 10_000, queue_size: int = 1_000, *, first_id: int = 1,
+                 max_pending: int = 100_000) -> None:
         super().__init__(queue_size)
-        self.ring: collections.deque[EventRecord] = collections.deque(maxlen=capacity)
+        self.ring: collections.deque[tuple[int, EventRecord]] = collections.deque(maxlen=capacity)
+        self.next_id = first_id
+        self.max_pending = max_pending
+        self.pending: collections.deque[tuple[int, EventRecord]] = collections.deque()
         self.evicted = 0
-        """Events pushed out of the ring by newer ones (still delivered to live subscribers)."""
+        """Events pushed out of the ring by newer ones (still delivered to live subscribers, and stored)."""
+        self.unstored = 0
+        """Events that waited for the store beyond ``max_pending`` and were dropped before it took them."""
 
     def push(self, events: Sequence[EventRecord]) -> None:
-        """Add events from a sensor poll."""
+        """Add events (a sensor poll's, or diagnosis's anomalies)."""
         cap = self.ring.maxlen or 0
         for ev in events:
             if len(self.ring) == cap:
                 self.evicted += 1
-            self.ring.append(ev)
+            item = (self.next_id, ev)
+            self.next_id += 1
+            self.ring.append(item)
+            self.pending.append(item)
             self._offer(ev)
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft()
+            self.unstored += 1
+
+    def take_pending(self) -> list[tuple[int, EventRecord]]:
+        """The events pushed since the last take, with their ids, for the store."""
+        taken = list(self.pending)
+        self.pending.clear()
+        return taken
+
+    def restore_pending(self, taken: Sequence[tuple[int, EventRecord]]) -> None:
+        """Put back what ``take_pending`` returned when the store could not write it."""
+        self.pending.extendleft(reversed(taken))
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft()
+            self.unstored += 1
+
+    @property
+    def floor_id(self) -> int:
+        """The smallest id the ring holds (``next_id`` when empty): older events are the store's."""
+        return self.ring[0][0] if self.ring else self.next_id
 
     def recent(self, since_ns: int = 0) -> list[EventRecord]:
         """Events in the ring at or after ``since_ns``, oldest first."""
-        return [e for e in self.ring if e.time_ns >= since_ns]
+        return [e for _, e in self.ring if e.time_ns >= since_ns]

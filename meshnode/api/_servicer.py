@@ -71,6 +71,7 @@ from meshnode.store import (
     PeriodRow,
     RowFilter,
     Store,
+    StoredEvent,
     StoredFlow,
     StoreTimeout,
 )
@@ -224,6 +225,29 @@ def _summary(row: PeriodRow) -> PeriodSummary:
         s = PeriodSummary(node_id="", seq=row.seq, period_start_ns=row.start_ns, period_end_ns=row.end_ns)
     s.incomplete = row.state == "incomplete"
     return s
+
+
+def _event(s: StoredEvent | EventRecord) -> EventRecord:
+    """A stored event as the sensor's record (the one shape filters and ``event_pb`` take)."""
+    if isinstance(s, EventRecord):
+        return s
+    return EventRecord(s.type, s.time_ns, s.flow, s.value, s.detail)
+
+
+def events_coverage(since_ns: int, held_since_ns: int) -> str:
+    """What to say when events are asked from before what the node holds ("" otherwise)."""
+    if not since_ns:
+        return ""
+    if held_since_ns == 0:
+        return f"asked from {_utc(since_ns)} UTC, but this node holds no period yet"
+    if since_ns >= held_since_ns:
+        return ""
+    return (f"asked from {_utc(since_ns)} UTC, but this node holds events from {_utc(held_since_ns)} UTC only "
+            "(since its store began, or as far as its retention keeps them)")
+
+
+def _utc(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns / 1e9))
 
 
 class ObserverServicer(observer_pb2_grpc.ObserverServicer):
@@ -615,12 +639,29 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         self.sending += 1
         try:
             if request.number:
-                ring = list(self.events.ring)  # the loop appends to the ring: copy it here, match in a worker
+                # the loop appends to the ring: copy it here (with the id below which the store has the
+                # rest), read the store and match in a worker
+                ring, floor = list(self.events.ring), self.events.floor_id
+                number, since = int(request.number), request.since_ns
+                deadline = self._deadline(context)
 
-                def past() -> list[EventRecord]:
-                    return [e for e in ring if e.time_ns >= request.since_ns and sel.matches_event(e)]
+                def past() -> tuple[list[EventRecord], int]:
+                    recent = [e for _, e in ring if e.time_ns >= since and sel.matches_event(e)][-number:]
+                    older = self.store.events(since, before_id=floor, number=number - len(recent),
+                                              match=lambda s: sel.matches_event(_event(s)),
+                                              deadline=deadline) if len(recent) < number else []
+                    held = self.store.events_held_since() if since else 0
+                    return [*map(_event, older), *recent], held
 
-                for ev in (await self.executor.run(past))[-int(request.number):]:
+                try:
+                    found, held = await self.executor.run(past)
+                except StoreTimeout:
+                    await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 "the event history read ran past its deadline; narrow --since or filter")
+                note = events_coverage(since, held)
+                if note:
+                    yield observer_pb2.EventsResponse(held_since_ns=held, coverage=note)
+                for ev in found:
                     await self._paced()
                     yield observer_pb2.EventsResponse(event=event_pb(ev))
             if sub is None:

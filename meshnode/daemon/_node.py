@@ -7,8 +7,8 @@ How the node uses the sensor (``meshnode.sensor.Sensor``):
 * ``sensor.poll()`` every tick (``tick`` seconds, default 0.5) by a task of its own, in a worker thread, never
   concurrently with another sensor call, and once more right at each period's end (polls go on while a
   period closes, so a long close never leaves the ring buffer undrained):
-  ended flows are kept for the period, events go to the API's event ring at once, completeness counters
-  are added to the period's and the node's totals;
+  ended flows are kept for the period, events go to the API's event ring at once (and to the store with
+  the period's flows), completeness counters are added to the period's and the node's totals;
 * ``sensor.active()`` once at each period end (in a worker thread): the interim records of the period;
 * ``sensor.close()`` once at shutdown, after the last period is written.
 
@@ -89,7 +89,8 @@ class Node:
             config.data_dir, Retention(config.retention_age, config.retention_bytes)
         )
         self.feed = FlowFeed()
-        self.events = EventRing()
+        self.events = EventRing(first_id=self.store.last_event_id() + 1)
+        """The newest events, live; each period's are written to the store with its flows."""
         self.metrics = NodeMetrics(top_services=config.metrics_services, top_processes=config.metrics_processes)
         self.builder = PeriodBuilder(config.node_id)
         limits = ApiLimits(stream_age_s=config.api_stream_age, snapshot_age_s=config.api_snapshot_age)
@@ -142,7 +143,8 @@ class Node:
     # -- status ------------------------------------------------------------------------------------------
 
     def _events_dropped(self) -> int:
-        return self.events.evicted + self.events.dropped
+        # an event pushed out of the ring is not lost: the store has it (or will at the period's close)
+        return self.events.unstored + self.events.dropped
 
     def status(self) -> NodeStatus:
         """A snapshot for the Status RPC, cheap enough for the event loop once the node started: the store's
@@ -324,6 +326,7 @@ class Node:
             self.active_flows = len(active)
             ended, self._ended = self._ended, []
             dns_records, self._dns = self._dns, []
+            events = self.events.take_pending()
             counters = dataclasses.asdict(self._period_completeness)
             self._period_completeness = Completeness()
             dropped = self._events_dropped()
@@ -346,6 +349,7 @@ class Node:
             except BaseException:
                 self._ended = ended + self._ended
                 self._dns = dns_records + self._dns
+                self.events.restore_pending(events)
                 raise
 
             def render(evicted: int) -> str:
@@ -356,13 +360,14 @@ class Node:
             try:
                 stored, next_seq, evicted = await asyncio.to_thread(
                     self.store.close_period, seq, end, finals, interims, render,
-                    next_start_ns=None if last else end, dns=dns,
+                    next_start_ns=None if last else end, dns=dns, events=events,
                 )
             except StoreError:
                 # Nothing was written (the transaction rolled back): keep the records and counters for
                 # the next attempt, which closes the same period later.
                 self._ended = [finals, *self._ended]
                 self._dns = dns_records + self._dns
+                self.events.restore_pending(events)
                 restore = Completeness(**{k: v for k, v in counters.items() if k in Completeness.__slots__})
                 restore.add(self._period_completeness)
                 self._period_completeness = restore

@@ -14,6 +14,7 @@ and joins the ``--join`` seeds. Its address for peers is the node's listen addre
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import ipaddress
@@ -25,9 +26,10 @@ from meshnode.daemon._addresses import local_addresses
 from meshnode.daemon._security import node_key_path
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     import grpc
+    from prometheus_client import Metric
 
     from meshnode._model import FlowRecord
     from meshnode.daemon._node import Node, Service
@@ -177,15 +179,24 @@ class DiagnosisRunner:
                                  dns=store_dns(node.store))
         self.detector = AnomalyDetector()
         self.anomalies = 0
+        self.baselines_failed = 0
+        """Hourly baselines the store could not take (a restart would not have them)."""
+        self.baselines_evicted = 0
+        """Hourly baselines the store's bound removed (``MAX_HOUR_BASELINES``)."""
+        self._writes: set[asyncio.Task[None]] = set()
         self.digest_log = DigestLog.in_dir(node.config.data_dir)
         # before any listener is attached: what the node held before a restart comes first, in order
         rebuilt = rebuild(node.store, self.source, self.detector, now_ns=node.clock(), digests=self.digest_log)
         if rebuilt.anomalies:
+            # the store holds the anomaly events of every period but the last before a stop (they are found
+            # after its write) and those of a store older than its events table: only those are pushed again
             self.anomalies += len(rebuilt.anomalies)
-            node.events.push([a.to_event() for a in rebuilt.anomalies])
-        log.info("diagnosis: rebuilt %d own periods, %d digests and %d anomalies from the store "
-                 "(%d older periods' flows over the budget left out)",
-                 rebuilt.periods, rebuilt.digests, len(rebuilt.anomalies), rebuilt.skipped)
+            held = {(e.time_ns, e.detail) for e in node.store.events(
+                min(a.time_ns for a in rebuilt.anomalies), types=("anomaly",))}
+            node.events.push([a.to_event() for a in rebuilt.anomalies if (a.time_ns, a.detail) not in held])
+        log.info("diagnosis: rebuilt %d own periods, %d digests, %d anomalies and %d hourly baselines from the "
+                 "store (%d older periods' flows over the budget left out)", rebuilt.periods, rebuilt.digests,
+                 len(rebuilt.anomalies), rebuilt.hours, rebuilt.skipped)
         servicer = DiagnosisServicer(self.source, clock=node.clock, executor=node.api.executor)
 
         def register(server: grpc.aio.Server) -> None:
@@ -193,6 +204,7 @@ class DiagnosisRunner:
 
         node.api.add_servicer(register, DIAGNOSIS_SERVICE, guarded=True)
         node.record_listeners.append(self.on_period)
+        node.metrics.registry.register(_DiagnosisCollector(self))
         if mesh is not None:
             mesh.digest_listeners.append(self.on_digest)
             mesh.digest_decorators.append(self.decorate)
@@ -218,12 +230,56 @@ class DiagnosisRunner:
             self._node.events.push([a.to_event() for a in found])
             for a in found[:3]:
                 log.info("anomaly: %s", a.detail)
+        rolled = [h.to_row() for h in self.detector.take_rolled()]
+        if rolled:  # once an hour: the hour's medians, for the next start (off the loop)
+            task = asyncio.get_running_loop().create_task(self._keep_baselines(rolled))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _keep_baselines(self, rows: list[tuple[int, str, str, str]]) -> None:
+        try:
+            self.baselines_evicted += await asyncio.to_thread(self._node.store.record_hour_baselines, rows)
+        except Exception as exc:  # a full disk must not stop diagnosis; the next start misses these hours
+            self.baselines_failed += len(rows)
+            log.warning("diagnosis: cannot keep %d hourly baselines in the store: %s", len(rows), exc)
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
+        if self._writes:
+            await asyncio.wait(set(self._writes))
         self.digest_log.close()
+
+
+class _DiagnosisCollector:
+    """``meshnode_diagnosis_*`` read from the runner at scrape time: the bounded things of diagnosis."""
+
+    def __init__(self, runner: DiagnosisRunner) -> None:
+        self._runner = runner
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        r, det = self._runner, self._runner.detector
+        dropped = CounterMetricFamily(
+            "meshnode_diagnosis_dropped", "What diagnosis's bounds dropped: hourly_keys (keys whose hour-of-day "
+            "history went to keep the key bound), hours_untaken (hour rollups no one took), hours_unstored "
+            "(hour rollups the store could not take), hours_evicted (by the store's row bound), "
+            "digests_unstored (digests the digest log could not take).", labels=["what"])
+        for what, n in (("hourly_keys", det.seasonal_evicted), ("hours_untaken", det.rolled_dropped),
+                        ("hours_unstored", r.baselines_failed), ("hours_evicted", r.baselines_evicted),
+                        ("digests_unstored", r.digest_log.failed)):
+            dropped.add_metric([what], n)
+        keys = GaugeMetricFamily("meshnode_anomaly_keys", "Destinations and processes with an anomaly baseline, "
+                                 "by baseline: recent (the last periods) or hourly (hours of day).",
+                                 labels=["baseline"])
+        keys.add_metric(["recent"], det.keys())
+        keys.add_metric(["hourly"], det.seasonal_keys())
+        return [dropped, keys]
 
 
 def attach_trust(node: Node, mesh: MeshService) -> MeshTrust:

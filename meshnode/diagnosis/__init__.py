@@ -10,28 +10,32 @@ Modules (internal, re-exported here):
     _taxonomy     seed 004's failure taxonomy (pure): discovery chatter, retries vs outage inertia
     _servicer     meshnode.v1.Diagnosis: DiagnosisServicer over a DiagnosisSource; MemorySource
     _source       NodeSource: the running node's source (its periods, held peer digests; bounded)
-    _history      rebuild at start: own periods and anomalies from the store, digests from DigestLog
+    _history      rebuild at start: own periods, anomaly baselines (hourly too) from the store, digests from DigestLog
     _resolvers    failing DNS resolvers as suspects, from the node's stored DNS transactions (pure)
 
 In the node (``meshnode.daemon._services.DiagnosisRunner``)::
 
     source = NodeSource(labels, addresses=published_addresses, period_ns=export_period_ns,
                         dns=store_dns(store))
-    detector = AnomalyDetector()
+    detector = AnomalyDetector()                       # hour-of-day aware (AnomalyConfig.seasonal)
     rebuild(store, source, detector, now_ns=now, digests=DigestLog.in_dir(data_dir))  # before listeners
     service_name = add_to_server(DiagnosisServicer(source), server)   # list it in server reflection
     mesh.digest_listeners.append(source.on_digest)     # every verified peer digest (and its place), logged
     # each period: source.add_period(end_ns, records)
     #              events += [a.to_event() for a in detector.observe(end_ns, p.by_destination, p.by_process)]
+    #              store.record_hour_baselines(h.to_row() for h in detector.take_rolled())
 """
 
 from meshnode.diagnosis._anomaly import (
     ANOMALY_METRICS,
+    MIN_SEASON_DAYS,
+    SEASON_DAYS,
     Anomaly,
     AnomalyConfig,
     AnomalyDetector,
     AnomalyMetric,
     Baseline,
+    HourBaseline,
     baseline,
     deviation,
     metric_values,
@@ -143,6 +147,7 @@ __all__ = [
     "METRICS",
     "MIN_PART_TRANSACTIONS",
     "MIN_PROBLEMS",
+    "MIN_SEASON_DAYS",
     "MIN_TRANSACTIONS",
     "PART_THRESHOLD_RATIO",
     "PENDING_CONNECT_US",
@@ -150,6 +155,7 @@ __all__ = [
     "PROBLEM_THRESHOLD",
     "RESOLVER",
     "RETRANSMIT_RATE",
+    "SEASON_DAYS",
     "SLOW_CONNECT_US",
     "SPREAD_FRACTION",
     "TIE_BAND",
@@ -169,6 +175,7 @@ __all__ = [
     "DiscoveryChatter",
     "EntityStats",
     "FiveTuple",
+    "HourBaseline",
     "MemorySource",
     "Metric",
     "MetricComparison",

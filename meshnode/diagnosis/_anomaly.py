@@ -17,20 +17,32 @@ A value is an anomaly when all of these hold:
 - it differs from the median by at least the metric's minimum absolute change and minimum relative change,
   so that a perfectly flat history (MAD 0) does not turn every wobble into an anomaly.
 
-With ``seasonal=True`` the baseline is the history of the same UTC hour of day when that hour has
-``MIN_HISTORY`` values of its own, so a nightly backup's traffic is compared with last night's, not with
-the afternoon's; otherwise it falls back to the recent window. Each hour keeps its last ``WINDOW`` values,
-so seasonal baselines are meant for hourly periods (or the node's history rolled up per hour): with
-one-minute periods an hour's bucket would hold only the last 48 minutes of that hour.
+Hour of day (``seasonal``, the default): traffic that recurs at the same time every day (a nightly backup,
+a morning batch) is judged against the same UTC hour on previous days too. Each clock hour, every key's
+per-period values of that hour are rolled up into their median ("this hour on that day"); the last
+``SEASON_DAYS`` days of each hour are kept. When the hour has at least ``MIN_SEASON_DAYS`` previous days, a
+value is an anomaly only when it is out of line with both the recent window (which a persisting change
+joins within half a window, so a new normal stops being news) and this hour's medians (so what this hour
+always does is not news); a key with too little recent history (one seen only at night) is judged by its
+hour alone. Otherwise the recent window alone judges. A burst shorter than half its hour leaves the hour's
+median alone, so a nightly burst of a few minutes is still reported each night.
+
+The hour rollups are small (one value per key, metric and hour) and are what a restart needs beyond the
+last hour: ``take_rolled`` hands each closed hour's to the node, which keeps them in its store, and
+``load`` puts them back at start (``meshnode.diagnosis._history``), so the verdicts after a restart are
+those the node would have given without one.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
+
+import numpy as np
 
 from meshnode._model import FlowRecord
 from meshnode.diagnosis._transaction import split_destination
@@ -54,6 +66,23 @@ MAD_SCALE: Final = 1.4826
 """MAD * this estimates the standard deviation of normally distributed values."""
 
 HOUR_NS: Final = 3600 * 1_000_000_000
+DAY_NS: Final = 24 * HOUR_NS
+
+SEASON_DAYS: Final = 7
+"""Previous days of each hour of day kept per key and metric (the store's default retention is a week)."""
+
+MIN_SEASON_DAYS: Final = 3
+"""Previous days an hour needs before its own baseline takes part."""
+
+MAX_HOUR_VALUES: Final = 720
+"""Per-period values an hour's median is taken over per key and metric (an hour of 5 s periods); beyond,
+every other one is kept, and then every fourth..., the same ones whether or not the node restarted."""
+
+MAX_SEASONAL_KEYS: Final = 4_096
+"""Keys (scope and key) with hour-of-day history; the least recently rolled go first (``seasonal_evicted``)."""
+
+MAX_ROLLED: Final = 100_000
+"""Hour rollups waiting for ``take_rolled``; beyond, the oldest are dropped (``rolled_dropped``)."""
 
 DESTINATION: Final = "destination"
 PROCESS: Final = "process"
@@ -217,24 +246,93 @@ class AnomalyConfig:
     min_history: int = MIN_HISTORY
     min_samples: int = MIN_SAMPLES
     k: float = K
-    seasonal: bool = False
+    seasonal: bool = True
+    season_days: int = SEASON_DAYS
+    min_season_days: int = MIN_SEASON_DAYS
+    max_seasonal_keys: int = MAX_SEASONAL_KEYS
     metrics: tuple[AnomalyMetric, ...] = ANOMALY_METRICS
+
+
+@dataclass(frozen=True, slots=True)
+class HourBaseline:
+    """One key's clock hour rolled up: the median of each metric over the hour's periods that counted.
+
+    Attributes:
+        hour_ns: the start of the UTC clock hour.
+        scope: ``destination`` or ``process``.
+        key: ``dst:dport`` or ``comm/pid``.
+        medians: metric key -> median.
+    """
+
+    hour_ns: int
+    scope: str
+    key: str
+    medians: dict[str, float]
+
+    def to_row(self) -> tuple[int, str, str, str]:
+        """The store's row (``Store.record_hour_baselines``)."""
+        return self.hour_ns, self.scope, self.key, json.dumps(self.medians, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_row(cls, row: tuple[int, str, str, str]) -> HourBaseline:
+        """Inverse of ``to_row``."""
+        hour_ns, scope, key, data = row
+        return cls(int(hour_ns), scope, key, {str(k): float(v) for k, v in json.loads(data).items()})
+
+
+class _Season:
+    """One key's hour-of-day history: ``days[h, d % n]`` is the day whose medians ``medians[h, d % n, m]``
+    hold (NaN: no value of metric ``m`` that hour), -1 when empty. Arrays, not deques: 24 hours x a week
+    of 4 metrics per key."""
+
+    __slots__ = ("days", "medians")
+
+    def __init__(self, days: int, metrics: int) -> None:
+        self.days = np.full((24, days), -1, dtype=np.int64)
+        self.medians = np.full((24, days, metrics), np.nan, dtype=np.float32)
+
+
+class _HourValues:
+    """One key and metric's values in the clock hour being accumulated, every ``stride``-th kept."""
+
+    __slots__ = ("seen", "stride", "values")
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.stride = 1
+        self.seen = 0
+
+    def add(self, value: float) -> None:
+        if self.seen % self.stride == 0:
+            self.values.append(value)
+            if len(self.values) >= MAX_HOUR_VALUES:
+                del self.values[1::2]
+                self.stride *= 2
+        self.seen += 1
 
 
 class AnomalyDetector:
     """Baselines per (scope, key, metric) from this node's own periods, and the anomalies of each new one.
 
-    Feed it every period, oldest first (``observe``); it keeps ``window`` values per key and metric (and per
-    hour of day with ``seasonal``). Keys not seen for ``window`` periods are forgotten, so the state stays
-    bounded by the keys of the recent past.
+    Feed it every period, oldest first (``observe``); it keeps ``window`` values per key and metric, and with
+    ``seasonal`` the medians of each hour of day on the last ``season_days`` days (module docstring). Keys
+    not seen for ``window`` periods leave the recent window, and keys with no hour in ``season_days`` days
+    leave the hourly history, so the state stays bounded by the keys of the recent past.
     """
 
     def __init__(self, config: AnomalyConfig | None = None) -> None:
         self.config = config or AnomalyConfig()
         self._recent: dict[tuple[str, str, str], deque[float]] = {}
-        self._hourly: dict[tuple[str, str, str, int], deque[float]] = {}
         self._last_seen: dict[tuple[str, str], int] = {}
         self._periods = 0
+        self._hour_ns: int | None = None
+        self._hour: dict[tuple[str, str, str], _HourValues] = {}
+        self._seasons: OrderedDict[tuple[str, str], _Season] = OrderedDict()
+        self._rolled: deque[HourBaseline] = deque()
+        self.seasonal_evicted = 0
+        """Keys whose hourly history was dropped to keep ``max_seasonal_keys``."""
+        self.rolled_dropped = 0
+        """Hour rollups dropped before anyone took them (``MAX_ROLLED``)."""
 
     def observe(
         self,
@@ -245,7 +343,11 @@ class AnomalyDetector:
         """Judge one period's rollups against the history, then add them to it; highest score first."""
         cfg = self.config
         self._periods += 1
-        hour = (period_end_ns // HOUR_NS) % 24
+        hour_ns = (period_end_ns - 1) // HOUR_NS * HOUR_NS  # a period ending at 03:00:00 belongs to 02:00
+        if self._hour_ns is not None and hour_ns != self._hour_ns:
+            self._roll()
+        self._hour_ns = hour_ns
+        day, hour = divmod(hour_ns // HOUR_NS, 24)
         out: list[Anomaly] = []
         for scope, rollups in ((DESTINATION, by_destination), (PROCESS, by_process)):
             for r in rollups:
@@ -253,23 +355,103 @@ class AnomalyDetector:
                 if r.flows < cfg.min_samples:
                     continue
                 values = metric_values(r)
-                for metric in cfg.metrics:
+                past = self._past(self._seasons.get((scope, r.key)), hour, day) if cfg.seasonal else None
+                for m, metric in enumerate(cfg.metrics):
                     value = values.get(metric.name)
                     if value is None:
                         continue
                     ident = (scope, r.key, metric.name)
                     recent = self._recent.setdefault(ident, deque(maxlen=cfg.window))
-                    hourly = self._hourly.setdefault((*ident, hour), deque(maxlen=cfg.window))
-                    seasonal = cfg.seasonal and len(hourly) >= cfg.min_history
-                    history = list(hourly if seasonal else recent)
-                    score = deviation(history, value, metric, k=cfg.k, min_history=cfg.min_history)
-                    if score is not None:
+                    found = self._judge(list(recent), past[m] if past else [], value, metric)
+                    if found is not None:
+                        history, score, seasonal = found
                         out.append(self._anomaly(period_end_ns, scope, r.key, metric, value, history, score,
                                                  int(r.flows), seasonal))
                     recent.append(value)
-                    hourly.append(value)
+                    if cfg.seasonal:
+                        held = self._hour.get(ident)
+                        if held is None:
+                            held = self._hour[ident] = _HourValues()
+                        held.add(value)
         self._forget()
         return sorted(out, key=lambda a: (-a.score, a.scope, a.key, a.metric))
+
+    def _judge(self, recent: list[float], past: list[float], value: float,
+               metric: AnomalyMetric) -> tuple[list[float], float, bool] | None:
+        """``(history, score, seasonal)`` when ``value`` is an anomaly (module docstring), else None."""
+        cfg = self.config
+        score = deviation(recent, value, metric, k=cfg.k, min_history=cfg.min_history)
+        if len(past) < cfg.min_season_days:
+            return None if score is None else (recent, score, False)
+        hour_score = deviation(past, value, metric, k=cfg.k, min_history=cfg.min_season_days)
+        if hour_score is None:
+            return None
+        # with a recent window, both must see it, on the same side: the window knows today, the hour the day
+        if len(recent) >= cfg.min_history and (
+                score is None or (value - statistics.median(recent)) * (value - statistics.median(past)) <= 0):
+            return None
+        return past, hour_score, True
+
+    def _past(self, season: _Season | None, hour: int, day: int) -> list[list[float]] | None:
+        """This hour's medians on the previous ``season_days`` days (not today's), per metric."""
+        if season is None:
+            return None
+        days = season.days[hour]
+        held = (days >= day - self.config.season_days) & (days < day)
+        if not held.any():
+            return None
+        return [[v for v in column if v == v] for column in season.medians[hour, held].T.tolist()]  # v != NaN
+
+    def _roll(self) -> None:
+        """Close the accumulated clock hour: each key's medians into its hourly history and ``_rolled``."""
+        assert self._hour_ns is not None
+        medians: dict[tuple[str, str], dict[str, float]] = {}
+        for (scope, key, metric), held in self._hour.items():
+            if held.values:
+                medians.setdefault((scope, key), {})[metric] = float(statistics.median(held.values))
+        self._hour = {}
+        for (scope, key), m in medians.items():
+            hb = HourBaseline(self._hour_ns, scope, key, m)
+            self._apply(hb)
+            self._rolled.append(hb)
+        while len(self._rolled) > MAX_ROLLED:
+            self._rolled.popleft()
+            self.rolled_dropped += 1
+        oldest = self._hour_ns // DAY_NS - self.config.season_days
+        for k in [k for k, s in self._seasons.items() if int(s.days.max()) < oldest]:
+            del self._seasons[k]
+
+    def _apply(self, hb: HourBaseline) -> None:
+        cfg = self.config
+        ident = (hb.scope, hb.key)
+        season = self._seasons.get(ident)
+        if season is None:
+            season = self._seasons[ident] = _Season(cfg.season_days, len(cfg.metrics))
+            while len(self._seasons) > cfg.max_seasonal_keys:
+                self._seasons.popitem(last=False)
+                self.seasonal_evicted += 1
+        self._seasons.move_to_end(ident)
+        day, hour = divmod(hb.hour_ns // HOUR_NS, 24)
+        slot = day % cfg.season_days
+        if season.days[hour, slot] > day:
+            return  # a newer day holds the slot
+        season.days[hour, slot] = day
+        season.medians[hour, slot] = [hb.medians.get(m.name, np.nan) for m in cfg.metrics]
+
+    def load(self, hours: Iterable[HourBaseline]) -> int:
+        """Put back hours rolled before (oldest first; what the store kept): a restart's hourly history.
+        Returns how many were taken."""
+        n = 0
+        for hb in hours:
+            self._apply(hb)
+            n += 1
+        return n
+
+    def take_rolled(self) -> list[HourBaseline]:
+        """The hours rolled up since the last call, for the store (``HourBaseline.to_row``)."""
+        out = list(self._rolled)
+        self._rolled.clear()
+        return out
 
     def _anomaly(self, time_ns: int, scope: str, key: str, metric: AnomalyMetric, value: float,
                  history: list[float], score: float, samples: int, seasonal: bool) -> Anomaly:
@@ -290,8 +472,11 @@ class AnomalyDetector:
         for k in stale:
             del self._last_seen[k]
         self._recent = {i: d for i, d in self._recent.items() if (i[0], i[1]) not in stale}
-        self._hourly = {i: d for i, d in self._hourly.items() if (i[0], i[1]) not in stale}
 
     def keys(self) -> int:
-        """How many (scope, key) pairs have a history (for status and metrics)."""
+        """How many (scope, key) pairs have a recent history (for status and metrics)."""
         return len(self._last_seen)
+
+    def seasonal_keys(self) -> int:
+        """How many (scope, key) pairs have an hourly history."""
+        return len(self._seasons)

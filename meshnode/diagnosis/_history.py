@@ -4,12 +4,17 @@ Everything diagnosis holds is derived from what the node already keeps, so a res
 starting blind:
 
 - **own periods** from the node's store: the final records of each closed period within the horizon (the
-  newest periods' up to ``MAX_REBUILD_FLOWS`` flows) go through ``NodeSource.add_period`` again, and each
-  period's stored summary through the ``AnomalyDetector`` (the same rollups, in the same order, give the
-  same baselines), whose anomalies
-  become the ``anomaly`` events they were. Interim records are not kept per period by the store (only the
-  newest of each live flow), so a connect that was counted while pending is counted again when its final
-  record is read, as the ``timeout``/``refused`` it ended as, in the period it ended in;
+  newest periods' up to ``MAX_REBUILD_FLOWS`` flows) go through ``NodeSource.add_period`` again. Interim
+  records are not kept per period by the store (only the newest of each live flow), so a connect that was
+  counted while pending is counted again when its final record is read, as the ``timeout``/``refused`` it
+  ended as, in the period it ended in;
+- **anomaly baselines** from the node's store: the hour-of-day history up to the replay (the hours the
+  detector rolled up, kept in the store's ``hour_baselines``, for its ``season_days``), then each stored
+  period summary from the start of the clock hour before the horizon (and at least the detector's
+  ``window`` periods) through the ``AnomalyDetector`` (the same rollups, in the same order, give the same
+  recent windows and the same hour in progress). The hours this replay rolls up are written back (a node
+  stopped before it wrote one loses nothing), and its anomalies within the horizon are returned: the node
+  pushes those its store does not hold as the ``anomaly`` events they were;
 - **peer digests** from ``DigestLog``: the store holds this node's flows only, so every digest the
   diagnosis takes in (verified, peers' and its own) is also written to ``<data_dir>/diagnosis/digests.db``
   as the signed protobuf bytes it was, and read back in order at start. The log keeps what the source
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 from meshnode._batch import FlowBatch
 from meshnode._files import private_dir
-from meshnode.diagnosis._anomaly import Anomaly, AnomalyDetector
+from meshnode.diagnosis._anomaly import DAY_NS, HOUR_NS, Anomaly, AnomalyDetector, HourBaseline
 from meshnode.diagnosis._source import HORIZON_NS, MAX_DIGESTS, NodeSource
 from meshnode.store import FlowQuery, Store
 from meshnode.summary import PeriodSummary
@@ -56,6 +61,8 @@ class Rebuilt:
     digests: int
     anomalies: tuple[Anomaly, ...]
     skipped: int = 0
+    hours: int = 0
+    """Hourly baselines read back from the store (those the replay rolled up again not counted)."""
 
 
 class DigestLog:
@@ -134,8 +141,15 @@ def rebuild(store: Store, source: NodeSource, detector: AnomalyDetector, *, now_
     before ``now_ns``, oldest first, as if the node had run through it (module docstring). At most
     ``max_flows`` stored flows are read back (the newest periods'), so that a busy node starts in seconds."""
     since = now_ns - horizon_ns
-    rows = [p for p in reversed(store.periods(since_ns=since, number=1_000_000))
-            if p.state == "closed" and p.end_ns >= since]
+    # the detector's replay: from the start of the clock hour the horizon (or its window's periods) begins in
+    window = [p for p in store.periods(number=detector.config.window) if p.state == "closed" and p.end_ns]
+    first_end = min([since + 1, *(p.end_ns for p in window)])
+    replay_from = (first_end - 1) // HOUR_NS * HOUR_NS
+    hours = detector.load(HourBaseline.from_row(r) for r in store.hour_baselines(
+        since_ns=replay_from // DAY_NS * DAY_NS - detector.config.season_days * DAY_NS, until_ns=replay_from))
+    replay = [p for p in reversed(store.periods(since_ns=replay_from + 1, number=1_000_000))
+              if p.state == "closed" and p.end_ns > replay_from]
+    rows = [p for p in replay if p.end_ns >= since]
     # the newest periods whose flows fit the budget are read back; older ones only feed the anomaly
     # baselines (their summaries are small)
     budget, first = max_flows, len(rows)
@@ -151,15 +165,17 @@ def rebuild(store: Store, source: NodeSource, detector: AnomalyDetector, *, now_
                 if held is not None:
                     held.append(f.record)
     found: list[Anomaly] = []
-    for p in rows:
+    for p in replay:
         if p.seq in by_period:
             source.add_period(p.end_ns, FlowBatch.from_records(by_period[p.seq]))
         if p.summary:
             summary = PeriodSummary.from_json(p.summary)
-            found.extend(detector.observe(p.end_ns, summary.by_destination, summary.by_process))
+            judged = detector.observe(p.end_ns, summary.by_destination, summary.by_process)
+            found.extend(a for a in judged if a.time_ns >= since)
+    store.record_hour_baselines(h.to_row() for h in detector.take_rolled())
     n = 0
     if digests is not None:
         for d, own in digests.load(since):
             source.add_digest(d, own=own)
             n += 1
-    return Rebuilt(len(by_period), n, tuple(found), first)
+    return Rebuilt(len(by_period), n, tuple(found), first, hours)

@@ -85,7 +85,8 @@ class NodeMetrics:
             "Seconds the last export period took to close: summary, store transaction, listeners.", registry=r,
         )
         self.events_dropped = Gauge(
-            "meshnode_events_dropped", "Low-level events dropped by the event ring or slow subscribers.",
+            "meshnode_events_dropped",
+            "Low-level events lost: never written to the store, or dropped for a slow subscriber.",
             registry=r,
         )
 

@@ -8,6 +8,8 @@ from meshnode.store._schema import SCHEMA_VERSION
 from meshnode.store._store import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_BYTES,
+    MAX_EVENTS,
+    MAX_HOUR_BASELINES,
     ROW_FIELDS,
     TABLE_FINAL,
     TABLE_INTERIM,
@@ -16,6 +18,7 @@ from meshnode.store._store import (
     Retention,
     RowFilter,
     Store,
+    StoredEvent,
     StoredFlow,
     StoreStats,
     StoreTimeout,
@@ -25,6 +28,8 @@ __all__ = [
     "DEFAULT_DNS_LIMIT",
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_MAX_BYTES",
+    "MAX_EVENTS",
+    "MAX_HOUR_BASELINES",
     "ROW_FIELDS",
     "SCHEMA_VERSION",
     "TABLE_FINAL",
@@ -37,5 +42,6 @@ __all__ = [
     "Store",
     "StoreStats",
     "StoreTimeout",
+    "StoredEvent",
     "StoredFlow",
 ]

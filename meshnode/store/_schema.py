@@ -114,6 +114,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "min_time INTEGER NOT NULL, max_time INTEGER NOT NULL, data BLOB NOT NULL)",
         "CREATE INDEX dns_chunks_max_time ON dns_chunks (max_time)",
     ),
+    # 6 -> 7: the sensor's low-level events, written with the period's flows (ids given by the node, in the
+    # order it saw them; ``type`` is the wire's EventType number, ``flow`` the model's JSON of the event's flow).
+    (
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, period INTEGER NOT NULL, time_ns INTEGER NOT NULL, "
+        "type INTEGER NOT NULL, value REAL NOT NULL, detail TEXT NOT NULL, flow TEXT NOT NULL)",
+        "CREATE INDEX events_time ON events (time_ns)",
+        # the events of periods written before this version were never kept
+        "INSERT INTO meta (key, value) SELECT 'events_since_ns', COALESCE(MAX(COALESCE(end_ns, start_ns)), 0) "
+        "FROM periods WHERE true ON CONFLICT (key) DO NOTHING",
+    ),
+    # 7 -> 8: anomaly baselines rolled up per clock hour: one row per hour and entity, ``data`` a JSON object
+    # of the metrics' medians over that hour's periods (diagnosis reads them back at start).
+    (
+        "CREATE TABLE hour_baselines (hour_ns INTEGER NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, "
+        "data TEXT NOT NULL, PRIMARY KEY (hour_ns, scope, key))",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

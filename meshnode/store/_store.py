@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch
 from meshnode._dns import DnsBatch
 from meshnode._exceptions import StoreError
 from meshnode._files import private_dir, private_file
-from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, FlowRecord
+from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, EVENT_TYPE_NAMES, EVENT_TYPE_NUMBERS, FlowRecord
 from meshnode.store._chunks import (
     COUNTED,
     Chunk,
@@ -62,6 +62,10 @@ DEFAULT_MAX_AGE_S: Final = 7 * 24 * 3600.0
 DEFAULT_MAX_BYTES: Final = 1 << 30
 MAX_MEASUREMENTS: Final = 10_000
 """Active-task results kept at most (a few hundred bytes each)."""
+MAX_EVENTS: Final = 100_000
+"""Low-level events kept at most (a few hundred bytes each with their flow): the oldest go first."""
+MAX_HOUR_BASELINES: Final = 500_000
+"""Hourly baseline rows kept at most (one per hour and entity; a week of 3,000 entities)."""
 
 TABLE_FINAL: Final = 0
 TABLE_INTERIM: Final = 1
@@ -118,6 +122,35 @@ class PeriodRow:
     interim_flows: int
     summary: str
     incomplete_reason: str
+
+
+class EventLike(Protocol):
+    """The fields of a low-level event (``meshnode.sensor.EventRecord``) the store keeps."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def time_ns(self) -> int: ...
+    @property
+    def flow(self) -> FlowRecord: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def detail(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A low-level event as stored: ``id`` is the node's number for it (the order it was seen in), ``period``
+    the seq of the export period that wrote it; the rest are ``meshnode.sensor.EventRecord``'s fields."""
+
+    id: int
+    period: int
+    type: str
+    time_ns: int
+    flow: FlowRecord
+    value: float
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +300,21 @@ def _fix_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     drops = values[_DROPS_COL]
     values[_DROPS_COL] = json.loads(drops) if drops else None
     return tuple(values)
+
+
+_REQUIRED: Final = object()
+_FLOW_DEFAULTS: Final = tuple(
+    (f.name, f.default if f.default is not dataclasses.MISSING
+     else f.default_factory() if f.default_factory is not dataclasses.MISSING else _REQUIRED)
+    for f in dataclasses.fields(FlowRecord))
+_FLOW_VALUES: Final = attrgetter(*(name for name, _ in _FLOW_DEFAULTS))
+
+
+def _sparse_json(flow: FlowRecord) -> str:
+    """An event's flow as the model's JSON without the fields at their default (``FlowRecord.from_json``
+    gives them back): an event's flow names the socket and carries a few counters, a third of the full text."""
+    return json.dumps({name: v for (name, default), v in zip(_FLOW_DEFAULTS, _FLOW_VALUES(flow), strict=True)
+                       if v != default}, separators=(",", ":"))
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -454,13 +502,16 @@ class Store:
         next_start_ns: int | None = None,
         now_ns: int | None = None,
         dns: DnsBatch | None = None,
+        events: Sequence[tuple[int, EventLike]] = (),
     ) -> tuple[StoredFlows, int | None, int]:
-        """Close period ``seq`` in one transaction: its records, its DNS transactions (``dns``), its summary,
-        retention and the next marker.
+        """Close period ``seq`` in one transaction: its records, its DNS transactions (``dns``), its events,
+        its summary, retention and the next marker.
 
         ``summary`` is the period's summary text, or a function of the number of rows retention evicted
-        in this transaction that returns it. Returns the stored records (with their keys, in key order),
-        the next period's seq (when ``next_start_ns`` is given) and how many rows retention evicted.
+        in this transaction that returns it. ``events`` are the low-level events seen since the last close,
+        each with the node's id for it (ids only grow; ``last_event_id`` says where to go on from). Returns
+        the stored records (with their keys, in key order), the next period's seq (when ``next_start_ns``
+        is given) and how many rows retention evicted.
         """
         fin = finals if isinstance(finals, FlowBatch) else FlowBatch.from_records(finals)
         inter = interims if isinstance(interims, FlowBatch) else FlowBatch.from_records(interims)
@@ -488,6 +539,12 @@ class Store:
                     self._db.execute(
                         "INSERT INTO dns_chunks (period, n, min_time, max_time, data) VALUES (?, ?, ?, ?, ?)",
                         (seq, dns.n, int(times.min()), int(times.max()), encode_dns(dns)))
+                if events:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO events (id, period, time_ns, type, value, detail, flow) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(i, seq, ev.time_ns, EVENT_TYPE_NUMBERS.get(ev.type, 0), float(ev.value), ev.detail,
+                          _sparse_json(ev.flow)) for i, ev in events])
                 if fin.n:
                     self._bump("flow_rows", fin.n)
                     self._db.execute(
@@ -541,6 +598,73 @@ class Store:
             evicted = self._meta(conn, "measurements_evicted")
         return [(int(r[0]), bytes(r[1])) for r in rows], evicted
 
+    def last_event_id(self) -> int:
+        """The largest event id ever stored (0 when none): the node numbers its events on from it."""
+        with self.reader() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def events(self, since_ns: int = 0, *, before_id: int = 0, number: int = 0, types: Sequence[str] = (),
+               match: Callable[[StoredEvent], bool] | None = None,
+               deadline: float | None = None) -> list[StoredEvent]:
+        """Stored events at or after ``since_ns`` (with an id below ``before_id`` when not 0, of ``types`` when
+        given) that ``match`` accepts, in the order the node saw them; only the newest ``number`` when not 0."""
+        where, args = ["time_ns >= ?"], [since_ns]
+        if before_id:
+            where.append("id < ?")
+            args.append(before_id)
+        if types:
+            where.append(_in("type", types))
+            args += [EVENT_TYPE_NUMBERS.get(t, -1) for t in types]
+        out: list[StoredEvent] = []
+        with self.reader(deadline) as conn:
+            cur = conn.execute("SELECT id, period, time_ns, type, value, detail, flow FROM events "
+                               f"WHERE {' AND '.join(where)} ORDER BY id DESC", args)
+            for row in cur:
+                ev = StoredEvent(int(row[0]), int(row[1]), EVENT_TYPE_NAMES.get(int(row[3]), "unknown"), int(row[2]),
+                                 FlowRecord.from_json(json.loads(row[6])), float(row[4]), row[5])
+                if match is None or match(ev):
+                    out.append(ev)
+                    if number and len(out) >= number:
+                        break
+        out.reverse()
+        return out
+
+    def events_held_since(self) -> int:
+        """The time from which the store holds every event the node saw (0 when it holds no period): the
+        start of its oldest period, unless events were evicted (or not yet kept: a store made before it kept
+        events) after it."""
+        with self.reader() as conn:
+            first = conn.execute("SELECT MIN(start_ns) FROM periods").fetchone()[0]
+            if first is None:
+                return 0
+            return max(int(first), self._meta(conn, "events_evicted_until_ns"), self._meta(conn, "events_since_ns"))
+
+    def record_hour_baselines(self, rows: Iterable[tuple[int, str, str, str]]) -> int:
+        """Keep hourly baselines, ``(hour_ns, scope, key, data)`` each (a row for the same hour and entity is
+        replaced); at most ``MAX_HOUR_BASELINES`` are kept, the oldest hours go first, counted in
+        ``hour_baselines_evicted``. Returns how many rows that bound evicted now."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        gone = 0
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO hour_baselines (hour_ns, scope, key, data) "
+                                 "VALUES (?, ?, ?, ?)", rows)
+            row = self._db.execute("SELECT hour_ns FROM hour_baselines ORDER BY hour_ns DESC LIMIT 1 OFFSET ?",
+                                   (MAX_HOUR_BASELINES,)).fetchone()
+            if row is not None:
+                gone = self._db.execute("DELETE FROM hour_baselines WHERE hour_ns <= ?", (row[0],)).rowcount
+                self._bump("hour_baselines_evicted", gone)
+        return int(gone)
+
+    def hour_baselines(self, since_ns: int = 0, until_ns: int = 0) -> list[tuple[int, str, str, str]]:
+        """Hourly baselines with ``since_ns <= hour_ns < until_ns`` (no upper bound when 0), oldest first."""
+        with self.reader() as conn:
+            rows = conn.execute("SELECT hour_ns, scope, key, data FROM hour_baselines WHERE hour_ns >= ? "
+                                "AND (? = 0 OR hour_ns < ?) ORDER BY hour_ns, scope, key",
+                                (since_ns, until_ns, until_ns)).fetchall()
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
     def apply_retention(self, now_ns: int | None = None) -> int:
         """Run retention now (it also runs with every period); returns rows evicted."""
         with self._transaction():
@@ -563,6 +687,9 @@ class Store:
             self._db.execute("DELETE FROM addr_changes WHERE time_ns < ?", (cutoff,))
             self._db.execute("DELETE FROM measurements WHERE time_ns < ?", (cutoff,))
             dns += self._retain_dns_age(cutoff)
+            evicted += self._evict_events("time_ns < ?", cutoff)
+            self._db.execute("DELETE FROM hour_baselines WHERE hour_ns < ?", (cutoff,))
+        evicted += self._retain_events()
         if self.retention.max_bytes > 0:
             got, dns_got = self._retain_size()
             flows += got
@@ -575,6 +702,25 @@ class Store:
         if evicted:
             self._bump("store_evictions", evicted)
         return evicted
+
+    def _retain_events(self) -> int:
+        """Keep the newest ``MAX_EVENTS`` events; the time of the newest evicted one is kept in ``meta``
+        (``events_evicted_until_ns``): the events before it are no longer all held."""
+        low, high = self._db.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+        if low is None or high - low < MAX_EVENTS:  # ids only grow: fewer than MAX_EVENTS rows (cheap to ask)
+            return 0
+        row = self._db.execute("SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?", (MAX_EVENTS,)).fetchone()
+        return 0 if row is None else self._evict_events("id <= ?", row[0])
+
+    def _evict_events(self, where: str, arg: int) -> int:
+        """Delete the events ``where`` selects, and remember the newest time they had."""
+        until = self._db.execute(f"SELECT MAX(time_ns) FROM events WHERE {where}", (arg,)).fetchone()[0]
+        if until is None:
+            return 0
+        gone = self._db.execute(f"DELETE FROM events WHERE {where}", (arg,)).rowcount
+        self._db.execute("INSERT INTO meta (key, value) VALUES ('events_evicted_until_ns', ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)", (int(until) + 1,))
+        return int(gone)
 
     def _live_bytes(self) -> int:
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]

@@ -155,6 +155,8 @@ class Canned:
     page_size: int = 0
     live: bool = False
     event_every_s: float = 0.5
+    # Events: the coverage response sent before the past events (none when empty)
+    events_coverage: str = ""
 
 
 def _matches(f: flow_pb2.Flow, flt: flow_pb2.FlowFilter) -> bool:
@@ -250,6 +252,8 @@ class FakeObserver(observer_pb2_grpc.ObserverServicer):
                      ) -> AsyncIterator[observer_pb2.EventsResponse]:
         await self._gate("Events", request, context)
         if request.number:
+            if self.c.events_coverage:
+                yield observer_pb2.EventsResponse(held_since_ns=1, coverage=self.c.events_coverage)
             for e in self.c.events[-request.number:]:
                 yield observer_pb2.EventsResponse(event=e)
         if not request.follow:

@@ -19,14 +19,14 @@ NODE = "127.0.0.1:7400"
 PERIOD = 1.0
 
 
-def start_node(host: Any, data_dir: Path, cgroup: str = "") -> subprocess.Popen[str]:
+def start_node(host: Any, data_dir: Path, cgroup: str = "", timeout: float = 20) -> subprocess.Popen[str]:
     """``meshnode run`` on ``host`` scoped to its cgroup (``cgroup``: as given on the command line; by default the
-    path relative to the cgroup2 mount), answering ``meshctl status`` within 20 s."""
+    path relative to the cgroup2 mount), answering ``meshctl status`` within ``timeout`` seconds."""
     node: subprocess.Popen[str] = host.popen(
         [MESHNODE, "run", "--insecure", "--listen", NODE, "--data-dir", str(data_dir), "--export-period", str(PERIOD),
          "--metrics", "off", "--cgroup", cgroup or host.cgroup_rel, "--sensor", "ebpf"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if node.poll() is not None:
             raise AssertionError(f"meshnode run exited {node.returncode}: {node.stderr.read() if node.stderr else ''}")
@@ -34,7 +34,8 @@ def start_node(host: Any, data_dir: Path, cgroup: str = "") -> subprocess.Popen[
             return node
         time.sleep(0.2)
     node.kill()
-    raise AssertionError("meshnode run did not answer within 20 s")
+    raise AssertionError(f"meshnode run did not answer within {timeout:g} s: "
+                         f"{node.communicate(timeout=5)[1] if node.stderr else ''}")
 
 
 def stop_nodes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 20) -> None:

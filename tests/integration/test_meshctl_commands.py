@@ -39,7 +39,7 @@ def fresh(fake: FakeNode) -> Canned:
     c = fake.canned
     new = Canned()
     for name in ("flows", "status", "health", "events", "rollups", "peers", "fleet", "page_size", "fail", "delay",
-                 "requests"):
+                 "requests", "events_coverage"):
         setattr(c, name, getattr(new, name))
     return c
 
@@ -134,6 +134,22 @@ def test_events_json_lines(fake: FakeNode, capsys: pytest.CaptureFixture[str]) -
     assert [d["type"] for d in docs] == ["connect_failed", "rtt_shift"]
     assert all(set(d) == _fields(flow_pb2.Event) and list(d["flow"]) == list(FLOW_FIELDS) for d in docs)
     assert docs[1]["detail"] == "rtt 1.2ms -> 45ms" and docs[1]["flow"]["comm"] == "nginx"
+
+
+def test_events_since_asks_for_every_event_and_says_what_the_node_holds(
+        fake: FakeNode, fresh: Canned, capsys: pytest.CaptureFixture[str]) -> None:
+    fresh.events_coverage = "asked from 2026-12-08 00:00:00 UTC, but this node holds events from 01:00 UTC only"
+    code, out, err = run(fake, capsys, "events", "--json", "--since", "3h")
+    assert code == 0
+    assert [json.loads(line)["type"] for line in out.splitlines()] == ["retransmit_burst", "connect_failed",
+                                                                       "rtt_shift"]  # every one the fake has
+    assert err == f"meshctl events: note: {fresh.events_coverage}\n"
+    req = next(r for n, r in fresh.requests if n == "Events")
+    assert isinstance(req, observer_pb2.EventsRequest) and req.number == 100_000 and req.since_ns > 0
+    code, out, _ = run(fake, capsys, "events")
+    text = " ".join(out.split())  # rich wraps the note at 80 columns
+    assert text.startswith(f"note: {fresh.events_coverage} TIME EVENT ") and "rtt_shift nginx/1" in text
+    assert [r.number for n, r in fresh.requests if n == "Events"][1:] == [20]  # type: ignore[attr-defined]
 
 
 def test_peers_json(fake: FakeNode, fresh: Canned, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,6 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,17 +39,18 @@ def meshctl(host: Any, *args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def node(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
+def node(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
+    """``[process, data dir]``: a test that restarts the node puts the new process in."""
     data = tmp_path_factory.mktemp("node-b")
-    proc = start_node(lab["b"], data, cgroup=str(lab["b"].cgroup))
+    held: list[Any] = [start_node(lab["b"], data, cgroup=str(lab["b"].cgroup), timeout=60), data]
     try:
-        yield proc, data
+        yield held
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        held[0].terminate()
+        held[0].wait(timeout=20)
 
 
-def test_flows_health_and_follow(lab: Any, node: tuple[Any, Path]) -> None:
+def test_flows_health_and_follow(lab: Any, node: list[Any]) -> None:
     a, b = lab["a"], lab["b"]
     port, closed = 31001, 31002
     sink = t.start(a, t.TCP_SINK, port)
@@ -85,7 +85,48 @@ def test_flows_health_and_follow(lab: Any, node: tuple[Any, Path]) -> None:
     sink.kill()
 
 
-def test_status_reports_the_sensor(lab: Any, node: tuple[Any, Path]) -> None:
+def test_status_reports_the_sensor(lab: Any, node: list[Any]) -> None:
     status = meshctl(lab["b"], "status")
     assert status["sensor_mode"] == "ebpf" and status["scope"] == lab["b"].cgroup_rel
     assert status["completeness"].get("lost_events", 0) == 0
+
+
+def _failed_events(b: Any, a_ip: str) -> list[dict[str, Any]]:
+    out = b.run([MESHCTL, "--node", NODE, "events", "--since", "10m", "--type", "connect_failed", "--dst", a_ip,
+                 "--json"], timeout=30).stdout
+    return [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+
+
+def test_a_restarted_node_keeps_its_refused_and_timeout_events(lab: Any, node: list[Any]) -> None:
+    a, b = lab["a"], lab["b"]
+    closed, dropped = 31003, 31004
+    refused = [t.result(t.start(b, t.TCP_CONNECT, a.ip, closed, 2)) for _ in range(2)]
+    with a.drop(peer=b):
+        pending = [t.start(b, t.TCP_CONNECT, a.ip, dropped, 1) for _ in range(2)]
+        timeouts = [t.result(p) for p in pending]
+    assert [r["result"] for r in refused + timeouts] == ["ECONNREFUSED"] * 2 + ["timeout"] * 2
+
+    def kinds(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
+        return sorted((e["detail"], e["flow"]["dport"]) for e in events if e["flow"]["dport"] in (closed, dropped))
+
+    want = [("refused", closed)] * 2 + [("timeout", dropped)] * 2
+    deadline = time.monotonic() + 10
+    while kinds(before := _failed_events(b, a.ip)) != want and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert kinds(before) == want, before
+    assert {e["flow"]["pid"] for e in before if e["flow"]["dport"] in (closed, dropped)} == \
+        {r["pid"] for r in refused + timeouts}
+    time.sleep(PERIOD + 0.2)  # written to the store with the period that was open when they came
+
+    restarted_ns = time.time_ns()
+    node[0].terminate()
+    node[0].wait(timeout=20)
+    node[0] = start_node(b, node[1], cgroup=str(b.cgroup), timeout=60)  # the kernel programs compile again
+    after = _failed_events(b, a.ip)
+    # every event from before the restart, exactly as it was (time, flow, detail), in the same order
+    assert [e for e in after if int(e["time_ns"]) < restarted_ns] == before
+
+    far = b.run([MESHCTL, "--node", NODE, "events", "--since", "3h"], timeout=30).stdout
+    text = " ".join(far.split())  # rich wraps the note at 80 columns
+    assert "note: asked from " in text and "but this node holds events from " in text, far
+    assert "refused" in text and "timeout" in text

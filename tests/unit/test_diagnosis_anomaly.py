@@ -126,25 +126,90 @@ def test_flat_history_needs_the_minimum_change() -> None:
     assert score is not None and score == pytest.approx(7.5)
 
 
-def test_seasonal_baseline_expects_the_nightly_backup() -> None:
-    """Hourly periods over two weeks: every night at 02:00 traffic to the backup target jumps."""
-    hourly = 3600 * S
-    day0 = (T0 // (24 * hourly)) * 24 * hourly
+FIVE_MIN = 300 * S
+HOUR = 3600 * S
+DAY0 = (T0 // (24 * HOUR) + 1) * 24 * HOUR  # a UTC midnight
 
-    def series(det: AnomalyDetector) -> list[list[str]]:
-        rng = random.Random(5)
-        out = []
-        for h in range(14 * 24):
-            flows = 2000 if h % 24 == 2 else 200
-            out.append([a.metric for a in det.observe(day0 + h * hourly, [noisy(rng, flows=flows)])])
-        return out
 
-    plain = series(AnomalyDetector())
-    seasonal = series(AnomalyDetector(AnomalyConfig(seasonal=True)))
-    nights = [h for h in range(14 * 24) if h % 24 == 2]
-    assert all("flows" in plain[h] for h in nights[2:])  # the recent window only knows daytime traffic
-    assert not any("flows" in seasonal[h] for h in nights[9:])  # after 8 nights the hour has its own baseline
-    assert not any(seasonal[h] for h in range(14 * 24) if h % 24 != 2)
+def backup_days(days: int, *, spike_at: int | None = None, seed: int = 5,
+                period: int = FIVE_MIN) -> list[tuple[int, R]]:
+    """Periods (5 minutes) over ``days`` days to the backup target: 200 flows a period, 2,000 from 02:00 to
+    03:00 every night (the nightly backup), and on the last day from ``spike_at`` o'clock for an hour too."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(1, days * 24 * HOUR // period + 1):
+        end = DAY0 + i * period
+        hour = ((end - 1) // HOUR) % 24  # the period ending at 03:00 is the backup's last
+        last_day = (end - 1) // (24 * HOUR) == (DAY0 // (24 * HOUR)) + days - 1
+        busy = hour == 2 or (last_day and hour == spike_at)
+        out.append((end, noisy(rng, flows=2000 if busy else 200)))
+    return out
+
+
+def verdicts(det: AnomalyDetector, series: list[tuple[int, R]]) -> dict[int, list[Any]]:
+    return {end: det.observe(end, [r]) for end, r in series}
+
+
+def in_hour(found: dict[int, list[Any]], day: int, hour: int) -> list[Any]:
+    start = DAY0 + day * 24 * HOUR + hour * HOUR
+    return [a for end, got in found.items() if start < end <= start + HOUR for a in got]
+
+
+def test_a_nightly_spike_at_0200_is_expected_on_day_n_while_the_same_spike_at_1400_is_news() -> None:
+    series = backup_days(4, spike_at=14)
+    seasonal = verdicts(AnomalyDetector(), series)
+    plain = verdicts(AnomalyDetector(AnomalyConfig(seasonal=False)), series)
+    # the first nights have no hour of their own yet: the recent window (the evening before) flags the backup
+    for day in range(3):
+        assert [a.metric for a in in_hour(seasonal, day, 2)][:1] == ["flows"]
+    # day 3 (three nights held): 02:00 is what this hour always does, 14:00 is not
+    assert in_hour(seasonal, 3, 2) == []
+    news = in_hour(seasonal, 3, 14)
+    assert news and news[0].metric == "flows" and news[0].seasonal and news[0].direction == "up"
+    assert news[0].time_ns == DAY0 + 3 * 24 * HOUR + 14 * HOUR + FIVE_MIN  # the spike's first period
+    assert "vs this hour's baseline 2" in news[0].detail and news[0].history == 3  # 3 days of 14:00's median
+    # without the hour of day, the recent window alone flags the backup every night
+    assert [a.metric for a in in_hour(plain, 3, 2)][:1] == ["flows"]
+    # nothing else, all four days, in either hour-aware verdict
+    assert [end for end, got in seasonal.items() if got and (end - 1) // HOUR % 24 not in (2, 14)] == []
+
+
+def test_hours_are_rolled_up_as_medians_and_a_new_normal_stops_being_news() -> None:
+    det = AnomalyDetector()
+    series = backup_days(4)
+    verdicts(det, series)
+    rolled = det.take_rolled()
+    assert len(rolled) == 4 * 24 - 1  # every hour but the one in progress
+    assert rolled[0].hour_ns == DAY0 and rolled[2].hour_ns == DAY0 + 2 * HOUR
+    assert 1900 < rolled[2].medians["flows"] < 2100 and 190 < rolled[3].medians["flows"] < 210
+    assert det.take_rolled() == [] and det.seasonal_keys() == 1
+    # a step that persists on day 4 at 10:00: reported at first, then the recent window learns it although
+    # 10:00 never did this before
+    rng = random.Random(9)
+    start = DAY0 + 4 * 24 * HOUR
+    step = [(start + i * FIVE_MIN, noisy(rng, flows=600 if i > 120 else 200)) for i in range(1, 150)]
+    found = verdicts(det, step)
+    flagged = [end for end, got in found.items() if any(a.metric == "flows" for a in got)]
+    assert flagged and flagged[0] == start + 121 * FIVE_MIN
+    assert flagged[-1] < start + 149 * FIVE_MIN
+
+
+def test_a_key_seen_only_at_night_is_judged_by_its_hour() -> None:
+    """The backup target is forgotten by the recent window every day; its hour still knows it."""
+    rng = random.Random(3)
+    det = AnomalyDetector()
+    found: dict[int, list[Any]] = {}
+    for day in range(5):
+        for i in range(1, 13):
+            end = DAY0 + day * 24 * HOUR + 2 * HOUR + i * FIVE_MIN
+            flows = 200 if day == 4 else 2000  # on day 4 the backup moves a tenth of what it used to
+            found[end] = det.observe(end, [noisy(rng, flows=flows, key="10.9.9.9:873")])
+        det.observe(DAY0 + day * 24 * HOUR + 12 * HOUR, [])  # the rest of the day: other keys
+        for _ in range(50):
+            det.observe(DAY0 + day * 24 * HOUR + 13 * HOUR, [])
+    day4 = in_hour(found, 4, 2)
+    assert day4 and day4[0].metric == "flows" and day4[0].direction == "down" and day4[0].seasonal
+    assert all(not in_hour(found, d, 2) for d in range(4))
 
 
 def test_forgotten_keys_keep_the_state_bounded() -> None:

@@ -4,6 +4,7 @@ start from the node's store and the digest log, so that blame after a restart is
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,15 @@ class Clock:
 
     def __call__(self) -> int:
         return self.now
+
+
+async def _started(tmp_path: Path, clock: Clock, sensor: FakeSensor) -> tuple[Node, DiagnosisRunner]:
+    """A started node with diagnosis, as ``meshnode run`` has it (no mesh)."""
+    node = Node(_config(tmp_path), sensor, clock=clock)
+    runner = DiagnosisRunner(node)
+    node.add_service(runner)
+    await node.start()
+    return node, runner
 
 
 def _peer_digest(seq: int, end_ns: int, failing: bool) -> mesh_pb2.Digest:
@@ -77,20 +87,14 @@ def test_blame_anomalies_and_digests_survive_a_restart(tmp_path: Path) -> None:
     async def main() -> None:
         clock = Clock()
         sensor = FakeSensor("/")
-        node = Node(_config(tmp_path), sensor, clock=clock)
-        runner = DiagnosisRunner(node)
-        node.add_service(runner)
-        await node.start()
+        node, runner = await _started(tmp_path, clock, sensor)
         try:
             await _run_periods(node, runner, sensor, clock)
             before = await _answers(node)
         finally:
             await node.shutdown()
 
-        again = Node(_config(tmp_path), FakeSensor("/"), clock=clock)
-        runner2 = DiagnosisRunner(again)
-        again.add_service(runner2)
-        await again.start()
+        again, runner2 = await _started(tmp_path, clock, FakeSensor("/"))
         try:
             after = await _answers(again)
             assert runner2.source.held()["digests"] == 14
@@ -154,3 +158,94 @@ def test_a_rebuild_reads_the_newest_periods_that_fit_its_budget(tmp_path: Path) 
     assert [end for end, _ in src.periods(0, T0 + 60 * S)] == [T0 + 4 * PERIOD * S, T0 + 5 * PERIOD * S]
     assert sum(t.count for t in src.transactions(0, T0 + 60 * S)) == 20
     store.close()
+
+
+def test_hour_of_day_baselines_rebuilt_from_the_store_give_the_verdicts_of_a_node_never_restarted(
+        tmp_path: Path) -> None:
+    """Four days of 10-minute periods, a nightly backup at 02:00 and, on the last day, the same spike at
+    14:00. One detector runs through; another starts at 01:30 on the last day from what the store holds."""
+    from meshnode.diagnosis import AnomalyDetector, NodeSource, rebuild
+    from meshnode.store import Store
+    from meshnode.summary import PeriodSummary, Rollup
+    from tests.unit.test_diagnosis_anomaly import DAY0, HOUR, backup_days
+
+    period = 600 * S
+
+    store = Store.in_dir(tmp_path)
+    series = backup_days(4, spike_at=14, period=period)
+    restart = DAY0 + 3 * 24 * HOUR + HOUR + 30 * 60 * S  # day 3, 01:30
+    never = AnomalyDetector()
+    restarted: AnomalyDetector | None = None
+    fresh = AnomalyDetector()  # what a node that rebuilt nothing would say
+    got: dict[str, list[list[str]]] = {"never": [], "restarted": [], "fresh": []}
+    seq = store.open_period(DAY0)
+    for end, r in series:
+        if end > restart and restarted is None:
+            restarted = AnomalyDetector()
+            rebuilt = rebuild(store, NodeSource({"host": "app-1"}, period_ns=period), restarted, now_ns=restart)
+            assert rebuilt.hours == 2 * 24 + 17  # up to 17:00 on day 2: the replay takes the last 48 periods
+        summary = PeriodSummary("app-1", seq, end - period, end, by_destination=[
+            Rollup(key=r.key, flows=r.flows, failures=r.failures, retransmits=r.retransmits, rtt_p95_us=r.rtt_p95_us)])
+        _, nxt, _ = store.close_period(seq, end, [], [], summary.to_json(), next_start_ns=end, now_ns=end)
+        assert nxt is not None
+        seq = nxt
+        for name, det in (("never", never), ("restarted", restarted), ("fresh", fresh)):
+            if det is None or (name == "fresh" and end <= restart - 8 * HOUR):
+                continue
+            found = det.observe(end, summary.by_destination)
+            if name != "fresh":  # as DiagnosisRunner does each period
+                store.record_hour_baselines(h.to_row() for h in det.take_rolled())
+            if end > restart:
+                got[name].append([a.detail for a in found])
+    assert restarted is not None
+    assert got["restarted"] == got["never"]
+    after = [end for end, _ in series if end > restart]
+    flagged = {after[i]: d for i, d in enumerate(got["never"]) if d}
+    spike = DAY0 + 3 * 24 * HOUR + 14 * HOUR
+    # not the backup at 02:00; the 14:00 spike, from its first period, all its hour (4 h of window to learn it)
+    assert list(flagged) == [spike + i * period for i in range(1, 7)]
+    assert flagged[spike + period] == ["destination 10.0.2.3:5432: flows 1991 vs this hour's baseline 198.5 "
+                                       "(MAD 6.5, 186.0 sigma, 1991 flows)"]
+    # the hours are what tells the backup from news: without them the backup is flagged at 02:10
+    assert got["fresh"][after.index(DAY0 + 3 * 24 * HOUR + 2 * HOUR + period)] != []
+    store.close()
+
+
+def test_the_node_keeps_each_closed_hour_in_its_store_and_counts_what_diagnosis_dropped(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    hour = 3600 * S
+
+    async def main() -> tuple[list[tuple[int, str, str, str]], str, int]:
+        clock = Clock()
+        clock.now = (T0 // hour + 1) * hour - 3 * PERIOD * S  # three periods before a clock hour ends
+        sensor = FakeSensor("/")
+        node, _ = await _started(tmp_path, clock, sensor)
+        try:
+            for i in range(5):
+                clock.now += PERIOD * S
+                sensor.feed([flow(100 * i + j, start_ns=clock.now - S, end_ns=clock.now - S // 2)
+                             for j in range(20 + 10 * i)])
+                await node.tick()
+                await node.close_period()
+            scraped = generate_latest(node.metrics.registry).decode()
+        finally:
+            await node.shutdown()  # waits for the runner's store writes
+        again = Node(_config(tmp_path), FakeSensor("/"), clock=clock)
+        runner2 = DiagnosisRunner(again)
+        try:
+            return again.store.hour_baselines(), scraped, runner2.detector.seasonal_keys()
+        finally:
+            runner2.digest_log.close()
+            again.store.close()
+
+    rows, scraped, held = asyncio.run(asyncio.wait_for(main(), 60))
+    start = (T0 // hour) * hour
+    # the hour that ended: the median of its three periods' flows to 10.0.0.2:443 (20, 30, 40) and by curl
+    assert [(h, scope, key) for h, scope, key, _ in rows] == [(start, "destination", "10.0.0.2:443"),
+                                                              (start, "process", "curl/100")]
+    assert json.loads(rows[0][3])["flows"] == 30.0 and json.loads(rows[0][3])["failure_rate"] == 0.0
+    assert 'meshnode_anomaly_keys{baseline="hourly"} 2.0' in scraped
+    assert 'meshnode_anomaly_keys{baseline="recent"} 2.0' in scraped
+    assert 'meshnode_diagnosis_dropped_total{what="hours_unstored"} 0.0' in scraped
+    assert held == 2  # the next start has it again
