@@ -42,6 +42,18 @@ def missing_kernel_features() -> list[str]:
     return missing
 
 
+def require_tool(name: str, package: str) -> str:
+    """The path of program ``name`` (sbin included: dnsmasq lives there); skip (or, under CI, fail) naming the
+    Debian ``package`` that make setup installs it from when it is missing."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        msg = f"needs {name} (make setup installs it from Debian's {package} package)"
+        if in_ci():
+            pytest.fail("CI=true: " + msg, pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
 def require_kernel() -> None:
     """Skip (or, under CI, fail) unless root, eBPF, cgroup v2 and the network tools are all here."""
     missing = missing_kernel_features()

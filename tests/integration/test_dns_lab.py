@@ -8,14 +8,13 @@ is a failed DNS record of that resolver and a ``dns_failed`` event.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests._support.env import in_ci
+from tests._support.env import require_tool
 from tests._support.lab import make_lab  # noqa: F401 (fixtures are used by name)
 
 SERVER = """
@@ -39,13 +38,7 @@ print(addr)
 
 
 def tools() -> tuple[str, str]:
-    dnsmasq, dig = shutil.which("dnsmasq", path="/usr/sbin:/usr/bin"), shutil.which("dig")
-    if dnsmasq is None or dig is None:
-        msg = "needs dnsmasq and dig (make setup installs dnsmasq-base and bind9-dnsutils)"
-        if in_ci():
-            pytest.fail("CI=true: " + msg, pytrace=False)
-        pytest.skip(msg)
-    return dnsmasq, dig
+    return require_tool("dnsmasq", "dnsmasq-base"), require_tool("dig", "bind9-dnsutils")
 
 
 @pytest.fixture

@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests._support.env import require_kernel
+from tests._support.env import require_kernel, require_tool
 from tests._support.labnode import MESHCTL, ROOT
-from tests.integration.test_sensor_dns import tool
 
 RESOLVER = "127.0.79.53"
 WEB = "127.0.79.80"
@@ -32,7 +31,8 @@ REFUSED_NAMES = [f"u{i}.dnsstore.test" for i in range(24)]
 
 
 def dig(name: str) -> str:
-    out = subprocess.run([tool("dig"), "+short", "+time=2", "+tries=1", f"@{RESOLVER}", name],
+    exe = require_tool("dig", "bind9-dnsutils")
+    out = subprocess.run([exe, "+short", "+time=2", "+tries=1", f"@{RESOLVER}", name],
                          capture_output=True, text=True, timeout=10)
     return out.stdout.strip()
 
@@ -40,7 +40,8 @@ def dig(name: str) -> str:
 @pytest.fixture(scope="module")
 def dnsmasq() -> Iterator[None]:
     proc = subprocess.Popen(
-        [tool("dnsmasq"), "--keep-in-foreground", "--conf-file=/dev/null", f"--listen-address={RESOLVER}",
+        [require_tool("dnsmasq", "dnsmasq-base"), "--keep-in-foreground", "--conf-file=/dev/null",
+         f"--listen-address={RESOLVER}",
          "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", "--user=root",
          f"--address=/web.dnsstore.test/{WEB}", "--address=/nx.dnsstore.test/"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

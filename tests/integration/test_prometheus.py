@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._support.env import in_ci, require_kernel
+from tests._support.env import require_kernel, require_tool
 
 # the node compiles its BPF programs and counts 10,000 flows: minutes on a loaded machine, not the default 300 s
 pytestmark = pytest.mark.timeout(900)
@@ -36,13 +35,7 @@ CLIENTS = 6  # processes with names of their own (more than TOP_PROCESSES)
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        msg = "needs promtool (make setup installs it from Debian's prometheus package)"
-        if in_ci():
-            pytest.fail("CI=true: " + msg, pytrace=False)
-        pytest.skip(msg)
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 def _scrape(url: str) -> str:

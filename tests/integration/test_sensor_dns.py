@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import struct
 import subprocess
@@ -23,21 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests._support.env import in_ci, require_kernel
+from tests._support.env import require_kernel, require_tool
 
 RESOLVER = "127.0.77.53"  # dnsmasq
 HOSTILE = "127.0.78.53"  # the hand-made resolver below
 WEB, OTHER, PLAIN, CHAIN, EVIL = "127.0.77.80", "127.0.77.81", "127.0.77.82", "127.0.78.80", "127.0.78.81"
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if path is None:
-        msg = f"needs {name} (make setup installs dnsmasq-base and bind9-dnsutils)"
-        if in_ci():
-            pytest.fail("CI=true: " + msg, pytrace=False)
-        pytest.skip(msg)
-    return path
 
 
 # ---- a resolver that answers with hand-made messages ---------------------------------------------------
@@ -132,7 +123,8 @@ def sensor() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def dnsmasq() -> Iterator[None]:
     proc = subprocess.Popen(
-        [tool("dnsmasq"), "--keep-in-foreground", "--conf-file=/dev/null", f"--listen-address={RESOLVER}",
+        [require_tool("dnsmasq", "dnsmasq-base"), "--keep-in-foreground", "--conf-file=/dev/null",
+         f"--listen-address={RESOLVER}",
          "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", "--user=root",
          f"--address=/web.meshtest/{WEB}", f"--address=/other.meshtest/{WEB}", f"--address=/plain.meshtest/{PLAIN}",
          "--address=/nx.meshtest/"],
@@ -173,7 +165,8 @@ def _accept_all(s: socket.socket) -> None:
 
 
 def dig(name: str, *opts: str) -> str:
-    out = subprocess.run([tool("dig"), "+short", "+time=2", "+tries=1", f"@{RESOLVER}", name, *opts],
+    exe = require_tool("dig", "bind9-dnsutils")
+    out = subprocess.run([exe, "+short", "+time=2", "+tries=1", f"@{RESOLVER}", name, *opts],
                          capture_output=True, text=True, timeout=10)
     return out.stdout.strip()
 

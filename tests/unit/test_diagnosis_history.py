@@ -167,7 +167,7 @@ def test_hour_of_day_baselines_rebuilt_from_the_store_give_the_verdicts_of_a_nod
     from meshnode.diagnosis import AnomalyDetector, NodeSource, rebuild
     from meshnode.store import Store
     from meshnode.summary import PeriodSummary, Rollup
-    from tests.unit.test_diagnosis_anomaly import DAY0, HOUR, backup_days
+    from tests._support.anomaly import DAY0, HOUR, backup_days
 
     period = 600 * S
 
