@@ -1418,7 +1418,7 @@ class MeshService:
             resp.nodes.append(st)
         resp.partial = any(not n.answered for n in resp.nodes)
         resp.excluded.extend(sorted(excluded))
-        if page.more and page.last is not None and not req.HasField("after"):
+        if page.more and page.last is not None and not req.HasField("after") and not relaying:
             resp.next_page_token = encode_token(req, page.last)
         self.counters["fleet_flows_rows_dropped"] += page.dropped
         if resp.partial:
