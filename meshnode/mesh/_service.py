@@ -1429,7 +1429,12 @@ class MeshService:
                       ) -> list[tuple[str, list[Member], dict[str, str], set[str] | None]]:
         """The relays of the other sites a query with ``selector`` reaches (sites): every site's aggregators as
         this node's fleet pool lists them, lowest election rank first; or, when this node is not in the
-        fleet pool, its own site's aggregators, asked for every other site at once (site ``""``)."""
+        fleet pool, its own site's aggregators, asked for every other site at once (site ``""``).
+
+        Raises:
+            FleetRefused: FAILED_PRECONDITION, asked for the other sites (``only_others``) while not in the
+                fleet pool.
+        """
         sites = self._sites
         assert sites is not None
         mine = sites.site
@@ -1449,8 +1454,9 @@ class MeshService:
                 pinned.update({k: members[0].labels[k] for k in (REGION, SITE) if k in members[0].labels})
                 out.append((group, members[:3], pinned, None))
             return out
-        if only_others:
-            return []
+        if only_others:  # elected, but not in the fleet pool yet: the asking member tries another aggregator
+            raise FleetRefused("FAILED_PRECONDITION", "other_sites: this node has not joined the fleet pool yet; "
+                                                      "ask another of its site's aggregators")
         aggs = [self.membership.member(nid) for nid in sites.site_aggregators() if nid != self.node_id]
         candidates = [x for x in aggs if x is not None][:3]
         if not candidates:
