@@ -183,7 +183,7 @@ async def _fleet_flows_across_sites(fleet: Fleet, stores: list[Store]) -> None:
     assert ms[0].sites is not None
     a_aggs = ms[0].sites.site_aggregators()
     member = next(m for m in ms[:3] if m.node_id not in a_aggs)
-    aggregator = next(m for m in ms[:3] if m.node_id in a_aggs)
+    aggregator = next(m for m in ms[:3] if m.node_id == a_aggs[0])  # the one a member asks first
 
     def relay_of(resp: mesh_pb2.FleetFlowsResponse, out: frozenset[str] = frozenset()) -> str:
         """The one b node every b node's status names as the relay that asked it (not one of ``out``)."""
