@@ -151,7 +151,9 @@ def _held(store: Store, node_id: str) -> list[tuple[int, str, int, int]]:
                 for sf in store.query_flows(FlowQuery(equals={"dport": [443]}), conn)]
 
 
-def _flows_req(number: int = 1000, deadline_ms: int = 4000) -> mesh_pb2.FleetFlowsRequest:
+def _flows_req(number: int = 1000, deadline_ms: int = 10_000) -> mesh_pb2.FleetFlowsRequest:
+    """A fleet flow query of port 443; the deadline long enough for a loaded machine (an answer comes as soon
+    as every node answered), except where a test measures it."""
     req = mesh_pb2.FleetFlowsRequest(deadline_ms=deadline_ms)
     req.flows.number = number
     req.flows.whitelist.add(dport=[443])
