@@ -22,7 +22,9 @@ per 2 s poll, so that N nodes' sensors do not load the shared cores), each store
 members' records interleave, as a fleet's do), labels ``site=s{i % 4}``. One client asks node 0 for one
 page (``--number``) of the records matching ``comm=prefill`` over the last 10 minutes, flat and per site,
 ``--queries`` times each, and prints p50/p95/max, how many nodes answered, and the records merged:
-``.venv/bin/python -m bench.bench_fleet_query --history --nodes 20 --queries 50``.
+``.venv/bin/python -m bench.bench_fleet_query --history --nodes 20 --queries 50``. With ``--site-aggregators
+K`` the nodes run site aggregates (membership per site): node 0 asks its own site and every other site
+through one relay of that site (through its own site's aggregator when it is not one), so one mode is run.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ async def main(n: int, queries: int, procs: int, export_period: float, deadline_
         await stop_nodes(nodes)
 
 
-def history(n: int, queries: int, records: int, number: int, deadline_ms: int) -> int:
+def history(n: int, queries: int, records: int, number: int, deadline_ms: int, site_aggregators: int = 0) -> int:
     """Fleet history queries over ``n`` real ``meshnode run`` processes (see the module docstring)."""
     import tempfile
     from pathlib import Path
@@ -204,14 +206,20 @@ def history(n: int, queries: int, records: int, number: int, deadline_ms: int) -
                 prefill(data, i)
                 env = {"MESHNODE_FAKE_FLOWS_PER_POLL": "1", "MESHNODE_TICK": "2",
                        "MESHNODE_LABELS": f"region=eu,site=s{i % 4},host=h{i}"}
+                if site_aggregators:
+                    env["MESHNODE_SITE_AGGREGATORS"] = str(site_aggregators)
                 if nodes:
                     env["MESHNODE_JOIN"] = nodes[0].address
                 nodes.append(NodeProcess(data, export_period=5.0, env=env).start())
             with grpc.insecure_channel(nodes[0].address) as ch:
                 stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
+                probe = mesh_pb2.FleetFlowsRequest(deadline_ms=deadline_ms)
+                probe.flows.number = 1
                 while True:
                     peers = stub.Peers(mesh_pb2.PeersRequest(), timeout=10).peers
-                    if sum(p.state == mesh_pb2.ALIVE for p in peers) == n:
+                    # sites: node 0 lists its own site; the fleet is formed once a query reaches every node
+                    if (sum(p.state == mesh_pb2.ALIVE for p in peers) == n if not site_aggregators else
+                            sum(x.answered for x in stub.FleetFlows(probe, timeout=deadline_ms / 1000 + 5).nodes) == n):
                         break
                     if time.monotonic() - t0 > 180:
                         print("did not converge in 180 s", file=sys.stderr)
@@ -221,7 +229,7 @@ def history(n: int, queries: int, records: int, number: int, deadline_ms: int) -
                       f"in {time.monotonic() - t0:.1f} s", file=sys.stderr)
                 time.sleep(5)
                 now = time.time_ns()
-                for per_site in (False, True):
+                for per_site in (False, True) if not site_aggregators else (True,):
                     req = mesh_pb2.FleetFlowsRequest(deadline_ms=deadline_ms, per_site=per_site)
                     req.flows.number = number
                     req.flows.since_ns = now - 600 * 10**9
@@ -239,7 +247,9 @@ def history(n: int, queries: int, records: int, number: int, deadline_ms: int) -
                         merged.append(len(resp.flows))
                         reasons.update(x.error for x in resp.nodes if not x.answered)
                         size = resp.ByteSize()
-                    print(f"fleet history query {'per site (4 relays)' if per_site else 'flat'}, N={n}, page of "
+                    mode = (f"site aggregates (k={site_aggregators}, 4 sites)" if site_aggregators else
+                            "per site (4 relays)" if per_site else "flat")
+                    print(f"fleet history query {mode}, N={n}, page of "
                           f"{number:,}: p50 {percentile(times, 0.5) * 1000:.0f} ms, p95 "
                           f"{percentile(times, 0.95) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; answered "
                           f"{min(answered)}-{max(answered)} of {n}; records {min(merged):,}-{max(merged):,} "
@@ -262,13 +272,14 @@ if __name__ == "__main__":
                     help="fleet history queries (FleetFlows) over real meshnode processes instead")
     ap.add_argument("--records", type=int, default=2000, help="--history: records prefilled per node")
     ap.add_argument("--number", type=int, default=1000, help="--history: records a page")
+    ap.add_argument("--site-aggregators", type=int, default=0, help="--history: nodes run site aggregates (K)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--first", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--seed", default="", help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.history:
-        sys.exit(history(ns.nodes, ns.queries, ns.records, ns.number, ns.deadline_ms))
+        sys.exit(history(ns.nodes, ns.queries, ns.records, ns.number, ns.deadline_ms, ns.site_aggregators))
     if ns.worker:
         sys.exit(asyncio.run(worker(ns.first, ns.count, ns.seed, ns.export_period)))
     sys.exit(asyncio.run(main(ns.nodes, ns.queries, ns.procs, ns.export_period, ns.deadline_ms, ns.fanout)))

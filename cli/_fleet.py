@@ -60,8 +60,9 @@ class Summary:
         self.pages += 1
         self.records += shown
         for n in resp.nodes:
-            d = self.nodes.setdefault(n.node_id, {"node_id": n.node_id, "host": n.host, "records": 0,
-                                                  "answered": True, "error": "", "via": n.via})
+            # a site nobody answered for has no node id: its error names it
+            d = self.nodes.setdefault(n.node_id or n.error, {"node_id": n.node_id, "host": n.host, "records": 0,
+                                                             "answered": True, "error": "", "via": n.via})
             d["records"] += n.records
             if not n.answered:
                 d["answered"], d["error"] = False, n.error
@@ -91,7 +92,8 @@ def footer(doc: Mapping[str, Any]) -> list[str]:
              + (", ".join(f"{name(d)} ({d['records']:,})" for d in answered) or "none")]
     if doc["missing"]:
         lines.append(f"missing {len(doc['missing'])} (their records are not shown): "
-                     + ", ".join(f"{name(d)} ({d['error']})" for d in doc["missing"]))
+                     + ", ".join(f"{name(d)} ({d['error']})" if name(d) else str(d["error"])
+                                 for d in doc["missing"]))
     if doc["untrusted"]:
         lines.append(f"untrusted, not asked {len(doc['untrusted'])}: " + ", ".join(doc["untrusted"]))
     if doc["more"]:

@@ -15,7 +15,8 @@ Modules (internal, re-exported here):
     _grpc_transport  GrpcTransport, PoolTransport (pools on one port), RETRYABLE_CODES, with_retries
     _identity    identities bound to certificates (mTLS): PeerCertificate, IdentityGuard, signed Alives, audiences
     _service     MeshService (the node's service) and MeshServicer (meshnode.v1.Mesh); LocalHistory protocol
-    _fleetflows  fleet flow queries (pure): limits, member_after cursors, page tokens, merge of answers
+    _fleetflows  fleet flow queries (pure): limits, member_after cursors, page tokens, merge of answers,
+                 signed answers and the relayed, cut ones (check_member)
     _tasks       active tasks (seed 003): TaskPolicy, TokenBucket, measure_tcp
     _pathprobe   path probes (trace_path, Hop) and handshake RTTs without raw sockets
     _measurements  where task results are kept: MeasurementStore, HeldMeasurements, StoredMeasurements
@@ -84,13 +85,17 @@ from meshnode.mesh._digest import (
 )
 from meshnode.mesh._fleetflows import (
     Answer,
+    Checked,
     FleetRefused,
     Page,
     answer_signed_by,
+    check_member,
+    cut,
     decode_token,
     encode_token,
     member_after,
     merge,
+    records_sha256,
     sign_answer,
 )
 from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, PoolTransport, with_retries
@@ -145,6 +150,7 @@ __all__ = [
     "Answer",
     "AsyncioScheduler",
     "Awareness",
+    "Checked",
     "Delegate",
     "DelegateMux",
     "DigestConfig",
@@ -205,8 +211,10 @@ __all__ = [
     "bound_digest",
     "bound_node_ids",
     "build_aggregate",
+    "check_member",
     "check_signature",
     "clamp_rollup",
+    "cut",
     "decode_token",
     "digest_from_period",
     "elect",
@@ -228,6 +236,7 @@ __all__ = [
     "over_tls",
     "parse_quotas",
     "peer_certificate",
+    "records_sha256",
     "remaining_suspicion_time",
     "retransmit_limit",
     "rollups_from_flows",

@@ -19,6 +19,12 @@ only when that member's key signed it (``answer_signed_by``): whoever else answe
 (a certificate of the same CA on a reused address or port, a relay that rewrites it) cannot make its
 records pass for the member's. gRPC's Python client does not show the server's certificate to the caller,
 so the check is the signature rather than the TLS peer; it holds in plaintext too.
+
+Site relays pass their members' answers on as the members signed them (``MemberAnswer``), with the asking
+node's challenge, and the asking node checks each one (``check_member``): a relay can leave a member out (it
+is reported missing) but not change its records. The signature covers the records through a hash chain,
+last record first (``records_sha256``), so that a relay sends only the records that made its page: a prefix
+and the chain hash of the rest (``cut``), which still verifies, and says that more records match.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from meshnode.mesh._digest import node_id_from_public_key
 from meshnode.mesh._identity import signed_by_node
 from meshnode.v1 import flow_pb2, mesh_pb2
 
 if TYPE_CHECKING:
     from meshnode.mesh._digest import NodeKey
+    from meshnode.v1 import observer_pb2
 
 DEFAULT_NUMBER: Final = 1_000
 """Records in a merged page when the request says 0 (as ``Observer.Flows``)."""
@@ -59,7 +67,15 @@ CHALLENGE_BYTES: Final = 16
 """The random challenge a fan-out sends with each member's request."""
 MAX_CHALLENGE_BYTES: Final = 64
 
-_ANSWER_DOMAIN: Final = b"meshnode-fleet-flows-v1\x00"
+_ANSWER_DOMAIN: Final = b"meshnode-fleet-flows-v2\x00"
+_RECORD_DOMAIN: Final = b"meshnode-fleet-record-v1\x00"
+EMPTY_REST: Final = bytes(32)
+"""``MemberAnswer.rest_sha256`` when no record was left out: the chain's end."""
+
+UNTRUSTED_ANSWER: Final = "UNTRUSTED_ANSWER"
+"""A fleet flow query's error for a member whose answer its key did not sign (another node answered at its
+address, or a relay changed it): its records are not shown."""
+MALFORMED_ANSWER: Final = "malformed answer"
 
 TABLE_FINAL: Final = 0
 TABLE_INTERIM: Final = 1
@@ -110,6 +126,8 @@ class Page:
     more: bool = False
     last: mesh_pb2.FleetCursor | None = None
     dropped: int = 0
+    taken: list[int] = field(default_factory=list)
+    """Records of each answer (by position) on the page: a prefix of that answer's records."""
 
 
 def _order(f: flow_pb2.Flow, k: mesh_pb2.FleetFlowKey) -> tuple[int, str, int, int]:
@@ -137,13 +155,14 @@ def merge(answers: Sequence[Answer], number: int) -> Page:
         if a.more and a.flows:
             last = _order(a.flows[-1], a.keys[-1])
             cut = last if cut is None else min(cut, last)
-    page = Page(more=any(a.more for a in answers))
+    page = Page(more=any(a.more for a in answers), taken=[0] * len(answers))
     for end, node, table, row, i, j in heapq.merge(*(_ordered(i, a) for i, a in enumerate(answers))):
         if (cut is not None and (end, node, table, row) > cut) or len(page.flows) == number:
             page.more = True
             break
         page.flows.append(answers[i].flows[j])
         page.keys.append(answers[i].keys[j])
+        page.taken[i] += 1
     page.dropped = total - len(page.flows)
     if page.flows:
         f, k = page.flows[-1], page.keys[-1]
@@ -151,10 +170,33 @@ def merge(answers: Sequence[Answer], number: int) -> Page:
     return page
 
 
-def answer_bytes(req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse) -> bytes:
-    """The bytes an answer's signature covers; ``resp`` without its ``public_key`` and ``signature``."""
+def records_sha256(flows: Sequence[flow_pb2.Flow], keys: Sequence[mesh_pb2.FleetFlowKey],
+                   rest: bytes = EMPTY_REST) -> bytes:
+    """The hash chain of records and their keys, last first, ending in ``rest``: each link is the SHA-256 of
+    a domain tag, the record, its key (each serialized deterministically, length-prefixed) and the next link.
+    A prefix of the records and the chain of the others (``rest``) give the same hash as all of them."""
+    if len(flows) != len(keys):
+        raise ValueError(f"{len(flows)} records and {len(keys)} keys")
+    h = rest
+    for i in range(len(flows) - 1, -1, -1):
+        fb = flows[i].SerializeToString(deterministic=True)
+        kb = keys[i].SerializeToString(deterministic=True)
+        h = hashlib.sha256(_RECORD_DOMAIN + len(fb).to_bytes(4, "big") + fb + len(kb).to_bytes(4, "big") + kb
+                           + h).digest()
+    return h
+
+
+def answer_bytes(req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse,
+                 rest: bytes = EMPTY_REST) -> bytes:
+    """The bytes an answer's signature covers: the request, ``resp`` without its records, ``public_key`` and
+    ``signature``, and the chain of its records ending in ``rest`` (the records a relay left out)."""
+    bare = mesh_pb2.FleetFlowsResponse()
+    bare.CopyFrom(resp)
+    for name in ("flows", "keys", "public_key", "signature"):
+        bare.ClearField(name)
     return (_ANSWER_DOMAIN + hashlib.sha256(req.SerializeToString(deterministic=True)).digest()
-            + hashlib.sha256(resp.SerializeToString(deterministic=True)).digest())
+            + hashlib.sha256(bare.SerializeToString(deterministic=True)).digest()
+            + records_sha256(resp.flows, resp.keys, rest))
 
 
 def sign_answer(key: NodeKey, req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse) -> None:
@@ -165,15 +207,70 @@ def sign_answer(key: NodeKey, req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.Fl
     resp.public_key, resp.signature = key.public_raw, signature
 
 
-def answer_signed_by(node_id: str, req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse) -> bool:
-    """True when ``resp`` is signed, as the answer to ``req``, by the key whose fingerprint is ``node_id``.
+def answer_signed_by(node_id: str, req: mesh_pb2.FleetFlowsRequest, resp: mesh_pb2.FleetFlowsResponse,
+                     rest: bytes = EMPTY_REST) -> bool:
+    """True when ``resp`` (its records chained onto ``rest``) is signed, as the answer to ``req``, by the key
+    whose fingerprint is ``node_id``."""
+    return signed_by_node(node_id, resp.public_key, resp.signature, answer_bytes(req, resp, rest))
 
-    Takes the proof off ``resp``, which is then the answer as the member made it.
+
+def member_request(flows: observer_pb2.FlowsRequest, after: mesh_pb2.FleetCursor | None, rows: int,
+                   challenge: bytes) -> mesh_pb2.FleetFlowsRequest:
+    """What a fan-out asks each member: its own records of ``flows`` after ``after``, at most ``rows``."""
+    sub = mesh_pb2.FleetFlowsRequest(local_only=True, rows_per_member=rows, challenge=challenge)
+    sub.flows.CopyFrom(flows)
+    sub.flows.page_token = ""
+    if after is not None:
+        sub.after.CopyFrom(after)
+    return sub
+
+
+def cut(m: mesh_pb2.MemberAnswer, k: int) -> mesh_pb2.MemberAnswer:
+    """``m`` with its first ``k`` records only; the others go into ``rest_sha256`` (the signature holds)."""
+    if k >= len(m.answer.flows):
+        return m
+    out = mesh_pb2.MemberAnswer()
+    out.CopyFrom(m)
+    out.rest_sha256 = records_sha256(m.answer.flows[k:], m.answer.keys[k:], m.rest_sha256 or EMPTY_REST)
+    del out.answer.flows[k:]
+    del out.answer.keys[k:]
+    return out
+
+
+@dataclass
+class Checked:
+    """A relayed member answer, checked: whose it is, and its records (None when refused, with ``error``)."""
+
+    node_id: str
+    host: str = ""
+    answer: Answer | None = None
+    error: str = ""
+
+
+def check_member(m: mesh_pb2.MemberAnswer, flows: observer_pb2.FlowsRequest,
+                 after: mesh_pb2.FleetCursor | None, challenge: bytes) -> Checked:
+    """Check a member's answer a relay passed on, against the asking node's own query (``flows``, ``after``)
+    and the ``challenge`` it sent: the request the member signed must be a member's request for exactly
+    that, and the member's key (whose fingerprint names it) must have signed the answer; every record must
+    name the member. ``error`` is ``UNTRUSTED_ANSWER`` (another request, or not signed by that key) or
+    ``MALFORMED_ANSWER``.
     """
-    public_key, signature = resp.public_key, resp.signature
-    resp.ClearField("public_key")
-    resp.ClearField("signature")
-    return signed_by_node(node_id, public_key, signature, answer_bytes(req, resp))
+    a, r = m.answer, m.request
+    nid = node_id_from_public_key(a.public_key) if len(a.public_key) == 32 else ""
+    if not nid or len(a.flows) != len(a.keys) or len(m.rest_sha256) not in (0, 32):
+        return Checked(nid, error=MALFORMED_ANSWER)
+    if len(a.flows) > (r.rows_per_member or MAX_ROWS_PER_MEMBER) or len(a.flows) > MAX_ROWS_PER_MEMBER:
+        return Checked(nid, error=MALFORMED_ANSWER)
+    want = member_request(flows, after, r.rows_per_member, challenge)
+    want.deadline_ms = r.deadline_ms  # the relay's to choose; the rest is the asking node's
+    rest = m.rest_sha256 or EMPTY_REST
+    if (not challenge or r.SerializeToString(deterministic=True) != want.SerializeToString(deterministic=True)
+            or not answer_signed_by(nid, r, a, rest)):
+        return Checked(nid, error=UNTRUSTED_ANSWER)
+    if any(f.node_id != nid for f in a.flows):
+        return Checked(nid, error=MALFORMED_ANSWER)
+    host = a.nodes[0].host if a.nodes and a.nodes[0].node_id == nid else ""
+    return Checked(nid, host, Answer(a.flows, a.keys, a.more or rest != EMPTY_REST))
 
 
 def share(number: int, asked: int, most: int = MAX_ROWS_PER_MEMBER) -> int:

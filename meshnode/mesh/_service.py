@@ -61,18 +61,24 @@ from meshnode.mesh._digest import (
 )
 from meshnode.mesh._fleetflows import (
     CHALLENGE_BYTES,
+    EMPTY_REST,
+    MALFORMED_ANSWER,
     MAX_FAN_OUTS,
     MAX_LOCAL_ANSWERS,
     MAX_MEMBERS,
     MAX_ROWS_PER_MEMBER,
+    UNTRUSTED_ANSWER,
     Answer,
     FleetRefused,
     Key,
     answer_signed_by,
+    check_member,
     check_request,
+    cut,
     decode_token,
     encode_token,
     member_after,
+    member_request,
     merge,
     share,
     sign_answer,
@@ -133,10 +139,6 @@ DEAD_MEMBER_BUDGET = 0.5
 """Seconds a fleet query gives a member it holds dead (not left): a node overloaded for a while is declared
 dead while it still serves, and its answer is as good as any (signed, verified); a truly dead one costs the
 query at most this long, in parallel with the rest (bench/RESULTS.md, "Fleet query latency")."""
-
-UNTRUSTED_ANSWER: Final = "UNTRUSTED_ANSWER"
-"""A fleet flow query's error for a member whose answer its key did not sign (another node answered at its
-address): its records are not shown."""
 
 REJOIN_FIRST = 0.5
 """Seconds before the first retry of seeds that did not answer; each further retry waits twice as long, up to
@@ -1204,19 +1206,44 @@ class MeshService:
 
     async def _fan_out_flows(self, req: mesh_pb2.FleetFlowsRequest, number: int, deadline: float,
                              cursor: mesh_pb2.FleetCursor | None) -> mesh_pb2.FleetFlowsResponse:
+        """Ask the members directly, and other sites through one relay each; merge the members' signed answers.
+
+        Flat mesh: every selected member directly, or with ``per_site`` one relay per site label. Sites: this
+        node's own site directly and every other site through a relay of that site: one of its aggregators,
+        found in the fleet pool, or, when this node is not in the fleet pool, through one of its own site's
+        aggregators (``other_sites``), which is. A relay (``rows_per_member`` or ``other_sites`` set) answers
+        with its members' answers as they signed them (``members``, cut to its page), never with records of
+        its own making; every node up the chain checks each member's signature.
+        """
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         selector = dict(req.selector)
-        chosen = [x for x in self.membership.members() if matches(x.labels, selector) and x.state != State.LEFT]
+        relaying = bool(req.rows_per_member) or req.other_sites
+        challenge = req.challenge if relaying and req.challenge else os.urandom(CHALLENGE_BYTES)
+        sites = self._sites
+        if req.other_sites and (sites is None or not sites.is_site_aggregator()):
+            raise FleetRefused("FAILED_PRECONDITION", "other_sites: this node is not a site aggregator now; ask "
+                                                      "one of its site's aggregators")
+        chosen = [] if req.other_sites else [x for x in self.membership.members()
+                                             if matches(x.labels, selector) and x.state != State.LEFT]
         untrusted = self.exclude(x.node_id for x in chosen) if self.exclude is not None else set()
         targets = [x for x in chosen if x.node_id not in untrusted]
         hosts = {x.node_id: x.labels.get("host", "") for x in targets}
-        groups: dict[str, list[Member]] = {}
-        if req.per_site:
+        # relays: (site, candidates in order, the selector they answer for, its members when known here)
+        relays: list[tuple[str, list[Member], dict[str, str], set[str] | None]] = []
+        direct = targets
+        if sites is None and req.per_site:
+            groups: dict[str, list[Member]] = {}
             for x in targets:
                 groups.setdefault(x.labels.get("site", ""), []).append(x)
-        # per site: one relay a site, and the members without a site label directly
-        asked = len([s for s in groups if s]) + len(groups.get("", [])) if req.per_site else len(targets)
+            direct = groups.pop("", [])  # the members without a site label are asked directly
+            for site, members in groups.items():
+                first = next((x for x in members if x.node_id == self.node_id), None) or min(
+                    members, key=lambda x: (x.state != State.ALIVE, x.node_id))
+                relays.append((site, [first], {**selector, "site": site}, {x.node_id for x in members}))
+        elif sites is not None and (req.other_sites or not req.rows_per_member):
+            relays = self._remote_sites(selector, req.other_sites)
+        asked = len(direct) + len(relays)
         if asked > self.max_members:
             self.counters["fleet_flows_refused_members"] += 1
             raise FleetRefused("RESOURCE_EXHAUSTED", f"{asked} members selected; one query asks at most "
@@ -1225,21 +1252,27 @@ class MeshService:
         self.counters["fleet_flows_queries"] += 1
         statuses: dict[str, mesh_pb2.NodeStatus] = {}
         answers: list[Answer] = []
+        proofs: list[mesh_pb2.MemberAnswer] = []
         excluded = set(untrusted)
+        seen = {x.node_id for x in direct}
         slots = asyncio.Semaphore(max(1, self.query_concurrency))
-        self.transport.reserve(len(targets))
+        self.transport.reserve(asked)
 
-        def failed(x: Member, error: str, via: str = "") -> None:
-            statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, host=hosts.get(x.node_id, ""),
-                                                      error=error, via=via)
+        def failed(node_id: str, error: str, via: str = "", host: str = "") -> None:
+            key = node_id or f"\x00{error}"  # a site nobody answered for is listed under no node id
+            statuses[key] = mesh_pb2.NodeStatus(node_id=node_id, host=host or hosts.get(node_id, ""), error=error,
+                                                via=via)
 
         async def call(x: Member, sub: mesh_pb2.FleetFlowsRequest, left: float) -> mesh_pb2.FleetFlowsResponse | str:
+            sub.challenge = challenge
             if x.node_id == self.node_id:  # answered here, without a call
-                return await self.fleet_flows(sub)
-            sub.challenge = os.urandom(CHALLENGE_BYTES)
+                resp = await self.fleet_flows(sub)
+                if relaying and sub.local_only:  # passed on: signed like every other member's answer
+                    sign_answer(self.key, sub, resp)
+                return resp
             stub = self.transport.stub(x.addr)
             self.ledger.asked(x.node_id, queries=1)
-            resp: mesh_pb2.FleetFlowsResponse = await with_retries(
+            resp = await with_retries(
                 lambda: stub.FleetFlows(sub, timeout=left, metadata=audience_metadata(x.node_id)), budget=left)
             self.ledger.asked(x.node_id, nbytes=resp.ByteSize())
             if not answer_signed_by(x.node_id, sub, resp):
@@ -1270,83 +1303,166 @@ class MeshService:
                 except FleetRefused as exc:
                     return exc.code
 
+        def take(m: mesh_pb2.MemberAnswer, answer: Answer, node_id: str, host: str, via: str) -> None:
+            answers.append(answer)
+            proofs.append(m)
+            statuses[node_id] = mesh_pb2.NodeStatus(node_id=node_id, host=host, answered=True, via=via)
+
         async def ask_member(x: Member) -> None:
-            sub = mesh_pb2.FleetFlowsRequest(local_only=True, rows_per_member=per_member)
-            sub.flows.CopyFrom(req.flows)
-            sub.flows.page_token = ""
-            if cursor is not None:
-                sub.after.CopyFrom(cursor)
+            sub = member_request(req.flows, cursor, per_member, challenge)
             got = await bounded(x, sub, 1.0)
             if isinstance(got, str):
-                failed(x, got)
+                failed(x.node_id, got)
                 return
-            if len(got.flows) != len(got.keys) or len(got.flows) > per_member:
+            if (len(got.flows) != len(got.keys) or len(got.flows) > per_member
+                    or any(f.node_id != x.node_id for f in got.flows)):  # a member speaks for itself only
                 self.counters["fleet_flows_answers_malformed"] += 1
-                log.warning("fleet flows answer from %s dropped: %d records, %d keys (asked at most %d)",
-                            x.addr, len(got.flows), len(got.keys), per_member)
-                failed(x, "malformed answer")
+                log.warning("fleet flows answer from %s dropped: %d records, %d keys (asked at most %d), or records "
+                            "of another node", x.addr, len(got.flows), len(got.keys), per_member)
+                failed(x.node_id, MALFORMED_ANSWER)
                 return
-            for f in got.flows:  # a member speaks for itself only
-                f.node_id = x.node_id
-            answers.append(Answer(got.flows, got.keys, got.more))
-            statuses[x.node_id] = mesh_pb2.NodeStatus(node_id=x.node_id, host=hosts[x.node_id], answered=True)
+            take(mesh_pb2.MemberAnswer(request=sub, answer=got, rest_sha256=EMPTY_REST),
+                 Answer(got.flows, got.keys, got.more), x.node_id, hosts[x.node_id], "")
 
-        async def ask_site(site: str, members: list[Member]) -> None:
-            relay = next((x for x in members if x.node_id == self.node_id), None) or min(
-                members, key=lambda x: (x.state != State.ALIVE, x.node_id))
-            sub = mesh_pb2.FleetFlowsRequest(flows=req.flows, selector={**selector, "site": site},
-                                             rows_per_member=per_member)
-            sub.flows.page_token = ""
-            if cursor is not None:
-                sub.after.CopyFrom(cursor)
-            # the site's own fan-out ends before this one waits no more, with time to send its answer back
-            got = await bounded(relay, sub, RELAY_DEADLINE_SHARE)
+        async def ask_relay(site: str, candidates: list[Member], sub_selector: dict[str, str],
+                            members: set[str] | None) -> None:
+            """One site (``other_sites``: every other site) through the first of ``candidates`` that answers;
+            its members' signed answers checked here. ``members``: the site's members when this node lists
+            them (flat mesh), reported missing unless answered."""
+            got: mesh_pb2.FleetFlowsResponse | str = "no relay"
+            relay = candidates[0]
+            for relay in candidates:
+                sub = mesh_pb2.FleetFlowsRequest(flows=req.flows, selector=sub_selector, rows_per_member=per_member,
+                                                 other_sites=not site)
+                sub.flows.page_token = ""
+                if cursor is not None:
+                    sub.after.CopyFrom(cursor)
+                if not site:  # every other site: its share is the whole page, the relay divides it
+                    sub.rows_per_member = min(number, self.max_rows_per_member)
+                # the relay's own fan-out ends before this one waits no more, with time to send its answer back
+                got = await bounded(relay, sub, RELAY_DEADLINE_SHARE)
+                if not isinstance(got, str):
+                    break
+                if members is None or relay.node_id not in members:
+                    failed(relay.node_id, f"site relay: {got}", host=relay.labels.get("host", ""))
+                if got == "DEADLINE_EXCEEDED" or end - loop.time() <= 0:
+                    break
             if isinstance(got, str):
-                for x in members:
-                    failed(x, f"site relay {relay.node_id}: {got}", relay.node_id)
+                what = f"site {site}" if site else "the other sites"
+                for nid in sorted(members or ()):
+                    failed(nid, f"site relay {relay.node_id}: {got}", relay.node_id)
+                if members is None:
+                    failed("", f"{what}: no relay answered ({got}); its members were not asked")
                 return
-            if len(got.flows) != len(got.keys) or len(got.flows) > per_member:
+            bound = 4 * self.max_members
+            if len(got.members) > bound or len(got.nodes) > bound or got.flows:
                 self.counters["fleet_flows_answers_malformed"] += 1
-                for x in members:
-                    failed(x, "malformed answer", relay.node_id)
+                for nid in sorted(members or ()):
+                    failed(nid, MALFORMED_ANSWER, relay.node_id)
+                failed(relay.node_id if members is None else "", f"site relay: {MALFORMED_ANSWER}")
                 return
-            site_ids = {x.node_id for x in members}
+            said = {n.node_id: n for n in got.nodes}
+            vouched: set[str] = set()
+            mine = "" if relay.node_id == self.node_id else relay.node_id
+            for m in got.members:
+                c = check_member(m, req.flows, cursor, challenge)
+                via = said[c.node_id].via if c.node_id in said and said[c.node_id].via else mine
+                if members is not None and c.node_id not in members:
+                    self.counters["fleet_flows_answers_foreign"] += 1
+                    continue
+                if c.answer is None:
+                    key = "fleet_flows_answers_untrusted" if c.error == UNTRUSTED_ANSWER else \
+                        "fleet_flows_answers_malformed"
+                    self.counters[key] += 1
+                    log.warning("fleet flows answer of %s passed on by relay %s refused: %s", c.node_id,
+                                relay.node_id, c.error)
+                    failed(c.node_id, c.error, via, said[c.node_id].host if c.node_id in said else "")
+                    vouched.add(c.node_id)
+                    continue
+                if c.node_id in seen:  # asked directly, or passed on twice: its records once
+                    self.counters["fleet_flows_answers_duplicate"] += 1
+                    continue
+                seen.add(c.node_id)
+                vouched.add(c.node_id)
+                if self.exclude is not None and self.exclude([c.node_id]):
+                    excluded.add(c.node_id)
+                    continue
+                take(m, c.answer, c.node_id, c.host, via)
             for n in got.nodes:
-                if n.node_id in site_ids:
-                    n.via = relay.node_id if relay.node_id != self.node_id else ""
-                    statuses[n.node_id] = n
-            excluded.update(n for n in got.excluded if n in site_ids)
-            keep = [(f, k) for f, k in zip(got.flows, got.keys, strict=True)
-                    if f.node_id in site_ids and f.node_id not in untrusted]
-            answers.append(Answer([f for f, _ in keep], [k for _, k in keep], got.more))
-            for x in members:
-                if x.node_id not in statuses:
-                    failed(x, "not asked by its site relay", relay.node_id)
+                if n.node_id in vouched or n.node_id in seen or (members is not None and n.node_id not in members):
+                    continue
+                if n.answered:  # said to have answered, but its signed answer was not passed on
+                    failed(n.node_id, "answer not passed on by its relay", n.via or mine, n.host)
+                else:
+                    failed(n.node_id, n.error, n.via or mine, n.host)
+            excluded.update(n for n in got.excluded[:bound] if members is None or n in members)
+            for nid in sorted(members or ()):
+                if nid not in statuses and nid not in excluded:
+                    failed(nid, "not asked by its site relay", relay.node_id)
 
-        if req.per_site:
-            jobs = [ask_site(site, members) for site, members in groups.items() if site]
-            jobs += [ask_member(x) for x in groups.get("", [])]
-        else:
-            jobs = [ask_member(x) for x in targets]
+        jobs = [ask_member(x) for x in direct] + [ask_relay(*r) for r in relays]
         await asyncio.gather(*jobs)
         page = merge(answers, number)
         counts = Counter(f.node_id for f in page.flows)
-        resp = mesh_pb2.FleetFlowsResponse(flows=page.flows, keys=page.keys, more=page.more,
-                                           rows_dropped=page.dropped)
-        for nid in sorted(statuses):
-            st = statuses[nid]
-            if nid in excluded:
+        resp = mesh_pb2.FleetFlowsResponse(more=page.more, rows_dropped=page.dropped)
+        if relaying:
+            resp.members.extend(cut(m, k) for m, k in zip(proofs, page.taken, strict=True))
+        else:
+            resp.flows.extend(page.flows)
+            resp.keys.extend(page.keys)
+        for key in sorted(statuses):
+            st = statuses[key]
+            if st.node_id in excluded:
                 continue
-            st.records = counts.get(nid, 0)
+            st.records = counts.get(st.node_id, 0)
             resp.nodes.append(st)
         resp.partial = any(not n.answered for n in resp.nodes)
         resp.excluded.extend(sorted(excluded))
-        if page.more and page.last is not None and not req.HasField("after"):
+        if page.more and page.last is not None and not req.HasField("after") and not relaying:
             resp.next_page_token = encode_token(req, page.last)
         self.counters["fleet_flows_rows_dropped"] += page.dropped
         if resp.partial:
             self.counters["fleet_flows_partial"] += 1
         return resp
+
+    def _remote_sites(self, selector: Mapping[str, str], only_others: bool
+                      ) -> list[tuple[str, list[Member], dict[str, str], set[str] | None]]:
+        """The relays of the other sites a query with ``selector`` reaches (sites): every site's aggregators as
+        this node's fleet pool lists them, lowest election rank first; or, when this node is not in the
+        fleet pool, its own site's aggregators, asked for every other site at once (site ``""``).
+
+        Raises:
+            FleetRefused: FAILED_PRECONDITION, asked for the other sites (``only_others``) while not in the
+                fleet pool.
+        """
+        sites = self._sites
+        assert sites is not None
+        mine = sites.site
+        if _selected_group(selector, self.labels) == mine:
+            return []
+        fleet = sites.pools["fleet"].membership
+        if fleet is not None and fleet._running:
+            pin = {k: v for k, v in selector.items() if k in (REGION, SITE)}
+            groups: dict[str, list[Member]] = {}
+            for x in sites._listed("fleet"):
+                group = site_group(x.labels)
+                if group != mine and matches(x.labels, pin):
+                    groups.setdefault(group, []).append(x)
+            out: list[tuple[str, list[Member], dict[str, str], set[str] | None]] = []
+            for group, members in sorted(groups.items()):
+                pinned = dict(selector)
+                pinned.update({k: members[0].labels[k] for k in (REGION, SITE) if k in members[0].labels})
+                out.append((group, members[:3], pinned, None))
+            return out
+        if only_others:  # elected, but not in the fleet pool yet: the asking member tries another aggregator
+            raise FleetRefused("FAILED_PRECONDITION", "other_sites: this node has not joined the fleet pool yet; "
+                                                      "ask another of its site's aggregators")
+        aggs = [self.membership.member(nid) for nid in sites.site_aggregators() if nid != self.node_id]
+        candidates = [x for x in aggs if x is not None][:3]
+        if not candidates:
+            self.counters["fleet_flows_no_site_aggregator"] += 1
+            return []
+        return [("", candidates, dict(selector), None)]
 
     async def _local_flows(self, req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
         """A member's own records for a fan-out (``local_only``), under the same limits as a local query."""

@@ -1,7 +1,10 @@
 """Site aggregates in real nodes: 2 sites x 3 ``MeshService`` nodes on 127.0.0.1, one gRPC port each.
 
 Membership stays in the site, the elected aggregators build and sign each site's aggregate each period and
-carry it across the region, every member cross-checks, and a lying aggregator is flagged by its site.
+carry it across the region, every member cross-checks, and a lying aggregator is flagged by its site. Fleet
+history queries (each node answering from a real store of its own) reach the other site through one relay
+of it, whose members' signed answers the asking node checks: a relay that changes a record is caught, and
+a node killed while the query waits for it is reported missing.
 """
 
 from __future__ import annotations
@@ -9,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 
+from meshnode._model import FlowRecord
+from meshnode.api import ApiExecutor, StoreHistory
 from meshnode.daemon import NodeConfig
-from meshnode.mesh import MeshService, SiteConfig
+from meshnode.mesh import LocalHistory, MeshService, SiteConfig
 from meshnode.mesh._sites import REGION, SITE
+from meshnode.store import FlowQuery, Retention, Store
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
 from tests._support import tlsnode
 from tests._support.meshfleet import FAST, Fleet, run, until
@@ -117,8 +125,205 @@ def _aggregates(resp: mesh_pb2.FleetQueryResponse) -> list[mesh_pb2.GroupAggrega
     return [mesh_pb2.GroupAggregate.FromString(sd.payload) for sd in resp.group_aggregates]
 
 
-def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregates() -> None:
+S = 1_000_000_000
+NOW = time.time_ns()
+
+
+def _records(i: int) -> list[FlowRecord]:
+    """Node i's stored flows: ends shared across nodes (ties ordered by node id), ports 443 and 80."""
+    return [FlowRecord(flow_id=100 * i + j, src=f"10.1.0.{i}", sport=20000 + j, dst="10.2.0.1",
+                       dport=443 if j % 3 else 80, proto="tcp", direction="outbound", pid=10 + i, comm=f"app{i}",
+                       start_ns=NOW - 100 * S + j, end_ns=NOW - 50 * S + (j // 2) * 1000, outcome="established",
+                       kind="final", bytes_tx=1000 + j) for j in range(6 + 2 * i)]
+
+
+def _store(path: Path, i: int) -> Store:
+    store = Store.in_dir(path, Retention(7 * 86400.0, 1 << 30))
+    seq = store.open_period(NOW - 120 * S)
+    store.close_period(seq, NOW - 40 * S, _records(i), [], "")
+    return store
+
+
+def _held(store: Store, node_id: str) -> list[tuple[int, str, int, int]]:
+    """(end_ns, node_id, flow_id, bytes_tx) of the node's own records on port 443, as its store holds them."""
+    with store.reader() as conn:
+        return [(sf.record.end_ns, node_id, sf.record.flow_id, sf.record.bytes_tx)
+                for sf in store.query_flows(FlowQuery(equals={"dport": [443]}), conn)]
+
+
+def _flows_req(number: int = 1000, deadline_ms: int = 10_000) -> mesh_pb2.FleetFlowsRequest:
+    """A fleet flow query of port 443; the deadline long enough for a loaded machine (an answer comes as soon
+    as every node answered), except where a test measures it."""
+    req = mesh_pb2.FleetFlowsRequest(deadline_ms=deadline_ms)
+    req.flows.number = number
+    req.flows.whitelist.add(dport=[443])
+    return req
+
+
+Answering = Callable[[mesh_pb2.FleetFlowsRequest], Coroutine[Any, Any, mesh_pb2.FleetFlowsResponse]]
+"""``MeshService.fleet_flows``, as the tests wrap it."""
+
+
+def _got(resp: mesh_pb2.FleetFlowsResponse) -> list[tuple[int, str, int, int]]:
+    return [(f.end_ns, f.node_id, f.flow_id, f.bytes_tx) for f in resp.flows]
+
+
+async def _fleet_flows_across_sites(fleet: Fleet, stores: list[Store]) -> None:
+    """``flows --fleet`` over sites: the asking node's own site directly, the other through one relay of it
+    (for a member that is not an aggregator, through its site's aggregator, which is in the fleet pool).
+
+    Which b aggregator relays is the lowest-ranked one the fleet pool lists alive, which a loaded machine's
+    fast probes may briefly take for dead: the test reads the relay from each answer (``via``) and makes
+    every b node ready to be the relay, rather than assuming one.
+    """
+    ms = fleet.meshes
+    ids = [m.node_id for m in ms]
+    want = sorted(r for i in range(6) for r in _held(stores[i], ids[i]))
+    assert len({r[1] for r in want}) == 6
+    site = {m.node_id: m.labels["site"] for m in ms}
+    b_ids = set(ids[3:])
+    assert ms[0].sites is not None
+    a_aggs = ms[0].sites.site_aggregators()
+    member = next(m for m in ms[:3] if m.node_id not in a_aggs)
+    aggregator = next(m for m in ms[:3] if m.node_id == a_aggs[0])  # the one a member asks first
+
+    def relay_of(resp: mesh_pb2.FleetFlowsResponse, out: frozenset[str] = frozenset()) -> str:
+        """The one b node every b node's status names as the relay that asked it (not one of ``out``)."""
+        relays = {n.via for n in resp.nodes if site[n.node_id] == "b"}
+        assert len(relays) == 1 and relays <= b_ids - out, relays
+        return relays.pop()
+
+    for asker in (member, aggregator):
+        resp = await asker.fleet_flows(_flows_req())
+        assert _got(resp) == want, asker.labels  # exactly each node's own records, in the fleet order
+        relay = relay_of(resp)
+        got = {n.node_id: (n.host, n.answered, n.via, n.records) for n in resp.nodes}
+        assert got == {nid: (f"h{i}", True, relay if site[nid] == "b" else "", sum(r[1] == nid for r in want))
+                       for i, nid in enumerate(ids)}, asker.labels
+        assert (resp.partial, resp.next_page_token) == (False, ""), asker.labels
+    assert aggregator.counters["fleet_flows_queries"] >= 2  # its own query, and the member's other sites
+    # page by page over gRPC: every record once, the token carrying the cursor across both sites
+    async with grpc.aio.insecure_channel(member.advertise) as ch:
+        stub = mesh_pb2_grpc.MeshStub(ch)  # type: ignore[no-untyped-call]
+        req, pages = _flows_req(number=7), []
+        while True:
+            page = await stub.FleetFlows(req, timeout=10)
+            assert 0 < len(page.flows) <= 7 and not page.partial
+            pages += _got(page)
+            if not page.next_page_token:
+                break
+            req.flows.page_token = page.next_page_token
+    assert pages == want
+
+    # a relay that changes one record of a member it passes on (and drops another member's answer while
+    # saying it answered): the asking node checks each member's own signature, so neither is shown, and
+    # both are missing, by node id; every other record is as its node holds it
+    honest = {i: ms[i].fleet_flows for i in range(3, 6)}
+    victims: list[str] = []
+
+    def tampering(i: int) -> Answering:
+        async def answer(req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
+            resp = await honest[i](req)
+            others = [m for m in resp.members if m.answer.flows and m.answer.flows[0].node_id != ids[i]]
+            if others:
+                changed, dropped = sorted(others, key=lambda m: m.answer.flows[0].node_id)
+                changed.answer.flows[0].bytes_tx += 1
+                victims[:] = [ids[i], changed.answer.flows[0].node_id, dropped.answer.flows[0].node_id]
+                resp.members.remove(dropped)
+            return resp
+        return answer
+
+    for i in range(3, 6):
+        ms[i].fleet_flows = tampering(i)  # type: ignore[method-assign]
+    try:
+        for asker in (member, aggregator):
+            resp = await asker.fleet_flows(_flows_req())
+            assert len(victims) == 3
+            relay, changed, dropped = victims
+            assert _got(resp) == [r for r in want if r[1] not in (changed, dropped)], asker.labels
+            missing = {n.node_id: (n.error, n.via) for n in resp.nodes if not n.answered}
+            assert missing == {changed: ("UNTRUSTED_ANSWER", relay),
+                               dropped: ("answer not passed on by its relay", relay)}, asker.labels
+            assert resp.partial
+    finally:
+        for i in range(3, 6):
+            ms[i].fleet_flows = honest[i]  # type: ignore[method-assign]
+    assert aggregator.counters["fleet_flows_answers_untrusted"] == 2  # once a query: it checked for both
+
+    # a node of the other site killed while the query waits for its store: missing, by node id, within the
+    # deadline; every other node's records are there
+    b_aggs = ms[3].sites.site_aggregators() if ms[3].sites is not None else []
+    victim = next(i for i in range(3, 6) if ids[i] not in b_aggs)
+    asked = asyncio.Event()
+    inner = ms[victim].history
+    assert inner is not None
+    history: LocalHistory = inner
+
+    class Stuck:
+        def check(self, flows: object) -> object:
+            return history.check(flows)  # type: ignore[arg-type]
+
+        async def local_flows(self, *args: object) -> object:
+            asked.set()
+            await asyncio.sleep(30)
+            raise AssertionError("unreachable: the node is killed first")
+
+    async def kill(i: int) -> None:
+        await fleet.servers[i].stop(0)
+        await ms[i].stop(leave=False)
+
+    ms[victim].history = Stuck()  # type: ignore[assignment]
+    began = time.monotonic()
+    query = asyncio.ensure_future(member.fleet_flows(_flows_req(deadline_ms=3000)))
+    await asyncio.wait_for(asked.wait(), 3)
+    await kill(victim)
+    resp = await query
+    took = time.monotonic() - began
+    assert took < 3.0 + 0.3, took
+    assert _got(resp) == [r for r in want if r[1] != ids[victim]]
+    relay = relay_of(resp, frozenset({ids[victim]}))
+    lost = {n.node_id: (n.answered, n.via) for n in resp.nodes if not n.answered}
+    assert lost == {ids[victim]: (False, relay)} and resp.partial
+    err = next(n.error for n in resp.nodes if n.node_id == ids[victim])
+    assert err in ("UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"), err
+
+    # the relay itself killed while the query waits for it: the other b aggregator is asked in its place
+    # with the time left, and answers for what is left of its site
+    held: list[int] = []
+
+    def first_relay_held(i: int) -> Answering:
+        async def answer(req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
+            if not req.local_only and not held:  # the first relay asked: killed while it works
+                held.append(i)
+                asked.set()
+                await asyncio.sleep(30)
+            return await honest[i](req)
+        return answer
+
+    alive = [i for i in range(3, 6) if i != victim]
+    for i in alive:
+        ms[i].fleet_flows = first_relay_held(i)  # type: ignore[method-assign]
+    asked.clear()
+    began = time.monotonic()
+    query = asyncio.ensure_future(member.fleet_flows(_flows_req(deadline_ms=3000)))
+    await asyncio.wait_for(asked.wait(), 3)
+    await kill(held[0])
+    resp = await query
+    took = time.monotonic() - began
+    assert took < 3.0 + 0.3, took
+    gone = frozenset({ids[victim], ids[held[0]]})
+    assert _got(resp) == [r for r in want if r[1] not in gone]
+    assert {n.node_id for n in resp.nodes if not n.answered} == gone and resp.partial
+    assert relay_of(resp, gone) == next(ids[i] for i in alive if i != held[0])
+
+
+def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregates(tmp_path: Path) -> None:
+    stores = [_store(tmp_path / f"s{i}", i) for i in range(6)]
+    executor = ApiExecutor(2)
+
     async def scenario(fleet: Fleet) -> None:
+        for mesh, store in zip(fleet.meshes, stores, strict=True):
+            mesh.history = StoreHistory(store, executor)
         # membership per site only (Fleet.start waited for it): a node lists its own site's 3 nodes
         for mesh in fleet.meshes:
             assert sorted(x.labels["host"] for x in mesh.membership.members()) == (
@@ -215,8 +420,15 @@ def test_two_sites_keep_membership_within_the_site_and_agree_on_signed_aggregate
             c = m.sites.decided[(SITE, "eu/b", end)]
             assert (c.agg.aggregator != liar.node_id, _decided(m, SITE, "eu/b", end)) == (True, WANT["eu/b"])
 
-    run([_Source(i) for i in range(6)], scenario, name="sites", labels=_labels,
-        site_config=SiteConfig(aggregators=2, period=PERIOD), config=FAST, timeout=60)
+        await _fleet_flows_across_sites(fleet, stores)
+
+    try:
+        run([_Source(i) for i in range(6)], scenario, name="sites", labels=_labels,
+            site_config=SiteConfig(aggregators=2, period=PERIOD), config=FAST, timeout=60)
+    finally:
+        executor.close()
+        for store in stores:
+            store.close()
 
 
 def test_meshnode_run_with_site_aggregators_sums_the_other_site_from_its_members_digests(tmp_path: Path) -> None:
@@ -268,6 +480,9 @@ def test_sites_under_mutual_tls_answer_and_descend_across_sites(tmp_path: Path) 
     """The same 2 x 3 fleet with node certificates (``meshnode run``'s security): pools, locate and the
     signed fleet queries of a member to its aggregator and of an aggregator to another site's work."""
 
+    stores = [_store(tmp_path / f"s{i}", i) for i in range(6)]
+    executor = ApiExecutor(2)
+
     async def main() -> None:
         pki = Pki(tmp_path / "pki")
         async with contextlib.AsyncExitStack() as stack:
@@ -282,6 +497,7 @@ def test_sites_under_mutual_tls_answer_and_descend_across_sites(tmp_path: Path) 
                     mesh.config = FAST
                     mesh.source = _Source(i)
                     mesh.rejoin_interval = 1.0
+                    mesh.history = StoreHistory(stores[i], executor)
 
                 seeds = (fleet.meshes[0].advertise,) if fleet.meshes else ()
                 _addr, mesh = await stack.enter_async_context(tlsnode.node(cfg, seeds=seeds, before_start=setup))
@@ -297,6 +513,10 @@ def test_sites_under_mutual_tls_answer_and_descend_across_sites(tmp_path: Path) 
             down = await member.fleet_query(mesh_pb2.FleetQueryRequest(selector={"site": "b"}, group_by="host"))
             assert {r.group: r.attempts for r in down.aggregates} == {f"eu/b/h{i}": _flows(i) for i in range(3, 6)}
             assert not down.partial
+            # fleet history across sites: the member asks its own site, its aggregator the other site's relay
+            flows = await member.fleet_flows(_flows_req())
+            assert _got(flows) == sorted(r for i, m in enumerate(fleet.meshes) for r in _held(stores[i], m.node_id))
+            assert len(flows.nodes) == 6 and not flows.partial
             # every fleet query between nodes was signed and authorized: a member by its site's aggregator,
             # an aggregator by the other site's as a fleet-pool member; none refused
             refused = {k: v for m in fleet.meshes for k, v in m.counters.items()
@@ -304,4 +524,9 @@ def test_sites_under_mutual_tls_answer_and_descend_across_sites(tmp_path: Path) 
             assert refused == {}
             assert sum(m.counters["requests_authorized"] for m in fleet.meshes) >= 3
 
-    asyncio.run(asyncio.wait_for(main(), 60))
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        executor.close()
+        for store in stores:
+            store.close()

@@ -43,6 +43,17 @@ def test_text_has_a_host_column_and_a_footer() -> None:
         "missing 1 (their records are not shown): db-2 (DEADLINE_EXCEEDED)",
         "untrusted, not asked 1: dddd",
     ]
+    # with site aggregates, sites no relay answered for are listed by their error (no node id to name)
+    lost = mesh_pb2.FleetFlowsResponse(nodes=[
+        mesh_pb2.NodeStatus(node_id="eeee", host="fra1-a", error="site relay: UNAVAILABLE"),
+        mesh_pb2.NodeStatus(error="site eu/fra1: no relay answered (UNAVAILABLE); its members were not asked"),
+        mesh_pb2.NodeStatus(error="site eu/par1: no relay answered (UNAVAILABLE); its members were not asked")])
+    s.add(lost, 0)
+    assert footer(s.doc())[1] == (
+        "missing 4 (their records are not shown): "
+        "site eu/fra1: no relay answered (UNAVAILABLE); its members were not asked, "
+        "site eu/par1: no relay answered (UNAVAILABLE); its members were not asked, "
+        "db-2 (DEADLINE_EXCEEDED), fra1-a (site relay: UNAVAILABLE)")
 
 
 def test_json_lines_are_flows_records_with_host_then_a_summary() -> None:

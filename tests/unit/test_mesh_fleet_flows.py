@@ -133,6 +133,41 @@ def test_pages_hold_exactly_each_nodes_records_in_time_order(tmp_path: Path, per
     _run(tmp_path, scenario)
 
 
+def test_a_site_relay_cannot_change_its_members_records(tmp_path: Path) -> None:
+    """Per site, each relay passes on its members' own signed answers: a relay that changes a record of the
+    other member of its site gets that member listed as UNTRUSTED_ANSWER (none of its records shown), and
+    the relay's own records, signed by itself, still count."""
+    async def scenario(fleet: Fleet, stores: list[Store]) -> None:
+        ids = [m.node_id for m in fleet.meshes]
+        changed: set[str] = set()
+
+        def tampering(mesh: MeshService) -> object:
+            honest = mesh.fleet_flows
+
+            async def answer(req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
+                resp = await honest(req)
+                for m in resp.members:
+                    if m.answer.flows and m.answer.flows[0].node_id != mesh.node_id:
+                        m.answer.flows[0].bytes_rx += 1
+                        changed.add(m.answer.flows[0].node_id)
+                return resp
+            return answer
+
+        for mesh in fleet.meshes[1:]:
+            mesh.fleet_flows = tampering(mesh)  # type: ignore[method-assign]
+        resp = await fleet.meshes[0].fleet_flows(_req(1000, per_site=True))
+        # sites s1 and s2 (nodes i % 3): one relay each, whose other member's answer was changed
+        assert len(changed) == 2 and not changed & {ids[0], ids[3]}
+        want = sorted((end, ids[i], fid) for i in range(N) if ids[i] not in changed
+                      for end, fid in _own(stores[i], 443))
+        assert [(f.end_ns, f.node_id, f.flow_id) for f in resp.flows] == want
+        assert sorted((n.node_id, n.error) for n in resp.nodes if not n.answered) == sorted(
+            (nid, "UNTRUSTED_ANSWER") for nid in changed)
+        assert fleet.meshes[0].counters["fleet_flows_answers_untrusted"] == 2
+
+    _run(tmp_path, scenario)
+
+
 def test_a_stopped_node_is_missing_and_an_untrusted_one_excluded(tmp_path: Path) -> None:
     async def scenario(fleet: Fleet, stores: list[Store]) -> None:
         ids = [m.node_id for m in fleet.meshes]

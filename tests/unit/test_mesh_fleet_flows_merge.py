@@ -18,7 +18,19 @@ from meshnode.mesh import (
     merge,
     sign_answer,
 )
-from meshnode.mesh._fleetflows import TABLE_FINAL, TABLE_INTERIM, check_request, share
+from meshnode.mesh._fleetflows import (
+    EMPTY_REST,
+    MALFORMED_ANSWER,
+    TABLE_FINAL,
+    TABLE_INTERIM,
+    UNTRUSTED_ANSWER,
+    check_member,
+    check_request,
+    cut,
+    member_request,
+    records_sha256,
+    share,
+)
 from meshnode.v1 import flow_pb2, mesh_pb2
 
 Rec = tuple[int, str, int, int]  # (end_ns, node_id, table, row_id)
@@ -175,7 +187,7 @@ def test_an_answer_holds_only_signed_by_the_member_asked_for_the_request_asked()
 
     req = mesh_pb2.FleetFlowsRequest(local_only=True, challenge=b"\x01" * 16)
     good = signed(b, req)
-    assert answer_signed_by(b.node_id, req, good) and not good.signature  # the proof is taken off
+    assert answer_signed_by(b.node_id, req, good) and answer_signed_by(b.node_id, req, good)  # proof kept
     other_challenge = mesh_pb2.FleetFlowsRequest(local_only=True, challenge=b"\x02" * 16)
     assert not answer_signed_by(b.node_id, other_challenge, signed(b, req))
     assert not answer_signed_by(b.node_id, req, signed(c, req))  # C's valid signature, but B was asked
@@ -185,3 +197,87 @@ def test_an_answer_holds_only_signed_by_the_member_asked_for_the_request_asked()
     assert not answer_signed_by(b.node_id, req, tampered) and not answer_signed_by(b.node_id, req, unsigned)
     with pytest.raises(FleetRefused, match="challenge: 65 bytes"):
         check_request(mesh_pb2.FleetFlowsRequest(challenge=bytes(65)))
+
+
+def _member_answer(key: NodeKey, flows_req: mesh_pb2.FleetFlowsRequest, challenge: bytes, n: int = 4,
+                   after: mesh_pb2.FleetCursor | None = None) -> mesh_pb2.MemberAnswer:
+    """Member ``key``'s signed answer of ``n`` records to the member request a relay makes of ``flows_req``."""
+    sub = member_request(flows_req.flows, after, 100, challenge)
+    sub.deadline_ms = 1234  # the relay's to choose
+    resp = mesh_pb2.FleetFlowsResponse(more=False)
+    for i in range(n):
+        resp.flows.add(node_id=key.node_id, flow_id=i, end_ns=10 + i, bytes_tx=100 * i)
+        resp.keys.add(table=TABLE_FINAL, row_id=i + 1)
+    resp.nodes.add(node_id=key.node_id, host="h-b", answered=True, records=n)
+    sign_answer(key, sub, resp)
+    return mesh_pb2.MemberAnswer(request=sub, answer=resp, rest_sha256=EMPTY_REST)
+
+
+def test_a_relayed_member_answer_holds_cut_to_any_prefix_and_not_once_changed() -> None:
+    """What a site relay passes on: the member's own signed answer, cut to the records on the relay's page
+    (twice, as two relays in a row do); the asking node checks it against its own query and challenge."""
+    b, r = NodeKey.from_seed(b"b"), NodeKey.from_seed(b"relay")
+    q = mesh_pb2.FleetFlowsRequest()
+    q.flows.number = 50
+    q.flows.whitelist.add(dport=[443])
+    q.flows.page_token = "ignored by members"
+    ch = b"\x07" * 16
+    m = _member_answer(b, q, ch)
+    whole = check_member(m, q.flows, None, ch)
+    assert (whole.node_id, whole.host, whole.error) == (b.node_id, "h-b", "")
+    assert whole.answer is not None and [f.flow_id for f in whole.answer.flows] == [0, 1, 2, 3]
+    assert not whole.answer.more
+    half = cut(m, 2)
+    got = check_member(half, q.flows, None, ch)
+    assert got.answer is not None and [f.flow_id for f in got.answer.flows] == [0, 1] and got.answer.more
+    assert half.rest_sha256 == records_sha256(m.answer.flows[2:], m.answer.keys[2:])
+    again = check_member(cut(half, 1), q.flows, None, ch)  # a relay of a relay cuts the cut
+    assert again.answer is not None and [f.flow_id for f in again.answer.flows] == [0] and again.answer.more
+    none = check_member(cut(m, 0), q.flows, None, ch)
+    assert none.answer is not None and list(none.answer.flows) == [] and none.answer.more
+    assert cut(m, 4) is m and cut(m, 9) is m
+
+    def changed(edit: object) -> str:
+        c = mesh_pb2.MemberAnswer()
+        c.CopyFrom(half)
+        edit(c)  # type: ignore[operator]
+        return check_member(c, q.flows, None, ch).error
+
+    assert changed(lambda c: setattr(c.answer.flows[0], "bytes_tx", 1 << 40)) == UNTRUSTED_ANSWER
+    def add(c: mesh_pb2.MemberAnswer) -> None:
+        c.answer.flows.add(node_id=b.node_id, flow_id=9, end_ns=99)
+        c.answer.keys.add(row_id=99)
+
+    def drop(c: mesh_pb2.MemberAnswer) -> None:
+        c.answer.flows.pop()
+        c.answer.keys.pop()
+
+    assert changed(add) == UNTRUSTED_ANSWER
+    assert changed(drop) == UNTRUSTED_ANSWER
+    assert changed(lambda c: setattr(c, "rest_sha256", EMPTY_REST)) == UNTRUSTED_ANSWER  # "nothing more"
+    assert changed(lambda c: setattr(c.answer, "more", True)) == UNTRUSTED_ANSWER
+    assert changed(lambda c: setattr(c.answer.nodes[0], "host", "elsewhere")) == UNTRUSTED_ANSWER
+    assert changed(lambda c: c.answer.flows.pop()) == MALFORMED_ANSWER  # a record without its key
+    # signed for another request: another challenge, filter, cursor, or not a member's request
+    assert check_member(half, q.flows, None, b"\x08" * 16).error == UNTRUSTED_ANSWER
+    other = mesh_pb2.FleetFlowsRequest()
+    other.flows.CopyFrom(q.flows)
+    other.flows.whitelist[0].dport[0] = 80
+    assert check_member(half, other.flows, None, ch).error == UNTRUSTED_ANSWER
+    after = mesh_pb2.FleetCursor(end_ns=5, node_id="a", table=0, row_id=1)
+    assert check_member(half, q.flows, after, ch).error == UNTRUSTED_ANSWER
+    assert changed(lambda c: setattr(c.request, "local_only", False)) == UNTRUSTED_ANSWER
+    # the relay re-signs the changed answer with its own key, or a key it made: it names that key's node
+    forged = mesh_pb2.MemberAnswer()
+    forged.CopyFrom(half)
+    forged.answer.flows[0].bytes_tx = 7
+    forged.rest_sha256 = EMPTY_REST
+    sign_answer(r, forged.request, forged.answer)
+    bad = check_member(forged, q.flows, None, ch)
+    assert (bad.node_id, bad.answer is None, bad.error) == (r.node_id, True, MALFORMED_ANSWER)  # b's records
+    # an answer that names the member's records but lacks a key: not the member's
+    nokey = mesh_pb2.MemberAnswer()
+    nokey.CopyFrom(half)
+    nokey.answer.public_key = b""
+    assert (check_member(nokey, q.flows, None, ch).node_id, check_member(nokey, q.flows, None, ch).error) == (
+        "", MALFORMED_ANSWER)
