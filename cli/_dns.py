@@ -44,37 +44,44 @@ def resolver(t: Mapping[str, Any]) -> str:
 
 
 def dns_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:
-    """The transactions, one row each, and how many matched."""
+    """The transactions, a row per question, resolver and answer code between two sensor polls (N answers
+    each), and how many answers they hold."""
     rows: Sequence[Mapping[str, Any]] = doc.get("transactions") or []
     t = table(plain=plain)
     t.add_column("TIME", width=8, no_wrap=True)
     t.add_column("PROCESS", width=12 if not wide else 20, no_wrap=True, overflow="ellipsis")
-    t.add_column("RESOLVER", width=16 if not wide else 24, no_wrap=True, overflow="ellipsis")
+    t.add_column("RESOLVER", width=15 if not wide else 24, no_wrap=True, overflow="ellipsis")
     if wide:
         t.add_column("QUERY", min_width=24, overflow="fold")
     else:
-        t.add_column("QUERY", width=18, no_wrap=True, overflow="ellipsis")
-    t.add_column("TYPE", width=5, no_wrap=True)
+        t.add_column("QUERY", width=15, no_wrap=True, overflow="ellipsis")
+    t.add_column("TYPE", width=4, no_wrap=True)
     t.add_column("RCODE", width=8, no_wrap=True)
+    # a row is one question's answers between two sensor polls: a process asking again soon adds to it
+    t.add_column("N", width=3, justify="right", no_wrap=True)
     t.add_column("LATENCY", width=7, justify="right", no_wrap=True)
     if wide:
-        t.add_column("N", width=4, justify="right")
+        t.add_column("MAX", width=7, justify="right", no_wrap=True)
         t.add_column("ADDRS", width=5, justify="right")
         t.add_column("PROTO", width=5)
     for r in rows:
         rcode = Text(r["rcode"], style="" if plain or not r["failed"] else "bold red")
         # names and addresses as Text: "[fd00::53]:53" is not rich markup
         cells: list[Any] = [format_clock(r["time_ns"]), Text(process(r["comm"], r["pid"])), Text(resolver(r)),
-                            Text(r["query"] or "?"), Text(r["qtype"]), rcode, format_us(r["latency_us"])]
+                            Text(r["query"] or "?"), Text(r["qtype"]), rcode, format_count(r["answers"]),
+                            format_us(r["latency_us"])]
         if wide:
-            cells += [str(r["answers"]), str(r["addresses"]), "tcp" if r["tcp"] else "udp"]
+            cells += [format_us(r["latency_max_us"]), str(r["addresses"]), "tcp" if r["tcp"] else "udp"]
         t.add_row(*cells)
-    failed = sum(1 for r in rows if r["failed"])
-    plural = "s" if len(rows) != 1 else ""
-    note = (f"{format_count(len(rows))} transaction{plural} ({failed} failed) from {format_clock(doc['since_ns'])} "
-            f"to {format_clock(doc['until_ns'])} UTC")
+    # count answers, not rows: a row sums a question's answers within one poll
+    answers = sum(r["answers"] for r in rows)
+    failed = sum(r["answers"] for r in rows if r["failed"])
+    plural = "s" if answers != 1 else ""
+    note = (f"{format_count(answers)} answer{plural} ({format_count(failed)} failed) in {format_count(len(rows))} "
+            f"row{'s' if len(rows) != 1 else ''} from {format_clock(doc['since_ns'])} to "
+            f"{format_clock(doc['until_ns'])} UTC")
     if doc.get("matched", 0) > len(rows):
-        note += f"; the newest of {format_count(doc['matched'])} that matched (--limit for more)"
+        note += f"; the newest of {format_count(doc['matched'])} rows that matched (--limit for more)"
     if not rows:
         return Text(f"no DNS transactions from {format_clock(doc['since_ns'])} to "
                     f"{format_clock(doc['until_ns'])} UTC")

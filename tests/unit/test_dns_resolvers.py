@@ -277,14 +277,14 @@ def test_meshctl_dns_and_the_health_resolvers_table_fit_80_columns() -> None:
             {"time_ns": 1_700_000_000 * 10**9, "server": R1, "port": 53, "query": "web.test", "qtype": "A",
              "rcode": "NOERROR", "latency_us": 850, "pid": 701, "comm": "dig", "answers": 1},
             {"time_ns": 1_700_000_001 * 10**9, "server": R2, "port": 53, "query": "gone.test", "qtype": "AAAA",
-             "rcode": "NXDOMAIN", "failed": True, "latency_us": 2500, "pid": 702, "comm": "curl", "answers": 1}],
+             "rcode": "NXDOMAIN", "failed": True, "latency_us": 2500, "pid": 702, "comm": "curl", "answers": 3}],
         matched=7, since_ns=1_699_999_000 * 10**9, until_ns=1_700_000_100 * 10**9)
     assert _render(dns_view(message_dict(resp), plain=True)).splitlines() == [
-        "TIME     PROCESS      RESOLVER         QUERY              TYPE  RCODE    LATENCY",
-        "22:13:20 dig/701      10.0.0.53:53     web.test           A     NOERROR    850us",
-        "22:13:21 curl/702     [fd00::53]:53    gone.test          AAAA  NXDOMAIN   2.5ms",
-        "2 transactions (1 failed) from 21:56:40 to 22:15:00 UTC; the newest of 7 that ",
-        "matched (--limit for more)"]
+        "TIME     PROCESS      RESOLVER        QUERY           TYPE RCODE      N LATENCY",
+        "22:13:20 dig/701      10.0.0.53:53    web.test        A    NOERROR    1   850us",
+        "22:13:21 curl/702     [fd00::53]:53   gone.test       AAAA NXDOMAIN   3   2.5ms",
+        "4 answers (3 failed) in 2 rows from 21:56:40 to 22:15:00 UTC; the newest of 7 ",
+        "rows that matched (--limit for more)"]
     rows = message_dict(observer_pb2.HealthResponse(resolvers=[
         {"resolver": "[fd00::53]:53", "queries": 25, "failed": 20, "failures": {"SERVFAIL": 20},
          "latency_p50_us": 1200, "latency_p95_us": 30_000},
