@@ -43,6 +43,12 @@ def resolver(t: Mapping[str, Any]) -> str:
     return f"{host}:{t['port']}"
 
 
+def _span(doc: Mapping[str, Any]) -> str:
+    """"from 02:16:22 to 02:31:22 UTC"; ``--since all`` asks from the first nanosecond: "up to ..." then."""
+    until = f"{format_clock(doc['until_ns'])} UTC"
+    return f"from {format_clock(doc['since_ns'])} to {until}" if doc["since_ns"] > 1 else f"up to {until}"
+
+
 def dns_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = False) -> RenderableType:
     """The transactions, a row per question, resolver and answer code between two sensor polls (N answers
     each), and how many answers they hold."""
@@ -78,13 +84,11 @@ def dns_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
     failed = sum(r["answers"] for r in rows if r["failed"])
     plural = "s" if answers != 1 else ""
     note = (f"{format_count(answers)} answer{plural} ({format_count(failed)} failed) in {format_count(len(rows))} "
-            f"row{'s' if len(rows) != 1 else ''} from {format_clock(doc['since_ns'])} to "
-            f"{format_clock(doc['until_ns'])} UTC")
+            f"row{'s' if len(rows) != 1 else ''} {_span(doc)}")
     if doc.get("matched", 0) > len(rows):
         note += f"; the newest of {format_count(doc['matched'])} rows that matched (--limit for more)"
     if not rows:
-        return Text(f"no DNS transactions from {format_clock(doc['since_ns'])} to "
-                    f"{format_clock(doc['until_ns'])} UTC")
+        return Text(f"no DNS transactions {_span(doc)}")
     return Group(t, Text(note))
 
 

@@ -285,6 +285,10 @@ def test_meshctl_dns_and_the_health_resolvers_table_fit_80_columns() -> None:
         "22:13:21 curl/702     [fd00::53]:53   gone.test       AAAA NXDOMAIN   3   2.5ms",
         "4 answers (3 failed) in 2 rows from 21:56:40 to 22:15:00 UTC; the newest of 7 ",
         "rows that matched (--limit for more)"]
+    # --since all asks from the first nanosecond: no "from 00:00:00"
+    resp.since_ns = 1
+    assert _render(dns_view(message_dict(resp), plain=True)).splitlines()[3] == \
+        "4 answers (3 failed) in 2 rows up to 22:15:00 UTC; the newest of 7 rows that "
     rows = message_dict(observer_pb2.HealthResponse(resolvers=[
         {"resolver": "[fd00::53]:53", "queries": 25, "failed": 20, "failures": {"SERVFAIL": 20},
          "latency_p50_us": 1200, "latency_p95_us": 30_000},
