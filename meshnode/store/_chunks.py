@@ -35,10 +35,12 @@ _U64_MASK: Final = (1 << 64) - 1
 _WIDTHS: Final = ((0xFF, np.uint8), (0xFFFF, np.uint16), (0xFFFF_FFFF, np.uint32), (_U64_MASK, np.uint64))
 
 
-def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> bytes:
+def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None,
+                 fields: Sequence[str] = FIELDS) -> bytes:
     """A batch as one chunk: a JSON header (per column: kind, offset, length, and the dictionary of a text
     column), then the columns' bytes. ``ids`` are the rows' ids when they are not consecutive from the
-    chunk's ``first_id`` (a chunk that retention cut)."""
+    chunk's ``first_id`` (a chunk that retention cut); ``fields`` the columns kept (a column left out reads
+    back as its zero value)."""
     parts: list[bytes] = []
     header: dict[str, Any] = {"n": flows.n, "cols": {}}
     offset = 0
@@ -47,7 +49,7 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
         header["ids"] = {"at": offset, "len": len(data)}
         parts.append(data)
         offset += len(data)
-    for name in FIELDS:
+    for name in fields:
         col = flows.cols[name]
         if name in OBJECT_FIELDS:
             if name == "drop_reasons":  # dicts: the distinct objects' JSON, then by text
@@ -72,8 +74,8 @@ def encode_chunk(flows: FlowBatch, ids: NDArray[np.int64] | None = None) -> byte
                                         "words_len": len(words)}
                 data += words
         else:
-            if col.size and (col == col[0]).all():
-                header["cols"][name] = {"const": col[0].item()}
+            if not col.size or (col == col[0]).all():  # (a chunk of no rows: health rows where none failed)
+                header["cols"][name] = {"const": col[0].item() if col.size else 0}
                 continue
             spec: dict[str, Any] = {}
             if col.dtype.itemsize == 8:  # frame of reference: the distance from the chunk's minimum, narrow
@@ -102,6 +104,28 @@ def _join_texts(values: list[str]) -> bytes | None:
 
 def _split_texts(data: bytes | memoryview) -> list[str]:
     return bytes(data).decode("utf-8", "surrogatepass").split("\0")
+
+
+HEALTH_FIELDS: Final = ("comm", "pid", "dst", "dport", "sport", "proto", "direction", "outcome", "start_ns",
+                         "end_ns", "attempts", "ports_probed", "cgroup", "icmp_frag_needed", "path_mtu")
+"""The columns of a chunk's health rows (``encode_health``): what Health's patterns read, and every field a
+Health filter or time window tests."""
+
+
+def health_rows(flows: FlowBatch) -> NDArray[np.bool_]:
+    """The rows Health reads one by one rather than as counts: failed flows (retry and scan patterns,
+    failures after an address change) and flows that met a narrower path (fragmentation needed)."""
+    mask: NDArray[np.bool_] = flows.failed() | (flows["icmp_frag_needed"] != 0)
+    return mask
+
+
+def encode_health(flows: FlowBatch) -> bytes:
+    """A chunk of only ``health_rows`` and only ``HEALTH_FIELDS``, written beside the full chunk at close: a
+    fifth of the rows and a third of the columns, so Health over a range reads ~1/15 of the bytes (the full
+    chunks were ~30 % of a Health call). Rows keep the full chunk's order; their ids are not kept."""
+    rows = np.flatnonzero(health_rows(flows))
+    sub = FlowBatch({name: flows[name][rows] for name in HEALTH_FIELDS}, len(rows))
+    return encode_chunk(sub, fields=HEALTH_FIELDS)
 
 
 COUNTED: Final = (("comm", "pid"), ("dst", "dport"))

@@ -108,6 +108,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "data BLOB NOT NULL)",
         "CREATE INDEX measurements_time ON measurements (time_ns)",
     ),
+    # 5 -> 6: each chunk's health rows (``_chunks.encode_health``), written with the chunk; NULL in chunks
+    # written before, which Health reads in full as it did.
+    ("ALTER TABLE chunks ADD COLUMN health BLOB",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

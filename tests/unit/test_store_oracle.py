@@ -119,8 +119,8 @@ class Reference:
         return len(old_f) + len(old_i)
 
     def reopen(self) -> None:
-        # the row store's next id: MAX(id) + 1 over the surviving final rows
-        self.next_id = max(self.finals, default=0) + 1
+        # ids are never given twice, even when retention evicted every final row before the reopen
+        self.next_id = max(self.next_id, max(self.finals, default=0) + 1)
 
 
 def _stored(name: str, rec: FlowRecord) -> Any:
