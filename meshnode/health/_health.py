@@ -175,15 +175,14 @@ def retry_patterns(flows: Flows, min_failures: int = MIN_RETRY_FAILURES) -> list
     if not len(rows):
         return []
     group, starts = codes[rows], c["start_ns"][rows].astype(np.int64)
-    order = np.lexsort((starts, group))
+    order = _by_group(group, starts)
     group, starts = group[order], starts[order]
     first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # each group's first row, in group order
     last = np.r_[first[1:], len(group)] - 1
     same = group[1:] == group[:-1]
     gap_group = group[1:][same]
-    gaps = (starts[1:] - starts[:-1])[same] / 1e6
-    order = np.lexsort((gaps, gap_group))  # each group's gaps ascending, groups in order
-    gaps = gaps[order]
+    gaps_ns = (starts[1:] - starts[:-1])[same]
+    gaps = gaps_ns[_by_group(gap_group, gaps_ns)] / 1e6  # each group's gaps ascending, groups in order
     m = last - first  # gaps per group (>= 2 as min_failures >= 3; >= 1 always)
     at = np.r_[0, np.cumsum(m)[:-1]]
     lo, hi = gaps[at + (m - 1) // 2], gaps[at + m // 2]
@@ -200,6 +199,19 @@ def retry_patterns(flows: Flows, min_failures: int = MIN_RETRY_FAILURES) -> list
     out.sort(key=attrgetter("comm", "pid", "destination"))
     out.sort(key=attrgetter("failures"), reverse=True)
     return out
+
+
+def _by_group(group: NDArray[np.intp], values: NDArray[np.int64]) -> NDArray[np.intp]:
+    """``np.lexsort((values, group))``: by group, then by value, ties in row order; one sort of one int64
+    key when the pair fits in it (half the time of two keys)."""
+    if not len(group):
+        return np.zeros(0, dtype=np.intp)
+    low = int(values.min())
+    span = int(values.max()) - low + 1
+    if (int(group.max()) + 1) * span < 1 << 63:
+        order: NDArray[np.intp] = np.argsort(group.astype(np.int64) * span + (values - low), kind="stable")
+        return order
+    return np.lexsort((values, group))
 
 
 @dataclass(frozen=True, slots=True)
