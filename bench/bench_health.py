@@ -36,7 +36,8 @@ HISTORY_SECONDS = 3600
 def build(path: Path, dsts: int, seconds: int, tree: str) -> None:
     """A database of ``seconds`` at 1,000 flows/s, written by ``tree``'s store (bench_store's generator)."""
     sys.path.insert(0, tree)
-    import meshnode.api  # noqa: F401  (the tree's package first: bench_store puts this tree on the path)
+    # the tree's package first: bench_store puts this tree on the path, and a package is imported once
+    import meshnode.api
 
     sys.path.insert(0, str(ROOT / "bench"))
     import bench_store

@@ -113,16 +113,16 @@ Health filter or time window tests."""
 
 
 def health_rows(flows: FlowBatch) -> NDArray[np.bool_]:
-    """The rows Health reads one by one rather than as counts: failed flows (retry and scan patterns,
-    failures after an address change) and flows that met a narrower path (fragmentation needed)."""
+    """The rows Health reads one by one rather than as counts: failed flows (retry and scan patterns) and
+    flows that met a narrower path (fragmentation needed)."""
     mask: NDArray[np.bool_] = flows.failed() | (flows["icmp_frag_needed"] != 0)
     return mask
 
 
 def encode_health(flows: FlowBatch) -> bytes:
-    """A chunk of only ``health_rows`` and only ``HEALTH_FIELDS``, written beside the full chunk at close: a
-    fifth of the rows and a third of the columns, so Health over a range reads ~1/15 of the bytes (the full
-    chunks were ~30 % of a Health call). Rows keep the full chunk's order; their ids are not kept."""
+    """A chunk of only ``health_rows`` and only ``HEALTH_FIELDS``, written beside the full chunk at close, so
+    Health over a range reads the failed share of the rows and a third of the columns (bench_health, 20 %
+    failed: 80 KB of a 570 KB chunk). Rows keep the full chunk's order; their ids are not kept."""
     rows = np.flatnonzero(health_rows(flows))
     sub = FlowBatch({name: flows[name][rows] for name in HEALTH_FIELDS}, len(rows))
     return encode_chunk(sub, fields=HEALTH_FIELDS)
