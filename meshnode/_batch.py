@@ -265,13 +265,18 @@ def factorize(*columns: NDArray[Any]) -> tuple[NDArray[np.intp], list[Any]]:
     n = len(columns[0])
     key = np.zeros(n, dtype=np.int64)
     parts: list[list[Any]] = []
+    space = 1  # key < space: the product of the columns' distinct counts so far
     for col in columns:
         codes, values = _column_codes(col)
         if parts and len(values) > 1:
+            if space * len(values) >= 1 << 62:  # renumber the key densely before it could overflow
+                key = np.unique(key, return_inverse=True)[1].reshape(n).astype(np.int64)
+                space = int(key.max()) + 1
             key = key * len(values) + codes
-            key = np.unique(key, return_inverse=True)[1].reshape(n).astype(np.int64)  # keep it small
+            space *= len(values)
         elif not parts:
             key = codes.astype(np.int64)
+            space = max(1, len(values))
         parts.append(values)
     if not n:
         return np.zeros(0, dtype=np.intp), []
@@ -331,5 +336,12 @@ def _column_codes(col: NDArray[Any]) -> tuple[NDArray[np.intp], list[Any]]:
         assert codes is not None
         _, first = np.unique(codes, return_index=True)
         return codes.astype(np.intp), col[first].tolist()
+    if col.dtype.kind in "iu" and len(col):
+        low, high = int(col.min()), int(col.max())
+        if high - low < 1 << 20:  # small range (ports, pids, enums): a presence table, no sort
+            shifted = (col - low).astype(np.intp) if low else col.astype(np.intp)
+            present = np.bincount(shifted) > 0
+            rank = np.cumsum(present) - 1
+            return rank[shifted], (np.flatnonzero(present) + low).astype(col.dtype).tolist()
     uniq, inverse = np.unique(col, return_inverse=True)
     return inverse.reshape(len(col)).astype(np.intp), uniq.tolist()

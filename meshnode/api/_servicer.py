@@ -502,7 +502,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         # retry and scan patterns are computed on the columns of every failed flow (no record made)
         failed_q = dataclasses.replace(base, equals=failed)
         # inbound attempts to closed ports come aggregated per source (failed flows, so among the columns above);
-        # fragmentation-needed errors are on flows of any outcome: those few are read as records
+        # fragmentation-needed errors are on flows of any outcome: their columns too (both come from the
+        # chunks' health rows where the store kept them)
         mtu_q = dataclasses.replace(base, deny=(*base.deny, RowFilter(equals={"icmp_frag_needed": [0]})))
         changes = self.store.address_changes(max(0, since - health_mod.ADDRESS_CHANGE_WINDOW_NS), until)
         rows = 0
@@ -523,15 +524,15 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             if dns_rows > MAX_HEALTH_DNS:
                 raise _RangeTooLarge(f"since_ns: the range holds more than {MAX_HEALTH_DNS:,} DNS transactions; "
                                      "narrow it")
-            by_proc = self.store.count_outcomes(base, ("comm", "pid"), conn, top=HEALTH_TOP)
-            by_dst = self.store.count_outcomes(base, ("dst", "dport"), conn, top=HEALTH_TOP)
-            by_period = self.store.count_outcomes(base, ("period",), conn)
+            by_proc, by_dst, by_period = self.store.count_outcomes_many(
+                base, (("comm", "pid"), ("dst", "dport"), ("period",)), conn, tops=(HEALTH_TOP, HEALTH_TOP, 0))
             _check_deadline(deadline)
             failures = self.store.query_columns(
                 failed_q, sorted({*health_mod.RETRY_COLUMNS, *health_mod.SCAN_COLUMNS}), conn,
                 max_rows=MAX_HEALTH_ROWS)
             _check_deadline(deadline)
-            mtu_flows = take(mtu_q, conn)
+            mtu_flows = self.store.query_columns(mtu_q, health_mod.MTU_COLUMNS, conn, max_rows=MAX_HEALTH_ROWS)
+            rows = len(mtu_flows["dst"])
             after_change: dict[tuple[int, int], FlowRecord] = {}
             for t in changes[-MAX_ADDRESS_CHANGES:]:
                 window = dataclasses.replace(

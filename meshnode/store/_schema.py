@@ -130,6 +130,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TABLE hour_baselines (hour_ns INTEGER NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, "
         "data TEXT NOT NULL, PRIMARY KEY (hour_ns, scope, key))",
     ),
+    # 8 -> 9: each chunk's health rows (``_chunks.encode_health``), written with the chunk; NULL in chunks
+    # written before, which Health reads in full as it did.
+    ("ALTER TABLE chunks ADD COLUMN health BLOB",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

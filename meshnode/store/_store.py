@@ -42,14 +42,16 @@ from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch
 from meshnode._dns import DnsBatch
 from meshnode._exceptions import StoreError
 from meshnode._files import private_dir, private_file
-from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, EVENT_TYPE_NAMES, EVENT_TYPE_NUMBERS, FlowRecord
+from meshnode._model import ENUM_NAMES, ENUM_NUMBERS, EVENT_TYPE_NAMES, EVENT_TYPE_NUMBERS, FAILED_OUTCOMES, FlowRecord
 from meshnode.store._chunks import (
     COUNTED,
+    HEALTH_FIELDS,
     Chunk,
     ChunkRef,
     decode_counts,
     encode_chunk,
     encode_counts,
+    encode_health,
     merge_in_key_order,
 )
 from meshnode.store._dns import DnsChunk, DnsQuery, dns_mask, encode_dns, newest
@@ -66,6 +68,9 @@ MAX_EVENTS: Final = 100_000
 """Low-level events kept at most (a few hundred bytes each with their flow): the oldest go first."""
 MAX_HOUR_BASELINES: Final = 500_000
 """Hourly baseline rows kept at most (one per hour and entity; a week of 3,000 entities)."""
+
+READER_MMAP_BYTES: Final = 1 << 30
+"""How much of the file a read-only connection maps (the default size bound; beyond it pages are read)."""
 
 TABLE_FINAL: Final = 0
 TABLE_INTERIM: Final = 1
@@ -322,6 +327,10 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         if readonly:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                    check_same_thread=False, timeout=10.0)
+            # a chunk's counts and health rows sit behind its data in the row: reaching them walks the data's
+            # overflow pages, one pread each (~0.4 ms a chunk), where mapped pages are a pointer away. A
+            # reader lives for one query, so the mapping (and its pages in RSS) goes with it.
+            conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
         conn.execute("PRAGMA busy_timeout = 10000")
@@ -437,10 +446,11 @@ class Store:
 
     def _insert_chunk(self, period: int, first_id: int, flows: FlowBatch) -> None:
         self._db.execute(
-            "INSERT INTO chunks (period, first_id, n, min_end, max_end, min_start, max_start, data, counts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (period, first_id, n, min_end, max_end, min_start, max_start, data, counts, health) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (period, first_id, flows.n, int(flows["end_ns"].min()), int(flows["end_ns"].max()),
-             int(flows["start_ns"].min()), int(flows["start_ns"].max()), encode_chunk(flows), encode_counts(flows)),
+             int(flows["start_ns"].min()), int(flows["start_ns"].max()), encode_chunk(flows), encode_counts(flows),
+             encode_health(flows)),
         )
 
     def _recover(self) -> int:
@@ -742,10 +752,10 @@ class Store:
             flows = chunk.batch(keep)
             self._db.execute(
                 "UPDATE chunks SET n = ?, min_end = ?, max_end = ?, min_start = ?, max_start = ?, data = ?, "
-                "counts = ? WHERE id = ?",
+                "counts = ?, health = ? WHERE id = ?",
                 (len(keep), int(flows["end_ns"].min()), int(flows["end_ns"].max()), int(flows["start_ns"].min()),
                  int(flows["start_ns"].max()), encode_chunk(flows, ids=chunk.ids()[keep]), encode_counts(flows),
-                 chunk_id),
+                 encode_health(flows), chunk_id),
             )
         return int(evicted)
 
@@ -877,14 +887,20 @@ class Store:
         analysis over many flows reads (health's retry and scan patterns). ``min_group`` and ``after`` are
         not applied here (an analysis groups on the columns itself).
 
+        When ``query`` can only select a chunk's health rows (failed flows, or flows with fragmentation
+        needed) and tests and reads only their columns, those are read instead of the whole chunk. Equal
+        texts are one string object across chunks (grouping by identity then sorts integers, not strings).
+
         Raises OverflowError when more than ``max_rows`` (if not 0) records are selected.
         """
         _check_fields(columns, "")
         inner = dataclasses.replace(query, min_group=None, after=None)
         parts: dict[str, list[NDArray[Any]]] = {c: [] for c in columns}
+        texts: dict[str, dict[Any, int]] = {c: {} for c in columns if c in _TEXT_COLUMNS}
+        health = _health_rows_answer(inner, columns)
         rows_seen = 0
         for ref in self._chunk_refs(conn, inner):
-            chunk = self._chunk(conn, ref)
+            chunk = (self._health_chunk(conn, ref) if health else None) or self._chunk(conn, ref)
             rows = np.flatnonzero(_chunk_mask(chunk, inner))
             if not len(rows):
                 continue
@@ -892,9 +908,23 @@ class Store:
             if max_rows and rows_seen > max_rows:
                 raise OverflowError(f"more than {max_rows} records selected")
             for c in columns:
-                parts[c].append(chunk.col(c)[rows])
+                if c in texts:  # query-wide ids of the chunk's dictionary; strings made once, at the end
+                    codes, values = chunk.group_codes(c)
+                    parts[c].append(node_ids(texts[c], values)[codes[rows]])
+                else:
+                    parts[c].append(chunk.col(c)[rows])
         empty = FlowBatch.empty()
-        return {c: np.concatenate(v) if v else empty[c] for c, v in parts.items()}
+        out: dict[str, NDArray[Any]] = {}
+        for c, got in parts.items():
+            if not got:
+                out[c] = empty[c]
+            elif c in texts:
+                table = np.empty(len(texts[c]), dtype=object)
+                table[:] = list(texts[c])
+                out[c] = table[np.concatenate(got)]
+            else:
+                out[c] = np.concatenate(got)
+        return out
 
     # -- final flows, from chunks -------------------------------------------------------------------------
 
@@ -923,7 +953,7 @@ class Store:
             raise _read_error(self.path, exc) from exc
 
     def _read(self, conn: sqlite3.Connection, ref: ChunkRef, column: str) -> bytes:
-        """One chunk's ``data`` or ``counts``; the reader's deadline is checked before each chunk."""
+        """One chunk's ``data``, ``counts`` or ``health``; the reader's deadline is checked before each chunk."""
         deadline = self._deadlines.get(id(conn))
         if deadline is not None and time.monotonic() > deadline:
             raise StoreTimeout("the query ran past its deadline")
@@ -932,10 +962,18 @@ class Store:
         except sqlite3.Error as exc:
             raise _read_error(self.path, exc) from exc
         blob: bytes = row[0]
+        if blob is None and column != "health":
+            raise StoreError(f"chunk {ref.chunk_id} has no {column} in the store at {self.path}")
         return blob
 
     def _chunk(self, conn: sqlite3.Connection, ref: ChunkRef) -> Chunk:
         return Chunk(ref.period, ref.first_id, self._read(conn, ref, "data"))
+
+    def _health_chunk(self, conn: sqlite3.Connection, ref: ChunkRef) -> Chunk | None:
+        """A chunk's health rows as a chunk of their own (no ids: not for keyed reads); None for a chunk
+        written before they were kept."""
+        blob: bytes | None = self._read(conn, ref, "health")
+        return Chunk(ref.period, ref.first_id, blob) if blob is not None else None
 
     def _selected(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[int, int, Chunk, int]]:
         """``(end_ns, id, chunk, row)`` of the final flows ``q`` selects, in key order."""
@@ -1022,40 +1060,28 @@ class Store:
         at most ``top`` of them (0: all): what health fractions need, counted on the chunks' columns
         without decoding a record.
         """
-        for col in group_by:
-            if col not in FLOW_FIELDS and col != "period":
-                raise ValueError(f"unknown flow field {col!r}")
-        names = ENUM_NAMES["outcome"]
+        return self.count_outcomes_many(query, [group_by], conn, tops=[top])[0]
+
+    def count_outcomes_many(
+        self, query: FlowQuery, group_bys: Sequence[Sequence[str]], conn: sqlite3.Connection, *,
+        tops: Sequence[int] = (),
+    ) -> list[list[tuple[tuple[Any, ...], dict[str, int]]]]:
+        """``count_outcomes`` for each of ``group_bys`` (with the ``top`` at the same place in ``tops``; all
+        groups when absent), in one pass over the chunks: a chunk's kept counts or its columns are read
+        once for all of them (Health asks three)."""
+        tallies = [_Tally(tuple(g)) for g in group_bys]
         groups = self._min_groups(conn, query) if query.min_group is not None else None
-        # each group column's values get node-wide ids (chunk dictionaries map through a dict: a few hundred
-        # strings a chunk); (key, outcome, weight) entries are then counted once, in numpy, over all chunks.
         # A chunk wholly inside an unfiltered query gives its kept counts (``encode_counts``), not its rows.
-        ids: list[dict[Any, int]] = [{} for _ in group_by]
-        keys: list[list[NDArray[np.int64]]] = [[] for _ in group_by]
-        outcomes: list[NDArray[np.int64]] = []
-        weights: list[NDArray[np.float64]] = []
-        counted = tuple(group_by) in (*COUNTED, ("period",))
         plain = not (query.equals or query.allow or query.deny or query.min_group or query.after)
-
-        def gid(i: int, values: list[Any]) -> NDArray[np.int64]:
-            return node_ids(ids[i], values)
-
         for ref in self._chunk_refs(conn, query):
-            if counted and plain and self._whole(ref, query):
+            kept = plain and self._whole(ref, query)
+            if kept and any(t.counted for t in tallies):
                 got = self._counts(conn, ref)
-                if tuple(group_by) == ("period",):
-                    per_outcome = sum(c.sum(axis=0) for _, _, c in got.values()) // len(COUNTED)
-                    group_counts = per_outcome.reshape(1, -1)
-                    keys[0].append(gid(0, [ref.period]))
-                else:
-                    texts, pairs, group_counts = got[(group_by[0], group_by[1])]
-                    keys[0].append(gid(0, texts)[pairs[:, 0]])
-                    keys[1].append(pairs[:, 1].copy())
-                g, o = np.nonzero(group_counts)
-                for i in range(len(group_by)):
-                    keys[i][-1] = keys[i][-1][g]
-                outcomes.append(o.astype(np.int64))
-                weights.append(group_counts[g, o].astype(np.float64))
+                for t in tallies:
+                    if t.counted:
+                        t.add_counts(ref.period, got)
+            rest = [t for t in tallies if not (kept and t.counted)]
+            if not rest:
                 continue
             chunk = self._chunk(conn, ref)
             rows = np.flatnonzero(_chunk_mask(chunk, query))
@@ -1063,60 +1089,10 @@ class Store:
                 rows = _in_groups(chunk, rows, query.min_group[0], groups)
             if not len(rows):
                 continue
-            for i, c in enumerate(group_by):
-                if c == "period":
-                    keys[i].append(gid(i, [chunk.period])[np.zeros(len(rows), dtype=np.intp)])
-                elif counted and i == 1:  # a number counted as itself, as kept counts hold it
-                    keys[i].append(chunk.col(c)[rows].astype(np.int64))
-                else:
-                    all_codes, values = chunk.group_codes(c)
-                    keys[i].append(gid(i, values)[all_codes[rows]])
-            outcomes.append(chunk.col("outcome")[rows].astype(np.int64))
-            weights.append(np.ones(len(rows), dtype=np.float64))
-        if not outcomes:
-            return []
-        # a number counted as itself (the second column of a kept group-by) gets its ids here; groups are the
-        # distinct rows of the stacked per-column ids (no mixed-radix product to overflow on wide group-bys)
-        values_of: list[list[Any]] = []
-        stacked = np.zeros((sum(len(o) for o in outcomes), max(1, len(group_by))), dtype=np.int64)
-        for i in range(len(group_by)):
-            group_ids: NDArray[np.int64] = np.concatenate(keys[i])
-            if counted and i == 1:
-                distinct, codes = np.unique(group_ids, return_inverse=True)
-                values_of.append(distinct.tolist())
-                group_ids = codes.reshape(len(group_ids)).astype(np.int64)
-            else:
-                values_of.append(list(ids[i]))
-            stacked[:, i] = group_ids
-        sizes = [max(1, len(v)) for v in values_of] or [1]
-        if math.prod(sizes) < 1 << 62:  # one int64 key a row (a mixed radix): a 1-d sort
-            radix = np.cumprod([1, *sizes[:0:-1]])[::-1].astype(np.int64)
-            flat, inverse = np.unique(stacked @ radix, return_inverse=True)
-            uniq_rows = np.stack([(flat // r) % size for r, size in zip(radix, sizes, strict=True)], axis=1)
-        else:  # wide group-bys: distinct rows (no product to overflow)
-            uniq_rows, inverse = np.unique(stacked, axis=0, return_inverse=True)
-        uniq = np.arange(len(uniq_rows))
-        key = inverse.reshape(len(stacked))
-        width = _OUTCOME_SLOTS  # outcome numbers 0..7; anything else counts as unknown, in the last slot
-        slots = key * width + np.minimum(np.concatenate(outcomes), width - 1)
-        counts = np.bincount(slots, weights=np.concatenate(weights), minlength=len(uniq) * width)
-        # weights are whole counts, so their float64 sums are exact below 2^53 flows: no rounding to do
-        counts = counts.reshape(len(uniq), width).astype(np.int64)
-        totals = counts.sum(axis=1)
-        chosen = np.arange(len(uniq))
-        if top and len(uniq) > top:  # only groups that can be in the top (ties at its edge kept) become tuples
-            edge = np.partition(totals, len(totals) - top)[len(totals) - top]
-            chosen = np.flatnonzero(totals >= edge)
-        out = []
-        for codes_row, row, total in zip(uniq_rows[chosen].tolist(), counts[chosen], totals[chosen].tolist(),
-                                         strict=True):
-            group = tuple(values_of[i][code] for i, code in enumerate(codes_row[:len(group_by)]))
-            out.append((group, row, total))
-        out.sort(key=lambda kv: (-kv[2], kv[0]))
-        if top:
-            out = out[:top]
-        named = [i for i in range(width) if i in names and i != 0]  # unknown: in the group's size, no name
-        return [(group, {names[i]: int(row[i]) for i in named if row[i]}) for group, row, _ in out]
+            outcome = chunk.col("outcome")[rows].astype(np.int64)
+            for t in rest:
+                t.add_rows(chunk, rows, outcome)
+        return [t.result(tops[i] if i < len(tops) else 0) for i, t in enumerate(tallies)]
 
     @staticmethod
     def _whole(ref: ChunkRef, q: FlowQuery) -> bool:
@@ -1222,6 +1198,151 @@ class Store:
         except sqlite3.Error as exc:
             raise _read_error(self.path, exc) from exc
         return newest(DnsBatch.concat(kept), limit), matched
+
+
+class _Tally:
+    """One group-by of ``count_outcomes``: (group, outcome, weight) entries gathered chunk by chunk, then
+    counted once in numpy. Each group column's values get node-wide ids (a chunk's dictionary maps through
+    a dict: a few hundred strings a chunk); the number of a kept group-by (``COUNTED``) is its own id."""
+
+    def __init__(self, group_by: tuple[str, ...]) -> None:
+        for col in group_by:
+            if col not in FLOW_FIELDS and col != "period":
+                raise ValueError(f"unknown flow field {col!r}")
+        self.group_by = group_by
+        self.counted = group_by in (*COUNTED, ("period",))
+        self.ids: list[dict[Any, int]] = [{} for _ in group_by]
+        self.keys: list[list[NDArray[np.int64]]] = [[] for _ in group_by]
+        self.outcomes: list[NDArray[np.int64]] = []
+        self.weights: list[NDArray[np.float64]] = []
+
+    def add_counts(self, period: int, got: dict[tuple[str, str], Any]) -> None:
+        """A chunk's kept counts (``decode_counts``)."""
+        keys: list[NDArray[np.int64]]
+        if self.group_by == ("period",):
+            group_counts = (sum(c.sum(axis=0) for _, _, c in got.values()) // len(COUNTED)).reshape(1, -1)
+            keys = [node_ids(self.ids[0], [period])]
+        else:
+            texts, pairs, group_counts = got[(self.group_by[0], self.group_by[1])]
+            keys = [node_ids(self.ids[0], texts)[pairs[:, 0]], pairs[:, 1]]
+        g, o = np.nonzero(group_counts)
+        for i, k in enumerate(keys):
+            self.keys[i].append(k[g])
+        self.outcomes.append(o.astype(np.int64))
+        self.weights.append(group_counts[g, o].astype(np.float64))
+
+    def add_rows(self, chunk: Chunk, rows: NDArray[np.intp], outcome: NDArray[np.int64]) -> None:
+        """The selected ``rows`` of a chunk, one entry each."""
+        for i, c in enumerate(self.group_by):
+            if c == "period":
+                self.keys[i].append(node_ids(self.ids[i], [chunk.period])[np.zeros(len(rows), dtype=np.intp)])
+            elif self.counted and i == 1:  # a number counted as itself, as kept counts hold it
+                self.keys[i].append(chunk.col(c)[rows].astype(np.int64))
+            else:
+                all_codes, values = chunk.group_codes(c)
+                self.keys[i].append(node_ids(self.ids[i], values)[all_codes[rows]])
+        self.outcomes.append(outcome)
+        self.weights.append(np.ones(len(rows), dtype=np.float64))
+
+    def result(self, top: int) -> list[tuple[tuple[Any, ...], dict[str, int]]]:
+        """The groups with their counts by outcome name, largest first (then by value), at most ``top``."""
+        if not self.outcomes:
+            return []
+        group_by = self.group_by
+        n = sum(len(o) for o in self.outcomes)
+        values_of: list[list[Any]] = []
+        stacked = np.zeros((n, max(1, len(group_by))), dtype=np.int64)
+        for i in range(len(group_by)):
+            group_ids: NDArray[np.int64] = np.concatenate(self.keys[i])
+            if self.counted and i == 1:
+                distinct, group_ids = _distinct_ints(group_ids)
+                values_of.append(distinct.tolist())
+            else:
+                values_of.append(list(self.ids[i]))
+            stacked[:, i] = group_ids
+        width = _OUTCOME_SLOTS  # outcome numbers 0..7; anything else counts as unknown, in the last slot
+        slot = np.minimum(np.concatenate(self.outcomes), width - 1)
+        weights = np.concatenate(self.weights)
+        sizes = [max(1, len(v)) for v in values_of] or [1]
+        space = math.prod(sizes)
+        radix = np.cumprod([1, *sizes[:0:-1]])[::-1].astype(np.int64) if space < 1 << 62 else None
+        if radix is not None and space * width <= max(1 << 16, 4 * n):  # few possible groups: one bincount
+            flat = stacked @ radix
+            dense = np.bincount(flat * width + slot, weights=weights, minlength=space * width).reshape(space, width)
+            present = np.flatnonzero(dense.sum(axis=1))  # every entry weighs at least one flow
+            uniq_rows = np.stack([(present // r) % size for r, size in zip(radix, sizes, strict=True)], axis=1)
+            counts = dense[present]
+        else:
+            if radix is not None:  # one int64 key a row (a mixed radix): a 1-d sort
+                flat, inverse = np.unique(stacked @ radix, return_inverse=True)
+                uniq_rows = np.stack([(flat // r) % size for r, size in zip(radix, sizes, strict=True)], axis=1)
+            else:  # wide group-bys: distinct rows (no product to overflow)
+                uniq_rows, inverse = np.unique(stacked, axis=0, return_inverse=True)
+            key = inverse.reshape(n)
+            counts = np.bincount(key * width + slot, weights=weights, minlength=len(uniq_rows) * width)
+            counts = counts.reshape(len(uniq_rows), width)
+        # weights are whole counts, so their float64 sums are exact below 2^53 flows: no rounding to do
+        counts = counts.astype(np.int64)
+        totals = counts.sum(axis=1)
+        chosen = np.arange(len(counts))
+        if top and len(counts) > top:  # only groups that can be in the top (ties at its edge kept) become tuples
+            edge = np.partition(totals, len(totals) - top)[len(totals) - top]
+            chosen = np.flatnonzero(totals >= edge)
+        out = []
+        for codes_row, row, total in zip(uniq_rows[chosen].tolist(), counts[chosen], totals[chosen].tolist(),
+                                         strict=True):
+            group = tuple(values_of[i][code] for i, code in enumerate(codes_row[:len(group_by)]))
+            out.append((group, row, total))
+        out.sort(key=lambda kv: (-kv[2], kv[0]))
+        if top:
+            out = out[:top]
+        names = ENUM_NAMES["outcome"]
+        named = [i for i in range(width) if i in names and i != 0]  # unknown: in the group's size, no name
+        return [(group, {names[i]: int(row[i]) for i in named if row[i]}) for group, row, _ in out]
+
+
+def _distinct_ints(values: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``np.unique(values, return_inverse=True)``; by a presence table, not a sort, for small non-negative
+    numbers (ports)."""
+    if len(values) and values.min() >= 0 and values.max() < 1 << 22:
+        present = np.bincount(values) > 0
+        distinct = np.flatnonzero(present)
+        rank = np.cumsum(present) - 1
+        return distinct.astype(np.int64), rank[values].astype(np.int64)
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return distinct, inverse.reshape(len(values)).astype(np.int64)
+
+
+_HEALTH_FIELDS: Final = frozenset(HEALTH_FIELDS)
+
+
+def _filter_fields(f: RowFilter) -> set[str]:
+    """The fields a filter tests."""
+    fields = {name for name, values in f.equals.items() if values}
+    if f.any_port:
+        fields |= {"sport", "dport"}
+    if f.cgroup_prefixes:
+        fields.add("cgroup")
+    if f.dst:
+        fields.add("dst")
+    return fields
+
+
+def _health_rows_answer(q: FlowQuery, columns: Sequence[str]) -> bool:
+    """True when a chunk's health rows give ``q``'s answer exactly: every row ``q`` selects is one
+    (``q.equals`` allows failed outcomes only, or a deny filter drops the flows without fragmentation
+    needed) and every field it tests or reads is kept there."""
+    equals = RowFilter(equals=q.equals or {})
+    fields = {*columns, "start_ns", "end_ns"}
+    for f in (equals, *q.allow, *q.deny):
+        fields |= _filter_fields(f)
+    if not fields <= _HEALTH_FIELDS:
+        return False
+    outcomes = equals.equals.get("outcome")
+    if outcomes and {str(o) for o in outcomes} <= FAILED_OUTCOMES:
+        return True
+    return any(_filter_fields(f) == {"icmp_frag_needed"}
+               and any(_is_int(v) and int(v) == 0 for v in f.equals["icmp_frag_needed"]) for f in q.deny)
 
 
 def _chunk_mask(chunk: Chunk, q: FlowQuery) -> NDArray[np.bool_]:
