@@ -46,6 +46,7 @@ from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.api import ApiLimits, ApiServer, EventRing, ExporterStatus, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
+from meshnode.daemon._heap import freeze_startup_heap
 from meshnode.metrics import MetricsServer, NodeMetrics
 from meshnode.sensor import Completeness, Sensor, SensorBatch
 from meshnode.store import Retention, Store, StoreStats
@@ -79,8 +80,12 @@ class Node:
         store: Store | None = None,
         clock: Callable[[], int] = time.time_ns,
         sensor_started: bool = False,
+        freeze_heap: bool = False,
     ) -> None:
         self.config = config
+        self.freeze_heap = freeze_heap
+        """Freeze the start-up heap out of the collector's scans once started (``freeze_startup_heap``): set
+        by ``meshnode run``, whose process is the node's alone, not by nodes that share a process (tests)."""
         self.sensor = sensor
         self.sensor_started = sensor_started
         self.clock = clock
@@ -192,6 +197,8 @@ class Node:
             "export period %gs", __version__, self.sensor.mode, self.sensor.reason, self.sensor.scope,
             self.config.data_dir, self.api.address, metrics, self.config.export_period,
         )
+        if self.freeze_heap:
+            log.debug("start-up heap frozen: %d objects", freeze_startup_heap())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, loop until ``stop`` is set, then flush the final period and shut everything down."""
