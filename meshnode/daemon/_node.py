@@ -47,6 +47,7 @@ from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.api import ApiLimits, ApiServer, EventRing, ExporterStatus, FlowFeed, NodeStatus, ObserverServicer
 from meshnode.daemon._addresses import AddressWatcher
 from meshnode.daemon._config import NodeConfig
+from meshnode.daemon._heap import freeze_startup_heap
 from meshnode.metrics import MetricsServer, NodeMetrics
 from meshnode.sensor import Completeness, DnsRecord, Sensor, SensorBatch
 from meshnode.store import Retention, Store, StoreStats
@@ -80,8 +81,12 @@ class Node:
         store: Store | None = None,
         clock: Callable[[], int] = time.time_ns,
         sensor_started: bool = False,
+        freeze_heap: bool = False,
     ) -> None:
         self.config = config
+        self.freeze_heap = freeze_heap
+        """Freeze the start-up heap out of the collector's scans once started (``freeze_startup_heap``): set
+        by ``meshnode run``, whose process is the node's alone, not by nodes that share a process (tests)."""
         self.sensor = sensor
         self.sensor_started = sensor_started
         self.clock = clock
@@ -148,7 +153,9 @@ class Node:
 
     def status(self) -> NodeStatus:
         """A snapshot for the Status RPC, cheap enough for the event loop once the node started: the store's
-        rows and counters as of the last period close (the only time they change), its size on disk now."""
+        size, rows and counters as of the last period close (the only time it writes flows). No system call:
+        one lets go of the GIL, and under busy API workers the loop waited a switch interval (5 ms) or more
+        to take it back, once per ``stat``."""
         stats = self._store_stats or self.store.stats()
         completeness = dataclasses.asdict(self.totals)
         completeness.update(
@@ -160,7 +167,7 @@ class Node:
             uptime_s=time.monotonic() - self._started_mono, sensor_mode=self.sensor.mode,
             sensor_reason=self.sensor.reason, fidelity=self.sensor.fidelity, scope=self.sensor.scope,
             export_period_s=self.config.export_period, completeness=completeness,
-            store_bytes=self.store.size_on_disk(), store_rows=stats.rows, data_dir=str(self.config.data_dir),
+            store_bytes=stats.bytes, store_rows=stats.rows, data_dir=str(self.config.data_dir),
             labels=dict(self.config.labels), listen=self.api.address if self.api.port else self.config.listen,
             periods=self.periods_closed, insecure=not self.api.secure, active_flows=self.active_flows,
             exporters=[exporter() for exporter in self.exporters],
@@ -197,6 +204,8 @@ class Node:
             "export period %gs", __version__, self.sensor.mode, self.sensor.reason, self.sensor.scope,
             self.config.data_dir, self.api.address, metrics, self.config.export_period,
         )
+        if self.freeze_heap:
+            log.debug("start-up heap frozen: %d objects", freeze_startup_heap())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, loop until ``stop`` is set, then flush the final period and shut everything down."""

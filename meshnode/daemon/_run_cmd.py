@@ -119,7 +119,7 @@ async def serve(config: NodeConfig, sensor: Sensor, security: NodeSecurity | Non
         loop.add_signal_handler(sig, stop.set)
     node: Node | None = None
     try:
-        node = Node(config, sensor, sensor_started=True)
+        node = Node(config, sensor, sensor_started=True, freeze_heap=True)
         security = security or NodeSecurity.from_config(config)
         services = extra_services(node)
         mesh = next((s for s in services if isinstance(s, MeshRunner)), None)

@@ -975,8 +975,9 @@ class Store:
         blob: bytes | None = self._read(conn, ref, "health")
         return Chunk(ref.period, ref.first_id, blob) if blob is not None else None
 
-    def _selected(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[int, int, Chunk, int]]:
-        """``(end_ns, id, chunk, row)`` of the final flows ``q`` selects, in key order."""
+    def _selected(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[int, int, Chunk, int, int]]:
+        """``(end_ns, id, chunk, row, pos)`` of the final flows ``q`` selects, in key order (``pos``: the row's
+        place in ``chunk.selected``, see ``merge_in_key_order``)."""
         groups = self._min_groups(conn, q) if q.min_group is not None else None
 
         def load(ref: ChunkRef) -> tuple[Chunk, NDArray[np.intp]]:
@@ -1011,24 +1012,23 @@ class Store:
         return {k for k, n in counts.items() if n >= least}
 
     def _final_flows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[StoredFlow]:
-        for end, row_id, chunk, row in self._selected(conn, q):
+        for end, row_id, chunk, row, _ in self._selected(conn, q):
             if chunk.cache is None:  # a chunk's selected records, made together when the merge first reaches it
                 rows = chunk.selected if chunk.selected is not None else np.array([row])
                 chunk.cache = dict(zip(rows.tolist(), chunk.batch(rows).records(), strict=True))
             yield StoredFlow((end, TABLE_FINAL, row_id), chunk.period, chunk.cache[row])
 
     def _final_rows(self, conn: sqlite3.Connection, q: FlowQuery) -> Iterator[tuple[Any, ...]]:
-        for end, row_id, chunk, row in self._selected(conn, q):
-            # rows are made into Python values a slice at a time, when the merge first reaches the slice: a
-            # whole 20,000-row chunk at once was ~800,000 objects in one go, a GC pause and a long hold of the
-            # GIL that every other request on the node (Status) waited behind
-            if chunk.cache is None:
-                chunk.cache = {}
-            at, i = divmod(row, _WIRE_SLICE)
-            got = chunk.cache.get(at)
-            if got is None:
-                got = chunk.cache[at] = _wire_lists(chunk, at * _WIRE_SLICE, (at + 1) * _WIRE_SLICE)
-            cols, drops, fixed = got
+        for end, row_id, chunk, _, pos in self._selected(conn, q):
+            # the selected rows are made into Python values _WIRE_SLICE at a time in key order, and only the
+            # run being read is kept: a whole 20,000-row chunk at once was ~800,000 objects in one go (a GC
+            # pause and a long hold of the GIL that every other request waited behind), and runs kept until
+            # the chunk was done were as many objects for every full collection to visit, per stream
+            at, i = divmod(pos, _WIRE_SLICE)
+            if chunk.cache is None or chunk.cache[0] != at:
+                assert chunk.selected is not None
+                chunk.cache = (at, _wire_lists(chunk, chunk.selected[at * _WIRE_SLICE:(at + 1) * _WIRE_SLICE]))
+            cols, drops, fixed = chunk.cache[1]
             yield (*[c[i] for c in cols], drops[i], fixed[i], end, TABLE_FINAL, row_id)
 
     # -- interim flows, from rows ---------------------------------------------------------------------------
@@ -1417,17 +1417,17 @@ def _is_int(value: object) -> bool:
 
 
 _WIRE_SLICE: Final = 1024
-"""Rows of a chunk made into ``query_rows`` values at a time."""
+"""Selected rows of a chunk made into ``query_rows`` values at a time (in key order)."""
 
 
-def _wire_lists(chunk: Chunk, start: int, stop: int) -> tuple[list[list[Any]], list[Any], list[bool]]:
-    """Rows ``start:stop`` of a chunk as lists of ``query_rows`` values (enums as wire numbers, u64 unsigned),
+def _wire_lists(chunk: Chunk, rows: NDArray[np.intp]) -> tuple[list[list[Any]], list[Any], list[bool]]:
+    """Rows ``rows`` of a chunk as lists of ``query_rows`` values (enums as wire numbers, u64 unsigned),
     their drop reasons (None when empty) and each row's ``fixed`` flag."""
-    cols = [chunk.col(name)[start:stop].tolist() for name in FLOW_FIELDS]
-    drops = [d or None for d in chunk.col("drop_reasons")[start:stop].tolist()]
+    cols = [chunk.col(name)[rows].tolist() for name in FLOW_FIELDS]
+    drops = [d or None for d in chunk.col("drop_reasons")[rows].tolist()]
     big = np.zeros(len(drops), dtype=bool)
     for name in _STORED_SIGNED:
-        big |= chunk.col(name)[start:stop] >= np.uint64(1 << 63)
+        big |= chunk.col(name)[rows] >= np.uint64(1 << 63)
     fixed = (big | np.array([d is not None for d in drops], dtype=bool)).tolist()
     return cols, drops, fixed
 

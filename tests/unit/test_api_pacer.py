@@ -4,6 +4,7 @@ snapshot on the event loop. Pure or in-process: no root, no network beyond 127.0
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,11 +52,19 @@ def test_the_pacer_refills_up_to_its_burst_only() -> None:
 
 
 def test_status_is_answered_from_the_nodes_snapshot_without_a_worker(tmp_path: Path) -> None:
-    """The store's counts come from the last period close (the only time they change), so Status needs no
-    hop to a thread: with the status executor closed it still answers, and its counts follow each close."""
+    """The store's size and counts come from the last period close (the only time they change), so Status
+    needs no hop to a thread and no system call (each lets go of the GIL): with the status executor closed
+    and the store's files out of reach it still answers, and its counts follow each close."""
     async def run() -> tuple[observer_pb2.StatusResponse, observer_pb2.StatusResponse]:
         async with running_node(tmp_path) as h:
             h.node.observer.status_executor.close()
+            loop_thread, size_on_disk = threading.get_ident(), h.node.store.size_on_disk
+
+            def stat_off_the_loop() -> int:  # a period close stats the files in a worker, as it should
+                assert threading.get_ident() != loop_thread, "Status stat()ed the store on the event loop"
+                return size_on_disk()
+
+            h.node.store.size_on_disk = stat_off_the_loop  # type: ignore[method-assign]
             before = await h.stub.Status(observer_pb2.StatusRequest(), timeout=5)
             await h.period(flow(1), flow(2))
             after = await h.stub.Status(observer_pb2.StatusRequest(), timeout=5)

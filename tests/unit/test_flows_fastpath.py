@@ -10,6 +10,7 @@ deterministically: upb writes map entries (``drop_reasons``) in its hash table's
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from meshnode.api import ObserverServicer, Selector
 from meshnode.api._executor import ApiExecutor
 from meshnode.api._flowstream import HistoryReader, ReadAhead, SnapshotExpired
 from meshnode.store import ROW_FIELDS, FlowQuery, Store
+from meshnode.store import _store as store_mod
 from meshnode.v1 import flow_pb2, observer_pb2
 from tests.unit._flows import T0, S, flow
 
@@ -185,6 +187,59 @@ def test_rows_across_a_chunks_slices_are_its_records(tmp_path: Path) -> None:
         assert values["drop_reasons"] == (rec.drop_reasons or None)
         assert row[len(ROW_FIELDS)] == (rec.flow_id >= 1 << 63 or rec.netns >= 1 << 63 or rec.cgroup_id >= 1 << 63
                                         or bool(rec.drop_reasons))
+
+
+def test_rows_of_a_chunk_out_of_key_order_are_made_a_run_at_a_time(tmp_path: Path) -> None:
+    """A chunk's rows are stored in arrival order, not key order; query_rows makes only the selected rows into
+    values, 1,024 at a time in key order (each run once, going forward), and the rows equal the records."""
+    rng = random.Random(8)
+    recs = varied(5000, rng)
+    rng.shuffle(recs)  # arrival order: end_ns goes back and forth within the chunk
+    made: list[int] = []
+    wire_lists = store_mod._wire_lists
+
+    def counting(chunk: object, rows: object) -> object:
+        made.append(len(rows))  # type: ignore[arg-type]
+        return wire_lists(chunk, rows)  # type: ignore[arg-type]
+
+    q = FlowQuery(equals={"proto": ["tcp"]})
+    with Store(tmp_path / "m.db") as st:
+        seq = st.open_period(T0)
+        st.close_period(seq, T0 + 4000 * S, recs, [], "")
+        with st.reader() as conn:
+            store_mod._wire_lists = counting  # type: ignore[assignment]
+            try:
+                rows = list(st.query_rows(q, conn))
+            finally:
+                store_mod._wire_lists = wire_lists
+            stored = [s.record for s in st.query_flows(q, conn)]
+    tcp = sum(r.proto == "tcp" for r in recs)
+    assert tcp < 5000 and len(rows) == len(stored) == tcp
+    assert made == [1024] * (tcp // 1024) + [tcp % 1024]
+    assert [r[-3:] for r in rows] == sorted(r[-3:] for r in rows)
+    for row, rec in zip(rows, stored, strict=True):
+        values = dict(zip(ROW_FIELDS, row, strict=False))
+        assert (values["flow_id"], values["end_ns"], values["comm"], values["dst"]) == (
+            rec.flow_id, rec.end_ns, rec.comm, rec.dst)
+
+
+def test_an_open_history_read_holds_no_list_longer_than_a_run(tmp_path: Path) -> None:
+    """While a Flows stream reads a 20,000-row chunk, the store holds its keys and values as Python lists of
+    at most 1,024 items: a full collection visits every item of every list, and three 20,000-int lists per
+    stream (the merge's keys) made it tens of ms of the event loop's time under sixteen streams."""
+    recs = [flow(i) for i in range(1, 20_001)]
+    with Store(tmp_path / "m.db") as st:
+        seq = st.open_period(T0)
+        st.close_period(seq, T0 + 30_000 * S, recs, [], "")
+        before = {id(o) for o in gc.get_objects() if isinstance(o, list)}
+        with st.reader() as conn:
+            rows = st.query_rows(FlowQuery(), conn)
+            first = [next(rows) for _ in range(5_000)]
+            held = [len(o) for o in gc.get_objects()
+                    if isinstance(o, list) and id(o) not in before and o is not first and len(o) > 1024]
+            rows.close()
+    assert [r[0] for r in first[:3]] == [1, 2, 3]
+    assert held == []
 
 
 def test_read_ahead_stops_and_closes_the_producer_when_the_consumer_leaves() -> None:
