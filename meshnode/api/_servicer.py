@@ -73,6 +73,7 @@ from meshnode.store import (
     Store,
     StoredEvent,
     StoredFlow,
+    StoredFlows,
     StoreTimeout,
 )
 from meshnode.summary import PeriodSummary, format_destination, format_process, merge_window
@@ -202,9 +203,13 @@ def _live_responses(
     here, not on the event loop."""
     if not batch:
         return [], None
-    fresh = [sf.record for sf in batch
-             if (sf.record.kind != "interim" or request.include_interim)
-             and sf.record.end_ns >= request.since_ns and sel.matches(sf.record)]
+    if isinstance(batch, StoredFlows):  # the node's periods: the filters judged on the period's columns
+        q = sel.query(FlowQuery(since_ns=request.since_ns, include_interim=request.include_interim))
+        fresh = [sf.record for sf in batch.matching(q)]
+    else:
+        fresh = [sf.record for sf in batch
+                 if (sf.record.kind != "interim" or request.include_interim)
+                 and sf.record.end_ns >= request.since_ns and sel.matches(sf.record)]
     last = batch[len(batch) - 1].key
     if not request.batch_size:
         return [observer_pb2.FlowsResponse(flow=r.to_proto()) for r in fresh], last

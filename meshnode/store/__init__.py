@@ -20,6 +20,7 @@ from meshnode.store._store import (
     Store,
     StoredEvent,
     StoredFlow,
+    StoredFlows,
     StoreStats,
     StoreTimeout,
 )
@@ -44,4 +45,5 @@ __all__ = [
     "StoreTimeout",
     "StoredEvent",
     "StoredFlow",
+    "StoredFlows",
 ]

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import numpy as np
 
-from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch
+from meshnode._batch import TEXT_FIELDS, U64_FIELDS, FlowBatch, factorize
 from meshnode._dns import DnsBatch
 from meshnode._exceptions import StoreError
 from meshnode._files import private_dir, private_file
@@ -253,6 +253,51 @@ class StoredFlows(Sequence[StoredFlow]):
         at = self._order[i]
         key = (int(self._end[at]), int(self._tables[at]), int(self._ids[at]))
         return StoredFlow(key, self.period, self.flows.records()[at])
+
+    def matching(self, q: FlowQuery) -> list[StoredFlow]:
+        """The records ``q`` selects (``since_ns``, ``include_interim``, ``allow``/``deny``), in key order.
+
+        The filters are judged on the batch's columns as a history read judges a stored chunk's (text
+        conditions once per distinct value), so a follow stream costs numpy work per period, not a Python
+        match per record; only the selected records are read as records.
+        """
+        if q.until_ns or q.after is not None or q.min_group is not None or q.max_period is not None:
+            raise ValueError("a closed period's records are matched by since, interim and filters only")
+        mask = _chunk_mask(_BatchColumns(self.flows, self._ids), q)
+        if not q.include_interim:
+            mask &= self._tables != TABLE_INTERIM
+        if self._order is None:
+            self._order = np.lexsort((self._ids, self._tables, self._end)).tolist()
+        order = np.asarray(self._order, dtype=np.intp)
+        picked = order[mask[order]].tolist()
+        records = self.flows.records()
+        return [StoredFlow((int(self._end[at]), int(self._tables[at]), int(self._ids[at])), self.period,
+                           records[at]) for at in picked]
+
+
+class _BatchColumns:
+    """A flow batch as ``_chunk_mask`` reads a chunk: its columns by name, text conditions judged once per
+    distinct value."""
+
+    __slots__ = ("_ids", "flows", "n")
+
+    def __init__(self, flows: FlowBatch, ids: NDArray[np.int64]) -> None:
+        self.flows = flows
+        self.n = flows.n
+        self._ids = ids
+
+    def col(self, name: str) -> NDArray[Any]:
+        out: NDArray[Any] = self.flows.cols[name]
+        return out
+
+    def ids(self) -> NDArray[np.int64]:
+        return self._ids
+
+    def text_mask(self, name: str, predicate: Callable[[str], bool]) -> NDArray[np.bool_]:
+        codes, values = factorize(self.flows.cols[name])
+        hits = np.fromiter((bool(predicate(v)) for v in values), dtype=bool, count=len(values))
+        out: NDArray[np.bool_] = hits[codes]
+        return out
 
 
 def encode_row(row_id: int, period: int, rec: FlowRecord) -> tuple[Any, ...]:
@@ -1345,7 +1390,7 @@ def _health_rows_answer(q: FlowQuery, columns: Sequence[str]) -> bool:
                and any(_is_int(v) and int(v) == 0 for v in f.equals["icmp_frag_needed"]) for f in q.deny)
 
 
-def _chunk_mask(chunk: Chunk, q: FlowQuery) -> NDArray[np.bool_]:
+def _chunk_mask(chunk: Chunk | _BatchColumns, q: FlowQuery) -> NDArray[np.bool_]:
     """Which rows of a chunk ``q`` selects, as ``_where`` selects rows of a table (``min_group`` aside)."""
     mask = np.ones(chunk.n, dtype=bool)
     if q.since_ns:
@@ -1373,7 +1418,7 @@ def _chunk_mask(chunk: Chunk, q: FlowQuery) -> NDArray[np.bool_]:
     return mask
 
 
-def _filter_mask(chunk: Chunk, f: RowFilter) -> NDArray[np.bool_]:
+def _filter_mask(chunk: Chunk | _BatchColumns, f: RowFilter) -> NDArray[np.bool_]:
     """``_filter_sql`` over a chunk's columns: text conditions are judged once per distinct value."""
     mask = np.ones(chunk.n, dtype=bool)
     for name, values in f.equals.items():

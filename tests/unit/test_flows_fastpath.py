@@ -10,6 +10,7 @@ deterministically: upb writes map entries (``drop_reasons``) in its hash table's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import random
 import threading
@@ -299,3 +300,25 @@ def test_read_ahead_gives_back_the_producer_at_its_maximum_age_while_the_consume
         return got
 
     assert asyncio.run(main()) == [0, 1]
+
+
+@pytest.mark.parametrize(("name", "query", "sel"), [c[:3] for c in CASES if c[1].until_ns == 0 and c[1].after is None],
+                         ids=[c[0] for c in CASES if c[1].until_ns == 0 and c[1].after is None])
+def test_a_follow_streams_period_is_matched_on_columns_as_record_by_record(
+    tmp_path: Path, name: str, query: FlowQuery, sel: Selector
+) -> None:
+    """A closed period's records for a follow stream (``StoredFlows.matching``, numpy on the period's
+    columns) are exactly those the per-record Python match kept, in the same key order."""
+    rng = random.Random(23)
+    recs = varied(500, rng)
+    ids = iter(range(10**6, 10**7))
+    interims = [r.replace(kind="interim", flow_id=next(ids)) for r in recs[:60]]
+    with Store(tmp_path / "m.db") as st:
+        stored, _, _ = st.close_period(st.open_period(T0), T0 + 400 * S, recs, interims, "")
+    for since in (0, T0 + 80 * S):
+        q = dataclasses.replace(query, since_ns=since)
+        want = [sf for sf in stored if (sf.record.kind != "interim" or q.include_interim)
+                and sf.record.end_ns >= since and sel.matches(sf.record)]
+        got = stored.matching(sel.query(q))
+        assert [(sf.key, sf.record) for sf in got] == [(sf.key, sf.record) for sf in want]
+        assert len(want) > 0 or name == "nothing matches"
