@@ -99,3 +99,26 @@ def test_hour_baselines_are_kept_replaced_and_bounded(tmp_path: Path, monkeypatc
         # four rows: the oldest hour's go first (both of them)
         assert [r[0] for r in store.hour_baselines()] == [T0 + hour, T0 + 2 * hour]
         assert [r[0] for r in store.hour_baselines(T0 + hour, T0 + 2 * hour)] == [T0 + hour]
+
+
+def test_events_count_in_the_size_bound_and_go_with_their_period(tmp_path: Path) -> None:
+    """A flood of events (a local process failing connects) must not hold the store over ``max_bytes`` nor
+    push every flow out: size retention evicts whole periods oldest first, their events with their flows."""
+    limit = 256 * 1024
+    with Store(tmp_path / "m.db", Retention(max_age_s=0, max_bytes=limit)) as store:
+        seq = store.open_period(T0)
+        eid = 0
+        for p in range(12):  # ~60 KB of events a period
+            evs = [(eid + i, _event(eid + i, detail=f"refused {p}-{i} " + "x" * 40)) for i in range(1, 151)]
+            eid += 150
+            nxt = T0 + (p + 1) * S
+            _, seq, _ = store.close_period(seq, nxt, [flow(p * 10 + i) for i in range(1, 11)], [], "{}",
+                                           next_start_ns=nxt, now_ns=nxt, events=evs)
+            assert seq is not None
+            assert store._live_bytes() <= limit, p
+            # the newest period's flows and events are held
+            assert len(store.events(T0 + (eid - 149) * S)) == 150
+            assert store.stats().rows >= 10
+        kept = store.events()
+        assert kept and kept[-1].id == eid and [e.id for e in kept] == list(range(kept[0].id, eid + 1))
+        assert kept[0].id > 1 and T0 + (kept[0].id - 1) * S < store.events_held_since() <= kept[0].time_ns
