@@ -10,7 +10,7 @@ import pytest
 
 from meshnode._model import EVENT_TYPE_NAMES, EVENT_TYPE_NUMBERS
 from meshnode.sensor import EVENT_TYPES, EventRecord
-from meshnode.store import Retention, Store
+from meshnode.store import FlowQuery, Retention, Store
 from meshnode.store import _store as store_module
 from meshnode.store._schema import MIGRATIONS
 from meshnode.v1 import flow_pb2
@@ -122,3 +122,37 @@ def test_events_count_in_the_size_bound_and_go_with_their_period(tmp_path: Path)
         kept = store.events()
         assert kept and kept[-1].id == eid and [e.id for e in kept] == list(range(kept[0].id, eid + 1))
         assert kept[0].id > 1 and T0 + (kept[0].id - 1) * S < store.events_held_since() <= kept[0].time_ns
+
+
+def test_a_schema_5_store_upgraded_in_place_keeps_its_data_and_gains_the_new_tables(tmp_path: Path) -> None:
+    """A store of the release before DNS transactions, events and hourly baselines (schema 5: flow chunks,
+    interim rows, measurements) opens in place: its flows, periods and measurements are still there, and it
+    takes DNS transactions, events and baselines."""
+    from meshnode._dns import DnsBatch
+
+    path = tmp_path / "m.db"
+    with Store(path) as store:
+        seq = store.open_period(T0)
+        _, seq, _ = store.close_period(seq, T0 + 10 * S, [flow(i) for i in range(1, 6)], [flow(9, kind="interim")],
+                                       '{"n":5}', next_start_ns=T0 + 10 * S)
+        store.record_measurement(T0 + S, "10.0.0.2:443", b"m1")
+    conn = sqlite3.connect(path, isolation_level=None)  # as schema 5 wrote it: none of the tables after it
+    for table in ("dns_chunks", "events", "hour_baselines"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DELETE FROM meta WHERE key = 'events_since_ns'")
+    conn.execute("PRAGMA user_version = 5")
+    conn.close()
+    with Store(path) as store:
+        assert store.schema_version == len(MIGRATIONS)
+        with store.reader() as conn:
+            held = sorted(r.record.flow_id for r in store.query_flows(FlowQuery(include_interim=True), conn))
+        assert held == [1, 2, 3, 4, 5, 9]
+        assert store.measurements() == ([(1, b"m1")], 0)
+        assert [p.seq for p in store.periods()] == [seq, seq - 1]
+        assert store.events() == [] and store.events_held_since() == T0 + 10 * S  # none kept before
+        dns = DnsBatch({"time_ns": [T0 + 11 * S], "server": ["10.0.0.53"], "query": ["a.test"], "rcode": ["NOERROR"]})
+        seq = store.open_period(T0 + 10 * S)  # the open one before the stop is incomplete now
+        store.close_period(seq, T0 + 20 * S, [flow(6)], [], "{}", dns=dns, events=[(1, _event(11))])
+        assert store.stats().dns_rows == 1 and [e.id for e in store.events()] == [1]
+        store.record_hour_baselines([(T0, "process", "curl", "{}")])
+        assert store.hour_baselines() == [(T0, "process", "curl", "{}")]
