@@ -170,7 +170,7 @@ def events_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain
 # --- status --------------------------------------------------------------------------------------------
 
 LOSS_COUNTERS: Final = ("lost_events", "map_evictions", "ringbuf_overruns", "events_dropped",
-                        "unattributed_drops", "incomplete_periods")
+                        "unattributed_drops", "incomplete_periods", "dns_dropped")
 
 
 def completeness_text(c: Mapping[str, Any] | None, *, keys: Iterable[str] | None = None) -> Text:

@@ -326,3 +326,28 @@ def test_names_from_the_host_reach_the_terminal_as_text_not_as_commands() -> Non
         [row] = [line for line in out.splitlines() if line.startswith(" 1 ")]
         assert row.split()[2] == shown, out
         assert f"evidence for #1 {kind} {shown}:" in out
+
+
+def test_a_period_holds_at_most_max_period_dns_transactions_and_counts_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of DNS answers (a process asking for random names, answers sent to any open UDP port: the
+    kernel sums answers without a query it saw too) gives up to 4,096 transactions a poll, ~86,000 a 10 s
+    period held in memory and written as one chunk that pushes flows out of a size-bound store: a period
+    keeps the first ``MAX_PERIOD_DNS`` and counts the others (``dns_dropped``, status and metrics)."""
+    monkeypatch.setattr("meshnode.daemon._node.MAX_PERIOD_DNS", 3)
+
+    async def body(h: Harness) -> None:
+        h.sensor.feed_dns([answer(i, f"r{i}.flood.test") for i in range(1, 3)])
+        await h.node.tick()
+        h.sensor.feed_dns([answer(i, f"r{i}.flood.test") for i in range(3, 6)])
+        await h.node.tick()
+        await h.node.close_period()
+        await period(h, [answer(9, "web.test")])
+        resp = await h.stub.DnsTransactions(observer_pb2.DnsTransactionsRequest(since_ns=T0, until_ns=T0 + 100),
+                                            timeout=10)
+        assert [t.query for t in resp.transactions] == ["r1.flood.test", "r2.flood.test", "r3.flood.test",
+                                                        "web.test"]
+        status = await h.stub.Status(observer_pb2.StatusRequest(), timeout=10)
+        assert status.completeness.dns_dropped == 2
+
+    run(tmp_path, body)
