@@ -136,12 +136,23 @@ def test_a_schema_5_store_upgraded_in_place_keeps_its_data_and_gains_the_new_tab
         _, seq, _ = store.close_period(seq, T0 + 10 * S, [flow(i) for i in range(1, 6)], [flow(9, kind="interim")],
                                        '{"n":5}', next_start_ns=T0 + 10 * S)
         store.record_measurement(T0 + S, "10.0.0.2:443", b"m1")
-    conn = sqlite3.connect(path, isolation_level=None)  # as schema 5 wrote it: none of the tables after it
-    for table in ("dns_chunks", "events", "hour_baselines"):
-        conn.execute(f"DROP TABLE {table}")
-    conn.execute("DELETE FROM meta WHERE key = 'events_since_ns'")
+    # as schema 5 wrote it: its tables and columns only, holding what the store wrote into them
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for stmts in MIGRATIONS[:5]:
+        for stmt in stmts:
+            conn.execute(stmt)
+    conn.execute("DROP TABLE flows")  # moved into chunks when a schema-4 store opened
     conn.execute("PRAGMA user_version = 5")
+    conn.execute("ATTACH ? AS cur", (str(path),))
+    for (table,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'").fetchall():
+        cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})"))
+        conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM cur.{table}")
+    conn.execute("DELETE FROM meta WHERE key = 'events_since_ns'")
+    conn.execute("DETACH cur")
     conn.close()
+    path = old
     with Store(path) as store:
         assert store.schema_version == len(MIGRATIONS)
         with store.reader() as conn:
