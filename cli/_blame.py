@@ -117,7 +117,7 @@ def blame_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = Fals
     from rich.console import Group
     from rich.text import Text
 
-    from meshnode.cli._units import format_clock
+    from meshnode.cli._units import format_clock, printable
     from meshnode.cli._views import table
 
     parts: list[RenderableType] = []
@@ -144,13 +144,14 @@ def blame_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = Fals
         t.add_column("HOSTS", width=5, justify="right")
         t.add_column("KINDS", min_width=10, no_wrap=not wide, overflow="ellipsis")
         for s in suspects:
-            name = str(s["name"]) + ("" if s.get("shared", True) else " ?")
-            t.add_row(str(s["rank"]), str(s["kind"]), name, _pct(s["problem_fraction"]),
+            # as Text: a name is not rich markup ("[fd00::53]:53", a process named "[/bold]")
+            name = Text(printable(str(s["name"])) + ("" if s.get("shared", True) else " ?"))
+            t.add_row(str(s["rank"]), Text(printable(str(s["kind"]))), name, _pct(s["problem_fraction"]),
                       f"{s['transactions']:,}", str(len(s.get("hosts", []))), _kinds(s.get("problem_kinds", {})))
         parts += [Text(""), t]
         top = suspects[0]
-        evidence = Text(f"evidence for #1 {top['display']}:\n")
-        evidence.append(f"  hosts: {', '.join(top.get('hosts', [])) or '-'}")
+        evidence = Text(f"evidence for #1 {printable(str(top['display']))}:\n")
+        evidence.append(f"  hosts: {printable(', '.join(top.get('hosts', []))) or '-'}")
         if top.get("sites"):
             evidence.append(f"  ·  sites: {', '.join(top['sites'])}")
         dsts = top.get("problem_destinations", {})

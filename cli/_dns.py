@@ -15,7 +15,7 @@ from meshnode.cli._client import Node
 from meshnode.cli._convert import message_dict
 from meshnode.cli._exceptions import EXIT_OK, UsageError
 from meshnode.cli._output import console, emit, is_plain, print_json
-from meshnode.cli._units import format_clock, format_count, format_us, parse_time_ns, process
+from meshnode.cli._units import format_clock, format_count, format_us, parse_time_ns, printable, process
 from meshnode.cli._views import table
 from meshnode.v1 import observer_pb2
 
@@ -72,10 +72,10 @@ def dns_view(doc: Mapping[str, Any], *, wide: bool = False, plain: bool = False)
         t.add_column("PROTO", width=5)
     for r in rows:
         rcode = Text(r["rcode"], style="" if plain or not r["failed"] else "bold red")
-        # names and addresses as Text: "[fd00::53]:53" is not rich markup
-        cells: list[Any] = [format_clock(r["time_ns"]), Text(process(r["comm"], r["pid"])), Text(resolver(r)),
-                            Text(r["query"] or "?"), Text(r["qtype"]), rcode, format_count(r["answers"]),
-                            format_us(r["latency_us"])]
+        # names and addresses as Text: "[fd00::53]:53" is not rich markup (and printable: not a terminal command)
+        cells: list[Any] = [format_clock(r["time_ns"]), Text(process(r["comm"], r["pid"])),
+                            Text(printable(resolver(r))), Text(printable(r["query"]) or "?"),
+                            Text(printable(r["qtype"])), rcode, format_count(r["answers"]), format_us(r["latency_us"])]
         if wide:
             cells += [format_us(r["latency_max_us"]), str(r["addresses"]), "tcp" if r["tcp"] else "udp"]
         t.add_row(*cells)

@@ -127,6 +127,13 @@ def format_count(n: int) -> str:
     return f"{n / 1_000_000:.1f}M"
 
 
+def printable(text: str) -> str:
+    """``text`` with each character a terminal would not print as itself (control characters, C1 codes,
+    bidirectional overrides) as ``?``: names come from the host, and a process names itself (``prctl``), so
+    an escape sequence in one would reach the terminal as a command."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
 def process(comm: str, pid: int, width: int = 0, thread: str = "") -> str:
     """``curl/1234``, ``dig[isc-net-0000]/1234`` when a thread other than the main one used the socket;
     ``?`` for flows the sensor could not attribute.
@@ -134,7 +141,8 @@ def process(comm: str, pid: int, width: int = 0, thread: str = "") -> str:
     Within ``width`` the pid is kept and the thread's name is shortened first (``dig[is…]/12345``), then
     dropped, then the process's name is shortened (``fakecli…/777``): which program it was matters most.
     """
-    name = comm or "?"
+    name = printable(comm) or "?"
+    thread = printable(thread)
     suffix = f"/{pid}" if pid else ""
     tag = f"[{thread}]" if thread else ""
     if not width or len(name) + len(tag) + len(suffix) <= width:

@@ -22,6 +22,7 @@ from meshnode.cli._units import (
     format_percent,
     format_seconds,
     format_us,
+    printable,
     process,
 )
 
@@ -169,7 +170,7 @@ def events_table(rows: Sequence[Mapping[str, Any]], *, wide: bool = False, plain
 # --- status --------------------------------------------------------------------------------------------
 
 LOSS_COUNTERS: Final = ("lost_events", "map_evictions", "ringbuf_overruns", "events_dropped",
-                        "unattributed_drops", "incomplete_periods")
+                        "unattributed_drops", "incomplete_periods", "dns_dropped")
 
 
 def completeness_text(c: Mapping[str, Any] | None, *, keys: Iterable[str] | None = None) -> Text:
@@ -361,7 +362,7 @@ def resolvers_table(rows: Sequence[Mapping[str, Any]], *, plain: bool, wide: boo
     for r in rows[:limit]:
         failed = Text(format_percent(r["failed"] / r["queries"] if r["queries"] else None),
                       style="bold red" if r["failed"] and not plain else "")
-        t.add_row(Text(r["resolver"]), format_count(r["queries"]), failed, failures_text(r["failures"]),
+        t.add_row(Text(printable(r["resolver"])), format_count(r["queries"]), failed, failures_text(r["failures"]),
                   format_us(r["latency_p50_us"]), format_us(r["latency_p95_us"]))
     if len(rows) > limit:
         t.add_row(f"... {len(rows) - limit} more (--json for all)", "", "", "", "", "")

@@ -96,6 +96,7 @@ from meshnode.mesh._fleetflows import (
     member_after,
     merge,
     records_sha256,
+    relay_members,
     sign_answer,
 )
 from meshnode.mesh._grpc_transport import RETRYABLE_CODES, GrpcTransport, PoolTransport, with_retries
@@ -237,6 +238,7 @@ __all__ = [
     "parse_quotas",
     "peer_certificate",
     "records_sha256",
+    "relay_members",
     "remaining_suspicion_time",
     "retransmit_limit",
     "rollups_from_flows",

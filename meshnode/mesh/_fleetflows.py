@@ -22,7 +22,8 @@ so the check is the signature rather than the TLS peer; it holds in plaintext to
 
 Site relays pass their members' answers on as the members signed them (``MemberAnswer``), with the asking
 node's challenge, and the asking node checks each one (``check_member``): a relay can leave a member out (it
-is reported missing) but not change its records. The signature covers the records through a hash chain,
+is reported missing) but not change its records, nor pass an answer on cut to none of them (``relay_members``).
+The signature covers the records through a hash chain,
 last record first (``records_sha256``), so that a relay sends only the records that made its page: a prefix
 and the chain hash of the rest (``cut``), which still verifies, and says that more records match.
 """
@@ -237,6 +238,15 @@ def cut(m: mesh_pb2.MemberAnswer, k: int) -> mesh_pb2.MemberAnswer:
     return out
 
 
+
+def relay_members(members: Sequence[mesh_pb2.MemberAnswer], page: Page) -> list[mesh_pb2.MemberAnswer]:
+    """What a relay passes on of its members' answers after merging them into ``page``: each cut to its records
+    on the page, but never to none of them. A relay's page may end (at its ``number``) before a member's first
+    record; cut to nothing, that answer would bound nothing at the asking node, whose page could then run past
+    the member's records (the next page asks after it: they would never be shown). Its first record kept, the
+    asking node's page ends at it at the latest (the member has more)."""
+    return [cut(m, max(k, 1)) for m, k in zip(members, page.taken, strict=True)]
+
 @dataclass
 class Checked:
     """A relayed member answer, checked: whose it is, and its records (None when refused, with ``error``)."""
@@ -261,6 +271,8 @@ def check_member(m: mesh_pb2.MemberAnswer, flows: observer_pb2.FlowsRequest,
         return Checked(nid, error=MALFORMED_ANSWER)
     if len(a.flows) > (r.rows_per_member or MAX_ROWS_PER_MEMBER) or len(a.flows) > MAX_ROWS_PER_MEMBER:
         return Checked(nid, error=MALFORMED_ANSWER)
+    if not a.flows and m.rest_sha256 not in (b"", EMPTY_REST):  # cut to no record: says nothing of where they
+        return Checked(nid, error=MALFORMED_ANSWER)             # are, and would hide them (``relay_members``)
     want = member_request(flows, after, r.rows_per_member, challenge)
     want.deadline_ms = r.deadline_ms  # the relay's to choose; the rest is the asking node's
     rest = m.rest_sha256 or EMPTY_REST

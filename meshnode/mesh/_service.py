@@ -74,12 +74,12 @@ from meshnode.mesh._fleetflows import (
     answer_signed_by,
     check_member,
     check_request,
-    cut,
     decode_token,
     encode_token,
     member_after,
     member_request,
     merge,
+    relay_members,
     share,
     sign_answer,
 )
@@ -1406,7 +1406,7 @@ class MeshService:
         counts = Counter(f.node_id for f in page.flows)
         resp = mesh_pb2.FleetFlowsResponse(more=page.more, rows_dropped=page.dropped)
         if relaying:
-            resp.members.extend(cut(m, k) for m, k in zip(proofs, page.taken, strict=True))
+            resp.members.extend(relay_members(proofs, page))
         else:
             resp.flows.extend(page.flows)
             resp.keys.extend(page.keys)

@@ -47,6 +47,8 @@ class Completeness:
     """DNS answers the kernel refused part-way (a compression loop, an overlong name, a bad label)."""
     dns_truncated: int = 0
     """DNS answers the kernel parsed only in part (cut short, or past its buffer or step budget)."""
+    dns_dropped: int = 0
+    """DNS transactions the node did not keep: past its bound on one export period's (``MAX_PERIOD_DNS``)."""
 
     def add(self, other: Completeness) -> None:
         """Accumulate another set of counters into this one."""

@@ -12,7 +12,7 @@ records and the next period's marker, in one transaction. After a SIGKILL the la
 periods but never corrupts the file).
 
 Retention runs inside the period transaction: rows older than ``max_age_s`` and, when the live pages exceed
-``max_bytes``, the oldest rows go (DNS transactions with their period's flows); the count is kept in ``meta``
+``max_bytes``, the oldest rows go (DNS transactions and events with their period's flows); the count is kept in ``meta``
 (``store_evictions``, DNS transactions also in ``dns_evictions``). Freed pages are
 reused by later periods, so the file stays at its high-water mark instead of shrinking and regrowing.
 """
@@ -746,9 +746,10 @@ class Store:
             self._db.execute("DELETE FROM hour_baselines WHERE hour_ns < ?", (cutoff,))
         evicted += self._retain_events()
         if self.retention.max_bytes > 0:
-            got, dns_got = self._retain_size()
+            got, dns_got, events_got = self._retain_size()
             flows += got
             dns += dns_got
+            evicted += events_got
         if dns:
             self._bump("dns_evictions", dns)
         evicted += flows + dns
@@ -820,15 +821,18 @@ class Store:
                               chunk_id))
         return int(evicted)
 
-    def _retain_size(self) -> tuple[int, int]:
-        """Evict the oldest periods' flows and DNS transactions while the live pages exceed ``max_bytes`` (the
-        excess share of rows plus 5 % headroom at a time, so this runs rarely). Returns flows and DNS evicted."""
-        flows = dns = 0
+    def _retain_size(self) -> tuple[int, int, int]:
+        """Evict the oldest periods' flows, DNS transactions and events while the live pages exceed ``max_bytes``
+        (the excess share of rows plus 5 % headroom at a time, so this runs rarely). Returns flows, DNS
+        transactions and events evicted. Events go with their period: left out, a flood of them (a process
+        failing connects) held the store over its bound and pushed every flow out."""
+        flows = dns = events = 0
         limit = self.retention.max_bytes
-        held = "SELECT period FROM chunks UNION SELECT period FROM dns_chunks"
+        held = "SELECT period FROM chunks UNION SELECT period FROM dns_chunks UNION SELECT period FROM events"
         while (live := self._live_bytes()) > limit:
             total = sum(self._db.execute(f"SELECT COALESCE(SUM(n), 0) FROM {table}").fetchone()[0]
                         for table in ("chunks", "dns_chunks"))
+            total += self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             if total == 0:
                 break
             want = max(1, int(total * ((live - limit) / live + 0.05)))
@@ -840,11 +844,13 @@ class Store:
                                         (period,)).fetchone()[0] for table in ("chunks", "dns_chunks")]
                 self._db.execute("DELETE FROM chunks WHERE period = ?", (period,))
                 self._db.execute("DELETE FROM dns_chunks WHERE period = ?", (period,))
-                flows, dns, gone = flows + got[0], dns + got[1], gone + got[0] + got[1]
+                ev = self._evict_events("period = ?", period)
+                flows, dns, events = flows + got[0], dns + got[1], events + ev
+                gone += got[0] + got[1] + ev
             oldest = self._db.execute(f"SELECT MIN(period) FROM ({held})").fetchone()
             if oldest is not None and oldest[0] is not None:
                 self._db.execute("DELETE FROM periods WHERE seq < ? AND state != 'open'", (oldest[0],))
-        return int(flows), int(dns)
+        return int(flows), int(dns), int(events)
 
     # -- reading -----------------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ def test_status_view() -> None:
         store    1.2 MiB, 10,000 rows in /var/lib/meshnode
         labels   region=eu site=ams1
         lost     lost_events 3 · map_evictions 0 · ringbuf_overruns 0 · events_dropped 0
-                 · unattributed_drops 0 · incomplete_periods 0
+                 · unattributed_drops 0 · incomplete_periods 0 · dns_dropped 0
         counted  flows_recorded 12,345 · drained_rows 50,000 · store_evictions 0 ·
                  dns_malformed 0 · dns_truncated 0
         """)

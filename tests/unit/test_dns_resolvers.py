@@ -298,3 +298,56 @@ def test_meshctl_dns_and_the_health_resolvers_table_fit_80_columns() -> None:
         "RESOLVER              QUERIES FAILED FAILURES          P50    P95",
         "[fd00::53]:53              25  80.0% SERVFAIL 20     1.2ms 30.0ms",
         "10.0.0.53:53                9   0.0% -               800us  900us"]
+
+
+def test_names_from_the_host_reach_the_terminal_as_text_not_as_commands() -> None:
+    """A process names itself (prctl PR_SET_NAME, 15 bytes): an escape sequence in its name must not reach the
+    terminal (``\\x1b[2J`` clears it), and rich markup in a name or an address must print as it is written
+    (``[/bold]`` made ``meshctl blame`` fail; a resolver ``[fd00::53]:53`` showed as ``:53``)."""
+    from meshnode.cli._blame import blame_view
+
+    resp = observer_pb2.DnsTransactionsResponse(
+        transactions=[{"time_ns": 1_700_000_000 * 10**9, "server": R2, "port": 53, "query": "a\x1b[31m.test",
+                       "qtype": "A", "rcode": "NXDOMAIN", "failed": True, "pid": 7, "comm": "ev\x1b[2Jil",
+                       "answers": 1}],
+        since_ns=1_699_999_000 * 10**9, until_ns=1_700_000_100 * 10**9)
+    text = _render(dns_view(message_dict(resp), wide=True, plain=True), width=120)
+    assert "\x1b" not in text
+    assert text.splitlines()[1].split()[1:4] == ["ev?[2Jil/7", "[fd00::53]:53", "a?[31m.test"]
+
+    def suspect(kind: str, name: str) -> dict[str, Any]:
+        return {"rank": 1, "kind": kind, "name": name, "display": f"{kind} {name}", "problem_fraction": 0.8,
+                "transactions": 25, "hosts": ["h1"], "problem_kinds": {"SERVFAIL": 20}}
+
+    for kind, name, shown in (("resolver", "[fd00::53]:53", "[fd00::53]:53"), ("process", "[/bold]x", "[/bold]x"),
+                              ("process", "ev\x1b[2Jil", "ev?[2Jil")):
+        out = _render(blame_view({"verdict": "suspects", "suspects": [suspect(kind, name)]}, plain=True))
+        assert "\x1b" not in out
+        [row] = [line for line in out.splitlines() if line.startswith(" 1 ")]
+        assert row.split()[2] == shown, out
+        assert f"evidence for #1 {kind} {shown}:" in out
+
+
+def test_a_period_holds_at_most_max_period_dns_transactions_and_counts_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of DNS answers (a process asking for random names, answers sent to any open UDP port: the
+    kernel sums answers without a query it saw too) gives up to 4,096 transactions a poll, ~86,000 a 10 s
+    period held in memory and written as one chunk that pushes flows out of a size-bound store: a period
+    keeps the first ``MAX_PERIOD_DNS`` and counts the others (``dns_dropped``, status and metrics)."""
+    monkeypatch.setattr("meshnode.daemon._node.MAX_PERIOD_DNS", 3)
+
+    async def body(h: Harness) -> None:
+        h.sensor.feed_dns([answer(i, f"r{i}.flood.test") for i in range(1, 3)])
+        await h.node.tick()
+        h.sensor.feed_dns([answer(i, f"r{i}.flood.test") for i in range(3, 6)])
+        await h.node.tick()
+        await h.node.close_period()
+        await period(h, [answer(9, "web.test")])
+        resp = await h.stub.DnsTransactions(observer_pb2.DnsTransactionsRequest(since_ns=T0, until_ns=T0 + 100),
+                                            timeout=10)
+        assert [t.query for t in resp.transactions] == ["r1.flood.test", "r2.flood.test", "r3.flood.test",
+                                                        "web.test"]
+        status = await h.stub.Status(observer_pb2.StatusRequest(), timeout=10)
+        assert status.completeness.dns_dropped == 2
+
+    run(tmp_path, body)

@@ -29,6 +29,7 @@ from meshnode.mesh._fleetflows import (
     cut,
     member_request,
     records_sha256,
+    relay_members,
     share,
 )
 from meshnode.v1 import flow_pb2, mesh_pb2
@@ -233,8 +234,6 @@ def test_a_relayed_member_answer_holds_cut_to_any_prefix_and_not_once_changed() 
     assert half.rest_sha256 == records_sha256(m.answer.flows[2:], m.answer.keys[2:])
     again = check_member(cut(half, 1), q.flows, None, ch)  # a relay of a relay cuts the cut
     assert again.answer is not None and [f.flow_id for f in again.answer.flows] == [0] and again.answer.more
-    none = check_member(cut(m, 0), q.flows, None, ch)
-    assert none.answer is not None and list(none.answer.flows) == [] and none.answer.more
     assert cut(m, 4) is m and cut(m, 9) is m
 
     def changed(edit: object) -> str:
@@ -281,3 +280,65 @@ def test_a_relayed_member_answer_holds_cut_to_any_prefix_and_not_once_changed() 
     nokey.answer.public_key = b""
     assert (check_member(nokey, q.flows, None, ch).node_id, check_member(nokey, q.flows, None, ch).error) == (
         "", MALFORMED_ANSWER)
+
+
+def _signed_rows(key: NodeKey, rows: list[Rec], flows_req: mesh_pb2.FleetFlowsRequest,
+                 cursor: mesh_pb2.FleetCursor | None, limit: int, challenge: bytes) -> mesh_pb2.MemberAnswer:
+    """Member ``key``'s signed answer, from its store (``_member_rows``), to the request a fan-out makes."""
+    sub = member_request(flows_req.flows, cursor, limit, challenge)
+    a = _member_rows(key.node_id, rows, member_after(cursor, key.node_id), limit)
+    resp = mesh_pb2.FleetFlowsResponse(flows=a.flows, keys=a.keys, more=a.more)
+    sign_answer(key, sub, resp)
+    return mesh_pb2.MemberAnswer(request=sub, answer=resp, rest_sha256=EMPTY_REST)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paging_through_a_site_relay_returns_every_record_once(seed: int) -> None:
+    """Two members asked directly, two more through a relay that passes on their answers cut to its own page
+    (as ``MeshService._fan_out_flows`` does): every record comes out once. A relay's page can end at its
+    ``number`` before a member's first record; cut to no record at all, that member's answer bounded nothing
+    and the asker's page ran past its records, which no later page asked for again."""
+    rng = random.Random(seed)
+    keys = [NodeKey.from_seed(bytes([65 + i])) for i in range(4)]
+    direct, site = keys[:2], keys[2:]
+    rows = sorted({(rng.randrange(900), k.node_id, 0, i) for k in direct for i in range(rng.randrange(1, 250))})
+    # the relay's share of a page of 300 is 200 (twice a third): one site member holds exactly that many,
+    # all before the other's records, which come right after the relay's page ends
+    number = 300
+    rows += [(rng.randrange(600), site[0].node_id, 0, i) for i in range(200)]
+    rows += [(650 + i, site[1].node_id, 0, i) for i in range(5)]
+    rows.sort()
+    req = mesh_pb2.FleetFlowsRequest()
+    req.flows.number = number
+    ch = b"\x05" * 16
+    out: list[Rec] = []
+    for _ in range(1000):
+        cursor = decode_token(req)
+        per = share(number, 3)
+        answers = [check_member(_signed_rows(k, rows, req, cursor, per, ch), req.flows, cursor, ch) for k in direct]
+        proofs = [_signed_rows(k, rows, req, cursor, share(per, 2), ch) for k in site]
+        relay_page = merge([check_member(m, req.flows, cursor, ch).answer for m in proofs], per)  # type: ignore[misc]
+        answers += [check_member(m, req.flows, cursor, ch) for m in relay_members(proofs, relay_page)]
+        assert all(a.answer is not None for a in answers), [a.error for a in answers]
+        page = merge([a.answer for a in answers], number)  # type: ignore[misc]
+        out += _got(page)
+        if not page.more:
+            break
+        assert page.last is not None
+        req.flows.page_token = encode_token(req, page.last)
+    assert out == rows
+
+
+def test_a_relay_that_cuts_a_member_to_no_record_has_its_answer_refused() -> None:
+    """A relay passing on a member's answer without one of its records (all of them in ``rest_sha256``) could
+    hide the member while it is listed as answered: the asking node refuses such an answer, so the member is
+    listed with an error."""
+    b = NodeKey.from_seed(b"b")
+    q = mesh_pb2.FleetFlowsRequest()
+    q.flows.number = 50
+    ch = b"\x07" * 16
+    m = _member_answer(b, q, ch)
+    assert check_member(cut(m, 0), q.flows, None, ch).error == MALFORMED_ANSWER
+    assert check_member(cut(m, 1), q.flows, None, ch).error == ""
+    empty = _member_answer(b, q, ch, n=0)  # a member with nothing to send: an answer
+    assert check_member(cut(empty, 0), q.flows, None, ch).error == ""

@@ -168,6 +168,8 @@ def test_stale_open_period_becomes_incomplete(tmp_path: Path) -> None:
 
 _WRITER = textwrap.dedent("""
     import sys, time
+    from meshnode._dns import DnsBatch
+    from meshnode.sensor import EventRecord
     from meshnode.store import Store
     from tests.unit._flows import flow, T0, S
     store = Store(sys.argv[1])
@@ -176,9 +178,15 @@ _WRITER = textwrap.dedent("""
     p = 0
     while True:
         batch = [flow(fid + i) for i in range(1, 501)]
+        # the period's DNS transactions and events, in its transaction: all of a period or none
+        dns = DnsBatch({"time_ns": [T0 + p * S + i for i in range(50)], "server": ["10.0.0.53"] * 50,
+                        "query": [f"q{fid + i}.test" for i in range(50)], "rcode": ["NOERROR"] * 50})
+        events = [(fid + i, EventRecord("connect_failed", T0 + p * S, flow(fid + i), 1.0, "refused"))
+                  for i in range(1, 21)]
         fid += 500
         p += 1
-        _, seq, _ = store.close_period(seq, T0 + p * S, batch, [], "{}", next_start_ns=T0 + p * S)
+        _, seq, _ = store.close_period(seq, T0 + p * S, batch, [], "{}", next_start_ns=T0 + p * S, dns=dns,
+                                       events=events)
         print(p, fid, flush=True)
         if p >= 5:
             time.sleep(0.002)  # the kill lands mid-period or mid-transaction
@@ -202,6 +210,8 @@ def test_sigkill_mid_period_loses_nothing_exported(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)), "duplicated records"
     assert len(ids) >= reported and len(ids) % 500 == 0, "lost or torn periods"
     assert ids == list(range(1, len(ids) + 1))
+    assert store.stats().dns_rows == 50 * len(ids) // 500, "a period's flows without its DNS transactions"
+    assert [e.id for e in store.events()] == [p * 500 + i for p in range(len(ids) // 500) for i in range(1, 21)]
     periods = store.periods(number=1000)
     assert store.recovered_incomplete == 1
     assert periods[0].state == "incomplete"

@@ -10,7 +10,7 @@ import pytest
 
 from meshnode._model import EVENT_TYPE_NAMES, EVENT_TYPE_NUMBERS
 from meshnode.sensor import EVENT_TYPES, EventRecord
-from meshnode.store import Retention, Store
+from meshnode.store import FlowQuery, Retention, Store
 from meshnode.store import _store as store_module
 from meshnode.store._schema import MIGRATIONS
 from meshnode.v1 import flow_pb2
@@ -99,3 +99,71 @@ def test_hour_baselines_are_kept_replaced_and_bounded(tmp_path: Path, monkeypatc
         # four rows: the oldest hour's go first (both of them)
         assert [r[0] for r in store.hour_baselines()] == [T0 + hour, T0 + 2 * hour]
         assert [r[0] for r in store.hour_baselines(T0 + hour, T0 + 2 * hour)] == [T0 + hour]
+
+
+def test_events_count_in_the_size_bound_and_go_with_their_period(tmp_path: Path) -> None:
+    """A flood of events (a local process failing connects) must not hold the store over ``max_bytes`` nor
+    push every flow out: size retention evicts whole periods oldest first, their events with their flows."""
+    limit = 256 * 1024
+    with Store(tmp_path / "m.db", Retention(max_age_s=0, max_bytes=limit)) as store:
+        seq = store.open_period(T0)
+        eid = 0
+        for p in range(12):  # ~60 KB of events a period
+            evs = [(eid + i, _event(eid + i, detail=f"refused {p}-{i} " + "x" * 40)) for i in range(1, 151)]
+            eid += 150
+            nxt = T0 + (p + 1) * S
+            _, seq, _ = store.close_period(seq, nxt, [flow(p * 10 + i) for i in range(1, 11)], [], "{}",
+                                           next_start_ns=nxt, now_ns=nxt, events=evs)
+            assert seq is not None
+            assert store._live_bytes() <= limit, p
+            # the newest period's flows and events are held
+            assert len(store.events(T0 + (eid - 149) * S)) == 150
+            assert store.stats().rows >= 10
+        kept = store.events()
+        assert kept and kept[-1].id == eid and [e.id for e in kept] == list(range(kept[0].id, eid + 1))
+        assert kept[0].id > 1 and T0 + (kept[0].id - 1) * S < store.events_held_since() <= kept[0].time_ns
+
+
+def test_a_schema_5_store_upgraded_in_place_keeps_its_data_and_gains_the_new_tables(tmp_path: Path) -> None:
+    """A store of the release before DNS transactions, events and hourly baselines (schema 5: flow chunks,
+    interim rows, measurements) opens in place: its flows, periods and measurements are still there, and it
+    takes DNS transactions, events and baselines."""
+    from meshnode._dns import DnsBatch
+
+    path = tmp_path / "m.db"
+    with Store(path) as store:
+        seq = store.open_period(T0)
+        _, seq, _ = store.close_period(seq, T0 + 10 * S, [flow(i) for i in range(1, 6)], [flow(9, kind="interim")],
+                                       '{"n":5}', next_start_ns=T0 + 10 * S)
+        store.record_measurement(T0 + S, "10.0.0.2:443", b"m1")
+    # as schema 5 wrote it: its tables and columns only, holding what the store wrote into them
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for stmts in MIGRATIONS[:5]:
+        for stmt in stmts:
+            conn.execute(stmt)
+    conn.execute("DROP TABLE flows")  # moved into chunks when a schema-4 store opened
+    conn.execute("PRAGMA user_version = 5")
+    conn.execute("ATTACH ? AS cur", (str(path),))
+    for (table,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'").fetchall():
+        cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})"))
+        conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM cur.{table}")
+    conn.execute("DELETE FROM meta WHERE key = 'events_since_ns'")
+    conn.execute("DETACH cur")
+    conn.close()
+    path = old
+    with Store(path) as store:
+        assert store.schema_version == len(MIGRATIONS)
+        with store.reader() as conn:
+            held = sorted(r.record.flow_id for r in store.query_flows(FlowQuery(include_interim=True), conn))
+        assert held == [1, 2, 3, 4, 5, 9]
+        assert store.measurements() == ([(1, b"m1")], 0)
+        assert [p.seq for p in store.periods()] == [seq, seq - 1]
+        assert store.events() == [] and store.events_held_since() == T0 + 10 * S  # none kept before
+        dns = DnsBatch({"time_ns": [T0 + 11 * S], "server": ["10.0.0.53"], "query": ["a.test"], "rcode": ["NOERROR"]})
+        seq = store.open_period(T0 + 10 * S)  # the open one before the stop is incomplete now
+        store.close_period(seq, T0 + 20 * S, [flow(6)], [], "{}", dns=dns, events=[(1, _event(11))])
+        assert store.stats().dns_rows == 1 and [e.id for e in store.events()] == [1]
+        store.record_hour_baselines([(T0, "process", "curl", "{}")])
+        assert store.hour_baselines() == [(T0, "process", "curl", "{}")]
