@@ -261,6 +261,13 @@ class Selector:
             return False
         return not any(f.matches_event(ev) for f in self.blacklist)
 
+    def event_types(self) -> tuple[str, ...]:
+        """The event types an event must have to pass, when every whitelist filter names some (their union,
+        sorted), for a stored-event read to select in SQL before it decodes anything; () when any may."""
+        if not self.whitelist or not all(f.event_type for f in self.whitelist):
+            return ()
+        return tuple(sorted(frozenset().union(*(f.event_type for f in self.whitelist))))
+
     def query(self, base: FlowQuery) -> FlowQuery:
         """``base`` with this selector's filters pushed down into SQL."""
         return dataclasses.replace(

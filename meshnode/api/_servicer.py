@@ -654,6 +654,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                 def past() -> tuple[list[EventRecord], int]:
                     recent = [e for _, e in ring if e.time_ns >= since and sel.matches_event(e)][-number:]
                     older = self.store.events(since, before_id=floor, number=number - len(recent),
+                                              types=sel.event_types(),
                                               match=lambda s: sel.matches_event(_event(s)),
                                               deadline=deadline) if len(recent) < number else []
                     held = self.store.events_held_since() if since else 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from meshnode._exceptions import StoreError
 from meshnode.daemon import Node, NodeConfig
 from meshnode.sensor import EventRecord
 from meshnode.sensor._fake import FakeSensor
-from meshnode.v1 import observer_pb2, observer_pb2_grpc
+from meshnode.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 from tests.unit._flows import T0, S, flow
 
 
@@ -36,7 +37,7 @@ def _failed(i: int, outcome: str) -> EventRecord:
     return EventRecord("connect_failed", T0 + i * S, flow(i, outcome=outcome, dport=5432), 1.0, outcome)
 
 
-async def _events(node: Node, **request: int) -> list[observer_pb2.EventsResponse]:
+async def _events(node: Node, **request: Any) -> list[observer_pb2.EventsResponse]:
     async with grpc.aio.insecure_channel(node.api.address) as channel:
         stub = observer_pb2_grpc.ObserverStub(channel)
         return [r async for r in stub.Events(observer_pb2.EventsRequest(**request), timeout=10)]
@@ -88,6 +89,55 @@ def test_events_come_from_the_ring_and_the_store_and_survive_a_restart(tmp_path:
                                            "retention keeps them)")
         assert _gist(asked_early[1:]) == want
         assert [r.coverage for r in asked_within] == [""] * 4 and _gist(asked_within) == want[4:]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_type_filter_selects_stored_events_before_any_is_decoded(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whitelist that names event types reads only those types' rows from the store (decoding a stored
+    event's flow is what costs); a whitelist that does not name types in every filter reads them all, and
+    the answers are the events the filters match either way."""
+    from meshnode._model import FlowRecord
+    from meshnode.api import Selector
+
+    F = flow_pb2.FlowFilter
+    assert Selector.from_request([F(event_type=[flow_pb2.RESET_SENT]), F(event_type=[flow_pb2.DROP])],
+                                 []).event_types() == ("drop", "reset_sent")
+    assert Selector.from_request([F(event_type=[flow_pb2.RESET_SENT]), F(comm=["curl"])], []).event_types() == ()
+    assert Selector.from_request([], [F(event_type=[flow_pb2.RESET_SENT])]).event_types() == ()
+
+    decoded = 0
+    real = FlowRecord.from_json
+
+    def counted(doc: dict[str, object]) -> FlowRecord:
+        nonlocal decoded
+        decoded += 1
+        return real(doc)
+
+    async def main() -> None:
+        nonlocal decoded
+        clock, sensor = Clock(), FakeSensor("/")
+        node = Node(_config(tmp_path), sensor, clock=clock)
+        node.events.ring = collections.deque(maxlen=1)  # history is the store's
+        await node.start()
+        try:
+            for i in range(1, 9):
+                sensor.push_event(_failed(i, "refused"))
+            sensor.push_event(EventRecord("reset_sent", T0 + 9 * S, flow(9, outcome="reset"), 1.0, ""))
+            await node.tick()
+            clock.now += 10 * S
+            await node.close_period()
+            monkeypatch.setattr(FlowRecord, "from_json", staticmethod(counted))
+            resets = await _events(node, number=100, whitelist=[F(event_type=[flow_pb2.RESET_SENT])])
+            assert [r.event.flow.flow_id for r in resets] == [9] and decoded == 0  # the ring's one, none stored
+            refused = await _events(node, number=100, whitelist=[F(event_type=[flow_pb2.CONNECT_FAILED])])
+            assert [r.event.flow.flow_id for r in refused] == list(range(1, 9)) and decoded == 8
+            decoded = 0
+            by_port = await _events(node, number=100, whitelist=[F(dport=[5432])])
+            assert [r.event.flow.flow_id for r in by_port] == list(range(1, 9)) and decoded == 8
+        finally:
+            await node.shutdown()
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
