@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import numpy as np
 
@@ -33,7 +34,11 @@ from meshnode.diagnosis._blame import (
 )
 from meshnode.health import ResolverHealth, resolver_health
 
-__all__ = ["RESOLVER", "by_period", "resolver_counts", "resolver_suspects", "resolver_verdict", "with_resolvers"]
+MAX_BLAME_DNS: Final = 1_000_000
+"""DNS transactions one blame reads from the store at most (the newest in its range)."""
+
+__all__ = ["MAX_BLAME_DNS", "RESOLVER", "by_period", "resolver_counts", "resolver_suspects", "resolver_verdict",
+           "with_resolvers"]
 
 Entity = tuple[str, str]
 

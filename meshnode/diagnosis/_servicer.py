@@ -25,6 +25,7 @@ import grpc
 
 from meshnode._exceptions import MeshnodeError
 from meshnode.api import MAX_TEXT, ApiExecutor
+from meshnode.diagnosis import _resolvers
 from meshnode.diagnosis._blame import (
     _WORDS,
     MAX_SUSPECTS,
@@ -374,6 +375,10 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
                 return with_resolvers(report, found, config.max_suspects)
 
             report = await self._executor.run(resolvers, dns, regime_since)
+            if dns.n >= _resolvers.MAX_BLAME_DNS:  # the source gave its most: older answers were not read
+                limit = (f"resolvers judged on the newest {_resolvers.MAX_BLAME_DNS:,} DNS transactions of the "
+                         "range (the most one blame reads); narrow --since for all of them")
+                coverage = f"{coverage}; {limit}" if coverage else limit
         resp = blame_pb(report, since, until)
         resp.regime_since_ns, resp.change, resp.held_since_ns, resp.coverage = regime_since, change, held, coverage
         if hasattr(self._source, "retry_advice") and hasattr(self._source, "discovery"):

@@ -45,6 +45,7 @@ from meshnode._batch import FAILED, USEFUL, FlowBatch, as_batch, factorize
 from meshnode._dns import DnsBatch
 from meshnode._model import ENUM_NUMBERS, FlowRecord
 from meshnode.diagnosis._compare import PeerSample, samples_from_flows
+from meshnode.diagnosis._resolvers import MAX_BLAME_DNS
 from meshnode.diagnosis._taxonomy import (
     DISCOVERY_PORTS,
     DiscoveryChatter,
@@ -686,8 +687,6 @@ def _without_scans(flows: FlowBatch) -> tuple[FlowBatch, tuple[ScanPattern, ...]
     return flows.take(~scanned), scans
 
 
-MAX_BLAME_DNS: Final = 1_000_000
-"""DNS transactions one blame reads from the store at most (the newest in its range)."""
 
 
 def store_dns(store: Store) -> Callable[[int, int], DnsBatch]:

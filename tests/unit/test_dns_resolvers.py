@@ -157,6 +157,23 @@ def test_a_resolver_that_begins_to_fail_begins_a_regime_and_is_named_on_the_wire
     assert source.asked == [(T0, T0 + 40 * S)] * 2
 
 
+def test_blame_says_when_it_judged_resolvers_on_only_the_newest_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source gives blame at most ``MAX_BLAME_DNS`` transactions (the newest of the range); when it gave
+    that many, the answer says the older ones were not read instead of judging on part of the range quietly."""
+    from meshnode.diagnosis import _resolvers
+
+    answers = [answer(p * 100 + i, f"n{i}.test", "NOERROR", time_ns=T0 + p * S + S // 2)
+               for p in range(4) for i in range(10)]
+    source = _DnsSource(answers)
+    for p in range(4):
+        source.add(T0 + (p + 1) * S, _flow_txns(30, 0))
+    assert "DNS transactions" not in _blame_over_grpc(source).coverage
+    monkeypatch.setattr(_resolvers, "MAX_BLAME_DNS", 40)
+    assert _blame_over_grpc(source).coverage.endswith(  # after the note on the periods held, when there is one
+        "resolvers judged on the newest 40 DNS transactions of the range (the most one blame reads); narrow "
+        "--since for all of them")
+
+
 # -- the node and its API ---------------------------------------------------------------------------------------
 
 
