@@ -46,6 +46,10 @@ def json_line(f: flow_pb2.Flow, host: str) -> str:
     return f'{line[:cut]},"host":{_esc(host)}{line[cut:]}'
 
 
+LEFT_SITE = "left its site"
+"""A site relay's status for a member that left its site: listed apart, the answer is not partial for it."""
+
+
 @dataclass
 class Summary:
     """Who answered across all pages: a node is missing when it did not answer one of them."""
@@ -73,11 +77,12 @@ class Summary:
 
     def doc(self) -> dict[str, Any]:
         nodes = sorted(self.nodes.values(), key=lambda d: (d["host"], d["node_id"]))
+        missing = [d for d in nodes if not d["answered"] and d["error"] != LEFT_SITE]
         return {
-            "records": self.records, "pages": self.pages, "partial": any(not d["answered"] for d in nodes),
-            "more": self.more,
+            "records": self.records, "pages": self.pages, "partial": bool(missing), "more": self.more,
             "answered": [{k: d[k] for k in ("node_id", "host", "records", "via")} for d in nodes if d["answered"]],
-            "missing": [{k: d[k] for k in ("node_id", "host", "error", "via")} for d in nodes if not d["answered"]],
+            "missing": [{k: d[k] for k in ("node_id", "host", "error", "via")} for d in missing],
+            "left": [{k: d[k] for k in ("node_id", "host", "via")} for d in nodes if d["error"] == LEFT_SITE],
             "untrusted": sorted(self.untrusted),
         }
 
@@ -94,6 +99,8 @@ def footer(doc: Mapping[str, Any]) -> list[str]:
         lines.append(f"missing {len(doc['missing'])} (their records are not shown): "
                      + ", ".join(f"{name(d)} ({d['error']})" if name(d) else str(d["error"])
                                  for d in doc["missing"]))
+    if doc["left"]:
+        lines.append(f"left their site, not asked {len(doc['left'])}: " + ", ".join(name(d) for d in doc["left"]))
     if doc["untrusted"]:
         lines.append(f"untrusted, not asked {len(doc['untrusted'])}: " + ", ".join(doc["untrusted"]))
     if doc["more"]:

@@ -23,6 +23,9 @@ so the check is the signature rather than the TLS peer; it holds in plaintext to
 Site relays pass their members' answers on as the members signed them (``MemberAnswer``), with the asking
 node's challenge, and the asking node checks each one (``check_member``): a relay can leave a member out (it
 is reported missing) but not change its records, nor pass an answer on cut to none of them (``relay_members``).
+A relay that leaves a member out of its answers and of its statuses alike is caught where the asking node
+holds the site's signed aggregate (``SiteView``, ``unreported``): a member it names, or a shortfall of its
+count, is reported missing.
 The signature covers the records through a hash chain,
 last record first (``records_sha256``), so that a relay sends only the records that made its page: a prefix
 and the chain hash of the rest (``cut``), which still verifies, and says that more records match.
@@ -246,6 +249,55 @@ def relay_members(members: Sequence[mesh_pb2.MemberAnswer], page: Page) -> list[
     the member's records (the next page asks after it: they would never be shown). Its first record kept, the
     asking node's page ends at it at the latest (the member has more)."""
     return [cut(m, max(k, 1)) for m, k in zip(members, page.taken, strict=True)]
+
+
+NOT_REPORTED: Final = "not reported by its relay"
+"""A fleet flow query's error for a member of a relayed site that the site's aggregate names but its relay
+accounted for nowhere (no answer, no status, not excluded); ``via`` names the relay."""
+LEFT_SITE: Final = "left its site"
+"""A relay's status for a member of its site that left it (still listed, ``State.LEFT``): the member the
+site's aggregate may still name is accounted for, and the answer is not partial for it."""
+MAX_VIEW_AGE_NS: Final = 120 * 1_000_000_000
+"""The oldest site aggregate a relayed answer is checked against. A member that left before it is still
+listed by its relay (members stay listed as left for ``MeshConfig.dead_retention``, 300 s by default); an
+older aggregate could name members forgotten since."""
+
+
+@dataclass(frozen=True)
+class SiteView:
+    """What the asking node verified itself of a relayed site's membership: the newest site aggregate it
+    decided (signed by an aggregator of the site, cross-checked by the site's members and its region's
+    aggregators), with the hosts it covers and, when its source list is held, the members it names."""
+
+    group: str
+    period_end_ns: int
+    hosts: int
+    members: frozenset[str] | None = None
+    """The node ids of the digests summed (``None``: only the count is known here)."""
+
+
+def relay_accounted(resp: mesh_pb2.FleetFlowsResponse, bound: int) -> set[str]:
+    """The members a relay's answer accounts for: those whose answers it passed on (named by the key that
+    signed them, checked or not), those it gave a status for, those it excluded; at most ``bound`` of each."""
+    out = {node_id_from_public_key(m.answer.public_key) for m in resp.members[:bound]
+           if len(m.answer.public_key) == 32}
+    out.update(n.node_id for n in resp.nodes[:bound] if n.node_id)
+    out.update(resp.excluded[:bound])
+    return out
+
+
+def unreported(view: SiteView, accounted: set[str], relay: str) -> tuple[list[str], str]:
+    """What a relay's answer for ``view``'s site leaves out: the members the aggregate names that the relay
+    accounted for nowhere (``accounted``: the members whose answers it passed on, those it gave a status for,
+    those it excluded), sorted; or, when only the aggregate's count is known, a note when the relay accounted
+    for fewer members than the aggregate summed. Members that joined after the aggregate's period are not in
+    it and cannot be flagged; members that left since are listed by an honest relay (``LEFT_SITE``)."""
+    if view.members is not None:
+        return sorted(view.members - accounted), ""
+    if len(accounted) < view.hosts:
+        return [], f"site {view.group}: relay {relay} listed {len(accounted)} of {view.hosts} members"
+    return [], ""
+
 
 @dataclass
 class Checked:

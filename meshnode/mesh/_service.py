@@ -24,6 +24,7 @@ daemon calls ``await mesh.publish()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -62,15 +63,19 @@ from meshnode.mesh._digest import (
 from meshnode.mesh._fleetflows import (
     CHALLENGE_BYTES,
     EMPTY_REST,
+    LEFT_SITE,
     MALFORMED_ANSWER,
     MAX_FAN_OUTS,
     MAX_LOCAL_ANSWERS,
     MAX_MEMBERS,
     MAX_ROWS_PER_MEMBER,
+    MAX_VIEW_AGE_NS,
+    NOT_REPORTED,
     UNTRUSTED_ANSWER,
     Answer,
     FleetRefused,
     Key,
+    SiteView,
     answer_signed_by,
     check_member,
     check_request,
@@ -79,9 +84,11 @@ from meshnode.mesh._fleetflows import (
     member_after,
     member_request,
     merge,
+    relay_accounted,
     relay_members,
     share,
     sign_answer,
+    unreported,
 )
 from meshnode.mesh._grpc_transport import MAX_POOL, GrpcTransport, with_retries
 from meshnode.mesh._identity import (
@@ -147,6 +154,9 @@ REJOIN_FIRST = 0.5
 RELAY_DEADLINE_SHARE = 0.8
 """The part of what is left of a fleet flow query's deadline a site relay gets for its own fan-out: the rest
 carries its answer back (a relay that used it all would answer just after the asking node stopped waiting)."""
+LISTING_WAIT: Final = 1.0
+"""Seconds a fleet flow query waits, after a site's relay answered, for that site's aggregate's source list
+(asked when the relay was): past it, the relay's answer is checked against the aggregate's count only."""
 
 QUERY_CONCURRENCY = 64
 """Calls in flight per fleet query: bounds the burst of calls and verifications on the querying node's loop
@@ -1226,6 +1236,10 @@ class MeshService:
                                                       "one of its site's aggregators")
         chosen = [] if req.other_sites else [x for x in self.membership.members()
                                              if matches(x.labels, selector) and x.state != State.LEFT]
+        # a site's relay names the members that left its site (still listed): the asking node, holding an
+        # aggregate of a period before they left, accounts for them (``unreported``)
+        gone = [] if sites is None or not req.rows_per_member or req.other_sites else [
+            x for x in self.membership.members() if matches(x.labels, selector) and x.state == State.LEFT]
         untrusted = self.exclude(x.node_id for x in chosen) if self.exclude is not None else set()
         targets = [x for x in chosen if x.node_id not in untrusted]
         hosts = {x.node_id: x.labels.get("host", "") for x in targets}
@@ -1331,6 +1345,8 @@ class MeshService:
             them (flat mesh), reported missing unless answered."""
             got: mesh_pb2.FleetFlowsResponse | str = "no relay"
             relay = candidates[0]
+            checked = members is None and bool(site) and set(selector) <= {REGION, SITE}
+            listing = self._ask_site_members(site) if checked else None  # meanwhile, what to check it against
             for relay in candidates:
                 sub = mesh_pb2.FleetFlowsRequest(flows=req.flows, selector=sub_selector, rows_per_member=per_member,
                                                  other_sites=not site)
@@ -1399,7 +1415,22 @@ class MeshService:
             for nid in sorted(members or ()):
                 if nid not in statuses and nid not in excluded:
                     failed(nid, "not asked by its site relay", relay.node_id)
+            if listing is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(listing), max(0.0, min(end - loop.time(), LISTING_WAIT)))
+            view = self._site_view(site) if checked else None
+            if view is not None:  # the relay's lists are all this node hears of the site's members but its aggregate
+                named, short = unreported(view, relay_accounted(got, bound), relay.node_id)
+                for nid in named:
+                    if nid not in statuses and nid not in excluded:
+                        self.counters["fleet_flows_members_unreported"] += 1
+                        failed(nid, NOT_REPORTED, relay.node_id)
+                if short:
+                    self.counters["fleet_flows_members_unreported"] += 1
+                    failed("", short, relay.node_id)
 
+        for x in gone[: self.max_members]:
+            failed(x.node_id, LEFT_SITE, host=x.labels.get("host", ""))
         jobs = [ask_member(x) for x in direct] + [ask_relay(*r) for r in relays]
         await asyncio.gather(*jobs)
         page = merge(answers, number)
@@ -1416,7 +1447,7 @@ class MeshService:
                 continue
             st.records = counts.get(st.node_id, 0)
             resp.nodes.append(st)
-        resp.partial = any(not n.answered for n in resp.nodes)
+        resp.partial = any(not n.answered and n.error != LEFT_SITE for n in resp.nodes)
         resp.excluded.extend(sorted(excluded))
         if page.more and page.last is not None and not req.HasField("after") and not relaying:
             resp.next_page_token = encode_token(req, page.last)
@@ -1424,6 +1455,39 @@ class MeshService:
         if resp.partial:
             self.counters["fleet_flows_partial"] += 1
         return resp
+
+    def _ask_site_members(self, group: str) -> asyncio.Future[None] | None:
+        """Ask for the source list of site ``group``'s newest aggregate held here, when it is not held (see
+        ``SiteNode.ask_site_members``); the future is done once answered or failed."""
+        sites = self._sites
+        if sites is None:
+            return None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def done() -> None:
+            loop.call_soon_threadsafe(settle)
+
+        if not sites.ask_site_members(group, sites.period_end_ns() - MAX_VIEW_AGE_NS, done):
+            return None
+        return fut
+
+    def _site_view(self, group: str) -> SiteView | None:
+        """What this node verified itself of site ``group``'s members: its newest decided site aggregate (of
+        the last ``MAX_VIEW_AGE_NS``) and, when its source list is held, the members it names."""
+        sites = self._sites
+        if sites is None:
+            return None
+        held = sites.site_members(group, since_ns=sites.period_end_ns() - MAX_VIEW_AGE_NS)
+        if held is None:
+            self.counters["fleet_flows_sites_unchecked"] += 1
+            return None
+        agg, members = held
+        return SiteView(group, agg.period_end_ns, agg.hosts, members)
 
     def _remote_sites(self, selector: Mapping[str, str], only_others: bool
                       ) -> list[tuple[str, list[Member], dict[str, str], set[str] | None]]:

@@ -991,6 +991,47 @@ class SiteNode:
                 newest[(lvl, group)] = (end, c)
         return [c.signed for _k, (_e, c) in sorted(newest.items())][:64]
 
+    def _newest_site(self, group: str, since_ns: int) -> _Candidate | None:
+        best: _Candidate | None = None
+        for (lvl, grp, end), c in self.decided.items():
+            if lvl == SITE and grp == group and end >= since_ns and (best is None or end > best.agg.period_end_ns):
+                best = c
+        return best
+
+    def ask_site_members(self, group: str, since_ns: int, done: Callable[[], None]) -> bool:
+        """Ask the holders of the newest site aggregate of ``group`` decided here (its aggregator, whoever
+        passed it on) for its source list when it is not held, checked against its commitment on arrival;
+        ``done`` is called once answered or failed. False when there is nothing to ask (no aggregate, its
+        list held, or no holder known)."""
+        best = self._newest_site(group, since_ns)
+        region = self.pools[REGION].membership
+        if best is None or best.sources is not None or region is None or not region._running:
+            return False
+        if not self._sources_holders(REGION, best):
+            return False
+        self.counters["site_members_asked"] += 1
+        self._ask_sources(REGION, best, done)
+        return True
+
+    def site_members(self, group: str, since_ns: int = 0
+                     ) -> tuple[mesh_pb2.GroupAggregate, frozenset[str] | None] | None:
+        """The newest site aggregate of ``group`` decided here (period ending at ``since_ns`` or later), and
+        the members it names when its source list is held here (checked against its commitment when it was
+        taken): what this node knows of another site's membership without asking the site. None when no
+        such aggregate is held (site aggregates of this node's region reach its region's aggregators only)."""
+        best = self._newest_site(group, since_ns)
+        if best is None:
+            return None
+        key = (SITE, group, best.agg.period_end_ns)
+        listed = best.sources
+        if listed is None:  # an agreeing candidate (same sources: same commitment) whose list is held
+            same = content(best.agg)
+            listed = next((c.sources for c in self.candidates.get(key, {}).values()
+                           if c.sources is not None and content(c.agg) == same), None)
+        if listed is None or sources_sha256(listed) != best.agg.sources_sha256:
+            return best.agg, None
+        return best.agg, frozenset(r.signer for r in listed if r.level == HOST)
+
     # ------------------------------------------------------------------ anti-entropy
 
     def _held_refs(self, role: str) -> mesh_pb2.SiteItems:

@@ -3,8 +3,9 @@
 Membership stays in the site, the elected aggregators build and sign each site's aggregate each period and
 carry it across the region, every member cross-checks, and a lying aggregator is flagged by its site. Fleet
 history queries (each node answering from a real store of its own) reach the other site through one relay
-of it, whose members' signed answers the asking node checks: a relay that changes a record is caught, and
-a node killed while the query waits for it is reported missing.
+of it, whose members' signed answers the asking node checks: a relay that changes a record is caught, one
+that hides a member is caught by the site's aggregate, and a node killed while the query waits for it is
+reported missing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from meshnode._model import FlowRecord
 from meshnode.api import ApiExecutor, StoreHistory
 from meshnode.daemon import NodeConfig
 from meshnode.mesh import LocalHistory, MeshService, SiteConfig
+from meshnode.mesh._digest import node_id_from_public_key
 from meshnode.mesh._sites import REGION, SITE
 from meshnode.store import FlowQuery, Retention, Store
 from meshnode.v1 import flow_pb2, mesh_pb2, mesh_pb2_grpc
@@ -249,6 +251,43 @@ async def _fleet_flows_across_sites(fleet: Fleet, stores: list[Store]) -> None:
         for i in range(3, 6):
             ms[i].fleet_flows = honest[i]  # type: ignore[method-assign]
     assert aggregator.counters["fleet_flows_answers_untrusted"] == 2  # once a query: it checked for both
+
+    # a relay that leaves a member out of its answers and of its statuses alike: nothing it sends shows that
+    # member, but site b's aggregate, which the asking aggregator decided with its region and whose source
+    # list it asks of b's aggregators, names it: missing, "not reported by its relay", naming the relay (the
+    # member hears it from its aggregator, which checked)
+    hidden: list[str] = []
+
+    def hiding(i: int) -> Answering:
+        async def answer(req: mesh_pb2.FleetFlowsRequest) -> mesh_pb2.FleetFlowsResponse:
+            resp = await honest[i](req)
+            others = sorted(n.node_id for n in resp.nodes if n.node_id != ids[i])
+            if req.local_only or not others:
+                return resp
+            gone = others[0]
+            hidden[:] = [ids[i], gone]
+            kept = [m for m in resp.members if node_id_from_public_key(m.answer.public_key) != gone]
+            statuses = [n for n in resp.nodes if n.node_id != gone]
+            del resp.members[:], resp.nodes[:]
+            resp.members.extend(kept)
+            resp.nodes.extend(statuses)
+            return resp
+        return answer
+
+    for i in range(3, 6):
+        ms[i].fleet_flows = hiding(i)  # type: ignore[method-assign]
+    try:
+        for asker in (aggregator, member):
+            resp = await asker.fleet_flows(_flows_req())
+            relay, gone = hidden
+            assert _got(resp) == [r for r in want if r[1] != gone], asker.labels
+            missing = {n.node_id: (n.error, n.via) for n in resp.nodes if not n.answered}
+            assert missing == {gone: ("not reported by its relay", relay)}, asker.labels
+            assert resp.partial
+    finally:
+        for i in range(3, 6):
+            ms[i].fleet_flows = honest[i]  # type: ignore[method-assign]
+    assert aggregator.counters["fleet_flows_members_unreported"] == 2
 
     # a node of the other site killed while the query waits for its store: missing, by node id, within the
     # deadline; every other node's records are there

@@ -56,6 +56,25 @@ def test_text_has_a_host_column_and_a_footer() -> None:
         "db-2 (DEADLINE_EXCEEDED), fra1-a (site relay: UNAVAILABLE)")
 
 
+def test_a_member_that_left_its_site_is_listed_apart_and_a_hidden_one_missing() -> None:
+    """A relay's ``left its site`` status is not a missing member (the answer is not partial for it); a
+    member the site's aggregate names that its relay hid, and a count shortfall, are missing."""
+    s = Summary()
+    s.add(mesh_pb2.FleetFlowsResponse(nodes=[
+        mesh_pb2.NodeStatus(node_id="aaaa", host="web-1", answered=True, records=3, via="rrrr"),
+        mesh_pb2.NodeStatus(node_id="ffff", host="web-2", error="left its site", via="rrrr")]), 3)
+    doc = s.doc()
+    assert (doc["partial"], doc["missing"], doc["left"]) == (
+        False, [], [{"node_id": "ffff", "host": "web-2", "via": "rrrr"}])
+    assert footer(doc) == ["3 records from 1 node: web-1 (3)", "left their site, not asked 1: web-2"]
+    s.add(mesh_pb2.FleetFlowsResponse(nodes=[
+        mesh_pb2.NodeStatus(node_id="gggg", error="not reported by its relay", via="rrrr"),
+        mesh_pb2.NodeStatus(error="site eu/b: relay rrrr listed 2 of 3 members", via="rrrr")]), 0)
+    doc = s.doc()
+    assert doc["partial"] and [(d["node_id"], d["error"]) for d in doc["missing"]] == [
+        ("", "site eu/b: relay rrrr listed 2 of 3 members"), ("gggg", "not reported by its relay")]
+
+
 def test_json_lines_are_flows_records_with_host_then_a_summary() -> None:
     line = json.loads(json_line(F1, "web-1"))
     assert list(line) == [*FLOW_FIELDS[:2], "host", *FLOW_FIELDS[2:]]
@@ -79,7 +98,7 @@ def test_json_lines_are_flows_records_with_host_then_a_summary() -> None:
         "answered": [{"node_id": "bbbb", "host": "db-1", "records": 1, "via": ""},
                      {"node_id": "aaaa", "host": "web-1", "records": 1, "via": ""}],
         "missing": [{"node_id": "cccc", "host": "db-2", "error": "DEADLINE_EXCEEDED", "via": ""}],
-        "untrusted": ["dddd"]}}
+        "left": [], "untrusted": ["dddd"]}}
 
 
 class _Node:

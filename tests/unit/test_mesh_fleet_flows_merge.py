@@ -1,5 +1,6 @@
 """The merge of members' answers to a fleet flow query: time order, the page limit, the cut at a member that
-has more, the page token and the cursor each member continues after (pure, table-driven)."""
+has more, the page token and the cursor each member continues after, and the check of a relayed site against its
+aggregate (pure, table-driven)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 from meshnode.mesh import (
     Answer,
     FleetRefused,
+    ManualScheduler,
     NodeKey,
+    SiteConfig,
+    SiteNode,
     answer_signed_by,
     decode_token,
     encode_token,
@@ -20,18 +24,24 @@ from meshnode.mesh import (
 )
 from meshnode.mesh._fleetflows import (
     EMPTY_REST,
+    LEFT_SITE,
     MALFORMED_ANSWER,
+    MAX_VIEW_AGE_NS,
     TABLE_FINAL,
     TABLE_INTERIM,
     UNTRUSTED_ANSWER,
+    SiteView,
     check_member,
     check_request,
     cut,
     member_request,
     records_sha256,
+    relay_accounted,
     relay_members,
     share,
+    unreported,
 )
+from meshnode.mesh._sites import HOST, SITE, Source, build_aggregate, sign_aggregate, verify_aggregate
 from meshnode.v1 import flow_pb2, mesh_pb2
 
 Rec = tuple[int, str, int, int]  # (end_ns, node_id, table, row_id)
@@ -342,3 +352,65 @@ def test_a_relay_that_cuts_a_member_to_no_record_has_its_answer_refused() -> Non
     assert check_member(cut(m, 1), q.flows, None, ch).error == ""
     empty = _member_answer(b, q, ch, n=0)  # a member with nothing to send: an answer
     assert check_member(cut(empty, 0), q.flows, None, ch).error == ""
+
+
+def _site_b(members: list[NodeKey], signer: NodeKey, with_sources: bool) -> tuple[SiteNode, int]:
+    """An asking node of site eu/a that decided site eu/b's aggregate of ``members``' digests (signed by
+    ``signer``, an aggregator of b), holding its source list or only its count; and the period's end."""
+    cfg = SiteConfig(aggregators=1)
+    node = SiteNode(NodeKey.from_seed(b"asker"), {"region": "eu", "site": "a"}, ManualScheduler(), cfg)
+    end = node.period_end_ns()
+    srcs = [Source(mesh_pb2.AggregateRef(level=HOST, signer=k.node_id, period_end_ns=end, seq=7), [], 1, 10.0)
+            for k in members]
+    agg = build_aggregate(SITE, "eu/b", signer.node_id, end, srcs)
+    signed = sign_aggregate(signer, agg)
+    node._hold(signed, verify_aggregate(signed, cfg), "b-addr", sources=list(agg.sources) if with_sources else None)
+    return node, end
+
+
+def _view(node: SiteNode, end: int) -> SiteView:
+    held = node.site_members("eu/b", since_ns=end - MAX_VIEW_AGE_NS)
+    assert held is not None
+    agg, names = held
+    return SiteView("eu/b", agg.period_end_ns, agg.hosts, names)
+
+
+def test_a_relay_that_leaves_a_member_out_of_both_its_lists_has_it_reported_by_the_sites_aggregate() -> None:
+    """A site relay passes on 3 of its 4 members' signed answers and names only those 3 in its statuses: every
+    answer it passed on checks, so nothing in the answer shows the fourth member. The site's aggregate, signed
+    by the site's other aggregator and held by the asking node, names it: reported missing, naming the relay;
+    with only the aggregate's count held, the shortfall is reported. An honest relay is not flagged, nor a
+    member that joined after the aggregate's period, nor one its relay says left since."""
+    keys = [NodeKey.from_seed(bytes([0x62, i])) for i in range(5)]
+    relay, other_aggregator, hidden = keys[0], keys[1], keys[3]
+    flows_req = mesh_pb2.FleetFlowsRequest()
+    flows_req.flows.whitelist.add(dport=[443])
+    challenge = b"c" * 16
+
+    def relayed(members: list[NodeKey], left: tuple[NodeKey, ...] = ()) -> mesh_pb2.FleetFlowsResponse:
+        resp = mesh_pb2.FleetFlowsResponse()
+        for k in members:
+            resp.members.append(_member_answer(k, flows_req, challenge))
+            resp.nodes.add(node_id=k.node_id, answered=True, records=4, via=relay.node_id)
+        for k in left:
+            resp.nodes.add(node_id=k.node_id, error=LEFT_SITE)
+        return resp
+
+    hiding = relayed([k for k in keys[:4] if k is not hidden])
+    assert all(check_member(m, flows_req.flows, None, challenge).answer is not None for m in hiding.members)
+    named, _ = _site_b(keys[:4], other_aggregator, with_sources=True)
+    counted, end = _site_b(keys[:4], other_aggregator, with_sources=False)
+    by_name, by_count = _view(named, end), _view(counted, end)
+    assert (by_name.hosts, by_name.members) == (4, frozenset(k.node_id for k in keys[:4]))
+    assert (by_count.hosts, by_count.members) == (4, None)
+
+    assert unreported(by_name, relay_accounted(hiding, 1024), relay.node_id) == ([hidden.node_id], "")
+    assert unreported(by_count, relay_accounted(hiding, 1024), relay.node_id) == (
+        [], f"site eu/b: relay {relay.node_id} listed 3 of 4 members")
+    for honest in (relayed(keys[:4]),                       # every member answered
+                   relayed(keys[:5]),                       # keys[4] joined after the aggregate's period
+                   relayed(keys[:3], left=(keys[3],))):     # keys[3] left since: listed as left
+        for view in (by_name, by_count):
+            assert unreported(view, relay_accounted(honest, 1024), relay.node_id) == ([], "")
+    # too old an aggregate is not checked against (members it names may have been forgotten since)
+    assert named.site_members("eu/b", since_ns=end + 1) is None
