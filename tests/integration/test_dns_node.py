@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests._support.env import require_kernel, require_tool
+from tests._support import dns as dns_support
+from tests._support.env import require_kernel
 from tests._support.labnode import MESHCTL, ROOT
 
 RESOLVER = "127.0.79.53"
@@ -31,29 +32,13 @@ REFUSED_NAMES = [f"u{i}.dnsstore.test" for i in range(24)]
 
 
 def dig(name: str) -> str:
-    exe = require_tool("dig", "bind9-dnsutils")
-    out = subprocess.run([exe, "+short", "+time=2", "+tries=1", f"@{RESOLVER}", name],
-                         capture_output=True, text=True, timeout=10)
-    return out.stdout.strip()
+    return dns_support.dig(RESOLVER, name)
 
 
 @pytest.fixture(scope="module")
 def dnsmasq() -> Iterator[None]:
-    proc = subprocess.Popen(
-        [require_tool("dnsmasq", "dnsmasq-base"), "--keep-in-foreground", "--conf-file=/dev/null",
-         f"--listen-address={RESOLVER}",
-         "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", "--user=root",
-         f"--address=/web.dnsstore.test/{WEB}", "--address=/nx.dnsstore.test/"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 5
-        while dig("web.dnsstore.test") != WEB:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.05)
+    with dns_support.dnsmasq(RESOLVER, {"web.dnsstore.test": WEB, "nx.dnsstore.test": ""}, ("web.dnsstore.test", WEB)):
         yield
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import contextlib
 import json
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests._support.env import require_kernel, require_tool
+from tests._support import dns as dns_support
+from tests._support.env import require_kernel
 
 RESOLVER = "127.0.77.53"  # dnsmasq
 HOSTILE = "127.0.78.53"  # the hand-made resolver below
@@ -122,22 +122,9 @@ def sensor() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def dnsmasq() -> Iterator[None]:
-    proc = subprocess.Popen(
-        [require_tool("dnsmasq", "dnsmasq-base"), "--keep-in-foreground", "--conf-file=/dev/null",
-         f"--listen-address={RESOLVER}",
-         "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", "--user=root",
-         f"--address=/web.meshtest/{WEB}", f"--address=/other.meshtest/{WEB}", f"--address=/plain.meshtest/{PLAIN}",
-         "--address=/nx.meshtest/"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 5
-        while dig("web.meshtest") != WEB:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.05)
+    names = {"web.meshtest": WEB, "other.meshtest": WEB, "plain.meshtest": PLAIN, "nx.meshtest": ""}
+    with dns_support.dnsmasq(RESOLVER, names, ("web.meshtest", WEB)):
         yield
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +152,7 @@ def _accept_all(s: socket.socket) -> None:
 
 
 def dig(name: str, *opts: str) -> str:
-    exe = require_tool("dig", "bind9-dnsutils")
-    out = subprocess.run([exe, "+short", "+time=2", "+tries=1", f"@{RESOLVER}", name, *opts],
-                         capture_output=True, text=True, timeout=10)
-    return out.stdout.strip()
+    return dns_support.dig(RESOLVER, name, *opts)
 
 
 _DNS_SEEN: list[Any] = []  # every poll's DNS records, whichever helper polled
