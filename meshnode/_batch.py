@@ -76,18 +76,7 @@ class FlowBatch(Sequence[FlowRecord]):
         for name in FIELDS:
             col = cols.get(name)
             dtype = DTYPES[name]
-            if col is None:
-                out[name] = _filled(name, n)
-            elif isinstance(col, np.ndarray) and col.dtype == dtype:
-                out[name] = col
-            elif dtype is object:
-                arr = np.empty(n, dtype=object)
-                arr[:] = list(col) if not isinstance(col, np.ndarray) else col
-                out[name] = arr
-            else:
-                out[name] = np.asarray(col).astype(dtype, copy=False)
-            if len(out[name]) != n:
-                raise ValueError(f"column {name} has {len(out[name])} rows, not {n}")
+            out[name] = _filled(name, n) if col is None else as_column(name, col, dtype, n)
         self.cols = out
         self.n = n
         self._records: list[FlowRecord] | None = None
@@ -228,6 +217,22 @@ _EMPTY: FlowBatch | None = None
 
 def _values(rec: FlowRecord) -> tuple[Any, ...]:
     return tuple(getattr(rec, name) for name in FIELDS)
+
+
+def as_column(name: str, col: Any, dtype: Any, n: int) -> NDArray[Any]:
+    """``col`` (an array or a sequence) as column ``name`` of ``dtype`` (``object`` for text) with ``n`` rows,
+    not copied when it already is one; raises ``ValueError`` for another length. Shared by the batches of
+    flows and of DNS transactions."""
+    if isinstance(col, np.ndarray) and col.dtype == (np.dtype(object) if dtype is object else dtype):
+        out: NDArray[Any] = col
+    elif dtype is object:
+        out = np.empty(n, dtype=object)
+        out[:] = list(col) if not isinstance(col, np.ndarray) else col
+    else:
+        out = np.asarray(col).astype(dtype, copy=False)
+    if len(out) != n:
+        raise ValueError(f"column {name} has {len(out)} rows, not {n}")
+    return out
 
 
 def _filled(name: str, n: int) -> NDArray[Any]:

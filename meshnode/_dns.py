@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from meshnode._batch import as_column
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
@@ -85,18 +87,7 @@ class DnsBatch:
         out: dict[str, NDArray[Any]] = {}
         for name, dtype in DNS_FIELDS.items():
             col = cols.get(name)
-            if col is None:
-                out[name] = zero_column(name, n)
-            elif isinstance(col, np.ndarray) and col.dtype == (np.dtype(object) if dtype is object else dtype):
-                out[name] = col
-            elif dtype is object:
-                arr = np.empty(n, dtype=object)
-                arr[:] = list(col) if not isinstance(col, np.ndarray) else col
-                out[name] = arr
-            else:
-                out[name] = np.asarray(col).astype(dtype, copy=False)
-            if len(out[name]) != n:
-                raise ValueError(f"column {name} has {len(out[name])} rows, not {n}")
+            out[name] = zero_column(name, n) if col is None else as_column(name, col, dtype, n)
         self.cols = out
         self.n = n
 
