@@ -464,6 +464,15 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         except FilterError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    async def _range(self, context: Context, since_ns: int, until_ns: int, default_ns: int) -> tuple[int, int]:
+        """A request's ``[since, until]``: checked, until now and since ``default_ns`` before it when unset."""
+        await self._check_times(context, since_ns=since_ns, until_ns=until_ns)
+        until = until_ns or self.clock()
+        since = since_ns or max(0, until - default_ns)
+        if until < since:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"until_ns: {until} is before since_ns {since}")
+        return since, until
+
     # -- Rollups -----------------------------------------------------------------------------------------
 
     def _rollups(self, since: int, until: int, limit: int) -> observer_pb2.RollupsResponse | None:
@@ -478,12 +487,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     async def Rollups(
         self, request: observer_pb2.RollupsRequest, context: Context
     ) -> observer_pb2.RollupsResponse:
-        await self._check_times(context, since_ns=request.since_ns, until_ns=request.until_ns)
-        until = request.until_ns or self.clock()
-        since = request.since_ns or max(0, until - ROLLUPS_DEFAULT_RANGE_NS)
-        if until < since:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"until_ns: {until} is before since_ns {since}")
+        since, until = await self._range(context, request.since_ns, request.until_ns, ROLLUPS_DEFAULT_RANGE_NS)
         if request.number > MAX_ROLLUP_ROWS:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"number: {request.number} is over the server maximum of {MAX_ROLLUP_ROWS}")
@@ -604,12 +608,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     async def DnsTransactions(
         self, request: observer_pb2.DnsTransactionsRequest, context: Context
     ) -> observer_pb2.DnsTransactionsResponse:
-        await self._check_times(context, since_ns=request.since_ns, until_ns=request.until_ns)
-        until = request.until_ns or self.clock()
-        since = request.since_ns or max(0, until - DNS_DEFAULT_RANGE_NS)
-        if until < since:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"until_ns: {until} is before since_ns {since}")
+        since, until = await self._range(context, request.since_ns, request.until_ns, DNS_DEFAULT_RANGE_NS)
         if request.limit > MAX_DNS:
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"limit: {request.limit} is over the server maximum of {MAX_DNS}")
